@@ -1,0 +1,16 @@
+"""distml: declarative modeling jobs — statistical inference and distributed ML — on Ray.
+
+>>> import distml
+>>> result = distml.run("jobs/quickstart.yaml")     # doctest: +SKIP
+>>> result.metrics["valid"]["roc_auc"]              # doctest: +SKIP
+"""
+
+from distml.api import run, validate
+from distml.errors import ClusterError, DataError, DistmlError, JobFailed, SpecError
+from distml.result import Result
+from distml.spec import JobSpec, json_schema, load_spec
+
+__version__ = "0.1.0"
+
+__all__ = ["run", "validate", "load_spec", "json_schema", "JobSpec", "Result", "DistmlError",
+           "SpecError", "DataError", "ClusterError", "JobFailed", "__version__"]

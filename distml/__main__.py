@@ -1,0 +1,5 @@
+import sys
+
+from distml.cli import main
+
+sys.exit(main())

@@ -1,0 +1,181 @@
+"""The Python API: ``distml.run``. The CLI is a thin layer over this module."""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import sys
+import time
+import traceback
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping
+
+from distml.errors import DistmlError, JobFailed
+from distml.result import Result
+from distml.spec import JobSpec, load_spec
+
+log = logging.getLogger("distml")
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("distml", "ray", "xgboost", "scikit-learn", "pandas", "pyarrow", "numpy",
+                "statsmodels", "torch", "dask", "pydantic"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+@contextmanager
+def _run_log(run_dir) -> Iterator[None]:
+    """Log to ``run.log`` in the run directory (via a temp name, renamed when the run ends)."""
+    from distml.runtime.artifacts import TMP_MARK
+
+    tmp = run_dir.path / f".run.log{TMP_MARK}{os.getpid()}"
+    handler = logging.FileHandler(tmp, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.DEBUG)
+    log.addHandler(handler)
+    old_level = log.level
+    if log.level == logging.NOTSET or log.level > logging.INFO:
+        log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(old_level)
+        handler.close()
+        os.replace(tmp, run_dir.path / "run.log")
+
+
+def run(spec: "str | os.PathLike | Mapping | JobSpec",
+        overrides: Mapping[str, Any] | Iterable[str] | None = None, *,
+        output: str | os.PathLike | None = None, address: str | None = None,
+        run_id: str | None = None, resume: bool = False, **kw_overrides: Any) -> Result:
+    """Run a job described by ``spec`` (a YAML path, a dict or a JobSpec) and return its Result.
+
+    Overrides are dotted paths, as a mapping, ``--set``-style strings, or keyword arguments with
+    ``__`` for dots::
+
+        r = distml.run("jobs/quickstart.yaml", model__params__max_depth=3)
+        r.metrics["valid"]["roc_auc"]
+
+    A rerun with the ``run_id`` of a finished run returns the stored result without running.
+    Raises :class:`distml.SpecError`/:class:`distml.DataError` (invalid input, before any cluster
+    work), :class:`distml.ClusterError` (unreachable cluster) or :class:`distml.JobFailed`.
+    """
+    from distml.jobs import kind_module
+    from distml.runtime.artifacts import RunDir
+
+    merged: dict[str, Any] = {}
+    if overrides:
+        from distml.spec.load import parse_override
+
+        merged.update(overrides if isinstance(overrides, Mapping)
+                      else dict(parse_override(s) for s in overrides))
+    merged.update({k.replace("__", "."): v for k, v in kw_overrides.items()})
+    job_spec = load_spec(spec, merged)
+    run_dir = RunDir(output or job_spec.output.dir, job_spec.name, run_id)
+    if run_dir.complete:
+        log.info("run %s is already complete; reporting the stored result", run_dir.path)
+        return Result.load(run_dir.path, reused=True)
+
+    t_start = time.time()
+    timings: dict[str, float] = {}
+    job = kind_module(job_spec.kind).Job(job_spec)
+    t0 = time.perf_counter()
+    info = job.check_data()  # before any cluster work; raises SpecError/DataError
+    timings["validate_s"] = time.perf_counter() - t0
+
+    run_dir.prepare()
+    manifest: dict[str, Any] = {
+        "name": job_spec.name, "kind": job_spec.kind, "run_id": run_dir.run_id,
+        "status": "running", "started_at": t_start, "argv": sys.argv[1:],
+        "versions": _versions(), "data": info.fingerprint(),
+        "seeds": _seeds(job_spec), "host": platform.node(), "resume": resume}
+    run_dir.write_yaml("spec.yaml", job_spec.to_dict())
+    run_dir.write_json("manifest.json", manifest)
+    with _run_log(run_dir):
+        log.info("run %s/%s (%s) in %s", job_spec.name, run_dir.run_id, job_spec.kind, run_dir.path)
+        try:
+            out = _execute(job, job_spec, info, run_dir, address, resume, manifest, timings)
+        except BaseException as e:
+            manifest.update(status="failed", finished_at=time.time(), timings=_round(timings),
+                            error=(e.to_dict() if isinstance(e, DistmlError) else
+                                   {"type": type(e).__name__, "message": str(e)}))
+            log.error("run failed: %s\n%s", e, traceback.format_exc())
+            run_dir.write_json("manifest.json", manifest)
+            raise
+        t0 = time.perf_counter()
+        for name, frame in out.tables.items():
+            run_dir.write_parquet(f"tables/{name}.parquet", frame)
+        for rel, data in out.files.items():
+            run_dir.write_bytes(rel, data)
+        for rel, text in out.texts.items():
+            run_dir.write_text(rel, text)
+        run_dir.write_json("metrics.json", out.metrics)
+        timings["write_s"] = time.perf_counter() - t0
+        timings["total_s"] = time.time() - t_start
+        manifest.update(status="succeeded", finished_at=time.time(), timings=_round(timings),
+                        **({"best_config": out.best_config} if out.best_config else {}), **out.info)
+        run_dir.write_json("manifest.json", manifest)
+        log.info("run succeeded in %.1fs", timings["total_s"])
+    run_dir.mark_success()
+    return Result.load(run_dir.path)
+
+
+def _execute(job, job_spec, info, run_dir, address, resume, manifest, timings):
+    from distml.jobs.base import RunContext
+    from distml.runtime.cluster import cluster
+
+    t0 = time.perf_counter()
+    res = job_spec.resources
+    with cluster(address) as cl:
+        timings["cluster_start_s"] = time.perf_counter() - t0
+        manifest["cluster"] = {"mode": cl.mode, "address": cl.address,
+                               "address_source": cl.address_source, "resources": cl.resources,
+                               "requested": res.model_dump()}
+        t1 = time.perf_counter()
+        ctx = RunContext(job_spec, info, run_dir, cl, log, resume)
+        out = job.run(ctx)
+        timings["job_s"] = time.perf_counter() - t1
+        t2 = time.perf_counter()
+    timings["cluster_stop_s"] = time.perf_counter() - t2
+    if out is None:
+        raise JobFailed(f"{job_spec.kind} job returned no output")
+    return out
+
+
+def _seeds(spec: JobSpec) -> dict[str, Any]:
+    split = spec.data.split_spec
+    out: dict[str, Any] = {"split": split.seed if split is not None else None}
+    params = getattr(getattr(spec, "model", None), "params", None)
+    if isinstance(params, dict):
+        for key in ("seed", "random_state"):
+            if key in params:
+                out[f"model.{key}"] = params[key]
+    return out
+
+
+def _round(d: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 4) for k, v in d.items()}
+
+
+def validate(spec: "str | os.PathLike | Mapping | JobSpec",
+             overrides: Mapping[str, Any] | Iterable[str] | None = None, *,
+             check_data: bool = True) -> JobSpec:
+    """Validate a spec (and its data, unless ``check_data=False``) without starting a cluster."""
+    from distml.jobs import kind_module
+
+    job_spec = load_spec(spec, overrides)
+    if check_data:
+        kind_module(job_spec.kind).Job(job_spec).check_data()
+    return job_spec
+
+
+__all__ = ["run", "validate", "Result"]

@@ -1,0 +1,35 @@
+"""Registry of job kinds: ``kind`` → the module that implements it.
+
+A job kind is one module under ``distml/jobs/`` exposing ``Spec`` (a :class:`distml.spec.JobSpec`
+subclass whose ``kind`` is a Literal) and ``Job`` (a :class:`distml.jobs.base.Job` subclass).
+Modules are imported on first use and must keep heavy imports (ray, xgboost, torch, …) inside
+functions, so that ``distml validate`` stays instant. Adding a kind = one module + one line here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+KINDS: dict[str, str] = {
+    "sklearn": "distml.jobs.sklearn",
+    "xgboost": "distml.jobs.xgboost",
+}
+
+
+def kind_module(kind: str) -> ModuleType:
+    """Import and return the module of ``kind``; an unknown kind lists the valid ones."""
+    from distml.errors import SpecError
+
+    if kind not in KINDS:
+        import difflib
+
+        close = difflib.get_close_matches(str(kind), KINDS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise SpecError(f"kind must be one of {', '.join(sorted(KINDS))}; got {kind!r}{hint}")
+    return importlib.import_module(KINDS[kind])
+
+
+def spec_classes() -> list[type]:
+    """Every registered kind's ``Spec`` class, in registry order."""
+    return [kind_module(k).Spec for k in KINDS]

@@ -1,0 +1,244 @@
+"""The supervised pipeline shared by the sklearn and xgboost kinds.
+
+Read → type the columns → split → fit → evaluate, in one Ray task per fit: the task reads the
+data itself (no copy through the driver) and returns metrics, tables and model bytes. With
+``data.split.cv`` the data is read once into the object store and the folds are fitted in
+parallel, each in its own task, beside the final fit.
+
+A kind implements the four hooks of :class:`SupervisedJob` (``fit``, ``predict``,
+``importance``, ``model_files``); everything else here is common.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from distml.errors import DataError, JobFailed
+from distml.jobs.base import Job, JobOutput, RunContext
+from distml.runtime import metrics as M
+from distml.runtime.data import DataInfo, cv_indices, read_frame, split_indices
+
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass
+class Prepared:
+    """Typed features and encoded target of a supervised job (lives on a worker)."""
+
+    X: pd.DataFrame
+    y: np.ndarray
+    task: str  # classification | regression
+    classes: list | None
+    categories: dict[str, list] = field(default_factory=dict)
+    X_test: pd.DataFrame | None = None
+    y_test: np.ndarray | None = None
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes) if self.classes is not None else 0
+
+    def schema(self, target: str) -> dict:
+        """What ``predict`` needs to rebuild the inputs: columns, dtypes, levels, classes."""
+        return {"target": target, "task": self.task, "features": list(self.X.columns),
+                "dtypes": {c: str(t) for c, t in self.X.dtypes.items()},
+                "categorical": self.categories,
+                "classes": [_py(c) for c in self.classes] if self.classes is not None else None}
+
+
+def _py(v: Any) -> Any:
+    return v.item() if hasattr(v, "item") else v
+
+
+def infer_task(y: pd.Series) -> str:
+    """classification for bool/string/category targets or integers with ≤ 20 distinct values."""
+    if not pd.api.types.is_numeric_dtype(y) or pd.api.types.is_bool_dtype(y):
+        return "classification"
+    if pd.api.types.is_integer_dtype(y) and y.nunique() <= 20:
+        return "classification"
+    return "regression"
+
+
+def _type_features(X: pd.DataFrame, categories: dict[str, list]) -> pd.DataFrame:
+    X = X.copy()
+    for c, levels in categories.items():
+        X[c] = pd.Categorical(X[c].astype("string").astype(object), categories=levels)
+    for c in X.columns:
+        if c not in categories and pd.api.types.is_bool_dtype(X[c]):
+            X[c] = X[c].astype(np.int8)
+    return X
+
+
+def prepare(spec, info: DataInfo, task: str | None) -> Prepared:
+    """Read and type the data of a supervised spec; ``task`` None means infer from the target."""
+    target = info.target
+    frame = read_frame(spec.data.source, info.features + [target])
+    y_raw = frame[target]
+    task = task or infer_task(y_raw)
+    categories = {c: sorted(frame[c].dropna().astype(str).unique().tolist())
+                  for c in info.categorical}
+    X = _type_features(frame[info.features], categories)
+    classes = None
+    if task == "classification":
+        classes = sorted(pd.unique(y_raw).tolist(), key=lambda v: (str(type(v)), v))
+        y = _encode(y_raw, classes, "data.source")
+    else:
+        if not pd.api.types.is_numeric_dtype(y_raw):
+            raise DataError(f"data.target: column {target!r} has dtype {y_raw.dtype}, but a "
+                            "regression target must be numeric")
+        y = y_raw.to_numpy(dtype=np.float64)
+    prep = Prepared(X, y, task, classes, categories)
+    if info.test is not None:
+        test = read_frame(spec.data.test_source, info.features + [target], "data.test_source")
+        prep.X_test = _type_features(test[info.features], categories)
+        prep.y_test = (_encode(test[target], classes, "data.test_source") if classes is not None
+                       else test[target].to_numpy(dtype=np.float64))
+    return prep
+
+
+def _encode(y: pd.Series, classes: list, where: str) -> np.ndarray:
+    index = {c: i for i, c in enumerate(classes)}
+    codes = y.map(index)
+    if codes.isna().any():
+        unseen = sorted(set(y[codes.isna()].astype(str)))[:5]
+        raise DataError(f"{where}: target classes {unseen} do not occur in the training data")
+    return codes.to_numpy(dtype=np.int64)
+
+
+class SupervisedJob(Job):
+    """A kind that fits ``X → y``; subclasses implement the hooks below (called on a worker)."""
+
+    def task(self) -> str | None:
+        """classification / regression when the spec fixes it; None to infer from the target."""
+        return None
+
+    def fit(self, prep: Prepared, train: np.ndarray, valid: np.ndarray | None) -> tuple[Any, dict,
+                                                                                       dict]:
+        """Fit on rows ``train`` (early-stop on ``valid``); return (model, figures, tables)."""
+        raise NotImplementedError
+
+    def predict(self, model: Any, prep: Prepared, X: pd.DataFrame) -> tuple[np.ndarray,
+                                                                         np.ndarray | None]:
+        """Return (predictions: class codes or values, class probabilities or None)."""
+        raise NotImplementedError
+
+    def importance(self, model: Any, prep: Prepared) -> pd.DataFrame | None:
+        """Feature importance as columns ``feature, importance`` (None if the model has none)."""
+        return None
+
+    def model_files(self, model: Any) -> dict[str, bytes]:
+        """The model in a safe format, as ``{relative path: bytes}`` under ``model/``."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ common pipeline
+
+    def evaluate(self, model: Any, prep: Prepared, X: pd.DataFrame, y: np.ndarray) -> tuple[
+            dict, np.ndarray]:
+        pred, proba = self.predict(model, prep, X)
+        if prep.task == "classification":
+            return M.classification_metrics(y, pred, proba, prep.n_classes), pred
+        return M.regression_metrics(y, pred), pred
+
+    def fit_and_evaluate(self, info: DataInfo, prep: Prepared | None = None) -> JobOutput:
+        """The whole single-worker job: runs inside one Ray task."""
+        t0 = time.perf_counter()
+        prep = prep if prep is not None else prepare(self.spec, info, self.task())
+        split = self.spec.data.split_spec
+        parts = split_indices(prep.y, split, classification=prep.task == "classification")
+        t_read = time.perf_counter() - t0
+        model, figures, tables = self.fit(prep, parts["train"], parts.get("valid"))
+        t_fit = time.perf_counter() - t0 - t_read
+        out = JobOutput(tables=dict(tables))
+        confusion = []
+        for name, rows in parts.items():
+            X, y = prep.X.iloc[rows], prep.y[rows]
+            out.metrics[name], pred = self.evaluate(model, prep, X, y)
+            if prep.classes is not None:
+                confusion += M.confusion_rows(name, y, pred, prep.classes)
+        if prep.X_test is not None:
+            out.metrics["test"], pred = self.evaluate(model, prep, prep.X_test, prep.y_test)
+            if prep.classes is not None:
+                confusion += M.confusion_rows("test", prep.y_test, pred, prep.classes)
+        if confusion:
+            out.tables["confusion_matrix"] = pd.DataFrame(confusion)
+        imp = self.importance(model, prep)
+        if imp is not None:
+            out.tables["feature_importance"] = imp
+        out.metrics.update(figures)
+        out.metrics.update(n_rows=int(len(prep.y)), n_features=int(prep.X.shape[1]))
+        out.files = self.model_files(model)
+        out.files["model/schema.json"] = json.dumps(
+            prep.schema(info.target), indent=2).encode()
+        out.info = {"task": prep.task, "task_inferred": self.task() is None,
+                    "rows": {k: int(len(v)) for k, v in parts.items()},
+                    "worker_timings_s": {"read": round(t_read, 4), "fit": round(t_fit, 4)}}
+        return out
+
+    def fold_metrics(self, prep: Prepared, fold: int) -> dict:
+        split = self.spec.data.split_spec
+        stratify = split.stratify if split.stratify is not None else prep.task == "classification"
+        train, valid = cv_indices(prep.y, split.cv, split.seed, stratify=stratify)[fold]
+        model, figures, _ = self.fit(prep, train, valid)
+        metrics, _ = self.evaluate(model, prep, prep.X.iloc[valid], prep.y[valid])
+        return {**metrics, **{k: v for k, v in figures.items() if isinstance(v, (int, float))}}
+
+    def run(self, ctx: RunContext) -> JobOutput:
+        import ray
+
+        res = self.spec.resources
+        opts = dict(num_cpus=res.cpus_per_worker, num_gpus=res.gpus_per_worker,
+                    max_retries=res.max_failures, retry_exceptions=False)
+        split = self.spec.data.split_spec
+        try:
+            if split is not None and split.cv:
+                return self._run_cv(ctx, split, opts)
+            ctx.log.info("fitting in one Ray task (resources.num_workers is 1)")
+            out = ray.get(ray.remote(_fit_task).options(**opts).remote(self, ctx.data))
+        except DataError:
+            raise
+        except Exception as e:
+            raise JobFailed(f"{self.spec.kind} fit failed: {_cause(e)}") from e
+        out.info["execution"] = {"path": "single_task",
+                                 "reason": "resources.num_workers is 1: the data fits one worker"}
+        return out
+
+    def _run_cv(self, ctx: RunContext, split, opts: dict) -> JobOutput:
+        import ray
+
+        ctx.log.info("cross-validation: %d folds in parallel Ray tasks", split.cv)
+        prep_ref = ray.remote(_prepare_task).options(**opts).remote(self, ctx.data)
+        final_ref = ray.remote(_fit_task).options(**opts).remote(self, ctx.data, prep_ref)
+        fold_refs = [ray.remote(_fold_task).options(**opts).remote(self, prep_ref, i)
+                     for i in range(split.cv)]
+        folds = ray.get(fold_refs)
+        out = ray.get(final_ref)
+        for i, f in enumerate(folds):
+            f["fold"] = i
+        out.metrics["cv"] = M.summarize_folds(folds)
+        out.info["execution"] = {"path": "cv_tasks", "folds": split.cv,
+                                 "reason": "data.split.cv: one Ray task per fold plus the final fit"}
+        return out
+
+
+def _fit_task(job: SupervisedJob, info: DataInfo, prep: Prepared | None = None) -> JobOutput:
+    return job.fit_and_evaluate(info, prep)
+
+
+def _prepare_task(job: SupervisedJob, info: DataInfo) -> Prepared:
+    return prepare(job.spec, info, job.task())
+
+
+def _fold_task(job: SupervisedJob, prep: Prepared, fold: int) -> dict:
+    return job.fold_metrics(prep, fold)
+
+
+def _cause(e: BaseException) -> str:
+    cause = getattr(e, "cause", None) or e
+    text = str(cause).strip() or type(cause).__name__
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return f"{type(cause).__name__}: {lines[-1] if lines else text}"[:500]

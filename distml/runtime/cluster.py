@@ -1,0 +1,142 @@
+"""Getting a Ray cluster for a run: reuse one already initialised, connect, or start a local one.
+
+Order (DESIGN.md §3): ``--address``, else ``RAY_ADDRESS``, else a single-node cluster started for
+the run and shut down after. Connecting is preceded by a TCP pre-flight with a deadline so an
+unreachable address fails in seconds (exit 3) instead of Ray's long retry loop. Token
+authentication is left to Ray: it is on by default for new local clusters and read from
+``RAY_AUTH_TOKEN`` / ``RAY_AUTH_TOKEN_PATH`` / ``~/.ray/auth_token`` when connecting.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator
+from urllib.parse import urlparse
+
+from distml.errors import ClusterError
+
+log = logging.getLogger("distml")
+PREFLIGHT_TIMEOUT_S = 10.0
+
+
+@dataclass
+class ClusterInfo:
+    """What the run used: how the cluster was obtained and what it offers."""
+
+    mode: str  # "local" (started for this run), "connected", or "existing" (already initialised)
+    address: str | None
+    address_source: str | None
+    resources: dict = field(default_factory=dict)
+    start_s: float = 0.0
+
+
+def resolve_address(address: str | None) -> tuple[str | None, str | None]:
+    """Return (address, where it came from) following the documented order."""
+    if address:
+        return address, "--address"
+    env = os.environ.get("RAY_ADDRESS")
+    if env:
+        return env, "RAY_ADDRESS"
+    return None, None
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    if address in ("auto", "local"):
+        return None
+    parsed = urlparse(address if "://" in address else f"ray://{address}")
+    if parsed.hostname is None:
+        return None
+    try:
+        port = parsed.port or 6379
+    except ValueError:
+        raise ClusterError(f"cluster address {address!r} has an invalid port") from None
+    return parsed.hostname, port
+
+
+def preflight(address: str, source: str, timeout_s: float = PREFLIGHT_TIMEOUT_S) -> None:
+    """Fail fast (ClusterError) when ``address`` is malformed or nothing listens there."""
+    scheme = urlparse(address).scheme if "://" in address else ""
+    if scheme in ("http", "https"):
+        raise ClusterError(
+            f"cluster address {address!r} (from {source}) is a Jobs API / dashboard URL; "
+            "`distml run` connects to the GCS (HOST:6379); use `distml submit --address URL` "
+            "to send the job to that cluster")
+    if scheme == "ray":
+        raise ClusterError(
+            f"cluster address {address!r} (from {source}) uses Ray Client (ray://), which distml "
+            "does not use for data workloads; use `distml submit` with the dashboard URL instead")
+    hp = _host_port(address)
+    if hp is None:
+        return
+    host, port = hp
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=min(3.0, timeout_s)):
+                return
+        except OSError as e:
+            last = e
+            time.sleep(0.5)
+    reason = getattr(last, "strerror", None) or str(last)
+    raise ClusterError(f"cannot reach the Ray cluster at {address!r} (from {source}): {reason}; "
+                       f"is `ray start --head` running there and the port open?")
+
+
+def _start_local(num_cpus: int | None, num_gpus: int | None) -> None:
+    """Start a single-node cluster for this run (tests replace this to forbid it)."""
+    import ray
+
+    ray.init(num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus, include_dashboard=False,
+             log_to_driver=False, configure_logging=False)
+
+
+@contextmanager
+def cluster(address: str | None = None, *, num_cpus: int | None = None,
+            num_gpus: int | None = None) -> Iterator[ClusterInfo]:
+    """Yield a connected Ray for the run; shut down only what this call started."""
+    import ray
+
+    t0 = time.monotonic()
+    if ray.is_initialized():
+        yield ClusterInfo("existing", None, None, _resources(), 0.0)
+        return
+    addr, source = resolve_address(address)
+    if addr:
+        preflight(addr, source or "--address")
+        try:
+            ray.init(address=addr, log_to_driver=False, configure_logging=False)
+        except Exception as e:  # Ray raises ConnectionError/RuntimeError/auth errors here
+            raise ClusterError(f"cannot connect to the Ray cluster at {addr!r} (from {source}): "
+                               f"{_first_line(e)}") from e
+        mode = "connected"
+    else:
+        _start_local(num_cpus, num_gpus)
+        mode = "local"
+    info = ClusterInfo(mode, addr, source, _resources(), time.monotonic() - t0)
+    log.info("ray cluster ready (%s, %.1fs): %s", mode, info.start_s, info.resources)
+    try:
+        yield info
+    finally:
+        ray.shutdown()
+
+
+def _resources() -> dict:
+    import ray
+
+    try:
+        return {k: v for k, v in ray.cluster_resources().items()
+                if k in ("CPU", "GPU", "memory", "object_store_memory") or k.startswith("node:")
+                and not k.startswith("node:__")}
+    except Exception:
+        return {}
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]

@@ -1,0 +1,121 @@
+"""Sections shared by every job kind: data, split, resources, output, and the ``JobSpec`` base.
+
+Each job kind subclasses :class:`JobSpec` in its own module under ``distml/jobs/`` with a
+``kind: Literal[...]`` tag and a typed ``model`` section; :mod:`distml.spec.load` assembles the
+tagged union from the registry.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+_NAME_RE = re.compile(NAME_PATTERN)
+
+
+def check_name(value: str, field: str) -> str:
+    """Validate a run name or run id: ``[A-Za-z0-9._-]{1,128}``, not starting with '.', no '..'."""
+    if not isinstance(value, str) or not _NAME_RE.match(value) or ".." in value:
+        raise ValueError(
+            f"{field} must match [A-Za-z0-9][A-Za-z0-9._-]{{0,127}} and contain no '..'; got {value!r}")
+    return value
+
+
+class StrictModel(BaseModel):
+    """Base of every spec section: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class SplitSpec(StrictModel):
+    """How rows are divided into train/valid/test, or into cross-validation folds."""
+
+    valid: float = Field(0.2, ge=0, lt=1, description="Fraction of rows held out for validation.")
+    test: float = Field(0.0, ge=0, lt=1, description="Fraction of rows held out for the test split.")
+    stratify: bool | None = Field(
+        None, description="Stratify on the target; default: yes for classification, no otherwise.")
+    seed: int = Field(42, ge=0, description="Seed of the row shuffle.")
+    cv: int | None = Field(
+        None, ge=2, le=100,
+        description="Number of cross-validation folds, fitted in parallel; replaces `valid`.")
+
+    @model_validator(mode="after")
+    def _fractions(self) -> "SplitSpec":
+        if self.cv is not None and "valid" in self.model_fields_set and self.valid > 0:
+            raise ValueError("data.split.cv and data.split.valid conflict: cross-validation makes its "
+                             f"own validation folds; got cv={self.cv} and valid={self.valid}; drop valid")
+        if self.cv is not None:
+            object.__setattr__(self, "valid", 0.0)
+        if self.valid + self.test >= 1:
+            raise ValueError(f"data.split.valid + data.split.test must be < 1; got "
+                             f"{self.valid} + {self.test}")
+        return self
+
+
+class DataSpec(StrictModel):
+    """Where the rows come from and which columns play which part."""
+
+    source: str = Field(
+        ..., min_length=1,
+        description="Path, glob, directory, fsspec URL (.parquet or .csv), builtin:NAME or "
+                    "synthetic:KIND?rows=..&features=..&seed=..")
+    test_source: str | None = Field(None, description="Separate held-out file(s) for test metrics.")
+    target: str | None = Field(None, description="Target column (required by supervised kinds).")
+    features: list[str] | None = Field(
+        None, description="Feature columns; default: every column but target, group and exclude.")
+    exclude: list[str] = Field(default_factory=list, description="Columns never used as features.")
+    categorical: list[str] | None = Field(
+        None, description="Columns treated as categorical; default: string/category/bool dtypes.")
+    split: SplitSpec | Literal["none"] = Field(
+        default_factory=SplitSpec, description="Row split, or 'none' to train on every row.")
+
+    @field_validator("features", "exclude", "categorical")
+    @classmethod
+    def _unique(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            dup = sorted({c for c in v if v.count(c) > 1})
+            if dup:
+                raise ValueError(f"must list each column once; got duplicates {dup}")
+        return v
+
+    @property
+    def split_spec(self) -> SplitSpec | None:
+        """The split, or None for ``split: none``."""
+        return None if self.split == "none" else self.split
+
+
+class ResourcesSpec(StrictModel):
+    """What the job asks of the cluster."""
+
+    num_workers: int = Field(1, ge=1, le=4096, description="Workers (Ray tasks / Train workers).")
+    cpus_per_worker: float = Field(1, gt=0, le=1024, description="CPUs reserved per worker.")
+    gpus_per_worker: float = Field(0, ge=0, le=64, description="GPUs reserved per worker.")
+    max_failures: int = Field(0, ge=0, le=100, description="Worker restarts allowed per run.")
+
+
+class OutputSpec(StrictModel):
+    """Where the run directory goes."""
+
+    dir: str = Field("runs", min_length=1, description="Output root; runs land in DIR/NAME/RUN_ID.")
+
+
+class JobSpec(StrictModel):
+    """Fields every job kind has. Subclasses set ``kind`` to a Literal and add ``model``."""
+
+    name: str = Field(..., description="Run name, [A-Za-z0-9._-]{1,128}; names the run directory.")
+    kind: str = Field(..., description="Job kind.")
+    data: DataSpec
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    output: OutputSpec = Field(default_factory=OutputSpec)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_name(v, "name")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved spec as plain data (what ``spec.yaml`` holds)."""
+        return self.model_dump(mode="json")

@@ -182,7 +182,10 @@ class SupervisedJob(Job):
     def fold_metrics(self, prep: Prepared, fold: int) -> dict:
         split = self.spec.data.split_spec
         stratify = split.stratify if split.stratify is not None else prep.task == "classification"
-        train, valid = cv_indices(prep.y, split.cv, split.seed, stratify=stratify)[fold]
+        # Folds are drawn from the rows left after the test split.
+        rows = split_indices(prep.y, split, classification=prep.task == "classification")["train"]
+        train, valid = cv_indices(prep.y[rows], split.cv, split.seed, stratify=stratify)[fold]
+        train, valid = rows[train], rows[valid]
         model, figures, _ = self.fit(prep, train, valid)
         metrics, _ = self.evaluate(model, prep, prep.X.iloc[valid], prep.y[valid])
         return {**metrics, **{k: v for k, v in figures.items() if isinstance(v, (int, float))}}

@@ -18,6 +18,9 @@ from distml.result import Result
 from distml.spec import JobSpec, load_spec
 
 log = logging.getLogger("distml")
+# Tracebacks go to run.log only (the console gets one sentence; --debug shows the traceback).
+_trace = logging.getLogger("distml.trace")
+_trace.propagate = False
 
 
 def _versions() -> dict[str, str]:
@@ -41,6 +44,7 @@ def _run_log(run_dir) -> Iterator[None]:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.DEBUG)
     log.addHandler(handler)
+    _trace.addHandler(handler)
     old_level = log.level
     if log.level == logging.NOTSET or log.level > logging.INFO:
         log.setLevel(logging.INFO)
@@ -48,6 +52,7 @@ def _run_log(run_dir) -> Iterator[None]:
         yield
     finally:
         log.removeHandler(handler)
+        _trace.removeHandler(handler)
         log.setLevel(old_level)
         handler.close()
         os.replace(tmp, run_dir.path / "run.log")
@@ -108,7 +113,8 @@ def run(spec: "str | os.PathLike | Mapping | JobSpec",
             manifest.update(status="failed", finished_at=time.time(), timings=_round(timings),
                             error=(e.to_dict() if isinstance(e, DistmlError) else
                                    {"type": type(e).__name__, "message": str(e)}))
-            log.error("run failed: %s\n%s", e, traceback.format_exc())
+            log.error("run failed: %s", e)
+            _trace.error("traceback:\n%s", traceback.format_exc())
             run_dir.write_json("manifest.json", manifest)
             raise
         t0 = time.perf_counter()

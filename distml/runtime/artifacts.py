@@ -46,8 +46,11 @@ class RunDir:
     """``<root>/<name>/<run_id>/``; every path handed out is checked to stay under ``root``."""
 
     def __init__(self, root: str | os.PathLike, name: str, run_id: str | None = None):
-        check_name(name, "name")
-        self.run_id = check_name(run_id, "run_id") if run_id else new_run_id()
+        try:
+            check_name(name, "name")
+            self.run_id = check_name(run_id, "run_id") if run_id is not None else new_run_id()
+        except ValueError as e:
+            raise SpecError(str(e)) from None
         self.name = name
         self.root = Path(root).expanduser().resolve()
         self.path = self._inside(self.root / name / self.run_id)

@@ -74,15 +74,20 @@ def preflight(address: str, source: str, timeout_s: float = PREFLIGHT_TIMEOUT_S)
     if hp is None:
         return
     host, port = hp
-    deadline = time.monotonic() + timeout_s
+    start = time.monotonic()
+    deadline = start + timeout_s
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
             with socket.create_connection((host, port), timeout=min(3.0, timeout_s)):
                 return
+        except ConnectionRefusedError as e:
+            last = e  # nothing listens: retry briefly in case the head is just starting
+            if time.monotonic() - start > 2.0:
+                break
         except OSError as e:
             last = e
-            time.sleep(0.5)
+        time.sleep(0.5)
     reason = getattr(last, "strerror", None) or str(last)
     raise ClusterError(f"cannot reach the Ray cluster at {address!r} (from {source}): {reason}; "
                        f"is `ray start --head` running there and the port open?")

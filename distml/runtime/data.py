@@ -348,6 +348,12 @@ def cv_indices(y: np.ndarray, folds: int, seed: int, *, stratify: bool) -> list[
     """(train, valid) index pairs of seeded (stratified) K-fold cross-validation."""
     from sklearn.model_selection import KFold, StratifiedKFold
 
+    if stratify:
+        values, counts = np.unique(y, return_counts=True)
+        if counts.min() < folds:
+            raise DataError(f"data.split.cv={folds} needs at least {folds} rows of every class; "
+                            f"class {values[counts.argmin()]!r} has {counts.min()}; use fewer "
+                            "folds or data.split.stratify: false")
     splitter = (StratifiedKFold if stratify else KFold)(n_splits=folds, shuffle=True,
                                                        random_state=seed)
     try:

@@ -1,0 +1,157 @@
+"""The CLI contract: exit codes, --json, no heavy imports for help/validate, pre-flight (T5, T8)."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import distml
+from distml.cli import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+EXAMPLES = sorted(glob.glob(os.path.join(ROOT, "jobs", "*.yaml")))
+
+
+def _py(code: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})}, cwd=ROOT)
+
+
+def _cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "distml", *args], capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})}, cwd=ROOT)
+
+
+def test_help_and_validate_import_no_heavy_modules():
+    code = ("import sys; from distml.cli import main\n"
+            "rc = main(['validate', 'jobs/quickstart.yaml'])\n"
+            "heavy = [m for m in ('ray', 'xgboost', 'torch', 'dask') if m in sys.modules]\n"
+            "print(rc, heavy)")
+    out = _py(code)
+    assert out.stdout.strip().splitlines()[-1] == "0 []", out.stderr
+    out = _cli("--help")
+    assert out.returncode == 0 and "validate" in out.stdout
+
+
+def test_validate_exit_codes(tmp_path, capsys):
+    assert main(["validate", f"{ROOT}/jobs/quickstart.yaml"]) == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nkind: xgboost\ndata: {source: builtin:iris, target: target, "
+                   "split: {valid: 1.5}}\n")
+    assert main(["validate", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "data.split.valid must be < 1; got 1.5" in err and "Traceback" not in err
+    assert main(["validate", f"{ROOT}/jobs/quickstart.yaml", "--set", "model.num_boost_round=0",
+                 "--json"]) == 2
+    out = capsys.readouterr().out
+    payload = json.loads(out)
+    assert payload["status"] == "failed" and payload["error"]["exit_code"] == 2
+    assert "model.num_boost_round" in payload["error"]["message"]
+
+
+@pytest.mark.parametrize("case", ["missing", "truncated", "not_parquet", "missing_column",
+                                  "nan_target", "wrong_dtype"])
+def test_bad_data_exits_2_and_writes_nothing(tmp_path, capsys, case):
+    """RELIABILITY.md T5 through the CLI: exit 2, a message naming file/column, no _SUCCESS."""
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"x": rng.normal(size=50), "y": rng.integers(0, 2, 50).astype(float)})
+    path = tmp_path / "d.parquet"
+    target, expect = "y", None
+    if case == "missing":
+        expect = "no file matches"
+    elif case == "truncated":
+        df.to_parquet(path)
+        path.write_bytes(path.read_bytes()[:100])
+        expect = "is not readable parquet"
+    elif case == "not_parquet":
+        path.write_text("x,y\n1,2\n")
+        expect = "is not readable parquet"
+    elif case == "missing_column":
+        df.to_parquet(path)
+        target, expect = "label", "column 'label' is not in"
+    elif case == "nan_target":
+        df.loc[[1, 2], "y"] = np.nan
+        df.to_parquet(path)
+        expect = "has 2 missing values of 50 rows"
+    elif case == "wrong_dtype":
+        df["x"] = pd.Timestamp("2020-01-01")
+        df.to_parquet(path)
+        expect = "column 'x' has dtype timestamp"
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"name: t5\nkind: xgboost\ndata: {{source: '{path}', target: {target}}}\n")
+    out_dir = tmp_path / "runs"
+    assert main(["run", str(spec), "--output", str(out_dir), "--json"]) == 2
+    cap = capsys.readouterr()
+    assert expect in json.loads(cap.out)["error"]["message"]
+    assert "Traceback" not in cap.err
+    assert not list(out_dir.rglob("_SUCCESS"))
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_address_exits_3_fast(tmp_path):
+    """RELIABILITY.md T8: exit 3 within 15 s naming the address and where it came from."""
+    port = _closed_port()
+    t0 = time.monotonic()
+    out = _cli("run", "jobs/quickstart.yaml", "--address", f"127.0.0.1:{port}", "--json",
+               "--output", str(tmp_path))
+    assert time.monotonic() - t0 < 15
+    assert out.returncode == 3, out.stderr
+    err = json.loads(out.stdout)["error"]["message"]
+    assert f"127.0.0.1:{port}" in err and "--address" in err
+    out = _cli("run", "jobs/quickstart.yaml", "--output", str(tmp_path),
+               env={"RAY_ADDRESS": f"127.0.0.1:{port}"})
+    assert out.returncode == 3 and "RAY_ADDRESS" in out.stderr and "Traceback" not in out.stderr
+    out = _cli("run", "jobs/quickstart.yaml", "--address", "http://127.0.0.1:8265",
+               "--output", str(tmp_path))
+    assert out.returncode == 3 and "distml submit" in out.stderr
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_run_json_prints_one_object(tmp_path, capfd):
+    rc = main(["run", f"{ROOT}/jobs/quickstart.yaml", "--output", str(tmp_path), "--json",
+               "--set", "model.num_boost_round=5", "--run-id", "j1"])
+    cap = capfd.readouterr()
+    assert rc == 0
+    payload = json.loads(cap.out)  # exactly one JSON document, nothing else on stdout
+    assert payload["status"] == "succeeded" and payload["run_id"] == "j1"
+    assert payload["metrics"]["valid"]["roc_auc"] > 0.9
+    assert os.path.isfile(os.path.join(payload["run_dir"], "_SUCCESS"))
+    # rerun: no-op reporting the stored result
+    assert main(["run", f"{ROOT}/jobs/quickstart.yaml", "--output", str(tmp_path), "--json",
+                 "--set", "model.num_boost_round=5", "--run-id", "j1"]) == 0
+    again = json.loads(capfd.readouterr().out)
+    assert again["reused"] and again["metrics"] == payload["metrics"]
+    assert main(["run", f"{ROOT}/jobs/quickstart.yaml", "--run-id", "../escape"]) == 2
+
+
+@pytest.mark.usefixtures("ray_cluster")
+@pytest.mark.parametrize("path", EXAMPLES, ids=[os.path.basename(p) for p in EXAMPLES])
+def test_every_example_spec_runs(tmp_path, path):
+    r = distml.run(path, output=tmp_path)
+    assert r.status == "succeeded" and (r.run_dir / "_SUCCESS").is_file()
+
+
+@pytest.mark.allow_local_ray
+def test_cli_starts_and_stops_its_own_local_cluster(tmp_path):
+    """The README path: no address → a private single-node Ray, shut down after."""
+    out = _cli("run", "jobs/quickstart.yaml", "--output", str(tmp_path), "--json",
+               "--set", "model.num_boost_round=10", timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    payload = json.loads(out.stdout)
+    manifest = json.loads(open(os.path.join(payload["run_dir"], "manifest.json")).read())
+    assert manifest["cluster"]["mode"] == "local" and manifest["cluster"]["resources"]["CPU"] >= 1
+    assert manifest["timings"]["cluster_start_s"] > 0

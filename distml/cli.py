@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     common(v)
 
     s = sub.add_parser("schema", help="print the JSON schema of the spec")
+    s.add_argument("--markdown", action="store_true", help="print the field reference instead")
     common(s, json_flag=False)
 
     d = sub.add_parser("data", help="data utilities")
@@ -151,6 +152,10 @@ def _dispatch(args: argparse.Namespace) -> tuple[dict, int]:
         spec = validate(args.spec, args.overrides, check_data=not args.no_data)
         return {"status": "valid", "name": spec.name, "kind": spec.kind}, EXIT_OK
     if args.command == "schema":
+        if args.markdown:
+            from distml.spec.reference import markdown
+
+            return {"_text": markdown()}, EXIT_OK
         from distml.spec import json_schema
 
         return {"_schema": json_schema()}, EXIT_OK
@@ -165,6 +170,8 @@ def _dispatch(args: argparse.Namespace) -> tuple[dict, int]:
 def _print_human(args: argparse.Namespace, payload: dict) -> None:
     if "_schema" in payload:
         print(json.dumps(payload["_schema"], indent=2))
+    elif "_text" in payload:
+        print(payload["_text"], end="")
     elif "_summary" in payload:
         print(payload["_summary"])
     elif args.command == "validate":

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field, model_validator
 
+from distml.errors import DataError
 from distml.jobs._supervised import Prepared, SupervisedJob
 from distml.spec.base import JobSpec, StrictModel
 
@@ -56,6 +57,14 @@ class Job(SupervisedJob):
     """Single-task xgboost training."""
 
     spec: Spec
+
+    def check_data(self):
+        info = super().check_data()
+        bad = [c for c in info.features if any(ch in c for ch in "[]<")]
+        if bad:
+            raise DataError(f"data.features: column {bad[0]!r} has a name xgboost cannot use "
+                            "(it may not contain [, ] or <); rename it or list it in data.exclude")
+        return info
 
     def task(self) -> str | None:
         objective = self.spec.model.params.get("objective")

@@ -155,3 +155,29 @@ def test_cli_starts_and_stops_its_own_local_cluster(tmp_path):
     manifest = json.loads(open(os.path.join(payload["run_dir"], "manifest.json")).read())
     assert manifest["cluster"]["mode"] == "local" and manifest["cluster"]["resources"]["CPU"] >= 1
     assert manifest["timings"]["cluster_start_s"] > 0
+
+
+def test_xgboost_rejects_unusable_feature_names(tmp_path, capsys):
+    pd.DataFrame({"a[1]": [1.0, 2.0, 3.0, 4.0], "y": [0, 1, 0, 1]}).to_parquet(tmp_path / "f.pq")
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"name: n\nkind: xgboost\ndata: {{source: '{tmp_path}/f.pq', target: y}}\n")
+    assert main(["validate", str(spec)]) == 2
+    assert "column 'a[1]' has a name xgboost cannot use" in capsys.readouterr().err
+
+
+def test_schema_and_data_generate(tmp_path, capsys):
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert {"xgboost", "sklearn"} <= {m["properties"]["kind"]["const"]
+                                      for m in schema["$defs"].values()
+                                      if "kind" in m.get("properties", {})
+                                      and "const" in m["properties"]["kind"]}
+    out = tmp_path / "gen"
+    assert main(["data", "generate", "synthetic:classification?features=4&seed=3",
+                 "--rows", "5000", "--files", "3", "--output", str(out), "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["rows"] == 5000 and len(payload["files"]) == 3
+    frame = pd.read_parquet(out)
+    assert len(frame) == 5000 and set(frame.columns) == {"x0", "x1", "x2", "x3", "target"}
+    assert main(["data", "generate", "synthetic:nope", "--rows", "5", "--output",
+                 str(tmp_path / "x")]) == 2

@@ -14,20 +14,36 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 _NAME_RE = re.compile(NAME_PATTERN)
+#: The same rule for JSON schema users (ECMA-262 regex: the lookahead forbids '..').
+NAME_SCHEMA_PATTERN = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+#: Seeds go to numpy/scikit-learn ``random_state``, which takes 0 <= seed < 2**32.
+MAX_SEED = 2**32 - 1
 
 
 def check_name(value: str, field: str) -> str:
-    """Validate a run name or run id: ``[A-Za-z0-9._-]{1,128}``, not starting with '.', no '..'."""
-    if not isinstance(value, str) or not _NAME_RE.match(value) or ".." in value:
+    """Validate a run name or run id: ``[A-Za-z0-9._-]{1,128}``, not starting with '.', no '..'.
+
+    >>> check_name("churn-xgb.v2", "name")
+    'churn-xgb.v2'
+    """
+    # fullmatch, not match: ``$`` also matches before a trailing newline ("a\n" is no name).
+    if not isinstance(value, str) or not _NAME_RE.fullmatch(value) or ".." in value:
+        shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:76] + "...'"
         raise ValueError(
-            f"{field} must match [A-Za-z0-9][A-Za-z0-9._-]{{0,127}} and contain no '..'; got {value!r}")
+            f"{field} must be 1 to 128 letters, digits, '.', '_' or '-', start with a letter or "
+            f"digit and contain no '..'; got {shown}")
     return value
 
 
 class StrictModel(BaseModel):
-    """Base of every spec section: unknown keys are errors, values are validated on assignment."""
+    """Base of every spec section: unknown keys are errors, values are validated on assignment.
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    NaN and infinity are not numbers a spec can mean (``cpus_per_worker: .nan``); they are
+    rejected. (``true`` for a number field is rejected by :func:`distml.spec.load_spec`.)
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(),
+                              allow_inf_nan=False, ser_json_inf_nan="constants")
 
 
 class SplitSpec(StrictModel):
@@ -37,10 +53,21 @@ class SplitSpec(StrictModel):
     test: float = Field(0.0, ge=0, lt=1, description="Fraction of rows held out for the test split.")
     stratify: bool | None = Field(
         None, description="Stratify on the target; default: yes for classification, no otherwise.")
-    seed: int = Field(42, ge=0, description="Seed of the row shuffle.")
+    # The upper bound is checked by a validator (not ``le=``) so the generated field reference
+    # stays as it is; the JSON schema carries it as ``maximum``.
+    seed: int = Field(42, ge=0, description="Seed of the row shuffle.",
+                      json_schema_extra={"maximum": MAX_SEED})
     cv: int | None = Field(
         None, ge=2, le=100,
         description="Number of cross-validation folds, fitted in parallel; replaces `valid`.")
+
+    @field_validator("seed")
+    @classmethod
+    def _seed(cls, v: int) -> int:
+        if v > MAX_SEED:
+            raise ValueError(f"must be <= {MAX_SEED} (numpy/scikit-learn seeds are 32-bit); "
+                             f"got {v}")
+        return v
 
     @model_validator(mode="after")
     def _fractions(self) -> "SplitSpec":
@@ -50,8 +77,9 @@ class SplitSpec(StrictModel):
         if self.cv is not None:
             object.__setattr__(self, "valid", 0.0)
         if self.valid + self.test >= 1:
-            raise ValueError(f"data.split.valid + data.split.test must be < 1; got "
-                             f"{self.valid} + {self.test}")
+            raise ValueError(f"data.split.valid + data.split.test must be < 1 (some rows must "
+                             f"be left to train on); got {self.valid} + {self.test}; lower one "
+                             "of them")
         return self
 
 
@@ -105,7 +133,8 @@ class OutputSpec(StrictModel):
 class JobSpec(StrictModel):
     """Fields every job kind has. Subclasses set ``kind`` to a Literal and add ``model``."""
 
-    name: str = Field(..., description="Run name, [A-Za-z0-9._-]{1,128}; names the run directory.")
+    name: str = Field(..., description="Run name, [A-Za-z0-9._-]{1,128}; names the run directory.",
+                      json_schema_extra={"pattern": NAME_SCHEMA_PATTERN, "maxLength": 128})
     kind: str = Field(..., description="Job kind.")
     data: DataSpec
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)

@@ -1,7 +1,8 @@
 """Getting a Ray cluster for a run: reuse one already initialised, connect, or start a local one.
 
 Order (DESIGN.md §3): ``--address``, else ``RAY_ADDRESS``, else a single-node cluster started for
-the run and shut down after. Connecting is preceded by a TCP pre-flight with a deadline so an
+the run and shut down after (its dashboard off unless ``DISTML_DASHBOARD=1``, and then bound to
+127.0.0.1 only). Connecting is preceded by a TCP pre-flight with a deadline so an
 unreachable address fails in seconds (exit 3) instead of Ray's long retry loop. Token
 authentication is left to Ray: it is on by default for new local clusters and read from
 ``RAY_AUTH_TOKEN`` / ``RAY_AUTH_TOKEN_PATH`` / ``~/.ray/auth_token`` when connecting.
@@ -97,8 +98,9 @@ def _start_local(num_cpus: int | None, num_gpus: int | None) -> None:
     """Start a single-node cluster for this run (tests replace this to forbid it)."""
     import ray
 
-    ray.init(num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus, include_dashboard=False,
-             log_to_driver=False, configure_logging=False)
+    dashboard = os.environ.get("DISTML_DASHBOARD", "").lower() in ("1", "true", "yes")
+    ray.init(num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus, include_dashboard=dashboard,
+             dashboard_host="127.0.0.1", log_to_driver=False, configure_logging=False)
 
 
 @contextmanager

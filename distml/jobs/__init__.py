@@ -14,6 +14,8 @@ from types import ModuleType
 KINDS: dict[str, str] = {
     "sklearn": "distml.jobs.sklearn",
     "xgboost": "distml.jobs.xgboost",
+    "pca": "distml.jobs.pca",
+    "kmeans": "distml.jobs.kmeans",
 }
 
 

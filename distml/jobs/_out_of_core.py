@@ -1,0 +1,670 @@
+"""Out-of-core machinery shared by the ``pca`` and ``kmeans`` kinds (docs/out_of_core.md).
+
+The data are cut into *partitions* (a parquet file, or a run of its row groups; a CSV file; a
+whole builtin/synthetic source) planned on the driver from parquet footers alone. Each pass over
+the data is one Ray task per partition; a task streams its partition in batches of at most
+``batch_size`` rows with pyarrow and keeps only a fixed-size state (moments, a sample, cluster
+sums), so its memory is bounded by ``batch_size × features``, never by the data. Partial results
+are merged by a fixed tree of Ray merge tasks (Chan et al.'s pairwise update for moments), so the
+driver only ever receives one merged state, and the floating-point result does not depend on
+which task finished first, or on a retried task (RELIABILITY.md T4).
+
+Dask is not used on this path: measured here it was slower than plain pyarrow batches in Ray
+tasks (docs/out_of_core.md has the figures and the benchmark that produced them).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from distml.errors import DataError, DistmlError, JobFailed
+
+#: rows per partition when the spec does not say; row groups are never split, files never merged
+DEFAULT_PARTITION_ROWS = 1 << 20
+#: bytes buffered per column chunk being read
+PARQUET_BUFFER = 256 << 10
+#: merge tasks take this many partial results each
+FAN_IN = 8
+#: testing hook (RELIABILITY.md T4): "MARKER_PATH:STAGE:PARTITION:BATCH" makes the task running
+#: STAGE on PARTITION call os._exit(1) before batch BATCH, once (the marker file records it)
+FAULT_ENV = "DISTML_FAULT_INJECT"
+
+
+# ------------------------------------------------------------------ partitions
+
+@dataclass(frozen=True)
+class Partition:
+    """One unit of work: a parquet file (some row groups of it), a CSV file or a virtual source."""
+
+    index: int
+    path: str  # file path/URL, or the builtin:/synthetic: source itself
+    format: str  # parquet | csv | virtual
+    name: str  # output stem for transform: the input's relative path without suffix
+    row_groups: tuple[int, ...] | None = None
+    rows: int | None = None  # None: unknown until read (CSV)
+
+
+def plan_partitions(source, partition_rows: int | None = None) -> list[Partition]:
+    """Partitions of a checked :class:`distml.runtime.data.SourceInfo`, in data order.
+
+    Parquet row groups are packed, in order, into partitions of about ``partition_rows`` rows;
+    a row group is never split and a partition never spans two files. Virtual sources are one
+    partition (``distml data generate`` writes them to parquet for parallel passes).
+    """
+    target = partition_rows or DEFAULT_PARTITION_ROWS
+    if source.kind != "files":
+        return [Partition(0, source.source, "virtual", "part-00000", rows=source.rows)]
+    names = _relative_names(source.files)
+    if source.format == "csv":
+        return [Partition(i, f, "csv", names[i]) for i, f in enumerate(source.files)]
+    import pyarrow.parquet as pq
+
+    parts: list[Partition] = []
+    for f, stem in zip(source.files, names):
+        with _open(f) as fh:
+            meta = pq.ParquetFile(fh).metadata
+        runs: list[tuple[list[int], int]] = []  # (row groups, rows), packed in order
+        for g in range(meta.num_row_groups):
+            n = meta.row_group(g).num_rows
+            if not runs or runs[-1][1] + n > target:
+                runs.append(([], 0))
+            runs[-1] = (runs[-1][0] + [g], runs[-1][1] + n)
+        runs = [r for r in runs if r[1] > 0]
+        for groups, rows in runs:
+            name = stem if len(runs) == 1 else f"{stem}-rg{groups[0]:05d}"
+            parts.append(Partition(len(parts), f, "parquet", name, tuple(groups), rows))
+    if not parts:
+        raise DataError(f"data.source: {source.source!r} has no rows")
+    return parts
+
+
+def _relative_names(files: list[str]) -> list[str]:
+    """Each file's path relative to the files' common folder, without its suffix."""
+    paths = [f.split("://", 1)[-1] for f in files]
+    root = os.path.commonpath([os.path.dirname(p) or "." for p in paths]) if paths else ""
+    out = []
+    for p in paths:
+        rel = os.path.relpath(p, root) if root else os.path.basename(p)
+        stem, ext = os.path.splitext(rel)
+        if ext == ".gz":
+            stem = os.path.splitext(stem)[0]
+        out.append(stem.replace(os.sep, "/"))
+    return out
+
+
+def _open(path: str):
+    if "://" in path and not path.startswith("file://"):
+        import fsspec
+
+        return fsspec.open(path, "rb").open()
+    return open(path[len("file://"):] if path.startswith("file://") else path, "rb")
+
+
+# ------------------------------------------------------------------ streaming batches
+
+@dataclass
+class Batch:
+    """``X``: float64, Fortran order (each feature contiguous), at most ``batch_size`` rows;
+    ``keep``: the pass-through columns of the same rows (a pyarrow Table) or None."""
+
+    X: np.ndarray
+    keep: Any = None
+
+
+def iter_batches(part: Partition, features: list[str], batch_size: int,
+                 keep: list[str] | None = None, threads: bool = False) -> Iterator[Batch]:
+    """Stream ``part`` as numeric batches; NaN/inf/null in a feature is a DataError."""
+    keep = list(keep or [])
+    columns = features + [c for c in keep if c not in features]
+    where = _where(part)
+    for table in _tables(part, columns, features, batch_size, threads):
+        X = _matrix(table, features, where)
+        yield Batch(X, table.select(keep) if keep else None)
+
+
+def _where(part: Partition) -> str:
+    return f"{part.path!r}" + (f" (row groups {part.row_groups[0]}-{part.row_groups[-1]})"
+                              if part.row_groups and len(part.row_groups) > 1 else "")
+
+
+def _tables(part: Partition, columns: list[str], features: list[str], batch_size: int,
+            threads: bool):
+    """pyarrow tables/record batches of at most ``batch_size`` rows, in data order."""
+    import pyarrow as pa
+
+    if part.format == "parquet":
+        import pyarrow.parquet as pq
+
+        with _open(part.path) as fh:
+            # pre_buffer (pyarrow's default) keeps every buffer it read until the file is closed:
+            # memory would grow with the file. buffer_size streams each column chunk in pieces
+            # instead of reading it whole (a row group can be hundreds of MB).
+            pf = pq.ParquetFile(fh, pre_buffer=False, buffer_size=PARQUET_BUFFER)
+            yield from pf.iter_batches(batch_size=batch_size, row_groups=list(part.row_groups),
+                                       columns=columns, use_threads=threads)
+    elif part.format == "csv":
+        import pyarrow.csv as pcsv
+
+        with _open(part.path) as fh:
+            # typed up front: a streaming reader infers types from its first block only
+            convert = pcsv.ConvertOptions(include_columns=columns,
+                                          column_types={c: pa.float64() for c in features})
+            reader = pcsv.open_csv(fh, convert_options=convert,
+                                   read_options=pcsv.ReadOptions(use_threads=threads))
+            for rb in reader:
+                for lo in range(0, rb.num_rows, batch_size):
+                    yield rb.slice(lo, batch_size)
+    else:
+        from distml.runtime.datasets import iter_source
+
+        for frame in iter_source(part.path, chunk_rows=batch_size):
+            yield pa.Table.from_pandas(frame[columns], preserve_index=False)
+
+
+def _matrix(table, features: list[str], where: str) -> np.ndarray:
+    import pyarrow as pa
+
+    X = np.empty((table.num_rows, len(features)), order="F")
+    for j, name in enumerate(features):
+        col = table.column(name)
+        if col.null_count:
+            raise DataError(f"data.features: column {name!r} has missing values in {where} "
+                            f"({col.null_count} in the first batch of {len(col)} rows with any); "
+                            "drop or impute them first")
+        if col.type != pa.float64():
+            col = col.cast(pa.float64())
+        X[:, j] = col.to_numpy()
+    bad = ~np.isfinite(X.sum(axis=0))
+    if bad.any():
+        j = int(np.flatnonzero(bad)[0])
+        n = int((~np.isfinite(X[:, j])).sum())
+        raise DataError(f"data.features: column {features[j]!r} has NaN or infinite values in "
+                        f"{where} ({n} in the first batch of {len(X)} rows with any); drop or "
+                        "impute them first")
+    return X
+
+
+def rechunk(batches: Iterator[np.ndarray], size: int, min_last: int = 0) -> Iterator[np.ndarray]:
+    """Re-cut arrays into exactly ``size`` rows, as ``sklearn.utils.gen_batches(n, size,
+    min_batch_size=min_last)`` would cut their concatenation (a last piece smaller than
+    ``min_last`` joins the one before), holding at most two batches."""
+    buf: list[np.ndarray] = []
+    have = 0
+    held: np.ndarray | None = None
+    for X in batches:
+        while len(X):
+            take = min(size - have, len(X))
+            buf.append(X[:take])
+            have += take
+            X = X[take:]
+            if have == size:
+                if held is not None:
+                    yield held
+                held = np.asfortranarray(np.concatenate(buf)) if len(buf) > 1 else buf[0]
+                buf, have = [], 0
+    if held is not None and (have == 0 or have >= min_last):
+        yield held
+        held = None
+    rest = [held] if held is not None else []
+    if have:
+        rest += buf
+    if rest:
+        yield np.asfortranarray(np.concatenate(rest)) if len(rest) > 1 else rest[0]
+
+
+def prefetch(it: Iterator, depth: int = 2) -> Iterator:
+    """Iterate ``it`` in a background thread ``depth`` items ahead (decoding parquet releases
+    the GIL, so reading overlaps with the consumer's numpy/LAPACK work)."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def work():
+        try:
+            for item in it:
+                if stop.is_set():
+                    return
+                q.put((True, item))
+        except BaseException as e:  # handed to the consumer
+            q.put((False, e))
+            return
+        q.put((True, done))
+
+    t = threading.Thread(target=work, daemon=True)
+    t.start()
+    try:
+        while True:
+            ok, item = q.get()
+            if not ok:
+                raise item
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        while t.is_alive():
+            try:
+                q.get(timeout=0.05)
+            except queue.Empty:
+                pass
+
+
+# ------------------------------------------------------------------ mergeable states
+
+@dataclass
+class Moments:
+    """Count, mean and scatter (``full``: the d×d matrix of centred cross-products; else its
+    diagonal) of some rows, merged with Chan, Golub & LeVeque's pairwise update."""
+
+    n: int
+    mean: np.ndarray
+    m2: np.ndarray
+    meta: list = field(default_factory=list)
+
+    @classmethod
+    def empty(cls, d: int, full: bool) -> "Moments":
+        return cls(0, np.zeros(d), np.zeros((d, d) if full else d))
+
+    def add(self, X: np.ndarray) -> "Moments":
+        """Fold in the rows of ``X`` (centred in place: the caller's batch is consumed)."""
+        n = len(X)
+        if n == 0:
+            return self
+        mean = X.mean(axis=0)
+        X -= mean
+        m2 = X.T @ X if self.m2.ndim == 2 else np.einsum("ij,ij->j", X, X)
+        return self.merge(Moments(n, mean, m2))
+
+    def merge(self, other: "Moments") -> "Moments":
+        meta = self.meta + other.meta
+        if other.n == 0:
+            return Moments(self.n, self.mean, self.m2, meta)
+        if self.n == 0:
+            return Moments(other.n, other.mean, other.m2, meta)
+        n = self.n + other.n
+        delta = other.mean - self.mean
+        mean = self.mean + delta * (other.n / n)
+        w = self.n * other.n / n
+        extra = np.outer(delta, delta) * w if self.m2.ndim == 2 else delta * delta * w
+        return Moments(n, mean, self.m2 + other.m2 + extra, meta)
+
+    @property
+    def variance(self) -> np.ndarray:
+        """Population variance per feature (ddof=0, as StandardScaler)."""
+        diag = np.diag(self.m2) if self.m2.ndim == 2 else self.m2
+        return diag / max(self.n, 1)
+
+    def scaler(self) -> "Scaler":
+        std = np.sqrt(self.variance)
+        return Scaler(self.mean.copy(), np.where(std > 0, std, 1.0))
+
+
+def owned(X, copy: bool = True) -> np.ndarray:
+    """``X`` as a float64 array this code may overwrite (a copy unless ``copy=False`` and it
+    already is a writeable float64 array)."""
+    X = np.asarray(X, dtype=np.float64)
+    return X.copy() if copy or not X.flags.writeable else X
+
+
+@dataclass
+class Scaler:
+    """Standard scaling (StandardScaler semantics: population std, 1 where it is 0)."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+
+    def apply(self, X: np.ndarray) -> np.ndarray:
+        X -= self.mean
+        X /= self.scale
+        return X
+
+
+@dataclass
+class Sample:
+    """A uniform random sample without replacement of at most ``m`` rows: every row draws a
+    random key in [0, 1) and the rows with the ``m`` smallest keys are kept. Mergeable, and
+    independent of batch sizes and of the order partial samples are merged in.
+
+    With the data's row count known, ``threshold`` (a little above ``m / rows``) drops almost
+    every row at once, so a task keeps about its share of ``m`` rows, not ``m``; the ``m``
+    smallest keys below the threshold are still the ``m`` smallest overall (unless fewer than
+    ``m`` rows fall below it, a many-sigma event, when the sample is simply smaller). Once ``m``
+    rows are held, a row only enters by replacing a larger key in place."""
+
+    m: int
+    keys: np.ndarray
+    rows: np.ndarray  # capacity >= len(keys); rows[:len(keys)] are the sample
+    meta: list = field(default_factory=list)
+    threshold: float = 1.0
+
+    @classmethod
+    def empty(cls, m: int, d: int, threshold: float = 1.0) -> "Sample":
+        return cls(m, np.empty(0), np.empty((0, d)), threshold=threshold)
+
+    @staticmethod
+    def threshold_for(m: int, rows: int | None) -> float:
+        """Key threshold keeping about ``m + 8·sqrt(m)`` of ``rows`` rows (1 when unknown)."""
+        if not rows or m >= rows:
+            return 1.0
+        return min(1.0, (m + 8 * m ** 0.5 + 16) / rows)
+
+    def add(self, X: np.ndarray, keys: np.ndarray) -> "Sample":
+        """Fold in a batch (copies the rows it keeps; ``X`` may be overwritten afterwards)."""
+        take = keys < self.threshold
+        if len(self.keys) >= self.m:
+            take &= keys < self.keys.max()
+        if not take.any():
+            return self
+        X, keys = X[take], keys[take]
+        n = len(self.keys)
+        if n < self.m:  # room left: append into a buffer growing geometrically up to m rows
+            put = min(self.m - n, len(keys))
+            if self.rows.shape[0] < n + put:
+                rows = np.empty((min(self.m, max(n + put, 2 * self.rows.shape[0], 1024)),
+                                 X.shape[1]))
+                rows[:n] = self.rows[:n]
+                self.rows = rows
+            self.rows[n:n + put] = X[:put]
+            self.keys = np.concatenate([self.keys, keys[:put]])
+            X, keys = X[put:], keys[put:]
+            if not len(keys):
+                return self
+            enter = keys < self.keys.max()
+            X, keys = X[enter], keys[enter]
+            if not len(keys):
+                return self
+        union = np.concatenate([self.keys, keys])
+        drop = np.argpartition(union, self.m - 1)[self.m:]  # the len(keys) largest of the union
+        slots = drop[drop < self.m]
+        incoming = np.setdiff1d(np.arange(len(keys)), drop[drop >= self.m] - self.m,
+                                assume_unique=True)
+        self.rows[slots] = X[incoming]
+        self.keys[slots] = keys[incoming]
+        return self
+
+    def merge(self, other: "Sample") -> "Sample":
+        """The ``m`` smallest keys of both, gathering only the rows kept (no concatenation)."""
+        na = len(self.keys)
+        keys = np.concatenate([self.keys, other.keys])
+        keep = np.argpartition(keys, self.m - 1)[: self.m] if len(keys) > self.m \
+            else np.arange(len(keys))
+        a, b = keep[keep < na], keep[keep >= na] - na
+        rows = np.empty((len(keep), self.rows.shape[1]))
+        rows[:len(a)] = self.rows[a]
+        rows[len(a):] = other.rows[b]
+        return Sample(self.m, np.concatenate([self.keys[a], other.keys[b]]), rows,
+                      self.meta + other.meta, self.threshold)
+
+    def sorted_rows(self) -> np.ndarray:
+        """The sampled rows in key order (any prefix is itself a uniform sample)."""
+        order = np.argsort(self.keys, kind="stable")
+        return np.ascontiguousarray(self.rows[:len(self.keys)][order])
+
+
+def merge_all(*parts):
+    """Merge partial states left to right (the body of every merge task)."""
+    return functools.reduce(lambda a, b: a.merge(b), parts)
+
+
+# ------------------------------------------------------------------ task-side helpers
+
+class TaskProbe:
+    """Per-task figures: rows, seconds and peak RSS (Linux: the high-water mark is reset at the
+    start so the peak is this task's, not the reused worker process's)."""
+
+    def __init__(self, part: Partition, stage: str):
+        self.part, self.stage, self.t0 = part, stage, time.perf_counter()
+        try:
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")
+        except OSError:
+            pass
+        self.rss0 = _status_bytes("VmRSS")
+
+    def meta(self, rows: int) -> list[dict]:
+        peak = _status_bytes("VmHWM")
+        return [{"partition": self.part.index, "name": self.part.name, "stage": self.stage,
+                 "rows": int(rows), "seconds": round(time.perf_counter() - self.t0, 4),
+                 "rss_start": self.rss0, "rss_peak": peak,
+                 "rss_increase": (peak - self.rss0) if peak and self.rss0 else None}]
+
+
+def _status_bytes(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def fault_from_env() -> dict | None:
+    """The T4 testing hook, read on the driver and handed to tasks explicitly."""
+    raw = os.environ.get(FAULT_ENV)
+    if not raw:
+        return None
+    marker, stage, part, batch = raw.rsplit(":", 3)
+    return {"marker": marker, "stage": stage, "partition": int(part), "batch": int(batch)}
+
+
+def maybe_crash(fault: dict | None, stage: str, part: Partition, batch: int) -> None:
+    """Kill this worker process once, if the testing hook asks for this stage/partition/batch."""
+    if not fault or fault["stage"] != stage or fault["partition"] != part.index \
+            or fault["batch"] != batch:
+        return
+    try:
+        fd = os.open(fault["marker"], os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return  # already crashed once: this is the retry
+    os.write(fd, json.dumps({"pid": os.getpid(), **fault}).encode())
+    os.close(fd)
+    os._exit(1)
+
+
+class PartWriter:
+    """Streams tables to ``out_dir/name.parquet`` through a temp name, renamed on close; a
+    retried task simply writes the same file again."""
+
+    def __init__(self, out_dir: str, name: str):
+        root = os.path.realpath(out_dir)
+        self.path = os.path.realpath(os.path.join(root, name + ".parquet"))
+        if not self.path.startswith(root + os.sep):
+            raise JobFailed(f"transform output {name!r} would leave {out_dir!r}")
+        self.tmp = os.path.join(os.path.dirname(self.path),
+                                f".{os.path.basename(self.path)}.tmp-{os.getpid()}")
+        self.writer = None
+
+    def write(self, table) -> None:
+        import pyarrow.parquet as pq
+
+        if self.writer is None:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            self.writer = pq.ParquetWriter(self.tmp, table.schema)
+        self.writer.write_table(table)
+
+    def __enter__(self) -> "PartWriter":
+        return self
+
+    def __exit__(self, exc_type, *_):
+        if self.writer is not None:
+            self.writer.close()
+            if exc_type is None:
+                os.replace(self.tmp, self.path)
+            else:
+                os.unlink(self.tmp)
+
+
+def discard_partials(out_dir: str) -> None:
+    """Remove temp files a killed task left in ``out_dir`` (its retry wrote the real file)."""
+    for root, _, files in os.walk(out_dir):
+        for f in files:
+            if f.startswith(".") and ".tmp-" in f:
+                os.unlink(os.path.join(root, f))
+
+
+# ------------------------------------------------------------------ running passes on Ray
+
+class Runner:
+    """Schedules one task per partition and merges their states with a fixed tree of tasks.
+
+    Each task reserves ``resources.cpus_per_worker`` CPUs; ``resources.num_workers``, when set
+    explicitly, caps how many partition tasks run at once (default: as many as the cluster
+    fits). Tasks are pure functions of their inputs, so Ray retries a task whose worker died
+    (``max_retries``: ``resources.max_failures`` when set, else 3) and the result is unchanged.
+    """
+
+    def __init__(self, resources, log):
+        self.log = log
+        retries = resources.max_failures if "max_failures" in resources.model_fields_set else 3
+        self.opts = dict(num_cpus=resources.cpus_per_worker, max_retries=retries,
+                         retry_exceptions=False)
+        self.cap = resources.num_workers if "num_workers" in resources.model_fields_set else None
+        self.tasks = 0
+        self._remotes: dict[Callable, Any] = {}
+
+    def remote(self, fn: Callable):
+        import ray
+
+        if fn not in self._remotes:
+            self._remotes[fn] = ray.remote(fn).options(**self.opts)
+        return self._remotes[fn]
+
+    def put(self, value):
+        import ray
+
+        return ray.put(value)
+
+    def map(self, fn: Callable, parts: list[Partition], *args) -> list:
+        """``fn(part, *args)`` for every partition, as object refs in partition order."""
+        import ray
+
+        remote = self.remote(fn)
+        refs: list = []
+        pending: list = []
+        for p in parts:
+            if self.cap is not None and len(pending) >= self.cap:
+                _, pending = ray.wait(pending, num_returns=1)
+            ref = remote.remote(p, *args)
+            refs.append(ref)
+            pending.append(ref)
+        self.tasks += len(parts)
+        return refs
+
+    def reduce(self, refs: list, fan_in: int = FAN_IN):
+        """Merge partial states with a fixed tree of merge tasks; returns the merged value."""
+        merge = self.remote(merge_all)
+        while len(refs) > 1:
+            groups = [refs[i:i + fan_in] for i in range(0, len(refs), fan_in)]
+            refs = [merge.remote(*g) if len(g) > 1 else g[0] for g in groups]
+            self.tasks += sum(len(g) > 1 for g in groups)
+        return self.get(refs[0])
+
+    def get(self, refs, what: str = "an out-of-core task"):
+        """``ray.get`` that re-raises a task's own DataError/SpecError as itself."""
+        import ray
+
+        try:
+            return ray.get(refs)
+        except ray.exceptions.RayTaskError as e:
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, DistmlError):
+                raise cause from None
+            text = str(cause if cause is not None else e).strip().splitlines()
+            raise JobFailed(f"{what} failed: {type(cause or e).__name__}: "
+                            f"{text[-1] if text else ''}"[:500]) from e
+        except ray.exceptions.RayError as e:
+            text = str(e).strip().splitlines()
+            raise JobFailed(f"{what} failed after {self.opts['max_retries']} retries: "
+                            f"{type(e).__name__}: {text[0] if text else ''}"[:500]) from e
+
+
+def memory_info(meta: list[dict], batch_size: int, n_features: int) -> dict:
+    """Manifest figures: the largest per-task RSS peak and increase, against one batch."""
+    peaks = [m["rss_peak"] for m in meta if m.get("rss_peak")]
+    incs = [m["rss_increase"] for m in meta if m.get("rss_increase") is not None]
+    mb = 1 / 2**20
+    return {"batch_mb": round(batch_size * n_features * 8 * mb, 3),
+            "max_task_rss_peak_mb": round(max(peaks) * mb, 1) if peaks else None,
+            "max_task_rss_increase_mb": round(max(incs) * mb, 1) if incs else None,
+            "tasks_measured": len(meta)}
+
+
+def stage_info(meta: list[dict]) -> dict:
+    """Per-stage task counts, rows and seconds (sum over tasks) for the manifest."""
+    out: dict[str, dict] = {}
+    for m in meta:
+        s = out.setdefault(m["stage"], {"tasks": 0, "rows": 0, "task_seconds": 0.0})
+        s["tasks"] += 1
+        s["rows"] += m["rows"]
+        s["task_seconds"] = round(s["task_seconds"] + m["seconds"], 4)
+    return out
+
+
+# ------------------------------------------------------------------ common spec checks
+
+def numeric_features(spec, keep=()) -> Any:
+    """check_data for the out-of-core kinds: features default to the numeric columns (bool and
+    string columns are left out); listed ones must be numeric; ``keep`` columns must exist."""
+    from distml.runtime.data import DataInfo, is_categorical_dtype, is_numeric_dtype, \
+        validate_data
+
+    data, target = spec.data, spec.data.target
+    if target:  # not needed by these kinds: only kept out of the features, never read
+        data = data.model_copy(update={"target": None})
+    info = validate_data(data, needs_target=False, check_features=False)
+    cols = info.source.columns
+    for what, names in (("data.target", [target] if target else []),
+                        ("model.keep_columns", list(keep))):
+        missing = [c for c in names if c not in cols]
+        if missing:
+            raise DataError(f"{what}: column {missing[0]!r} is not in {data.source!r} "
+                            f"(columns: {', '.join(list(cols)[:30])})")
+    if data.features is not None:
+        if target in data.features:
+            raise DataError(f"data.features: {target!r} is also data.target; remove it from one")
+        for c in info.features:
+            if not is_numeric_dtype(cols[c]) or is_categorical_dtype(cols[c]):
+                raise DataError(f"data.features: column {c!r} has dtype {cols[c]}; kind "
+                                f"{spec.kind} needs numeric features; list it in data.exclude")
+        features = info.features
+    else:
+        features = [c for c in info.features if c != target
+                    and is_numeric_dtype(cols[c]) and not is_categorical_dtype(cols[c])]
+    if not features:
+        raise DataError(f"data.features: {data.source!r} has no numeric feature columns left "
+                        "after removing target and exclude")
+    return DataInfo(info.source, info.test, target, features, [], [])
+
+
+def check_spec(spec) -> None:
+    """Spec rules shared by the out-of-core kinds (raised as one-sentence validation errors)."""
+    from distml.spec.base import SplitSpec
+
+    kind = spec.kind
+    # the default split is tolerated (a resolved spec.yaml carries it), any other is a mistake
+    if spec.data.split not in ("none", SplitSpec()):
+        raise ValueError(f"data.split does not apply to kind {kind}: every row is used; remove "
+                         "it or write split: none")
+    if spec.data.test_source:
+        raise ValueError(f"data.test_source is not used by kind {kind}; remove it")
+    if getattr(spec, "tune", None) is not None:
+        raise ValueError(f"tune does not apply to kind {kind} (a search needs a validation "
+                         "metric, which an unsupervised fit does not report); remove it")
+    if spec.resources.gpus_per_worker:
+        raise ValueError(f"resources.gpus_per_worker must be 0 for kind {kind} (it runs on CPUs); "
+                         f"got {spec.resources.gpus_per_worker}")
+    model = spec.model
+    if not model.transform and model.keep_columns:
+        raise ValueError("model.keep_columns needs model.transform: true (they are copied into "
+                         "the transformed output)")

@@ -1,0 +1,475 @@
+"""Kind ``kmeans``: mini-batch k-means over data larger than memory (docs/out_of_core.md).
+
+Passes over the data, each one Ray task per partition (distml.jobs._out_of_core):
+
+1. **sample** — per-feature moments (for ``scale: true`` and the tolerance) and a uniform random
+   sample of ``(n_init + 1) × init_size`` rows, drawn with random keys so it is mergeable.
+   ``n_init`` k-means++ initialisations, each on its own slice of the sample, are scored by
+   inertia on a held slice; the best starts (scikit-learn ``MiniBatchKMeans`` semantics).
+2. **mini-batch passes** (at most ``max_passes``) — every task starts from the current centres
+   and their counts and applies scikit-learn's mini-batch update to its own batches in order
+   (each centre is the running mean of the rows ever assigned to it); the tasks' per-cluster
+   sums and counts are merged into that same running mean. With one partition a pass is exactly
+   ``MiniBatchKMeans.partial_fit`` over the batches. Stops early when the centres move less than
+   ``tol`` × the mean feature variance (squared shift summed over centres, as ``KMeans``).
+3. **refine passes** (``refine_passes``, default 0) — optional full-batch Lloyd iterations
+   (k-means‖-style refinement), each one parallel pass of per-cluster sums.
+4. **final** — assignments, cluster sizes and the inertia over the full data (with
+   ``transform: true`` the assignments are written as ``transformed/*.parquet``).
+
+Outputs: ``metrics.json`` (``inertia``, ``passes``, ``n_clusters``, ``cluster_sizes``…),
+``tables/centers.parquet`` (centres in the input's units, with sizes),
+``tables/pass_history.parquet``, ``model/kmeans.npz`` + ``model/model.json`` (no pickle).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from distml.errors import DataError
+from distml.jobs import _out_of_core as ooc
+from distml.jobs.base import Job as BaseJob
+from distml.jobs.base import JobOutput, RunContext
+from distml.spec.base import JobSpec, StrictModel
+
+FORMAT_VERSION = 1
+
+
+class KMeansModelSpec(StrictModel):
+    """The ``model`` section of a kmeans job."""
+
+    n_clusters: int = Field(8, ge=1, le=100_000, description="Number of clusters.")
+    batch_size: int = Field(8192, ge=1, le=1 << 24, description="Rows per mini-batch; a task's "
+                            "memory is about 3 × batch_size × (features + n_clusters) × 8 bytes.")
+    n_init: int = Field(3, ge=1, le=1000, description="k-means++ initialisations; the best by "
+                                                      "inertia on a held sample is kept.")
+    max_passes: int = Field(10, ge=1, le=100_000, description="Mini-batch passes over the data "
+                                                             "at most.")
+    tol: float = Field(1e-4, ge=0, description="Stop when the squared centre shift of a pass, "
+                       "summed over centres, is <= tol × the mean feature variance.")
+    init_size: int | None = Field(None, ge=1, description="Sample rows per initialisation (and "
+                                  "held for scoring); default 3 × batch_size, >= 3 × n_clusters.")
+    refine_passes: int = Field(0, ge=0, le=100_000, description="Full-batch Lloyd passes after "
+                               "the mini-batch passes (stop early at tol).")
+    seed: int = Field(0, ge=0, le=2**32 - 1,
+                      description="Seed of the sample and the initialisations.")
+    scale: bool = Field(False, description="Standardise features first (mean 0, std 1), "
+                                           "computed out of core.")
+    transform: bool = Field(False, description="Write the cluster of every row as "
+                                               "transformed/*.parquet, one file per partition.")
+    keep_columns: list[str] = Field(default_factory=list, description="Columns copied unchanged "
+                                    "into the transformed output (e.g. an id).")
+    partition_rows: int | None = Field(None, ge=1, description="Rows per task (row groups are "
+                                       "never split); default 1048576.")
+
+
+class Spec(JobSpec):
+    """Mini-batch k-means over data larger than memory."""
+
+    kind: Literal["kmeans"]
+    model: KMeansModelSpec = Field(default_factory=KMeansModelSpec)
+
+    @model_validator(mode="after")
+    def _checks(self) -> "Spec":
+        ooc.check_spec(self)
+        return self
+
+
+@dataclass
+class FittedKMeans:
+    """Centres (in the fitted, possibly standardised, space) and how to assign rows to them."""
+
+    features: list[str]
+    centers: np.ndarray  # (k, d)
+    sizes: np.ndarray  # rows per cluster in the final pass
+    scaler: ooc.Scaler | None = None
+
+    def predict(self, X: np.ndarray, copy: bool = True) -> np.ndarray:
+        """Cluster of each row (columns in ``features`` order); ``copy=False`` may overwrite a
+        writeable float64 ``X``."""
+        X = self.scaler.apply(ooc.owned(X, copy)) if self.scaler is not None \
+            else np.asarray(X, dtype=np.float64)
+        return assign(X, self.centers)[0]
+
+    def centers_in_input_units(self) -> np.ndarray:
+        if self.scaler is None:
+            return self.centers.copy()
+        return self.centers * self.scaler.scale + self.scaler.mean
+
+    def to_files(self, info: dict) -> dict[str, bytes]:
+        arrays = {"centers": self.centers, "sizes": self.sizes}
+        if self.scaler is not None:
+            arrays.update(scale_mean=self.scaler.mean, scale_std=self.scaler.scale)
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        meta = {"kind": "kmeans", "format": FORMAT_VERSION, "arrays": "model/kmeans.npz",
+                "features": self.features, "n_clusters": int(len(self.centers)),
+                "scale": self.scaler is not None, "output_columns": ["cluster"], **info}
+        return {"model/kmeans.npz": buf.getvalue(),
+                "model/model.json": json.dumps(meta, indent=2).encode()}
+
+
+def load_model(run_dir: str | Path) -> FittedKMeans:
+    """Load ``model/`` of a finished kmeans run (``allow_pickle=False``)."""
+    d = Path(run_dir) / "model"
+    meta = json.loads((d / "model.json").read_text())
+    if meta.get("kind") != "kmeans":
+        raise DataError(f"{str(d)!r} holds a {meta.get('kind')!r} model, not kmeans")
+    with np.load(d / "kmeans.npz", allow_pickle=False) as z:
+        a = {k: z[k] for k in z.files}
+    scaler = ooc.Scaler(a["scale_mean"], a["scale_std"]) if meta["scale"] else None
+    return FittedKMeans(meta["features"], a["centers"], a["sizes"], scaler)
+
+
+def predict(run_dir: str | Path, frame) -> Any:
+    """The cluster of every row of ``frame`` (a pandas DataFrame with the model's features)."""
+    import pandas as pd
+
+    model = load_model(run_dir)
+    labels = model.predict(frame[model.features].to_numpy(dtype=np.float64))
+    return pd.DataFrame({"cluster": labels.astype(np.int32)}, index=frame.index)
+
+
+# ------------------------------------------------------------------ the numerical kernels
+
+def assign(X: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centre of each row and the squared distance to it."""
+    D = X @ centers.T
+    D *= -2.0
+    D += np.einsum("ij,ij->i", centers, centers)
+    labels = D.argmin(axis=1)
+    dist = D[np.arange(len(X)), labels] + np.einsum("ij,ij->i", X, X)
+    return labels, np.maximum(dist, 0.0)
+
+
+def cluster_sums(X: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cluster sum of rows and row count (one ``bincount`` per feature: O(rows × features)
+    whatever ``k``, and a contiguous column each for the Fortran-ordered batches)."""
+    sums = np.empty((k, X.shape[1]))
+    for j in range(X.shape[1]):
+        sums[:, j] = np.bincount(labels, weights=X[:, j], minlength=k)
+    return sums, np.bincount(labels, minlength=k).astype(np.float64)
+
+
+def minibatch_step(X: np.ndarray, centers: np.ndarray, counts: np.ndarray):
+    """scikit-learn's mini-batch update, in place: each centre with rows in this batch becomes
+    the running mean of every row ever assigned to it. Returns (sums, batch counts, inertia)."""
+    labels, dist = assign(X, centers)
+    sums, n = cluster_sums(X, labels, len(centers))
+    hit = n > 0
+    total = counts[hit] + n[hit]
+    centers[hit] = (centers[hit] * counts[hit, None] + sums[hit]) / total[:, None]
+    counts[hit] = total
+    return sums, n, float(dist.sum())
+
+
+@dataclass
+class PassStats:
+    """Per-cluster sums and counts of one pass, and the inertia seen while assigning."""
+
+    sums: np.ndarray
+    counts: np.ndarray
+    inertia: float
+    rows: int
+    meta: list = field(default_factory=list)
+
+    def merge(self, other: "PassStats") -> "PassStats":
+        return PassStats(self.sums + other.sums, self.counts + other.counts,
+                         self.inertia + other.inertia, self.rows + other.rows,
+                         self.meta + other.meta)
+
+
+@dataclass
+class SamplePass:
+    """The first pass: per-feature moments and a uniform sample."""
+
+    moments: ooc.Moments
+    sample: ooc.Sample
+    meta: list = field(default_factory=list)
+
+    def merge(self, other: "SamplePass") -> "SamplePass":
+        return SamplePass(self.moments.merge(other.moments), self.sample.merge(other.sample),
+                          self.meta + other.meta)
+
+
+# ------------------------------------------------------------------ tasks (one per partition)
+
+def _scaled(batch: ooc.Batch, scaler: ooc.Scaler | None) -> np.ndarray:
+    return scaler.apply(batch.X) if scaler is not None else batch.X
+
+
+def _sample_task(part, features, batch_size, m, threshold, seed, fault) -> SamplePass:
+    probe = ooc.TaskProbe(part, "sample")
+    rng = np.random.default_rng([seed, part.index])
+    d = len(features)
+    mom, smp = ooc.Moments.empty(d, full=False), ooc.Sample.empty(m, d, threshold)
+    for i, batch in enumerate(ooc.iter_batches(part, features, batch_size)):
+        ooc.maybe_crash(fault, "sample", part, i)
+        smp = smp.add(batch.X, rng.random(len(batch.X)))  # copies the rows it keeps
+        mom = mom.add(batch.X)  # centres the batch in place
+    return SamplePass(mom, smp, probe.meta(mom.n))
+
+
+def _minibatch_task(part, features, batch_size, centers, counts, scaler, fault) -> PassStats:
+    probe = ooc.TaskProbe(part, "minibatch")
+    C, cnt = centers.copy(), counts.copy()
+    st = PassStats(np.zeros_like(C), np.zeros(len(C)), 0.0, 0)
+    for i, batch in enumerate(ooc.iter_batches(part, features, batch_size)):
+        ooc.maybe_crash(fault, "minibatch", part, i)
+        X = _scaled(batch, scaler)
+        sums, n, inertia = minibatch_step(X, C, cnt)
+        st = PassStats(st.sums + sums, st.counts + n, st.inertia + inertia, st.rows + len(X))
+    st.meta = probe.meta(st.rows)
+    return st
+
+
+def _lloyd_task(part, features, batch_size, centers, scaler, fault) -> PassStats:
+    probe = ooc.TaskProbe(part, "lloyd")
+    st = PassStats(np.zeros_like(centers), np.zeros(len(centers)), 0.0, 0)
+    for i, batch in enumerate(ooc.iter_batches(part, features, batch_size)):
+        ooc.maybe_crash(fault, "lloyd", part, i)
+        X = _scaled(batch, scaler)
+        labels, dist = assign(X, centers)
+        sums, n = cluster_sums(X, labels, len(centers))
+        st = PassStats(st.sums + sums, st.counts + n, st.inertia + float(dist.sum()),
+                       st.rows + len(X))
+    st.meta = probe.meta(st.rows)
+    return st
+
+
+def _final_task(part, features, batch_size, centers, scaler, keep, out_dir, fault) -> PassStats:
+    """Sizes and inertia over the full data; with ``out_dir``, writes the assignments."""
+    import contextlib
+
+    import pyarrow as pa
+
+    probe = ooc.TaskProbe(part, "final")
+    k = len(centers)
+    counts, inertia, rows = np.zeros(k), 0.0, 0
+    writer = ooc.PartWriter(out_dir, part.name) if out_dir else contextlib.nullcontext()
+    with writer:
+        for i, batch in enumerate(ooc.iter_batches(part, features, batch_size,
+                                                   keep if out_dir else None)):
+            ooc.maybe_crash(fault, "final", part, i)
+            labels, dist = assign(_scaled(batch, scaler), centers)
+            counts += np.bincount(labels, minlength=k)
+            inertia += float(dist.sum())
+            rows += len(labels)
+            if out_dir:
+                table = pa.table({"cluster": labels.astype(np.int32)})
+                if batch.keep is not None:
+                    for c in reversed(batch.keep.column_names):
+                        table = table.add_column(0, c, batch.keep.column(c))
+                writer.write(table)
+    return PassStats(np.zeros((0, 0)), counts, inertia, rows, probe.meta(rows))
+
+
+# ------------------------------------------------------------------ initialisation
+
+def kmeans_plusplus(X: np.ndarray, k: int, state: np.random.RandomState) -> np.ndarray:
+    """Greedy k-means++: scikit-learn's ``kmeans_plusplus`` (same algorithm, same draws from
+    ``state``, so the same centres), without importing scikit-learn on the driver."""
+    n = len(X)
+    xx = np.einsum("ij,ij->i", X, X)
+
+    def sq_dist(C: np.ndarray) -> np.ndarray:
+        return np.maximum(np.einsum("ij,ij->i", C, C)[:, None] - 2 * (C @ X.T) + xx, 0)
+
+    first = state.choice(n, p=np.ones(n) / n)
+    centers = np.empty((k, X.shape[1]))
+    centers[0] = X[first]
+    closest = sq_dist(X[[first]])[0]
+    pot = closest.sum()
+    trials = 2 + int(np.log(k))
+    for c in range(1, k):
+        ids = np.searchsorted(np.cumsum(closest), state.uniform(size=trials) * pot)
+        ids = np.minimum(ids, n - 1)
+        cand = np.minimum(closest, sq_dist(X[ids]))
+        pots = cand.sum(axis=1)
+        best = int(np.argmin(pots))
+        pot, closest = pots[best], cand[best]
+        centers[c] = X[ids[best]]
+    return centers
+
+
+def choose_init(rows: np.ndarray, k: int, n_init: int, init_size: int, seed: int):
+    """k-means++ on ``n_init`` slices of the (key-ordered) sample; the best by inertia on the
+    held slice. Returns (centres, inertia of each init on the held slice)."""
+    if len(rows) >= (n_init + 1) * init_size:
+        held = rows[:init_size]
+        pools = [rows[(i + 1) * init_size:(i + 2) * init_size] for i in range(n_init)]
+    else:  # a small data set: every init draws from all of it, scored on all of it
+        held, pools = rows, [rows] * n_init
+    best, scores = None, []
+    for i, pool in enumerate(pools):
+        state = np.random.RandomState(np.random.SeedSequence([seed, i]).generate_state(1)[0])
+        centers = kmeans_plusplus(pool, k, state)
+        score = float(assign(held, centers)[1].sum())
+        scores.append(score)
+        if best is None or score < scores[best[0]]:
+            best = (i, centers)
+    return best[1].copy(), scores
+
+
+def reseed_empty(centers: np.ndarray, counts: np.ndarray, held: np.ndarray) -> list[int]:
+    """Move centres that no row ever reached to the held rows farthest from every centre."""
+    empty = np.flatnonzero(counts == 0)
+    if len(empty) == 0 or len(held) == 0:
+        return []
+    dist = assign(held, centers)[1]
+    for j, row in zip(empty, np.argsort(-dist, kind="stable")):
+        centers[j] = held[row]
+    return [int(j) for j in empty]
+
+
+# ------------------------------------------------------------------ the job
+
+class _Fit:
+    """One k-means run in progress: the plan, the runner, and what the passes recorded."""
+
+    def __init__(self, spec: Spec, ctx: RunContext):
+        self.m, self.feats = spec.model, ctx.data.features
+        self.plan = ooc.plan_partitions(ctx.data.source, self.m.partition_rows)
+        self.runner = ooc.Runner(spec.resources, ctx.log)
+        self.fault = ooc.fault_from_env()
+        self.meta: list = []
+        self.history: list[dict] = []
+        self.timings: dict[str, float] = {}
+
+    def over_data(self, stage: str, task, *args):
+        """One parallel pass (a task per partition), merged; timed as ``stage``."""
+        t0 = time.perf_counter()
+        refs = self.runner.map(task, self.plan, self.feats, self.m.batch_size, *args, self.fault)
+        merged = self.runner.reduce(refs)
+        self.meta += merged.meta
+        self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - t0
+        return merged
+
+    def record(self, kind: str, old: np.ndarray, new: np.ndarray, st: PassStats,
+               reseeded: int = 0) -> float:
+        shift = float(((new - old) ** 2).sum())
+        self.history.append({"pass": len(self.history) + 1, "kind": kind, "center_shift": shift,
+                             "inertia_while_assigning": st.inertia, "rows": st.rows,
+                             "reseeded": reseeded})
+        return shift
+
+
+class Job(BaseJob):
+    """Out-of-core mini-batch k-means on Ray."""
+
+    spec: Spec
+    needs_target = False
+
+    def check_data(self):
+        info = ooc.numeric_features(self.spec, self.spec.model.keep_columns)
+        rows, k = info.source.rows, self.spec.model.n_clusters
+        if rows is not None and rows < k:
+            raise DataError(f"model.n_clusters must be <= the number of rows ({rows}); got {k}")
+        return info
+
+    def run(self, ctx: RunContext) -> JobOutput:
+        m, fit = self.spec.model, _Fit(self.spec, ctx)
+        ctx.log.info("kmeans: %d partitions, %d features, k=%d, batch_size %d", len(fit.plan),
+                     len(fit.feats), m.n_clusters, m.batch_size)
+        scaler, centers, held, tol, init_scores = self._initialise(fit, ctx)
+        scaler_ref = fit.runner.put(scaler)
+        counts, converged, passes = np.zeros(m.n_clusters), False, 0
+        for passes in range(1, m.max_passes + 1):
+            st = fit.over_data("minibatch_s", _minibatch_task, fit.runner.put(centers),
+                               fit.runner.put(counts), scaler_ref)
+            total = counts + st.counts
+            new, hit = centers.copy(), total > 0
+            new[hit] = (centers[hit] * counts[hit, None] + st.sums[hit]) / total[hit, None]
+            reseeded = reseed_empty(new, total, held)
+            shift = fit.record("minibatch", centers, new, st, len(reseeded))
+            centers, counts = new, total
+            if shift <= tol and not reseeded:
+                converged = True
+                break
+        refines = 0
+        for refines in range(1, m.refine_passes + 1):
+            st = fit.over_data("refine_s", _lloyd_task, fit.runner.put(centers), scaler_ref)
+            new, hit = centers.copy(), st.counts > 0
+            new[hit] = st.sums[hit] / st.counts[hit, None]
+            shift = fit.record("lloyd", centers, new, st)
+            centers = new
+            if shift <= tol:
+                break
+        out_dir = str(ctx.run_dir.file("transformed")) if m.transform else None
+        final = fit.over_data("final_s", _final_task, fit.runner.put(centers), scaler_ref,
+                              m.keep_columns, out_dir)
+        if out_dir:
+            ooc.discard_partials(out_dir)
+        model = FittedKMeans(fit.feats, centers, final.counts.astype(np.int64), scaler)
+        out = self._outputs(model, final, fit.history, init_scores, converged, passes, refines)
+        if out_dir:
+            out.info["transformed"] = {"dir": "transformed", "format": "parquet",
+                                       "columns": m.keep_columns + ["cluster"],
+                                       "files": [f"transformed/{p.name}.parquet"
+                                                 for p in fit.plan]}
+        out.info["execution"] = {
+            "path": "out_of_core_minibatch", "partitions": len(fit.plan),
+            "tasks": fit.runner.tasks, "batch_size": m.batch_size,
+            "init_size": self.init_size(), "data_passes": 2 + passes + refines,
+            "stages": ooc.stage_info(fit.meta),
+            "timings_s": {k: round(v, 4) for k, v in fit.timings.items()}}
+        out.info["memory"] = ooc.memory_info(fit.meta, m.batch_size,
+                                             len(fit.feats) + m.n_clusters)
+        return out
+
+    def init_size(self) -> int:
+        m = self.spec.model
+        return m.init_size or max(3 * m.batch_size, 3 * m.n_clusters)
+
+    def _initialise(self, fit: _Fit, ctx: RunContext):
+        """The sample pass, then the best of ``n_init`` k-means++ starts on the sample."""
+        m, init_size = self.spec.model, self.init_size()
+        size = (m.n_init + 1) * init_size
+        first = fit.over_data("sample_s", _sample_task, size,
+                              ooc.Sample.threshold_for(size, ctx.data.source.rows), m.seed)
+        mom = first.moments
+        if mom.n < m.n_clusters:
+            raise DataError(f"model.n_clusters must be <= the number of rows ({mom.n}); "
+                            f"got {m.n_clusters}")
+        if len(first.sample.keys) < min(size, mom.n):
+            ctx.log.warning("the random sample has %d rows, fewer than the %d asked",
+                            len(first.sample.keys), min(size, mom.n))
+        t0 = time.perf_counter()
+        scaler = mom.scaler() if m.scale else None
+        sample = first.sample.sorted_rows()
+        if scaler is not None:
+            sample = scaler.apply(sample)
+        variance = mom.variance / (scaler.scale ** 2 if scaler is not None else 1.0)
+        centers, scores = choose_init(sample, m.n_clusters, m.n_init, init_size, m.seed)
+        fit.timings["init_s"] = time.perf_counter() - t0
+        return scaler, centers, sample[:init_size], m.tol * float(np.mean(variance)), scores
+
+    def _outputs(self, model, final, history, init_scores, converged, passes, refines):
+        import pandas as pd
+
+        feats, k = model.features, len(model.centers)
+        out = JobOutput()
+        out.metrics.update(
+            inertia=final.inertia, mean_inertia=final.inertia / max(final.rows, 1),
+            passes=passes, refine_passes=refines, converged=converged, n_clusters=k,
+            n_rows=final.rows, n_features=len(feats),
+            cluster_sizes=[int(c) for c in final.counts],
+            init_inertia=min(init_scores), init_inertias=init_scores,
+            scale=model.scaler is not None)
+        centers = pd.DataFrame(model.centers_in_input_units(), columns=feats)
+        centers.insert(0, "size", model.sizes)
+        centers.insert(0, "cluster", np.arange(k))
+        out.tables["centers"] = centers
+        out.tables["pass_history"] = pd.DataFrame(history)
+        out.files.update(model.to_files({"inertia": final.inertia, "passes": passes,
+                                         "refine_passes": refines, "converged": converged,
+                                         "n_samples": final.rows}))
+        return out

@@ -16,6 +16,7 @@ KINDS: dict[str, str] = {
     "xgboost": "distml.jobs.xgboost",
     "pca": "distml.jobs.pca",
     "kmeans": "distml.jobs.kmeans",
+    "statsmodels": "distml.jobs.statsmodels",
 }
 
 

@@ -7,10 +7,13 @@
 
 from distml.api import run, validate
 from distml.errors import ClusterError, DataError, DistmlError, JobFailed, SpecError
+from distml.predict import Prediction, predict
 from distml.result import Result
 from distml.spec import JobSpec, json_schema, load_spec
+from distml.submit import Submission, submit
 
 __version__ = "0.1.0"
 
-__all__ = ["run", "validate", "load_spec", "json_schema", "JobSpec", "Result", "DistmlError",
-           "SpecError", "DataError", "ClusterError", "JobFailed", "__version__"]
+__all__ = ["run", "validate", "submit", "predict", "load_spec", "json_schema", "JobSpec",
+           "Result", "Submission", "Prediction", "DistmlError", "SpecError", "DataError",
+           "ClusterError", "JobFailed", "__version__"]

@@ -1,4 +1,5 @@
-"""Command line: ``distml run | validate | schema | data generate``.
+"""Command line: ``distml run | validate | schema | data generate | submit | status | logs | stop |
+jobs list | predict``.
 
 A thin layer over :mod:`distml.api`: it parses arguments, maps errors to exit codes (0 ok,
 2 invalid spec or data, 3 cluster unreachable, 4 the job failed, 1 a bug) and prints. Under
@@ -61,6 +62,64 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--rows", type=int, required=True, help="number of rows")
     g.add_argument("--files", type=int, default=1, help="number of parquet files")
     common(g)
+
+    def address(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--address", help="Ray Jobs API URL http://HEAD:8265 (default: "
+                                          "RAY_API_SERVER_ADDRESS, then RAY_ADDRESS)")
+
+    sm = sub.add_parser("submit", help="submit a spec to a Ray cluster (Ray Jobs API)")
+    sm.add_argument("spec", help="YAML spec file (validated here; its data are checked on the "
+                                 "cluster)")
+    sm.add_argument("--set", dest="overrides", action="append", default=[],
+                    metavar="PATH=VALUE", help="override a spec field (repeatable)")
+    address(sm)
+    sm.add_argument("--submission-id", help="job id, also the run id; resubmitting an id that "
+                                            "exists reports that job instead")
+    sm.add_argument("--wait", action="store_true",
+                    help="stream the job's log until it ends; exit 0 SUCCEEDED, 4 FAILED/STOPPED")
+    sm.add_argument("--output", help="output root on the cluster (default: the spec's "
+                                     "output.dir); use shared storage for multi-node clusters")
+    sm.add_argument("--pip", action="append", default=[], metavar="REQUIREMENT",
+                    help="add a pip package to the job's runtime_env (repeatable)")
+    sm.add_argument("--env", dest="env_vars", action="append", default=[], metavar="KEY=VALUE",
+                    help="add an environment variable to the job's runtime_env (repeatable)")
+    common(sm)
+
+    for name, text in (("status", "show a submitted job's status"),
+                       ("stop", "stop a submitted job")):
+        sp = sub.add_parser(name, help=text)
+        sp.add_argument("submission_id", metavar="ID")
+        address(sp)
+        if name == "stop":
+            sp.add_argument("--no-wait", action="store_true",
+                            help="return at once instead of waiting until it is STOPPED")
+        common(sp)
+    lg = sub.add_parser("logs", help="print a submitted job's log")
+    lg.add_argument("submission_id", metavar="ID")
+    address(lg)
+    lg.add_argument("--follow", "-f", action="store_true", help="keep printing until it ends")
+    common(lg, json_flag=False)
+
+    jb = sub.add_parser("jobs", help="jobs on a Ray cluster")
+    jsub = jb.add_subparsers(dest="jobs_command", metavar="SUBCOMMAND")
+    jl = jsub.add_parser("list", help="list the cluster's distml jobs")
+    address(jl)
+    jl.add_argument("--all", action="store_true", help="include jobs distml did not submit")
+    common(jl)
+
+    pr = sub.add_parser("predict", help="score data with a finished run's model (parquet out)")
+    pr.add_argument("run_dir", metavar="RUN_DIR", help="a finished run directory (_SUCCESS)")
+    pr.add_argument("--input", required=True, help="parquet/CSV path, glob, folder or URL")
+    pr.add_argument("--output", required=True, help="output folder (partitioned parquet)")
+    pr.add_argument("--keep", nargs="+", action="extend", default=[], metavar="COL",
+                    help="input columns copied into the output (e.g. an id)")
+    pr.add_argument("--strict", action="store_true",
+                    help="refuse input columns the model was not trained on")
+    pr.add_argument("--overwrite", action="store_true",
+                    help="replace finished predictions already in --output")
+    pr.add_argument("--batch-size", type=int, help="rows per scored batch (default 16384)")
+    pr.add_argument("--address", help="Ray cluster address (GCS HOST:PORT or 'auto')")
+    common(pr)
     return p
 
 
@@ -103,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INVALID
     if args.command == "data" and args.data_command is None:
         parser.parse_args(["data", "--help"])
+    if args.command == "jobs" and args.jobs_command is None:
+        parser.parse_args(["jobs", "--help"])
     as_json = getattr(args, "json", False)
     debug = getattr(args, "debug", False)
     _setup_logging(debug)
@@ -164,7 +225,68 @@ def _dispatch(args: argparse.Namespace) -> tuple[dict, int]:
 
         info = generate_dataset(args.source, args.output, rows=args.rows, files=args.files)
         return {"status": "succeeded", **info}, EXIT_OK
+    if args.command in ("submit", "status", "logs", "stop", "jobs"):
+        return _dispatch_jobs(args)
+    if args.command == "predict":
+        from distml.predict import predict
+
+        pred = predict(args.run_dir, args.input, args.output, keep=args.keep,
+                       strict=args.strict, batch_size=args.batch_size, address=args.address,
+                       overwrite=args.overwrite)
+        return pred.to_dict() | {"_summary": pred.summary()}, EXIT_OK
     raise DistmlError(f"unknown command {args.command!r}")
+
+
+def _env_pairs(items: list[str]) -> dict[str, str]:
+    from distml.errors import SpecError
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SpecError(f"--env must be KEY=VALUE; got {item!r}")
+        out[key] = value
+    return out
+
+
+def _job_payload(sub) -> tuple[dict, int]:
+    """A Submission as the command's JSON object and exit code (4 when it ended badly)."""
+    payload = sub.to_dict() | {"_summary": sub.summary()}
+    if sub.finished and not sub.succeeded:
+        payload["_error"] = payload["error"]["message"]
+        return payload, EXIT_FAILED
+    return payload, EXIT_OK
+
+
+def _dispatch_jobs(args: argparse.Namespace) -> tuple[dict, int]:
+    """submit / status / logs / stop / jobs list: the Ray Jobs API through distml.submit."""
+    import importlib
+
+    jobs = importlib.import_module("distml.submit")  # the module, whatever distml.submit names
+    # the job's log: stdout for people, stderr under --json (stdout holds only the JSON)
+    stream = sys.stderr if getattr(args, "json", False) else sys.stdout
+    if args.command == "submit":
+        sub = jobs.submit(args.spec, args.overrides, address=args.address,
+                          submission_id=args.submission_id, wait=args.wait, output=args.output,
+                          pip=args.pip, env_vars=_env_pairs(args.env_vars),
+                          stream=stream if args.wait else None)
+        if not args.wait:
+            return sub.to_dict() | {"_summary": sub.summary()}, EXIT_OK
+        return _job_payload(sub)
+    if args.command == "status":
+        sub = jobs.status(args.submission_id, address=args.address)
+        return sub.to_dict() | {"_summary": sub.summary()}, EXIT_OK
+    if args.command == "stop":
+        sub = jobs.stop(args.submission_id, address=args.address, wait=not args.no_wait)
+        return sub.to_dict() | {"_summary": sub.summary()}, EXIT_OK
+    if args.command == "logs":
+        if args.follow:
+            jobs.follow_logs(args.submission_id, address=args.address, stream=stream)
+            return {"_text": ""}, EXIT_OK
+        return {"_text": jobs.logs(args.submission_id, address=args.address)}, EXIT_OK
+    found = jobs.list_jobs(address=args.address, all_jobs=args.all)
+    return {"status": "succeeded", "jobs": [j.to_dict() for j in found],
+            "_text": jobs.format_table(found) + "\n"}, EXIT_OK
 
 
 def _print_human(args: argparse.Namespace, payload: dict) -> None:
@@ -174,6 +296,8 @@ def _print_human(args: argparse.Namespace, payload: dict) -> None:
         print(payload["_text"], end="")
     elif "_summary" in payload:
         print(payload["_summary"])
+        if "_error" in payload:
+            print(f"distml: error: {payload['_error']}", file=sys.stderr)
     elif args.command == "validate":
         print(f"ok: {payload['name']} [{payload['kind']}] is valid")
     else:

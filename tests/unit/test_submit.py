@@ -1,0 +1,329 @@
+"""``distml submit`` without a cluster: addresses, tokens, the fixed entrypoint, what travels
+with the job, idempotency and following a job (a fake Jobs API), and T8 for the Jobs API."""
+
+from __future__ import annotations
+
+import importlib
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from distml.cli import main
+from distml.errors import ClusterError, SpecError
+
+sub_mod = importlib.import_module("distml.submit")  # the module, whatever distml.submit names
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch, tmp_path):
+    for var in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN",
+                "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+
+def test_address_order_and_shape(monkeypatch):
+    assert sub_mod.resolve_jobs_address("http://h:8265/") == ("http://h:8265", "--address")
+    monkeypatch.setenv("RAY_ADDRESS", "http://a:8265")
+    assert sub_mod.resolve_jobs_address(None) == ("http://a:8265", "RAY_ADDRESS")
+    monkeypatch.setenv("RAY_API_SERVER_ADDRESS", "https://b:443")
+    assert sub_mod.resolve_jobs_address(None) == ("https://b:443", "RAY_API_SERVER_ADDRESS")
+    assert sub_mod.resolve_jobs_address("http://c:1")[1] == "--address"
+    monkeypatch.delenv("RAY_API_SERVER_ADDRESS")
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    with pytest.raises(ClusterError, match=r"'10.0.0.1:6379' \(from RAY_ADDRESS\) is not a Ray "
+                                           r"Jobs API URL.*use http://HOST:8265"):
+        sub_mod.resolve_jobs_address(None)
+    with pytest.raises(ClusterError, match=r"'ray://h:10001' \(from --address\) is not"):
+        sub_mod.resolve_jobs_address("ray://h:10001")
+    monkeypatch.delenv("RAY_ADDRESS")
+    with pytest.raises(ClusterError, match="no cluster address: pass --address"):
+        sub_mod.resolve_jobs_address(None)
+
+
+def test_token_is_read_in_rays_order(monkeypatch, tmp_path):
+    assert sub_mod.load_token() == (None, None)
+    default = tmp_path / "home" / ".ray" / "auth_token"
+    default.parent.mkdir(parents=True)
+    default.write_text("from-default\n")
+    assert sub_mod.load_token() == ("from-default", str(default))
+    path = tmp_path / "tok"
+    path.write_text("  from-path \n")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(path))
+    assert sub_mod.load_token() == ("from-path", "RAY_AUTH_TOKEN_PATH")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "from-env")
+    assert sub_mod.load_token() == ("from-env", "RAY_AUTH_TOKEN")
+    monkeypatch.delenv("RAY_AUTH_TOKEN")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "nope"))
+    with pytest.raises(ClusterError, match="RAY_AUTH_TOKEN_PATH=.* cannot be read"):
+        sub_mod.load_token()
+
+
+def test_entrypoint_is_fixed_and_quoted():
+    assert sub_mod.entrypoint("nightly.2026-11-21_a") == (
+        "python -m distml run spec.yaml --run-id nightly.2026-11-21_a --json")
+    for bad in ("x; rm -rf /", "$(id)", "../up", "a b", ""):
+        with pytest.raises(ValueError):
+            sub_mod.entrypoint(bad)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_jobs_api_exits_3_fast(monkeypatch, capsys):
+    """RELIABILITY.md T8 for submit/status/stop/logs/jobs list."""
+    url = f"http://127.0.0.1:{_closed_port()}"
+    for argv in (["submit", f"{ROOT}/jobs/quickstart.yaml", "--address", url],
+                 ["stop", "x", "--address", url]):
+        t0 = time.monotonic()
+        assert main([*argv, "--json"]) == 3
+        assert time.monotonic() - t0 < 15
+        err = json.loads(capsys.readouterr().out)["error"]["message"]
+        assert url in err and "(from --address)" in err
+    monkeypatch.setenv("RAY_ADDRESS", url)
+    assert main(["logs", "x"]) == 3
+    assert f"{url!r} (from RAY_ADDRESS)" in capsys.readouterr().err
+
+
+def test_cli_subprocess_exit_3_and_one_json_object(tmp_path):
+    url = f"http://127.0.0.1:{_closed_port()}"
+    out = subprocess.run([sys.executable, "-m", "distml", "submit", "jobs/quickstart.yaml",
+                          "--address", url, "--json"], capture_output=True, text=True,
+                         timeout=60, cwd=ROOT)
+    assert out.returncode == 3 and "Traceback" not in out.stderr
+    assert json.loads(out.stdout)["error"]["exit_code"] == 3
+
+
+# ------------------------------------------------------------------ a fake Jobs API
+
+class FakeJobs:
+    """Stands in for JobsClient: records what submit() sends; jobs advance on each info()."""
+
+    instances: list["FakeJobs"] = []
+    jobs: dict = {}
+    sent: list = []
+
+    def __init__(self, address=None):
+        self.address, self.source = sub_mod.resolve_jobs_address(address)
+        FakeJobs.instances.append(self)
+
+    def _where(self):
+        return self.address
+
+    def find(self, sid):
+        return self.info(sid) if sid in FakeJobs.jobs else None
+
+    def info(self, sid):
+        if sid not in FakeJobs.jobs:
+            raise sub_mod.JobNotFound(f"no job {sid}")
+        job = FakeJobs.jobs[sid]
+        if job["states"]:
+            job["status"] = job["states"].pop(0)
+            job["log"] += f"now {job['status']}\n"
+        return sub_mod.Submission(sid, self.address, self.source, job["status"],
+                                  metadata=job["metadata"], job_id="02000000",
+                                  start_time=1.0e9, end_time=None)
+
+    def logs(self, sid):
+        return FakeJobs.jobs[sid]["log"]
+
+    def stop(self, sid):
+        FakeJobs.jobs[sid]["states"] = ["STOPPED"]
+        return True
+
+    def list(self):
+        return [self.info(s) for s in FakeJobs.jobs]
+
+    def submit(self, **kw):
+        wd = kw["runtime_env"]["working_dir"]
+        FakeJobs.sent.append({**kw, "files": {f: open(os.path.join(wd, f)).read()
+                                             for f in os.listdir(wd)}})
+        FakeJobs.jobs[kw["submission_id"]] = {
+            "status": "PENDING", "states": ["RUNNING", "SUCCEEDED"], "log": "start\n",
+            "metadata": kw["metadata"]}
+        return kw["submission_id"]
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    FakeJobs.instances, FakeJobs.jobs, FakeJobs.sent = [], {}, []
+    monkeypatch.setattr(sub_mod, "JobsClient", FakeJobs)
+    monkeypatch.setattr(sub_mod.time, "sleep", lambda s: None)
+    return FakeJobs
+
+
+def test_only_the_resolved_spec_travels(fake, tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: shell\nkind: xgboost\n"
+                    "data: {source: '/data/$(rm -rf ~)/x.parquet', target: 'y; reboot'}\n")
+    sub = sub_mod.submit(spec, ["model.num_boost_round=7"], address="http://h:8265",
+                         submission_id="s-1", output="/shared/runs", pip=["xgboost==3.2.0"],
+                         env_vars={"OMP_NUM_THREADS": "2"})
+    sent = fake.sent[0]
+    assert sent["entrypoint"] == "python -m distml run spec.yaml --run-id s-1 --json"
+    assert list(sent["files"]) == ["spec.yaml"]
+    shipped = yaml.safe_load(sent["files"]["spec.yaml"])
+    assert shipped["model"]["num_boost_round"] == 7 and shipped["output"]["dir"] == "/shared/runs"
+    assert shipped["data"]["source"] == "/data/$(rm -rf ~)/x.parquet"
+    # only what the spec sets travels: defaults are the cluster's distml's to fill in
+    assert "resources" not in shipped and "split" not in shipped["data"]
+    assert sent["runtime_env"]["pip"] == ["xgboost==3.2.0"]
+    assert sent["runtime_env"]["env_vars"] == {"OMP_NUM_THREADS": "2"}
+    assert sent["metadata"]["distml_run_id"] == "s-1" and sent["metadata"]["distml_kind"] == \
+        "xgboost"
+    assert not os.path.exists(sent["runtime_env"]["working_dir"])  # the temp dir is gone
+    assert sub.status == "RUNNING" and not sub.existing
+
+
+@pytest.fixture
+def distml_log():
+    """Records of the "distml" logger (the CLI may have turned its propagation off)."""
+    import logging
+
+    records: list[str] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = lambda r: records.append(r.getMessage())
+    logger = logging.getLogger("distml")
+    old = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    yield records
+    logger.removeHandler(handler)
+    logger.setLevel(old)
+
+
+def test_no_runtime_env_extras_unless_asked(fake, distml_log):
+    sub_mod.submit(f"{ROOT}/jobs/quickstart.yaml", address="http://h:8265")
+    env = fake.sent[0]["runtime_env"]
+    assert set(env) == {"working_dir"}
+    assert fake.sent[0]["submission_id"].startswith("quickstart-")
+    assert any("output.dir 'runs' is relative" in m for m in distml_log)
+
+
+def test_invalid_spec_and_id_fail_before_any_contact(fake, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: b\nkind: xgboost\ndata: {source: x.parquet, target: y, "
+                   "split: {valid: 2}}\n")
+    with pytest.raises(SpecError, match="data.split.valid"):
+        sub_mod.submit(bad, address="http://h:8265")
+    with pytest.raises(SpecError, match="submission id must be"):
+        sub_mod.submit(f"{ROOT}/jobs/quickstart.yaml", address="http://h:8265",
+                       submission_id="a/b")
+    assert fake.instances == [] and fake.sent == []
+    assert main(["submit", f"{ROOT}/jobs/quickstart.yaml", "--address", "http://h:8265",
+                 "--env", "NOEQUALS"]) == 2
+
+
+def test_resubmitting_an_id_reports_the_existing_job(fake):
+    first = sub_mod.submit(f"{ROOT}/jobs/quickstart.yaml", address="http://h:8265",
+                           submission_id="n-1")
+    again = sub_mod.submit(f"{ROOT}/jobs/quickstart.yaml", address="http://h:8265",
+                           submission_id="n-1")
+    assert len(fake.sent) == 1 and again.existing and not first.existing
+
+
+def test_a_lost_race_reports_the_winner(fake, monkeypatch):
+    def racing_submit(self, **kw):
+        FakeJobs.jobs[kw["submission_id"]] = {"status": "RUNNING", "states": [], "log": "",
+                                              "metadata": {}}
+        raise ClusterError("refused: job already exists")
+
+    monkeypatch.setattr(FakeJobs, "submit", racing_submit)
+    sub = sub_mod.submit(f"{ROOT}/jobs/quickstart.yaml", address="http://h:8265",
+                         submission_id="race-1")
+    assert sub.existing and sub.status == "RUNNING"
+
+
+def test_wait_streams_each_log_line_once_and_reads_the_result(fake):
+    stream = io.StringIO()
+    fake_log_end = json.dumps({"status": "succeeded", "run_dir": "/runs/x",
+                               "metrics": {"valid": {"auc": 0.9}}})
+    orig_info = FakeJobs.info
+
+    def info(self, sid):
+        s = orig_info(self, sid)
+        if s.status == "SUCCEEDED" and fake_log_end not in FakeJobs.jobs[sid]["log"]:
+            FakeJobs.jobs[sid]["log"] += fake_log_end + "\n"
+        return s
+
+    FakeJobs.info = info
+    try:
+        sub = sub_mod.submit(f"{ROOT}/jobs/quickstart.yaml", address="http://h:8265",
+                             submission_id="w-1", wait=True, stream=stream)
+    finally:
+        FakeJobs.info = orig_info
+    text = stream.getvalue()
+    assert text.count("now RUNNING") == 1 and text.count("now SUCCEEDED") == 1
+    assert sub.succeeded and sub.exit_code == 0
+    assert sub.result["run_dir"] == "/runs/x" and sub.to_dict()["metrics"]["valid"]["auc"] == 0.9
+
+
+def test_failed_job_payload_and_exit_code():
+    s = sub_mod.Submission("f-1", "http://h:8265", "--address", "FAILED",
+                           message="Job entrypoint command failed with exit code 2",
+                           driver_exit_code=2,
+                           result={"status": "failed", "error": {"type": "DataError",
+                                                                "message": "no file matches"}})
+    assert s.exit_code == 4
+    d = s.to_dict()
+    assert d["status"] == "failed" and d["error"]["job_exit_code"] == 2
+    assert d["error"]["message"] == "job f-1 FAILED: no file matches"
+    running = sub_mod.Submission("r-1", "http://h:8265", "--address", "RUNNING")
+    assert running.exit_code is None and "distml logs r-1 --follow" in running.summary()
+
+
+def test_stop_and_list_through_the_cli(fake, capsys):
+    sub_mod.submit(f"{ROOT}/jobs/quickstart.yaml", address="http://h:8265",
+                   submission_id="st-1")
+    FakeJobs.jobs["st-1"]["states"] = ["RUNNING"]
+    assert main(["stop", "st-1", "--address", "http://h:8265", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["job_status"] == "STOPPED"
+    FakeJobs.jobs["other"] = {"status": "SUCCEEDED", "states": [], "log": "", "metadata": {}}
+    assert main(["jobs", "list", "--address", "http://h:8265", "--json"]) == 0
+    assert [j["submission_id"] for j in json.loads(capsys.readouterr().out)["jobs"]] == ["st-1"]
+    assert main(["jobs", "list", "--address", "http://h:8265", "--all"]) == 0
+    table = capsys.readouterr().out
+    assert table.splitlines()[0].split()[:2] == ["SUBMISSION", "ID"] and "other" in table
+
+
+def test_job_result_takes_the_last_json_line():
+    logs = ('{"not": "a result"}\n{"status": "failed", "error": {"message": "x"}}\n'
+            "trailing text\n")
+    assert sub_mod.job_result(logs)["status"] == "failed"
+    assert sub_mod.job_result("no json here") is None
+
+
+def test_an_http_server_that_is_not_ray_exits_3(capsys, monkeypatch):
+    import http.server
+    import threading
+
+    class NotRay(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the stdlib's name
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"<html>hello</html>")
+
+        def log_message(self, *a):
+            pass
+
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "some-token")  # sent, so the request goes out
+    server = http.server.HTTPServer(("127.0.0.1", 0), NotRay)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        assert main(["jobs", "list", "--address", url, "--json"]) == 3
+        msg = json.loads(capsys.readouterr().out)["error"]["message"]
+        assert "refused the request (connect)" in msg and "port 8265" in msg
+    finally:
+        server.shutdown()

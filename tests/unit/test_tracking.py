@@ -1,0 +1,119 @@
+"""MLflow tracking (distml.runtime.tracking) against a local file store; no cluster."""
+
+from __future__ import annotations
+
+import builtins
+import json
+
+import pytest
+import yaml
+
+from distml.errors import MissingDependency, SpecError
+from distml.result import Result
+from distml.runtime import tracking
+from distml.runtime.artifacts import RunDir
+
+
+def _finished_run(tmp_path) -> Result:
+    rd = RunDir(tmp_path / "runs", "churn", "r1")
+    rd.prepare()
+    rd.write_yaml("spec.yaml", {"name": "churn", "kind": "xgboost",
+                                "data": {"source": "builtin:iris", "target": "target"},
+                                "model": {"params": {"max_depth": 4, "eta": 0.1},
+                                          "num_boost_round": 20}})
+    rd.write_json("manifest.json", {"name": "churn", "kind": "xgboost", "run_id": "r1",
+                                    "status": "succeeded"})
+    rd.write_json("metrics.json", {"train": {"accuracy": 1.0}, "valid": {"roc_auc": 0.97},
+                                   "cv": {"mean": {"f1": 0.9}, "folds": [{"f1": 0.8}]},
+                                   "best_iteration": 12, "converged": True, "note": "x",
+                                   "nan": None})
+    rd.write_bytes("model/model.ubj", b"\x00model")
+    rd.write_parquet("tables/feature_importance.parquet",
+                     __import__("pandas").DataFrame({"feature": ["a"], "importance": [1.0]}))
+    rd.mark_success()
+    return Result.load(rd.path)
+
+
+def test_flatten_metrics_and_params():
+    assert tracking.metric_items({"valid": {"auc": 0.9, "n": 3}, "ok": True, "l": [1],
+                                  "bad": float("nan")}) == {"valid.auc": 0.9, "valid.n": 3.0}
+    params = tracking.param_items({"model": {"params": {"max_depth": 4}, "hidden": [8, 4]},
+                                   "name": "x", "long": "y" * 7000})
+    assert params["model.params.max_depth"] == "4" and params["model.hidden"] == "[8, 4]"
+    assert params["name"] == "x" and len(params["long"]) == 6000
+
+
+def test_config_shapes():
+    assert tracking._config({"mlflow": {"uri": "file:///x"}})["experiment"] == "distml"
+    with pytest.raises(SpecError, match="tracking.mlflow.uri is required"):
+        tracking._config({"mlflow": {"experiment": "e"}})
+
+
+def test_missing_mlflow_has_an_install_hint(monkeypatch, tmp_path):
+    real = builtins.__import__
+
+    def no_mlflow(name, *a, **k):
+        if name == "mlflow" or name.startswith("mlflow."):
+            raise ImportError(name)
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_mlflow)
+    with pytest.raises(MissingDependency, match=r'pip install "distml\[tracking\]"'):
+        tracking.log_result(object(), {"uri": "file:///x", "experiment": "e"})
+
+
+def test_log_result_to_a_file_store(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    result = _finished_run(tmp_path)
+    uri = (tmp_path / "mlruns").as_uri()
+    rid = tracking.log_result(result, {"mlflow": {"uri": uri, "experiment": "churn",
+                                                  "tags": {"team": "growth"}}})
+    client = MlflowClient(uri)
+    run = client.get_run(rid)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics == {"train.accuracy": 1.0, "valid.roc_auc": 0.97,
+                                "cv.mean.f1": 0.9, "best_iteration": 12.0}
+    assert run.data.params["model.params.max_depth"] == "4"
+    assert run.data.params["data.source"] == "builtin:iris"
+    assert run.data.tags["distml.run_id"] == "r1" and run.data.tags["team"] == "growth"
+    assert run.data.tags["distml.run_dir"] == str(result.run_dir)
+    listed = {a.path for a in client.list_artifacts(rid, "distml_run")}
+    assert {"distml_run/metrics.json", "distml_run/spec.yaml", "distml_run/model",
+            "distml_run/tables", "distml_run/_SUCCESS"} <= listed
+    model = [a.path for a in client.list_artifacts(rid, "distml_run/model")]
+    assert model == ["distml_run/model/model.ubj"]
+    # the same distml run again: found by its tags, not logged twice
+    assert tracking.log_result(result, {"uri": uri, "experiment": "churn"}) == rid
+    exp = client.get_experiment_by_name("churn")
+    assert len(client.search_runs([exp.experiment_id])) == 1
+    json.dumps(run.data.params)  # plain strings
+
+
+@pytest.fixture
+def distml_log():
+    """Records of the "distml" logger (the CLI may have turned its propagation off)."""
+    import logging
+
+    records: list[str] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = lambda r: records.append(r.getMessage())
+    logger = logging.getLogger("distml")
+    old = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    yield records
+    logger.removeHandler(handler)
+    logger.setLevel(old)
+
+
+def test_tracking_failure_is_a_warning(tmp_path, distml_log):
+    pytest.importorskip("mlflow")
+    result = _finished_run(tmp_path)
+    (tmp_path / "blocked").write_text("a file where the store's folder would go")
+    assert tracking.log_result_safely(
+        result, {"uri": (tmp_path / "blocked").as_uri(), "experiment": "e"}) is None
+    assert any("could not log run churn/r1 to MLflow" in m for m in distml_log)
+    assert yaml.safe_load((result.run_dir / "spec.yaml").read_text())["name"] == "churn"

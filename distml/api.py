@@ -132,7 +132,13 @@ def run(spec: "str | os.PathLike | Mapping | JobSpec",
         run_dir.write_json("manifest.json", manifest)
         log.info("run succeeded in %.1fs", timings["total_s"])
     run_dir.mark_success()
-    return Result.load(run_dir.path)
+    result = Result.load(run_dir.path)
+    tracking = job_spec.tracking.mlflow if job_spec.tracking is not None else None
+    if tracking is not None:
+        from distml.runtime.tracking import log_result_safely
+
+        log_result_safely(result, tracking)  # after _SUCCESS: a tracking outage is a warning
+    return result
 
 
 def _execute(job, job_spec, info, run_dir, address, resume, manifest, timings):

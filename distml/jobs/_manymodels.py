@@ -930,7 +930,7 @@ def run_many(spec, cfg: FitConfig, ctx) -> JobOutput:
     t0, c0 = time.perf_counter(), time.process_time()
     cpus = max(1, int(ctx.cluster.resources.get("CPU", 1) or 1)) if ctx.cluster else 1
     units = plan_units(ctx.data.source, cpus)
-    columns = [c for c in cfg.model_columns()]
+    columns = cfg.model_columns()
     opts = _task_options(spec)
     mapper = ray.remote(map_partition).options(num_returns=2, **opts)
     refs = [mapper.remote(u, cfg.group_by, columns) for u in units]
@@ -956,9 +956,13 @@ def run_many(spec, cfg: FitConfig, ctx) -> JobOutput:
     ctx.log.info("many-models: %d groups in %d partitions -> %d tasks of <= %d groups",
                  n_groups, len(units), n_tasks, gpt)
     results = []
-    while pending:  # collect as tasks finish, so results stream back while others fit
-        done, pending = ray.wait(pending, num_returns=min(len(pending), 4), timeout=None)
-        results.extend(ray.get(done))
+    try:
+        while pending:  # collect as tasks finish, so results stream back while others fit
+            done, pending = ray.wait(pending, num_returns=min(len(pending), 4), timeout=None)
+            results.extend(ray.get(done))
+    finally:
+        for ref in pending:  # a lost task failed the job: free the CPUs of the others
+            ray.cancel(ref)
     del parts, refs
     t_fit = time.perf_counter() - t0 - t_partition
     out = tabulate(cfg, results, keys)

@@ -189,6 +189,10 @@ class Spec(JobSpec):
             if m.cov_type == "HAC" or d.split != "none":
                 raise ValueError("model.solver suffstats supports cov_type nonrobust, HC0-HC3 "
                                  "and cluster, and no data.split")
+            if m.formula is not None and not analyze_formula(m.formula).rowwise:
+                raise ValueError("model.solver suffstats needs a row-wise formula (no center(), "
+                                 "standardize(), splines or explicit contrasts); got "
+                                 f"{m.formula!r}")
         for col in self.group_by:
             if col in (m.endog, d.target, m.weights, m.offset, m.exposure, m.time):
                 raise ValueError(f"group_by column {col!r} is also a model column; group "
@@ -444,8 +448,9 @@ class Job(BaseJob):
         if m.solver == "suffstats":
             return "suffstats", "model.solver is suffstats"
         size = sum(info.source.sizes) if info.source.sizes else 0
+        rowwise = m.formula is None or analyze_formula(m.formula).rowwise
         if (m.solver == "auto" and m.method in ("ols", "wls") and m.cov_type != "HAC"
-                and self.spec.data.split == "none" and size > SUFFSTATS_AUTO_BYTES):
+                and self.spec.data.split == "none" and rowwise and size > SUFFSTATS_AUTO_BYTES):
             return "suffstats", (f"input is {size / 2**30:.1f} GiB (> 1 GiB): exact OLS from "
                                  "merged per-partition sufficient statistics")
         return "single", "one model: fitted by statsmodels in one Ray task"

@@ -11,6 +11,8 @@ from types import ModuleType
 
 # name -> module (relative to this package). B1–B6 go here as they are written.
 REGISTRY: dict[str, str] = {
+    "b1": "b1_tune_overhead",
+    "b2": "b2_hpo_xgboost",
     "b5": "b5_out_of_core",
     "b6": "b6_many_models",
     "b7": "b7_quickstart",

@@ -10,7 +10,6 @@ import time
 import traceback
 from contextlib import contextmanager
 from importlib import metadata
-from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 from distml.errors import DistmlError, JobFailed
@@ -95,6 +94,10 @@ def run(spec: "str | os.PathLike | Mapping | JobSpec",
     job = kind_module(job_spec.kind).Job(job_spec)
     t0 = time.perf_counter()
     info = job.check_data()  # before any cluster work; raises SpecError/DataError
+    if job_spec.tune is not None:
+        from distml.tune.spec import check_trials
+
+        check_trials(job_spec)  # every searched value passes the kind's own checks
     timings["validate_s"] = time.perf_counter() - t0
 
     run_dir.prepare()
@@ -132,13 +135,11 @@ def run(spec: "str | os.PathLike | Mapping | JobSpec",
         run_dir.write_json("manifest.json", manifest)
         log.info("run succeeded in %.1fs", timings["total_s"])
     run_dir.mark_success()
-    result = Result.load(run_dir.path)
-    tracking = job_spec.tracking.mlflow if job_spec.tracking is not None else None
-    if tracking is not None:
-        from distml.runtime.tracking import log_result_safely
+    if job_spec.tune is not None:
+        from distml.tune import discard_experiment
 
-        log_result_safely(result, tracking)  # after _SUCCESS: a tracking outage is a warning
-    return result
+        discard_experiment(run_dir)
+    return Result.load(run_dir.path)
 
 
 def _execute(job, job_spec, info, run_dir, address, resume, manifest, timings):
@@ -154,7 +155,12 @@ def _execute(job, job_spec, info, run_dir, address, resume, manifest, timings):
                                "requested": res.model_dump()}
         t1 = time.perf_counter()
         ctx = RunContext(job_spec, info, run_dir, cl, log, resume)
-        out = job.run(ctx)
+        if job_spec.tune is not None:
+            from distml.tune import run_search
+
+            out = run_search(job, ctx)
+        else:
+            out = job.run(ctx)
         timings["job_s"] = time.perf_counter() - t1
         t2 = time.perf_counter()
     timings["cluster_stop_s"] = time.perf_counter() - t2
@@ -171,6 +177,8 @@ def _seeds(spec: JobSpec) -> dict[str, Any]:
         for key in ("seed", "random_state"):
             if key in params:
                 out[f"model.{key}"] = params[key]
+    if spec.tune is not None:
+        out["tune.seed"] = spec.tune.seed
     return out
 
 
@@ -187,6 +195,10 @@ def validate(spec: "str | os.PathLike | Mapping | JobSpec",
     job_spec = load_spec(spec, overrides)
     if check_data:
         kind_module(job_spec.kind).Job(job_spec).check_data()
+        if job_spec.tune is not None:
+            from distml.tune.spec import check_trials
+
+            check_trials(job_spec)
     return job_spec
 
 

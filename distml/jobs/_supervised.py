@@ -6,7 +6,11 @@ data itself (no copy through the driver) and returns metrics, tables and model b
 parallel, each in its own task, beside the final fit.
 
 A kind implements the four hooks of :class:`SupervisedJob` (``fit``, ``predict``,
-``importance``, ``model_files``); everything else here is common.
+``importance``, ``model_files``); everything else here is common, including the hooks a search
+uses (:mod:`distml.tune`): ``tune_prepare`` reads and splits the data once for every trial,
+``tune_trial`` fits one configuration and reports its valid (or cv) metrics, ``tune_refit`` fits
+the best one from the same prepared data. Iterative kinds (xgboost) override ``tune_trial`` to
+report every iteration.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from distml.runtime import metrics as M
 from distml.runtime.data import DataInfo, cv_indices, read_frame, split_indices
 
 SPLITS = ("train", "valid", "test")
+CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "logloss")
+REGRESSION_METRICS = ("rmse", "mae", "r2")
 
 
 @dataclass
@@ -49,6 +55,15 @@ class Prepared:
                 "dtypes": {c: str(t) for c, t in self.X.dtypes.items()},
                 "categorical": self.categories,
                 "classes": [_py(c) for c in self.classes] if self.classes is not None else None}
+
+
+@dataclass
+class TuneData:
+    """What every trial of a search shares through the object store: the prepared data and the
+    row split (read, typed and split once, in one Ray task)."""
+
+    prep: Prepared
+    parts: dict[str, np.ndarray]
 
 
 def _py(v: Any) -> Any:
@@ -190,7 +205,9 @@ class SupervisedJob(Job):
         metrics, _ = self.evaluate(model, prep, prep.X.iloc[valid], prep.y[valid])
         return {**metrics, **{k: v for k, v in figures.items() if isinstance(v, (int, float))}}
 
-    def run(self, ctx: RunContext) -> JobOutput:
+    def run(self, ctx: RunContext, prep_ref: Any = None) -> JobOutput:
+        """One Ray task (or one per CV fold); ``prep_ref`` reuses data already prepared in the
+        object store (a :class:`Prepared` or :class:`TuneData`) instead of reading it again."""
         import ray
 
         res = self.spec.resources
@@ -199,9 +216,9 @@ class SupervisedJob(Job):
         split = self.spec.data.split_spec
         try:
             if split is not None and split.cv:
-                return self._run_cv(ctx, split, opts)
+                return self._run_cv(ctx, split, opts, prep_ref)
             ctx.log.info("fitting in one Ray task (resources.num_workers is 1)")
-            out = ray.get(ray.remote(_fit_task).options(**opts).remote(self, ctx.data))
+            out = ray.get(ray.remote(_fit_task).options(**opts).remote(self, ctx.data, prep_ref))
         except DataError:
             raise
         except Exception as e:
@@ -210,11 +227,12 @@ class SupervisedJob(Job):
                                  "reason": "resources.num_workers is 1: the data fits one worker"}
         return out
 
-    def _run_cv(self, ctx: RunContext, split, opts: dict) -> JobOutput:
+    def _run_cv(self, ctx: RunContext, split, opts: dict, prep_ref: Any = None) -> JobOutput:
         import ray
 
         ctx.log.info("cross-validation: %d folds in parallel Ray tasks", split.cv)
-        prep_ref = ray.remote(_prepare_task).options(**opts).remote(self, ctx.data)
+        if prep_ref is None:
+            prep_ref = ray.remote(_prepare_task).options(**opts).remote(self, ctx.data)
         final_ref = ray.remote(_fit_task).options(**opts).remote(self, ctx.data, prep_ref)
         fold_refs = [ray.remote(_fold_task).options(**opts).remote(self, prep_ref, i)
                      for i in range(split.cv)]
@@ -227,17 +245,74 @@ class SupervisedJob(Job):
                                  "reason": "data.split.cv: one Ray task per fold plus the final fit"}
         return out
 
+    # ------------------------------------------------------------------ search hooks (distml.tune)
 
-def _fit_task(job: SupervisedJob, info: DataInfo, prep: Prepared | None = None) -> JobOutput:
-    return job.fit_and_evaluate(info, prep)
+    def tune_metric_names(self) -> set[str]:
+        """Metric names a trial can be scored on: the task's when the spec fixes the task, else
+        those of either task (the data decide; a trial then reports what it computes)."""
+        task = self.task()
+        if task == "classification":
+            return set(CLASSIFICATION_METRICS)
+        if task == "regression":
+            return set(REGRESSION_METRICS)
+        return set(CLASSIFICATION_METRICS) | set(REGRESSION_METRICS)
+
+    def tune_iterations(self) -> int | None:
+        """Iterations a trial reports (None: one fit, one report; no early-stopping scheduler)."""
+        return None
+
+    def tune_iteration_metrics(self) -> set[str] | None:
+        """Metric names computed every iteration (None: the kind is not iterative)."""
+        return None
+
+    def tune_prepare(self, info: DataInfo) -> TuneData:
+        """Read, type and split the data once (in a Ray task) for every trial of a search."""
+        prep = prepare(self.spec, info, self.task())
+        parts = split_indices(prep.y, self.spec.data.split_spec,
+                              classification=prep.task == "classification")
+        return TuneData(prep, parts)
+
+    def tune_trial(self, data: TuneData, session) -> None:
+        """One trial: fit ``self.spec`` on the train rows, report the metric's split once."""
+        prep = data.prep
+        if session.split == "cv":
+            folds = [self.fold_metrics(prep, i) for i in range(self.spec.data.split_spec.cv)]
+            mean = M.summarize_folds(folds)["mean"]
+            session.report(1, {f"cv.{k}": v for k, v in mean.items()}, final=True)
+            return
+        parts = data.parts
+        model, figures, _ = self.fit(prep, parts["train"], parts.get("valid"))
+        split = session.split if session.split in parts else "valid"
+        rows = parts[split]
+        metrics, _ = self.evaluate(model, prep, prep.X.iloc[rows], prep.y[rows])
+        report = {f"{split}.{k}": v for k, v in metrics.items()}
+        report.update({k: v for k, v in figures.items() if isinstance(v, (int, float))})
+        session.report(int(figures.get("num_boosted_rounds", 1)), report, final=True)
+
+    def tune_final_overrides(self, result: dict) -> dict[str, Any]:
+        """Overrides that make the refit reproduce a trial (beyond its sampled values)."""
+        return {}
+
+    def tune_refit(self, ctx: RunContext, shared_ref: Any) -> JobOutput:
+        """The run's model for the best configuration, from the data the trials shared."""
+        return self.run(ctx, prep_ref=shared_ref)
+
+
+def _fit_task(job: SupervisedJob, info: DataInfo,
+              prep: "Prepared | TuneData | None" = None) -> JobOutput:
+    return job.fit_and_evaluate(info, _prepared(prep))
 
 
 def _prepare_task(job: SupervisedJob, info: DataInfo) -> Prepared:
     return prepare(job.spec, info, job.task())
 
 
-def _fold_task(job: SupervisedJob, prep: Prepared, fold: int) -> dict:
-    return job.fold_metrics(prep, fold)
+def _fold_task(job: SupervisedJob, prep: "Prepared | TuneData", fold: int) -> dict:
+    return job.fold_metrics(_prepared(prep), fold)
+
+
+def _prepared(x: "Prepared | TuneData | None") -> Prepared | None:
+    return x.prep if isinstance(x, TuneData) else x
 
 
 def _cause(e: BaseException) -> str:

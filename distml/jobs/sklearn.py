@@ -112,7 +112,8 @@ class Job(SupervisedJob):
 
     spec: Spec
 
-    def check_data(self):
+    def check_spec(self) -> None:
+        """The estimator exists and takes every key of ``model.params`` (SpecError if not)."""
         cls = estimator_class(self.spec.model.estimator)
         valid = cls().get_params(deep=False)
         for key in self.spec.model.params:
@@ -121,6 +122,9 @@ class Job(SupervisedJob):
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise SpecError(f"model.params.{key} is not a parameter of {cls.__name__}{hint} "
                                 f"(parameters: {', '.join(valid)})")
+
+    def check_data(self):
+        self.check_spec()
         return super().check_data()
 
     def task(self) -> str | None:

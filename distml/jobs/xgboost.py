@@ -5,6 +5,11 @@ task: a Ray Train worker group costs ~13 s to start here and does not pay for da
 worker. Early stopping watches the valid split; the evaluation history is kept as the
 ``learning_curve`` table; feature importance is xgboost's ``gain``; the model is saved as
 ``model/model.ubj`` (xgboost's native binary JSON).
+
+In a search (:mod:`distml.tune`) a trial boosts round by round and reports the searched metric
+as xgboost evaluates it each round (``auc`` → ``roc_auc``, ``error`` → ``accuracy = 1 - error``,
+…), so ASHA or the median rule can stop it; it checkpoints the booster (raw bytes) with the
+early-stopping state, and a retried trial continues from there with the remaining rounds.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import pandas as pd
 from pydantic import Field, model_validator
 
 from distml.errors import DataError
-from distml.jobs._supervised import Prepared, SupervisedJob
+from distml.jobs._supervised import Prepared, SupervisedJob, TuneData
 from distml.spec.base import JobSpec, StrictModel
 
 
@@ -51,6 +56,15 @@ class Spec(JobSpec):
 
 
 _CLASSIFICATION_PREFIXES = ("binary:", "multi:")
+#: distml metric → (xgboost eval_metric for binary, multiclass, regression); what a trial can
+#: report every round. accuracy comes from the error rate.
+_ROUND_METRICS: dict[str, tuple[str | None, str | None, str | None]] = {
+    "logloss": ("logloss", "mlogloss", None),
+    "roc_auc": ("auc", "auc", None),
+    "accuracy": ("error", "merror", None),
+    "rmse": (None, None, "rmse"),
+    "mae": (None, None, "mae"),
+}
 
 
 class Job(SupervisedJob):
@@ -90,17 +104,22 @@ class Job(SupervisedJob):
         params.setdefault("seed", 0)
         return params
 
+    @staticmethod
+    def _dmatrix(prep: Prepared, rows: np.ndarray, nthread: int):
+        import xgboost as xgb
+
+        return xgb.DMatrix(prep.X.iloc[rows], label=prep.y[rows], enable_categorical=True,
+                           nthread=nthread)
+
     def fit(self, prep: Prepared, train: np.ndarray, valid: np.ndarray | None):
         import xgboost as xgb
 
         params = self.booster_params(prep)
         nthread = params.get("nthread", -1)
-        dtrain = xgb.DMatrix(prep.X.iloc[train], label=prep.y[train], enable_categorical=True,
-                             nthread=nthread)
+        dtrain = self._dmatrix(prep, train, nthread)
         evals = [(dtrain, "train")]
         if valid is not None and len(valid):
-            evals.append((xgb.DMatrix(prep.X.iloc[valid], label=prep.y[valid],
-                                      enable_categorical=True, nthread=nthread), "valid"))
+            evals.append((self._dmatrix(prep, valid, nthread), "valid"))
         history: dict = {}
         model = self.spec.model
         booster = xgb.train(params, dtrain, num_boost_round=model.num_boost_round, evals=evals,
@@ -143,3 +162,129 @@ class Job(SupervisedJob):
 
     def model_files(self, model) -> dict[str, bytes]:
         return {"model/model.ubj": bytes(model.save_raw("ubj"))}
+
+    # ------------------------------------------------------------------ search hooks (distml.tune)
+
+    def tune_iterations(self) -> int:
+        return self.spec.model.num_boost_round
+
+    def tune_iteration_metrics(self) -> set[str]:
+        return set(_ROUND_METRICS)
+
+    def tune_final_overrides(self, result: dict) -> dict[str, Any]:
+        """A trial stopped early by the scheduler is refitted with the rounds it reached."""
+        rounds = int(result.get("iteration") or 0)
+        if not result.get("final") and 0 < rounds < self.spec.model.num_boost_round:
+            return {"model.num_boost_round": rounds}
+        return {}
+
+    def _round_metric(self, prep: Prepared, name: str) -> str | None:
+        """The xgboost eval_metric that gives distml metric ``name`` every round (or None)."""
+        names = _ROUND_METRICS.get(name)
+        if names is None:
+            return None
+        if prep.task != "classification":
+            return names[2]
+        objective = str(self.booster_params(prep)["objective"])
+        if not objective.startswith(_CLASSIFICATION_PREFIXES) or objective == "binary:logitraw":
+            return None
+        return names[0] if prep.n_classes == 2 else names[1]
+
+    def tune_trial(self, data: TuneData, session) -> None:
+        """Boost round by round, reporting the searched metric; resume from a checkpoint."""
+        import xgboost as xgb
+
+        split = session.split
+        prep, parts = data.prep, data.parts
+        eval_name = self._round_metric(prep, session.metric_name)
+        if split not in ("train", "valid") or split not in parts or eval_name is None:
+            return super().tune_trial(data, session)  # one report at the end
+        params = self.booster_params(prep)
+        nthread = params.get("nthread", -1)
+        model = self.spec.model
+        dtrain = self._dmatrix(prep, parts["train"], nthread)
+        evals = [(dtrain, "train")] if split == "train" else []
+        if "valid" in parts:
+            evals.append((self._dmatrix(prep, parts["valid"], nthread), "valid"))
+        es_rounds = model.early_stopping_rounds if "valid" in parts else None
+        params["eval_metric"] = _with_metric(params, eval_name, es_rounds, dtrain)
+        stopper = xgb.callback.EarlyStopping(rounds=es_rounds) if es_rounds else None
+        booster, done = None, 0
+        if session.restored is not None:
+            booster = xgb.Booster(model_file=bytearray(session.restored.files["model.ubj"]))
+            done = session.restored.iteration
+            if stopper is not None:
+                _set_stopper_state(stopper, session.restored.state.get("early_stopping"))
+        reporter = _round_reporter(session, split, eval_name, stopper, model.num_boost_round)
+        callbacks = [c for c in (stopper, reporter) if c is not None]
+        booster = xgb.train(params, dtrain, num_boost_round=model.num_boost_round - done,
+                            evals=evals, callbacks=callbacks, xgb_model=booster,
+                            verbose_eval=False)
+        booster.set_attr(distml_objective=str(params["objective"]))
+        rows = parts[split]
+        metrics, _ = self.evaluate(booster, prep, prep.X.iloc[rows], prep.y[rows])
+        figures = {"num_boosted_rounds": int(booster.num_boosted_rounds())}
+        if es_rounds:
+            figures["best_iteration"] = int(booster.best_iteration)
+        session.report(figures["num_boosted_rounds"],
+                       {**{f"{split}.{k}": v for k, v in metrics.items()}, **figures}, final=True)
+
+
+def _with_metric(params: dict, name: str, es_rounds: int | None, dtrain) -> list[str]:
+    """eval_metric with ``name`` added where it does not change early stopping (which watches
+    the last metric): first in the list; when the user set none, before xgboost's default."""
+    import xgboost as xgb
+
+    given = params.get("eval_metric")
+    metrics = [given] if isinstance(given, str) else list(given or [])
+    if name in metrics:
+        return metrics
+    if not metrics and es_rounds:
+        probe = {k: v for k, v in params.items() if k != "eval_metric"}
+        line = xgb.Booster(probe, [dtrain]).eval(dtrain, "d")  # "[0]\td-logloss:0.69"
+        default = line.split("\t")[1].split(":")[0][len("d-"):]
+        metrics = [default] if default != name else []
+    return [name] + metrics
+
+
+def _stopper_state(stopper) -> dict | None:
+    if stopper is None:
+        return None
+    return {"stopping_history": stopper.stopping_history, "best_scores": stopper.best_scores,
+            "current_rounds": stopper.current_rounds, "maximize": stopper.maximize}
+
+
+def _set_stopper_state(stopper, state: dict | None) -> None:
+    if state:
+        stopper.stopping_history = state["stopping_history"]
+        stopper.best_scores = state["best_scores"]
+        stopper.current_rounds = state["current_rounds"]
+        stopper.maximize = state["maximize"]
+
+
+def _round_reporter(session, split: str, eval_name: str, stopper, total: int):
+    """An xgboost callback that reports the searched metric each round, with checkpoints."""
+    import xgboost as xgb
+
+    class RoundReporter(xgb.callback.TrainingCallback):
+        def __init__(self):
+            super().__init__()
+            self.key = f"{split}.{session.metric_name}"
+            self.start = 0
+
+        def before_training(self, model):
+            self.start = model.num_boosted_rounds()  # epochs restart at 0 when continuing
+            return model
+
+        def after_iteration(self, model, epoch, evals_log) -> bool:
+            value = float(evals_log[split][eval_name][-1])
+            if eval_name in ("error", "merror"):
+                value = 1.0 - value
+            iteration = self.start + epoch + 1
+            session.report(iteration, {self.key: value},
+                           files=lambda: {"model.ubj": bytes(model.save_raw("ubj"))},
+                           state={"early_stopping": _stopper_state(stopper)},
+                           send=iteration < total)  # the final report follows the last round
+            return False
+
+    return RoundReporter()

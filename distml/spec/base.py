@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from distml.tune.spec import TuneSpec
+
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 _NAME_RE = re.compile(NAME_PATTERN)
 #: The same rule for JSON schema users (ECMA-262 regex: the lookahead forbids '..').
@@ -130,23 +132,6 @@ class OutputSpec(StrictModel):
     dir: str = Field("runs", min_length=1, description="Output root; runs land in DIR/NAME/RUN_ID.")
 
 
-class MlflowSpec(StrictModel):
-    """Where an MLflow tracking server (or file store) records finished runs."""
-
-    uri: str = Field(..., min_length=1, description="MLflow tracking URI: http(s)://HOST, "
-                                                   "databricks, or file:///shared/mlruns.")
-    experiment: str = Field("distml", min_length=1, description="MLflow experiment name.")
-    run_name: str | None = Field(None, description="MLflow run name (default NAME/RUN_ID).")
-    log_artifacts: bool = Field(True, description="Upload the run directory as artifacts.")
-
-
-class TrackingSpec(StrictModel):
-    """Optional experiment tracking of finished runs."""
-
-    mlflow: MlflowSpec | None = Field(None, description="Log params, metrics and artifacts to "
-                                                        "MLflow (needs distml[tracking]).")
-
-
 class JobSpec(StrictModel):
     """Fields every job kind has. Subclasses set ``kind`` to a Literal and add ``model``."""
 
@@ -156,13 +141,21 @@ class JobSpec(StrictModel):
     data: DataSpec
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
-    tracking: TrackingSpec | None = Field(None, description="Experiment tracking (MLflow) of "
-                                                            "the finished run.")
+    tune: TuneSpec | None = Field(
+        None, description="Hyperparameter search over spec paths (see docs/tuning.md).")
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
         return check_name(v, "name")
+
+    @model_validator(mode="after")
+    def _tune(self) -> "JobSpec":
+        if self.tune is not None:
+            from distml.tune.spec import check_job
+
+            check_job(self)  # search paths, metric split, scheduler vs kind
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved spec as plain data (what ``spec.yaml`` holds)."""

@@ -1,0 +1,62 @@
+"""Hyperparameter search with Ray Tune for every trainable kind (DESIGN.md §2, §5).
+
+A search runs trials; a trial is the kind's own single fit on the spec with the sampled values
+applied (``model.params.eta=0.05``…). The driver reads and prepares the data **once** in a Ray
+task and hands the object ref to every trial (``tune.with_parameters``); trials are function
+trainables in reused actors (``reuse_actors=True``), each with ``resources.cpus_per_worker`` CPUs,
+at most as many at once as the cluster holds. The best trial's configuration is then refitted
+deterministically (same data, split, seed and iteration count) to give the run its model, metrics
+and tables, next to ``tables/trials.parquet``.
+
+A kind takes part by giving its ``Job`` these hooks (see :class:`distml.jobs._supervised.SupervisedJob`):
+
+``tune_prepare(info) -> (shared, summary)``
+    run once in a Ray task: read and prepare the data (``shared`` stays in the object store);
+    ``summary`` is small: ``{"metrics": [names a trial reports]}``.
+``tune_trial(shared, session)``
+    one trial: fit ``self.spec`` and report through the :class:`~distml.tune.session.TrialSession`
+    (every iteration for iterative kinds; ``final=True`` at the end); resume from
+    ``session.restored`` when a retried trial has a checkpoint.
+``tune_refit(ctx, shared_ref) -> JobOutput``
+    the run's model from the best spec (default: ``job.run(ctx)``).
+``tune_iterations() -> int | None``, ``tune_metric_names()``, ``tune_iteration_metrics()``
+    what the spec checks need: iterations a trial reports (None: one shot, no scheduler), metric
+    names the kind produces, and those it can compute every iteration.
+``tune_final_overrides(result) -> dict``
+    spec overrides that make the refit reproduce a trial (e.g. the rounds an early-stopped
+    xgboost trial reached).
+
+A kind without ``tune_trial`` is still searchable: each trial runs the kind's whole pipeline
+(``job.run``) in its placement group and reports the run's metrics once.
+
+This package imports nothing heavy at import time (``distml validate`` stays instant).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from distml.tune.spec import TuneSpec
+
+__all__ = ["TuneSpec", "run_search", "discard_experiment"]
+
+
+def run_search(job: Any, ctx: Any):
+    """Run the search of ``ctx.spec.tune`` and return the run's JobOutput (see module doc)."""
+    from distml.tune.runner import run_search as _run
+
+    return _run(job, ctx)
+
+
+def discard_experiment(run_dir: Any) -> None:
+    """Remove the search's Tune experiment (trial checkpoints, experiment state) from
+    ``checkpoints/`` once the run is complete: a complete run is never resumed."""
+    import shutil
+
+    folder = run_dir.path / "checkpoints"
+    shutil.rmtree(folder / "tune", ignore_errors=True)
+    (folder / "search.json").unlink(missing_ok=True)
+    try:
+        folder.rmdir()  # only if nothing else (another kind's checkpoints) is left
+    except OSError:
+        pass

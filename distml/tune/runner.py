@@ -1,0 +1,262 @@
+"""The driver side of a search: shared data, the Tuner (new or restored), the trials table, the
+best trial's refit. Imported only when a search runs (it imports Ray Tune); how the Tuner is
+built is in :mod:`distml.tune.tuner`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from distml.errors import DistmlError, JobFailed, SpecError
+from distml.jobs import kind_module
+from distml.jobs.base import JobOutput, RunContext
+from distml.tune.session import TrialPlan, fault_from_env, lookup_metric, trial_fn
+from distml.tune.space import Space
+from distml.tune.table import TrialRecord, best_record, failure_summary, trials_table
+from distml.tune.tuner import (EXPERIMENT, Progress, concurrency_for, make_scheduler,
+                               make_tuner, quiet_logs, report_schedule, tune_env)
+
+FINGERPRINT = "search.json"  # next to the experiment: the spec it belongs to
+#: the refit must reproduce the best trial's metric to this relative tolerance
+REFIT_RTOL = 1e-6
+
+
+def _error_text(error: BaseException) -> str:
+    """``Type: first meaningful line`` of a trial's or task's error (no traceback)."""
+    cause = getattr(error, "cause", None) or error
+    text = str(cause).strip() or type(cause).__name__
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    first = next((ln for ln in lines if not ln.startswith(("Traceback", "File", "ray::"))),
+                 lines[0] if lines else text)
+    return f"{type(cause).__name__}: {first}"[:300]
+
+
+def run_search(job, ctx: RunContext) -> JobOutput:
+    """Search ``ctx.spec.tune``; return the best configuration's run output plus the trials."""
+    spec, t = ctx.spec, ctx.spec.tune
+    space = Space(t)
+    base = spec.to_dict()
+    base.pop("tune", None)
+    res = spec.resources
+    total = t.num_samples * t.n_grid
+    iterations = job.tune_iterations() if hasattr(job, "tune_iterations") else None
+    report_every, grace = report_schedule(iterations, t.report_every, t.grace_period)
+    workers = 1 if hasattr(job, "tune_trial") else res.num_workers  # whole-job trials: all
+    concurrency = concurrency_for(ctx.cluster.resources, res.cpus_per_worker * workers,
+                                  res.gpus_per_worker * workers, t.max_concurrent, total)
+    shared_ref = _start_prepare(job, ctx)
+    ctx.log.info("search: %d trials (%s%s, seed %d), %d at a time, %s CPU each; %s (%s); data %s",
+                 total, t.search, "" if t.scheduler == "none" else f" + {t.scheduler}", t.seed,
+                 concurrency, res.cpus_per_worker, t.metric, t.mode,
+                 "read once and shared" if shared_ref is not None
+                 else "read by each trial (the kind has no shared-data hook)")
+    plan = TrialPlan(kind=spec.kind, base=base, space=space, metric=t.metric, mode=t.mode,
+                     report_every=report_every, checkpoint_every=t.checkpoint_every,
+                     fault=fault_from_env())
+    trainable = tune.with_resources(
+        tune.with_parameters(trial_fn, plan=plan,
+                             data=shared_ref if shared_ref is not None else ctx.data),
+        _trial_resources(job, res))
+    with tune_env(), quiet_logs():
+        tuner, resumed = _tuner(ctx, trainable, space, base, concurrency, iterations, grace,
+                                total)
+        t0 = time.perf_counter()
+        try:
+            grid = tuner.fit()
+        except DistmlError:
+            raise
+        except Exception as e:
+            raise JobFailed(f"the search stopped: {_error_text(e)}") from e
+        search_s = time.perf_counter() - t0
+
+    records = _records(grid, space)
+    table = trials_table(records, space.paths, t.metric)
+    counts = {s: int((table["status"] == s).sum())
+              for s in ("completed", "stopped", "failed", "not_run")}
+    best = _best_or_fail(records, counts, t, shared_ref, spec.kind)
+    ctx.log.info("search done in %.1fs: %s; best %s with %s=%.6g", search_s,
+                 ", ".join(f"{n} {s}" for s, n in counts.items() if n), best.trial_id,
+                 t.metric, best.value)
+
+    t1 = time.perf_counter()
+    best_config = {**best.params, **(job.tune_final_overrides(best.metrics)
+                                     if hasattr(job, "tune_final_overrides") else {})}
+    out, refit_exec = _refit(spec, base, best_config, ctx, shared_ref)
+    refit_s = time.perf_counter() - t1
+    refit_value = lookup_metric(out.metrics, t.metric)
+    matches = (isinstance(refit_value, (int, float)) and
+               math.isclose(refit_value, best.value, rel_tol=REFIT_RTOL, abs_tol=1e-12))
+    if not matches:
+        ctx.log.warning("the refit of %s gives %s=%s, the trial reported %.6g (a stopped trial's "
+                        "value comes from the kind's per-iteration figure)", best.trial_id,
+                        t.metric, refit_value, best.value)
+    out.tables["trials"] = table
+    out.best_config = best_config
+    out.metrics["tune"] = {"metric": t.metric, "mode": t.mode, "best_trial": best.trial_id,
+                           "best_value": best.value, "refit_value": refit_value,
+                           "trials": len(records), **counts}
+    out.info["tune"] = {
+        "search": t.search, "scheduler": t.scheduler, "seed": t.seed, "trials": len(records),
+        "concurrency": concurrency, "resources_per_trial": _describe(_trial_resources(job, res)),
+        "report_every": report_every, "grace_period": grace if t.scheduler != "none" else None,
+        "resumed": resumed, "best_trial": best.trial_id, "refit_matches_trial": bool(matches),
+        "data": "shared" if shared_ref is not None else "per_trial", **counts,
+        "timings_s": {"search_s": round(search_s, 4), "refit_s": round(refit_s, 4)}}
+    out.info["execution"] = {
+        "path": "tune", "trials": len(records), "concurrency": concurrency, "refit": refit_exec,
+        "reason": "tune section: trials are Tune function trainables in reused actors; the "
+                  "best configuration is refitted for the run's model"}
+    return out
+
+
+def _start_prepare(job, ctx: RunContext):
+    """Read, type and split the data once, in one Ray task, while Tune starts its trial
+    processes; every trial gets the object ref (and waits for it on first use). None for a kind
+    without the hook (its trials read the data themselves)."""
+    import ray
+
+    if not hasattr(job, "tune_prepare"):
+        return None
+    res = ctx.spec.resources
+    return ray.remote(_prepare).options(num_cpus=res.cpus_per_worker,
+                                        max_retries=res.max_failures,
+                                        retry_exceptions=False).remote(job, ctx.data)
+
+
+def _tuner(ctx: RunContext, trainable, space: Space, base: dict, concurrency: int,
+           iterations: int | None, grace: int, total: int) -> tuple[tune.Tuner, bool]:
+    """A restored Tuner (``--resume`` with an experiment in ``checkpoints/``) or a new one."""
+    t = ctx.spec.tune
+    storage = ctx.run_dir.file("checkpoints")
+    exp_dir = storage / EXPERIMENT
+    fingerprint = {"spec": base, "tune": t.model_dump(mode="json")}
+    if ctx.resume and tune.Tuner.can_restore(str(exp_dir)):
+        _check_same_search(storage / FINGERPRINT, fingerprint)
+        ctx.log.info("resuming the search from %s (finished trials are kept)", exp_dir)
+        return tune.Tuner.restore(str(exp_dir), trainable=trainable,
+                                  param_space=space.param_space(), resume_unfinished=True,
+                                  resume_errored=False), True
+    if ctx.resume:
+        ctx.log.info("--resume: no search to restore in %s; starting it", exp_dir)
+    shutil.rmtree(exp_dir, ignore_errors=True)
+    storage.mkdir(parents=True, exist_ok=True)
+    (storage / FINGERPRINT).write_text(json.dumps(fingerprint, sort_keys=True))
+    return make_tuner(
+        trainable, space.param_space(), mode=t.mode, num_samples=t.num_samples,
+        concurrency=concurrency, storage_path=str(storage), search=t.search, seed=t.seed,
+        scheduler=make_scheduler(t.scheduler, iterations, grace), time_budget_s=t.time_budget_s,
+        max_failures=t.max_failures,
+        callbacks=[Progress(t.metric, t.mode, total, t.search)]), False
+
+
+def _best_or_fail(records: list[TrialRecord], counts: dict, t, shared_ref,
+                  kind: str) -> TrialRecord:
+    """The best trial; JobFailed (or the data preparation's own error) when there is none."""
+    best = best_record(records, t.mode)
+    if best is not None:
+        return best
+    _raise_prepare_error(shared_ref, kind)
+    if t.time_budget_s and counts["not_run"] == len(records):
+        raise JobFailed(f"tune.time_budget_s ({t.time_budget_s:g} s) ran out before any "
+                        f"trial reported {t.metric}; raise it")
+    raise JobFailed(f"every trial of the search failed or reported no {t.metric} "
+                    f"({len(records)} trials): {failure_summary(records)}")
+
+
+def _prepare(job, info):
+    return job.tune_prepare(info)
+
+
+def _raise_prepare_error(shared_ref, kind: str) -> None:
+    """When no trial produced a value, a failed data preparation is the cause to report (a
+    DataError stays one: exit 2)."""
+    import ray
+
+    if shared_ref is None or not ray.wait([shared_ref], timeout=0)[0]:
+        return
+    try:
+        ray.get(shared_ref)
+    except ray.exceptions.RayTaskError as e:
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, DistmlError):
+            raise cause from None
+        raise JobFailed(f"{kind} data preparation failed: {_error_text(e)}") from e
+
+
+def _trial_resources(job, res) -> dict:
+    if hasattr(job, "tune_trial"):
+        return {"cpu": res.cpus_per_worker, "gpu": res.gpus_per_worker}
+    # A whole-job trial only drives the kind's own tasks: the trial itself takes nothing (an
+    # empty head bundle) and the tasks run in the trial's placement group bundles, which bounds
+    # what concurrent trials take.
+    bundles = [{"CPU": res.cpus_per_worker, "GPU": res.gpus_per_worker}
+               for _ in range(res.num_workers)]
+    return tune.PlacementGroupFactory([{}] + [{k: v for k, v in b.items() if v} for b in bundles])
+
+
+def _describe(resources) -> Any:
+    """Trial resources for the manifest (a placement group as its list of bundles)."""
+    return resources if isinstance(resources, dict) else {"bundles": resources.bundles}
+
+
+def _check_same_search(path: Path, fingerprint: dict) -> None:
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if stored != json.loads(json.dumps(fingerprint, sort_keys=True)):
+        raise SpecError("--resume: the spec differs from the interrupted run's (the search, data "
+                        "or model changed); rerun without --resume, or with a new --run-id")
+
+
+def _records(grid, space: Space) -> list[TrialRecord]:
+    """One record per trial, in the order the searcher created them.
+
+    Tune keeps trials in no fixed order (a retried trial moves); its experiment tag starts with
+    the creation counter. Process deaths are counted in a trial's run metadata (kept across
+    --resume), which the ResultGrid does not expose, hence the guarded look at its trials.
+    """
+    trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None) or []
+    if len(trials) != len(grid):
+        trials = [None] * len(grid)
+    rows = []
+    for pos, (result, trial) in enumerate(zip(grid, trials)):
+        metrics = dict(result.metrics or {})
+        tag = str(metrics.get("experiment_tag") or getattr(trial, "experiment_tag", "") or "")
+        head = tag.split("_", 1)[0]
+        order = (int(head), pos) if head.isdigit() else (1 << 62, pos)
+        failures = int(getattr(getattr(trial, "run_metadata", None), "num_failures", 0) or 0)
+        error = _error_text(result.error) if result.error is not None else None
+        rows.append((order, space.decode(result.config or {}), metrics, error, failures))
+    rows.sort(key=lambda r: r[0])
+    return [TrialRecord(i, params, metrics, error, failures)
+            for i, (_, params, metrics, error, failures) in enumerate(rows)]
+
+
+def _refit(spec, base: dict, best_config: dict, ctx: RunContext, shared_ref) -> tuple[
+        JobOutput, dict]:
+    """Fit the best configuration for the run's model, metrics and tables."""
+    from distml.spec.load import load_spec
+
+    best_spec = load_spec(base, best_config)
+    best_job = kind_module(spec.kind).Job(best_spec)
+    best_ctx = RunContext(best_spec, ctx.data, ctx.run_dir, ctx.cluster, ctx.log, False)
+    ctx.log.info("refitting the best configuration: %s",
+                 ", ".join(f"{k}={v!r}" for k, v in best_config.items()))
+    if shared_ref is not None and hasattr(best_job, "tune_refit"):
+        out = best_job.tune_refit(best_ctx, shared_ref)
+    else:
+        out = best_job.run(best_ctx)
+    if out is None:
+        raise JobFailed(f"{spec.kind} refit of the best configuration returned no output")
+    return out, out.info.pop("execution", {})
+
+
+__all__ = ["run_search"]

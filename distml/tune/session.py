@@ -1,0 +1,302 @@
+"""The trial side of a search: what runs inside a Tune trial process.
+
+:func:`trial_fn` is the function trainable: it rebuilds the trial's spec (the base spec with the
+sampled values applied), builds the kind's Job and calls ``job.tune_trial(data, session)``; a kind
+reports through the :class:`TrialSession` it is handed. The session sends a report to Tune every
+``report_every`` iterations (each report is a round trip through the driver, ~1–2 ms, so
+iterative kinds do not send every iteration by default), keeps the best value over *every*
+iteration, attaches checkpoints (``state.json`` plus the kind's files, e.g. the booster) and hands
+a retried trial its last checkpoint through :meth:`TrialSession.restored`.
+
+An exception raised by the kind's fit (bad parameter combination, numerical failure) is recorded
+as a failed trial with its message and is not retried: it would fail again. Tune retries
+(``tune.max_failures``) trials whose *process* died, from their last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+#: testing hook (RELIABILITY.md T1), read on the driver and handed to trials explicitly:
+#: "MARKER_PATH:ITERATION" makes the first trial process that reaches ITERATION call
+#: os._exit(1) there, once (the marker file records that it happened).
+FAULT_ENV = "DISTML_TUNE_FAULT"
+#: the key every report carries the searched metric under (Tune's metric)
+OBJECTIVE = "objective"
+CHECKPOINT_INTERVAL_S = 10.0
+
+
+def fault_from_env() -> dict | None:
+    raw = os.environ.get(FAULT_ENV)
+    if not raw:
+        return None
+    marker, iteration = raw.rsplit(":", 1)
+    return {"marker": marker, "iteration": int(iteration)}
+
+
+@dataclass
+class TrialPlan:
+    """Everything a trial needs besides the shared data (small; travels through the store)."""
+
+    kind: str
+    base: dict  # the resolved spec without its tune section
+    space: Any  # distml.tune.space.Space
+    metric: str
+    mode: str
+    report_every: int | None = None
+    checkpoint_every: int | None = None
+    fault: dict | None = None
+    scratch: str | None = None  # a folder for kinds that run their own pipeline in a trial
+
+    def overrides(self, config: dict) -> dict[str, Any]:
+        return self.space.decode(config)
+
+    def trial_spec(self, overrides: dict[str, Any]):
+        from distml.spec.load import load_spec
+
+        return load_spec(self.base, overrides)
+
+
+@dataclass
+class Restored:
+    """A retried trial's last checkpoint."""
+
+    iteration: int
+    state: dict
+    files: dict[str, bytes] = field(default_factory=dict)
+
+
+class TrialSession:
+    """Reporting and checkpoints for one trial (one attempt of it)."""
+
+    def __init__(self, plan: TrialPlan, restored: Restored | None = None):
+        self.plan = plan
+        self.restored = restored
+        self.metric = plan.metric
+        self.mode = plan.mode
+        self._t0 = time.perf_counter()
+        self._last_checkpoint = time.monotonic()
+        prior = restored.state if restored else {}
+        self._elapsed_before = float(prior.get("elapsed_s", 0.0))
+        self.best = prior.get("best")
+        self.best_iteration = prior.get("best_iteration")
+        self.resumed_from = restored.iteration if restored else 0
+        self.finished = False
+        self.last: dict[str, Any] = {}
+        self.wait_s = float(prior.get("wait_s", 0.0))
+
+    @property
+    def split(self) -> str | None:
+        return self.metric.split(".", 1)[0] if "." in self.metric else None
+
+    @property
+    def metric_name(self) -> str:
+        return self.metric.rsplit(".", 1)[-1]
+
+    def elapsed(self) -> float:
+        return self._elapsed_before + time.perf_counter() - self._t0
+
+    def _better(self, value: float) -> bool:
+        if self.best is None or not math.isfinite(self.best):
+            return True
+        return value < self.best if self.mode == "min" else value > self.best
+
+    def due(self, iteration: int) -> bool:
+        """Whether :meth:`report` at ``iteration`` would reach Tune (kinds may skip work if not)."""
+        every = self.plan.report_every or 1
+        return iteration % every == 0
+
+    def report(self, iteration: int, metrics: dict[str, Any], *, final: bool = False,
+               files: Callable[[], dict[str, bytes]] | None = None,
+               state: dict | None = None, send: bool = True) -> None:
+        """Record iteration ``iteration`` (1-based) with flat ``metrics`` (``valid.logloss``…).
+
+        Reaches Tune when ``final`` or every ``report_every`` iterations (never with
+        ``send=False``: the final report follows at once); a checkpoint (``files()`` and
+        ``state``) goes with a report every ``checkpoint_every`` iterations, or, by default, once
+        10 s passed since the last one.
+        """
+        if final and self.metric not in metrics:
+            known = ", ".join(k for k in metrics if "." in k) or "nothing"
+            raise ValueError(f"tune.metric {self.metric} is not computed for this job (its trial "
+                             f"reports {known})")
+        value = metrics.get(self.metric)
+        value = float(value) if isinstance(value, (int, float)) else math.nan
+        if math.isfinite(value) and self._better(value):
+            self.best, self.best_iteration = value, iteration
+        self._maybe_crash(iteration)
+        if not (final or (send and self.due(iteration))):
+            return
+        # The kind's figures first: the session's bookkeeping keys win over same-named ones
+        # (xgboost's 0-based ``best_iteration`` is not the iteration of the best value).
+        result = {**{k: (math.nan if v is None else v) for k, v in metrics.items()},
+                  OBJECTIVE: value, "iteration": iteration, "final": final,
+                  "best": self.best if self.best is not None else math.nan,
+                  "best_iteration": self.best_iteration if self.best_iteration is not None else -1,
+                  "elapsed_s": self.elapsed(), "resumed_from": self.resumed_from,
+                  "finished_at": time.time(), "failed": False, "error": "", "wait_s": self.wait_s}
+        self.last = result
+        self.finished = final
+        checkpoint = None
+        if files is not None and not final and self._checkpoint_due(iteration):
+            checkpoint = self._write_checkpoint(iteration, files(), state or {})
+        from ray import tune
+
+        t = time.perf_counter()
+        try:
+            tune.report(result, checkpoint=checkpoint)
+        finally:
+            self.wait_s += time.perf_counter() - t
+            if checkpoint is not None:
+                shutil.rmtree(checkpoint.path, ignore_errors=True)
+
+    def fail(self, error: BaseException) -> None:
+        """Report the trial as failed with the error's message (the searcher sees no value)."""
+        from ray import tune
+
+        text = f"{type(error).__name__}: {_first_line(error)}"[:500]
+        result = {OBJECTIVE: math.nan, "iteration": self.last.get("iteration", 0), "final": True,
+                  "best": math.nan, "best_iteration": -1, "elapsed_s": self.elapsed(),
+                  "resumed_from": self.resumed_from, "finished_at": time.time(), "failed": True,
+                  "error": text}
+        self.finished = True
+        tune.report(result)
+
+    # ---------------------------------------------------------------- checkpoints
+
+    def _checkpoint_due(self, iteration: int) -> bool:
+        every = self.plan.checkpoint_every
+        if every:
+            return iteration % every == 0
+        return time.monotonic() - self._last_checkpoint >= CHECKPOINT_INTERVAL_S
+
+    def _write_checkpoint(self, iteration: int, files: dict[str, bytes], state: dict):
+        from ray import tune
+
+        self._last_checkpoint = time.monotonic()
+        d = tempfile.mkdtemp(prefix="distml-ckpt-")
+        for name, data in files.items():
+            with open(os.path.join(d, name), "wb") as fh:
+                fh.write(data)
+        meta = {"iteration": iteration, "elapsed_s": self.elapsed(), "best": self.best,
+                "best_iteration": self.best_iteration, "files": sorted(files), **state}
+        with open(os.path.join(d, "state.json"), "w", encoding="utf-8") as fh:
+            json.dump(meta, fh)
+        return tune.Checkpoint.from_directory(d)
+
+    def _maybe_crash(self, iteration: int) -> None:
+        fault = self.plan.fault
+        if not fault or fault["iteration"] != iteration:
+            return
+        try:
+            fd = os.open(fault["marker"], os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return  # already crashed once: this is the retry (or another trial)
+        os.write(fd, json.dumps({"pid": os.getpid(), "iteration": iteration}).encode())
+        os.close(fd)
+        os._exit(1)
+
+
+def load_checkpoint(checkpoint) -> Restored | None:
+    """Read a checkpoint written by :class:`TrialSession` (None for no checkpoint)."""
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as d:
+        with open(os.path.join(d, "state.json"), encoding="utf-8") as fh:
+            state = json.load(fh)
+        files = {}
+        for name in state.get("files", []):
+            with open(os.path.join(d, name), "rb") as fh:
+                files[name] = fh.read()
+    return Restored(int(state["iteration"]), state, files)
+
+
+def trial_fn(config: dict, *, plan: TrialPlan, data: Any = None) -> None:
+    """The function trainable of every distml search (runs in a Tune trial process)."""
+    from ray import tune
+
+    from distml.jobs import kind_module
+
+    session = TrialSession(plan, load_checkpoint(tune.get_checkpoint()))
+    try:
+        spec = plan.trial_spec(plan.overrides(config))
+        job = kind_module(plan.kind).Job(spec)
+        if hasattr(job, "tune_trial"):
+            job.tune_trial(data, session)
+        else:
+            _run_whole_job(job, data, session, plan)
+        if not session.finished:  # the kind did not send its final report: its last one is
+            session.report(session.last.get("iteration", 1), {
+                k: v for k, v in session.last.items() if "." in k}, final=True)
+    except Exception as e:  # noqa: BLE001 - a failed fit is a failed trial, not a crash
+        session.fail(e)
+
+
+def _run_whole_job(job, info, session: TrialSession, plan: TrialPlan) -> None:
+    """Kinds without ``tune_trial``: run the kind's own pipeline, report its metrics once.
+
+    The kind schedules its own Ray tasks; they run inside the trial's placement group.
+    """
+    import logging
+
+    from distml.jobs.base import RunContext
+    from distml.runtime.artifacts import RunDir
+    from distml.runtime.cluster import ClusterInfo
+
+    scratch = tempfile.mkdtemp(prefix="distml-trial-", dir=plan.scratch)
+    try:
+        run_dir = RunDir(scratch, job.spec.name)
+        run_dir.prepare()
+        ctx = RunContext(job.spec, info, run_dir, ClusterInfo("existing", None, None),
+                         logging.getLogger("distml.trial"))
+        out = job.run(ctx)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    flat = flatten_metrics(out.metrics)
+    value = lookup_metric(out.metrics, plan.metric)
+    if value is not None:
+        flat[plan.metric] = value
+    session.report(1, flat, final=True)
+
+
+def flatten_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
+    """``{"valid": {"rmse": 1.0}, "aic": 3}`` → ``{"valid.rmse": 1.0, "aic": 3}`` (numbers only).
+
+    >>> flatten_metrics({"valid": {"rmse": 1.5, "note": "x"}, "n_rows": 10})
+    {'valid.rmse': 1.5, 'n_rows': 10}
+    """
+    out: dict[str, float] = {}
+    for k, v in metrics.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten_metrics(v, key + "."))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[key] = v
+    return out
+
+
+def lookup_metric(metrics: dict, metric: str) -> float | None:
+    """The value of ``metric`` (``valid.logloss``, ``cv.accuracy``, ``aic``) in a run's metrics
+    (cross-validation keeps its means under ``cv.mean``).
+
+    >>> lookup_metric({"cv": {"mean": {"accuracy": 0.9}}}, "cv.accuracy")
+    0.9
+    """
+    flat = flatten_metrics(metrics)
+    if metric in flat:
+        return flat[metric]
+    split, _, name = metric.partition(".")
+    return flat.get(f"{split}.mean.{name}") if name else None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return lines[0] if lines else text

@@ -1,0 +1,233 @@
+"""Building the Tuner every distml search uses (and that benchmark B1 times).
+
+Speed choices (DESIGN.md §5, measured on 2 cores): function trainables in reused actors
+(``reuse_actors=True``: ~50 trivial trials/s against ~1/s without); Tune's per-result
+CSV/JSON/TensorBoard loggers off (distml keeps its own trials table; they cost about a third of
+the trial rate); iterative trials report every ``report_every`` iterations (each report blocks
+the trial for a round trip through the driver).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+from typing import Iterator
+
+from ray import tune
+
+from distml.errors import MissingDependency
+from distml.tune.session import OBJECTIVE
+
+EXPERIMENT = "tune"
+#: Tune settings fixed while a search runs (Tune reads them from the driver's environment).
+TUNE_ENV = {
+    # distml writes its own trials table; Tune's per-result CSV/JSON/TensorBoard files cut the
+    # trial rate from ~46/s to ~31/s on 2 cores.
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    # Save the experiment state every second (Tune's default: every 10 s or more), so a driver
+    # killed mid-search loses at most the last second of progress on --resume.
+    "TUNE_GLOBAL_CHECKPOINT_S": "1",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    # Trials keep the job's working directory (relative paths of whole-job trials still work).
+    "RAY_CHDIR_TO_TRIAL_DIR": "0",
+    # Tune's newer console output prints an experiment box to stdout even when silent; the
+    # older one prints nothing at verbose=0 (distml logs its own progress lines).
+    "RAY_AIR_NEW_OUTPUT": "0",
+}
+
+
+@contextlib.contextmanager
+def tune_env() -> Iterator[None]:
+    """Apply :data:`TUNE_ENV` for the duration of a search, then restore the environment."""
+    old = {k: os.environ.get(k) for k in TUNE_ENV}
+    os.environ.update(TUNE_ENV)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _trial_dirname(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def make_searcher(search: str, seed: int, concurrency: int):
+    """random/grid: Tune's variant generator, seeded; optuna: TPE, seeded; both capped."""
+    if search == "optuna":
+        try:
+            from ray.tune.search import ConcurrencyLimiter
+            from ray.tune.search.optuna import OptunaSearch
+
+            import optuna  # noqa: F401
+        except ImportError:
+            raise MissingDependency.for_extra("optuna", "tune", "tune.search: optuna") from None
+        return ConcurrencyLimiter(OptunaSearch(seed=seed), max_concurrent=concurrency)
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    return BasicVariantGenerator(random_state=seed, max_concurrent=concurrency)
+
+
+def make_scheduler(name: str, max_t: int | None, grace: int):
+    """ASHA or the median stopping rule on ``iteration`` (what distml trials report)."""
+    if name == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        # stop_last_trials=False: a trial that reaches max_t ends by itself, after its final
+        # report (with it, Tune would stop the trial on its last per-iteration report).
+        return ASHAScheduler(time_attr="iteration", max_t=max(max_t or 1, grace), grace_period=grace,
+                             reduction_factor=3, stop_last_trials=False)
+    if name == "median":
+        from ray.tune.schedulers import MedianStoppingRule
+
+        return MedianStoppingRule(time_attr="iteration", grace_period=grace,
+                                  min_samples_required=3)
+    return None
+
+
+def make_tuner(trainable, param_space: dict, *, mode: str, num_samples: int, concurrency: int,
+               storage_path: str, search: str = "random", seed: int = 0, scheduler=None,
+               time_budget_s: float | None = None, max_failures: int = 0,
+               callbacks: list | None = None, name: str = EXPERIMENT) -> tune.Tuner:
+    """The Tuner every distml search uses (also what benchmark B1 times with trivial trials).
+
+    ``trainable`` reports ``objective``; ``concurrency`` caps trials at once.
+    """
+    return tune.Tuner(
+        trainable, param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric=OBJECTIVE, mode=mode, search_alg=make_searcher(search, seed, concurrency),
+            scheduler=scheduler, num_samples=num_samples, time_budget_s=time_budget_s,
+            reuse_actors=True, trial_dirname_creator=_trial_dirname),
+        run_config=tune.RunConfig(
+            name=name, storage_path=storage_path, verbose=0,
+            failure_config=tune.FailureConfig(max_failures=max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            callbacks=callbacks or []))
+
+
+def report_schedule(iterations: int | None, report_every: int | None,
+                    grace_period: int | None) -> tuple[int | None, int]:
+    """(report every N iterations, scheduler grace period) for trials of ``iterations``.
+
+    Defaults: about 10 reports per trial (each blocks the trial for a round trip through the
+    driver, ~1–2 ms here), and a grace period of a quarter of the iterations, rounded down to a
+    report, so ASHA's rungs (grace × 3^k) fall on reports.
+
+    >>> report_schedule(100, None, None)
+    (10, 20)
+    """
+    if not iterations:
+        return report_every, grace_period or 1
+    every = report_every or max(1, iterations // 10)
+    grace = grace_period or max(every, (iterations // 4) // every * every)
+    return every, grace
+
+
+def concurrency_for(resources: dict, cpus: float, gpus: float, asked: int | None,
+                    trials: int) -> int:
+    """Trials at once: what the cluster's CPUs (and GPUs) hold, capped by ``asked`` and by the
+    number of trials; at least 1."""
+    cap = trials
+    if cpus > 0:
+        cap = min(cap, int(resources.get("CPU", 0) // cpus))
+    if gpus > 0:
+        cap = min(cap, int(resources.get("GPU", 0) // gpus))
+    if asked:
+        cap = min(cap, asked)
+    return max(1, cap)
+
+
+class Progress(tune.Callback):
+    """Logs a line as each trial ends (trial, metric, best so far); counts retried failures."""
+
+    def __init__(self, metric: str, mode: str, total: int, search: str = "random",
+                 logger: str = "distml"):
+        self.metric, self.mode, self.total, self.logger = metric, mode, total, logger
+        self.first = 0 if search in ("random", "grid") else 1
+        self.failures: dict[str, int] = {}
+        self.ended = 0
+        self.best: tuple[float, str] | None = None
+
+    def _log(self) -> logging.Logger:
+        return logging.getLogger(self.logger)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.ended += 1
+        result = trial.last_result or {}
+        name = _name(trial, self.first)
+        value = result.get(OBJECTIVE)
+        if result.get("failed"):
+            self._log().warning("trial %d/%d %s failed: %s", self.ended, self.total, name,
+                                result.get("error"))
+            return
+        status = "completed" if result.get("final") else "stopped"
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            if self.best is None or (value < self.best[0] if self.mode == "min"
+                                     else value > self.best[0]):
+                self.best = (float(value), name)
+        best = f"{self.best[0]:.6g} ({self.best[1]})" if self.best else "none yet"
+        self._log().info("trial %d/%d %s %s at iteration %s: %s=%.6g; best %s", self.ended,
+                         self.total, name, status, result.get("iteration"), self.metric,
+                         value if isinstance(value, (int, float)) else math.nan, best)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self.failures[trial.trial_id] = self.failures.get(trial.trial_id, 0) + 1
+        self._log().warning("%s: its process died; retrying from its last checkpoint "
+                            "(retry %d)", _name(trial, self.first), self.failures[trial.trial_id])
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.ended += 1
+        self.failures[trial.trial_id] = self.failures.get(trial.trial_id, 0) + 1
+        self._log().warning("trial %d/%d %s failed: its process died and no retries are left "
+                            "(tune.max_failures)", self.ended, self.total, _name(trial, self.first))
+
+    def get_state(self) -> dict:
+        return {"failures": self.failures, "ended": self.ended, "best": self.best}
+
+    def set_state(self, state: dict) -> None:
+        self.failures = dict(state.get("failures", {}))
+        self.ended = int(state.get("ended", 0))
+        self.best = tuple(state["best"]) if state.get("best") else None
+
+
+def _name(trial, first: int) -> str:
+    """distml's name of a trial (the trials table's trial_id): its creation order, from the
+    counter Tune's searchers put first in the experiment tag (``first``: 0 for Tune's variant
+    generator, 1 for the other searchers)."""
+    head = str(getattr(trial, "experiment_tag", "")).split("_", 1)[0]
+    return f"trial_{int(head) - first:04d}" if head.isdigit() else trial.trial_id
+
+
+class _NoMetricFiles(logging.Filter):
+    """Tune warns that it found no per-trial result files: distml turned them off on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Failed to fetch metrics")
+
+
+@contextlib.contextmanager
+def quiet_logs() -> Iterator[None]:
+    """Tune's warning about the per-trial files distml turned off, and Optuna's INFO line per
+    told trial, are noise next to distml's own progress lines."""
+    analysis = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    quiet = _NoMetricFiles()
+    analysis.addFilter(quiet)
+    try:
+        import optuna
+    except ImportError:
+        optuna = None
+    level = optuna.logging.get_verbosity() if optuna else None
+    if optuna:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        if optuna:
+            optuna.logging.set_verbosity(level)
+        analysis.removeFilter(quiet)

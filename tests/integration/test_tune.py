@@ -1,0 +1,261 @@
+"""Hyperparameter search end to end on the shared 2-CPU cluster (and T2 in its own driver):
+outputs, reproducibility, tuned ≥ untuned, trial faults (T1), driver kill + --resume (T2),
+resources freed after the job (T10)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import distml
+from distml.spec import load_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+#: columns that must agree between two runs of one seeded search (not times)
+SAME = ["trial_id", "status", "valid.logloss", "valid.logloss.best", "best_iteration",
+        "iterations"]
+
+
+def _xgb(name: str, tune: dict, rounds: int = 20, **data) -> dict:
+    return {"name": name, "kind": "xgboost",
+            "data": {"source": "builtin:breast_cancer", "target": "target",
+                     "split": {"valid": 0.25, "seed": 1}, **data},
+            "model": {"params": {"objective": "binary:logistic"}, "num_boost_round": rounds},
+            "tune": {"metric": "valid.logloss", "seed": 0, **tune}}
+
+
+def _wait_resources_free(ray, timeout: float = 60) -> None:
+    """RELIABILITY.md T10: all CPUs free again and no ALIVE actor left by the job."""
+    deadline = time.monotonic() + timeout
+    while True:
+        free = ray.available_resources().get("CPU", 0) >= ray.cluster_resources()["CPU"]
+        alive = [a for a in ray._private.state.actors().values() if a["State"] == "ALIVE"]
+        if free and not alive:
+            return
+        assert time.monotonic() < deadline, f"after the job: CPUs busy={not free}, alive={alive}"
+        time.sleep(0.2)
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_search_outputs_and_the_tuned_model_beats_defaults(tmp_path, ray_cluster):
+    r = distml.run(ROOT / "jobs" / "tune_xgboost.yaml", output=tmp_path, run_id="s1")
+    assert r.status == "succeeded" and (r.run_dir / "_SUCCESS").is_file()
+    spec = load_spec(ROOT / "jobs" / "tune_xgboost.yaml")
+    trials = r.tables["trials"]
+    assert len(trials) == spec.tune.num_samples
+    assert list(trials.columns[:6]) == ["trial_id", "status", *spec.tune.space]
+    assert set(trials["status"]) <= {"completed", "stopped"} and (trials.status == "completed").any()
+    # ASHA stopped some trials early: they ran fewer rounds than asked.
+    stopped = trials[trials.status == "stopped"]
+    assert (stopped["iterations"] < spec.model.num_boost_round).all()
+    # best_config: in the Result, the --json object and the manifest; it is the best trial's.
+    assert r.best_config and r.to_dict()["best_config"] == r.best_config
+    assert r.manifest["best_config"] == r.best_config
+    tune_metrics = r.metrics["tune"]
+    best = trials.set_index("trial_id").loc[tune_metrics["best_trial"]]
+    assert best["valid.logloss"] == pytest.approx(trials["valid.logloss"].min())
+    for path, value in r.best_config.items():
+        if path in spec.tune.space:
+            assert best[path] == value
+    # The run's model is the best configuration refitted: it reproduces the trial's metric.
+    assert r.metrics["valid"]["logloss"] == pytest.approx(best["valid.logloss"], rel=1e-6)
+    assert r.manifest["tune"]["refit_matches_trial"]
+    assert {"train", "valid", "test"} <= set(r.metrics)
+    assert {"model/model.ubj", "tables/trials.parquet", "tables/feature_importance.parquet",
+            "tables/learning_curve.parquet"} <= set(r.artifacts)
+    assert not any("checkpoints" in a for a in r.artifacts)
+    assert not (r.run_dir / "checkpoints").exists()  # a complete run is never resumed
+    log = (r.run_dir / "run.log").read_text()
+    assert f"trial {len(trials)}/{len(trials)}" in log and "best" in log
+    # The tuned model is at least as good as xgboost's defaults on the same split.
+    untuned = distml.run({**spec.to_dict(), "tune": None, "name": "untuned"}, output=tmp_path)
+    assert r.metrics["valid"]["logloss"] <= untuned.metrics["valid"]["logloss"]
+    _wait_resources_free(ray_cluster)
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_seeded_search_reproduces_its_trials_table(tmp_path):
+    spec = _xgb("repro", {"num_samples": 5, "report_every": 5,
+                          "space": {"model.params.max_depth": {"randint": [2, 6]},
+                                    "model.params.eta": {"loguniform": [0.05, 0.5]},
+                                    "model.params.subsample": {"uniform": [0.6, 1.0]}}})
+    a = distml.run(spec, output=tmp_path, run_id="a").tables["trials"]
+    b = distml.run(spec, output=tmp_path, run_id="b").tables["trials"]
+    cols = SAME + list(spec["tune"]["space"])
+    assert a[cols].equals(b[cols])
+    assert (a["status"] == "completed").all() and a["model.params.max_depth"].between(2, 6).all()
+    assert len(set(a["model.params.eta"])) == 5
+
+
+def _crash_spec(name: str, samples: int, failures: int) -> dict:
+    # No subsampling: a booster continued from a checkpoint equals one trained in one go.
+    return _xgb(name, {"num_samples": samples, "max_failures": failures, "report_every": 1,
+                       "checkpoint_every": 1,
+                       "space": {"model.params.max_depth": {"randint": [2, 4]},
+                                 "model.params.eta": {"uniform": [0.1, 0.4]}}}, rounds=8)
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_t1_crashed_trial_resumes_from_its_checkpoint(tmp_path, monkeypatch, ray_cluster):
+    """RELIABILITY.md T1: a trial process kills itself at iteration 3 of its first attempt."""
+    reference = distml.run(_crash_spec("t1", 2, 1), output=tmp_path, run_id="ref")
+    marker = tmp_path / "crashed"
+    monkeypatch.setenv("DISTML_TUNE_FAULT", f"{marker}:3")
+    r = distml.run(_crash_spec("t1", 2, 1), output=tmp_path, run_id="crash")
+    assert r.status == "succeeded" and marker.exists()
+    t = r.tables["trials"]
+    crashed = t[t.num_failures == 1]
+    assert len(crashed) == 1 and (t.num_failures.sum() == 1)
+    # The retry started from the checkpoint of iteration 2, not from 0, and finished all rounds.
+    assert crashed["resumed_from"].iloc[0] == 2 and crashed["iterations"].iloc[0] == 8
+    assert (t["status"] == "completed").all()
+    ref = reference.tables["trials"]
+    assert list(t["valid.logloss"]) == pytest.approx(list(ref["valid.logloss"]), rel=1e-6)
+    _wait_resources_free(ray_cluster)
+
+    # max_failures 0: the crashed trial is reported failed; the job succeeds on the other.
+    marker.unlink()
+    r0 = distml.run(_crash_spec("t1", 2, 0), output=tmp_path, run_id="nofail")
+    t0 = r0.tables["trials"]
+    assert sorted(t0["status"]) == ["completed", "failed"]
+    failed = t0[t0.status == "failed"].iloc[0]
+    assert "died" in failed["error"].lower() or "actor" in failed["error"].lower()
+    assert r0.metrics["tune"]["failed"] == 1
+
+    # ... and exits 4 (JobFailed) when that was the only trial.
+    marker.unlink()
+    with pytest.raises(distml.JobFailed) as e:
+        distml.run(_crash_spec("t1", 1, 0), output=tmp_path, run_id="allfail")
+    assert "every trial of the search failed" in str(e.value) and "trial_0000" in str(e.value)
+    assert not (tmp_path / "t1" / "allfail" / "_SUCCESS").exists()
+    _wait_resources_free(ray_cluster)
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_fit_errors_fail_their_trials_without_retry(tmp_path, ray_cluster):
+    spec = {"name": "bad-sk", "kind": "sklearn",
+            "data": {"source": "builtin:iris", "target": "target", "split": {"valid": 0.3}},
+            "model": {"estimator": "random_forest_classifier", "params": {"n_estimators": 5}},
+            "tune": {"metric": "valid.accuracy", "num_samples": 3, "max_failures": 2,
+                     "space": {"model.params.max_depth": {"choice": [-1, -2]}}}}
+    with pytest.raises(distml.JobFailed) as e:
+        distml.run(spec, output=tmp_path, run_id="x")
+    msg = str(e.value)
+    assert msg.startswith("every trial of the search failed or reported no valid.accuracy "
+                          "(3 trials): trial_0000: InvalidParameterError")
+    manifest = json.loads((tmp_path / "bad-sk" / "x" / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and manifest["error"]["exit_code"] == 4
+    # A metric the data's task does not have (the task is inferred from the target here).
+    wrong = _xgb("wrong", {"metric": "valid.rmse", "num_samples": 2,
+                           "space": {"model.params.max_depth": {"randint": [2, 3]}}}, rounds=3)
+    wrong["model"]["params"] = {}
+    with pytest.raises(distml.JobFailed) as e:
+        distml.run(wrong, output=tmp_path)
+    assert ("trial_0000: ValueError: tune.metric valid.rmse is not computed for this job (its "
+            "trial reports valid.accuracy") in str(e.value)
+    _wait_resources_free(ray_cluster)
+
+
+# ------------------------------------------------------------------ T2: kill the driver, resume
+
+T2_SPEC = {
+    "name": "t2", "kind": "xgboost",
+    "data": {"source": "synthetic:classification?rows=30000&features=10&seed=2",
+             "target": "target", "split": {"valid": 0.2, "seed": 1}},
+    "model": {"params": {"objective": "binary:logistic"}, "num_boost_round": 150},
+    "tune": {"metric": "valid.logloss", "num_samples": 8, "seed": 5,
+             "space": {"model.params.max_depth": {"randint": [4, 6]},
+                       "model.params.eta": {"loguniform": [0.05, 0.3]}}},
+}
+
+
+def _saved_trials(exp: Path) -> list[tuple[str, dict]]:
+    """(status, last result) of each trial in the newest experiment state Tune saved."""
+    states = sorted(exp.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    if not states:
+        return []
+    try:
+        data = json.loads(states[-1].read_text())
+    except (OSError, ValueError):  # being rewritten
+        return []
+    out = []
+    for trial_json, meta_json in data["trial_data"]:
+        out.append((json.loads(trial_json)["status"], json.loads(meta_json)["last_result"]))
+    return out
+
+
+@pytest.mark.allow_local_ray
+@pytest.mark.usefixtures("ray_cluster")
+def test_t2_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
+    """RELIABILITY.md T2: kill the driver after >= 2 trials finished, rerun with --resume."""
+    spec_path = tmp_path / "t2.yaml"
+    spec_path.write_text(json.dumps(T2_SPEC))
+    out = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "distml", "run", str(spec_path), "--output", str(out),
+           "--run-id", "r1", "--json"]
+    env = {k: v for k, v in os.environ.items() if k != "DISTML_TUNE_FAULT"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    exp = out / "t2" / "r1" / "checkpoints" / "tune"
+    deadline = time.monotonic() + 240
+    finished: list[dict] = []
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            saved = _saved_trials(exp)
+            finished = [res for status, res in saved if status == "TERMINATED"]
+            if len(finished) >= 2:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the search finished before the driver could be killed"
+        assert len(finished) >= 2, "no saved state with 2 finished trials in time"
+        assert len(finished) < T2_SPEC["tune"]["num_samples"]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert not (out / "t2" / "r1" / "_SUCCESS").exists()
+
+    resumed_at = time.time()
+    again = subprocess.run(cmd + ["--resume"], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    r = distml.Result.load(json.loads(again.stdout)["run_dir"])
+    assert r.manifest["tune"]["resumed"] is True
+    table = r.tables["trials"]
+    # No trial that had finished runs again: its last report is the one saved before the kill.
+    done = {res["finished_at"] for res in finished}
+    kept = table[table["finished_at"].isin(done)]
+    assert len(kept) == len(finished) and (kept["finished_at"] < resumed_at).all()
+    assert (table["finished_at"] >= resumed_at).sum() == len(table) - len(finished)
+    # The final table equals an uninterrupted run of the same seeded search.
+    ref = distml.run(T2_SPEC, output=tmp_path / "ref").tables["trials"]
+    cols = SAME + list(T2_SPEC["tune"]["space"])
+    assert table[cols].equals(ref[cols])
+    assert r.best_config == distml.Result.load(
+        next((tmp_path / "ref" / "t2").iterdir())).best_config
+    assert math.isclose(r.metrics["valid"]["logloss"], ref["valid.logloss"].min(), rel_tol=1e-6)
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_a_kind_without_search_hooks_runs_its_whole_job_per_trial(tmp_path, ray_cluster):
+    """statsmodels has no tune_* hooks: each trial runs the kind's own pipeline (its Ray tasks
+    inside the trial's placement group) and reports the run's metrics once."""
+    spec = {"name": "sm", "kind": "statsmodels", "data": {"source": "builtin:spector"},
+            "model": {"method": "logit", "formula": "GRADE ~ GPA + TUCE + PSI"},
+            "tune": {"metric": "aic", "search": "grid",
+                     "space": {"model.method": {"grid": ["logit", "probit"]}}}}
+    r = distml.run(spec, output=tmp_path)
+    t = r.tables["trials"]
+    assert list(t["model.method"]) == ["logit", "probit"] and (t.status == "completed").all()
+    assert r.best_config == {"model.method": t.loc[t["aic"].idxmin(), "model.method"]}
+    assert r.manifest["tune"]["data"] == "per_trial"
+    assert r.metrics["tune"]["refit_value"] == pytest.approx(t["aic"].min(), rel=1e-9)
+    _wait_resources_free(ray_cluster)

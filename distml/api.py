@@ -108,14 +108,20 @@ def run(spec: "str | os.PathLike | Mapping | JobSpec",
         "seeds": _seeds(job_spec), "host": platform.node(), "resume": resume}
     run_dir.write_yaml("spec.yaml", job_spec.to_dict())
     run_dir.write_json("manifest.json", manifest)
-    with _run_log(run_dir):
+    with _run_log(run_dir), _sigterm_interrupts():
         log.info("run %s/%s (%s) in %s", job_spec.name, run_dir.run_id, job_spec.kind, run_dir.path)
         try:
             out = _execute(job, job_spec, info, run_dir, address, resume, manifest, timings)
         except BaseException as e:
-            manifest.update(status="failed", finished_at=time.time(), timings=_round(timings),
+            stopped = isinstance(e, KeyboardInterrupt)
+            if stopped:  # Tune re-raises a bare KeyboardInterrupt: say what stopped the run
+                e_msg = str(e) or ("terminated by signal 15 (SIGTERM)" if _sigterm_received
+                                   else "interrupted (SIGINT)")
+            manifest.update(status="interrupted" if stopped else "failed",
+                            finished_at=time.time(), timings=_round(timings),
                             error=(e.to_dict() if isinstance(e, DistmlError) else
-                                   {"type": type(e).__name__, "message": str(e)}))
+                                   {"type": type(e).__name__,
+                                    "message": e_msg if stopped else str(e)}))
             log.error("run failed: %s", e)
             _trace.error("traceback:\n%s", traceback.format_exc())
             run_dir.write_json("manifest.json", manifest)
@@ -142,6 +148,48 @@ def run(spec: "str | os.PathLike | Mapping | JobSpec",
     return Result.load(run_dir.path)
 
 
+def _terminated(signum, frame):
+    global _sigterm_received
+    _sigterm_received = True
+    raise KeyboardInterrupt(f"terminated by signal {signum} (SIGTERM)")
+
+
+_sigterm_armed = False
+_sigterm_received = False
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """While a run works, SIGTERM (what Airflow, cron wrappers and ``kill`` send) raises
+    KeyboardInterrupt in the main thread like Ctrl-C: the manifest says ``interrupted``, a local
+    cluster the run started is stopped, and ``--resume`` can continue. Only when the process
+    has no SIGTERM handler of its own and this is the main thread. ``ray.init`` installs its own
+    handler (a bare exit), so :func:`_rearm_sigterm` puts ours back once the cluster is up."""
+    import signal
+    import threading
+
+    global _sigterm_armed, _sigterm_received
+    _sigterm_received = False
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _terminated)
+    _sigterm_armed = True
+    try:
+        yield
+    finally:
+        _sigterm_armed = False
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _rearm_sigterm() -> None:
+    if _sigterm_armed:
+        import signal
+
+        signal.signal(signal.SIGTERM, _terminated)
+
+
 def _execute(job, job_spec, info, run_dir, address, resume, manifest, timings):
     from distml.jobs.base import RunContext
     from distml.runtime.cluster import cluster
@@ -149,6 +197,7 @@ def _execute(job, job_spec, info, run_dir, address, resume, manifest, timings):
     t0 = time.perf_counter()
     res = job_spec.resources
     with cluster(address) as cl:
+        _rearm_sigterm()
         timings["cluster_start_s"] = time.perf_counter() - t0
         manifest["cluster"] = {"mode": cl.mode, "address": cl.address,
                                "address_source": cl.address_source, "resources": cl.resources,

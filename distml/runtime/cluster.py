@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import time
 from contextlib import contextmanager
@@ -150,7 +151,35 @@ def _shutdown(started_here: bool) -> None:
             return original(check_alive=False, allow_graceful=False, wait=wait)
 
         node.kill_all_processes = fast_kill
+    orphans = _raylet_children(node) if started_here and node is not None else []
     ray.shutdown()
+    # The raylet's agents (dashboard agent, runtime-env agent) are its children, not the node's:
+    # with the raylet killed they would outlive the run (seen: still alive minutes later).
+    for pid in orphans:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _raylet_children(node) -> list[int]:
+    """PIDs of the processes whose parent is this node's raylet (from /proc; [] elsewhere)."""
+    try:
+        raylet = node.all_processes["raylet"][0].process.pid
+        children = []
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat", encoding="ascii", errors="replace") as fh:
+                    stat = fh.read()
+            except OSError:  # the process ended meanwhile
+                continue
+            if int(stat[stat.rindex(")") + 2:].split()[1]) == raylet:
+                children.append(int(entry.name))
+        return children
+    except (OSError, KeyError, IndexError, AttributeError, ValueError):
+        return []
 
 
 def _resources() -> dict:

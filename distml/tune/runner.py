@@ -48,10 +48,21 @@ def run_search(job, ctx: RunContext) -> JobOutput:
     total = t.num_samples * t.n_grid
     iterations = job.tune_iterations() if hasattr(job, "tune_iterations") else None
     report_every, grace = report_schedule(iterations, t.report_every, t.grace_period)
-    workers = 1 if hasattr(job, "tune_trial") else res.num_workers  # whole-job trials: all
-    concurrency = concurrency_for(ctx.cluster.resources, res.cpus_per_worker * workers,
+    group = _worker_group(job, ctx)
+    if group is not None:  # each trial drives its own Ray Train run of group.workers workers
+        workers, driver_cpu = group.workers, TRAIN_DRIVER_CPU
+    else:
+        workers = 1 if hasattr(job, "tune_trial") else res.num_workers  # whole-job trials: all
+        driver_cpu = 0.0
+    # Trials at once: what the cluster holds of (workers + the trial's own share) per trial, so
+    # concurrent worker groups never wait on each other's resources (no deadlock).
+    concurrency = concurrency_for(ctx.cluster.resources,
+                                  res.cpus_per_worker * workers + driver_cpu,
                                   res.gpus_per_worker * workers, t.max_concurrent, total)
-    shared_ref = _start_prepare(job, ctx)
+    shared_ref = None if group is not None else _start_prepare(job, ctx)
+    if group is not None:
+        ctx.log.info("search: each trial trains in a Ray Train worker group of %d (%s)",
+                     group.workers, group.reason)
     ctx.log.info("search: %d trials (%s%s, seed %d), %d at a time, %s CPU each; %s (%s); data %s",
                  total, t.search, "" if t.scheduler == "none" else f" + {t.scheduler}", t.seed,
                  concurrency, res.cpus_per_worker, t.metric, t.mode,
@@ -59,11 +70,14 @@ def run_search(job, ctx: RunContext) -> JobOutput:
                  else "read by each trial (the kind has no shared-data hook)")
     plan = TrialPlan(kind=spec.kind, base=base, space=space, metric=t.metric, mode=t.mode,
                      report_every=report_every, checkpoint_every=t.checkpoint_every,
-                     fault=fault_from_env())
+                     fault=fault_from_env(), worker_group=group is not None,
+                     cluster_resources=dict(ctx.cluster.resources), iterations=iterations)
+    trial_resources = ({"cpu": TRAIN_DRIVER_CPU} if group is not None
+                       else _trial_resources(job, res))
     trainable = tune.with_resources(
         tune.with_parameters(trial_fn, plan=plan,
                              data=shared_ref if shared_ref is not None else ctx.data),
-        _trial_resources(job, res))
+        trial_resources)
     with tune_env(), quiet_logs():
         tuner, resumed = _tuner(ctx, trainable, space, base, concurrency, iterations, grace,
                                 total)
@@ -104,7 +118,8 @@ def run_search(job, ctx: RunContext) -> JobOutput:
                            "trials": len(records), **counts}
     out.info["tune"] = {
         "search": t.search, "scheduler": t.scheduler, "seed": t.seed, "trials": len(records),
-        "concurrency": concurrency, "resources_per_trial": _describe(_trial_resources(job, res)),
+        "concurrency": concurrency, "resources_per_trial": _describe(trial_resources),
+        "worker_group": group.record() if group is not None else None,
         "report_every": report_every, "grace_period": grace if t.scheduler != "none" else None,
         "resumed": resumed, "best_trial": best.trial_id, "refit_matches_trial": bool(matches),
         "data": "shared" if shared_ref is not None else "per_trial", **counts,
@@ -188,6 +203,22 @@ def _raise_prepare_error(shared_ref, kind: str) -> None:
         if isinstance(cause, DistmlError):
             raise cause from None
         raise JobFailed(f"{kind} data preparation failed: {_error_text(e)}") from e
+
+
+#: what a worker-group trial's own process reserves: it only drives a Ray Train run (whose
+#: workers reserve their own resources); Tune cannot schedule a trial that reserves nothing.
+TRAIN_DRIVER_CPU = 0.01
+
+
+def _worker_group(job, ctx: RunContext):
+    """The right-sizing decision (DESIGN.md §5) for the kind's Train path, when the trials of
+    this search would each train in a worker group; None for single-task trials."""
+    if ctx.spec.kind not in ("xgboost", "torch"):
+        return None
+    from distml.jobs._distributed import choose
+
+    decision = choose(ctx.spec, ctx.data, ctx.cluster.resources)
+    return decision if decision.worker_group else None
 
 
 def _trial_resources(job, res) -> dict:

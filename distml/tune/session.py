@@ -54,6 +54,11 @@ class TrialPlan:
     checkpoint_every: int | None = None
     fault: dict | None = None
     scratch: str | None = None  # a folder for kinds that run their own pipeline in a trial
+    #: the trial's job trains in a Ray Train worker group (num_workers > 1, GPUs, or data over
+    #: one worker's budget): the trial process only drives it (see :func:`train_callbacks`)
+    worker_group: bool = False
+    cluster_resources: dict | None = None
+    iterations: int | None = None
 
     def overrides(self, config: dict) -> dict[str, Any]:
         return self.space.decode(config)
@@ -228,7 +233,7 @@ def trial_fn(config: dict, *, plan: TrialPlan, data: Any = None) -> None:
     try:
         spec = plan.trial_spec(plan.overrides(config))
         job = kind_module(plan.kind).Job(spec)
-        if hasattr(job, "tune_trial"):
+        if hasattr(job, "tune_trial") and not plan.worker_group:
             job.tune_trial(data, session)
         else:
             _run_whole_job(job, data, session, plan)
@@ -240,9 +245,12 @@ def trial_fn(config: dict, *, plan: TrialPlan, data: Any = None) -> None:
 
 
 def _run_whole_job(job, info, session: TrialSession, plan: TrialPlan) -> None:
-    """Kinds without ``tune_trial``: run the kind's own pipeline, report its metrics once.
+    """Kinds without ``tune_trial``, and worker-group trials: run the kind's own pipeline,
+    report its metrics at the end.
 
-    The kind schedules its own Ray tasks; they run inside the trial's placement group.
+    The kind schedules its own Ray tasks; they run inside the trial's placement group. A
+    worker-group trial builds its Ray Train run here (Ray 2.60 has no ``Tuner(trainer)``); the
+    Train run's per-iteration reports reach Tune through :func:`train_callbacks`.
     """
     import logging
 
@@ -250,20 +258,76 @@ def _run_whole_job(job, info, session: TrialSession, plan: TrialPlan) -> None:
     from distml.runtime.artifacts import RunDir
     from distml.runtime.cluster import ClusterInfo
 
+    global _ACTIVE
     scratch = tempfile.mkdtemp(prefix="distml-trial-", dir=plan.scratch)
+    _ACTIVE = plan if plan.worker_group else None
     try:
         run_dir = RunDir(scratch, job.spec.name)
         run_dir.prepare()
-        ctx = RunContext(job.spec, info, run_dir, ClusterInfo("existing", None, None),
+        ctx = RunContext(job.spec, info, run_dir,
+                         ClusterInfo("existing", None, None, dict(plan.cluster_resources or {})),
                          logging.getLogger("distml.trial"))
         out = job.run(ctx)
     finally:
+        _ACTIVE = None
         shutil.rmtree(scratch, ignore_errors=True)
     flat = flatten_metrics(out.metrics)
     value = lookup_metric(out.metrics, plan.metric)
     if value is not None:
         flat[plan.metric] = value
-    session.report(1, flat, final=True)
+    session.report(max(1, plan.iterations or 1) if plan.worker_group else 1, flat, final=True)
+
+
+_ACTIVE: TrialPlan | None = None  # the worker-group trial running in this process, if any
+
+
+def train_callbacks() -> list:
+    """Ray Train callbacks for a Train run started inside a worker-group trial (else ``[]``):
+    they forward each report of the workers (``iteration`` plus metrics) to Tune, shaped like a
+    :class:`TrialSession` report, so ASHA or the median rule can stop the trial."""
+    if _ACTIVE is None:
+        return []
+    return [_TrainToTune(_ACTIVE.metric, _ACTIVE.mode, _ACTIVE.report_every or 1)]
+
+
+def _train_to_tune_class():
+    from ray.train._internal.session import get_session
+    from ray.train.v2.api.callback import UserCallback
+
+    class TrainToTune(UserCallback):
+        """Runs in the Train controller; puts results on the trial's inter-actor queue (what
+        Ray's ``TuneReportCallback`` does), translated to distml's trial report."""
+
+        def __init__(self, metric: str, mode: str, every: int):
+            self.metric, self.mode, self.every = metric, mode, every
+            self.best: float | None = None
+            self.best_iteration = -1
+            self.t0 = time.time()
+            self.queue = get_session()._get_or_create_inter_actor_queue()
+
+        def after_report(self, run_context, metrics, checkpoint):
+            flat = flatten_metrics(metrics[0] if metrics else {})
+            iteration = int(flat.get("iteration") or 0)
+            value = lookup_metric(metrics[0] if metrics else {}, self.metric)
+            if not iteration or value is None or not math.isfinite(value):
+                return
+            if self.best is None or (value < self.best if self.mode == "min"
+                                     else value > self.best):
+                self.best, self.best_iteration = float(value), iteration
+            if iteration % self.every:
+                return
+            self.queue.put({**flat, OBJECTIVE: float(value), "iteration": iteration,
+                            "final": False, "best": self.best,
+                            "best_iteration": self.best_iteration,
+                            "elapsed_s": time.time() - self.t0, "resumed_from": 0,
+                            "finished_at": time.time(), "failed": False, "error": "",
+                            "wait_s": 0.0})
+
+    return TrainToTune
+
+
+def _TrainToTune(metric: str, mode: str, every: int):  # noqa: N802 - a class, built lazily
+    return _train_to_tune_class()(metric, mode, every)
 
 
 def flatten_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:

@@ -50,14 +50,12 @@ def run_search(job, ctx: RunContext) -> JobOutput:
     report_every, grace = report_schedule(iterations, t.report_every, t.grace_period)
     group = _worker_group(job, ctx)
     if group is not None:  # each trial drives its own Ray Train run of group.workers workers
-        workers, driver_cpu = group.workers, TRAIN_DRIVER_CPU
+        workers = group.workers
     else:
         workers = 1 if hasattr(job, "tune_trial") else res.num_workers  # whole-job trials: all
-        driver_cpu = 0.0
-    # Trials at once: what the cluster holds of (workers + the trial's own share) per trial, so
-    # concurrent worker groups never wait on each other's resources (no deadlock).
-    concurrency = concurrency_for(ctx.cluster.resources,
-                                  res.cpus_per_worker * workers + driver_cpu,
+    # Trials at once: what the cluster holds of the workers of a trial, so concurrent worker
+    # groups never wait on each other's resources (no deadlock).
+    concurrency = concurrency_for(ctx.cluster.resources, res.cpus_per_worker * workers,
                                   res.gpus_per_worker * workers, t.max_concurrent, total)
     shared_ref = None if group is not None else _start_prepare(job, ctx)
     if group is not None:
@@ -72,7 +70,7 @@ def run_search(job, ctx: RunContext) -> JobOutput:
                      report_every=report_every, checkpoint_every=t.checkpoint_every,
                      fault=fault_from_env(), worker_group=group is not None,
                      cluster_resources=dict(ctx.cluster.resources), iterations=iterations)
-    trial_resources = ({"cpu": TRAIN_DRIVER_CPU} if group is not None
+    trial_resources = (dict(TRAIN_DRIVER) if group is not None
                        else _trial_resources(job, res))
     trainable = tune.with_resources(
         tune.with_parameters(trial_fn, plan=plan,
@@ -205,9 +203,11 @@ def _raise_prepare_error(shared_ref, kind: str) -> None:
         raise JobFailed(f"{kind} data preparation failed: {_error_text(e)}") from e
 
 
-#: what a worker-group trial's own process reserves: it only drives a Ray Train run (whose
-#: workers reserve their own resources); Tune cannot schedule a trial that reserves nothing.
-TRAIN_DRIVER_CPU = 0.01
+#: what a worker-group trial's own process reserves: it only drives a Ray Train run, whose workers
+#: reserve their own resources (Train V2 places them in a placement group of its own, outside the
+#: trial's). No CPU, so 2 workers × 1 CPU fit a 2-CPU machine; Tune cannot schedule a trial that
+#: reserves nothing at all, hence one byte of memory.
+TRAIN_DRIVER = {"cpu": 0, "memory": 1}
 
 
 def _worker_group(job, ctx: RunContext):

@@ -307,7 +307,7 @@ def _train_to_tune_class():
 
         def after_report(self, run_context, metrics, checkpoint):
             flat = flatten_metrics(metrics[0] if metrics else {})
-            iteration = int(flat.get("iteration") or 0)
+            iteration = int(flat.get("iteration") or flat.get("epoch") or 0)
             value = lookup_metric(metrics[0] if metrics else {}, self.metric)
             if not iteration or value is None or not math.isfinite(value):
                 return

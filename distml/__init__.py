@@ -6,6 +6,7 @@
 """
 
 from distml.api import run, validate
+from distml.report import build_report, list_runs
 from distml.errors import ClusterError, DataError, DistmlError, JobFailed, SpecError
 from distml.predict import Prediction, predict
 from distml.result import Result
@@ -14,6 +15,7 @@ from distml.submit import Submission, submit
 
 __version__ = "0.1.0"
 
-__all__ = ["run", "validate", "submit", "predict", "load_spec", "json_schema", "JobSpec",
+__all__ = ["run", "validate", "submit", "predict", "build_report", "list_runs", "load_spec",
+           "json_schema", "JobSpec",
            "Result", "Submission", "Prediction", "DistmlError", "SpecError", "DataError",
            "ClusterError", "JobFailed", "__version__"]

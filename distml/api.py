@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from importlib import metadata
 from typing import Any, Iterable, Iterator, Mapping
 
+from distml import progress
 from distml.errors import DistmlError, JobFailed
 from distml.result import Result
 from distml.spec import JobSpec, load_spec
@@ -93,6 +94,7 @@ def run(spec: "str | os.PathLike | Mapping | JobSpec",
     timings: dict[str, float] = {}
     job = kind_module(job_spec.kind).Job(job_spec)
     t0 = time.perf_counter()
+    progress.current().stage("validate")
     info = job.check_data()  # before any cluster work; raises SpecError/DataError
     if job_spec.tune is not None:
         from distml.tune.spec import check_trials
@@ -127,6 +129,7 @@ def run(spec: "str | os.PathLike | Mapping | JobSpec",
             run_dir.write_json("manifest.json", manifest)
             raise
         t0 = time.perf_counter()
+        progress.current().stage("write")
         for name, frame in out.tables.items():
             run_dir.write_parquet(f"tables/{name}.parquet", frame)
         for rel, data in out.files.items():
@@ -138,6 +141,7 @@ def run(spec: "str | os.PathLike | Mapping | JobSpec",
         timings["total_s"] = time.time() - t_start
         manifest.update(status="succeeded", finished_at=time.time(), timings=_round(timings),
                         **({"best_config": out.best_config} if out.best_config else {}), **out.info)
+        manifest["report"] = _report(run_dir, manifest, timings, t_start)
         run_dir.write_json("manifest.json", manifest)
         log.info("run succeeded in %.1fs", timings["total_s"])
     run_dir.mark_success()
@@ -190,12 +194,37 @@ def _rearm_sigterm() -> None:
         signal.signal(signal.SIGTERM, _terminated)
 
 
+def _report(run_dir, manifest: dict, timings: dict, t_start: float) -> dict:
+    """Write ``report.html`` (:mod:`distml.report`); a failure is a warning here and in the
+    manifest, never a failed run. Adds ``report_s`` to the manifest's timings."""
+    progress.current().stage("report")
+    t0 = time.perf_counter()
+    try:
+        from distml.report import build_report
+
+        built = build_report(run_dir.path, manifest)
+        out = {"path": "report.html", "sections": built["sections"]}
+        if built["errors"]:
+            out["section_errors"] = built["errors"]
+            log.warning("report.html: %d section(s) could not be drawn: %s", len(built["errors"]),
+                        "; ".join(built["errors"]))
+    except Exception as e:  # the report never fails the run
+        out = {"error": {"type": type(e).__name__, "message": str(e)}}
+        log.warning("report.html was not written: %s: %s", type(e).__name__, e)
+        _trace.warning("report traceback:\n%s", traceback.format_exc())
+    timings["report_s"] = time.perf_counter() - t0
+    timings["total_s"] = time.time() - t_start
+    manifest["timings"] = _round(timings)
+    return out
+
+
 def _execute(job, job_spec, info, run_dir, address, resume, manifest, timings):
     from distml.jobs.base import RunContext
     from distml.runtime.cluster import cluster
 
     t0 = time.perf_counter()
     res = job_spec.resources
+    progress.current().stage("cluster")
     with cluster(address) as cl:
         _rearm_sigterm()
         timings["cluster_start_s"] = time.perf_counter() - t0
@@ -204,12 +233,16 @@ def _execute(job, job_spec, info, run_dir, address, resume, manifest, timings):
                                "requested": res.model_dump()}
         t1 = time.perf_counter()
         ctx = RunContext(job_spec, info, run_dir, cl, log, resume)
-        if job_spec.tune is not None:
-            from distml.tune import run_search
+        progress.current().stage("train", "search" if job_spec.tune is not None else "")
+        try:
+            if job_spec.tune is not None:
+                from distml.tune import run_search
 
-            out = run_search(job, ctx)
-        else:
-            out = job.run(ctx)
+                out = run_search(job, ctx)
+            else:
+                out = job.run(ctx)
+        finally:
+            progress.current().close_channel()  # workers' progress actor, before Ray goes
         timings["job_s"] = time.perf_counter() - t1
         t2 = time.perf_counter()
     timings["cluster_stop_s"] = time.perf_counter() - t2

@@ -1,5 +1,5 @@
 """Command line: ``distml run | validate | schema | data generate | submit | status | logs | stop |
-jobs list | predict``.
+jobs list | predict | report | runs``.
 
 A thin layer over :mod:`distml.api`: it parses arguments, maps errors to exit codes (0 ok,
 2 invalid spec or data, 3 cluster unreachable, 4 the job failed, 1 a bug) and prints. Under
@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--address", help="Ray cluster address (GCS HOST:PORT or 'auto')")
     r.add_argument("--run-id", help="run id; rerunning a finished run id is a no-op")
     r.add_argument("--resume", action="store_true", help="continue an interrupted run (same id)")
+    r.add_argument("--progress", choices=("auto", "rich", "plain", "off"), default="auto",
+                   help="progress display on stderr: auto (default) = rich on a terminal, plain "
+                        "log lines otherwise, off under --json")
     common(r)
 
     v = sub.add_parser("validate", help="check a spec and its data; starts no cluster")
@@ -120,6 +123,15 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--batch-size", type=int, help="rows per scored batch (default 16384)")
     pr.add_argument("--address", help="Ray cluster address (GCS HOST:PORT or 'auto')")
     common(pr)
+
+    rp = sub.add_parser("report", help="(re)build a run's report.html")
+    rp.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (with manifest.json)")
+    rp.add_argument("--open", action="store_true", help="open the report in a web browser")
+    common(rp)
+
+    rs = sub.add_parser("runs", help="list the runs under an output folder")
+    rs.add_argument("--output", default="runs", help="output root (default: runs)")
+    common(rs)
     return p
 
 
@@ -204,9 +216,16 @@ def _dispatch(args: argparse.Namespace) -> tuple[dict, int]:
     if args.command == "run":
         from distml.api import run
 
-        result = run(args.spec, args.overrides, output=args.output, address=args.address,
-                     run_id=args.run_id, resume=args.resume)
-        return result.to_dict() | {"_summary": result.summary()}, EXIT_OK
+        from distml import progress
+
+        mode = progress.resolve_mode(args.progress, json_output=args.json)
+        with progress.activate(mode):
+            result = run(args.spec, args.overrides, output=args.output, address=args.address,
+                         run_id=args.run_id, resume=args.resume)
+        summary = result.summary()
+        if (result.run_dir / "report.html").is_file():
+            summary += f"\nreport: {result.run_dir / 'report.html'}"
+        return result.to_dict() | {"_summary": summary}, EXIT_OK
     if args.command == "validate":
         from distml.api import validate
 
@@ -234,7 +253,40 @@ def _dispatch(args: argparse.Namespace) -> tuple[dict, int]:
                        strict=args.strict, batch_size=args.batch_size, address=args.address,
                        overwrite=args.overwrite)
         return pred.to_dict() | {"_summary": pred.summary()}, EXIT_OK
+    if args.command == "report":
+        return _report(args)
+    if args.command == "runs":
+        from distml.report import format_runs, list_runs
+
+        rows = list_runs(args.output)
+        return {"status": "succeeded", "runs": [r.to_dict() for r in rows],
+                "_text": format_runs(rows)}, EXIT_OK
     raise DistmlError(f"unknown command {args.command!r}")
+
+
+def _report(args: argparse.Namespace) -> tuple[dict, int]:
+    from pathlib import Path
+
+    from distml.errors import DataError
+    from distml.report import build_report
+
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise DataError(f"RUN_DIR {args.run_dir!r} is not a directory; give a run directory "
+                        "such as runs/NAME/RUN_ID (see `distml runs`)")
+    if not (run_dir / "manifest.json").is_file():
+        raise DataError(f"RUN_DIR {args.run_dir!r} is not a distml run directory: it has no "
+                        "manifest.json")
+    built = build_report(run_dir)
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(Path(built["path"]).resolve().as_uri())
+    text = f"report: {built['path']} ({len(built['sections'])} sections)\n"
+    for err in built["errors"]:
+        text += f"warning: section {err}\n"
+    return {"status": "succeeded", "report": built["path"], "sections": built["sections"],
+            "errors": built["errors"], "_text": text}, EXIT_OK
 
 
 def _env_pairs(items: list[str]) -> dict[str, str]:

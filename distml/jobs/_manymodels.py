@@ -933,6 +933,9 @@ def run_many(spec, cfg: FitConfig, ctx) -> JobOutput:
     columns = cfg.model_columns()
     opts = _task_options(spec)
     mapper = ray.remote(map_partition).options(num_returns=2, **opts)
+    from distml import progress
+
+    progress.current().stage("read", f"partitioning by {', '.join(cfg.group_by)}")
     refs = [mapper.remote(u, cfg.group_by, columns) for u in units]
     heads = ray.get([r[0] for r in refs])
     parts = [r[1] for r in refs]
@@ -956,10 +959,19 @@ def run_many(spec, cfg: FitConfig, ctx) -> JobOutput:
     ctx.log.info("many-models: %d groups in %d partitions -> %d tasks of <= %d groups",
                  n_groups, len(units), n_tasks, gpt)
     results = []
+    show = progress.current()
+    show.stage("train", f"many-models: {n_tasks} tasks")
+    groups, n_done, n_bad = show.counter("groups", total=n_groups, unit="groups"), 0, 0
     try:
         while pending:  # collect as tasks finish, so results stream back while others fit
             done, pending = ray.wait(pending, num_returns=min(len(pending), 4), timeout=None)
             results.extend(ray.get(done))
+            if show.active:  # groups done and failed so far, on the progress display
+                n_done += sum(len(r["gids"]) for r in results[-len(done):])
+                n_bad += sum(bool(s.get("error")) for r in results[-len(done):]
+                             for s in r["stats"])
+                groups.update(completed=n_done, info=f"{n_bad} failed")
+        groups.done()
     finally:
         for ref in pending:  # a lost task failed the job: free the CPUs of the others
             ray.cancel(ref)

@@ -559,21 +559,49 @@ class Runner:
             refs.append(ref)
             pending.append(ref)
         self.tasks += len(parts)
+        self._watch = (fn.__name__.strip("_").removesuffix("_task"), refs, parts)
         return refs
+
+    def _track(self, refs: list) -> None:
+        """Count the partitions (and rows) of the last map as its tasks finish, on distml's
+        progress display; nothing when progress is off."""
+        import ray
+
+        from distml import progress
+
+        show = progress.current()
+        watch, self._watch = getattr(self, "_watch", None), None
+        if not show.active or watch is None or watch[1] is not refs:
+            return
+        name, refs, parts = watch
+        rows_of = {r: p.rows for r, p in zip(refs, parts)}
+        known = sum(p.rows or 0 for p in parts)
+        counter = show.counter(f"{name} pass", total=len(parts), unit="partitions")
+        pending, done_rows = list(refs), 0
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1, timeout=1.0, fetch_local=False)
+            done_rows += sum(rows_of[r] or 0 for r in done)
+            counter.update(completed=len(refs) - len(pending),
+                           info=f"{done_rows:,} of {known:,} rows" if known else None)
+        counter.done()
 
     def reduce(self, refs: list, fan_in: int = FAN_IN):
         """Merge partial states with a fixed tree of merge tasks; returns the merged value."""
         merge = self.remote(merge_all)
+        leaves = refs
         while len(refs) > 1:
             groups = [refs[i:i + fan_in] for i in range(0, len(refs), fan_in)]
             refs = [merge.remote(*g) if len(g) > 1 else g[0] for g in groups]
             self.tasks += sum(len(g) > 1 for g in groups)
+        self._track(leaves)
         return self.get(refs[0])
 
     def get(self, refs, what: str = "an out-of-core task"):
         """``ray.get`` that re-raises a task's own DataError/SpecError as itself."""
         import ray
 
+        if isinstance(refs, list):
+            self._track(refs)
         try:
             return ray.get(refs)
         except ray.exceptions.RayTaskError as e:

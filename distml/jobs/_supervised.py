@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from distml import progress
 from distml.errors import DataError, JobFailed
 from distml.jobs.base import Job, JobOutput, RunContext
 from distml.runtime import metrics as M
@@ -154,33 +155,49 @@ class SupervisedJob(Job):
 
     def evaluate(self, model: Any, prep: Prepared, X: pd.DataFrame, y: np.ndarray) -> tuple[
             dict, np.ndarray]:
+        metrics, pred, _ = self.score(model, prep, X, y)
+        return metrics, pred
+
+    def score(self, model: Any, prep: Prepared, X: pd.DataFrame, y: np.ndarray) -> tuple[
+            dict, np.ndarray, np.ndarray | None]:
+        """(metrics, predictions, class probabilities or None) of ``model`` on ``X, y``."""
         pred, proba = self.predict(model, prep, X)
         if prep.task == "classification":
-            return M.classification_metrics(y, pred, proba, prep.n_classes), pred
-        return M.regression_metrics(y, pred), pred
+            return M.classification_metrics(y, pred, proba, prep.n_classes), pred, proba
+        return M.regression_metrics(y, pred), pred, proba
 
     def fit_and_evaluate(self, info: DataInfo, prep: Prepared | None = None) -> JobOutput:
         """The whole single-worker job: runs inside one Ray task."""
         t0 = time.perf_counter()
+        _worker_stage(self, "read")
         prep = prep if prep is not None else prepare(self.spec, info, self.task())
         split = self.spec.data.split_spec
         parts = split_indices(prep.y, split, classification=prep.task == "classification")
         t_read = time.perf_counter() - t0
+        _worker_stage(self, "train")
         model, figures, tables = self.fit(prep, parts["train"], parts.get("valid"))
         t_fit = time.perf_counter() - t0 - t_read
+        _worker_stage(self, "evaluate")
         out = JobOutput(tables=dict(tables))
-        confusion = []
+        confusion, predictions = [], []
+        held_out = prep.X_test is not None or any(k != "train" for k in parts)
         for name, rows in parts.items():
             X, y = prep.X.iloc[rows], prep.y[rows]
-            out.metrics[name], pred = self.evaluate(model, prep, X, y)
+            out.metrics[name], pred, proba = self.score(model, prep, X, y)
             if prep.classes is not None:
                 confusion += M.confusion_rows(name, y, pred, prep.classes)
+            if name != "train" or not held_out:
+                predictions.append(prediction_rows(name, rows, y, pred, proba, prep.classes))
         if prep.X_test is not None:
-            out.metrics["test"], pred = self.evaluate(model, prep, prep.X_test, prep.y_test)
+            out.metrics["test"], pred, proba = self.score(model, prep, prep.X_test, prep.y_test)
             if prep.classes is not None:
                 confusion += M.confusion_rows("test", prep.y_test, pred, prep.classes)
+            predictions.append(prediction_rows("test", np.arange(len(prep.y_test)), prep.y_test,
+                                               pred, proba, prep.classes))
         if confusion:
             out.tables["confusion_matrix"] = pd.DataFrame(confusion)
+        if predictions:
+            out.tables["predictions"] = pd.concat(predictions, ignore_index=True)
         imp = self.importance(model, prep)
         if imp is not None:
             out.tables["feature_importance"] = imp
@@ -218,6 +235,7 @@ class SupervisedJob(Job):
             if split is not None and split.cv:
                 return self._run_cv(ctx, split, opts, prep_ref)
             ctx.log.info("fitting in one Ray task (resources.num_workers is 1)")
+            self._progress = progress.worker_reporter()  # None unless progress is shown
             out = ray.get(ray.remote(_fit_task).options(**opts).remote(self, ctx.data, prep_ref))
         except DataError:
             raise
@@ -296,6 +314,40 @@ class SupervisedJob(Job):
     def tune_refit(self, ctx: RunContext, shared_ref: Any) -> JobOutput:
         """The run's model for the best configuration, from the data the trials shared."""
         return self.run(ctx, prep_ref=shared_ref)
+
+
+#: rows per split kept in ``tables/predictions.parquet`` (a deterministic sample beyond it)
+MAX_PREDICTION_ROWS = 100_000
+
+
+def prediction_rows(split: str, rows: np.ndarray, y: np.ndarray, pred: np.ndarray,
+                    proba: np.ndarray | None, classes: list | None,
+                    limit: int = MAX_PREDICTION_ROWS) -> pd.DataFrame:
+    """Rows of ``tables/predictions.parquet``: split, row (position in its source), y_true,
+    y_pred (class labels or values), ``proba_<class>`` per class; at most ``limit`` rows,
+    sampled with a fixed seed."""
+    keep = np.arange(len(y))
+    if len(keep) > limit:
+        keep = np.sort(np.random.default_rng(0).choice(len(y), limit, replace=False))
+    frame = pd.DataFrame({"split": split, "row": np.asarray(rows)[keep].astype(np.int64)})
+    if classes is not None:
+        labels = np.asarray([str(c) for c in classes], dtype=object)
+        frame["y_true"] = labels[y[keep].astype(int)]
+        frame["y_pred"] = labels[np.asarray(pred)[keep].astype(int)]
+        if proba is not None:
+            for j, label in enumerate(labels):
+                frame[f"proba_{label}"] = np.asarray(proba, dtype=np.float64)[keep, j]
+    else:
+        frame["y_true"] = np.asarray(y, dtype=np.float64)[keep]
+        frame["y_pred"] = np.asarray(pred, dtype=np.float64)[keep]
+    return frame
+
+
+def _worker_stage(job: SupervisedJob, name: str) -> None:
+    """Tell the driver's progress display the task's stage (nothing when progress is off)."""
+    reporter = getattr(job, "_progress", None)
+    if reporter is not None:
+        reporter.stage(name)
 
 
 def _fit_task(job: SupervisedJob, info: DataInfo,

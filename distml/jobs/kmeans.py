@@ -34,6 +34,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
+from distml import progress
 from distml.errors import DataError
 from distml.jobs import _out_of_core as ooc
 from distml.jobs.base import Job as BaseJob
@@ -347,6 +348,8 @@ class _Fit:
     def over_data(self, stage: str, task, *args):
         """One parallel pass (a task per partition), merged; timed as ``stage``."""
         t0 = time.perf_counter()
+        progress.current().stage("train", f"k-means {stage.removesuffix('_s')} pass; "
+                                          f"{len(self.history)} centre updates so far")
         refs = self.runner.map(task, self.plan, self.feats, self.m.batch_size, *args, self.fault)
         merged = self.runner.reduce(refs)
         self.meta += merged.meta

@@ -336,6 +336,9 @@ class Job(BaseJob):
         out = JobOutput()
         if m.transform:
             t1 = time.perf_counter()
+            from distml import progress
+
+            progress.current().stage("write", "transformed data")
             out_dir = str(ctx.run_dir.file("transformed"))
             for part_meta in runner.get(runner.map(_transform_task, plan, runner.put(model),
                                                    m.batch_size, m.keep_columns, out_dir, fault)):

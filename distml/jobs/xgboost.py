@@ -122,9 +122,13 @@ class Job(SupervisedJob):
             evals.append((self._dmatrix(prep, valid, nthread), "valid"))
         history: dict = {}
         model = self.spec.model
+        from distml.progress import xgboost_callback
+
+        rounds = xgboost_callback(getattr(self, "_progress", None), model.num_boost_round)
         booster = xgb.train(params, dtrain, num_boost_round=model.num_boost_round, evals=evals,
                             early_stopping_rounds=model.early_stopping_rounds if len(evals) > 1
-                            else None, evals_result=history, verbose_eval=False)
+                            else None, evals_result=history, verbose_eval=False,
+                            callbacks=[rounds] if rounds is not None else None)
         figures: dict[str, Any] = {"num_boosted_rounds": int(booster.num_boosted_rounds())}
         if model.early_stopping_rounds and len(evals) > 1:
             figures["best_iteration"] = int(booster.best_iteration)

@@ -281,6 +281,9 @@ def _refit(spec, base: dict, best_config: dict, ctx: RunContext, shared_ref) -> 
     best_ctx = RunContext(best_spec, ctx.data, ctx.run_dir, ctx.cluster, ctx.log, False)
     ctx.log.info("refitting the best configuration: %s",
                  ", ".join(f"{k}={v!r}" for k, v in best_config.items()))
+    from distml import progress
+
+    progress.current().stage("train", "refit of the best configuration")
     if shared_ref is not None and hasattr(best_job, "tune_refit"):
         out = best_job.tune_refit(best_ctx, shared_ref)
     else:

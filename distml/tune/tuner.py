@@ -153,9 +153,26 @@ class Progress(tune.Callback):
         self.failures: dict[str, int] = {}
         self.ended = 0
         self.best: tuple[float, str] | None = None
+        self.running: set[str] = set()
 
     def _log(self) -> logging.Logger:
         return logging.getLogger(self.logger)
+
+    def _show(self, trial=None) -> None:
+        """Trials finished/running and the best so far on distml's progress display."""
+        from distml import progress
+
+        if trial is not None:
+            self.running.discard(trial.trial_id)
+        p = progress.current()  # looked up each time: the callback itself stays picklable
+        counter = p.counters.get("trials") or p.counter("trials", total=self.total, unit="trials")
+        best = f"; best {self.metric}={self.best[0]:.6g} ({self.best[1]})" if self.best else ""
+        counter.update(completed=self.ended, total=self.total,
+                       info=f"{len(self.running)} running{best}")
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.running.add(trial.trial_id)
+        self._show()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.ended += 1
@@ -163,6 +180,7 @@ class Progress(tune.Callback):
         name = _name(trial, self.first)
         value = result.get(OBJECTIVE)
         if result.get("failed"):
+            self._show(trial)
             self._log().warning("trial %d/%d %s failed: %s", self.ended, self.total, name,
                                 result.get("error"))
             return
@@ -172,6 +190,7 @@ class Progress(tune.Callback):
                                      else value > self.best[0]):
                 self.best = (float(value), name)
         best = f"{self.best[0]:.6g} ({self.best[1]})" if self.best else "none yet"
+        self._show(trial)
         self._log().info("trial %d/%d %s %s at iteration %s: %s=%.6g; best %s", self.ended,
                          self.total, name, status, result.get("iteration"), self.metric,
                          value if isinstance(value, (int, float)) else math.nan, best)
@@ -184,6 +203,7 @@ class Progress(tune.Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         self.ended += 1
         self.failures[trial.trial_id] = self.failures.get(trial.trial_id, 0) + 1
+        self._show(trial)
         self._log().warning("trial %d/%d %s failed: its process died and no retries are left "
                             "(tune.max_failures)", self.ended, self.total, _name(trial, self.first))
 

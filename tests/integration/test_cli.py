@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -138,11 +139,45 @@ def test_run_json_prints_one_object(tmp_path, capfd):
     assert main(["run", f"{ROOT}/jobs/quickstart.yaml", "--run-id", "../escape"]) == 2
 
 
+_SUPERVISED = ["confusion_matrix", "roc_curve", "precision_recall", "calibration"]
+_SEARCH = ["trials", "parameter_importance", "parallel_coordinates"]
+_SINGLE_MODEL = ["coefficients", "fit_statistics"]
+#: the sections of each example's report.html, in page order (a plain list, kept by hand: a
+#: change here is a change users see)
+REPORT_SECTIONS = {
+    "kmeans_out_of_core.yaml": ["cluster_sizes", "cluster_centers", "pass_history"],
+    "pca_out_of_core.yaml": ["scree", "loadings"],
+    "quickstart.yaml": _SUPERVISED + ["learning_curve", "feature_importance"],
+    "sklearn_diabetes.yaml": ["predicted_vs_actual", "residuals", "feature_importance"],
+    "sklearn_iris.yaml": _SUPERVISED + ["feature_importance"],
+    "statsmodels_arima_sunspots.yaml": _SINGLE_MODEL + ["forecast", "summary"],
+    "statsmodels_grunfeld_firms.yaml": ["coefficient_distribution", "group_fits"],
+    "statsmodels_logit_spector.yaml": _SINGLE_MODEL + ["summary"],
+    "statsmodels_ols_longley.yaml": _SINGLE_MODEL + ["summary"],
+    "tune_sklearn.yaml": _SEARCH + _SUPERVISED + ["feature_importance"],
+    "tune_xgboost.yaml": _SEARCH + _SUPERVISED + ["learning_curve", "feature_importance"],
+    "torch_digits_mlp.yaml": _SUPERVISED + ["learning_curve"],  # no feature importance
+    # the Ray Train path writes no predictions table (yet): no ROC/PR/calibration
+    "xgboost_multiworker.yaml": ["confusion_matrix", "learning_curve", "feature_importance"],
+}
+
+
 @pytest.mark.usefixtures("ray_cluster")
 @pytest.mark.parametrize("path", EXAMPLES, ids=[os.path.basename(p) for p in EXAMPLES])
 def test_every_example_spec_runs(tmp_path, path):
     r = distml.run(path, output=tmp_path)
     assert r.status == "succeeded" and (r.run_dir / "_SUCCESS").is_file()
+    # every run writes report.html with the sections its kind and tables call for
+    expected = ["overview", "metrics", *REPORT_SECTIONS[os.path.basename(path)], "artifacts"]
+    report = r.manifest["report"]
+    assert report["sections"] == expected and "section_errors" not in report
+    page = (r.run_dir / "report.html").read_text()
+    found = re.findall(r"<section id='([^']+)'>(.*?)</section>", page, re.S)
+    assert [sid for sid, _ in found] == expected
+    text_only = {"overview", "metrics", "fit_statistics", "summary", "artifacts"}
+    for sid, body in found:  # every plotting section embeds its figure as a PNG data URI
+        assert (sid in text_only) != ("<img src='data:image/png;base64," in body), sid
+    assert "<script" not in page and "http://" not in page and "https://" not in page
 
 
 @pytest.mark.allow_local_ray

@@ -1,0 +1,43 @@
+"""``report.html``: a self-contained page per run, built from what its run directory holds.
+
+Sections come from the files present — the manifest (overview), ``metrics.json`` and each
+known table under ``tables/`` (``confusion_matrix``, ``predictions``, ``learning_curve``,
+``feature_importance``, ``coefficients``, ``model_stats``, ``forecast``, ``trials``,
+``components``, ``centers``, ``pass_history``) — so a kind that writes one of these tables gets
+its section with no change here. Plots are matplotlib figures drawn on the Agg canvas and
+embedded as base64 PNG; the page has no JavaScript and loads nothing from the network.
+Imports here are light (matplotlib and pandas load when a report is built).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["build_report", "report_sections", "list_runs", "format_runs", "REPORT"]
+REPORT = "report.html"
+
+
+def build_report(run_dir: Any, manifest: dict | None = None) -> dict:
+    """Write ``RUN_DIR/report.html``; see :func:`distml.report.build.build_report`."""
+    from distml.report.build import build_report as _build
+
+    return _build(run_dir, manifest)
+
+
+def report_sections(run_dir: Any) -> list[str]:
+    """Section ids of the run's report (without writing it)."""
+    from distml.report.build import report_sections as _sections
+
+    return _sections(run_dir)
+
+
+def list_runs(output: Any = "runs") -> list:
+    from distml.report.runs import list_runs as _list
+
+    return _list(output)
+
+
+def format_runs(rows: list) -> str:
+    from distml.report.runs import format_runs as _format
+
+    return _format(rows)

@@ -13,6 +13,8 @@ from types import ModuleType
 REGISTRY: dict[str, str] = {
     "b1": "b1_tune_overhead",
     "b2": "b2_hpo_xgboost",
+    "b3": "b3_xgboost_dist",
+    "b4": "b4_torch_ddp",
     "b5": "b5_out_of_core",
     "b6": "b6_many_models",
     "b7": "b7_quickstart",

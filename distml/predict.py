@@ -2,7 +2,8 @@
 
 1. The run directory must be finished (``_SUCCESS``); its model is loaded the safe way for its
    kind: xgboost from its native ``model.ubj``, scikit-learn through skops with only
-   scikit-learn/numpy types trusted, pca/kmeans from arrays (``allow_pickle=False``) and JSON.
+   scikit-learn/numpy types trusted, pca/kmeans from arrays (``allow_pickle=False``) and JSON,
+   torch from its state_dict (``torch.load(weights_only=True)``) and ``model/config.json``.
 2. The input's columns are checked against the training schema (``model/schema.json`` or the
    model's feature list) from parquet footers / CSV headers alone, before any cluster work:
    missing columns are a :class:`~distml.errors.DataError` naming them (exit 2); extra columns
@@ -166,7 +167,7 @@ def load_predictor(run_dir: str | os.PathLike) -> Any:
     if hasattr(module, "load_predictor"):
         return module.load_predictor(run)
     raise DataError(f"run dir {str(run)!r} holds a {kind} run, which distml predict cannot "
-                    "score (kinds that predict: sklearn, xgboost, pca, kmeans)")
+                    "score (kinds that predict: sklearn, xgboost, torch, pca, kmeans)")
 
 
 def _kind_module(kind: str, run: Path):

@@ -17,6 +17,7 @@ KINDS: dict[str, str] = {
     "pca": "distml.jobs.pca",
     "kmeans": "distml.jobs.kmeans",
     "statsmodels": "distml.jobs.statsmodels",
+    "torch": "distml.jobs.torch",
 }
 
 

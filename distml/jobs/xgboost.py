@@ -48,10 +48,11 @@ class Spec(JobSpec):
             raise ValueError(
                 "model.early_stopping_rounds needs a validation split; data.split has no valid "
                 "fraction; set data.split.valid (e.g. 0.2) or drop early_stopping_rounds")
-        if self.resources.num_workers > 1:
+        if self.resources.num_workers > 1 and split is not None and split.cv:
             raise ValueError(
-                "resources.num_workers must be 1 for kind xgboost in this version (multi-worker "
-                f"training through Ray Train is not available yet); got {self.resources.num_workers}")
+                "data.split.cv and resources.num_workers conflict: cross-validation folds run as "
+                f"parallel single-worker tasks; got cv={split.cv} and num_workers="
+                f"{self.resources.num_workers}; set resources.num_workers: 1")
         return self
 
 
@@ -86,6 +87,22 @@ class Job(SupervisedJob):
             return None
         return ("classification" if str(objective).startswith(_CLASSIFICATION_PREFIXES)
                 else "regression")
+
+    def run(self, ctx, prep_ref: Any = None):
+        """One Ray task, or a Ray Train worker group when right-sizing asks for one
+        (:mod:`distml.jobs._distributed`; the group is in :mod:`distml.jobs._xgb_dist`)."""
+        from distml.jobs import _distributed
+
+        split = self.spec.data.split_spec
+        choice = _distributed.choose(self.spec, ctx.data, ctx.cluster.resources)
+        if choice.worker_group and not (split is not None and split.cv):
+            from distml.jobs._xgb_dist import run_worker_group
+
+            return run_worker_group(self, ctx, choice)
+        out = super().run(ctx, prep_ref)
+        if out.info.get("execution", {}).get("path") == "single_task":
+            out.info["execution"] = choice.record()
+        return out
 
     def booster_params(self, prep: Prepared) -> dict[str, Any]:
         """The user's params, plus only what xgboost cannot infer (objective, num_class, threads)."""

@@ -158,8 +158,7 @@ REPORT_SECTIONS = {
     "tune_xgboost.yaml": _SEARCH + _SUPERVISED + ["learning_curve", "feature_importance"],
     "torch_digits_mlp.yaml": _SUPERVISED + ["learning_curve"],  # no feature importance
     "tune_torch.yaml": _SEARCH + _SUPERVISED + ["learning_curve"],
-    # the Ray Train path writes no predictions table (yet): no ROC/PR/calibration
-    "xgboost_multiworker.yaml": ["confusion_matrix", "learning_curve", "feature_importance"],
+    "xgboost_multiworker.yaml": _SUPERVISED + ["learning_curve", "feature_importance"],
 }
 
 

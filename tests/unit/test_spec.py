@@ -405,9 +405,10 @@ def test_early_stopping_needs_a_valid_split(split):
     assert spec(model__early_stopping_rounds=10).model.early_stopping_rounds == 10
 
 
-def test_xgboost_is_single_worker():
-    assert str(error(XGB, {"resources.num_workers": 2})).startswith(
-        "resources.num_workers must be 1 for kind xgboost")
+def test_xgboost_takes_several_workers_but_not_with_cv():
+    assert spec(XGB, resources__num_workers=2).resources.num_workers == 2
+    assert str(error(XGB, {"resources.num_workers": 2, "data.split": {"cv": 3}})).startswith(
+        "data.split.cv and resources.num_workers conflict")
 
 
 def test_sklearn_estimator_did_you_mean():

@@ -1,0 +1,187 @@
+"""Multi-worker torch: a Ray Train V2 ``TorchTrainer`` worker group (DDP; gloo on CPU, NCCL on
+GPU).
+
+1. One Ray task reads and types the data once (:func:`distml.jobs._supervised.prepare`); the
+   workers get it from the object store, draw the same row split as the single-task path and fit
+   the same input scaling on the train rows.
+2. ``prepare_model`` wraps the network in DDP; ``prepare_data_loader`` gives each worker its
+   share of the train rows (a ``DistributedSampler``, reshuffled every epoch); the global batch is
+   ``model.batch_size`` (``batch_size // workers`` per worker).
+3. Every epoch each worker reports the (all-reduced) figures; rank 0 attaches a checkpoint
+   (weights, optimizer, scheduler, epoch, early-stopping state). A restarted group
+   (``resources.max_failures``) continues from the last checkpoint.
+4. Rank 0's final checkpoint holds the best weights and the history; one Ray task then evaluates
+   them through the shared supervised pipeline (metrics, tables, model files).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from typing import Any
+
+from distml.errors import DataError, JobFailed
+from distml.jobs import _distributed as D
+from distml.jobs.base import JobOutput, RunContext
+
+
+def run_worker_group(job, ctx: RunContext, choice: D.Execution, prep_ref: Any = None) -> JobOutput:
+    import ray
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from distml.jobs._supervised import _cause, _prepare_task
+
+    res = job.spec.resources
+    gpu = res.gpus_per_worker > 0
+    # "DEFAULT": never inside a placement group of the caller's; in a Tune trial that drives this
+    # worker group, the trial's group reserves no CPU for the task (distml/tune/runner.py)
+    opts = dict(num_cpus=res.cpus_per_worker, max_retries=res.max_failures,
+                retry_exceptions=False, scheduling_strategy="DEFAULT")
+    if prep_ref is None:
+        prep_ref = ray.remote(_prepare_task).options(**opts).remote(job, ctx.data)
+    backend = "nccl" if gpu else "gloo"
+    ctx.log.info("torch: %d workers, DDP over %s (%s)", choice.workers, backend, choice.reason)
+    config = {"job": job, "prep": [prep_ref], "fault": D.fault_from_env()}
+    trainer = TorchTrainer(_train_loop, train_loop_config=config,
+                           torch_config=TorchConfig(backend=backend),
+                           scaling_config=D.scaling_config(res, choice.workers),
+                           run_config=D.run_config(ctx, res.max_failures))
+    t0 = time.perf_counter()
+    try:
+        result = D.fit(trainer)
+    except Exception as e:
+        _raise_data_error(prep_ref)
+        raise JobFailed(f"torch worker group failed: {_cause(e)}") from e
+    t_train = time.perf_counter() - t0
+    if result.checkpoint is None:
+        raise JobFailed("torch worker group finished without a final checkpoint")
+    with result.checkpoint.as_directory() as d:
+        with open(os.path.join(d, "final.pt"), "rb") as fh:
+            weights = fh.read()
+        with open(os.path.join(d, "result.json"), encoding="utf-8") as fh:
+            final = json.load(fh)
+    D.discard_checkpoints(ctx)
+    t1 = time.perf_counter()
+    try:
+        out = ray.get(ray.remote(_evaluate_task).options(**opts).remote(
+            job, ctx.data, prep_ref, {"weights": weights, **final}))
+    except Exception as e:
+        raise JobFailed(f"torch evaluation failed: {_cause(e)}") from e
+    figures = final["figures"]
+    out.info["execution"] = choice.record(
+        backend=backend, device="cuda" if gpu else "cpu",
+        global_batch_size=job.spec.model.batch_size,
+        per_worker_batch_size=job.spec.model.batch_size // choice.workers,
+        attempts=figures["attempts"], resumed_from=figures["resumed_from"],
+        timings_s={"train_s": round(t_train, 4), "loop_s": round(figures["loop_s"], 4),
+                   "evaluate_s": round(time.perf_counter() - t1, 4)})
+    return out
+
+
+def _raise_data_error(prep_ref) -> None:
+    import ray
+
+    try:
+        ray.get(prep_ref, timeout=0)
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, DataError):
+            raise e.cause from None
+    except Exception:
+        return
+
+
+def _evaluate_task(job, info, prep, pretrained: dict) -> JobOutput:
+    """Metrics, tables and model files of weights trained by the worker group."""
+    from distml.jobs._supervised import _prepared
+
+    job._pretrained = pretrained
+    return job.fit_and_evaluate(info, _prepared(prep))
+
+
+def _train_loop(config: dict) -> None:
+    import ray
+    import ray.train
+    import ray.train.torch as rtt
+    import torch
+    import torch.distributed as dist
+    from ray.train import Checkpoint
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from distml.jobs._supervised import _prepared
+    from distml.jobs._torch_model import LoopData, build_net, fit_loop, load_state, n_outputs, \
+        save_state
+    from distml.runtime.data import split_indices
+
+    job = config["job"]
+    m, res = job.spec.model, job.spec.resources
+    torch.set_num_threads(max(1, int(res.cpus_per_worker)))
+    prep = _prepared(ray.get(config["prep"][0]))  # (a search's shared TuneData too)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = rtt.get_device()
+    parts = split_indices(prep.y, job.spec.data.split_spec,
+                          classification=prep.task == "classification")
+    valid = parts.get("valid")
+    task, inputs, Xt, yt, Xv, yv = job.tensors(prep, parts["train"], valid)
+    if Xv is not None:  # each worker evaluates every world-th valid row; the sums are reduced
+        Xv, yv = Xv[rank::world], yv[rank::world]
+    net = rtt.prepare_model(build_net(m, inputs.width, n_outputs(task, prep.n_classes)))
+    gen = torch.Generator().manual_seed(m.seed)
+    loader = rtt.prepare_data_loader(DataLoader(
+        TensorDataset(Xt, yt), batch_size=max(1, m.batch_size // world), shuffle=True,
+        generator=gen))
+
+    def set_epoch(epoch: int) -> None:
+        if world > 1 and hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+
+    def reduce(t):
+        if world == 1:
+            return t
+        moved = t.to(device)
+        dist.all_reduce(moved)
+        return moved.cpu()
+
+    restored = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            path = os.path.join(d, "checkpoint.pt")
+            if os.path.exists(path):  # (not the final report's checkpoint)
+                with open(path, "rb") as fh:
+                    restored = load_state(fh.read())
+
+    def agree(flag: bool) -> bool:
+        return bool(reduce(torch.tensor([float(flag and rank == 0)], dtype=torch.float64))[0])
+
+    cadence = D.Cadence(agree)
+
+    def on_epoch(epoch, figures, state, stopped):
+        D.maybe_crash(config["fault"], epoch, rank, world)
+        if epoch == m.epochs or stopped or not cadence.due():
+            return  # (the final report carries the best weights)
+        with tempfile.TemporaryDirectory() as d:
+            ckpt = None
+            if rank == 0:
+                with open(os.path.join(d, "checkpoint.pt"), "wb") as fh:
+                    fh.write(save_state(state()))
+                ckpt = Checkpoint(d)
+            ray.train.report({"epoch": epoch, **figures}, checkpoint=ckpt)
+
+    result = fit_loop(m, task, net, loader, LoopData(Xt, yt, Xv, yv), device=device,
+                      y_scale=inputs.y_scale, restored=restored, on_epoch=on_epoch,
+                      reduce=reduce, set_epoch=set_epoch,
+                      generator=gen if world == 1 else None)
+    with tempfile.TemporaryDirectory() as d:
+        ckpt = None
+        if rank == 0:
+            with open(os.path.join(d, "final.pt"), "wb") as fh:
+                fh.write(save_state({k: v.detach().cpu()
+                                     for k, v in result.net.state_dict().items()}))
+            with open(os.path.join(d, "result.json"), "w", encoding="utf-8") as fh:
+                json.dump({"history": result.history, "figures": result.figures}, fh)
+            ckpt = Checkpoint(d)
+        ray.train.report({"epoch": result.figures["epochs_trained"], "final": 1},
+                         checkpoint=ckpt)

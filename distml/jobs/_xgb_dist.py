@@ -1,0 +1,527 @@
+"""Multi-worker xgboost: a Ray Train V2 ``XGBoostTrainer`` worker group (DESIGN.md §5).
+
+1. One Ray task reads only the target column (and the categorical columns, for their levels),
+   draws exactly the row split of the single-task path (:func:`split_indices`) and cuts the
+   source into read units (parquet row groups, synthetic blocks).
+2. A Ray Dataset over those units reads the features on the cluster, tagged with the global row
+   number and split; Train shards it over the workers (nothing passes through the driver).
+3. Each worker builds its train/valid DMatrix and runs ``xgboost.train`` inside xgboost's
+   collective (evaluation metrics and early stopping are global). A
+   :class:`~ray.train.xgboost.RayTrainReportCallback` checkpoints the booster after the first
+   round and then every few rounds (at most one report per Train poll interval, 2 s, so reports
+   never stall boosting: :class:`distml.jobs._distributed.Cadence`) with the evaluation history
+   and the early-stopping state; a
+   restarted group (``resources.max_failures``) continues from the last one with the remaining
+   rounds (``xgb_model=``).
+4. After training every worker predicts its own rows; an allreduce assembles the predictions in
+   row order on rank 0, which computes the same metrics, tables and model files as the
+   single-task path and hands them back in its final checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from distml.errors import DataError, JobFailed
+from distml.jobs import _distributed as D
+from distml.jobs.base import JobOutput, RunContext
+
+UNIT_ROWS = 262_144  # rows per read unit (several parquet row groups may form one)
+TRAIN, VALID, TEST, TEST_SOURCE = 0, 1, 2, 3
+_SPLIT_CODES = {"train": TRAIN, "valid": VALID, "test": TEST}
+ROW, SPLIT, LABEL = "__distml_row", "__distml_split", "__distml_label"
+
+
+@dataclass
+class Plan:
+    """What the workers need besides their shard (small: no feature data)."""
+
+    task: str
+    classes: list | None
+    categories: dict[str, list]
+    features: list[str]
+    units: list[dict]
+    rows: dict[str, int]
+    n_total: int
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes) if self.classes is not None else 0
+
+
+# ------------------------------------------------------------------ planning (one Ray task)
+
+def _units_for(source: str, where: str, offset: int, code: int | None) -> tuple[list[dict], int]:
+    from distml.runtime.data import resolve_files
+
+    if source.startswith("synthetic:"):
+        from distml.runtime import datasets
+
+        kind, params = datasets.parse_synthetic(source)
+        rows = int(params["rows"])
+        if kind != "timeseries":  # stateless blocks: each one is a unit
+            blocks = -(-rows // datasets.BLOCK_ROWS)
+            return [{"synthetic": source, "block": b, "offset": offset + b * datasets.BLOCK_ROWS,
+                     "code": code} for b in range(blocks)], rows
+    if source.startswith(("synthetic:", "builtin:")):
+        from distml.runtime.data import read_frame
+
+        n = len(read_frame(source, None, where))
+        return [{"source": source, "offset": offset, "code": code, "where": where}], n
+    fmt, files, fs = resolve_files(source, where)
+    units, n = [], 0
+    for f in files:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            with (fs.open(f, "rb") if fs is not None else open(f, "rb")) as fh:
+                meta = pq.ParquetFile(fh).metadata
+            group, group_rows = [], 0
+            for g in range(meta.num_row_groups):
+                group.append(g)
+                group_rows += meta.row_group(g).num_rows
+                if group_rows >= UNIT_ROWS or g == meta.num_row_groups - 1:
+                    units.append({"file": f, "row_groups": group, "offset": offset + n,
+                                  "code": code, "where": where})
+                    n += group_rows
+                    group, group_rows = [], 0
+        else:
+            from distml.runtime.data import _open
+
+            with _open(f, fs) as fh:
+                rows = sum(1 for _ in fh) - 1
+            units.append({"file": f, "csv": True, "offset": offset + n, "code": code,
+                          "where": where})
+            n += rows
+    return units, n
+
+
+def plan_task(job, info) -> tuple[Plan, np.ndarray, np.ndarray]:
+    """Read the target (and categorical) columns only: task, classes, levels, split, units.
+    Returns the plan, the split code of every row and the encoded labels."""
+    from distml.jobs._supervised import _encode, infer_task
+    from distml.runtime.data import read_frame, split_indices
+
+    spec = job.spec
+    target = info.target
+    frame = read_frame(spec.data.source, [target] + list(info.categorical))
+    y_raw = frame[target]
+    task = job.task() or infer_task(y_raw)
+    categories = {c: sorted(frame[c].dropna().astype(str).unique().tolist())
+                  for c in info.categorical}
+    classes = None
+    if task == "classification":
+        classes = sorted(pd.unique(y_raw).tolist(), key=lambda v: (str(type(v)), v))
+        y = _encode(y_raw, classes, "data.source").astype(np.float64)
+    else:
+        if not pd.api.types.is_numeric_dtype(y_raw):
+            raise DataError(f"data.target: column {target!r} has dtype {y_raw.dtype}, but a "
+                            "regression target must be numeric")
+        y = y_raw.to_numpy(dtype=np.float64)
+    parts = split_indices(y, spec.data.split_spec, classification=task == "classification")
+    codes = np.full(len(y), -1, dtype=np.int8)
+    for name, rows in parts.items():
+        codes[rows] = _SPLIT_CODES[name]
+    units, n = _units_for(spec.data.source, "data.source", 0, None)
+    if n != len(y):
+        raise DataError(f"data.source: {n} rows in the read units but {len(y)} target values; "
+                        "did the files change while the job started?")
+    rows = {k: int(len(v)) for k, v in parts.items()}
+    if spec.data.test_source:
+        test = read_frame(spec.data.test_source, [target], "data.test_source")[target]
+        y_test = (_encode(test, classes, "data.test_source").astype(np.float64)
+                  if classes is not None else test.to_numpy(dtype=np.float64))
+        more, n_test = _units_for(spec.data.test_source, "data.test_source", n, TEST_SOURCE)
+        units += more
+        y = np.concatenate([y, y_test])
+        codes = np.concatenate([codes, np.full(n_test, TEST_SOURCE, dtype=np.int8)])
+        rows["test"] = int(n_test)
+    plan = Plan(task, classes, categories, list(info.features), units, rows, len(y))
+    return plan, codes, y
+
+
+def _read_unit(unit: dict, plan: Plan, target: str) -> pd.DataFrame:
+    from distml.runtime.data import read_frame
+
+    cols = plan.features + [target]
+    if "synthetic" in unit:
+        from distml.runtime import datasets
+
+        kind, params = datasets.parse_synthetic(unit["synthetic"])
+        frame = datasets._block(kind, params, datasets._global(kind, params), params["rows"],
+                                unit["block"], {})[cols]
+    elif "source" in unit:
+        frame = read_frame(unit["source"], cols, unit["where"])
+    elif unit.get("csv"):
+        frame = read_frame(unit["file"], cols, unit["where"])
+    else:
+        import pyarrow.parquet as pq
+
+        with open(unit["file"], "rb") if "://" not in unit["file"] else _fs_open(unit["file"]) \
+                as fh:
+            frame = pq.ParquetFile(fh).read_row_groups(unit["row_groups"], columns=cols) \
+                .to_pandas()
+    return frame
+
+
+def _fs_open(path: str):
+    import fsspec
+
+    return fsspec.open(path, "rb").open()
+
+
+def _read_units(batch: dict, plan: Plan, codes: np.ndarray, target: str) -> pd.DataFrame:
+    """Ray Data map: a batch of read units → typed rows tagged with row number and split."""
+    frames = []
+    for unit in batch["unit"]:
+        unit = json.loads(unit)
+        frame = _read_unit(unit, plan, target)
+        rows = np.arange(unit["offset"], unit["offset"] + len(frame), dtype=np.int64)
+        out = frame[plan.features].copy()
+        for c in plan.features:
+            if c in plan.categories:  # codes: categorical levels are fixed globally
+                levels = plan.categories[c]
+                values = out[c].astype("string").astype(object)
+                out[c] = pd.Categorical(values.where(values.isin(levels)),
+                                        categories=levels).codes.astype(np.int32)
+            elif pd.api.types.is_bool_dtype(out[c]):
+                out[c] = out[c].astype(np.int8)
+        out[ROW] = rows
+        out[SPLIT] = codes[rows]
+        frames.append(out)
+    return pd.concat(frames, ignore_index=True)
+
+
+def dataset(plan: Plan, codes: np.ndarray, target: str):
+    """The Ray Dataset of the job's rows (lazily read on the cluster, one unit per block)."""
+    import ray
+
+    units = [{"unit": json.dumps(u)} for u in plan.units]
+    ds = ray.data.from_items(units, override_num_blocks=len(units))
+    # num_cpus=0: the reads run beside a worker group that may hold every CPU (its workers wait
+    # for these rows anyway)
+    return ds.map_batches(_read_units, fn_kwargs={"plan": plan, "codes": codes, "target": target},
+                          batch_size=1, batch_format="pandas", num_cpus=0)
+
+
+# ------------------------------------------------------------------ the driver side
+
+def run_worker_group(job, ctx: RunContext, choice: D.Execution) -> JobOutput:
+    """Train ``job`` (an xgboost Job) on a Ray Train worker group; the JobOutput of the run."""
+    import ray
+    from ray.train.xgboost import XGBoostTrainer
+
+    res = job.spec.resources
+    t0 = time.perf_counter()
+    # "DEFAULT": never inside a placement group of the caller's; in a Tune trial that drives this
+    # worker group, the trial's group reserves no CPU for the task (distml/tune/runner.py)
+    opts = dict(num_cpus=res.cpus_per_worker, max_retries=res.max_failures,
+                retry_exceptions=False, scheduling_strategy="DEFAULT")
+    try:
+        plan, codes, y = ray.get(ray.remote(plan_task).options(**opts).remote(job, ctx.data))
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, DataError):
+            raise e.cause from None
+        raise JobFailed(f"xgboost data planning failed: {e.cause}") from e
+    t_plan = time.perf_counter() - t0
+    ctx.log.info("xgboost: %d workers (%s); %d rows in %d read units", choice.workers,
+                 choice.reason, plan.n_total, len(plan.units))
+    config = {"job": job, "plan": plan, "labels": y, "fault": D.fault_from_env(),
+              "checkpoint_interval_s": None}
+    trainer = XGBoostTrainer(
+        _train_loop, train_loop_config=config,
+        scaling_config=D.scaling_config(res, choice.workers),
+        run_config=D.run_config(ctx, res.max_failures),
+        datasets={"data": dataset(plan, codes, ctx.data.target)})
+    t1 = time.perf_counter()
+    try:
+        result = D.fit(trainer)
+    except Exception as e:
+        raise JobFailed(f"xgboost worker group failed: {_cause(e)}") from e
+    t_train = time.perf_counter() - t1
+    if result.checkpoint is None:
+        raise JobFailed("xgboost worker group finished without a final checkpoint")
+    with result.checkpoint.as_directory() as d:
+        with open(os.path.join(d, "result.json"), encoding="utf-8") as fh:
+            final = json.load(fh)
+        with open(os.path.join(d, "model.ubj"), "rb") as fh:
+            model_bytes = fh.read()
+        path = os.path.join(d, "predictions.parquet")
+        predictions = pd.read_parquet(path) if os.path.exists(path) else None
+    D.discard_checkpoints(ctx)
+    return _output(final, model_bytes, predictions, plan, job, choice, {
+        "plan_s": round(t_plan, 4), "train_s": round(t_train, 4)})
+
+
+def _output(final: dict, model_bytes: bytes, predictions, plan: Plan, job,
+            choice: D.Execution, timings: dict) -> JobOutput:
+    out = JobOutput()
+    if predictions is not None:
+        out.tables["predictions"] = predictions
+    out.metrics = final["metrics"]
+    out.tables["learning_curve"] = pd.DataFrame(final["curve"],
+                                                columns=["iteration", "split", "metric", "value"])
+    if final.get("confusion"):
+        out.tables["confusion_matrix"] = pd.DataFrame(final["confusion"])
+    out.tables["feature_importance"] = pd.DataFrame(final["importance"])
+    out.files = {"model/model.ubj": model_bytes,
+                 "model/schema.json": json.dumps(final["schema"], indent=2).encode()}
+    out.info = {"task": plan.task, "task_inferred": job.task() is None, "rows": plan.rows,
+                "worker_timings_s": final["timings"]}
+    out.info["execution"] = choice.record(
+        backend="xgboost collective (Ray Train V2 XGBoostTrainer)",
+        device="cuda" if job.spec.resources.gpus_per_worker > 0 else "cpu",
+        attempts=final["attempts"], resumed_from=final["resumed_from"],
+        checkpoint_interval_s=D.report_interval_s(), timings_s=timings)
+    return out
+
+
+def _cause(e: BaseException) -> str:
+    from distml.jobs._supervised import _cause as cause
+
+    return cause(e)
+
+
+# ------------------------------------------------------------------ the worker side
+
+def _shard_frame(plan: Plan) -> pd.DataFrame:
+    import ray.train
+
+    shard = ray.train.get_dataset_shard("data")
+    frames = [b for b in shard.iter_batches(batch_format="pandas", batch_size=None)]
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=plan.features + [ROW, SPLIT])
+    for c, levels in plan.categories.items():
+        frame[c] = pd.Categorical.from_codes(frame[c].to_numpy(np.int32), categories=levels)
+    return frame
+
+
+def _train_loop(config: dict) -> None:
+    import ray.train
+    import xgboost as xgb
+    from xgboost import collective
+
+    from distml.jobs._supervised import Prepared
+
+    job, plan, labels = config["job"], config["plan"], config["labels"]
+    t0 = time.perf_counter()
+    frame = _shard_frame(plan)
+    rows = frame[ROW].to_numpy(np.int64)
+    split = frame[SPLIT].to_numpy(np.int8)
+    X = frame[plan.features]
+    y = labels[rows]
+    prep = Prepared(X.iloc[:0], np.empty(0), plan.task, plan.classes, plan.categories)
+    params = job.booster_params(prep)
+    nthread = params.get("nthread", -1)
+    t_read = time.perf_counter() - t0
+
+    def dmatrix(mask):
+        return xgb.DMatrix(X[mask], label=y[mask], enable_categorical=True, nthread=nthread)
+
+    dtrain = dmatrix(split == TRAIN)
+    has_valid = plan.rows.get("valid", 0) > 0
+    evals = [(dtrain, "train")] + ([(dmatrix(split == VALID), "valid")] if has_valid else [])
+    model = job.spec.model
+    es_rounds = model.early_stopping_rounds if has_valid else None
+
+    restored = ray.train.get_checkpoint()
+    booster, state = None, {"history": {}, "attempts": 0, "early_stopping": None}
+    if restored is not None:
+        with restored.as_directory() as d:
+            booster = xgb.Booster(model_file=os.path.join(d, "model.ubj"))
+            with open(os.path.join(d, "state.json"), encoding="utf-8") as fh:
+                state = json.load(fh)
+    done = booster.num_boosted_rounds() if booster is not None else 0
+    attempts = int(state["attempts"]) + 1
+    from distml.jobs.xgboost import _set_stopper_state
+
+    stopper = xgb.callback.EarlyStopping(rounds=es_rounds) if es_rounds else None
+    if stopper is not None:
+        _set_stopper_state(stopper, state.get("early_stopping"))
+    reporter = _reporter(config, state["history"], stopper, attempts, model.num_boost_round)
+    callbacks = [c for c in (stopper, reporter) if c is not None]
+    t1 = time.perf_counter()
+    if done < model.num_boost_round and not _stopped(stopper, state):
+        booster = xgb.train(params, dtrain, num_boost_round=model.num_boost_round - done,
+                            evals=evals, callbacks=callbacks, xgb_model=booster,
+                            verbose_eval=False)
+    t_fit = time.perf_counter() - t1
+    booster.set_attr(distml_objective=str(params["objective"]))
+    _finish(job, plan, booster, X, labels, rows, split, reporter.history, attempts, done,
+            {"read": round(t_read, 4), "fit": round(t_fit, 4)}, collective)
+
+
+def _stopped(stopper, state: dict) -> bool:
+    """Whether the checkpointed early-stopping state had already stopped training."""
+    es = state.get("early_stopping")
+    return bool(stopper is not None and es and es["current_rounds"] >= stopper.rounds)
+
+
+def _reporter(config: dict, history: dict, stopper, attempts: int, total: int):
+    """RayTrainReportCallback that checkpoints with distml's state (history, early stopping,
+    attempts) when the :class:`~distml.jobs._distributed.Cadence` says so, and reports nothing
+    in between (each report is a group barrier and may wait for the controller's poll)."""
+    import ray.train
+    from ray.train import Checkpoint
+    from ray.train.xgboost import RayTrainReportCallback
+
+    from distml.jobs.xgboost import _stopper_state
+
+    from xgboost import collective
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+
+    def agree(flag: bool) -> bool:
+        if world == 1:
+            return flag
+        mine = np.array([int(flag and rank == 0)], dtype=np.int32)
+        return bool(collective.allreduce(mine, collective.Op.MAX)[0])
+
+    cadence = D.Cadence(agree, config.get("checkpoint_interval_s"))
+
+    class Reporter(RayTrainReportCallback):
+        def __init__(self):
+            super().__init__(frequency=1, checkpoint_at_end=False)
+            self.history = {s: {m: list(v) for m, v in ms.items()} for s, ms in history.items()}
+            self.start = 0
+
+        def before_training(self, model):
+            self.start = model.num_boosted_rounds()
+            return model
+
+        def after_iteration(self, model, epoch: int, evals_log) -> bool:
+            for s, by_metric in evals_log.items():
+                for m, values in by_metric.items():
+                    self.history.setdefault(s, {}).setdefault(m, []).append(float(values[-1]))
+            iteration = self.start + epoch + 1
+            D.maybe_crash(config["fault"], iteration, rank, world)
+            if iteration < total and cadence.due():
+                report = {"iteration": iteration}
+                with self._get_checkpoint(model) as checkpoint:
+                    ray.train.report(report, checkpoint=checkpoint)
+            return False
+
+        def after_training(self, model):
+            return model
+
+        def _get_checkpoint(self, model):
+            import contextlib
+
+            @contextlib.contextmanager
+            def make():
+                if ray.train.get_context().get_world_rank() != 0:
+                    yield None
+                    return
+                with tempfile.TemporaryDirectory() as d:
+                    model.save_model(os.path.join(d, "model.ubj"))
+                    with open(os.path.join(d, "state.json"), "w", encoding="utf-8") as fh:
+                        json.dump({"history": self.history, "attempts": attempts,
+                                   "early_stopping": _stopper_state(stopper)}, fh)
+                    yield Checkpoint(d)
+
+            return make()
+
+    return Reporter()
+
+
+def _finish(job, plan: Plan, booster, X, labels: np.ndarray, rows, split, history: dict,
+            attempts: int, resumed_from: int, timings: dict, collective) -> None:
+    """Predict the own rows, assemble the predictions on rank 0, compute the outputs there."""
+    import ray.train
+    from ray.train import Checkpoint
+
+    from distml.jobs._supervised import Prepared, _py, prediction_rows
+    from distml.runtime import metrics as M
+
+    prep = Prepared(X.iloc[:0], np.empty(0), plan.task, plan.classes, plan.categories)
+    width = 1 + (plan.n_classes if plan.classes is not None else 0)
+    local = np.zeros((plan.n_total, width), dtype=np.float64)
+    has_proba = np.zeros(1)
+    if len(X):
+        pred, proba = job.predict(booster, prep, X)
+        local[rows, 0] = pred
+        if proba is not None:
+            local[rows, 1:] = proba
+            has_proba[0] = 1
+    world = collective.get_world_size() if collective.is_distributed() else 1
+    if world > 1:
+        local = collective.allreduce(local, collective.Op.SUM).reshape(local.shape)
+        has_proba = collective.allreduce(has_proba, collective.Op.MAX)
+        codes = np.full(plan.n_total, -1, dtype=np.int64)
+        codes[rows] = split
+        codes = collective.allreduce(codes, collective.Op.MAX)
+    else:
+        codes = np.full(plan.n_total, -1, dtype=np.int64)
+        codes[rows] = split
+    rank = ray.train.get_context().get_world_rank()
+    if rank != 0:
+        ray.train.report({"final": 1}, checkpoint=None)
+        return
+    y_all = labels
+    metrics: dict[str, Any] = {}
+    confusion: list = []
+    predictions = []
+    named = [("train", TRAIN), ("valid", VALID), ("test", TEST)]
+    n_source = int((codes != TEST_SOURCE).sum())
+    if plan.rows.get("test") and (codes == TEST_SOURCE).any():
+        named[-1] = ("test", TEST_SOURCE)
+    held_out = bool((codes != TRAIN).any())
+    for name, code in named:
+        mask = codes == code
+        if not mask.any():
+            continue
+        yy = y_all[mask]
+        pred = local[mask, 0]
+        proba = None
+        if plan.task == "classification":
+            yy = yy.astype(np.int64)
+            pred = pred.astype(np.int64)
+            proba = local[mask, 1:] if has_proba[0] else None
+            metrics[name] = M.classification_metrics(yy, pred, proba, plan.n_classes)
+            confusion += M.confusion_rows(name, yy, pred, plan.classes)
+        else:
+            metrics[name] = M.regression_metrics(yy, pred)
+        if name != "train" or not held_out:  # as the single-task path keeps them
+            positions = np.nonzero(mask)[0] - (n_source if code == TEST_SOURCE else 0)
+            predictions.append(prediction_rows(name, positions, yy, pred, proba, plan.classes))
+    metrics["num_boosted_rounds"] = int(booster.num_boosted_rounds())
+    if job.spec.model.early_stopping_rounds and plan.rows.get("valid"):
+        metrics["best_iteration"] = int(booster.best_iteration)
+    metrics.update(n_rows=int(sum(v for k, v in plan.rows.items()
+                                  if k != "test" or not (codes == TEST_SOURCE).any())),
+                   n_features=len(plan.features))
+    curve = [{"iteration": i, "split": s, "metric": m, "value": float(v)}
+             for s, by_metric in history.items() for m, values in by_metric.items()
+             for i, v in enumerate(values)]
+    gain = booster.get_score(importance_type="gain")
+    schema = {"target": job.spec.data.target, "task": plan.task, "features": plan.features,
+              "dtypes": {c: str(t) for c, t in X.dtypes.items()},
+              "categorical": plan.categories,
+              "classes": [_py(c) for c in plan.classes] if plan.classes is not None else None}
+    final = {"metrics": metrics, "curve": curve, "confusion": confusion,
+             "importance": {"feature": plan.features,
+                            "importance": [float(gain.get(f, 0.0)) for f in plan.features]},
+             "schema": schema, "attempts": attempts, "resumed_from": resumed_from,
+             "timings": timings}
+    with tempfile.TemporaryDirectory() as d:
+        booster.save_model(os.path.join(d, "model.ubj"))
+        with open(os.path.join(d, "result.json"), "w", encoding="utf-8") as fh:
+            json.dump(final, fh)
+        if predictions:
+            pd.concat(predictions, ignore_index=True).to_parquet(
+                os.path.join(d, "predictions.parquet"))
+        with open(os.path.join(d, "state.json"), "w", encoding="utf-8") as fh:
+            json.dump({"history": history, "attempts": attempts, "early_stopping": None,
+                       "final": True}, fh)
+        ray.train.report({"final": 1}, checkpoint=Checkpoint(d))
+
+

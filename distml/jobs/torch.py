@@ -1,0 +1,388 @@
+"""Kind ``torch``: a neural network on tabular data — an MLP built from the spec, or a user
+module named explicitly (``module: pkg.mod:Class``, built as ``Class(in_features,
+out_features, **module_args)``).
+
+Execution is right-sized (:mod:`distml.jobs._distributed`): ``resources.num_workers: 1`` without
+GPUs trains in one Ray task through the shared supervised pipeline; more workers, GPUs or data
+larger than a worker's budget train with a Ray Train ``TorchTrainer`` worker group (DDP: gloo on
+CPU, NCCL on GPU; :mod:`distml.jobs._torch_dist`). ``batch_size`` is the global batch: each of
+``n`` workers takes ``batch_size // n`` rows per step.
+
+Inputs are standardised with the train rows' statistics and categorical columns one-hot encoded
+(:class:`distml.jobs._torch_model.Inputs`); every epoch reports the train loss and the valid
+figures (``tables/learning_curve.parquet``: iteration, split, metric, value); early stopping keeps
+the best weights. The model is ``model/model.pt`` (a state_dict, loaded with
+``torch.load(weights_only=True)``) plus ``model/config.json`` (architecture and input scaling).
+
+In a search (:mod:`distml.tune`) a trial reports every epoch (``valid.logloss``,
+``valid.accuracy``, ``valid.rmse``, ``valid.mae``), so ASHA or the median rule can stop it, and
+checkpoints weights, optimizer and epoch; a retried trial continues from there.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import Field, field_validator, model_validator
+
+from distml.errors import DataError, MissingDependency
+from distml.jobs._supervised import Prepared, SupervisedJob, TuneData
+from distml.spec.base import JobSpec, StrictModel
+
+_MODULE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+_LOSS_TASKS = {"cross_entropy": ("classification",), "bce": ("binary",),
+               "mse": ("regression",), "huber": ("regression",)}
+
+
+class EarlyStopping(StrictModel):
+    """Stop when a valid figure has not improved for ``patience`` epochs; keep the best weights."""
+
+    patience: int = Field(5, ge=1, le=10_000, description="Epochs without improvement allowed.")
+    metric: Literal["loss", "logloss", "accuracy", "rmse", "mae"] = Field(
+        "loss", description="Valid figure watched (loss: the training objective on valid rows).")
+    min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as improvement.")
+
+
+class LRSchedule(StrictModel):
+    """Learning-rate schedule, stepped once per epoch."""
+
+    type: Literal["cosine", "step", "exponential"] = Field(
+        ..., description="cosine (to 0 over the epochs), step (× gamma every step_size epochs), "
+                         "exponential (× gamma every epoch).")
+    step_size: int = Field(10, ge=1, description="step: epochs between decays.")
+    gamma: float = Field(0.1, gt=0, le=1, description="step/exponential: decay factor.")
+
+
+class TorchModel(StrictModel):
+    """The ``model`` section of a torch job."""
+
+    architecture: Literal["mlp"] | None = Field(
+        "mlp", description="Built-in network (mlp); ignored when `module` is given.")
+    module: str | None = Field(
+        None, description="User network `pkg.mod:Class` (explicit opt-in to user code), built as "
+                          "Class(in_features, out_features, **module_args).",
+        pattern=_MODULE_PATTERN)
+    module_args: dict[str, Any] = Field(default_factory=dict,
+                                        description="Keyword arguments of the user module.")
+    hidden: list[int] = Field(default_factory=lambda: [64],
+                              description="mlp: hidden layer widths.")
+    activation: Literal["relu", "gelu", "tanh", "silu", "leaky_relu"] = Field(
+        "relu", description="mlp: activation after each hidden layer.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="mlp: dropout after each activation.")
+    batch_norm: bool = Field(False, description="mlp: BatchNorm1d after each hidden linear layer.")
+    task: Literal["classification", "binary", "regression"] | None = Field(
+        None, description="classification (cross-entropy), binary (one logit, BCE) or "
+                          "regression; default: inferred from the target.")
+    loss: Literal["cross_entropy", "bce", "mse", "huber"] | None = Field(
+        None, description="Loss; default: cross_entropy / bce / mse by task.")
+    optimizer: Literal["sgd", "adam", "adamw"] = Field("adam", description="Optimizer.")
+    lr: float = Field(1e-3, gt=0, le=10, description="Learning rate.")
+    weight_decay: float = Field(0.0, ge=0, le=1, description="Weight decay (L2).")
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd: momentum.")
+    lr_schedule: LRSchedule | None = Field(None, description="Learning-rate schedule (none).")
+    batch_size: int = Field(64, ge=1, le=1_000_000,
+                            description="Global mini-batch size (split over the workers).")
+    epochs: int = Field(10, ge=1, le=100_000, description="Training epochs.")
+    early_stopping: EarlyStopping | None = Field(
+        None, description="Early stopping on a valid figure (needs data.split.valid).")
+    standardize: bool = Field(True, description="Standardise numeric inputs (train rows' stats).")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of initialisation and shuffling.")
+
+    @field_validator("hidden")
+    @classmethod
+    def _widths(cls, v: list[int]) -> list[int]:
+        bad = [w for w in v if w < 1 or w > 1_000_000]
+        if bad:
+            raise ValueError(f"model.hidden must list widths in [1, 1000000]; got {bad[0]}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TorchModel":
+        if self.loss and self.task and self.task not in _LOSS_TASKS[self.loss]:
+            raise ValueError(f"model.loss {self.loss} and model.task {self.task} conflict: "
+                             f"{self.loss} is a {_LOSS_TASKS[self.loss][0]} loss; change one")
+        if self.module is None and self.architecture is None:
+            raise ValueError("model.architecture or model.module must be given; got neither")
+        if self.module_args and self.module is None:
+            raise ValueError("model.module_args needs model.module; got module_args without a "
+                             "module")
+        es, task = self.early_stopping, self.effective_task
+        if es and task:
+            regression = task == "regression"
+            if regression != (es.metric in ("rmse", "mae")) and es.metric != "loss":
+                raise ValueError(f"model.early_stopping.metric {es.metric} is not computed for "
+                                 f"task {task}; use loss or "
+                                 f"{'rmse/mae' if regression else 'logloss/accuracy'}")
+        return self
+
+    @property
+    def effective_task(self) -> str | None:
+        """The task fixed by ``task`` or ``loss`` (None: inferred from the target)."""
+        return self.task or (_LOSS_TASKS[self.loss][0] if self.loss else None)
+
+
+class Spec(JobSpec):
+    """A torch job."""
+
+    kind: Literal["torch"]
+    model: TorchModel = Field(default_factory=TorchModel)
+
+    @model_validator(mode="after")
+    def _checks(self) -> "Spec":
+        split = self.data.split_spec
+        if self.model.early_stopping and (split is None or split.valid == 0):
+            raise ValueError("model.early_stopping needs a validation split; data.split has no "
+                             "valid fraction; set data.split.valid (e.g. 0.1) or drop "
+                             "early_stopping")
+        if self.resources.num_workers > 1 and split is not None and split.cv:
+            raise ValueError("data.split.cv and resources.num_workers conflict: cross-validation "
+                             f"folds run as parallel single-worker tasks; got cv={split.cv} and "
+                             f"num_workers={self.resources.num_workers}; set num_workers: 1")
+        if self.model.batch_size < self.resources.num_workers:
+            raise ValueError(f"model.batch_size must be at least resources.num_workers (the "
+                             f"global batch is split over the workers); got "
+                             f"{self.model.batch_size} < {self.resources.num_workers}")
+        return self
+
+
+def require_torch(purpose: str = "kind torch") -> None:
+    """MissingDependency with the install hint when torch is not installed."""
+    if importlib.util.find_spec("torch") is None:
+        raise MissingDependency.for_extra("torch", "torch", purpose)
+
+
+@dataclass
+class TorchFitted:
+    """A trained network with what it needs to score frames."""
+
+    net: Any
+    inputs: Any  # distml.jobs._torch_model.Inputs
+    task: str  # classification | binary | regression
+    config: dict
+
+    def outputs(self, X: pd.DataFrame):
+        import torch
+
+        from distml.jobs._torch_model import forward_outputs
+
+        with torch.no_grad():
+            logits = self.net.eval()(torch.from_numpy(self.inputs.design(X)))
+        pred, proba = forward_outputs(logits, self.task)
+        if self.task == "regression" and self.inputs.y_scale:
+            mu, sd = self.inputs.y_scale
+            pred = pred * sd + mu
+        return pred, proba
+
+
+class Job(SupervisedJob):
+    """A torch network: one Ray task, or a TorchTrainer worker group."""
+
+    spec: Spec
+    _pretrained: dict | None = None  # weights trained by a worker group, to be evaluated
+
+    def check_spec(self) -> None:
+        require_torch()
+        m = self.spec.model
+        if m.module:
+            top = m.module.split(":", 1)[0].split(".", 1)[0]
+            if importlib.util.find_spec(top) is None:
+                raise DataError(f"model.module {m.module!r}: package {top!r} is not importable "
+                                "here; install it or fix the path")
+
+    def check_data(self):
+        self.check_spec()
+        return super().check_data()
+
+    def task(self) -> str | None:
+        t = self.spec.model.effective_task
+        return "classification" if t == "binary" else t
+
+    def torch_task(self, prep: Prepared) -> str:
+        t = self.spec.model.effective_task
+        if t == "binary":
+            if prep.n_classes != 2:
+                raise DataError(f"model.task binary needs a target with 2 classes; data.target "
+                                f"{self.spec.data.target!r} has {prep.n_classes}")
+            return "binary"
+        return prep.task
+
+    # ------------------------------------------------------------------ data → tensors
+
+    def tensors(self, prep: Prepared, train: np.ndarray, valid: np.ndarray | None):
+        """(task, inputs, X_train, y_train, X_valid, y_valid) as torch tensors."""
+        import torch
+
+        from distml.jobs._torch_model import Inputs
+
+        task = self.torch_task(prep)
+        m = self.spec.model
+        inputs = Inputs.fit(prep.X.iloc[train], prep.categories, prep.y[train], m.standardize,
+                            regression=task == "regression")
+
+        def pair(rows):
+            return (torch.from_numpy(inputs.design(prep.X.iloc[rows])),
+                    torch.from_numpy(inputs.target(prep.y[rows], task)))
+
+        Xt, yt = pair(train)
+        Xv, yv = pair(valid) if valid is not None and len(valid) else (None, None)
+        return task, inputs, Xt, yt, Xv, yv
+
+    def model_config(self, inputs, task: str, prep: Prepared) -> dict:
+        from distml.jobs._supervised import _py
+        from distml.jobs._torch_model import n_outputs
+
+        return {"format": "distml-torch/1", "model": self.spec.model.model_dump(mode="json"),
+                "in_features": inputs.width, "out_features": n_outputs(task, prep.n_classes),
+                "task": task, "classes": [_py(c) for c in prep.classes]
+                if prep.classes is not None else None, "inputs": inputs.to_dict()}
+
+    def train_local(self, prep: Prepared, train, valid, *, restored: dict | None = None,
+                    on_epoch=None):
+        """The single-process loop (one Ray task or one Tune trial)."""
+        import torch
+        from torch.utils.data import DataLoader, TensorDataset
+
+        from distml.jobs._torch_model import LoopData, build_net, fit_loop, n_outputs
+
+        torch.set_num_threads(max(1, int(self.spec.resources.cpus_per_worker)))
+        m = self.spec.model
+        task, inputs, Xt, yt, Xv, yv = self.tensors(prep, train, valid)
+        net = build_net(m, inputs.width, n_outputs(task, prep.n_classes))
+        gen = torch.Generator().manual_seed(m.seed)
+        loader = DataLoader(TensorDataset(Xt, yt), batch_size=m.batch_size, shuffle=True,
+                            generator=gen)
+        res = fit_loop(m, task, net, loader, LoopData(Xt, yt, Xv, yv), y_scale=inputs.y_scale,
+                       restored=restored, on_epoch=on_epoch, generator=gen)
+        fitted = TorchFitted(res.net, inputs, task, self.model_config(inputs, task, prep))
+        return fitted, res
+
+    # ------------------------------------------------------------------ SupervisedJob hooks
+
+    def fit(self, prep: Prepared, train: np.ndarray, valid: np.ndarray | None):
+        from distml.jobs._torch_model import build_net, load_state
+
+        if self._pretrained is not None:  # trained by a worker group: rebuild, do not train
+            task, inputs, *_ = self.tensors(prep, train, valid[:0] if valid is not None else None)
+            config = self.model_config(inputs, task, prep)
+            net = build_net(self.spec.model, config["in_features"], config["out_features"])
+            net.load_state_dict(load_state(self._pretrained["weights"]))
+            fitted = TorchFitted(net.eval(), inputs, task, config)
+            history, figures = self._pretrained["history"], self._pretrained["figures"]
+        else:
+            fitted, res = self.train_local(prep, train, valid)
+            history, figures = res.history, res.figures
+        curve = pd.DataFrame(history, columns=["iteration", "split", "metric", "value"])
+        figures = {k: v for k, v in figures.items()
+                   if k not in ("attempts", "resumed_from", "loop_s")}
+        return fitted, figures, {"learning_curve": curve}
+
+    def predict(self, model: TorchFitted, prep: Prepared, X: pd.DataFrame):
+        return model.outputs(X)
+
+    def model_files(self, model: TorchFitted) -> dict[str, bytes]:
+        from distml.jobs._torch_model import save_state
+
+        state = {k: v.detach().cpu() for k, v in model.net.state_dict().items()}
+        return {"model/model.pt": save_state(state),
+                "model/config.json": json.dumps(model.config, indent=2).encode()}
+
+    def run(self, ctx, prep_ref: Any = None):
+        from distml.jobs import _distributed
+
+        require_torch()
+        split = self.spec.data.split_spec
+        choice = _distributed.choose(self.spec, ctx.data, ctx.cluster.resources)
+        if choice.worker_group and not (split is not None and split.cv):
+            from distml.jobs._torch_dist import run_worker_group
+
+            return run_worker_group(self, ctx, choice, prep_ref)
+        out = super().run(ctx, prep_ref)
+        if out.info.get("execution", {}).get("path") == "single_task":
+            out.info["execution"] = choice.record()
+        return out
+
+    # ------------------------------------------------------------------ search hooks
+
+    def tune_iterations(self) -> int:
+        return self.spec.model.epochs
+
+    def tune_iteration_metrics(self) -> set[str]:
+        task = self.task()
+        if task == "regression":
+            return {"rmse", "mae"}
+        if task == "classification":
+            return {"logloss", "accuracy"}
+        return {"logloss", "accuracy", "rmse", "mae"}
+
+    def tune_final_overrides(self, result: dict) -> dict[str, Any]:
+        """A trial stopped early by the scheduler is refitted with the epochs it reached."""
+        epochs = int(result.get("iteration") or 0)
+        if not result.get("final") and 0 < epochs < self.spec.model.epochs:
+            return {"model.epochs": epochs}
+        return {}
+
+    def tune_trial(self, data: TuneData, session) -> None:
+        """Train epoch by epoch, reporting every epoch with checkpoints; resume from one."""
+        from distml.jobs._torch_model import load_state, save_state
+
+        split = session.split
+        prep, parts = data.prep, data.parts
+        if split not in ("train", "valid") or split not in parts:
+            return super().tune_trial(data, session)
+        restored = None
+        if session.restored is not None and "checkpoint.pt" in session.restored.files:
+            restored = load_state(session.restored.files["checkpoint.pt"])
+        total = self.spec.model.epochs
+
+        def on_epoch(epoch, figures, state, stopped):
+            session.report(epoch, figures, files=lambda: {"checkpoint.pt": save_state(state())},
+                           send=epoch < total and not stopped)
+
+        fitted, res = self.train_local(prep, parts["train"], parts.get("valid"),
+                                       restored=restored, on_epoch=on_epoch)
+        rows = parts[split]
+        metrics, _ = self.evaluate(fitted, prep, prep.X.iloc[rows], prep.y[rows])
+        figures = {k: v for k, v in res.figures.items() if isinstance(v, (int, float))}
+        session.report(res.figures["epochs_trained"],
+                       {**{f"{split}.{k}": v for k, v in metrics.items()}, **figures}, final=True)
+
+
+# ------------------------------------------------------------------ distml predict
+
+def load_model(run) -> TorchFitted:
+    """The trained network of a finished torch run directory (no pickle: weights_only)."""
+    from pathlib import Path
+
+    from distml.jobs._torch_model import Inputs, build_net, load_state
+
+    require_torch("distml predict of a torch run")
+    model_dir = Path(run) / "model"
+    config = json.loads((model_dir / "config.json").read_text())
+    m = TorchModel.model_validate(config["model"])
+    net = build_net(m, config["in_features"], config["out_features"])
+    net.load_state_dict(load_state((model_dir / "model.pt").read_bytes()))
+    return TorchFitted(net.eval(), Inputs.from_dict(config["inputs"]), config["task"], config)
+
+
+def load_predictor(run):
+    """The :class:`distml.predict.SupervisedPredictor` of a finished torch run."""
+    from pathlib import Path
+
+    from distml.predict import SupervisedPredictor
+    from distml.spec import load_spec
+
+    run = Path(run)
+    try:
+        schema = json.loads((run / "model" / "schema.json").read_text())
+        model = load_model(run)
+    except (OSError, ValueError, KeyError) as e:
+        raise DataError(f"run dir {str(run)!r}: the torch model files are missing or unreadable "
+                        f"({e})") from None
+    manifest = json.loads((run / "manifest.json").read_text())
+    spec = load_spec(run / "spec.yaml", manifest.get("best_config") or None)
+    return SupervisedPredictor("torch", Job(spec), model, schema)

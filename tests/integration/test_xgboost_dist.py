@@ -1,0 +1,101 @@
+"""Multi-worker xgboost (Ray Train V2 worker group) on the shared 2-CPU cluster: the same quality
+as plain ``xgboost.train`` on the same split, the same outputs as the single-task path, and
+RELIABILITY.md T3/T10 — a worker that dies part way is restarted from a checkpoint, the run
+finishes with the rounds asked, and every CPU is free afterwards. One worker-group run (plus its
+restart) keeps this file at about a minute."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+import distml
+from distml.runtime.data import split_indices
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+SOURCE = "synthetic:classification?rows=12000&features=8&seed=5"
+ROUNDS = 30
+
+
+def _wait_resources_free(ray, timeout: float = 60) -> None:
+    """T10: every CPU free and no job actor alive (Ray Data's detached bookkeeping actors live
+    as long as the cluster and are not the job's)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        free = ray.available_resources().get("CPU", 0) >= ray.cluster_resources()["CPU"]
+        alive = [a["ActorClassName"] for a in ray._private.state.actors().values()
+                 if a["State"] == "ALIVE" and not a["IsDetached"]]
+        if free and not alive:
+            return
+        assert time.monotonic() < deadline, f"after the job: CPUs busy={not free}, alive={alive}"
+        time.sleep(0.2)
+
+
+def test_two_workers_match_plain_xgboost_and_survive_a_worker_death(tmp_path, monkeypatch,
+                                                                    ray_cluster):
+    import xgboost as xgb
+    from sklearn.metrics import roc_auc_score
+
+    from distml.runtime.datasets import synthetic_frame
+
+    marker = tmp_path / "crashed"
+    monkeypatch.setenv("DISTML_TRAIN_FAULT", f"{marker}:{ROUNDS // 2}")
+    spec = {"name": "xgb-dist", "kind": "xgboost",
+            "data": {"source": SOURCE, "target": "target",
+                     "split": {"valid": 0.2, "test": 0.2, "seed": 7}},
+            "model": {"params": {"objective": "binary:logistic", "eval_metric": ["logloss", "auc"],
+                                 "max_depth": 4, "eta": 0.3},
+                      "num_boost_round": ROUNDS},
+            "resources": {"num_workers": 2, "max_failures": 1}, "output": {"dir": str(tmp_path)}}
+    r = distml.run(spec)
+    assert r.status == "succeeded" and (r.run_dir / "_SUCCESS").is_file()
+    _wait_resources_free(ray_cluster)  # T10
+
+    # T3: a worker died once at round ROUNDS//2; the group restarted from a checkpoint > 0 and
+    # finished the rounds asked.
+    crash = json.loads(marker.read_text())
+    assert crash["iteration"] == ROUNDS // 2 and crash["rank"] == 1
+    ex = r.manifest["execution"]
+    assert ex["path"] == "train_worker_group" and ex["workers"] == 2
+    assert ex["attempts"] == 2 and 0 < ex["resumed_from"] < ROUNDS // 2
+    assert r.metrics["num_boosted_rounds"] == ROUNDS
+
+    # Distributed equals local: plain xgboost.train on the same rows and split.
+    df = synthetic_frame(SOURCE)
+    X, y = df.drop(columns="target"), df["target"].to_numpy()
+    parts = split_indices(y, distml.load_spec(spec).data.split_spec, classification=True)
+    params = dict(spec["model"]["params"], nthread=2, seed=0)
+    dtrain = xgb.DMatrix(X.iloc[parts["train"]], label=y[parts["train"]])
+    bst = xgb.train(params, dtrain, ROUNDS)
+    for split in ("valid", "test"):
+        plain = roc_auc_score(y[parts[split]], bst.predict(xgb.DMatrix(X.iloc[parts[split]])))
+        assert abs(r.metrics[split]["roc_auc"] - plain) <= 0.005, (split, plain)
+    assert r.manifest["rows"] == {k: len(v) for k, v in parts.items()}
+
+    # The same outputs as the single-task path, under the same names.
+    assert set(r.metrics) >= {"train", "valid", "test", "num_boosted_rounds", "n_rows"}
+    assert set(r.metrics["valid"]) == {"accuracy", "precision", "recall", "f1", "roc_auc",
+                                       "logloss"}
+    curve = r.tables["learning_curve"]
+    assert list(curve.columns) == ["iteration", "split", "metric", "value"]
+    assert set(curve["split"]) == {"train", "valid"} and set(curve["metric"]) == {"logloss", "auc"}
+    # the history is continuous across the restart: one value per round and metric
+    assert sorted(curve.groupby(["split", "metric"]).size().unique()) == [ROUNDS]
+    imp = r.tables["feature_importance"]
+    assert list(imp.columns) == ["feature", "importance"] and imp["importance"].max() > 0
+    cm = r.tables["confusion_matrix"]
+    assert cm[cm.split == "test"]["count"].sum() == len(parts["test"])
+    pred = r.tables["predictions"]  # held-out rows, positions in the source, as in one task
+    assert set(pred["split"]) == {"valid", "test"} and len(pred) == len(parts["valid"]) + len(
+        parts["test"])
+    np.testing.assert_array_equal(pred[pred.split == "test"]["row"].to_numpy(), parts["test"])
+    saved = xgb.Booster(model_file=str(r.run_dir / "model" / "model.ubj"))
+    p = saved.predict(xgb.DMatrix(X.iloc[parts["test"]]))
+    assert roc_auc_score(y[parts["test"]], p) == pytest.approx(r.metrics["test"]["roc_auc"],
+                                                               abs=1e-9)
+    assert np.isfinite(p).all()
+    assert not (r.run_dir / "checkpoints" / "train").exists()  # restart state is not a result

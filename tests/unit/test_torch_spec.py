@@ -1,0 +1,170 @@
+"""Kind ``torch`` without a cluster: the spec and its error messages, the missing-torch hint,
+input scaling, the network built from the spec, safe checkpoint loading, and the right-sizing
+decision shared with multi-worker xgboost (DESIGN.md §5)."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from distml.errors import MissingDependency, SpecError
+from distml.jobs import KINDS, kind_module
+from distml.spec import load_spec
+
+TORCH = {"name": "digits-mlp", "kind": "torch",
+         "data": {"source": "builtin:digits", "target": "target",
+                  "split": {"valid": 0.1, "test": 0.2, "stratify": True}},
+         "model": {"architecture": "mlp", "hidden": [128, 64], "dropout": 0.1,
+                   "task": "classification", "epochs": 30, "batch_size": 64, "optimizer": "adam",
+                   "lr": 0.001, "early_stopping": {"patience": 5}},
+         "resources": {"num_workers": 2}}
+
+
+def error(overrides: dict, base: dict = TORCH) -> str:
+    with pytest.raises(SpecError) as info:
+        load_spec(copy.deepcopy(base), overrides)
+    return str(info.value)
+
+
+def test_the_example_spec_loads_with_its_defaults():
+    s = load_spec(copy.deepcopy(TORCH))
+    assert "torch" in KINDS and s.kind == "torch"
+    m = s.model
+    assert (m.activation, m.batch_norm, m.loss, m.weight_decay, m.lr_schedule) == \
+        ("relu", False, None, 0.0, None)
+    assert m.early_stopping.patience == 5 and m.early_stopping.metric == "loss"
+    assert s.resources.num_workers == 2
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"model.optimizer": "rmsprop"}, "model.optimizer must be 'sgd', 'adam' or 'adamw'; got 'rmsprop'"),
+    ({"model.lr": 0}, "model.lr must be > 0; got 0"),
+    ({"model.dropout": 1.0}, "model.dropout must be < 1; got 1.0"),
+    ({"model.hidden": [64, 0]}, "model.hidden must list widths in [1, 1000000]; got 0"),
+    ({"model.epochs": 0}, "model.epochs must be >= 1; got 0"),
+    ({"model.batch_size": 1}, "model.batch_size must be at least resources.num_workers"),
+    ({"model.loss": "bce"}, "model.loss bce and model.task classification conflict"),
+    ({"model.module": "not a path"}, "model.module"),
+    ({"model.module_args": {"width": 3}}, "model.module_args needs model.module"),
+    ({"model.early_stopping.metric": "rmse"}, "model.early_stopping.metric rmse is not computed "
+                                              "for task classification"),
+    ({"data.split.valid": 0}, "model.early_stopping needs a validation split"),
+    ({"data.split": {"cv": 3}, "model.early_stopping": None},
+     "data.split.cv and resources.num_workers conflict"),
+    ({"model.lr_schedule": {"type": "step", "gamma": 2}}, "model.lr_schedule.gamma must be <= 1"),
+    ({"model.hiden": [3]}, "model.hiden"),
+])
+def test_validation_errors_name_the_field(overrides, message):
+    assert message in error(overrides)
+
+
+def test_unknown_key_gets_a_did_you_mean():
+    text = error({"model.hiden": [3]})
+    assert "hidden" in text
+
+
+def test_a_missing_torch_is_a_clear_error_with_the_install_hint(monkeypatch):
+    module = kind_module("torch")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "torch" else real(name, *a))
+    job = module.Job(load_spec(copy.deepcopy(TORCH)))
+    with pytest.raises(MissingDependency) as info:
+        job.check_data()  # before any cluster work (distml validate / run)
+    assert "pip install \"distml[torch]\"" in str(info.value)
+    assert info.value.exit_code == 2
+
+
+def test_inputs_are_scaled_with_the_train_rows_only():
+    from distml.jobs._torch_model import Inputs
+
+    X = pd.DataFrame({"a": [0.0, 2.0, 100.0, np.nan], "c": ["x", "y", "x", "z"]})
+    inputs = Inputs.fit(X.iloc[:2], {"c": ["x", "y"]}, np.array([1.0, 3.0]), regression=True)
+    assert inputs.numeric["a"] == (1.0, 1.0) and inputs.y_scale == (2.0, 1.0)
+    D = inputs.design(X)
+    # a: (v - 1) / 1; NaN → the mean (0); c one-hot over the train levels, unseen 'z' all zero
+    np.testing.assert_allclose(D, [[-1, 1, 0], [1, 0, 1], [99, 1, 0], [0, 0, 0]])
+    assert D.dtype == np.float32
+    again = Inputs.from_dict(inputs.to_dict())
+    np.testing.assert_array_equal(again.design(X), D)
+
+
+def test_the_mlp_follows_the_spec():
+    torch = pytest.importorskip("torch")
+    from distml.jobs._torch_model import build_net
+
+    m = load_spec(copy.deepcopy(TORCH), {"model.batch_norm": True, "model.activation": "gelu"}
+                  ).model
+    net = build_net(m, 64, 10)
+    kinds = [type(layer).__name__ for layer in net]
+    assert kinds == ["Linear", "BatchNorm1d", "GELU", "Dropout", "Linear", "BatchNorm1d", "GELU",
+                     "Dropout", "Linear"]
+    assert net[0].in_features == 64 and net[-1].out_features == 10
+    again = build_net(m, 64, 10)  # seeded initialisation
+    assert torch.equal(net[0].weight, again[0].weight)
+
+
+def test_a_user_module_is_built_from_its_path():
+    pytest.importorskip("torch")
+    from distml.jobs._torch_model import build_net
+
+    m = load_spec(copy.deepcopy(TORCH), {"model.module": "torch.nn:Linear",
+                                         "model.module_args": {"bias": False}}).model
+    net = build_net(m, 5, 2)
+    assert type(net).__name__ == "Linear" and net.in_features == 5 and net.bias is None
+
+
+def test_checkpoints_load_without_pickle():
+    torch = pytest.importorskip("torch")
+    from distml.jobs._torch_model import load_state, save_state
+
+    state = {"model": {"w": torch.ones(2)}, "epoch": 3, "history": [[0, "train", "loss", 1.0]]}
+    back = load_state(save_state(state))
+    assert back["epoch"] == 3 and torch.equal(back["model"]["w"], torch.ones(2))
+    with pytest.raises(Exception):  # an arbitrary object is refused (weights_only=True)
+        load_state(save_state({"x": np.random.default_rng(0)}))
+
+
+def _info(rows: int, features: int):
+    from distml.runtime.data import DataInfo, SourceInfo
+
+    return DataInfo(SourceInfo("x.parquet", "files", "parquet", rows=rows), None, "y",
+                    [f"f{i}" for i in range(features)], [])
+
+
+@pytest.mark.parametrize("resources, rows, path, workers, reason", [
+    ({}, 1000, "single_task", 1, "resources.num_workers is 1 and the data fit one worker"),
+    ({"num_workers": 3}, 1000, "train_worker_group", 3, "resources.num_workers is 3"),
+    ({"gpus_per_worker": 1}, 1000, "train_worker_group", 1, "resources.gpus_per_worker is 1"),
+    ({}, 10_000_000, "train_worker_group", 4, "exceed one worker's budget"),
+])
+def test_right_sizing(resources, rows, path, workers, reason):
+    from distml.jobs._distributed import choose
+
+    spec = load_spec({"name": "x", "kind": "xgboost",
+                      "data": {"source": "builtin:iris", "target": "target"},
+                      "resources": resources})
+    cluster = {"CPU": 4.0, "memory": 8 * 2**30}  # budget: half of 2 GiB per CPU
+    choice = choose(spec, _info(rows, 19), cluster)
+    assert (choice.path, choice.workers) == (path, workers)
+    assert reason in choice.reason and choice.record()["path"] == path
+
+
+def test_right_sizing_stays_in_one_task_when_only_one_worker_fits():
+    from distml.jobs._distributed import choose
+
+    spec = load_spec({"name": "x", "kind": "xgboost",
+                      "data": {"source": "builtin:iris", "target": "target"}})
+    choice = choose(spec, _info(10_000_000, 19), {"CPU": 1.0, "memory": 2**30})
+    assert choice.path == "single_task" and "room for one worker only" in choice.reason
+
+
+def test_xgboost_takes_several_workers_but_not_with_cv():
+    base = {"name": "x", "kind": "xgboost", "data": {"source": "builtin:iris", "target": "target"}}
+    assert load_spec(copy.deepcopy(base), {"resources.num_workers": 2}).resources.num_workers == 2
+    text = error({"resources.num_workers": 2, "data.split": {"cv": 3}}, base)
+    assert "data.split.cv and resources.num_workers conflict" in text

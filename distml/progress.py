@@ -403,6 +403,25 @@ def activate(mode: str = "plain", stream: Any = None) -> Iterator[Progress]:
         p.stop(ok)
 
 
+def epoch_callback(reporter: WorkerReporter | None, total: int, then=None):
+    """An ``on_epoch(epoch, figures, state, stopped)`` hook for torch's loop that reports epochs
+    and the latest valid figure (then calls ``then`` with the same arguments); ``then`` itself
+    without a reporter."""
+    if reporter is None:
+        return then
+
+    def on_epoch(epoch, figures, state, stopped):
+        shown = [k for k in ("valid.loss", "valid.accuracy", "valid.rmse", "train.loss")
+                 if k in figures]
+        info = ", ".join(f"{k}={float(figures[k]):.5g}" for k in shown[:2]) or None
+        reporter.update("epochs", epoch, total=total, info=info,
+                        final=bool(stopped) or epoch >= total)
+        if then is not None:
+            then(epoch, figures, state, stopped)
+
+    return on_epoch
+
+
 def xgboost_callback(reporter: WorkerReporter | None, total: int):
     """An xgboost ``TrainingCallback`` reporting rounds and the latest eval metric (the last
     metric of the last eval set: the one early stopping watches); None without a reporter."""

@@ -176,9 +176,12 @@ def run_config(ctx, max_failures: int):
     if not ctx.resume:
         shutil.rmtree(storage / EXPERIMENT, ignore_errors=True)
     storage.mkdir(parents=True, exist_ok=True)
+    from distml.tune.session import train_callbacks
+
     return RunConfig(name=EXPERIMENT, storage_path=str(storage),
                      failure_config=FailureConfig(max_failures=max_failures),
-                     checkpoint_config=CheckpointConfig(num_to_keep=2))
+                     checkpoint_config=CheckpointConfig(num_to_keep=2),
+                     callbacks=train_callbacks())  # a Tune trial's forwarding, else none
 
 
 def fit(trainer):

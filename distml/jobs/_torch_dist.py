@@ -43,7 +43,10 @@ def run_worker_group(job, ctx: RunContext, choice: D.Execution, prep_ref: Any = 
         prep_ref = ray.remote(_prepare_task).options(**opts).remote(job, ctx.data)
     backend = "nccl" if gpu else "gloo"
     ctx.log.info("torch: %d workers, DDP over %s (%s)", choice.workers, backend, choice.reason)
-    config = {"job": job, "prep": [prep_ref], "fault": D.fault_from_env()}
+    from distml import progress
+
+    config = {"job": job, "prep": [prep_ref], "fault": D.fault_from_env(),
+              "progress": progress.worker_reporter()}  # None unless progress is shown
     trainer = TorchTrainer(_train_loop, train_loop_config=config,
                            torch_config=TorchConfig(backend=backend),
                            scaling_config=D.scaling_config(res, choice.workers),
@@ -158,7 +161,13 @@ def _train_loop(config: dict) -> None:
 
     cadence = D.Cadence(agree)
 
+    from distml.progress import epoch_callback
+
+    show = epoch_callback(config.get("progress") if rank == 0 else None, m.epochs)
+
     def on_epoch(epoch, figures, state, stopped):
+        if show is not None:
+            show(epoch, figures, state, stopped)
         D.maybe_crash(config["fault"], epoch, rank, world)
         if epoch == m.epochs or stopped or not cadence.due():
             return  # (the final report carries the best weights)

@@ -234,7 +234,10 @@ def run_worker_group(job, ctx: RunContext, choice: D.Execution) -> JobOutput:
     t_plan = time.perf_counter() - t0
     ctx.log.info("xgboost: %d workers (%s); %d rows in %d read units", choice.workers,
                  choice.reason, plan.n_total, len(plan.units))
+    from distml import progress
+
     config = {"job": job, "plan": plan, "labels": y, "fault": D.fault_from_env(),
+              "progress": progress.worker_reporter(),  # None unless progress is shown
               "checkpoint_interval_s": None}
     trainer = XGBoostTrainer(
         _train_loop, train_loop_config=config,
@@ -347,7 +350,11 @@ def _train_loop(config: dict) -> None:
     if stopper is not None:
         _set_stopper_state(stopper, state.get("early_stopping"))
     reporter = _reporter(config, state["history"], stopper, attempts, model.num_boost_round)
-    callbacks = [c for c in (stopper, reporter) if c is not None]
+    from distml.progress import xgboost_callback
+
+    shown = xgboost_callback(config.get("progress") if ray.train.get_context().get_world_rank()
+                             == 0 else None, model.num_boost_round)
+    callbacks = [c for c in (stopper, reporter, shown) if c is not None]
     t1 = time.perf_counter()
     if done < model.num_boost_round and not _stopped(stopper, state):
         booster = xgb.train(params, dtrain, num_boost_round=model.num_boost_round - done,

@@ -274,7 +274,10 @@ class Job(SupervisedJob):
             fitted = TorchFitted(net.eval(), inputs, task, config)
             history, figures = self._pretrained["history"], self._pretrained["figures"]
         else:
-            fitted, res = self.train_local(prep, train, valid)
+            from distml.progress import epoch_callback
+
+            fitted, res = self.train_local(prep, train, valid, on_epoch=epoch_callback(
+                getattr(self, "_progress", None), self.spec.model.epochs))
             history, figures = res.history, res.figures
         curve = pd.DataFrame(history, columns=["iteration", "split", "metric", "value"])
         figures = {k: v for k, v in figures.items()

@@ -61,6 +61,15 @@ def test_counters_of_many_models_out_of_core_and_search(tmp_path):
     assert "stage: train (refit of the best configuration)" in text
 
 
+def test_torch_epochs_from_inside_the_task(tmp_path):
+    """torch (one worker: one Ray task) reports each epoch and its valid figures."""
+    assert main(["run", f"{ROOT}/jobs/torch_digits_mlp.yaml", "--output", str(tmp_path),
+                 "--set", "resources.num_workers=1", "--set", "model.epochs=3",
+                 "--set", "model.early_stopping=null", "--progress", "plain"]) == 0
+    text = _run_log(tmp_path)
+    assert "epochs: 3/3 epochs  valid.loss=" in text and "valid.accuracy=" in text
+
+
 def test_rich_panel_on_a_pseudo_terminal(tmp_path, monkeypatch, capfd):
     master, slave = pty.openpty()
     chunks: list[bytes] = []

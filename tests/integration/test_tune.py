@@ -284,3 +284,28 @@ def test_trials_of_a_multi_worker_job_each_drive_a_train_worker_group(tmp_path, 
     assert tune["refit_matches_trial"] is True
     assert r.metrics["valid"]["logloss"] == pytest.approx(t["valid.logloss"].min(), rel=1e-6)
     _wait_resources_free(ray_cluster)
+
+
+def test_train_worker_reports_reach_tune_as_trial_reports():
+    """The Train callback of a worker-group trial turns the workers' reports into distml trial
+    reports (objective, iteration, best so far) every report_every iterations; reports without
+    the searched metric (xgboost's checkpoint reports) are not forwarded."""
+    from distml.tune.session import OBJECTIVE, _train_to_tune_class
+
+    cls = _train_to_tune_class()
+    cb = cls.__new__(cls)  # __init__ needs a live Tune session for its queue
+
+    class Queue:
+        items: list = []
+
+        def put(self, item):
+            self.items.append(item)
+
+    cb.metric, cb.mode, cb.every, cb.best, cb.best_iteration = "valid.accuracy", "max", 2, None, -1
+    cb.t0, cb.queue = time.time(), Queue()
+    cb.after_report(None, [{"epoch": 1, "valid.accuracy": 0.8}], None)  # not due: every 2
+    cb.after_report(None, [{"epoch": 2, "valid.accuracy": 0.7, "valid.loss": 0.9}], None)
+    cb.after_report(None, [{"iteration": 4}], None)  # no metric
+    (item,) = Queue.items
+    assert item[OBJECTIVE] == 0.7 and item["iteration"] == 2 and item["final"] is False
+    assert item["best"] == 0.8 and item["best_iteration"] == 1 and item["valid.loss"] == 0.9

@@ -30,7 +30,8 @@ def kind_module(kind: str) -> ModuleType:
 
         close = difflib.get_close_matches(str(kind), KINDS, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise SpecError(f"kind must be one of {', '.join(sorted(KINDS))}; got {kind!r}{hint}")
+        got = repr(kind) if len(repr(kind)) <= 80 else repr(kind)[:77] + "..."
+        raise SpecError(f"kind must be one of {', '.join(sorted(KINDS))}; got {got}{hint}")
     return importlib.import_module(KINDS[kind])
 
 

@@ -123,7 +123,7 @@ def test_unfinished_or_unscorable_run_dirs_are_refused(xgb_run, tmp_path, capfd)
     err = json.loads(capfd.readouterr().out)["error"]
     assert code == 2 and "has no _SUCCESS" in err["message"]
     for kind, expect in (("statsmodels", "distml predict cannot score"),
-                         ("torch", "which this distml does not have")):
+                         ("lightgbm", "which this distml does not have")):
         fake = tmp_path / kind
         fake.mkdir()
         (fake / "_SUCCESS").write_text("{}")

@@ -149,7 +149,13 @@ def run(spec: "str | os.PathLike | Mapping | JobSpec",
         from distml.tune import discard_experiment
 
         discard_experiment(run_dir)
-    return Result.load(run_dir.path)
+    result = Result.load(run_dir.path)
+    tracking = job_spec.tracking.mlflow if job_spec.tracking is not None else None
+    if tracking is not None:
+        from distml.runtime.tracking import log_result_safely
+
+        log_result_safely(result, tracking)  # after _SUCCESS: a tracking outage is a warning
+    return result
 
 
 def _terminated(signum, frame):

@@ -132,6 +132,23 @@ class OutputSpec(StrictModel):
     dir: str = Field("runs", min_length=1, description="Output root; runs land in DIR/NAME/RUN_ID.")
 
 
+class MlflowSpec(StrictModel):
+    """Where an MLflow tracking server (or file store) records finished runs."""
+
+    uri: str = Field(..., min_length=1, description="MLflow tracking URI: http(s)://HOST, "
+                                                   "databricks, or file:///shared/mlruns.")
+    experiment: str = Field("distml", min_length=1, description="MLflow experiment name.")
+    run_name: str | None = Field(None, description="MLflow run name (default NAME/RUN_ID).")
+    log_artifacts: bool = Field(True, description="Upload the run directory as artifacts.")
+
+
+class TrackingSpec(StrictModel):
+    """Optional experiment tracking of finished runs."""
+
+    mlflow: MlflowSpec | None = Field(None, description="Log params, metrics and artifacts to "
+                                                        "MLflow (needs distml[tracking]).")
+
+
 class JobSpec(StrictModel):
     """Fields every job kind has. Subclasses set ``kind`` to a Literal and add ``model``."""
 
@@ -141,6 +158,8 @@ class JobSpec(StrictModel):
     data: DataSpec
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
+    tracking: TrackingSpec | None = Field(None, description="Experiment tracking (MLflow) of "
+                                                            "the finished run.")
     tune: TuneSpec | None = Field(
         None, description="Hyperparameter search over spec paths (see docs/tuning.md).")
 

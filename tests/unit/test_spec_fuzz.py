@@ -80,11 +80,13 @@ _QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
 _TAG_PATH = re.compile(rf"({'|'.join(map(re.escape, KINDS))})[.\[]")  # "xgboost.data ..."
 
 
-def assert_clean_message(msg: str, raw=None) -> None:
+def assert_clean_message(msg: str, raw=None, user_keys: tuple[str, ...] = ()) -> None:
     assert isinstance(msg, str) and msg.strip(), "empty SpecError message"
     assert "\n" not in msg, f"multi-line message: {msg!r}"
     assert len(msg) < 2000, f"overlong message ({len(msg)} chars): {msg[:200]!r}"
     outside_quotes = _QUOTED.sub("''", msg)  # quoted parts are the user's keys and values
+    for key in user_keys:  # an override's own key is echoed as the field it names
+        outside_quotes = outside_quotes.replace(key, "")
     for bad in _FORBIDDEN:
         assert bad not in outside_quotes, f"{bad!r} in message: {msg!r}"
     assert not re.search(r"\.\s+[A-Z]", outside_quotes), f"more than one sentence: {msg!r}"
@@ -98,12 +100,13 @@ def check(spec, overrides=None) -> JobSpec | None:
     try:
         loaded = load_spec(spec, overrides)
     except SpecError as e:
-        assert_clean_message(e.message, spec)
+        keys = tuple(o.split("=", 1)[0] for o in overrides or () if isinstance(o, str))
+        assert_clean_message(e.message, spec, keys)
         if e.details:
             assert e.message == f"the spec has {len(e.details)} problems"
             assert len(e.details) >= 2 and len(set(e.details)) == len(e.details)
             for d in e.details:
-                assert_clean_message(d, spec)
+                assert_clean_message(d, spec, keys)
         return None
     assert isinstance(loaded, JobSpec) and loaded.kind in KINDS
     resolved = loaded.to_dict()

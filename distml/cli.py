@@ -157,7 +157,12 @@ def _stdout_to_stderr() -> Iterator[int]:
 
 def _setup_logging(debug: bool) -> None:
     logger = logging.getLogger("distml")
-    if not any(getattr(h, "_distml_cli", False) for h in logger.handlers):
+    mine = [h for h in logger.handlers if getattr(h, "_distml_cli", False)]
+    if mine:  # a second main() in one process: log to the stderr of now, not of then
+        for h in mine:
+            if isinstance(h, logging.StreamHandler) and h.stream is not sys.stderr:
+                h.stream = sys.stderr  # (not setStream: it flushes the old one, maybe closed)
+    else:
         h = logging.StreamHandler(sys.stderr)
         h.setFormatter(logging.Formatter("distml: %(message)s"))
         h._distml_cli = True  # type: ignore[attr-defined]

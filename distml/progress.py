@@ -292,13 +292,19 @@ class WorkerReporter:
         if not final and now - self._last.get(key, -1e9) < WORKER_INTERVAL_S:
             return
         self._last[key] = now
-        self._send(("counter", key, completed, total, unit or key, info, final))
+        self._send(("counter", key, completed, total, unit or key, info, final), wait=final)
 
-    def _send(self, msg: tuple) -> None:
+    def _send(self, msg: tuple, wait: bool = False) -> None:
+        """Fire and forget; a counter's final message waits (up to 5 s) until the sink has it,
+        so it is there when the driver drains the sink after the task."""
         if self._dead:
             return
         try:
-            self._sink.push.remote(msg)
+            ref = self._sink.push.remote(msg)
+            if wait:
+                import ray
+
+                ray.get(ref, timeout=5)
         except Exception:  # the driver or its actor is gone: never fail the task for it
             self._dead = True
 
@@ -325,15 +331,29 @@ class _Channel:
 
         self.progress = progress
         self.sink = ray.remote(_Sink).options(num_cpus=0, max_restarts=0).remote()
+        self._pending = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="distml-progress", daemon=True)
         self._thread.start()
 
     def _drain(self, timeout: float) -> bool:
+        """Apply what the sink holds; False once the channel is gone for good. A slow answer
+        (the sink actor still starting on a busy machine) is not that: the next drain asks
+        again and the sink keeps every message meanwhile."""
         import ray
 
+        if self._pending is None:  # (a call that timed out is waited on again, not lost)
+            self._pending = self.sink.drain.remote()
         try:
-            for msg in ray.get(self.sink.drain.remote(), timeout=timeout):
+            msgs = ray.get(self._pending, timeout=timeout)
+        except ray.exceptions.GetTimeoutError:
+            return True
+        except Exception as e:
+            _log.debug("worker progress channel: %s", e)
+            return False
+        self._pending = None
+        try:
+            for msg in msgs:
                 self.progress._apply(msg)
             return True
         except Exception as e:
@@ -351,7 +371,8 @@ class _Channel:
         self._stop.set()
         self._thread.join(timeout=10)
         if ray.is_initialized():
-            self._drain(timeout=2)
+            # the last updates: the sink may still be starting on a busy machine (seen: > 2 s)
+            self._drain(timeout=10)
             with contextlib.suppress(Exception):
                 ray.kill(self.sink)
 

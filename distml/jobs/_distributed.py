@@ -28,8 +28,9 @@ BYTES_PER_VALUE = 24
 EXPERIMENT = "train"
 
 
-def fault_from_env() -> dict | None:
-    raw = os.environ.get(FAULT_ENV)
+def fault_from_env(env: str = FAULT_ENV) -> dict | None:
+    """The fault hook of environment variable ``env`` ("MARKER_PATH:ITERATION"), or None."""
+    raw = os.environ.get(env)
     if not raw:
         return None
     marker, iteration = raw.rsplit(":", 1)

@@ -34,11 +34,9 @@ CHECKPOINT_INTERVAL_S = 10.0
 
 
 def fault_from_env() -> dict | None:
-    raw = os.environ.get(FAULT_ENV)
-    if not raw:
-        return None
-    marker, iteration = raw.rsplit(":", 1)
-    return {"marker": marker, "iteration": int(iteration)}
+    from distml.jobs._distributed import fault_from_env as parse
+
+    return parse(FAULT_ENV)
 
 
 @dataclass

@@ -16,6 +16,8 @@ import pytest
 import distml
 from distml.runtime.data import split_indices
 
+from ray_checks import wait_resources_free as _wait_resources_free
+
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -33,19 +35,6 @@ def _spec(tmp_path, **model) -> dict:
             "model": {"hidden": [32], "epochs": 4, "batch_size": 32, "lr": 0.003,
                       "task": "classification", "seed": 11, **model},
             "output": {"dir": str(tmp_path)}}
-
-
-def _wait_resources_free(ray, timeout: float = 60) -> None:
-    """T10: every CPU free and no job actor alive (Ray Data's detached actors excepted)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        free = ray.available_resources().get("CPU", 0) >= ray.cluster_resources()["CPU"]
-        alive = [a["ActorClassName"] for a in ray._private.state.actors().values()
-                 if a["State"] == "ALIVE" and not a["IsDetached"]]
-        if free and not alive:
-            return
-        assert time.monotonic() < deadline, f"after the job: CPUs busy={not free}, alive={alive}"
-        time.sleep(0.2)
 
 
 def _plain_loop(spec: dict, parts: dict, X: np.ndarray, y: np.ndarray):

@@ -18,6 +18,8 @@ import pytest
 import distml
 from distml.spec import load_spec
 
+from ray_checks import wait_resources_free as _wait_resources_free
+
 ROOT = Path(__file__).resolve().parents[2]
 #: columns that must agree between two runs of one seeded search (not times)
 SAME = ["trial_id", "status", "valid.logloss", "valid.logloss.best", "best_iteration",
@@ -30,21 +32,6 @@ def _xgb(name: str, tune: dict, rounds: int = 20, **data) -> dict:
                      "split": {"valid": 0.25, "seed": 1}, **data},
             "model": {"params": {"objective": "binary:logistic"}, "num_boost_round": rounds},
             "tune": {"metric": "valid.logloss", "seed": 0, **tune}}
-
-
-def _wait_resources_free(ray, timeout: float = 60) -> None:
-    """RELIABILITY.md T10: all CPUs free again and no ALIVE actor left by the job."""
-    deadline = time.monotonic() + timeout
-    while True:
-        free = ray.available_resources().get("CPU", 0) >= ray.cluster_resources()["CPU"]
-        # Ray Data's own detached singletons (stats, autoscaling coordinator) live as long as the
-        # cluster; they are Ray's, not the job's
-        alive = [a for a in ray._private.state.actors().values()
-                 if a["State"] == "ALIVE" and not a["IsDetached"]]
-        if free and not alive:
-            return
-        assert time.monotonic() < deadline, f"after the job: CPUs busy={not free}, alive={alive}"
-        time.sleep(0.2)
 
 
 @pytest.mark.usefixtures("ray_cluster")

@@ -15,24 +15,12 @@ import pytest
 import distml
 from distml.runtime.data import split_indices
 
+from ray_checks import wait_resources_free as _wait_resources_free
+
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
 SOURCE = "synthetic:classification?rows=12000&features=8&seed=5"
 ROUNDS = 30
-
-
-def _wait_resources_free(ray, timeout: float = 60) -> None:
-    """T10: every CPU free and no job actor alive (Ray Data's detached bookkeeping actors live
-    as long as the cluster and are not the job's)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        free = ray.available_resources().get("CPU", 0) >= ray.cluster_resources()["CPU"]
-        alive = [a["ActorClassName"] for a in ray._private.state.actors().values()
-                 if a["State"] == "ALIVE" and not a["IsDetached"]]
-        if free and not alive:
-            return
-        assert time.monotonic() < deadline, f"after the job: CPUs busy={not free}, alive={alive}"
-        time.sleep(0.2)
 
 
 def test_two_workers_match_plain_xgboost_and_survive_a_worker_death(tmp_path, monkeypatch,

@@ -1,0 +1,20 @@
+"""Checks on the shared test cluster that several integration test files make."""
+
+from __future__ import annotations
+
+import time
+
+
+def wait_resources_free(ray, timeout: float = 60) -> None:
+    """RELIABILITY.md T10: every CPU free again and no job actor alive. Ray Data's detached
+    bookkeeping actors (stats, autoscaling coordinator) live as long as the cluster: they are
+    Ray's, not the job's."""
+    deadline = time.monotonic() + timeout
+    while True:
+        free = ray.available_resources().get("CPU", 0) >= ray.cluster_resources()["CPU"]
+        alive = [a["ActorClassName"] for a in ray._private.state.actors().values()
+                 if a["State"] == "ALIVE" and not a["IsDetached"]]
+        if free and not alive:
+            return
+        assert time.monotonic() < deadline, f"after the job: CPUs busy={not free}, alive={alive}"
+        time.sleep(0.2)

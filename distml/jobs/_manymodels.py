@@ -34,6 +34,7 @@ statsmodels' warnings are recorded per group in ``warnings`` (a ConvergenceWarni
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import warnings
@@ -69,7 +70,7 @@ EXTRA_STATS = {
     "sarimax": ["hqic", "ljung_box_stat", "ljung_box_pvalue", "ljung_box_lags"],
     **{m: ["df_model", "df_resid", "pseudo_r_squared", "llnull", "llr_pvalue"] for m in DISCRETE},
 }
-TAIL_STATS = ["n_rows", "n_missing", "warnings"]
+TAIL_STATS = ["n_rows", "n_missing", "warnings", "engine", "condition_number"]
 REGRESSION_DF = ("ols", "wls", "glm", "quantreg") + DISCRETE
 COEF_COLUMNS = ["term", "estimate", "std_error", "statistic", "p_value", "ci_low", "ci_high"]
 FORECAST_COLUMNS = ["step", "time", "mean", "std_error", "ci_low", "ci_high"]
@@ -109,6 +110,7 @@ class FitConfig:
     min_rows: int | None = None
     split: Any = None  # SplitSpec or None
     groups_per_task: int | None = None
+    solver: str = "auto"  # "statsmodels" forces the reference path for every group
 
     @classmethod
     def from_spec(cls, spec) -> "FitConfig":
@@ -125,7 +127,7 @@ class FitConfig:
             else None, trend=m.trend, forecast_steps=m.forecast_steps, cov_type=m.cov_type,
             maxlags=m.maxlags, use_t=m.use_t, alpha=m.alpha, missing=m.missing,
             maxiter=m.maxiter, min_rows=m.min_rows, split=d.split_spec,
-            groups_per_task=m.groups_per_task)
+            groups_per_task=m.groups_per_task, solver=m.solver)
 
     @property
     def ts(self) -> bool:
@@ -277,6 +279,8 @@ def _stats(res, cfg: FitConfig) -> dict[str, Any]:
     m = cfg.method
     out: dict[str, Any] = {"nobs": _f(res.nobs), "llf": _f(res.llf), "aic": _f(res.aic),
                            "bic": _f(res.bic)}
+    if m in REGRESSION_DF:
+        out["condition_number"] = _condition_number(res)
     if m in ("ols", "wls"):
         out.update(r_squared=_f(res.rsquared), adj_r_squared=_f(res.rsquared_adj),
                    fvalue=_f(res.fvalue), f_pvalue=_f(res.f_pvalue))
@@ -297,6 +301,22 @@ def _stats(res, cfg: FitConfig) -> dict[str, Any]:
                    ljung_box_pvalue=_f(lb[0, 1, -1]), ljung_box_lags=lags)
     return out
 
+
+
+def _condition_number(res) -> float:
+    """σ_max/σ_min of the design as the fit weighs it: statsmodels' ``condition_number`` of
+    the whitened design for least squares; X·√W at the solution for GLM (W the IRLS weights)."""
+    if hasattr(res.model, "family"):
+        w = res.model.family.weights(res.mu) * res.model.var_weights
+        X = np.asarray(res.model.exog, dtype=float) * np.sqrt(w)[:, None]
+    else:
+        X = getattr(res.model, "wexog", None)
+        X = res.model.exog if X is None else X
+    try:
+        sv = np.linalg.svd(np.asarray(X, dtype=float), compute_uv=False)
+    except np.linalg.LinAlgError:
+        return float("nan")
+    return float(sv[0] / sv[-1]) if len(sv) and sv[-1] > 0 else float("inf")
 
 
 def _coef(res, cfg: FitConfig, names: list[str] | None) -> dict[str, np.ndarray]:
@@ -419,7 +439,7 @@ def run_group(cfg: FitConfig, g: GroupData,
 
     Never raises: a failure is reported as ``stats["error"]`` with ``converged`` false.
     """
-    stats: dict[str, Any] = {}
+    stats: dict[str, Any] = {"engine": "statsmodels"}
     res = None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -569,17 +589,28 @@ def fit_batch(cfg: FitConfig, batch: Batch, *, fast: bool = True, keep: bool = F
     forecasts: list[dict] = []
     n_fast = 0
     summary = None
+    errors = [_precheck(cfg, n_rows[i], n_missing[i], int(bounds[i + 1] - bounds[i]))
+              for i in range(len(batch.gids))]
+    engine: dict[int, tuple[dict, dict]] = {}
+    declined: dict[str, int] = {}
+    if fast and design is not None and len(batch.gids) > 1:
+        from distml.jobs import _vectorised
+
+        if _vectorised.scope(cfg) is None:
+            todo = [i for i, e in enumerate(errors) if e is None]
+            engine, declined = _vectorised_fits(cfg, cols, design, bounds, todo)
     for i, gid in enumerate(batch.gids):
         a, b = int(bounds[i]), int(bounds[i + 1])
         stats: dict[str, Any] = {"n_rows": int(n_rows[i]), "n_missing": int(n_missing[i])}
-        error = None
-        if cfg.missing == "raise" and n_missing[i]:
-            error = (f"{int(n_missing[i])} of {int(n_rows[i])} rows have missing values "
-                     "(model.missing is 'raise')")
-        elif b == a:
-            error = "no rows left after dropping missing values"
-        elif cfg.min_rows and b - a < cfg.min_rows:
-            error = f"too few rows: {b - a} (model.min_rows is {cfg.min_rows})"
+        error = errors[i]
+        if i in engine:
+            coef, fit_stats = engine[i]
+            stats.update(fit_stats)
+            stats_rows.append(stats)
+            coef["gid"] = np.full(len(coef["term"]), gid, dtype=np.int64)
+            coef_parts.append(coef)
+            n_fast += cfg.formula is not None
+            continue
         if error is not None:
             stats.update(nobs=float(b - a), converged=False, error=error)
             stats_rows.append(stats)
@@ -607,7 +638,111 @@ def fit_batch(cfg: FitConfig, batch: Batch, *, fast: bool = True, keep: bool = F
     return {"gids": np.asarray(batch.gids, dtype=np.int64), "stats": stats_rows,
             "coef": _concat(coef_parts), "forecast": _concat(forecasts), "holdout": holdout,
             "summary": summary, "fit_s": time.perf_counter() - t0,
-            "cpu_s": time.process_time() - c0, "n_fast": int(n_fast)}
+            "cpu_s": time.process_time() - c0, "n_fast": int(n_fast),
+            "n_vectorised": len(engine), "declined": declined}
+
+
+def _precheck(cfg: FitConfig, n_rows: int, n_missing: int, n_left: int) -> str | None:
+    """Why a group is not fitted at all (missing values, too few rows), or None."""
+    if cfg.missing == "raise" and n_missing:
+        return (f"{int(n_missing)} of {int(n_rows)} rows have missing values "
+                "(model.missing is 'raise')")
+    if n_left == 0:
+        return "no rows left after dropping missing values"
+    if cfg.min_rows and n_left < cfg.min_rows:
+        return f"too few rows: {n_left} (model.min_rows is {cfg.min_rows})"
+    return None
+
+
+ENGINE_STATS = {"ols": ["r_squared", "adj_r_squared", "fvalue", "f_pvalue"],
+                "wls": ["r_squared", "adj_r_squared", "fvalue", "f_pvalue"],
+                "glm": ["deviance", "pearson_chi2", "scale", "pseudo_r_squared"]}
+
+
+def _vectorised_fits(cfg: FitConfig, cols: dict, design, bounds: np.ndarray,
+                     todo: list[int]) -> tuple[dict[int, tuple[dict, dict]], dict[str, int]]:
+    """Fit the batch's groups ``todo`` with the vectorised engine where their design can be
+    sliced from the batch's (every group then has the same terms); returns
+    ``{group index: (coef columns, stats)}`` for the groups it fitted and a count of the
+    reasons it declined the others, which statsmodels then fits one by one."""
+    from distml.jobs import _vectorised
+
+    picked, spans, names = [], [], None
+    for i in todo:
+        a, b = int(bounds[i]), int(bounds[i + 1])
+        if isinstance(design, _Arrays):
+            if design.k0 and design.skip[design._index[a]]:
+                continue
+            picked.append(i)
+            spans.append((a, b, np.arange(a, b)))
+            names = design.names
+        else:
+            span = design.group(a, b)
+            if span is None:
+                continue
+            picked.append(i)
+            spans.append((span[0], span[1], design.rows[span[0]:span[1]]))
+            names = design.names
+    if not picked:
+        return {}, {}
+    rows = np.concatenate([r for _, _, r in spans])
+    if isinstance(design, _Arrays):
+        X, y = design.X[rows], _as_float(cols[cfg.endog][rows])
+    else:
+        sel = np.concatenate([np.arange(i, j) for i, j, _ in spans])
+        X, y = design.X[sel], design.y[sel]
+    sizes = np.array([len(r) for _, _, r in spans], dtype=np.int64)
+    gb = np.concatenate([[0], np.cumsum(sizes)])
+    w = _as_float(cols[cfg.weights][rows]) if cfg.weights and cfg.method != "ols" else None
+    offset = None
+    if cfg.offset or cfg.exposure:
+        offset = np.zeros(len(rows))
+        if cfg.offset:
+            offset += _as_float(cols[cfg.offset][rows])
+        if cfg.exposure:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                offset += np.log(_as_float(cols[cfg.exposure][rows]))
+            if not np.isfinite(offset).all():
+                return {}, {"non-positive exposure": len(picked)}
+    clusters = cols[cfg.cov_groups][rows] if cfg.cov_type == "cluster" else None
+    fit = _vectorised.fit_groups(cfg, X, y, gb, weights=w, offset=offset, clusters=clusters)
+    warning = _domain_warning(cfg)
+    terms = np.asarray(names, dtype=object)
+    done: dict[int, tuple[dict, dict]] = {}
+    declined: dict[str, int] = {}
+    keep = ["nobs", "llf", "aic", "bic", "df_model", "df_resid", "condition_number",
+            *ENGINE_STATS[cfg.method]]
+    for j, i in enumerate(picked):
+        if not fit.ok[j]:
+            declined[fit.reason[j]] = declined.get(fit.reason[j], 0) + 1
+            continue
+        coef = {"term": terms.copy(), "estimate": fit.params[j], "std_error": fit.bse[j],
+                "statistic": fit.statistic[j], "p_value": fit.p_value[j],
+                "ci_low": fit.ci_low[j], "ci_high": fit.ci_high[j]}
+        stats = {c: float(fit.stats[c][j]) for c in keep}
+        stats.update(converged=True, warnings=warning, engine="vectorised")
+        done[i] = (coef, stats)
+    return done, declined
+
+
+def _domain_warning(cfg: FitConfig) -> str | None:
+    """The warning statsmodels records for every fit of this configuration (a link outside
+    the family's safe links), so the engine's groups carry the same text as statsmodels'."""
+    if cfg.method != "glm" or not cfg.link:
+        return None
+    return _glm_init_warning(cfg.family or "gaussian", cfg.link)
+
+
+@functools.lru_cache(maxsize=32)
+def _glm_init_warning(family: str, link: str) -> str | None:
+    import statsmodels.api as sm
+
+    cfg = FitConfig(method="glm", formula=None, finfo=None, endog=None, exog=(),
+                    add_constant=False, group_by=(), family=family, link=link)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sm.GLM(np.array([1.0, 2.0, 3.0]), np.ones((3, 1)), family=glm_family(cfg))
+    return _warning_text(caught)[0]
 
 
 def _group_data(cfg: FitConfig, cols: dict, frame: pd.DataFrame | None, design, a: int, b: int,
@@ -990,6 +1125,7 @@ def run_many(spec, cfg: FitConfig, ctx) -> JobOutput:
         "partitions": len(units), "tasks": n_tasks, "groups_per_task": int(gpt),
         "groups_per_task_auto": cfg.groups_per_task is None,
         "formula_evaluated_per_batch_groups": int(sum(r["n_fast"] for r in results)),
+        "engine": _engine_summary(cfg, results),
         "timings_s": {"partition": round(t_partition, 4), "fit": round(t_fit, 4),
                       "tabulate": round(time.perf_counter() - t0 - t_partition - t_fit, 4),
                       "worker_fit_total": round(sum(r["fit_s"] for r in results), 4),
@@ -997,6 +1133,18 @@ def run_many(spec, cfg: FitConfig, ctx) -> JobOutput:
                       "worker_partition_cpu_total": round(sum(h[2] for h in heads), 4),
                       "driver_cpu": round(time.process_time() - c0, 4)}}
     return out
+
+
+def _engine_summary(cfg: FitConfig, results: list[dict]) -> dict:
+    """Which engine fitted how many groups, and why the vectorised one declined the rest."""
+    from distml.jobs import _vectorised
+
+    declined: dict[str, int] = {}
+    for r in results:
+        for why, n in r.get("declined", {}).items():
+            declined[why] = declined.get(why, 0) + n
+    return {"vectorised": int(sum(r.get("n_vectorised", 0) for r in results)),
+            "out_of_scope": _vectorised.scope(cfg), "declined": declined}
 
 
 def single_task(cfg: FitConfig, source: str, columns: list[str]) -> dict:

@@ -138,7 +138,9 @@ def test_partitions_keep_pandas_group_order_and_row_order(tmp_path):
 
 
 def test_fit_batch_paths_agree_without_ray():
-    """The batch design (formula once) and per-group formulas give identical numbers."""
+    """The batch design (formula once) and per-group formulas give identical numbers (on the
+    statsmodels path; the vectorised engine is compared with statsmodels in
+    test_vectorised.py)."""
     from distml.jobs._manymodels import Batch, FitConfig, fit_batch
 
     rng = np.random.default_rng(1)
@@ -146,7 +148,8 @@ def test_fit_batch_paths_agree_without_ray():
     cols = {"y": rng.normal(size=n), "x": rng.normal(size=n),
             "r": np.asarray(rng.choice(["p", "q", "z"], n), dtype=object)}
     cols["r"][:30] = "p"  # group 0 has only level 'p'
-    cfg = FitConfig.from_spec(_spec({"formula": "y ~ x + C(r)"}, group_by=["YEAR"]))
+    cfg = FitConfig.from_spec(_spec({"formula": "y ~ x + C(r)", "solver": "statsmodels"},
+                                    group_by=["YEAR"]))
     batch = Batch(cols, np.arange(0, n + 1, 30), np.arange(8))
     fast, slow = fit_batch(cfg, batch), fit_batch(cfg, batch, fast=False)
     assert fast["n_fast"] == 7 and slow["n_fast"] == 0

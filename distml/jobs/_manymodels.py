@@ -305,16 +305,18 @@ def _stats(res, cfg: FitConfig) -> dict[str, Any]:
 
 def _condition_number(res) -> float:
     """σ_max/σ_min of the design as the fit weighs it: statsmodels' ``condition_number`` of
-    the whitened design for least squares; X·√W at the solution for GLM (W the IRLS weights)."""
-    if hasattr(res.model, "family"):
-        w = res.model.family.weights(res.mu) * res.model.var_weights
-        X = np.asarray(res.model.exog, dtype=float) * np.sqrt(w)[:, None]
-    else:
-        X = getattr(res.model, "wexog", None)
-        X = res.model.exog if X is None else X
+    the whitened design for least squares; X·√W at the solution for GLM (W the IRLS weights);
+    the plain design for the other methods. Never raises (NaN when it cannot be computed)."""
+    from statsmodels.genmod.generalized_linear_model import GLM
+
     try:
-        sv = np.linalg.svd(np.asarray(X, dtype=float), compute_uv=False)
-    except np.linalg.LinAlgError:
+        if isinstance(res.model, GLM):
+            w = res.model.family.weights(res.mu) * res.model.var_weights
+            X = np.asarray(res.model.exog, dtype=float) * np.sqrt(w)[:, None]
+        else:
+            X = np.asarray(getattr(res.model, "wexog", res.model.exog), dtype=float)
+        sv = np.linalg.svd(X, compute_uv=False)
+    except Exception:  # a figure for the table, never a reason for the group to fail
         return float("nan")
     return float(sv[0] / sv[-1]) if len(sv) and sv[-1] > 0 else float("inf")
 
@@ -1210,7 +1212,8 @@ def tabulate(cfg: FitConfig, results: list[dict], keys: pd.DataFrame | None) -> 
         row = stats.iloc[0]
         for c in stat_cols:
             v = row[c]
-            if c in ("error", "warnings") or c.startswith(("valid_", "test_")) or pd.isna(v):
+            if c in ("error", "warnings", "engine") or c.startswith(("valid_", "test_")) \
+                    or pd.isna(v):
                 continue
             metrics[c] = bool(v) if c == "converged" else (
                 int(v) if c in ("n_rows", "n_missing", "ljung_box_lags") else float(v))

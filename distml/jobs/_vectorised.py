@@ -201,20 +201,23 @@ def _solve_ls(X: np.ndarray, y: np.ndarray, w: np.ndarray, n: np.ndarray) -> _LS
     return _LS(beta, norm_cov, Q, Xw, sw, full, cond)
 
 
-def _k_constant(X: np.ndarray, mask: np.ndarray, ls: _LS) -> tuple[np.ndarray, np.ndarray]:
+def _k_constant(X: np.ndarray, ls: _LS) -> tuple[np.ndarray, np.ndarray]:
     """statsmodels' constant detection per group: (k_constant, index of the explicit constant
     or -1). An explicit constant is a nonzero column constant within the group; otherwise a
-    constant is implicit when the ones vector lies in the column space."""
-    big = np.where(mask[:, :, None], X, -np.inf).max(axis=1)
-    small = np.where(mask[:, :, None], X, np.inf).min(axis=1)
+    constant is implicit when the ones vector lies in the column space. (Padded rows repeat
+    the group's first row, so they change no column's min or max.)"""
+    big, small = X.max(axis=1), X.min(axis=1)
     const = (big == small) & (big != 0)
     has = const.any(axis=1)
     idx = np.where(has, const.argmax(axis=1), -1)
-    ones = ls.sw  # the weighted ones vector
-    proj = np.einsum("bnk,bk->bn", ls.Q, np.einsum("bnk,bn->bk", ls.Q, ones))
-    resid = np.sqrt(((ones - proj) ** 2).sum(axis=1))
-    implicit = resid <= 1e-9 * np.sqrt((ones ** 2).sum(axis=1))
-    return (has | implicit).astype(float), idx
+    kc = has.astype(float)
+    if not has.all():
+        ones = ls.sw  # the weighted ones vector
+        proj = np.einsum("bnk,bk->bn", ls.Q, np.einsum("bnk,bn->bk", ls.Q, ones))
+        resid = np.sqrt(((ones - proj) ** 2).sum(axis=1))
+        implicit = resid <= 1e-9 * np.sqrt((ones ** 2).sum(axis=1))
+        kc = (has | implicit).astype(float)
+    return kc, idx
 
 
 def _write(out: Fitted, gids: np.ndarray, beta, cov, df, use_t: bool, alpha: float) -> None:
@@ -245,7 +248,7 @@ def _fit_ls(cfg: Any, b: _Bucket, out: Fitted) -> None:
     ssr = (wresid ** 2).sum(axis=1)
     df_resid = n - k
     scale = ssr / df_resid
-    kc, const_idx = _k_constant(b.X, b.mask, ls)
+    kc, const_idx = _k_constant(b.X, ls)
     df_model = k - kc
     H = ls.norm_cov
     cov_type = cfg.cov_type

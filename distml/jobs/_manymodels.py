@@ -388,6 +388,10 @@ def fit_group(cfg: FitConfig, g: GroupData) -> Any:
         model = cls(g.y, exog=g.X, **kw)
     else:
         model = cls(g.y, g.X, **kw)
+    if cfg.method in ("ols", "wls") and cfg.solver != "statsmodels":
+        from distml.jobs._vectorised import fit_least_squares
+
+        return fit_least_squares(model, **fit_kwargs(cfg, g.extra))
     return model.fit(**fit_kwargs(cfg, g.extra))
 
 

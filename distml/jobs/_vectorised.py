@@ -461,3 +461,42 @@ def _null_mu(fam, fixed: bool, b: _Bucket, off) -> np.ndarray:
     lin = fam.link(ymean)[:, None] + off
     r = _irls(fam, fixed, ones, b.y, vw, off, b.mask, b.n, fam.fitted(lin), lin, 100)
     return r.mu
+
+
+# ------------------------------------------------------------------ one statsmodels model
+
+def fit_least_squares(model: Any, **fit_kw: Any) -> Any:
+    """``model.fit(**fit_kw)`` for a statsmodels OLS/WLS model, with the estimates and
+    (XᵀWX)⁻¹ from the QR of the column-scaled whitened design instead of statsmodels' pinv.
+
+    Everything downstream — robust covariances, summary, tests — is statsmodels' own, from a
+    results object built exactly as ``RegressionModel.fit`` builds it. The scaled QR keeps the
+    digits pinv loses on ill-conditioned designs (NIST StRD Wampler, Filip) and fits a design
+    that is full-rank on scaled columns; a rank-deficient one goes to statsmodels unchanged
+    (its rank check then reports it).
+    """
+    from statsmodels.regression.linear_model import (OLS, OLSResults, RegressionResults,
+                                                     RegressionResultsWrapper)
+
+    X = np.asarray(model.wexog, dtype=float)
+    y = np.asarray(model.wendog, dtype=float)
+    n, k = X.shape
+    if n <= k:
+        return model.fit(**fit_kw)
+    ls = _solve_ls(X[None], y[None], np.ones((1, n)), np.array([n]))
+    if not ls.full_rank[0]:
+        return model.fit(**fit_kw)
+    norm_cov = ls.norm_cov[0]
+    model.normalized_cov_params = norm_cov
+    model.pinv_wexog = norm_cov @ X.T  # (XᵀX)⁻¹Xᵀ: the pseudo-inverse of a full-rank design
+    model.wexog_singular_values = np.linalg.svd(X, compute_uv=False)
+    model.rank = k
+    if model._df_model is None:
+        model._df_model = float(k - model.k_constant)
+    if model._df_resid is None:
+        model.df_resid = n - k
+    cls = OLSResults if isinstance(model, OLS) else RegressionResults
+    res = cls(model, ls.beta[0], normalized_cov_params=norm_cov,
+              cov_type=fit_kw.get("cov_type", "nonrobust"), cov_kwds=fit_kw.get("cov_kwds"),
+              use_t=fit_kw.get("use_t"))
+    return RegressionResultsWrapper(res)

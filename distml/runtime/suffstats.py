@@ -117,8 +117,11 @@ def solve(m: Moments, names: list[str], weighted: bool) -> Fit:
     k = len(names)
     r = m.r_xy
     rxx, rxy, ryy = r[:k, :k], r[:k, k], float(r[k, k])
-    sv = np.linalg.svd(rxx, compute_uv=False)
-    tol = sv.max(initial=0.0) * max(m.n, k) * np.finfo(float).eps  # numpy.matrix_rank's rule
+    # rank on scaled columns (R's column norms are the weighted design's): an ill-conditioned
+    # but full-rank design is fitted, with numpy.matrix_rank's tolerance rule
+    norms = np.sqrt((rxx ** 2).sum(axis=0))
+    sv = np.linalg.svd(rxx / np.where(norms > 0, norms, 1.0), compute_uv=False)
+    tol = sv.max(initial=0.0) * max(m.n, k) * np.finfo(float).eps
     rank = int((sv > tol).sum())
     if rank < k:
         raise JobFailed(f"singular design: rank {rank} < {k} columns ({', '.join(names)}); "
@@ -132,10 +135,11 @@ def solve(m: Moments, names: list[str], weighted: bool) -> Fit:
     one_resid = abs(float(m.r_x1[k, k]))
     implicit = one_resid <= math.sqrt(m.w_sum) * 1e-10 * max(1.0, k)
     k_constant = 1 if (const or implicit) else 0
+    raw = np.linalg.svd(rxx, compute_uv=False)
     return Fit(names, params, ncov, m.n, rank, k_constant, const[0] if const else None,
                ssr=ryy * ryy, centered_tss=m.y_m2,
                uncentered_tss=m.y_m2 + m.w_sum * m.y_mean ** 2, log_w=m.log_w,
-               weighted=weighted)
+               weighted=weighted, extra={"condition_number": float(raw[0] / raw[-1])})
 
 
 def inference(fit: Fit, cov_type: str, alpha: float, use_t: bool | None,
@@ -361,13 +365,14 @@ def run_job(spec, cfg, ctx):
         else:
             meat = sum(m for m, _ in out)
     coef, figures = inference(fit, cfg.cov_type, cfg.alpha, cfg.use_t, meat, n_clusters)
-    figures.update(n_rows=None, n_missing=None, warnings=None)
+    figures.update(n_rows=None, n_missing=None, warnings=None, engine="suffstats",
+                   condition_number=fit.extra["condition_number"])
     stats = pd.DataFrame([figures]).reindex(columns=cfg.stat_columns())
     stats["n_rows"] = stats["n_missing"] = pd.NA
     metrics = {"method": cfg.method, "n_groups": 1, "n_fitted": 1, "n_failed": 0,
                "n_not_converged": 0, **{k: v for k, v in figures.items()
                                          if k not in ("error", "n_rows", "n_missing",
-                                                      "warnings")},
+                                                      "warnings", "engine")},
                "n_params": len(names)}
     out = JobOutput(metrics=metrics, tables={"coefficients": pd.DataFrame(coef),
                                              "model_stats": stats})

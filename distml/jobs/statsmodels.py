@@ -116,9 +116,11 @@ class StatsmodelsModel(StrictModel):
     groups_per_task: int | None = Field(None, ge=1, description="Groups fitted per Ray task "
                                         "(default: chosen from group count and cluster CPUs).")
     solver: Literal["auto", "statsmodels", "suffstats"] = Field(
-        "auto", description="ols/wls without group_by: suffstats merges per-partition "
-                            "sufficient statistics (for data bigger than a worker); auto picks "
-                            "it above 1 GiB of input.")
+        "auto", description="auto: the vectorised engine for many-models OLS/WLS/GLM and "
+                            "the scaled QR for OLS/WLS; statsmodels: statsmodels' own solvers "
+                            "everywhere; suffstats (ols/wls/glm without group_by): merged "
+                            "per-partition R factors (distributed IRLS for glm) for data bigger "
+                            "than a worker, picked by auto above 1 GiB for ols/wls.")
 
     @field_validator("formula")
     @classmethod
@@ -183,12 +185,14 @@ class Spec(JobSpec):
             raise ValueError(f"data.split is not supported for method {m.method}; use "
                              "model.forecast_steps for out-of-sample figures")
         if m.solver == "suffstats":
-            if m.method not in ("ols", "wls") or self.group_by:
-                raise ValueError("model.solver suffstats needs method ols or wls and no group_by; "
-                                 f"got method {m.method!r}, group_by {self.group_by}")
+            if m.method not in ("ols", "wls", "glm") or self.group_by:
+                raise ValueError("model.solver suffstats needs method ols, wls or glm and no "
+                                 f"group_by; got method {m.method!r}, group_by {self.group_by}")
             if m.cov_type == "HAC" or d.split != "none":
                 raise ValueError("model.solver suffstats supports cov_type nonrobust, HC0-HC3 "
                                  "and cluster, and no data.split")
+            if m.method == "glm":
+                _check_out_of_core_glm(m)
             if m.formula is not None and not analyze_formula(m.formula).rowwise:
                 raise ValueError("model.solver suffstats needs a row-wise formula (no center(), "
                                  "standardize(), splines or explicit contrasts); got "
@@ -198,6 +202,22 @@ class Spec(JobSpec):
                 raise ValueError(f"group_by column {col!r} is also a model column; group "
                                  "columns are constant within each group")
         return self
+
+
+def _check_out_of_core_glm(m: StatsmodelsModel) -> None:
+    """What distributed IRLS covers: the vectorised engine's families and links, nonrobust."""
+    from distml.jobs._vectorised import GLM_LINKS
+
+    family = m.family or "gaussian"
+    if family not in GLM_LINKS:
+        raise ValueError(f"model.solver suffstats fits glm families {', '.join(GLM_LINKS)}; "
+                         f"got model.family {family!r}")
+    if m.link is not None and m.link not in GLM_LINKS[family]:
+        raise ValueError(f"model.solver suffstats fits family {family} with links "
+                         f"{', '.join(GLM_LINKS[family])}; got model.link {m.link!r}")
+    if m.cov_type != "nonrobust":
+        raise ValueError("model.solver suffstats fits glm with cov_type nonrobust; got "
+                         f"{m.cov_type!r}")
 
 
 def _check_method_fields(m: StatsmodelsModel) -> None:

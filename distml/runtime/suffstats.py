@@ -232,7 +232,8 @@ def robust_meat(X: np.ndarray, y: np.ndarray, w: np.ndarray | None, fit: Fit, co
 # --------------------------------------------------------------------------- the job path
 
 def _design_for(cfg, proto: pd.DataFrame | None, frame: pd.DataFrame):
-    """(X, y, w, clusters, names) of one partition, rows with missing values removed."""
+    """(X, y, w, clusters, names, offset) of one partition, rows with missing values removed
+    (offset: the GLM offset plus log(exposure), zeros without either)."""
     from distml.jobs._manymodels import _env, _is_missing, column_array
 
     cols = {c: column_array(frame[c]) for c in frame.columns}
@@ -265,7 +266,12 @@ def _design_for(cfg, proto: pd.DataFrame | None, frame: pd.DataFrame):
         X = np.column_stack(parts) if parts else np.zeros((len(y), 0))
     w = cols[cfg.weights][rows].astype(float) if cfg.weights else None
     clusters = cols[cfg.cov_groups][rows] if cfg.cov_groups else None
-    return X, y, w, clusters, names
+    offset = np.zeros(len(y))
+    if cfg.offset:
+        offset += cols[cfg.offset][rows].astype(float)
+    if cfg.exposure:
+        offset += np.log(cols[cfg.exposure][rows].astype(float))
+    return X, y, w, clusters, names, offset
 
 
 def _levels_task(unit, columns: list[str]) -> dict[str, list]:
@@ -278,14 +284,14 @@ def _levels_task(unit, columns: list[str]) -> dict[str, list]:
 def _moments_task(unit, cfg, proto, columns: list[str]) -> tuple[Moments, list[str]]:
     from distml.jobs._manymodels import read_unit
 
-    X, y, w, _, names = _design_for(cfg, proto, read_unit(unit, columns))
+    X, y, w, _, names, _ = _design_for(cfg, proto, read_unit(unit, columns))
     return partition_moments(X, y, w), names
 
 
 def _meat_task(unit, cfg, proto, columns: list[str], fit: Fit) -> tuple:
     from distml.jobs._manymodels import read_unit
 
-    X, y, w, clusters, _ = _design_for(cfg, proto, read_unit(unit, columns))
+    X, y, w, clusters, _, _ = _design_for(cfg, proto, read_unit(unit, columns))
     return robust_meat(X, y, w, fit, cfg.cov_type, clusters)
 
 
@@ -341,6 +347,10 @@ def run_job(spec, cfg, ctx):
             for c in cat:
                 levels[c] = list(dict.fromkeys(v for f in found for v in f[c]))
     proto = _prototype(cfg, info.columns, levels)
+    if cfg.method == "glm":
+        from distml.jobs._glm_irls import run_glm
+
+        return run_glm(spec, cfg, ctx, units, proto, columns, opts)
     parts = ray.get([ray.remote(_moments_task).options(**opts).remote(u, cfg, proto, columns)
                      for u in units])
     names = next((nm for m, nm in parts if m.n), parts[0][1])
@@ -387,12 +397,20 @@ def summary_text(cfg, coef: dict, figures: dict) -> str:
     """A compact summary in statsmodels' layout (no results object exists on this path)."""
     head = (f"{cfg.method.upper()} Regression Results (sufficient statistics, exact)\n"
             f"Dep. Variable: {cfg.finfo.lhs[0] if cfg.finfo else cfg.endog}    "
-            f"No. Observations: {int(figures['nobs'])}    Covariance Type: {cfg.cov_type}\n"
-            f"R-squared: {figures['r_squared']:.6g}    Adj. R-squared: "
-            f"{figures['adj_r_squared']:.6g}    F-statistic: {figures['fvalue']:.6g} "
-            f"(p={figures['f_pvalue']:.4g})\n"
-            f"Log-Likelihood: {figures['llf']:.6g}    AIC: {figures['aic']:.6g}    "
-            f"BIC: {figures['bic']:.6g}    Df Residuals: {figures['df_resid']:.0f}\n")
+            f"No. Observations: {int(figures['nobs'])}    Covariance Type: {cfg.cov_type}\n")
+    if cfg.method == "glm":
+        head += (f"Family: {cfg.family or 'gaussian'}    Link: {cfg.link or 'canonical'}    "
+                 f"Deviance: {figures['deviance']:.6g}    Pearson chi2: "
+                 f"{figures['pearson_chi2']:.6g}    Scale: {figures['scale']:.6g}\n"
+                 f"Log-Likelihood: {figures['llf']:.6g}    AIC: {figures['aic']:.6g}    "
+                 f"BIC: {figures['bic']:.6g}    Pseudo R-squ. (CS): "
+                 f"{figures['pseudo_r_squared']:.6g}    Converged: {figures['converged']}\n")
+    else:
+        head += (f"R-squared: {figures['r_squared']:.6g}    Adj. R-squared: "
+                 f"{figures['adj_r_squared']:.6g}    F-statistic: {figures['fvalue']:.6g} "
+                 f"(p={figures['f_pvalue']:.4g})\n"
+                 f"Log-Likelihood: {figures['llf']:.6g}    AIC: {figures['aic']:.6g}    "
+                 f"BIC: {figures['bic']:.6g}    Df Residuals: {figures['df_resid']:.0f}\n")
     table = pd.DataFrame({k: coef[k] for k in ("estimate", "std_error", "statistic", "p_value",
                                                "ci_low", "ci_high")},
                          index=list(coef["term"])).to_string(float_format=lambda v: f"{v:.6g}")

@@ -68,7 +68,7 @@ def test_defaults_fit_every_row():
     ({"method": "arima", "endog": "y", "forecast_steps": 3}, {"group_by": ["y"]},
      "group_by column 'y' is also a model column"),
     ({"formula": "y ~ x", "solver": "suffstats"}, {"group_by": ["g"]},
-     "solver suffstats needs method ols or wls and no group_by"),
+     "solver suffstats needs method ols, wls or glm and no group_by"),
     ({"formula": "y ~ center(x)", "solver": "suffstats"}, {}, "needs a row-wise formula"),
     ({"endog": "y", "forecast_steps": 2, "method": "arima", "exog": ["x"]}, {},
      "forecast_steps with exogenous regressors"),

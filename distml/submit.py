@@ -436,11 +436,10 @@ def submit(spec: "str | os.PathLike | Mapping | Any",
     submitted. ``wait=True`` follows the job to its end (its log goes to ``stream`` if given).
     ``pip`` / ``env_vars`` add to the job's ``runtime_env`` only when given.
     """
-    import yaml
-
     from distml.api import validate
     from distml.runtime.artifacts import new_run_id
     from distml.spec.base import check_name
+    from distml.spec.yamlio import dump_yaml
 
     job_spec = validate(spec, _overrides(overrides, output), check_data=False)
     sid = submission_id or f"{job_spec.name[:100]}-{new_run_id()}"
@@ -474,7 +473,7 @@ def submit(spec: "str | os.PathLike | Mapping | Any",
     # cluster's distml, so a newer client does not send fields an older cluster does not know.
     shipped = job_spec.model_dump(mode="json", exclude_unset=True)
     with tempfile.TemporaryDirectory(prefix="distml-submit-") as tmp:
-        (Path(tmp) / SPEC_FILE).write_text(yaml.safe_dump(shipped, sort_keys=False),
+        (Path(tmp) / SPEC_FILE).write_text(dump_yaml(shipped, sort_keys=False),
                                            encoding="utf-8")
         try:
             client.submit(entrypoint=entrypoint(sid), submission_id=sid,

@@ -46,7 +46,8 @@ import pandas as pd
 
 from distml.errors import DataError, JobFailed
 from distml.jobs.base import JobOutput
-from distml.jobs.statsmodels import DISCRETE, TIME_SERIES, FormulaInfo, analyze_formula
+from distml.jobs.statsmodels import (DISCRETE, TIME_SERIES, FormulaInfo, analyze_formula,
+                                     formula_namespace)
 
 #: Rough cost of one fit with its inference, in ms (this machine), used to size batches.
 COST_MS = {"ols": 0.35, "wls": 0.4, "quantreg": 3.0, "glm": 3.0, "logit": 3.0, "probit": 3.0,
@@ -164,7 +165,8 @@ class FitConfig:
 # ------------------------------------------------------------------------ statsmodels calls
 
 def _env() -> dict:
-    return {"np": np, "numpy": np}
+    """Where formulas are evaluated: numpy, the allowed functions, no Python builtins."""
+    return formula_namespace()
 
 
 def model_class(method: str):

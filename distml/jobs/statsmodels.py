@@ -13,12 +13,19 @@ Every estimate, standard error, test statistic, p-value and interval comes from 
 results objects; distml only arranges the data and tabulates what statsmodels returns. The
 spec is data: a formula is parsed without being evaluated, and only column names, numbers,
 operators and a fixed set of functions may appear in it (no attribute access, no builtins).
+Every bare name must be a column of the data (checked before the cluster starts, for the spec's
+formula and for every formula a ``tune`` search may sample), and patsy evaluates terms in a
+namespace where every Python builtin is shadowed by an inert placeholder
+(:func:`formula_namespace`).
 """
 
 from __future__ import annotations
 
 import ast
+import builtins
 import difflib
+import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -53,6 +60,15 @@ STATEFUL_FUNCS = {"center", "standardize", "scale", "bs", "cr", "cc", "te"}
 NUMPY_FUNCS = {"log", "log1p", "log2", "log10", "exp", "expm1", "sqrt", "square", "abs",
                "absolute", "sin", "cos", "tan", "arcsin", "arccos", "arctan", "sinh", "cosh",
                "tanh", "power", "floor", "ceil", "sign", "maximum", "minimum", "clip", "where"}
+#: np.<f> keywords a formula may pass (``np.clip``'s bounds); ``out=``, ``dtype=``... are refused:
+#: ``out=`` writes into a data column, ``dtype=object`` turns numbers into unbounded Python ints.
+NUMPY_KEYWORDS = {"a_min", "a_max", "min", "max"}
+#: positional arguments each np.<f> takes at most (one more would be the ufunc's ``out``).
+NUMPY_ARITY = {**{f: 1 for f in NUMPY_FUNCS}, "power": 2, "maximum": 2, "minimum": 2, "clip": 3,
+               "where": 3}
+#: largest |exponent| of ``**`` / ``np.power``: a literal, so ``9**9**9**9`` cannot run for ever.
+MAX_EXPONENT = 100
+_INT64 = 2**63
 _OPS = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Compare, ast.BoolOp, ast.Constant,
         ast.keyword, ast.Load, ast.operator, ast.unaryop, ast.cmpop, ast.boolop, ast.IfExp,
         ast.List, ast.Tuple)
@@ -318,7 +334,13 @@ def analyze_formula(formula: str) -> FormulaInfo:
 
 
 def _check_factor(code: str, formula: str) -> tuple[list[str], bool, str | None]:
-    """Columns used by one factor, whether it is row-wise, and its column if it is C(col)."""
+    """Columns used by one factor, whether it is row-wise, and its column if it is C(col).
+
+    Besides the allowed names and calls, a term may not compute unbounded values: a power's
+    exponent is a small number literal and its base holds no other power (``9**9**9**9``),
+    arithmetic needs a column (``9**99 * 9**99``, ``'a' * 10**9``), integer literals fit in 64
+    bits, and ``np.<f>`` takes no ``out=``/``dtype=`` (nor an extra positional ``out``).
+    """
     try:
         tree = ast.parse(code, mode="eval")
     except (SyntaxError, ValueError, RecursionError, MemoryError):
@@ -338,6 +360,7 @@ def _check_factor(code: str, formula: str) -> tuple[list[str], bool, str | None]
             funcs.add(id(node.func))
             if isinstance(node.func, ast.Attribute):
                 funcs.add(id(node.func.value))
+                _check_numpy_call(node, name, code)
             if name in STATEFUL_FUNCS or name in ("Treatment", "Sum", "Diff", "Helmert", "Poly"):
                 rowwise = False
             if name == "C" and (len(node.args) != 1 or node.keywords):
@@ -347,6 +370,9 @@ def _check_factor(code: str, formula: str) -> tuple[list[str], bool, str | None]
                         or not isinstance(node.args[0].value, str):
                     raise ValueError(f"model.formula term {code!r}: Q() takes one quoted "
                                      "column name")
+                if node.args[0].value.startswith("__"):
+                    raise ValueError(f"model.formula term {code!r} may not use "
+                                     f"{node.args[0].value!r}")
                 cols.append(node.args[0].value)
             if any(isinstance(a, ast.Starred) for a in node.args):
                 raise ValueError(f"model.formula term {code!r} may not use *args")
@@ -359,10 +385,23 @@ def _check_factor(code: str, formula: str) -> tuple[list[str], bool, str | None]
             if id(node) not in funcs:
                 raise ValueError(f"model.formula term {code!r} may not access attributes "
                                  f"(.{node.attr}); only np.<function>(...) calls are allowed")
+        elif isinstance(node, ast.BinOp):
+            if isinstance(node.op, ast.Pow):
+                _check_power(node.left, node.right, node, code)
+            for side in (node.left, node.right):
+                if isinstance(side, (ast.List, ast.Tuple)) or (
+                        isinstance(side, ast.Constant) and isinstance(side.value, (str, bytes))):
+                    raise ValueError(f"model.formula term {code!r}: {_piece(node)!r} computes "
+                                     "with text or a list; arithmetic takes columns and numbers")
+        elif isinstance(node, ast.Constant):
+            if isinstance(node.value, int) and abs(node.value) >= _INT64:
+                raise ValueError(f"model.formula term {code!r}: the number {_piece(node)!r} "
+                                 "does not fit in 64 bits")
         elif not isinstance(node, _OPS + (ast.Call,)):
             raise ValueError(f"model.formula term {code!r} uses {type(node).__name__}, which "
                              "a formula may not contain; use columns, numbers, operators and "
                              "the allowed functions")
+    _check_arithmetic(tree, funcs, code)
     cat = None
     body = tree.body
     if isinstance(body, ast.Call) and _call_name(body.func) == "C" and len(body.args) == 1 \
@@ -373,6 +412,84 @@ def _check_factor(code: str, formula: str) -> tuple[list[str], bool, str | None]
     return cols, rowwise, cat
 
 
+def _piece(node: ast.AST, limit: int = 80) -> str:
+    """The source of ``node`` for a message, shortened."""
+    text = ast.unparse(node)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_power(node: ast.AST) -> bool:
+    return (isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow)) or \
+        (isinstance(node, ast.Call) and _call_name(node.func) == "np.power")
+
+
+def _check_power(base: ast.AST, exponent: ast.AST | None, node: ast.AST, code: str) -> None:
+    """A power's exponent is a number literal of magnitude <= MAX_EXPONENT and its base holds
+    no other power: ``9**9**9**9`` would otherwise compute for ever on the workers."""
+    e = exponent
+    if isinstance(e, ast.UnaryOp) and isinstance(e.op, (ast.USub, ast.UAdd)):
+        e = e.operand
+    if not (isinstance(e, ast.Constant) and isinstance(e.value, (int, float))
+            and not isinstance(e.value, bool) and abs(e.value) <= MAX_EXPONENT):
+        raise ValueError(f"model.formula term {code!r}: the exponent of {_piece(node)!r} must "
+                         f"be a number between -{MAX_EXPONENT} and {MAX_EXPONENT} (a computed "
+                         "exponent, such as a tower 9**9**9, can run for ever)")
+    if any(_is_power(n) for n in ast.walk(base)):
+        raise ValueError(f"model.formula term {code!r}: {_piece(node)!r} is a power of a power, "
+                         "which a formula may not contain; write a single power")
+
+
+def _check_numpy_call(node: ast.Call, name: str, code: str) -> None:
+    """np.<f> takes its inputs positionally: no ``out=`` (it writes into a data column), no
+    ``dtype=`` (object dtype computes with unbounded Python ints), no extra positional out."""
+    f = name.split(".", 1)[1]
+    for kw in node.keywords:
+        if kw.arg not in NUMPY_KEYWORDS:
+            shown = "**" if kw.arg is None else f"{kw.arg}="
+            raise ValueError(f"model.formula term {code!r}: {name}() may not take {shown} "
+                             f"({_piece(node)!r}); pass the inputs positionally")
+    if len(node.args) > NUMPY_ARITY[f]:
+        raise ValueError(f"model.formula term {code!r}: {name}() takes at most "
+                         f"{NUMPY_ARITY[f]} argument(s) ({_piece(node)!r}); a further one would "
+                         "be its out= array")
+    if f == "power":
+        _check_power(node.args[0] if node.args else node,
+                     node.args[1] if len(node.args) > 1 else None, node, code)
+
+
+def _check_arithmetic(tree: ast.AST, funcs: set[int], code: str) -> None:
+    """Every operator has a column among its operands: arithmetic on numbers alone
+    (``9**99 * 9**99``, ``2 << 99``) makes Python integers of any size, which numpy then
+    computes with as objects; a column keeps every value an int64 or a float."""
+    nodes = list(ast.walk(tree))  # breadth first: a node's descendants come after it
+    has_col: dict[int, bool] = {}
+    for node in reversed(nodes):
+        if isinstance(node, ast.Name):
+            has_col[id(node)] = id(node) not in funcs
+        elif isinstance(node, ast.Call) and _call_name(node.func) == "Q":
+            has_col[id(node)] = True
+        else:
+            has_col[id(node)] = any(has_col[id(c)] for c in ast.iter_child_nodes(node))
+        if isinstance(node, ast.BinOp) and not has_col[id(node)]:
+            raise ValueError(f"model.formula term {code!r}: {_piece(node)!r} computes with "
+                             "numbers alone; write the number itself (arithmetic needs a column)")
+
+
+def _check_engine() -> None:
+    """Formulas are checked with patsy's grammar, so they must be evaluated by patsy (not
+    formulaic, whose grammar differs), whichever way statsmodels was told otherwise."""
+    loaded = sys.modules.get("statsmodels.formula")
+    if loaded is not None:  # what statsmodels will use, whatever set it
+        setting = "statsmodels.formula.options.formula_engine"
+        engine = getattr(loaded.options, "formula_engine", None) or "patsy"
+    else:
+        setting = "SM_FORMULA_ENGINE"
+        engine = os.environ.get(setting) or "patsy"
+    if engine != "patsy":
+        raise SpecError(f"model.formula is evaluated with patsy, whose grammar distml checks; "
+                        f"{setting}={engine} is not supported; use patsy")
+
+
 def _call_name(func: Any) -> str | None:
     if isinstance(func, ast.Name) and func.id in PATSY_FUNCS:
         return func.id
@@ -380,6 +497,69 @@ def _call_name(func: Any) -> str | None:
             and func.value.id in ("np", "numpy") and func.attr in NUMPY_FUNCS:
         return f"np.{func.attr}"
     return None
+
+
+class _Unavailable:
+    """What a formula finds under a Python builtin's name: using it is a clean NameError."""
+
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise NameError(f"{self._name!r} is not available in a formula (only columns, numbers "
+                        "and the allowed functions are)")
+
+    __call__ = __iter__ = __bool__ = __index__ = __float__ = __int__ = _refuse
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__"):  # protocol probes (copy, pickle) see a plain object
+            raise AttributeError(attr)
+        return self._refuse()
+
+    def __repr__(self) -> str:
+        return f"<{self._name}: not available in a formula>"
+
+
+def _q(name: str) -> Any:
+    """patsy's ``Q("a b")`` without its fall-back to the evaluation's globals (which hold
+    Python's builtins): the name is looked up among the columns and this namespace only."""
+    try:
+        return sys._getframe(1).f_locals[name]
+    except KeyError:
+        raise NameError(f"no column named {name!r}") from None
+
+
+_NAMESPACE: dict[str, Any] = {}
+
+
+def formula_namespace() -> dict[str, Any]:
+    """The ``eval_env`` formulas are evaluated in: ``np`` with only the allowed numpy functions,
+    and every other name patsy's ``eval`` could reach (Python's builtins, patsy's helpers that
+    are not allowed functions) bound to a placeholder that refuses to be used.
+
+    patsy evaluates a factor with ``eval(code, {}, namespaces)``: the empty globals get Python's
+    builtins, so a name that is not a column would reach ``exit`` or ``__import__``. The
+    namespaces are searched before the builtins, so shadowing every builtin there empties
+    them; a dict is what statsmodels takes as ``eval_env`` (an EvalEnvironment is deprecated
+    there) and what patsy and formulaic both search first. The columns come from the data.
+    """
+    _check_engine()
+    hidden = set(vars(builtins)) | {"__builtins__"}
+    if not _NAMESPACE or not hidden <= _NAMESPACE.keys():  # built once (builtins rarely grow)
+        import types
+
+        import numpy as np
+        import patsy.eval
+
+        hidden |= set(patsy.eval._builtins_dict)
+        env: dict[str, Any] = {name: _Unavailable(name) for name in hidden - PATSY_FUNCS}
+        allowed = types.SimpleNamespace(**{f: getattr(np, f) for f in sorted(NUMPY_FUNCS)})
+        env.update(np=allowed, numpy=allowed, Q=_q)
+        _NAMESPACE.clear()
+        _NAMESPACE.update(env)
+    return dict(_NAMESPACE)
 
 
 # ---------------------------------------------------------------------- the job
@@ -412,6 +592,18 @@ class Job(BaseJob):
     def check_data(self) -> DataInfo:
         info = validate_data(self.spec.data, needs_target=False, group_by=self.spec.group_by,
                              check_features=False)
+        if self.spec.model.formula is not None:
+            _check_engine()
+        self.check_columns(info)
+        self._check_trial_columns(info)
+        info.features = [c for c in self.needed_columns() if c not in self.spec.group_by]
+        info.target = self.spec.model.endog or self.spec.data.target
+        return info
+
+    def check_columns(self, info: DataInfo) -> None:
+        """Every column the spec names exists (a formula's bare names included: one that is
+        not a column would be looked up among the evaluation's builtins) and the numeric
+        roles are numeric. Raises DataError naming the field."""
         schema = info.source.columns
         roles = self.columns()
         for role, cols in roles.items():
@@ -433,9 +625,26 @@ class Job(BaseJob):
                 if not is_numeric_dtype(schema[c]):
                     raise DataError(f"{role}: column {c!r} has dtype {schema[c]}, but it must be "
                                     "numeric (or bool); encode it as numbers first")
-        info.features = [c for c in self.needed_columns() if c not in self.spec.group_by]
-        info.target = m.endog or self.spec.data.target
-        return info
+
+    def _check_trial_columns(self, info: DataInfo) -> None:
+        """The column checks for every value a ``tune`` search may give a trial (each choice of
+        a ``model.formula`` space, not a sample of them), before any cluster work."""
+        tune = self.spec.tune
+        if tune is None:
+            return
+        from distml.spec.load import load_spec
+        from distml.tune.spec import checked_values, show_value
+
+        base = self.spec.to_dict()
+        base.pop("tune", None)
+        for path, entry in tune.space.items():
+            for value in checked_values(entry):
+                try:
+                    trial = load_spec(base, {path: value})
+                    Job(trial).check_columns(info)
+                except (DataError, SpecError) as e:
+                    raise type(e)(f"tune.space.{path}: the value {show_value(value)} does not "
+                                  f"fit the data ({e.message.rstrip('.')})") from None
 
     def run(self, ctx: RunContext) -> JobOutput:
         from distml.jobs import _manymodels as mm

@@ -29,8 +29,10 @@ class RunView:
     def spec(self) -> dict:
         import yaml
 
+        from distml.spec.yamlio import load_yaml  # refuses aliases (a planted bomb)
+
         try:
-            data = yaml.safe_load(self.spec_text) if self.spec_text else {}
+            data = load_yaml(self.spec_text) if self.spec_text else {}
         except yaml.YAMLError:
             data = {}
         return data if isinstance(data, dict) else {}

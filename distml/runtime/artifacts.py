@@ -129,9 +129,9 @@ class RunDir:
         return self.write_text(rel, json.dumps(to_jsonable(obj), indent=2, sort_keys=False) + "\n")
 
     def write_yaml(self, rel: str, obj: Any) -> Path:
-        import yaml
+        from distml.spec.yamlio import dump_yaml  # no anchors: spec.yaml reads back as a spec
 
-        return self.write_text(rel, yaml.safe_dump(to_jsonable(obj), sort_keys=False))
+        return self.write_text(rel, dump_yaml(to_jsonable(obj), sort_keys=False))
 
     def write_parquet(self, rel: str, frame: Any) -> Path:
         import pyarrow as pa

@@ -143,10 +143,10 @@ def _log_contents(client, rid: str, result, run_dir: Path, artifacts: bool) -> N
 
     spec_path = run_dir / "spec.yaml"
     if spec_path.is_file():
-        import yaml
+        from distml.spec.yamlio import load_yaml  # refuses aliases (a planted bomb)
 
         params = [Param(k, v) for k, v in
-                  param_items(yaml.safe_load(spec_path.read_text()) or {}).items()]
+                  param_items(load_yaml(spec_path.read_text()) or {}).items()]
         for i in range(0, len(params), _MAX_PARAMS_PER_CALL):
             client.log_batch(rid, params=params[i:i + _MAX_PARAMS_PER_CALL])
     import time

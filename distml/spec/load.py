@@ -16,6 +16,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from distml.errors import SpecError
 from distml.spec.base import JobSpec
+from distml.spec.yamlio import AliasError, load_yaml
 
 
 @functools.cache
@@ -68,7 +69,10 @@ def read_spec_file(path: str | os.PathLike) -> dict:
     except (ValueError, TypeError):  # an embedded NUL byte, a non-path object
         raise SpecError(f"spec file path {_show(path)} is not a valid path") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text)
+    except AliasError as e:  # refused before it is expanded (a few bytes can mean billions)
+        raise SpecError(f"{str(p)} line {e.line}: YAML aliases (*{e.name}) are not allowed in "
+                        "a spec; write the value out in full") from None
     except (yaml.YAMLError, ValueError, RecursionError) as e:
         # ValueError: a scalar PyYAML parses but Python refuses (2024-02-30, a 5000-digit int).
         mark = getattr(e, "problem_mark", None)
@@ -105,9 +109,10 @@ def parse_override(item: str) -> tuple[str, Any]:
     if not path or any(not part for part in path.split(".")):
         raise SpecError(f"--set path must be dotted field names (e.g. model.lr); got {path!r}")
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
+        value = load_yaml(text) if text.strip() else ""
     except (yaml.YAMLError, ValueError, RecursionError):
-        value = text  # not YAML (e.g. "a: b: c"): keep the text as a string
+        # not YAML (e.g. "a: b: c"), or an alias (never expanded): keep the text as a string
+        value = text
     return path, value
 
 

@@ -50,18 +50,23 @@ _METRIC_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 _INT_LIMIT = 2**62
 _MAX_SEED = 2**32 - 1
 _MAX_VALUES = 10_000
-#: representative values checked per path (a long choice list is checked on its first ones)
+#: representative numbers checked per path (a long list of numbers is checked on its first ones;
+#: every value that is not a number is checked)
 _MAX_CHECKED = 1000
 _MAX_TRIALS = 1_000_000
 
 
-def _show(value: Any, limit: int = 60) -> str:
+def show_value(value: Any, limit: int = 60) -> str:
+    """``repr`` of a value for a message: one line, shortened."""
     try:
         text = repr(value)
     except Exception:  # an int past Python's digit limit
         return "a very large number"
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_show = show_value
 
 
 def _is_number(v: Any) -> bool:
@@ -280,6 +285,16 @@ def representative_values(entry: dict[str, list]) -> list[Any]:
     return [low, high]
 
 
+def checked_values(entry: dict[str, list]) -> list[Any]:
+    """The representative values a check applies: every value that is not a plain number (a
+    text value may be evaluated, e.g. a formula, so each one a trial can get is checked), and
+    the first ``_MAX_CHECKED`` numbers of a long list (a number outside a checked range is
+    caught by the kind's field bounds when the trial starts)."""
+    values = representative_values(entry)
+    return values[:_MAX_CHECKED] + [v for v in values[_MAX_CHECKED:]
+                                    if not (v is None or isinstance(v, (bool, int, float)))]
+
+
 def check_job(spec: Any) -> None:
     """Cross-field checks of a spec with a ``tune`` section (called by ``JobSpec`` validation).
 
@@ -297,7 +312,7 @@ def check_job(spec: Any) -> None:
     base = spec.to_dict()
     base.pop("tune", None)
     for path, entry in tune.space.items():
-        for value in representative_values(entry)[:_MAX_CHECKED]:
+        for value in checked_values(entry):
             try:
                 raw = apply_overrides(base, {path: value})
                 module.Spec.model_validate(raw)
@@ -373,7 +388,7 @@ def check_trials(spec: Any) -> None:
     base = spec.to_dict()
     base.pop("tune", None)
     for path, entry in tune.space.items():
-        for value in representative_values(entry)[:_MAX_CHECKED]:
+        for value in checked_values(entry):
             try:
                 module.Job(load_spec(base, {path: value})).check_spec()
             except SpecError as e:

@@ -533,3 +533,68 @@ def test_cli_validate_json_error_object(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["status"] == "failed" and out["error"]["type"] == "SpecError"
     assert out["error"]["exit_code"] == 2 and "did you mean 'xgboost'" in out["error"]["message"]
+
+
+# ------------------------------------------------------------------------------- YAML aliases
+
+def _laughs(levels: int = 8) -> str:
+    """A billion-laughs spec: each level lists the previous one 9 times (9**8 leaves)."""
+    lines = ["name: bomb", "kind: xgboost", "data: {source: 'builtin:iris', target: target}",
+             "a0: &a0 [l,l,l,l,l,l,l,l,l]"]
+    lines += [f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.timeout(10)
+def test_yaml_alias_bomb_is_refused_naming_the_line(tmp_path, capsys):
+    text = _laughs()
+    assert len(text.encode()) <= 425
+    p = tmp_path / "spec.yaml"
+    p.write_text(text)
+    with pytest.raises(SpecError) as e:
+        load_spec(str(p))
+    assert e.value.message == (f"{p} line 5: YAML aliases (*a0) are not allowed in a spec; "
+                               "write the value out in full")
+    assert main(["validate", str(p), "--no-data"]) == 2
+    err = capsys.readouterr().err
+    assert "line 5: YAML aliases (*a0) are not allowed in a spec" in err
+    assert "Traceback" not in err
+
+
+def test_yaml_alias_and_merge_key_are_refused_anchors_alone_load(tmp_path):
+    p = tmp_path / "spec.yaml"
+    base = "name: m\nkind: xgboost\n"
+    p.write_text(base + "data: &d {source: 'builtin:iris', target: target}\nmodel:\n"
+                 "  <<: *d\n")
+    assert "line 5: YAML aliases (*d) are not allowed" in error(str(p)).message
+    p.write_text(base + "data: &d {source: 'builtin:iris', target: target}\n")
+    assert load_spec(str(p)).data.target == "target"  # an anchor nobody refers to is inert
+
+
+def test_set_value_with_an_alias_stays_text():
+    """``--set`` reads its value as YAML; an alias there is never expanded."""
+    assert parse_override("name=[&a [1, 2], *a]") == ("name", "[&a [1, 2], *a]")
+    assert parse_override("model.x=[1, 2]") == ("model.x", [1, 2])
+
+
+def test_yaml_distml_writes_has_no_aliases_and_reads_back(tmp_path):
+    from distml.runtime.artifacts import RunDir
+    from distml.spec.yamlio import dump_yaml, load_yaml
+
+    shared = ["a", "b"]
+    obj = {"data": {"features": shared}, "model": {"exog": shared, "params": {"p": shared}}}
+    assert "&" in yaml.safe_dump(obj)  # what PyYAML alone writes for a repeated object
+    text = dump_yaml(obj, sort_keys=False)
+    assert "&" not in text and "*" not in text and load_yaml(text) == obj
+    run = RunDir(tmp_path, "n", "r1")
+    run.prepare()
+    written = run.write_yaml("spec.yaml", obj).read_text()
+    assert "&" not in written and load_yaml(written) == obj
+
+
+@pytest.mark.timeout(10)
+def test_report_of_a_run_dir_with_an_alias_bomb_returns(tmp_path):
+    from distml.report._run import RunView
+
+    (tmp_path / "spec.yaml").write_text(_laughs())
+    assert RunView(tmp_path).spec == {}

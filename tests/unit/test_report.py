@@ -236,6 +236,11 @@ def test_cli_runs_and_report(tmp_path, capsys):
     assert [r["run_id"] for r in payload["runs"]] == ["r1"] and not payload["runs"][0]["report"]
     assert main(["report", str(run)]) == 0
     assert "report: " in capsys.readouterr().out and (run / "report.html").is_file()
+    # --json names the file "path", like build_report(); "report" is its deprecated duplicate
+    assert main(["report", str(run), "--json"]) == 0
+    built = json.loads(capsys.readouterr().out)
+    assert built["path"] == str(run / "report.html") == build_report(run)["path"]
+    assert built["report"] == built["path"] and built["sections"][0] == "overview"
     assert main(["runs", "--output", str(tmp_path)]) == 0
     assert "succeeded" in capsys.readouterr().out
     assert main(["report", str(tmp_path / "missing")]) == 2

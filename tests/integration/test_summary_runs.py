@@ -36,3 +36,12 @@ def test_pca_and_kmeans_summaries(tmp_path):
                    model__n_clusters=3, model__transform=False, model__keep_columns=[])
     assert f"kmeans: k=3, inertia={k.metrics['inertia']:.6g}" in k.summary(), k.summary()
     assert "cluster sizes: " in k.summary()
+
+
+def test_cross_validation_does_not_report_the_fold_index(tmp_path):
+    """Issue 18 #11: ``fold=2±1.6`` in the summary and ``cv.mean.fold`` in tracking."""
+    r = distml.run("jobs/sklearn_iris.yaml", output=tmp_path)
+    cv = r.metrics["cv"]
+    assert "fold" not in cv["mean"] and "fold" not in cv["std"] and "accuracy" in cv["mean"]
+    assert [f["fold"] for f in cv["folds"]] == [0, 1, 2, 3, 4]  # kept per fold
+    assert "fold=" not in r.summary() and "cv: accuracy=" in r.summary()

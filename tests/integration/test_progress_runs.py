@@ -32,7 +32,8 @@ def test_plain_lines_when_not_a_terminal(tmp_path, capfd):
     text = _run_log(tmp_path)
     # each stage once and in order (the task's own read/train come after the driver's train)
     stages = re.findall(r"stage: (\w+)", text)
-    assert stages == ["cluster", "train", "evaluate", "write", "report"], stages  # run.log opens after validate
+    # run.log opens after validate
+    assert stages == ["cluster", "train", "evaluate", "write", "report"], stages
     # the rounds came from inside the Ray task, through the worker reporter
     assert "rounds: 30/30 rounds  valid-logloss=" in text and "(done)" in text
     assert "report: " in capfd.readouterr().out

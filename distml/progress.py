@@ -35,7 +35,8 @@ it is ``None`` when progress is off, so the task pays nothing)::
         if reporter is not None:
             reporter.update("epochs", epochs, final=True)
 
-``reporter.stage(name)`` moves the stage from the worker (``read`` → ``train`` → ``evaluate``).
+``reporter.stage(name)`` moves the stage from the worker (``read`` → ``train`` → ``evaluate``);
+each stage is shown once per run and in :data:`STAGES` order (see :meth:`Progress.stage`).
 Updates are throttled on the worker (at most one message per :data:`WORKER_INTERVAL_S`, the
 final one always sent) and sent fire-and-forget to a small actor that a driver thread drains;
 a reporter whose channel is gone goes silent — reporting never fails a run. xgboost kinds use

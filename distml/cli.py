@@ -290,8 +290,10 @@ def _report(args: argparse.Namespace) -> tuple[dict, int]:
     text = f"report: {built['path']} ({len(built['sections'])} sections)\n"
     for err in built["errors"]:
         text += f"warning: section {err}\n"
-    return {"status": "succeeded", "report": built["path"], "sections": built["sections"],
-            "errors": built["errors"], "_text": text}, EXIT_OK
+    # "path" as in build_report() and the docs; "report" is the old name of the same value,
+    # kept one release for scripts that read it (deprecated, see docs/reports.md)
+    return {"status": "succeeded", "path": built["path"], "report": built["path"],
+            "sections": built["sections"], "errors": built["errors"], "_text": text}, EXIT_OK
 
 
 def _env_pairs(items: list[str]) -> dict[str, str]:

@@ -303,6 +303,7 @@ def predict(run_dir: str | os.PathLike, input: str, output: str | os.PathLike, *
     """
     from distml.runtime.cluster import cluster
     from distml.runtime.data import inspect_source
+    from distml.runtime.ray_logs import quiet_ray_logs
 
     t0 = time.perf_counter()
     keep = list(dict.fromkeys(keep))
@@ -328,7 +329,7 @@ def predict(run_dir: str | os.PathLike, input: str, output: str | os.PathLike, *
         return base
     timings = {"check_s": time.perf_counter() - t0}
     needed = list(dict.fromkeys(keep + predictor.features))
-    with cluster(address) as cl:
+    with cluster(address) as cl, quiet_ray_logs():  # stderr: distml's lines only
         t1 = time.perf_counter()
         timings["cluster_start_s"] = cl.start_s
         staging = out.staging()

@@ -35,7 +35,8 @@ it is ``None`` when progress is off, so the task pays nothing)::
         if reporter is not None:
             reporter.update("epochs", epochs, final=True)
 
-``reporter.stage(name)`` moves the stage from the worker (``read`` → ``train`` → ``evaluate``).
+``reporter.stage(name)`` moves the stage from the worker (``read`` → ``train`` → ``evaluate``);
+each stage is shown once per run and in :data:`STAGES` order (see :meth:`Progress.stage`).
 Updates are throttled on the worker (at most one message per :data:`WORKER_INTERVAL_S`, the
 final one always sent) and sent fire-and-forget to a small actor that a driver thread drains;
 a reporter whose channel is gone goes silent — reporting never fails a run. xgboost kinds use
@@ -62,6 +63,11 @@ WORKER_INTERVAL_S = 0.2
 DRAIN_INTERVAL_S = 0.25
 STAGES = ("validate", "cluster", "read", "train", "evaluate", "write", "report")
 MODES = ("auto", "rich", "plain", "off")
+
+
+def _stage_rank(name: str | None) -> int | None:
+    """Position of a stage in :data:`STAGES` (None for a kind's own word)."""
+    return STAGES.index(name) if name in STAGES else None
 
 _log = logging.getLogger("distml.progress")
 
@@ -115,6 +121,7 @@ class Progress:
         self.mode = mode
         self.stream = stream if stream is not None else sys.stderr
         self.stage_name: str | None = None
+        self._seen: set[str] = set()  # stages announced in this run
         self.counters: dict[str, Counter] = {}
         self._lock = threading.RLock()
         self._last_line: dict[str, float] = {}
@@ -131,10 +138,28 @@ class Progress:
     # ------------------------------------------------------------------ driver-side reporting
 
     def stage(self, name: str, detail: str = "") -> None:
-        """Enter stage ``name`` (see :data:`STAGES`; kinds may add their own words)."""
+        """Enter stage ``name`` (see :data:`STAGES`; kinds may add their own words).
+
+        Each stage is announced once per run and never after a later one: the driver enters
+        ``train`` before a task reports its own ``read``/``train``, and a k-means pass re-enters
+        ``train``; such a call only shows its detail under the current stage (plain mode:
+        ``train: <detail>``). ``validate`` starts a new run (several runs in one block).
+        """
         if not self.active:
             return
         with self._lock:
+            if name == STAGES[0]:
+                self._seen.clear()
+                self.stage_name = None
+            now, cur = _stage_rank(name), _stage_rank(self.stage_name)
+            if name in self._seen or (now is not None and cur is not None and now < cur):
+                if detail and self.stage_name is not None:
+                    if self.mode == "plain":
+                        _log.info("%s: %s", self.stage_name, detail)
+                    elif self._rich is not None:
+                        self._rich.update(self._stage_task, info=detail)
+                return
+            self._seen.add(name)
             self.stage_name = name
             if self.mode == "plain":
                 _log.info("stage: %s%s", name, f" ({detail})" if detail else "")

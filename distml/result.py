@@ -68,6 +68,7 @@ class Result:
         if isinstance(cv, dict) and "mean" in cv:
             lines.append("   cv: " + ", ".join(f"{k}={v:.4g}±{cv['std'].get(k, 0):.2g}"
                                                for k, v in cv["mean"].items()))
+        lines.extend(_kind_lines(self.kind, self.metrics))
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -89,3 +90,54 @@ class Result:
                    run_dir=run_dir, metrics=metrics, artifacts=artifacts,
                    best_config=manifest.get("best_config"), reused=reused,
                    error=manifest.get("error"))
+
+
+# Headline figures of the kinds whose metrics are not per-split (statsmodels, pca, kmeans):
+# without them the printed summary of such a run said where it was and nothing else.
+_SM_SINGLE = ("nobs", "r_squared", "adj_r_squared", "pseudo_r_squared", "llf", "aic", "bic")
+_SM_MANY = ("r_squared_median", "pseudo_r_squared_median", "aic_median")
+
+
+def _figures(m: dict, keys: tuple[str, ...]) -> str:
+    return ", ".join(f"{k}={m[k]:.4g}" for k in keys
+                     if isinstance(m.get(k), (int, float)) and not isinstance(m.get(k), bool))
+
+
+def _kind_lines(kind: str, m: dict) -> list[str]:
+    """Summary lines with the key figures of a statsmodels, pca or kmeans run."""
+    if not m:
+        return []
+    if kind == "statsmodels" and "n_groups" in m:
+        if "n_params" in m:  # one model (no group_by): its fit statistics
+            head = f"model: {m.get('method', '?')}"
+            figs = _figures(m, _SM_SINGLE)
+            out = [head + (f", {figs}" if figs else "")]
+            if m.get("converged") is False:
+                out.append("warning: the model did not converge")
+            return out
+        line = (f"groups: {m.get('n_fitted', 0)} of {m['n_groups']} fitted, "
+                f"{m.get('n_failed', 0)} failed")
+        if m.get("n_not_converged"):
+            line += f", {m['n_not_converged']} not converged"
+        figs = _figures(m, _SM_MANY)
+        return [line] + ([f"  fit: {figs}"] if figs else [])
+    if kind == "pca" and "explained_variance_ratio" in m:
+        ratios = [float(v) for v in m["explained_variance_ratio"]]
+        total = m.get("explained_variance_ratio_sum", sum(ratios))
+        shown = ", ".join(f"{v:.3g}" for v in ratios[:10]) + (", …" if len(ratios) > 10 else "")
+        return [f"  pca: {len(ratios)} components explain {total:.1%} of the variance "
+                f"(per component: {shown})"]
+    if kind == "kmeans" and "inertia" in m:
+        line = f"kmeans: k={m.get('n_clusters', '?')}, inertia={m['inertia']:.6g}"
+        if isinstance(m.get("mean_inertia"), (int, float)):
+            line += f" ({m['mean_inertia']:.4g} per row)"
+        if "passes" in m:
+            line += f", {m['passes']} passes" + ("" if m.get("converged", True)
+                                                 else ", not converged")
+        sizes = m.get("cluster_sizes")
+        out = [line]
+        if isinstance(sizes, list) and sizes:
+            out.append("  cluster sizes: " + ", ".join(str(s) for s in sizes[:20])
+                       + (", …" if len(sizes) > 20 else ""))
+        return out
+    return []

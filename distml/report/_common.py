@@ -1,5 +1,5 @@
-"""Sections every run has: overview (from manifest.json), metrics, statsmodels' summary text,
-artifacts."""
+"""Sections every run has: overview and provenance (from manifest.json and spec.yaml),
+metrics, statsmodels' summary text, artifacts."""
 
 from __future__ import annotations
 
@@ -37,12 +37,16 @@ def _value(v: Any) -> Any:
 
 
 def overview(run: RunView) -> Section:
+    """The run at a glance: what, when, how it went (the answer follows; provenance is last)."""
     m = run.manifest
     rows = [("name", m.get("name")), ("kind", run.kind), ("run id", m.get("run_id")),
             ("status", m.get("status")), ("started", _when(m.get("started_at"))),
-            ("finished", _when(m.get("finished_at"))), ("host", m.get("host"))]
+            ("finished", _when(m.get("finished_at")))]
     if run.task:
         rows.append(("task", run.task))
+    total = (m.get("timings") or {}).get("total_s")
+    if isinstance(total, (int, float)):
+        rows.append(("total time", f"{total:.1f} s"))
     execution = m.get("execution") or {}
     if execution:
         rows += [("execution path", execution.get("path")),
@@ -55,13 +59,21 @@ def overview(run: RunView) -> Section:
     if error:
         parts.append(f"<p class='error'>{esc(error.get('type', 'error'))}: "
                      f"{esc(error.get('message', ''))}</p>")
-    parts.append("<h3>Spec</h3>" + pre(run.spec_text or "(spec.yaml is missing)"))
+    return Section("overview", "Overview", "".join(parts))
+
+
+def provenance(run: RunView) -> Section:
+    """Where the answer came from: the resolved spec, the data fingerprint, the cluster,
+    timings and versions. Last on the page, as on MLflow's run page or `ludwig visualize`."""
+    m = run.manifest
+    parts = ["<h3>Spec</h3>" + pre(run.spec_text or "(spec.yaml is missing)")]
     data = m.get("data") or {}
     if data:
         parts.append("<h3>Data</h3>" + pairs(_flat(data)))
     cluster = m.get("cluster") or {}
-    if cluster:
-        parts.append("<h3>Cluster</h3>" + pairs(_flat(cluster)))
+    if cluster or m.get("host"):
+        parts.append("<h3>Cluster</h3>" + pairs([("host", m.get("host"))] * bool(m.get("host"))
+                                                + _flat(cluster)))
     if m.get("timings"):
         parts.append("<h3>Timings (seconds)</h3>" + pairs(_flat(m["timings"])))
     more = {k: m[k] for k in ("rows", "worker_timings_s", "memory", "tune", "seeds")
@@ -70,7 +82,7 @@ def overview(run: RunView) -> Section:
         parts.append("<h3>Details</h3>" + pairs(_flat(more)))
     if m.get("versions"):
         parts.append("<h3>Versions</h3>" + pairs(m["versions"].items()))
-    return Section("overview", "Overview", "".join(parts))
+    return Section("provenance", "Provenance: spec, data, cluster, versions", "".join(parts))
 
 
 def metrics(run: RunView) -> Section | None:

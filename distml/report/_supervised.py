@@ -121,18 +121,38 @@ def precision_recall(run: RunView) -> Section | None:
     return _curves(run, "pr")
 
 
+#: calibration: a split is drawn only with at least this many rows, in quantile bins of at
+#: least CALIBRATION_MIN_PER_BIN rows (at most 10 bins); with ~100 rows, 10 equal-width bins
+#: left a handful of rows in most bins and the curve was noise
+CALIBRATION_MIN_ROWS = 100
+CALIBRATION_MIN_PER_BIN = 20
+CALIBRATION_MAX_BINS = 10
+
+
+def quantile_bins(score, hit) -> list[tuple[float, float, int]]:
+    """(mean predicted, observed frequency, rows) per bin: rows sorted by score and cut into
+    equal-count bins (±1 row), as many as keep ``CALIBRATION_MIN_PER_BIN`` rows each."""
+    import numpy as np
+
+    n = len(score)
+    k = max(1, min(CALIBRATION_MAX_BINS, n // CALIBRATION_MIN_PER_BIN))
+    order = np.argsort(score, kind="stable")
+    return [(float(score[b].mean()), float(hit[b].mean()), int(len(b)))
+            for b in np.array_split(order, k) if len(b)]
+
+
 def calibration(run: RunView) -> Section | None:
     pred, cols = _classification_predictions(run)
     if pred is None:
         return None
     import numpy as np
 
-    splits = _splits(pred)
-    fig, axes = figure(5.0, 4.2)
-    ax = axes[0]
-    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8, label="perfectly calibrated")
-    for split in splits:
+    drawn, skipped = {}, []
+    for split in _splits(pred):
         part = pred[pred["split"] == split]
+        if len(part) < CALIBRATION_MIN_ROWS:
+            skipped.append(f"{split} ({len(part)} rows)")
+            continue
         if len(cols) == 2:  # the positive class
             score = part[cols[1]].to_numpy(dtype=float)
             hit = (part["y_true"].astype(str) == cols[1][6:]).to_numpy()
@@ -141,23 +161,31 @@ def calibration(run: RunView) -> Section | None:
             score = probs.max(axis=1)
             hit = (np.asarray(cols, dtype=object)[probs.argmax(axis=1)]
                    == ("proba_" + part["y_true"].astype(str)).to_numpy())
-        edges = np.linspace(0, 1, 11)
-        which = np.clip(np.digitize(score, edges[1:-1]), 0, 9)
-        xs, ys = [], []
-        for b in range(10):
-            sel = which == b
-            if sel.sum():
-                xs.append(score[sel].mean())
-                ys.append(hit[sel].mean())
-        ax.plot(xs, ys, marker="o", label=split)
+        drawn[split] = quantile_bins(score, hit)
+    if not drawn:  # too few rows for a curve that means anything: no section
+        return None
+    fig, axes = figure(5.0, 4.2)
+    ax = axes[0]
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8, label="perfectly calibrated")
+    for split, bins in drawn.items():
+        ax.plot([b[0] for b in bins], [b[1] for b in bins], marker="o",
+                label=f"{split} ({len(bins)} bins)")
     ax.set_xlabel("mean predicted probability" + (" (positive class)" if len(cols) == 2
                                                   else " (top class)"))
     ax.set_ylabel("observed frequency")
     ax.set_xlim(-0.02, 1.02)
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=8)
-    return Section("calibration", "Calibration", img(png(fig), "calibration curve")
-                   + para("10 equal-width probability bins"))
+    counts = "; ".join(f"{split}: {len(bins)} bins of {min(b[2] for b in bins)}"
+                       + (f"–{max(b[2] for b in bins)}" if min(b[2] for b in bins)
+                          != max(b[2] for b in bins) else "") + " rows"
+                       for split, bins in drawn.items())
+    note = (f"quantile bins (equal row counts, at least {CALIBRATION_MIN_PER_BIN} rows each, "
+            f"at most {CALIBRATION_MAX_BINS}); rows per bin — {counts}")
+    if skipped:
+        note += (f". Not drawn (fewer than {CALIBRATION_MIN_ROWS} rows): "
+                 + ", ".join(skipped))
+    return Section("calibration", "Calibration", img(png(fig), "calibration curve") + para(note))
 
 
 def _regression_predictions(run: RunView):

@@ -18,7 +18,8 @@ log = logging.getLogger("distml")
 REPORT = "report.html"
 
 #: every section builder, in page order; each returns None when the run has nothing for it,
-#: so a new kind that writes known tables gets their sections without a change here
+#: so a new kind that writes known tables gets their sections without a change here. The
+#: answer leads (overview, metrics, plots), the provenance (spec, data, versions) comes last.
 BUILDERS: list[Callable[[RunView], Section | None]] = [
     _common.overview, _common.metrics,
     _search.trials, _search.parameter_importance, _search.parallel_coordinates,
@@ -30,7 +31,7 @@ BUILDERS: list[Callable[[RunView], Section | None]] = [
     _common.summary,
     _out_of_core.scree, _out_of_core.loadings,
     _out_of_core.cluster_sizes, _out_of_core.cluster_centers, _out_of_core.pass_history,
-    _common.artifacts,
+    _common.artifacts, _common.provenance,
 ]
 
 

@@ -60,9 +60,18 @@ def confusion_rows(split: str, y: np.ndarray, pred: np.ndarray, classes: list) -
              "count": int(cm[i, j])} for i in range(k) for j in range(k)]
 
 
+# Per-fold bookkeeping fields: numbers, but not metrics (a mean fold index of 2±1.6 means nothing).
+FOLD_ID_KEYS = frozenset({"fold"})
+
+
 def summarize_folds(folds: list[dict]) -> dict:
-    """Per-fold metric dicts → {"folds": [...], "mean": {...}, "std": {...}}."""
-    keys = [k for k in folds[0] if all(isinstance(f.get(k), (int, float)) for f in folds)]
+    """Per-fold metric dicts → {"folds": [...], "mean": {...}, "std": {...}}.
+
+    Only numeric metrics are aggregated; the fold index (and booleans) stay in ``folds``.
+    """
+    keys = [k for k in folds[0] if k not in FOLD_ID_KEYS
+            and all(isinstance(f.get(k), (int, float)) and not isinstance(f.get(k), bool)
+                    for f in folds)]
     mean = {k: float(np.mean([f[k] for f in folds])) for k in keys}
     std = {k: float(np.std([f[k] for f in folds], ddof=1)) if len(folds) > 1 else 0.0
            for k in keys}

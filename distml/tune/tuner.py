@@ -116,16 +116,17 @@ def report_schedule(iterations: int | None, report_every: int | None,
     """(report every N iterations, scheduler grace period) for trials of ``iterations``.
 
     Defaults: about 10 reports per trial (each blocks the trial for a round trip through the
-    driver, ~1–2 ms here), and a grace period of a quarter of the iterations, rounded down to a
-    report, so ASHA's rungs (grace × 3^k) fall on reports.
+    driver, ~1–2 ms here), and a grace period of a quarter of the iterations, rounded down (at
+    least 1), as docs/tuning.md says; ASHA decides at a trial's first report at or after each
+    rung (grace × 3^k).
 
     >>> report_schedule(100, None, None)
-    (10, 20)
+    (10, 25)
     """
     if not iterations:
         return report_every, grace_period or 1
     every = report_every or max(1, iterations // 10)
-    grace = grace_period or max(every, (iterations // 4) // every * every)
+    grace = grace_period or max(1, iterations // 4)
     return every, grace
 
 

@@ -144,3 +144,31 @@ def test_resolve_mode(monkeypatch):
     assert resolve_mode("plain", json_output=True) == "plain"  # asked for explicitly
     with pytest.raises(ValueError, match="rich, plain or off"):
         Progress("fancy")
+
+
+def test_stages_are_announced_once_and_in_order(lines):
+    """Issue 18 #14: the driver enters ``train`` before the task reports ``read`` and ``train``;
+    the display said ``stage: train → read → train``. Each stage now appears once, in order;
+    a late or repeated one only adds its detail under the current stage."""
+    with progress.activate("plain") as p:
+        for name, detail in [("validate", ""), ("cluster", ""), ("train", ""),
+                             ("read", ""), ("train", ""), ("train", "k-means refine pass"),
+                             ("evaluate", ""), ("read", "late worker message"),
+                             ("write", ""), ("report", "")]:
+            p.stage(name, detail)
+        assert p.stage_name == "report"
+        p.stage("validate")  # a second run in the same block starts over
+        p.stage("cluster")
+    stages = [ln for ln in lines() if ln.startswith("stage: ")]
+    assert stages == ["stage: validate", "stage: cluster", "stage: train", "stage: evaluate",
+                      "stage: write", "stage: report", "stage: validate", "stage: cluster"]
+    assert "train: k-means refine pass" in lines() and "evaluate: late worker message" in lines()
+
+
+def test_worker_stage_messages_follow_the_same_rule(lines):
+    with progress.activate("plain") as p:
+        p.stage("train")
+        for msg in [("stage", "read", ""), ("stage", "train", ""), ("stage", "evaluate", "")]:
+            p._apply(msg)
+    assert [ln for ln in lines() if ln.startswith("stage: ")] == ["stage: train",
+                                                                   "stage: evaluate"]

@@ -70,7 +70,7 @@ def test_torch_like_kind_gets_sections_from_its_tables(tmp_path):
     built = build_report(run)
     assert built["errors"] == []
     expected = ["overview", "metrics", "confusion_matrix", "roc_curve", "precision_recall",
-                "calibration", "learning_curve", "artifacts"]
+                "calibration", "learning_curve", "artifacts", "provenance"]
     assert built["sections"] == expected == report_sections(run)
     page = (run / "report.html").read_text()
     assert _ids(page) == expected
@@ -90,7 +90,7 @@ def test_multiclass_and_regression_sections(tmp_path):
                                                            "importance": [0.7, 0.3]})})
     assert build_report(run)["sections"] == [
         "overview", "metrics", "confusion_matrix", "roc_curve", "precision_recall",
-        "calibration", "feature_importance", "artifacts"]
+        "calibration", "feature_importance", "artifacts", "provenance"]
     rng = np.random.default_rng(1)
     y = rng.normal(size=300)
     reg = make_run(tmp_path, "ridge", kind="sklearn", manifest={"task": "regression"},
@@ -99,7 +99,7 @@ def test_multiclass_and_regression_sections(tmp_path):
                                                         "y_true": y,
                                                         "y_pred": y + rng.normal(size=300)})})
     assert build_report(reg)["sections"] == ["overview", "metrics", "predicted_vs_actual",
-                                             "residuals", "artifacts"]
+                                             "residuals", "artifacts", "provenance"]
 
 
 def test_text_from_spec_and_data_is_escaped(tmp_path):
@@ -130,7 +130,7 @@ def test_statsmodels_single_many_and_forecast(tmp_path):
                       texts={"summary.txt": "OLS Regression Results"})
     assert build_report(single)["sections"] == ["overview", "metrics", "coefficients",
                                                 "fit_statistics", "forecast", "summary",
-                                                "artifacts"]
+                                                "artifacts", "provenance"]
     groups = [f"g{i}" for i in range(6)]
     many_coef = pd.concat([coef.assign(store=g, estimate=coef["estimate"] + i)
                            for i, g in enumerate(groups[:5])], ignore_index=True)
@@ -142,7 +142,7 @@ def test_statsmodels_single_many_and_forecast(tmp_path):
                     metrics={"n_groups": 6},
                     tables={"coefficients": many_coef, "model_stats": many_stats})
     assert build_report(many)["sections"] == ["overview", "metrics", "coefficient_distribution",
-                                              "group_fits", "artifacts"]
+                                              "group_fits", "artifacts", "provenance"]
     page = (many / "report.html").read_text()
     group_fits = page.split("<section id='group_fits'>")[1].split("</section>")[0]
     assert "g5" in group_fits and "LinAlgError: &lt;singular&gt;" in group_fits
@@ -165,7 +165,7 @@ def test_search_pca_kmeans_sections(tmp_path):
     built = build_report(run)
     assert built["errors"] == []
     assert built["sections"] == ["overview", "metrics", "trials", "parameter_importance",
-                                 "parallel_coordinates", "artifacts"]
+                                 "parallel_coordinates", "artifacts", "provenance"]
     comp = pd.DataFrame({"component": [0, 1, 2], "explained_variance": [3.0, 2.0, 1.0],
                          "explained_variance_ratio": [0.5, 0.3, 0.2], "a": [1.0, 0, 0],
                          "b": [0, 1.0, 0], "c": [0, 0, 1.0]})
@@ -173,7 +173,7 @@ def test_search_pca_kmeans_sections(tmp_path):
                    metrics={"explained_variance_ratio": [0.5, 0.3, 0.2],
                             "explained_variance_ratio_sum": 1.0})
     assert build_report(pca)["sections"] == ["overview", "metrics", "scree", "loadings",
-                                             "artifacts"]
+                                             "artifacts", "provenance"]
     centers = pd.DataFrame({"cluster": [0, 1, 2], "size": [10, 20, 30], "a": [0.0, 1, 2],
                             "b": [1.0, 0, 3], "c": [2.0, 2, 0]})
     hist = pd.DataFrame({"pass": [1, 2], "kind": "minibatch", "center_shift": [1.0, 1e-5],
@@ -182,7 +182,8 @@ def test_search_pca_kmeans_sections(tmp_path):
                   tables={"centers": centers,
                                                          "pass_history": hist})
     assert build_report(km)["sections"] == ["overview", "metrics", "cluster_sizes",
-                                            "cluster_centers", "pass_history", "artifacts"]
+                                            "cluster_centers", "pass_history", "artifacts",
+                                            "provenance"]
 
 
 def test_a_section_that_fails_becomes_a_note(tmp_path, monkeypatch):
@@ -196,7 +197,7 @@ def test_a_section_that_fails_becomes_a_note(tmp_path, monkeypatch):
                    manifest={"task": "classification"})
     built = build_report(run)
     assert built["sections"][:3] == ["overview", "metrics", "confusion_matrix-error"]
-    assert built["sections"][-1] == "artifacts"
+    assert built["sections"][-2:] == ["artifacts", "provenance"]
     assert "no &lt;canvas&gt;" in (run / "report.html").read_text()
     lc = pd.DataFrame({"iteration": [0, 1], "split": "train", "metric": "rmse",
                        "value": [1.0, 0.5]})
@@ -236,6 +237,11 @@ def test_cli_runs_and_report(tmp_path, capsys):
     assert [r["run_id"] for r in payload["runs"]] == ["r1"] and not payload["runs"][0]["report"]
     assert main(["report", str(run)]) == 0
     assert "report: " in capsys.readouterr().out and (run / "report.html").is_file()
+    # --json names the file "path", like build_report(); "report" is its deprecated duplicate
+    assert main(["report", str(run), "--json"]) == 0
+    built = json.loads(capsys.readouterr().out)
+    assert built["path"] == str(run / "report.html") == build_report(run)["path"]
+    assert built["report"] == built["path"] and built["sections"][0] == "overview"
     assert main(["runs", "--output", str(tmp_path)]) == 0
     assert "succeeded" in capsys.readouterr().out
     assert main(["report", str(tmp_path / "missing")]) == 2
@@ -244,3 +250,52 @@ def test_cli_runs_and_report(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["error"]["exit_code"] == 2 and "no manifest.json" in out["error"]["message"]
     assert main(["runs", "--output", str(tmp_path / "missing")]) == 2
+
+
+def test_the_answer_comes_first_and_provenance_last(tmp_path):
+    """Metrics and plots lead; the spec, data, cluster and versions close the page."""
+    run = make_run(tmp_path, "order", tables=_classification_tables(),
+                   manifest={"task": "classification", "versions": {"python": "3.11",
+                                                                    "ray": "2.60"}},
+                   metrics={"valid": {"accuracy": 0.93}},
+                   spec={"name": "order", "kind": "xgboost", "data": {"target": "yy"}})
+    page = Path(build_report(run)["path"]).read_text()
+    bodies = dict(re.findall(r"<section id='([^']+)'>(.*?)</section>", page, re.S))
+    assert "<h3>Spec</h3>" not in bodies["overview"] and "Versions" not in bodies["overview"]
+    prov = bodies["provenance"]
+    for h in ("<h3>Spec</h3>", "<h3>Data</h3>", "<h3>Cluster</h3>", "<h3>Versions</h3>"):
+        assert h in prov, h
+    assert "target: yy" in prov and "2.60" in prov
+    # the first figure and the metrics table come before any provenance on the page
+    assert page.index("0.93") < page.index("<img") < page.index("<h3>Spec</h3>")
+    assert page.index("<h3>Spec</h3>") > page.index("<section id='artifacts'>")
+
+
+def test_calibration_uses_quantile_bins_with_counts():
+    from distml.report._supervised import quantile_bins
+
+    rng = np.random.default_rng(0)
+    score = rng.beta(0.3, 0.3, size=114)  # piled up near 0 and 1, as a good model's are
+    hit = rng.random(114) < score
+    bins = quantile_bins(score, hit)
+    assert len(bins) == 5  # 114 // 20
+    assert [b[2] for b in bins] == [23, 23, 23, 23, 22] and sum(b[2] for b in bins) == 114
+    assert [b[0] for b in bins] == sorted(b[0] for b in bins)  # ordered by predicted
+    assert len(quantile_bins(rng.random(5000), rng.random(5000) < 0.5)) == 10
+
+
+def test_calibration_counts_in_the_note_and_small_splits_left_out(tmp_path):
+    tables = _classification_tables(n=260)  # valid 130 rows, test 130 rows
+    pred = tables["predictions"]
+    pred.loc[pred.index[-70:], "split"] = "train"  # train 70 rows: below the threshold
+    run = make_run(tmp_path, "cal", tables=tables, manifest={"task": "classification"})
+    page = Path(build_report(run)["path"]).read_text()
+    body = dict(re.findall(r"<section id='([^']+)'>(.*?)</section>", page, re.S))["calibration"]
+    # valid keeps 130 rows → 6 bins; test (60) and train (70) are below the threshold
+    assert "quantile bins" in body and "valid: 6 bins of 21–22 rows" in body
+    assert "Not drawn (fewer than 100 rows): train (70 rows), test (60 rows)" in body
+    # no split with enough rows: no calibration section at all (the other plots stay)
+    small = make_run(tmp_path, "small", tables=_classification_tables(n=150),
+                     manifest={"task": "classification"})
+    ids = build_report(small)["sections"]
+    assert "calibration" not in ids and "roc_curve" in ids

@@ -275,7 +275,12 @@ def test_trials_table_statuses_columns_and_best():
 def test_report_schedule_and_concurrency():
     from distml.tune.tuner import concurrency_for, report_schedule
 
-    assert report_schedule(100, None, None) == (10, 20)
+    # grace: a quarter of the iterations, rounded down (docs/tuning.md; issue 18 #15: 60 → 15)
+    assert report_schedule(100, None, None) == (10, 25)
+    assert report_schedule(60, None, None) == (6, 15)
+    assert report_schedule(30, None, None) == (3, 7)
+    assert report_schedule(3, None, None) == (1, 1)
+    assert report_schedule(60, None, 9) == (6, 9)
     assert report_schedule(300, 1, None) == (1, 75)
     assert report_schedule(None, None, None) == (None, 1)
     assert concurrency_for({"CPU": 2}, 1, 0, None, 64) == 2

@@ -117,9 +117,12 @@ class FitConfig:
     @classmethod
     def from_spec(cls, spec) -> "FitConfig":
         m, d = spec.model, spec.data
+        from distml.jobs.statsmodels import counts_formula
+
+        formula = counts_formula(m)
         return cls(
-            method=m.method, formula=m.formula,
-            finfo=analyze_formula(m.formula) if m.formula else None,
+            method=m.method, formula=formula,
+            finfo=analyze_formula(formula) if formula else None,
             endog=m.endog or d.target if m.formula is None else None,
             exog=tuple(m.exog or d.features or []) if m.formula is None else (),
             add_constant=m.add_constant, group_by=tuple(spec.group_by), family=m.family,
@@ -568,7 +571,9 @@ class _Design:
         y, X = mgr.get_matrices(cfg.formula, frame, eval_env=_env(), pandas=True,
                                 na_action=mgr.get_na_action("drop"))
         self.names = list(X.columns)
-        self.y = np.asarray(y, dtype=float)[:, 0]
+        # a counts response keeps both columns (successes, failures), as statsmodels takes them
+        self.y = np.asarray(y, dtype=float)
+        self.y = self.y if cfg.finfo.counts else self.y[:, 0]
         self.X = X.to_numpy()
         self.rows = np.asarray(X.index, dtype=np.int64)  # rows of the batch frame kept
         info = mgr.spec

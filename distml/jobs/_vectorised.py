@@ -46,6 +46,9 @@ def scope(cfg: Any) -> str | None:
         return "held-out splits are scored by statsmodels"
     if getattr(cfg, "solver", None) == "statsmodels":
         return "model.solver is statsmodels"
+    finfo = getattr(cfg, "finfo", None)
+    if finfo is not None and finfo.counts:
+        return "binomial counts responses are fitted by statsmodels"
     if m in LS_METHODS:
         if cfg.cov_type not in LS_COV:
             return f"cov_type {cfg.cov_type} is computed by statsmodels"

@@ -25,6 +25,7 @@ import ast
 import builtins
 import difflib
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -131,6 +132,9 @@ class StatsmodelsModel(StrictModel):
                                                          "an error instead of being fitted.")
     groups_per_task: int | None = Field(None, ge=1, description="Groups fitted per Ray task "
                                         "(default: chosen from group count and cluster CPUs).")
+    trials: str | None = Field(None, description="glm binomial with a proportion response: "
+                               "the column of trials per row (the response then is successes "
+                               "/ trials, as R's glm weights).")
     solver: Literal["auto", "statsmodels", "suffstats"] = Field(
         "auto", description="auto: the vectorised engine for many-models OLS/WLS/GLM and "
                             "the scaled QR for OLS/WLS; statsmodels: statsmodels' own solvers "
@@ -190,6 +194,7 @@ class Spec(JobSpec):
                 raise ValueError(f"model.exog is required for method {m.method} with the array "
                                  "interface (or add_constant: true for an intercept-only model)")
         _check_method_fields(m)
+        _check_binomial_counts(m, d)
         if d.test_source is not None:
             raise ValueError("data.test_source is not used by kind statsmodels; for "
                              "out-of-sample figures set data.split (e.g. {valid: 0.2})")
@@ -220,6 +225,43 @@ class Spec(JobSpec):
         return self
 
 
+def _check_binomial_counts(m: StatsmodelsModel, d) -> None:
+    """A counts response (successes + failures, or a proportion with model.trials) is a
+    binomial GLM's, fitted in memory, without a split."""
+    counts = m.formula is not None and analyze_formula(m.formula).counts
+    if not (counts or m.trials):
+        return
+    what = (f"a two-column response (successes + failures) in model.formula {m.formula!r}"
+            if counts else f"model.trials ({m.trials!r})")
+    if m.method != "glm" or (m.family or "gaussian") != "binomial":
+        raise ValueError(f"{what} needs method glm with family binomial; got method "
+                         f"{m.method!r}, family {m.family!r}")
+    if counts and m.trials:
+        raise ValueError("model.trials and a successes + failures response conflict: the two "
+                         "columns already give the trials; drop model.trials")
+    if m.trials and m.formula is None:
+        raise ValueError("model.trials needs model.formula (e.g. 'share ~ x1 + x2' with the "
+                         "proportion on the left)")
+    if m.trials and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", m.formula.split("~")[0].strip()):
+        raise ValueError("model.trials needs a plain column as the response of model.formula "
+                         f"(the proportion of successes); got {m.formula!r}")
+    if d.split != "none":
+        raise ValueError(f"{what}: data.split is not supported with a counts response")
+    if m.solver == "suffstats":
+        raise ValueError(f"{what}: model.solver suffstats does not fit counts responses")
+
+
+def counts_formula(m: StatsmodelsModel) -> str | None:
+    """The formula statsmodels fits for ``model.trials``: the proportion turned into successes
+    + failures (``I(p * n) + I(n - p * n) ~ ...``), which equals R's ``glm(p ~ ..., weights =
+    n)`` estimates and gives the binomial likelihood of the counts."""
+    if not m.trials or m.formula is None:
+        return m.formula
+    lhs, rhs = (part.strip() for part in m.formula.split("~", 1))
+    n = m.trials
+    return f"I({lhs} * {n}) + I({n} - {lhs} * {n}) ~ {rhs}"
+
+
 def _check_out_of_core_glm(m: StatsmodelsModel) -> None:
     """What distributed IRLS covers: the vectorised engine's families and links, nonrobust."""
     from distml.jobs._vectorised import GLM_LINKS
@@ -242,7 +284,7 @@ def _check_method_fields(m: StatsmodelsModel) -> None:
             "family_alpha": ("glm",), "weights": ("wls", "glm"),
             "offset": ("glm", "poisson", "negativebinomial"),
             "exposure": ("glm", "poisson", "negativebinomial"),
-            "seasonal_order": TIME_SERIES, "trend": TIME_SERIES}
+            "seasonal_order": TIME_SERIES, "trend": TIME_SERIES, "trials": ("glm",)}
     for name, methods in only.items():
         if getattr(m, name) is not None and m.method not in methods:
             raise ValueError(f"model.{name} applies to method {' / '.join(methods)} only; got "
@@ -295,6 +337,7 @@ class FormulaInfo:
     rowwise: bool  # every factor is computed row by row (no stateful transforms, no contrasts)
     categorical: dict[str, str] = field(default_factory=dict)  # factor code -> column, for C(col)
     factors: dict[str, list[str]] = field(default_factory=dict)  # factor code -> columns
+    counts: bool = False  # 'successes + failures ~ ...': a two-column binomial response
 
     @property
     def columns(self) -> list[str]:
@@ -317,10 +360,12 @@ def analyze_formula(formula: str) -> FormulaInfo:
     except Exception as e:  # PatsyError, and patsy's own asserts on odd input
         text = " ".join(str(e).split()) or f"{type(e).__name__} in patsy's parser"
         raise ValueError(f"model.formula cannot be parsed: {text}; got {formula!r}") from None
-    if len(desc.lhs_termlist) != 1 or len(desc.lhs_termlist[0].factors) != 1:
+    lhs = desc.lhs_termlist
+    if len(lhs) not in (1, 2) or any(len(t.factors) != 1 for t in lhs):
         raise ValueError("model.formula must have exactly one response on the left of '~' "
-                         f"(e.g. 'y ~ x'); got {formula!r}")
-    info = FormulaInfo([], [], True)
+                         "(e.g. 'y ~ x'), or successes + failures for a binomial glm (e.g. "
+                         f"'NSUCC + NFAIL ~ x'); got {formula!r}")
+    info = FormulaInfo([], [], True, counts=len(lhs) == 2)
     for side, terms in (("lhs", desc.lhs_termlist), ("rhs", desc.rhs_termlist)):
         for term in terms:
             for factor in term.factors:
@@ -580,7 +625,7 @@ class Job(BaseJob):
         else:
             roles["model.endog"] = [m.endog or d.target]
             roles["model.exog"] = list(m.exog or d.features or [])
-        for name in ("weights", "offset", "exposure", "cov_groups", "time"):
+        for name in ("weights", "offset", "exposure", "cov_groups", "time", "trials"):
             if getattr(m, name):
                 roles[f"model.{name}"] = [getattr(m, name)]
         roles["group_by"] = list(self.spec.group_by)
@@ -618,7 +663,8 @@ class Job(BaseJob):
                    ("model.exog", roles.get("model.exog", []))]
         if m.formula is not None:
             numeric.append(("model.formula (response)", analyze_formula(m.formula).lhs))
-        numeric += [(f"model.{n}", [getattr(m, n)]) for n in ("weights", "offset", "exposure")
+        numeric += [(f"model.{n}", [getattr(m, n)]) for n in ("weights", "offset", "exposure",
+                                                               "trials")
                     if getattr(m, n)]
         for role, cols in numeric:
             for c in cols:

@@ -36,7 +36,8 @@ def test_formula_columns_and_row_wise_flags():
     ("y ~ __import__('os').system('true')", "calls something"),
     ("y ~ I(__builtins__)", "may not use '__builtins__'"),
     ("y ~ open('f')", "calls something"),
-    ("y1 + y2 ~ x", "exactly one response"),
+    ("y1 + y2 ~ x", "needs method glm with family binomial"),  # counts: glm binomial only
+    ("y1 + y2 + y3 ~ x", "exactly one response"),
     ("y ~ x ~ z", "cannot be parsed"),
 ])
 def test_unsafe_or_malformed_formulas_are_spec_errors(formula, text):

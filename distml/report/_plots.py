@@ -9,13 +9,15 @@ import io
 MAX_POINTS = 5000
 
 
-def figure(width: float = 6.4, height: float = 4.0, ncols: int = 1, nrows: int = 1):
-    """(Figure, axes array) on an Agg canvas."""
+def figure(width: float = 6.4, height: float = 4.0, ncols: int = 1, nrows: int = 1,
+           layout: str | None = "constrained"):
+    """(Figure, axes array) on an Agg canvas. ``layout=None`` skips the constrained-layout
+    solver (most of the drawing time of a grid of panels); the caller spaces the axes."""
     import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    fig = Figure(figsize=(width, height), dpi=100, layout=layout)
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False)
     return fig, np.asarray(axes).ravel()

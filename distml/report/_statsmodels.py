@@ -68,23 +68,27 @@ def coefficient_distribution(run: RunView) -> Section | None:
     import numpy as np
     import pandas as pd
 
-    terms = list(dict.fromkeys(coef["term"].astype(str)))
+    by_term = {str(t): part for t, part in coef.groupby(coef["term"].astype(str), sort=False)}
+    terms = list(by_term)
     shown = terms[:MAX_PANELS]
     ncols = min(len(shown), 3)
     nrows = (len(shown) + ncols - 1) // ncols
-    fig, axes = figure(4.2 * ncols, 3.0 * nrows, ncols=ncols, nrows=nrows)
+    # a fixed grid: the constrained-layout solver took most of a many-models report's time
+    fig, axes = figure(4.2 * ncols, 3.0 * nrows, ncols=ncols, nrows=nrows, layout=None)
+    fig.subplots_adjust(left=0.3 / ncols, right=0.98, bottom=0.45 / (3.0 * nrows),
+                        top=1 - 0.35 / (3.0 * nrows), wspace=0.35, hspace=0.45)
     rows = []
     for term in terms:
-        est = coef.loc[coef["term"].astype(str) == term, "estimate"].astype(float).dropna()
-        p = coef.loc[coef["term"].astype(str) == term, "p_value"].astype(float) \
-            if "p_value" in coef else pd.Series(dtype=float)
+        part = by_term[term]
+        est = part["estimate"].astype(float).dropna()
+        p = part["p_value"].astype(float) if "p_value" in part else pd.Series(dtype=float)
         rows.append({"term": term, "groups": len(est), "mean": est.mean(),
                      "median": est.median(), "q25": est.quantile(0.25),
                      "q75": est.quantile(0.75), "min": est.min(), "max": est.max(),
                      "share_p_below_0.05": float((p < 0.05).mean()) if len(p) else np.nan})
     for ax, term in zip(axes, shown):
-        est = coef.loc[coef["term"].astype(str) == term, "estimate"].astype(float).dropna()
-        ax.hist(est, bins=min(30, max(5, len(est) // 3)))
+        est = by_term[term]["estimate"].astype(float).dropna()
+        ax.hist(est, bins=min(30, max(5, len(est) // 3)), histtype="stepfilled")
         ax.axvline(0, ls="--", color="grey", lw=0.8)
         ax.set_title(short(term, 36), fontsize=9)
         ax.set_ylabel("groups")
@@ -118,7 +122,7 @@ def group_fits(run: RunView) -> Section | None:
     for col in ("r_squared", "pseudo_r_squared", "aic"):
         if col in stats and stats[col].notna().sum() > 1:
             fig, axes = figure(5.0, 3.0)
-            axes[0].hist(stats[col].astype(float).dropna(), bins=30)
+            axes[0].hist(stats[col].astype(float).dropna(), bins=30, histtype="stepfilled")
             axes[0].set_xlabel(col)
             axes[0].set_ylabel("groups")
             parts.append(img(png(fig), f"{col} across groups"))

@@ -383,9 +383,10 @@ def _supervised(run: Path, kind: str, best_config: dict) -> SupervisedPredictor:
     if kind == "xgboost":
         import xgboost as xgb
 
+        _probe_xgboost(run, run / "model" / "model.ubj", schema["features"])
         try:
             model: Any = xgb.Booster(model_file=str(run / "model" / "model.ubj"))
-        except xgb.core.XGBoostError as e:
+        except (xgb.core.XGBoostError, UnicodeDecodeError) as e:  # xgboost's message may not decode
             raise DataError(f"run dir {str(run)!r}: model/model.ubj is not a readable xgboost "
                             f"model ({_short(e)})") from None
     else:
@@ -448,6 +449,42 @@ def _never_trusted(name: str) -> bool:
     """Test helpers and conftest modules re-export subprocess and friends."""
     parts = name.split(".")
     return any(p in ("conftest", "tests") or p.endswith("_testing") for p in parts)
+
+
+#: loads an xgboost model and scores one row of zeros (argv: model path, feature names as JSON)
+_XGB_PROBE = """
+import json, sys
+import numpy as np, xgboost as xgb
+b = xgb.Booster(model_file=sys.argv[1])
+names = json.loads(sys.argv[2])
+b.predict(xgb.DMatrix(np.zeros((1, len(names))), feature_names=names))
+"""
+
+
+def _probe_xgboost(run: Path, path: Path, features: list[str]) -> None:
+    """Load the model in a child process first: xgboost's native reader can crash the process
+    (SIGSEGV) on a damaged or crafted ``model.ubj``; a crash must be an exit 2 naming the file,
+    not the death of ``distml predict``."""
+    import signal
+    import subprocess
+    import sys
+
+    try:
+        res = subprocess.run([sys.executable, "-c", _XGB_PROBE, str(path), json.dumps(features)],
+                             capture_output=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        raise DataError(f"run dir {str(run)!r}: model/model.ubj did not load in 300 s") from None
+    if res.returncode < 0:
+        try:
+            name = signal.Signals(-res.returncode).name
+        except ValueError:
+            name = f"signal {-res.returncode}"
+        raise DataError(f"run dir {str(run)!r}: model/model.ubj crashes xgboost's reader "
+                        f"({name}); it is damaged or crafted, and distml refuses it")
+    if res.returncode != 0:
+        lines = [ln for ln in res.stderr.decode(errors="replace").splitlines() if ln.strip()]
+        raise DataError(f"run dir {str(run)!r}: model/model.ubj is not a readable xgboost model "
+                        f"({(lines[-1] if lines else 'no message')[:300]})")
 
 
 def load_skops(path: str | os.PathLike, extra: Iterable[str] = ()) -> Any:

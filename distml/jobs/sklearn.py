@@ -86,8 +86,8 @@ class SklearnModel(StrictModel):
             return v
         close = difflib.get_close_matches(v, list(ESTIMATORS), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"model.estimator must be a registered short name or a dotted path "
-                         f"sklearn.MODULE.Class into a public scikit-learn module (e.g. "
+        raise ValueError(f"model.estimator must be a registered short name or a public dotted "
+                         f"path inside sklearn. (sklearn.MODULE.Class of a public module, e.g. "
                          f"sklearn.svm.SVC); got {v!r}{hint} "
                          f"(short names: {', '.join(ESTIMATORS)})")
 

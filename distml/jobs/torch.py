@@ -411,7 +411,8 @@ def load_model(run, allow_module: tuple[str, ...] = ()) -> TorchFitted:
         raise DataError("model/config.json field 'task' must be classification, binary or "
                         f"regression; got {config.get('task')!r}")
     try:
-        m = TorchModel.model_validate(config["model"])
+        # strict: numbers must be JSON numbers, as distml writes them ("4" is no width)
+        m = TorchModel.model_validate_json(json.dumps(config["model"]), strict=True)
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join(str(p) for p in err["loc"])

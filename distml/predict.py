@@ -99,8 +99,10 @@ SKOPS_SAVED: frozenset[str] = frozenset({
     "ObjectNode:sklearn.ensemble._gb.GradientBoostingClassifier",
     "ObjectNode:sklearn.ensemble._gb.GradientBoostingRegressor",
     "ObjectNode:sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
-    "ObjectNode:sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingClassifier",
-    "ObjectNode:sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingRegressor",
+    "ObjectNode:sklearn.ensemble._hist_gradient_boosting.gradient_boosting."
+    "HistGradientBoostingClassifier",
+    "ObjectNode:sklearn.ensemble._hist_gradient_boosting.gradient_boosting."
+    "HistGradientBoostingRegressor",
     "ObjectNode:sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     "ObjectNode:sklearn.linear_model._base.LinearRegression",
     "ObjectNode:sklearn.linear_model._coordinate_descent.ElasticNet",
@@ -334,8 +336,8 @@ def check_schema(schema: Any, where: str) -> dict:
         raise bad("categorical", "a mapping of column to its list of levels")
     dtypes = schema.get("dtypes") or {}
     if not (isinstance(dtypes, dict) and all(isinstance(v, str) and re.fullmatch(
-            r"(float|int|uint)(8|16|32|64)|bool", v) for v in dtypes.values())):
-        raise bad("dtypes", "a mapping of column to a numeric dtype name")
+            r"[A-Za-z][A-Za-z0-9_\[\], ]{0,63}", v) for v in dtypes.values())):
+        raise bad("dtypes", "a mapping of column to a dtype name")
     classes = schema.get("classes")
     if classes is not None and not (isinstance(classes, list) and all(
             isinstance(c, (str, int, float, bool)) for c in classes)):

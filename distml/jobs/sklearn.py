@@ -69,8 +69,7 @@ class SklearnModel(StrictModel):
     """The ``model`` section of an sklearn job."""
 
     estimator: str = Field(..., description="Short name (e.g. random_forest_classifier) or a "
-                                            "dotted path sklearn.MODULE.Class into a public "
-                                            "scikit-learn module (sklearn.svm.SVC).")
+                                            "dotted path inside sklearn (sklearn.svm.SVC).")
     params: dict[str, Any] = Field(default_factory=dict,
                                    description="Estimator parameters, passed unchanged.")
     scale: bool = Field(False, description="Standardise numeric features (fitted on train only).")

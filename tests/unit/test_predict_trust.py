@@ -483,7 +483,8 @@ class _Touch:
         return (pathlib.Path.touch, (pathlib.Path(self.path),))
 
 
-EVIL_TYPES = ["os.system", "builtins.eval", "subprocess.call", "sklearn.utils._testing.check_output",
+EVIL_TYPES = ["os.system", "builtins.eval", "subprocess.call",
+              "sklearn.utils._testing.check_output",
               "numpy.savetxt", "functools.partial", "sklearn.conftest.x", "numpy.load"]
 ADVERSARIAL_JSON = [None, True, -1, 0, 2**63, 1e308, float("nan"), "", "subprocess:call",
                     "os:system", "../../etc/passwd", [], [None], {}, {"__class__": "x"},
@@ -509,8 +510,8 @@ def _mutate_json(data: bytes, draw) -> bytes:
     walk(obj, [])
     path = draw(st.sampled_from(paths))
     value = draw(st.one_of(st.sampled_from(ADVERSARIAL_JSON),
-                           st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
-                                        lambda c: st.lists(c, max_size=3)
+                           st.recursive(st.none() | st.booleans() | st.integers()
+                                        | st.text(max_size=8), lambda c: st.lists(c, max_size=3)
                                         | st.dictionaries(st.text(max_size=5), c, max_size=3),
                                         max_leaves=6)))
     if not path:
@@ -601,7 +602,8 @@ def test_fuzzed_model_files_never_run_code_and_exit_2(baselines, data):
             content = content[:draw(st.integers(0, max(len(content) - 1, 0)))]
         elif how == "flip":
             i = draw(st.integers(0, len(content) - 1))
-            content = content[:i] + bytes([content[i] ^ draw(st.integers(1, 255))]) + content[i + 1:]
+            flipped = content[i] ^ draw(st.integers(1, 255))
+            content = content[:i] + bytes([flipped]) + content[i + 1:]
         elif how == "empty":
             content = b""
         elif how == "pickle":

@@ -345,17 +345,30 @@ def test_spec_named_public_estimator_is_trusted_but_not_its_unknown_parts(tmp_pa
 
 # ------------------------------------------------------------------ item 2: torch
 
-def test_torch_config_naming_a_callable_never_runs_it(tmp_path):
+@pytest.mark.parametrize("shape", ["args", "in_features"])
+def test_torch_config_naming_a_callable_never_runs_it(tmp_path, shape):
+    """``subprocess:call`` built as ``call(in_features, out_features, **module_args)``: with
+    the command in ``in_features`` (and ``out_features`` a valid bufsize) the old loader ran it."""
     marker = tmp_path / "MARKER"
-    config = torch_config("subprocess:call", {"shell": True, "args": f"touch {marker}"})
+    if shape == "args":
+        config = torch_config("subprocess:call", {"shell": True, "args": f"touch {marker}"})
+    else:
+        config = torch_config("subprocess:call", {"shell": True}, in_features=f"touch {marker}",
+                              out_features=-1)
     run = make_torch_run(tmp_path / "run", config=config, net=_plain_net())
     with pytest.raises(DataError) as e:
         load_predictor(run)
-    assert "model.module" in str(e.value) and "--allow-module subprocess:call" in str(e.value)
+    if shape == "args":
+        assert "model.module" in str(e.value) and "--allow-module subprocess:call" in str(e.value)
+    else:
+        assert "'in_features' must be an integer" in str(e.value)
+    assert not marker.exists()
     # even allowed, a callable that is no torch.nn.Module subclass is never called
-    with pytest.raises(DataError, match="not a torch.nn.Module subclass"):
+    with pytest.raises(DataError, match="not a torch.nn.Module subclass|'in_features'"):
         load_predictor(run, allow_module=["subprocess:call"])
     assert not marker.exists()
+    if shape == "in_features":
+        return
     res = _cli("predict", str(run), "--input", _input_csv(tmp_path / "in.csv"),
                "--output", str(tmp_path / "out"), "--allow-module", "subprocess:call")
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr

@@ -122,6 +122,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="replace finished predictions already in --output")
     pr.add_argument("--batch-size", type=int, help="rows per scored batch (default 16384)")
     pr.add_argument("--address", help="Ray cluster address (GCS HOST:PORT or 'auto')")
+    pr.add_argument("--allow-module", action="append", default=[], metavar="PKG.MOD:CLASS",
+                    help="let a torch run load this user module (its code runs); repeatable")
     common(pr)
 
     rp = sub.add_parser("report", help="(re)build a run's report.html")
@@ -256,7 +258,7 @@ def _dispatch(args: argparse.Namespace) -> tuple[dict, int]:
 
         pred = predict(args.run_dir, args.input, args.output, keep=args.keep,
                        strict=args.strict, batch_size=args.batch_size, address=args.address,
-                       overwrite=args.overwrite)
+                       overwrite=args.overwrite, allow_module=args.allow_module)
         return pred.to_dict() | {"_summary": pred.summary()}, EXIT_OK
     if args.command == "report":
         return _report(args)

@@ -118,9 +118,7 @@ def build_net(m, in_features: int, out_features: int):
 
     torch.manual_seed(m.seed)
     if m.module:
-        mod_name, _, cls_name = m.module.partition(":")
-        cls = getattr(importlib.import_module(mod_name), cls_name)
-        return cls(in_features, out_features, **m.module_args)
+        return user_module_class(m.module)(in_features, out_features, **m.module_args)
     acts = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU,
             "leaky_relu": nn.LeakyReLU}
     layers: list = []
@@ -135,6 +133,24 @@ def build_net(m, in_features: int, out_features: int):
         width = h
     layers.append(nn.Linear(width, out_features))
     return nn.Sequential(*layers)
+
+
+def user_module_class(path: str) -> type:
+    """The class ``pkg.mod:Class`` names, checked to be a ``torch.nn.Module`` subclass before
+    anything calls it (SpecError naming model.module if not)."""
+    from torch import nn
+
+    from distml.errors import SpecError
+
+    mod_name, _, cls_name = path.partition(":")
+    try:
+        cls = getattr(importlib.import_module(mod_name), cls_name)
+    except (ImportError, AttributeError) as e:
+        raise SpecError(f"model.module {path!r} cannot be imported ({e})") from None
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise SpecError(f"model.module {path!r} is not a torch.nn.Module subclass; name the "
+                        "class of your network (pkg.mod:Class)")
+    return cls
 
 
 def loss_fn(m, task: str):

@@ -1,6 +1,7 @@
 """Kind ``sklearn``: one scikit-learn estimator, fitted in one Ray task.
 
-``estimator`` is a short name from :data:`ESTIMATORS` or a dotted path inside ``sklearn.``;
+``estimator`` is a short name from :data:`ESTIMATORS` or a dotted path ``sklearn.MODULE.Class``
+into a public scikit-learn module (:data:`PUBLIC_MODULES`);
 ``params`` go to the estimator unchanged. The data are used as they are: no scaling unless
 ``scale: true``; categorical columns (listed in ``data.categorical`` or of string/category dtype)
 are one-hot encoded with the levels seen in the data, except for the hist gradient boosting
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 from typing import Any, Literal
 
 import numpy as np
@@ -50,6 +52,16 @@ ESTIMATORS: dict[str, tuple[str, str]] = {
     "knn_classifier": ("sklearn.neighbors.KNeighborsClassifier", _C),
     "knn_regressor": ("sklearn.neighbors.KNeighborsRegressor", _R),
 }
+#: the public scikit-learn modules a dotted ``estimator`` path may name (``sklearn.MOD.Class``):
+#: lookup imports nothing else, so neither private modules nor test helpers (``conftest``,
+#: ``utils._testing``) are ever imported through a spec
+PUBLIC_MODULES = frozenset({
+    "calibration", "cluster", "compose", "covariance", "cross_decomposition", "decomposition",
+    "discriminant_analysis", "dummy", "ensemble", "feature_selection", "gaussian_process",
+    "impute", "isotonic", "kernel_approximation", "kernel_ridge", "linear_model", "manifold",
+    "mixture", "multiclass", "multioutput", "naive_bayes", "neighbors", "neural_network",
+    "pipeline", "preprocessing", "random_projection", "semi_supervised", "svm", "tree",
+})
 _NATIVE_CATEGORICAL = ("HistGradientBoostingClassifier", "HistGradientBoostingRegressor")
 
 
@@ -65,16 +77,25 @@ class SklearnModel(StrictModel):
     @field_validator("estimator")
     @classmethod
     def _known(cls, v: str) -> str:
-        if v in ESTIMATORS:
-            return v
-        if v.startswith("sklearn.") and all(p.isidentifier() and not p.startswith("_")
-                                            for p in v.split(".")) and v.count(".") >= 2:
+        if v in ESTIMATORS or _public_path(v):
+            try:  # at validation, so that no cluster starts for an estimator that cannot build
+                estimator_class(v)
+            except SpecError as e:
+                raise ValueError(e.message) from None
             return v
         close = difflib.get_close_matches(v, list(ESTIMATORS), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ValueError(f"model.estimator must be a registered short name or a public dotted "
-                         f"path inside sklearn. (e.g. sklearn.svm.SVC); got {v!r}{hint} "
+                         f"path inside sklearn. (sklearn.MODULE.Class of a public module, e.g. "
+                         f"sklearn.svm.SVC); got {v!r}{hint} "
                          f"(short names: {', '.join(ESTIMATORS)})")
+
+
+def _public_path(v: str) -> bool:
+    """``sklearn.MODULE.Class`` with MODULE public and Class a public name (no import)."""
+    parts = v.split(".")
+    return (len(parts) == 3 and parts[0] == "sklearn" and parts[1] in PUBLIC_MODULES
+            and parts[2].isidentifier() and not parts[2].startswith("_"))
 
 
 class Spec(JobSpec):
@@ -93,17 +114,38 @@ class Spec(JobSpec):
 
 
 def estimator_class(name: str) -> type:
-    """Resolve a short name or dotted path to an sklearn estimator class (SpecError if not)."""
+    """Resolve a short name or ``sklearn.MODULE.Class`` to an sklearn estimator class that
+    builds without arguments (SpecError naming model.estimator if not). Only the public
+    modules of :data:`PUBLIC_MODULES` are ever imported."""
     path = ESTIMATORS[name][0] if name in ESTIMATORS else name
+    if not _public_path(path):
+        raise SpecError(f"model.estimator {name!r} is not a class of a public scikit-learn "
+                        "module (sklearn.MODULE.Class, e.g. sklearn.svm.SVC)")
     module, _, attr = path.rpartition(".")
     try:
-        cls = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError):
-        raise SpecError(f"model.estimator {name!r} does not name a class in scikit-learn") from None
+        mod = importlib.import_module(module)
+    except ImportError:
+        raise SpecError(f"model.estimator {name!r}: scikit-learn has no module {module}") \
+            from None
+    public = getattr(mod, "__all__", None)
+    cls = getattr(mod, attr, None) if public is None or attr in public else None
+    if cls is None:
+        raise SpecError(f"model.estimator {name!r} does not name a public class of {module}")
     from sklearn.base import BaseEstimator
 
     if not (isinstance(cls, type) and issubclass(cls, BaseEstimator)):
         raise SpecError(f"model.estimator {name!r} is not a scikit-learn estimator class")
+    try:
+        params = inspect.signature(cls).parameters.values()
+    except (TypeError, ValueError):
+        params = []
+    required = [p.name for p in params if p.default is inspect.Parameter.empty
+                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if required:
+        raise SpecError(f"model.estimator {name!r} needs constructor argument"
+                        f"{'s' if len(required) > 1 else ''} {', '.join(required)} that a spec "
+                        "cannot give (an estimator object); choose an estimator that builds "
+                        "from parameters alone")
     return cls
 
 

@@ -232,3 +232,41 @@ def test_tuned_run_predicts_with_its_refitted_model(tmp_path):
     np.testing.assert_allclose(out["proba_1"], booster.predict(xgb.DMatrix(frame)), rtol=1e-6,
                                atol=1e-7)
     assert p.rows == len(frame)
+
+
+def test_torch_user_module_scores_only_with_allow_module(tmp_path, capfd):
+    """Training with ``module:`` in the spec is the opt-in there; scoring the run directory is
+    not: its module loads only when the person scoring names it (``--allow-module``)."""
+    torch = pytest.importorskip("torch")
+    spec = {"name": "linear-net", "kind": "torch",
+            "data": {"source": "builtin:breast_cancer", "target": "target",
+                     "split": {"test": 0.2, "seed": 0}},
+            "model": {"module": "torch.nn:Linear", "module_args": {"bias": True}, "epochs": 2,
+                      "batch_size": 64},
+            "output": {"dir": str(tmp_path / "runs")}}
+    r = distml.run(spec)
+    frame = load_builtin("breast_cancer")
+    with pytest.raises(DataError, match="--allow-module torch.nn:Linear"):
+        predict(r.run_dir, "builtin:breast_cancer", tmp_path / "refused")
+    assert not (tmp_path / "refused" / "_SUCCESS").exists()
+    code = main(["predict", str(r.run_dir), "--input", "builtin:breast_cancer", "--output",
+                 str(tmp_path / "refused-cli")])
+    err = capfd.readouterr().err
+    assert code == 2 and "model.module" in err and "Traceback" not in err
+
+    p = predict(r.run_dir, "builtin:breast_cancer", tmp_path / "scores",
+                allow_module=["torch.nn:Linear"])
+    assert p.rows == len(frame)
+    code = main(["predict", str(r.run_dir), "--input", "builtin:breast_cancer", "--output",
+                 str(tmp_path / "scores-cli"), "--allow-module", "torch.nn:Linear", "--json"])
+    assert code == 0, capfd.readouterr()
+    # the scores are the saved Linear layer's on the saved input scaling
+    from distml.jobs.torch import load_model
+
+    fitted = load_model(r.run_dir, allow_module=("torch.nn:Linear",))
+    assert isinstance(fitted.net, torch.nn.Linear)
+    _, proba = fitted.outputs(frame.drop(columns=["target"]))
+    out = _read(tmp_path / "scores")
+    np.testing.assert_allclose(out["proba_1"], proba[:, 1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(_read(tmp_path / "scores-cli")["proba_1"], proba[:, 1],
+                               rtol=1e-5, atol=1e-6)

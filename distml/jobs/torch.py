@@ -305,8 +305,10 @@ class Job(SupervisedJob):
 
             return run_worker_group(self, ctx, choice, prep_ref)
         out = super().run(ctx, prep_ref)
-        if out.info.get("execution", {}).get("path") == "single_task":
-            out.info["execution"] = choice.record()
+        ex = out.info.get("execution", {})
+        if ex.get("path") == "single_task":
+            out.info["execution"] = {**choice.record(),
+                                     **{k: v for k, v in ex.items() if k not in ("path", "reason")}}
         return out
 
     # ------------------------------------------------------------------ search hooks

@@ -101,3 +101,26 @@ def test_resume_of_a_kind_without_checkpoints_says_why(tmp_path):
     assert ex["resumed_from"] is None
     assert "does not checkpoint" in ex["resume_reason"]
     assert "--resume: not resumed" in (r.run_dir / "run.log").read_text()
+
+
+def _torch_spec(tmp_path) -> dict:
+    return {"name": "resume-torch", "kind": "torch",
+            "data": {"source": SOURCE, "target": "target",
+                     "split": {"valid": 0.2, "test": 0.2, "seed": 1}},
+            "model": {"hidden": [16], "dropout": 0.1, "epochs": 6, "batch_size": 64,
+                      "lr": 0.01, "task": "classification", "seed": 5,
+                      "lr_schedule": {"type": "step", "step_size": 2, "gamma": 0.5}},
+            "resources": {"max_failures": 0}, "output": {"dir": str(tmp_path)}}
+
+
+def test_torch_resumes_from_its_last_epoch(tmp_path, monkeypatch):
+    """Weights, optimizer, schedule, epoch and the RNG states (shuffling, dropout) come back:
+    the resumed run is the uninterrupted one."""
+    base = distml.run(_torch_spec(tmp_path / "a"))
+    r = _interrupt_then_resume(_torch_spec(tmp_path / "b"), tmp_path / "crash", 3, monkeypatch)
+    ex = r.manifest["execution"]
+    assert ex["resumed_from"] == {"epoch": 3, "of": 6}
+    assert ex["checkpoints"]["saved"] == 3  # epochs 4-6 only in the second attempt
+    assert r.metrics["epochs_trained"] == 6
+    np.testing.assert_allclose(_proba(r)["proba_1"], _proba(base)["proba_1"], atol=1e-6)
+    assert not (r.run_dir / "checkpoints").exists()

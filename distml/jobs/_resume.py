@@ -78,9 +78,12 @@ class Checkpoints:
     def due(self, final: bool = False) -> bool:
         return self.usable() and (final or time.monotonic() - self.last >= self.interval)
 
-    def save(self, state: dict, files: dict[str, bytes]) -> None:
-        """Write ``files`` then ``state.json`` naming them (the commit), then drop stale blobs."""
-        names = {}
+    def save(self, state: dict, files: dict[str, bytes], keep: dict[str, str] | None = None
+             ) -> dict[str, str]:
+        """Write ``files`` then ``state.json`` naming them (the commit), then drop stale blobs;
+        ``keep`` names blobs already saved that stay (logical name -> :meth:`names` entry).
+        Returns the names of every blob the checkpoint now holds."""
+        names = dict(keep or {})
         for name, data in files.items():
             stem, dot, ext = name.partition(".")
             names[name] = f"{stem}-{secrets.token_hex(4)}{dot}{ext}"
@@ -93,6 +96,15 @@ class Checkpoints:
                 p.unlink(missing_ok=True)
         self.saves += 1
         self.last = time.monotonic()
+        return names
+
+    def names(self) -> dict[str, str]:
+        """Logical name -> blob name of the last committed checkpoint ({} if none)."""
+        try:
+            doc = json.loads((self.folder / STATE).read_text(encoding="utf-8"))
+            return dict(doc["files"]) if doc.get("fingerprint", "") == self.fingerprint else {}
+        except (OSError, ValueError, KeyError):
+            return {}
 
     def load(self) -> tuple[dict, dict[str, bytes]] | None:
         """The last committed (state, files), or None (with :attr:`resume_reason`)."""
@@ -133,6 +145,21 @@ class Checkpoints:
             self.folder.parent.rmdir()  # only when empty
         except OSError:
             pass
+
+
+def fault_once(fault: dict | None, step: int) -> bool:
+    """True the first time ``step`` reaches the fault hook's iteration (``DISTML_TRAIN_FAULT``,
+    read by :func:`distml.jobs._distributed.fault_from_env`); the marker file records it, so a
+    rerun does not fault again. For faults a driver raises (it cannot exit the process)."""
+    if not fault or step < fault["iteration"]:
+        return False
+    try:
+        fd = os.open(fault["marker"], os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    os.write(fd, json.dumps({"pid": os.getpid(), "iteration": step}).encode())
+    os.close(fd)
+    return True
 
 
 def fingerprint(*parts: Any) -> str:

@@ -423,7 +423,8 @@ class Job(BaseJob):
             "tasks": fit.runner.tasks, "batch_size": m.batch_size,
             "init_size": self.init_size(), "data_passes": 2 + passes + refines,
             "stages": ooc.stage_info(fit.meta),
-            "timings_s": {k: round(v, 4) for k, v in fit.timings.items()}}
+            "timings_s": {k: round(v, 4) for k, v in fit.timings.items()},
+            **ooc.resume_record(ctx)}
         out.info["memory"] = ooc.memory_info(fit.meta, m.batch_size,
                                              len(fit.feats) + m.n_clusters)
         return out

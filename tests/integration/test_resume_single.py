@@ -92,14 +92,22 @@ def test_xgboost_retry_keeps_early_stopping_state(tmp_path, monkeypatch):
     np.testing.assert_allclose(_proba(r)["proba_1"], _proba(base)["proba_1"], atol=1e-6)
 
 
-def test_resume_of_a_kind_without_checkpoints_says_why(tmp_path):
+@pytest.mark.parametrize("kind, reason", [("sklearn", "does not checkpoint"),
+                                          ("kmeans", "passes are not checkpointed")])
+def test_resume_of_a_kind_without_checkpoints_says_why(tmp_path, kind, reason):
     spec = {"name": "resume-sk", "kind": "sklearn",
             "data": {"source": SOURCE, "target": "target", "split": {"valid": 0.2, "seed": 1}},
             "model": {"estimator": "logistic_regression"}, "output": {"dir": str(tmp_path)}}
+    if kind == "kmeans":
+        spec = {"name": "resume-km", "kind": "kmeans",
+                "data": {"source": SOURCE, "exclude": ["target"]},
+                "model": {"n_clusters": 3, "batch_size": 500, "seed": 0},
+                "output": {"dir": str(tmp_path)}}
+    fresh = distml.run(spec)
+    assert "resumed_from" not in fresh.manifest["execution"]  # said only on --resume
     r = distml.run(spec, run_id="r1", resume=True)
     ex = r.manifest["execution"]
-    assert ex["resumed_from"] is None
-    assert "does not checkpoint" in ex["resume_reason"]
+    assert ex["resumed_from"] is None and reason in ex["resume_reason"]
     assert "--resume: not resumed" in (r.run_dir / "run.log").read_text()
 
 

@@ -6,9 +6,9 @@ one part per save, each holding the tasks collected since the last save:
 
 - ``coef-*.parquet``, ``forecast-*.parquet``, ``holdout-*.parquet``: the columnar arrays
   (coefficient rows, forecasts, held-out ``y``/prediction pairs) with the task they came from;
-- ``tasks-*.json``: per task its group ids, ``model_stats`` rows and timings — JSON (with NaN),
-  which keeps each value's type exactly (a parquet part would re-type a column per part), so
-  the final tables equal an uninterrupted run's.
+- ``tasks-*.json``: per task its group ids, ``model_stats`` rows, timings and counts — JSON
+  (with NaN), which keeps each value's type exactly (a parquet part would re-type a column per
+  part), so the final tables equal an uninterrupted run's.
 
 The batches are the same on resume (the groups per task of the first attempt are reused), so a
 task is either wholly in the checkpoint or fitted again.
@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 
 FOLDER = "groups"
+#: result fields stored as parquet arrays (or not at all: the summary of a single model)
+_SPECIAL = ("gids", "coef", "forecast", "holdout", "summary")
 
 
 def _py(v: Any) -> Any:
@@ -49,8 +51,9 @@ def part_files(results: list[dict], part: int) -> dict[str, bytes]:
     """The files of part number ``part``: the ``results`` of finished fit tasks."""
     tasks, arrays = [], {"coef": [], "forecast": [], "holdout": []}
     for i, r in enumerate(results):
-        tasks.append({"gids": [int(g) for g in r["gids"]], "stats": r["stats"],
-                      "fit_s": r["fit_s"], "cpu_s": r["cpu_s"], "n_fast": r["n_fast"],
+        # every other field (timings, counts like n_fast) is a JSON value and kept as it is
+        tasks.append({**{k: v for k, v in r.items() if k not in _SPECIAL},
+                      "gids": [int(g) for g in r["gids"]],
                       "holdout": [s for s, _, _ in r["holdout"]]})
         for name in ("coef", "forecast"):
             if r[name] is not None:
@@ -75,9 +78,8 @@ def load_results(files: dict[str, bytes], parts: int) -> list[dict]:
                   for name in ("coef", "forecast", "holdout")
                   if f"{name}-{part}.parquet" in files}
         for i, t in enumerate(tasks):
-            r = {"gids": np.asarray(t["gids"], dtype=np.int64), "stats": t["stats"],
-                 "fit_s": t["fit_s"], "cpu_s": t["cpu_s"], "n_fast": t["n_fast"],
-                 "summary": None, "holdout": []}
+            r = {**t, "gids": np.asarray(t["gids"], dtype=np.int64), "summary": None,
+                 "holdout": []}
             for name in ("coef", "forecast"):
                 a = arrays.get(name)
                 mine = a["_task"] == i if a is not None else None

@@ -93,16 +93,15 @@ def test_xgboost_retry_keeps_early_stopping_state(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("kind, reason", [("sklearn", "does not checkpoint"),
-                                          ("kmeans", "passes are not checkpointed")])
+                                          ("pca", "passes are not checkpointed")])
 def test_resume_of_a_kind_without_checkpoints_says_why(tmp_path, kind, reason):
     spec = {"name": "resume-sk", "kind": "sklearn",
             "data": {"source": SOURCE, "target": "target", "split": {"valid": 0.2, "seed": 1}},
             "model": {"estimator": "logistic_regression"}, "output": {"dir": str(tmp_path)}}
-    if kind == "kmeans":
-        spec = {"name": "resume-km", "kind": "kmeans",
+    if kind == "pca":
+        spec = {"name": "resume-pca", "kind": "pca",
                 "data": {"source": SOURCE, "exclude": ["target"]},
-                "model": {"n_clusters": 3, "batch_size": 500, "seed": 0},
-                "output": {"dir": str(tmp_path)}}
+                "model": {"n_components": 2}, "output": {"dir": str(tmp_path)}}
     fresh = distml.run(spec)
     assert "resumed_from" not in fresh.manifest["execution"]  # said only on --resume
     r = distml.run(spec, run_id="r1", resume=True)
@@ -169,4 +168,26 @@ def test_many_models_resume_fits_only_the_missing_groups(tmp_path, monkeypatch):
         pd.testing.assert_frame_equal(pd.read_parquet(r.run_dir / "tables" / f"{name}.parquet"),
                                       pd.read_parquet(base.run_dir / "tables" / f"{name}.parquet"))
     assert r.metrics == base.metrics
+    assert not (r.run_dir / "checkpoints").exists()
+
+
+def _km_spec(tmp_path) -> dict:
+    return {"name": "resume-km", "kind": "kmeans",
+            "data": {"source": SOURCE, "exclude": ["target"]},
+            "model": {"n_clusters": 3, "batch_size": 200, "seed": 0, "tol": 0.0,
+                      "max_passes": 4, "refine_passes": 2, "scale": True},
+            "output": {"dir": str(tmp_path)}}
+
+
+def test_kmeans_resumes_after_its_last_pass(tmp_path, monkeypatch):
+    base = distml.run(_km_spec(tmp_path / "a"))
+    assert base.metrics["passes"] == 4 and base.metrics["refine_passes"] == 2
+    r = _interrupt_then_resume(_km_spec(tmp_path / "b"), tmp_path / "crash", 3, monkeypatch)
+    ex = r.manifest["execution"]
+    assert ex["resumed_from"] == {"passes": 3, "phase": "minibatch"}
+    assert ex["checkpoints"]["saved"] == 3  # passes 4, 5 and 6 only in the second attempt
+    for name in ("centers", "pass_history"):
+        pd.testing.assert_frame_equal(pd.read_parquet(r.run_dir / "tables" / f"{name}.parquet"),
+                                      pd.read_parquet(base.run_dir / "tables" / f"{name}.parquet"))
+    assert r.metrics["inertia"] == base.metrics["inertia"]
     assert not (r.run_dir / "checkpoints").exists()

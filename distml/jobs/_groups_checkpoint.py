@@ -28,7 +28,9 @@ _SPECIAL = ("gids", "coef", "forecast", "holdout", "summary")
 
 
 def _py(v: Any) -> Any:
-    return v.item() if hasattr(v, "item") else str(v)
+    """numpy scalars and arrays as JSON values (an array's type is not kept: store it in
+    a parquet part instead)."""
+    return v.tolist() if hasattr(v, "tolist") else str(v)
 
 
 def _table_bytes(columns: dict[str, np.ndarray]) -> bytes:

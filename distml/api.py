@@ -247,6 +247,10 @@ def _execute(job, job_spec, info, run_dir, address, resume, manifest, timings):
                 out = run_search(job, ctx)
             else:
                 out = job.run(ctx)
+                if out is not None:
+                    from distml.jobs._resume import record_resume
+
+                    record_resume(out, ctx)  # --resume: from what, or why not (never silent)
         finally:
             progress.current().close_channel()  # workers' progress actor, before Ray goes
         timings["job_s"] = time.perf_counter() - t1

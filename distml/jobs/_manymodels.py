@@ -1117,26 +1117,40 @@ def run_many(spec, cfg: FitConfig, ctx) -> JobOutput:
         raise DataError(f"group_by: no row of {spec.data.source!r} has a complete group key "
                         f"({n_null} rows have a missing value in {list(cfg.group_by)})")
     t_partition = time.perf_counter() - t0
-    gpt = cfg.groups_per_task or auto_groups_per_task(n_groups, cfg.method, cpus)
+    saver = _checkpoints(spec, ctx, keys)
+    results = saver.restore()  # tasks an interrupted attempt finished (--resume)
+    done_gids = {int(g) for r in results for g in r["gids"]}
+    gpt = saver.gpt or cfg.groups_per_task or auto_groups_per_task(n_groups, cfg.method, cpus)
     fitter = ray.remote(fit_task).options(**opts)
     bounds = np.searchsorted(pieces[:, 0], np.arange(0, n_groups + gpt, gpt).clip(max=n_groups))
     pending = []
     for lo, hi in zip(bounds[:-1], bounds[1:]):
-        if hi > lo:
+        if hi > lo and not done_gids.issuperset(pieces[lo:hi, 0].tolist()):
             chunk = pieces[lo:hi]
             slots = sorted(set(chunk[:, 1].tolist()))
             pending.append(fitter.remote(cfg, chunk, columns, *[parts[s] for s in slots]))
     n_tasks = len(pending)
-    ctx.log.info("many-models: %d groups in %d partitions -> %d tasks of <= %d groups",
-                 n_groups, len(units), n_tasks, gpt)
-    results = []
+    ctx.log.info("many-models: %d groups in %d partitions -> %d tasks of <= %d groups%s",
+                 n_groups, len(units), n_tasks, gpt,
+                 f" ({len(done_gids)} groups from the checkpoint)" if done_gids else "")
     show = progress.current()
     show.stage("train", f"many-models: {n_tasks} tasks")
     groups, n_done, n_bad = show.counter("groups", total=n_groups, unit="groups"), 0, 0
+    from distml.jobs import _distributed as D
+    from distml.jobs._resume import fault_once
+
+    fault = D.fault_from_env()  # tests: the driver stops once K groups are collected
+    n_collected = len(done_gids)
     try:
         while pending:  # collect as tasks finish, so results stream back while others fit
             done, pending = ray.wait(pending, num_returns=min(len(pending), 4), timeout=None)
-            results.extend(ray.get(done))
+            batch = ray.get(done)
+            results.extend(batch)
+            n_collected += sum(len(r["gids"]) for r in batch)
+            crash = fault_once(fault, n_collected) if pending else False
+            saver.collected(batch, gpt, force=crash)
+            if crash:
+                raise JobFailed(f"fault injected after {n_collected} groups (DISTML_TRAIN_FAULT)")
             if show.active:  # groups done and failed so far, on the progress display
                 n_done += sum(len(r["gids"]) for r in results[-len(done):])
                 n_bad += sum(bool(s.get("error")) for r in results[-len(done):]
@@ -1162,12 +1176,14 @@ def run_many(spec, cfg: FitConfig, ctx) -> JobOutput:
         "groups_per_task_auto": cfg.groups_per_task is None,
         "formula_evaluated_per_batch_groups": int(sum(r["n_fast"] for r in results)),
         "engine": _engine_summary(cfg, results),
+        **saver.ckpt.record(),
         "timings_s": {"partition": round(t_partition, 4), "fit": round(t_fit, 4),
                       "tabulate": round(time.perf_counter() - t0 - t_partition - t_fit, 4),
                       "worker_fit_total": round(sum(r["fit_s"] for r in results), 4),
                       "worker_fit_cpu_total": round(sum(r["cpu_s"] for r in results), 4),
                       "worker_partition_cpu_total": round(sum(h[2] for h in heads), 4),
                       "driver_cpu": round(time.process_time() - c0, 4)}}
+    saver.ckpt.discard()  # the tables are in hand; _SUCCESS follows their writing
     return out
 
 
@@ -1181,6 +1197,17 @@ def _engine_summary(cfg: FitConfig, results: list[dict]) -> dict:
             declined[why] = declined.get(why, 0) + n
     return {"vectorised": int(sum(r.get("n_vectorised", 0) for r in results)),
             "out_of_scope": _vectorised.scope(cfg), "declined": declined}
+
+
+def _checkpoints(spec, ctx, keys: pd.DataFrame):
+    """The run's group checkpoints (:mod:`distml.jobs._groups_checkpoint`), valid only for
+    this spec, these data and these groups."""
+    from distml.jobs import _resume
+    from distml.jobs._groups_checkpoint import FOLDER, GroupCheckpoints
+
+    key = _resume.fingerprint(spec.to_dict(), ctx.data.fingerprint(), len(keys),
+                              int(pd.util.hash_pandas_object(keys, index=False).sum()))
+    return GroupCheckpoints(_resume.Checkpoints.for_run(ctx, FOLDER, key), len(keys))
 
 
 def single_task(cfg: FitConfig, source: str, columns: list[str]) -> dict:

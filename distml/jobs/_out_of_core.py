@@ -37,6 +37,15 @@ FAN_IN = 8
 #: testing hook (RELIABILITY.md T4): "MARKER_PATH:STAGE:PARTITION:BATCH" makes the task running
 #: STAGE on PARTITION call os._exit(1) before batch BATCH, once (the marker file records it)
 FAULT_ENV = "DISTML_FAULT_INJECT"
+#: why ``--resume`` of pca/kmeans starts again (manifest ``execution.resume_reason``): their
+#: state between passes is not checkpointed; within a pass a lost task is retried by Ray
+NO_RESUME = ("out-of-core passes are not checkpointed (a lost task within a pass is retried); "
+             "--resume ran the passes from the start")
+
+
+def resume_record(ctx) -> dict:
+    """The ``execution`` fields of a pca/kmeans run: on ``--resume``, that it did not resume."""
+    return {"resumed_from": None, "resume_reason": NO_RESUME} if ctx.resume else {}
 
 
 # ------------------------------------------------------------------ partitions

@@ -129,6 +129,9 @@ def _encode(y: pd.Series, classes: list, where: str) -> np.ndarray:
 class SupervisedJob(Job):
     """A kind that fits ``X → y``; subclasses implement the hooks below (called on a worker)."""
 
+    _ckpt: Any = None  # distml.jobs._resume.Checkpoints of the single-task fit, when it makes them
+    _fault: dict | None = None  # the single task's fault hook (tests)
+
     def task(self) -> str | None:
         """classification / regression when the spec fixes it; None to infer from the target."""
         return None
@@ -206,7 +209,9 @@ class SupervisedJob(Job):
         out.files = self.model_files(model)
         out.files["model/schema.json"] = json.dumps(
             prep.schema(info.target), indent=2).encode()
+        ckpt = getattr(self, "_ckpt", None)
         out.info = {"task": prep.task, "task_inferred": self.task() is None,
+                    **({"checkpoint": ckpt.record()} if ckpt is not None else {}),
                     "rows": {k: int(len(v)) for k, v in parts.items()},
                     "worker_timings_s": {"read": round(t_read, 4), "fit": round(t_fit, 4)}}
         return out
@@ -236,14 +241,35 @@ class SupervisedJob(Job):
                 return self._run_cv(ctx, split, opts, prep_ref)
             ctx.log.info("fitting in one Ray task (resources.num_workers is 1)")
             self._progress = progress.worker_reporter()  # None unless progress is shown
+            self._ckpt = self._checkpoints(ctx)
             out = ray.get(ray.remote(_fit_task).options(**opts).remote(self, ctx.data, prep_ref))
         except DataError:
             raise
         except Exception as e:
             raise JobFailed(f"{self.spec.kind} fit failed: {_cause(e)}") from e
         out.info["execution"] = {"path": "single_task",
-                                 "reason": "resources.num_workers is 1: the data fits one worker"}
+                                 "reason": "resources.num_workers is 1: the data fits one worker",
+                                 **out.info.pop("checkpoint", {})}
+        if self._ckpt is not None:
+            self._ckpt.discard()  # the output is in hand; _SUCCESS follows its writing
         return out
+
+    def _checkpoints(self, ctx: RunContext):
+        """The fit's checkpoints (:mod:`distml.jobs._resume`) when the kind makes them, and the
+        fault hook of a single task (``DISTML_TRAIN_FAULT``, RELIABILITY.md T3), read here on
+        the driver and carried to the task."""
+        if not self.checkpointable():
+            return None
+        from distml.jobs import _distributed as D
+        from distml.jobs import _resume
+
+        self._fault = D.fault_from_env()
+        key = _resume.fingerprint(self.spec.to_dict(), ctx.data.fingerprint())
+        return _resume.Checkpoints.for_run(ctx, "fit", key)
+
+    def checkpointable(self) -> bool:
+        """Whether :meth:`fit` checkpoints and resumes (through ``self._ckpt``)."""
+        return False
 
     def _run_cv(self, ctx: RunContext, split, opts: dict, prep_ref: Any = None) -> JobOutput:
         import ray

@@ -35,7 +35,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from distml import progress
-from distml.errors import DataError
+from distml.errors import DataError, JobFailed
 from distml.jobs import _out_of_core as ooc
 from distml.jobs.base import Job as BaseJob
 from distml.jobs.base import JobOutput, RunContext
@@ -382,10 +382,25 @@ class Job(BaseJob):
         m, fit = self.spec.model, _Fit(self.spec, ctx)
         ctx.log.info("kmeans: %d partitions, %d features, k=%d, batch_size %d", len(fit.plan),
                      len(fit.feats), m.n_clusters, m.batch_size)
-        scaler, centers, held, tol, init_scores = self._initialise(fit, ctx)
+        passes_ckpt = _PassCheckpoints(self.spec, ctx, fit)
+        st0 = passes_ckpt.restore()
+        if st0 is None:
+            scaler, centers, held, tol, init_scores = self._initialise(fit, ctx)
+            st0 = {"scaler": scaler, "centers": centers, "held": held, "tol": tol,
+                   "init_scores": init_scores, "counts": np.zeros(m.n_clusters), "passes": 0,
+                   "refines": 0, "converged": False, "phase": "minibatch"}
+            passes_ckpt.save(st0)  # the sample pass and the initialisation are done
+        scaler, centers, held, tol, init_scores = (st0[k] for k in ("scaler", "centers", "held",
+                                                                   "tol", "init_scores"))
+        counts, converged, passes = st0["counts"], st0["converged"], st0["passes"]
+        refines, phase = st0["refines"], st0["phase"]
+
+        def passed(next_phase: str) -> None:  # after every pass: a checkpoint when due
+            passes_ckpt.save(dict(st0, centers=centers, counts=counts, passes=passes,
+                                  refines=refines, converged=converged, phase=next_phase))
+
         scaler_ref = fit.runner.put(scaler)
-        counts, converged, passes = np.zeros(m.n_clusters), False, 0
-        for passes in range(1, m.max_passes + 1):
+        for passes in range(passes + 1, m.max_passes + 1) if phase == "minibatch" else ():
             st = fit.over_data("minibatch_s", _minibatch_task, fit.runner.put(centers),
                                fit.runner.put(counts), scaler_ref)
             total = counts + st.counts
@@ -394,16 +409,17 @@ class Job(BaseJob):
             reseeded = reseed_empty(new, total, held)
             shift = fit.record("minibatch", centers, new, st, len(reseeded))
             centers, counts = new, total
-            if shift <= tol and not reseeded:
-                converged = True
+            converged = shift <= tol and not reseeded
+            passed("refine" if converged else "minibatch")
+            if converged:
                 break
-        refines = 0
-        for refines in range(1, m.refine_passes + 1):
+        for refines in range(refines + 1, m.refine_passes + 1) if phase != "final" else ():
             st = fit.over_data("refine_s", _lloyd_task, fit.runner.put(centers), scaler_ref)
             new, hit = centers.copy(), st.counts > 0
             new[hit] = st.sums[hit] / st.counts[hit, None]
             shift = fit.record("lloyd", centers, new, st)
             centers = new
+            passed("final" if shift <= tol else "refine")
             if shift <= tol:
                 break
         out_dir = str(ctx.run_dir.file("transformed")) if m.transform else None
@@ -423,7 +439,9 @@ class Job(BaseJob):
             "tasks": fit.runner.tasks, "batch_size": m.batch_size,
             "init_size": self.init_size(), "data_passes": 2 + passes + refines,
             "stages": ooc.stage_info(fit.meta),
-            "timings_s": {k: round(v, 4) for k, v in fit.timings.items()}}
+            "timings_s": {k: round(v, 4) for k, v in fit.timings.items()},
+            **passes_ckpt.ckpt.record()}
+        passes_ckpt.ckpt.discard()  # the result is in hand; _SUCCESS follows its writing
         out.info["memory"] = ooc.memory_info(fit.meta, m.batch_size,
                                              len(fit.feats) + m.n_clusters)
         return out
@@ -476,3 +494,52 @@ class Job(BaseJob):
                                          "refine_passes": refines, "converged": converged,
                                          "n_samples": final.rows}))
         return out
+
+
+class _PassCheckpoints:
+    """The k-means state after the sample pass and after every later pass (centres, counts,
+    the scaler, the held sample, the pass history) under ``checkpoints/passes/``
+    (:mod:`distml.jobs._resume`): ``--resume`` continues with the next pass."""
+
+    ARRAYS = ("centers", "counts", "held")
+
+    def __init__(self, spec: Spec, ctx: RunContext, fit: _Fit):
+        from distml.jobs import _distributed as D
+        from distml.jobs import _resume
+
+        key = _resume.fingerprint(spec.to_dict(), ctx.data.fingerprint())
+        self.ckpt = _resume.Checkpoints.for_run(ctx, "passes", key)
+        self.fit = fit
+        self.fault = D.fault_from_env()  # tests: the driver stops after pass K, once
+
+    def save(self, st: dict) -> None:
+        from distml.jobs._resume import fault_once
+
+        done = len(self.fit.history)
+        crash = fault_once(self.fault, done)
+        if self.ckpt.due(final=crash):
+            arrays = {k: st[k] for k in self.ARRAYS}
+            if st["scaler"] is not None:
+                arrays.update(scaler_mean=st["scaler"].mean, scaler_scale=st["scaler"].scale)
+            buf = io.BytesIO()
+            np.savez(buf, **arrays)
+            self.ckpt.save({**{k: v for k, v in st.items() if k not in self.ARRAYS + ("scaler",)},
+                            "history": self.fit.history, "meta": self.fit.meta,
+                            "timings": self.fit.timings}, {"state.npz": buf.getvalue()})
+        if crash:
+            raise JobFailed(f"fault injected after k-means pass {done} (DISTML_TRAIN_FAULT)")
+
+    def restore(self) -> dict | None:
+        found = self.ckpt.load()
+        if found is None:
+            return None
+        state, files = found
+        with np.load(io.BytesIO(files["state.npz"]), allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        self.fit.history[:] = state.pop("history")
+        self.fit.meta[:] = state.pop("meta")
+        self.fit.timings.update(state.pop("timings"))
+        scaler = (ooc.Scaler(arrays.pop("scaler_mean"), arrays.pop("scaler_scale"))
+                  if "scaler_mean" in arrays else None)
+        self.ckpt.resumed_from = {"passes": len(self.fit.history), "phase": state["phase"]}
+        return {**state, **arrays, "scaler": scaler}

@@ -354,7 +354,7 @@ class Job(BaseJob):
             "partitions": len(plan), "tasks": runner.tasks, "batch_size": m.batch_size,
             "passes": 1 + (mode == "incremental" and m.scale) + bool(m.transform),
             "stages": ooc.stage_info(meta),
-            "timings_s": {k: round(v, 4) for k, v in timings.items()}}
+            "timings_s": {k: round(v, 4) for k, v in timings.items()}, **ooc.resume_record(ctx)}
         out.info["memory"] = ooc.memory_info(meta, m.batch_size, len(feats))
         return out
 

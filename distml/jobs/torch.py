@@ -276,13 +276,43 @@ class Job(SupervisedJob):
         else:
             from distml.progress import epoch_callback
 
-            fitted, res = self.train_local(prep, train, valid, on_epoch=epoch_callback(
-                getattr(self, "_progress", None), self.spec.model.epochs))
+            restored, save = self._epoch_checkpoints()
+            fitted, res = self.train_local(prep, train, valid, restored=restored,
+                                           on_epoch=epoch_callback(
+                                               getattr(self, "_progress", None),
+                                               self.spec.model.epochs, then=save))
             history, figures = res.history, res.figures
+            if restored is not None:
+                self._ckpt.resumed_from = {"epoch": int(figures["resumed_from"]),
+                                           "of": self.spec.model.epochs}
         curve = pd.DataFrame(history, columns=["iteration", "split", "metric", "value"])
         figures = {k: v for k, v in figures.items()
                    if k not in ("attempts", "resumed_from", "loop_s")}
         return fitted, figures, {"learning_curve": curve}
+
+    def checkpointable(self) -> bool:
+        return self._pretrained is None
+
+    def _epoch_checkpoints(self):
+        """(restored state or None, ``on_epoch`` hook or None) of the single-task fit: the
+        Train path's checkpoint (:func:`save_state` of the loop's state: weights, optimizer,
+        scheduler, epoch, RNG states, early stopping) saved at the checkpoint cadence and after
+        the last epoch (:mod:`distml.jobs._resume`)."""
+        from distml.jobs import _distributed as D
+        from distml.jobs._torch_model import load_state, save_state
+
+        ckpt, fault, total = self._ckpt, self._fault, self.spec.model.epochs
+        if ckpt is None:
+            return None, None
+        found = ckpt.load()
+        restored = load_state(found[1]["checkpoint.pt"]) if found is not None else None
+
+        def save(epoch, figures, state, stopped):
+            if ckpt.due(final=bool(stopped) or epoch >= total):
+                ckpt.save({"epoch": epoch}, {"checkpoint.pt": save_state(state())})
+            D.maybe_crash(fault, epoch, 0, 1)
+
+        return restored, save
 
     def predict(self, model: TorchFitted, prep: Prepared, X: pd.DataFrame):
         return model.outputs(X)
@@ -305,8 +335,10 @@ class Job(SupervisedJob):
 
             return run_worker_group(self, ctx, choice, prep_ref)
         out = super().run(ctx, prep_ref)
-        if out.info.get("execution", {}).get("path") == "single_task":
-            out.info["execution"] = choice.record()
+        ex = out.info.get("execution", {})
+        if ex.get("path") == "single_task":
+            out.info["execution"] = {**choice.record(),
+                                     **{k: v for k, v in ex.items() if k not in ("path", "reason")}}
         return out
 
     # ------------------------------------------------------------------ search hooks

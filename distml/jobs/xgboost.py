@@ -100,8 +100,10 @@ class Job(SupervisedJob):
 
             return run_worker_group(self, ctx, choice)
         out = super().run(ctx, prep_ref)
-        if out.info.get("execution", {}).get("path") == "single_task":
-            out.info["execution"] = choice.record()
+        ex = out.info.get("execution", {})
+        if ex.get("path") == "single_task":
+            out.info["execution"] = {**choice.record(),
+                                     **{k: v for k, v in ex.items() if k not in ("path", "reason")}}
         return out
 
     def booster_params(self, prep: Prepared) -> dict[str, Any]:
@@ -128,7 +130,13 @@ class Job(SupervisedJob):
         return xgb.DMatrix(prep.X.iloc[rows], label=prep.y[rows], enable_categorical=True,
                            nthread=nthread)
 
+    def checkpointable(self) -> bool:
+        return True
+
     def fit(self, prep: Prepared, train: np.ndarray, valid: np.ndarray | None):
+        """``xgboost.train``; in the single task it checkpoints the booster with its round, the
+        early-stopping state and the evaluation history (:mod:`distml.jobs._resume`) and
+        continues from the last checkpoint (``xgb_model=``) for the remaining rounds."""
         import xgboost as xgb
 
         params = self.booster_params(prep)
@@ -137,17 +145,35 @@ class Job(SupervisedJob):
         evals = [(dtrain, "train")]
         if valid is not None and len(valid):
             evals.append((self._dmatrix(prep, valid, nthread), "valid"))
-        history: dict = {}
         model = self.spec.model
+        es_rounds = model.early_stopping_rounds if len(evals) > 1 else None
+        # what xgb.train(early_stopping_rounds=) adds, made here so its state can be saved
+        stopper = xgb.callback.EarlyStopping(rounds=es_rounds) if es_rounds else None
+        booster, done, earlier = None, 0, {}
+        ckpt = self._ckpt
+        restored = ckpt.load() if ckpt is not None else None
+        if restored is not None:
+            state, files = restored
+            booster = xgb.Booster(model_file=bytearray(files["model.ubj"]))
+            done, earlier = int(state["round"]), state["history"]
+            if stopper is not None:
+                _set_stopper_state(stopper, state.get("early_stopping"))
+            ckpt.resumed_from = {"round": done, "of": model.num_boost_round,
+                                 **({"best_iteration": int(booster.best_iteration)}
+                                    if es_rounds else {})}
+        stopped = bool(restored and restored[0].get("stopped"))
         from distml.progress import xgboost_callback
 
         rounds = xgboost_callback(getattr(self, "_progress", None), model.num_boost_round)
-        booster = xgb.train(params, dtrain, num_boost_round=model.num_boost_round, evals=evals,
-                            early_stopping_rounds=model.early_stopping_rounds if len(evals) > 1
-                            else None, evals_result=history, verbose_eval=False,
-                            callbacks=[rounds] if rounds is not None else None)
+        saver = _round_checkpointer(ckpt, stopper, self._fault, model.num_boost_round, earlier)
+        callbacks = [c for c in (rounds, saver if ckpt is not None else stopper) if c is not None]
+        history: dict = {}
+        booster = xgb.train(params, dtrain, num_boost_round=0 if stopped else
+                            model.num_boost_round - done, evals=evals, evals_result=history,
+                            verbose_eval=False, callbacks=callbacks or None, xgb_model=booster)
+        history = _join_history(earlier, history)
         figures: dict[str, Any] = {"num_boosted_rounds": int(booster.num_boosted_rounds())}
-        if model.early_stopping_rounds and len(evals) > 1:
+        if es_rounds:
             figures["best_iteration"] = int(booster.best_iteration)
         curve = pd.DataFrame([
             {"iteration": i, "split": split, "metric": metric, "value": float(v)}
@@ -309,3 +335,40 @@ def _round_reporter(session, split: str, eval_name: str, stopper, total: int):
             return False
 
     return RoundReporter()
+
+
+def _join_history(earlier: dict, later: dict) -> dict:
+    """The evaluation history of the rounds before a resume followed by those after it."""
+    out = {split: {m: list(v) for m, v in by.items()} for split, by in earlier.items()}
+    for split, by in later.items():
+        for metric, values in by.items():
+            out.setdefault(split, {}).setdefault(metric, []).extend(float(v) for v in values)
+    return out
+
+
+def _round_checkpointer(ckpt, stopper, fault, total: int, earlier: dict):
+    """An xgboost callback that runs early stopping (``stopper``, or none) and then saves the
+    booster, the round, the stopping state and the history at the checkpoint cadence and after
+    the last round; it must be the last callback (xgboost stops calling callbacks after the
+    first that asks to stop)."""
+    import xgboost as xgb
+
+    from distml.jobs import _distributed as D
+
+    class RoundCheckpointer(xgb.callback.TrainingCallback):
+        def before_training(self, model):
+            self.start = model.num_boosted_rounds()
+            return stopper.before_training(model) if stopper is not None else model
+
+        def after_iteration(self, model, epoch, evals_log) -> bool:
+            stop = bool(stopper.after_iteration(model, epoch, evals_log)) if stopper else False
+            done = self.start + epoch + 1
+            if ckpt.due(final=stop or done >= total):
+                ckpt.save({"round": done, "stopped": stop,
+                           "early_stopping": _stopper_state(stopper),
+                           "history": _join_history(earlier, evals_log)},
+                          {"model.ubj": bytes(model.save_raw("ubj"))})
+            D.maybe_crash(fault, done, 0, 1)
+            return stop
+
+    return RoundCheckpointer()

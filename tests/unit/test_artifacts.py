@@ -259,3 +259,26 @@ def test_diff_paths():
     assert diff_paths({"a": {"b": 1, "c": 2}, "d": 1}, {"a": {"b": 1, "c": 3}, "e": 1}) == [
         "a.c", "d", "e"]
     assert diff_paths({"a": [1]}, {"a": [1]}) == []
+
+
+def test_runs_tells_running_from_abandoned_and_unverified(tmp_path):
+    from distml.report.runs import list_runs
+
+    def started(run_id):
+        rd = RunDir(tmp_path, "job", run_id)
+        rd.prepare()
+        rd.write_json("manifest.json", {"name": "job", "run_id": run_id, "kind": "sklearn",
+                                        "status": "running", "started_at": 1.0})
+        return rd
+
+    started("killed")
+    (tmp_path / "job" / "killed" / ".run.log.tmp-999999").write_text("")
+    tampered = _finished(tmp_path)  # job/r1
+    (tampered.path / "metrics.json").write_text('{"a": 2}')
+    live = started("live")
+    with live.lock():
+        rows = {r.run_id: r for r in list_runs(tmp_path)}
+        assert rows["live"].status == "running" and f"pid {os.getpid()}" in rows["live"].note
+    assert rows["killed"].status == "abandoned" and "gone" in rows["killed"].note
+    assert rows["r1"].status == "unverified" and "metrics.json" in rows["r1"].note
+    assert {r.run_id: r.status for r in list_runs(tmp_path)}["live"] == "abandoned"

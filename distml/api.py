@@ -83,7 +83,7 @@ def run(spec: "str | os.PathLike | Mapping | JobSpec",
 
 def _run(spec, overrides, output, address, run_id, resume, kw_overrides) -> Result:
     from distml.jobs import kind_module
-    from distml.runtime.artifacts import RunDir
+    from distml.runtime.artifacts import RunDir, run_fingerprint
 
     merged: dict[str, Any] = {}
     if overrides:
@@ -167,14 +167,6 @@ def _run(spec, overrides, output, address, run_id, resume, kw_overrides) -> Resu
 
         log_result_safely(result, tracking)  # after _SUCCESS: a tracking outage is a warning
     return result
-
-
-def run_fingerprint(job_spec: JobSpec, info) -> dict[str, Any]:
-    """What a run is, for ``--resume`` to compare: the resolved spec and the data's files,
-    sizes, row counts and columns."""
-    from distml.runtime.artifacts import to_jsonable
-
-    return {"spec": to_jsonable(job_spec.to_dict()), "data": to_jsonable(info.fingerprint())}
 
 
 def _reuse(run_dir, job_spec: JobSpec) -> Result:

@@ -332,6 +332,12 @@ class RunDir:
                       p.relative_to(path).parts and p.name not in _OWN)
 
 
+def run_fingerprint(spec: Any, info: Any) -> dict:
+    """What a run is, for ``--resume`` to compare: the resolved spec (a JobSpec) and its data
+    (a DataInfo: files, sizes, row counts, columns)."""
+    return {"spec": to_jsonable(spec.to_dict()), "data": to_jsonable(info.fingerprint())}
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -476,9 +476,11 @@ def _busy_message(path: Path, holder: dict) -> str:
     since = holder.get("since")
     when = (time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(since))
             if isinstance(since, (int, float)) else "an unknown time")
+    elsewhere = holder.get("host") not in (None, platform.node())
     return (f"run dir {str(path)!r} is in use by another distml run (host "
             f"{holder.get('host', '?')}, pid {holder.get('pid', '?')}, since {when}); wait for "
-            "it to end, or pick a new --run-id")
+            "it to end, or pick a new --run-id" + (
+                f" (if that process is gone, remove {str(path / LOCK)!r})" if elsewhere else ""))
 
 
 def to_jsonable(obj: Any) -> Any:

@@ -151,11 +151,15 @@ def _run(spec, overrides, output, address, run_id, resume, kw_overrides) -> Resu
                 run_dir.write_json("manifest.json", manifest)
                 log.info("run succeeded in %.1fs", timings["total_s"])
             except BaseException as e:
-                raise _record_failure(run_dir, manifest, timings, e) from None
+                if _record_failure(run_dir, manifest, timings, e) is e:
+                    raise
+                raise KeyboardInterrupt("terminated by signal 15 (SIGTERM)") from None
         try:  # run.log is in place now: digests of every artifact, then _SUCCESS
             run_dir.mark_success(manifest)
         except BaseException as e:
-            raise _record_failure(run_dir, manifest, timings, e) from None
+            if _record_failure(run_dir, manifest, timings, e) is e:
+                raise
+            raise KeyboardInterrupt("terminated by signal 15 (SIGTERM)") from None
         if job_spec.tune is not None:
             from distml.tune import discard_experiment
 
@@ -194,8 +198,8 @@ def _reuse(run_dir, job_spec: JobSpec) -> Result:
 
 
 def _record_failure(run_dir, manifest: dict, timings: dict, e: BaseException) -> BaseException:
-    """Record a failed or interrupted run in its manifest (never left ``running``); returns the
-    exception to raise (Ray's SIGTERM exit becomes the interruption it is)."""
+    """Record a failed or interrupted run in its manifest (never left ``running``); returns
+    ``e``, or a KeyboardInterrupt for Ray's SIGTERM exit (the interruption it is)."""
     import signal
 
     if isinstance(e, SystemExit) and e.code in (signal.SIGTERM, 128 + signal.SIGTERM):

@@ -216,3 +216,44 @@ def test_train_and_tune_resume_check_the_fingerprint(tmp_path):
             runner._tuner(tctx, None, None, {}, 1, None, 1, 2)
     finally:
         tune.Tuner.can_restore = orig
+
+
+def test_a_failed_write_marks_the_manifest_failed(tmp_path, monkeypatch, ray_cluster):
+    """Disk full while writing the artifacts: the manifest says failed (not running), no
+    _SUCCESS, and the lock is released."""
+    import distml
+    from distml.runtime import artifacts
+
+    def full(self, rel, frame):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(artifacts.RunDir, "write_parquet", full)
+    with pytest.raises(OSError, match="No space left"):
+        distml.run(str(QUICKSTART), output=tmp_path, run_id="w1",
+                   model__num_boost_round=5)
+    run_dir = tmp_path / "quickstart" / "w1"
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and "No space left" in manifest["error"]["message"]
+    assert not (run_dir / "_SUCCESS").exists() and not (run_dir / LOCK).exists()
+    assert (run_dir / "run.log").is_file()
+
+
+def test_rays_sigterm_exit_during_cluster_start_is_an_interruption(tmp_path, monkeypatch):
+    """ray.init's own SIGTERM handler exits with status 15: distml records an interruption."""
+    import distml
+    from distml.runtime import cluster
+
+    def ray_handler_fired(*a, **k):
+        raise SystemExit(15)
+
+    import ray
+
+    monkeypatch.setattr(cluster, "_start_local", ray_handler_fired)
+    # as if no Ray were running in this process (the session's shared one may be), and leave
+    # that one alone when the start is cleaned up
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(cluster, "_shutdown", lambda started_here: None)
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        distml.run(str(QUICKSTART), output=tmp_path, run_id="s1")
+    manifest = json.loads((tmp_path / "quickstart" / "s1" / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted" and "SIGTERM" in manifest["error"]["message"]

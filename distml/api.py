@@ -70,12 +70,20 @@ def run(spec: "str | os.PathLike | Mapping | JobSpec",
         r = distml.run("jobs/quickstart.yaml", model__params__max_depth=3)
         r.metrics["valid"]["roc_auc"]
 
-    A rerun with the ``run_id`` of a finished run returns the stored result without running.
+    A rerun with the ``run_id`` of a finished run returns the stored result without running
+    (after checking its artifacts' digests; a different spec is a SpecError naming the fields).
+    While a run works it holds its run directory's lock: the same ``run_id`` started elsewhere
+    meanwhile raises :class:`distml.ClusterError` (exit 3) naming the holder.
     Raises :class:`distml.SpecError`/:class:`distml.DataError` (invalid input, before any cluster
     work), :class:`distml.ClusterError` (unreachable cluster) or :class:`distml.JobFailed`.
     """
+    with _sigterm_interrupts():  # first: a SIGTERM at any moment of a run is an interruption
+        return _run(spec, overrides, output, address, run_id, resume, kw_overrides)
+
+
+def _run(spec, overrides, output, address, run_id, resume, kw_overrides) -> Result:
     from distml.jobs import kind_module
-    from distml.runtime.artifacts import RunDir
+    from distml.runtime.artifacts import RunDir, run_fingerprint
 
     merged: dict[str, Any] = {}
     if overrides:
@@ -87,8 +95,7 @@ def run(spec: "str | os.PathLike | Mapping | JobSpec",
     job_spec = load_spec(spec, merged)
     run_dir = RunDir(output or job_spec.output.dir, job_spec.name, run_id)
     if run_dir.complete:
-        log.info("run %s is already complete; reporting the stored result", run_dir.path)
-        return Result.load(run_dir.path, reused=True)
+        return _reuse(run_dir, job_spec)
 
     t_start = time.time()
     timings: dict[str, float] = {}
@@ -102,60 +109,119 @@ def run(spec: "str | os.PathLike | Mapping | JobSpec",
         check_trials(job_spec)  # every searched value passes the kind's own checks
     timings["validate_s"] = time.perf_counter() - t0
 
-    run_dir.prepare()
-    manifest: dict[str, Any] = {
-        "name": job_spec.name, "kind": job_spec.kind, "run_id": run_dir.run_id,
-        "status": "running", "started_at": t_start, "argv": sys.argv[1:],
-        "versions": _versions(), "data": info.fingerprint(),
-        "seeds": _seeds(job_spec), "host": platform.node(), "resume": resume}
-    run_dir.write_yaml("spec.yaml", job_spec.to_dict())
-    run_dir.write_json("manifest.json", manifest)
-    with _run_log(run_dir), _sigterm_interrupts():
-        log.info("run %s/%s (%s) in %s", job_spec.name, run_dir.run_id, job_spec.kind, run_dir.path)
-        try:
-            out = _execute(job, job_spec, info, run_dir, address, resume, manifest, timings)
-        except BaseException as e:
-            stopped = isinstance(e, KeyboardInterrupt)
-            if stopped:  # Tune re-raises a bare KeyboardInterrupt: say what stopped the run
-                e_msg = str(e) or ("terminated by signal 15 (SIGTERM)" if _sigterm_received
-                                   else "interrupted (SIGINT)")
-            manifest.update(status="interrupted" if stopped else "failed",
-                            finished_at=time.time(), timings=_round(timings),
-                            error=(e.to_dict() if isinstance(e, DistmlError) else
-                                   {"type": type(e).__name__,
-                                    "message": e_msg if stopped else str(e)}))
-            log.error("run failed: %s", e)
-            _trace.error("traceback:\n%s", traceback.format_exc())
-            run_dir.write_json("manifest.json", manifest)
-            raise
-        t0 = time.perf_counter()
-        progress.current().stage("write")
-        for name, frame in out.tables.items():
-            run_dir.write_parquet(f"tables/{name}.parquet", frame)
-        for rel, data in out.files.items():
-            run_dir.write_bytes(rel, data)
-        for rel, text in out.texts.items():
-            run_dir.write_text(rel, text)
-        run_dir.write_json("metrics.json", out.metrics)
-        timings["write_s"] = time.perf_counter() - t0
-        timings["total_s"] = time.time() - t_start
-        manifest.update(status="succeeded", finished_at=time.time(), timings=_round(timings),
-                        **({"best_config": out.best_config} if out.best_config else {}), **out.info)
-        manifest["report"] = _report(run_dir, manifest, timings, t_start)
+    with run_dir.lock():  # RunBusy (exit 3) while another process runs this run id
+        if run_dir.complete:  # finished by another process since the check above
+            return _reuse(run_dir, job_spec)
+        run_dir.prepare(resume=resume)
+        fingerprint = run_fingerprint(job_spec, info)
+        checkpoints = run_dir.path / "checkpoints"
+        if resume and checkpoints.is_dir() and any(checkpoints.iterdir()):
+            run_dir.check_resume(fingerprint)  # before the cluster: what is resumed is this run
+        else:  # a new run, or nothing to resume: this run starts afresh
+            run_dir.write_fingerprint(fingerprint)
+        manifest: dict[str, Any] = {
+            "name": job_spec.name, "kind": job_spec.kind, "run_id": run_dir.run_id,
+            "status": "running", "started_at": t_start, "argv": sys.argv[1:],
+            "versions": _versions(), "data": info.fingerprint(),
+            "seeds": _seeds(job_spec), "host": platform.node(), "pid": os.getpid(),
+            "resume": resume}
+        run_dir.write_yaml("spec.yaml", job_spec.to_dict())
         run_dir.write_json("manifest.json", manifest)
-        log.info("run succeeded in %.1fs", timings["total_s"])
-    run_dir.mark_success()
-    if job_spec.tune is not None:
-        from distml.tune import discard_experiment
+        with _run_log(run_dir):
+            log.info("run %s/%s (%s) in %s", job_spec.name, run_dir.run_id, job_spec.kind,
+                     run_dir.path)
+            try:
+                out = _execute(job, job_spec, info, run_dir, address, resume, manifest, timings)
+                t0 = time.perf_counter()
+                progress.current().stage("write")
+                for name, frame in out.tables.items():
+                    run_dir.write_parquet(f"tables/{name}.parquet", frame)
+                for rel, data in out.files.items():
+                    run_dir.write_bytes(rel, data)
+                for rel, text in out.texts.items():
+                    run_dir.write_text(rel, text)
+                run_dir.write_json("metrics.json", out.metrics)
+                timings["write_s"] = time.perf_counter() - t0
+                timings["total_s"] = time.time() - t_start
+                manifest.update(status="succeeded", finished_at=time.time(),
+                                timings=_round(timings),
+                                **({"best_config": out.best_config} if out.best_config else {}),
+                                **out.info)
+                manifest["report"] = _report(run_dir, manifest, timings, t_start)
+                run_dir.write_json("manifest.json", manifest)
+                log.info("run succeeded in %.1fs", timings["total_s"])
+            except BaseException as e:
+                if _record_failure(run_dir, manifest, timings, e) is e:
+                    raise
+                raise KeyboardInterrupt("terminated by signal 15 (SIGTERM)") from None
+        try:  # run.log is in place now: digests of every artifact, then _SUCCESS
+            run_dir.mark_success(manifest)
+        except BaseException as e:
+            if _record_failure(run_dir, manifest, timings, e) is e:
+                raise
+            raise KeyboardInterrupt("terminated by signal 15 (SIGTERM)") from None
+        if job_spec.tune is not None:
+            from distml.tune import discard_experiment
 
-        discard_experiment(run_dir)
-    result = Result.load(run_dir.path)
+            discard_experiment(run_dir)
+        result = Result.load(run_dir.path)
     tracking = job_spec.tracking.mlflow if job_spec.tracking is not None else None
     if tracking is not None:
         from distml.runtime.tracking import log_result_safely
 
         log_result_safely(result, tracking)  # after _SUCCESS: a tracking outage is a warning
     return result
+
+
+def _reuse(run_dir, job_spec: JobSpec) -> Result:
+    """The stored result of a finished run of this id, after checking that its artifacts are
+    the ones recorded at ``_SUCCESS`` and that it ran this very spec."""
+    import yaml
+
+    from distml.errors import SpecError
+    from distml.runtime.artifacts import diff_paths, to_jsonable, verify_finished
+
+    verify_finished(run_dir.path)
+    try:
+        stored = yaml.safe_load((run_dir.path / "spec.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        stored = None
+    current = yaml.safe_load(yaml.safe_dump(to_jsonable(job_spec.to_dict()), sort_keys=False))
+    differ = diff_paths(stored, current) if isinstance(stored, dict) else ["spec.yaml"]
+    if differ:
+        shown = ", ".join(differ[:8]) + (f" and {len(differ) - 8} more" if len(differ) > 8
+                                         else "")
+        raise SpecError(f"run id {run_dir.run_id!r} already finished with a different spec "
+                        f"({shown} differ); pick a new --run-id to run this spec")
+    log.info("run %s is already complete; reporting the stored result", run_dir.path)
+    return Result.load(run_dir.path, reused=True)
+
+
+def _record_failure(run_dir, manifest: dict, timings: dict, e: BaseException) -> BaseException:
+    """Record a failed or interrupted run in its manifest (never left ``running``); returns
+    ``e``, or a KeyboardInterrupt for Ray's SIGTERM exit (the interruption it is)."""
+    import signal
+
+    if isinstance(e, SystemExit) and e.code in (signal.SIGTERM, 128 + signal.SIGTERM):
+        e = KeyboardInterrupt("terminated by signal 15 (SIGTERM)")  # Ray's handler won a race
+    stopped = isinstance(e, KeyboardInterrupt)
+    if stopped:  # Tune re-raises a bare KeyboardInterrupt: say what stopped the run
+        message = str(e) or ("terminated by signal 15 (SIGTERM)" if _sigterm_received
+                             else "interrupted (SIGINT)")
+        error = {"type": "KeyboardInterrupt", "message": message}
+        _trace.error("run interrupted: %s", message)  # the console says it once, the CLI's line
+    else:
+        error = (e.to_dict() if isinstance(e, DistmlError) else
+                 {"type": type(e).__name__, "message": str(e)})
+        log.error("run failed: %s", e)
+    _trace.error("traceback:\n%s", traceback.format_exc())
+    manifest.update(status="interrupted" if stopped else "failed", finished_at=time.time(),
+                    timings=_round(timings), error=error)
+    try:
+        run_dir.write_json("manifest.json", manifest)
+    except BaseException as write_error:  # e.g. the disk is full: say so, raise the cause
+        log.error("manifest.json could not record the failure: %s", write_error)
+    return e
 
 
 def _terminated(signum, frame):

@@ -256,6 +256,8 @@ def load_predictor(run_dir: str | os.PathLike, allow_module: Iterable[str] = ())
     if not (run / "_SUCCESS").is_file():
         raise DataError(f"run dir {str(run)!r} has no _SUCCESS: the run did not finish (or is "
                         "still running); predict needs a finished run")
+    from distml.runtime.artifacts import verify_finished
+    verify_finished(run)  # private folder, artifacts as recorded at _SUCCESS (digests)
     try:
         manifest = json.loads((run / "manifest.json").read_text())
         kind = manifest["kind"]

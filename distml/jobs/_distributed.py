@@ -173,9 +173,15 @@ def run_config(ctx, max_failures: int):
     same ``RunConfig(name, storage_path)``), a fresh run starts from an empty folder."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
 
+    from distml.runtime.artifacts import run_fingerprint
+
     storage = ctx.run_dir.file("checkpoints")
     if not ctx.resume:
         shutil.rmtree(storage / EXPERIMENT, ignore_errors=True)
+    elif (storage / EXPERIMENT).exists():  # resume only the run of this very spec and data
+        ctx.run_dir.check_resume(run_fingerprint(ctx.spec, ctx.data))
+    else:
+        ctx.run_dir.write_fingerprint(run_fingerprint(ctx.spec, ctx.data))  # starts afresh
     storage.mkdir(parents=True, exist_ok=True)
     from distml.tune.session import train_callbacks
 

@@ -30,6 +30,8 @@ class RunRow:
     seconds: float | None
     run_dir: str
     report: bool
+    #: why the status is what it is, when that is not plain (abandoned, unverified)
+    note: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,8 +70,14 @@ def _read(path: Path) -> dict:
 def list_runs(output: str | os.PathLike = "runs") -> list[RunRow]:
     """Every ``OUTPUT/NAME/RUN_ID/`` with a manifest, newest first.
 
-    A run without ``_SUCCESS`` whose manifest still says ``running`` is reported as
-    ``incomplete`` (it is running, or its driver died)."""
+    A finished run is ``succeeded`` only when its artifacts check out against the digests
+    recorded at ``_SUCCESS`` (else ``unverified``, with the reason in ``note``). A run whose
+    manifest still says ``running`` is ``running`` while its lock's holder lives, ``abandoned``
+    when the holder is provably gone (killed: the next run of that id cleans up), and
+    ``incomplete`` when that cannot be told (a holder on another host)."""
+    from distml.errors import DataError
+    from distml.runtime.artifacts import holder_gone, read_holder, verify_finished
+
     root = Path(output).expanduser()
     if not root.is_dir():
         raise SpecError(f"--output: {str(root)!r} is not a directory (no runs there)")
@@ -79,11 +87,23 @@ def list_runs(output: str | os.PathLike = "runs") -> list[RunRow]:
         m = _read(manifest_path)
         if not m:
             continue
-        status = str(m.get("status", "unknown"))
+        status, note = str(m.get("status", "unknown")), None
         if (run_dir / "_SUCCESS").is_file():
-            status = "succeeded"
+            try:
+                verify_finished(run_dir)
+                status = "succeeded"
+            except DataError as e:
+                status, note = "unverified", e.message
         elif status in ("running", "succeeded"):
-            status = "incomplete"
+            holder = read_holder(run_dir)
+            if holder is None or holder_gone(holder):
+                status = "abandoned"
+                note = ("its process is gone (killed?): rerun the same --run-id to start it "
+                        "afresh, or --resume")
+            elif status == "running" and holder.get("host"):
+                note = f"pid {holder.get('pid')} on {holder.get('host')}"
+            else:
+                status = "incomplete"
         metric, value = key_metric(_read(run_dir / "metrics.json"))
         started = m.get("started_at") if isinstance(m.get("started_at"), (int, float)) else None
         timings = m.get("timings") if isinstance(m.get("timings"), dict) else {}
@@ -95,7 +115,7 @@ def list_runs(output: str | os.PathLike = "runs") -> list[RunRow]:
                            str(m.get("run_id", run_dir.name)), status, str(m.get("kind", "")),
                            metric, value if value is None or math.isfinite(value) else None,
                            started, float(seconds) if isinstance(seconds, (int, float)) else None,
-                           str(run_dir), (run_dir / "report.html").is_file()))
+                           str(run_dir), (run_dir / "report.html").is_file(), note))
     rows.sort(key=lambda r: (r.started_at or 0, r.name, r.run_id), reverse=True)
     return rows
 

@@ -1,9 +1,10 @@
 """Getting a Ray cluster for a run: reuse one already initialised, connect, or start a local one.
 
 Order (DESIGN.md §3): ``--address``, else ``RAY_ADDRESS``, else a single-node cluster started for
-the run and shut down after (its dashboard off unless ``DISTML_DASHBOARD=1``, and then bound to
-127.0.0.1 only). Connecting is preceded by a TCP pre-flight with a deadline so an
-unreachable address fails in seconds (exit 3) instead of Ray's long retry loop. Token
+the run — always its own, never one a ``ray start`` left running on the machine — and shut down
+after (its dashboard off unless ``DISTML_DASHBOARD=1``, and then bound to 127.0.0.1 only).
+Connecting is preceded by a TCP pre-flight with a deadline so an unreachable address fails in
+seconds (exit 3) instead of Ray's long retry loop. Token
 authentication is left to Ray: it is on by default for new local clusters and read from
 ``RAY_AUTH_TOKEN`` / ``RAY_AUTH_TOKEN_PATH`` / ``~/.ray/auth_token`` when connecting.
 """
@@ -96,12 +97,37 @@ def preflight(address: str, source: str, timeout_s: float = PREFLIGHT_TIMEOUT_S)
 
 
 def _start_local(num_cpus: int | None, num_gpus: int | None) -> None:
-    """Start a single-node cluster for this run (tests replace this to forbid it)."""
+    """Start a single-node cluster for this run (tests replace this to forbid it).
+
+    ``address="local"``: always a new cluster of our own, never one that ``ray start`` recorded
+    in Ray's temp folder (plain ``ray.init()`` would silently join that one, and then fail on
+    ``num_cpus``). CPUs and GPUs are left to Ray's detection, which honours container (cgroup)
+    limits, unless the caller asks for a number."""
     import ray
 
     dashboard = os.environ.get("DISTML_DASHBOARD", "").lower() in ("1", "true", "yes")
-    ray.init(num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus, include_dashboard=dashboard,
+    ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=dashboard,
              dashboard_host="127.0.0.1", log_to_driver=False, configure_logging=False)
+
+
+@contextmanager
+def _keep_sigterm_handler() -> Iterator[None]:
+    """Keep the process's SIGTERM handler through ``ray.init``, which installs its own (a bare
+    ``sys.exit(15)``): a SIGTERM that lands while Ray starts becomes the KeyboardInterrupt the
+    run's handler would have raised, and the handler is put back once Ray is up."""
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    except SystemExit as e:
+        if e.code in (signal.SIGTERM, 128 + signal.SIGTERM):
+            raise KeyboardInterrupt("terminated by signal 15 (SIGTERM)") from None
+        raise
+    finally:
+        if main and previous is not None and signal.getsignal(signal.SIGTERM) is not previous:
+            signal.signal(signal.SIGTERM, previous)
 
 
 @contextmanager
@@ -115,17 +141,22 @@ def cluster(address: str | None = None, *, num_cpus: int | None = None,
         yield ClusterInfo("existing", None, None, _resources(), 0.0)
         return
     addr, source = resolve_address(address)
-    if addr:
-        preflight(addr, source or "--address")
-        try:
-            ray.init(address=addr, log_to_driver=False, configure_logging=False)
-        except Exception as e:  # Ray raises ConnectionError/RuntimeError/auth errors here
-            raise ClusterError(f"cannot connect to the Ray cluster at {addr!r} (from {source}): "
-                               f"{_first_line(e)}") from e
-        mode = "connected"
-    else:
-        _start_local(num_cpus, num_gpus)
-        mode = "local"
+    mode = "connected" if addr else "local"
+    try:
+        with _keep_sigterm_handler():
+            if addr:
+                preflight(addr, source or "--address")
+                try:
+                    ray.init(address=addr, log_to_driver=False, configure_logging=False)
+                except Exception as e:  # Ray raises ConnectionError/RuntimeError/auth errors
+                    raise ClusterError(f"cannot connect to the Ray cluster at {addr!r} (from "
+                                       f"{source}): {_first_line(e)}") from e
+            else:
+                _start_local(num_cpus, num_gpus)
+    except BaseException:  # interrupted or failed part way: stop what was started
+        if mode == "local" or ray.is_initialized():
+            _shutdown(started_here=mode == "local")
+        raise
     info = ClusterInfo(mode, addr, source, _resources(), time.monotonic() - t0)
     log.info("ray cluster ready (%s, %.1fs): %s", mode, info.start_s, info.resources)
     try:

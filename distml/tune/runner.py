@@ -5,11 +5,9 @@ built is in :mod:`distml.tune.tuner`.
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
-from pathlib import Path
 from typing import Any
 
 from ray import tune
@@ -17,13 +15,13 @@ from ray import tune
 from distml.errors import DistmlError, JobFailed, SpecError
 from distml.jobs import kind_module
 from distml.jobs.base import JobOutput, RunContext
+from distml.runtime.artifacts import run_fingerprint
 from distml.tune.session import TrialPlan, fault_from_env, lookup_metric, trial_fn
 from distml.tune.space import Space
 from distml.tune.table import TrialRecord, best_record, failure_summary, trials_table
 from distml.tune.tuner import (EXPERIMENT, Progress, concurrency_for, make_scheduler,
                                make_tuner, quiet_logs, report_schedule, tune_env)
 
-FINGERPRINT = "search.json"  # next to the experiment: the spec it belongs to
 #: the refit must reproduce the best trial's metric to this relative tolerance
 REFIT_RTOL = 1e-6
 
@@ -149,9 +147,10 @@ def _tuner(ctx: RunContext, trainable, space: Space, base: dict, concurrency: in
     t = ctx.spec.tune
     storage = ctx.run_dir.file("checkpoints")
     exp_dir = storage / EXPERIMENT
-    fingerprint = {"spec": base, "tune": t.model_dump(mode="json")}
+    fingerprint = run_fingerprint(ctx.spec, ctx.data)  # the spec (search included) and data
     if ctx.resume and tune.Tuner.can_restore(str(exp_dir)):
-        _check_same_search(storage / FINGERPRINT, fingerprint)
+        # a missing fingerprint is a refusal: nothing proves what the experiment belongs to
+        ctx.run_dir.check_resume(fingerprint)
         ctx.log.info("resuming the search from %s (finished trials are kept)", exp_dir)
         return tune.Tuner.restore(str(exp_dir), trainable=trainable,
                                   param_space=space.param_space(), resume_unfinished=True,
@@ -160,7 +159,7 @@ def _tuner(ctx: RunContext, trainable, space: Space, base: dict, concurrency: in
         ctx.log.info("--resume: no search to restore in %s; starting it", exp_dir)
     shutil.rmtree(exp_dir, ignore_errors=True)
     storage.mkdir(parents=True, exist_ok=True)
-    (storage / FINGERPRINT).write_text(json.dumps(fingerprint, sort_keys=True))
+    ctx.run_dir.write_fingerprint(fingerprint)
     return make_tuner(
         trainable, space.param_space(), mode=t.mode, num_samples=t.num_samples,
         concurrency=concurrency, storage_path=str(storage), search=t.search, seed=t.seed,
@@ -235,16 +234,6 @@ def _trial_resources(job, res) -> dict:
 def _describe(resources) -> Any:
     """Trial resources for the manifest (a placement group as its list of bundles)."""
     return resources if isinstance(resources, dict) else {"bundles": resources.bundles}
-
-
-def _check_same_search(path: Path, fingerprint: dict) -> None:
-    try:
-        stored = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return
-    if stored != json.loads(json.dumps(fingerprint, sort_keys=True)):
-        raise SpecError("--resume: the spec differs from the interrupted run's (the search, data "
-                        "or model changed); rerun without --resume, or with a new --run-id")
 
 
 def _records(grid, space: Space) -> list[TrialRecord]:

@@ -124,10 +124,12 @@ def test_unfinished_or_unscorable_run_dirs_are_refused(xgb_run, tmp_path, capfd)
     assert code == 2 and "has no _SUCCESS" in err["message"]
     for kind, expect in (("statsmodels", "distml predict cannot score"),
                          ("lightgbm", "which this distml does not have")):
-        fake = tmp_path / kind
-        fake.mkdir()
-        (fake / "_SUCCESS").write_text("{}")
-        (fake / "manifest.json").write_text(json.dumps({"kind": kind}))
+        from distml.runtime.artifacts import RunDir
+
+        fake = RunDir(tmp_path, "fake", kind)  # a finished run dir (digests) of that kind
+        fake.prepare()
+        fake.mark_success({"kind": kind})
+        fake = fake.path
         with pytest.raises(DataError, match=expect):
             load_predictor(fake)
 

@@ -36,8 +36,10 @@ def make_run(root: Path, name: str, run_id: str = "r1", *, kind: str = "xgboost"
         frame.to_parquet(run / "tables" / f"{tname}.parquet")
     for rel, text in (texts or {}).items():
         (run / rel).write_text(text)
-    if success:
-        (run / "_SUCCESS").write_text("{}")
+    if success:  # as distml finishes a run: digests in the manifest, then _SUCCESS
+        from distml.runtime.artifacts import RunDir
+
+        RunDir(root, name, run_id).mark_success(m)
     return run
 
 
@@ -216,8 +218,9 @@ def test_list_runs_statuses_and_key_metric(tmp_path):
     make_run(tmp_path, "b", "r1", success=False, manifest={"status": "failed",
                                                             "started_at": 1_700_000_050.0})
     rows = list_runs(tmp_path)
+    # a2 says running but holds no lock: its process is gone
     assert [(r.name, r.run_id, r.status) for r in rows] == [
-        ("a", "r2", "incomplete"), ("b", "r1", "failed"), ("a", "r1", "succeeded")]
+        ("a", "r2", "abandoned"), ("b", "r1", "failed"), ("a", "r1", "succeeded")]
     assert (rows[2].metric, rows[2].value) == ("test.roc_auc", 0.85)
     text = format_runs(rows)
     assert text.splitlines()[0].split()[:2] == ["STARTED", "(UTC)"] and "test.roc_auc=0.85" in text

@@ -157,15 +157,24 @@ def _stdout_to_stderr() -> Iterator[int]:
         os.close(saved)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted, so that neither a second
+    ``main()`` nor a later in-process ``distml.run`` writes to the (maybe closed) stream of an
+    earlier call."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _setup_logging(debug: bool) -> None:
     logger = logging.getLogger("distml")
-    mine = [h for h in logger.handlers if getattr(h, "_distml_cli", False)]
-    if mine:  # a second main() in one process: log to the stderr of now, not of then
-        for h in mine:
-            if isinstance(h, logging.StreamHandler) and h.stream is not sys.stderr:
-                h.stream = sys.stderr  # (not setStream: it flushes the old one, maybe closed)
-    else:
-        h = logging.StreamHandler(sys.stderr)
+    if not any(getattr(h, "_distml_cli", False) for h in logger.handlers):
+        h = _StderrHandler()
         h.setFormatter(logging.Formatter("distml: %(message)s"))
         h._distml_cli = True  # type: ignore[attr-defined]
         logger.addHandler(h)

@@ -434,6 +434,11 @@ def check_target_task(y: pd.Series, data, task: str, y_test: pd.Series | None = 
                 raise DataError(f"data.target: column {target!r} in {where} has dtype "
                                 f"{col.dtype}, but a regression target must be numeric; use a "
                                 "classifier or a numeric column")
+        split = data.split_spec  # the worker's split and folds, so too few rows fail here
+        values = y.to_numpy(dtype=np.float64)
+        rows = split_indices(values, split, classification=False)["train"]
+        if split is not None and split.cv:
+            cv_indices(values[rows], split.cv, split.seed, stratify=bool(split.stratify))
         return
     classes = sorted(pd.unique(y).tolist(), key=lambda v: (str(type(v)), v))
     if len(classes) < 2:

@@ -116,7 +116,6 @@ def resolve_files(source: str, field_name: str = "data.source") -> tuple[str, li
     A directory means the parquet and CSV files below it: other files (a README, Spark's
     ``_SUCCESS``) are skipped and counted in the log; a directory without any is a DataError.
     """
-    check_protocol(source, field_name)
     scheme = _scheme(source)
     fs = None
     listed: list[str] = []  # files found under a directory, before the suffix filter
@@ -167,7 +166,12 @@ def resolve_files(source: str, field_name: str = "data.source") -> tuple[str, li
 
 
 def inspect_source(source: str, field_name: str = "data.source") -> SourceInfo:
-    """Resolve ``source`` and read its schema and size cheaply; unreadable files are DataErrors."""
+    """Resolve ``source`` and read its schema and size cheaply; unreadable files are DataErrors.
+
+    This is the driver's entry point for every source, so the protocol allow-list is enforced
+    here (workers re-resolve a source the driver accepted, under their own environment).
+    """
+    check_protocol(source, field_name)
     if source.startswith("builtin:"):
         from distml.runtime import datasets
 

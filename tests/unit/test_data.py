@@ -248,7 +248,7 @@ def test_protocols_outside_the_default_list_are_refused(source, monkeypatch):
                                         r"DISTML_ALLOWED_PROTOCOLS"):
         inspect_source(source)
     with pytest.raises(DataError, match="data.test_source: the"):
-        resolve_files(source, "data.test_source")
+        inspect_source(source, "data.test_source")
 
 
 def test_allowed_protocols_setting(monkeypatch):

@@ -332,6 +332,14 @@ def is_numeric_dtype(dtype: str) -> bool:
     return d.startswith(("int", "uint", "float", "double", "halffloat", "decimal")) or d == "bool"
 
 
+def _names(columns: Iterable[str], limit: int = 30, width: int = 40) -> str:
+    """Column names for a message, each cut to ``width`` characters: a file that is not really
+    a table (a text file named .csv) has a 'header' that is its first line of content."""
+    names = list(columns)
+    shown = [n if len(n) <= width else n[:width - 1] + "…" for n in names[:limit]]
+    return ", ".join(shown) + (f", … ({len(names)} in all)" if len(names) > limit else "")
+
+
 def _check_columns(names: Iterable[str], info: SourceInfo, what: str) -> None:
     import difflib
 
@@ -340,7 +348,7 @@ def _check_columns(names: Iterable[str], info: SourceInfo, what: str) -> None:
             close = difflib.get_close_matches(c, list(info.columns), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise DataError(f"{what}: column {c!r} is not in {info.source!r}{hint} "
-                            f"(columns: {', '.join(list(info.columns)[:30])})")
+                            f"(columns: {_names(info.columns)})")
 
 
 def validate_data(data, *, needs_target: bool, group_by: list[str] | None = None,

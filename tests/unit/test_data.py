@@ -311,3 +311,12 @@ def test_output_dir_must_be_a_local_folder(tmp_path):
     with pytest.raises(SpecError, match=r"output.dir: '.*f' is an existing file"):
         load_spec(base, {"output.dir": str(tmp_path / "f" / "sub")})
     assert load_spec(base, {"output.dir": str(tmp_path / "new")}).output.dir.endswith("new")
+
+
+def test_missing_column_message_cuts_long_header_names(tmp_path):
+    # A text file named .csv: its "header" is its first line of content.
+    secret = "token=" + "S" * 200
+    (tmp_path / "notes.csv").write_text(f"{secret}\nline two\n")
+    with pytest.raises(DataError, match="column 'y' is not in") as e:
+        validate_data(_data(tmp_path / "notes.csv", target="y"), needs_target=True)
+    assert "S" * 40 not in str(e.value)

@@ -13,7 +13,7 @@ from importlib import metadata
 from typing import Any, Iterable, Iterator, Mapping
 
 from distml import progress
-from distml.errors import DistmlError, JobFailed
+from distml.errors import DistmlError, JobFailed, SpecError
 from distml.result import Result
 from distml.spec import JobSpec, load_spec
 
@@ -93,6 +93,13 @@ def _run(spec, overrides, output, address, run_id, resume, kw_overrides) -> Resu
                       else dict(parse_override(s) for s in overrides))
     merged.update({k.replace("__", "."): v for k, v in kw_overrides.items()})
     job_spec = load_spec(spec, merged)
+    if output is not None:
+        from distml.spec.base import check_output_dir
+
+        try:
+            check_output_dir(output, "--output")
+        except ValueError as e:
+            raise SpecError(str(e)) from None
     run_dir = RunDir(output or job_spec.output.dir, job_spec.name, run_id)
     if run_dir.complete:
         return _reuse(run_dir, job_spec)

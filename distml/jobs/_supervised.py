@@ -27,7 +27,7 @@ from distml import progress
 from distml.errors import DataError, JobFailed
 from distml.jobs.base import Job, JobOutput, RunContext
 from distml.runtime import metrics as M
-from distml.runtime.data import DataInfo, cv_indices, read_frame, split_indices
+from distml.runtime.data import DataInfo, cv_indices, read_frame, split_indices, validate_data
 
 SPLITS = ("train", "valid", "test")
 CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "logloss")
@@ -135,6 +135,11 @@ class SupervisedJob(Job):
     def task(self) -> str | None:
         """classification / regression when the spec fixes it; None to infer from the target."""
         return None
+
+    def check_data(self) -> DataInfo:
+        """The common data checks plus the target's against the task, split and folds."""
+        return validate_data(self.spec.data, needs_target=self.needs_target,
+                             task=self.task() or "infer")
 
     def fit(self, prep: Prepared, train: np.ndarray, valid: np.ndarray | None) -> tuple[Any, dict,
                                                                                        dict]:

@@ -23,6 +23,7 @@ from pydantic import Field, field_validator, model_validator
 from distml.errors import SpecError
 from distml.jobs._supervised import Prepared, SupervisedJob
 from distml.spec.base import JobSpec, StrictModel
+from distml.spec.bounds import check_work_params
 
 _C, _R = "classification", "regression"
 #: short name → (class path, task)
@@ -89,6 +90,12 @@ class SklearnModel(StrictModel):
                          f"path inside sklearn. (sklearn.MODULE.Class of a public module, e.g. "
                          f"sklearn.svm.SVC); got {v!r}{hint} "
                          f"(short names: {', '.join(ESTIMATORS)})")
+
+    @field_validator("params")
+    @classmethod
+    def _work_bounds(cls, v: dict[str, Any]) -> dict[str, Any]:
+        check_work_params(v)  # n_estimators, max_iter, … within sanity bounds (distml.spec.bounds)
+        return v
 
 
 def _public_path(v: str) -> bool:

@@ -10,6 +10,7 @@ and target checks; :func:`read_frame` reads the rows (on a worker, normally).
 from __future__ import annotations
 
 import glob as globmod
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -19,8 +20,15 @@ import pandas as pd
 
 from distml.errors import DataError
 
+log = logging.getLogger("distml")
+
 PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
 CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv")
+#: fsspec protocols a data source may use without opting in: local files and object stores.
+#: Others (http, https, ftp, ssh, …) reach arbitrary hosts and need DISTML_ALLOWED_PROTOCOLS.
+DEFAULT_PROTOCOLS = frozenset({"file", "local", "s3", "s3a", "gs", "gcs", "az", "abfs", "abfss",
+                               "adl", "hdfs"})
+ALLOWED_PROTOCOLS_ENV = "DISTML_ALLOWED_PROTOCOLS"
 
 
 @dataclass
@@ -68,6 +76,29 @@ def _scheme(source: str) -> str:
     return source.split("://", 1)[0] if "://" in source else ""
 
 
+def allowed_protocols() -> frozenset[str]:
+    """The default protocols plus those listed (comma-separated) in DISTML_ALLOWED_PROTOCOLS."""
+    extra = os.environ.get(ALLOWED_PROTOCOLS_ENV, "")
+    return DEFAULT_PROTOCOLS | {p.strip().lower() for p in extra.split(",") if p.strip()}
+
+
+def check_protocol(source: str, field_name: str = "data.source") -> None:
+    """Refuse a URL whose protocol (any of a chain such as ``simplecache::http``) is not
+    allowed; local paths, ``builtin:`` and ``synthetic:`` always are."""
+    scheme = _scheme(source)
+    if not scheme and "::" in source:  # fsspec chains without '://' (e.g. 'zip::...')
+        scheme = source.split("::", 1)[0] + "::"
+    if not scheme:
+        return
+    allowed = allowed_protocols()
+    for proto in filter(None, (p.strip().lower() for p in scheme.split("::"))):
+        if proto not in allowed:
+            raise DataError(f"{field_name}: the {proto!r} protocol is not allowed by default (it "
+                            "can reach any host); use a local path or an object store "
+                            f"({', '.join(sorted(DEFAULT_PROTOCOLS))}), or add {proto!r} to "
+                            f"{ALLOWED_PROTOCOLS_ENV} (comma-separated)")
+
+
 def _fs_for(source: str):
     import fsspec
 
@@ -80,26 +111,45 @@ def _fs_for(source: str):
 
 
 def resolve_files(source: str, field_name: str = "data.source") -> tuple[str, list[str], Any]:
-    """Expand a path, glob, directory or URL into (format, files, filesystem or None)."""
+    """Expand a path, glob, directory or URL into (format, files, filesystem or None).
+
+    A directory means the parquet and CSV files below it: other files (a README, Spark's
+    ``_SUCCESS``) are skipped and counted in the log; a directory without any is a DataError.
+    """
     scheme = _scheme(source)
     fs = None
+    listed: list[str] = []  # files found under a directory, before the suffix filter
     if scheme and scheme != "file":
         fs = _fs_for(source)
         paths = sorted(fs.glob(source) if any(c in source for c in "*?[") else [source])
-        paths = [p for p in paths if fs.isfile(p)] + sorted(
-            f for p in paths if fs.isdir(p) for f in fs.find(p))
-        files = [fs.unstrip_protocol(p) for p in paths]
+        listed = sorted(f for p in paths if fs.isdir(p) for f in fs.find(p))
+        files = [p for p in paths if fs.isfile(p)]
+        files = [fs.unstrip_protocol(p) for p in files]
+        listed = [fs.unstrip_protocol(p) for p in listed]
     else:
         local = source[len("file://"):] if scheme == "file" else source
         local = os.path.expanduser(local)
         if any(c in local for c in "*?["):
             files = sorted(globmod.glob(local, recursive=True))
         elif os.path.isdir(local):
-            files = sorted(os.path.join(d, f) for d, _, fs_ in os.walk(local) for f in fs_)
+            files = []
+            listed = sorted(os.path.join(d, f) for d, _, fs_ in os.walk(local) for f in fs_)
         else:
             files = [local] if os.path.exists(local) else []
         files = [f for f in files if os.path.isfile(f)
                  and not os.path.basename(f).startswith((".", "_"))]
+    if listed:
+        data_files = [f for f in listed if f.lower().endswith(PARQUET_SUFFIXES + CSV_SUFFIXES)
+                      and not os.path.basename(f).startswith((".", "_"))]
+        skipped = len(listed) - len(data_files)
+        if not data_files and not files:
+            raise DataError(f"{field_name}: directory {source!r} holds no parquet or CSV files "
+                            f"({skipped} other file{'s' if skipped != 1 else ''} skipped); point "
+                            "it at the data files")
+        if skipped:
+            log.info("%s: skipped %d file%s under %s that are not parquet or CSV", field_name,
+                     skipped, "s" if skipped != 1 else "", source)
+        files = sorted(files + data_files)
     if not files:
         raise DataError(f"{field_name}: no file matches {source!r}; check the path "
                         f"(cwd: {os.getcwd()})")
@@ -116,7 +166,12 @@ def resolve_files(source: str, field_name: str = "data.source") -> tuple[str, li
 
 
 def inspect_source(source: str, field_name: str = "data.source") -> SourceInfo:
-    """Resolve ``source`` and read its schema and size cheaply; unreadable files are DataErrors."""
+    """Resolve ``source`` and read its schema and size cheaply; unreadable files are DataErrors.
+
+    This is the driver's entry point for every source, so the protocol allow-list is enforced
+    here (workers re-resolve a source the driver accepted, under their own environment).
+    """
+    check_protocol(source, field_name)
     if source.startswith("builtin:"):
         from distml.runtime import datasets
 
@@ -159,6 +214,7 @@ def _inspect_parquet(info: SourceInfo, fs, field_name: str) -> None:
         except Exception as e:  # pyarrow raises ArrowInvalid for corrupt footers
             raise DataError(f"{field_name}: file {f!r} is not readable parquet ({_short(e)}); "
                             "it may be truncated or another format") from None
+        _check_unique(list(file_schema.names), f, field_name)
         if schema is None:
             schema = file_schema
         elif set(file_schema.names) != set(schema.names):
@@ -170,18 +226,55 @@ def _inspect_parquet(info: SourceInfo, fs, field_name: str) -> None:
     info.columns = {name: str(schema.field(name).type) for name in schema.names}
 
 
+def _check_unique(names: list[str], path: str, field_name: str) -> None:
+    dup = sorted({str(n) for n in names if names.count(n) > 1})
+    if dup:
+        raise DataError(f"{field_name}: file {path!r} has the column {dup[0]!r} more than once; "
+                        "give every column a distinct name")
+
+
+_HEAD_ROWS = 1000
+
+
 def _inspect_csv(info: SourceInfo, fs, field_name: str) -> None:
+    rows: int | None = 0
     for f in info.files:
         try:
             with _open(f, fs) as fh:
-                head = pd.read_csv(fh, nrows=1000, compression="infer" if fs is None else None)
+                # The header as written: pandas renames a repeated name ('x1' -> 'x1.1').
+                header = pd.read_csv(fh, nrows=1, header=None, dtype=str, keep_default_na=False,
+                                     compression="infer" if fs is None else None)
+            with _open(f, fs) as fh:
+                head = pd.read_csv(fh, nrows=_HEAD_ROWS,
+                                   compression="infer" if fs is None else None)
             info.sizes.append(fs.size(f) if fs is not None else os.path.getsize(f))
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as e:
-            raise DataError(f"{field_name}: file {f!r} is not readable CSV ({_short(e)})") from None
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError,
+                ValueError) as e:
+            raise DataError(f"{field_name}: file {f!r} is not readable CSV ({_csv_reason(e)})") \
+                from None
+        _check_unique([str(c) for c in header.iloc[0]] if len(header) else [], f, field_name)
+        # Only a short file's rows are known here; the target check reads the rest.
+        rows = rows + len(head) if rows is not None and len(head) < _HEAD_ROWS else None
         if not info.columns:
             info.columns = _dtypes(head)
         elif set(head.columns) != set(info.columns):
             raise DataError(f"{field_name}: file {f!r} has different columns from {info.files[0]!r}")
+    info.rows = rows
+
+
+def _csv_reason(e: BaseException) -> str:
+    """Why a CSV is unreadable, without quoting its rows (a parser message can carry data)."""
+    if isinstance(e, pd.errors.EmptyDataError):
+        return "the file is empty"
+    if isinstance(e, UnicodeDecodeError):
+        return f"not {e.encoding} text at byte {e.start}"
+    if isinstance(e, pd.errors.ParserError):
+        text = str(e)
+        import re
+
+        m = re.search(r"Expected \d+ fields in line \d+, saw \d+", text)
+        return m.group(0) if m else "the rows do not parse as CSV"
+    return type(e).__name__ if not isinstance(e, OSError) else _short(e)
 
 
 def _short(e: BaseException) -> str:
@@ -216,8 +309,13 @@ def read_frame(source: str, columns: list[str] | None = None,
         else:
             parts = []
             for f in files:
-                with _open(f, fs) as fh:
-                    parts.append(pd.read_csv(fh, usecols=columns))
+                try:
+                    with _open(f, fs) as fh:
+                        parts.append(pd.read_csv(fh, usecols=columns))
+                except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError,
+                        ValueError) as e:
+                    raise DataError(f"{field_name}: file {f!r} is not readable CSV "
+                                    f"({_csv_reason(e)})") from None
             frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
         return frame
     return frame[columns] if columns is not None else frame
@@ -234,6 +332,14 @@ def is_numeric_dtype(dtype: str) -> bool:
     return d.startswith(("int", "uint", "float", "double", "halffloat", "decimal")) or d == "bool"
 
 
+def _names(columns: Iterable[str], limit: int = 30, width: int = 40) -> str:
+    """Column names for a message, each cut to ``width`` characters: a file that is not really
+    a table (a text file named .csv) has a 'header' that is its first line of content."""
+    names = list(columns)
+    shown = [n if len(n) <= width else n[:width - 1] + "…" for n in names[:limit]]
+    return ", ".join(shown) + (f", … ({len(names)} in all)" if len(names) > limit else "")
+
+
 def _check_columns(names: Iterable[str], info: SourceInfo, what: str) -> None:
     import difflib
 
@@ -242,16 +348,19 @@ def _check_columns(names: Iterable[str], info: SourceInfo, what: str) -> None:
             close = difflib.get_close_matches(c, list(info.columns), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise DataError(f"{what}: column {c!r} is not in {info.source!r}{hint} "
-                            f"(columns: {', '.join(list(info.columns)[:30])})")
+                            f"(columns: {_names(info.columns)})")
 
 
 def validate_data(data, *, needs_target: bool, group_by: list[str] | None = None,
-                  check_features: bool = True) -> DataInfo:
+                  check_features: bool = True, task: str | None = None) -> DataInfo:
     """Check the data a spec points at before the cluster starts; returns the resolved columns.
 
     ``data`` is a :class:`distml.spec.DataSpec`. Raises :class:`DataError` naming the file or
-    column: missing file, unreadable parquet/CSV, missing column, NaN target (with the count),
-    unusable feature dtype, empty data.
+    column: missing file, unreadable parquet/CSV, duplicate column, missing column, NaN target
+    (with the count), unusable feature dtype, empty data. ``task`` (a supervised kind's
+    ``classification``/``regression``, or ``infer`` to infer it from the target as the fit
+    does) adds the target checks a fit would fail on: a numeric target for regression, and at
+    least 2 classes in the data, in the train rows of the split and of every cv fold.
     """
     group_by = list(group_by or [])
     src = inspect_source(data.source)
@@ -292,19 +401,93 @@ def validate_data(data, *, needs_target: bool, group_by: list[str] | None = None
         need = features + ([data.target] if data.target else [])
         _check_columns(need, test, "data.test_source")
     if data.target:
-        _check_target(data.target, src, "data.source")
-        if test is not None:
-            _check_target(data.target, test, "data.test_source")
+        y = _check_target(data.target, src, "data.source")
+        y_test = _check_target(data.target, test, "data.test_source") if test is not None else None
+        if task is not None:
+            check_target_task(y, data, task, y_test)
     return DataInfo(src, test, data.target, features, categorical, group_by)
 
 
-def _check_target(target: str, info: SourceInfo, field_name: str) -> None:
+def _check_target(target: str, info: SourceInfo, field_name: str) -> pd.Series:
     y = read_frame(info.source, [target], field_name)[target]
+    if len(y) == 0:
+        raise DataError(f"{field_name}: {info.source!r} has no rows")
+    if info.rows is None:
+        info.rows = len(y)
     n_nan = int(y.isna().sum())
     if n_nan:
         raise DataError(f"data.target: column {target!r} has {n_nan} missing value"
                         f"{'s' if n_nan != 1 else ''} of {len(y)} rows in {info.source!r}; drop or "
                         "impute those rows first")
+    return y
+
+
+def _values(values: Iterable, limit: int = 5) -> str:
+    vals = [v.item() if hasattr(v, "item") else v for v in values]
+    text = ", ".join(repr(v)[:40] for v in vals[:limit])
+    return text + (f", … ({len(vals)} in all)" if len(vals) > limit else "")
+
+
+def check_target_task(y: pd.Series, data, task: str, y_test: pd.Series | None = None) -> None:
+    """The target checks a supervised fit would otherwise fail on, on the worker, much later.
+
+    Mirrors :func:`distml.jobs._supervised.prepare` and the split of ``fit_and_evaluate`` /
+    ``fold_metrics``: same task inference, class order, :func:`split_indices` and
+    :func:`cv_indices`, so a split the run cannot make fails here with the same sentence.
+    """
+    target = data.target
+    if task == "infer":
+        from distml.jobs._supervised import infer_task
+
+        task = infer_task(y)
+    if task == "regression":
+        for col, where in ((y, "data.source"), (y_test, "data.test_source")):
+            if col is not None and not pd.api.types.is_numeric_dtype(col):
+                raise DataError(f"data.target: column {target!r} in {where} has dtype "
+                                f"{col.dtype}, but a regression target must be numeric; use a "
+                                "classifier or a numeric column")
+        split = data.split_spec  # the worker's split and folds, so too few rows fail here
+        values = y.to_numpy(dtype=np.float64)
+        rows = split_indices(values, split, classification=False)["train"]
+        if split is not None and split.cv:
+            cv_indices(values[rows], split.cv, split.seed, stratify=bool(split.stratify))
+        return
+    classes = sorted(pd.unique(y).tolist(), key=lambda v: (str(type(v)), v))
+    if len(classes) < 2:
+        raise DataError(f"data.target: column {target!r} has a single class ({_values(classes)}) "
+                        f"in {data.source!r}; a classifier needs at least 2 classes")
+    if y_test is not None:
+        unseen = sorted(set(pd.unique(y_test).tolist()) - set(classes), key=str)
+        if unseen:
+            raise DataError(f"data.test_source: target column {target!r} has classes "
+                            f"{_values(unseen)} that do not occur in data.source")
+    index = {c: i for i, c in enumerate(classes)}
+    codes = y.map(index).to_numpy(dtype=np.int64)
+    split = data.split_spec
+    if split is not None and (split.test > 0 or split.valid > 0) and split.stratify is not False:
+        counts = np.bincount(codes, minlength=len(classes))
+        if counts.min() < 2:  # train_test_split's rule, said with the real class
+            raise DataError(f"data.split: class {_values([classes[int(counts.argmin())]])} of "
+                            f"target column {target!r} has {int(counts.min())} row; a stratified "
+                            "split needs at least 2 rows of every class; add rows, drop that "
+                            "class or set data.split.stratify: false")
+    parts = split_indices(codes, split, classification=True)
+
+    def need_two(rows: np.ndarray, what: str) -> None:
+        present = np.unique(codes[rows])
+        if len(present) < 2:
+            raise DataError(f"data.split: the {what} of target column {target!r} hold only "
+                            f"class {_values([classes[present[0]]])}; a classifier needs at "
+                            "least 2 classes there; use more rows, fewer holdout rows or "
+                            "data.split.stratify: true")
+
+    need_two(parts["train"], "train rows")
+    if split is not None and split.cv:
+        stratify = split.stratify if split.stratify is not None else True
+        rows = parts["train"]
+        for i, (train, _) in enumerate(cv_indices(codes[rows], split.cv, split.seed,
+                                                  stratify=stratify, labels=classes)):
+            need_two(rows[train], f"training rows of cv fold {i}")
 
 
 # ---------------------------------------------------------------- splits
@@ -344,15 +527,19 @@ def split_indices(y: np.ndarray, split, *, classification: bool) -> dict[str, np
                                                                             "test"].index(kv[0]))}
 
 
-def cv_indices(y: np.ndarray, folds: int, seed: int, *, stratify: bool) -> list[tuple]:
-    """(train, valid) index pairs of seeded (stratified) K-fold cross-validation."""
+def cv_indices(y: np.ndarray, folds: int, seed: int, *, stratify: bool,
+               labels: list | None = None) -> list[tuple]:
+    """(train, valid) index pairs of seeded (stratified) K-fold cross-validation; ``labels``
+    (the real class values of codes ``y``) only make the messages name them."""
     from sklearn.model_selection import KFold, StratifiedKFold
 
     if stratify:
         values, counts = np.unique(y, return_counts=True)
         if counts.min() < folds:
+            worst = values[counts.argmin()]
+            shown = labels[int(worst)] if labels is not None else worst
             raise DataError(f"data.split.cv={folds} needs at least {folds} rows of every class; "
-                            f"class {values[counts.argmin()]!r} has {counts.min()}; use fewer "
+                            f"class {_values([shown])} has {counts.min()}; use fewer "
                             "folds or data.split.stratify: false")
     splitter = (StratifiedKFold if stratify else KFold)(n_splits=folds, shuffle=True,
                                                        random_state=seed)

@@ -7,6 +7,7 @@ tagged union from the registry.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any, Literal
 
@@ -130,6 +131,34 @@ class OutputSpec(StrictModel):
     """Where the run directory goes."""
 
     dir: str = Field("runs", min_length=1, description="Output root; runs land in DIR/NAME/RUN_ID.")
+
+    @field_validator("dir")
+    @classmethod
+    def _dir(cls, v: str) -> str:
+        return check_output_dir(v, "output.dir")
+
+
+def check_output_dir(path: "str | os.PathLike", field: str = "--output") -> str:
+    """An output root must be a local folder (or a path where one can be made).
+
+    A URL (``s3://…``) would become a local folder named ``s3:`` and a file in the way fails
+    deep in the run, so both are refused here; the message starts with ``field``.
+    """
+    text = os.fspath(path)
+    if "://" in text:
+        raise ValueError(f"{field} must be a local path (the run directory is written with local "
+                         f"file operations); got {text!r}; write locally and copy the run "
+                         "directory to object storage afterwards")
+    p = os.path.abspath(os.path.expanduser(text))
+    while p and not os.path.exists(p):  # the nearest existing folder must be a folder
+        parent = os.path.dirname(p)
+        if parent == p:
+            break
+        p = parent
+    if os.path.exists(p) and not os.path.isdir(p):
+        raise ValueError(f"{field}: {p!r} is an existing file, not a folder; choose another "
+                         f"output folder (got {text!r})")
+    return text
 
 
 class MlflowSpec(StrictModel):

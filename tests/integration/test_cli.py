@@ -195,7 +195,8 @@ def test_cli_starts_and_stops_its_own_local_cluster(tmp_path):
 
 
 def test_xgboost_rejects_unusable_feature_names(tmp_path, capsys):
-    pd.DataFrame({"a[1]": [1.0, 2.0, 3.0, 4.0], "y": [0, 1, 0, 1]}).to_parquet(tmp_path / "f.pq")
+    # 20 rows: enough for the default split, so the name is the only problem
+    pd.DataFrame({"a[1]": np.arange(20.0), "y": [0, 1] * 10}).to_parquet(tmp_path / "f.pq")
     spec = tmp_path / "s.yaml"
     spec.write_text(f"name: n\nkind: xgboost\ndata: {{source: '{tmp_path}/f.pq', target: y}}\n")
     assert main(["validate", str(spec)]) == 2

@@ -198,3 +198,33 @@ def test_generate_dataset_rejects_other_sources(tmp_path) -> None:
     with pytest.raises(SpecError, match="'rowz'"):
         ds.generate_dataset("synthetic:blobs?rowz=3", tmp_path / "y", rows=10)
     assert not (tmp_path / "y").exists()
+
+
+def test_virtual_sources_get_the_target_checks():
+    """builtin: and synthetic: sources pass through the same driver-side target checks."""
+    from distml.runtime.data import validate_data
+    from distml.spec import DataSpec
+
+    def check(source, target, task, **kw):
+        return validate_data(DataSpec(source=source, target=target, **kw), needs_target=True,
+                             task=task)
+
+    check("builtin:iris", "target", "classification", split={"cv": 5})
+    check("builtin:diabetes", "target", "regression")
+    with pytest.raises(DataError, match=r"column 'group' in data.source has dtype .* regression "
+                                        r"target must be numeric"):
+        check("synthetic:panel?rows=50&groups=5", "group", "regression", exclude=["target"])
+    with pytest.raises(DataError, match=r"cv=20 needs at least 20 rows of every class; class \d has \d+"):
+        check("synthetic:classification?rows=30&classes=3", "target", "classification",
+              split={"cv": 20})
+    info = check("synthetic:regression?rows=40", "target", "infer")
+    assert info.source.rows == 40
+
+
+def test_builtin_and_synthetic_sources_need_no_protocol_opt_in(monkeypatch):
+    from distml.runtime.data import check_protocol, inspect_source
+
+    monkeypatch.setenv("DISTML_ALLOWED_PROTOCOLS", "")
+    check_protocol("builtin:iris")
+    check_protocol("synthetic:regression?rows=5")
+    assert inspect_source("synthetic:regression?rows=5").rows == 5

@@ -85,6 +85,9 @@ def run(spec: "str | os.PathLike | Mapping | JobSpec",
                       else dict(parse_override(s) for s in overrides))
     merged.update({k.replace("__", "."): v for k, v in kw_overrides.items()})
     job_spec = load_spec(spec, merged)
+    from distml.runtime.tracking import check_available
+
+    check_available(job_spec)  # a missing MLflow is exit 2 now, not a warning after _SUCCESS
     run_dir = RunDir(output or job_spec.output.dir, job_spec.name, run_id)
     if run_dir.complete:
         log.info("run %s is already complete; reporting the stored result", run_dir.path)
@@ -281,7 +284,10 @@ def validate(spec: "str | os.PathLike | Mapping | JobSpec",
     from distml.jobs import kind_module
 
     job_spec = load_spec(spec, overrides)
-    if check_data:
+    if check_data:  # this machine runs it: its environment counts (not so for `submit`)
+        from distml.runtime.tracking import check_available
+
+        check_available(job_spec)
         kind_module(job_spec.kind).Job(job_spec).check_data()
         if job_spec.tune is not None:
             from distml.tune.spec import check_trials

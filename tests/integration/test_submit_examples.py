@@ -41,12 +41,16 @@ def test_airflow_dag_without_airflow():
 @pytest.mark.usefixtures("ray_cluster")
 def test_airflow_python_callable_runs_the_spec(tmp_path):
     dag = _load("examples/airflow/distml_dag.py")
+    few = {"model.num_boost_round": 5}
     out = dag.train_in_process("af-1", spec=f"{ROOT}/jobs/quickstart.yaml", output=str(tmp_path),
-                               model__num_boost_round=5)
+                               overrides=few)
     assert os.path.isfile(os.path.join(out["run_dir"], "_SUCCESS"))
     assert out["run_id"] == "af-1" and out["metrics"]["valid"]["roc_auc"] > 0.9
     assert dag.train_in_process("af-1", spec=f"{ROOT}/jobs/quickstart.yaml",
-                                output=str(tmp_path), model__num_boost_round=5)["reused"]
+                                output=str(tmp_path), overrides=few)["reused"]
+    with pytest.raises(TypeError):  # Airflow's task context is never taken as overrides
+        dag.train_in_process("af-1", spec=f"{ROOT}/jobs/quickstart.yaml", ti=object(),
+                             ds="2026-12-01")
     bad = tmp_path / "bad.yaml"
     bad.write_text(f"name: b\nkind: xgboost\ndata: {{source: '{tmp_path}/none.parquet', "
                    "target: y}\n")

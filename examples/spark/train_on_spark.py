@@ -95,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     resources = _node_resources(args)
     if isinstance(resources, str):
         return _fail(EXIT_INVALID, resources)
+    import shutil
+
+    if shutil.which("ray") is None:  # Ray on Spark runs `ray start` from PATH on every node
+        return _fail(EXIT_INVALID, "the `ray` command is not on PATH: activate the virtualenv "
+                                   "that has distml (its bin/ folder) before spark-submit")
     try:
         from pyspark.sql import SparkSession
     except ImportError:
@@ -116,13 +121,6 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(EXIT_INVALID, why)
 
     from ray.util.spark import setup_ray_cluster, shutdown_ray_cluster
-
-    import shutil
-
-    if shutil.which("ray") is None:  # Ray on Spark runs the `ray` CLI from PATH: a venv that
-        # was not activated has it only beside this Python
-        os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + \
-            os.environ.get("PATH", "")
 
     try:
         setup_ray_cluster(max_worker_nodes=args.max_worker_nodes, num_cpus_worker_node=cpus,

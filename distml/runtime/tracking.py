@@ -223,4 +223,5 @@ def _quote(value: str) -> str:
     return str(value).replace("'", "\\'")
 
 
-__all__ = ["log_result", "log_result_safely", "check_available", "metric_items", "param_items", "flatten"]
+__all__ = ["log_result", "log_result_safely", "check_available", "metric_items", "param_items",
+           "flatten"]

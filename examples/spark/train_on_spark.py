@@ -95,16 +95,16 @@ def main(argv: list[str] | None = None) -> int:
     resources = _node_resources(args)
     if isinstance(resources, str):
         return _fail(EXIT_INVALID, resources)
-    import shutil
-
-    if shutil.which("ray") is None:  # Ray on Spark runs `ray start` from PATH on every node
-        return _fail(EXIT_INVALID, "the `ray` command is not on PATH: activate the virtualenv "
-                                   "that has distml (its bin/ folder) before spark-submit")
     try:
         from pyspark.sql import SparkSession
     except ImportError:
         return _fail(EXIT_INVALID, "needs pyspark (run it with spark-submit or on Databricks); "
                                    'install it with: pip install "distml[spark]"')
+    import shutil
+
+    if shutil.which("ray") is None:  # Ray on Spark runs `ray start` from PATH on every node
+        return _fail(EXIT_INVALID, "the `ray` command is not on PATH: activate the virtualenv "
+                                   "that has distml (its bin/ folder) before spark-submit")
     import distml
     from distml.errors import DistmlError
 

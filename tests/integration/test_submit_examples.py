@@ -87,3 +87,17 @@ def test_spec_tracking_logs_the_run_to_mlflow(tmp_path, monkeypatch):
     assert run.data.tags["distml.run_dir"] == str(r.run_dir)
     assert run.data.metrics["valid.roc_auc"] == r.metrics["valid"]["roc_auc"]
     assert run.data.params["model.num_boost_round"] == "5"
+
+
+def test_spark_driver_passes_cpus_and_gpus_together(capsys):
+    """Ray on Spark refuses one of num_cpus/num_gpus_worker_node alone: both go, or neither."""
+    spark = _load("examples/spark/train_on_spark.py")
+    def size(*a):
+        return spark._node_resources(spark._parser().parse_args(["s.yaml", "--output", "o", *a]))
+
+    assert size() == (None, None)
+    assert size("--cpus-per-node", "4") == (4, 0)
+    assert size("--cpus-per-node", "4", "--gpus-per-node", "1") == (4, 1)
+    assert "--gpus-per-node needs --cpus-per-node" in size("--gpus-per-node", "1")
+    assert spark.main(["s.yaml", "--output", "o", "--gpus-per-node", "1"]) == 2
+    assert "needs --cpus-per-node" in capsys.readouterr().err

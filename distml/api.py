@@ -100,6 +100,9 @@ def _run(spec, overrides, output, address, run_id, resume, kw_overrides) -> Resu
             check_output_dir(output, "--output")
         except ValueError as e:
             raise SpecError(str(e)) from None
+    from distml.runtime.tracking import check_available
+
+    check_available(job_spec)  # a missing MLflow is exit 2 now, not a warning after _SUCCESS
     run_dir = RunDir(output or job_spec.output.dir, job_spec.name, run_id)
     if run_dir.complete:
         return _reuse(run_dir, job_spec)
@@ -358,7 +361,10 @@ def validate(spec: "str | os.PathLike | Mapping | JobSpec",
     from distml.jobs import kind_module
 
     job_spec = load_spec(spec, overrides)
-    if check_data:
+    if check_data:  # this machine runs it: its environment counts (not so for `submit`)
+        from distml.runtime.tracking import check_available
+
+        check_available(job_spec)
         kind_module(job_spec.kind).Job(job_spec).check_data()
         if job_spec.tune is not None:
             from distml.tune.spec import check_trials

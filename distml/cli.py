@@ -79,7 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     sm.add_argument("--submission-id", help="job id, also the run id; resubmitting an id that "
                                             "exists reports that job instead")
     sm.add_argument("--wait", action="store_true",
-                    help="stream the job's log until it ends; exit 0 SUCCEEDED, 4 FAILED/STOPPED")
+                    help="stream the job's log until it ends, then exit with the job's own "
+                         "code (0 ok, 2 bad input, 3 cluster, 4 failed, 130 interrupted; 4 when "
+                         "the job reported none)")
     sm.add_argument("--output", help="output root on the cluster (default: the spec's "
                                      "output.dir); use shared storage for multi-node clusters")
     sm.add_argument("--pip", action="append", default=[], metavar="REQUIREMENT",
@@ -96,6 +98,10 @@ def _parser() -> argparse.ArgumentParser:
         if name == "stop":
             sp.add_argument("--no-wait", action="store_true",
                             help="return at once instead of waiting until it is STOPPED")
+        else:
+            sp.add_argument("--wait", action="store_true",
+                            help="wait until the job ends, then exit with its code as "
+                                 "`submit --wait` does")
         common(sp)
     lg = sub.add_parser("logs", help="print a submitted job's log")
     lg.add_argument("submission_id", metavar="ID")
@@ -320,11 +326,12 @@ def _env_pairs(items: list[str]) -> dict[str, str]:
 
 
 def _job_payload(sub) -> tuple[dict, int]:
-    """A Submission as the command's JSON object and exit code (4 when it ended badly)."""
+    """A finished Submission as the command's JSON object and exit code: the job's own distml
+    code when it reported one (2, 3, 4, 130), 4 for any other failure."""
     payload = sub.to_dict() | {"_summary": sub.summary()}
     if sub.finished and not sub.succeeded:
         payload["_error"] = payload["error"]["message"]
-        return payload, EXIT_FAILED
+        return payload, sub.exit_code or EXIT_FAILED
     return payload, EXIT_OK
 
 
@@ -344,7 +351,9 @@ def _dispatch_jobs(args: argparse.Namespace) -> tuple[dict, int]:
             return sub.to_dict() | {"_summary": sub.summary()}, EXIT_OK
         return _job_payload(sub)
     if args.command == "status":
-        sub = jobs.status(args.submission_id, address=args.address)
+        sub = jobs.status(args.submission_id, address=args.address, wait=args.wait)
+        if args.wait:
+            return _job_payload(sub)
         return sub.to_dict() | {"_summary": sub.summary()}, EXIT_OK
     if args.command == "stop":
         sub = jobs.stop(args.submission_id, address=args.address, wait=not args.no_wait)

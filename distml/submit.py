@@ -10,10 +10,13 @@ it twice.
 
 Addresses: ``--address``, else ``RAY_API_SERVER_ADDRESS``, else ``RAY_ADDRESS``; it must be the
 dashboard URL (``http://HEAD:8265``). A TCP pre-flight fails an unreachable address in seconds.
-Token authentication: the token is read as Ray reads it (``RAY_AUTH_TOKEN``, else the file named
-by ``RAY_AUTH_TOKEN_PATH``, else ``~/.ray/auth_token``) and sent as a bearer token whenever one
-is found, whatever ``RAY_AUTH_MODE`` says on this machine; a 401/403 becomes exit 3 with a
-message that says how to provide it.
+Token authentication: a token is sent (as a bearer token) only when one was configured for the
+cluster: ``RAY_AUTH_TOKEN``, else the file named by ``RAY_AUTH_TOKEN_PATH``, else the entry for
+the address in ``~/.config/distml/tokens.json`` (``{"http://head:8265": "~/secrets/head.token"}``:
+address → token file). The local cluster's own ``~/.ray/auth_token`` (which any local
+``ray.init()`` creates) goes only to loopback addresses, never elsewhere. A token sent over plain
+``http://`` to another host gets a one-line warning. A 401/403 becomes exit 3 with a message that
+says how to provide it.
 
 >>> sub = distml.submit("jobs/quickstart.yaml", address="http://head:8265",
 ...                     wait=True)                                       # doctest: +SKIP
@@ -43,12 +46,18 @@ log = logging.getLogger("distml")
 #: The file name the spec has inside the job's working dir (the entrypoint names only this).
 SPEC_FILE = "spec.yaml"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+#: distml's own exit codes that a job's result line may carry through to ``submit --wait``
+#: (DESIGN.md §3); anything else (a bug's 1, a signal, no result line) becomes 4.
+JOB_EXIT_CODES = (0, 2, 3, 4, 130)
 #: Seconds to connect / to wait for an answer from the Jobs API.
 CONNECT_TIMEOUT_S, READ_TIMEOUT_S = 10.0, 120.0
 _ADDRESS_ENV = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
-_TOKEN_HINT = ("set RAY_AUTH_TOKEN to the cluster's token, or RAY_AUTH_TOKEN_PATH to a file "
-               "holding it (default file: ~/.ray/auth_token); on the head node "
+_TOKEN_HINT = ("set RAY_AUTH_TOKEN to the cluster's token, RAY_AUTH_TOKEN_PATH to a file "
+               "holding it, or map the address to such a file in ~/.config/distml/tokens.json "
+               "(~/.ray/auth_token is sent only to loopback addresses); on the head node "
                "`ray get-auth-token` prints it")
+_TOKEN_PLACES = ("RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.config/distml/tokens.json, or "
+                 "~/.ray/auth_token for a loopback address")
 
 
 class JobNotFound(ClusterError):
@@ -89,11 +98,31 @@ class Submission:
         return self.status == "SUCCEEDED"
 
     @property
+    def job_exit_code(self) -> int | None:
+        """The exit code the job's own ``distml run`` reported (its last JSON line), or None.
+
+        Only distml's codes count (:data:`JOB_EXIT_CODES`); a job that ended without saying
+        (killed, no distml on the cluster, a runtime_env that failed to build) has None.
+        """
+        if not self.finished or self.result is None:
+            return None
+        if self.result.get("status") == "succeeded":
+            code: Any = 0
+        else:
+            code = (self.result.get("error") or {}).get("exit_code")
+        return code if isinstance(code, int) and code in JOB_EXIT_CODES else None
+
+    @property
     def exit_code(self) -> int | None:
-        """What ``--wait`` exits with: 0 SUCCEEDED, 4 FAILED/STOPPED, None while it runs."""
+        """What ``--wait`` exits with, None while it runs: 0 SUCCEEDED; for FAILED/STOPPED the
+        job's own distml code (2 bad input, 3 cluster, 4 failed fit, 130 interrupted) when it
+        reported one, else 4."""
         if not self.finished:
             return None
-        return 0 if self.succeeded else 4
+        if self.succeeded:
+            return 0
+        code = self.job_exit_code
+        return code if code not in (None, 0) else 4
 
     @property
     def run_id(self) -> str | None:
@@ -117,6 +146,8 @@ class Submission:
             "entrypoint": self.entrypoint, "start_time": _iso(self.start_time),
             "end_time": _iso(self.end_time), "duration_s": self.duration_s,
             "driver_exit_code": self.driver_exit_code}
+        if self.finished:
+            out["exit_code"], out["job_exit_code"] = self.exit_code, self.job_exit_code
         if self.result is not None:
             out["result"] = self.result
             for key in ("run_dir", "metrics"):
@@ -131,10 +162,11 @@ class Submission:
         one)."""
         job_error = (self.result or {}).get("error") or {}
         reason = job_error.get("message") or self.message or "no message"
-        err: dict[str, Any] = {"type": "JobFailed", "exit_code": 4,
-                               "message": f"job {self.submission_id} {self.status}: {reason}"}
+        err: dict[str, Any] = {"type": "JobFailed", "exit_code": self.exit_code or 4,
+                               "message": f"job {self.submission_id} {self.status}: {reason}",
+                               "job_exit_code": self.job_exit_code}
         if self.driver_exit_code is not None:
-            err["job_exit_code"] = self.driver_exit_code
+            err["driver_exit_code"] = self.driver_exit_code
         if job_error:
             err["job_error"] = job_error
         return err
@@ -209,21 +241,92 @@ def resolve_jobs_address(address: str | None) -> tuple[str, str]:
     return address, source
 
 
-def load_token() -> tuple[str | None, str | None]:
-    """(token, where it came from), read in Ray's order; (None, None) when there is none."""
+def is_loopback(url: str) -> bool:
+    """Whether the URL's host is this machine by its literal name (no DNS lookup).
+
+    >>> is_loopback("http://127.0.0.1:8265"), is_loopback("http://head:8265")
+    (True, False)
+    """
+    import ipaddress
+
+    host = (urlparse(url).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def tokens_file() -> Path:
+    """The per-address token map: ``$XDG_CONFIG_HOME/distml/tokens.json``, by default
+    ``~/.config/distml/tokens.json``."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base).expanduser() / "distml" / "tokens.json"
+
+
+def _normal_url(url: str) -> str:
+    p = urlparse(url.strip().rstrip("/"))
+    port = p.port or (443 if p.scheme == "https" else 80)
+    return f"{p.scheme.lower()}://{(p.hostname or '').lower()}:{port}"
+
+
+def _read_token_file(path: str, source: str) -> str:
+    try:
+        token = Path(path).expanduser().read_text().strip()
+    except OSError as e:
+        raise ClusterError(f"{source} names {path!r}, which cannot be read "
+                           f"({e.strerror or e}); {_TOKEN_HINT}") from None
+    if not token:
+        raise ClusterError(f"{source} names {path!r}, which is empty; {_TOKEN_HINT}")
+    return token
+
+
+def _configured_token_path(address: str) -> str | None:
+    """The token file tokens.json maps this address to (scheme, host and port must match)."""
+    path = tokens_file()
+    if not path.is_file():
+        return None
+    try:
+        table = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ClusterError(f"{path} is not a readable JSON object ({_first_line(e)}); it maps "
+                           'cluster addresses to token files: {"http://head:8265": '
+                           '"~/secrets/head.token"}') from None
+    if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
+        raise ClusterError(f"{path} must be a JSON object mapping cluster addresses to token "
+                           'file paths: {"http://head:8265": "~/secrets/head.token"}')
+    want = _normal_url(address)
+    for key, value in table.items():
+        try:
+            if _normal_url(key) == want:
+                return value
+        except ValueError:  # a bad port in someone's key: it matches nothing
+            continue
+    return None
+
+
+def load_token(address: str | None = None) -> tuple[str | None, str | None]:
+    """(token, where it came from) for the cluster at ``address``; (None, None) when none is
+    configured for it.
+
+    ``RAY_AUTH_TOKEN``, else the file in ``RAY_AUTH_TOKEN_PATH``, else the address's entry in
+    :func:`tokens_file`, else — for a loopback address only — ``~/.ray/auth_token``: the local
+    cluster's token never leaves this machine.
+    """
     env = os.environ.get("RAY_AUTH_TOKEN", "").strip()
     if env:
         return env, "RAY_AUTH_TOKEN"
     path = os.environ.get("RAY_AUTH_TOKEN_PATH")
     if path:
-        try:
-            token = Path(path).expanduser().read_text().strip()
-        except OSError as e:
-            raise ClusterError(f"RAY_AUTH_TOKEN_PATH={path!r} cannot be read "
-                               f"({e.strerror or e}); {_TOKEN_HINT}") from None
-        if not token:
-            raise ClusterError(f"RAY_AUTH_TOKEN_PATH={path!r} is empty; {_TOKEN_HINT}")
-        return token, "RAY_AUTH_TOKEN_PATH"
+        return _read_token_file(path, "RAY_AUTH_TOKEN_PATH"), "RAY_AUTH_TOKEN_PATH"
+    if address is None:
+        return None, None
+    mapped = _configured_token_path(address)
+    if mapped is not None:
+        return _read_token_file(mapped, f"{tokens_file()} for {address}"), str(tokens_file())
+    if not is_loopback(address):
+        return None, None
     default = Path.home() / ".ray" / "auth_token"
     try:
         token = default.read_text().strip()
@@ -268,7 +371,16 @@ class JobsClient:
     def __init__(self, address: str | None = None):
         self.address, self.source = resolve_jobs_address(address)
         _preflight(self.address, self.source)
-        token, self.token_source = load_token()
+        token, self.token_source = load_token(self.address)
+        if token and urlparse(self.address).scheme == "http" and not is_loopback(self.address):
+            log.warning("sending the authentication token (from %s) in clear text over plain "
+                        "http to %s; use https or a tunnel to a loopback port",
+                        self.token_source, self.address)
+        if not token and os.environ.get("RAY_AUTH_MODE", "").strip().lower() == "token":
+            # Ray's client would fall back to ~/.ray/auth_token for any address: refuse here.
+            raise ClusterError(f"cannot contact {self._where()}: RAY_AUTH_MODE=token is set "
+                               "here but no authentication token was found for it "
+                               f"({_TOKEN_PLACES}); {_TOKEN_HINT}")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         cls = _client_class()
         with _explicit_address(), self._errors("connect"):
@@ -293,12 +405,10 @@ class JobsClient:
                            f"{self.token_source}): it is wrong, or belongs to another cluster")
             elif from_server:
                 problem = (f"{self._where()} requires an authentication token and none was "
-                           "sent (none found in RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or "
-                           "~/.ray/auth_token)")
+                           f"sent (none configured for it: {_TOKEN_PLACES})")
             else:
                 problem = (f"cannot contact {self._where()}: RAY_AUTH_MODE=token is set here "
-                           "but no authentication token was found (RAY_AUTH_TOKEN, "
-                           "RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token)")
+                           f"but no authentication token was found ({_TOKEN_PLACES})")
             raise ClusterError(f"{problem}; {_TOKEN_HINT}") from None
         except (requests.exceptions.Timeout,) as e:
             raise ClusterError(f"{self._where()} did not answer ({action}) within "
@@ -565,9 +675,13 @@ def job_result(logs: str) -> dict[str, Any] | None:
 
 # ------------------------------------------------------------------ status, logs, stop, list
 
-def status(submission_id: str, *, address: str | None = None) -> Submission:
-    """The job's current state (with its result once it finished)."""
+def status(submission_id: str, *, address: str | None = None, wait: bool = False,
+           poll_s: float = 1.0) -> Submission:
+    """The job's current state (with its result once it finished); with ``wait``, its state
+    once it ended (``exit_code`` is then what ``distml status --wait`` exits with)."""
     client = JobsClient(address)
+    if wait:
+        return follow(client, submission_id, poll_s=poll_s)
     sub = client.info(submission_id)
     if sub.finished:
         sub.result = job_result(client.logs(submission_id))
@@ -629,4 +743,4 @@ def format_table(jobs: list[Submission]) -> str:
 
 __all__ = ["Submission", "JobsClient", "JobNotFound", "submit", "status", "logs", "stop",
            "list_jobs", "follow", "job_result", "entrypoint", "resolve_jobs_address",
-           "load_token", "follow_logs"]
+           "load_token", "follow_logs", "is_loopback", "tokens_file"]

@@ -5,7 +5,8 @@
 ``cv.mean.accuracy``), tags naming the distml run (``distml.name``, ``distml.run_id``,
 ``distml.kind``, ``distml.run_dir``), and the run directory as artifacts. Logging the same
 distml run again (a rerun of a finished ``--run-id``) finds the MLflow run by its tags and logs
-nothing twice. MLflow is optional: without it, tracking fails with an install hint.
+nothing twice. MLflow is optional: a spec with ``tracking.mlflow`` where it is not installed
+fails at validation (:func:`check_available`, exit 2 with an install hint), before the run.
 
 >>> log_result(distml.run("jobs/quickstart.yaml"),                       # doctest: +SKIP
 ...            {"uri": "file:///tmp/mlruns", "experiment": "churn"})
@@ -17,6 +18,7 @@ import json
 import logging
 import math
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -29,16 +31,54 @@ _MAX_PARAM_VALUE = 6000
 _ARTIFACT_PATH = "distml_run"
 
 
+_MISSING = ("tracking.mlflow needs the 'mlflow' package (or 'mlflow-skinny'), which is not "
+            'installed; install it with: pip install "distml[tracking]" (or pip install '
+            "mlflow-skinny), or remove tracking.mlflow from the spec")
+
+
 def _mlflow():
     try:
         import mlflow
         from mlflow.tracking import MlflowClient
     except ImportError:
-        raise MissingDependency(
-            "tracking with MLflow needs the 'mlflow' package (or 'mlflow-skinny'), which is not "
-            'installed; install it with: pip install "distml[tracking]" (or pip install '
-            "mlflow-skinny)") from None
+        raise MissingDependency(_MISSING) from None
     return mlflow, MlflowClient
+
+
+def check_available(job_spec: Any) -> None:
+    """Fail a spec with ``tracking.mlflow`` when MLflow is not installed here (exit 2 with the
+    install hint), at validation: never after the run wrote ``_SUCCESS``. Looks the package up
+    without importing it (MLflow's import takes seconds)."""
+    tracking = getattr(job_spec, "tracking", None)
+    if tracking is None or getattr(tracking, "mlflow", None) is None:
+        return
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec("mlflow") is not None
+    except (ImportError, ValueError):  # a broken or half-removed install
+        found = False
+    if not found:
+        raise MissingDependency(_MISSING)
+
+
+@contextmanager
+def _file_store_allowed(uri: str) -> Iterator[None]:
+    """MLflow 3 refuses its file store unless ``MLFLOW_ALLOW_FILE_STORE`` is set; a ``file:``
+    URI in a spec is that ask, for the logging calls only: the previous value (or its absence)
+    is restored after, so the rest of the process sees what the user set."""
+    if not _is_local_store(uri):
+        yield
+        return
+    previous = os.environ.get("MLFLOW_ALLOW_FILE_STORE")
+    os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true" if previous is None else previous
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_ALLOW_FILE_STORE", None)
+        else:
+            os.environ["MLFLOW_ALLOW_FILE_STORE"] = previous
 
 
 def _config(config: Any) -> dict[str, Any]:
@@ -104,9 +144,11 @@ def log_result(result: Any, config: Any) -> str:
     cfg = _config(config)
     _, MlflowClient = _mlflow()
     uri = str(cfg["uri"])
-    if _is_local_store(uri):
-        # MLflow 3 refuses its file store unless asked; a file:// URI in a spec is that ask.
-        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    with _file_store_allowed(uri):
+        return _log_result(result, cfg, uri, MlflowClient)
+
+
+def _log_result(result: Any, cfg: dict[str, Any], uri: str, MlflowClient: Any) -> str:  # noqa: N803
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(cfg["experiment"])
     experiment_id = (experiment.experiment_id if experiment is not None
@@ -181,4 +223,5 @@ def _quote(value: str) -> str:
     return str(value).replace("'", "\\'")
 
 
-__all__ = ["log_result", "log_result_safely", "metric_items", "param_items", "flatten"]
+__all__ = ["log_result", "log_result_safely", "check_available", "metric_items", "param_items",
+           "flatten"]

@@ -41,12 +41,16 @@ def test_airflow_dag_without_airflow():
 @pytest.mark.usefixtures("ray_cluster")
 def test_airflow_python_callable_runs_the_spec(tmp_path):
     dag = _load("examples/airflow/distml_dag.py")
+    few = {"model.num_boost_round": 5}
     out = dag.train_in_process("af-1", spec=f"{ROOT}/jobs/quickstart.yaml", output=str(tmp_path),
-                               model__num_boost_round=5)
+                               overrides=few)
     assert os.path.isfile(os.path.join(out["run_dir"], "_SUCCESS"))
     assert out["run_id"] == "af-1" and out["metrics"]["valid"]["roc_auc"] > 0.9
     assert dag.train_in_process("af-1", spec=f"{ROOT}/jobs/quickstart.yaml",
-                                output=str(tmp_path), model__num_boost_round=5)["reused"]
+                                output=str(tmp_path), overrides=few)["reused"]
+    with pytest.raises(TypeError):  # Airflow's task context is never taken as overrides
+        dag.train_in_process("af-1", spec=f"{ROOT}/jobs/quickstart.yaml", ti=object(),
+                             ds="2026-12-01")
     bad = tmp_path / "bad.yaml"
     bad.write_text(f"name: b\nkind: xgboost\ndata: {{source: '{tmp_path}/none.parquet', "
                    "target: y}\n")
@@ -83,3 +87,17 @@ def test_spec_tracking_logs_the_run_to_mlflow(tmp_path, monkeypatch):
     assert run.data.tags["distml.run_dir"] == str(r.run_dir)
     assert run.data.metrics["valid.roc_auc"] == r.metrics["valid"]["roc_auc"]
     assert run.data.params["model.num_boost_round"] == "5"
+
+
+def test_spark_driver_passes_cpus_and_gpus_together(capsys):
+    """Ray on Spark refuses one of num_cpus/num_gpus_worker_node alone: both go, or neither."""
+    spark = _load("examples/spark/train_on_spark.py")
+    def size(*a):
+        return spark._node_resources(spark._parser().parse_args(["s.yaml", "--output", "o", *a]))
+
+    assert size() == (None, None)
+    assert size("--cpus-per-node", "4") == (4, 0)
+    assert size("--cpus-per-node", "4", "--gpus-per-node", "1") == (4, 1)
+    assert "--gpus-per-node needs --cpus-per-node" in size("--gpus-per-node", "1")
+    assert spark.main(["s.yaml", "--output", "o", "--gpus-per-node", "1"]) == 2
+    assert "needs --cpus-per-node" in capsys.readouterr().err

@@ -25,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch, tmp_path):
     for var in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN",
-                "RAY_AUTH_TOKEN_PATH"):
+                "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE", "XDG_CONFIG_HOME"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
 
@@ -49,22 +49,101 @@ def test_address_order_and_shape(monkeypatch):
         sub_mod.resolve_jobs_address(None)
 
 
-def test_token_is_read_in_rays_order(monkeypatch, tmp_path):
-    assert sub_mod.load_token() == (None, None)
-    default = tmp_path / "home" / ".ray" / "auth_token"
-    default.parent.mkdir(parents=True)
-    default.write_text("from-default\n")
-    assert sub_mod.load_token() == ("from-default", str(default))
-    path = tmp_path / "tok"
-    path.write_text("  from-path \n")
+LOCAL, REMOTE = "http://127.0.0.1:8265", "http://10.1.2.3:8265"
+
+
+def _write(path, text: str):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_token_order_and_the_local_token_stays_local(monkeypatch, tmp_path):
+    """RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, the address's tokens.json entry; ~/.ray/auth_token
+    (which any local ray.init() creates) only for loopback addresses."""
+    assert sub_mod.load_token(LOCAL) == (None, None)
+    default = _write(tmp_path / "home" / ".ray" / "auth_token", "from-default\n")
+    assert sub_mod.load_token(LOCAL) == ("from-default", str(default))
+    assert sub_mod.load_token("http://localhost:8265")[0] == "from-default"
+    assert sub_mod.load_token("http://[::1]:8265")[0] == "from-default"
+    for elsewhere in (REMOTE, "https://head.example.com", "http://127.0.0.1.evil.io:8265",
+                      "http://localhost.example.com:8265"):
+        assert sub_mod.load_token(elsewhere) == (None, None), elsewhere
+    assert sub_mod.load_token(None) == (None, None)
+
+    tokens = _write(tmp_path / "home" / ".config" / "distml" / "tokens.json", json.dumps(
+        {"http://10.1.2.3:8265/": "~/head.token", "https://other:443": "/nope"}))
+    _write(tmp_path / "home" / "head.token", " from-map \n")
+    assert sub_mod.load_token(REMOTE) == ("from-map", str(tokens))
+    assert sub_mod.load_token("HTTP://10.1.2.3:8265") == ("from-map", str(tokens))
+    assert sub_mod.load_token("https://10.1.2.3:8265") == (None, None)  # scheme must match
+    assert sub_mod.load_token("http://10.1.2.3:8266") == (None, None)  # port too
+    with pytest.raises(ClusterError, match="tokens.json for https://other.*cannot be read"):
+        sub_mod.load_token("https://other")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))  # the map moves with XDG
+    assert sub_mod.load_token(REMOTE) == (None, None)
+    monkeypatch.delenv("XDG_CONFIG_HOME")
+
+    path = _write(tmp_path / "tok", "  from-path \n")
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(path))
-    assert sub_mod.load_token() == ("from-path", "RAY_AUTH_TOKEN_PATH")
+    assert sub_mod.load_token(REMOTE) == ("from-path", "RAY_AUTH_TOKEN_PATH")
     monkeypatch.setenv("RAY_AUTH_TOKEN", "from-env")
-    assert sub_mod.load_token() == ("from-env", "RAY_AUTH_TOKEN")
+    assert sub_mod.load_token(REMOTE) == ("from-env", "RAY_AUTH_TOKEN")
     monkeypatch.delenv("RAY_AUTH_TOKEN")
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "nope"))
-    with pytest.raises(ClusterError, match="RAY_AUTH_TOKEN_PATH=.* cannot be read"):
-        sub_mod.load_token()
+    with pytest.raises(ClusterError, match="RAY_AUTH_TOKEN_PATH names .* cannot be read"):
+        sub_mod.load_token(LOCAL)
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH")
+    tokens.write_text("[not an object")
+    with pytest.raises(ClusterError, match="tokens.json is not a readable JSON object"):
+        sub_mod.load_token(REMOTE)
+
+
+@pytest.fixture
+def recorded_headers(monkeypatch):
+    """JobsClient with no network: the headers its Ray client would send, per address."""
+    sent: dict[str, dict] = {}
+
+    class Recorder:
+        def __init__(self, address, headers=None):
+            sent[address] = dict(headers or {})
+
+        def list_jobs(self):
+            return []
+
+    monkeypatch.setattr(sub_mod, "_preflight", lambda url, source: None)
+    monkeypatch.setattr(sub_mod, "_client_class", lambda: Recorder)
+    return sent
+
+
+def test_the_local_token_is_never_sent_elsewhere(recorded_headers, monkeypatch, tmp_path,
+                                                 capsys):
+    _write(tmp_path / "home" / ".ray" / "auth_token", "local-secret\n")
+    assert main(["jobs", "list", "--address", LOCAL, "--json"]) == 0
+    assert recorded_headers[LOCAL] == {"Authorization": "Bearer local-secret"}
+    assert capsys.readouterr().err == ""  # loopback over http: no warning
+    assert main(["jobs", "list", "--address", REMOTE, "--json"]) == 0
+    assert recorded_headers[REMOTE] == {}  # nothing configured for that cluster: no token
+    capsys.readouterr()
+    # Ray's own client would load ~/.ray/auth_token under RAY_AUTH_MODE=token: refused first
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    recorded_headers.clear()
+    assert main(["jobs", "list", "--address", REMOTE, "--json"]) == 3
+    msg = json.loads(capsys.readouterr().out)["error"]["message"]
+    assert "no authentication token was found" in msg and "tokens.json" in msg
+    assert recorded_headers == {}
+
+
+def test_plain_http_to_another_host_warns_once(recorded_headers, monkeypatch, capsys):
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "configured")
+    assert main(["jobs", "list", "--address", REMOTE, "--json"]) == 0
+    assert recorded_headers[REMOTE] == {"Authorization": "Bearer configured"}
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "in clear text over plain http to http://10.1.2.3:8265" in err[0]
+    for quiet in ("https://head.example.com", LOCAL):
+        assert main(["jobs", "list", "--address", quiet, "--json"]) == 0
+        assert recorded_headers[quiet] == {"Authorization": "Bearer configured"}
+        assert capsys.readouterr().err == ""
 
 
 def test_entrypoint_is_fixed_and_quoted():
@@ -274,13 +353,71 @@ def test_failed_job_payload_and_exit_code():
                            message="Job entrypoint command failed with exit code 2",
                            driver_exit_code=2,
                            result={"status": "failed", "error": {"type": "DataError",
-                                                                "message": "no file matches"}})
-    assert s.exit_code == 4
+                                                                "message": "no file matches",
+                                                                "exit_code": 2}})
+    assert s.exit_code == 2 and s.job_exit_code == 2  # the job's own code survives the trip
     d = s.to_dict()
     assert d["status"] == "failed" and d["error"]["job_exit_code"] == 2
+    assert d["exit_code"] == d["error"]["exit_code"] == 2 and d["job_exit_code"] == 2
     assert d["error"]["message"] == "job f-1 FAILED: no file matches"
+    assert d["error"]["driver_exit_code"] == 2
     running = sub_mod.Submission("r-1", "http://h:8265", "--address", "RUNNING")
     assert running.exit_code is None and "distml logs r-1 --follow" in running.summary()
+
+
+@pytest.mark.parametrize("status, result, job_code, code", [
+    ("SUCCEEDED", {"status": "succeeded", "run_dir": "/r"}, 0, 0),
+    ("FAILED", {"status": "failed", "error": {"exit_code": 2}}, 2, 2),
+    ("FAILED", {"status": "failed", "error": {"exit_code": 3}}, 3, 3),
+    ("FAILED", {"status": "failed", "error": {"exit_code": 4}}, 4, 4),
+    ("STOPPED", {"status": "failed", "error": {"exit_code": 130}}, 130, 130),
+    ("FAILED", {"status": "failed", "error": {"exit_code": 1}}, None, 4),  # a bug: not a code
+    ("FAILED", {"status": "failed", "error": {"exit_code": "2"}}, None, 4),
+    ("FAILED", {"status": "succeeded"}, 0, 4),  # printed success, then died: still failed
+    ("FAILED", None, None, 4),  # no result line (killed, no distml on the cluster)
+    ("STOPPED", None, None, 4),
+])
+def test_wait_exit_code_is_the_jobs_own(status, result, job_code, code):
+    s = sub_mod.Submission("j", "http://h:8265", "--address", status, driver_exit_code=7,
+                           result=result)
+    assert (s.job_exit_code, s.exit_code) == (job_code, code)
+    d = s.to_dict()
+    assert (d["job_exit_code"], d["exit_code"]) == (job_code, code)
+    if status != "SUCCEEDED":
+        assert d["error"]["exit_code"] == code and d["error"]["job_exit_code"] == job_code
+
+
+def test_submit_and_status_wait_exit_with_the_jobs_code(fake, capsys):
+    """Through the CLI: a job whose distml said exit 2 makes `submit --wait` and
+    `status --wait` exit 2, and `--json` says both codes; plain `status` reports (exit 0)."""
+    bad_line = json.dumps({"status": "failed", "error": {"type": "DataError", "exit_code": 2,
+                                                         "message": "no column 'y'"}})
+    orig_submit = FakeJobs.submit
+
+    def submit(self, **kw):
+        sid = orig_submit(self, **kw)
+        FakeJobs.jobs[sid]["states"] = ["RUNNING", "FAILED"]
+        FakeJobs.jobs[sid]["log"] += bad_line + "\n"
+        return sid
+
+    FakeJobs.submit = submit
+    try:
+        code = main(["submit", f"{ROOT}/jobs/quickstart.yaml", "--address", "http://h:8265",
+                     "--submission-id", "bad-1", "--wait", "--json"])
+    finally:
+        FakeJobs.submit = orig_submit
+    payload = json.loads(capsys.readouterr().out)
+    assert code == 2 and payload["exit_code"] == 2 and payload["job_exit_code"] == 2
+    assert payload["error"]["job_error"]["type"] == "DataError"
+    assert main(["status", "bad-1", "--address", "http://h:8265", "--wait", "--json"]) == 2
+    assert json.loads(capsys.readouterr().out)["job_exit_code"] == 2
+    assert main(["status", "bad-1", "--address", "http://h:8265", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["exit_code"] == 2
+    # a job that ended without a distml result line: exit 4, job_exit_code null
+    FakeJobs.jobs["bad-1"]["log"] = "Killed\n"
+    assert main(["status", "bad-1", "--address", "http://h:8265", "--wait", "--json"]) == 4
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["job_exit_code"] is None and payload["exit_code"] == 4
 
 
 def test_stop_and_list_through_the_cli(fake, capsys):

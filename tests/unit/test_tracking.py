@@ -117,3 +117,71 @@ def test_tracking_failure_is_a_warning(tmp_path, distml_log):
         result, {"uri": (tmp_path / "blocked").as_uri(), "experiment": "e"}) is None
     assert any("could not log run churn/r1 to MLflow" in m for m in distml_log)
     assert yaml.safe_load((result.run_dir / "spec.yaml").read_text())["name"] == "churn"
+
+
+def _hide_mlflow(monkeypatch):
+    """As if MLflow were not installed: the import fails and the package is not found."""
+    import importlib.util
+
+    real_import, real_find = builtins.__import__, importlib.util.find_spec
+
+    def no_mlflow(name, *a, **k):
+        if name == "mlflow" or name.startswith("mlflow."):
+            raise ImportError(name)
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_mlflow)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow"
+                        else real_find(name, *a))
+
+
+def test_missing_mlflow_fails_at_validation_not_after_success(monkeypatch, tmp_path, capsys):
+    """`tracking.mlflow` without MLflow: exit 2 with the install hint from `validate` and `run`,
+    before any run directory (let alone _SUCCESS) exists; without tracking nothing changes."""
+    from distml.cli import main
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: tr\nkind: xgboost\ndata: {source: builtin:iris, target: target}\n"
+                    "model: {num_boost_round: 2}\n"
+                    f"tracking: {{mlflow: {{uri: '{(tmp_path / 'mlruns').as_uri()}'}}}}\n")
+    _hide_mlflow(monkeypatch)
+    for argv in (["validate", str(spec)],
+                 ["run", str(spec), "--output", str(tmp_path / "runs"), "--run-id", "t1"]):
+        assert main([*argv, "--json"]) == 2
+        err = json.loads(capsys.readouterr().out)["error"]
+        assert err["type"] == "MissingDependency" and "tracking.mlflow" in err["message"]
+        assert 'pip install "distml[tracking]"' in err["message"]
+    assert not (tmp_path / "runs").exists()
+    # the client of `submit` checks the spec only: MLflow may be on the cluster, not here
+    assert main(["validate", str(spec), "--no-data", "--json"]) == 0
+    capsys.readouterr()
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("name: p\nkind: xgboost\ndata: {source: builtin:iris, target: target}\n")
+    assert main(["validate", str(plain), "--json"]) == 0
+
+
+@pytest.mark.parametrize("before", [None, "false", "true"])
+def test_file_store_permission_is_scoped_to_the_logging_call(tmp_path, monkeypatch, before):
+    """MLFLOW_ALLOW_FILE_STORE is set only while a file store is written, then restored."""
+    pytest.importorskip("mlflow")
+    import os
+
+    seen = {}
+    real = tracking._log_result
+
+    def spy(*a, **k):
+        seen["during"] = os.environ.get("MLFLOW_ALLOW_FILE_STORE")
+        return real(*a, **k)
+
+    monkeypatch.setattr(tracking, "_log_result", spy)
+    if before is None:
+        monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    else:
+        monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", before)
+    uri = (tmp_path / "mlruns").as_uri()
+    try:
+        tracking.log_result(_finished_run(tmp_path), {"uri": uri, "experiment": "e"})
+    except Exception:  # MLflow itself refuses the file store when the user said "false"
+        assert before == "false"
+    assert seen["during"] == (before or "true")  # a value the user set is theirs
+    assert os.environ.get("MLFLOW_ALLOW_FILE_STORE") == before

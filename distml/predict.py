@@ -230,6 +230,10 @@ class ArrayPredictor:
         import numpy as np
         import pandas as pd
 
+        missing = [c for c in self.features if c not in frame.columns]
+        if missing:
+            raise DataError(f"--input lacks columns {[c[:40] for c in missing[:5]]} that the "
+                            f"{self.kind} model was fitted on")
         X = frame[self.features].to_numpy(dtype=np.float64)
         bad = np.isnan(X).any(axis=0)
         if bad.any():

@@ -114,7 +114,16 @@ def _write_common(run: pathlib.Path, kind: str, spec_model: dict | None) -> None
         spec = {"name": "fake", "kind": kind, "data": {"source": "builtin:iris",
                                                        "target": "target"}, "model": spec_model}
         (run / "spec.yaml").write_text(json.dumps(spec))  # JSON is YAML
-    (run / "_SUCCESS").write_text("{}")
+
+
+def seal(run: pathlib.Path) -> pathlib.Path:
+    """Finish a hand-made run dir as distml does (artifact digests, then ``_SUCCESS``). Whoever
+    crafts a run directory can do the same, so the loaders — not the digest check — are what
+    these tests reach."""
+    from distml.runtime.artifacts import RunDir
+
+    RunDir(run.parent.parent, run.parent.name, run.name).mark_success()
+    return run
 
 
 def _schema(task="classification", classes=(0, 1)) -> dict:
@@ -138,7 +147,7 @@ def make_sklearn_run(run: pathlib.Path, estimator=None) -> pathlib.Path:
     (run / "model" / "schema.json").write_text(json.dumps(_schema()))
     (run / "model" / "model.skops").write_bytes(
         sio.dumps(estimator if estimator is not None else LogisticRegression().fit(X, y)))
-    return run
+    return seal(run)
 
 
 def make_xgboost_run(run: pathlib.Path) -> pathlib.Path:
@@ -151,7 +160,7 @@ def make_xgboost_run(run: pathlib.Path) -> pathlib.Path:
     booster.set_attr(distml_objective="binary:logistic")
     booster.save_model(str(run / "model" / "model.ubj"))
     (run / "model" / "schema.json").write_text(json.dumps(_schema()))
-    return run
+    return seal(run)
 
 
 def torch_config(module: str | None = None, module_args: dict | None = None, **over) -> dict:
@@ -181,7 +190,7 @@ def make_torch_run(run: pathlib.Path, config: dict | None = None, net=None) -> p
     (run / "model" / "model.pt").write_bytes(buf.getvalue())
     (run / "model" / "config.json").write_text(json.dumps(config))
     (run / "model" / "schema.json").write_text(json.dumps(_schema()))
-    return run
+    return seal(run)
 
 
 def make_array_run(run: pathlib.Path, kind: str) -> pathlib.Path:
@@ -198,7 +207,7 @@ def make_array_run(run: pathlib.Path, kind: str) -> pathlib.Path:
         np.savez(run / "model" / "kmeans.npz", centers=np.array([[0.0, 0.0], [1.0, 1.0]]),
                  sizes=np.array([30, 30]))
     (run / "model" / "model.json").write_text(json.dumps(meta))
-    return run
+    return seal(run)
 
 
 MAKERS = {"sklearn": make_sklearn_run, "xgboost": make_xgboost_run, "torch": make_torch_run,
@@ -628,6 +637,7 @@ def test_fuzzed_model_files_never_run_code_and_exit_2(baselines, data):
         else:
             content = _pickle_payload(marker, "pt" if name.endswith(".pt") else "npz")
         target.write_bytes(content)
+        seal(run)
         try:
             p = load_predictor(run)
             p.score(pd.DataFrame({"a": [0.5, -1.0], "b": [2.0, 0.0]}))
@@ -646,6 +656,7 @@ def test_fuzzed_model_files_on_the_command_line(baselines, tmp_path, kind, name)
         (run / name).write_bytes(os.urandom(200))
     else:
         (run / name).write_bytes(_pickle_payload(str(marker), "pt" if kind == "torch" else "npz"))
+    seal(run)
     res = _cli("predict", str(run), "--input", _input_csv(tmp_path / "in.csv"),
                "--output", str(tmp_path / "out"))
     assert res.returncode == 2, res.stderr

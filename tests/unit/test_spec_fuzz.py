@@ -151,6 +151,16 @@ _resources = st.fixed_dictionaries({}, optional={
     "gpus_per_worker": st.floats(0, 8), "max_failures": st.integers(0, 100)})
 _json_scalars = (st.none() | st.booleans() | st.integers(-10**6, 10**6)
                  | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8))
+def _within_work_bounds(params: dict) -> bool:
+    from distml.spec.bounds import check_work_params
+
+    try:
+        check_work_params(params)
+    except ValueError:
+        return False
+    return True
+
+
 _params = st.dictionaries(st.sampled_from(["max_depth", "eta", "objective", "eval_metric",
                                            "alpha", "n_estimators", "random_state"]),
                           _json_scalars | st.lists(_json_scalars, max_size=3), max_size=4)
@@ -161,7 +171,9 @@ _models = {
     "sklearn": st.fixed_dictionaries(
         {"estimator": st.sampled_from([*ESTIMATORS, "sklearn.svm.SVC",
                                        "sklearn.linear_model.Ridge"])},
-        optional={"params": _params, "scale": st.booleans()}),
+        # valid sklearn params keep the work-size bounds (distml/spec/bounds.py); values outside
+        # them are the mutated specs' business
+        optional={"params": _params.filter(_within_work_bounds), "scale": st.booleans()}),
 }
 
 #: Kinds with a hand-written model strategy; every other registered kind comes from the schema.

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-from distml.errors import DataError, DistmlError, JobFailed, SpecError
+from distml.errors import DataError, JobFailed, SpecError, distml_cause
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -697,7 +697,7 @@ def _score(predictor, info, needed: list[str], keep: list[str], staging: str,
                             batch_format="pandas", batch_size=batch_size)
         ds.write_datasink(_part_sink(staging))
     except Exception as e:
-        cause = _distml_cause(e)
+        cause = distml_cause(e)
         if cause is not None:
             raise type(cause)(cause.message, details=cause.details) from None
         raise JobFailed(f"scoring failed: {_short(e)}") from e
@@ -737,21 +737,6 @@ def _part_sink(staging: str):
             return {"file": path, "rows": sum(t.num_rows for t in tables)}
 
     return PartSink(staging)
-
-
-def _distml_cause(e: BaseException) -> DistmlError | None:
-    """The distml error a worker raised, through Ray's wrappers (RayTaskError and others)."""
-    seen = set()
-    stack = [e]
-    while stack:
-        cur = stack.pop()
-        if cur is None or id(cur) in seen:
-            continue
-        seen.add(id(cur))
-        if isinstance(cur, DistmlError) and type(cur).__module__.startswith("distml"):
-            return cur
-        stack += [getattr(cur, "cause", None), cur.__cause__, cur.__context__]
-    return None
 
 
 def _short(e: BaseException) -> str:

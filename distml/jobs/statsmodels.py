@@ -584,8 +584,8 @@ def formula_namespace() -> dict[str, Any]:
     and every other name patsy's ``eval`` could reach (Python's builtins, patsy's helpers that
     are not allowed functions) bound to a placeholder that refuses to be used.
 
-    patsy evaluates a factor with ``eval(code, {}, namespaces)``: the empty globals get Python's
-    builtins, so a name that is not a column would reach ``exit`` or ``__import__``. The
+    patsy evaluates a factor with Python's eval, empty globals and ``namespaces`` as locals: the
+    empty globals get Python's builtins, so a name that is not a column would reach ``exit`` or ``__import__``. The
     namespaces are searched before the builtins, so shadowing every builtin there empties
     them; a dict is what statsmodels takes as ``eval_env`` (an EvalEnvironment is deprecated
     there) and what patsy and formulaic both search first. The columns come from the data.

@@ -113,9 +113,9 @@ def _irls(run_pass, k: int, fixed: bool, n: int, maxiter: int) -> dict:
         rxx, rxz = r[:k, :k], r[:k, k]
         norms = np.sqrt((rxx ** 2).sum(axis=0))
         sv = np.linalg.svd(rxx / np.where(norms > 0, norms, 1.0), compute_uv=False)
-        if (sv <= sv.max(initial=0.0) * max(n, k) * np.finfo(float).eps).any():
-            raise JobFailed(f"singular design: rank {int((sv > sv.max() * max(n, k) * 2.2e-16).sum())}"
-                            f" < {k} columns; drop collinear terms")
+        rank = int((sv > sv.max(initial=0.0) * max(n, k) * np.finfo(float).eps).sum())
+        if rank < k:
+            raise JobFailed(f"singular design: rank {rank} < {k} columns; drop collinear terms")
         beta = solve_triangular(rxx, rxz)
         crit_prev, scale_prev, r_prev = crit, scale, rxx
     rinv = np.linalg.inv(r_prev)

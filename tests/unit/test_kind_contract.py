@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import typing
-from pathlib import Path
 
 import jsonschema
 import pytest
@@ -24,14 +23,7 @@ from distml.jobs.base import Job
 from distml.registry import KINDS, job_class, kind_module
 from distml.spec import json_schema, load_spec
 
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = sorted((ROOT / "jobs").glob("*.yaml"))
-
-
-def examples_of(kind: str) -> list[Path]:
-    """The example specs in ``jobs/`` of ``kind`` (plain ones before searches)."""
-    found = [p for p in EXAMPLES if yaml.safe_load(p.read_text()).get("kind") == kind]
-    return sorted(found, key=lambda p: ("tune" in yaml.safe_load(p.read_text()), p.name))
+from tests.kinds import ROOT, examples_of
 
 
 @pytest.fixture(params=sorted(KINDS))

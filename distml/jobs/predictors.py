@@ -1,7 +1,7 @@
 """Predictors and the trusted loading of model files, shared by the kinds (jobs layer).
 
 A kind declares that it predicts by its ``Job.load_predictor`` (see :mod:`distml.jobs.base`); the
-objects returned here are what :func:`distml.predict.predict` scores with: ``features`` (input
+objects returned here are what :func:`distml.scoring.predict` scores with: ``features`` (input
 columns), ``numeric`` (those that must be numeric), ``target`` and ``score(frame) -> DataFrame``.
 Loading runs no code of the run directory: skops files are checked node by node against
 :data:`SKOPS_NODES` before anything is built.

@@ -51,7 +51,7 @@ def test_example_runs_and_its_declared_abilities_work(finished, tmp_path):
     p = distml.predict(r.run_dir, source, tmp_path / "scores")
     assert p.status == "succeeded" and p.rows > 0
     scored = pd.read_parquet(tmp_path / "scores").reset_index(drop=True)
-    from distml.predict import load_predictor
+    from distml.scoring import load_predictor
     from distml.runtime.data import read_frame
 
     predictor = load_predictor(r.run_dir)

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from distml.submit import job_result
+from distml.remote import job_result
 from test_submit_cluster import MARK, LocalRayCluster
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -15,7 +15,7 @@ import pytest
 import distml
 from distml.cli import main
 from distml.errors import DataError
-from distml.predict import load_predictor, predict
+from distml.scoring import load_predictor, predict
 from distml.runtime.datasets import load_builtin
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")

@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from distml.errors import DataError, DistmlError, SpecError
-from distml.predict import load_predictor
+from distml.scoring import load_predictor
 
 PREDICT = importlib.import_module("distml.jobs.predictors")  # skops allow-lists and loading
 ROOT = pathlib.Path(__file__).resolve().parents[2]

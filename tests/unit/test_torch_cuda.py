@@ -22,7 +22,7 @@ from distml.spec import load_spec
 
 SPEC = {"name": "cuda-mlp", "kind": "torch",
         "data": {"source": "synthetic:classification?rows=10", "target": "target"},
-        "model": {"hidden": [32, 16], "batch_norm": True, "epochs": 3, "batch_size": 64,
+        "model": {"hidden": [32, 16], "activation": "gelu", "epochs": 3, "batch_size": 64,
                   "lr": 0.003, "task": "classification", "seed": 7}}
 
 
@@ -77,7 +77,12 @@ def _train(device):
 def test_the_torch_loop_trains_on_cuda_as_on_cpu(cuda):
     """On CUDA: the same seeded initialisation (made on the CPU, then moved) and the same batch
     order as on the CPU, so the weights agree up to float32 summation order in the GPU's kernels
-    (1e-4: measured differences are far smaller; a wrong order or a skipped step is ~1e-1)."""
+    (measured on an H200: at most 7.5e-8; a wrong order or a skipped step is ~1e-1).
+
+    No ``batch_norm`` here: the bias of a Linear layer before BatchNorm has a gradient that is
+    zero up to rounding, and Adam scales that rounding noise to full-size steps, so that bias
+    (and the running mean) wander ~1e-2 apart between any two summation orders (seen: 1.4e-2).
+    """
     import torch
 
     torch.cuda.reset_peak_memory_stats(cuda)
@@ -91,13 +96,13 @@ def test_the_torch_loop_trains_on_cuda_as_on_cpu(cuda):
     for k, v in cpu_state.items():
         if v.dtype.is_floating_point:
             diff = float((gpu_state[k] - v).abs().max())
-            assert diff < 1e-4, f"{k}: CUDA and CPU weights differ by {diff:.2e}"
-        else:  # BatchNorm's num_batches_tracked
+            assert diff < 1e-5, f"{k}: CUDA and CPU weights differ by {diff:.2e}"
+        else:
             assert torch.equal(gpu_state[k], v), k
     assert on_gpu.figures["epochs_trained"] == on_cpu.figures["epochs_trained"] == 3
     gpu_curve = {(h["iteration"], h["split"], h["metric"]): h["value"] for h in on_gpu.history}
     cpu_curve = {(h["iteration"], h["split"], h["metric"]): h["value"] for h in on_cpu.history}
     assert gpu_curve.keys() == cpu_curve.keys()
     for key, value in cpu_curve.items():
-        assert gpu_curve[key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
+        assert gpu_curve[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
     assert cpu_curve[(2, "valid", "accuracy")] > 0.6  # it learned (3 classes)

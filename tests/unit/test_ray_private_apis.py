@@ -4,22 +4,16 @@ fails this file loudly instead of degrading quietly where it is used.
 Every other use of Ray in distml, its tests and benchmarks goes through public API
 (``ray.util.annotations`` PublicAPI / DeveloperAPI). What is left has no public equivalent:
 
-====================================================  ==========================================
-private API                                           used by (and why there is no public one)
-====================================================  ==========================================
-``ray._private.worker._global_node`` and its           ``distml.runtime.cluster._shutdown`` and
-``Node.kill_all_processes`` / ``all_processes``       ``benchmarks/probe_ray_startup.py``: no public
-                                                      way to stop a local cluster without the
-                                                      SIGTERM + grace wait per process, or to name
-                                                      its raylet's PID (whose agents outlive it)
-``ray._private.state.actors()``                       ``tests/integration/ray_checks.py``: the
-                                                      public ``ray.util.state.list_actors`` needs
-                                                      the dashboard, which the test cluster omits
-``JobSubmissionClient._do_request``                   ``distml.submit``: the one place to give every
-                                                      HTTP request a deadline (Ray sets none)
-``ResultGrid._experiment_analysis`` and               ``distml.tune.runner``: a trial's process
-``Trial.run_metadata.num_failures``                   deaths, which ``Result`` does not expose
-====================================================  ==========================================
+- ``ray._private.worker._global_node`` and its ``Node.kill_all_processes`` /
+  ``all_processes``: ``distml.runtime.cluster._shutdown`` and
+  ``benchmarks/probe_ray_startup.py``. No public way to stop a local cluster without the
+  SIGTERM + grace wait per process, or to name its raylet's PID (whose agents outlive it).
+- ``ray._private.state.actors()``: ``tests/integration/ray_checks.py``. The public
+  ``ray.util.state.list_actors`` needs the dashboard, which the shared test cluster omits.
+- ``JobSubmissionClient._do_request``: ``distml.submit``. The one place to give every HTTP
+  request a deadline (Ray sets none).
+- ``ResultGrid._experiment_analysis`` and ``Trial.run_metadata.num_failures``:
+  ``distml.tune.runner``. A trial's process deaths, which ``Result`` does not expose.
 
 The call sites look these up defensively (a changed Ray gets the slow or less detailed path, not
 a crash), which is exactly why these tests must be the loud part. Each failure message names the
@@ -74,26 +68,35 @@ def test_node_kill_all_processes_takes_the_keywords_distml_passes():
         "Node.kill_all_processes", _SHUTDOWN, "allow_graceful no longer defaults to False.")
 
 
-def test_ray_shutdown_stops_the_node_through_its_kill_all_processes(monkeypatch):
+SHUTDOWN_PROBE = """
+import json, ray
+from ray._private import worker
+calls = []
+class FakeNode:
+    def is_head(self):
+        return False
+    def kill_all_processes(self, **kwargs):
+        calls.append(kwargs)
+worker._global_node = FakeNode()
+ray.shutdown()
+print(json.dumps({"calls": calls, "reset": worker._global_node is None}))
+"""
+
+
+def test_ray_shutdown_stops_the_node_through_its_kill_all_processes():
     """The behaviour distml patches: ``ray.shutdown()`` calls the instance's
     ``kill_all_processes`` with keywords (so replacing it on the instance takes effect) and asks
-    for the graceful wait that distml turns off; then it forgets the node."""
-    import ray
-    import ray._private.worker as worker
+    for the graceful wait that distml turns off; then it forgets the node. (In a fresh process:
+    this one may hold the integration tests' cluster.)"""
+    import json
+    import subprocess
+    import sys
 
-    if ray.is_initialized():
-        pytest.fail("this unit test needs a process without a Ray connection")
-    calls = []
-
-    class FakeNode:
-        def is_head(self):
-            return False
-
-        def kill_all_processes(self, **kwargs):
-            calls.append(kwargs)
-
-    monkeypatch.setattr(worker, "_global_node", FakeNode())
-    ray.shutdown()
+    run = subprocess.run([sys.executable, "-c", SHUTDOWN_PROBE], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, _ray_changed("ray.shutdown with a node", _SHUTDOWN, run.stderr)
+    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    calls = seen["calls"]
     assert len(calls) == 1, _ray_changed(
         "ray.shutdown -> _global_node.kill_all_processes", _SHUTDOWN,
         f"ray.shutdown() called it {len(calls)} times, not once.")
@@ -103,7 +106,7 @@ def test_ray_shutdown_stops_the_node_through_its_kill_all_processes(monkeypatch)
     assert calls[0]["allow_graceful"] is True, _ray_changed(
         "ray.shutdown -> _global_node.kill_all_processes", _SHUTDOWN,
         "ray.shutdown() no longer asks for the graceful wait (distml's patch may be moot).")
-    assert worker._global_node is None, _ray_changed(
+    assert seen["reset"], _ray_changed(
         "ray._private.worker._global_node", _SHUTDOWN, "ray.shutdown() no longer resets it.")
 
 
@@ -133,7 +136,7 @@ _RAY_CHECKS = "tests/integration/ray_checks.wait_resources_free (RELIABILITY.md 
 
 
 def test_state_actors_takes_no_required_arguments():
-    import ray._private.state as state
+    from ray._private import state
 
     actors = getattr(state, "actors", None)
     assert callable(actors), _ray_changed("ray._private.state.actors", _RAY_CHECKS, "It is gone.")
@@ -159,8 +162,8 @@ def test_state_actor_records_carry_the_fields_the_check_reads():
                       ("IsDetached", False)):
         assert key in info, _ray_changed("ray._private.state.actors() records", _RAY_CHECKS,
                                          f"No key {key!r}; keys are {sorted(info)}.")
-        assert info[key] == want, _ray_changed("ray._private.state.actors() records",
-                                               _RAY_CHECKS, f"{key} = {info[key]!r}, not {want!r}.")
+        assert info[key] == want, _ray_changed("ray._private.state.actors() records", _RAY_CHECKS,
+                                               f"{key} = {info[key]!r}, not {want!r}.")
 
 
 # --- JobSubmissionClient._do_request: distml/submit.py ---
@@ -172,8 +175,8 @@ def test_job_client_do_request_forwards_extra_keywords_to_requests(monkeypatch):
     """distml overrides ``_do_request`` to add ``timeout=``; every request of the client (the
     version check at construction, list_jobs, ...) must pass through it, and extra keywords must
     reach ``requests.request``."""
-    import requests
     import ray
+    import requests
     from ray.job_submission import JobSubmissionClient
 
     params = _params(JobSubmissionClient._do_request)
@@ -191,7 +194,9 @@ def test_job_client_do_request_forwards_extra_keywords_to_requests(monkeypatch):
             self.url = url
 
         def json(self):
-            return {"ray_version": ray.__version__, "version": "x"} if "version" in self.url else []
+            if "version" in self.url:
+                return {"ray_version": ray.__version__, "version": "x"}
+            return []  # list_jobs: no jobs
 
         def raise_for_status(self):
             pass
@@ -226,7 +231,7 @@ def test_result_grid_keeps_its_experiment_analysis_with_the_trials():
     from ray.tune.experiment import Trial
 
     class Analysis:  # the public ExperimentAnalysis' shape ResultGrid reads
-        trials: list = []
+        trials: tuple = ()
         experiment_path = "/nowhere"
         default_metric = default_mode = None
 

@@ -289,19 +289,29 @@ def train_callbacks() -> list:
 
 
 def _train_to_tune_class():
-    from ray.train._internal.session import get_session
-    from ray.train.v2.api.callback import UserCallback
+    from ray.train import UserCallback
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class TrialQueue:
+        """``put(report)`` hands one report to the trial through Ray's public Train→Tune bridge
+        (``TuneReportCallback``, made in the trial process: it holds the trial's queue)."""
+
+        def __init__(self):
+            self.bridge = TuneReportCallback()
+
+        def put(self, report: dict) -> None:
+            self.bridge.after_report(None, [report], None)  # no checkpoint: only metrics
 
     class TrainToTune(UserCallback):
-        """Runs in the Train controller; puts results on the trial's inter-actor queue (what
-        Ray's ``TuneReportCallback`` does), translated to distml's trial report."""
+        """Runs in the Train controller; sends each worker report to the trial, translated to
+        distml's trial report."""
 
         def __init__(self, metric: str, mode: str, every: int):
             self.metric, self.mode, self.every = metric, mode, every
             self.best: float | None = None
             self.best_iteration = -1
             self.t0 = time.time()
-            self.queue = get_session()._get_or_create_inter_actor_queue()
+            self.queue = TrialQueue()
 
         def after_report(self, run_context, metrics, checkpoint):
             flat = flatten_metrics(metrics[0] if metrics else {})

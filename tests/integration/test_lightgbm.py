@@ -282,3 +282,43 @@ def test_bad_parameters_exit_2_before_the_cluster_and_fit_errors_exit_4(tmp_path
     assert code == 4 and error["type"] == "JobFailed", error
     assert "lightgbm fit failed" in error["message"] and "negative" in error["message"]
     assert not list(out.rglob("_SUCCESS"))
+
+
+def test_cross_validation_folds_equal_plain_lightgbm(tmp_path):
+    from sklearn.metrics import log_loss
+
+    from distml.runtime.data import cv_indices
+
+    params = {"objective": "binary", "num_leaves": 7, **SAME}
+    spec = {"name": "lgb-cv", "kind": "lightgbm",
+            "data": {"source": "builtin:breast_cancer", "target": "target",
+                     "split": {"cv": 3, "test": 0.2, "seed": 4}},
+            "model": {"params": params, "num_boost_round": 20}}
+    r = distml.run(spec, output=tmp_path)
+    assert r.manifest["execution"]["path"] == "cv_tasks"
+    df = load_builtin("breast_cancer")
+    X, y = df.drop(columns="target"), df["target"].to_numpy()
+    split = load_spec(spec).data.split_spec
+    rows = split_indices(y, split, classification=True)["train"]
+    plain = []
+    for train, valid in cv_indices(y[rows], 3, split.seed, stratify=True):
+        booster, _ = _plain(params, X, y, {"train": rows[train]}, 20)
+        p = booster.predict(X.iloc[rows[valid]])
+        plain.append(log_loss(y[rows[valid]], np.column_stack([1 - p, p]), labels=[0, 1]))
+    folds = r.metrics["cv"]["folds"]
+    assert [f["logloss"] for f in folds] == pytest.approx(plain, abs=1e-12)
+
+
+def test_unusable_column_names_and_a_missing_lightgbm_exit_2(tmp_path, monkeypatch):
+    import sys
+
+    from distml.errors import DataError, MissingDependency
+
+    pd.DataFrame({"a:b": [0.0, 1.0] * 20, "y": [0, 1] * 20}).to_parquet(tmp_path / "d.parquet")
+    spec = {"name": "cols", "kind": "lightgbm",
+            "data": {"source": str(tmp_path / "d.parquet"), "target": "y"}}
+    with pytest.raises(DataError, match=r"data.features: column 'a:b' has a name LightGBM"):
+        distml.validate(spec)
+    monkeypatch.setitem(sys.modules, "lightgbm", None)  # as if the extra were not installed
+    with pytest.raises(MissingDependency, match=r'pip install "distml\[lightgbm\]"'):
+        distml.validate(EXAMPLE)

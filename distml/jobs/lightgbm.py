@@ -81,7 +81,7 @@ class LightGBMModel(StrictModel):
                                 "(LightGBM's early_stopping_round).")
 
     @model_validator(mode="after")
-    def _no_second_say(self) -> "LightGBMModel":
+    def _no_second_say(self) -> LightGBMModel:
         for key in self.params:
             if key in _ROUNDS_KEYS:
                 raise ValueError(f"model.params.{key} sets the boosting rounds, which "
@@ -99,7 +99,7 @@ class Spec(JobSpec):
     model: LightGBMModel = Field(default_factory=LightGBMModel)
 
     @model_validator(mode="after")
-    def _checks(self) -> "Spec":
+    def _checks(self) -> Spec:
         split = self.data.split_spec
         if self.model.early_stopping_rounds and (split is None or split.valid == 0):
             raise ValueError(
@@ -201,11 +201,13 @@ class Job(SupervisedJob):
         return params
 
     @staticmethod
-    def _dataset(prep: Prepared, rows: np.ndarray, params: dict, reference=None):
+    def _dataset(prep: Prepared, rows: np.ndarray, params: dict, reference=None,
+                 keep_raw: bool = False):
         import lightgbm as lgb
 
+        # keep_raw: a Dataset built before continued training (init_model) needs its rows
         return lgb.Dataset(prep.X.iloc[rows], label=prep.y[rows], params=params,
-                           reference=reference, free_raw_data=True)
+                           reference=reference, free_raw_data=not keep_raw)
 
     def fit(self, prep: Prepared, train: np.ndarray, valid: np.ndarray | None):
         """``lightgbm.train`` with the train (and valid) split as evaluation sets."""
@@ -318,10 +320,11 @@ class Job(SupervisedJob):
         if split not in ("train", "valid") or split not in parts or eval_name is None:
             return super().tune_trial(data, session)  # one report at the end
         params = self.booster_params(prep)
-        dtrain = self._dataset(prep, parts["train"], params)
+        dtrain = self._dataset(prep, parts["train"], params, keep_raw=True)
         sets, names = [dtrain], ["train"]
         if "valid" in parts:
-            sets.append(self._dataset(prep, parts["valid"], params, reference=dtrain))
+            sets.append(self._dataset(prep, parts["valid"], params, reference=dtrain,
+                                      keep_raw=True))
             names.append("valid")
         early = bool(model.early_stopping_rounds and "valid" in parts)
         computed = _metrics_computed(params, dtrain)
@@ -405,8 +408,8 @@ def _probe_in_child(path: pathlib.Path, where: str) -> None:
     import sys
 
     try:
-        res = subprocess.run([sys.executable, "-c", _PROBE, str(path)], capture_output=True,
-                             timeout=300)
+        res = subprocess.run([sys.executable, "-c", _PROBE, str(path)], check=False,
+                             capture_output=True, timeout=300)
     except subprocess.TimeoutExpired:
         raise DataError(f"{where} did not load in 300 s") from None
     if res.returncode < 0:

@@ -322,3 +322,35 @@ def test_unusable_column_names_and_a_missing_lightgbm_exit_2(tmp_path, monkeypat
     monkeypatch.setitem(sys.modules, "lightgbm", None)  # as if the extra were not installed
     with pytest.raises(MissingDependency, match=r'pip install "distml\[lightgbm\]"'):
         distml.validate(EXAMPLE)
+
+
+def test_retried_trial_continues_from_its_checkpoint():
+    """A trial restored from the model text of round 6 reports rounds 7-12 as an uninterrupted
+    trial does (no subsampling: continued boosting equals boosting in one go)."""
+    from distml.jobs import kind_module
+    from distml.runtime.data import validate_data
+    from distml.tune.session import Restored
+
+    spec = load_spec(EXAMPLE, {"model.early_stopping_rounds": None, "model.num_boost_round": 12,
+                               "model.params.num_threads": 1})
+    job = kind_module("lightgbm").Job(spec)
+    data = job.tune_prepare(validate_data(spec.data, needs_target=True))
+    whole, saved = _Session("valid.logloss"), {}
+
+    def keep(iteration, metrics, *, final=False, files=None, state=None, send=True):
+        if iteration == 6 and files is not None:
+            saved.update(files())
+        whole.reports.append((iteration, dict(metrics), final))
+
+    whole.report = keep
+    job.tune_trial(data, whole)
+    assert saved["model.txt"].startswith(b"tree\n")
+    retry = _Session("valid.logloss")
+    retry.restored = Restored(6, {}, saved)
+    job.tune_trial(data, retry)
+    first = [(it, m["valid.logloss"]) for it, m, final in whole.reports if not final and it > 6]
+    again = [(it, m["valid.logloss"]) for it, m, final in retry.reports if not final]
+    assert [it for it, _ in again] == list(range(7, 13))
+    np.testing.assert_allclose([v for _, v in again], [v for _, v in first], rtol=1e-9)
+    assert retry.reports[-1][1]["valid.logloss"] == pytest.approx(
+        whole.reports[-1][1]["valid.logloss"], rel=1e-9)

@@ -5,8 +5,8 @@
 >>> result.metrics["valid"]["roc_auc"]              # doctest: +SKIP
 """
 
-from distml.api import run, validate
-from distml.report import build_report, list_runs
+from distml.api import build_report, run, validate
+from distml.report import list_runs
 from distml.errors import ClusterError, DataError, DistmlError, JobFailed, SpecError
 from distml.predict import Prediction, predict
 from distml.result import Result

@@ -289,8 +289,8 @@ def _dispatch(args: argparse.Namespace) -> tuple[dict, int]:
 def _report(args: argparse.Namespace) -> tuple[dict, int]:
     from pathlib import Path
 
+    from distml.api import build_report
     from distml.errors import DataError
-    from distml.report import build_report
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():

@@ -371,6 +371,12 @@ class Job(BaseJob):
     spec: Spec
     needs_target = False
 
+    @classmethod
+    def load_predictor(cls, run_dir: Path, manifest: dict, allow_module: tuple[str, ...] = ()):
+        from distml.jobs.predictors import array_predictor
+
+        return array_predictor(Path(run_dir), "kmeans", load_model, lambda fitted: 1)
+
     def check_data(self):
         info = ooc.numeric_features(self.spec, self.spec.model.keep_columns)
         rows, k = info.source.rows, self.spec.model.n_clusters

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field, model_validator
 
-from distml.errors import DataError, MissingDependency, SpecError
+from distml.errors import DataError, MissingDependency, SpecError, one_line
 from distml.jobs._supervised import Prepared, SupervisedJob, TuneData
 from distml.spec.base import JobSpec, StrictModel
 
@@ -129,28 +129,27 @@ class Job(SupervisedJob):
     # ------------------------------------------------------------------ checks (driver)
 
     def check_data(self):
-        try:
-            import lightgbm  # noqa: F401
-        except ImportError:
-            raise MissingDependency.for_extra("lightgbm", "lightgbm", "kind lightgbm") from None
+        self.check_spec()
         info = super().check_data()
         bad = [c for c in info.features if any(ch in c for ch in '",:[]{}')]
         if bad:
             raise DataError(f"data.features: column {bad[0]!r} has a name LightGBM cannot use "
                             "(it may not contain \" , : [ ] { or }); rename it or list it in "
                             "data.exclude")
-        self.check_params()
         return info
 
-    def check_params(self) -> None:
+    def check_spec(self) -> None:
         """Let LightGBM build a booster from ``model.params`` on four rows of one column, so that
-        an unknown objective or a value it refuses is an exit 2 before any cluster work
-        (SpecError naming the parameter). Parameters about columns, files or devices are left
-        to the fit."""
+        an unknown objective or a value it refuses is an exit 2 before any cluster work, also
+        for every searched value (SpecError naming the parameter). Parameters about columns,
+        files or devices are left to the fit."""
         import contextlib
         import io
 
-        import lightgbm as lgb
+        try:
+            import lightgbm as lgb
+        except ImportError:
+            raise MissingDependency.for_extra("lightgbm", "lightgbm", "kind lightgbm") from None
 
         task = self.task()
         params = {k: v for k, v in self.spec.model.params.items() if k not in _DATA_SHAPED}
@@ -261,9 +260,10 @@ class Job(SupervisedJob):
         return {"model/model.txt": model.model_to_string().encode("utf-8")}
 
     @classmethod
-    def load_model(cls, run_dir: pathlib.Path, spec) -> Any:
+    def load_model(cls, run_dir: pathlib.Path, spec: Spec, schema: dict) -> Any:
         """The booster of ``model/model.txt`` (DataError naming the run dir and the file when it
-        is missing, not LightGBM's text model, or crashes LightGBM's reader)."""
+        is missing, not LightGBM's text model, crashes LightGBM's reader or does not take the
+        schema's features)."""
         path = pathlib.Path(run_dir) / "model" / "model.txt"
         where = f"run dir {str(run_dir)!r}: model/model.txt"
         try:
@@ -278,10 +278,14 @@ class Job(SupervisedJob):
         import lightgbm as lgb
 
         try:
-            return lgb.Booster(model_str=text)
+            booster = lgb.Booster(model_str=text)
         except lgb.basic.LightGBMError as e:
-            raise DataError(f"{where} is not a readable LightGBM model ({str(e)[:200]})") \
-                from None
+            raise DataError(f"{where} is not a readable LightGBM model ({one_line(e)})") from None
+        features = list(schema.get("features") or [])
+        if booster.num_feature() != len(features):
+            raise DataError(f"{where} takes {booster.num_feature()} features; model/schema.json "
+                            f"lists {len(features)}: the files do not belong together")
+        return booster
 
     # ------------------------------------------------------------------ search hooks (distml.tune)
 

@@ -288,6 +288,12 @@ class Job(BaseJob):
     spec: Spec
     needs_target = False
 
+    @classmethod
+    def load_predictor(cls, run_dir: Path, manifest: dict, allow_module: tuple[str, ...] = ()):
+        from distml.jobs.predictors import array_predictor
+
+        return array_predictor(Path(run_dir), "pca", load_model, lambda fitted: len(fitted.columns()))
+
     def check_data(self):
         info = ooc.numeric_features(self.spec, self.spec.model.keep_columns)
         d, m = len(info.features), self.spec.model

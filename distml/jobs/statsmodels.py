@@ -679,7 +679,7 @@ class Job(BaseJob):
         if tune is None:
             return
         from distml.spec.load import load_spec
-        from distml.tune.spec import checked_values, show_value
+        from distml.spec.tune import checked_values, show_value
 
         base = self.spec.to_dict()
         base.pop("tune", None)

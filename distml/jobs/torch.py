@@ -184,6 +184,11 @@ class Job(SupervisedJob):
 
     spec: Spec
     _pretrained: dict | None = None  # weights trained by a worker group, to be evaluated
+    trains_in_worker_group = True
+
+    @classmethod
+    def load_predictor(cls, run_dir, manifest: dict, allow_module: tuple[str, ...] = ()):
+        return load_predictor(run_dir, allow_module)
 
     def check_spec(self) -> None:
         require_torch()
@@ -482,26 +487,21 @@ def load_model(run, allow_module: tuple[str, ...] = ()) -> TorchFitted:
 
 
 def load_predictor(run, allow_module: tuple[str, ...] = ()):
-    """The :class:`distml.predict.SupervisedPredictor` of a finished torch run."""
+    """The :class:`distml.jobs.predictors.SupervisedPredictor` of a finished torch run."""
     from pathlib import Path
 
-    from distml.predict import SupervisedPredictor, _short, check_schema
-    from distml.spec import load_spec
+    from distml.errors import one_line
+    from distml.jobs.predictors import SupervisedPredictor, read_schema, run_spec
 
     run = Path(run)
-    try:
-        schema = json.loads((run / "model" / "schema.json").read_text())
-    except (OSError, ValueError) as e:
-        raise DataError(f"run dir {str(run)!r}: model/schema.json is missing or unreadable "
-                        f"({e})") from None
-    check_schema(schema, f"run dir {str(run)!r}")
+    schema = read_schema(run)
     try:
         model = load_model(run, allow_module)
     except DataError as e:
         raise DataError(f"run dir {str(run)!r}: {e.message}") from None
     except Exception as e:  # torch/zip/JSON errors of a damaged or crafted file alike
         raise DataError(f"run dir {str(run)!r}: the torch model files are missing or unreadable "
-                        f"({_short(e)})") from None
+                        f"({one_line(e)})") from None
     manifest = json.loads((run / "manifest.json").read_text())
-    spec = load_spec(run / "spec.yaml", manifest.get("best_config") or None)
+    spec = run_spec(run, manifest)
     return SupervisedPredictor("torch", Job(spec), model, schema)

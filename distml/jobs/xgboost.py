@@ -14,13 +14,15 @@ early-stopping state, and a retried trial continues from there with the remainin
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 from pydantic import Field, model_validator
 
-from distml.errors import DataError
+from distml.errors import DataError, one_line
 from distml.jobs._supervised import Prepared, SupervisedJob, TuneData
 from distml.spec.base import JobSpec, StrictModel
 
@@ -72,6 +74,22 @@ class Job(SupervisedJob):
     """Single-task xgboost training."""
 
     spec: Spec
+    trains_in_worker_group = True
+
+    @classmethod
+    def load_model(cls, run_dir: Path, spec: Spec, schema: dict) -> Any:
+        """The run's booster, from xgboost's native ``model/model.ubj`` (probed in a child
+        process first: a crafted file must not crash the caller)."""
+        import xgboost as xgb
+
+        run = Path(run_dir)
+        path = run / "model" / "model.ubj"
+        probe_model(run, path, list(schema["features"]))
+        try:
+            return xgb.Booster(model_file=str(path))
+        except (xgb.core.XGBoostError, UnicodeDecodeError) as e:  # message may not decode
+            raise DataError(f"run dir {str(run)!r}: model/model.ubj is not a readable xgboost "
+                            f"model ({one_line(e)})") from None
 
     def check_data(self):
         info = super().check_data()
@@ -372,3 +390,39 @@ def _round_checkpointer(ckpt, stopper, fault, total: int, earlier: dict):
             return stop
 
     return RoundCheckpointer()
+
+
+#: loads an xgboost model and scores one row of zeros (argv: model path, feature names as JSON)
+_XGB_PROBE = """
+import json, sys
+import numpy as np, xgboost as xgb
+b = xgb.Booster(model_file=sys.argv[1])
+names = json.loads(sys.argv[2])
+b.predict(xgb.DMatrix(np.zeros((1, len(names))), feature_names=names))
+"""
+
+
+def probe_model(run: Path, path: Path, features: list[str]) -> None:
+    """Load the model in a child process first: xgboost's native reader can crash the process
+    (SIGSEGV) on a damaged or crafted ``model.ubj``; a crash must be an exit 2 naming the file,
+    not the death of ``distml predict``."""
+    import signal
+    import subprocess
+    import sys
+
+    try:
+        res = subprocess.run([sys.executable, "-c", _XGB_PROBE, str(path), json.dumps(features)],
+                             capture_output=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        raise DataError(f"run dir {str(run)!r}: model/model.ubj did not load in 300 s") from None
+    if res.returncode < 0:
+        try:
+            name = signal.Signals(-res.returncode).name
+        except ValueError:
+            name = f"signal {-res.returncode}"
+        raise DataError(f"run dir {str(run)!r}: model/model.ubj crashes xgboost's reader "
+                        f"({name}); it is damaged or crafted, and distml refuses it")
+    if res.returncode != 0:
+        lines = [ln for ln in res.stderr.decode(errors="replace").splitlines() if ln.strip()]
+        raise DataError(f"run dir {str(run)!r}: model/model.ubj is not a readable xgboost model "
+                        f"({(lines[-1] if lines else 'no message')[:300]})")

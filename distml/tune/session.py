@@ -225,13 +225,13 @@ def trial_fn(config: dict, *, plan: TrialPlan, data: Any = None) -> None:
     """The function trainable of every distml search (runs in a Tune trial process)."""
     from ray import tune
 
-    from distml.jobs import kind_module
+    from distml.registry import kind_module
 
     session = TrialSession(plan, load_checkpoint(tune.get_checkpoint()))
     try:
         spec = plan.trial_spec(plan.overrides(config))
         job = kind_module(plan.kind).Job(spec)
-        if hasattr(job, "tune_trial") and not plan.worker_group:
+        if job.tune_trial_hook and not plan.worker_group:
             job.tune_trial(data, session)
         else:
             _run_whole_job(job, data, session, plan)

@@ -95,7 +95,8 @@ def test_fit_predictions_and_importance_equal_plain_lightgbm(tmp_path, builtin, 
     # the saved model is LightGBM's text model and predicts the same
     text = (r.run_dir / "model" / "model.txt").read_text()
     assert text.startswith("tree\n")
-    saved = Job.load_model(r.run_dir, load_spec(spec))
+    schema = json.loads((r.run_dir / "model" / "schema.json").read_text())
+    saved = Job.load_model(r.run_dir, load_spec(spec), schema)
     np.testing.assert_allclose(saved.predict(X), booster.predict(X), rtol=0, atol=1e-12)
     assert r.metrics["num_boosted_rounds"] == 25 and "best_iteration" not in r.metrics
 
@@ -176,20 +177,31 @@ def test_load_model_refuses_missing_and_damaged_files(tmp_path):
     from distml.errors import DataError
     from distml.jobs.lightgbm import Job
 
+    import lightgbm as lgb
+
     spec = load_spec(EXAMPLE)
+    schema = {"features": ["a", "b"], "task": "classification", "classes": [0, 1]}
     (tmp_path / "model").mkdir()
     with pytest.raises(DataError, match=r"model/model.txt is missing") as e:
-        Job.load_model(tmp_path, spec)
+        Job.load_model(tmp_path, spec, schema)
     assert str(tmp_path) in str(e.value)
     (tmp_path / "model" / "model.txt").write_bytes(b"\xff\xfe not text")
     with pytest.raises(DataError, match="model/model.txt is unreadable"):
-        Job.load_model(tmp_path, spec)
+        Job.load_model(tmp_path, spec, schema)
     (tmp_path / "model" / "model.txt").write_text("{\"not\": \"a model\"}")
     with pytest.raises(DataError, match="is not a LightGBM text model"):
-        Job.load_model(tmp_path, spec)
+        Job.load_model(tmp_path, spec, schema)
     (tmp_path / "model" / "model.txt").write_text("tree\nversion=v4\n")
     with pytest.raises(DataError, match="is not a readable LightGBM model"):
-        Job.load_model(tmp_path, spec)
+        Job.load_model(tmp_path, spec, schema)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 3))
+    booster = lgb.train({"objective": "binary", "verbosity": -1},
+                        lgb.Dataset(X, label=(X[:, 0] > 0).astype(int)), num_boost_round=2)
+    (tmp_path / "model" / "model.txt").write_text(booster.model_to_string())
+    with pytest.raises(DataError, match="takes 3 features; model/schema.json lists 2"):
+        Job.load_model(tmp_path, spec, schema)
+    assert Job.load_model(tmp_path, spec, {**schema, "features": ["a", "b", "c"]}) is not None
 
 
 class _Session:

@@ -9,7 +9,7 @@ import pytest
 
 from distml.errors import SpecError
 from distml.spec import json_schema, load_spec
-from distml.tune.spec import TuneSpec, representative_values
+from distml.spec.tune import TuneSpec, representative_values
 
 XGB = {"name": "t", "kind": "xgboost",
        "data": {"source": "builtin:breast_cancer", "target": "target"},

@@ -366,3 +366,37 @@ def test_retried_trial_continues_from_its_checkpoint():
     np.testing.assert_allclose([v for _, v in again], [v for _, v in first], rtol=1e-9)
     assert retry.reports[-1][1]["valid.logloss"] == pytest.approx(
         whole.reports[-1][1]["valid.logloss"], rel=1e-9)
+
+
+@pytest.mark.parametrize("first_metric_only", [False, True])
+def test_trial_under_early_stopping_stops_where_lightgbm_stops(first_metric_only):
+    """A searched metric outside ``params.metric`` is added only where it cannot change early
+    stopping (after the first metric, with first_metric_only); otherwise the trial reports
+    once at the end. Either way it stops where plain LightGBM stops."""
+    import lightgbm as lgb
+
+    from distml.jobs import kind_module
+    from distml.runtime.data import validate_data
+
+    spec = load_spec(EXAMPLE, {"model.params.num_threads": 1, "model.params.learning_rate": 0.3,
+                               "model.params.first_metric_only": first_metric_only})
+    job = kind_module("lightgbm").Job(spec)
+    data = job.tune_prepare(validate_data(spec.data, needs_target=True))
+    session = _Session("valid.accuracy")  # binary_error: not in the example's params.metric
+    job.tune_trial(data, session)
+    df = load_builtin("breast_cancer")
+    X, y = df.drop(columns="target"), df["target"].to_numpy()
+    parts = data.parts
+    params = {**spec.model.params, "verbosity": -1,
+              "early_stopping_round": spec.model.early_stopping_rounds}
+    dtrain = lgb.Dataset(X.iloc[parts["train"]], label=y[parts["train"]])
+    dvalid = lgb.Dataset(X.iloc[parts["valid"]], label=y[parts["valid"]], reference=dtrain)
+    booster = lgb.train(params, dtrain, spec.model.num_boost_round, valid_sets=[dtrain, dvalid],
+                        valid_names=["train", "valid"])
+    final = session.reports[-1]
+    assert final[2] and final[1]["best_iteration"] == booster.best_iteration
+    rounds = [it for it, _, last in session.reports if not last]
+    if first_metric_only:
+        assert rounds == list(range(1, final[0] + 1))  # every round, up to where it stopped
+    else:
+        assert rounds == [] and len(session.reports) == 1

@@ -174,10 +174,10 @@ def test_distml_predict_equals_the_model(tmp_path, capfd):
 
 
 def test_load_model_refuses_missing_and_damaged_files(tmp_path):
+    import lightgbm as lgb
+
     from distml.errors import DataError
     from distml.jobs.lightgbm import Job
-
-    import lightgbm as lgb
 
     spec = load_spec(EXAMPLE)
     schema = {"features": ["a", "b"], "task": "classification", "classes": [0, 1]}

@@ -25,6 +25,7 @@ KINDS: dict[str, str] = {
     "kmeans": "distml.jobs.kmeans",
     "statsmodels": "distml.jobs.statsmodels",
     "torch": "distml.jobs.torch",
+    "lightgbm": "distml.jobs.lightgbm",
 }
 
 

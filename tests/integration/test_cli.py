@@ -146,6 +146,7 @@ _SINGLE_MODEL = ["coefficients", "fit_statistics"]
 #: change here is a change users see)
 REPORT_SECTIONS = {
     "kmeans_out_of_core.yaml": ["cluster_sizes", "cluster_centers", "pass_history"],
+    "lightgbm_breast_cancer.yaml": _SUPERVISED + ["learning_curve", "feature_importance"],
     "pca_out_of_core.yaml": ["scree", "loadings"],
     "quickstart.yaml": _SUPERVISED + ["learning_curve", "feature_importance"],
     "sklearn_diabetes.yaml": ["predicted_vs_actual", "residuals", "feature_importance"],

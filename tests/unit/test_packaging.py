@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 DIST = {"sklearn": "scikit-learn", "yaml": "pyyaml", "pydantic_core": "pydantic",
         "mlflow": "mlflow-skinny"}
 #: imported only through an extra (or shipped inside another declared package)
-OPTIONAL = {"torch", "dask", "optuna", "mlflow", "pyspark", "pydantic_core"}
+OPTIONAL = {"torch", "dask", "optuna", "mlflow", "pyspark", "pydantic_core", "lightgbm"}
 
 
 def _pyproject() -> dict:

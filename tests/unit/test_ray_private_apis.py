@@ -10,7 +10,7 @@ Every other use of Ray in distml, its tests and benchmarks goes through public A
   SIGTERM + grace wait per process, or to name its raylet's PID (whose agents outlive it).
 - ``ray._private.state.actors()``: ``tests/integration/ray_checks.py``. The public
   ``ray.util.state.list_actors`` needs the dashboard, which the shared test cluster omits.
-- ``JobSubmissionClient._do_request``: ``distml.submit``. The one place to give every HTTP
+- ``JobSubmissionClient._do_request``: ``distml.remote``. The one place to give every HTTP
   request a deadline (Ray sets none).
 - ``ResultGrid._experiment_analysis`` and ``Trial.run_metadata.num_failures``:
   ``distml.tune.runner``. A trial's process deaths, which ``Result`` does not expose.
@@ -166,9 +166,9 @@ def test_state_actor_records_carry_the_fields_the_check_reads():
                                                f"{key} = {info[key]!r}, not {want!r}.")
 
 
-# --- JobSubmissionClient._do_request: distml/submit.py ---
+# --- JobSubmissionClient._do_request: distml/remote.py ---
 
-_SUBMIT = "distml.submit (a deadline on every request to the job server)"
+_SUBMIT = "distml.remote (a deadline on every request to the job server)"
 
 
 def test_job_client_do_request_forwards_extra_keywords_to_requests(monkeypatch):
@@ -208,7 +208,7 @@ def test_job_client_do_request_forwards_extra_keywords_to_requests(monkeypatch):
     monkeypatch.setattr(requests, "request", request)
     monkeypatch.setenv("RAY_AUTH_TOKEN", "unit-test")  # the tests run with token auth on
 
-    class WithDeadline(JobSubmissionClient):  # what distml.submit does
+    class WithDeadline(JobSubmissionClient):  # what distml.remote does
         def _do_request(self, method, endpoint, **kwargs):
             kwargs.setdefault("timeout", (1.5, 2.5))
             return super()._do_request(method, endpoint, **kwargs)

@@ -23,10 +23,11 @@ _trace = logging.getLogger("distml.trace")
 _trace.propagate = False
 
 
-def _versions() -> dict[str, str]:
+def _versions(job: Any = None) -> dict[str, str]:
+    """Versions of the platform packages and of the libraries the run's kind declares."""
     out = {"python": platform.python_version()}
     for pkg in ("distml", "ray", "xgboost", "scikit-learn", "pandas", "pyarrow", "numpy",
-                "statsmodels", "torch", "dask", "pydantic"):
+                "statsmodels", "torch", "dask", "pydantic", *getattr(job, "libraries", ())):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -132,7 +133,7 @@ def _run(spec, overrides, output, address, run_id, resume, kw_overrides) -> Resu
         manifest: dict[str, Any] = {
             "name": job_spec.name, "kind": job_spec.kind, "run_id": run_dir.run_id,
             "status": "running", "started_at": t_start, "argv": sys.argv[1:],
-            "versions": _versions(), "data": info.fingerprint(),
+            "versions": _versions(job), "data": info.fingerprint(),
             "seeds": _seeds(job_spec), "host": platform.node(), "pid": os.getpid(),
             "resume": resume}
         run_dir.write_yaml("spec.yaml", job_spec.to_dict())

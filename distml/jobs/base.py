@@ -71,6 +71,8 @@ class Job:
 
     #: whether ``data.target`` is required
     needs_target: bool = True
+    #: distributions the kind relies on beyond distml's own (their versions go in the manifest)
+    libraries: tuple[str, ...] = ()
     #: whether the kind runs one search trial itself (``tune_prepare``/``tune_trial``/
     #: ``tune_refit``); False: a trial runs :meth:`run` as a whole
     tune_trial_hook: bool = False

@@ -124,6 +124,8 @@ def _objective(params: dict) -> str | None:
 class Job(SupervisedJob):
     """Single-task LightGBM training."""
 
+    libraries = ("lightgbm",)
+
     spec: Spec
 
     # ------------------------------------------------------------------ checks (driver)
@@ -405,21 +407,8 @@ lgb.Booster(model_str=open(sys.argv[1], encoding="utf-8").read())
 
 
 def _probe_in_child(path: pathlib.Path, where: str) -> None:
-    """Parse the model in a child process first: a native reader may crash the process on a
-    damaged or crafted file; that must be an exit 2 naming the file, not the death of
-    ``distml predict``."""
-    import subprocess
-    import sys
+    """Parse the model in a child process first (a native reader may crash on a damaged or
+    crafted file)."""
+    from distml.jobs.predictors import probe_in_child
 
-    try:
-        res = subprocess.run([sys.executable, "-c", _PROBE, str(path)], check=False,
-                             capture_output=True, timeout=300)
-    except subprocess.TimeoutExpired:
-        raise DataError(f"{where} did not load in 300 s") from None
-    if res.returncode < 0:
-        raise DataError(f"{where} crashes LightGBM's reader (signal {-res.returncode}); it is "
-                        "damaged or crafted, and distml refuses it")
-    if res.returncode != 0:
-        lines = [ln for ln in res.stderr.decode(errors="replace").splitlines() if ln.strip()]
-        raise DataError(f"{where} is not a readable LightGBM model "
-                        f"({(lines[-1] if lines else 'no message')[:300]})")
+    probe_in_child(_PROBE, [str(path)], where, "LightGBM")

@@ -369,3 +369,29 @@ def array_predictor(run: Path, kind: str, load_model: Any, n_outputs: Any) -> Ar
         raise DataError(f"run dir {str(run)!r}: the {kind} model files are missing or "
                         f"unreadable ({one_line(e)})") from None
     return ArrayPredictor(kind, fitted, columns)
+
+
+def probe_in_child(code: str, args: list[str], where: str, library: str) -> None:
+    """Run ``code`` (which loads a model file with a native reader) in a child process first:
+    a native reader may crash the process (SIGSEGV) on a damaged or crafted file, and that must
+    be an exit 2 naming the file (``where``), not the death of ``distml predict``."""
+    import signal
+    import subprocess
+    import sys
+
+    try:
+        res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True,
+                             timeout=300, check=False)
+    except subprocess.TimeoutExpired:
+        raise DataError(f"{where} did not load in 300 s") from None
+    if res.returncode < 0:
+        try:
+            name = signal.Signals(-res.returncode).name
+        except ValueError:
+            name = f"signal {-res.returncode}"
+        raise DataError(f"{where} crashes {library}'s reader ({name}); it is damaged or "
+                        "crafted, and distml refuses it")
+    if res.returncode != 0:
+        lines = [ln for ln in res.stderr.decode(errors="replace").splitlines() if ln.strip()]
+        raise DataError(f"{where} is not a readable {library} model "
+                        f"({(lines[-1] if lines else 'no message')[:300]})")

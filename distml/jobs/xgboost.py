@@ -403,26 +403,9 @@ b.predict(xgb.DMatrix(np.zeros((1, len(names))), feature_names=names))
 
 
 def probe_model(run: Path, path: Path, features: list[str]) -> None:
-    """Load the model in a child process first: xgboost's native reader can crash the process
-    (SIGSEGV) on a damaged or crafted ``model.ubj``; a crash must be an exit 2 naming the file,
-    not the death of ``distml predict``."""
-    import signal
-    import subprocess
-    import sys
+    """Load the model in a child process first (xgboost's native reader can crash on a damaged
+    or crafted ``model.ubj``)."""
+    from distml.jobs.predictors import probe_in_child
 
-    try:
-        res = subprocess.run([sys.executable, "-c", _XGB_PROBE, str(path), json.dumps(features)],
-                             capture_output=True, timeout=300)
-    except subprocess.TimeoutExpired:
-        raise DataError(f"run dir {str(run)!r}: model/model.ubj did not load in 300 s") from None
-    if res.returncode < 0:
-        try:
-            name = signal.Signals(-res.returncode).name
-        except ValueError:
-            name = f"signal {-res.returncode}"
-        raise DataError(f"run dir {str(run)!r}: model/model.ubj crashes xgboost's reader "
-                        f"({name}); it is damaged or crafted, and distml refuses it")
-    if res.returncode != 0:
-        lines = [ln for ln in res.stderr.decode(errors="replace").splitlines() if ln.strip()]
-        raise DataError(f"run dir {str(run)!r}: model/model.ubj is not a readable xgboost model "
-                        f"({(lines[-1] if lines else 'no message')[:300]})")
+    probe_in_child(_XGB_PROBE, [str(path), json.dumps(features)],
+                   f"run dir {str(run)!r}: model/model.ubj", "xgboost")

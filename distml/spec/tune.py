@@ -353,7 +353,7 @@ def check_job(spec: Any) -> None:
             why = ("cross-validated trials report once" if tune.split == "cv" else
                    f"kind {spec.kind} fits in one shot")
             raise ValueError(f"tune.scheduler {tune.scheduler} needs trials that report every "
-                             f"iteration (xgboost boosting rounds, torch epochs); {why}; set "
+                             f"iteration (boosting rounds, epochs); {why}; set "
                              "tune.scheduler: none")
         per_round = job.tune_iteration_metrics()
         if per_round is not None and tune.metric_name not in per_round:

@@ -67,6 +67,9 @@ def test_fit_predictions_and_importance_equal_plain_lightgbm(tmp_path, builtin, 
             "model": {"params": params, "num_boost_round": 25}}
     r = distml.run(spec, output=tmp_path)
     assert r.status == "succeeded" and r.manifest["task"] == task
+    import lightgbm as lgb
+
+    assert r.manifest["versions"]["lightgbm"] == lgb.__version__  # the kind declares its library
     df = load_builtin(builtin)
     X, y = df.drop(columns="target"), df["target"].to_numpy()
     parts = split_indices(y, load_spec(spec).data.split_spec,

@@ -166,7 +166,7 @@ def test_state_actor_records_carry_the_fields_the_check_reads():
                                                f"{key} = {info[key]!r}, not {want!r}.")
 
 
-# --- JobSubmissionClient._do_request: distml/remote.py ---
+# --- JobSubmissionClient._do_request: distml/remote/client.py ---
 
 _SUBMIT = "distml.remote (a deadline on every request to the job server)"
 

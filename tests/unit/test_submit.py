@@ -18,6 +18,7 @@ from distml.cli import main
 from distml.errors import ClusterError, SpecError
 
 from distml import remote as sub_mod
+from distml.remote import client as client_mod
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -110,8 +111,8 @@ def recorded_headers(monkeypatch):
         def list_jobs(self):
             return []
 
-    monkeypatch.setattr(sub_mod, "_preflight", lambda url, source: None)
-    monkeypatch.setattr(sub_mod, "_client_class", lambda: Recorder)
+    monkeypatch.setattr(client_mod, "preflight_url", lambda url, source: None)
+    monkeypatch.setattr(client_mod, "client_class", lambda: Recorder)
     return sent
 
 

@@ -36,10 +36,10 @@ def _family(cfg):
 
 
 def _frame(unit, cfg, proto, columns):
-    from distml.jobs._manymodels import read_unit
-    from distml.runtime.suffstats import _design_for
+    from distml.jobs._suffstats import design_for
+    from distml.runtime.read import read_partition
 
-    X, y, w, _, names, offset = _design_for(cfg, proto, read_unit(unit, columns))
+    X, y, w, _, names, offset = design_for(cfg, proto, read_partition(unit, columns))
     vw = np.ones(len(y)) if w is None else w
     return X, y, vw, offset, names
 
@@ -132,7 +132,7 @@ def run_glm(spec, cfg, ctx, units, proto, columns, opts) -> Any:
     from scipy import stats
 
     from distml.jobs.base import JobOutput
-    from distml.runtime.suffstats import summary_text
+    from distml.jobs._suffstats import summary_text
 
     t0 = time.perf_counter()
     remote = {f: ray.remote(f).options(**opts) for f in (_sums_task, _pass_task, _loglike_task)}

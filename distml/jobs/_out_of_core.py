@@ -1,10 +1,11 @@
 """Out-of-core machinery shared by the ``pca`` and ``kmeans`` kinds (docs/out_of_core.md).
 
 The data are cut into *partitions* (a parquet file, or a run of its row groups; a CSV file; a
-whole builtin/synthetic source) planned on the driver from parquet footers alone. Each pass over
-the data is one Ray task per partition; a task streams its partition in batches of at most
-``batch_size`` rows with pyarrow and keeps only a fixed-size state (moments, a sample, cluster
-sums), so its memory is bounded by ``batch_size × features``, never by the data. Partial results
+whole builtin/synthetic source) by the one planner (:mod:`distml.runtime.plan`) from parquet
+footers alone. Each pass over the data is one Ray task per partition; a task streams its
+partition in batches of at most ``batch_size`` rows with the one reader
+(:func:`distml.runtime.read.iter_tables`) and keeps only a fixed-size state (moments, a sample,
+cluster sums), so its memory is bounded by ``batch_size × features``, never by the data. Partial results
 are merged by a fixed tree of Ray merge tasks (Chan et al.'s pairwise update for moments), so the
 driver only ever receives one merged state, and the floating-point result does not depend on
 which task finished first, or on a retried task (RELIABILITY.md T4).
@@ -27,11 +28,12 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from distml.errors import DataError, DistmlError, JobFailed
+from distml.runtime import plan
+from distml.runtime.plan import Partition
+from distml.runtime.read import iter_tables
 
 #: rows per partition when the spec does not say; row groups are never split, files never merged
 DEFAULT_PARTITION_ROWS = 1 << 20
-#: bytes buffered per column chunk being read
-PARQUET_BUFFER = 256 << 10
 #: merge tasks take this many partial results each
 FAN_IN = 8
 #: testing hook (RELIABILITY.md T4): "MARKER_PATH:STAGE:PARTITION:BATCH" makes the task running
@@ -50,72 +52,14 @@ def resume_record(ctx) -> dict:
 
 # ------------------------------------------------------------------ partitions
 
-@dataclass(frozen=True)
-class Partition:
-    """One unit of work: a parquet file (some row groups of it), a CSV file or a virtual source."""
-
-    index: int
-    path: str  # file path/URL, or the builtin:/synthetic: source itself
-    format: str  # parquet | csv | virtual
-    name: str  # output stem for transform: the input's relative path without suffix
-    row_groups: tuple[int, ...] | None = None
-    rows: int | None = None  # None: unknown until read (CSV)
-
-
 def plan_partitions(source, partition_rows: int | None = None) -> list[Partition]:
-    """Partitions of a checked :class:`distml.runtime.data.SourceInfo`, in data order.
-
-    Parquet row groups are packed, in order, into partitions of about ``partition_rows`` rows;
-    a row group is never split and a partition never spans two files. Virtual sources are one
-    partition (``distml data generate`` writes them to parquet for parallel passes).
-    """
-    target = partition_rows or DEFAULT_PARTITION_ROWS
-    if source.kind != "files":
-        return [Partition(0, source.source, "virtual", "part-00000", rows=source.rows)]
-    names = _relative_names(source.files)
-    if source.format == "csv":
-        return [Partition(i, f, "csv", names[i]) for i, f in enumerate(source.files)]
-    import pyarrow.parquet as pq
-
-    parts: list[Partition] = []
-    for f, stem in zip(source.files, names):
-        with _open(f) as fh:
-            meta = pq.ParquetFile(fh).metadata
-        runs: list[tuple[list[int], int]] = []  # (row groups, rows), packed in order
-        for g in range(meta.num_row_groups):
-            n = meta.row_group(g).num_rows
-            if not runs or runs[-1][1] + n > target:
-                runs.append(([], 0))
-            runs[-1] = (runs[-1][0] + [g], runs[-1][1] + n)
-        runs = [r for r in runs if r[1] > 0]
-        for groups, rows in runs:
-            name = stem if len(runs) == 1 else f"{stem}-rg{groups[0]:05d}"
-            parts.append(Partition(len(parts), f, "parquet", name, tuple(groups), rows))
-    if not parts:
-        raise DataError(f"data.source: {source.source!r} has no rows")
-    return parts
-
-
-def _relative_names(files: list[str]) -> list[str]:
-    """Each file's path relative to the files' common folder, without its suffix."""
-    paths = [f.split("://", 1)[-1] for f in files]
-    root = os.path.commonpath([os.path.dirname(p) or "." for p in paths]) if paths else ""
-    out = []
-    for p in paths:
-        rel = os.path.relpath(p, root) if root else os.path.basename(p)
-        stem, ext = os.path.splitext(rel)
-        if ext == ".gz":
-            stem = os.path.splitext(stem)[0]
-        out.append(stem.replace(os.sep, "/"))
-    return out
-
-
-def _open(path: str):
-    if "://" in path and not path.startswith("file://"):
-        import fsspec
-
-        return fsspec.open(path, "rb").open()
-    return open(path[len("file://"):] if path.startswith("file://") else path, "rb")
+    """Partitions of a checked :class:`distml.runtime.data.SourceInfo`, in data order:
+    parquet row groups packed, in order, into partitions of at most ``partition_rows`` rows
+    (a row group is never split, a partition never spans two files); a CSV file or a virtual
+    source is one partition (``distml data generate`` writes them to parquet for parallel
+    passes). The one planner, :func:`distml.runtime.plan.by_rows`, does the cutting."""
+    parts = plan.by_rows(source, partition_rows or DEFAULT_PARTITION_ROWS)
+    return plan.check_rows(parts, source.source)
 
 
 # ------------------------------------------------------------------ streaming batches
@@ -134,49 +78,11 @@ def iter_batches(part: Partition, features: list[str], batch_size: int,
     """Stream ``part`` as numeric batches; NaN/inf/null in a feature is a DataError."""
     keep = list(keep or [])
     columns = features + [c for c in keep if c not in features]
-    where = _where(part)
-    for table in _tables(part, columns, features, batch_size, threads):
+    where = part.where()
+    for table in iter_tables(part, columns, batch_size, float_columns=features,
+                             threads=threads):
         X = _matrix(table, features, where)
         yield Batch(X, table.select(keep) if keep else None)
-
-
-def _where(part: Partition) -> str:
-    return f"{part.path!r}" + (f" (row groups {part.row_groups[0]}-{part.row_groups[-1]})"
-                              if part.row_groups and len(part.row_groups) > 1 else "")
-
-
-def _tables(part: Partition, columns: list[str], features: list[str], batch_size: int,
-            threads: bool):
-    """pyarrow tables/record batches of at most ``batch_size`` rows, in data order."""
-    import pyarrow as pa
-
-    if part.format == "parquet":
-        import pyarrow.parquet as pq
-
-        with _open(part.path) as fh:
-            # pre_buffer (pyarrow's default) keeps every buffer it read until the file is closed:
-            # memory would grow with the file. buffer_size streams each column chunk in pieces
-            # instead of reading it whole (a row group can be hundreds of MB).
-            pf = pq.ParquetFile(fh, pre_buffer=False, buffer_size=PARQUET_BUFFER)
-            yield from pf.iter_batches(batch_size=batch_size, row_groups=list(part.row_groups),
-                                       columns=columns, use_threads=threads)
-    elif part.format == "csv":
-        import pyarrow.csv as pcsv
-
-        with _open(part.path) as fh:
-            # typed up front: a streaming reader infers types from its first block only
-            convert = pcsv.ConvertOptions(include_columns=columns,
-                                          column_types={c: pa.float64() for c in features})
-            reader = pcsv.open_csv(fh, convert_options=convert,
-                                   read_options=pcsv.ReadOptions(use_threads=threads))
-            for rb in reader:
-                for lo in range(0, rb.num_rows, batch_size):
-                    yield rb.slice(lo, batch_size)
-    else:
-        from distml.runtime.datasets import iter_source
-
-        for frame in iter_source(part.path, chunk_rows=batch_size):
-            yield pa.Table.from_pandas(frame[columns], preserve_index=False)
 
 
 def _matrix(table, features: list[str], where: str) -> np.ndarray:

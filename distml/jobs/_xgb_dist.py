@@ -2,7 +2,8 @@
 
 1. One Ray task reads only the target column (and the categorical columns, for their levels),
    draws exactly the row split of the single-task path (:func:`split_indices`) and cuts the
-   source into read units (parquet row groups, synthetic blocks).
+   source into read units with the one planner (:func:`distml.runtime.plan.by_rows`: parquet
+   row groups, synthetic blocks, CSV files).
 2. A Ray Dataset over those units reads the features on the cluster, tagged with the global row
    number and split; Train shards it over the workers (nothing passes through the driver).
 3. Each worker builds its train/valid DMatrix and runs ``xgboost.train`` inside xgboost's
@@ -59,49 +60,15 @@ class Plan:
 
 # ------------------------------------------------------------------ planning (one Ray task)
 
-def _units_for(source: str, where: str, offset: int, code: int | None) -> tuple[list[dict], int]:
-    from distml.runtime.data import resolve_files
+def _units_for(info, offset: int, code: int | None) -> tuple[list[dict], int]:
+    """Read units of a checked source (the one planner: whole row groups of about
+    :data:`UNIT_ROWS` rows, synthetic blocks, whole CSV files), numbered from ``offset``."""
+    from distml.runtime import plan
+    from distml.runtime.datasets import BLOCK_ROWS
 
-    if source.startswith("synthetic:"):
-        from distml.runtime import datasets
-
-        kind, params = datasets.parse_synthetic(source)
-        rows = int(params["rows"])
-        if kind != "timeseries":  # stateless blocks: each one is a unit
-            blocks = -(-rows // datasets.BLOCK_ROWS)
-            return [{"synthetic": source, "block": b, "offset": offset + b * datasets.BLOCK_ROWS,
-                     "code": code} for b in range(blocks)], rows
-    if source.startswith(("synthetic:", "builtin:")):
-        from distml.runtime.data import read_frame
-
-        n = len(read_frame(source, None, where))
-        return [{"source": source, "offset": offset, "code": code, "where": where}], n
-    fmt, files, fs = resolve_files(source, where)
-    units, n = [], 0
-    for f in files:
-        if fmt == "parquet":
-            import pyarrow.parquet as pq
-
-            with (fs.open(f, "rb") if fs is not None else open(f, "rb")) as fh:
-                meta = pq.ParquetFile(fh).metadata
-            group, group_rows = [], 0
-            for g in range(meta.num_row_groups):
-                group.append(g)
-                group_rows += meta.row_group(g).num_rows
-                if group_rows >= UNIT_ROWS or g == meta.num_row_groups - 1:
-                    units.append({"file": f, "row_groups": group, "offset": offset + n,
-                                  "code": code, "where": where})
-                    n += group_rows
-                    group, group_rows = [], 0
-        else:
-            from distml.runtime.data import _open
-
-            with _open(f, fs) as fh:
-                rows = sum(1 for _ in fh) - 1
-            units.append({"file": f, "csv": True, "offset": offset + n, "code": code,
-                          "where": where})
-            n += rows
-    return units, n
+    parts = plan.by_rows(info, UNIT_ROWS, at_least=True, offset=offset, virtual_rows=BLOCK_ROWS,
+                         count_csv_rows=True)
+    return [{"part": p.to_dict(), "code": code} for p in parts], sum(p.rows for p in parts)
 
 
 def plan_task(job, info) -> tuple[Plan, np.ndarray, np.ndarray]:
@@ -130,7 +97,7 @@ def plan_task(job, info) -> tuple[Plan, np.ndarray, np.ndarray]:
     codes = np.full(len(y), -1, dtype=np.int8)
     for name, rows in parts.items():
         codes[rows] = _SPLIT_CODES[name]
-    units, n = _units_for(spec.data.source, "data.source", 0, None)
+    units, n = _units_for(info.source, 0, None)
     if n != len(y):
         raise DataError(f"data.source: {n} rows in the read units but {len(y)} target values; "
                         "did the files change while the job started?")
@@ -139,7 +106,7 @@ def plan_task(job, info) -> tuple[Plan, np.ndarray, np.ndarray]:
         test = read_frame(spec.data.test_source, [target], "data.test_source")[target]
         y_test = (_encode(test, classes, "data.test_source").astype(np.float64)
                   if classes is not None else test.to_numpy(dtype=np.float64))
-        more, n_test = _units_for(spec.data.test_source, "data.test_source", n, TEST_SOURCE)
+        more, n_test = _units_for(info.test, n, TEST_SOURCE)
         units += more
         y = np.concatenate([y, y_test])
         codes = np.concatenate([codes, np.full(n_test, TEST_SOURCE, dtype=np.int8)])
@@ -148,43 +115,16 @@ def plan_task(job, info) -> tuple[Plan, np.ndarray, np.ndarray]:
     return plan, codes, y
 
 
-def _read_unit(unit: dict, plan: Plan, target: str) -> pd.DataFrame:
-    from distml.runtime.data import read_frame
-
-    cols = plan.features + [target]
-    if "synthetic" in unit:
-        from distml.runtime import datasets
-
-        kind, params = datasets.parse_synthetic(unit["synthetic"])
-        frame = datasets._block(kind, params, datasets._global(kind, params), params["rows"],
-                                unit["block"], {})[cols]
-    elif "source" in unit:
-        frame = read_frame(unit["source"], cols, unit["where"])
-    elif unit.get("csv"):
-        frame = read_frame(unit["file"], cols, unit["where"])
-    else:
-        import pyarrow.parquet as pq
-
-        with open(unit["file"], "rb") if "://" not in unit["file"] else _fs_open(unit["file"]) \
-                as fh:
-            frame = pq.ParquetFile(fh).read_row_groups(unit["row_groups"], columns=cols) \
-                .to_pandas()
-    return frame
-
-
-def _fs_open(path: str):
-    import fsspec
-
-    return fsspec.open(path, "rb").open()
-
-
 def _read_units(batch: dict, plan: Plan, codes: np.ndarray, target: str) -> pd.DataFrame:
     """Ray Data map: a batch of read units → typed rows tagged with row number and split."""
+    from distml.runtime.plan import Partition
+    from distml.runtime.read import read_partition
+
     frames = []
     for unit in batch["unit"]:
-        unit = json.loads(unit)
-        frame = _read_unit(unit, plan, target)
-        rows = np.arange(unit["offset"], unit["offset"] + len(frame), dtype=np.int64)
+        part = Partition.from_dict(json.loads(unit)["part"])
+        frame = read_partition(part, plan.features + [target])
+        rows = np.arange(part.offset, part.offset + len(frame), dtype=np.int64)
         out = frame[plan.features].copy()
         for c in plan.features:
             if c in plan.categories:  # codes: categorical levels are fixed globally

@@ -7,7 +7,7 @@ Three execution paths, chosen before any work starts and recorded in ``manifest.
 - **many-models**: ``group_by``: the rows are partitioned by group on the workers and the
   groups are fitted in batches, many per Ray task (see :mod:`distml.jobs._manymodels`).
 - **suffstats**: an OLS/WLS too big for one worker: exact per-partition sufficient statistics
-  merged on the cluster (see :mod:`distml.runtime.suffstats`).
+  merged on the cluster (see :mod:`distml.jobs._suffstats`).
 
 Every estimate, standard error, test statistic, p-value and interval comes from statsmodels'
 results objects; distml only arranges the data and tabulates what statsmodels returns. The
@@ -700,9 +700,9 @@ class Job(BaseJob):
         ctx.log.info("statsmodels %s: %s path (%s)", self.spec.model.method, path, reason)
         try:
             if path == "suffstats":
-                from distml.runtime import suffstats
+                from distml.jobs import _suffstats
 
-                out = suffstats.run_job(self.spec, cfg, ctx)
+                out = _suffstats.run_job(self.spec, cfg, ctx)
             elif path == "many_models":
                 out = mm.run_many(self.spec, cfg, ctx)
             else:

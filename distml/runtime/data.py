@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from distml.errors import DataError
+from distml.runtime.read import open_input, read_virtual
 
 log = logging.getLogger("distml")
 
@@ -192,10 +193,6 @@ def inspect_source(source: str, field_name: str = "data.source") -> SourceInfo:
     return info
 
 
-def _open(path: str, fs):
-    return fs.open(path, "rb") if fs is not None else open(path, "rb")
-
-
 def _inspect_parquet(info: SourceInfo, fs, field_name: str) -> None:
     import pyarrow.parquet as pq
 
@@ -203,7 +200,7 @@ def _inspect_parquet(info: SourceInfo, fs, field_name: str) -> None:
     schema = None
     for f in info.files:
         try:
-            with _open(f, fs) as fh:
+            with open_input(f, fs) as fh:
                 meta = pq.ParquetFile(fh)
                 rows += meta.metadata.num_rows
                 file_schema = meta.schema_arrow
@@ -240,11 +237,11 @@ def _inspect_csv(info: SourceInfo, fs, field_name: str) -> None:
     rows: int | None = 0
     for f in info.files:
         try:
-            with _open(f, fs) as fh:
+            with open_input(f, fs) as fh:
                 # The header as written: pandas renames a repeated name ('x1' -> 'x1.1').
                 header = pd.read_csv(fh, nrows=1, header=None, dtype=str, keep_default_na=False,
                                      compression="infer" if fs is None else None)
-            with _open(f, fs) as fh:
+            with open_input(f, fs) as fh:
                 head = pd.read_csv(fh, nrows=_HEAD_ROWS,
                                    compression="infer" if fs is None else None)
             info.sizes.append(fs.size(f) if fs is not None else os.path.getsize(f))
@@ -288,12 +285,8 @@ def _dtypes(frame: pd.DataFrame) -> dict[str, str]:
 def read_frame(source: str, columns: list[str] | None = None,
                field_name: str = "data.source") -> pd.DataFrame:
     """Read the rows of ``source`` (only ``columns`` when given) into a DataFrame."""
-    from distml.runtime import datasets
-
-    if source.startswith("builtin:"):
-        frame = datasets.load_builtin(source.split(":", 1)[1])
-    elif source.startswith("synthetic:"):
-        frame = datasets.synthetic_frame(source)
+    if source.startswith(("builtin:", "synthetic:")):
+        frame = read_virtual(source)
     else:
         fmt, files, fs = resolve_files(source, field_name)
         if fmt == "parquet":
@@ -310,7 +303,7 @@ def read_frame(source: str, columns: list[str] | None = None,
             parts = []
             for f in files:
                 try:
-                    with _open(f, fs) as fh:
+                    with open_input(f, fs) as fh:
                         parts.append(pd.read_csv(fh, usecols=columns))
                 except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError,
                         ValueError) as e:

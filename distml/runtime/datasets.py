@@ -323,6 +323,33 @@ def synthetic_frame(source_or_kind: str, params: dict[str, Any] | None = None,
     return pd.concat(chunks, ignore_index=True) if len(chunks) > 1 else chunks[0]
 
 
+def reads_row_ranges(source: str) -> bool:
+    """Whether :func:`read_rows` generates only the blocks a row range needs (synthetic sources
+    whose blocks are independent: every kind but ``timeseries``)."""
+    if not source.strip().startswith("synthetic:"):
+        return False
+    return _split_synthetic(source)[0] != "timeseries"
+
+
+def read_rows(source: str, lo: int, hi: int) -> pd.DataFrame:
+    """Rows ``[lo, hi)`` of a ``synthetic:`` or ``builtin:`` source, the same rows as the whole
+    source holds there; blocks outside the range are not generated where the kind allows it."""
+    if reads_row_ranges(source):
+        kind, params = parse_synthetic(source)
+        g, total = _global(kind, params), params["rows"]
+        hi = min(hi, total)
+        if hi <= lo:
+            return _block(kind, params, g, total, 0, {}).iloc[:0]
+        first, last = lo // BLOCK_ROWS, (hi - 1) // BLOCK_ROWS
+        frames = [_block(kind, params, g, total, b, {}) for b in range(first, last + 1)]
+        frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+        start = lo - first * BLOCK_ROWS
+        return frame.iloc[start:start + hi - lo].reset_index(drop=True)
+    whole = synthetic_frame(source) if source.strip().startswith("synthetic:") \
+        else load_builtin(source)
+    return whole.iloc[lo:hi].reset_index(drop=True)
+
+
 def _iter_builtin(name: str, rows: int | None, chunk_rows: int) -> Iterator[pd.DataFrame]:
     frame = load_builtin(name)
     total = len(frame) if rows is None else rows

@@ -1,5 +1,6 @@
 """What the Ray Train paths of the xgboost and torch kinds share: the right-sizing decision
-(DESIGN.md §5), the Train run configuration, and the fault-injection hook of RELIABILITY.md T3.
+(DESIGN.md §5), the Train run configuration, and how long a worker stopped by the fault hook
+(:mod:`distml.runtime.faults`, RELIABILITY.md T3) waits before it exits.
 
 Right-sizing: a worker group costs ~13 s to start here, so a job runs in one Ray task unless
 ``resources.num_workers > 1``, GPUs are requested, or the data would not fit one worker's memory
@@ -16,10 +17,6 @@ import shutil
 from dataclasses import dataclass
 from typing import Any
 
-#: testing hook (RELIABILITY.md T3), read on the driver and handed to the workers explicitly:
-#: "MARKER_PATH:ITERATION" makes the last worker of the group call os._exit(1) when it reaches
-#: round/epoch ITERATION (1-based), once: the marker file records that it happened.
-FAULT_ENV = "DISTML_TRAIN_FAULT"
 #: overrides the memory budget of one worker, in bytes (default: a share of the cluster's
 #: memory per CPU, see :func:`worker_budget`)
 BUDGET_ENV = "DISTML_WORKER_MEMORY_BUDGET"
@@ -28,32 +25,12 @@ BYTES_PER_VALUE = 24
 EXPERIMENT = "train"
 
 
-def fault_from_env(env: str = FAULT_ENV) -> dict | None:
-    """The fault hook of environment variable ``env`` ("MARKER_PATH:ITERATION"), or None."""
-    raw = os.environ.get(env)
-    if not raw:
-        return None
-    marker, iteration = raw.rsplit(":", 1)
-    return {"marker": marker, "iteration": int(iteration)}
-
-
-def maybe_crash(fault: dict | None, iteration: int, rank: int, world: int) -> None:
-    """Exit this worker process at ``iteration`` if the fault hook says so (first time only)."""
-    if not fault or fault["iteration"] != iteration or rank != world - 1:
-        return
-    try:
-        fd = os.open(fault["marker"], os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        return  # already crashed once: this is the restarted group
-    os.write(fd, json.dumps({"pid": os.getpid(), "iteration": iteration, "rank": rank}).encode())
-    os.close(fd)
-    # Train V2 collects reports (and their checkpoints) when it polls the workers, every
-    # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s): wait for the last one to be registered, so the
-    # restart provably resumes from it rather than from whatever was polled before.
-    import time
-
-    time.sleep(2.5 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2")))
-    os._exit(1)
+def crash_delay_s() -> float:
+    """How long a Train worker stopped by the fault hook (:mod:`distml.runtime.faults`) waits
+    before exiting: Train V2 collects reports (and their checkpoints) when it polls the workers,
+    every ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`` (2 s); waiting for the last one to be registered
+    makes the restart provably resume from it rather than from whatever was polled before."""
+    return 2.5 * report_interval_s()
 
 
 def report_interval_s() -> float:

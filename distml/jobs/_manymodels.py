@@ -1062,10 +1062,9 @@ def run_many(spec, cfg: FitConfig, ctx) -> JobOutput:
     show = progress.current()
     show.stage("train", f"many-models: {n_tasks} tasks")
     groups, n_done, n_bad = show.counter("groups", total=n_groups, unit="groups"), 0, 0
-    from distml.jobs import _distributed as D
-    from distml.jobs._resume import fault_once
+    from distml.runtime import faults
 
-    fault = D.fault_from_env()  # tests: the driver stops once K groups are collected
+    fault = faults.from_env("manymodels.groups")  # tests: the driver stops after K groups
     n_collected = len(done_gids)
     try:
         while pending:  # collect as tasks finish, so results stream back while others fit
@@ -1073,10 +1072,10 @@ def run_many(spec, cfg: FitConfig, ctx) -> JobOutput:
             batch = ray.get(done)
             results.extend(batch)
             n_collected += sum(len(r["gids"]) for r in batch)
-            crash = fault_once(fault, n_collected) if pending else False
+            crash = faults.once(fault, "manymodels.groups", n_collected) if pending else False
             saver.collected(batch, gpt, force=crash)
             if crash:
-                raise JobFailed(f"fault injected after {n_collected} groups (DISTML_TRAIN_FAULT)")
+                raise JobFailed(f"fault injected after {n_collected} groups (manymodels.groups)")
             if show.active:  # groups done and failed so far, on the progress display
                 n_done += sum(len(r["gids"]) for r in results[-len(done):])
                 n_bad += sum(bool(s.get("error")) for r in results[-len(done):]

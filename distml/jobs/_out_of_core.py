@@ -17,7 +17,6 @@ tasks (docs/out_of_core.md has the figures and the benchmark that produced them)
 from __future__ import annotations
 
 import functools
-import json
 import os
 import queue
 import threading
@@ -28,7 +27,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from distml.errors import DataError, DistmlError, JobFailed
-from distml.runtime import plan
+from distml.runtime import faults, plan
 from distml.runtime.plan import Partition
 from distml.runtime.read import iter_tables
 
@@ -36,9 +35,9 @@ from distml.runtime.read import iter_tables
 DEFAULT_PARTITION_ROWS = 1 << 20
 #: merge tasks take this many partial results each
 FAN_IN = 8
-#: testing hook (RELIABILITY.md T4): "MARKER_PATH:STAGE:PARTITION:BATCH" makes the task running
-#: STAGE on PARTITION call os._exit(1) before batch BATCH, once (the marker file records it)
-FAULT_ENV = "DISTML_FAULT_INJECT"
+#: the earlier name of the T4 testing hook, "MARKER_PATH:STAGE:PARTITION:BATCH" (an alias of
+#: ``DISTML_FAULT=pca.STAGE:BATCH:PARTITION``, see :mod:`distml.runtime.faults`)
+FAULT_ENV = faults.STAGE_ENV
 #: why ``--resume`` of pca/kmeans starts again (manifest ``execution.resume_reason``): their
 #: state between passes is not checkpointed; within a pass a lost task is retried by Ray
 NO_RESUME = ("out-of-core passes are not checkpointed (a lost task within a pass is retried); "
@@ -364,27 +363,10 @@ def _status_bytes(key: str) -> int | None:
     return None
 
 
-def fault_from_env() -> dict | None:
-    """The T4 testing hook, read on the driver and handed to tasks explicitly."""
-    raw = os.environ.get(FAULT_ENV)
-    if not raw:
-        return None
-    marker, stage, part, batch = raw.rsplit(":", 3)
-    return {"marker": marker, "stage": stage, "partition": int(part), "batch": int(batch)}
-
-
-def maybe_crash(fault: dict | None, stage: str, part: Partition, batch: int) -> None:
-    """Kill this worker process once, if the testing hook asks for this stage/partition/batch."""
-    if not fault or fault["stage"] != stage or fault["partition"] != part.index \
-            or fault["batch"] != batch:
-        return
-    try:
-        fd = os.open(fault["marker"], os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        return  # already crashed once: this is the retry
-    os.write(fd, json.dumps({"pid": os.getpid(), **fault}).encode())
-    os.close(fd)
-    os._exit(1)
+def fault_from_env(kind: str):
+    """The T4 testing hook for the tasks of ``kind`` (pca or kmeans), read on the driver and
+    handed to tasks explicitly (:mod:`distml.runtime.faults`)."""
+    return faults.from_env(*(f"{kind}.{stage}" for stage in faults.STAGES[kind]))
 
 
 class PartWriter:

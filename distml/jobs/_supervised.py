@@ -261,14 +261,14 @@ class SupervisedJob(Job):
 
     def _checkpoints(self, ctx: RunContext):
         """The fit's checkpoints (:mod:`distml.jobs._resume`) when the kind makes them, and the
-        fault hook of a single task (``DISTML_TRAIN_FAULT``, RELIABILITY.md T3), read here on
-        the driver and carried to the task."""
+        fault hook of a single task (``train.iteration`` of :mod:`distml.runtime.faults`,
+        RELIABILITY.md T3), read here on the driver and carried to the task."""
         if not self.checkpointable():
             return None
-        from distml.jobs import _distributed as D
         from distml.jobs import _resume
+        from distml.runtime import faults
 
-        self._fault = D.fault_from_env()
+        self._fault = faults.from_env("train.iteration")
         key = _resume.fingerprint(self.spec.to_dict(), ctx.data.fingerprint())
         return _resume.Checkpoints.for_run(ctx, "fit", key)
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from distml.errors import DataError, JobFailed
 from distml.jobs import _distributed as D
+from distml.runtime import faults
 from distml.jobs.base import JobOutput, RunContext
 
 
@@ -45,7 +46,7 @@ def run_worker_group(job, ctx: RunContext, choice: D.Execution, prep_ref: Any = 
     ctx.log.info("torch: %d workers, DDP over %s (%s)", choice.workers, backend, choice.reason)
     from distml import progress
 
-    config = {"job": job, "prep": [prep_ref], "fault": D.fault_from_env(),
+    config = {"job": job, "prep": [prep_ref], "fault": faults.from_env("train.iteration"),
               "progress": progress.worker_reporter()}  # None unless progress is shown
     trainer = TorchTrainer(_train_loop, train_loop_config=config,
                            torch_config=TorchConfig(backend=backend),
@@ -168,7 +169,8 @@ def _train_loop(config: dict) -> None:
     def on_epoch(epoch, figures, state, stopped):
         if show is not None:
             show(epoch, figures, state, stopped)
-        D.maybe_crash(config["fault"], epoch, rank, world)
+        faults.crash(config["fault"], "train.iteration", epoch, rank=rank, world=world,
+                     delay_s=D.crash_delay_s())
         if epoch == m.epochs or stopped or not cadence.due():
             return  # (the final report carries the best weights)
         with tempfile.TemporaryDirectory() as d:

@@ -34,6 +34,7 @@ import pandas as pd
 from distml.errors import DataError, JobFailed
 from distml.jobs import _distributed as D
 from distml.jobs.base import JobOutput, RunContext
+from distml.runtime import faults
 
 UNIT_ROWS = 262_144  # rows per read unit (several parquet row groups may form one)
 TRAIN, VALID, TEST, TEST_SOURCE = 0, 1, 2, 3
@@ -176,7 +177,7 @@ def run_worker_group(job, ctx: RunContext, choice: D.Execution) -> JobOutput:
                  choice.reason, plan.n_total, len(plan.units))
     from distml import progress
 
-    config = {"job": job, "plan": plan, "labels": y, "fault": D.fault_from_env(),
+    config = {"job": job, "plan": plan, "labels": y, "fault": faults.from_env("train.iteration"),
               "progress": progress.worker_reporter(),  # None unless progress is shown
               "checkpoint_interval_s": None}
     trainer = XGBoostTrainer(
@@ -350,7 +351,8 @@ def _reporter(config: dict, history: dict, stopper, attempts: int, total: int):
                 for m, values in by_metric.items():
                     self.history.setdefault(s, {}).setdefault(m, []).append(float(values[-1]))
             iteration = self.start + epoch + 1
-            D.maybe_crash(config["fault"], iteration, rank, world)
+            faults.crash(config["fault"], "train.iteration", iteration, rank=rank,
+                         world=world, delay_s=D.crash_delay_s())
             if iteration < total and cadence.due():
                 report = {"iteration": iteration}
                 with self._get_checkpoint(model) as checkpoint:

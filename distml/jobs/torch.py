@@ -300,6 +300,7 @@ class Job(SupervisedJob):
         the last epoch (:mod:`distml.jobs._resume`)."""
         from distml.jobs import _distributed as D
         from distml.jobs._torch_model import load_state, save_state
+        from distml.runtime import faults
 
         ckpt, fault, total = self._ckpt, self._fault, self.spec.model.epochs
         if ckpt is None:
@@ -310,7 +311,7 @@ class Job(SupervisedJob):
         def save(epoch, figures, state, stopped):
             if ckpt.due(final=bool(stopped) or epoch >= total):
                 ckpt.save({"epoch": epoch}, {"checkpoint.pt": save_state(state())})
-            D.maybe_crash(fault, epoch, 0, 1)
+            faults.crash(fault, "train.iteration", epoch, delay_s=D.crash_delay_s())
 
         return restored, save
 

@@ -354,6 +354,7 @@ def _round_checkpointer(ckpt, stopper, fault, total: int, earlier: dict):
     import xgboost as xgb
 
     from distml.jobs import _distributed as D
+    from distml.runtime import faults
 
     class RoundCheckpointer(xgb.callback.TrainingCallback):
         def before_training(self, model):
@@ -368,7 +369,7 @@ def _round_checkpointer(ckpt, stopper, fault, total: int, earlier: dict):
                            "early_stopping": _stopper_state(stopper),
                            "history": _join_history(earlier, evals_log)},
                           {"model.ubj": bytes(model.save_raw("ubj"))})
-            D.maybe_crash(fault, done, 0, 1)
+            faults.crash(fault, "train.iteration", done, delay_s=D.crash_delay_s())
             return stop
 
     return RoundCheckpointer()

@@ -15,8 +15,7 @@ import os
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterator
-from urllib.parse import parse_qsl
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd

@@ -34,9 +34,10 @@ CHECKPOINT_INTERVAL_S = 10.0
 
 
 def fault_from_env() -> dict | None:
-    from distml.jobs._distributed import fault_from_env as parse
+    from distml.runtime.faults import from_env
 
-    return parse(FAULT_ENV)
+    fault = from_env("tune.iteration")  # DISTML_FAULT=tune.iteration:K, or FAULT_ENV
+    return None if fault is None else {"marker": fault.marker, "iteration": fault.step}
 
 
 @dataclass

@@ -27,7 +27,8 @@ from distml import progress
 from distml.errors import DataError, JobFailed
 from distml.jobs.base import Job, JobOutput, RunContext
 from distml.runtime import metrics as M
-from distml.runtime.data import DataInfo, cv_indices, read_frame, split_indices, validate_data
+from distml.runtime.data import (DataInfo, cv_indices, infer_task, read_frame, split_indices,
+                                 validate_data)
 
 SPLITS = ("train", "valid", "test")
 CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "logloss")
@@ -69,15 +70,6 @@ class TuneData:
 
 def _py(v: Any) -> Any:
     return v.item() if hasattr(v, "item") else v
-
-
-def infer_task(y: pd.Series) -> str:
-    """classification for bool/string/category targets or integers with ≤ 20 distinct values."""
-    if not pd.api.types.is_numeric_dtype(y) or pd.api.types.is_bool_dtype(y):
-        return "classification"
-    if pd.api.types.is_integer_dtype(y) and y.nunique() <= 20:
-        return "classification"
-    return "regression"
 
 
 def _type_features(X: pd.DataFrame, categories: dict[str, list]) -> pd.DataFrame:

@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 from distml.errors import DataError, JobFailed
-from distml.jobs import _distributed as D
+from distml.runtime import workers as D
 from distml.runtime import faults
 from distml.jobs.base import JobOutput, RunContext
 

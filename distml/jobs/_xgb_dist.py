@@ -10,7 +10,7 @@
    collective (evaluation metrics and early stopping are global). A
    :class:`~ray.train.xgboost.RayTrainReportCallback` checkpoints the booster after the first
    round and then every few rounds (at most one report per Train poll interval, 2 s, so reports
-   never stall boosting: :class:`distml.jobs._distributed.Cadence`) with the evaluation history
+   never stall boosting: :class:`distml.runtime.workers.Cadence`) with the evaluation history
    and the early-stopping state; a
    restarted group (``resources.max_failures``) continues from the last one with the remaining
    rounds (``xgb_model=``).
@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from distml.errors import DataError, JobFailed
-from distml.jobs import _distributed as D
+from distml.runtime import workers as D
 from distml.jobs.base import JobOutput, RunContext
 from distml.runtime import faults
 
@@ -75,8 +75,8 @@ def _units_for(info, offset: int, code: int | None) -> tuple[list[dict], int]:
 def plan_task(job, info) -> tuple[Plan, np.ndarray, np.ndarray]:
     """Read the target (and categorical) columns only: task, classes, levels, split, units.
     Returns the plan, the split code of every row and the encoded labels."""
-    from distml.jobs._supervised import _encode, infer_task
-    from distml.runtime.data import read_frame, split_indices
+    from distml.jobs._supervised import _encode
+    from distml.runtime.data import infer_task, read_frame, split_indices
 
     spec = job.spec
     target = info.target
@@ -315,7 +315,7 @@ def _stopped(stopper, state: dict) -> bool:
 
 def _reporter(config: dict, history: dict, stopper, attempts: int, total: int):
     """RayTrainReportCallback that checkpoints with distml's state (history, early stopping,
-    attempts) when the :class:`~distml.jobs._distributed.Cadence` says so, and reports nothing
+    attempts) when the :class:`~distml.runtime.workers.Cadence` says so, and reports nothing
     in between (each report is a group barrier and may wait for the controller's poll)."""
     import ray.train
     from ray.train import Checkpoint

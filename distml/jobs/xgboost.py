@@ -90,11 +90,11 @@ class Job(SupervisedJob):
 
     def run(self, ctx, prep_ref: Any = None):
         """One Ray task, or a Ray Train worker group when right-sizing asks for one
-        (:mod:`distml.jobs._distributed`; the group is in :mod:`distml.jobs._xgb_dist`)."""
-        from distml.jobs import _distributed
+        (:mod:`distml.runtime.workers`; the group is in :mod:`distml.jobs._xgb_dist`)."""
+        from distml.runtime import workers
 
         split = self.spec.data.split_spec
-        choice = _distributed.choose(self.spec, ctx.data, ctx.cluster.resources)
+        choice = workers.choose(self.spec, ctx.data, ctx.cluster.resources)
         if choice.worker_group and not (split is not None and split.cv):
             from distml.jobs._xgb_dist import run_worker_group
 
@@ -353,7 +353,7 @@ def _round_checkpointer(ckpt, stopper, fault, total: int, earlier: dict):
     first that asks to stop)."""
     import xgboost as xgb
 
-    from distml.jobs import _distributed as D
+    from distml.runtime import workers as D
     from distml.runtime import faults
 
     class RoundCheckpointer(xgb.callback.TrainingCallback):

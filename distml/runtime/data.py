@@ -421,17 +421,24 @@ def _values(values: Iterable, limit: int = 5) -> str:
     return text + (f", … ({len(vals)} in all)" if len(vals) > limit else "")
 
 
+def infer_task(y: pd.Series) -> str:
+    """classification for bool/string/category targets or integers with ≤ 20 distinct values."""
+    if not pd.api.types.is_numeric_dtype(y) or pd.api.types.is_bool_dtype(y):
+        return "classification"
+    if pd.api.types.is_integer_dtype(y) and y.nunique() <= 20:
+        return "classification"
+    return "regression"
+
+
 def check_target_task(y: pd.Series, data, task: str, y_test: pd.Series | None = None) -> None:
     """The target checks a supervised fit would otherwise fail on, on the worker, much later.
 
-    Mirrors :func:`distml.jobs._supervised.prepare` and the split of ``fit_and_evaluate`` /
+    Mirrors the supervised kinds' ``prepare`` and the split of ``fit_and_evaluate`` /
     ``fold_metrics``: same task inference, class order, :func:`split_indices` and
     :func:`cv_indices`, so a split the run cannot make fails here with the same sentence.
     """
     target = data.target
     if task == "infer":
-        from distml.jobs._supervised import infer_task
-
         task = infer_task(y)
     if task == "regression":
         for col, where in ((y, "data.source"), (y_test, "data.test_source")):

@@ -46,8 +46,12 @@ import pandas as pd
 
 from distml.errors import DataError, JobFailed
 from distml.jobs.base import JobOutput
-from distml.jobs.statsmodels import (DISCRETE, TIME_SERIES, FormulaInfo, analyze_formula,
-                                     formula_namespace)
+from distml.jobs._formula import FormulaInfo, analyze_formula, counts_formula, formula_namespace
+
+#: statsmodels methods by family (the kind's spec checks use them too)
+REGRESSION = ("ols", "wls", "glm", "logit", "probit", "poisson", "negativebinomial", "quantreg")
+TIME_SERIES = ("arima", "sarimax")
+DISCRETE = ("logit", "probit", "poisson", "negativebinomial")
 
 #: Rough cost of one fit with its inference, in ms (this machine), used to size batches.
 COST_MS = {"ols": 0.35, "wls": 0.4, "quantreg": 3.0, "glm": 3.0, "logit": 3.0, "probit": 3.0,
@@ -117,8 +121,6 @@ class FitConfig:
     @classmethod
     def from_spec(cls, spec) -> "FitConfig":
         m, d = spec.model, spec.data
-        from distml.jobs.statsmodels import counts_formula
-
         formula = counts_formula(m)
         return cls(
             method=m.method, formula=formula,

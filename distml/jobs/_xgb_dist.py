@@ -234,6 +234,25 @@ def _cause(e: BaseException) -> str:
     return cause(e)
 
 
+# ------------------------------------------------------------------ early-stopping state
+
+def stopper_state(stopper) -> dict | None:
+    """xgboost's EarlyStopping state as JSON (for checkpoints; None without a stopper)."""
+    if stopper is None:
+        return None
+    return {"stopping_history": stopper.stopping_history, "best_scores": stopper.best_scores,
+            "current_rounds": stopper.current_rounds, "maximize": stopper.maximize}
+
+
+def set_stopper_state(stopper, state: dict | None) -> None:
+    """Restore what :func:`stopper_state` saved into a fresh EarlyStopping."""
+    if state:
+        stopper.stopping_history = state["stopping_history"]
+        stopper.best_scores = state["best_scores"]
+        stopper.current_rounds = state["current_rounds"]
+        stopper.maximize = state["maximize"]
+
+
 # ------------------------------------------------------------------ the worker side
 
 def _shard_frame(plan: Plan) -> pd.DataFrame:
@@ -285,11 +304,9 @@ def _train_loop(config: dict) -> None:
                 state = json.load(fh)
     done = booster.num_boosted_rounds() if booster is not None else 0
     attempts = int(state["attempts"]) + 1
-    from distml.jobs.xgboost import _set_stopper_state
-
     stopper = xgb.callback.EarlyStopping(rounds=es_rounds) if es_rounds else None
     if stopper is not None:
-        _set_stopper_state(stopper, state.get("early_stopping"))
+        set_stopper_state(stopper, state.get("early_stopping"))
     reporter = _reporter(config, state["history"], stopper, attempts, model.num_boost_round)
     from distml.progress import xgboost_callback
 
@@ -320,8 +337,6 @@ def _reporter(config: dict, history: dict, stopper, attempts: int, total: int):
     import ray.train
     from ray.train import Checkpoint
     from ray.train.xgboost import RayTrainReportCallback
-
-    from distml.jobs.xgboost import _stopper_state
 
     from xgboost import collective
 
@@ -374,7 +389,7 @@ def _reporter(config: dict, history: dict, stopper, attempts: int, total: int):
                     model.save_model(os.path.join(d, "model.ubj"))
                     with open(os.path.join(d, "state.json"), "w", encoding="utf-8") as fh:
                         json.dump({"history": self.history, "attempts": attempts,
-                                   "early_stopping": _stopper_state(stopper)}, fh)
+                                   "early_stopping": stopper_state(stopper)}, fh)
                     yield Checkpoint(d)
 
             return make()

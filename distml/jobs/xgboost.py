@@ -22,6 +22,7 @@ from pydantic import Field, model_validator
 
 from distml.errors import DataError
 from distml.jobs._supervised import Prepared, SupervisedJob, TuneData
+from distml.jobs._xgb_dist import set_stopper_state, stopper_state
 from distml.spec.base import JobSpec, StrictModel
 
 
@@ -157,7 +158,7 @@ class Job(SupervisedJob):
             booster = xgb.Booster(model_file=bytearray(files["model.ubj"]))
             done, earlier = int(state["round"]), state["history"]
             if stopper is not None:
-                _set_stopper_state(stopper, state.get("early_stopping"))
+                set_stopper_state(stopper, state.get("early_stopping"))
             ckpt.resumed_from = {"round": done, "of": model.num_boost_round,
                                  **({"best_iteration": int(booster.best_iteration)}
                                     if es_rounds else {})}
@@ -261,7 +262,7 @@ class Job(SupervisedJob):
             booster = xgb.Booster(model_file=bytearray(session.restored.files["model.ubj"]))
             done = session.restored.iteration
             if stopper is not None:
-                _set_stopper_state(stopper, session.restored.state.get("early_stopping"))
+                set_stopper_state(stopper, session.restored.state.get("early_stopping"))
         reporter = _round_reporter(session, split, eval_name, stopper, model.num_boost_round)
         callbacks = [c for c in (stopper, reporter) if c is not None]
         booster = xgb.train(params, dtrain, num_boost_round=model.num_boost_round - done,
@@ -294,21 +295,6 @@ def _with_metric(params: dict, name: str, es_rounds: int | None, dtrain) -> list
     return [name] + metrics
 
 
-def _stopper_state(stopper) -> dict | None:
-    if stopper is None:
-        return None
-    return {"stopping_history": stopper.stopping_history, "best_scores": stopper.best_scores,
-            "current_rounds": stopper.current_rounds, "maximize": stopper.maximize}
-
-
-def _set_stopper_state(stopper, state: dict | None) -> None:
-    if state:
-        stopper.stopping_history = state["stopping_history"]
-        stopper.best_scores = state["best_scores"]
-        stopper.current_rounds = state["current_rounds"]
-        stopper.maximize = state["maximize"]
-
-
 def _round_reporter(session, split: str, eval_name: str, stopper, total: int):
     """An xgboost callback that reports the searched metric each round, with checkpoints."""
     import xgboost as xgb
@@ -330,7 +316,7 @@ def _round_reporter(session, split: str, eval_name: str, stopper, total: int):
             iteration = self.start + epoch + 1
             session.report(iteration, {self.key: value},
                            files=lambda: {"model.ubj": bytes(model.save_raw("ubj"))},
-                           state={"early_stopping": _stopper_state(stopper)},
+                           state={"early_stopping": stopper_state(stopper)},
                            send=iteration < total)  # the final report follows the last round
             return False
 
@@ -366,7 +352,7 @@ def _round_checkpointer(ckpt, stopper, fault, total: int, earlier: dict):
             done = self.start + epoch + 1
             if ckpt.due(final=stop or done >= total):
                 ckpt.save({"round": done, "stopped": stop,
-                           "early_stopping": _stopper_state(stopper),
+                           "early_stopping": stopper_state(stopper),
                            "history": _join_history(earlier, evals_log)},
                           {"model.ubj": bytes(model.save_raw("ubj"))})
             faults.crash(fault, "train.iteration", done, delay_s=D.crash_delay_s())

@@ -111,13 +111,20 @@ def from_env(*where: str) -> Fault | None:
     return next((f for f in found if f.where & wanted), None)
 
 
-def _claim(fault: Fault, **record) -> bool:
-    """Create the marker file; False when it exists (this is the retry)."""
+def _claim(fault: Fault, where: str, step: int, partition: int | None = None,
+           rank: int = 0) -> bool:
+    """Create the marker file, recording where the fault happened (a task stage's ``stage``,
+    ``partition`` and ``batch``; else ``iteration`` and ``rank``); False when it exists (this
+    is the retry)."""
     try:
         fd = os.open(fault.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
         return False
-    os.write(fd, json.dumps({"pid": os.getpid(), **record}).encode())
+    kind, _, name = where.partition(".")
+    record = ({"stage": name, "partition": partition, "batch": step} if kind in STAGES
+              else {"iteration": step, "rank": rank})
+    os.write(fd, json.dumps({"pid": os.getpid(), "where": where, "step": step,
+                             **record}).encode())
     os.close(fd)
     return True
 
@@ -129,7 +136,7 @@ def crash(fault: Fault | None, where: str, step: int, *, partition: int | None =
     (a Train worker lets its last report be collected first)."""
     if fault is None or not fault.at(where, step, partition) or rank != world - 1:
         return
-    if not _claim(fault, where=where, step=step, partition=partition, rank=rank):
+    if not _claim(fault, where, step, partition, rank):
         return
     if delay_s:
         time.sleep(delay_s)
@@ -141,4 +148,4 @@ def once(fault: Fault | None, where: str, step: int) -> bool:
     raises rather than exits); the marker records it, so a rerun does not fault again."""
     if fault is None or where not in fault.where or step < fault.step:
         return False
-    return _claim(fault, where=where, step=step)
+    return _claim(fault, where, step)

@@ -89,7 +89,8 @@ def test_crash_exits_the_process_once(tmp_path):
     assert _crash_in_child(fault, "pca.transform", 1, partition=1) == 0  # other batch
     assert not (tmp_path / "m").exists()
     assert _crash_in_child(fault, "pca.transform", 2, partition=1) == 1
-    assert (tmp_path / "m").exists()
+    record = json.loads((tmp_path / "m").read_text())
+    assert (record["stage"], record["partition"], record["batch"]) == ("transform", 1, 2)
     assert _crash_in_child(fault, "pca.transform", 2, partition=1) == 0  # the retry
 
 
@@ -97,3 +98,5 @@ def test_crash_in_a_group_stops_the_last_rank_only(tmp_path):
     fault = f"train.iteration:3@{tmp_path / 'm'}"
     assert _crash_in_child(fault, "train.iteration", 3, rank=0, world=2) == 0
     assert _crash_in_child(fault, "train.iteration", 3, rank=1, world=2) == 1
+    record = json.loads((tmp_path / "m").read_text())
+    assert (record["iteration"], record["rank"]) == (3, 1)

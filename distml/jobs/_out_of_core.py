@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from distml.errors import DataError, DistmlError, JobFailed
+from distml.errors import DataError, DistmlError, JobFailed, one_line
 from distml.runtime import faults, plan
 from distml.runtime.plan import Partition
 from distml.runtime.read import iter_tables
@@ -505,9 +505,8 @@ class Runner:
             cause = getattr(e, "cause", None)
             if isinstance(cause, DistmlError):
                 raise cause from None
-            text = str(cause if cause is not None else e).strip().splitlines()
             raise JobFailed(f"{what} failed: {type(cause or e).__name__}: "
-                            f"{text[-1] if text else ''}"[:500]) from e
+                            f"{one_line(cause or e, 500)}"[:500]) from e
         except ray.exceptions.RayError as e:
             text = str(e).strip().splitlines()
             raise JobFailed(f"{what} failed after {self.opts['max_retries']} retries: "

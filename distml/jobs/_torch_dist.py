@@ -22,7 +22,7 @@ import tempfile
 import time
 from typing import Any
 
-from distml.errors import DataError, JobFailed
+from distml.errors import DataError, JobFailed, one_line
 from distml.runtime import workers as D
 from distml.runtime import faults
 from distml.jobs.base import JobOutput, RunContext
@@ -32,7 +32,7 @@ def run_worker_group(job, ctx: RunContext, choice: D.Execution, prep_ref: Any = 
     import ray
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from distml.jobs._supervised import _cause, _prepare_task
+    from distml.jobs._supervised import _prepare_task
 
     res = job.spec.resources
     gpu = res.gpus_per_worker > 0
@@ -57,7 +57,7 @@ def run_worker_group(job, ctx: RunContext, choice: D.Execution, prep_ref: Any = 
         result = D.fit(trainer)
     except Exception as e:
         _raise_data_error(prep_ref)
-        raise JobFailed(f"torch worker group failed: {_cause(e)}") from e
+        raise JobFailed(f"torch worker group failed: {one_line(e, 500)}") from e
     t_train = time.perf_counter() - t0
     if result.checkpoint is None:
         raise JobFailed("torch worker group finished without a final checkpoint")
@@ -72,7 +72,7 @@ def run_worker_group(job, ctx: RunContext, choice: D.Execution, prep_ref: Any = 
         out = ray.get(ray.remote(_evaluate_task).options(**opts).remote(
             job, ctx.data, prep_ref, {"weights": weights, **final}))
     except Exception as e:
-        raise JobFailed(f"torch evaluation failed: {_cause(e)}") from e
+        raise JobFailed(f"torch evaluation failed: {one_line(e, 500)}") from e
     figures = final["figures"]
     out.info["execution"] = choice.record(
         backend=backend, device="cuda" if gpu else "cpu",

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from distml.errors import DataError, JobFailed
+from distml.errors import DataError, JobFailed, one_line
 from distml.runtime import workers as D
 from distml.jobs.base import JobOutput, RunContext
 from distml.runtime import faults
@@ -189,7 +189,7 @@ def run_worker_group(job, ctx: RunContext, choice: D.Execution) -> JobOutput:
     try:
         result = D.fit(trainer)
     except Exception as e:
-        raise JobFailed(f"xgboost worker group failed: {_cause(e)}") from e
+        raise JobFailed(f"xgboost worker group failed: {one_line(e, 500)}") from e
     t_train = time.perf_counter() - t1
     if result.checkpoint is None:
         raise JobFailed("xgboost worker group finished without a final checkpoint")
@@ -226,12 +226,6 @@ def _output(final: dict, model_bytes: bytes, predictions, plan: Plan, job,
         attempts=final["attempts"], resumed_from=final["resumed_from"],
         checkpoint_interval_s=D.report_interval_s(), timings_s=timings)
     return out
-
-
-def _cause(e: BaseException) -> str:
-    from distml.jobs._supervised import _cause as cause
-
-    return cause(e)
 
 
 # ------------------------------------------------------------------ early-stopping state

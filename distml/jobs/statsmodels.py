@@ -27,7 +27,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from distml.errors import DataError, JobFailed, SpecError
+from distml.errors import DataError, JobFailed, SpecError, one_line
 from distml.jobs._formula import (NUMPY_FUNCS, FormulaInfo, analyze_formula,  # noqa: F401
                                   check_engine, formula_namespace)
 from distml.jobs._manymodels import DISCRETE, REGRESSION, TIME_SERIES  # noqa: F401
@@ -394,7 +394,7 @@ class Job(BaseJob):
         except Exception as e:
             cause = getattr(e, "cause", None) or e
             raise JobFailed(f"statsmodels {self.spec.model.method} failed: "
-                            f"{type(cause).__name__}: {str(cause).strip()[:400]}") from e
+                            f"{type(cause).__name__}: {one_line(cause, 400)}") from e
         out.info.setdefault("execution", {}).update(path=path, reason=reason)
         return out
 

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field, field_validator, model_validator
 
-from distml.errors import DataError, MissingDependency
+from distml.errors import DataError, MissingDependency, one_line
 from distml.jobs._supervised import Prepared, SupervisedJob, TuneData
 from distml.spec.base import JobSpec, StrictModel
 
@@ -486,7 +486,7 @@ def load_predictor(run, allow_module: tuple[str, ...] = ()):
     """The :class:`distml.predict.SupervisedPredictor` of a finished torch run."""
     from pathlib import Path
 
-    from distml.predict import SupervisedPredictor, _short, check_schema
+    from distml.predict import SupervisedPredictor, check_schema
     from distml.spec import load_spec
 
     run = Path(run)
@@ -502,7 +502,7 @@ def load_predictor(run, allow_module: tuple[str, ...] = ()):
         raise DataError(f"run dir {str(run)!r}: {e.message}") from None
     except Exception as e:  # torch/zip/JSON errors of a damaged or crafted file alike
         raise DataError(f"run dir {str(run)!r}: the torch model files are missing or unreadable "
-                        f"({_short(e)})") from None
+                        f"({one_line(e)})") from None
     manifest = json.loads((run / "manifest.json").read_text())
     spec = load_spec(run / "spec.yaml", manifest.get("best_config") or None)
     return SupervisedPredictor("torch", Job(spec), model, schema)

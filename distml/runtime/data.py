@@ -18,7 +18,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from distml.errors import DataError
+from distml.errors import DataError, one_line
 from distml.runtime.read import open_input, read_virtual
 
 log = logging.getLogger("distml")
@@ -206,10 +206,10 @@ def _inspect_parquet(info: SourceInfo, fs, field_name: str) -> None:
                 file_schema = meta.schema_arrow
             info.sizes.append(fs.size(f) if fs is not None else os.path.getsize(f))
         except OSError as e:
-            raise DataError(f"{field_name}: file {f!r} is not readable parquet ({_short(e)}); "
+            raise DataError(f"{field_name}: file {f!r} is not readable parquet ({one_line(e, 200)}); "
                             "it may be truncated or another format") from None
         except Exception as e:  # pyarrow raises ArrowInvalid for corrupt footers
-            raise DataError(f"{field_name}: file {f!r} is not readable parquet ({_short(e)}); "
+            raise DataError(f"{field_name}: file {f!r} is not readable parquet ({one_line(e, 200)}); "
                             "it may be truncated or another format") from None
         _check_unique(list(file_schema.names), f, field_name)
         if schema is None:
@@ -271,11 +271,7 @@ def _csv_reason(e: BaseException) -> str:
 
         m = re.search(r"Expected \d+ fields in line \d+, saw \d+", text)
         return m.group(0) if m else "the rows do not parse as CSV"
-    return type(e).__name__ if not isinstance(e, OSError) else _short(e)
-
-
-def _short(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    return type(e).__name__ if not isinstance(e, OSError) else one_line(e, 200)
 
 
 def _dtypes(frame: pd.DataFrame) -> dict[str, str]:
@@ -296,7 +292,7 @@ def read_frame(source: str, columns: list[str] | None = None,
                 table = pq.read_table(files if fs is None else [fs._strip_protocol(f) for f in files],
                                       columns=columns, filesystem=fs)
             except Exception as e:
-                raise DataError(f"{field_name}: cannot read parquet from {source!r}: {_short(e)}") \
+                raise DataError(f"{field_name}: cannot read parquet from {source!r}: {one_line(e, 200)}") \
                     from None
             frame = table.to_pandas()
         else:

@@ -370,36 +370,36 @@ def fault_from_env(kind: str):
 
 
 class PartWriter:
-    """Streams tables to ``out_dir/name.parquet`` through a temp name, renamed on close; a
-    retried task simply writes the same file again."""
+    """Streams tables to ``out_dir/name.parquet`` through the one atomic writer
+    (:func:`distml.runtime.artifacts.atomic_file`: a temp name, renamed on close); a retried
+    task simply writes the same file again. No table written, no file."""
 
     def __init__(self, out_dir: str, name: str):
         root = os.path.realpath(out_dir)
         self.path = os.path.realpath(os.path.join(root, name + ".parquet"))
         if not self.path.startswith(root + os.sep):
             raise JobFailed(f"transform output {name!r} would leave {out_dir!r}")
-        self.tmp = os.path.join(os.path.dirname(self.path),
-                                f".{os.path.basename(self.path)}.tmp-{os.getpid()}")
         self.writer = None
+        self._atomic = None
 
     def write(self, table) -> None:
         import pyarrow.parquet as pq
 
+        from distml.runtime.artifacts import atomic_file
+
         if self.writer is None:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            self.writer = pq.ParquetWriter(self.tmp, table.schema)
+            self._atomic = atomic_file(self.path)
+            self.writer = pq.ParquetWriter(self._atomic.__enter__(), table.schema)
         self.writer.write_table(table)
 
     def __enter__(self) -> "PartWriter":
         return self
 
-    def __exit__(self, exc_type, *_):
+    def __exit__(self, exc_type, exc, tb):
         if self.writer is not None:
             self.writer.close()
-            if exc_type is None:
-                os.replace(self.tmp, self.path)
-            else:
-                os.unlink(self.tmp)
+            self._atomic.__exit__(exc_type, exc, tb)
 
 
 def discard_partials(out_dir: str) -> None:

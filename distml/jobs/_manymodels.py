@@ -34,6 +34,7 @@ statsmodels' warnings are recorded per group in ``warnings`` (a ConvergenceWarni
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import time
@@ -1011,13 +1012,19 @@ def auto_groups_per_task(n_groups: int, method: str, n_cpus: int) -> int:
 
 # ------------------------------------------------------------------------ driver side
 
+def runner(spec):
+    """The task runner of the statsmodels paths (:class:`distml.runtime.tasks.Runner`). Map and
+    fit tasks are pure functions of their inputs: a task lost with its worker or node is simply
+    run again (Ray's default 3 retries, or more with resources.max_failures); a Python error
+    inside a fit is the group's error, never a task failure. All tasks may run at once."""
+    from distml.runtime.tasks import Runner
+
+    return Runner(spec.resources, min_retries=3, limit_concurrency=False)
+
+
 def task_options(spec) -> dict:
-    """Map and fit tasks are pure functions of their inputs: a task lost with its worker or
-    node is simply run again (Ray's default 3 retries, or more with resources.max_failures);
-    a Python error inside a fit is the group's error, never a task failure."""
-    res = spec.resources
-    return dict(num_cpus=res.cpus_per_worker, max_retries=max(3, res.max_failures),
-                retry_exceptions=False)
+    """The Ray task options of :func:`runner` (one Ray task of the single-model path)."""
+    return runner(spec).opts
 
 
 def run_many(spec, cfg: FitConfig, ctx) -> JobOutput:
@@ -1030,12 +1037,11 @@ def run_many(spec, cfg: FitConfig, ctx) -> JobOutput:
 
     units = plan.by_count(ctx.data.source, 2 * cpus)
     columns = cfg.model_columns()
-    opts = task_options(spec)
-    mapper = ray.remote(map_partition).options(num_returns=2, **opts)
+    tasks = runner(spec)
     from distml import progress
 
     progress.current().stage("read", f"partitioning by {', '.join(cfg.group_by)}")
-    refs = [mapper.remote(u, cfg.group_by, columns) for u in units]
+    refs = tasks.map(map_partition, units, cfg.group_by, columns, num_returns=2)
     heads = ray.get([r[0] for r in refs])
     parts = [r[1] for r in refs]
     keys, pieces = merge_summaries([h[0] for h in heads], cfg.group_by)
@@ -1049,7 +1055,7 @@ def run_many(spec, cfg: FitConfig, ctx) -> JobOutput:
     results = saver.restore()  # tasks an interrupted attempt finished (--resume)
     done_gids = {int(g) for r in results for g in r["gids"]}
     gpt = saver.gpt or cfg.groups_per_task or auto_groups_per_task(n_groups, cfg.method, cpus)
-    fitter = ray.remote(fit_task).options(**opts)
+    fitter = tasks.remote(fit_task)
     bounds = np.searchsorted(pieces[:, 0], np.arange(0, n_groups + gpt, gpt).clip(max=n_groups))
     pending = []
     for lo, hi in zip(bounds[:-1], bounds[1:]):
@@ -1068,26 +1074,22 @@ def run_many(spec, cfg: FitConfig, ctx) -> JobOutput:
 
     fault = faults.from_env("manymodels.groups")  # tests: the driver stops after K groups
     n_collected = len(done_gids)
-    try:
-        while pending:  # collect as tasks finish, so results stream back while others fit
-            done, pending = ray.wait(pending, num_returns=min(len(pending), 4), timeout=None)
-            batch = ray.get(done)
+    # collect as tasks finish, so results stream back while others fit; leaving the loop early
+    # (a lost task, a fault) cancels the others
+    with contextlib.closing(tasks.stream(pending)) as finished:
+        for batch, n_pending in finished:
             results.extend(batch)
             n_collected += sum(len(r["gids"]) for r in batch)
-            crash = faults.once(fault, "manymodels.groups", n_collected) if pending else False
+            crash = faults.once(fault, "manymodels.groups", n_collected) if n_pending else False
             saver.collected(batch, gpt, force=crash)
             if crash:
                 raise JobFailed(f"fault injected after {n_collected} groups (manymodels.groups)")
             if show.active:  # groups done and failed so far, on the progress display
-                n_done += sum(len(r["gids"]) for r in results[-len(done):])
-                n_bad += sum(bool(s.get("error")) for r in results[-len(done):]
-                             for s in r["stats"])
+                n_done += sum(len(r["gids"]) for r in batch)
+                n_bad += sum(bool(s.get("error")) for r in batch for s in r["stats"])
                 groups.update(completed=n_done, info=f"{n_bad} failed")
-        groups.done()
-    finally:
-        for ref in pending:  # a lost task failed the job: free the CPUs of the others
-            ray.cancel(ref)
-    del parts, refs
+    groups.done()
+    del parts, refs, pending
     t_fit = time.perf_counter() - t0 - t_partition
     out = tabulate(cfg, results, keys)
     n_failed = out.metrics["n_failed"]

@@ -6,9 +6,10 @@ footers alone. Each pass over the data is one Ray task per partition; a task str
 partition in batches of at most ``batch_size`` rows with the one reader
 (:func:`distml.runtime.read.iter_tables`) and keeps only a fixed-size state (moments, a sample,
 cluster sums), so its memory is bounded by ``batch_size × features``, never by the data. Partial results
-are merged by a fixed tree of Ray merge tasks (Chan et al.'s pairwise update for moments), so the
-driver only ever receives one merged state, and the floating-point result does not depend on
-which task finished first, or on a retried task (RELIABILITY.md T4).
+are merged by a fixed tree of Ray merge tasks (the one task runner, :mod:`distml.runtime.tasks`;
+Chan et al.'s pairwise update for moments), so the driver only ever receives one merged state,
+and the floating-point result does not depend on which task finished first, or on a retried
+task (RELIABILITY.md T4).
 
 Dask is not used on this path: measured here it was slower than plain pyarrow batches in Ray
 tasks (docs/out_of_core.md has the figures and the benchmark that produced them).
@@ -16,25 +17,23 @@ tasks (docs/out_of_core.md has the figures and the benchmark that produced them)
 
 from __future__ import annotations
 
-import functools
 import os
 import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
-from distml.errors import DataError, DistmlError, JobFailed, one_line
+from distml.errors import DataError, JobFailed
 from distml.runtime import faults, plan
 from distml.runtime.plan import Partition
 from distml.runtime.read import iter_tables
+from distml.runtime.tasks import FAN_IN, Runner, merge_all  # noqa: F401 (benchmarks/b5 uses them)
 
 #: rows per partition when the spec does not say; row groups are never split, files never merged
 DEFAULT_PARTITION_ROWS = 1 << 20
-#: merge tasks take this many partial results each
-FAN_IN = 8
 #: the earlier name of the T4 testing hook, "MARKER_PATH:STAGE:PARTITION:BATCH" (an alias of
 #: ``DISTML_FAULT=pca.STAGE:BATCH:PARTITION``, see :mod:`distml.runtime.faults`)
 FAULT_ENV = faults.STAGE_ENV
@@ -324,11 +323,6 @@ class Sample:
         return np.ascontiguousarray(self.rows[:len(self.keys)][order])
 
 
-def merge_all(*parts):
-    """Merge partial states left to right (the body of every merge task)."""
-    return functools.reduce(lambda a, b: a.merge(b), parts)
-
-
 # ------------------------------------------------------------------ task-side helpers
 
 class TaskProbe:
@@ -408,109 +402,6 @@ def discard_partials(out_dir: str) -> None:
         for f in files:
             if f.startswith(".") and ".tmp-" in f:
                 os.unlink(os.path.join(root, f))
-
-
-# ------------------------------------------------------------------ running passes on Ray
-
-class Runner:
-    """Schedules one task per partition and merges their states with a fixed tree of tasks.
-
-    Each task reserves ``resources.cpus_per_worker`` CPUs; ``resources.num_workers``, when set
-    explicitly, caps how many partition tasks run at once (default: as many as the cluster
-    fits). Tasks are pure functions of their inputs, so Ray retries a task whose worker died
-    (``max_retries``: ``resources.max_failures`` when set, else 3) and the result is unchanged.
-    """
-
-    def __init__(self, resources, log):
-        self.log = log
-        retries = resources.max_failures if "max_failures" in resources.model_fields_set else 3
-        self.opts = dict(num_cpus=resources.cpus_per_worker, max_retries=retries,
-                         retry_exceptions=False)
-        self.cap = resources.num_workers if "num_workers" in resources.model_fields_set else None
-        self.tasks = 0
-        self._remotes: dict[Callable, Any] = {}
-
-    def remote(self, fn: Callable):
-        import ray
-
-        if fn not in self._remotes:
-            self._remotes[fn] = ray.remote(fn).options(**self.opts)
-        return self._remotes[fn]
-
-    def put(self, value):
-        import ray
-
-        return ray.put(value)
-
-    def map(self, fn: Callable, parts: list[Partition], *args) -> list:
-        """``fn(part, *args)`` for every partition, as object refs in partition order."""
-        import ray
-
-        remote = self.remote(fn)
-        refs: list = []
-        pending: list = []
-        for p in parts:
-            if self.cap is not None and len(pending) >= self.cap:
-                _, pending = ray.wait(pending, num_returns=1)
-            ref = remote.remote(p, *args)
-            refs.append(ref)
-            pending.append(ref)
-        self.tasks += len(parts)
-        self._watch = (fn.__name__.strip("_").removesuffix("_task"), refs, parts)
-        return refs
-
-    def _track(self, refs: list) -> None:
-        """Count the partitions (and rows) of the last map as its tasks finish, on distml's
-        progress display; nothing when progress is off."""
-        import ray
-
-        from distml import progress
-
-        show = progress.current()
-        watch, self._watch = getattr(self, "_watch", None), None
-        if not show.active or watch is None or watch[1] is not refs:
-            return
-        name, refs, parts = watch
-        rows_of = {r: p.rows for r, p in zip(refs, parts)}
-        known = sum(p.rows or 0 for p in parts)
-        counter = show.counter(f"{name} pass", total=len(parts), unit="partitions")
-        pending, done_rows = list(refs), 0
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1, timeout=1.0, fetch_local=False)
-            done_rows += sum(rows_of[r] or 0 for r in done)
-            counter.update(completed=len(refs) - len(pending),
-                           info=f"{done_rows:,} of {known:,} rows" if known else None)
-        counter.done()
-
-    def reduce(self, refs: list, fan_in: int = FAN_IN):
-        """Merge partial states with a fixed tree of merge tasks; returns the merged value."""
-        merge = self.remote(merge_all)
-        leaves = refs
-        while len(refs) > 1:
-            groups = [refs[i:i + fan_in] for i in range(0, len(refs), fan_in)]
-            refs = [merge.remote(*g) if len(g) > 1 else g[0] for g in groups]
-            self.tasks += sum(len(g) > 1 for g in groups)
-        self._track(leaves)
-        return self.get(refs[0])
-
-    def get(self, refs, what: str = "an out-of-core task"):
-        """``ray.get`` that re-raises a task's own DataError/SpecError as itself."""
-        import ray
-
-        if isinstance(refs, list):
-            self._track(refs)
-        try:
-            return ray.get(refs)
-        except ray.exceptions.RayTaskError as e:
-            cause = getattr(e, "cause", None)
-            if isinstance(cause, DistmlError):
-                raise cause from None
-            raise JobFailed(f"{what} failed: {type(cause or e).__name__}: "
-                            f"{one_line(cause or e, 500)}"[:500]) from e
-        except ray.exceptions.RayError as e:
-            text = str(e).strip().splitlines()
-            raise JobFailed(f"{what} failed after {self.opts['max_retries']} retries: "
-                            f"{type(e).__name__}: {text[0] if text else ''}"[:500]) from e
 
 
 def memory_info(meta: list[dict], batch_size: int, n_features: int) -> dict:

@@ -108,7 +108,7 @@ def run_job(spec, cfg, ctx):
     """The suffstats path of the statsmodels kind: two or three passes of Ray tasks."""
     import ray
 
-    from distml.jobs._manymodels import task_options
+    from distml.jobs._manymodels import runner
     from distml.jobs.base import JobOutput
     from distml.runtime import plan
     from distml.runtime.data import is_categorical_dtype
@@ -122,23 +122,21 @@ def run_job(spec, cfg, ctx):
     cpus = max(1, int(ctx.cluster.resources.get("CPU", 1) or 1)) if ctx.cluster else 1
     units = plan.by_count(info, 2 * cpus, max_bytes=MAX_PARTITION_BYTES)
     columns = cfg.model_columns()
-    opts = task_options(spec)
+    tasks = runner(spec)
     levels: dict[str, list] = {}
     if cfg.formula is not None:
         cat = sorted(set(cfg.finfo.categorical.values())
                      | {c for c in cfg.finfo.columns if is_categorical_dtype(info.columns[c])})
         if cat:
-            found = ray.get([ray.remote(_levels_task).options(**opts).remote(u, cat)
-                             for u in units])
+            found = ray.get(tasks.map(_levels_task, units, cat))
             for c in cat:
                 levels[c] = list(dict.fromkeys(v for f in found for v in f[c]))
     proto = _prototype(cfg, info.columns, levels)
     if cfg.method == "glm":
         from distml.jobs._glm_irls import run_glm
 
-        return run_glm(spec, cfg, ctx, units, proto, columns, opts)
-    parts = ray.get([ray.remote(_moments_task).options(**opts).remote(u, cfg, proto, columns)
-                     for u in units])
+        return run_glm(spec, cfg, ctx, units, proto, columns, tasks)
+    parts = ray.get(tasks.map(_moments_task, units, cfg, proto, columns))
     names = next((nm for m, nm in parts if m.n), parts[0][1])
     merged = Moments()
     for m, _ in parts:
@@ -149,8 +147,7 @@ def run_job(spec, cfg, ctx):
     fit = solve(merged, names, weighted=cfg.weights is not None)
     meat, n_clusters = None, None
     if cfg.cov_type != "nonrobust":
-        out = ray.get([ray.remote(_meat_task).options(**opts).remote(u, cfg, proto, columns, fit)
-                       for u in units])
+        out = ray.get(tasks.map(_meat_task, units, cfg, proto, columns, fit))
         if cfg.cov_type == "cluster":
             sums: dict[Any, np.ndarray] = {}
             for _, d in out:

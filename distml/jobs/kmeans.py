@@ -39,7 +39,7 @@ from distml.errors import DataError, JobFailed
 from distml.jobs import _out_of_core as ooc
 from distml.jobs.base import Job as BaseJob
 from distml.jobs.base import JobOutput, RunContext
-from distml.runtime import faults
+from distml.runtime import faults, tasks
 from distml.spec.base import JobSpec, StrictModel
 
 FORMAT_VERSION = 1
@@ -340,7 +340,7 @@ class _Fit:
     def __init__(self, spec: Spec, ctx: RunContext):
         self.m, self.feats = spec.model, ctx.data.features
         self.plan = ooc.plan_partitions(ctx.data.source, self.m.partition_rows)
-        self.runner = ooc.Runner(spec.resources, ctx.log)
+        self.runner = tasks.Runner(spec.resources, ctx.log)
         self.fault = ooc.fault_from_env("kmeans")
         self.meta: list = []
         self.history: list[dict] = []

@@ -38,7 +38,7 @@ from distml.errors import DataError
 from distml.jobs import _out_of_core as ooc
 from distml.jobs.base import Job as BaseJob
 from distml.jobs.base import JobOutput, RunContext
-from distml.runtime import faults
+from distml.runtime import faults, tasks
 from distml.spec.base import JobSpec, StrictModel
 
 #: ``mode: auto`` uses the exact algorithm up to this many features (a 32 MiB scatter matrix)
@@ -324,7 +324,7 @@ class Job(BaseJob):
         m, feats = self.spec.model, ctx.data.features
         mode, reason = self.mode(len(feats))
         plan = ooc.plan_partitions(ctx.data.source, m.partition_rows)
-        runner = ooc.Runner(self.spec.resources, ctx.log)
+        runner = tasks.Runner(self.spec.resources, ctx.log)
         fault = ooc.fault_from_env("pca")
         ctx.log.info("pca (%s): %d partitions, %d features, batch_size %d", mode, len(plan),
                      len(feats), m.batch_size)

@@ -206,11 +206,13 @@ def _inspect_parquet(info: SourceInfo, fs, field_name: str) -> None:
                 file_schema = meta.schema_arrow
             info.sizes.append(fs.size(f) if fs is not None else os.path.getsize(f))
         except OSError as e:
-            raise DataError(f"{field_name}: file {f!r} is not readable parquet ({one_line(e, 200)}); "
-                            "it may be truncated or another format") from None
+            raise DataError(f"{field_name}: file {f!r} is not readable parquet "
+                            f"({one_line(e, 200)}); it may be truncated or another format") \
+                from None
         except Exception as e:  # pyarrow raises ArrowInvalid for corrupt footers
-            raise DataError(f"{field_name}: file {f!r} is not readable parquet ({one_line(e, 200)}); "
-                            "it may be truncated or another format") from None
+            raise DataError(f"{field_name}: file {f!r} is not readable parquet "
+                            f"({one_line(e, 200)}); it may be truncated or another format") \
+                from None
         _check_unique(list(file_schema.names), f, field_name)
         if schema is None:
             schema = file_schema
@@ -292,8 +294,8 @@ def read_frame(source: str, columns: list[str] | None = None,
                 table = pq.read_table(files if fs is None else [fs._strip_protocol(f) for f in files],
                                       columns=columns, filesystem=fs)
             except Exception as e:
-                raise DataError(f"{field_name}: cannot read parquet from {source!r}: {one_line(e, 200)}") \
-                    from None
+                raise DataError(f"{field_name}: cannot read parquet from {source!r}: "
+                                f"{one_line(e, 200)}") from None
             frame = table.to_pandas()
         else:
             parts = []

@@ -121,8 +121,8 @@ def _claim(fault: Fault, where: str, step: int, partition: int | None = None,
     except FileExistsError:
         return False
     kind, _, name = where.partition(".")
-    record = ({"stage": name, "partition": partition, "batch": step} if kind in STAGES
-              else {"iteration": step, "rank": rank})
+    record = ({"stage": name, "partition": partition, "batch": step}
+              if name in STAGES.get(kind, ()) else {"iteration": step, "rank": rank})
     os.write(fd, json.dumps({"pid": os.getpid(), "where": where, "step": step,
                              **record}).encode())
     os.close(fd)

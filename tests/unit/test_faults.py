@@ -71,7 +71,10 @@ def test_once_fires_the_first_time_only(tmp_path):
     assert not faults.once(f, "manymodels.groups", 9)
     assert not faults.once(f, "kmeans.pass", 10)
     assert faults.once(f, "manymodels.groups", 12)  # reached (tasks return several groups)
-    assert json.loads((tmp_path / "m").read_text())["step"] == 12
+    assert json.loads((tmp_path / "m").read_text())["iteration"] == 12
+    passes = faults.parse(f"kmeans.pass:2@{tmp_path / 'p'}")  # a driver place of a task kind
+    assert faults.once(passes, "kmeans.pass", 2)
+    assert json.loads((tmp_path / "p").read_text())["iteration"] == 2
     assert not faults.once(f, "manymodels.groups", 20)  # the rerun goes through
     assert not faults.once(None, "manymodels.groups", 20)
 

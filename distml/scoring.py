@@ -437,12 +437,10 @@ class _Output:
         if not self.local:  # an object store PUT is atomic
             self.fs.pipe_file(final, data)
             return
-        tmp = self._path(f"._SUCCESS.tmp-{os.getpid()}-{secrets.token_hex(2)}")
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
+        from distml.runtime.artifacts import atomic_file
+
+        with atomic_file(final) as tmp:
+            tmp.write_bytes(data)
 
 
 def _protocols(fs) -> tuple[str, ...]:

@@ -28,7 +28,8 @@ from distml import progress
 from distml.errors import DataError, JobFailed
 from distml.jobs.base import Job, JobOutput, RunContext
 from distml.runtime import metrics as M
-from distml.runtime.data import DataInfo, cv_indices, read_frame, split_indices, validate_data
+from distml.runtime.data import (DataInfo, cv_indices, infer_task, read_frame, split_indices,
+                                 validate_data)
 
 SPLITS = ("train", "valid", "test")
 CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "logloss")
@@ -70,15 +71,6 @@ class TuneData:
 
 def _py(v: Any) -> Any:
     return v.item() if hasattr(v, "item") else v
-
-
-def infer_task(y: pd.Series) -> str:
-    """classification for bool/string/category targets or integers with ≤ 20 distinct values."""
-    if not pd.api.types.is_numeric_dtype(y) or pd.api.types.is_bool_dtype(y):
-        return "classification"
-    if pd.api.types.is_integer_dtype(y) and y.nunique() <= 20:
-        return "classification"
-    return "regression"
 
 
 def type_features(X: pd.DataFrame, categories: dict[str, list]) -> pd.DataFrame:
@@ -291,14 +283,14 @@ class SupervisedJob(Job):
 
     def _checkpoints(self, ctx: RunContext):
         """The fit's checkpoints (:mod:`distml.jobs._resume`) when the kind makes them, and the
-        fault hook of a single task (``DISTML_TRAIN_FAULT``, RELIABILITY.md T3), read here on
-        the driver and carried to the task."""
+        fault hook of a single task (``train.iteration`` of :mod:`distml.runtime.faults`,
+        RELIABILITY.md T3), read here on the driver and carried to the task."""
         if not self.checkpointable():
             return None
-        from distml.jobs import _distributed as D
         from distml.jobs import _resume
+        from distml.runtime import faults
 
-        self._fault = D.fault_from_env()
+        self._fault = faults.from_env("train.iteration")
         key = _resume.fingerprint(self.spec.to_dict(), ctx.data.fingerprint())
         return _resume.Checkpoints.for_run(ctx, "fit", key)
 

@@ -2,7 +2,7 @@
 module named explicitly (``module: pkg.mod:Class``, built as ``Class(in_features,
 out_features, **module_args)``).
 
-Execution is right-sized (:mod:`distml.jobs._distributed`): ``resources.num_workers: 1`` without
+Execution is right-sized (:mod:`distml.runtime.workers`): ``resources.num_workers: 1`` without
 GPUs trains in one Ray task through the shared supervised pipeline; more workers, GPUs or data
 larger than a worker's budget train with a Ray Train ``TorchTrainer`` worker group (DDP: gloo on
 CPU, NCCL on GPU; :mod:`distml.jobs._torch_dist`). ``batch_size`` is the global batch: each of
@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field, field_validator, model_validator
 
-from distml.errors import DataError, MissingDependency
+from distml.errors import DataError, MissingDependency, one_line
 from distml.jobs._supervised import Prepared, SupervisedJob, TuneData
 from distml.spec.base import JobSpec, StrictModel
 
@@ -303,8 +303,9 @@ class Job(SupervisedJob):
         Train path's checkpoint (:func:`save_state` of the loop's state: weights, optimizer,
         scheduler, epoch, RNG states, early stopping) saved at the checkpoint cadence and after
         the last epoch (:mod:`distml.jobs._resume`)."""
-        from distml.jobs import _distributed as D
+        from distml.runtime import workers as D
         from distml.jobs._torch_model import load_state, save_state
+        from distml.runtime import faults
 
         ckpt, fault, total = self._ckpt, self._fault, self.spec.model.epochs
         if ckpt is None:
@@ -315,7 +316,7 @@ class Job(SupervisedJob):
         def save(epoch, figures, state, stopped):
             if ckpt.due(final=bool(stopped) or epoch >= total):
                 ckpt.save({"epoch": epoch}, {"checkpoint.pt": save_state(state())})
-            D.maybe_crash(fault, epoch, 0, 1)
+            faults.crash(fault, "train.iteration", epoch, delay_s=D.crash_delay_s())
 
         return restored, save
 
@@ -330,11 +331,11 @@ class Job(SupervisedJob):
                 "model/config.json": json.dumps(model.config, indent=2).encode()}
 
     def run(self, ctx, prep_ref: Any = None):
-        from distml.jobs import _distributed
+        from distml.runtime import workers
 
         require_torch()
         split = self.spec.data.split_spec
-        choice = _distributed.choose(self.spec, ctx.data, ctx.cluster.resources)
+        choice = workers.choose(self.spec, ctx.data, ctx.cluster.resources)
         if choice.worker_group and not (split is not None and split.cv):
             from distml.jobs._torch_dist import run_worker_group
 
@@ -490,7 +491,6 @@ def load_predictor(run, allow_module: tuple[str, ...] = ()):
     """The :class:`distml.jobs.predictors.SupervisedPredictor` of a finished torch run."""
     from pathlib import Path
 
-    from distml.errors import one_line
     from distml.jobs.predictors import SupervisedPredictor, read_schema, run_spec
 
     run = Path(run)

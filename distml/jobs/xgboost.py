@@ -24,6 +24,7 @@ from pydantic import Field, model_validator
 
 from distml.errors import DataError, one_line
 from distml.jobs._supervised import Prepared, SupervisedJob, TuneData
+from distml.jobs._xgb_dist import set_stopper_state, stopper_state
 from distml.spec.base import JobSpec, StrictModel
 
 
@@ -108,11 +109,11 @@ class Job(SupervisedJob):
 
     def run(self, ctx, prep_ref: Any = None):
         """One Ray task, or a Ray Train worker group when right-sizing asks for one
-        (:mod:`distml.jobs._distributed`; the group is in :mod:`distml.jobs._xgb_dist`)."""
-        from distml.jobs import _distributed
+        (:mod:`distml.runtime.workers`; the group is in :mod:`distml.jobs._xgb_dist`)."""
+        from distml.runtime import workers
 
         split = self.spec.data.split_spec
-        choice = _distributed.choose(self.spec, ctx.data, ctx.cluster.resources)
+        choice = workers.choose(self.spec, ctx.data, ctx.cluster.resources)
         if choice.worker_group and not (split is not None and split.cv):
             from distml.jobs._xgb_dist import run_worker_group
 
@@ -175,7 +176,7 @@ class Job(SupervisedJob):
             booster = xgb.Booster(model_file=bytearray(files["model.ubj"]))
             done, earlier = int(state["round"]), state["history"]
             if stopper is not None:
-                _set_stopper_state(stopper, state.get("early_stopping"))
+                set_stopper_state(stopper, state.get("early_stopping"))
             ckpt.resumed_from = {"round": done, "of": model.num_boost_round,
                                  **({"best_iteration": int(booster.best_iteration)}
                                     if es_rounds else {})}
@@ -279,7 +280,7 @@ class Job(SupervisedJob):
             booster = xgb.Booster(model_file=bytearray(session.restored.files["model.ubj"]))
             done = session.restored.iteration
             if stopper is not None:
-                _set_stopper_state(stopper, session.restored.state.get("early_stopping"))
+                set_stopper_state(stopper, session.restored.state.get("early_stopping"))
         reporter = _round_reporter(session, split, eval_name, stopper, model.num_boost_round)
         callbacks = [c for c in (stopper, reporter) if c is not None]
         booster = xgb.train(params, dtrain, num_boost_round=model.num_boost_round - done,
@@ -312,21 +313,6 @@ def _with_metric(params: dict, name: str, es_rounds: int | None, dtrain) -> list
     return [name] + metrics
 
 
-def _stopper_state(stopper) -> dict | None:
-    if stopper is None:
-        return None
-    return {"stopping_history": stopper.stopping_history, "best_scores": stopper.best_scores,
-            "current_rounds": stopper.current_rounds, "maximize": stopper.maximize}
-
-
-def _set_stopper_state(stopper, state: dict | None) -> None:
-    if state:
-        stopper.stopping_history = state["stopping_history"]
-        stopper.best_scores = state["best_scores"]
-        stopper.current_rounds = state["current_rounds"]
-        stopper.maximize = state["maximize"]
-
-
 def _round_reporter(session, split: str, eval_name: str, stopper, total: int):
     """An xgboost callback that reports the searched metric each round, with checkpoints."""
     import xgboost as xgb
@@ -348,7 +334,7 @@ def _round_reporter(session, split: str, eval_name: str, stopper, total: int):
             iteration = self.start + epoch + 1
             session.report(iteration, {self.key: value},
                            files=lambda: {"model.ubj": bytes(model.save_raw("ubj"))},
-                           state={"early_stopping": _stopper_state(stopper)},
+                           state={"early_stopping": stopper_state(stopper)},
                            send=iteration < total)  # the final report follows the last round
             return False
 
@@ -371,7 +357,8 @@ def _round_checkpointer(ckpt, stopper, fault, total: int, earlier: dict):
     first that asks to stop)."""
     import xgboost as xgb
 
-    from distml.jobs import _distributed as D
+    from distml.runtime import workers as D
+    from distml.runtime import faults
 
     class RoundCheckpointer(xgb.callback.TrainingCallback):
         def before_training(self, model):
@@ -383,10 +370,10 @@ def _round_checkpointer(ckpt, stopper, fault, total: int, earlier: dict):
             done = self.start + epoch + 1
             if ckpt.due(final=stop or done >= total):
                 ckpt.save({"round": done, "stopped": stop,
-                           "early_stopping": _stopper_state(stopper),
+                           "early_stopping": stopper_state(stopper),
                            "history": _join_history(earlier, evals_log)},
                           {"model.ubj": bytes(model.save_raw("ubj"))})
-            D.maybe_crash(fault, done, 0, 1)
+            faults.crash(fault, "train.iteration", done, delay_s=D.crash_delay_s())
             return stop
 
     return RoundCheckpointer()

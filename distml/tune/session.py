@@ -34,9 +34,10 @@ CHECKPOINT_INTERVAL_S = 10.0
 
 
 def fault_from_env() -> dict | None:
-    from distml.jobs._distributed import fault_from_env as parse
+    from distml.runtime.faults import from_env
 
-    return parse(FAULT_ENV)
+    fault = from_env("tune.iteration")  # DISTML_FAULT=tune.iteration:K, or FAULT_ENV
+    return None if fault is None else {"marker": fault.marker, "iteration": fault.step}
 
 
 @dataclass
@@ -255,6 +256,7 @@ def _run_whole_job(job, info, session: TrialSession, plan: TrialPlan) -> None:
     from distml.jobs.base import RunContext
     from distml.runtime.artifacts import RunDir
     from distml.runtime.cluster import ClusterInfo
+    from distml.runtime.workers import use_train_callbacks
 
     global _ACTIVE
     scratch = tempfile.mkdtemp(prefix="distml-trial-", dir=plan.scratch)
@@ -265,7 +267,8 @@ def _run_whole_job(job, info, session: TrialSession, plan: TrialPlan) -> None:
         ctx = RunContext(job.spec, info, run_dir,
                          ClusterInfo("existing", None, None, dict(plan.cluster_resources or {})),
                          logging.getLogger("distml.trial"))
-        out = job.run(ctx)
+        with use_train_callbacks(train_callbacks):  # the Train run's reports reach Tune
+            out = job.run(ctx)
     finally:
         _ACTIVE = None
         shutil.rmtree(scratch, ignore_errors=True)
@@ -282,7 +285,8 @@ _ACTIVE: TrialPlan | None = None  # the worker-group trial running in this proce
 def train_callbacks() -> list:
     """Ray Train callbacks for a Train run started inside a worker-group trial (else ``[]``):
     they forward each report of the workers (``iteration`` plus metrics) to Tune, shaped like a
-    :class:`TrialSession` report, so ASHA or the median rule can stop the trial."""
+    :class:`TrialSession` report, so ASHA or the median rule can stop the trial. The worker-group
+    launcher asks for them through :func:`distml.runtime.workers.use_train_callbacks`."""
     if _ACTIVE is None:
         return []
     return [_TrainToTune(_ACTIVE.metric, _ACTIVE.mode, _ACTIVE.report_every or 1)]

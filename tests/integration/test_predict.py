@@ -123,7 +123,7 @@ def test_unfinished_or_unscorable_run_dirs_are_refused(xgb_run, tmp_path, capfd)
     err = json.loads(capfd.readouterr().out)["error"]
     assert code == 2 and "has no _SUCCESS" in err["message"]
     for kind, expect in (("statsmodels", "distml predict cannot score"),
-                         ("lightgbm", "which this distml does not have")):
+                         ("catboost", "which this distml does not have")):
         from distml.runtime.artifacts import RunDir
 
         fake = RunDir(tmp_path, "fake", kind)  # a finished run dir (digests) of that kind

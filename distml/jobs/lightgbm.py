@@ -29,7 +29,8 @@ import pandas as pd
 from pydantic import Field, model_validator
 
 from distml.errors import DataError, MissingDependency, SpecError, one_line
-from distml.jobs._supervised import Prepared, SupervisedJob, TuneData
+from distml.jobs._supervised import Prepared, TuneData
+from distml.jobs.boosting import BoostingJob
 from distml.spec.base import JobSpec, StrictModel
 
 #: LightGBM's names (and aliases) of what the model section sets itself
@@ -121,8 +122,10 @@ def _objective(params: dict) -> str | None:
     return None if value is None else str(value).strip().lower()
 
 
-class Job(SupervisedJob):
+class Job(BoostingJob):
     """Single-task LightGBM training."""
+
+    round_metrics = _ROUND_METRICS
 
     libraries = ("lightgbm",)
 
@@ -290,19 +293,6 @@ class Job(SupervisedJob):
         return booster
 
     # ------------------------------------------------------------------ search hooks (distml.tune)
-
-    def tune_iterations(self) -> int:
-        return self.spec.model.num_boost_round
-
-    def tune_iteration_metrics(self) -> set[str]:
-        return set(_ROUND_METRICS)
-
-    def tune_final_overrides(self, result: dict) -> dict[str, Any]:
-        """A trial stopped early by the scheduler is refitted with the rounds it reached."""
-        rounds = int(result.get("iteration") or 0)
-        if not result.get("final") and 0 < rounds < self.spec.model.num_boost_round:
-            return {"model.num_boost_round": rounds}
-        return {}
 
     def _round_metric(self, prep: Prepared, name: str) -> str | None:
         """The LightGBM metric that gives distml metric ``name`` every round (or None)."""

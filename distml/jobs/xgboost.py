@@ -23,7 +23,8 @@ import pandas as pd
 from pydantic import Field, model_validator
 
 from distml.errors import DataError, one_line
-from distml.jobs._supervised import Prepared, SupervisedJob, TuneData
+from distml.jobs._supervised import Prepared, TuneData
+from distml.jobs.boosting import BoostingJob
 from distml.jobs._xgb_dist import set_stopper_state, stopper_state
 from distml.spec.base import JobSpec, StrictModel
 
@@ -71,8 +72,10 @@ _ROUND_METRICS: dict[str, tuple[str | None, str | None, str | None]] = {
 }
 
 
-class Job(SupervisedJob):
+class Job(BoostingJob):
     """Single-task xgboost training."""
+
+    round_metrics = _ROUND_METRICS
 
     spec: Spec
     trains_in_worker_group = True
@@ -230,19 +233,6 @@ class Job(SupervisedJob):
         return {"model/model.ubj": bytes(model.save_raw("ubj"))}
 
     # ------------------------------------------------------------------ search hooks (distml.tune)
-
-    def tune_iterations(self) -> int:
-        return self.spec.model.num_boost_round
-
-    def tune_iteration_metrics(self) -> set[str]:
-        return set(_ROUND_METRICS)
-
-    def tune_final_overrides(self, result: dict) -> dict[str, Any]:
-        """A trial stopped early by the scheduler is refitted with the rounds it reached."""
-        rounds = int(result.get("iteration") or 0)
-        if not result.get("final") and 0 < rounds < self.spec.model.num_boost_round:
-            return {"model.num_boost_round": rounds}
-        return {}
 
     def _round_metric(self, prep: Prepared, name: str) -> str | None:
         """The xgboost eval_metric that gives distml metric ``name`` every round (or None)."""

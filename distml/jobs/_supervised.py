@@ -57,7 +57,7 @@ class Prepared:
         return {"target": target, "task": self.task, "features": list(self.X.columns),
                 "dtypes": {c: str(t) for c, t in self.X.dtypes.items()},
                 "categorical": self.categories,
-                "classes": [_py(c) for c in self.classes] if self.classes is not None else None}
+                "classes": [py_scalar(c) for c in self.classes] if self.classes is not None else None}
 
 
 @dataclass
@@ -69,7 +69,7 @@ class TuneData:
     parts: dict[str, np.ndarray]
 
 
-def _py(v: Any) -> Any:
+def py_scalar(v: Any) -> Any:
     return v.item() if hasattr(v, "item") else v
 
 
@@ -95,7 +95,7 @@ def prepare(spec, info: DataInfo, task: str | None) -> Prepared:
     classes = None
     if task == "classification":
         classes = sorted(pd.unique(y_raw).tolist(), key=lambda v: (str(type(v)), v))
-        y = _encode(y_raw, classes, "data.source")
+        y = encode_target(y_raw, classes, "data.source")
     else:
         if not pd.api.types.is_numeric_dtype(y_raw):
             raise DataError(f"data.target: column {target!r} has dtype {y_raw.dtype}, but a "
@@ -105,12 +105,12 @@ def prepare(spec, info: DataInfo, task: str | None) -> Prepared:
     if info.test is not None:
         test = read_frame(spec.data.test_source, info.features + [target], "data.test_source")
         prep.X_test = type_features(test[info.features], categories)
-        prep.y_test = (_encode(test[target], classes, "data.test_source") if classes is not None
+        prep.y_test = (encode_target(test[target], classes, "data.test_source") if classes is not None
                        else test[target].to_numpy(dtype=np.float64))
     return prep
 
 
-def _encode(y: pd.Series, classes: list, where: str) -> np.ndarray:
+def encode_target(y: pd.Series, classes: list, where: str) -> np.ndarray:
     index = {c: i for i, c in enumerate(classes)}
     codes = y.map(index)
     if codes.isna().any():
@@ -303,7 +303,7 @@ class SupervisedJob(Job):
 
         ctx.log.info("cross-validation: %d folds in parallel Ray tasks", split.cv)
         if prep_ref is None:
-            prep_ref = ray.remote(_prepare_task).options(**opts).remote(self, ctx.data)
+            prep_ref = ray.remote(prepare_task).options(**opts).remote(self, ctx.data)
         final_ref = ray.remote(_fit_task).options(**opts).remote(self, ctx.data, prep_ref)
         fold_refs = [ray.remote(_fold_task).options(**opts).remote(self, prep_ref, i)
                      for i in range(split.cv)]
@@ -405,18 +405,18 @@ def _worker_stage(job: SupervisedJob, name: str) -> None:
 
 def _fit_task(job: SupervisedJob, info: DataInfo,
               prep: "Prepared | TuneData | None" = None) -> JobOutput:
-    return job.fit_and_evaluate(info, _prepared(prep))
+    return job.fit_and_evaluate(info, as_prepared(prep))
 
 
-def _prepare_task(job: SupervisedJob, info: DataInfo) -> Prepared:
+def prepare_task(job: SupervisedJob, info: DataInfo) -> Prepared:
     return prepare(job.spec, info, job.task())
 
 
 def _fold_task(job: SupervisedJob, prep: "Prepared | TuneData", fold: int) -> dict:
-    return job.fold_metrics(_prepared(prep), fold)
+    return job.fold_metrics(as_prepared(prep), fold)
 
 
-def _prepared(x: "Prepared | TuneData | None") -> Prepared | None:
+def as_prepared(x: "Prepared | TuneData | None") -> Prepared | None:
     return x.prep if isinstance(x, TuneData) else x
 
 

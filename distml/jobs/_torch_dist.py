@@ -32,7 +32,7 @@ def run_worker_group(job, ctx: RunContext, choice: D.Execution, prep_ref: Any = 
     import ray
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from distml.jobs._supervised import _prepare_task
+    from distml.jobs._supervised import prepare_task
 
     res = job.spec.resources
     gpu = res.gpus_per_worker > 0
@@ -41,7 +41,7 @@ def run_worker_group(job, ctx: RunContext, choice: D.Execution, prep_ref: Any = 
     opts = dict(num_cpus=res.cpus_per_worker, max_retries=res.max_failures,
                 retry_exceptions=False, scheduling_strategy="DEFAULT")
     if prep_ref is None:
-        prep_ref = ray.remote(_prepare_task).options(**opts).remote(job, ctx.data)
+        prep_ref = ray.remote(prepare_task).options(**opts).remote(job, ctx.data)
     backend = "nccl" if gpu else "gloo"
     ctx.log.info("torch: %d workers, DDP over %s (%s)", choice.workers, backend, choice.reason)
     from distml import progress
@@ -98,10 +98,10 @@ def _raise_data_error(prep_ref) -> None:
 
 def _evaluate_task(job, info, prep, pretrained: dict) -> JobOutput:
     """Metrics, tables and model files of weights trained by the worker group."""
-    from distml.jobs._supervised import _prepared
+    from distml.jobs._supervised import as_prepared
 
     job._pretrained = pretrained
-    return job.fit_and_evaluate(info, _prepared(prep))
+    return job.fit_and_evaluate(info, as_prepared(prep))
 
 
 def _train_loop(config: dict) -> None:
@@ -113,7 +113,7 @@ def _train_loop(config: dict) -> None:
     from ray.train import Checkpoint
     from torch.utils.data import DataLoader, TensorDataset
 
-    from distml.jobs._supervised import _prepared
+    from distml.jobs._supervised import as_prepared
     from distml.jobs._torch_model import LoopData, build_net, fit_loop, load_state, n_outputs, \
         save_state
     from distml.runtime.data import split_indices
@@ -121,7 +121,7 @@ def _train_loop(config: dict) -> None:
     job = config["job"]
     m, res = job.spec.model, job.spec.resources
     torch.set_num_threads(max(1, int(res.cpus_per_worker)))
-    prep = _prepared(ray.get(config["prep"][0]))  # (a search's shared TuneData too)
+    prep = as_prepared(ray.get(config["prep"][0]))  # (a search's shared TuneData too)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = rtt.get_device()

@@ -75,7 +75,7 @@ def _units_for(info, offset: int, code: int | None) -> tuple[list[dict], int]:
 def plan_task(job, info) -> tuple[Plan, np.ndarray, np.ndarray]:
     """Read the target (and categorical) columns only: task, classes, levels, split, units.
     Returns the plan, the split code of every row and the encoded labels."""
-    from distml.jobs._supervised import _encode
+    from distml.jobs._supervised import encode_target
     from distml.runtime.data import infer_task, read_frame, split_indices
 
     spec = job.spec
@@ -88,7 +88,7 @@ def plan_task(job, info) -> tuple[Plan, np.ndarray, np.ndarray]:
     classes = None
     if task == "classification":
         classes = sorted(pd.unique(y_raw).tolist(), key=lambda v: (str(type(v)), v))
-        y = _encode(y_raw, classes, "data.source").astype(np.float64)
+        y = encode_target(y_raw, classes, "data.source").astype(np.float64)
     else:
         if not pd.api.types.is_numeric_dtype(y_raw):
             raise DataError(f"data.target: column {target!r} has dtype {y_raw.dtype}, but a "
@@ -105,7 +105,7 @@ def plan_task(job, info) -> tuple[Plan, np.ndarray, np.ndarray]:
     rows = {k: int(len(v)) for k, v in parts.items()}
     if spec.data.test_source:
         test = read_frame(spec.data.test_source, [target], "data.test_source")[target]
-        y_test = (_encode(test, classes, "data.test_source").astype(np.float64)
+        y_test = (encode_target(test, classes, "data.test_source").astype(np.float64)
                   if classes is not None else test.to_numpy(dtype=np.float64))
         more, n_test = _units_for(info.test, n, TEST_SOURCE)
         units += more
@@ -397,7 +397,7 @@ def _finish(job, plan: Plan, booster, X, labels: np.ndarray, rows, split, histor
     import ray.train
     from ray.train import Checkpoint
 
-    from distml.jobs._supervised import Prepared, _py, prediction_rows
+    from distml.jobs._supervised import Prepared, py_scalar, prediction_rows
     from distml.runtime import metrics as M
 
     prep = Prepared(X.iloc[:0], np.empty(0), plan.task, plan.classes, plan.categories)
@@ -464,7 +464,7 @@ def _finish(job, plan: Plan, booster, X, labels: np.ndarray, rows, split, histor
     schema = {"target": job.spec.data.target, "task": plan.task, "features": plan.features,
               "dtypes": {c: str(t) for c, t in X.dtypes.items()},
               "categorical": plan.categories,
-              "classes": [_py(c) for c in plan.classes] if plan.classes is not None else None}
+              "classes": [py_scalar(c) for c in plan.classes] if plan.classes is not None else None}
     final = {"metrics": metrics, "curve": curve, "confusion": confusion,
              "importance": {"feature": plan.features,
                             "importance": [float(gain.get(f, 0.0)) for f in plan.features]},

@@ -238,12 +238,12 @@ class Job(SupervisedJob):
         return task, inputs, Xt, yt, Xv, yv
 
     def model_config(self, inputs, task: str, prep: Prepared) -> dict:
-        from distml.jobs._supervised import _py
+        from distml.jobs._supervised import py_scalar
         from distml.jobs._torch_model import n_outputs
 
         return {"format": "distml-torch/1", "model": self.spec.model.model_dump(mode="json"),
                 "in_features": inputs.width, "out_features": n_outputs(task, prep.n_classes),
-                "task": task, "classes": [_py(c) for c in prep.classes]
+                "task": task, "classes": [py_scalar(c) for c in prep.classes]
                 if prep.classes is not None else None, "inputs": inputs.to_dict()}
 
     def train_local(self, prep: Prepared, train, valid, *, restored: dict | None = None,

@@ -1,0 +1,75 @@
+"""The shape of the package (CONVENTIONS.md §12–14, DESIGN.md §1), checked so it cannot drift:
+the import-linter contracts name every registered kind, and no private name (``_x``) is
+imported across modules. ``lint-imports`` itself runs in ``make test``."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from distml.registry import KINDS
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = ROOT / "distml"
+
+
+def _contracts() -> dict[str, dict]:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    return {c["id"]: c for c in config["contracts"]}
+
+
+def test_the_registry_contract_forbids_every_kind_module():
+    """tune, predict, report, runtime and the front doors may not import any kind module:
+    the forbidden list is exactly the registry's modules (a new kind is covered at once)."""
+    forbidden = set(_contracts()["kinds-through-registry"]["forbidden_modules"])
+    assert forbidden == set(KINDS.values()), (
+        "pyproject.toml [tool.importlinter] kinds-through-registry must list every registered "
+        f"kind module: add {sorted(set(KINDS.values()) - forbidden)}, drop "
+        f"{sorted(forbidden - set(KINDS.values()))}")
+
+
+def test_the_layers_contract_covers_every_top_level_module():
+    layers = _contracts()["layers"]["layers"]
+    named = {m.strip() for layer in layers for m in layer.replace("|", ":").split(":")}
+    modules = {f"distml.{p.stem}" for p in PACKAGE.glob("*.py") if p.stem not in (
+        "__init__", "__main__")} | {f"distml.{p.name}" for p in PACKAGE.iterdir()
+                                    if (p / "__init__.py").is_file()}
+    assert modules <= named, f"modules in no layer: {sorted(modules - named)}"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _is_module(dotted: str) -> bool:
+    base = ROOT / dotted.replace(".", "/")
+    return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
+
+
+def test_no_private_name_is_imported_across_modules():
+    """``from distml.x import _y`` only where ``_y`` is a private submodule of the importer's
+    own package; a private function or constant stays in its module."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        here = _module_name(path)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
+                    and node.module.split(".")[0] == "distml"):
+                continue
+            for alias in node.names:
+                name = alias.name
+                if not name.startswith("_") or name.startswith("__"):
+                    continue
+                target = f"{node.module}.{name}"
+                if _is_module(target) and (here == node.module
+                                           or here.startswith(node.module + ".")):
+                    continue
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno} imports {target}")
+    assert not found, "private names imported across modules:\n" + "\n".join(found)

@@ -18,6 +18,7 @@ KINDS: dict[str, str] = {
     "kmeans": "distml.jobs.kmeans",
     "statsmodels": "distml.jobs.statsmodels",
     "torch": "distml.jobs.torch",
+    "ladder": "distml.jobs.ladder",
 }
 
 

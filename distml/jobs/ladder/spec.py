@@ -98,9 +98,10 @@ class Spec(JobSpec):
             d.split = SplitSpec(cv=DEFAULT_CV)
         split = d.split_spec
         if split is None or not split.cv:
+            got = "split: none" if split is None else "a split without cv"
             raise ValueError(f"data.split.cv is required for kind ladder (the candidates are "
                              f"compared fold by fold), e.g. split: {{cv: {DEFAULT_CV}, seed: 0}};"
-                             f" got {d.split!r}")
+                             f" got {got}")
         if not d.target:
             raise ValueError("data.target is required for kind ladder; name the column the "
                              "candidates predict")

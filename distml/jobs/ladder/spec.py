@@ -91,6 +91,15 @@ class Spec(JobSpec):
     kind: Literal["ladder"]
     ladder: LadderSection
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_search(cls, raw: Any) -> Any:
+        # before JobSpec's own tune checks, which would judge the search paths first
+        if isinstance(raw, dict) and raw.get("tune") is not None:
+            raise ValueError("tune is not supported for kind ladder itself; a candidate may "
+                             "not search either yet (see docs/ladder.md)")
+        return raw
+
     @model_validator(mode="after")
     def _checks(self) -> "Spec":
         d = self.data
@@ -105,9 +114,6 @@ class Spec(JobSpec):
         if not d.target:
             raise ValueError("data.target is required for kind ladder; name the column the "
                              "candidates predict")
-        if self.tune is not None:
-            raise ValueError("tune is not supported for kind ladder itself; a candidate may "
-                             "not search either yet (see docs/ladder.md)")
         if self.resources.num_workers != 1:
             raise ValueError(f"resources.num_workers must be 1 for kind ladder (each fold of "
                              f"each candidate is one task); got {self.resources.num_workers}")

@@ -136,7 +136,7 @@ def test_statsmodels_without_formula_uses_every_feature(tmp_path):
     cands = [{"name": "mean", "kind": "sklearn", "model": {
                  "estimator": "sklearn.dummy.DummyRegressor"}},
              {"name": "ols", "kind": "statsmodels", "model": {"method": "ols"}}]
-    spec, job = _ladder(tmp_path, frame, cands, metric="rmse")
+    _, job = _ladder(tmp_path, frame, cands, metric="rmse")
     ols = job.rungs[1]
     assert ols.spec.model.formula == 'Q("y") ~ Q("a") + Q("b") + C(Q("region"))'
     tr, te = np.arange(90), np.arange(90, 120)

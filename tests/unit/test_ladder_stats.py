@@ -115,7 +115,7 @@ def test_identical_candidates_are_promoted_at_most_at_the_nominal_rate(k):
     promoted, diffs = 0, []
     for _ in range(n_sim):
         a, b = _null_folds(rng, k), _null_folds(rng, k)
-        rungs, winner, _ = stats.decide(["a", "b"], [a, b], "max", n_train=n_train,
+        _, winner, _ = stats.decide(["a", "b"], [a, b], "max", n_train=n_train,
                                         n_test=n_test, alpha=alpha, min_gain=0.0)
         promoted += winner == "b"
         diffs.append(b - a)
@@ -135,7 +135,7 @@ def test_a_ladder_of_equal_rungs_keeps_the_family_wise_rate():
     any_promoted = 0
     for _ in range(n_sim):
         scores = [_null_folds(rng, k) for _ in range(4)]
-        rungs, winner, _ = stats.decide(list("abcd"), scores, "max", n_train=900, n_test=100,
+        rungs, _, _ = stats.decide(list("abcd"), scores, "max", n_train=900, n_test=100,
                                         alpha=alpha, min_gain=0.0)
         any_promoted += any(r.promoted for r in rungs)
     assert any_promoted / n_sim <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / n_sim)
@@ -148,7 +148,7 @@ def test_a_truly_better_rung_is_promoted_with_high_probability():
     for _ in range(n_sim):
         base = _null_folds(rng, k)
         better = _null_folds(rng, k) + 0.03  # three times the fold noise
-        rungs, winner, _ = stats.decide(["base", "better"], [base, better], "max",
-                                        n_train=900, n_test=100, alpha=0.05, min_gain=0.005)
+        _, winner, _ = stats.decide(["base", "better"], [base, better], "max",
+                                    n_train=900, n_test=100, alpha=0.05, min_gain=0.005)
         wins += winner == "better"
     assert wins / n_sim >= 0.9

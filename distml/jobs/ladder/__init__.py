@@ -12,7 +12,7 @@ from typing import Any
 from distml.jobs.ladder.job import Job
 from distml.jobs.ladder.spec import Spec
 
-__all__ = ["Spec", "Job", "load_predictor"]
+__all__ = ["Job", "Spec", "load_predictor"]
 
 
 def load_predictor(run: Any, allow_module: tuple = ()) -> Any:
@@ -33,5 +33,5 @@ def load_predictor(run: Any, allow_module: tuple = ()) -> Any:
 
         kind = read_winner(run)["kind"]
         raise DataError(f"run dir {str(run)!r}: the ladder's winner is of kind {kind}, whose "
-                        "models distml predict cannot load through a ladder run yet")
+                        "runs distml predict cannot score (no predictor for that kind)")
     return predictor

@@ -26,8 +26,7 @@ from distml.errors import DataError, JobFailed, MissingDependency, SpecError
 from distml.jobs.base import Job as BaseJob
 from distml.jobs.base import JobOutput, RunContext
 from distml.jobs.ladder import stats
-from distml.jobs.ladder.spec import (Candidate, Spec, check_candidate, formula_for,
-                                     where)
+from distml.jobs.ladder.spec import Candidate, Spec, check_candidate, formula_for, where
 from distml.runtime.data import DataInfo, read_frame, validate_data
 
 WINNER_FILE = "model/ladder_winner.json"

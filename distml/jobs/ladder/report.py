@@ -60,7 +60,7 @@ def fold_paired(run: RunView) -> Section | None:
 
 def differences(run: RunView) -> Section | None:
     """The paired difference of each rung to its incumbent, with its interval and decision."""
-    long, summary = _tables(run)
+    _, summary = _tables(run)
     if summary is None:
         return None
     comp = summary[summary["mean_diff"].notna()].sort_values("rung")
@@ -98,7 +98,7 @@ def differences(run: RunView) -> Section | None:
 
 def cost(run: RunView) -> Section | None:
     """Fit seconds and CPU seconds of each rung, summed over its folds."""
-    long, summary = _tables(run)
+    _, summary = _tables(run)
     if summary is None or not summary["fit_seconds"].notna().any():
         return None
     s = summary.sort_values("rung")

@@ -101,7 +101,7 @@ class Spec(JobSpec):
         return raw
 
     @model_validator(mode="after")
-    def _checks(self) -> "Spec":
+    def _checks(self) -> Spec:
         d = self.data
         if "split" not in d.model_fields_set:
             d.split = SplitSpec(cv=DEFAULT_CV)

@@ -21,8 +21,8 @@ and the t quantile with k − 1 degrees of freedom.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

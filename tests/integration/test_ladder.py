@@ -226,3 +226,29 @@ def test_all_rungs_failing_is_exit_4(tmp_path):
     (manifest,) = tmp_path.rglob("manifest.json")
     assert json.loads(manifest.read_text())["status"] == "failed"
     assert not list(tmp_path.rglob("_SUCCESS"))
+
+
+def test_a_candidates_search_runs_inside_each_fold_and_before_the_refit(tmp_path):
+    spec = {"name": "ladder-tuned", "kind": "ladder",
+            "data": {**DATA, "split": {"cv": 3, "seed": 5}},
+            "ladder": {"metric": "roc_auc", "candidates": [
+                BASELINE,
+                {"name": "tree", "kind": "sklearn",
+                 "model": {"estimator": "decision_tree_classifier",
+                           "params": {"random_state": 0}},
+                 "tune": {"metric": "cv.roc_auc", "search": "grid", "seed": 2,
+                          "space": {"model.params.max_depth": {"grid": [1, 3, 5]}}}}]}}
+    r = distml.run(spec, output=tmp_path)
+    long = r.tables["ladder"]
+    tree = long[long["candidate"] == "tree"]
+    assert tree["error"].isna().all() and len(tree) == 3
+    configs = [json.loads(c) for c in tree["config"]]
+    assert all(set(c) == {"model.params.max_depth"} for c in configs)
+    assert long[long["candidate"] == "baseline"]["config"].isna().all()
+    assert r.metrics["winner"] == "tree"
+    search = r.manifest["ladder"]["winner_search"]
+    assert search["configurations"] == 3 and search["failed"] == 0
+    saved = json.loads((r.run_dir / "model" / "ladder_winner.json").read_text())
+    assert "tune" not in saved["spec"] or saved["spec"]["tune"] is None
+    depth = search["config"]["model.params.max_depth"]
+    assert saved["spec"]["model"]["params"] == {"random_state": 0, "max_depth": depth}

@@ -77,9 +77,18 @@ def test_split_defaults_to_five_folds_and_needs_cv():
     (dict(kind="pca"), r"ladder.candidates\[0\] \(baseline\): kind must be one of "
                        r"sklearn, statsmodels, torch, xgboost; got 'pca'"),
     (dict(kind="sklaern"), r"did you mean 'sklearn'"),
-    (dict(tune={"metric": "valid.roc_auc", "space": {"model.params.C": {"uniform": [0, 1]}}}),
-     r"ladder.candidates\[0\] \(baseline\): tune \(a search nested inside each fold\) is not "
-     r"supported by kind ladder yet"),
+    (dict(model={"estimator": "logistic_regression"},
+          tune={"metric": "valid.roc_auc", "space": {"model.params.C": {"uniform": [0.1, 1]}}}),
+     r"ladder.candidates\[0\] \(baseline\): tune.metric valid.roc_auc and data.split.cv "
+     r"conflict.*use cv.roc_auc"),
+    (dict(model={"estimator": "logistic_regression"},
+          tune={"metric": "cv.roc_auc", "search": "optuna",
+                "space": {"model.params.C": {"uniform": [0.1, 1]}}}),
+     r"\(baseline\): tune.search optuna is not supported inside a ladder's folds"),
+    (dict(model={"estimator": "logistic_regression"},
+          tune={"metric": "cv.roc_auc", "time_budget_s": 60,
+                "space": {"model.params.C": {"uniform": [0.1, 1]}}}),
+     r"\(baseline\): tune.time_budget_s has no meaning inside a ladder's folds"),
 ])
 def test_a_bad_candidate_names_itself_and_the_field(change, message):
     with pytest.raises(SpecError, match=message):

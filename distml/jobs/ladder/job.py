@@ -45,6 +45,15 @@ class Rung:
     def name(self) -> str:
         return self.cand.name
 
+    def nested(self, task: str, target: str) -> dict | None:
+        """What a fold task needs to run the candidate's own search (None without ``tune``)."""
+        if self.spec is None or self.spec.tune is None:
+            return None
+        base = self.spec.to_dict()
+        base.pop("tune", None)
+        return {"kind": self.cand.kind, "base": base, "tune": self.spec.tune,
+                "target": target, "task": task}
+
 
 def metric_task(metric: str) -> str:
     return "classification" if metric in stats.CLASSIFICATION_METRICS else "regression"
@@ -162,6 +171,9 @@ class Job(BaseJob):
                                 "metric; set the candidate's task or objective")
         target = spec.data.target
         columns = list(dict.fromkeys([*cinfo.features, target]))
+        if cand.kind == "statsmodels" and cspec.tune is not None:
+            # a searched formula may use any feature; a formula only reads what it names
+            columns = list(dict.fromkeys([*columns, *info.features]))
         return Rung(i, cand, cspec, job, cinfo, columns)
 
     # ------------------------------------------------------------------ on the cluster
@@ -185,14 +197,14 @@ class Job(BaseJob):
                      len(runnable), len(folds), metric)
         t0 = time.perf_counter()
         refs = {(r.index, j): ray.remote(fold_task).options(**opts).remote(
-                    r.job, frame_ref, r.columns, train, test)
+                    r.job, frame_ref, r.columns, train, test, r.nested(self.ladder_task, spec.data.target))
                 for r in runnable for j, (train, test) in enumerate(folds)}
         results: dict[tuple[int, int], dict] = {}
         for key, ref in refs.items():
             try:
                 results[key] = ray.get(ref)
             except Exception as e:  # the task itself died (not a fit error): the rung fails
-                results[key] = {"metrics": {}, "error": _error_text(e), "fit_s": None,
+                results[key] = {"metrics": {}, "error": error_text(e), "fit_s": None,
                                 "cpu_s": None, "n_train": None, "n_test": None}
         folds_s = time.perf_counter() - t0
         long, scores, errors = self._collect(results, folds, metric)
@@ -210,7 +222,7 @@ class Job(BaseJob):
         ctx.log.info("ladder: winner %s (%s); refitting it on every training row", winner.name,
                      winner.cand.kind)
         t1 = time.perf_counter()
-        out, refit_spec = self._refit(winner, ctx)
+        out, refit_spec, best = self._refit(winner, ctx, frame_ref, folds, opts)
         refit_s = time.perf_counter() - t1
         out.tables["ladder"] = long
         out.tables["ladder_summary"] = summary
@@ -239,7 +251,8 @@ class Job(BaseJob):
                 "auto": self.auto is not None,
                 **({"auto_choice": self.auto} if self.auto is not None else {}),
                 "winner": winner.name, "winner_kind": winner.cand.kind,
-                "adjustment": adjustment, "refit": refit_info},
+                "adjustment": adjustment, "refit": refit_info,
+                **({"winner_search": best} if best is not None else {})},
             "execution": {"path": "ladder_tasks", "folds": len(folds),
                           "tasks": len(refs) + 2,
                           "reason": "one Ray task per (candidate, fold), the data read once "
@@ -302,12 +315,28 @@ class Job(BaseJob):
         frame["df"] = frame["df"].astype("Int64")
         return frame
 
-    def _refit(self, winner: Rung, ctx: RunContext):
-        """The winner's own pipeline on every training row (the folds' split without cv)."""
+    def _refit(self, winner: Rung, ctx: RunContext, frame_ref: Any, folds: list, opts: dict):
+        """The winner's own pipeline on every training row (the folds' split without cv); a
+        winner with ``tune`` first runs its search on those rows and is refitted with the best
+        configuration. Returns (output, refit spec, search record or None)."""
+        import numpy as np
+
         from distml.jobs import kind_module
-        from distml.spec.load import load_spec
+        from distml.spec.load import apply_overrides, load_spec
 
         raw = winner.spec.to_dict()
+        best = None
+        nested = winner.nested(self.ladder_task, self.spec.data.target)
+        if nested is not None:
+            import ray
+
+            rows = np.sort(np.concatenate(folds[0]))
+            config, trials = ray.get(ray.remote(search_task).options(**opts).remote(
+                nested, frame_ref, winner.columns, rows))
+            raw = apply_overrides(nested["base"], config)
+            best = {"config": config, "configurations": len(trials),
+                    "failed": sum(t["error"] is not None for t in trials)}
+            ctx.log.info("ladder: the winner's search picked %s", config)
         split = self.spec.data.split_spec
         raw["data"]["split"] = {"valid": 0.0, "test": split.test, "seed": split.seed,
                                 "stratify": split.stratify}
@@ -319,7 +348,7 @@ class Job(BaseJob):
         except (SpecError, DataError, JobFailed) as e:
             raise JobFailed(f"the winner {winner.name} ({winner.cand.kind}) could not be "
                             f"refitted on every training row: {e.message}") from e
-        return out, refit_spec
+        return out, refit_spec, best
 
     # ------------------------------------------------------------------ abilities
 
@@ -356,7 +385,9 @@ def _row(r: Rung, fold: int, metric: str, value, got: dict, error: str | None) -
     return {"candidate": r.name, "kind": r.cand.kind, "rung": r.index, "fold": fold,
             "metric": metric, "value": None if value is None else float(value),
             "fit_seconds": got.get("fit_s"), "cpu_seconds": got.get("cpu_s"),
-            "n_train": got.get("n_train"), "n_test": got.get("n_test"), "error": error}
+            "n_train": got.get("n_train"), "n_test": got.get("n_test"),
+            "config": json.dumps(got["config"], sort_keys=True) if got.get("config") is not None
+            else None, "error": error}
 
 
 def _jsonable(row: dict) -> dict:
@@ -379,13 +410,14 @@ def _jsonable(row: dict) -> dict:
     return out
 
 
-def _error_text(e: BaseException) -> str:
+def error_text(e: BaseException) -> str:
+    """``Type: first meaningful line`` of an error (no traceback, no caret lines), for tables."""
     cause = getattr(e, "cause", None) or e
     text = str(cause).strip() or type(cause).__name__
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    first = next((ln for ln in reversed(lines) if not ln.startswith(("Traceback", "File",
-                                                                    "ray::"))),
-                 lines[-1] if lines else text)
+    first = next((ln for ln in lines if any(ch.isalnum() for ch in ln)
+                  and not ln.startswith(("Traceback", "File ", "ray::"))),
+                 lines[0] if lines else text)
     return f"{type(cause).__name__}: {first}"[:500]
 
 
@@ -430,19 +462,41 @@ def fold_metrics(out: dict) -> dict:
                                 np.asarray(out["pred"], dtype=float))
 
 
-def fit_fold(job: Any, frame, columns: list[str], train, test) -> dict:
-    """Fit one candidate on one fold and score it; a fit error is returned, not raised."""
+def fit_fold(job: Any, frame, columns: list[str], train, test,
+             nested: dict | None = None) -> dict:
+    """Fit one candidate on one fold and score it; a fit error is returned, not raised. With
+    ``nested`` (:meth:`Rung.nested`) the candidate's search runs on the fold's training rows
+    first (:mod:`distml.jobs.ladder.nested`) and the best configuration is fitted."""
     t0, c0 = time.perf_counter(), time.process_time()
+    config = None
     try:
+        if nested is not None:
+            from distml.jobs import kind_module
+            from distml.jobs.ladder.nested import search
+            from distml.spec.load import apply_overrides, load_spec
+
+            config, _ = search(nested["kind"], nested["base"], nested["tune"], frame.iloc[train],
+                               columns, nested["target"], nested["task"])
+            job = kind_module(nested["kind"]).Job(load_spec(apply_overrides(nested["base"],
+                                                                            config)))
         out = job.fit_predict_fold(frame.iloc[train][columns].reset_index(drop=True),
                                    frame.iloc[test][columns].reset_index(drop=True))
         metrics, error = fold_metrics(out), None
     except Exception as e:  # one rung's failure never stops the ladder
-        metrics, error = {}, _error_text(e)
+        metrics, error = {}, error_text(e)
     return {"metrics": metrics, "error": error, "fit_s": time.perf_counter() - t0,
             "cpu_s": time.process_time() - c0, "n_train": int(len(train)),
-            "n_test": int(len(test))}
+            "n_test": int(len(test)), "config": config}
 
 
-def fold_task(job: Any, frame, columns: list[str], train, test) -> dict:
-    return fit_fold(job, frame, columns, train, test)
+def fold_task(job: Any, frame, columns: list[str], train, test,
+              nested: dict | None = None) -> dict:
+    return fit_fold(job, frame, columns, train, test, nested)
+
+
+def search_task(nested: dict, frame, columns: list[str], rows) -> tuple[dict, list[dict]]:
+    """The winner's search on every training row (before its refit)."""
+    from distml.jobs.ladder.nested import search
+
+    return search(nested["kind"], nested["base"], nested["tune"], frame.iloc[rows], columns,
+                  nested["target"], nested["task"])

@@ -16,6 +16,7 @@ from pydantic import Field, field_validator, model_validator
 
 from distml.jobs.ladder.stats import CLASSIFICATION_METRICS, REGRESSION_METRICS, metric_mode
 from distml.spec.base import JobSpec, SplitSpec, StrictModel, check_name
+from distml.tune.spec import TuneSpec
 
 #: kinds that cannot be a candidate (no supervised fold fit)
 NOT_CANDIDATES = frozenset({"ladder", "pca", "kmeans"})
@@ -31,9 +32,9 @@ class Candidate(StrictModel):
                                        "torch.")
     model: dict[str, Any] = Field(default_factory=dict,
                                   description="The kind's model section, as in its own spec.")
-    tune: dict[str, Any] | None = Field(
-        None, description="A search inside each fold (nested); not supported yet: a spec "
-                          "with it is refused.")
+    tune: TuneSpec | None = Field(
+        None, description="The candidate's own search, run inside each fold (nested): metric "
+                          "cv.NAME, space, num_samples, search random or grid, seed.")
 
     @field_validator("name")
     @classmethod
@@ -96,8 +97,8 @@ class Spec(JobSpec):
     def _no_search(cls, raw: Any) -> Any:
         # before JobSpec's own tune checks, which would judge the search paths first
         if isinstance(raw, dict) and raw.get("tune") is not None:
-            raise ValueError("tune is not supported for kind ladder itself; a candidate may "
-                             "not search either yet (see docs/ladder.md)")
+            raise ValueError("tune is not supported for kind ladder itself; give the candidate "
+                             "that should search its own tune (ladder.candidates[i].tune)")
         return raw
 
     @model_validator(mode="after")
@@ -144,7 +145,7 @@ def candidate_dict(spec: Spec, cand: Candidate, formula: str | None = None) -> d
            "resources": spec.resources.model_dump(mode="json"),
            "output": spec.output.model_dump(mode="json")}
     if cand.tune is not None:
-        out["tune"] = cand.tune
+        out["tune"] = cand.tune.model_dump(mode="json", exclude_unset=True)
     return out
 
 
@@ -166,17 +167,21 @@ def check_candidate(spec: Spec, i: int, cand: Candidate, formula: str | None = N
     if getattr(job_cls, "fit_predict_fold", None) is BaseJob.fit_predict_fold:
         raise ValueError(f"{where(i, cand)}: kind {cand.kind} cannot fit a fold (it has no "
                          "fit_predict_fold); choose another kind")
-    if cand.tune is not None:
-        raise ValueError(f"{where(i, cand)}: tune (a search nested inside each fold) is not "
-                         "supported by kind ladder yet; fix the candidate's model values, or "
-                         f"tune it in its own {cand.kind} run and copy the best values here")
     if cand.kind == "statsmodels":
         _check_statsmodels(spec, i, cand)
     try:
-        return load_spec(candidate_dict(spec, cand, formula))
+        cspec = load_spec(candidate_dict(spec, cand, formula))
     except SpecError as e:
         problems = e.details or [e.message]
         raise ValueError(f"{where(i, cand)}: {'; '.join(problems)}") from None
+    if cspec.tune is not None:
+        from distml.jobs.ladder.nested import check_nested
+
+        try:
+            check_nested(cspec.tune)
+        except ValueError as e:
+            raise ValueError(f"{where(i, cand)}: {e}") from None
+    return cspec
 
 
 def _check_statsmodels(spec: Spec, i: int, cand: Candidate) -> None:

@@ -97,6 +97,10 @@ def test_the_winner_is_the_runs_model(four_rungs):
     winner = r.tables["ladder_summary"].query("winner")["candidate"].item()
     assert r.metrics["winner"] == winner and r.metrics["ladder"]["winner"] == winner
     assert r.metrics["ladder"]["metric"] == "roc_auc" and r.metrics["ladder"]["mode"] == "max"
+    mine = r.tables["ladder_summary"].query("winner").iloc[0]
+    assert r.metrics["cv"] == {"mean": {"roc_auc": pytest.approx(mine["mean"])},
+                               "std": {"roc_auc": pytest.approx(mine["std"])}}
+    assert f"cv: roc_auc={mine['mean']:.4g}" in r.summary()
     assert [x["candidate"] for x in r.metrics["ladder"]["rungs"]] == [
         "baseline", "glm", "forest", "gbm"]
     saved = json.loads((r.run_dir / "model" / "ladder_winner.json").read_text())

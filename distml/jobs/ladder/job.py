@@ -230,10 +230,10 @@ class Job(BaseJob):
             "name": winner.name, "kind": winner.cand.kind, "rung": winner.index,
             "spec": refit_spec.to_dict()}, indent=2).encode()
         rows = summary.to_dict(orient="records")
-        winner_mean = float(summary.loc[summary["candidate"] == winner.name, "mean"].iloc[0])
+        mine = summary[summary["candidate"] == winner.name].iloc[0]
         out.metrics = {
             "winner": winner.name, "winner_kind": winner.cand.kind,
-            "cv": {"mean": {metric: winner_mean}},
+            "cv": {"mean": {metric: float(mine["mean"])}, "std": {metric: float(mine["std"])}},
             **out.metrics,
             "ladder": {"metric": metric, "mode": stats.metric_mode(metric), "folds": len(folds),
                        "alpha": p.alpha, "min_gain": p.min_gain, "adjustment": adjustment,

@@ -256,3 +256,26 @@ def test_a_candidates_search_runs_inside_each_fold_and_before_the_refit(tmp_path
     assert "tune" not in saved["spec"] or saved["spec"]["tune"] is None
     depth = search["config"]["model.params.max_depth"]
     assert saved["spec"]["model"]["params"] == {"random_state": 0, "max_depth": depth}
+
+
+def test_auto_ladder_runs_and_the_manifest_says_which(tmp_path):
+    rng = np.random.default_rng(4)
+    frame = pd.DataFrame({"a": rng.normal(size=150), "b": rng.normal(size=150),
+                          "c": rng.choice(["x", "y"], size=150)})
+    frame["y"] = np.where(frame["a"] > 0, 2.0, -1.0) * frame["b"] + rng.normal(0, 0.3, 150)
+    frame.to_parquet(tmp_path / "d.parquet")
+    r = distml.run({"name": "auto", "kind": "ladder",
+                    "data": {"source": str(tmp_path / "d.parquet"), "target": "y",
+                             "split": {"cv": 3, "seed": 0}},
+                    "ladder": {"metric": "rmse", "candidates": "auto"}}, output=tmp_path)
+    info = r.manifest["ladder"]
+    names = ["baseline", "glm", "forest", "gbm", "mlp"]
+    assert info["auto"] is True and [c["name"] for c in info["candidates"]] == names
+    assert set(info["auto_choice"]) == set(names)
+    assert info["candidates"][1]["model"]["formula"] == 'Q("y") ~ Q("a") + Q("b") + C(Q("c"))'
+    s = r.tables["ladder_summary"]
+    assert (s["status"] == "ok").all(), s[["candidate", "error"]]
+    assert r.metrics["ladder"]["mode"] == "min"
+    # the interaction is beyond the linear rung: a tree rung wins
+    assert r.metrics["winner_kind"] in ("sklearn", "xgboost", "torch")
+    assert r.metrics["winner"] != "baseline"

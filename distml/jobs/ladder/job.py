@@ -218,6 +218,8 @@ class Job(BaseJob):
             [r.name for r in self.rungs], scores, stats.metric_mode(metric), n_train=n_train,
             n_test=n_test, alpha=p.alpha, min_gain=p.min_gain)
         summary = self._summary(decided, long, errors, winner_name)
+        for row in summary.itertuples():
+            ctx.log.info("ladder: %s (%s): %s", row.candidate, row.kind, row.reason)
         winner = next(r for r in self.rungs if r.name == winner_name)
         ctx.log.info("ladder: winner %s (%s); refitting it on every training row", winner.name,
                      winner.cand.kind)

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from distml.jobs import kind_module
-from distml.jobs.ladder import job as ladder_job
 from distml.jobs.ladder import stats
+from distml.jobs.ladder import tasks as ladder_tasks
 from distml.spec import load_spec
 
 
@@ -39,10 +39,10 @@ def _ladder(tmp_path, frame: pd.DataFrame, candidates: list, metric: str = "roc_
 
 def _climb(spec, job, frame):
     metric = spec.ladder.metric
-    folds = ladder_job.fold_plan(frame[spec.data.target], spec.data.split_spec, job.ladder_task)
+    folds = ladder_tasks.fold_plan(frame[spec.data.target], spec.data.split_spec, job.ladder_task)
     scores, per = [], {}
     for r in job.rungs:
-        got = [ladder_job.fit_fold(r.job, frame, r.columns, tr, te) for tr, te in folds]
+        got = [ladder_tasks.fit_fold(r.job, frame, r.columns, tr, te) for tr, te in folds]
         assert all(g["error"] is None for g in got), [g["error"] for g in got]
         per[r.name] = [g["metrics"][metric] for g in got]
         scores.append(per[r.name])
@@ -113,7 +113,7 @@ def test_statsmodels_fold_fit_equals_statsmodels(tmp_path):
 
     frame = _interaction(2)
     spec, job = _ladder(tmp_path, frame, [GLM, GBM])
-    folds = ladder_job.fold_plan(frame["y"], spec.data.split_spec, "classification")
+    folds = ladder_tasks.fold_plan(frame["y"], spec.data.split_spec, "classification")
     glm = job.rungs[0]
     for tr, te in folds[:2]:
         got = glm.job.fit_predict_fold(frame.iloc[tr][glm.columns].reset_index(drop=True),
@@ -122,7 +122,7 @@ def test_statsmodels_fold_fit_equals_statsmodels(tmp_path):
         p = res.predict(frame.iloc[te]).to_numpy()
         assert got["proba"][:, 1] == pytest.approx(p, rel=1e-6)
         assert got["classes"] == [0, 1] and got["y_true"].tolist() == frame["y"].iloc[te].tolist()
-        assert ladder_job.fold_metrics(got)["roc_auc"] == pytest.approx(
+        assert ladder_tasks.fold_metrics(got)["roc_auc"] == pytest.approx(
             roc_auc_score(frame["y"].iloc[te], p))
 
 

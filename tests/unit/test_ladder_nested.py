@@ -13,6 +13,7 @@ import pytest
 from distml.jobs import kind_module
 from distml.jobs.ladder import job as ladder_job
 from distml.jobs.ladder import nested
+from distml.jobs.ladder import tasks as ladder_tasks
 from distml.spec import load_spec
 from distml.tune.spec import TuneSpec
 
@@ -75,7 +76,7 @@ def test_the_search_chooses_as_gridsearchcv_on_the_same_inner_folds(tmp_path):
     spec, job = _tuned_tree(tmp_path, frame)
     tree = job.rungs[1]
     plan = tree.nested("classification", "y")
-    folds = ladder_job.fold_plan(frame["y"], spec.data.split_spec, "classification")
+    folds = ladder_tasks.fold_plan(frame["y"], spec.data.split_spec, "classification")
     train, test = folds[0]
     config, trials = nested.search(plan["kind"], plan["base"], plan["tune"], frame.iloc[train],
                                    tree.columns, "y", "classification")
@@ -87,7 +88,7 @@ def test_the_search_chooses_as_gridsearchcv_on_the_same_inner_folds(tmp_path):
     assert [t["score"] for t in trials] == pytest.approx(
         ref.cv_results_["mean_test_score"].tolist(), rel=1e-12)
     # the fold's score is the chosen tree's, fitted on the fold's training rows only
-    got = ladder_job.fit_fold(tree.job, frame, tree.columns, train, test, plan)
+    got = ladder_tasks.fit_fold(tree.job, frame, tree.columns, train, test, plan)
     assert got["config"] == config and got["error"] is None
     best = DecisionTreeClassifier(random_state=0, max_depth=ref.best_params_["max_depth"])
     from sklearn.metrics import roc_auc_score
@@ -95,7 +96,7 @@ def test_the_search_chooses_as_gridsearchcv_on_the_same_inner_folds(tmp_path):
     proba = best.fit(X, y).predict_proba(frame[["x1", "x2", "x3"]].iloc[test])[:, 1]
     assert got["metrics"]["roc_auc"] == pytest.approx(roc_auc_score(frame["y"].iloc[test],
                                                                     proba), abs=1e-12)
-    row = ladder_job._row(tree, 0, "roc_auc", got["metrics"]["roc_auc"], got, None)
+    row = ladder_job.fold_row(tree, 0, "roc_auc", got["metrics"]["roc_auc"], got, None)
     assert json.loads(row["config"]) == config
 
 
@@ -105,7 +106,7 @@ def test_failing_configurations_are_skipped_and_all_failing_fails_the_fold(tmp_p
     plan = job.rungs[1].nested("classification", "y")
     bad = {**plan, "tune": TuneSpec(metric="cv.roc_auc", space={
         "model.params.max_depth": {"grid": [-1, 2]}})}
-    folds = ladder_job.fold_plan(frame["y"], spec.data.split_spec, "classification")
+    folds = ladder_tasks.fold_plan(frame["y"], spec.data.split_spec, "classification")
     config, trials = nested.search(bad["kind"], bad["base"], bad["tune"],
                                    frame.iloc[folds[0][0]], job.rungs[1].columns, "y",
                                    "classification")
@@ -113,5 +114,5 @@ def test_failing_configurations_are_skipped_and_all_failing_fails_the_fold(tmp_p
     assert trials[0]["score"] is None and "max_depth" in trials[0]["error"]
     worse = {**plan, "tune": TuneSpec(metric="cv.roc_auc", space={
         "model.params.max_depth": {"grid": [-1, -2]}})}
-    got = ladder_job.fit_fold(job.rungs[1].job, frame, job.rungs[1].columns, *folds[0], worse)
+    got = ladder_tasks.fit_fold(job.rungs[1].job, frame, job.rungs[1].columns, *folds[0], worse)
     assert got["error"].startswith("JobFailed: every configuration of the nested search failed")

@@ -27,6 +27,7 @@ from distml.jobs.base import Job as BaseJob
 from distml.jobs.base import JobOutput, RunContext
 from distml.jobs.ladder import stats
 from distml.jobs.ladder.spec import Candidate, Spec, check_candidate, formula_for, where
+from distml.jobs.ladder.tasks import error_text, fold_task, read_task, search_task
 from distml.runtime.data import DataInfo, read_frame, validate_data
 
 WINNER_FILE = "model/ladder_winner.json"
@@ -196,8 +197,9 @@ class Job(BaseJob):
         ctx.log.info("ladder: %d candidates x %d folds in parallel Ray tasks (%s)",
                      len(runnable), len(folds), metric)
         t0 = time.perf_counter()
+        target = spec.data.target
         refs = {(r.index, j): ray.remote(fold_task).options(**opts).remote(
-                    r.job, frame_ref, r.columns, train, test, r.nested(self.ladder_task, spec.data.target))
+                    r.job, frame_ref, r.columns, train, test, r.nested(self.ladder_task, target))
                 for r in runnable for j, (train, test) in enumerate(folds)}
         results: dict[tuple[int, int], dict] = {}
         for key, ref in refs.items():
@@ -273,14 +275,14 @@ class Job(BaseJob):
             for j in range(len(folds)):
                 got = results.get((r.index, j))
                 if got is None:  # unavailable: no task ran
-                    rows.append(_row(r, j, metric, None, {}, err))
+                    rows.append(fold_row(r, j, metric, None, {}, err))
                     continue
                 value = got["metrics"].get(metric)
                 fold_err = got["error"] or (None if value is not None else
                                             f"the fit gives no {metric} (e.g. no class "
                                             "probabilities)")
                 err = err or fold_err
-                rows.append(_row(r, j, metric, value, got, fold_err))
+                rows.append(fold_row(r, j, metric, value, got, fold_err))
                 if value is not None:
                     vals.append(float(value))
             errors[r.index] = err
@@ -383,7 +385,8 @@ def _fixed_task(job: Any) -> str | None:
     return task() if callable(task) else None
 
 
-def _row(r: Rung, fold: int, metric: str, value, got: dict, error: str | None) -> dict:
+def fold_row(r: Rung, fold: int, metric: str, value, got: dict, error: str | None) -> dict:
+    """One row of ``tables/ladder.parquet`` from a fold task's result ``got``."""
     return {"candidate": r.name, "kind": r.cand.kind, "rung": r.index, "fold": fold,
             "metric": metric, "value": None if value is None else float(value),
             "fit_seconds": got.get("fit_s"), "cpu_seconds": got.get("cpu_s"),
@@ -410,95 +413,3 @@ def _jsonable(row: dict) -> dict:
             pass
         out[k] = v
     return out
-
-
-def error_text(e: BaseException) -> str:
-    """``Type: first meaningful line`` of an error (no traceback, no caret lines), for tables."""
-    cause = getattr(e, "cause", None) or e
-    text = str(cause).strip() or type(cause).__name__
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    first = next((ln for ln in lines if any(ch.isalnum() for ch in ln)
-                  and not ln.startswith(("Traceback", "File ", "ray::"))),
-                 lines[0] if lines else text)
-    return f"{type(cause).__name__}: {first}"[:500]
-
-
-# ---------------------------------------------------------------------- Ray tasks
-
-def fold_plan(y, split, task: str):
-    """(train, test) row positions of every fold: the rows left after ``data.split.test``,
-    folded as ``data.split.cv`` folds them for a single kind (the same seed, stratification
-    and class codes), so every candidate sees the same folds."""
-    import numpy as np
-    import pandas as pd
-
-    from distml.runtime.data import cv_indices, split_indices
-
-    if task == "classification":
-        classes = sorted(pd.unique(y).tolist(), key=lambda v: (str(type(v)), v))
-        codes = y.map({c: i for i, c in enumerate(classes)}).to_numpy(dtype=np.int64)
-    else:
-        codes = y.to_numpy(dtype=np.float64)
-    rows = split_indices(codes, split, classification=task == "classification")["train"]
-    stratify = split.stratify if split.stratify is not None else task == "classification"
-    return [(rows[tr], rows[te]) for tr, te in cv_indices(codes[rows], split.cv, split.seed,
-                                                          stratify=stratify)]
-
-
-def read_task(source: str, columns: list[str], target: str, split, task: str):
-    """Read the columns every candidate uses, once; return (frame, folds)."""
-    frame = read_frame(source, columns)
-    return frame, fold_plan(frame[target], split, task)
-
-
-def fold_metrics(out: dict) -> dict:
-    """Every metric of one fold's predictions (:mod:`distml.runtime.metrics`)."""
-    import numpy as np
-
-    from distml.runtime import metrics as M
-
-    if out["task"] == "classification":
-        return M.classification_metrics(np.asarray(out["y_true"]), np.asarray(out["pred"]),
-                                        out["proba"], len(out["classes"]))
-    return M.regression_metrics(np.asarray(out["y_true"], dtype=float),
-                                np.asarray(out["pred"], dtype=float))
-
-
-def fit_fold(job: Any, frame, columns: list[str], train, test,
-             nested: dict | None = None) -> dict:
-    """Fit one candidate on one fold and score it; a fit error is returned, not raised. With
-    ``nested`` (:meth:`Rung.nested`) the candidate's search runs on the fold's training rows
-    first (:mod:`distml.jobs.ladder.nested`) and the best configuration is fitted."""
-    t0, c0 = time.perf_counter(), time.process_time()
-    config = None
-    try:
-        if nested is not None:
-            from distml.jobs import kind_module
-            from distml.jobs.ladder.nested import search
-            from distml.spec.load import apply_overrides, load_spec
-
-            config, _ = search(nested["kind"], nested["base"], nested["tune"], frame.iloc[train],
-                               columns, nested["target"], nested["task"])
-            job = kind_module(nested["kind"]).Job(load_spec(apply_overrides(nested["base"],
-                                                                            config)))
-        out = job.fit_predict_fold(frame.iloc[train][columns].reset_index(drop=True),
-                                   frame.iloc[test][columns].reset_index(drop=True))
-        metrics, error = fold_metrics(out), None
-    except Exception as e:  # one rung's failure never stops the ladder
-        metrics, error = {}, error_text(e)
-    return {"metrics": metrics, "error": error, "fit_s": time.perf_counter() - t0,
-            "cpu_s": time.process_time() - c0, "n_train": int(len(train)),
-            "n_test": int(len(test)), "config": config}
-
-
-def fold_task(job: Any, frame, columns: list[str], train, test,
-              nested: dict | None = None) -> dict:
-    return fit_fold(job, frame, columns, train, test, nested)
-
-
-def search_task(nested: dict, frame, columns: list[str], rows) -> tuple[dict, list[dict]]:
-    """The winner's search on every training row (before its refit)."""
-    from distml.jobs.ladder.nested import search
-
-    return search(nested["kind"], nested["base"], nested["tune"], frame.iloc[rows], columns,
-                  nested["target"], nested["task"])

@@ -123,7 +123,7 @@ def search(kind: str, base: dict, tune: Any, rows, columns: list[str], target: s
     inner cross-validation, and every configuration's record (config, score, error)."""
     from distml.errors import JobFailed
     from distml.jobs import kind_module
-    from distml.jobs.ladder.job import error_text, fold_metrics
+    from distml.jobs.ladder.tasks import error_text, fold_metrics
     from distml.spec.load import apply_overrides, load_spec
 
     name = tune.metric.rsplit(".", 1)[-1]

@@ -34,22 +34,28 @@ def fold_paired(run: RunView) -> Section | None:
             .pivot_table(index="fold", columns="candidate", values="value")
             .reindex(columns=names))
     metric = str(long["metric"].iloc[0])
-    fig, axes = figure(max(5.0, 1.3 * len(names) + 2), 4.0)
-    ax = axes[0]
-    x = list(range(len(names)))
-    for fold, row in wide.iterrows():
-        ax.plot(x, row.to_numpy(dtype=float), marker="o", lw=1, alpha=0.6,
-                label=f"fold {fold}")
-    ax.plot(x, wide.mean(axis=0).to_numpy(dtype=float), color="black", lw=2.5, marker="s",
-            label="mean")
-    winner = [i for i, w in enumerate(ok["winner"]) if bool(w)]
-    for i in winner:
-        ax.axvspan(i - 0.3, i + 0.3, color="#2e7d32", alpha=0.12)
-    ax.set_xticks(x, [short(n, 16) for n in names], rotation=20, ha="right")
-    ax.set_ylabel(metric)
-    ax.set_title(f"{metric} per fold (the same folds for every candidate)")
+    # a second panel without the base rung: a baseline far below squashes the rungs that matter
+    panels = [names, names[1:]] if len(names) >= 3 else [names]
+    fig, axes = figure(max(5.0, 1.3 * len(names) + 2) * len(panels), 4.0, ncols=len(panels))
+    winner = [str(n) for n, w in zip(ok["candidate"], ok["winner"]) if bool(w)]
+    for ax, shown in zip(axes, panels):
+        part = wide[shown]
+        x = list(range(len(shown)))
+        for fold, row in part.iterrows():
+            ax.plot(x, row.to_numpy(dtype=float), marker="o", lw=1, alpha=0.6,
+                    label=f"fold {fold}")
+        ax.plot(x, part.mean(axis=0).to_numpy(dtype=float), color="black", lw=2.5, marker="s",
+                label="mean")
+        for i, n in enumerate(shown):
+            if n in winner:
+                ax.axvspan(i - 0.3, i + 0.3, color="#2e7d32", alpha=0.12)
+        ax.set_xticks(x, [short(n, 16) for n in shown], rotation=20, ha="right")
+        ax.set_ylabel(metric)
+    axes[0].set_title(f"{metric} per fold (the same folds for every candidate)")
+    if len(panels) > 1:
+        axes[1].set_title(f"without the base rung {short(names[0], 16)}")
     if len(wide) <= 12:
-        ax.legend(fontsize=7, ncol=2)
+        axes[0].legend(fontsize=7, ncol=2)
     failed = summary[summary["status"] != "ok"]
     note = (para("failed rungs (not drawn): " + "; ".join(
         f"{r.candidate}: {r.error}" for r in failed.itertuples())) if len(failed) else "")

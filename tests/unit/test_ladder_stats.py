@@ -152,3 +152,26 @@ def test_a_truly_better_rung_is_promoted_with_high_probability():
                                     n_train=900, n_test=100, alpha=0.05, min_gain=0.005)
         wins += winner == "better"
     assert wins / n_sim >= 0.9
+
+
+def test_decisions_that_would_cycle_fall_back_to_one_bonferroni_pass(monkeypatch):
+    base = np.array([0.70, 0.72, 0.69, 0.71, 0.70])
+    a = base + np.array([0.05, 0.06, 0.05, 0.055, 0.06])
+    b = a + np.array([0.01, 0.012, 0.008, 0.011, 0.009])
+    calls = []
+
+    def flipping(p):  # a stand-in that makes the fixed point oscillate
+        calls.append(list(p))
+        return np.zeros(len(p)) if len(calls) % 2 else np.ones(len(p))
+
+    monkeypatch.setattr(stats, "holm", flipping)
+    rungs, winner, adj = stats.decide(["base", "a", "b"], [base, a, b], "max", n_train=80,
+                                      n_test=20, alpha=0.05, min_gain=0.0)
+    assert adj == "bonferroni" and len(calls) == 2
+    ta = stats.corrected_ttest(a - base, 80, 20)
+    tb = stats.corrected_ttest(b - a, 80, 20)  # a is promoted first, so b is compared with a
+    assert rungs[1].p_adjusted == pytest.approx(min(1.0, 2 * ta.p_value))
+    assert rungs[2].p_adjusted == pytest.approx(min(1.0, 2 * tb.p_value))
+    assert rungs[1].promoted == (2 * ta.p_value < 0.05)
+    assert rungs[2].incumbent == ("a" if rungs[1].promoted else "base")
+    assert "bonferroni-adjusted" in rungs[1].reason

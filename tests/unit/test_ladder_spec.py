@@ -54,7 +54,7 @@ def test_the_example_loads_and_checks():
     assert spec.kind == "ladder" and spec.data.split.cv == 10
     job = kind_module("ladder").Job(spec)
     job.check_data()
-    assert [r.name for r in job.rungs] == ["baseline", "glm", "logistic", "gbm"]
+    assert [r.name for r in job.rungs] == ["baseline", "logistic", "forest", "gbm"]
     assert all(r.unavailable is None for r in job.rungs)
 
 

@@ -15,7 +15,7 @@ from distml.jobs.ladder import job as ladder_job
 from distml.jobs.ladder import nested
 from distml.jobs.ladder import tasks as ladder_tasks
 from distml.spec import load_spec
-from distml.tune.spec import TuneSpec
+from distml.spec.base import TuneSpec
 
 
 def test_configurations_cross_grids_and_sample_the_rest_reproducibly():

@@ -77,7 +77,7 @@ def _draw(kind: str, values: list, rng: np.random.Generator) -> Any:
 def configurations(tune: Any) -> list[dict[str, Any]]:
     """Every configuration the search tries, as ``{spec path: value}``, in a fixed order.
 
-    >>> from distml.tune.spec import TuneSpec
+    >>> from distml.spec.base import TuneSpec
     >>> t = TuneSpec(metric="cv.r2", space={"model.params.alpha": {"grid": [0.1, 1.0]}})
     >>> configurations(t)
     [{'model.params.alpha': 0.1}, {'model.params.alpha': 1.0}]

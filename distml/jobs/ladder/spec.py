@@ -15,8 +15,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from distml.jobs.ladder.stats import CLASSIFICATION_METRICS, REGRESSION_METRICS, metric_mode
-from distml.spec.base import JobSpec, SplitSpec, StrictModel, check_name
-from distml.tune.spec import TuneSpec
+from distml.spec.base import JobSpec, SplitSpec, StrictModel, TuneSpec, check_name
 
 #: kinds that cannot be a candidate (no supervised fold fit)
 NOT_CANDIDATES = frozenset({"ladder", "pca", "kmeans"})

@@ -14,10 +14,14 @@ import pytest
 from distml.cli import main
 from distml.errors import DataError, MissingDependency, SpecError
 from distml.jobs import kind_module
+from distml.jobs import KINDS
 from distml.jobs.ladder.job import auto_candidates
+from distml.jobs.ladder.spec import NOT_CANDIDATES
 from distml.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
+#: every registered kind that fits supervised folds (sklearn, statsmodels, torch, xgboost, ...)
+CANDIDATE_KINDS = sorted(k for k in KINDS if k not in NOT_CANDIDATES)
 EXAMPLE = ROOT / "jobs" / "ladder_breast_cancer.yaml"
 BASE = {"name": "l", "kind": "ladder",
         "data": {"source": "builtin:breast_cancer", "target": "target",
@@ -75,7 +79,7 @@ def test_split_defaults_to_five_folds_and_needs_cv():
     (dict(model={"estimator": "ridge", "paramz": {}}),
      r"ladder.candidates\[0\] \(baseline\): model.paramz is not a known field"),
     (dict(kind="pca"), r"ladder.candidates\[0\] \(baseline\): kind must be one of "
-                       r"sklearn, statsmodels, torch, xgboost; got 'pca'"),
+                       + ", ".join(CANDIDATE_KINDS) + "; got 'pca'"),
     (dict(kind="sklaern"), r"did you mean 'sklearn'"),
     (dict(model={"estimator": "logistic_regression"},
           tune={"metric": "valid.roc_auc", "space": {"model.params.C": {"uniform": [0.1, 1]}}}),

@@ -13,8 +13,7 @@ import pytest
 
 from distml.cli import main
 from distml.errors import DataError, MissingDependency, SpecError
-from distml.jobs import kind_module
-from distml.jobs import KINDS
+from distml.jobs import KINDS, kind_module
 from distml.jobs.ladder.job import auto_candidates
 from distml.jobs.ladder.spec import NOT_CANDIDATES
 from distml.spec import load_spec

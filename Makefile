@@ -8,11 +8,11 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
 # Airflow 3 in its own virtualenv (with this project): tests/integration/test_platforms_airflow.py
 # runs the example DAG with `airflow dags test`. Building it takes minutes, so `make test` builds
-# it (and requires that test to run) when examples/ or distml/submit.py changed since the
+# it (and requires that test to run) when examples/ or distml/remote changed since the
 # previous commit, when the history is not there to tell, or with AIRFLOW=1.
 AIRFLOW_VENV   ?= .venv-airflow
 AIRFLOW_STAMP  := $(AIRFLOW_VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
-AIRFLOW_CHANGED := $(shell git diff --quiet HEAD~1 -- examples distml/submit.py 2>/dev/null \
+AIRFLOW_CHANGED := $(shell git diff --quiet HEAD~1 -- examples distml/remote distml/submit.py 2>/dev/null \
                      || echo 1)
 
 $(STAMP): pyproject.toml

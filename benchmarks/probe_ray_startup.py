@@ -79,6 +79,8 @@ t = time.perf_counter()
 mode = cfg.get("shutdown", "normal")
 if mode == "kill":
     # Same as ray.shutdown() but SIGKILL instead of SIGTERM + up to 1 s grace per process.
+    # Private Ray API: no public way to ask for it (see distml.runtime.cluster._shutdown, which
+    # does the same); tests/unit/test_ray_private_apis.py fails loudly if Ray changes it.
     import ray._private.worker as w
     orig = w._global_node.kill_all_processes
     w._global_node.kill_all_processes = lambda **kw: orig(**{**kw, "allow_graceful": False})

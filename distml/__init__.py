@@ -5,13 +5,13 @@
 >>> result.metrics["valid"]["roc_auc"]              # doctest: +SKIP
 """
 
-from distml.api import run, validate
-from distml.report import build_report, list_runs
+from distml.api import build_report, run, validate
+from distml.report import list_runs
 from distml.errors import ClusterError, DataError, DistmlError, JobFailed, SpecError
-from distml.predict import Prediction, predict
+from distml.scoring import Prediction, predict
 from distml.result import Result
 from distml.spec import JobSpec, json_schema, load_spec
-from distml.submit import Submission, submit
+from distml.remote import Submission, submit
 
 __version__ = "0.1.0"
 

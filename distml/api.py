@@ -23,10 +23,11 @@ _trace = logging.getLogger("distml.trace")
 _trace.propagate = False
 
 
-def _versions() -> dict[str, str]:
+def _versions(job: Any = None) -> dict[str, str]:
+    """Versions of the platform packages and of the libraries the run's kind declares."""
     out = {"python": platform.python_version()}
     for pkg in ("distml", "ray", "xgboost", "scikit-learn", "pandas", "pyarrow", "numpy",
-                "statsmodels", "torch", "dask", "pydantic"):
+                "statsmodels", "torch", "dask", "pydantic", *getattr(job, "libraries", ())):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -82,7 +83,7 @@ def run(spec: "str | os.PathLike | Mapping | JobSpec",
 
 
 def _run(spec, overrides, output, address, run_id, resume, kw_overrides) -> Result:
-    from distml.jobs import kind_module
+    from distml.registry import kind_module
     from distml.runtime.artifacts import RunDir, run_fingerprint
 
     merged: dict[str, Any] = {}
@@ -114,7 +115,7 @@ def _run(spec, overrides, output, address, run_id, resume, kw_overrides) -> Resu
     progress.current().stage("validate")
     info = job.check_data()  # before any cluster work; raises SpecError/DataError
     if job_spec.tune is not None:
-        from distml.tune.spec import check_trials
+        from distml.spec.tune import check_trials
 
         check_trials(job_spec)  # every searched value passes the kind's own checks
     timings["validate_s"] = time.perf_counter() - t0
@@ -132,7 +133,7 @@ def _run(spec, overrides, output, address, run_id, resume, kw_overrides) -> Resu
         manifest: dict[str, Any] = {
             "name": job_spec.name, "kind": job_spec.kind, "run_id": run_dir.run_id,
             "status": "running", "started_at": t_start, "argv": sys.argv[1:],
-            "versions": _versions(), "data": info.fingerprint(),
+            "versions": _versions(job), "data": info.fingerprint(),
             "seeds": _seeds(job_spec), "host": platform.node(), "pid": os.getpid(),
             "resume": resume}
         run_dir.write_yaml("spec.yaml", job_spec.to_dict())
@@ -282,8 +283,6 @@ def _report(run_dir, manifest: dict, timings: dict, t_start: float) -> dict:
     progress.current().stage("report")
     t0 = time.perf_counter()
     try:
-        from distml.report import build_report
-
         built = build_report(run_dir.path, manifest)
         out = {"path": "report.html", "sections": built["sections"]}
         if built["errors"]:
@@ -358,7 +357,7 @@ def validate(spec: "str | os.PathLike | Mapping | JobSpec",
              overrides: Mapping[str, Any] | Iterable[str] | None = None, *,
              check_data: bool = True) -> JobSpec:
     """Validate a spec (and its data, unless ``check_data=False``) without starting a cluster."""
-    from distml.jobs import kind_module
+    from distml.registry import kind_module
 
     job_spec = load_spec(spec, overrides)
     if check_data:  # this machine runs it: its environment counts (not so for `submit`)
@@ -367,10 +366,40 @@ def validate(spec: "str | os.PathLike | Mapping | JobSpec",
         check_available(job_spec)
         kind_module(job_spec.kind).Job(job_spec).check_data()
         if job_spec.tune is not None:
-            from distml.tune.spec import check_trials
+            from distml.spec.tune import check_trials
 
             check_trials(job_spec)
     return job_spec
 
 
-__all__ = ["run", "validate", "Result"]
+__all__ = ["run", "validate", "build_report", "Result"]
+
+
+def build_report(run_dir: Any, manifest: dict | None = None) -> dict:
+    """Write ``RUN_DIR/report.html`` and return ``{"path", "sections", "errors", "seconds"}``:
+    the generic sections (metrics, plots, tables the run holds) plus the sections its kind's Job
+    declares (``report_sections()``); ``manifest`` overrides ``manifest.json``.
+
+    >>> distml.build_report("runs/quickstart/20250101-000000-abcdef")   # doctest: +SKIP
+    """
+    from distml.report import build_report as build
+
+    return build(run_dir, manifest, kind_report_sections(run_dir, manifest))
+
+
+def kind_report_sections(run_dir: Any, manifest: dict | None = None) -> list:
+    """The report section builders the run's kind declares ([] for an unknown or unavailable
+    kind or an unreadable manifest: the generic sections still render)."""
+    import json
+    from pathlib import Path
+
+    from distml.registry import KINDS, job_class
+
+    try:
+        m = manifest if manifest is not None else json.loads(
+            (Path(run_dir) / "manifest.json").read_text())
+        kind = m.get("kind")
+        return list(job_class(kind).report_sections()) if kind in KINDS else []
+    except (OSError, ValueError, AttributeError, ImportError):
+        return []
+

@@ -269,7 +269,7 @@ def _dispatch(args: argparse.Namespace) -> tuple[dict, int]:
     if args.command in ("submit", "status", "logs", "stop", "jobs"):
         return _dispatch_jobs(args)
     if args.command == "predict":
-        from distml.predict import predict
+        from distml.scoring import predict
 
         pred = predict(args.run_dir, args.input, args.output, keep=args.keep,
                        strict=args.strict, batch_size=args.batch_size, address=args.address,
@@ -289,8 +289,8 @@ def _dispatch(args: argparse.Namespace) -> tuple[dict, int]:
 def _report(args: argparse.Namespace) -> tuple[dict, int]:
     from pathlib import Path
 
+    from distml.api import build_report
     from distml.errors import DataError
-    from distml.report import build_report
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
@@ -336,10 +336,9 @@ def _job_payload(sub) -> tuple[dict, int]:
 
 
 def _dispatch_jobs(args: argparse.Namespace) -> tuple[dict, int]:
-    """submit / status / logs / stop / jobs list: the Ray Jobs API through distml.submit."""
-    import importlib
+    """submit / status / logs / stop / jobs list: the Ray Jobs API through distml.remote."""
+    from distml import remote as jobs
 
-    jobs = importlib.import_module("distml.submit")  # the module, whatever distml.submit names
     # the job's log: stdout for people, stderr under --json (stdout holds only the JSON)
     stream = sys.stderr if getattr(args, "json", False) else sys.stdout
     if args.command == "submit":

@@ -1,41 +1,11 @@
-"""Registry of job kinds: ``kind`` → the module that implements it.
+"""The job kinds (one module or package each) and the machinery they share.
 
-A job kind is one module under ``distml/jobs/`` exposing ``Spec`` (a :class:`distml.spec.JobSpec`
-subclass whose ``kind`` is a Literal) and ``Job`` (a :class:`distml.jobs.base.Job` subclass).
-Modules are imported on first use and must keep heavy imports (ray, xgboost, torch, …) inside
-functions, so that ``distml validate`` stays instant. Adding a kind = one module + one line here.
+The registry itself is :mod:`distml.registry` (a leaf, so ``spec`` can build the tagged union of
+kinds without importing this layer); its names are re-exported here for convenience.
 """
 
 from __future__ import annotations
 
-import importlib
-from types import ModuleType
+from distml.registry import KINDS, job_class, kind_module, spec_classes
 
-KINDS: dict[str, str] = {
-    "sklearn": "distml.jobs.sklearn",
-    "xgboost": "distml.jobs.xgboost",
-    "pca": "distml.jobs.pca",
-    "kmeans": "distml.jobs.kmeans",
-    "statsmodels": "distml.jobs.statsmodels",
-    "torch": "distml.jobs.torch",
-    "ladder": "distml.jobs.ladder",
-}
-
-
-def kind_module(kind: str) -> ModuleType:
-    """Import and return the module of ``kind``; an unknown kind lists the valid ones."""
-    from distml.errors import SpecError
-
-    if kind not in KINDS:
-        import difflib
-
-        close = difflib.get_close_matches(str(kind), KINDS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        got = repr(kind) if len(repr(kind)) <= 80 else repr(kind)[:77] + "..."
-        raise SpecError(f"kind must be one of {', '.join(sorted(KINDS))}; got {got}{hint}")
-    return importlib.import_module(KINDS[kind])
-
-
-def spec_classes() -> list[type]:
-    """Every registered kind's ``Spec`` class, in registry order."""
-    return [kind_module(k).Spec for k in KINDS]
+__all__ = ["KINDS", "job_class", "kind_module", "spec_classes"]

@@ -36,10 +36,10 @@ def _family(cfg):
 
 
 def _frame(unit, cfg, proto, columns):
-    from distml.jobs._manymodels import read_unit
-    from distml.runtime.suffstats import _design_for
+    from distml.jobs._suffstats import design_for
+    from distml.runtime.read import read_partition
 
-    X, y, w, _, names, offset = _design_for(cfg, proto, read_unit(unit, columns))
+    X, y, w, _, names, offset = design_for(cfg, proto, read_partition(unit, columns))
     vw = np.ones(len(y)) if w is None else w
     return X, y, vw, offset, names
 
@@ -126,17 +126,17 @@ def _irls(run_pass, k: int, fixed: bool, n: int, maxiter: int) -> dict:
             "condition_number": float(raw[0] / raw[-1])}
 
 
-def run_glm(spec, cfg, ctx, units, proto, columns, opts) -> Any:
-    """The out-of-core GLM job: Σ pass, IRLS passes, log-likelihood pass; statsmodels' tables."""
+def run_glm(spec, cfg, ctx, units, proto, columns, tasks) -> Any:
+    """The out-of-core GLM job: Σ pass, IRLS passes, log-likelihood pass; statsmodels' tables
+    (``tasks``: the :class:`distml.runtime.tasks.Runner` of the statsmodels paths)."""
     import ray
     from scipy import stats
 
     from distml.jobs.base import JobOutput
-    from distml.runtime.suffstats import summary_text
+    from distml.jobs._suffstats import summary_text
 
     t0 = time.perf_counter()
-    remote = {f: ray.remote(f).options(**opts) for f in (_sums_task, _pass_task, _loglike_task)}
-    sums = ray.get([remote[_sums_task].remote(u, cfg, proto, columns) for u in units])
+    sums = ray.get(tasks.map(_sums_task, units, cfg, proto, columns))
     n = sum(s["n"] for s in sums)
     names = next((s["names"] for s in sums if s["n"]), sums[0]["names"])
     k = len(names)
@@ -151,8 +151,7 @@ def run_glm(spec, cfg, ctx, units, proto, columns, opts) -> Any:
     def run_pass(null: bool):
         def go(beta):
             passes[0] += 1
-            return ray.get([remote[_pass_task].remote(u, cfg, proto, columns, beta, ymean, null)
-                            for u in units])
+            return ray.get(tasks.map(_pass_task, units, cfg, proto, columns, beta, ymean, null))
         return go
 
     fit = _irls(run_pass(False), k, fixed, n, maxiter)
@@ -163,9 +162,8 @@ def run_glm(spec, cfg, ctx, units, proto, columns, opts) -> Any:
     llf_scale = fit["scale"]
     if fam_name == "gaussian" and (link or "identity") == "identity":
         llf_scale = fit["pearson"] / n  # the concentrated log-likelihood, as statsmodels
-    lls = ray.get([remote[_loglike_task].remote(u, cfg, proto, columns, fit["beta"], null_beta,
-                                                null_mean, fit["scale"], llf_scale)
-                   for u in units])
+    lls = ray.get(tasks.map(_loglike_task, units, cfg, proto, columns, fit["beta"], null_beta,
+                            null_mean, fit["scale"], llf_scale))
     passes[0] += 1
     llf, llnull = sum(a for a, _ in lls), sum(b for _, b in lls)
     beta = fit["beta"]

@@ -34,6 +34,7 @@ statsmodels' warnings are recorded per group in ``warnings`` (a ConvergenceWarni
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import time
@@ -46,8 +47,12 @@ import pandas as pd
 
 from distml.errors import DataError, JobFailed
 from distml.jobs.base import JobOutput
-from distml.jobs.statsmodels import (DISCRETE, TIME_SERIES, FormulaInfo, analyze_formula,
-                                     formula_namespace)
+from distml.jobs._formula import FormulaInfo, analyze_formula, counts_formula, formula_namespace
+
+#: statsmodels methods by family (the kind's spec checks use them too)
+REGRESSION = ("ols", "wls", "glm", "logit", "probit", "poisson", "negativebinomial", "quantreg")
+TIME_SERIES = ("arima", "sarimax")
+DISCRETE = ("logit", "probit", "poisson", "negativebinomial")
 
 #: Rough cost of one fit with its inference, in ms (this machine), used to size batches.
 COST_MS = {"ols": 0.35, "wls": 0.4, "quantreg": 3.0, "glm": 3.0, "logit": 3.0, "probit": 3.0,
@@ -117,8 +122,6 @@ class FitConfig:
     @classmethod
     def from_spec(cls, spec) -> "FitConfig":
         m, d = spec.model, spec.data
-        from distml.jobs.statsmodels import counts_formula
-
         formula = counts_formula(m)
         return cls(
             method=m.method, formula=formula,
@@ -167,7 +170,7 @@ class FitConfig:
 
 # ------------------------------------------------------------------------ statsmodels calls
 
-def _env() -> dict:
+def formula_env() -> dict:
     """Where formulas are evaluated: numpy, the allowed functions, no Python builtins."""
     return formula_namespace()
 
@@ -410,7 +413,7 @@ def fit_group(cfg: FitConfig, g: GroupData) -> Any:
     cls = model_class(cfg.method)
     kw = model_kwargs(cfg, g.extra)
     if g.frame is not None:
-        model = cls.from_formula(cfg.formula, data=g.frame, eval_env=_env(), missing="drop",
+        model = cls.from_formula(cfg.formula, data=g.frame, eval_env=formula_env(), missing="drop",
                                  **kw)
     elif cfg.ts:
         model = cls(g.y, exog=g.X, **kw)
@@ -462,7 +465,7 @@ def _formula_endog(cfg: FitConfig, frame: pd.DataFrame) -> np.ndarray:
     from statsmodels.formula._manager import FormulaManager
 
     mgr = FormulaManager()
-    y, _ = mgr.get_matrices(cfg.formula, frame, eval_env=_env(), pandas=True,
+    y, _ = mgr.get_matrices(cfg.formula, frame, eval_env=formula_env(), pandas=True,
                             na_action=mgr.get_na_action("drop"))
     return np.asarray(y, dtype=float)[:, 0]
 
@@ -513,7 +516,7 @@ def run_group(cfg: FitConfig, g: GroupData,
 
 # ------------------------------------------------------------------------ a batch of groups
 
-def _is_missing(v: np.ndarray) -> np.ndarray:
+def is_missing(v: np.ndarray) -> np.ndarray:
     if v.dtype.kind == "f":
         return np.isnan(v)
     if v.dtype.kind == "O":
@@ -548,7 +551,7 @@ def _prepare(cfg: FitConfig, batch: Batch) -> tuple[Batch, np.ndarray, np.ndarra
     used = [c for c in cfg.model_columns() if c in cols]
     miss = np.zeros(len(gid_of_row), dtype=bool)
     for c in used:
-        miss |= _is_missing(cols[c])
+        miss |= is_missing(cols[c])
     n_missing = np.bincount(gid_of_row[miss], minlength=len(n_rows)) if miss.any() else \
         np.zeros(len(n_rows), dtype=np.int64)
     if miss.any():
@@ -568,7 +571,7 @@ class _Design:
         self.ok = mgr.engine == "patsy"
         if not self.ok:
             return
-        y, X = mgr.get_matrices(cfg.formula, frame, eval_env=_env(), pandas=True,
+        y, X = mgr.get_matrices(cfg.formula, frame, eval_env=formula_env(), pandas=True,
                                 na_action=mgr.get_na_action("drop"))
         self.names = list(X.columns)
         # a counts response keeps both columns (successes, failures), as statsmodels takes them
@@ -886,85 +889,6 @@ def _future_times(t: np.ndarray | None, steps: int) -> np.ndarray:
 
 # ------------------------------------------------------------------------ partitions (map side)
 
-MIN_SPLIT_ROWS = 200_000  # below this a single file is read by one task
-
-
-@dataclass(frozen=True)
-class Unit:
-    """One input partition, read by one map task: files (and row groups), or a whole
-    builtin/synthetic source."""
-
-    source: str
-    files: tuple[str, ...] = ()
-    row_groups: tuple[tuple[int, ...] | None, ...] = ()
-    fmt: str | None = None
-
-
-def plan_units(info, n_cpus: int, max_bytes: int | None = None) -> list[Unit]:
-    """Cut a source (a :class:`distml.runtime.data.SourceInfo`) into map-task partitions: about
-    two per CPU (and, with ``max_bytes``, none bigger than that on disk), splitting parquet
-    files by row groups and grouping many small files."""
-    if info.kind != "files":
-        return [Unit(info.source)]
-    target = max(2, 2 * n_cpus)
-    total = sum(info.sizes) or 1
-    if max_bytes:
-        target = max(target, math.ceil(total / max_bytes))
-    files = list(info.files)
-    if info.format == "parquet" and len(files) < target and (
-            (info.rows or 0) >= MIN_SPLIT_ROWS or max_bytes):
-        import pyarrow.parquet as pq
-
-        units = []
-        for f, size in zip(files, info.sizes or [total] * len(files)):
-            with _open(f) as fh:
-                meta = pq.ParquetFile(fh).metadata
-            share = max(1, round(target * size / total))
-            for chunk in np.array_split(np.arange(meta.num_row_groups),
-                                        min(share, max(1, meta.num_row_groups))):
-                if len(chunk):
-                    units.append(Unit(info.source, (f,), (tuple(int(i) for i in chunk),),
-                                      "parquet"))
-        return units
-    n_units = min(len(files), 4 * target)
-    return [Unit(info.source, tuple(files[i] for i in idx), (None,) * len(idx), info.format)
-            for idx in np.array_split(np.arange(len(files)), n_units) if len(idx)]
-
-
-def _open(path: str):
-    if "://" in path and not path.startswith("file://"):
-        import fsspec
-
-        return fsspec.open(path, "rb").open()
-    return open(path[len("file://"):] if path.startswith("file://") else path, "rb")
-
-
-def read_unit(unit: Unit, columns: list[str]) -> pd.DataFrame:
-    """The rows of one partition, only ``columns``."""
-    if not unit.files:
-        from distml.runtime.data import read_frame
-
-        return read_frame(unit.source, columns)
-    if unit.fmt == "csv":
-        parts = []
-        for f in unit.files:
-            with _open(f) as fh:
-                parts.append(pd.read_csv(fh, usecols=columns,
-                                         compression="gzip" if f.endswith(".gz") else None))
-        return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    tables = []
-    for f, rgs in zip(unit.files, unit.row_groups):
-        with _open(f) as fh:
-            pf = pq.ParquetFile(fh)
-            tables.append(pf.read(columns=columns) if rgs is None
-                          else pf.read_row_groups(list(rgs), columns=columns))
-    table = tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="default")
-    return table.to_pandas()
-
-
 def column_array(s: pd.Series) -> np.ndarray:
     """A column as numpy: numbers/bools/datetimes as they are, everything else as objects
     (what statsmodels' formula API turns strings and categoricals into)."""
@@ -995,11 +919,14 @@ def _encode(v: np.ndarray):
     return Coded(codes.astype(np.int32), np.asarray(uniques, dtype=object))
 
 
-def map_partition(unit: Unit, group_by: tuple[str, ...], columns: list[str]) -> tuple:
-    """Map task: read a partition, sort its rows by group key (stable), and return
-    ``(summary, data)``: the keys with start/count, and the sorted model columns."""
+def map_partition(part, group_by: tuple[str, ...], columns: list[str]) -> tuple:
+    """Map task: read a partition (a :class:`distml.runtime.plan.Partition`), sort its rows by
+    group key (stable), and return ``(summary, data)``: the keys with start/count, and the
+    sorted model columns."""
+    from distml.runtime.read import read_partition
+
     c0 = time.process_time()
-    frame = read_unit(unit, list(dict.fromkeys(list(group_by) + columns)))
+    frame = read_partition(part, list(dict.fromkeys(list(group_by) + columns)))
     n = len(frame)
     codes = []
     valid = np.ones(n, dtype=bool)
@@ -1085,13 +1012,19 @@ def auto_groups_per_task(n_groups: int, method: str, n_cpus: int) -> int:
 
 # ------------------------------------------------------------------------ driver side
 
-def _task_options(spec) -> dict:
-    """Map and fit tasks are pure functions of their inputs: a task lost with its worker or
-    node is simply run again (Ray's default 3 retries, or more with resources.max_failures);
-    a Python error inside a fit is the group's error, never a task failure."""
-    res = spec.resources
-    return dict(num_cpus=res.cpus_per_worker, max_retries=max(3, res.max_failures),
-                retry_exceptions=False)
+def runner(spec):
+    """The task runner of the statsmodels paths (:class:`distml.runtime.tasks.Runner`). Map and
+    fit tasks are pure functions of their inputs: a task lost with its worker or node is simply
+    run again (Ray's default 3 retries, or more with resources.max_failures); a Python error
+    inside a fit is the group's error, never a task failure. All tasks may run at once."""
+    from distml.runtime.tasks import Runner
+
+    return Runner(spec.resources, min_retries=3, limit_concurrency=False)
+
+
+def task_options(spec) -> dict:
+    """The Ray task options of :func:`runner` (one Ray task of the single-model path)."""
+    return runner(spec).opts
 
 
 def run_many(spec, cfg: FitConfig, ctx) -> JobOutput:
@@ -1100,14 +1033,15 @@ def run_many(spec, cfg: FitConfig, ctx) -> JobOutput:
 
     t0, c0 = time.perf_counter(), time.process_time()
     cpus = max(1, int(ctx.cluster.resources.get("CPU", 1) or 1)) if ctx.cluster else 1
-    units = plan_units(ctx.data.source, cpus)
+    from distml.runtime import plan
+
+    units = plan.by_count(ctx.data.source, 2 * cpus)
     columns = cfg.model_columns()
-    opts = _task_options(spec)
-    mapper = ray.remote(map_partition).options(num_returns=2, **opts)
+    tasks = runner(spec)
     from distml import progress
 
     progress.current().stage("read", f"partitioning by {', '.join(cfg.group_by)}")
-    refs = [mapper.remote(u, cfg.group_by, columns) for u in units]
+    refs = tasks.map(map_partition, units, cfg.group_by, columns, num_returns=2)
     heads = ray.get([r[0] for r in refs])
     parts = [r[1] for r in refs]
     keys, pieces = merge_summaries([h[0] for h in heads], cfg.group_by)
@@ -1121,7 +1055,7 @@ def run_many(spec, cfg: FitConfig, ctx) -> JobOutput:
     results = saver.restore()  # tasks an interrupted attempt finished (--resume)
     done_gids = {int(g) for r in results for g in r["gids"]}
     gpt = saver.gpt or cfg.groups_per_task or auto_groups_per_task(n_groups, cfg.method, cpus)
-    fitter = ray.remote(fit_task).options(**opts)
+    fitter = tasks.remote(fit_task)
     bounds = np.searchsorted(pieces[:, 0], np.arange(0, n_groups + gpt, gpt).clip(max=n_groups))
     pending = []
     for lo, hi in zip(bounds[:-1], bounds[1:]):
@@ -1136,31 +1070,26 @@ def run_many(spec, cfg: FitConfig, ctx) -> JobOutput:
     show = progress.current()
     show.stage("train", f"many-models: {n_tasks} tasks")
     groups, n_done, n_bad = show.counter("groups", total=n_groups, unit="groups"), 0, 0
-    from distml.jobs import _distributed as D
-    from distml.jobs._resume import fault_once
+    from distml.runtime import faults
 
-    fault = D.fault_from_env()  # tests: the driver stops once K groups are collected
+    fault = faults.from_env("manymodels.groups")  # tests: the driver stops after K groups
     n_collected = len(done_gids)
-    try:
-        while pending:  # collect as tasks finish, so results stream back while others fit
-            done, pending = ray.wait(pending, num_returns=min(len(pending), 4), timeout=None)
-            batch = ray.get(done)
+    # collect as tasks finish, so results stream back while others fit; leaving the loop early
+    # (a lost task, a fault) cancels the others
+    with contextlib.closing(tasks.stream(pending)) as finished:
+        for batch, n_pending in finished:
             results.extend(batch)
             n_collected += sum(len(r["gids"]) for r in batch)
-            crash = fault_once(fault, n_collected) if pending else False
+            crash = faults.once(fault, "manymodels.groups", n_collected) if n_pending else False
             saver.collected(batch, gpt, force=crash)
             if crash:
-                raise JobFailed(f"fault injected after {n_collected} groups (DISTML_TRAIN_FAULT)")
+                raise JobFailed(f"fault injected after {n_collected} groups (manymodels.groups)")
             if show.active:  # groups done and failed so far, on the progress display
-                n_done += sum(len(r["gids"]) for r in results[-len(done):])
-                n_bad += sum(bool(s.get("error")) for r in results[-len(done):]
-                             for s in r["stats"])
+                n_done += sum(len(r["gids"]) for r in batch)
+                n_bad += sum(bool(s.get("error")) for r in batch for s in r["stats"])
                 groups.update(completed=n_done, info=f"{n_bad} failed")
-        groups.done()
-    finally:
-        for ref in pending:  # a lost task failed the job: free the CPUs of the others
-            ray.cancel(ref)
-    del parts, refs
+    groups.done()
+    del parts, refs, pending
     t_fit = time.perf_counter() - t0 - t_partition
     out = tabulate(cfg, results, keys)
     n_failed = out.metrics["n_failed"]
@@ -1225,7 +1154,7 @@ def run_single(spec, cfg: FitConfig, ctx) -> JobOutput:
     import ray
 
     columns = cfg.model_columns()
-    result = ray.get(ray.remote(single_task).options(**_task_options(spec)).remote(
+    result = ray.get(ray.remote(single_task).options(**task_options(spec)).remote(
         cfg, spec.data.source, columns))
     stats = result["stats"][0]
     if stats.get("error"):

@@ -1,13 +1,15 @@
 """Out-of-core machinery shared by the ``pca`` and ``kmeans`` kinds (docs/out_of_core.md).
 
 The data are cut into *partitions* (a parquet file, or a run of its row groups; a CSV file; a
-whole builtin/synthetic source) planned on the driver from parquet footers alone. Each pass over
-the data is one Ray task per partition; a task streams its partition in batches of at most
-``batch_size`` rows with pyarrow and keeps only a fixed-size state (moments, a sample, cluster
-sums), so its memory is bounded by ``batch_size × features``, never by the data. Partial results
-are merged by a fixed tree of Ray merge tasks (Chan et al.'s pairwise update for moments), so the
-driver only ever receives one merged state, and the floating-point result does not depend on
-which task finished first, or on a retried task (RELIABILITY.md T4).
+whole builtin/synthetic source) by the one planner (:mod:`distml.runtime.plan`) from parquet
+footers alone. Each pass over the data is one Ray task per partition; a task streams its
+partition in batches of at most ``batch_size`` rows with the one reader
+(:func:`distml.runtime.read.iter_tables`) and keeps only a fixed-size state (moments, a sample,
+cluster sums), so its memory is bounded by ``batch_size × features``, never by the data. Partial results
+are merged by a fixed tree of Ray merge tasks (the one task runner, :mod:`distml.runtime.tasks`;
+Chan et al.'s pairwise update for moments), so the driver only ever receives one merged state,
+and the floating-point result does not depend on which task finished first, or on a retried
+task (RELIABILITY.md T4).
 
 Dask is not used on this path: measured here it was slower than plain pyarrow batches in Ray
 tasks (docs/out_of_core.md has the figures and the benchmark that produced them).
@@ -15,28 +17,26 @@ tasks (docs/out_of_core.md has the figures and the benchmark that produced them)
 
 from __future__ import annotations
 
-import functools
-import json
 import os
 import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
-from distml.errors import DataError, DistmlError, JobFailed
+from distml.errors import DataError, JobFailed
+from distml.runtime import faults, plan
+from distml.runtime.plan import Partition
+from distml.runtime.read import iter_tables
+from distml.runtime.tasks import FAN_IN, Runner, merge_all  # noqa: F401 (benchmarks/b5 uses them)
 
 #: rows per partition when the spec does not say; row groups are never split, files never merged
 DEFAULT_PARTITION_ROWS = 1 << 20
-#: bytes buffered per column chunk being read
-PARQUET_BUFFER = 256 << 10
-#: merge tasks take this many partial results each
-FAN_IN = 8
-#: testing hook (RELIABILITY.md T4): "MARKER_PATH:STAGE:PARTITION:BATCH" makes the task running
-#: STAGE on PARTITION call os._exit(1) before batch BATCH, once (the marker file records it)
-FAULT_ENV = "DISTML_FAULT_INJECT"
+#: the earlier name of the T4 testing hook, "MARKER_PATH:STAGE:PARTITION:BATCH" (an alias of
+#: ``DISTML_FAULT=pca.STAGE:BATCH:PARTITION``, see :mod:`distml.runtime.faults`)
+FAULT_ENV = faults.STAGE_ENV
 #: why ``--resume`` of pca/kmeans starts again (manifest ``execution.resume_reason``): their
 #: state between passes is not checkpointed; within a pass a lost task is retried by Ray
 NO_RESUME = ("out-of-core passes are not checkpointed (a lost task within a pass is retried); "
@@ -50,72 +50,14 @@ def resume_record(ctx) -> dict:
 
 # ------------------------------------------------------------------ partitions
 
-@dataclass(frozen=True)
-class Partition:
-    """One unit of work: a parquet file (some row groups of it), a CSV file or a virtual source."""
-
-    index: int
-    path: str  # file path/URL, or the builtin:/synthetic: source itself
-    format: str  # parquet | csv | virtual
-    name: str  # output stem for transform: the input's relative path without suffix
-    row_groups: tuple[int, ...] | None = None
-    rows: int | None = None  # None: unknown until read (CSV)
-
-
 def plan_partitions(source, partition_rows: int | None = None) -> list[Partition]:
-    """Partitions of a checked :class:`distml.runtime.data.SourceInfo`, in data order.
-
-    Parquet row groups are packed, in order, into partitions of about ``partition_rows`` rows;
-    a row group is never split and a partition never spans two files. Virtual sources are one
-    partition (``distml data generate`` writes them to parquet for parallel passes).
-    """
-    target = partition_rows or DEFAULT_PARTITION_ROWS
-    if source.kind != "files":
-        return [Partition(0, source.source, "virtual", "part-00000", rows=source.rows)]
-    names = _relative_names(source.files)
-    if source.format == "csv":
-        return [Partition(i, f, "csv", names[i]) for i, f in enumerate(source.files)]
-    import pyarrow.parquet as pq
-
-    parts: list[Partition] = []
-    for f, stem in zip(source.files, names):
-        with _open(f) as fh:
-            meta = pq.ParquetFile(fh).metadata
-        runs: list[tuple[list[int], int]] = []  # (row groups, rows), packed in order
-        for g in range(meta.num_row_groups):
-            n = meta.row_group(g).num_rows
-            if not runs or runs[-1][1] + n > target:
-                runs.append(([], 0))
-            runs[-1] = (runs[-1][0] + [g], runs[-1][1] + n)
-        runs = [r for r in runs if r[1] > 0]
-        for groups, rows in runs:
-            name = stem if len(runs) == 1 else f"{stem}-rg{groups[0]:05d}"
-            parts.append(Partition(len(parts), f, "parquet", name, tuple(groups), rows))
-    if not parts:
-        raise DataError(f"data.source: {source.source!r} has no rows")
-    return parts
-
-
-def _relative_names(files: list[str]) -> list[str]:
-    """Each file's path relative to the files' common folder, without its suffix."""
-    paths = [f.split("://", 1)[-1] for f in files]
-    root = os.path.commonpath([os.path.dirname(p) or "." for p in paths]) if paths else ""
-    out = []
-    for p in paths:
-        rel = os.path.relpath(p, root) if root else os.path.basename(p)
-        stem, ext = os.path.splitext(rel)
-        if ext == ".gz":
-            stem = os.path.splitext(stem)[0]
-        out.append(stem.replace(os.sep, "/"))
-    return out
-
-
-def _open(path: str):
-    if "://" in path and not path.startswith("file://"):
-        import fsspec
-
-        return fsspec.open(path, "rb").open()
-    return open(path[len("file://"):] if path.startswith("file://") else path, "rb")
+    """Partitions of a checked :class:`distml.runtime.data.SourceInfo`, in data order:
+    parquet row groups packed, in order, into partitions of at most ``partition_rows`` rows
+    (a row group is never split, a partition never spans two files); a CSV file or a virtual
+    source is one partition (``distml data generate`` writes them to parquet for parallel
+    passes). The one planner, :func:`distml.runtime.plan.by_rows`, does the cutting."""
+    parts = plan.by_rows(source, partition_rows or DEFAULT_PARTITION_ROWS)
+    return plan.check_rows(parts, source.source)
 
 
 # ------------------------------------------------------------------ streaming batches
@@ -134,49 +76,11 @@ def iter_batches(part: Partition, features: list[str], batch_size: int,
     """Stream ``part`` as numeric batches; NaN/inf/null in a feature is a DataError."""
     keep = list(keep or [])
     columns = features + [c for c in keep if c not in features]
-    where = _where(part)
-    for table in _tables(part, columns, features, batch_size, threads):
+    where = part.where()
+    for table in iter_tables(part, columns, batch_size, float_columns=features,
+                             threads=threads):
         X = _matrix(table, features, where)
         yield Batch(X, table.select(keep) if keep else None)
-
-
-def _where(part: Partition) -> str:
-    return f"{part.path!r}" + (f" (row groups {part.row_groups[0]}-{part.row_groups[-1]})"
-                              if part.row_groups and len(part.row_groups) > 1 else "")
-
-
-def _tables(part: Partition, columns: list[str], features: list[str], batch_size: int,
-            threads: bool):
-    """pyarrow tables/record batches of at most ``batch_size`` rows, in data order."""
-    import pyarrow as pa
-
-    if part.format == "parquet":
-        import pyarrow.parquet as pq
-
-        with _open(part.path) as fh:
-            # pre_buffer (pyarrow's default) keeps every buffer it read until the file is closed:
-            # memory would grow with the file. buffer_size streams each column chunk in pieces
-            # instead of reading it whole (a row group can be hundreds of MB).
-            pf = pq.ParquetFile(fh, pre_buffer=False, buffer_size=PARQUET_BUFFER)
-            yield from pf.iter_batches(batch_size=batch_size, row_groups=list(part.row_groups),
-                                       columns=columns, use_threads=threads)
-    elif part.format == "csv":
-        import pyarrow.csv as pcsv
-
-        with _open(part.path) as fh:
-            # typed up front: a streaming reader infers types from its first block only
-            convert = pcsv.ConvertOptions(include_columns=columns,
-                                          column_types={c: pa.float64() for c in features})
-            reader = pcsv.open_csv(fh, convert_options=convert,
-                                   read_options=pcsv.ReadOptions(use_threads=threads))
-            for rb in reader:
-                for lo in range(0, rb.num_rows, batch_size):
-                    yield rb.slice(lo, batch_size)
-    else:
-        from distml.runtime.datasets import iter_source
-
-        for frame in iter_source(part.path, chunk_rows=batch_size):
-            yield pa.Table.from_pandas(frame[columns], preserve_index=False)
 
 
 def _matrix(table, features: list[str], where: str) -> np.ndarray:
@@ -419,11 +323,6 @@ class Sample:
         return np.ascontiguousarray(self.rows[:len(self.keys)][order])
 
 
-def merge_all(*parts):
-    """Merge partial states left to right (the body of every merge task)."""
-    return functools.reduce(lambda a, b: a.merge(b), parts)
-
-
 # ------------------------------------------------------------------ task-side helpers
 
 class TaskProbe:
@@ -458,60 +357,43 @@ def _status_bytes(key: str) -> int | None:
     return None
 
 
-def fault_from_env() -> dict | None:
-    """The T4 testing hook, read on the driver and handed to tasks explicitly."""
-    raw = os.environ.get(FAULT_ENV)
-    if not raw:
-        return None
-    marker, stage, part, batch = raw.rsplit(":", 3)
-    return {"marker": marker, "stage": stage, "partition": int(part), "batch": int(batch)}
-
-
-def maybe_crash(fault: dict | None, stage: str, part: Partition, batch: int) -> None:
-    """Kill this worker process once, if the testing hook asks for this stage/partition/batch."""
-    if not fault or fault["stage"] != stage or fault["partition"] != part.index \
-            or fault["batch"] != batch:
-        return
-    try:
-        fd = os.open(fault["marker"], os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        return  # already crashed once: this is the retry
-    os.write(fd, json.dumps({"pid": os.getpid(), **fault}).encode())
-    os.close(fd)
-    os._exit(1)
+def fault_from_env(kind: str):
+    """The T4 testing hook for the tasks of ``kind`` (pca or kmeans), read on the driver and
+    handed to tasks explicitly (:mod:`distml.runtime.faults`)."""
+    return faults.from_env(*(f"{kind}.{stage}" for stage in faults.STAGES[kind]))
 
 
 class PartWriter:
-    """Streams tables to ``out_dir/name.parquet`` through a temp name, renamed on close; a
-    retried task simply writes the same file again."""
+    """Streams tables to ``out_dir/name.parquet`` through the one atomic writer
+    (:func:`distml.runtime.artifacts.atomic_file`: a temp name, renamed on close); a retried
+    task simply writes the same file again. No table written, no file."""
 
     def __init__(self, out_dir: str, name: str):
         root = os.path.realpath(out_dir)
         self.path = os.path.realpath(os.path.join(root, name + ".parquet"))
         if not self.path.startswith(root + os.sep):
             raise JobFailed(f"transform output {name!r} would leave {out_dir!r}")
-        self.tmp = os.path.join(os.path.dirname(self.path),
-                                f".{os.path.basename(self.path)}.tmp-{os.getpid()}")
         self.writer = None
+        self._atomic = None
 
     def write(self, table) -> None:
         import pyarrow.parquet as pq
 
+        from distml.runtime.artifacts import atomic_file
+
         if self.writer is None:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            self.writer = pq.ParquetWriter(self.tmp, table.schema)
+            self._atomic = atomic_file(self.path)
+            self.writer = pq.ParquetWriter(self._atomic.__enter__(), table.schema)
         self.writer.write_table(table)
 
     def __enter__(self) -> "PartWriter":
         return self
 
-    def __exit__(self, exc_type, *_):
+    def __exit__(self, exc_type, exc, tb):
         if self.writer is not None:
             self.writer.close()
-            if exc_type is None:
-                os.replace(self.tmp, self.path)
-            else:
-                os.unlink(self.tmp)
+            self._atomic.__exit__(exc_type, exc, tb)
 
 
 def discard_partials(out_dir: str) -> None:
@@ -520,110 +402,6 @@ def discard_partials(out_dir: str) -> None:
         for f in files:
             if f.startswith(".") and ".tmp-" in f:
                 os.unlink(os.path.join(root, f))
-
-
-# ------------------------------------------------------------------ running passes on Ray
-
-class Runner:
-    """Schedules one task per partition and merges their states with a fixed tree of tasks.
-
-    Each task reserves ``resources.cpus_per_worker`` CPUs; ``resources.num_workers``, when set
-    explicitly, caps how many partition tasks run at once (default: as many as the cluster
-    fits). Tasks are pure functions of their inputs, so Ray retries a task whose worker died
-    (``max_retries``: ``resources.max_failures`` when set, else 3) and the result is unchanged.
-    """
-
-    def __init__(self, resources, log):
-        self.log = log
-        retries = resources.max_failures if "max_failures" in resources.model_fields_set else 3
-        self.opts = dict(num_cpus=resources.cpus_per_worker, max_retries=retries,
-                         retry_exceptions=False)
-        self.cap = resources.num_workers if "num_workers" in resources.model_fields_set else None
-        self.tasks = 0
-        self._remotes: dict[Callable, Any] = {}
-
-    def remote(self, fn: Callable):
-        import ray
-
-        if fn not in self._remotes:
-            self._remotes[fn] = ray.remote(fn).options(**self.opts)
-        return self._remotes[fn]
-
-    def put(self, value):
-        import ray
-
-        return ray.put(value)
-
-    def map(self, fn: Callable, parts: list[Partition], *args) -> list:
-        """``fn(part, *args)`` for every partition, as object refs in partition order."""
-        import ray
-
-        remote = self.remote(fn)
-        refs: list = []
-        pending: list = []
-        for p in parts:
-            if self.cap is not None and len(pending) >= self.cap:
-                _, pending = ray.wait(pending, num_returns=1)
-            ref = remote.remote(p, *args)
-            refs.append(ref)
-            pending.append(ref)
-        self.tasks += len(parts)
-        self._watch = (fn.__name__.strip("_").removesuffix("_task"), refs, parts)
-        return refs
-
-    def _track(self, refs: list) -> None:
-        """Count the partitions (and rows) of the last map as its tasks finish, on distml's
-        progress display; nothing when progress is off."""
-        import ray
-
-        from distml import progress
-
-        show = progress.current()
-        watch, self._watch = getattr(self, "_watch", None), None
-        if not show.active or watch is None or watch[1] is not refs:
-            return
-        name, refs, parts = watch
-        rows_of = {r: p.rows for r, p in zip(refs, parts)}
-        known = sum(p.rows or 0 for p in parts)
-        counter = show.counter(f"{name} pass", total=len(parts), unit="partitions")
-        pending, done_rows = list(refs), 0
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1, timeout=1.0, fetch_local=False)
-            done_rows += sum(rows_of[r] or 0 for r in done)
-            counter.update(completed=len(refs) - len(pending),
-                           info=f"{done_rows:,} of {known:,} rows" if known else None)
-        counter.done()
-
-    def reduce(self, refs: list, fan_in: int = FAN_IN):
-        """Merge partial states with a fixed tree of merge tasks; returns the merged value."""
-        merge = self.remote(merge_all)
-        leaves = refs
-        while len(refs) > 1:
-            groups = [refs[i:i + fan_in] for i in range(0, len(refs), fan_in)]
-            refs = [merge.remote(*g) if len(g) > 1 else g[0] for g in groups]
-            self.tasks += sum(len(g) > 1 for g in groups)
-        self._track(leaves)
-        return self.get(refs[0])
-
-    def get(self, refs, what: str = "an out-of-core task"):
-        """``ray.get`` that re-raises a task's own DataError/SpecError as itself."""
-        import ray
-
-        if isinstance(refs, list):
-            self._track(refs)
-        try:
-            return ray.get(refs)
-        except ray.exceptions.RayTaskError as e:
-            cause = getattr(e, "cause", None)
-            if isinstance(cause, DistmlError):
-                raise cause from None
-            text = str(cause if cause is not None else e).strip().splitlines()
-            raise JobFailed(f"{what} failed: {type(cause or e).__name__}: "
-                            f"{text[-1] if text else ''}"[:500]) from e
-        except ray.exceptions.RayError as e:
-            text = str(e).strip().splitlines()
-            raise JobFailed(f"{what} failed after {self.opts['max_retries']} retries: "
-                            f"{type(e).__name__}: {text[0] if text else ''}"[:500]) from e
 
 
 def memory_info(meta: list[dict], batch_size: int, n_features: int) -> dict:

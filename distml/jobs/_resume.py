@@ -147,21 +147,6 @@ class Checkpoints:
             pass
 
 
-def fault_once(fault: dict | None, step: int) -> bool:
-    """True the first time ``step`` reaches the fault hook's iteration (``DISTML_TRAIN_FAULT``,
-    read by :func:`distml.jobs._distributed.fault_from_env`); the marker file records it, so a
-    rerun does not fault again. For faults a driver raises (it cannot exit the process)."""
-    if not fault or step < fault["iteration"]:
-        return False
-    try:
-        fd = os.open(fault["marker"], os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        return False
-    os.write(fd, json.dumps({"pid": os.getpid(), "iteration": step}).encode())
-    os.close(fd)
-    return True
-
-
 def fingerprint(*parts: Any) -> str:
     """A short digest of what a checkpoint is only valid for (spec, data)."""
     import hashlib

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,8 @@ from distml import progress
 from distml.errors import DataError, JobFailed
 from distml.jobs.base import Job, JobOutput, RunContext
 from distml.runtime import metrics as M
-from distml.runtime.data import DataInfo, cv_indices, read_frame, split_indices, validate_data
+from distml.runtime.data import (DataInfo, cv_indices, infer_task, read_frame, split_indices,
+                                 validate_data)
 
 SPLITS = ("train", "valid", "test")
 CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "logloss")
@@ -71,16 +73,7 @@ def _py(v: Any) -> Any:
     return v.item() if hasattr(v, "item") else v
 
 
-def infer_task(y: pd.Series) -> str:
-    """classification for bool/string/category targets or integers with ≤ 20 distinct values."""
-    if not pd.api.types.is_numeric_dtype(y) or pd.api.types.is_bool_dtype(y):
-        return "classification"
-    if pd.api.types.is_integer_dtype(y) and y.nunique() <= 20:
-        return "classification"
-    return "regression"
-
-
-def _type_features(X: pd.DataFrame, categories: dict[str, list]) -> pd.DataFrame:
+def type_features(X: pd.DataFrame, categories: dict[str, list]) -> pd.DataFrame:
     X = X.copy()
     for c, levels in categories.items():
         X[c] = pd.Categorical(X[c].astype("string").astype(object), categories=levels)
@@ -98,7 +91,7 @@ def prepare(spec, info: DataInfo, task: str | None) -> Prepared:
     task = task or infer_task(y_raw)
     categories = {c: sorted(frame[c].dropna().astype(str).unique().tolist())
                   for c in info.categorical}
-    X = _type_features(frame[info.features], categories)
+    X = type_features(frame[info.features], categories)
     classes = None
     if task == "classification":
         classes = sorted(pd.unique(y_raw).tolist(), key=lambda v: (str(type(v)), v))
@@ -111,7 +104,7 @@ def prepare(spec, info: DataInfo, task: str | None) -> Prepared:
     prep = Prepared(X, y, task, classes, categories)
     if info.test is not None:
         test = read_frame(spec.data.test_source, info.features + [target], "data.test_source")
-        prep.X_test = _type_features(test[info.features], categories)
+        prep.X_test = type_features(test[info.features], categories)
         prep.y_test = (_encode(test[target], classes, "data.test_source") if classes is not None
                        else test[target].to_numpy(dtype=np.float64))
     return prep
@@ -129,6 +122,9 @@ def _encode(y: pd.Series, classes: list, where: str) -> np.ndarray:
 class SupervisedJob(Job):
     """A kind that fits ``X → y``; subclasses implement the hooks below (called on a worker)."""
 
+    tune_trial_hook = True
+    #: whether a spec of this kind may train in a Ray Train worker group (xgboost, torch)
+    trains_in_worker_group: bool = False
     _ckpt: Any = None  # distml.jobs._resume.Checkpoints of the single-task fit, when it makes them
     _fault: dict | None = None  # the single task's fault hook (tests)
 
@@ -158,6 +154,32 @@ class SupervisedJob(Job):
     def model_files(self, model: Any) -> dict[str, bytes]:
         """The model in a safe format, as ``{relative path: bytes}`` under ``model/``."""
         raise NotImplementedError
+
+    @classmethod
+    def load_model(cls, run_dir: Path, spec: Any, schema: dict) -> Any:
+        """The saved model of a finished run, as :meth:`predict` takes it (DataError naming the
+        run dir and file when it is missing, damaged or not what this kind saves)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ abilities
+
+    def train_execution(self, data: DataInfo, resources: dict) -> Any | None:
+        if not self.trains_in_worker_group:
+            return None
+        from distml.jobs._distributed import choose
+
+        decision = choose(self.spec, data, resources)
+        return decision if decision.worker_group else None
+
+    @classmethod
+    def load_predictor(cls, run_dir: Path, manifest: dict,
+                       allow_module: tuple[str, ...] = ()) -> Any:
+        from distml.jobs.predictors import SupervisedPredictor, read_schema, run_spec
+
+        schema = read_schema(run_dir)
+        spec = run_spec(run_dir, manifest)
+        return SupervisedPredictor(spec.kind, cls(spec), cls.load_model(run_dir, spec, schema),
+                                   schema)
 
     # ------------------------------------------------------------------ common pipeline
 
@@ -261,14 +283,14 @@ class SupervisedJob(Job):
 
     def _checkpoints(self, ctx: RunContext):
         """The fit's checkpoints (:mod:`distml.jobs._resume`) when the kind makes them, and the
-        fault hook of a single task (``DISTML_TRAIN_FAULT``, RELIABILITY.md T3), read here on
-        the driver and carried to the task."""
+        fault hook of a single task (``train.iteration`` of :mod:`distml.runtime.faults`,
+        RELIABILITY.md T3), read here on the driver and carried to the task."""
         if not self.checkpointable():
             return None
-        from distml.jobs import _distributed as D
         from distml.jobs import _resume
+        from distml.runtime import faults
 
-        self._fault = D.fault_from_env()
+        self._fault = faults.from_env("train.iteration")
         key = _resume.fingerprint(self.spec.to_dict(), ctx.data.fingerprint())
         return _resume.Checkpoints.for_run(ctx, "fit", key)
 
@@ -365,7 +387,7 @@ class SupervisedJob(Job):
         task = self.task() or infer_task(y_raw)
         categories = {c: sorted(frame[c].dropna().astype(str).unique().tolist())
                       for c in categorical}
-        X = _type_features(frame[features], categories)
+        X = type_features(frame[features], categories)
         classes = None
         if task == "classification":
             classes = sorted(pd.unique(y_raw).tolist(), key=lambda v: (str(type(v)), v))

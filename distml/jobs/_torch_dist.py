@@ -22,8 +22,9 @@ import tempfile
 import time
 from typing import Any
 
-from distml.errors import DataError, JobFailed
-from distml.jobs import _distributed as D
+from distml.errors import DataError, JobFailed, one_line
+from distml.runtime import workers as D
+from distml.runtime import faults
 from distml.jobs.base import JobOutput, RunContext
 
 
@@ -31,7 +32,7 @@ def run_worker_group(job, ctx: RunContext, choice: D.Execution, prep_ref: Any = 
     import ray
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from distml.jobs._supervised import _cause, _prepare_task
+    from distml.jobs._supervised import _prepare_task
 
     res = job.spec.resources
     gpu = res.gpus_per_worker > 0
@@ -45,7 +46,7 @@ def run_worker_group(job, ctx: RunContext, choice: D.Execution, prep_ref: Any = 
     ctx.log.info("torch: %d workers, DDP over %s (%s)", choice.workers, backend, choice.reason)
     from distml import progress
 
-    config = {"job": job, "prep": [prep_ref], "fault": D.fault_from_env(),
+    config = {"job": job, "prep": [prep_ref], "fault": faults.from_env("train.iteration"),
               "progress": progress.worker_reporter()}  # None unless progress is shown
     trainer = TorchTrainer(_train_loop, train_loop_config=config,
                            torch_config=TorchConfig(backend=backend),
@@ -56,7 +57,7 @@ def run_worker_group(job, ctx: RunContext, choice: D.Execution, prep_ref: Any = 
         result = D.fit(trainer)
     except Exception as e:
         _raise_data_error(prep_ref)
-        raise JobFailed(f"torch worker group failed: {_cause(e)}") from e
+        raise JobFailed(f"torch worker group failed: {one_line(e, 500)}") from e
     t_train = time.perf_counter() - t0
     if result.checkpoint is None:
         raise JobFailed("torch worker group finished without a final checkpoint")
@@ -71,7 +72,7 @@ def run_worker_group(job, ctx: RunContext, choice: D.Execution, prep_ref: Any = 
         out = ray.get(ray.remote(_evaluate_task).options(**opts).remote(
             job, ctx.data, prep_ref, {"weights": weights, **final}))
     except Exception as e:
-        raise JobFailed(f"torch evaluation failed: {_cause(e)}") from e
+        raise JobFailed(f"torch evaluation failed: {one_line(e, 500)}") from e
     figures = final["figures"]
     out.info["execution"] = choice.record(
         backend=backend, device="cuda" if gpu else "cpu",
@@ -168,7 +169,8 @@ def _train_loop(config: dict) -> None:
     def on_epoch(epoch, figures, state, stopped):
         if show is not None:
             show(epoch, figures, state, stopped)
-        D.maybe_crash(config["fault"], epoch, rank, world)
+        faults.crash(config["fault"], "train.iteration", epoch, rank=rank, world=world,
+                     delay_s=D.crash_delay_s())
         if epoch == m.epochs or stopped or not cadence.due():
             return  # (the final report carries the best weights)
         with tempfile.TemporaryDirectory() as d:

@@ -2,14 +2,15 @@
 
 1. One Ray task reads only the target column (and the categorical columns, for their levels),
    draws exactly the row split of the single-task path (:func:`split_indices`) and cuts the
-   source into read units (parquet row groups, synthetic blocks).
+   source into read units with the one planner (:func:`distml.runtime.plan.by_rows`: parquet
+   row groups, synthetic blocks, CSV files).
 2. A Ray Dataset over those units reads the features on the cluster, tagged with the global row
    number and split; Train shards it over the workers (nothing passes through the driver).
 3. Each worker builds its train/valid DMatrix and runs ``xgboost.train`` inside xgboost's
    collective (evaluation metrics and early stopping are global). A
    :class:`~ray.train.xgboost.RayTrainReportCallback` checkpoints the booster after the first
    round and then every few rounds (at most one report per Train poll interval, 2 s, so reports
-   never stall boosting: :class:`distml.jobs._distributed.Cadence`) with the evaluation history
+   never stall boosting: :class:`distml.runtime.workers.Cadence`) with the evaluation history
    and the early-stopping state; a
    restarted group (``resources.max_failures``) continues from the last one with the remaining
    rounds (``xgb_model=``).
@@ -30,9 +31,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from distml.errors import DataError, JobFailed
-from distml.jobs import _distributed as D
+from distml.errors import DataError, JobFailed, one_line
+from distml.runtime import workers as D
 from distml.jobs.base import JobOutput, RunContext
+from distml.runtime import faults
 
 UNIT_ROWS = 262_144  # rows per read unit (several parquet row groups may form one)
 TRAIN, VALID, TEST, TEST_SOURCE = 0, 1, 2, 3
@@ -59,56 +61,22 @@ class Plan:
 
 # ------------------------------------------------------------------ planning (one Ray task)
 
-def _units_for(source: str, where: str, offset: int, code: int | None) -> tuple[list[dict], int]:
-    from distml.runtime.data import resolve_files
+def _units_for(info, offset: int, code: int | None) -> tuple[list[dict], int]:
+    """Read units of a checked source (the one planner: whole row groups of about
+    :data:`UNIT_ROWS` rows, synthetic blocks, whole CSV files), numbered from ``offset``."""
+    from distml.runtime import plan
+    from distml.runtime.datasets import BLOCK_ROWS
 
-    if source.startswith("synthetic:"):
-        from distml.runtime import datasets
-
-        kind, params = datasets.parse_synthetic(source)
-        rows = int(params["rows"])
-        if kind != "timeseries":  # stateless blocks: each one is a unit
-            blocks = -(-rows // datasets.BLOCK_ROWS)
-            return [{"synthetic": source, "block": b, "offset": offset + b * datasets.BLOCK_ROWS,
-                     "code": code} for b in range(blocks)], rows
-    if source.startswith(("synthetic:", "builtin:")):
-        from distml.runtime.data import read_frame
-
-        n = len(read_frame(source, None, where))
-        return [{"source": source, "offset": offset, "code": code, "where": where}], n
-    fmt, files, fs = resolve_files(source, where)
-    units, n = [], 0
-    for f in files:
-        if fmt == "parquet":
-            import pyarrow.parquet as pq
-
-            with (fs.open(f, "rb") if fs is not None else open(f, "rb")) as fh:
-                meta = pq.ParquetFile(fh).metadata
-            group, group_rows = [], 0
-            for g in range(meta.num_row_groups):
-                group.append(g)
-                group_rows += meta.row_group(g).num_rows
-                if group_rows >= UNIT_ROWS or g == meta.num_row_groups - 1:
-                    units.append({"file": f, "row_groups": group, "offset": offset + n,
-                                  "code": code, "where": where})
-                    n += group_rows
-                    group, group_rows = [], 0
-        else:
-            from distml.runtime.data import _open
-
-            with _open(f, fs) as fh:
-                rows = sum(1 for _ in fh) - 1
-            units.append({"file": f, "csv": True, "offset": offset + n, "code": code,
-                          "where": where})
-            n += rows
-    return units, n
+    parts = plan.by_rows(info, UNIT_ROWS, at_least=True, offset=offset, virtual_rows=BLOCK_ROWS,
+                         count_csv_rows=True)
+    return [{"part": p.to_dict(), "code": code} for p in parts], sum(p.rows for p in parts)
 
 
 def plan_task(job, info) -> tuple[Plan, np.ndarray, np.ndarray]:
     """Read the target (and categorical) columns only: task, classes, levels, split, units.
     Returns the plan, the split code of every row and the encoded labels."""
-    from distml.jobs._supervised import _encode, infer_task
-    from distml.runtime.data import read_frame, split_indices
+    from distml.jobs._supervised import _encode
+    from distml.runtime.data import infer_task, read_frame, split_indices
 
     spec = job.spec
     target = info.target
@@ -130,7 +98,7 @@ def plan_task(job, info) -> tuple[Plan, np.ndarray, np.ndarray]:
     codes = np.full(len(y), -1, dtype=np.int8)
     for name, rows in parts.items():
         codes[rows] = _SPLIT_CODES[name]
-    units, n = _units_for(spec.data.source, "data.source", 0, None)
+    units, n = _units_for(info.source, 0, None)
     if n != len(y):
         raise DataError(f"data.source: {n} rows in the read units but {len(y)} target values; "
                         "did the files change while the job started?")
@@ -139,7 +107,7 @@ def plan_task(job, info) -> tuple[Plan, np.ndarray, np.ndarray]:
         test = read_frame(spec.data.test_source, [target], "data.test_source")[target]
         y_test = (_encode(test, classes, "data.test_source").astype(np.float64)
                   if classes is not None else test.to_numpy(dtype=np.float64))
-        more, n_test = _units_for(spec.data.test_source, "data.test_source", n, TEST_SOURCE)
+        more, n_test = _units_for(info.test, n, TEST_SOURCE)
         units += more
         y = np.concatenate([y, y_test])
         codes = np.concatenate([codes, np.full(n_test, TEST_SOURCE, dtype=np.int8)])
@@ -148,43 +116,16 @@ def plan_task(job, info) -> tuple[Plan, np.ndarray, np.ndarray]:
     return plan, codes, y
 
 
-def _read_unit(unit: dict, plan: Plan, target: str) -> pd.DataFrame:
-    from distml.runtime.data import read_frame
-
-    cols = plan.features + [target]
-    if "synthetic" in unit:
-        from distml.runtime import datasets
-
-        kind, params = datasets.parse_synthetic(unit["synthetic"])
-        frame = datasets._block(kind, params, datasets._global(kind, params), params["rows"],
-                                unit["block"], {})[cols]
-    elif "source" in unit:
-        frame = read_frame(unit["source"], cols, unit["where"])
-    elif unit.get("csv"):
-        frame = read_frame(unit["file"], cols, unit["where"])
-    else:
-        import pyarrow.parquet as pq
-
-        with open(unit["file"], "rb") if "://" not in unit["file"] else _fs_open(unit["file"]) \
-                as fh:
-            frame = pq.ParquetFile(fh).read_row_groups(unit["row_groups"], columns=cols) \
-                .to_pandas()
-    return frame
-
-
-def _fs_open(path: str):
-    import fsspec
-
-    return fsspec.open(path, "rb").open()
-
-
 def _read_units(batch: dict, plan: Plan, codes: np.ndarray, target: str) -> pd.DataFrame:
     """Ray Data map: a batch of read units → typed rows tagged with row number and split."""
+    from distml.runtime.plan import Partition
+    from distml.runtime.read import read_partition
+
     frames = []
     for unit in batch["unit"]:
-        unit = json.loads(unit)
-        frame = _read_unit(unit, plan, target)
-        rows = np.arange(unit["offset"], unit["offset"] + len(frame), dtype=np.int64)
+        part = Partition.from_dict(json.loads(unit)["part"])
+        frame = read_partition(part, plan.features + [target])
+        rows = np.arange(part.offset, part.offset + len(frame), dtype=np.int64)
         out = frame[plan.features].copy()
         for c in plan.features:
             if c in plan.categories:  # codes: categorical levels are fixed globally
@@ -236,7 +177,7 @@ def run_worker_group(job, ctx: RunContext, choice: D.Execution) -> JobOutput:
                  choice.reason, plan.n_total, len(plan.units))
     from distml import progress
 
-    config = {"job": job, "plan": plan, "labels": y, "fault": D.fault_from_env(),
+    config = {"job": job, "plan": plan, "labels": y, "fault": faults.from_env("train.iteration"),
               "progress": progress.worker_reporter(),  # None unless progress is shown
               "checkpoint_interval_s": None}
     trainer = XGBoostTrainer(
@@ -248,7 +189,7 @@ def run_worker_group(job, ctx: RunContext, choice: D.Execution) -> JobOutput:
     try:
         result = D.fit(trainer)
     except Exception as e:
-        raise JobFailed(f"xgboost worker group failed: {_cause(e)}") from e
+        raise JobFailed(f"xgboost worker group failed: {one_line(e, 500)}") from e
     t_train = time.perf_counter() - t1
     if result.checkpoint is None:
         raise JobFailed("xgboost worker group finished without a final checkpoint")
@@ -287,10 +228,23 @@ def _output(final: dict, model_bytes: bytes, predictions, plan: Plan, job,
     return out
 
 
-def _cause(e: BaseException) -> str:
-    from distml.jobs._supervised import _cause as cause
+# ------------------------------------------------------------------ early-stopping state
 
-    return cause(e)
+def stopper_state(stopper) -> dict | None:
+    """xgboost's EarlyStopping state as JSON (for checkpoints; None without a stopper)."""
+    if stopper is None:
+        return None
+    return {"stopping_history": stopper.stopping_history, "best_scores": stopper.best_scores,
+            "current_rounds": stopper.current_rounds, "maximize": stopper.maximize}
+
+
+def set_stopper_state(stopper, state: dict | None) -> None:
+    """Restore what :func:`stopper_state` saved into a fresh EarlyStopping."""
+    if state:
+        stopper.stopping_history = state["stopping_history"]
+        stopper.best_scores = state["best_scores"]
+        stopper.current_rounds = state["current_rounds"]
+        stopper.maximize = state["maximize"]
 
 
 # ------------------------------------------------------------------ the worker side
@@ -344,11 +298,9 @@ def _train_loop(config: dict) -> None:
                 state = json.load(fh)
     done = booster.num_boosted_rounds() if booster is not None else 0
     attempts = int(state["attempts"]) + 1
-    from distml.jobs.xgboost import _set_stopper_state
-
     stopper = xgb.callback.EarlyStopping(rounds=es_rounds) if es_rounds else None
     if stopper is not None:
-        _set_stopper_state(stopper, state.get("early_stopping"))
+        set_stopper_state(stopper, state.get("early_stopping"))
     reporter = _reporter(config, state["history"], stopper, attempts, model.num_boost_round)
     from distml.progress import xgboost_callback
 
@@ -374,13 +326,11 @@ def _stopped(stopper, state: dict) -> bool:
 
 def _reporter(config: dict, history: dict, stopper, attempts: int, total: int):
     """RayTrainReportCallback that checkpoints with distml's state (history, early stopping,
-    attempts) when the :class:`~distml.jobs._distributed.Cadence` says so, and reports nothing
+    attempts) when the :class:`~distml.runtime.workers.Cadence` says so, and reports nothing
     in between (each report is a group barrier and may wait for the controller's poll)."""
     import ray.train
     from ray.train import Checkpoint
     from ray.train.xgboost import RayTrainReportCallback
-
-    from distml.jobs.xgboost import _stopper_state
 
     from xgboost import collective
 
@@ -410,7 +360,8 @@ def _reporter(config: dict, history: dict, stopper, attempts: int, total: int):
                 for m, values in by_metric.items():
                     self.history.setdefault(s, {}).setdefault(m, []).append(float(values[-1]))
             iteration = self.start + epoch + 1
-            D.maybe_crash(config["fault"], iteration, rank, world)
+            faults.crash(config["fault"], "train.iteration", iteration, rank=rank,
+                         world=world, delay_s=D.crash_delay_s())
             if iteration < total and cadence.due():
                 report = {"iteration": iteration}
                 with self._get_checkpoint(model) as checkpoint:
@@ -432,7 +383,7 @@ def _reporter(config: dict, history: dict, stopper, attempts: int, total: int):
                     model.save_model(os.path.join(d, "model.ubj"))
                     with open(os.path.join(d, "state.json"), "w", encoding="utf-8") as fh:
                         json.dump({"history": self.history, "attempts": attempts,
-                                   "early_stopping": _stopper_state(stopper)}, fh)
+                                   "early_stopping": stopper_state(stopper)}, fh)
                     yield Checkpoint(d)
 
             return make()

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 from distml.runtime.data import DataInfo, validate_data
 from distml.spec.base import JobSpec
@@ -49,13 +50,38 @@ class RunContext:
 
 
 class Job:
-    """Base class of a job kind; subclasses implement :meth:`run` (and may extend the checks)."""
+    """Base class of a job kind: subclasses implement :meth:`run` and declare their abilities.
+
+    Everything above the kinds asks the job, through the registry, what it can do — nothing above
+    names a kind. The defaults here say "not able"; a kind overrides what it offers:
+
+    - **checks**: :meth:`check_spec` (spec rules that need the kind's libraries, run before any
+      cluster work, also for every searched value), :meth:`check_data`.
+    - **tune hooks** (:mod:`distml.tune`): :meth:`tune_metric_names`, :meth:`tune_iterations`,
+      :meth:`tune_iteration_metrics`, :meth:`tune_final_overrides`; a kind that runs a trial
+      itself sets :attr:`tune_trial_hook` and implements ``tune_prepare`` / ``tune_trial`` /
+      ``tune_refit`` (see :class:`distml.jobs._supervised.SupervisedJob`). Without them a trial
+      runs the kind's whole pipeline.
+    - **resources**: :meth:`train_execution` — the Train worker-group decision for this spec (None:
+      the kind runs as Ray tasks).
+    - **predictor**: :meth:`load_predictor` (None: the kind does not predict).
+    - **report**: :meth:`report_sections` — extra ``report.html`` sections beyond the generic,
+      table-driven ones.
+    """
 
     #: whether ``data.target`` is required
     needs_target: bool = True
+    #: distributions the kind relies on beyond distml's own (their versions go in the manifest)
+    libraries: tuple[str, ...] = ()
+    #: whether the kind runs one search trial itself (``tune_prepare``/``tune_trial``/
+    #: ``tune_refit``); False: a trial runs :meth:`run` as a whole
+    tune_trial_hook: bool = False
 
     def __init__(self, spec: JobSpec):
         self.spec = spec
+
+    def check_spec(self) -> None:
+        """Spec rules beyond the pydantic model (SpecError naming the field); default none."""
 
     def check_data(self) -> DataInfo:
         """Validate the data before the cluster starts (override to add kind-specific rules)."""
@@ -63,6 +89,46 @@ class Job:
 
     def run(self, ctx: RunContext) -> JobOutput:  # pragma: no cover - interface
         raise NotImplementedError
+
+    # ------------------------------------------------------------------ tune abilities
+
+    def tune_metric_names(self) -> set[str] | None:
+        """The metric names a trial of this kind reports (None: not known before it runs)."""
+        return None
+
+    def tune_iterations(self) -> int | None:
+        """Iterations a trial reports (None: one shot, so no scheduler can stop it early)."""
+        return None
+
+    def tune_iteration_metrics(self) -> set[str] | None:
+        """The metrics the kind computes every iteration (None: all of its metrics)."""
+        return None
+
+    def tune_final_overrides(self, result: dict) -> dict[str, Any]:
+        """Spec overrides that make the refit of the best trial reproduce it."""
+        return {}
+
+    # ------------------------------------------------------------------ resources
+
+    def train_execution(self, data: DataInfo, resources: dict) -> Any | None:
+        """The Train worker-group decision (``distml.runtime`` ``Decision``) when this spec
+        would train in a worker group on a cluster with ``resources``; None for Ray tasks."""
+        return None
+
+    # ------------------------------------------------------------------ predictor, report
+
+    @classmethod
+    def load_predictor(cls, run_dir: Path, manifest: dict,
+                       allow_module: tuple[str, ...] = ()) -> Any | None:
+        """The predictor of a finished run of this kind (see :mod:`distml.jobs.predictors`),
+        or None when the kind does not predict. Raises DataError naming the run dir and the
+        file when its model files are missing, damaged or not what the kind saves."""
+        return None
+
+    @classmethod
+    def report_sections(cls) -> list[Callable[[Any], Any]]:
+        """Extra ``report.html`` section builders ``f(RunView) -> Section | None``."""
+        return []
 
     def fit_predict_fold(self, train: Any, test: Any) -> dict:
         """Fit on the rows of ``train`` and predict the rows of ``test`` (two pandas DataFrames

@@ -39,6 +39,7 @@ from distml.errors import DataError, JobFailed
 from distml.jobs import _out_of_core as ooc
 from distml.jobs.base import Job as BaseJob
 from distml.jobs.base import JobOutput, RunContext
+from distml.runtime import faults, tasks
 from distml.spec.base import JobSpec, StrictModel
 
 FORMAT_VERSION = 1
@@ -213,7 +214,7 @@ def _sample_task(part, features, batch_size, m, threshold, seed, fault) -> Sampl
     d = len(features)
     mom, smp = ooc.Moments.empty(d, full=False), ooc.Sample.empty(m, d, threshold)
     for i, batch in enumerate(ooc.iter_batches(part, features, batch_size)):
-        ooc.maybe_crash(fault, "sample", part, i)
+        faults.crash(fault, "kmeans.sample", i, partition=part.index)
         smp = smp.add(batch.X, rng.random(len(batch.X)))  # copies the rows it keeps
         mom = mom.add(batch.X)  # centres the batch in place
     return SamplePass(mom, smp, probe.meta(mom.n))
@@ -224,7 +225,7 @@ def _minibatch_task(part, features, batch_size, centers, counts, scaler, fault) 
     C, cnt = centers.copy(), counts.copy()
     st = PassStats(np.zeros_like(C), np.zeros(len(C)), 0.0, 0)
     for i, batch in enumerate(ooc.iter_batches(part, features, batch_size)):
-        ooc.maybe_crash(fault, "minibatch", part, i)
+        faults.crash(fault, "kmeans.minibatch", i, partition=part.index)
         X = _scaled(batch, scaler)
         sums, n, inertia = minibatch_step(X, C, cnt)
         st = PassStats(st.sums + sums, st.counts + n, st.inertia + inertia, st.rows + len(X))
@@ -236,7 +237,7 @@ def _lloyd_task(part, features, batch_size, centers, scaler, fault) -> PassStats
     probe = ooc.TaskProbe(part, "lloyd")
     st = PassStats(np.zeros_like(centers), np.zeros(len(centers)), 0.0, 0)
     for i, batch in enumerate(ooc.iter_batches(part, features, batch_size)):
-        ooc.maybe_crash(fault, "lloyd", part, i)
+        faults.crash(fault, "kmeans.lloyd", i, partition=part.index)
         X = _scaled(batch, scaler)
         labels, dist = assign(X, centers)
         sums, n = cluster_sums(X, labels, len(centers))
@@ -259,7 +260,7 @@ def _final_task(part, features, batch_size, centers, scaler, keep, out_dir, faul
     with writer:
         for i, batch in enumerate(ooc.iter_batches(part, features, batch_size,
                                                    keep if out_dir else None)):
-            ooc.maybe_crash(fault, "final", part, i)
+            faults.crash(fault, "kmeans.final", i, partition=part.index)
             labels, dist = assign(_scaled(batch, scaler), centers)
             counts += np.bincount(labels, minlength=k)
             inertia += float(dist.sum())
@@ -339,8 +340,8 @@ class _Fit:
     def __init__(self, spec: Spec, ctx: RunContext):
         self.m, self.feats = spec.model, ctx.data.features
         self.plan = ooc.plan_partitions(ctx.data.source, self.m.partition_rows)
-        self.runner = ooc.Runner(spec.resources, ctx.log)
-        self.fault = ooc.fault_from_env()
+        self.runner = tasks.Runner(spec.resources, ctx.log)
+        self.fault = ooc.fault_from_env("kmeans")
         self.meta: list = []
         self.history: list[dict] = []
         self.timings: dict[str, float] = {}
@@ -370,6 +371,12 @@ class Job(BaseJob):
 
     spec: Spec
     needs_target = False
+
+    @classmethod
+    def load_predictor(cls, run_dir: Path, manifest: dict, allow_module: tuple[str, ...] = ()):
+        from distml.jobs.predictors import array_predictor
+
+        return array_predictor(Path(run_dir), "kmeans", load_model, lambda fitted: 1)
 
     def check_data(self):
         info = ooc.numeric_features(self.spec, self.spec.model.keep_columns)
@@ -504,19 +511,16 @@ class _PassCheckpoints:
     ARRAYS = ("centers", "counts", "held")
 
     def __init__(self, spec: Spec, ctx: RunContext, fit: _Fit):
-        from distml.jobs import _distributed as D
         from distml.jobs import _resume
 
         key = _resume.fingerprint(spec.to_dict(), ctx.data.fingerprint())
         self.ckpt = _resume.Checkpoints.for_run(ctx, "passes", key)
         self.fit = fit
-        self.fault = D.fault_from_env()  # tests: the driver stops after pass K, once
+        self.fault = faults.from_env("kmeans.pass")  # tests: the driver stops after pass K, once
 
     def save(self, st: dict) -> None:
-        from distml.jobs._resume import fault_once
-
         done = len(self.fit.history)
-        crash = fault_once(self.fault, done)
+        crash = faults.once(self.fault, "kmeans.pass", done)
         if self.ckpt.due(final=crash):
             arrays = {k: st[k] for k in self.ARRAYS}
             if st["scaler"] is not None:
@@ -527,7 +531,7 @@ class _PassCheckpoints:
                             "history": self.fit.history, "meta": self.fit.meta,
                             "timings": self.fit.timings}, {"state.npz": buf.getvalue()})
         if crash:
-            raise JobFailed(f"fault injected after k-means pass {done} (DISTML_TRAIN_FAULT)")
+            raise JobFailed(f"fault injected after k-means pass {done} (kmeans.pass)")
 
     def restore(self) -> dict | None:
         found = self.ckpt.load()

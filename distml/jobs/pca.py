@@ -38,6 +38,7 @@ from distml.errors import DataError
 from distml.jobs import _out_of_core as ooc
 from distml.jobs.base import Job as BaseJob
 from distml.jobs.base import JobOutput, RunContext
+from distml.runtime import faults, tasks
 from distml.spec.base import JobSpec, StrictModel
 
 #: ``mode: auto`` uses the exact algorithm up to this many features (a 32 MiB scatter matrix)
@@ -226,7 +227,7 @@ def _moments_task(part: ooc.Partition, features: list[str], batch_size: int, ful
     probe = ooc.TaskProbe(part, "moments")
     mom = ooc.Moments.empty(len(features), full)
     for i, batch in enumerate(ooc.iter_batches(part, features, batch_size)):
-        ooc.maybe_crash(fault, "moments", part, i)
+        faults.crash(fault, "pca.moments", i, partition=part.index)
         mom = mom.add(batch.X)
     mom.meta = probe.meta(mom.n)
     return mom
@@ -243,7 +244,7 @@ def _incremental_task(plan: list[ooc.Partition], features: list[str], batch_size
         for part in plan:
             for i, batch in enumerate(ooc.iter_batches(part, features, batch_size,
                                                        threads=threads)):
-                ooc.maybe_crash(fault, "incremental", part, i)
+                faults.crash(fault, "pca.incremental", i, partition=part.index)
                 yield scaler.apply(batch.X) if scaler is not None else batch.X
 
     ipca = IncrementalPCA(n_components=n_components, batch_size=batch_size)
@@ -269,7 +270,7 @@ def _transform_task(part: ooc.Partition, model: FittedPCA, batch_size: int,
     names = model.columns()
     with ooc.PartWriter(out_dir, part.name) as writer:
         for i, batch in enumerate(ooc.iter_batches(part, model.features, batch_size, keep)):
-            ooc.maybe_crash(fault, "transform", part, i)
+            faults.crash(fault, "pca.transform", i, partition=part.index)
             Z = model.transform(batch.X, copy=False)
             table = pa.table({c: Z[:, j] for j, c in enumerate(names)})
             if batch.keep is not None:
@@ -287,6 +288,12 @@ class Job(BaseJob):
 
     spec: Spec
     needs_target = False
+
+    @classmethod
+    def load_predictor(cls, run_dir: Path, manifest: dict, allow_module: tuple[str, ...] = ()):
+        from distml.jobs.predictors import array_predictor
+
+        return array_predictor(Path(run_dir), "pca", load_model, lambda fitted: len(fitted.columns()))
 
     def check_data(self):
         info = ooc.numeric_features(self.spec, self.spec.model.keep_columns)
@@ -323,8 +330,8 @@ class Job(BaseJob):
         m, feats = self.spec.model, ctx.data.features
         mode, reason = self.mode(len(feats))
         plan = ooc.plan_partitions(ctx.data.source, m.partition_rows)
-        runner = ooc.Runner(self.spec.resources, ctx.log)
-        fault = ooc.fault_from_env()
+        runner = tasks.Runner(self.spec.resources, ctx.log)
+        fault = ooc.fault_from_env("pca")
         ctx.log.info("pca (%s): %d partitions, %d features, batch_size %d", mode, len(plan),
                      len(feats), m.batch_size)
         timings: dict[str, float] = {}

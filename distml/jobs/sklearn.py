@@ -14,13 +14,15 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import json
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 from pydantic import Field, field_validator, model_validator
 
-from distml.errors import SpecError
+from distml.errors import DataError, SpecError
 from distml.jobs._supervised import Prepared, SupervisedJob
 from distml.spec.base import JobSpec, StrictModel
 from distml.spec.bounds import check_work_params
@@ -160,6 +162,31 @@ class Job(SupervisedJob):
     """Single-task scikit-learn fit."""
 
     spec: Spec
+
+    @classmethod
+    def load_model(cls, run_dir: Path, spec: Spec, schema: dict) -> dict:
+        """The estimator (skops, checked node by node) and the feature scaler of a run."""
+        from distml.jobs.predictors import load_skops
+
+        run = Path(run_dir)
+        try:  # the estimator class the run's spec names (a public scikit-learn estimator)
+            est = estimator_class(spec.model.estimator)
+        except SpecError as e:
+            raise DataError(f"run dir {str(run)!r}: {e.message}") from None
+        scaler_path = run / "model" / "scaler.json"
+        try:
+            scaler = json.loads(scaler_path.read_text()) if scaler_path.is_file() else None
+            if scaler is not None and not (isinstance(scaler, dict) and all(
+                    isinstance(v, list) and len(v) == 2 and all(
+                        isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+                    for v in scaler.values())):
+                raise ValueError("not a mapping of column to [mean, sd]")
+        except (OSError, ValueError) as e:
+            raise DataError(f"run dir {str(run)!r}: model/scaler.json is unreadable ({e})") \
+                from None
+        return {"estimator": load_skops(run / "model" / "model.skops",
+                                        extra=[f"{est.__module__}.{est.__qualname__}"]),
+                "scaler": scaler}
 
     def check_spec(self) -> None:
         """The estimator exists and takes every key of ``model.params`` (SpecError if not)."""

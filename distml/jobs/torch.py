@@ -2,7 +2,7 @@
 module named explicitly (``module: pkg.mod:Class``, built as ``Class(in_features,
 out_features, **module_args)``).
 
-Execution is right-sized (:mod:`distml.jobs._distributed`): ``resources.num_workers: 1`` without
+Execution is right-sized (:mod:`distml.runtime.workers`): ``resources.num_workers: 1`` without
 GPUs trains in one Ray task through the shared supervised pipeline; more workers, GPUs or data
 larger than a worker's budget train with a Ray Train ``TorchTrainer`` worker group (DDP: gloo on
 CPU, NCCL on GPU; :mod:`distml.jobs._torch_dist`). ``batch_size`` is the global batch: each of
@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field, field_validator, model_validator
 
-from distml.errors import DataError, MissingDependency
+from distml.errors import DataError, MissingDependency, one_line
 from distml.jobs._supervised import Prepared, SupervisedJob, TuneData
 from distml.spec.base import JobSpec, StrictModel
 
@@ -184,6 +184,11 @@ class Job(SupervisedJob):
 
     spec: Spec
     _pretrained: dict | None = None  # weights trained by a worker group, to be evaluated
+    trains_in_worker_group = True
+
+    @classmethod
+    def load_predictor(cls, run_dir, manifest: dict, allow_module: tuple[str, ...] = ()):
+        return load_predictor(run_dir, allow_module)
 
     def check_spec(self) -> None:
         require_torch()
@@ -298,8 +303,9 @@ class Job(SupervisedJob):
         Train path's checkpoint (:func:`save_state` of the loop's state: weights, optimizer,
         scheduler, epoch, RNG states, early stopping) saved at the checkpoint cadence and after
         the last epoch (:mod:`distml.jobs._resume`)."""
-        from distml.jobs import _distributed as D
+        from distml.runtime import workers as D
         from distml.jobs._torch_model import load_state, save_state
+        from distml.runtime import faults
 
         ckpt, fault, total = self._ckpt, self._fault, self.spec.model.epochs
         if ckpt is None:
@@ -310,7 +316,7 @@ class Job(SupervisedJob):
         def save(epoch, figures, state, stopped):
             if ckpt.due(final=bool(stopped) or epoch >= total):
                 ckpt.save({"epoch": epoch}, {"checkpoint.pt": save_state(state())})
-            D.maybe_crash(fault, epoch, 0, 1)
+            faults.crash(fault, "train.iteration", epoch, delay_s=D.crash_delay_s())
 
         return restored, save
 
@@ -325,11 +331,11 @@ class Job(SupervisedJob):
                 "model/config.json": json.dumps(model.config, indent=2).encode()}
 
     def run(self, ctx, prep_ref: Any = None):
-        from distml.jobs import _distributed
+        from distml.runtime import workers
 
         require_torch()
         split = self.spec.data.split_spec
-        choice = _distributed.choose(self.spec, ctx.data, ctx.cluster.resources)
+        choice = workers.choose(self.spec, ctx.data, ctx.cluster.resources)
         if choice.worker_group and not (split is not None and split.cv):
             from distml.jobs._torch_dist import run_worker_group
 
@@ -482,26 +488,20 @@ def load_model(run, allow_module: tuple[str, ...] = ()) -> TorchFitted:
 
 
 def load_predictor(run, allow_module: tuple[str, ...] = ()):
-    """The :class:`distml.predict.SupervisedPredictor` of a finished torch run."""
+    """The :class:`distml.jobs.predictors.SupervisedPredictor` of a finished torch run."""
     from pathlib import Path
 
-    from distml.predict import SupervisedPredictor, _short, check_schema
-    from distml.spec import load_spec
+    from distml.jobs.predictors import SupervisedPredictor, read_schema, run_spec
 
     run = Path(run)
-    try:
-        schema = json.loads((run / "model" / "schema.json").read_text())
-    except (OSError, ValueError) as e:
-        raise DataError(f"run dir {str(run)!r}: model/schema.json is missing or unreadable "
-                        f"({e})") from None
-    check_schema(schema, f"run dir {str(run)!r}")
+    schema = read_schema(run)
     try:
         model = load_model(run, allow_module)
     except DataError as e:
         raise DataError(f"run dir {str(run)!r}: {e.message}") from None
     except Exception as e:  # torch/zip/JSON errors of a damaged or crafted file alike
         raise DataError(f"run dir {str(run)!r}: the torch model files are missing or unreadable "
-                        f"({_short(e)})") from None
+                        f"({one_line(e)})") from None
     manifest = json.loads((run / "manifest.json").read_text())
-    spec = load_spec(run / "spec.yaml", manifest.get("best_config") or None)
+    spec = run_spec(run, manifest)
     return SupervisedPredictor("torch", Job(spec), model, schema)

@@ -14,14 +14,18 @@ early-stopping state, and a retried trial continues from there with the remainin
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 from pydantic import Field, model_validator
 
-from distml.errors import DataError
-from distml.jobs._supervised import Prepared, SupervisedJob, TuneData
+from distml.errors import DataError, one_line
+from distml.jobs._supervised import Prepared, TuneData
+from distml.jobs.boosting import BoostingJob
+from distml.jobs._xgb_dist import set_stopper_state, stopper_state
 from distml.spec.base import JobSpec, StrictModel
 
 
@@ -68,10 +72,28 @@ _ROUND_METRICS: dict[str, tuple[str | None, str | None, str | None]] = {
 }
 
 
-class Job(SupervisedJob):
+class Job(BoostingJob):
     """Single-task xgboost training."""
 
+    round_metrics = _ROUND_METRICS
+
     spec: Spec
+    trains_in_worker_group = True
+
+    @classmethod
+    def load_model(cls, run_dir: Path, spec: Spec, schema: dict) -> Any:
+        """The run's booster, from xgboost's native ``model/model.ubj`` (probed in a child
+        process first: a crafted file must not crash the caller)."""
+        import xgboost as xgb
+
+        run = Path(run_dir)
+        path = run / "model" / "model.ubj"
+        probe_model(run, path, list(schema["features"]))
+        try:
+            return xgb.Booster(model_file=str(path))
+        except (xgb.core.XGBoostError, UnicodeDecodeError) as e:  # message may not decode
+            raise DataError(f"run dir {str(run)!r}: model/model.ubj is not a readable xgboost "
+                            f"model ({one_line(e)})") from None
 
     def check_data(self):
         info = super().check_data()
@@ -90,11 +112,11 @@ class Job(SupervisedJob):
 
     def run(self, ctx, prep_ref: Any = None):
         """One Ray task, or a Ray Train worker group when right-sizing asks for one
-        (:mod:`distml.jobs._distributed`; the group is in :mod:`distml.jobs._xgb_dist`)."""
-        from distml.jobs import _distributed
+        (:mod:`distml.runtime.workers`; the group is in :mod:`distml.jobs._xgb_dist`)."""
+        from distml.runtime import workers
 
         split = self.spec.data.split_spec
-        choice = _distributed.choose(self.spec, ctx.data, ctx.cluster.resources)
+        choice = workers.choose(self.spec, ctx.data, ctx.cluster.resources)
         if choice.worker_group and not (split is not None and split.cv):
             from distml.jobs._xgb_dist import run_worker_group
 
@@ -157,7 +179,7 @@ class Job(SupervisedJob):
             booster = xgb.Booster(model_file=bytearray(files["model.ubj"]))
             done, earlier = int(state["round"]), state["history"]
             if stopper is not None:
-                _set_stopper_state(stopper, state.get("early_stopping"))
+                set_stopper_state(stopper, state.get("early_stopping"))
             ckpt.resumed_from = {"round": done, "of": model.num_boost_round,
                                  **({"best_iteration": int(booster.best_iteration)}
                                     if es_rounds else {})}
@@ -212,19 +234,6 @@ class Job(SupervisedJob):
 
     # ------------------------------------------------------------------ search hooks (distml.tune)
 
-    def tune_iterations(self) -> int:
-        return self.spec.model.num_boost_round
-
-    def tune_iteration_metrics(self) -> set[str]:
-        return set(_ROUND_METRICS)
-
-    def tune_final_overrides(self, result: dict) -> dict[str, Any]:
-        """A trial stopped early by the scheduler is refitted with the rounds it reached."""
-        rounds = int(result.get("iteration") or 0)
-        if not result.get("final") and 0 < rounds < self.spec.model.num_boost_round:
-            return {"model.num_boost_round": rounds}
-        return {}
-
     def _round_metric(self, prep: Prepared, name: str) -> str | None:
         """The xgboost eval_metric that gives distml metric ``name`` every round (or None)."""
         names = _ROUND_METRICS.get(name)
@@ -261,7 +270,7 @@ class Job(SupervisedJob):
             booster = xgb.Booster(model_file=bytearray(session.restored.files["model.ubj"]))
             done = session.restored.iteration
             if stopper is not None:
-                _set_stopper_state(stopper, session.restored.state.get("early_stopping"))
+                set_stopper_state(stopper, session.restored.state.get("early_stopping"))
         reporter = _round_reporter(session, split, eval_name, stopper, model.num_boost_round)
         callbacks = [c for c in (stopper, reporter) if c is not None]
         booster = xgb.train(params, dtrain, num_boost_round=model.num_boost_round - done,
@@ -294,21 +303,6 @@ def _with_metric(params: dict, name: str, es_rounds: int | None, dtrain) -> list
     return [name] + metrics
 
 
-def _stopper_state(stopper) -> dict | None:
-    if stopper is None:
-        return None
-    return {"stopping_history": stopper.stopping_history, "best_scores": stopper.best_scores,
-            "current_rounds": stopper.current_rounds, "maximize": stopper.maximize}
-
-
-def _set_stopper_state(stopper, state: dict | None) -> None:
-    if state:
-        stopper.stopping_history = state["stopping_history"]
-        stopper.best_scores = state["best_scores"]
-        stopper.current_rounds = state["current_rounds"]
-        stopper.maximize = state["maximize"]
-
-
 def _round_reporter(session, split: str, eval_name: str, stopper, total: int):
     """An xgboost callback that reports the searched metric each round, with checkpoints."""
     import xgboost as xgb
@@ -330,7 +324,7 @@ def _round_reporter(session, split: str, eval_name: str, stopper, total: int):
             iteration = self.start + epoch + 1
             session.report(iteration, {self.key: value},
                            files=lambda: {"model.ubj": bytes(model.save_raw("ubj"))},
-                           state={"early_stopping": _stopper_state(stopper)},
+                           state={"early_stopping": stopper_state(stopper)},
                            send=iteration < total)  # the final report follows the last round
             return False
 
@@ -353,7 +347,8 @@ def _round_checkpointer(ckpt, stopper, fault, total: int, earlier: dict):
     first that asks to stop)."""
     import xgboost as xgb
 
-    from distml.jobs import _distributed as D
+    from distml.runtime import workers as D
+    from distml.runtime import faults
 
     class RoundCheckpointer(xgb.callback.TrainingCallback):
         def before_training(self, model):
@@ -365,10 +360,29 @@ def _round_checkpointer(ckpt, stopper, fault, total: int, earlier: dict):
             done = self.start + epoch + 1
             if ckpt.due(final=stop or done >= total):
                 ckpt.save({"round": done, "stopped": stop,
-                           "early_stopping": _stopper_state(stopper),
+                           "early_stopping": stopper_state(stopper),
                            "history": _join_history(earlier, evals_log)},
                           {"model.ubj": bytes(model.save_raw("ubj"))})
-            D.maybe_crash(fault, done, 0, 1)
+            faults.crash(fault, "train.iteration", done, delay_s=D.crash_delay_s())
             return stop
 
     return RoundCheckpointer()
+
+
+#: loads an xgboost model and scores one row of zeros (argv: model path, feature names as JSON)
+_XGB_PROBE = """
+import json, sys
+import numpy as np, xgboost as xgb
+b = xgb.Booster(model_file=sys.argv[1])
+names = json.loads(sys.argv[2])
+b.predict(xgb.DMatrix(np.zeros((1, len(names))), feature_names=names))
+"""
+
+
+def probe_model(run: Path, path: Path, features: list[str]) -> None:
+    """Load the model in a child process first (xgboost's native reader can crash on a damaged
+    or crafted ``model.ubj``)."""
+    from distml.jobs.predictors import probe_in_child
+
+    probe_in_child(_XGB_PROBE, [str(path), json.dumps(features)],
+                   f"run dir {str(run)!r}: model/model.ubj", "xgboost")

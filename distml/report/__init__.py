@@ -17,18 +17,20 @@ __all__ = ["build_report", "report_sections", "list_runs", "format_runs", "REPOR
 REPORT = "report.html"
 
 
-def build_report(run_dir: Any, manifest: dict | None = None) -> dict:
-    """Write ``RUN_DIR/report.html``; see :func:`distml.report.build.build_report`."""
+def build_report(run_dir: Any, manifest: dict | None = None, extra: Any = ()) -> dict:
+    """Write ``RUN_DIR/report.html`` with the generic sections plus ``extra`` (the kind's
+    own builders); see :func:`distml.report.build.build_report`. ``distml.build_report`` adds
+    the run's kind sections itself."""
     from distml.report.build import build_report as _build
 
-    return _build(run_dir, manifest)
+    return _build(run_dir, manifest, extra)
 
 
-def report_sections(run_dir: Any) -> list[str]:
+def report_sections(run_dir: Any, extra: Any = ()) -> list[str]:
     """Section ids of the run's report (without writing it)."""
     from distml.report.build import report_sections as _sections
 
-    return _sections(run_dir)
+    return _sections(run_dir, extra)
 
 
 def list_runs(output: Any = "runs") -> list:

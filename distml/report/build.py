@@ -8,7 +8,7 @@ import secrets
 import time
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from distml.report import _common, _out_of_core, _search, _statsmodels, _supervised
 from distml.report._html import Section, esc, page
@@ -35,14 +35,18 @@ BUILDERS: list[Callable[[RunView], Section | None]] = [
 ]
 
 
-def render(run_dir: str | os.PathLike, manifest: dict | None = None) -> tuple[str, list[str],
-                                                                             list[str]]:
-    """(HTML, section ids, errors). A section whose builder fails becomes a short error note
-    (its id suffixed ``-error``) instead of failing the whole report."""
+def render(run_dir: str | os.PathLike, manifest: dict | None = None,
+           extra: Sequence[Callable[[RunView], Section | None]] = ()) -> tuple[
+               str, list[str], list[str]]:
+    """(HTML, section ids, errors). ``extra``: the kind's own section builders (its Job's
+    ``report_sections()``, passed by the caller: this layer knows no kind), placed after the
+    generic sections and before the provenance. A section whose builder fails becomes a short
+    error note (its id suffixed ``-error``) instead of failing the whole report."""
     run = RunView(run_dir, manifest)
     sections: list[Section] = []
     errors: list[str] = []
-    for build in BUILDERS:
+    tail = BUILDERS.index(_common.artifacts)
+    for build in [*BUILDERS[:tail], *extra, *BUILDERS[tail:]]:
         try:
             with warnings.catch_warnings():  # matplotlib's advice is not the run's business
                 warnings.simplefilter("ignore")
@@ -64,12 +68,14 @@ def render(run_dir: str | os.PathLike, manifest: dict | None = None) -> tuple[st
         [s.id for s in sections], errors
 
 
-def report_sections(run_dir: str | os.PathLike) -> list[str]:
+def report_sections(run_dir: str | os.PathLike,
+                    extra: Sequence[Callable[[RunView], Section | None]] = ()) -> list[str]:
     """The ids of the sections ``report.html`` of ``run_dir`` has (or would have)."""
-    return render(run_dir)[1]
+    return render(run_dir, None, extra)[1]
 
 
-def build_report(run_dir: str | os.PathLike, manifest: dict | None = None) -> dict:
+def build_report(run_dir: str | os.PathLike, manifest: dict | None = None,
+                 extra: Sequence[Callable[[RunView], Section | None]] = ()) -> dict:
     """Write ``RUN_DIR/report.html`` (atomically) and return ``{"path", "sections", "errors",
     "seconds"}``; ``manifest`` overrides ``manifest.json`` (the run writes its report before
     its final manifest).
@@ -78,7 +84,7 @@ def build_report(run_dir: str | os.PathLike, manifest: dict | None = None) -> di
     """
     t0 = time.perf_counter()
     path = Path(run_dir)
-    text, ids, errors = render(path, manifest)
+    text, ids, errors = render(path, manifest, extra)
     final = path / REPORT
     tmp = path / f".report.tmp-{os.getpid()}-{secrets.token_hex(2)}.html"
     try:

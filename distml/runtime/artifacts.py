@@ -68,6 +68,28 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+@contextmanager
+def atomic_file(final: str | os.PathLike) -> Iterator[Path]:
+    """The one atomic writer of distml: yield a hidden temp path beside ``final``
+    (``.STEM.tmp-PID-XXXX.SUFFIX``, same folder, same suffix); when the block succeeds the temp
+    file is fsynced and renamed onto ``final`` and the folder fsynced, so a reader never sees a
+    half-written file under its real name; when it fails the temp file is removed. A temp file
+    a killed writer left behind carries its pid (:meth:`RunDir.discard_temp_files`)."""
+    final = Path(final)
+    tmp = final.with_name(f".{final.stem}{TMP_MARK}{os.getpid()}-{secrets.token_hex(2)}"
+                          f"{final.suffix}")
+    try:
+        yield tmp
+        if tmp.is_file():
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 class RunDir:
     """``<root>/<name>/<run_id>/``; every path handed out is checked to stay under ``root``."""
 
@@ -265,18 +287,8 @@ class RunDir:
         """Yield a temp path with the same suffix as ``rel``; renamed onto ``rel`` on success."""
         final = self.file(rel)
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f".{final.stem}{TMP_MARK}{os.getpid()}-{secrets.token_hex(2)}"
-                              f"{final.suffix}")
-        try:
+        with atomic_file(final) as tmp:
             yield tmp
-            if tmp.is_file():
-                with open(tmp, "rb+") as fh:
-                    os.fsync(fh.fileno())
-            os.replace(tmp, final)
-            _fsync_dir(final.parent)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
 
     def write_bytes(self, rel: str, data: bytes) -> Path:
         with self.atomic_path(rel) as tmp:

@@ -174,7 +174,12 @@ def _shutdown(started_here: bool) -> None:
     """
     import ray
 
-    node = getattr(getattr(ray, "_private", None) and ray._private.worker, "_global_node", None)
+    # Private Ray API, kept on purpose: Ray has no public way to stop a local cluster without the
+    # SIGTERM + grace wait per process, nor to name its raylet's PID; the Node that
+    # ray.init(address="local") started is ``ray._private.worker._global_node``. Looked up
+    # defensively (a Ray that changes it gets the slow path, not a crash);
+    # tests/unit/test_ray_private_apis.py fails loudly when Ray renames or reshapes any of it.
+    node = getattr(getattr(getattr(ray, "_private", None), "worker", None), "_global_node", None)
     if started_here and node is not None and hasattr(node, "kill_all_processes"):
         original = node.kill_all_processes
 

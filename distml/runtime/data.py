@@ -18,7 +18,8 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from distml.errors import DataError
+from distml.errors import DataError, one_line
+from distml.runtime.read import open_input, read_virtual
 
 log = logging.getLogger("distml")
 
@@ -192,10 +193,6 @@ def inspect_source(source: str, field_name: str = "data.source") -> SourceInfo:
     return info
 
 
-def _open(path: str, fs):
-    return fs.open(path, "rb") if fs is not None else open(path, "rb")
-
-
 def _inspect_parquet(info: SourceInfo, fs, field_name: str) -> None:
     import pyarrow.parquet as pq
 
@@ -203,17 +200,19 @@ def _inspect_parquet(info: SourceInfo, fs, field_name: str) -> None:
     schema = None
     for f in info.files:
         try:
-            with _open(f, fs) as fh:
+            with open_input(f, fs) as fh:
                 meta = pq.ParquetFile(fh)
                 rows += meta.metadata.num_rows
                 file_schema = meta.schema_arrow
             info.sizes.append(fs.size(f) if fs is not None else os.path.getsize(f))
         except OSError as e:
-            raise DataError(f"{field_name}: file {f!r} is not readable parquet ({_short(e)}); "
-                            "it may be truncated or another format") from None
+            raise DataError(f"{field_name}: file {f!r} is not readable parquet "
+                            f"({one_line(e, 200)}); it may be truncated or another format") \
+                from None
         except Exception as e:  # pyarrow raises ArrowInvalid for corrupt footers
-            raise DataError(f"{field_name}: file {f!r} is not readable parquet ({_short(e)}); "
-                            "it may be truncated or another format") from None
+            raise DataError(f"{field_name}: file {f!r} is not readable parquet "
+                            f"({one_line(e, 200)}); it may be truncated or another format") \
+                from None
         _check_unique(list(file_schema.names), f, field_name)
         if schema is None:
             schema = file_schema
@@ -240,11 +239,11 @@ def _inspect_csv(info: SourceInfo, fs, field_name: str) -> None:
     rows: int | None = 0
     for f in info.files:
         try:
-            with _open(f, fs) as fh:
+            with open_input(f, fs) as fh:
                 # The header as written: pandas renames a repeated name ('x1' -> 'x1.1').
                 header = pd.read_csv(fh, nrows=1, header=None, dtype=str, keep_default_na=False,
                                      compression="infer" if fs is None else None)
-            with _open(f, fs) as fh:
+            with open_input(f, fs) as fh:
                 head = pd.read_csv(fh, nrows=_HEAD_ROWS,
                                    compression="infer" if fs is None else None)
             info.sizes.append(fs.size(f) if fs is not None else os.path.getsize(f))
@@ -274,11 +273,7 @@ def _csv_reason(e: BaseException) -> str:
 
         m = re.search(r"Expected \d+ fields in line \d+, saw \d+", text)
         return m.group(0) if m else "the rows do not parse as CSV"
-    return type(e).__name__ if not isinstance(e, OSError) else _short(e)
-
-
-def _short(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    return type(e).__name__ if not isinstance(e, OSError) else one_line(e, 200)
 
 
 def _dtypes(frame: pd.DataFrame) -> dict[str, str]:
@@ -288,12 +283,8 @@ def _dtypes(frame: pd.DataFrame) -> dict[str, str]:
 def read_frame(source: str, columns: list[str] | None = None,
                field_name: str = "data.source") -> pd.DataFrame:
     """Read the rows of ``source`` (only ``columns`` when given) into a DataFrame."""
-    from distml.runtime import datasets
-
-    if source.startswith("builtin:"):
-        frame = datasets.load_builtin(source.split(":", 1)[1])
-    elif source.startswith("synthetic:"):
-        frame = datasets.synthetic_frame(source)
+    if source.startswith(("builtin:", "synthetic:")):
+        frame = read_virtual(source)
     else:
         fmt, files, fs = resolve_files(source, field_name)
         if fmt == "parquet":
@@ -303,14 +294,14 @@ def read_frame(source: str, columns: list[str] | None = None,
                 table = pq.read_table(files if fs is None else [fs._strip_protocol(f) for f in files],
                                       columns=columns, filesystem=fs)
             except Exception as e:
-                raise DataError(f"{field_name}: cannot read parquet from {source!r}: {_short(e)}") \
-                    from None
+                raise DataError(f"{field_name}: cannot read parquet from {source!r}: "
+                                f"{one_line(e, 200)}") from None
             frame = table.to_pandas()
         else:
             parts = []
             for f in files:
                 try:
-                    with _open(f, fs) as fh:
+                    with open_input(f, fs) as fh:
                         parts.append(pd.read_csv(fh, usecols=columns))
                 except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError,
                         ValueError) as e:
@@ -428,17 +419,24 @@ def _values(values: Iterable, limit: int = 5) -> str:
     return text + (f", … ({len(vals)} in all)" if len(vals) > limit else "")
 
 
+def infer_task(y: pd.Series) -> str:
+    """classification for bool/string/category targets or integers with ≤ 20 distinct values."""
+    if not pd.api.types.is_numeric_dtype(y) or pd.api.types.is_bool_dtype(y):
+        return "classification"
+    if pd.api.types.is_integer_dtype(y) and y.nunique() <= 20:
+        return "classification"
+    return "regression"
+
+
 def check_target_task(y: pd.Series, data, task: str, y_test: pd.Series | None = None) -> None:
     """The target checks a supervised fit would otherwise fail on, on the worker, much later.
 
-    Mirrors :func:`distml.jobs._supervised.prepare` and the split of ``fit_and_evaluate`` /
+    Mirrors the supervised kinds' ``prepare`` and the split of ``fit_and_evaluate`` /
     ``fold_metrics``: same task inference, class order, :func:`split_indices` and
     :func:`cv_indices`, so a split the run cannot make fails here with the same sentence.
     """
     target = data.target
     if task == "infer":
-        from distml.jobs._supervised import infer_task
-
         task = infer_task(y)
     if task == "regression":
         for col, where in ((y, "data.source"), (y_test, "data.test_source")):

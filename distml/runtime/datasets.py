@@ -10,13 +10,13 @@ parquet block by block, in bounded memory.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterator
-from urllib.parse import parse_qsl
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from distml.errors import DataError, SpecError
+from distml.runtime.artifacts import atomic_file
 
 BLOCK_ROWS = 65_536
 GLOBAL_BLOCK = 2**31 - 1
@@ -323,6 +324,33 @@ def synthetic_frame(source_or_kind: str, params: dict[str, Any] | None = None,
     return pd.concat(chunks, ignore_index=True) if len(chunks) > 1 else chunks[0]
 
 
+def reads_row_ranges(source: str) -> bool:
+    """Whether :func:`read_rows` generates only the blocks a row range needs (synthetic sources
+    whose blocks are independent: every kind but ``timeseries``)."""
+    if not source.strip().startswith("synthetic:"):
+        return False
+    return _split_synthetic(source)[0] != "timeseries"
+
+
+def read_rows(source: str, lo: int, hi: int) -> pd.DataFrame:
+    """Rows ``[lo, hi)`` of a ``synthetic:`` or ``builtin:`` source, the same rows as the whole
+    source holds there; blocks outside the range are not generated where the kind allows it."""
+    if reads_row_ranges(source):
+        kind, params = parse_synthetic(source)
+        g, total = _global(kind, params), params["rows"]
+        hi = min(hi, total)
+        if hi <= lo:
+            return _block(kind, params, g, total, 0, {}).iloc[:0]
+        first, last = lo // BLOCK_ROWS, (hi - 1) // BLOCK_ROWS
+        frames = [_block(kind, params, g, total, b, {}) for b in range(first, last + 1)]
+        frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+        start = lo - first * BLOCK_ROWS
+        return frame.iloc[start:start + hi - lo].reset_index(drop=True)
+    whole = synthetic_frame(source) if source.strip().startswith("synthetic:") \
+        else load_builtin(source)
+    return whole.iloc[lo:hi].reset_index(drop=True)
+
+
 def _iter_builtin(name: str, rows: int | None, chunk_rows: int) -> Iterator[pd.DataFrame]:
     frame = load_builtin(name)
     total = len(frame) if rows is None else rows
@@ -347,8 +375,8 @@ def generate_dataset(source: str, output: str | Path, rows: int | None = None,
                      files: int = 1, *, overwrite: bool = False) -> dict[str, Any]:
     """Write ``rows`` rows of ``source`` as ``files`` parquet files ``part-00000.parquet``...
 
-    Streams block by block (memory bounded by one block), each file written to
-    ``.part-NNNNN.parquet.tmp`` then renamed. Existing ``part-*.parquet`` files in ``output`` are
+    Streams block by block (memory bounded by one block), each file written through the one
+    atomic writer (:func:`distml.runtime.artifacts.atomic_file`: a temp name, then renamed). Existing ``part-*.parquet`` files in ``output`` are
     an error unless ``overwrite``. Returns ``{"files": [paths], "rows": N, "bytes": B}``.
     """
     if rows is None:
@@ -374,8 +402,8 @@ def generate_dataset(source: str, output: str | Path, rows: int | None = None,
     schema: pa.Schema | None = None
     writer: pq.ParquetWriter | None = None
     dictionary: list[str] = []
-    k, written, tmp = -1, 0, out / ".unused"
-    try:
+    k, written = -1, 0
+    with contextlib.ExitStack() as stack:  # one atomic_file per part, closed in order
         for chunk in chunks:
             table = pa.Table.from_pandas(chunk, schema=schema, preserve_index=False)
             if schema is None:  # dictionary-encoding random floats is slow and grows the file
@@ -386,21 +414,14 @@ def generate_dataset(source: str, output: str | Path, rows: int | None = None,
                 if writer is None or written == bounds[k + 1]:
                     if writer is not None:
                         writer.close()
-                        os.replace(tmp, paths[k])
+                        stack.close()  # renames part k onto its name
                     k += 1
-                    tmp = out / f".{paths[k].name}.tmp"
-                    writer = pq.ParquetWriter(tmp, schema, use_dictionary=dictionary)
+                    tmp = stack.enter_context(atomic_file(paths[k]))
+                    writer = stack.enter_context(pq.ParquetWriter(tmp, schema,
+                                                                  use_dictionary=dictionary))
                 take = min(table.num_rows - lo, bounds[k + 1] - written)
                 writer.write_table(table.slice(lo, take))
                 lo += take
                 written += take
-        if writer is not None:
-            writer.close()
-            os.replace(tmp, paths[k])
-            writer = None
-    finally:
-        if writer is not None:
-            writer.close()
-            tmp.unlink(missing_ok=True)
     names = [str(p) for p in paths]
     return {"files": names, "rows": written, "bytes": sum(os.path.getsize(p) for p in names)}

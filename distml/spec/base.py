@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from distml.tune.spec import TuneSpec
+from distml.spec.tune import TuneSpec
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 _NAME_RE = re.compile(NAME_PATTERN)
@@ -200,7 +200,7 @@ class JobSpec(StrictModel):
     @model_validator(mode="after")
     def _tune(self) -> "JobSpec":
         if self.tune is not None:
-            from distml.tune.spec import check_job
+            from distml.spec.tune import check_job
 
             check_job(self)  # search paths, metric split, scheduler vs kind
         return self

@@ -23,7 +23,7 @@ from distml.spec.yamlio import AliasError, load_yaml
 def _adapter() -> TypeAdapter:
     from pydantic import Field
 
-    from distml.jobs import spec_classes
+    from distml.registry import spec_classes
 
     classes = tuple(spec_classes())
     union = classes[0] if len(classes) == 1 else typing.Union[classes]  # type: ignore[valid-type]
@@ -190,7 +190,7 @@ def _load(spec: Any, overrides: Any) -> JobSpec:
     else:
         raise SpecError(f"a spec must be a path, a mapping or a JobSpec; got {_type_word(spec)}")
     raw = apply_overrides(raw, overrides)
-    from distml.jobs import KINDS, kind_module
+    from distml.registry import KINDS, kind_module
 
     kind = raw.get("kind")
     if kind is None:
@@ -409,7 +409,7 @@ def _dotted(parts: list) -> str:
 
 def _fields_at(parts: list, raw: dict) -> list[str]:
     """Known field names of the section at ``parts`` (for did-you-mean on unknown keys)."""
-    from distml.jobs import kind_module
+    from distml.registry import kind_module
 
     try:
         model: Any = kind_module(raw.get("kind")).Spec

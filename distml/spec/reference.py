@@ -57,7 +57,7 @@ def _submodels(annotation: Any) -> list[type[BaseModel]]:
 
 def markdown() -> str:
     """The whole reference: one table per kind."""
-    from distml.jobs import KINDS, kind_module
+    from distml.registry import KINDS, kind_module
 
     out = ["# Spec reference", "",
            "Generated from the pydantic models by `distml schema --markdown`; do not edit by hand.",

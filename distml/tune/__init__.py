@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from distml.tune.spec import TuneSpec
+from distml.spec.tune import TuneSpec
 
 __all__ = ["TuneSpec", "run_search", "discard_experiment"]
 

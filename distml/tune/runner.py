@@ -12,8 +12,8 @@ from typing import Any
 
 from ray import tune
 
-from distml.errors import DistmlError, JobFailed, SpecError
-from distml.jobs import kind_module
+from distml.errors import DistmlError, JobFailed
+from distml.registry import kind_module
 from distml.jobs.base import JobOutput, RunContext
 from distml.runtime.artifacts import run_fingerprint
 from distml.tune.session import TrialPlan, fault_from_env, lookup_metric, trial_fn
@@ -44,13 +44,13 @@ def run_search(job, ctx: RunContext) -> JobOutput:
     base.pop("tune", None)
     res = spec.resources
     total = t.num_samples * t.n_grid
-    iterations = job.tune_iterations() if hasattr(job, "tune_iterations") else None
+    iterations = job.tune_iterations()
     report_every, grace = report_schedule(iterations, t.report_every, t.grace_period)
     group = _worker_group(job, ctx)
     if group is not None:  # each trial drives its own Ray Train run of group.workers workers
         workers = group.workers
     else:
-        workers = 1 if hasattr(job, "tune_trial") else res.num_workers  # whole-job trials: all
+        workers = 1 if job.tune_trial_hook else res.num_workers  # whole-job trials: all
     # Trials at once: what the cluster holds of the workers of a trial, so concurrent worker
     # groups never wait on each other's resources (no deadlock).
     concurrency = concurrency_for(ctx.cluster.resources, res.cpus_per_worker * workers,
@@ -96,8 +96,7 @@ def run_search(job, ctx: RunContext) -> JobOutput:
                  t.metric, best.value)
 
     t1 = time.perf_counter()
-    best_config = {**best.params, **(job.tune_final_overrides(best.metrics)
-                                     if hasattr(job, "tune_final_overrides") else {})}
+    best_config = {**best.params, **job.tune_final_overrides(best.metrics)}
     out, refit_exec = _refit(spec, base, best_config, ctx, shared_ref)
     refit_s = time.perf_counter() - t1
     refit_value = lookup_metric(out.metrics, t.metric)
@@ -133,7 +132,7 @@ def _start_prepare(job, ctx: RunContext):
     without the hook (its trials read the data themselves)."""
     import ray
 
-    if not hasattr(job, "tune_prepare"):
+    if not job.tune_trial_hook:
         return None
     res = ctx.spec.resources
     return ray.remote(_prepare).options(num_cpus=res.cpus_per_worker,
@@ -212,16 +211,11 @@ TRAIN_DRIVER = {"cpu": 0, "memory": 1}
 def _worker_group(job, ctx: RunContext):
     """The right-sizing decision (DESIGN.md §5) for the kind's Train path, when the trials of
     this search would each train in a worker group; None for single-task trials."""
-    if ctx.spec.kind not in ("xgboost", "torch"):
-        return None
-    from distml.jobs._distributed import choose
-
-    decision = choose(ctx.spec, ctx.data, ctx.cluster.resources)
-    return decision if decision.worker_group else None
+    return job.train_execution(ctx.data, ctx.cluster.resources)
 
 
 def _trial_resources(job, res) -> dict:
-    if hasattr(job, "tune_trial"):
+    if job.tune_trial_hook:
         return {"cpu": res.cpus_per_worker, "gpu": res.gpus_per_worker}
     # A whole-job trial only drives the kind's own tasks: the trial itself takes nothing (an
     # empty head bundle) and the tasks run in the trial's placement group bundles, which bounds
@@ -273,7 +267,7 @@ def _refit(spec, base: dict, best_config: dict, ctx: RunContext, shared_ref) -> 
     from distml import progress
 
     progress.current().stage("train", "refit of the best configuration")
-    if shared_ref is not None and hasattr(best_job, "tune_refit"):
+    if shared_ref is not None and best_job.tune_trial_hook:
         out = best_job.tune_refit(best_ctx, shared_ref)
     else:
         out = best_job.run(best_ctx)

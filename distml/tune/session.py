@@ -34,9 +34,10 @@ CHECKPOINT_INTERVAL_S = 10.0
 
 
 def fault_from_env() -> dict | None:
-    from distml.jobs._distributed import fault_from_env as parse
+    from distml.runtime.faults import from_env
 
-    return parse(FAULT_ENV)
+    fault = from_env("tune.iteration")  # DISTML_FAULT=tune.iteration:K, or FAULT_ENV
+    return None if fault is None else {"marker": fault.marker, "iteration": fault.step}
 
 
 @dataclass
@@ -225,13 +226,13 @@ def trial_fn(config: dict, *, plan: TrialPlan, data: Any = None) -> None:
     """The function trainable of every distml search (runs in a Tune trial process)."""
     from ray import tune
 
-    from distml.jobs import kind_module
+    from distml.registry import kind_module
 
     session = TrialSession(plan, load_checkpoint(tune.get_checkpoint()))
     try:
         spec = plan.trial_spec(plan.overrides(config))
         job = kind_module(plan.kind).Job(spec)
-        if hasattr(job, "tune_trial") and not plan.worker_group:
+        if job.tune_trial_hook and not plan.worker_group:
             job.tune_trial(data, session)
         else:
             _run_whole_job(job, data, session, plan)
@@ -255,6 +256,7 @@ def _run_whole_job(job, info, session: TrialSession, plan: TrialPlan) -> None:
     from distml.jobs.base import RunContext
     from distml.runtime.artifacts import RunDir
     from distml.runtime.cluster import ClusterInfo
+    from distml.runtime.workers import use_train_callbacks
 
     global _ACTIVE
     scratch = tempfile.mkdtemp(prefix="distml-trial-", dir=plan.scratch)
@@ -265,7 +267,8 @@ def _run_whole_job(job, info, session: TrialSession, plan: TrialPlan) -> None:
         ctx = RunContext(job.spec, info, run_dir,
                          ClusterInfo("existing", None, None, dict(plan.cluster_resources or {})),
                          logging.getLogger("distml.trial"))
-        out = job.run(ctx)
+        with use_train_callbacks(train_callbacks):  # the Train run's reports reach Tune
+            out = job.run(ctx)
     finally:
         _ACTIVE = None
         shutil.rmtree(scratch, ignore_errors=True)
@@ -282,26 +285,37 @@ _ACTIVE: TrialPlan | None = None  # the worker-group trial running in this proce
 def train_callbacks() -> list:
     """Ray Train callbacks for a Train run started inside a worker-group trial (else ``[]``):
     they forward each report of the workers (``iteration`` plus metrics) to Tune, shaped like a
-    :class:`TrialSession` report, so ASHA or the median rule can stop the trial."""
+    :class:`TrialSession` report, so ASHA or the median rule can stop the trial. The worker-group
+    launcher asks for them through :func:`distml.runtime.workers.use_train_callbacks`."""
     if _ACTIVE is None:
         return []
     return [_TrainToTune(_ACTIVE.metric, _ACTIVE.mode, _ACTIVE.report_every or 1)]
 
 
 def _train_to_tune_class():
-    from ray.train._internal.session import get_session
-    from ray.train.v2.api.callback import UserCallback
+    from ray.train import UserCallback
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class TrialQueue:
+        """``put(report)`` hands one report to the trial through Ray's public Train→Tune bridge
+        (``TuneReportCallback``, made in the trial process: it holds the trial's queue)."""
+
+        def __init__(self):
+            self.bridge = TuneReportCallback()
+
+        def put(self, report: dict) -> None:
+            self.bridge.after_report(None, [report], None)  # no checkpoint: only metrics
 
     class TrainToTune(UserCallback):
-        """Runs in the Train controller; puts results on the trial's inter-actor queue (what
-        Ray's ``TuneReportCallback`` does), translated to distml's trial report."""
+        """Runs in the Train controller; sends each worker report to the trial, translated to
+        distml's trial report."""
 
         def __init__(self, metric: str, mode: str, every: int):
             self.metric, self.mode, self.every = metric, mode, every
             self.best: float | None = None
             self.best_iteration = -1
             self.t0 = time.time()
-            self.queue = get_session()._get_or_create_inter_actor_queue()
+            self.queue = TrialQueue()
 
         def after_report(self, run_context, metrics, checkpoint):
             flat = flatten_metrics(metrics[0] if metrics else {})

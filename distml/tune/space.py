@@ -6,7 +6,7 @@ categorical distribution takes scalars only; :meth:`Space.decode` turns a config
 ``{path: value}``. Integer ranges are inclusive in the spec (``randint: [2, 10]`` may give 10, as
 Python's ``random.randint``) and exclusive in Tune, hence the ``+ 1``.
 
->>> from distml.tune.spec import TuneSpec
+>>> from distml.spec.tune import TuneSpec
 >>> s = Space(TuneSpec(metric="valid.rmse", space={"model.hidden": {"choice": [[8], [16, 8]]}}))
 >>> s.decode({"model.hidden": 1})
 {'model.hidden': [16, 8]}
@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from distml.tune.spec import TuneSpec
+from distml.spec.tune import TuneSpec
 
 
 def _scalar(v: Any) -> bool:

@@ -146,9 +146,10 @@ _SINGLE_MODEL = ["coefficients", "fit_statistics"]
 #: change here is a change users see)
 REPORT_SECTIONS = {
     "kmeans_out_of_core.yaml": ["cluster_sizes", "cluster_centers", "pass_history"],
-    # the winner (scikit-learn logistic regression) is the run's model; the ladder's own sections
-    # come from Job.report_sections() once report/build.py asks the kind for them
-    "ladder_breast_cancer.yaml": _SUPERVISED + ["feature_importance"],
+    # the winner (scikit-learn logistic regression) is the run's model, then the ladder's own
+    "ladder_breast_cancer.yaml": _SUPERVISED + ["feature_importance", "ladder_folds",
+                                                "ladder_differences", "ladder_cost"],
+    "lightgbm_breast_cancer.yaml": _SUPERVISED + ["learning_curve", "feature_importance"],
     "pca_out_of_core.yaml": ["scree", "loadings"],
     "quickstart.yaml": _SUPERVISED + ["learning_curve", "feature_importance"],
     "sklearn_diabetes.yaml": ["predicted_vs_actual", "residuals", "feature_importance"],

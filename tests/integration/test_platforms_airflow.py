@@ -10,7 +10,7 @@ AirflowFailException).
 Airflow's pins conflict with nothing here but take minutes to install, so it lives in its own
 virtualenv, ``.venv-airflow`` (``make airflow-venv``: apache-airflow plus this project). Without
 it the tests skip; with ``DISTML_REQUIRE_AIRFLOW=1`` (``make test`` sets it whenever it built
-that venv, and always under ``CI=true`` when examples/ or distml/submit.py changed) they fail.
+that venv, and always under ``CI=true`` when examples/ or distml/remote changed) they fail.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import pytest
 import distml
 from distml.cli import main
 from distml.errors import DataError
-from distml.predict import load_predictor, predict
+from distml.scoring import load_predictor, predict
 from distml.runtime.datasets import load_builtin
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -123,7 +123,7 @@ def test_unfinished_or_unscorable_run_dirs_are_refused(xgb_run, tmp_path, capfd)
     err = json.loads(capfd.readouterr().out)["error"]
     assert code == 2 and "has no _SUCCESS" in err["message"]
     for kind, expect in (("statsmodels", "distml predict cannot score"),
-                         ("lightgbm", "which this distml does not have")):
+                         ("catboost", "which this distml does not have")):
         from distml.runtime.artifacts import RunDir
 
         fake = RunDir(tmp_path, "fake", kind)  # a finished run dir (digests) of that kind
@@ -222,8 +222,7 @@ def test_tuned_run_predicts_with_its_refitted_model(tmp_path):
     """A tuned xgboost run: its model is the best configuration's refit; predict scores with it."""
     import xgboost as xgb
 
-    if not os.path.isfile(f"{ROOT}/jobs/tune_xgboost.yaml"):
-        pytest.skip("no tune example in this checkout")
+    assert os.path.isfile(f"{ROOT}/jobs/tune_xgboost.yaml"), "jobs/tune_xgboost.yaml is gone"
     r = distml.run(f"{ROOT}/jobs/tune_xgboost.yaml", output=tmp_path / "runs",
                    tune__num_samples=3, tune__search="random", tune__scheduler="none")
     assert r.best_config
@@ -239,7 +238,8 @@ def test_tuned_run_predicts_with_its_refitted_model(tmp_path):
 def test_torch_user_module_scores_only_with_allow_module(tmp_path, capfd):
     """Training with ``module:`` in the spec is the opt-in there; scoring the run directory is
     not: its module loads only when the person scoring names it (``--allow-module``)."""
-    torch = pytest.importorskip("torch")
+    import torch  # the `torch` extra: `make test` installs it
+
     spec = {"name": "linear-net", "kind": "torch",
             "data": {"source": "builtin:breast_cancer", "target": "target",
                      "split": {"test": 0.2, "seed": 0}},

@@ -176,7 +176,6 @@ def test_resume_refuses_another_spec_or_no_fingerprint_before_the_cluster(tmp_pa
 def test_train_and_tune_resume_check_the_fingerprint(tmp_path):
     """The kinds' own checks (behind the one in distml.run): Train's run configuration and
     Tune's restore refuse a missing or different fingerprint."""
-    pytest.importorskip("ray.train")
     from distml.jobs import _distributed, kind_module
     from distml.spec import load_spec
 

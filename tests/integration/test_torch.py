@@ -12,13 +12,13 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+import torch  # the `torch` extra, which `make test` installs: missing, this fails
 
 import distml
 from distml.runtime.data import split_indices
 
 from ray_checks import wait_resources_free as _wait_resources_free
 
-torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
 

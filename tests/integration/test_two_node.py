@@ -94,7 +94,6 @@ def test_cv_folds_run_on_both_nodes_and_equal_single_node(two_nodes, tmp_path):
 
 @pytest.mark.usefixtures("ray_cluster")
 def test_many_models_run_on_both_nodes_and_equal_single_node(two_nodes, tmp_path):
-    pytest.importorskip("statsmodels")
     spec = f"{ROOT}/jobs/statsmodels_grunfeld_firms.yaml"
     payload = _submit(two_nodes, spec, "grunfeld-2n", tmp_path / "two",
                       "model.groups_per_task=1")

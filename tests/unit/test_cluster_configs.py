@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from distml.api import validate
-from distml.submit import entrypoint
+from distml.remote import entrypoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CLUSTER = os.path.join(ROOT, "cluster")

@@ -27,9 +27,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from distml.errors import DataError, DistmlError, SpecError
-from distml.predict import load_predictor
+from distml.scoring import load_predictor
 
-PREDICT = importlib.import_module("distml.predict")  # the module (distml.predict is the function)
+PREDICT = importlib.import_module("distml.jobs.predictors")  # skops allow-lists and loading
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 FEATURES = ["a", "b"]
 
@@ -98,11 +98,11 @@ def test_skops_allow_list_is_what_distml_saves():
     found = saved_nodes()
     new, gone = sorted(found - PREDICT.SKOPS_SAVED), sorted(PREDICT.SKOPS_SAVED - found)
     assert not new and not gone, (
-        f"distml.predict.SKOPS_SAVED is stale for this scikit-learn: add {new}, drop {gone} "
+        f"distml.jobs.predictors.SKOPS_SAVED is stale for this scikit-learn: add {new}, drop {gone} "
         "(after checking that every added type is plain data, not a function)")
     assert not any(n.startswith("FunctionNode:") and n.split(":", 1)[1]
                    not in PREDICT.SKOPS_FUNCTIONS for n in PREDICT.SKOPS_NODES)
-    assert not any(PREDICT._never_trusted(n.split(":", 1)[1]) for n in PREDICT.SKOPS_NODES)
+    assert not any(PREDICT.never_trusted(n.split(":", 1)[1]) for n in PREDICT.SKOPS_NODES)
 
 
 # ------------------------------------------------------------------ fake finished run dirs

@@ -116,7 +116,8 @@ def test_auto_groups_per_task():
 
 
 def test_partitions_keep_pandas_group_order_and_row_order(tmp_path):
-    from distml.jobs._manymodels import Unit, assemble, map_partition, merge_summaries
+    from distml.jobs._manymodels import assemble, map_partition, merge_summaries
+    from distml.runtime.plan import files_partition
 
     rng = np.random.default_rng(0)
     df = pd.DataFrame({"g": rng.choice(["b", "a", "c", None], 300), "h": rng.integers(0, 2, 300),
@@ -125,8 +126,8 @@ def test_partitions_keep_pandas_group_order_and_row_order(tmp_path):
     outs = []
     for i, p in enumerate(parts):
         p.to_parquet(tmp_path / f"{i}.parquet")
-        outs.append(map_partition(Unit(str(tmp_path), (str(tmp_path / f"{i}.parquet"),), (None,),
-                                       "parquet"), ("g", "h"), ["x", "s"]))
+        outs.append(map_partition(files_partition(str(tmp_path), [str(tmp_path / f"{i}.parquet")],
+                                                  "parquet"), ("g", "h"), ["x", "s"]))
     keys, pieces = merge_summaries([o[0][0] for o in outs], ("g", "h"))
     expected = df.dropna(subset=["g"]).groupby(["g", "h"])
     assert [tuple(k) for k in keys.itertuples(index=False)] == list(expected.groups)

@@ -3,7 +3,6 @@ with the job, idempotency and following a job (a fake Jobs API), and T8 for the 
 
 from __future__ import annotations
 
-import importlib
 import io
 import json
 import os
@@ -18,7 +17,8 @@ import yaml
 from distml.cli import main
 from distml.errors import ClusterError, SpecError
 
-sub_mod = importlib.import_module("distml.submit")  # the module, whatever distml.submit names
+from distml import remote as sub_mod
+from distml.remote import client as client_mod
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -111,8 +111,8 @@ def recorded_headers(monkeypatch):
         def list_jobs(self):
             return []
 
-    monkeypatch.setattr(sub_mod, "_preflight", lambda url, source: None)
-    monkeypatch.setattr(sub_mod, "_client_class", lambda: Recorder)
+    monkeypatch.setattr(client_mod, "preflight_url", lambda url, source: None)
+    monkeypatch.setattr(client_mod, "client_class", lambda: Recorder)
     return sent
 
 

@@ -94,7 +94,7 @@ def test_inputs_are_scaled_with_the_train_rows_only():
 
 
 def test_the_mlp_follows_the_spec():
-    torch = pytest.importorskip("torch")
+    import torch  # the `torch` extra (`make test` installs it)
     from distml.jobs._torch_model import build_net
 
     m = load_spec(copy.deepcopy(TORCH), {"model.batch_norm": True, "model.activation": "gelu"}
@@ -109,7 +109,6 @@ def test_the_mlp_follows_the_spec():
 
 
 def test_a_user_module_is_built_from_its_path():
-    pytest.importorskip("torch")
     from distml.jobs._torch_model import build_net
 
     m = load_spec(copy.deepcopy(TORCH), {"model.module": "torch.nn:Linear",
@@ -119,7 +118,7 @@ def test_a_user_module_is_built_from_its_path():
 
 
 def test_checkpoints_load_without_pickle():
-    torch = pytest.importorskip("torch")
+    import torch  # the `torch` extra (`make test` installs it)
     from distml.jobs._torch_model import load_state, save_state
 
     state = {"model": {"w": torch.ones(2)}, "epoch": 3, "history": [[0, "train", "loss", 1.0]]}

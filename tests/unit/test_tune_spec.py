@@ -9,7 +9,7 @@ import pytest
 
 from distml.errors import SpecError
 from distml.spec import json_schema, load_spec
-from distml.tune.spec import TuneSpec, representative_values
+from distml.spec.tune import TuneSpec, representative_values
 
 XGB = {"name": "t", "kind": "xgboost",
        "data": {"source": "builtin:breast_cancer", "target": "target"},
@@ -140,8 +140,8 @@ def test_cross_checks_against_the_data_split_and_the_kind():
         "precision, recall, roc_auc)")
     # A scheduler needs a kind that reports every iteration, and a metric it computes then.
     msg = error_of(spec(SK, metric="valid.accuracy", scheduler="asha"))
-    assert msg == ("tune.scheduler asha needs trials that report every iteration (xgboost "
-                   "boosting rounds, torch epochs); kind sklearn fits in one shot; set tune.scheduler: none")
+    assert msg == ("tune.scheduler asha needs trials that report every iteration (boosting "
+                   "rounds, epochs); kind sklearn fits in one shot; set tune.scheduler: none")
     assert "needs a metric kind xgboost computes every iteration" in error_of(
         spec(metric="valid.f1", scheduler="median"))
     assert "tune.report_every must be at most the iterations of a trial (50); got 80" in error_of(

@@ -305,7 +305,7 @@ def check_job(spec: Any) -> None:
     tune = spec.tune
     if tune is None:
         return
-    from distml.jobs import kind_module
+    from distml.registry import kind_module
     from distml.spec.load import apply_overrides, error_messages
 
     module = kind_module(spec.kind)
@@ -341,21 +341,21 @@ def check_job(spec: Any) -> None:
         raise ValueError(f"tune.metric {tune.metric} needs cross-validation; set data.split.cv "
                          "(e.g. 5) or use valid.NAME")
     job = module.Job(spec)
-    names = getattr(job, "tune_metric_names", lambda: None)()
+    names = job.tune_metric_names()
     if names is not None and tune.metric_name not in names:
         close = difflib.get_close_matches(tune.metric_name, sorted(names), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ValueError(f"tune.metric {tune.metric!r} is not a metric of kind {spec.kind} "
                          f"({', '.join(sorted(names))}){hint}")
     if tune.scheduler != "none":
-        iterations = getattr(job, "tune_iterations", lambda: None)()
+        iterations = job.tune_iterations()
         if not iterations or tune.split == "cv":
             why = ("cross-validated trials report once" if tune.split == "cv" else
                    f"kind {spec.kind} fits in one shot")
             raise ValueError(f"tune.scheduler {tune.scheduler} needs trials that report every "
-                             f"iteration (xgboost boosting rounds, torch epochs); {why}; set "
+                             f"iteration (boosting rounds, epochs); {why}; set "
                              "tune.scheduler: none")
-        per_round = getattr(job, "tune_iteration_metrics", lambda: None)()
+        per_round = job.tune_iteration_metrics()
         if per_round is not None and tune.metric_name not in per_round:
             raise ValueError(f"tune.scheduler {tune.scheduler} needs a metric kind {spec.kind} "
                              f"computes every iteration ({', '.join(sorted(per_round))}); got "
@@ -374,7 +374,7 @@ def check_trials(spec: Any) -> None:
     import importlib.util
 
     from distml.errors import MissingDependency, SpecError
-    from distml.jobs import kind_module
+    from distml.registry import kind_module
     from distml.spec.load import load_spec
 
     tune = spec.tune
@@ -383,8 +383,6 @@ def check_trials(spec: Any) -> None:
     if tune.search == "optuna" and importlib.util.find_spec("optuna") is None:
         raise MissingDependency.for_extra("optuna", "tune", "tune.search: optuna")
     module = kind_module(spec.kind)
-    if not hasattr(module.Job, "check_spec"):
-        return
     base = spec.to_dict()
     base.pop("tune", None)
     for path, entry in tune.space.items():

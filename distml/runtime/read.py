@@ -1,0 +1,156 @@
+"""The one reader of distml's data plane (DESIGN.md §12): partitions planned by
+:mod:`distml.runtime.plan` -> pandas frames or bounded pyarrow batches.
+
+- :func:`open_input` opens a local path, a ``file://`` URL or any fsspec URL (the one place
+  that does; ``data.source`` URLs were checked against the protocol allow-list by the driver).
+- :func:`read_partition` reads a whole partition, only the columns asked for (many-models map
+  tasks, sufficient statistics, worker-group shards).
+- :func:`iter_tables` streams a partition as pyarrow tables of at most ``batch_size`` rows, in
+  data order, with column projection and bounded memory (out-of-core passes).
+- :func:`read_virtual` reads a ``builtin:``/``synthetic:`` source (or a row range of it).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any, Iterator
+
+import pandas as pd
+
+from distml.errors import DataError
+
+#: bytes buffered per column chunk being streamed (a row group can be hundreds of MB)
+PARQUET_BUFFER = 256 << 10
+
+
+def open_input(path: str, fs: Any = None):
+    """A binary file object for ``path``: through ``fs`` (an fsspec filesystem) when given,
+    else through fsspec for a URL other than ``file://``, else the local file."""
+    if fs is not None:
+        return fs.open(path, "rb")
+    if "://" in path and not path.startswith("file://"):
+        import fsspec
+
+        return fsspec.open(path, "rb").open()
+    return open(path[len("file://"):] if path.startswith("file://") else path, "rb")
+
+
+def read_virtual(source: str, columns: list[str] | None = None,
+                 row_range: tuple[int, int] | None = None) -> pd.DataFrame:
+    """A ``builtin:``/``synthetic:`` source (rows ``row_range`` of it), only ``columns``."""
+    from distml.runtime import datasets
+
+    if row_range is not None:
+        frame = datasets.read_rows(source, *row_range)
+    elif source.startswith("builtin:"):
+        frame = datasets.load_builtin(source.split(":", 1)[1])
+    else:
+        frame = datasets.synthetic_frame(source)
+    return frame[columns] if columns is not None else frame
+
+
+# ------------------------------------------------------------------ whole partitions
+
+def read_partition(part, columns: list[str]) -> pd.DataFrame:
+    """The rows of ``part`` (a :class:`~distml.runtime.plan.Partition`), only ``columns``
+    (in file order for files, in ``columns`` order for virtual sources)."""
+    if part.format == "virtual":
+        return read_virtual(part.source, columns, part.row_range)
+    if part.format == "csv":
+        frames = [_read_csv_piece(p, columns) for p in part.pieces]
+        return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables = []
+    for p in part.pieces:
+        with open_input(p.path) as fh:
+            pf = pq.ParquetFile(fh)
+            tables.append(pf.read(columns=columns) if p.row_groups is None
+                          else pf.read_row_groups(list(p.row_groups), columns=columns))
+    table = tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="default")
+    return table.to_pandas()
+
+
+def _read_csv_piece(piece, columns: list[str]) -> pd.DataFrame:
+    with open_input(piece.path) as fh:
+        try:
+            if piece.byte_range is not None:
+                return pd.read_csv(io.BytesIO(csv_range(fh, *piece.byte_range)), usecols=columns)
+            return pd.read_csv(fh, usecols=columns,
+                               compression="gzip" if piece.path.endswith(".gz") else None)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+            raise DataError(f"data.source: file {piece.path!r} is not readable CSV "
+                            f"({type(e).__name__})") from None
+
+
+def csv_range(fh, lo: int, hi: int) -> bytes:
+    """The header line of a CSV file plus its lines whose first byte lies in ``[lo, hi)``
+    (a line belongs to the range it starts in, so consecutive ranges cover every line once;
+    a quoted field with a line break inside is not supported in a split file)."""
+    header = fh.readline()
+    if lo > len(header):
+        fh.seek(lo - 1)
+        fh.readline()  # the rest of the line that started before lo (just '\n' at a boundary)
+    start = fh.tell()
+    if start >= hi:
+        return header
+    body = fh.read(hi - start)
+    if body and not body.endswith(b"\n"):
+        body += fh.readline()  # the last line started inside the range: finish it
+    return header + body
+
+
+# ------------------------------------------------------------------ bounded batches
+
+def iter_tables(part, columns: list[str], batch_size: int, *, float_columns: list[str] = (),
+                threads: bool = False) -> Iterator[Any]:
+    """pyarrow tables/record batches of at most ``batch_size`` rows of ``part``, in data order,
+    only ``columns``; CSV columns in ``float_columns`` are typed float64 up front (a streaming
+    reader infers types from its first block only)."""
+    import pyarrow as pa
+
+    if part.format == "virtual":
+        if part.row_range is not None:
+            frame = read_virtual(part.source, columns, part.row_range)
+            for lo in range(0, len(frame), batch_size):
+                yield pa.Table.from_pandas(frame.iloc[lo:lo + batch_size], preserve_index=False)
+            return
+        from distml.runtime.datasets import iter_source
+
+        for frame in iter_source(part.source, chunk_rows=batch_size):
+            yield pa.Table.from_pandas(frame[columns], preserve_index=False)
+        return
+    for piece in part.pieces:
+        if part.format == "parquet":
+            yield from _parquet_batches(piece, columns, batch_size, threads)
+        else:
+            yield from _csv_batches(piece, columns, batch_size, float_columns, threads)
+
+
+def _parquet_batches(piece, columns, batch_size: int, threads: bool):
+    import pyarrow.parquet as pq
+
+    with open_input(piece.path) as fh:
+        # pre_buffer (pyarrow's default) keeps every buffer it read until the file is closed:
+        # memory would grow with the file. buffer_size streams each column chunk in pieces
+        # instead of reading it whole.
+        pf = pq.ParquetFile(fh, pre_buffer=False, buffer_size=PARQUET_BUFFER)
+        groups = list(piece.row_groups) if piece.row_groups is not None else None
+        yield from pf.iter_batches(batch_size=batch_size, row_groups=groups, columns=columns,
+                                   use_threads=threads)
+
+
+def _csv_batches(piece, columns, batch_size: int, float_columns, threads: bool):
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    with open_input(piece.path) as fh:
+        src = io.BytesIO(csv_range(fh, *piece.byte_range)) if piece.byte_range else fh
+        convert = pcsv.ConvertOptions(include_columns=list(columns),
+                                      column_types={c: pa.float64() for c in float_columns})
+        reader = pcsv.open_csv(src, convert_options=convert,
+                               read_options=pcsv.ReadOptions(use_threads=threads))
+        for rb in reader:
+            for lo in range(0, rb.num_rows, batch_size):
+                yield rb.slice(lo, batch_size)

@@ -26,6 +26,7 @@ KINDS: dict[str, str] = {
     "statsmodels": "distml.jobs.statsmodels",
     "torch": "distml.jobs.torch",
     "lightgbm": "distml.jobs.lightgbm",
+    "ladder": "distml.jobs.ladder",
 }
 
 

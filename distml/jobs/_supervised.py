@@ -368,6 +368,41 @@ class SupervisedJob(Job):
         """The run's model for the best configuration, from the data the trials shared."""
         return self.run(ctx, prep_ref=shared_ref)
 
+    def fit_predict_fold(self, train: pd.DataFrame, test: pd.DataFrame) -> dict:
+        """Fit on the rows of ``train``, predict the rows of ``test`` (the ``ladder`` kind's
+        folds; see :meth:`distml.jobs.base.Job.fit_predict_fold`). Both frames are typed
+        together as :func:`prepare` types one source: the same feature choice, categorical
+        levels and class codes, so a fold here is the fold ``data.split.cv`` fits."""
+        from distml.runtime.data import is_categorical_dtype
+
+        d = self.spec.data
+        target = d.target
+        frame = pd.concat([train, test], ignore_index=True)
+        skip = set(d.exclude) | {target}
+        features = list(d.features) if d.features is not None else [
+            c for c in frame.columns if c not in skip]
+        categorical = list(d.categorical) if d.categorical is not None else [
+            c for c in features if is_categorical_dtype(str(frame[c].dtype))]
+        y_raw = frame[target]
+        task = self.task() or infer_task(y_raw)
+        categories = {c: sorted(frame[c].dropna().astype(str).unique().tolist())
+                      for c in categorical}
+        X = type_features(frame[features], categories)
+        classes = None
+        if task == "classification":
+            classes = sorted(pd.unique(y_raw).tolist(), key=lambda v: (str(type(v)), v))
+            y = _encode(y_raw, classes, "data.target")
+        else:
+            y = y_raw.to_numpy(dtype=np.float64)
+        prep = Prepared(X, y, task, classes, categories)
+        rows_train = np.arange(len(train))
+        rows_test = np.arange(len(train), len(frame))
+        model, _, _ = self.fit(prep, rows_train, None)
+        pred, proba = self.predict(model, prep, X.iloc[rows_test])
+        return {"task": task, "y_true": y[rows_test], "pred": np.asarray(pred),
+                "proba": None if proba is None else np.asarray(proba, dtype=np.float64),
+                "classes": [_py(c) for c in classes] if classes is not None else None}
+
 
 #: rows per split kept in ``tables/predictions.parquet`` (a deterministic sample beyond it)
 MAX_PREDICTION_ROWS = 100_000

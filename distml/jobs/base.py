@@ -129,3 +129,12 @@ class Job:
     def report_sections(cls) -> list[Callable[[Any], Any]]:
         """Extra ``report.html`` section builders ``f(RunView) -> Section | None``."""
         return []
+
+    def fit_predict_fold(self, train: Any, test: Any) -> dict:
+        """Fit on the rows of ``train`` and predict the rows of ``test`` (two pandas DataFrames
+        holding the target and the columns the kind uses); the ability the ``ladder`` kind needs
+        of a candidate. Returns ``{"task", "y_true", "pred", "proba", "classes"}``: for
+        classification ``y_true``/``pred`` are codes into ``classes`` and ``proba`` is
+        ``(len(test), len(classes))`` or None; for regression values and ``classes`` None."""
+        raise NotImplementedError(f"kind {self.spec.kind} cannot fit and predict a fold (the "
+                                  "ladder kind needs this ability of a candidate)")

@@ -412,5 +412,76 @@ class Job(BaseJob):
                                  "merged per-partition sufficient statistics")
         return "single", "one model: fitted by statsmodels in one Ray task"
 
+    def fit_predict_fold(self, train, test) -> dict:
+        """Fit one model on the rows of ``train`` and predict the rows of ``test`` (the
+        ``ladder`` kind's folds; see :meth:`distml.jobs.base.Job.fit_predict_fold`). The formula
+        is evaluated as in a single fit; without one, the target is regressed on
+        ``model.exog`` (default: every feature column, categorical ones as 0/1 indicators
+        without their first level) with a constant. logit, probit and binomial glm are
+        classifiers of a 0/1 (or two-class) target; the other methods predict values."""
+        import numpy as np
+        import pandas as pd
+
+        from distml.jobs import _manymodels as mm
+
+        m, d = self.spec.model, self.spec.data
+        if m.method in TIME_SERIES or self.spec.group_by:
+            raise SpecError(f"model.method {m.method} with group_by {self.spec.group_by} cannot "
+                            "be fitted on cross-validation folds; use a regression method and "
+                            "no group_by")
+        cfg = mm.FitConfig.from_spec(self.spec)
+        target = analyze_formula(m.formula).lhs[0] if m.formula else (m.endog or d.target)
+        frame = pd.concat([train, test], ignore_index=True)
+        n = len(train)
+        classes = None
+        y_all = frame[target]
+        if cfg.classification:
+            classes = sorted(pd.unique(y_all).tolist(), key=lambda v: (str(type(v)), v))
+            if len(classes) != 2:
+                raise DataError(f"model.method {m.method} needs a target with 2 classes; "
+                                f"{target!r} has {len(classes)}")
+            codes = y_all.map({c: i for i, c in enumerate(classes)}).to_numpy(dtype=np.int64)
+            frame = frame.assign(**{target: codes})
+            y_true = codes[n:]
+        else:
+            y_true = y_all.to_numpy(dtype=np.float64)[n:]
+        extra = {c: frame[c].to_numpy(dtype=np.float64) for c in cfg.extras}
+        tr = {c: v[:n] for c, v in extra.items()}
+        cls = mm.model_class(cfg.method)
+        if cfg.formula:
+            model = cls.from_formula(cfg.formula, data=frame.iloc[:n], eval_env=formula_namespace(),
+                                     missing="raise", **mm.model_kwargs(cfg, tr))
+            X_test: Any = frame.iloc[n:]
+        else:
+            skip = {target, *cfg.extras}
+            cols = list(m.exog or d.features or [c for c in frame.columns
+                                                 if c not in skip and c not in d.exclude])
+            X = frame[cols]
+            cats = [c for c in cols if not pd.api.types.is_numeric_dtype(X[c])
+                    or pd.api.types.is_bool_dtype(X[c])]
+            if cats:
+                X = pd.get_dummies(X, columns=cats, drop_first=True, dtype=np.float64)
+            X = X.astype(np.float64)
+            if m.add_constant:
+                X.insert(0, "const", 1.0)
+            model = cls(y_all.iloc[:n].to_numpy(dtype=np.float64) if classes is None
+                        else frame[target].iloc[:n].to_numpy(dtype=np.float64),
+                        X.iloc[:n], missing="raise", **mm.model_kwargs(cfg, tr))
+            X_test = X.iloc[n:]
+        res = model.fit(**mm.fit_kwargs(cfg, tr))
+        kw = {k: extra[c][n:] for k, c in (("offset", cfg.offset), ("exposure", cfg.exposure))
+              if c}
+        pred = np.asarray(res.predict(X_test, **kw), dtype=np.float64)
+        if len(pred) != len(test):
+            raise DataError(f"{len(test) - len(pred)} of {len(test)} rows could not be "
+                            "predicted (missing values in the model's columns)")
+        if classes is None:
+            return {"task": "regression", "y_true": y_true, "pred": pred, "proba": None,
+                    "classes": None}
+        return {"task": "classification", "y_true": y_true,
+                "pred": (pred >= 0.5).astype(np.int64),
+                "proba": np.column_stack([1 - pred, pred]),
+                "classes": [c.item() if hasattr(c, "item") else c for c in classes]}
+
 
 SUFFSTATS_AUTO_BYTES = 1 << 30

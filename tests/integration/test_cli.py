@@ -146,6 +146,9 @@ _SINGLE_MODEL = ["coefficients", "fit_statistics"]
 #: change here is a change users see)
 REPORT_SECTIONS = {
     "kmeans_out_of_core.yaml": ["cluster_sizes", "cluster_centers", "pass_history"],
+    # the winner (scikit-learn logistic regression) is the run's model, then the ladder's own
+    "ladder_breast_cancer.yaml": _SUPERVISED + ["feature_importance", "ladder_folds",
+                                                "ladder_differences", "ladder_cost"],
     "lightgbm_breast_cancer.yaml": _SUPERVISED + ["learning_curve", "feature_importance"],
     "pca_out_of_core.yaml": ["scree", "loadings"],
     "quickstart.yaml": _SUPERVISED + ["learning_curve", "feature_importance"],

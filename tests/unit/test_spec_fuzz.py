@@ -31,7 +31,7 @@ from hypothesis.internal.conjecture import utils as _cu
 
 from distml.cli import main
 from distml.errors import SpecError
-from distml.jobs import KINDS
+from distml.jobs import KINDS, spec_classes
 from distml.jobs.sklearn import ESTIMATORS
 from distml.spec import JobSpec, json_schema, load_spec
 
@@ -80,7 +80,9 @@ _FORBIDDEN = ("pydantic", "https://", "Input should", "Value error,", "Assertion
               "function-after", "function-before", "function-wrap", "literal[", "[key]",
               "SplitSpec", "Traceback", "Error(", "object at 0x")
 _QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
-_TAG_PATH = re.compile(rf"({'|'.join(map(re.escape, KINDS))})[.\[]")  # "xgboost.data ..."
+_FIELDS = {name for cls in spec_classes() for name in cls.model_fields}
+# "xgboost.data ..."; a kind that is also a spec field (kind ladder's `ladder:`) is no tag
+_TAG_PATH = re.compile(rf"({'|'.join(re.escape(k) for k in KINDS if k not in _FIELDS)})[.\[]")
 
 
 def assert_clean_message(msg: str, raw=None, user_keys: tuple[str, ...] = ()) -> None:

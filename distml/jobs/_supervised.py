@@ -391,7 +391,7 @@ class SupervisedJob(Job):
         classes = None
         if task == "classification":
             classes = sorted(pd.unique(y_raw).tolist(), key=lambda v: (str(type(v)), v))
-            y = _encode(y_raw, classes, "data.target")
+            y = encode_target(y_raw, classes, "data.target")
         else:
             y = y_raw.to_numpy(dtype=np.float64)
         prep = Prepared(X, y, task, classes, categories)
@@ -401,7 +401,7 @@ class SupervisedJob(Job):
         pred, proba = self.predict(model, prep, X.iloc[rows_test])
         return {"task": task, "y_true": y[rows_test], "pred": np.asarray(pred),
                 "proba": None if proba is None else np.asarray(proba, dtype=np.float64),
-                "classes": [_py(c) for c in classes] if classes is not None else None}
+                "classes": [py_scalar(c) for c in classes] if classes is not None else None}
 
 
 #: rows per split kept in ``tables/predictions.parquet`` (a deterministic sample beyond it)

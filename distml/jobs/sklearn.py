@@ -54,6 +54,8 @@ ESTIMATORS: dict[str, tuple[str, str]] = {
     "linear_svr": ("sklearn.svm.LinearSVR", _R),
     "knn_classifier": ("sklearn.neighbors.KNeighborsClassifier", _C),
     "knn_regressor": ("sklearn.neighbors.KNeighborsRegressor", _R),
+    "dummy_classifier": ("sklearn.dummy.DummyClassifier", _C),  # baselines (a ladder's first rung)
+    "dummy_regressor": ("sklearn.dummy.DummyRegressor", _R),
 }
 #: the public scikit-learn modules a dotted ``estimator`` path may name (``sklearn.MOD.Class``):
 #: lookup imports nothing else, so neither private modules nor test helpers (``conftest``,

@@ -1,5 +1,5 @@
 """Moved to :mod:`distml.runtime.workers` (the one worker-group launcher). This name stays only
-for importers outside the data-plane change (``tune/runner.py``, two tests); import
-``distml.runtime.workers`` instead."""
+for ``tune/runner.py`` (``choose``), outside the data-plane change; import
+``distml.runtime.workers`` instead, then delete this file."""
 
-from distml.runtime.workers import EXPERIMENT, Cadence, Execution, choose, run_config  # noqa: F401
+from distml.runtime.workers import choose  # noqa: F401

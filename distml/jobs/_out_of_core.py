@@ -5,11 +5,11 @@ whole builtin/synthetic source) by the one planner (:mod:`distml.runtime.plan`) 
 footers alone. Each pass over the data is one Ray task per partition; a task streams its
 partition in batches of at most ``batch_size`` rows with the one reader
 (:func:`distml.runtime.read.iter_tables`) and keeps only a fixed-size state (moments, a sample,
-cluster sums), so its memory is bounded by ``batch_size × features``, never by the data. Partial results
-are merged by a fixed tree of Ray merge tasks (the one task runner, :mod:`distml.runtime.tasks`;
-Chan et al.'s pairwise update for moments), so the driver only ever receives one merged state,
-and the floating-point result does not depend on which task finished first, or on a retried
-task (RELIABILITY.md T4).
+cluster sums), so its memory is bounded by ``batch_size × features``, never by the data.
+Partial results are merged by a fixed tree of Ray merge tasks (the one task runner,
+:mod:`distml.runtime.tasks`; Chan et al.'s pairwise update for moments), so the driver only
+ever receives one merged state, and the floating-point result does not depend on which task
+finished first, or on a retried task (RELIABILITY.md T4).
 
 Dask is not used on this path: measured here it was slower than plain pyarrow batches in Ray
 tasks (docs/out_of_core.md has the figures and the benchmark that produced them).

@@ -166,7 +166,7 @@ class SupervisedJob(Job):
     def train_execution(self, data: DataInfo, resources: dict) -> Any | None:
         if not self.trains_in_worker_group:
             return None
-        from distml.jobs._distributed import choose
+        from distml.runtime.workers import choose
 
         decision = choose(self.spec, data, resources)
         return decision if decision.worker_group else None

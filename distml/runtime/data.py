@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from distml.errors import DataError, one_line
-from distml.runtime.read import open_input, read_virtual
+from distml.runtime.read import csv_reason, open_input, read_files, read_virtual
 
 log = logging.getLogger("distml")
 
@@ -225,6 +225,11 @@ def _inspect_parquet(info: SourceInfo, fs, field_name: str) -> None:
     info.columns = {name: str(schema.field(name).type) for name in schema.names}
 
 
+def _compression(path: str) -> str | None:
+    """pandas cannot infer the compression of an open file: say it (``.csv.gz``)."""
+    return "gzip" if path.lower().endswith(".gz") else None
+
+
 def _check_unique(names: list[str], path: str, field_name: str) -> None:
     dup = sorted({str(n) for n in names if names.count(n) > 1})
     if dup:
@@ -242,14 +247,14 @@ def _inspect_csv(info: SourceInfo, fs, field_name: str) -> None:
             with open_input(f, fs) as fh:
                 # The header as written: pandas renames a repeated name ('x1' -> 'x1.1').
                 header = pd.read_csv(fh, nrows=1, header=None, dtype=str, keep_default_na=False,
-                                     compression="infer" if fs is None else None)
+                                     compression=_compression(f))
             with open_input(f, fs) as fh:
                 head = pd.read_csv(fh, nrows=_HEAD_ROWS,
-                                   compression="infer" if fs is None else None)
+                                   compression=_compression(f))
             info.sizes.append(fs.size(f) if fs is not None else os.path.getsize(f))
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError,
                 ValueError) as e:
-            raise DataError(f"{field_name}: file {f!r} is not readable CSV ({_csv_reason(e)})") \
+            raise DataError(f"{field_name}: file {f!r} is not readable CSV ({csv_reason(e)})") \
                 from None
         _check_unique([str(c) for c in header.iloc[0]] if len(header) else [], f, field_name)
         # Only a short file's rows are known here; the target check reads the rest.
@@ -261,21 +266,6 @@ def _inspect_csv(info: SourceInfo, fs, field_name: str) -> None:
     info.rows = rows
 
 
-def _csv_reason(e: BaseException) -> str:
-    """Why a CSV is unreadable, without quoting its rows (a parser message can carry data)."""
-    if isinstance(e, pd.errors.EmptyDataError):
-        return "the file is empty"
-    if isinstance(e, UnicodeDecodeError):
-        return f"not {e.encoding} text at byte {e.start}"
-    if isinstance(e, pd.errors.ParserError):
-        text = str(e)
-        import re
-
-        m = re.search(r"Expected \d+ fields in line \d+, saw \d+", text)
-        return m.group(0) if m else "the rows do not parse as CSV"
-    return type(e).__name__ if not isinstance(e, OSError) else one_line(e, 200)
-
-
 def _dtypes(frame: pd.DataFrame) -> dict[str, str]:
     return {str(c): str(t) for c, t in frame.dtypes.items()}
 
@@ -284,32 +274,9 @@ def read_frame(source: str, columns: list[str] | None = None,
                field_name: str = "data.source") -> pd.DataFrame:
     """Read the rows of ``source`` (only ``columns`` when given) into a DataFrame."""
     if source.startswith(("builtin:", "synthetic:")):
-        frame = read_virtual(source)
-    else:
-        fmt, files, fs = resolve_files(source, field_name)
-        if fmt == "parquet":
-            import pyarrow.parquet as pq
-
-            try:
-                table = pq.read_table(files if fs is None else [fs._strip_protocol(f) for f in files],
-                                      columns=columns, filesystem=fs)
-            except Exception as e:
-                raise DataError(f"{field_name}: cannot read parquet from {source!r}: "
-                                f"{one_line(e, 200)}") from None
-            frame = table.to_pandas()
-        else:
-            parts = []
-            for f in files:
-                try:
-                    with open_input(f, fs) as fh:
-                        parts.append(pd.read_csv(fh, usecols=columns))
-                except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError,
-                        ValueError) as e:
-                    raise DataError(f"{field_name}: file {f!r} is not readable CSV "
-                                    f"({_csv_reason(e)})") from None
-            frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
-        return frame
-    return frame[columns] if columns is not None else frame
+        return read_virtual(source, columns)
+    fmt, files, fs = resolve_files(source, field_name)
+    return read_files(files, fmt, columns, fs, field_name, source)
 
 
 def is_categorical_dtype(dtype: str) -> bool:

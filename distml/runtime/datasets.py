@@ -376,8 +376,8 @@ def generate_dataset(source: str, output: str | Path, rows: int | None = None,
     """Write ``rows`` rows of ``source`` as ``files`` parquet files ``part-00000.parquet``...
 
     Streams block by block (memory bounded by one block), each file written through the one
-    atomic writer (:func:`distml.runtime.artifacts.atomic_file`: a temp name, then renamed). Existing ``part-*.parquet`` files in ``output`` are
-    an error unless ``overwrite``. Returns ``{"files": [paths], "rows": N, "bytes": B}``.
+    atomic writer (:func:`distml.runtime.artifacts.atomic_file`: a temp name, then renamed).
+    Existing ``part-*.parquet`` files in ``output`` are an error unless ``overwrite``. Returns ``{"files": [paths], "rows": N, "bytes": B}``.
     """
     if rows is None:
         if source.strip().startswith("synthetic:"):

@@ -7,17 +7,19 @@
   tasks, sufficient statistics, worker-group shards).
 - :func:`iter_tables` streams a partition as pyarrow tables of at most ``batch_size`` rows, in
   data order, with column projection and bounded memory (out-of-core passes).
+- :func:`read_files` reads a whole multi-file source (the single-task paths, the data checks).
 - :func:`read_virtual` reads a ``builtin:``/``synthetic:`` source (or a row range of it).
 """
 
 from __future__ import annotations
 
 import io
+import re
 from typing import Any, Iterator
 
 import pandas as pd
 
-from distml.errors import DataError
+from distml.errors import DataError, one_line
 
 #: bytes buffered per column chunk being streamed (a row group can be hundreds of MB)
 PARQUET_BUFFER = 256 << 10
@@ -72,16 +74,52 @@ def read_partition(part, columns: list[str]) -> pd.DataFrame:
     return table.to_pandas()
 
 
-def _read_csv_piece(piece, columns: list[str]) -> pd.DataFrame:
-    with open_input(piece.path) as fh:
+def _read_csv_piece(piece, columns: list[str] | None, fs: Any = None,
+                   where: str = "data.source") -> pd.DataFrame:
+    with open_input(piece.path, fs) as fh:
         try:
             if piece.byte_range is not None:
                 return pd.read_csv(io.BytesIO(csv_range(fh, *piece.byte_range)), usecols=columns)
             return pd.read_csv(fh, usecols=columns,
                                compression="gzip" if piece.path.endswith(".gz") else None)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-            raise DataError(f"data.source: file {piece.path!r} is not readable CSV "
-                            f"({type(e).__name__})") from None
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError,
+                ValueError) as e:
+            raise DataError(f"{where}: file {piece.path!r} is not readable CSV "
+                            f"({csv_reason(e)})") from None
+
+
+def csv_reason(e: BaseException) -> str:
+    """Why a CSV is unreadable, without quoting its rows (a parser message can carry data)."""
+    if isinstance(e, pd.errors.EmptyDataError):
+        return "the file is empty"
+    if isinstance(e, UnicodeDecodeError):
+        return f"not {e.encoding} text at byte {e.start}"
+    if isinstance(e, pd.errors.ParserError):
+        text = str(e)
+        m = re.search(r"Expected \d+ fields in line \d+, saw \d+", text)
+        return m.group(0) if m else "the rows do not parse as CSV"
+    return type(e).__name__ if not isinstance(e, OSError) else one_line(e, 200)
+
+
+def read_files(files: list[str], fmt: str, columns: list[str] | None = None, fs: Any = None,
+               where: str = "data.source", source: str | None = None) -> pd.DataFrame:
+    """All rows of ``files`` (only ``columns`` when given): parquet through pyarrow's dataset
+    reader, which reads the files in parallel (``fs``: their fsspec filesystem, if remote);
+    CSV file by file. Unreadable data is a DataError naming ``where`` and the file/source."""
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(files if fs is None else [fs._strip_protocol(f) for f in files],
+                                  columns=columns, filesystem=fs)
+        except Exception as e:
+            raise DataError(f"{where}: cannot read parquet from {source or files[0]!r}: "
+                            f"{one_line(e, 200)}") from None
+        return table.to_pandas()
+    from distml.runtime.plan import Piece
+
+    frames = [_read_csv_piece(Piece(f), columns, fs, where) for f in files]
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 
 def csv_range(fh, lo: int, hi: int) -> bytes:

@@ -176,7 +176,8 @@ def test_resume_refuses_another_spec_or_no_fingerprint_before_the_cluster(tmp_pa
 def test_train_and_tune_resume_check_the_fingerprint(tmp_path):
     """The kinds' own checks (behind the one in distml.run): Train's run configuration and
     Tune's restore refuse a missing or different fingerprint."""
-    from distml.jobs import _distributed, kind_module
+    from distml.jobs import kind_module
+    from distml.runtime import workers
     from distml.spec import load_spec
 
     spec = load_spec(str(QUICKSTART))
@@ -184,13 +185,13 @@ def test_train_and_tune_resume_check_the_fingerprint(tmp_path):
     rd = _interrupted_run(tmp_path, spec, fingerprint=False)
     ctx = SimpleNamespace(spec=spec, data=info, run_dir=rd, resume=True)
     with pytest.raises(SpecError, match="cannot be trusted"):
-        _distributed.run_config(ctx, 0)
+        workers.run_config(ctx, 0)
     rd.write_fingerprint(run_fingerprint(load_spec(str(QUICKSTART),
                                                    {"model.num_boost_round": 10}), info))
     with pytest.raises(SpecError, match="model.num_boost_round"):
-        _distributed.run_config(ctx, 0)
+        workers.run_config(ctx, 0)
     rd.write_fingerprint(run_fingerprint(spec, info))
-    assert _distributed.run_config(ctx, 0).name == _distributed.EXPERIMENT
+    assert workers.run_config(ctx, 0).name == workers.EXPERIMENT
 
     # Tune: an experiment that can be restored, and no fingerprint
     from ray import tune

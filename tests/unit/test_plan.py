@@ -188,3 +188,18 @@ def test_open_input_reads_local_paths_and_file_urls(tmp_path):
     for name in (str(path), f"file://{path}"):
         with open_input(name) as fh:
             assert fh.read() == b"abc"
+
+
+def test_whole_sources_and_partitions_read_gzipped_csv_and_name_a_bad_file(tmp_path):
+    from distml.errors import DataError
+
+    df = _frame(50)
+    df.to_csv(tmp_path / "a.csv.gz", index=False)
+    source = str(tmp_path / "a.csv.gz")
+    pd.testing.assert_frame_equal(read_frame(source, ["row", "s"]), df[["row", "s"]])
+    part = plan.by_rows(inspect_source(source), 10)[0]
+    pd.testing.assert_frame_equal(read_partition(part, ["row", "s"]), df[["row", "s"]])
+    (tmp_path / "bad.csv").write_bytes(b"a,b\n1,2\n3,\xff\n")
+    bad = plan.files_partition(str(tmp_path), [str(tmp_path / "bad.csv")], "csv")
+    with pytest.raises(DataError, match=r"file '.*bad\.csv' is not readable CSV \(not utf-8 text "):
+        read_partition(bad, ["a", "b"])

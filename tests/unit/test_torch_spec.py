@@ -142,7 +142,7 @@ def _info(rows: int, features: int):
     ({}, 10_000_000, "train_worker_group", 4, "exceed one worker's budget"),
 ])
 def test_right_sizing(resources, rows, path, workers, reason):
-    from distml.jobs._distributed import choose
+    from distml.runtime.workers import choose
 
     spec = load_spec({"name": "x", "kind": "xgboost",
                       "data": {"source": "builtin:iris", "target": "target"},
@@ -154,7 +154,7 @@ def test_right_sizing(resources, rows, path, workers, reason):
 
 
 def test_right_sizing_stays_in_one_task_when_only_one_worker_fits():
-    from distml.jobs._distributed import choose
+    from distml.runtime.workers import choose
 
     spec = load_spec({"name": "x", "kind": "xgboost",
                       "data": {"source": "builtin:iris", "target": "target"}})

@@ -1,4 +1,4 @@
-"""Checkpoints of a many-models run (:mod:`distml.jobs._manymodels`): the results of the fit
+"""Checkpoints of a many-models run (:mod:`distml.jobs.statsmodels.many`): the results of the fit
 tasks already collected, so ``--resume`` fits only the groups that are missing.
 
 A checkpoint is a list of parts under ``checkpoints/groups/`` (:mod:`distml.jobs._resume`),

@@ -45,8 +45,7 @@ CASES = [
 def test_distributed_irls_equals_statsmodels_in_memory(tmp_path, family, link, y, extra):
     import statsmodels.formula.api as smf
 
-    from distml.jobs._manymodels import FitConfig, glm_family
-
+    from distml.jobs.statsmodels.fit import FitConfig, glm_family
     df, path = _data(tmp_path)
     formula = f"{y} ~ x1 + x2 + C(region)"
     model = {"method": "glm", "family": family, "formula": formula, "solver": "suffstats",

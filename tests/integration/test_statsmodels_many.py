@@ -236,8 +236,7 @@ def test_discrete_models(panel, tmp_path, method, y, solver):
     short) and calls a fit converged only when its score is below the tolerance."""
     import statsmodels.formula.api as smf
 
-    from distml.jobs._manymodels import SCORE_TOL
-
+    from distml.jobs.statsmodels.fit import SCORE_TOL
     df, path = panel
     f = f"{y} ~ x1 + x2"
     r = _run(path, {"method": method, "formula": f}, tmp_path, solver)

@@ -19,7 +19,7 @@ import pytest
 import statsmodels.api as sm
 from statsmodels.tools.sm_exceptions import SingularMatrixWarning
 
-from distml.jobs._vectorised import fit_groups, fit_least_squares
+from distml.jobs.statsmodels.engine import fit_groups, fit_least_squares
 from distml.runtime import suffstats
 
 

@@ -12,7 +12,7 @@ def _result(kind: str, metrics: dict) -> Result:
 
 
 def test_single_statsmodels_summary_shows_fit_statistics():
-    # keys as distml/jobs/_manymodels.tabulate writes them for one model (no group_by)
+    # keys as distml/jobs/statsmodels/many.tabulate writes them for one model (no group_by)
     m = {"method": "ols", "n_groups": 1, "n_fitted": 1, "n_failed": 0, "n_not_converged": 0,
          "nobs": 16.0, "r_squared": 0.99548, "adj_r_squared": 0.99246, "aic": 229.0,
          "bic": 234.4, "llf": -109.62, "converged": True, "n_params": 7}

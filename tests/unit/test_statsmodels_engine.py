@@ -88,8 +88,7 @@ def test_spec_rules_name_the_field(model, top, text):
 def test_family_links_are_statsmodels_links():
     import statsmodels.api as sm
 
-    from distml.jobs._manymodels import FAMILY_CLASSES, LINK_CLASSES
-
+    from distml.jobs.statsmodels.fit import FAMILY_CLASSES, LINK_CLASSES
     for family, links in FAMILY_LINKS.items():
         fam = getattr(sm.families, FAMILY_CLASSES[family])
         allowed = {cls.__name__ for cls in fam.links}
@@ -106,8 +105,7 @@ def test_schema_lists_the_kind():
 # ---------------------------------------------------------------- batching and partitions
 
 def test_auto_groups_per_task():
-    from distml.jobs._manymodels import auto_groups_per_task
-
+    from distml.jobs.statsmodels.many import auto_groups_per_task
     assert auto_groups_per_task(10_000, "ols", 2) == 1250  # 8 tasks: 4 per CPU
     assert auto_groups_per_task(10_000, "ols", 16) == 556  # enough fitting per task
     assert auto_groups_per_task(200, "arima", 2) == 5  # slow fits: fine tasks
@@ -116,7 +114,7 @@ def test_auto_groups_per_task():
 
 
 def test_partitions_keep_pandas_group_order_and_row_order(tmp_path):
-    from distml.jobs._manymodels import assemble, map_partition, merge_summaries
+    from distml.jobs.statsmodels.many import assemble, map_partition, merge_summaries
     from distml.runtime.plan import files_partition
 
     rng = np.random.default_rng(0)
@@ -143,8 +141,8 @@ def test_fit_batch_paths_agree_without_ray():
     """The batch design (formula once) and per-group formulas give identical numbers (on the
     statsmodels path; the vectorised engine is compared with statsmodels in
     test_vectorised.py)."""
-    from distml.jobs._manymodels import Batch, FitConfig, fit_batch
-
+    from distml.jobs.statsmodels.batch import Batch, fit_batch
+    from distml.jobs.statsmodels.fit import FitConfig
     rng = np.random.default_rng(1)
     n = 240
     cols = {"y": rng.normal(size=n), "x": rng.normal(size=n),

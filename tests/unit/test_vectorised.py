@@ -14,8 +14,10 @@ import pandas as pd
 import pytest
 import statsmodels.api as sm
 
-from distml.jobs._manymodels import Batch, FitConfig, fit_batch, glm_family
-from distml.jobs._vectorised import fit_groups, scope
+from distml.jobs.statsmodels.batch import Batch, fit_batch
+
+from distml.jobs.statsmodels.fit import FitConfig, glm_family
+from distml.jobs.statsmodels.engine import fit_groups, scope
 from distml.spec import load_spec
 
 G = 24

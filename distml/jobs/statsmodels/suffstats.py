@@ -1,6 +1,6 @@
 """The sufficient-statistics path of the statsmodels kind (``model.solver: suffstats``): one
 OLS/WLS over data bigger than one worker, from per-partition statistics merged on the driver
-(the numerics are in :mod:`distml.runtime.suffstats`; a GLM takes :mod:`distml.jobs._glm_irls`).
+(the numerics are in :mod:`distml.runtime.suffstats`; a GLM takes :mod:`distml.jobs.statsmodels.glm_irls`).
 
 Partitions come from the one planner (:func:`distml.runtime.plan.by_count`, none bigger than
 :data:`MAX_PARTITION_BYTES` on disk) and are read by :func:`distml.runtime.read.read_partition`.
@@ -25,8 +25,9 @@ MAX_PARTITION_BYTES = 128 << 20
 def design_for(cfg, proto: pd.DataFrame | None, frame: pd.DataFrame):
     """(X, y, w, clusters, names, offset) of one partition, rows with missing values removed
     (offset: the GLM offset plus log(exposure), zeros without either)."""
-    from distml.jobs._manymodels import column_array, formula_env, is_missing
-
+    from distml.jobs.statsmodels.batch import is_missing
+    from distml.jobs.statsmodels.fit import formula_env
+    from distml.jobs.statsmodels.many import column_array
     cols = {c: column_array(frame[c]) for c in frame.columns}
     miss = np.zeros(len(frame), dtype=bool)
     for c in cfg.model_columns():
@@ -108,7 +109,7 @@ def run_job(spec, cfg, ctx):
     """The suffstats path of the statsmodels kind: two or three passes of Ray tasks."""
     import ray
 
-    from distml.jobs._manymodels import runner
+    from distml.jobs.statsmodels.many import runner
     from distml.jobs.base import JobOutput
     from distml.runtime import plan
     from distml.runtime.data import is_categorical_dtype
@@ -133,7 +134,7 @@ def run_job(spec, cfg, ctx):
                 levels[c] = list(dict.fromkeys(v for f in found for v in f[c]))
     proto = _prototype(cfg, info.columns, levels)
     if cfg.method == "glm":
-        from distml.jobs._glm_irls import run_glm
+        from distml.jobs.statsmodels.glm_irls import run_glm
 
         return run_glm(spec, cfg, ctx, units, proto, columns, tasks)
     parts = ray.get(tasks.map(_moments_task, units, cfg, proto, columns))

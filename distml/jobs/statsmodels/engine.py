@@ -336,8 +336,7 @@ def _wald_f(beta, cov, const_idx, kc, df_denom):
 # ------------------------------------------------------------------------ GLM by IRLS
 
 def _family(cfg: Any):
-    from distml.jobs._manymodels import glm_family
-
+    from distml.jobs.statsmodels.fit import glm_family
     return glm_family(cfg)
 
 

@@ -5,9 +5,9 @@ Three execution paths, chosen before any work starts and recorded in ``manifest.
 - **single**: no ``group_by``: one Ray task reads the columns it needs and fits the model with
   statsmodels itself; ``summary.txt`` is statsmodels' own summary.
 - **many-models**: ``group_by``: the rows are partitioned by group on the workers and the
-  groups are fitted in batches, many per Ray task (see :mod:`distml.jobs._manymodels`).
+  groups are fitted in batches, many per Ray task (see :mod:`distml.jobs.statsmodels.many`).
 - **suffstats**: an OLS/WLS too big for one worker: exact per-partition sufficient statistics
-  merged on the cluster (see :mod:`distml.jobs._suffstats`).
+  merged on the cluster (see :mod:`distml.jobs.statsmodels.suffstats`).
 
 Every estimate, standard error, test statistic, p-value and interval comes from statsmodels'
 results objects; distml only arranges the data and tabulates what statsmodels returns. The
@@ -28,9 +28,9 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from distml.errors import DataError, JobFailed, SpecError, one_line
-from distml.jobs._formula import (NUMPY_FUNCS, FormulaInfo, analyze_formula,  # noqa: F401
+from distml.jobs.statsmodels.formula import (NUMPY_FUNCS, FormulaInfo, analyze_formula,  # noqa: F401
                                   check_engine, formula_namespace)
-from distml.jobs._manymodels import DISCRETE, REGRESSION, TIME_SERIES  # noqa: F401
+from distml.jobs.statsmodels.fit import DISCRETE, REGRESSION, TIME_SERIES  # noqa: F401
 from distml.jobs.base import Job as BaseJob
 from distml.jobs.base import JobOutput, RunContext
 from distml.runtime.data import DataInfo, is_numeric_dtype, validate_data
@@ -227,7 +227,7 @@ def _check_binomial_counts(m: StatsmodelsModel, d) -> None:
 
 def _check_out_of_core_glm(m: StatsmodelsModel) -> None:
     """What distributed IRLS covers: the vectorised engine's families and links, nonrobust."""
-    from distml.jobs._vectorised import GLM_LINKS
+    from distml.jobs.statsmodels.engine import GLM_LINKS
 
     family = m.family or "gaussian"
     if family not in GLM_LINKS:
@@ -375,20 +375,21 @@ class Job(BaseJob):
                                   f"fit the data ({e.message.rstrip('.')})") from None
 
     def run(self, ctx: RunContext) -> JobOutput:
-        from distml.jobs import _manymodels as mm
+        from distml.jobs.statsmodels import fit as mm
+        from distml.jobs.statsmodels import many
 
         cfg = mm.FitConfig.from_spec(self.spec)
         path, reason = self.choose_path(ctx.data)
         ctx.log.info("statsmodels %s: %s path (%s)", self.spec.model.method, path, reason)
         try:
             if path == "suffstats":
-                from distml.jobs import _suffstats
+                from distml.jobs.statsmodels import suffstats as _suffstats
 
                 out = _suffstats.run_job(self.spec, cfg, ctx)
             elif path == "many_models":
-                out = mm.run_many(self.spec, cfg, ctx)
+                out = many.run_many(self.spec, cfg, ctx)
             else:
-                out = mm.run_single(self.spec, cfg, ctx)
+                out = many.run_single(self.spec, cfg, ctx)
         except (DataError, SpecError, JobFailed):
             raise
         except Exception as e:
@@ -422,7 +423,7 @@ class Job(BaseJob):
         import numpy as np
         import pandas as pd
 
-        from distml.jobs import _manymodels as mm
+        from distml.jobs.statsmodels import fit as mm
 
         m, d = self.spec.model, self.spec.data
         if m.method in TIME_SERIES or self.spec.group_by:

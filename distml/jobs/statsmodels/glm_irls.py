@@ -30,13 +30,12 @@ TOL = 1e-8  # statsmodels' default IRLS tolerance on the deviance criterion
 
 
 def _family(cfg):
-    from distml.jobs._manymodels import glm_family
-
+    from distml.jobs.statsmodels.fit import glm_family
     return glm_family(cfg)
 
 
 def _frame(unit, cfg, proto, columns):
-    from distml.jobs._suffstats import design_for
+    from distml.jobs.statsmodels.suffstats import design_for
     from distml.runtime.read import read_partition
 
     X, y, w, _, names, offset = design_for(cfg, proto, read_partition(unit, columns))
@@ -133,7 +132,7 @@ def run_glm(spec, cfg, ctx, units, proto, columns, tasks) -> Any:
     from scipy import stats
 
     from distml.jobs.base import JobOutput
-    from distml.jobs._suffstats import summary_text
+    from distml.jobs.statsmodels.suffstats import summary_text
 
     t0 = time.perf_counter()
     sums = ray.get(tasks.map(_sums_task, units, cfg, proto, columns))

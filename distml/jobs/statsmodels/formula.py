@@ -2,7 +2,7 @@
 only in a namespace where no Python builtin is reachable (docs in :mod:`distml.jobs.statsmodels`).
 
 Used by the kind's spec checks (:mod:`distml.jobs.statsmodels`) and by the fit engine
-(:mod:`distml.jobs._manymodels`), which therefore do not import each other.
+(:mod:`distml.jobs.statsmodels.fit`), which therefore do not import each other.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 ``model.params`` of the sklearn kind go to the estimator unchanged, so a typo such as
 ``n_estimators: 1000000000000`` would validate and then run (or exhaust memory) for hours. Each
 bound here is far above any useful value, in the spirit of xgboost's
-``num_boost_round <= 1,000,000`` (distml/jobs/xgboost.py).
+``num_boost_round <= 1,000,000`` (distml/jobs/xgboost/__init__.py).
 """
 
 from __future__ import annotations

@@ -263,7 +263,7 @@ def test_torch_user_module_scores_only_with_allow_module(tmp_path, capfd):
                  str(tmp_path / "scores-cli"), "--allow-module", "torch.nn:Linear", "--json"])
     assert code == 0, capfd.readouterr()
     # the scores are the saved Linear layer's on the saved input scaling
-    from distml.jobs.torch import load_model
+    from distml.jobs.torch.saved import load_model
 
     fitted = load_model(r.run_dir, allow_module=("torch.nn:Linear",))
     assert isinstance(fitted.net, torch.nn.Linear)

@@ -164,7 +164,7 @@ def make_xgboost_run(run: pathlib.Path) -> pathlib.Path:
 
 
 def torch_config(module: str | None = None, module_args: dict | None = None, **over) -> dict:
-    from distml.jobs._torch_model import Inputs
+    from distml.jobs.torch.model import Inputs
     from distml.jobs.torch import TorchModel
 
     m = TorchModel(hidden=[4], **({"module": module, "module_args": module_args or {}}
@@ -178,7 +178,7 @@ def torch_config(module: str | None = None, module_args: dict | None = None, **o
 def make_torch_run(run: pathlib.Path, config: dict | None = None, net=None) -> pathlib.Path:
     import torch
 
-    from distml.jobs._torch_model import build_net
+    from distml.jobs.torch.model import build_net
     from distml.jobs.torch import TorchModel
 
     config = config or torch_config()
@@ -386,7 +386,7 @@ def test_torch_config_naming_a_callable_never_runs_it(tmp_path, shape):
 
 
 def _plain_net():
-    from distml.jobs._torch_model import build_net
+    from distml.jobs.torch.model import build_net
     from distml.jobs.torch import TorchModel
 
     return build_net(TorchModel(hidden=[4]), 2, 2)

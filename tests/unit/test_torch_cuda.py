@@ -53,7 +53,7 @@ def _train(device):
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
-    from distml.jobs._torch_model import Inputs, LoopData, build_net, fit_loop, n_outputs
+    from distml.jobs.torch.model import Inputs, LoopData, build_net, fit_loop, n_outputs
 
     m = load_spec(copy.deepcopy(SPEC)).model
     frame, y = _data()

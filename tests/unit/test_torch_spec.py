@@ -80,7 +80,7 @@ def test_a_missing_torch_is_a_clear_error_with_the_install_hint(monkeypatch):
 
 
 def test_inputs_are_scaled_with_the_train_rows_only():
-    from distml.jobs._torch_model import Inputs
+    from distml.jobs.torch.model import Inputs
 
     X = pd.DataFrame({"a": [0.0, 2.0, 100.0, np.nan], "c": ["x", "y", "x", "z"]})
     inputs = Inputs.fit(X.iloc[:2], {"c": ["x", "y"]}, np.array([1.0, 3.0]), regression=True)
@@ -95,7 +95,7 @@ def test_inputs_are_scaled_with_the_train_rows_only():
 
 def test_the_mlp_follows_the_spec():
     import torch  # the `torch` extra (`make test` installs it)
-    from distml.jobs._torch_model import build_net
+    from distml.jobs.torch.model import build_net
 
     m = load_spec(copy.deepcopy(TORCH), {"model.batch_norm": True, "model.activation": "gelu"}
                   ).model
@@ -109,7 +109,7 @@ def test_the_mlp_follows_the_spec():
 
 
 def test_a_user_module_is_built_from_its_path():
-    from distml.jobs._torch_model import build_net
+    from distml.jobs.torch.model import build_net
 
     m = load_spec(copy.deepcopy(TORCH), {"model.module": "torch.nn:Linear",
                                          "model.module_args": {"bias": False}}).model
@@ -119,7 +119,7 @@ def test_a_user_module_is_built_from_its_path():
 
 def test_checkpoints_load_without_pickle():
     import torch  # the `torch` extra (`make test` installs it)
-    from distml.jobs._torch_model import load_state, save_state
+    from distml.jobs.torch.model import load_state, save_state
 
     state = {"model": {"w": torch.ones(2)}, "epoch": 3, "history": [[0, "train", "loss", 1.0]]}
     back = load_state(save_state(state))

@@ -114,7 +114,7 @@ def _train_loop(config: dict) -> None:
     from torch.utils.data import DataLoader, TensorDataset
 
     from distml.jobs._supervised import as_prepared
-    from distml.jobs._torch_model import LoopData, build_net, fit_loop, load_state, n_outputs, \
+    from distml.jobs.torch.model import LoopData, build_net, fit_loop, load_state, n_outputs, \
         save_state
     from distml.runtime.data import split_indices
 

@@ -25,7 +25,7 @@ from pydantic import Field, model_validator
 from distml.errors import DataError, one_line
 from distml.jobs._supervised import Prepared, TuneData
 from distml.jobs.boosting import BoostingJob
-from distml.jobs._xgb_dist import set_stopper_state, stopper_state
+from distml.jobs.xgboost.distributed import set_stopper_state, stopper_state
 from distml.spec.base import JobSpec, StrictModel
 
 
@@ -112,13 +112,13 @@ class Job(BoostingJob):
 
     def run(self, ctx, prep_ref: Any = None):
         """One Ray task, or a Ray Train worker group when right-sizing asks for one
-        (:mod:`distml.runtime.workers`; the group is in :mod:`distml.jobs._xgb_dist`)."""
+        (:mod:`distml.runtime.workers`; the group is in :mod:`distml.jobs.xgboost.distributed`)."""
         from distml.runtime import workers
 
         split = self.spec.data.split_spec
         choice = workers.choose(self.spec, ctx.data, ctx.cluster.resources)
         if choice.worker_group and not (split is not None and split.cv):
-            from distml.jobs._xgb_dist import run_worker_group
+            from distml.jobs.xgboost.distributed import run_worker_group
 
             return run_worker_group(self, ctx, choice)
         out = super().run(ctx, prep_ref)

@@ -5,11 +5,11 @@ out_features, **module_args)``).
 Execution is right-sized (:mod:`distml.runtime.workers`): ``resources.num_workers: 1`` without
 GPUs trains in one Ray task through the shared supervised pipeline; more workers, GPUs or data
 larger than a worker's budget train with a Ray Train ``TorchTrainer`` worker group (DDP: gloo on
-CPU, NCCL on GPU; :mod:`distml.jobs._torch_dist`). ``batch_size`` is the global batch: each of
+CPU, NCCL on GPU; :mod:`distml.jobs.torch.distributed`). ``batch_size`` is the global batch: each of
 ``n`` workers takes ``batch_size // n`` rows per step.
 
 Inputs are standardised with the train rows' statistics and categorical columns one-hot encoded
-(:class:`distml.jobs._torch_model.Inputs`); every epoch reports the train loss and the valid
+(:class:`distml.jobs.torch.model.Inputs`); every epoch reports the train loss and the valid
 figures (``tables/learning_curve.parquet``: iteration, split, metric, value); early stopping keeps
 the best weights. The model is ``model/model.pt`` (a state_dict, loaded with
 ``torch.load(weights_only=True)``) plus ``model/config.json`` (architecture and input scaling).
@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field, field_validator, model_validator
 
-from distml.errors import DataError, MissingDependency, one_line
+from distml.errors import DataError, MissingDependency
 from distml.jobs._supervised import Prepared, SupervisedJob, TuneData
 from distml.spec.base import JobSpec, StrictModel
 
@@ -161,14 +161,14 @@ class TorchFitted:
     """A trained network with what it needs to score frames."""
 
     net: Any
-    inputs: Any  # distml.jobs._torch_model.Inputs
+    inputs: Any  # distml.jobs.torch.model.Inputs
     task: str  # classification | binary | regression
     config: dict
 
     def outputs(self, X: pd.DataFrame):
         import torch
 
-        from distml.jobs._torch_model import forward_outputs
+        from distml.jobs.torch.model import forward_outputs
 
         with torch.no_grad():
             logits = self.net.eval()(torch.from_numpy(self.inputs.design(X)))
@@ -188,6 +188,8 @@ class Job(SupervisedJob):
 
     @classmethod
     def load_predictor(cls, run_dir, manifest: dict, allow_module: tuple[str, ...] = ()):
+        from distml.jobs.torch.saved import load_predictor
+
         return load_predictor(run_dir, allow_module)
 
     def check_spec(self) -> None:
@@ -222,7 +224,7 @@ class Job(SupervisedJob):
         """(task, inputs, X_train, y_train, X_valid, y_valid) as torch tensors."""
         import torch
 
-        from distml.jobs._torch_model import Inputs
+        from distml.jobs.torch.model import Inputs
 
         task = self.torch_task(prep)
         m = self.spec.model
@@ -239,7 +241,7 @@ class Job(SupervisedJob):
 
     def model_config(self, inputs, task: str, prep: Prepared) -> dict:
         from distml.jobs._supervised import py_scalar
-        from distml.jobs._torch_model import n_outputs
+        from distml.jobs.torch.model import n_outputs
 
         return {"format": "distml-torch/1", "model": self.spec.model.model_dump(mode="json"),
                 "in_features": inputs.width, "out_features": n_outputs(task, prep.n_classes),
@@ -252,7 +254,7 @@ class Job(SupervisedJob):
         import torch
         from torch.utils.data import DataLoader, TensorDataset
 
-        from distml.jobs._torch_model import LoopData, build_net, fit_loop, n_outputs
+        from distml.jobs.torch.model import LoopData, build_net, fit_loop, n_outputs
 
         torch.set_num_threads(max(1, int(self.spec.resources.cpus_per_worker)))
         m = self.spec.model
@@ -269,7 +271,7 @@ class Job(SupervisedJob):
     # ------------------------------------------------------------------ SupervisedJob hooks
 
     def fit(self, prep: Prepared, train: np.ndarray, valid: np.ndarray | None):
-        from distml.jobs._torch_model import build_net, load_state
+        from distml.jobs.torch.model import build_net, load_state
 
         if self._pretrained is not None:  # trained by a worker group: rebuild, do not train
             task, inputs, *_ = self.tensors(prep, train, valid[:0] if valid is not None else None)
@@ -304,7 +306,7 @@ class Job(SupervisedJob):
         scheduler, epoch, RNG states, early stopping) saved at the checkpoint cadence and after
         the last epoch (:mod:`distml.jobs._resume`)."""
         from distml.runtime import workers as D
-        from distml.jobs._torch_model import load_state, save_state
+        from distml.jobs.torch.model import load_state, save_state
         from distml.runtime import faults
 
         ckpt, fault, total = self._ckpt, self._fault, self.spec.model.epochs
@@ -324,7 +326,7 @@ class Job(SupervisedJob):
         return model.outputs(X)
 
     def model_files(self, model: TorchFitted) -> dict[str, bytes]:
-        from distml.jobs._torch_model import save_state
+        from distml.jobs.torch.model import save_state
 
         state = {k: v.detach().cpu() for k, v in model.net.state_dict().items()}
         return {"model/model.pt": save_state(state),
@@ -337,7 +339,7 @@ class Job(SupervisedJob):
         split = self.spec.data.split_spec
         choice = workers.choose(self.spec, ctx.data, ctx.cluster.resources)
         if choice.worker_group and not (split is not None and split.cv):
-            from distml.jobs._torch_dist import run_worker_group
+            from distml.jobs.torch.distributed import run_worker_group
 
             return run_worker_group(self, ctx, choice, prep_ref)
         out = super().run(ctx, prep_ref)
@@ -369,7 +371,7 @@ class Job(SupervisedJob):
 
     def tune_trial(self, data: TuneData, session) -> None:
         """Train epoch by epoch, reporting every epoch with checkpoints; resume from one."""
-        from distml.jobs._torch_model import load_state, save_state
+        from distml.jobs.torch.model import load_state, save_state
 
         split = session.split
         prep, parts = data.prep, data.parts
@@ -391,117 +393,3 @@ class Job(SupervisedJob):
         figures = {k: v for k, v in res.figures.items() if isinstance(v, (int, float))}
         session.report(res.figures["epochs_trained"],
                        {**{f"{split}.{k}": v for k, v in metrics.items()}, **figures}, final=True)
-
-
-# ------------------------------------------------------------------ distml predict
-
-#: bounds of the numbers a saved config.json may hold (a crafted file must not make loading
-#: allocate without limit)
-_MAX_FEATURES = 10_000_000
-_MAX_OUTPUTS = 1_000_000
-_MAX_PARAMETERS = 2_000_000_000
-
-
-def _int_field(config: dict, key: str, low: int, high: int) -> int:
-    v = config.get(key)
-    if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
-        raise DataError(f"model/config.json field {key!r} must be an integer in [{low}, {high}]; "
-                        f"got {v!r}")
-    return v
-
-
-def _json_arg(v: Any) -> bool:
-    """JSON scalars and lists of them: what a user module's keyword arguments may be."""
-    if v is None or isinstance(v, (bool, int, float, str)):
-        return True
-    return isinstance(v, list) and all(_json_arg(x) for x in v)
-
-
-def _mlp_parameters(m: TorchModel, in_features: int, out_features: int) -> int:
-    n, width = 0, in_features
-    for h in m.hidden:
-        n += width * h + h + (4 * h if m.batch_norm else 0)
-        width = h
-    return n + width * out_features + out_features
-
-
-def load_model(run, allow_module: tuple[str, ...] = ()) -> TorchFitted:
-    """The trained network of a finished torch run directory (no pickle: weights_only).
-
-    ``model/config.json`` is data: its numbers are checked as numbers, and a user module it
-    names is imported only when ``allow_module`` lists it (DataError naming the field if not).
-    """
-    from pathlib import Path
-
-    from pydantic import ValidationError
-
-    from distml.errors import SpecError
-    from distml.jobs._torch_model import Inputs, build_net, load_state, user_module_class
-
-    require_torch("distml predict of a torch run")
-    model_dir = Path(run) / "model"
-    config = json.loads((model_dir / "config.json").read_text())
-    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
-        raise DataError("model/config.json must be a JSON object with a 'model' object")
-    in_features = _int_field(config, "in_features", 1, _MAX_FEATURES)
-    out_features = _int_field(config, "out_features", 1, _MAX_OUTPUTS)
-    if config.get("task") not in ("classification", "binary", "regression"):
-        raise DataError("model/config.json field 'task' must be classification, binary or "
-                        f"regression; got {config.get('task')!r}")
-    try:
-        # strict: numbers must be JSON numbers, as distml writes them ("4" is no width)
-        m = TorchModel.model_validate_json(json.dumps(config["model"]), strict=True)
-    except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise DataError(f"model/config.json field 'model.{where}': {err['msg']}") from None
-    if m.module:
-        if m.module not in allow_module:
-            raise DataError(f"model/config.json field 'model.module' names user code "
-                            f"{m.module!r}; scoring a run directory does not run its code unless "
-                            f"you allow it: pass --allow-module {m.module} (Python: "
-                            f"allow_module=[{m.module!r}]) if you trust that module")
-        bad = [k for k, v in m.module_args.items() if not k.isidentifier() or not _json_arg(v)]
-        if bad:
-            raise DataError(f"model/config.json field 'model.module_args.{bad[0]}' must be a "
-                            "JSON number, string, boolean, null or list of them")
-    elif _mlp_parameters(m, in_features, out_features) > _MAX_PARAMETERS:
-        raise DataError("model/config.json fields 'in_features', 'out_features' and "
-                        f"'model.hidden' describe more than {_MAX_PARAMETERS} parameters")
-    state = load_state((model_dir / "model.pt").read_bytes())
-    if not isinstance(state, dict):
-        raise DataError("model/model.pt is not a state_dict")
-    if not m.module:
-        n_saved = sum(int(v.numel()) for v in state.values() if hasattr(v, "numel"))
-        if n_saved != _mlp_parameters(m, in_features, out_features) + (
-                len(m.hidden) if m.batch_norm else 0):
-            raise DataError("model/model.pt does not hold the weights of the network that "
-                            "model/config.json describes")
-    try:
-        if m.module:
-            user_module_class(m.module)  # a torch.nn.Module subclass, checked before the call
-        net = build_net(m, in_features, out_features)
-    except SpecError as e:
-        raise DataError(f"model/config.json field 'model.module': {e.message}") from None
-    net.load_state_dict(state)
-    return TorchFitted(net.eval(), Inputs.from_dict(config["inputs"]), config["task"], config)
-
-
-def load_predictor(run, allow_module: tuple[str, ...] = ()):
-    """The :class:`distml.jobs.predictors.SupervisedPredictor` of a finished torch run."""
-    from pathlib import Path
-
-    from distml.jobs.predictors import SupervisedPredictor, read_schema, run_spec
-
-    run = Path(run)
-    schema = read_schema(run)
-    try:
-        model = load_model(run, allow_module)
-    except DataError as e:
-        raise DataError(f"run dir {str(run)!r}: {e.message}") from None
-    except Exception as e:  # torch/zip/JSON errors of a damaged or crafted file alike
-        raise DataError(f"run dir {str(run)!r}: the torch model files are missing or unreadable "
-                        f"({one_line(e)})") from None
-    manifest = json.loads((run / "manifest.json").read_text())
-    spec = run_spec(run, manifest)
-    return SupervisedPredictor("torch", Job(spec), model, schema)

@@ -45,7 +45,8 @@ DEFAULT_IDLE_TIMEOUT = "30m"
 # Imported by every worker process of the warm head before it takes work (Ray's
 # ``preload_python_modules``): a run's first task then finds distml and its kind's libraries
 # loaded instead of importing them (see docs/clusters.md for the measurement).
-PRELOAD = ("distml.jobs.xgboost", "distml.jobs.sklearn", "distml.jobs.lightgbm")
+PRELOAD = ("distml.jobs.xgboost", "distml.jobs.sklearn", "xgboost", "sklearn.metrics", "pandas",
+           "pyarrow.parquet")
 SOURCE = "warm cluster (distml cluster start)"
 
 
@@ -86,7 +87,7 @@ def identity() -> dict[str, str]:
         ray_version = "not installed"
     return {"distml_version": distml.__version__,
             "distml_path": str(Path(distml.__file__).resolve().parent),
-            "python": os.path.realpath(sys.executable), "ray_version": ray_version}
+            "python": f"{sys.version.split()[0]} in {sys.prefix}", "ray_version": ray_version}
 
 
 def mismatch(rec: dict) -> str | None:

@@ -136,12 +136,25 @@ def test_start_run_reuse_mismatch_stop_fallback(warm_env, tmp_path):
     code, st, _ = cli(env, "cluster", "status")
     assert code == 3 and st["status"] == "down"
 
-    third, m3 = _run(env, tmp_path / "runs")  # no warm head: a cluster for the run, as before
+    # a head whose GCS died (a crash, `ray stop`): its record is stale; a run cleans it (and
+    # what is left of the head) and starts a cluster of its own, with the same result
+    code, _, err = cli(env, "cluster", "start", "--cpus", "1", "--idle-timeout", "none",
+                       "--preload", "none")
+    assert code == 0, err[-3000:]
+    dead = warm.read_record()
+    seen.append(dead)
+    assert "watchdog_pid" not in dead  # no idle timeout, no watchdog
+    os.kill(dead["pids"]["gcs_server"], 9)
+    time.sleep(1)
+    third, m3 = _run(env, tmp_path / "runs")
     assert m3["cluster"]["mode"] == "local" and "warm" not in m3["cluster"]
     _same_metrics(first["metrics"], third["metrics"])
+    assert warm.read_record() is None and warm.processes(dead) == []
+    code, st, _ = cli(env, "cluster", "status")
+    assert code == 3 and st["status"] == "down"
 
 
-def test_idle_timeout_stops_it_and_a_dead_head_is_cleaned(warm_env):
+def test_idle_timeout_stops_it(warm_env):
     env, seen = warm_env
     code, started, err = cli(env, "cluster", "start", "--cpus", "1", "--idle-timeout", "5s",
                              "--preload", "none")

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from distml.errors import ClusterError, SpecError
+from distml.runtime import procs
 
 STATE_ENV = "DISTML_STATE_DIR"
 MARK_ENV = "DISTML_WARM_MARK"
@@ -79,8 +80,7 @@ def boot_id() -> str | None:
 
 def identity() -> dict[str, str]:
     """What a warm head must share with the CLI that uses it (without importing Ray)."""
-    import distml
-
+    distml = sys.modules["distml"]  # the package this module belongs to: imported already
     try:
         ray_version = metadata.version("ray")
     except metadata.PackageNotFoundError:
@@ -165,80 +165,15 @@ def _locked(folder: Path) -> Iterator[None]:
 # ------------------------------------------------------------------------------ processes
 
 
-def _stat(pid: int) -> list[str] | None:
-    """/proc/PID/stat fields after the command name (ppid is [1], start time [19])."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-            text = fh.read()
-        return text[text.rindex(")") + 2:].split()
-    except (OSError, ValueError):
-        return None
-
-
-def _alive(pid: int | None, ticks: str | None = None) -> bool:
-    """The process exists (and, given its start time, is the same one: pids are reused)."""
-    if not pid:
-        return False
-    st = _stat(pid)
-    if st is None or st[0] == "Z":
-        return False
-    return ticks is None or st[19] == ticks
-
-
 def processes(rec: dict) -> list[int]:
     """The warm head's processes: those carrying its mark in their environment (what ``ray
     start`` launched) and their descendants (the raylet's workers and agents, which may rewrite
     the memory their environment lived in). Drivers connected to the head are neither."""
-    mark = f"{MARK_ENV}={rec.get('id')}".encode()
-    me = os.getpid()
-    children: dict[int, list[int]] = {}
-    found: set[int] = set()
-    for d in os.listdir("/proc"):
-        if not d.isdigit() or int(d) == me:
-            continue
-        st = _stat(int(d))
-        if st is None:
-            continue
-        children.setdefault(int(st[1]), []).append(int(d))
-        try:
-            with open(f"/proc/{d}/environ", "rb") as fh:
-                if mark in fh.read().split(b"\0"):
-                    found.add(int(d))
-        except OSError:
-            continue
-    stack = list(found)
-    while stack:
-        for child in children.get(stack.pop(), []):
-            if child not in found and child != me:
-                found.add(child)
-                stack.append(child)
-    watchdog = rec.get("watchdog_pid")
-    return sorted(p for p in found if p != watchdog)
+    return procs.marked(f"{MARK_ENV}={rec.get('id')}", exclude={rec.get("watchdog_pid") or 0})
 
 
 def _kill(pids: list[int], rec: dict, grace_s: float = 3.0) -> None:
-    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-        for pid in pids:
-            with contextlib.suppress(OSError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + wait
-        while pids and time.monotonic() < deadline:
-            time.sleep(0.1)
-            pids = processes(rec)
-        if not pids:
-            return
-
-
-def _named(pids: list[int], name: str) -> tuple[int, str] | None:
-    for pid in pids:
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
-        except OSError:
-            continue
-        st = _stat(pid)
-        if st is not None and os.path.basename(cmd) == name:
-            return pid, st[19]
-    return None
+    procs.terminate(pids, lambda: processes(rec), grace_s)
 
 
 def _reachable(address: str, timeout_s: float = 2.0) -> bool:
@@ -259,7 +194,7 @@ def health(rec: dict | None) -> tuple[str, str]:
     if rec.get("boot_id") != boot_id():
         return "stale", "it was started before this machine's last boot"
     gcs = rec.get("pids", {}).get("gcs_server")
-    if not _alive(gcs, rec.get("start_ticks", {}).get("gcs_server")):
+    if not procs.alive(gcs, rec.get("start_ticks", {}).get("gcs_server")):
         return "stale", f"its GCS process ({gcs}) is gone"
     if not _reachable(rec["address"]):
         return "stale", f"nothing answers at {rec['address']}"
@@ -272,7 +207,7 @@ def _clean_stale(folder: Path, rec: dict) -> None:
         if rec.get("boot_id") == boot_id():  # pids of another boot name other processes
             _kill(processes(rec), rec, grace_s=1.0)
             wd = rec.get("watchdog_pid")
-            if _alive(wd, rec.get("watchdog_ticks")):
+            if procs.alive(wd, rec.get("watchdog_ticks")):
                 with contextlib.suppress(OSError):
                     os.kill(wd, signal.SIGTERM)
         shutil.rmtree(rec.get("temp_dir") or "//none", ignore_errors=True)
@@ -304,7 +239,7 @@ def start(num_cpus: int | None = None, num_gpus: int | None = None,
     folder = state_dir()
     with _locked(folder):
         rec = read_record(folder)
-        state, why = health(rec)
+        state, _ = health(rec)
         if state == "up":
             problem = mismatch(rec)
             if problem:
@@ -317,15 +252,13 @@ def start(num_cpus: int | None = None, num_gpus: int | None = None,
 
 
 def _launch(folder: Path, num_cpus, num_gpus, idle_timeout_s: float, preload) -> dict:
-    import distml
-
     wid = secrets.token_hex(8)
     base = tempfile.mkdtemp(prefix="distml-warm-", dir="/tmp")  # short: Unix socket paths
     token_path = folder / "auth_token"
     fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(secrets.token_hex(32))
-    src = str(Path(distml.__file__).resolve().parent.parent)  # workers import this distml
+    src = str(Path(__file__).resolve().parents[2])  # the head's workers import this distml
     env = {k: v for k, v in os.environ.items()
            if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN", MARK_ENV)}
     env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path),
@@ -352,10 +285,10 @@ def _launch(folder: Path, num_cpus, num_gpus, idle_timeout_s: float, preload) ->
             args += ["--num-gpus", str(num_gpus)]
         if preload:
             args += ["--system-config", json.dumps({"preload_python_modules": list(preload)})]
-        out = subprocess.run(args, env={**env, MARK_ENV: wid}, capture_output=True, text=True,
+        out = subprocess.run(args, check=False, env={**env, MARK_ENV: wid}, capture_output=True, text=True,
                              timeout=180, start_new_session=True, stdin=subprocess.DEVNULL)
         pids = processes(rec)
-        found = {n: _named(pids, n) for n in ("gcs_server", "raylet")}
+        found = {n: procs.named(pids, n) for n in ("gcs_server", "raylet")}
         if out.returncode == 0 and all(found.values()):
             rec.update(address=f"127.0.0.1:{gcs}", dashboard_url=f"http://127.0.0.1:{dash}",
                        pids={n: v[0] for n, v in found.items()},
@@ -375,8 +308,7 @@ def _launch(folder: Path, num_cpus, num_gpus, idle_timeout_s: float, preload) ->
             wd = subprocess.Popen([sys.executable, "-m", "distml.runtime.warm", str(folder), wid],
                                   env=env, stdin=subprocess.DEVNULL, stdout=log_fh,
                                   stderr=subprocess.STDOUT, start_new_session=True, cwd="/")
-        st = _stat(wd.pid)
-        rec.update(watchdog_pid=wd.pid, watchdog_ticks=st[19] if st else None)
+        rec.update(watchdog_pid=wd.pid, watchdog_ticks=procs.start_ticks(wd.pid))
         write_record(rec, folder)
     return rec
 
@@ -392,7 +324,7 @@ def stop() -> dict:
         n = 0
         if not rec.get("corrupt") and rec.get("boot_id") == boot_id():
             wd = rec.get("watchdog_pid")
-            if _alive(wd, rec.get("watchdog_ticks")):
+            if procs.alive(wd, rec.get("watchdog_ticks")):
                 with contextlib.suppress(OSError):
                     os.kill(wd, signal.SIGTERM)
             pids = processes(rec)
@@ -422,7 +354,7 @@ def status() -> dict:
         return {"status": "down", "message": why, "state_dir": str(folder)}
     out = {"status": "up", **_public(rec), "idle_s": round(time.time() - last_activity(folder,
                                                                                  rec), 1),
-           "active_runs": len(_leases(folder))}
+           "active_runs": len(active_leases(folder))}
     problem = mismatch(rec)
     if problem:
         out["mismatch"] = problem
@@ -468,13 +400,13 @@ def read_token(rec: dict) -> str:
 # ------------------------------------------------------------------------------ activity
 
 
-def _leases(folder: Path) -> list[Path]:
+def active_leases(folder: Path) -> list[Path]:
     """Live leases (a dead run's lease is removed)."""
     live = []
     with contextlib.suppress(FileNotFoundError):
         for p in (folder / "leases").iterdir():
             pid, _, ticks = p.name.partition("-")
-            if pid.isdigit() and _alive(int(pid), ticks or None):
+            if pid.isdigit() and procs.alive(int(pid), ticks or None):
                 live.append(p)
             else:
                 with contextlib.suppress(OSError):
@@ -487,8 +419,7 @@ def lease(rec: dict) -> Iterator[None]:
     """Mark a run as using the warm head (the watchdog does not stop a head in use)."""
     folder = Path(rec.get("state_dir") or state_dir())
     (folder / "leases").mkdir(parents=True, exist_ok=True, mode=0o700)
-    st = _stat(os.getpid())
-    path = folder / "leases" / f"{os.getpid()}-{st[19] if st else ''}"
+    path = folder / "leases" / f"{os.getpid()}-{procs.start_ticks(os.getpid()) or ''}"
     path.touch()
     (folder / "last_used").touch()
     try:
@@ -516,7 +447,7 @@ def _jobs_running(rec: dict) -> bool:
 
 def last_activity(folder: Path, rec: dict) -> float:
     """When the head was last used: now while a run holds a lease, else the last touch."""
-    if _leases(folder):
+    if active_leases(folder):
         return time.time()
     try:
         touched = (folder / "last_used").stat().st_mtime

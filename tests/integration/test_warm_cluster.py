@@ -19,7 +19,7 @@ import urllib.request
 
 import pytest
 
-from distml.runtime import warm
+from distml.runtime import procs, warm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EQUAL = ("train", "valid", "test", "best_iteration", "num_boosted_rounds")
@@ -50,7 +50,7 @@ def warm_env(tmp_path, monkeypatch):
             left = warm.processes(r)
             assert left == [], f"processes of the warm cluster survived: {left}"
             wd = r.get("watchdog_pid")
-            assert not warm._alive(wd, r.get("watchdog_ticks")), "the watchdog survived"
+            assert not procs.alive(wd, r.get("watchdog_ticks")), "the watchdog survived"
 
 
 def cli(env: dict, *args: str, timeout: float = 300) -> tuple[int, dict, str]:
@@ -92,9 +92,10 @@ def test_start_run_reuse_mismatch_stop_fallback(warm_env, tmp_path):
     assert started["address"] == rec["address"] and rec["address"].startswith("127.0.0.1:")
     assert rec["dashboard_url"].startswith("http://127.0.0.1:")
     assert rec["boot_id"] == warm.boot_id() and rec["idle_timeout_s"] == 600
-    assert warm._alive(rec["watchdog_pid"], rec["watchdog_ticks"])
+    assert procs.alive(rec["watchdog_pid"], rec["watchdog_ticks"])
     # token authentication is on: the dashboard refuses a request without the head's token
-    token = open(rec["token_path"]).read().strip()
+    with open(rec["token_path"]) as fh:
+        token = fh.read().strip()
     assert _http_status(rec["dashboard_url"] + "/api/version", None) == 401
     assert _http_status(rec["dashboard_url"] + "/api/version", token) == 200
 
@@ -132,7 +133,7 @@ def test_start_run_reuse_mismatch_stop_fallback(warm_env, tmp_path):
     assert warm.processes(rec) == [] and not (tmp_path / "state" / warm.RECORD).exists()
     assert not os.path.exists(rec["temp_dir"])
     time.sleep(0.5)
-    assert not warm._alive(rec["watchdog_pid"], rec["watchdog_ticks"])
+    assert not procs.alive(rec["watchdog_pid"], rec["watchdog_ticks"])
     code, st, _ = cli(env, "cluster", "status")
     assert code == 3 and st["status"] == "down"
 
@@ -156,8 +157,8 @@ def test_start_run_reuse_mismatch_stop_fallback(warm_env, tmp_path):
 
 def test_idle_timeout_stops_it(warm_env):
     env, seen = warm_env
-    code, started, err = cli(env, "cluster", "start", "--cpus", "1", "--idle-timeout", "5s",
-                             "--preload", "none")
+    code, _, err = cli(env, "cluster", "start", "--cpus", "1", "--idle-timeout", "5s",
+                       "--preload", "none")
     assert code == 0, err[-3000:]
     rec = warm.read_record()
     seen.append(rec)
@@ -167,7 +168,8 @@ def test_idle_timeout_stops_it(warm_env):
         time.sleep(1)
     assert warm.read_record() is None, "the idle head was not stopped"
     assert warm.processes(rec) == []
-    log = open(os.path.join(rec["state_dir"], "watchdog.log")).read()
+    with open(os.path.join(rec["state_dir"], "watchdog.log")) as fh:
+        log = fh.read()
     assert "idle for" in log and "stopping" in log
     code, st, _ = cli(env, "cluster", "status")
     assert code == 3 and st["status"] == "down"

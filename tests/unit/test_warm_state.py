@@ -15,7 +15,7 @@ import pytest
 
 from distml.cli import main
 from distml.errors import ClusterError, SpecError
-from distml.runtime import warm
+from distml.runtime import procs, warm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -30,12 +30,11 @@ def state(tmp_path, monkeypatch):
 def _record(folder, **changes) -> dict:
     """A record of a head that looks healthy to everything but the checks under test: this
     process stands in for its GCS (alive, same start time), this boot, these versions."""
-    st = warm._stat(os.getpid())
     rec = {"id": "t" * 16, "address": "127.0.0.1:1", "temp_dir": str(folder / "nothing"),
            "token_path": str(folder / "auth_token"), "state_dir": str(folder),
            "boot_id": warm.boot_id(), **warm.identity(), "started_at": time.time(),
            "idle_timeout_s": 60.0, "pids": {"gcs_server": os.getpid()},
-           "start_ticks": {"gcs_server": st[19]}}
+           "start_ticks": {"gcs_server": procs.start_ticks(os.getpid())}}
     rec.update(changes)
     warm.write_record(rec, folder)
     return rec
@@ -123,13 +122,13 @@ def test_leases_mark_activity_and_dead_ones_are_dropped(state):
     os.utime(state / "last_used", (time.time() - 500, time.time() - 500))
     assert time.time() - warm.last_activity(state, rec) > 400
     with warm.lease(rec):
-        assert len(warm._leases(state)) == 1
+        assert len(warm.active_leases(state)) == 1
         assert time.time() - warm.last_activity(state, rec) < 5
-    assert warm._leases(state) == []
+    assert warm.active_leases(state) == []
     assert time.time() - warm.last_activity(state, rec) < 5  # touched when the run ended
     (state / "leases").mkdir(exist_ok=True)
     (state / "leases" / f"{2 ** 22 + 7}-1").touch()  # a run that died holding its lease
-    assert warm._leases(state) == [] and list((state / "leases").iterdir()) == []
+    assert warm.active_leases(state) == [] and list((state / "leases").iterdir()) == []
 
 
 def test_cli_when_no_warm_cluster_is_up(state, capfd):
@@ -179,3 +178,13 @@ def test_help_and_validate_import_nothing_heavy():
                  ("validate", "jobs/quickstart.yaml")):
         got = _imports(*argv)
         assert got["code"] == 0 and not fitting & set(got["loaded"]), (argv, got)
+
+
+def test_ray_private_apis_the_warm_client_uses():
+    """distml.runtime.cluster._warm_client sets these when Ray was imported before the run
+    (a long-lived process): fail loudly when Ray renames them."""
+    import ray._private.ray_constants as consts
+    from ray._raylet import AuthenticationTokenLoader
+
+    assert isinstance(consts.ENABLE_RAY_CLUSTER, bool)
+    assert callable(AuthenticationTokenLoader.instance().reset_cache)

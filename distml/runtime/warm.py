@@ -34,7 +34,7 @@ import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 from distml.errors import ClusterError, SpecError
 from distml.runtime import procs
@@ -247,13 +247,21 @@ def start(num_cpus: int | None = None, num_gpus: int | None = None,
             return {"status": "up", "already_running": True, **_public(rec)}
         if state == "stale":
             _clean_stale(folder, rec)
-        rec = _launch(folder, num_cpus, num_gpus, idle_timeout_s, preload)
+        rec = {"id": secrets.token_hex(8), "boot_id": boot_id(),
+               "temp_dir": tempfile.mkdtemp(prefix="distml-warm-", dir="/tmp")}  # short paths
+        try:
+            _launch(folder, rec, num_cpus, num_gpus, idle_timeout_s, preload)
+        except BaseException:  # failed or interrupted (Ctrl-C) part way: leave nothing behind
+            _clean_stale(folder, rec)
+            raise
         return {"status": "up", "already_running": False, **_public(rec)}
 
 
-def _launch(folder: Path, num_cpus, num_gpus, idle_timeout_s: float, preload) -> dict:
-    wid = secrets.token_hex(8)
-    base = tempfile.mkdtemp(prefix="distml-warm-", dir="/tmp")  # short: Unix socket paths
+def _launch(folder: Path, rec: dict, num_cpus, num_gpus, idle_timeout_s: float,
+            preload) -> None:
+    """``ray start --head`` for record ``rec`` (its id and temp folder set), then the watchdog;
+    fills ``rec`` in and writes it."""
+    wid, base = rec["id"], rec["temp_dir"]
     token_path = folder / "auth_token"
     fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
@@ -264,10 +272,9 @@ def _launch(folder: Path, num_cpus, num_gpus, idle_timeout_s: float, preload) ->
     env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path),
                 "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
                 "PYTHONPATH": os.pathsep.join([src, *filter(None, [env.get("PYTHONPATH")])])})
-    rec: dict[str, Any] = {"id": wid, "temp_dir": base, "token_path": str(token_path),
-                           "state_dir": str(folder), "boot_id": boot_id(), **identity(),
-                           "started_at": time.time(), "idle_timeout_s": idle_timeout_s,
-                           "num_cpus": num_cpus, "num_gpus": num_gpus, "preload": list(preload)}
+    rec.update({"token_path": str(token_path), "state_dir": str(folder), "boot_id": boot_id(),
+                **identity(), "started_at": time.time(), "idle_timeout_s": idle_timeout_s,
+                "num_cpus": num_cpus, "num_gpus": num_gpus, "preload": list(preload)})
     last = ""
     for attempt in (1, 2):  # a free port can be taken by another process before Ray binds it
         gcs, dash = _free_port(), _free_port()
@@ -285,8 +292,9 @@ def _launch(folder: Path, num_cpus, num_gpus, idle_timeout_s: float, preload) ->
             args += ["--num-gpus", str(num_gpus)]
         if preload:
             args += ["--system-config", json.dumps({"preload_python_modules": list(preload)})]
-        out = subprocess.run(args, check=False, env={**env, MARK_ENV: wid}, capture_output=True, text=True,
-                             timeout=180, start_new_session=True, stdin=subprocess.DEVNULL)
+        out = subprocess.run(args, check=False, env={**env, MARK_ENV: wid}, text=True,
+                             capture_output=True, timeout=180, start_new_session=True,
+                             stdin=subprocess.DEVNULL)
         pids = processes(rec)
         found = {n: procs.named(pids, n) for n in ("gcs_server", "raylet")}
         if out.returncode == 0 and all(found.values()):
@@ -297,8 +305,6 @@ def _launch(folder: Path, num_cpus, num_gpus, idle_timeout_s: float, preload) ->
         last = (out.stderr or out.stdout)[-2000:]
         _kill(pids, rec, grace_s=1.0)
     else:
-        shutil.rmtree(base, ignore_errors=True)
-        remove_record(folder)
         raise ClusterError(f"`ray start --head` failed for the warm cluster: {last.strip()}")
     write_record(rec, folder)
     (folder / "last_used").touch()
@@ -310,7 +316,6 @@ def _launch(folder: Path, num_cpus, num_gpus, idle_timeout_s: float, preload) ->
                                   stderr=subprocess.STDOUT, start_new_session=True, cwd="/")
         rec.update(watchdog_pid=wd.pid, watchdog_ticks=procs.start_ticks(wd.pid))
         write_record(rec, folder)
-    return rec
 
 
 def stop() -> dict:

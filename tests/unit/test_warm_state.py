@@ -188,3 +188,22 @@ def test_ray_private_apis_the_warm_client_uses():
 
     assert isinstance(consts.ENABLE_RAY_CLUSTER, bool)
     assert callable(AuthenticationTokenLoader.instance().reset_cache)
+
+
+def test_interrupted_start_leaves_nothing_behind(state, monkeypatch):
+    made = []
+    real_mkdtemp = warm.tempfile.mkdtemp
+
+    def mkdtemp(**kw):
+        made.append(real_mkdtemp(**kw))
+        return made[-1]
+
+    def interrupted(*a, **k):  # Ctrl-C while `ray start` runs
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(warm.tempfile, "mkdtemp", mkdtemp)
+    monkeypatch.setattr(warm.subprocess, "run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        warm.start(num_cpus=1, idle_timeout_s=60)
+    assert made and not os.path.exists(made[0])
+    assert sorted(p.name for p in state.iterdir()) == [".lock"]  # no record, no token

@@ -207,3 +207,22 @@ def test_interrupted_start_leaves_nothing_behind(state, monkeypatch):
         warm.start(num_cpus=1, idle_timeout_s=60)
     assert made and not os.path.exists(made[0])
     assert sorted(p.name for p in state.iterdir()) == [".lock"]  # no record, no token
+
+
+@pytest.mark.parametrize("how", ["--address", "RAY_ADDRESS"])
+def test_an_explicit_address_wins_over_the_warm_cluster(state, monkeypatch, how):
+    """DESIGN.md §3 order: the warm record is not even read when an address is given."""
+    from distml.runtime import cluster
+
+    def never():
+        raise AssertionError("the warm cluster was consulted")
+
+    monkeypatch.setattr(warm, "for_run", never)
+    address = None
+    if how == "RAY_ADDRESS":
+        monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    else:
+        address = "127.0.0.1:1"
+    with pytest.raises(ClusterError, match=f"from {how}"):
+        with cluster.cluster(address):
+            pass

@@ -157,12 +157,13 @@ def test_start_run_reuse_mismatch_stop_fallback(warm_env, tmp_path):
 
 def test_idle_timeout_stops_it(warm_env):
     env, seen = warm_env
-    code, _, err = cli(env, "cluster", "start", "--cpus", "1", "--idle-timeout", "5s",
+    code, _, err = cli(env, "cluster", "start", "--cpus", "1", "--idle-timeout", "8s",
                        "--preload", "none")
     assert code == 0, err[-3000:]
     rec = warm.read_record()
+    assert rec is not None, "stopped before the test could read its record"
     seen.append(rec)
-    assert rec["preload"] == [] and rec["idle_timeout_s"] == 5
+    assert rec["preload"] == [] and rec["idle_timeout_s"] == 8
     deadline = time.monotonic() + 120
     while warm.read_record() is not None and time.monotonic() < deadline:
         time.sleep(1)

@@ -311,7 +311,8 @@ def _execute(job, job_spec, info, run_dir, address, resume, manifest, timings):
         timings["cluster_start_s"] = time.perf_counter() - t0
         manifest["cluster"] = {"mode": cl.mode, "address": cl.address,
                                "address_source": cl.address_source, "resources": cl.resources,
-                               "requested": res.model_dump()}
+                               "requested": res.model_dump(),
+                               **({"warm": cl.warm} if getattr(cl, "warm", None) else {})}
         t1 = time.perf_counter()
         ctx = RunContext(job_spec, info, run_dir, cl, log, resume)
         progress.current().stage("train", "search" if job_spec.tune is not None else "")

@@ -1,5 +1,5 @@
 """Command line: ``distml run | validate | schema | data generate | submit | status | logs | stop |
-jobs list | predict | report | runs``.
+jobs list | predict | report | runs | cluster start|status|stop``.
 
 A thin layer over :mod:`distml.api`: it parses arguments, maps errors to exit codes (0 ok,
 2 invalid spec or data, 3 cluster unreachable, 4 the job failed, 1 a bug) and prints. Under
@@ -34,7 +34,8 @@ def _parser() -> argparse.ArgumentParser:
                             help="print exactly one JSON object on stdout")
         sp.add_argument("--debug", action="store_true", help="show tracebacks")
 
-    r = sub.add_parser("run", help="run a job spec (local Ray unless --address/RAY_ADDRESS)")
+    r = sub.add_parser("run", help="run a job spec (--address, RAY_ADDRESS, the warm cluster of "
+                                       "`distml cluster start`, else a local Ray for the run)")
     r.add_argument("spec", help="YAML spec file")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
                    help="override a spec field, e.g. --set model.params.max_depth=8 (repeatable)")
@@ -137,6 +138,22 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--open", action="store_true", help="open the report in a web browser")
     common(rp)
 
+    cl = sub.add_parser("cluster", help="a warm local Ray cluster that later runs reuse")
+    csub = cl.add_subparsers(dest="cluster_command", metavar="SUBCOMMAND")
+    cs = csub.add_parser("start", help="start it (a no-op when it is already up)")
+    cs.add_argument("--cpus", type=int, help="CPUs it offers (default: Ray's detection)")
+    cs.add_argument("--gpus", type=int, help="GPUs it offers (default: Ray's detection)")
+    cs.add_argument("--idle-timeout", default="30m", metavar="DURATION",
+                    help="stop it after this long without a run, e.g. 90s, 30m, 2h, none "
+                         "(default 30m)")
+    cs.add_argument("--preload", metavar="MODULES",
+                    help="comma-separated modules every worker imports before it takes work "
+                         "(default: distml's xgboost and sklearn kinds and their libraries; "
+                         "'none' for none)")
+    common(cs)
+    common(csub.add_parser("status", help="is it up? (exit 0 up, 3 down or unusable)"))
+    common(csub.add_parser("stop", help="stop it (a no-op when it is down)"))
+
     rs = sub.add_parser("runs", help="list the runs under an output folder")
     rs.add_argument("--output", default="runs", help="output root (default: runs)")
     common(rs)
@@ -198,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.parse_args(["data", "--help"])
     if args.command == "jobs" and args.jobs_command is None:
         parser.parse_args(["jobs", "--help"])
+    if args.command == "cluster" and args.cluster_command is None:
+        parser.parse_args(["cluster", "--help"])
     as_json = getattr(args, "json", False)
     debug = getattr(args, "debug", False)
     _setup_logging(debug)
@@ -277,6 +296,8 @@ def _dispatch(args: argparse.Namespace) -> tuple[dict, int]:
         return pred.to_dict() | {"_summary": pred.summary()}, EXIT_OK
     if args.command == "report":
         return _report(args)
+    if args.command == "cluster":
+        return _cluster(args)
     if args.command == "runs":
         from distml.report import format_runs, list_runs
 
@@ -311,6 +332,41 @@ def _report(args: argparse.Namespace) -> tuple[dict, int]:
     # kept one release for scripts that read it (deprecated, see docs/reports.md)
     return {"status": "succeeded", "path": built["path"], "report": built["path"],
             "sections": built["sections"], "errors": built["errors"], "_text": text}, EXIT_OK
+
+
+def _cluster(args: argparse.Namespace) -> tuple[dict, int]:
+    """cluster start | status | stop: the warm local cluster (distml.runtime.warm)."""
+    from distml.runtime import warm
+
+    if args.cluster_command == "start":
+        preload = warm.PRELOAD
+        if args.preload is not None:
+            preload = tuple(m.strip() for m in args.preload.split(",")
+                            if m.strip() and args.preload.strip().lower() != "none")
+        out = warm.start(args.cpus, args.gpus, warm.parse_duration(args.idle_timeout), preload)
+        verb = "is already up" if out["already_running"] else "is up"
+        return out | {"_text": f"warm cluster {verb} at {out['address']}: {_warm_line(out)}\n"
+                               f"dashboard: {out['dashboard_url']} (token in "
+                               f"{out['token_path']})\nstop it with `distml cluster stop`\n"}, 0
+    if args.cluster_command == "stop":
+        out = warm.stop()
+        return out | {"_text": out["message"] + "\n"}, EXIT_OK
+    out = warm.status()
+    if out["status"] != "up":
+        return out | {"_text": f"warm cluster: down ({out['message']})\n"}, EXIT_CLUSTER
+    text = (f"warm cluster: up at {out['address']}: {_warm_line(out)}; idle {out['idle_s']:.0f}s,"
+            f" {out['active_runs']} run(s) connected\ndashboard: {out['dashboard_url']}\n")
+    if "mismatch" in out:
+        return out | {"_text": text, "_error": out["mismatch"]}, EXIT_CLUSTER
+    return out | {"_text": text}, EXIT_OK
+
+
+def _warm_line(rec: dict) -> str:
+    cpus = rec.get("num_cpus")
+    idle = rec.get("idle_timeout_s") or 0
+    return (f"distml {rec['distml_version']}, ray {rec['ray_version']}, "
+            f"{'all' if cpus is None else cpus} CPUs; "
+            + (f"stops after {idle:g}s idle" if idle else "no idle timeout"))
 
 
 def _env_pairs(items: list[str]) -> dict[str, str]:
@@ -372,6 +428,8 @@ def _print_human(args: argparse.Namespace, payload: dict) -> None:
         print(json.dumps(payload["_schema"], indent=2))
     elif "_text" in payload:
         print(payload["_text"], end="")
+        if "_error" in payload:
+            print(f"distml: error: {payload['_error']}", file=sys.stderr)
     elif "_summary" in payload:
         print(payload["_summary"])
         if "_error" in payload:

@@ -1,6 +1,8 @@
 """Getting a Ray cluster for a run: reuse one already initialised, connect, or start a local one.
 
-Order (DESIGN.md §3): ``--address``, else ``RAY_ADDRESS``, else a single-node cluster started for
+Order (DESIGN.md §3): ``--address``, else ``RAY_ADDRESS``, else the warm local cluster of
+``distml cluster start`` when it is up and healthy (:mod:`distml.runtime.warm`; a head running
+another distml/ray/python is a ClusterError, exit 3), else a single-node cluster started for
 the run — always its own, never one a ``ray start`` left running on the machine — and shut down
 after (its dashboard off unless ``DISTML_DASHBOARD=1``, and then bound to 127.0.0.1 only).
 Connecting is preceded by a TCP pre-flight with a deadline so an unreachable address fails in
@@ -15,6 +17,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,11 +34,13 @@ PREFLIGHT_TIMEOUT_S = 10.0
 class ClusterInfo:
     """What the run used: how the cluster was obtained and what it offers."""
 
-    mode: str  # "local" (started for this run), "connected", or "existing" (already initialised)
+    mode: str  # "local" (started for this run), "connected", "warm" (distml cluster start),
+    #            or "existing" (already initialised)
     address: str | None
     address_source: str | None
     resources: dict = field(default_factory=dict)
     start_s: float = 0.0
+    warm: dict | None = None  # the warm cluster's record (versions, start time) when mode=warm
 
 
 def resolve_address(address: str | None) -> tuple[str | None, str | None]:
@@ -134,14 +139,32 @@ def _keep_sigterm_handler() -> Iterator[None]:
 def cluster(address: str | None = None, *, num_cpus: int | None = None,
             num_gpus: int | None = None) -> Iterator[ClusterInfo]:
     """Yield a connected Ray for the run; shut down only what this call started."""
-    import ray
-
     t0 = time.monotonic()
-    if ray.is_initialized():
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
         yield ClusterInfo("existing", None, None, _resources(), 0.0)
         return
     addr, source = resolve_address(address)
-    mode = "connected" if addr else "local"
+    rec = None
+    if not addr:
+        from distml.runtime import warm
+
+        rec = warm.for_run()  # None when none is up; ClusterError on a version mismatch
+    if rec is not None:
+        with warm.lease(rec), _warm_client(rec):
+            with _ray(rec["address"], warm.SOURCE, num_cpus, num_gpus, t0, "warm") as info:
+                info.warm = {k: rec.get(k) for k in ("started_at", "distml_version",
+                                                     "ray_version", "state_dir", "preload")}
+                yield info
+        return
+    with _ray(addr, source, num_cpus, num_gpus, t0, "connected" if addr else "local") as info:
+        yield info
+
+
+@contextmanager
+def _ray(addr: str | None, source: str | None, num_cpus: int | None, num_gpus: int | None,
+         t0: float, mode: str) -> Iterator[ClusterInfo]:
+    import ray
+
     try:
         with _keep_sigterm_handler():
             if addr:
@@ -163,6 +186,48 @@ def cluster(address: str | None = None, *, num_cpus: int | None = None,
         yield info
     finally:
         _shutdown(started_here=mode == "local")
+
+
+@contextmanager
+def _warm_client(rec: dict) -> Iterator[None]:
+    """This process as a client of the warm head: its token, and loopback as its own address
+    (Ray resolves 127.0.0.1 to the machine's interface address unless
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` was set before it was imported)."""
+    from distml.runtime import warm
+
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN",
+                                            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=warm.read_token(rec),
+                      RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    # Private Ray API, kept on purpose: when Ray was imported before (a long-lived process),
+    # its loopback switch and its cached token were read then; set them for this connection.
+    # Looked up defensively: a Ray that moves them only loses this in-process case.
+    consts = getattr(getattr(sys.modules.get("ray"), "_private", None), "ray_constants", None)
+    loopback_before = getattr(consts, "ENABLE_RAY_CLUSTER", None)
+    if loopback_before is not None:
+        consts.ENABLE_RAY_CLUSTER = False
+    _reset_token_cache()
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if loopback_before is not None:
+            consts.ENABLE_RAY_CLUSTER = loopback_before
+        _reset_token_cache()
+
+
+def _reset_token_cache() -> None:
+    loader = getattr(getattr(sys.modules.get("ray"), "_raylet", None),
+                     "AuthenticationTokenLoader", None)
+    if loader is not None:
+        try:
+            loader.instance().reset_cache()
+        except Exception:  # noqa: BLE001 - only a cache; Ray reads the token again at worst
+            pass
 
 
 def _shutdown(started_here: bool) -> None:

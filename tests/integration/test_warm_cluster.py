@@ -1,0 +1,176 @@
+"""The warm local cluster with real ``ray start --head`` processes (DESIGN.md §3).
+
+start → status up → ``distml run`` uses it (the manifest says so) → a second run reuses it →
+a CLI of another version is refused with the restart advice → stop → status down, record gone,
+no process left → a run falls back to a cluster of its own, with the same metrics; and a head
+started with a short ``--idle-timeout`` stops itself. Each test has its own HOME and state
+folder; whatever a test started is stopped in its teardown, and checked gone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from distml.runtime import procs, warm
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+EQUAL = ("train", "valid", "test", "best_iteration", "num_boosted_rounds")
+
+pytestmark = [pytest.mark.cluster, pytest.mark.allow_local_ray, pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="finds its Ray processes through /proc")]
+
+
+@pytest.fixture
+def warm_env(tmp_path, monkeypatch):
+    """Environment of the CLI processes; the teardown stops the head of this state folder."""
+    home, state = tmp_path / "home", tmp_path / "state"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("RAY_ADDRESS", "RAY_API_SERVER", "RAY_AUTH_TOKEN"))}
+    env.update({"HOME": str(home), warm.STATE_ENV: str(state), "PYTHONPATH": ROOT,
+                "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1"})
+    monkeypatch.setenv(warm.STATE_ENV, str(state))
+    seen: list[dict] = []
+    try:
+        yield env, seen
+    finally:
+        rec = warm.read_record(state)
+        if rec is not None and not rec.get("corrupt"):
+            seen.append(rec)
+        warm.stop()
+        for r in seen:
+            left = warm.processes(r)
+            assert left == [], f"processes of the warm cluster survived: {left}"
+            wd = r.get("watchdog_pid")
+            assert not procs.alive(wd, r.get("watchdog_ticks")), "the watchdog survived"
+
+
+def cli(env: dict, *args: str, timeout: float = 300) -> tuple[int, dict, str]:
+    out = subprocess.run([sys.executable, "-m", "distml", *args, "--json"], capture_output=True,
+                         text=True, timeout=timeout, cwd=ROOT, env=env)
+    lines = out.stdout.strip().splitlines()
+    return out.returncode, json.loads(lines[-1]) if lines else {}, out.stderr
+
+
+def _run(env: dict, out_dir) -> tuple[dict, dict]:
+    code, res, err = cli(env, "run", "jobs/quickstart.yaml", "--output", str(out_dir),
+                         "--set", "model.num_boost_round=30")
+    assert code == 0, err[-3000:]
+    with open(os.path.join(res["run_dir"], "manifest.json")) as fh:
+        return res, json.load(fh)
+
+
+def _http_status(url: str, token: str | None) -> int:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token
+                                 else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def _same_metrics(a: dict, b: dict) -> None:
+    assert {k: a[k] for k in EQUAL} == {k: b[k] for k in EQUAL}
+
+
+def test_start_run_reuse_mismatch_stop_fallback(warm_env, tmp_path):
+    env, seen = warm_env
+    code, started, err = cli(env, "cluster", "start", "--cpus", "2", "--idle-timeout", "10m")
+    assert code == 0, err[-3000:]
+    assert started["status"] == "up" and not started["already_running"]
+    rec = warm.read_record()
+    seen.append(rec)
+    assert started["address"] == rec["address"] and rec["address"].startswith("127.0.0.1:")
+    assert rec["dashboard_url"].startswith("http://127.0.0.1:")
+    assert rec["boot_id"] == warm.boot_id() and rec["idle_timeout_s"] == 600
+    assert procs.alive(rec["watchdog_pid"], rec["watchdog_ticks"])
+    # token authentication is on: the dashboard refuses a request without the head's token
+    with open(rec["token_path"]) as fh:
+        token = fh.read().strip()
+    assert _http_status(rec["dashboard_url"] + "/api/version", None) == 401
+    assert _http_status(rec["dashboard_url"] + "/api/version", token) == 200
+
+    code, again, _ = cli(env, "cluster", "start")  # a second start reports the running head
+    assert code == 0 and again["already_running"] and again["address"] == rec["address"]
+    code, st, _ = cli(env, "cluster", "status")
+    assert code == 0 and st["status"] == "up" and st["address"] == rec["address"]
+    assert st["pids"] == rec["pids"] and "mismatch" not in st
+
+    first, m1 = _run(env, tmp_path / "runs")
+    assert m1["cluster"]["mode"] == "warm" and m1["cluster"]["address"] == rec["address"]
+    assert m1["cluster"]["address_source"] == warm.SOURCE
+    assert m1["cluster"]["warm"]["started_at"] == rec["started_at"]
+    assert m1["cluster"]["resources"]["CPU"] == 2
+    second, m2 = _run(env, tmp_path / "runs")
+    assert m2["cluster"]["mode"] == "warm" and second["run_dir"] != first["run_dir"]
+    _same_metrics(first["metrics"], second["metrics"])
+    assert warm.read_record()["pids"] == rec["pids"]  # the same head served both runs
+    assert not list((tmp_path / "state" / "leases").iterdir())  # both runs let go
+
+    # a CLI of another version: refused, with the way out, before any work
+    tampered = dict(rec, distml_version="0.0.1")
+    warm.write_record(tampered)
+    code, res, err = cli(env, "run", "jobs/quickstart.yaml", "--output", str(tmp_path / "bad"))
+    msg = res["error"]["message"]
+    assert code == 3 and "runs distml 0.0.1" in msg and "distml cluster stop && distml " \
+        "cluster start" in msg and "Traceback" not in err
+    assert not (tmp_path / "bad").exists() or not list((tmp_path / "bad").rglob("_SUCCESS"))
+    code, st, _ = cli(env, "cluster", "status")
+    assert code == 3 and st["status"] == "up" and "runs distml 0.0.1" in st["mismatch"]
+    warm.write_record(rec)
+
+    code, stopped, err = cli(env, "cluster", "stop")
+    assert code == 0 and stopped["stopped"] and stopped["processes"] > 0, err[-2000:]
+    assert warm.processes(rec) == [] and not (tmp_path / "state" / warm.RECORD).exists()
+    assert not os.path.exists(rec["temp_dir"])
+    time.sleep(0.5)
+    assert not procs.alive(rec["watchdog_pid"], rec["watchdog_ticks"])
+    code, st, _ = cli(env, "cluster", "status")
+    assert code == 3 and st["status"] == "down"
+
+    # a head whose GCS died (a crash, `ray stop`): its record is stale; a run cleans it (and
+    # what is left of the head) and starts a cluster of its own, with the same result
+    code, _, err = cli(env, "cluster", "start", "--cpus", "1", "--idle-timeout", "none",
+                       "--preload", "none")
+    assert code == 0, err[-3000:]
+    dead = warm.read_record()
+    seen.append(dead)
+    assert "watchdog_pid" not in dead  # no idle timeout, no watchdog
+    os.kill(dead["pids"]["gcs_server"], 9)
+    time.sleep(1)
+    third, m3 = _run(env, tmp_path / "runs")
+    assert m3["cluster"]["mode"] == "local" and "warm" not in m3["cluster"]
+    _same_metrics(first["metrics"], third["metrics"])
+    assert warm.read_record() is None and warm.processes(dead) == []
+    code, st, _ = cli(env, "cluster", "status")
+    assert code == 3 and st["status"] == "down"
+
+
+def test_idle_timeout_stops_it(warm_env):
+    env, seen = warm_env
+    code, _, err = cli(env, "cluster", "start", "--cpus", "1", "--idle-timeout", "8s",
+                       "--preload", "none")
+    assert code == 0, err[-3000:]
+    rec = warm.read_record()
+    assert rec is not None, "stopped before the test could read its record"
+    seen.append(rec)
+    assert rec["preload"] == [] and rec["idle_timeout_s"] == 8
+    deadline = time.monotonic() + 120
+    while warm.read_record() is not None and time.monotonic() < deadline:
+        time.sleep(1)
+    assert warm.read_record() is None, "the idle head was not stopped"
+    assert warm.processes(rec) == []
+    with open(os.path.join(rec["state_dir"], "watchdog.log")) as fh:
+        log = fh.read()
+    assert "idle for" in log and "stopping" in log
+    code, st, _ = cli(env, "cluster", "status")
+    assert code == 3 and st["status"] == "down"

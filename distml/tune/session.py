@@ -33,11 +33,11 @@ OBJECTIVE = "objective"
 CHECKPOINT_INTERVAL_S = 10.0
 
 
-def fault_from_env() -> dict | None:
+def fault_from_env() -> Any:
+    """The trial fault asked for (``DISTML_FAULT=tune.iteration:K``, or FAULT_ENV); None."""
     from distml.runtime.faults import from_env
 
-    fault = from_env("tune.iteration")  # DISTML_FAULT=tune.iteration:K, or FAULT_ENV
-    return None if fault is None else {"marker": fault.marker, "iteration": fault.step}
+    return from_env("tune.iteration")
 
 
 @dataclass
@@ -51,7 +51,7 @@ class TrialPlan:
     mode: str
     report_every: int | None = None
     checkpoint_every: int | None = None
-    fault: dict | None = None
+    fault: Any = None  # a distml.runtime.faults.Fault (tests)
     scratch: str | None = None  # a folder for kinds that run their own pipeline in a trial
     #: the trial's job trains in a Ray Train worker group (num_workers > 1, GPUs, or data over
     #: one worker's budget): the trial process only drives it (see :func:`train_callbacks`)
@@ -196,16 +196,9 @@ class TrialSession:
         return tune.Checkpoint.from_directory(d)
 
     def _maybe_crash(self, iteration: int) -> None:
-        fault = self.plan.fault
-        if not fault or fault["iteration"] != iteration:
-            return
-        try:
-            fd = os.open(fault["marker"], os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            return  # already crashed once: this is the retry (or another trial)
-        os.write(fd, json.dumps({"pid": os.getpid(), "iteration": iteration}).encode())
-        os.close(fd)
-        os._exit(1)
+        from distml.runtime import faults
+
+        faults.crash(self.plan.fault, "tune.iteration", iteration)
 
 
 def load_checkpoint(checkpoint) -> Restored | None:

@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup browser demo test test-fast bench-quick clean airflow-venv
+.PHONY: setup browser demo lint test test-fast bench-quick clean airflow-venv
 
 # Airflow 3 in its own virtualenv (with this project): tests/integration/test_platforms_airflow.py
 # runs the example DAG with `airflow dags test`. Building it takes minutes, so `make test` builds
@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 # previous commit, when the history is not there to tell, or with AIRFLOW=1.
 AIRFLOW_VENV   ?= .venv-airflow
 AIRFLOW_STAMP  := $(AIRFLOW_VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
-AIRFLOW_CHANGED := $(shell git diff --quiet HEAD~1 -- examples distml/remote distml/submit.py 2>/dev/null \
+AIRFLOW_CHANGED := $(shell git diff --quiet HEAD~1 -- examples distml/remote 2>/dev/null \
                      || echo 1)
 
 $(STAMP): pyproject.toml
@@ -41,7 +41,14 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
 	   >/dev/null) || echo "make: no chromium; the headless-browser report test will be skipped"; }
 
-test: $(STAMP) browser
+# The shape of the code first (seconds): import-linter's layer contracts, then ruff's lint and
+# format checks (docs/architecture.md); a broken contract fails like a failing test.
+lint: $(STAMP)
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: $(STAMP) browser lint
 	@if [ "$(AIRFLOW)" = 1 ] || [ -n "$(AIRFLOW_CHANGED)" ]; then \
 	  $(MAKE) --no-print-directory airflow-venv && export DISTML_REQUIRE_AIRFLOW=1; fi; \
 	$(PY) -m pytest -q -p no:cacheprovider

@@ -27,10 +27,23 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parent.parent  # the repository root
 RESULTS = Path(__file__).resolve().parent / "results"
 PYTHON = sys.executable
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
-DEFAULT_PACKAGES = ("distml", "ray", "xgboost", "scikit-learn", "numpy", "pandas", "pyarrow",
-                    "pydantic")
+THREAD_VARS = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
+DEFAULT_PACKAGES = (
+    "distml",
+    "ray",
+    "xgboost",
+    "scikit-learn",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "pydantic",
+)
 
 
 @dataclass
@@ -49,6 +62,7 @@ class BenchmarkError(RuntimeError):
 
 
 # ------------------------------------------------------------------ environment
+
 
 def pinned_env(threads: int, base: dict[str, str] | None = None) -> dict[str, str]:
     """``base`` (default: this process's environment) with every BLAS/OpenMP pool at ``threads``."""
@@ -69,8 +83,13 @@ def isolated_env(home: Path, threads: int) -> dict[str, str]:
     # (~66 more characters); the kernel limit is 107 bytes.
     if len(str(ray_tmp)) > 40:
         raise BenchmarkError(f"work directory path too long for Ray's sockets: {ray_tmp}")
-    env.update(HOME=str(home), RAY_AUTH_MODE="token", RAY_TMPDIR=str(ray_tmp),
-               RAY_USAGE_STATS_ENABLED="0", PYTHONDONTWRITEBYTECODE="1")
+    env.update(
+        HOME=str(home),
+        RAY_AUTH_MODE="token",
+        RAY_TMPDIR=str(ray_tmp),
+        RAY_USAGE_STATS_ENABLED="0",
+        PYTHONDONTWRITEBYTECODE="1",
+    )
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     return env
 
@@ -83,6 +102,7 @@ def bin_path(name: str) -> str:
 
 # ------------------------------------------------------------------ timing
 
+
 @dataclass
 class Timed:
     """One timed subprocess: wall clock around the whole process, and what it printed."""
@@ -92,8 +112,9 @@ class Timed:
     stderr: str
 
 
-def run_timed(cmd: list[str], env: dict[str, str], *, timeout: float = 900,
-              cwd: Path = ROOT) -> Timed:
+def run_timed(
+    cmd: list[str], env: dict[str, str], *, timeout: float = 900, cwd: Path = ROOT
+) -> Timed:
     """Run ``cmd`` to completion and time it (interpreter start and imports included)."""
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
@@ -116,8 +137,12 @@ def last_json(text: str) -> dict:
     raise BenchmarkError(f"no JSON object in output: {text[-500:]!r}")
 
 
-def alternate(sides: dict[str, Callable[[], dict]], reps: int, warmup: int,
-              log: Callable[[str], None] = lambda s: None) -> dict[str, list[dict]]:
+def alternate(
+    sides: dict[str, Callable[[], dict]],
+    reps: int,
+    warmup: int,
+    log: Callable[[str], None] = lambda s: None,
+) -> dict[str, list[dict]]:
     """Run each side ``warmup`` times (discarded), then ``reps`` rounds alternating A/B; the
     order flips every round (AB, BA, AB…) so slow drift of a shared machine hits both sides.
     Each call returns a dict with at least ``wall_s``; returns ``{side: [sample, ...]}``."""
@@ -128,7 +153,7 @@ def alternate(sides: dict[str, Callable[[], dict]], reps: int, warmup: int,
             log(f"  warm-up {w + 1}/{warmup} {n}: {s['wall_s']:.2f}s")
     out: dict[str, list[dict]] = {n: [] for n in names}
     for r in range(reps):
-        for n in (names if r % 2 == 0 else names[::-1]):
+        for n in names if r % 2 == 0 else names[::-1]:
             s = sides[n]()
             out[n].append(s)
             log(f"  rep {r + 1}/{reps} {n}: {s['wall_s']:.2f}s")
@@ -139,9 +164,13 @@ def stats(values: list[float]) -> dict[str, Any]:
     """median (the figure to quote), min, max and every value, rounded to ms."""
     if not values:
         return {"median": None, "min": None, "max": None, "n": 0, "values": []}
-    return {"median": round(statistics.median(values), 4), "min": round(min(values), 4),
-            "max": round(max(values), 4), "n": len(values),
-            "values": [round(v, 4) for v in values]}
+    return {
+        "median": round(statistics.median(values), 4),
+        "min": round(min(values), 4),
+        "max": round(max(values), 4),
+        "n": len(values),
+        "values": [round(v, 4) for v in values],
+    }
 
 
 def median_of(samples: list[dict], *path: str) -> float | None:
@@ -169,8 +198,9 @@ def compare(a: dict, b: dict, keys: list[str], tol: float) -> dict[str, Any]:
         for p in key.split("."):
             va = va.get(p) if isinstance(va, dict) else None
             vb = vb.get(p) if isinstance(vb, dict) else None
-        diff = abs(va - vb) if isinstance(va, (int, float)) and isinstance(vb, (int, float)) \
-            else None
+        diff = (
+            abs(va - vb) if isinstance(va, (int, float)) and isinstance(vb, (int, float)) else None
+        )
         good = diff is not None and diff <= tol
         ok &= good
         rows[key] = {"distml": va, "baseline": vb, "abs_diff": diff, "ok": good}
@@ -178,6 +208,7 @@ def compare(a: dict, b: dict, keys: list[str], tol: float) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ envelope and output
+
 
 def versions(packages: tuple[str, ...] = DEFAULT_PACKAGES) -> dict[str, str | None]:
     out: dict[str, str | None] = {"python": platform.python_version()}
@@ -190,8 +221,11 @@ def versions(packages: tuple[str, ...] = DEFAULT_PACKAGES) -> dict[str, str | No
 
 
 def machine() -> dict[str, Any]:
-    info: dict[str, Any] = {"nproc": os.cpu_count(), "platform": platform.platform(),
-                            "loadavg": list(os.getloadavg())}
+    info: dict[str, Any] = {
+        "nproc": os.cpu_count(),
+        "platform": platform.platform(),
+        "loadavg": list(os.getloadavg()),
+    }
     try:
         info["nproc_available"] = len(os.sched_getaffinity(0))
     except AttributeError:

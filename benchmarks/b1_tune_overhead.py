@@ -62,14 +62,24 @@ def _fit_distml(fn, n: int, workdir, concurrency: int, extra: dict | None = None
     space = {"x": tune.uniform(0, 1), **(extra or {})}
     trainable = tune.with_resources(fn, {"cpu": 1})
     with tune_env():
-        tuner = make_tuner(trainable, space, mode="min", num_samples=n, concurrency=concurrency,
-                           storage_path=str(workdir), seed=0, name=f"b1-{time.time_ns()}")
+        tuner = make_tuner(
+            trainable,
+            space,
+            mode="min",
+            num_samples=n,
+            concurrency=concurrency,
+            storage_path=str(workdir),
+            seed=0,
+            name=f"b1-{time.time_ns()}",
+        )
         t0 = time.perf_counter()
         grid = tuner.fit()
         wall = time.perf_counter() - t0
-    return {"wall_s": wall, "completed": sum(r.error is None and "objective" in r.metrics
-                                             for r in grid),
-            "configs": sorted(round(r.config["x"], 12) for r in grid)}
+    return {
+        "wall_s": wall,
+        "completed": sum(r.error is None and "objective" in r.metrics for r in grid),
+        "configs": sorted(round(r.config["x"], 12) for r in grid),
+    }
 
 
 def _fit_default(n: int, workdir) -> dict:
@@ -77,17 +87,27 @@ def _fit_default(n: int, workdir) -> dict:
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     tuner = tune.Tuner(
-        _trivial, param_space={"x": tune.uniform(0, 1)},
-        tune_config=tune.TuneConfig(num_samples=n, metric="objective", mode="min",
-                                    search_alg=BasicVariantGenerator(random_state=0)),
-        run_config=tune.RunConfig(storage_path=str(workdir), name=f"b1d-{time.time_ns()}",
-                                  verbose=0))
+        _trivial,
+        param_space={"x": tune.uniform(0, 1)},
+        tune_config=tune.TuneConfig(
+            num_samples=n,
+            metric="objective",
+            mode="min",
+            search_alg=BasicVariantGenerator(random_state=0),
+        ),
+        run_config=tune.RunConfig(
+            storage_path=str(workdir), name=f"b1d-{time.time_ns()}", verbose=0
+        ),
+    )
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):  # Tune's console box; stdout is the summary's
         grid = tuner.fit()
     wall = time.perf_counter() - t0
-    return {"wall_s": wall, "completed": sum("objective" in r.metrics for r in grid),
-            "configs": sorted(round(r.config["x"], 12) for r in grid)}
+    return {
+        "wall_s": wall,
+        "completed": sum("objective" in r.metrics for r in grid),
+        "configs": sorted(round(r.config["x"], 12) for r in grid),
+    }
 
 
 def _serial(n: int) -> dict:
@@ -107,18 +127,26 @@ def _distml_run(n: int, workdir) -> dict:
 
     import distml
 
-    spec = {"name": "b1-run", "kind": "sklearn",
-            "data": {"source": "builtin:iris", "target": "target", "split": {"valid": 0.3}},
-            "model": {"estimator": "sklearn.dummy.DummyClassifier"},
-            "tune": {"metric": "valid.accuracy", "num_samples": n, "seed": 0,
-                     "space": {"model.params.strategy": {"choice": ["prior", "stratified",
-                                                                    "uniform"]}}}}
+    spec = {
+        "name": "b1-run",
+        "kind": "sklearn",
+        "data": {"source": "builtin:iris", "target": "target", "split": {"valid": 0.3}},
+        "model": {"estimator": "sklearn.dummy.DummyClassifier"},
+        "tune": {
+            "metric": "valid.accuracy",
+            "num_samples": n,
+            "seed": 0,
+            "space": {"model.params.strategy": {"choice": ["prior", "stratified", "uniform"]}},
+        },
+    }
     r = distml.run(spec, output=workdir)
     manifest = json.loads((r.run_dir / "manifest.json").read_text())
     t = r.tables["trials"]
-    return {"wall_s": manifest["tune"]["timings_s"]["search_s"],
-            "completed": int((t["status"] == "completed").sum()),
-            "run_total_s": manifest["timings"]["total_s"]}
+    return {
+        "wall_s": manifest["tune"]["timings_s"]["search_s"],
+        "completed": int((t["status"] == "completed").sum()),
+        "run_total_s": manifest["timings"]["total_s"],
+    }
 
 
 def run(opts: H.Options) -> dict[str, Any]:
@@ -126,35 +154,48 @@ def run(opts: H.Options) -> dict[str, Any]:
         os.environ[v] = str(opts.threads)
     home = opts.workdir / "h"
     (home / "t").mkdir(parents=True, exist_ok=True)
-    os.environ.update(RAY_TMPDIR=str(home / "t"), RAY_AUTH_MODE="token",
-                      RAY_USAGE_STATS_ENABLED="0")
+    os.environ.update(
+        RAY_TMPDIR=str(home / "t"), RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0"
+    )
     os.environ.pop("RAY_ADDRESS", None)
     import ray
 
     n_trivial, n_default, n_sleep, sleep_s, n_run = (
-        (40, 6, 6, 0.5, 20) if opts.quick else (200, 20, 20, 1.0, 100))
+        (40, 6, 6, 0.5, 20) if opts.quick else (200, 20, 20, 1.0, 100)
+    )
     cpus = os.cpu_count() or 1
     concurrency = min(2, cpus)
     ideal = n_sleep * sleep_s / concurrency
     t0 = time.perf_counter()
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
     ray_init_s = time.perf_counter() - t0
     store = opts.workdir / "tune"
     try:
-        runs = H.alternate({
-            "distml": lambda: _fit_distml(_trivial, n_trivial, store, concurrency),
-            "distml_2x": lambda: _fit_distml(_trivial, 2 * n_trivial, store, concurrency),
-            "tune_default": lambda: _fit_default(n_default, store),
-            "serial_loop": lambda: _serial(n_trivial),
-            "distml_run": lambda: _distml_run(n_run, opts.workdir / "runs"),
-        }, opts.reps, opts.warmup, H.log)
-        long = H.alternate({
-            "distml_sleep": lambda: _fit_distml(_sleeper, n_sleep, store, concurrency,
-                                                {"sleep_s": sleep_s}),
-            "distml_sleep_2x": lambda: _fit_distml(_sleeper, 2 * n_sleep, store, concurrency,
-                                                   {"sleep_s": sleep_s}),
-        }, opts.reps, 0, H.log)
+        runs = H.alternate(
+            {
+                "distml": lambda: _fit_distml(_trivial, n_trivial, store, concurrency),
+                "distml_2x": lambda: _fit_distml(_trivial, 2 * n_trivial, store, concurrency),
+                "tune_default": lambda: _fit_default(n_default, store),
+                "serial_loop": lambda: _serial(n_trivial),
+                "distml_run": lambda: _distml_run(n_run, opts.workdir / "runs"),
+            },
+            opts.reps,
+            opts.warmup,
+            H.log,
+        )
+        long = H.alternate(
+            {
+                "distml_sleep": lambda: _fit_distml(
+                    _sleeper, n_sleep, store, concurrency, {"sleep_s": sleep_s}
+                ),
+                "distml_sleep_2x": lambda: _fit_distml(
+                    _sleeper, 2 * n_sleep, store, concurrency, {"sleep_s": sleep_s}
+                ),
+            },
+            opts.reps,
+            0,
+            H.log,
+        )
         sleeps, sleeps2 = long["distml_sleep"], long["distml_sleep_2x"]
     finally:
         ray.shutdown()
@@ -166,8 +207,11 @@ def run(opts: H.Options) -> dict[str, Any]:
     trivial_wall = H.stats([s["wall_s"] for s in runs["distml"]])
     trivial2_wall = H.stats([s["wall_s"] for s in runs["distml_2x"]])
     # 2n trials less n trials: the rate once the trial processes are up (fixed start-up apart).
-    marginal_rate = (round(n_trivial / (trivial2_wall["median"] - trivial_wall["median"]), 2)
-                     if trivial2_wall["median"] > trivial_wall["median"] else None)
+    marginal_rate = (
+        round(n_trivial / (trivial2_wall["median"] - trivial_wall["median"]), 2)
+        if trivial2_wall["median"] > trivial_wall["median"]
+        else None
+    )
     default_rate = rate(runs["tune_default"], n_default)
     run_rate = rate(runs["distml_run"], n_run)
     sleep_wall = H.stats([s["wall_s"] for s in sleeps])
@@ -177,34 +221,55 @@ def run(opts: H.Options) -> dict[str, Any]:
     sleep2_wall = H.stats([s["wall_s"] for s in sleeps2])
     marginal = H.ratio(sleep2_wall["median"] - sleep_wall["median"], ideal)
     fixed = round(sleep_wall["median"] - ideal * (marginal or 1.0), 3)
-    complete = (all(s["completed"] == n_trivial for s in runs["distml"])
-                and all(s["completed"] == 2 * n_trivial for s in runs["distml_2x"])
-                and all(s["completed"] == n_default for s in runs["tune_default"])
-                and all(s["completed"] == n_run for s in runs["distml_run"])
-                and all(s["completed"] == n_sleep for s in sleeps)
-                and all(s["completed"] == 2 * n_sleep for s in sleeps2))
+    complete = (
+        all(s["completed"] == n_trivial for s in runs["distml"])
+        and all(s["completed"] == 2 * n_trivial for s in runs["distml_2x"])
+        and all(s["completed"] == n_default for s in runs["tune_default"])
+        and all(s["completed"] == n_run for s in runs["distml_run"])
+        and all(s["completed"] == n_sleep for s in sleeps)
+        and all(s["completed"] == 2 * n_sleep for s in sleeps2)
+    )
     # Same seed, same generator: the default's configurations are the first of distml's.
     same_configs = set(runs["tune_default"][-1]["configs"]) <= set(runs["distml"][-1]["configs"])
     return {
-        "workloads": {"trivial_trials": n_trivial, "tune_default_trials": n_default,
-                      "sleep_trials": n_sleep, "sleep_s": sleep_s, "concurrency": concurrency,
-                      "distml_run_trials": n_run},
+        "workloads": {
+            "trivial_trials": n_trivial,
+            "tune_default_trials": n_default,
+            "sleep_trials": n_sleep,
+            "sleep_s": sleep_s,
+            "concurrency": concurrency,
+            "distml_run_trials": n_run,
+        },
         "ray_init_s": round(ray_init_s, 3),
         "trivial": {
-            "distml": {"trials_per_s": distml_rate, "wall_s": trivial_wall,
-                       "wall_2x_s": trivial2_wall, "marginal_trials_per_s": marginal_rate},
-            "tune_default": {"trials_per_s": default_rate,
-                             "wall_s": H.stats([s["wall_s"] for s in runs["tune_default"]])},
+            "distml": {
+                "trials_per_s": distml_rate,
+                "wall_s": trivial_wall,
+                "wall_2x_s": trivial2_wall,
+                "marginal_trials_per_s": marginal_rate,
+            },
+            "tune_default": {
+                "trials_per_s": default_rate,
+                "wall_s": H.stats([s["wall_s"] for s in runs["tune_default"]]),
+            },
             "serial_loop": {"trials_per_s": rate(runs["serial_loop"], n_trivial)},
             "speedup_vs_tune_default": H.ratio(distml_rate["median"], default_rate["median"]),
         },
-        "distml_run": {"trials_per_s": run_rate,
-                       "search_s": H.stats([s["wall_s"] for s in runs["distml_run"]]),
-                       "run_total_s": H.stats([s["run_total_s"] for s in runs["distml_run"]])},
-        "sleep": {"wall_s": sleep_wall, "ideal_s": ideal, "ratio": sleep_ratio,
-                  "wall_2x_s": sleep2_wall, "ideal_2x_s": 2 * ideal,
-                  "ratio_2x": H.ratio(sleep2_wall["median"], 2 * ideal),
-                  "marginal_ratio": marginal, "fixed_start_s": fixed},
+        "distml_run": {
+            "trials_per_s": run_rate,
+            "search_s": H.stats([s["wall_s"] for s in runs["distml_run"]]),
+            "run_total_s": H.stats([s["run_total_s"] for s in runs["distml_run"]]),
+        },
+        "sleep": {
+            "wall_s": sleep_wall,
+            "ideal_s": ideal,
+            "ratio": sleep_ratio,
+            "wall_2x_s": sleep2_wall,
+            "ideal_2x_s": 2 * ideal,
+            "ratio_2x": H.ratio(sleep2_wall["median"], 2 * ideal),
+            "marginal_ratio": marginal,
+            "fixed_start_s": fixed,
+        },
         "equality": {"all_trials_completed": complete, "same_configs_as_tune": same_configs},
         "summary": {
             "trivial_trials_per_s": distml_rate["median"],
@@ -216,8 +281,11 @@ def run(opts: H.Options) -> dict[str, Any]:
             "sleep_marginal_over_ideal": marginal,
             "sleep_fixed_start_s": fixed,
             "target_sleep_ratio": TARGET_SLEEP_RATIO,
-            "meets_target": (distml_rate["median"] >= TARGET_RATE
-                             and sleep_ratio is not None and sleep_ratio <= TARGET_SLEEP_RATIO),
+            "meets_target": (
+                distml_rate["median"] >= TARGET_RATE
+                and sleep_ratio is not None
+                and sleep_ratio <= TARGET_SLEEP_RATIO
+            ),
             "equal": complete and same_configs,
         },
     }
@@ -225,4 +293,3 @@ def run(opts: H.Options) -> dict[str, Any]:
 
 if __name__ == "__main__":  # pragma: no cover - use ``python -m benchmarks b1``
     raise SystemExit("run: python -m benchmarks b1 [--quick]")
-

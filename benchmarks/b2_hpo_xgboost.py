@@ -58,17 +58,30 @@ PARAMS = {"objective": "binary:logistic", "eval_metric": "logloss", "tree_method
 
 
 def _spec(source: str, trials: int, scheduler: str, seed: int) -> dict:
-    return {"name": "b2", "kind": "xgboost",
-            "data": {"source": source, "target": "target",
-                     "split": {"valid": 0.2, "test": 0.0, "stratify": True, "seed": 1}},
-            "model": {"params": dict(PARAMS), "num_boost_round": ROUNDS},
-            "resources": {"cpus_per_worker": 1},
-            "tune": {"metric": "valid.logloss", "num_samples": trials, "search": "optuna",
-                     "scheduler": scheduler, "seed": seed, "space": SPACE}}
+    return {
+        "name": "b2",
+        "kind": "xgboost",
+        "data": {
+            "source": source,
+            "target": "target",
+            "split": {"valid": 0.2, "test": 0.0, "stratify": True, "seed": 1},
+        },
+        "model": {"params": dict(PARAMS), "num_boost_round": ROUNDS},
+        "resources": {"cpus_per_worker": 1},
+        "tune": {
+            "metric": "valid.logloss",
+            "num_samples": trials,
+            "search": "optuna",
+            "scheduler": scheduler,
+            "seed": seed,
+            "space": SPACE,
+        },
+    }
 
 
-def _distml_side(source: str, trials: int, scheduler: str, opts: H.Options,
-                 env: dict[str, str], seeds: list[int]):
+def _distml_side(
+    source: str, trials: int, scheduler: str, opts: H.Options, env: dict[str, str], seeds: list[int]
+):
     counter = [0]
 
     def call() -> dict:
@@ -78,21 +91,28 @@ def _distml_side(source: str, trials: int, scheduler: str, opts: H.Options,
         work.mkdir(parents=True, exist_ok=True)
         spec = work / "spec.json"
         spec.write_text(json.dumps(_spec(source, trials, scheduler, seed)))
-        t = H.run_timed([H.bin_path("distml"), "run", str(spec), "--json", "--output",
-                         str(work / "runs")], env)
+        t = H.run_timed(
+            [H.bin_path("distml"), "run", str(spec), "--json", "--output", str(work / "runs")], env
+        )
         res = H.last_json(t.stdout)
         man = json.loads(Path(res["run_dir"], "manifest.json").read_text())
         trials_tab = Path(res["run_dir"], "tables", "trials.parquet")
         import pandas as pd
 
         table = pd.read_parquet(trials_tab)
-        return {"wall_s": t.wall_s, "seed": seed, "best": res["metrics"]["tune"]["best_value"],
-                "refit_logloss": res["metrics"]["valid"]["logloss"],
-                "search_s": man["tune"]["timings_s"]["search_s"],
-                "refit_s": man["tune"]["timings_s"]["refit_s"],
-                "stages": man["timings"], "rounds": int(table["iterations"].sum()),
-                "completed": int((table["status"] == "completed").sum()),
-                "stopped": int((table["status"] == "stopped").sum())}
+        return {
+            "wall_s": t.wall_s,
+            "seed": seed,
+            "best": res["metrics"]["tune"]["best_value"],
+            "refit_logloss": res["metrics"]["valid"]["logloss"],
+            "search_s": man["tune"]["timings_s"]["search_s"],
+            "refit_s": man["tune"]["timings_s"]["refit_s"],
+            "stages": man["timings"],
+            "rounds": int(table["iterations"].sum()),
+            "completed": int((table["status"] == "completed").sum()),
+            "stopped": int((table["status"] == "stopped").sum()),
+        }
+
     return call
 
 
@@ -102,12 +122,32 @@ def _plain_side(source: str, trials: int, env: dict[str, str], seeds: list[int])
     def call() -> dict:
         seed = seeds[counter[0] % len(seeds)]
         counter[0] += 1
-        t = H.run_timed([H.PYTHON, "-m", "benchmarks.b2_hpo_xgboost", "--plain", "--source",
-                         source, "--trials", str(trials), "--seed", str(seed), "--nthread", "2"],
-                        env)
+        t = H.run_timed(
+            [
+                H.PYTHON,
+                "-m",
+                "benchmarks.b2_hpo_xgboost",
+                "--plain",
+                "--source",
+                source,
+                "--trials",
+                str(trials),
+                "--seed",
+                str(seed),
+                "--nthread",
+                "2",
+            ],
+            env,
+        )
         res = H.last_json(t.stdout)
-        return {"wall_s": t.wall_s, "seed": seed, "best": res["best"],
-                "search_s": res["search_s"], "rounds": trials * ROUNDS}
+        return {
+            "wall_s": t.wall_s,
+            "seed": seed,
+            "best": res["best"],
+            "search_s": res["search_s"],
+            "rounds": trials * ROUNDS,
+        }
+
     return call
 
 
@@ -116,27 +156,43 @@ def _summarise(runs: dict[str, list[dict]]) -> dict[str, Any]:
     b_wall = H.stats([s["wall_s"] for s in base])
     b_search = H.stats([s["search_s"] for s in base])
     b_best = H.stats([s["best"] for s in base])
-    out: dict[str, Any] = {"baseline": {"wall_s": b_wall, "search_s": b_search,
-                                        "best_logloss": b_best,
-                                        "by_seed": {s["seed"]: s["best"] for s in base}}}
+    out: dict[str, Any] = {
+        "baseline": {
+            "wall_s": b_wall,
+            "search_s": b_search,
+            "best_logloss": b_best,
+            "by_seed": {s["seed"]: s["best"] for s in base},
+        }
+    }
     for side in [k for k in runs if k.startswith("distml")]:
         d = runs[side]
         wall = H.stats([s["wall_s"] for s in d])
         search = H.stats([s["search_s"] for s in d])
         best = H.stats([s["best"] for s in d])
         out[side] = {
-            "wall_s": wall, "search_s": search, "best_logloss": best,
+            "wall_s": wall,
+            "search_s": search,
+            "best_logloss": best,
             "by_seed": {s["seed"]: s["best"] for s in d},
-            "stages_median_s": {k: H.median_of(d, "stages", k) for k in
-                                ("validate_s", "cluster_start_s", "job_s", "cluster_stop_s",
-                                 "write_s", "total_s")},
+            "stages_median_s": {
+                k: H.median_of(d, "stages", k)
+                for k in (
+                    "validate_s",
+                    "cluster_start_s",
+                    "job_s",
+                    "cluster_stop_s",
+                    "write_s",
+                    "total_s",
+                )
+            },
             "refit_s": H.median_of(d, "refit_s"),
             "outside_search_s": round(wall["median"] - search["median"], 4),
             "rounds_median": H.median_of(d, "rounds"),
             "completed_median": H.median_of(d, "completed"),
             "stopped_median": H.median_of(d, "stopped"),
-            "refit_reproduces_best": all(abs(s["refit_logloss"] - s["best"]) <= 1e-5 * s["best"]
-                                         for s in d),
+            "refit_reproduces_best": all(
+                abs(s["refit_logloss"] - s["best"]) <= 1e-5 * s["best"] for s in d
+            ),
             "ratio_wall": H.ratio(wall["median"], b_wall["median"]),
             "ratio_search": H.ratio(search["median"], b_search["median"]),
             "best_not_worse": best["median"] <= b_best["median"] * (1 + SCORE_TOL),
@@ -164,8 +220,10 @@ def run(opts: H.Options) -> dict[str, Any]:
         gen = generate_dataset(source, opts.workdir / f"data-{rows}")
         path = gen["files"][0] if len(gen["files"]) == 1 else str(opts.workdir / f"data-{rows}")
         H.log(f"[b2] {rows} rows x 20 features -> {path}")
-        sides = {"baseline": _plain_side(path, trials, env_b, seeds),
-                 "distml_asha": _distml_side(path, trials, "asha", opts, env_d, seeds)}
+        sides = {
+            "baseline": _plain_side(path, trials, env_b, seeds),
+            "distml_asha": _distml_side(path, trials, "asha", opts, env_d, seeds),
+        }
         if not opts.quick:
             sides["distml_none"] = _distml_side(path, trials, "none", opts, env_d, seeds)
         runs = H.alternate(sides, opts.reps, opts.warmup, H.log)
@@ -177,12 +235,16 @@ def run(opts: H.Options) -> dict[str, Any]:
         "ratio_wall_no_scheduler": small.get("distml_none", {}).get("ratio_wall"),
         "ratio_search_no_scheduler": small.get("distml_none", {}).get("ratio_search"),
         "target_ratio": TARGET_RATIO,
-        "meets_target": (small["distml_asha"]["ratio_wall"] is not None
-                         and small["distml_asha"]["ratio_wall"] <= TARGET_RATIO
-                         and small["distml_asha"]["best_not_worse"]),
-        "best_logloss": {side: small[side]["best_logloss"]["median"]
-                         for side in small if isinstance(small[side], dict)
-                         and "best_logloss" in small[side]},
+        "meets_target": (
+            small["distml_asha"]["ratio_wall"] is not None
+            and small["distml_asha"]["ratio_wall"] <= TARGET_RATIO
+            and small["distml_asha"]["best_not_worse"]
+        ),
+        "best_logloss": {
+            side: small[side]["best_logloss"]["median"]
+            for side in small
+            if isinstance(small[side], dict) and "best_logloss" in small[side]
+        },
         "equal": all(small[s]["best_not_worse"] for s in small if s.startswith("distml")),
     }
     if len(sizes) > 1:
@@ -190,18 +252,26 @@ def run(opts: H.Options) -> dict[str, Any]:
         summary["ratio_wall_asha_large"] = large["distml_asha"]["ratio_wall"]
         summary["ratio_search_asha_large"] = large["distml_asha"]["ratio_search"]
         summary["ratio_wall_no_scheduler_large"] = large["distml_none"]["ratio_wall"]
-        summary["best_not_worse_large"] = {s: large[s]["best_not_worse"]
-                                           for s in large if s.startswith("distml")}
-        b = (large["baseline"]["wall_s"]["median"] - small["baseline"]["wall_s"]["median"])
-        d = (large["distml_asha"]["wall_s"]["median"] - small["distml_asha"]["wall_s"]["median"])
+        summary["best_not_worse_large"] = {
+            s: large[s]["best_not_worse"] for s in large if s.startswith("distml")
+        }
+        b = large["baseline"]["wall_s"]["median"] - small["baseline"]["wall_s"]["median"]
+        d = large["distml_asha"]["wall_s"]["median"] - small["distml_asha"]["wall_s"]["median"]
         summary["marginal_ratio_asha"] = H.ratio(d, b)
-    return {"sides": {"baseline": "python -m benchmarks.b2_hpo_xgboost --plain (Optuna TPE, "
-                                  "serial, xgboost nthread=2)",
-                      "env": "OMP_WAIT_POLICY=PASSIVE on both sides",
-                      "distml": "distml run SPEC --json (tune: optuna, 2 trials x 1 thread; "
-                                "asha or no scheduler)"},
-            "space": SPACE, "rounds": ROUNDS, "score_tolerance": SCORE_TOL,
-            "sizes": results, "summary": summary}
+    return {
+        "sides": {
+            "baseline": "python -m benchmarks.b2_hpo_xgboost --plain (Optuna TPE, "
+            "serial, xgboost nthread=2)",
+            "env": "OMP_WAIT_POLICY=PASSIVE on both sides",
+            "distml": "distml run SPEC --json (tune: optuna, 2 trials x 1 thread; "
+            "asha or no scheduler)",
+        },
+        "space": SPACE,
+        "rounds": ROUNDS,
+        "score_tolerance": SCORE_TOL,
+        "sizes": results,
+        "summary": summary,
+    }
 
 
 # ------------------------------------------------------------------ the plain baseline
@@ -233,24 +303,38 @@ def plain_main(argv: list[str] | None = None) -> int:
     dvalid = xgb.DMatrix(X.iloc[valid], label=y[valid], nthread=args.nthread)
 
     def objective(trial) -> float:
-        p = {**PARAMS, "nthread": args.nthread, "seed": 0,
-             "max_depth": trial.suggest_int("max_depth", 2, 10),
-             "eta": trial.suggest_float("eta", 0.01, 0.3, log=True),
-             "subsample": trial.suggest_float("subsample", 0.5, 1.0),
-             "colsample_bytree": trial.suggest_float("colsample_bytree", 0.5, 1.0),
-             "min_child_weight": trial.suggest_float("min_child_weight", 0.5, 20.0, log=True)}
+        p = {
+            **PARAMS,
+            "nthread": args.nthread,
+            "seed": 0,
+            "max_depth": trial.suggest_int("max_depth", 2, 10),
+            "eta": trial.suggest_float("eta", 0.01, 0.3, log=True),
+            "subsample": trial.suggest_float("subsample", 0.5, 1.0),
+            "colsample_bytree": trial.suggest_float("colsample_bytree", 0.5, 1.0),
+            "min_child_weight": trial.suggest_float("min_child_weight", 0.5, 20.0, log=True),
+        }
         history: dict = {}
-        xgb.train(p, dtrain, ROUNDS, evals=[(dvalid, "valid")], evals_result=history,
-                  verbose_eval=False)
+        xgb.train(
+            p, dtrain, ROUNDS, evals=[(dvalid, "valid")], evals_result=history, verbose_eval=False
+        )
         return history["valid"]["logloss"][-1]
 
-    study = optuna.create_study(direction="minimize",
-                                sampler=optuna.samplers.TPESampler(seed=args.seed))
+    study = optuna.create_study(
+        direction="minimize", sampler=optuna.samplers.TPESampler(seed=args.seed)
+    )
     t1 = time.perf_counter()
     study.optimize(objective, n_trials=args.trials)
     search = time.perf_counter() - t1
-    print(json.dumps({"best": study.best_value, "best_params": study.best_params,
-                      "search_s": search, "in_process_s": time.perf_counter() - t0}))
+    print(
+        json.dumps(
+            {
+                "best": study.best_value,
+                "best_params": study.best_params,
+                "search_s": search,
+                "in_process_s": time.perf_counter() - t0,
+            }
+        )
+    )
     return 0
 
 

@@ -48,14 +48,30 @@ def main() -> None:
     t_dm = time.perf_counter() - t1
     params = dict(json.loads(args.params), nthread=args.nthread, seed=0)
     t2 = time.perf_counter()
-    bst = xgb.train(params, dtrain, args.rounds, evals=[(dtrain, "train"), (dvalid, "valid")],
-                    verbose_eval=False)
+    bst = xgb.train(
+        params,
+        dtrain,
+        args.rounds,
+        evals=[(dtrain, "train"), (dvalid, "valid")],
+        verbose_eval=False,
+    )
     t_train = time.perf_counter() - t2
     auc = float(roc_auc_score(y[valid], bst.predict(dvalid)))
-    print(json.dumps({"valid_roc_auc": auc, "rows": int(len(y)),
-                      "timings": {"import_s": T_IMPORT - T0, "read_split_s": t_read,
-                                  "dmatrix_s": t_dm, "train_s": t_train,
-                                  "in_process_s": time.perf_counter() - T0}}))
+    print(
+        json.dumps(
+            {
+                "valid_roc_auc": auc,
+                "rows": int(len(y)),
+                "timings": {
+                    "import_s": T_IMPORT - T0,
+                    "read_split_s": t_read,
+                    "dmatrix_s": t_dm,
+                    "train_s": t_train,
+                    "in_process_s": time.perf_counter() - T0,
+                },
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -30,19 +30,37 @@ def _data(rows: int, opts: H.Options) -> dict:
     from distml.runtime.datasets import generate_dataset
 
     out = opts.workdir / f"data-{rows}"
-    gen = generate_dataset(f"synthetic:classification?rows={rows}&features={FEATURES}"
-                           f"&classes={CLASSES}&informative=20&seed=4", out)
+    gen = generate_dataset(
+        f"synthetic:classification?rows={rows}&features={FEATURES}"
+        f"&classes={CLASSES}&informative=20&seed=4",
+        out,
+    )
     return {"dir": str(out), "rows": gen["rows"], "bytes": gen["bytes"]}
 
 
 def _spec(data: dict, opts: H.Options, cuda: bool) -> Path:
-    spec = {"name": "b4", "kind": "torch",
-            "data": {"source": f"{data['dir']}/*.parquet", "target": "target",
-                     "split": {"valid": 0.1, "test": 0.0, "seed": 42, "stratify": True}},
-            "model": {"hidden": HIDDEN, "epochs": EPOCHS, "batch_size": BATCH, "lr": LR,
-                      "task": "classification", "optimizer": "adam"},
-            "resources": {"num_workers": 2, "cpus_per_worker": opts.threads,
-                          "gpus_per_worker": 0.5 if cuda else 0}}
+    spec = {
+        "name": "b4",
+        "kind": "torch",
+        "data": {
+            "source": f"{data['dir']}/*.parquet",
+            "target": "target",
+            "split": {"valid": 0.1, "test": 0.0, "seed": 42, "stratify": True},
+        },
+        "model": {
+            "hidden": HIDDEN,
+            "epochs": EPOCHS,
+            "batch_size": BATCH,
+            "lr": LR,
+            "task": "classification",
+            "optimizer": "adam",
+        },
+        "resources": {
+            "num_workers": 2,
+            "cpus_per_worker": opts.threads,
+            "gpus_per_worker": 0.5 if cuda else 0,
+        },
+    }
     path = opts.workdir / "b4.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -52,28 +70,54 @@ def _distml(spec: Path, opts: H.Options, env: dict, n: list[int]):
     def call() -> dict:
         n[0] += 1
         out = opts.workdir / "distml-out" / str(n[0])
-        t = H.run_timed([H.bin_path("distml"), "run", str(spec), "--json", "--output", str(out)],
-                        env, timeout=1800)
+        t = H.run_timed(
+            [H.bin_path("distml"), "run", str(spec), "--json", "--output", str(out)],
+            env,
+            timeout=1800,
+        )
         res = H.last_json(t.stdout)
         if res.get("status") != "succeeded":
             raise H.BenchmarkError(f"distml run did not succeed: {t.stdout[-800:]}")
         man = json.loads(Path(res["run_dir"], "manifest.json").read_text())
         ex = man["execution"]
-        return {"wall_s": t.wall_s, "loop_s": ex["timings_s"]["loop_s"],
-                "startup_s": t.wall_s - ex["timings_s"]["loop_s"],
-                "valid_accuracy": res["metrics"]["valid"]["accuracy"], "execution": ex}
+        return {
+            "wall_s": t.wall_s,
+            "loop_s": ex["timings_s"]["loop_s"],
+            "startup_s": t.wall_s - ex["timings_s"]["loop_s"],
+            "valid_accuracy": res["metrics"]["valid"]["accuracy"],
+            "execution": ex,
+        }
+
     return call
 
 
 def _torchrun(data: dict, opts: H.Options, env: dict, cuda: bool):
     def call() -> dict:
-        cmd = [H.bin_path("torchrun"), "--standalone", "--nproc_per_node=2", str(LOOP),
-               "--data", data["dir"], "--hidden", ",".join(map(str, HIDDEN)),
-               "--epochs", str(EPOCHS), "--batch-size", str(BATCH), "--lr", str(LR)]
+        cmd = [
+            H.bin_path("torchrun"),
+            "--standalone",
+            "--nproc_per_node=2",
+            str(LOOP),
+            "--data",
+            data["dir"],
+            "--hidden",
+            ",".join(map(str, HIDDEN)),
+            "--epochs",
+            str(EPOCHS),
+            "--batch-size",
+            str(BATCH),
+            "--lr",
+            str(LR),
+        ]
         t = H.run_timed(cmd + (["--cuda"] if cuda else []), env, timeout=1800)
         res = H.last_json(t.stdout)
-        return {"wall_s": t.wall_s, "loop_s": res["loop_s"], "startup_s": t.wall_s - res["loop_s"],
-                "valid_accuracy": res["valid_accuracy"]}
+        return {
+            "wall_s": t.wall_s,
+            "loop_s": res["loop_s"],
+            "startup_s": t.wall_s - res["loop_s"],
+            "valid_accuracy": res["valid_accuracy"],
+        }
+
     return call
 
 
@@ -81,31 +125,57 @@ def run(opts: H.Options, cuda: bool = False) -> dict[str, Any]:
     env = H.isolated_env(opts.workdir / "home", opts.threads)
     data = _data(6_000 if opts.quick else 60_000, opts)
     H.log(f"[b4] {data['rows']} rows × {FEATURES}, {EPOCHS} epochs, {'nccl' if cuda else 'gloo'}")
-    runs = H.alternate({"distml": _distml(_spec(data, opts, cuda), opts, env, [0]),
-                        "torchrun": _torchrun(data, opts, env, cuda)},
-                       opts.reps, opts.warmup, H.log)
+    runs = H.alternate(
+        {
+            "distml": _distml(_spec(data, opts, cuda), opts, env, [0]),
+            "torchrun": _torchrun(data, opts, env, cuda),
+        },
+        opts.reps,
+        opts.warmup,
+        H.log,
+    )
     d, b = runs["distml"], runs["torchrun"]
     d_loop, b_loop = H.stats([s["loop_s"] for s in d]), H.stats([s["loop_s"] for s in b])
     ratio = H.ratio(d_loop["median"], b_loop["median"])
     acc = {"distml": d[-1]["valid_accuracy"], "torchrun": b[-1]["valid_accuracy"]}
     return {
-        "workload": {"rows": data["rows"], "features": FEATURES, "classes": CLASSES,
-                     "hidden": HIDDEN, "epochs": EPOCHS, "global_batch": BATCH,
-                     "backend": "nccl" if cuda else "gloo"},
-        "distml": {"loop_s": d_loop, "wall_s": H.stats([s["wall_s"] for s in d]),
-                   "startup_s": H.stats([s["startup_s"] for s in d]),
-                   "execution": d[-1]["execution"]},
-        "torchrun": {"loop_s": b_loop, "wall_s": H.stats([s["wall_s"] for s in b]),
-                     "startup_s": H.stats([s["startup_s"] for s in b])},
+        "workload": {
+            "rows": data["rows"],
+            "features": FEATURES,
+            "classes": CLASSES,
+            "hidden": HIDDEN,
+            "epochs": EPOCHS,
+            "global_batch": BATCH,
+            "backend": "nccl" if cuda else "gloo",
+        },
+        "distml": {
+            "loop_s": d_loop,
+            "wall_s": H.stats([s["wall_s"] for s in d]),
+            "startup_s": H.stats([s["startup_s"] for s in d]),
+            "execution": d[-1]["execution"],
+        },
+        "torchrun": {
+            "loop_s": b_loop,
+            "wall_s": H.stats([s["wall_s"] for s in b]),
+            "startup_s": H.stats([s["startup_s"] for s in b]),
+        },
         "valid_accuracy": acc,
-        "summary": {"in_loop_ratio": ratio, "target": TARGET_IN_LOOP,
-                    "meets_target": ratio is not None and ratio <= TARGET_IN_LOOP,
-                    "end_to_end_ratio": H.ratio(H.stats([s["wall_s"] for s in d])["median"],
-                                                H.stats([s["wall_s"] for s in b])["median"]),
-                    "startup_s": {"distml": H.stats([s["startup_s"] for s in d])["median"],
-                                  "torchrun": H.stats([s["startup_s"] for s in b])["median"]},
-                    "accuracy_diff": abs(acc["distml"] - acc["torchrun"]),
-                    "equal": abs(acc["distml"] - acc["torchrun"]) <= 0.02}}
+        "summary": {
+            "in_loop_ratio": ratio,
+            "target": TARGET_IN_LOOP,
+            "meets_target": ratio is not None and ratio <= TARGET_IN_LOOP,
+            "end_to_end_ratio": H.ratio(
+                H.stats([s["wall_s"] for s in d])["median"],
+                H.stats([s["wall_s"] for s in b])["median"],
+            ),
+            "startup_s": {
+                "distml": H.stats([s["startup_s"] for s in d])["median"],
+                "torchrun": H.stats([s["startup_s"] for s in b])["median"],
+            },
+            "accuracy_diff": abs(acc["distml"] - acc["torchrun"]),
+            "equal": abs(acc["distml"] - acc["torchrun"]) <= 0.02,
+        },
+    }
 
 
 if __name__ == "__main__":  # pragma: no cover - use ``python -m benchmarks b4``

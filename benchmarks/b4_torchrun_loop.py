@@ -61,8 +61,7 @@ def main() -> None:
     net = nn.Sequential(*layers, nn.Linear(width, int(y.max()) + 1)).to(device)
     model = nn.parallel.DistributedDataParallel(net, device_ids=[device] if args.cuda else None)
     sampler = DistributedSampler(TensorDataset(Xt, yt), shuffle=True)
-    loader = DataLoader(TensorDataset(Xt, yt), batch_size=args.batch_size // world,
-                        sampler=sampler)
+    loader = DataLoader(TensorDataset(Xt, yt), batch_size=args.batch_size // world, sampler=sampler)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     lossf = nn.CrossEntropyLoss()
     dist.barrier()
@@ -83,7 +82,7 @@ def main() -> None:
         sums = torch.zeros(3, dtype=torch.float64)
         with torch.no_grad():
             for lo in range(0, len(Xv), 8192):
-                xb, yb = Xv[lo:lo + 8192].to(device), yv[lo:lo + 8192].to(device)
+                xb, yb = Xv[lo : lo + 8192].to(device), yv[lo : lo + 8192].to(device)
                 out = model(xb)
                 sums[0] += float(lossf(out, yb)) * len(yb)
                 sums[1] += len(yb)
@@ -93,9 +92,18 @@ def main() -> None:
         both = both.cpu()
     loop_s = time.perf_counter() - t0
     if rank == 0:
-        print(json.dumps({"loop_s": loop_s, "startup_s": t_start,
-                          "valid_accuracy": float(both[4] / both[3]),
-                          "valid_loss": float(both[2] / both[3]), "world": world}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "loop_s": loop_s,
+                    "startup_s": t_start,
+                    "valid_accuracy": float(both[4] / both[3]),
+                    "valid_loss": float(both[2] / both[3]),
+                    "world": world,
+                }
+            ),
+            flush=True,
+        )
     dist.destroy_process_group()
 
 

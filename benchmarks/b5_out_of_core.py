@@ -67,6 +67,7 @@ def _size_gb(opts: H.Options) -> float:
 
 # ------------------------------------------------------------------ memory of a process tree
 
+
 class TreeSampler:
     """Samples the RSS of a process and all its descendants every ``period`` seconds."""
 
@@ -112,9 +113,11 @@ class TreeSampler:
         self._stop.set()
         self._t.join()
         mb = 1 / 2**20
-        return {"max_process_rss_mb": round(self.max_process_rss * mb, 1),
-                "total_anon_mb": round(self.max_total_anon * mb, 1),
-                "total_rss_mb": round(self.max_total_rss * mb, 1)}
+        return {
+            "max_process_rss_mb": round(self.max_process_rss * mb, 1),
+            "total_anon_mb": round(self.max_total_anon * mb, 1),
+            "total_rss_mb": round(self.max_total_rss * mb, 1),
+        }
 
 
 def _status(pid: int) -> dict[str, int]:
@@ -133,8 +136,9 @@ def _status(pid: int) -> dict[str, int]:
 def run_sampled(cmd: list[str], env: dict[str, str], timeout: float = 3600) -> dict[str, Any]:
     """Run ``cmd``, timing it and sampling the memory of its process tree."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, cwd=H.ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=H.ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     sampler = TreeSampler(proc.pid)
     try:
         out, err = proc.communicate(timeout=timeout)
@@ -149,11 +153,19 @@ def run_sampled(cmd: list[str], env: dict[str, str], timeout: float = 3600) -> d
 
 # ------------------------------------------------------------------ sides
 
+
 def _spec(kind: str, data: Path) -> dict:
-    model = ({"n_components": 8, "batch_size": BATCH} if kind == "pca" else
-             {"n_clusters": 12, "batch_size": BATCH, "n_init": 3, "max_passes": 1, "seed": 0})
-    return {"name": f"b5-{kind}", "kind": kind,
-            "data": {"source": str(data), "exclude": ["target"]}, "model": model}
+    model = (
+        {"n_components": 8, "batch_size": BATCH}
+        if kind == "pca"
+        else {"n_clusters": 12, "batch_size": BATCH, "n_init": 3, "max_passes": 1, "seed": 0}
+    )
+    return {
+        "name": f"b5-{kind}",
+        "kind": kind,
+        "data": {"source": str(data), "exclude": ["target"]},
+        "model": model,
+    }
 
 
 def _distml_side(kind: str, data: Path, rows: int, opts: H.Options, env: dict, n: list[int]):
@@ -165,18 +177,26 @@ def _distml_side(kind: str, data: Path, rows: int, opts: H.Options, env: dict, n
     def call() -> dict:
         n[0] += 1
         out = opts.workdir / "distml-out" / f"{kind}-{n[0]}"
-        r = run_sampled([H.bin_path("distml"), "run", str(spec), "--json", "--output", str(out)],
-                        env)
+        r = run_sampled(
+            [H.bin_path("distml"), "run", str(spec), "--json", "--output", str(out)], env
+        )
         res = H.last_json(r["stdout"])
         if res.get("status") != "succeeded":
             raise H.BenchmarkError(f"distml run did not succeed: {r['stdout'][-1000:]}")
         man = json.loads(Path(res["run_dir"], "manifest.json").read_text())
         job_s = man["timings"]["job_s"]
-        return {"wall_s": r["wall_s"], "in_job_s": job_s, "metrics": res["metrics"],
-                "memory": r["memory"], "task_memory": man.get("memory"),
-                "stages": man["execution"].get("timings_s"),
-                "cluster_start_s": man["timings"].get("cluster_start_s"),
-                "rows_per_s_in_job": rows / job_s, "rows_per_s_end_to_end": rows / r["wall_s"]}
+        return {
+            "wall_s": r["wall_s"],
+            "in_job_s": job_s,
+            "metrics": res["metrics"],
+            "memory": r["memory"],
+            "task_memory": man.get("memory"),
+            "stages": man["execution"].get("timings_s"),
+            "cluster_start_s": man["timings"].get("cluster_start_s"),
+            "rows_per_s_in_job": rows / job_s,
+            "rows_per_s_end_to_end": rows / r["wall_s"],
+        }
+
     return call
 
 
@@ -184,17 +204,29 @@ def _baseline_side(kind: str, data: Path, rows: int, env: dict):
     def call() -> dict:
         r = run_sampled([H.PYTHON, str(SELF), "baseline", kind, str(data)], env)
         res = H.last_json(r["stdout"])
-        return {"wall_s": r["wall_s"], "in_job_s": res["fit_s"], "result": res,
-                "memory": r["memory"], "rows_per_s_in_job": rows / res["fit_s"],
-                "rows_per_s_end_to_end": rows / r["wall_s"]}
+        return {
+            "wall_s": r["wall_s"],
+            "in_job_s": res["fit_s"],
+            "result": res,
+            "memory": r["memory"],
+            "rows_per_s_in_job": rows / res["fit_s"],
+            "rows_per_s_end_to_end": rows / r["wall_s"],
+        }
+
     return call
 
 
 def _one(kind: str, size: dict, opts: H.Options, env: dict, ref: dict) -> dict[str, Any]:
     H.log(f"[b5] {kind} at {size['gb']} GB ({size['rows']} rows, {size['files']} files)")
-    runs = H.alternate({"distml": _distml_side(kind, size["dir"], size["rows"], opts, env, [0]),
-                        "baseline": _baseline_side(kind, size["dir"], size["rows"], env)},
-                       opts.reps, opts.warmup, H.log)
+    runs = H.alternate(
+        {
+            "distml": _distml_side(kind, size["dir"], size["rows"], opts, env, [0]),
+            "baseline": _baseline_side(kind, size["dir"], size["rows"], env),
+        },
+        opts.reps,
+        opts.warmup,
+        H.log,
+    )
     d, b = runs["distml"], runs["baseline"]
     out: dict[str, Any] = {}
     for side, samples in (("distml", d), ("baseline", b)):
@@ -210,10 +242,12 @@ def _one(kind: str, size: dict, opts: H.Options, env: dict, ref: dict) -> dict[s
     out["distml"]["cluster_start_s"] = H.median_of(d, "cluster_start_s")
     if kind == "kmeans":
         out["baseline"]["inertia_pass_s"] = H.median_of(b, "result", "inertia_s")
-    out["ratio_in_job"] = H.ratio(out["distml"]["rows_per_s_in_job"],
-                                  out["baseline"]["rows_per_s_in_job"])
-    out["ratio_end_to_end"] = H.ratio(out["distml"]["rows_per_s_end_to_end"],
-                                      out["baseline"]["rows_per_s_end_to_end"])
+    out["ratio_in_job"] = H.ratio(
+        out["distml"]["rows_per_s_in_job"], out["baseline"]["rows_per_s_in_job"]
+    )
+    out["ratio_end_to_end"] = H.ratio(
+        out["distml"]["rows_per_s_end_to_end"], out["baseline"]["rows_per_s_end_to_end"]
+    )
     out["equality"] = _equality(kind, d[-1]["metrics"], b[-1]["result"], ref)
     if kind == "kmeans":
         # like for like: one mini-batch epoch each (distml's pass vs the partial_fit loop), and
@@ -222,7 +256,8 @@ def _one(kind: str, size: dict, opts: H.Options, env: dict, ref: dict) -> dict[s
         out["epoch_ratio"] = H.ratio(out["baseline"]["in_job_s"]["median"], epoch)
         out["model_and_inertia_ratio"] = H.ratio(
             out["baseline"]["in_job_s"]["median"] + out["baseline"]["inertia_pass_s"],
-            out["distml"]["in_job_s"]["median"])
+            out["distml"]["in_job_s"]["median"],
+        )
     return out
 
 
@@ -231,15 +266,25 @@ def _equality(kind: str, dm: dict, base: dict, ref: dict) -> dict[str, Any]:
         exact = ref["explained_variance"][:8]
         rel = [abs(a - e) / e for a, e in zip(dm["explained_variance"], exact)]
         brel = [abs(a - e) / e for a, e in zip(base["explained_variance"], exact)]
-        return {"ok": max(rel) <= EV_TOL, "tolerance": EV_TOL,
-                "distml_max_rel_diff_vs_exact": max(rel),
-                "baseline_ipca_max_rel_diff_vs_exact": max(brel),
-                "distml_mode": dm.get("mode"), "exact": exact,
-                "distml": dm["explained_variance"], "baseline": base["explained_variance"]}
+        return {
+            "ok": max(rel) <= EV_TOL,
+            "tolerance": EV_TOL,
+            "distml_max_rel_diff_vs_exact": max(rel),
+            "baseline_ipca_max_rel_diff_vs_exact": max(brel),
+            "distml_mode": dm.get("mode"),
+            "exact": exact,
+            "distml": dm["explained_variance"],
+            "baseline": base["explained_variance"],
+        }
     ratio = dm["inertia"] / base["inertia"]
-    return {"ok": ratio <= 1 + INERTIA_TOL, "tolerance": INERTIA_TOL,
-            "inertia_ratio_distml_over_baseline": ratio, "distml": dm["inertia"],
-            "baseline": base["inertia"], "distml_passes": dm.get("passes")}
+    return {
+        "ok": ratio <= 1 + INERTIA_TOL,
+        "tolerance": INERTIA_TOL,
+        "inertia_ratio_distml_over_baseline": ratio,
+        "distml": dm["inertia"],
+        "baseline": base["inertia"],
+        "distml_passes": dm.get("passes"),
+    }
 
 
 def _sizes(opts: H.Options) -> list[dict]:
@@ -254,10 +299,13 @@ def _sizes(opts: H.Options) -> list[dict]:
         d = opts.workdir / f"data-{gb}"
         t0 = time.perf_counter()
         info = generate_dataset(SOURCE, d, rows=rows, files=files)
-        H.log(f"[b5] generated {rows} rows in {files} files ({info['bytes'] / 2**30:.2f} GiB "
-              f"parquet) in {time.perf_counter() - t0:.0f}s")
-        out.append({"gb": gb, "rows": rows, "files": files, "parquet_bytes": info["bytes"],
-                    "dir": d})
+        H.log(
+            f"[b5] generated {rows} rows in {files} files ({info['bytes'] / 2**30:.2f} GiB "
+            f"parquet) in {time.perf_counter() - t0:.0f}s"
+        )
+        out.append(
+            {"gb": gb, "rows": rows, "files": files, "parquet_bytes": info["bytes"], "dir": d}
+        )
     return out
 
 
@@ -267,55 +315,87 @@ def run(opts: H.Options) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for size in sizes:
         H.log(f"[b5] exact reference at {size['gb']} GB")
-        ref = H.last_json(H.run_timed([H.PYTHON, str(SELF), "reference", str(size["dir"])],
-                                      env).stdout)
+        ref = H.last_json(
+            H.run_timed([H.PYTHON, str(SELF), "reference", str(size["dir"])], env).stdout
+        )
         key = f"{size['gb']}GB"
-        results[key] = {"rows": size["rows"], "files": size["files"],
-                        "parquet_bytes": size["parquet_bytes"],
-                        "feature_bytes": size["rows"] * len(FEATURES) * 8,
-                        **{kind: _one(kind, size, opts, env, ref) for kind in ("pca", "kmeans")}}
+        results[key] = {
+            "rows": size["rows"],
+            "files": size["files"],
+            "parquet_bytes": size["parquet_bytes"],
+            "feature_bytes": size["rows"] * len(FEATURES) * 8,
+            **{kind: _one(kind, size, opts, env, ref) for kind in ("pca", "kmeans")},
+        }
     H.log("[b5] engines (moments pass) at the largest size")
-    eng = H.last_json(H.run_timed([H.PYTHON, str(SELF), "engines", str(sizes[-1]["dir"]),
-                                   "--reps", str(max(1, opts.reps))], env).stdout)
+    eng = H.last_json(
+        H.run_timed(
+            [
+                H.PYTHON,
+                str(SELF),
+                "engines",
+                str(sizes[-1]["dir"]),
+                "--reps",
+                str(max(1, opts.reps)),
+            ],
+            env,
+        ).stdout
+    )
     big = results[f"{sizes[-1]['gb']}GB"]
-    summary: dict[str, Any] = {"size_gb": sizes[-1]["gb"], "rows": sizes[-1]["rows"],
-                               "target_ratio": TARGET_RATIO, "cap_mb": CAP_MB}
+    summary: dict[str, Any] = {
+        "size_gb": sizes[-1]["gb"],
+        "rows": sizes[-1]["rows"],
+        "target_ratio": TARGET_RATIO,
+        "cap_mb": CAP_MB,
+    }
     for kind in ("pca", "kmeans"):
         r = big[kind]
         summary[kind] = {
-            "ratio_in_job": r["ratio_in_job"], "ratio_end_to_end": r["ratio_end_to_end"],
+            "ratio_in_job": r["ratio_in_job"],
+            "ratio_end_to_end": r["ratio_end_to_end"],
             "distml_rows_per_s_in_job": r["distml"]["rows_per_s_in_job"],
             "baseline_rows_per_s_in_job": r["baseline"]["rows_per_s_in_job"],
             "meets_target_in_job": (r["ratio_in_job"] or 0) >= TARGET_RATIO,
             "distml_max_process_rss_mb": r["distml"]["memory"]["max_process_rss_mb"],
             "distml_total_anon_mb": r["distml"]["memory"]["total_anon_mb"],
             "distml_max_task_rss_increase_mb": (r["distml"]["task_memory"] or {}).get(
-                "max_task_rss_increase_mb"),
+                "max_task_rss_increase_mb"
+            ),
             "baseline_max_process_rss_mb": r["baseline"]["memory"]["max_process_rss_mb"],
             "under_cap": r["distml"]["memory"]["max_process_rss_mb"] <= CAP_MB,
-            "equal": r["equality"]["ok"]}
+            "equal": r["equality"]["ok"],
+        }
     if len(sizes) == 2:  # marginal: the extra rows over the extra seconds, fixed cost removed
         small = results[f"{sizes[0]['gb']}GB"]
         extra = sizes[1]["rows"] - sizes[0]["rows"]
         for kind in ("pca", "kmeans"):
             per = {}
             for side in ("distml", "baseline"):
-                dt = (big[kind][side]["in_job_s"]["median"]
-                      - small[kind][side]["in_job_s"]["median"])
+                dt = big[kind][side]["in_job_s"]["median"] - small[kind][side]["in_job_s"]["median"]
                 per[side] = round(extra / dt) if dt > 0 else None
             summary[kind]["marginal_rows_per_s_in_job"] = per
             summary[kind]["marginal_ratio_in_job"] = H.ratio(per["distml"], per["baseline"])
     summary["kmeans"]["epoch_ratio"] = big["kmeans"].get("epoch_ratio")
     summary["kmeans"]["model_and_inertia_ratio"] = big["kmeans"].get("model_and_inertia_ratio")
     summary["engines_rows_per_s"] = {k: v["rows_per_s"] for k, v in eng["engines"].items()}
-    summary["equal"] = all(results[k][kind]["equality"]["ok"] for k in results
-                           for kind in ("pca", "kmeans"))
-    return {"workload": {"source": SOURCE, "rows_per_file": ROWS_PER_FILE, "batch_size": BATCH,
-                         "size_parameter": "DISTML_B5_GB", "cluster_cpus": os.cpu_count()},
-            "sizes": results, "engines": eng, "summary": summary}
+    summary["equal"] = all(
+        results[k][kind]["equality"]["ok"] for k in results for kind in ("pca", "kmeans")
+    )
+    return {
+        "workload": {
+            "source": SOURCE,
+            "rows_per_file": ROWS_PER_FILE,
+            "batch_size": BATCH,
+            "size_parameter": "DISTML_B5_GB",
+            "cluster_cpus": os.cpu_count(),
+        },
+        "sizes": results,
+        "engines": eng,
+        "summary": summary,
+    }
 
 
 # ------------------------------------------------------------------ subprocess entry points
+
 
 def _files(data: str) -> list[str]:
     return sorted(str(p) for p in Path(data).glob("*.parquet"))
@@ -345,8 +425,10 @@ def baseline_main(kind: str, data: str) -> dict:
             model.partial_fit(X)
             rows += len(X)
         fit_s = time.perf_counter() - t0
-        out = {"explained_variance": model.explained_variance_.tolist(),
-               "explained_variance_ratio": model.explained_variance_ratio_.tolist()}
+        out = {
+            "explained_variance": model.explained_variance_.tolist(),
+            "explained_variance_ratio": model.explained_variance_ratio_.tolist(),
+        }
     else:
         from sklearn.cluster import MiniBatchKMeans
 
@@ -360,8 +442,14 @@ def baseline_main(kind: str, data: str) -> dict:
         inertia = -sum(model.score(X) for X in _batches(files))
         out = {"inertia": float(inertia), "inertia_s": time.perf_counter() - t1}
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"kind": kind, "rows": rows, "fit_s": fit_s, "peak_rss_mb": peak / 2**20,
-            "numpy_threads": os.environ.get("OMP_NUM_THREADS"), **out}
+    return {
+        "kind": kind,
+        "rows": rows,
+        "fit_s": fit_s,
+        "peak_rss_mb": peak / 2**20,
+        "numpy_threads": os.environ.get("OMP_NUM_THREADS"),
+        **out,
+    }
 
 
 def reference_main(data: str) -> dict:
@@ -399,8 +487,12 @@ def engines_main(data: str, reps: int) -> dict:
     from distml.runtime.data import inspect_source
     from distml.spec import ResourcesSpec
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+    ray.init(
+        num_cpus=os.cpu_count(),
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
     info = inspect_source(data)
     files = info.files
     rows = info.rows
@@ -410,15 +502,17 @@ def engines_main(data: str, reps: int) -> dict:
         mom = ooc.Moments.empty(d, True)
         X = df.to_numpy(dtype=np.float64)
         for lo in range(0, len(X), BATCH):
-            mom = mom.add(np.asfortranarray(X[lo:lo + BATCH]))
+            mom = mom.add(np.asfortranarray(X[lo : lo + BATCH]))
         return mom
 
     def dask_graph():
         ddf = dd.read_parquet(files, columns=FEATURES)
         parts = [dask.delayed(frame_moments)(p) for p in ddf.to_delayed()]
         while len(parts) > 1:
-            parts = [dask.delayed(ooc.merge_all)(*parts[i:i + ooc.FAN_IN])
-                     for i in range(0, len(parts), ooc.FAN_IN)]
+            parts = [
+                dask.delayed(ooc.merge_all)(*parts[i : i + ooc.FAN_IN])
+                for i in range(0, len(parts), ooc.FAN_IN)
+            ]
         return parts[0]
 
     import logging
@@ -434,15 +528,17 @@ def engines_main(data: str, reps: int) -> dict:
 
     @ray.remote(num_cpus=os.cpu_count())
     def dask_threads_in_task():
-        return dask.compute(dask_graph(), scheduler="threads",
-                            num_workers=os.cpu_count())[0]
+        return dask.compute(dask_graph(), scheduler="threads", num_workers=os.cpu_count())[0]
 
-    engines = {"pyarrow_ray_tasks": pyarrow_tasks, "dask_on_ray": dask_on_ray,
-               "dask_threads_in_ray_task": lambda: ray.get(dask_threads_in_task.remote())}
+    engines = {
+        "pyarrow_ray_tasks": pyarrow_tasks,
+        "dask_on_ray": dask_on_ray,
+        "dask_threads_in_ray_task": lambda: ray.get(dask_threads_in_task.remote()),
+    }
     times: dict[str, list[float]] = {k: [] for k in engines}
     results = {}
     for r in range(reps + 1):  # the first round warms the workers up and is not kept
-        for name in (list(engines) if r % 2 == 0 else list(engines)[::-1]):
+        for name in list(engines) if r % 2 == 0 else list(engines)[::-1]:
             t0 = time.perf_counter()
             results[name] = engines[name]()
             if r:
@@ -452,9 +548,14 @@ def engines_main(data: str, reps: int) -> dict:
     for name, ts in times.items():
         med = H.stats(ts)
         res = results[name]
-        out[name] = {"seconds": med, "rows_per_s": round(rows / med["median"]),
-                     "rows": int(res.n), "max_abs_diff_of_scatter_vs_pyarrow":
-                     float(np.abs(res.m2 - ref.m2).max() / np.abs(ref.m2).max())}
+        out[name] = {
+            "seconds": med,
+            "rows_per_s": round(rows / med["median"]),
+            "rows": int(res.n),
+            "max_abs_diff_of_scatter_vs_pyarrow": float(
+                np.abs(res.m2 - ref.m2).max() / np.abs(ref.m2).max()
+            ),
+        }
     ray.shutdown()
     return {"rows": rows, "files": len(files), "partitions": len(plan), "engines": out}
 

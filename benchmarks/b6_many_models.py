@@ -67,11 +67,11 @@ ARIMA_SWEEP = [1, 2, 20, 100]
 def _sizes(quick: bool) -> dict[str, Any]:
     if quick:
         return {"ols": [300], "glm": 60, "arima": 6, "arima_rows": 120, "ols_big": 1000}
-    return {"ols": [2000, 10000], "glm": 2000, "arima": 200, "arima_rows": ROWS,
-            "ols_big": 100_000}
+    return {"ols": [2000, 10000], "glm": 2000, "arima": 200, "arima_rows": ROWS, "ols_big": 100_000}
 
 
 # ------------------------------------------------------------------ data
+
 
 def _write_glm(path: Path, groups: int, seed: int = 2) -> None:
     import numpy as np
@@ -84,8 +84,15 @@ def _write_glm(path: Path, groups: int, seed: int = 2) -> None:
     beta = rng.normal(0, 0.7, (groups, 3))
     eta = 0.2 + np.einsum("ij,ij->i", x, beta[g])
     y = (rng.random(n) < 1 / (1 + np.exp(-eta))).astype(float)
-    frame = pd.DataFrame({"group": pd.array([f"g{i:05d}" for i in g], dtype="str"),
-                          "x0": x[:, 0], "x1": x[:, 1], "x2": x[:, 2], "y": y})
+    frame = pd.DataFrame(
+        {
+            "group": pd.array([f"g{i:05d}" for i in g], dtype="str"),
+            "x0": x[:, 0],
+            "x1": x[:, 1],
+            "x2": x[:, 2],
+            "y": y,
+        }
+    )
     path.mkdir(parents=True, exist_ok=True)
     for k, rows in enumerate(np.array_split(np.arange(n), 4)):
         frame.iloc[rows].to_parquet(path / f"part-{k:05d}.parquet", index=False)
@@ -97,8 +104,7 @@ def _datasets(work: Path, sizes: dict) -> dict[str, dict]:
     out = {}
     for g in sizes["ols"]:
         p = work / f"ols_{g}"
-        generate_dataset(f"synthetic:panel?groups={g}&features=4&seed=1", p, rows=g * ROWS,
-                         files=4)
+        generate_dataset(f"synthetic:panel?groups={g}&features=4&seed=1", p, rows=g * ROWS, files=4)
         out[f"ols_{g}"] = {"path": str(p), "groups": g, "rows": g * ROWS}
     g = sizes["ols_big"]
     p = work / f"ols_{g}"
@@ -137,22 +143,53 @@ def _presplit(path: str, group: str, y: str, xs: list[str], const: bool, time_co
 
 # ------------------------------------------------------------------ the per-group work
 
+
 def _ols(y, X):
     import statsmodels.api as sm
 
     r = sm.OLS(y, X).fit()
-    return (r.params, r.bse, r.tvalues, r.pvalues, r.conf_int(0.05), r.rsquared, r.rsquared_adj,
-            r.aic, r.bic, r.llf, r.fvalue, r.f_pvalue, r.df_model, r.df_resid, r.nobs,
-            r.model.rank)
+    return (
+        r.params,
+        r.bse,
+        r.tvalues,
+        r.pvalues,
+        r.conf_int(0.05),
+        r.rsquared,
+        r.rsquared_adj,
+        r.aic,
+        r.bic,
+        r.llf,
+        r.fvalue,
+        r.f_pvalue,
+        r.df_model,
+        r.df_resid,
+        r.nobs,
+        r.model.rank,
+    )
 
 
 def _glm(y, X):
     import statsmodels.api as sm
 
     r = sm.GLM(y, X, family=sm.families.Binomial()).fit()
-    return (r.params, r.bse, r.tvalues, r.pvalues, r.conf_int(0.05), r.aic, r.bic, r.llf,
-            r.deviance, r.pearson_chi2, r.scale, r.pseudo_rsquared(), r.df_model, r.df_resid,
-            r.nobs, r.converged)
+    return (
+        r.params,
+        r.bse,
+        r.tvalues,
+        r.pvalues,
+        r.conf_int(0.05),
+        r.aic,
+        r.bic,
+        r.llf,
+        r.deviance,
+        r.pearson_chi2,
+        r.scale,
+        r.pseudo_rsquared(),
+        r.df_model,
+        r.df_resid,
+        r.nobs,
+        r.converged,
+    )
 
 
 def _arima(y, X):
@@ -160,9 +197,20 @@ def _arima(y, X):
 
     r = ARIMA(y, order=(1, 0, 1), trend="c").fit()
     lags = max(1, min(10, int(r.nobs) // 5))
-    return (r.params, r.bse, r.tvalues, r.pvalues, r.conf_int(0.05), r.aic, r.bic, r.hqic,
-            r.llf, r.nobs, r.test_serial_correlation("ljungbox", lags=lags),
-            r.mle_retvals.get("converged"))
+    return (
+        r.params,
+        r.bse,
+        r.tvalues,
+        r.pvalues,
+        r.conf_int(0.05),
+        r.aic,
+        r.bic,
+        r.hqic,
+        r.llf,
+        r.nobs,
+        r.test_serial_correlation("ljungbox", lags=lags),
+        r.mle_retvals.get("converged"),
+    )
 
 
 FITS = {"ols": _ols, "glm": _glm, "arima": _arima}
@@ -192,22 +240,31 @@ def _groupby_apply(kind: str, df, xs: list[str], y: str):
 
 # ------------------------------------------------------------------ distml side
 
+
 def _spec(kind: str, data: dict, out: Path, gpt: int | None = None, formula: bool = False):
     if kind == "ols":
-        model = ({"formula": "target ~ x0 + x1 + x2 + x3"} if formula else
-                 {"endog": "target", "exog": ["x0", "x1", "x2", "x3"]})
+        model = (
+            {"formula": "target ~ x0 + x1 + x2 + x3"}
+            if formula
+            else {"endog": "target", "exog": ["x0", "x1", "x2", "x3"]}
+        )
         group = "group"
     elif kind == "glm":
-        model = {"method": "glm", "family": "binomial", "endog": "y",
-                 "exog": ["x0", "x1", "x2"]}
+        model = {"method": "glm", "family": "binomial", "endog": "y", "exog": ["x0", "x1", "x2"]}
         group = "group"
     else:
         model = {"method": "arima", "endog": "y", "order": [1, 0, 1], "trend": "c", "time": "t"}
         group = "series"
     if gpt is not None:
         model["groups_per_task"] = gpt
-    return {"name": f"b6-{kind}", "kind": "statsmodels", "data": {"source": data["path"]},
-            "group_by": [group], "model": model, "output": {"dir": str(out)}}
+    return {
+        "name": f"b6-{kind}",
+        "kind": "statsmodels",
+        "data": {"source": data["path"]},
+        "group_by": [group],
+        "model": model,
+        "output": {"dir": str(out)},
+    }
 
 
 class _PeakRSS:
@@ -251,14 +308,21 @@ def _distml(spec: dict) -> dict:
     ex = m.get("execution", {})
     tim = ex.get("timings_s", {})
     cpu = driver_cpu + tim.get("worker_fit_cpu_total", 0) + tim.get("worker_partition_cpu_total", 0)
-    return {"wall_s": wall, "cpu_s": cpu, "job_s": m["timings"]["job_s"],
-            "write_s": m["timings"]["write_s"],
-            "partition_s": ex.get("timings_s", {}).get("partition"),
-            "fit_s": ex.get("timings_s", {}).get("fit"), "tasks": ex.get("tasks"),
-            "groups_per_task": ex.get("groups_per_task"), "run_dir": str(r.run_dir),
-            "n_failed": r.metrics["n_failed"], "driver_peak_added_mib": mem.added_mib,
-            "driver_peak_rss_mib": round(mem.peak / 2**20, 1),
-            "engine": ex.get("engine")}
+    return {
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "job_s": m["timings"]["job_s"],
+        "write_s": m["timings"]["write_s"],
+        "partition_s": ex.get("timings_s", {}).get("partition"),
+        "fit_s": ex.get("timings_s", {}).get("fit"),
+        "tasks": ex.get("tasks"),
+        "groups_per_task": ex.get("groups_per_task"),
+        "run_dir": str(r.run_dir),
+        "n_failed": r.metrics["n_failed"],
+        "driver_peak_added_mib": mem.added_mib,
+        "driver_peak_rss_mib": round(mem.peak / 2**20, 1),
+        "engine": ex.get("engine"),
+    }
 
 
 def _equality(run_dir: str, loop_out: list, keys: list, kind: str) -> dict:
@@ -273,28 +337,41 @@ def _equality(run_dir: str, loop_out: list, keys: list, kind: str) -> dict:
     by = {k: g for k, g in coef.groupby(group, sort=False)}
     for key, ref in zip(keys, loop_out):
         c = by[key]
-        for col, want in (("estimate", ref[0]), ("std_error", ref[1]), ("p_value", ref[3]),
-                          ("ci_low", np.asarray(ref[4])[:, 0]),
-                          ("ci_high", np.asarray(ref[4])[:, 1])):
+        for col, want in (
+            ("estimate", ref[0]),
+            ("std_error", ref[1]),
+            ("p_value", ref[3]),
+            ("ci_low", np.asarray(ref[4])[:, 0]),
+            ("ci_high", np.asarray(ref[4])[:, 1]),
+        ):
             got = c[col].to_numpy()
             want = np.asarray(want, dtype=float)
             both = np.isfinite(got) & np.isfinite(want)
-            diff = float(np.max(np.abs(got[both] - want[both]) / np.maximum(1.0, np.abs(
-                want[both])))) if both.any() else 0.0
+            diff = (
+                float(np.max(np.abs(got[both] - want[both]) / np.maximum(1.0, np.abs(want[both]))))
+                if both.any()
+                else 0.0
+            )
             worst = max(worst, diff)
             exact &= bool(np.array_equal(got, want, equal_nan=True))
-    return {"groups": len(keys), "max_rel_diff": worst, "bit_identical": exact,
-            "ok": worst <= 1e-9}
+    return {"groups": len(keys), "max_rel_diff": worst, "bit_identical": exact, "ok": worst <= 1e-9}
 
 
 # ------------------------------------------------------------------ the benchmark
+
 
 def _workload(kind: str, data: dict, opts: H.Options, out: Path, extras: bool = True) -> dict:
     xs = {"ols": ["x0", "x1", "x2", "x3"], "glm": ["x0", "x1", "x2"], "arima": []}[kind]
     y = {"ols": "target", "glm": "y", "arima": "y"}[kind]
     t0 = time.perf_counter()
-    df, keys, groups = _presplit(data["path"], "series" if kind == "arima" else "group", y, xs,
-                                 const=kind != "arima", time_col="t" if kind == "arima" else None)
+    df, keys, groups = _presplit(
+        data["path"],
+        "series" if kind == "arima" else "group",
+        y,
+        xs,
+        const=kind != "arima",
+        time_col="t" if kind == "arima" else None,
+    )
     read_split = time.perf_counter() - t0
     last: dict[str, Any] = {}
 
@@ -302,17 +379,24 @@ def _workload(kind: str, data: dict, opts: H.Options, out: Path, extras: bool = 
         def call() -> dict:
             t, c = time.perf_counter(), time.process_time()
             res = fn()
-            sample = res if isinstance(res, dict) else {"wall_s": time.perf_counter() - t,
-                                                        "cpu_s": time.process_time() - c}
+            sample = (
+                res
+                if isinstance(res, dict)
+                else {"wall_s": time.perf_counter() - t, "cpu_s": time.process_time() - c}
+            )
             last[name] = res
             return sample
+
         return call
 
-    sides = {"distml": side(lambda: _distml(_spec(kind, data, out)), "distml"),
-             "loop": side(lambda: _loop(kind, groups), "loop")}
+    sides = {
+        "distml": side(lambda: _distml(_spec(kind, data, out)), "distml"),
+        "loop": side(lambda: _loop(kind, groups), "loop"),
+    }
     if kind == "ols" and extras:
-        sides["distml_formula"] = side(lambda: _distml(_spec(kind, data, out, formula=True)),
-                                       "distml_formula")
+        sides["distml_formula"] = side(
+            lambda: _distml(_spec(kind, data, out, formula=True)), "distml_formula"
+        )
     if kind in ("ols", "glm") and extras:
         sides["groupby_apply"] = side(lambda: _groupby_apply(kind, df, xs, y), "groupby_apply")
     H.log(f"[b6] {kind}: {data['groups']} groups, {data['rows']} rows")
@@ -321,34 +405,43 @@ def _workload(kind: str, data: dict, opts: H.Options, out: Path, extras: bool = 
     H.log(f"  parallel ceiling (plain loop split over the CPUs): {ceiling['ceiling']}x")
     walls = {n: H.stats([s["wall_s"] for s in v]) for n, v in samples.items()}
     loop_s = walls["loop"]["median"]
-    res = {"groups": data["groups"], "rows": data["rows"], "read_split_s": round(read_split, 4),
-           "wall_s": walls,
-           "speedup_vs_loop": {n: H.ratio(loop_s, w["median"]) for n, w in walls.items()
-                               if n != "loop"},
-           "speedup_vs_read_split_loop": {
-               n: H.ratio(loop_s + read_split, w["median"]) for n, w in walls.items()
-               if n.startswith("distml")},
-           "cpu_s": {n: H.median_of(v, "cpu_s") for n, v in samples.items()},
-           "parallel_ceiling": ceiling,
-           "distml_breakdown_s": {k: H.median_of(samples["distml"], k) for k in
-                                  ("job_s", "partition_s", "fit_s", "write_s")},
-           "distml_tasks": samples["distml"][-1]["tasks"],
-           "distml_rows_per_s": H.ratio(data["rows"], walls["distml"]["median"]),
-           "distml_driver_peak_added_mib": max(s["driver_peak_added_mib"]
-                                               for s in samples["distml"]),
-           "distml_driver_peak_rss_mib": max(s["driver_peak_rss_mib"]
-                                             for s in samples["distml"]),
-           "distml_engine": samples["distml"][-1]["engine"],
-           "distml_groups_per_task": samples["distml"][-1]["groups_per_task"],
-           "equality": _equality(last["distml"]["run_dir"], last["loop"], keys, kind)}
+    res = {
+        "groups": data["groups"],
+        "rows": data["rows"],
+        "read_split_s": round(read_split, 4),
+        "wall_s": walls,
+        "speedup_vs_loop": {
+            n: H.ratio(loop_s, w["median"]) for n, w in walls.items() if n != "loop"
+        },
+        "speedup_vs_read_split_loop": {
+            n: H.ratio(loop_s + read_split, w["median"])
+            for n, w in walls.items()
+            if n.startswith("distml")
+        },
+        "cpu_s": {n: H.median_of(v, "cpu_s") for n, v in samples.items()},
+        "parallel_ceiling": ceiling,
+        "distml_breakdown_s": {
+            k: H.median_of(samples["distml"], k)
+            for k in ("job_s", "partition_s", "fit_s", "write_s")
+        },
+        "distml_tasks": samples["distml"][-1]["tasks"],
+        "distml_rows_per_s": H.ratio(data["rows"], walls["distml"]["median"]),
+        "distml_driver_peak_added_mib": max(s["driver_peak_added_mib"] for s in samples["distml"]),
+        "distml_driver_peak_rss_mib": max(s["driver_peak_rss_mib"] for s in samples["distml"]),
+        "distml_engine": samples["distml"][-1]["engine"],
+        "distml_groups_per_task": samples["distml"][-1]["groups_per_task"],
+        "equality": _equality(last["distml"]["run_dir"], last["loop"], keys, kind),
+    }
     if "distml_formula" in last:
-        res["equality_formula"] = _equality(last["distml_formula"]["run_dir"], last["loop"], keys,
-                                            kind)
+        res["equality_formula"] = _equality(
+            last["distml_formula"]["run_dir"], last["loop"], keys, kind
+        )
     return res
 
 
-def _sweep(kind: str, data: dict, values: list[int], opts: H.Options, out: Path,
-           loop_s: float) -> dict:
+def _sweep(
+    kind: str, data: dict, values: list[int], opts: H.Options, out: Path, loop_s: float
+) -> dict:
     reps = 1 if opts.quick else max(1, opts.reps - 1)
     rows = {}
     auto = None
@@ -358,16 +451,22 @@ def _sweep(kind: str, data: dict, values: list[int], opts: H.Options, out: Path,
             s = _distml(_spec(kind, data, out, gpt=gpt))
             walls.append(s["wall_s"])
         key = "auto" if gpt is None else str(gpt)
-        rows[key] = {"groups_per_task": s["groups_per_task"], "tasks": s["tasks"],
-                     "wall_s": round(statistics.median(walls), 4),
-                     "speedup_vs_loop": H.ratio(loop_s, statistics.median(walls))}
+        rows[key] = {
+            "groups_per_task": s["groups_per_task"],
+            "tasks": s["tasks"],
+            "wall_s": round(statistics.median(walls), 4),
+            "speedup_vs_loop": H.ratio(loop_s, statistics.median(walls)),
+        }
         if gpt is None:
             auto = rows[key]
         H.log(f"  sweep {kind} groups_per_task={key}: {rows[key]['wall_s']:.2f}s")
     best = min(rows.values(), key=lambda r: r["wall_s"])
-    return {"rows": rows, "auto_groups_per_task": auto["groups_per_task"],
-            "best_groups_per_task": best["groups_per_task"],
-            "auto_vs_best": H.ratio(auto["wall_s"], best["wall_s"])}
+    return {
+        "rows": rows,
+        "auto_groups_per_task": auto["groups_per_task"],
+        "best_groups_per_task": best["groups_per_task"],
+        "auto_vs_best": H.ratio(auto["wall_s"], best["wall_s"]),
+    }
 
 
 def _loop_task(kind: str, groups: list) -> float:
@@ -395,8 +494,11 @@ def _ceiling(kind: str, groups: list, cpus: int, reps: int) -> dict:
         t0 = time.perf_counter()
         ray.get([task.remote(kind, p) for p in parts])
         many.append(time.perf_counter() - t0)
-    return {"one_task_s": H.stats(one), "split_tasks_s": H.stats(many),
-            "ceiling": H.ratio(statistics.median(one), statistics.median(many))}
+    return {
+        "one_task_s": H.stats(one),
+        "split_tasks_s": H.stats(many),
+        "ceiling": H.ratio(statistics.median(one), statistics.median(many)),
+    }
 
 
 def _ray_data_engine(data: dict, reps: int) -> dict:
@@ -405,16 +507,20 @@ def _ray_data_engine(data: dict, reps: int) -> dict:
     import ray
 
     def fit_group(batch: dict) -> dict:
-        X = np.asfortranarray(np.column_stack([np.ones(len(batch["target"]))]
-                                              + [batch[f"x{i}"] for i in range(4)]))
+        X = np.asfortranarray(
+            np.column_stack([np.ones(len(batch["target"]))] + [batch[f"x{i}"] for i in range(4)])
+        )
         out = _ols(batch["target"], X)
         return {"group": batch["group"][:1], "params": np.asarray(out[0])[None, :]}
 
     walls = []
     for _ in range(reps):
         t0 = time.perf_counter()
-        ds = ray.data.read_parquet(data["path"]).groupby("group").map_groups(
-            fit_group, batch_format="numpy")
+        ds = (
+            ray.data.read_parquet(data["path"])
+            .groupby("group")
+            .map_groups(fit_group, batch_format="numpy")
+        )
         n = ds.count()
         walls.append(time.perf_counter() - t0)
     return {"groups_out": int(n), "wall_s": H.stats(walls)}
@@ -442,8 +548,9 @@ def capacity(n: int) -> float | None:
     import sys
 
     try:
-        out = subprocess.run([sys.executable, "-c", _SPIN, str(n)], capture_output=True,
-                             text=True, timeout=60)
+        out = subprocess.run(
+            [sys.executable, "-c", _SPIN, str(n)], capture_output=True, text=True, timeout=60
+        )
         return round(float(out.stdout.strip()), 2)
     except (ValueError, subprocess.SubprocessError):
         return None
@@ -454,8 +561,9 @@ def run(opts: H.Options) -> dict[str, Any]:
         os.environ[v] = str(opts.threads)
     home = opts.workdir / "h"
     (home / "t").mkdir(parents=True, exist_ok=True)
-    os.environ.update(RAY_TMPDIR=str(home / "t"), RAY_AUTH_MODE="token",
-                      RAY_USAGE_STATS_ENABLED="0")
+    os.environ.update(
+        RAY_TMPDIR=str(home / "t"), RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0"
+    )
     os.environ.pop("RAY_ADDRESS", None)
     import ray
 
@@ -467,28 +575,43 @@ def run(opts: H.Options) -> dict[str, Any]:
     cap_before = capacity(cpus)
     H.log(f"[b6] usable CPUs now: {cap_before} of {cpus}")
     t0 = time.perf_counter()
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
     ray_init_s = time.perf_counter() - t0
     out = opts.workdir / "runs"
     try:
         work = {}
         for g in sizes["ols"]:
             work[f"ols_{g}"] = _workload("ols", data[f"ols_{g}"], opts, out)
-        work[f"ols_{sizes['ols_big']}"] = _workload("ols", data["ols_big"], opts, out,
-                                                    extras=False)
+        work[f"ols_{sizes['ols_big']}"] = _workload("ols", data["ols_big"], opts, out, extras=False)
         work["glm"] = _workload("glm", data["glm"], opts, out)
         work["arima"] = _workload("arima", data["arima"], opts, out)
         big = f"ols_{sizes['ols'][-1]}"
-        sweep = {"ols": _sweep("ols", data[big], [v for v in OLS_SWEEP
-                                                   if v <= data[big]["groups"]], opts, out,
-                               work[big]["wall_s"]["loop"]["median"]),
-                 "arima": _sweep("arima", data["arima"], [v for v in ARIMA_SWEEP
-                                                          if v <= data["arima"]["groups"]],
-                                 opts, out, work["arima"]["wall_s"]["loop"]["median"])}
-        engines = {} if opts.quick else {"ray_data_map_groups_ols": _ray_data_engine(
-            data[big], max(1, opts.reps - 1)),
-            "distml_ols_wall_s": work[big]["wall_s"]["distml"]}
+        sweep = {
+            "ols": _sweep(
+                "ols",
+                data[big],
+                [v for v in OLS_SWEEP if v <= data[big]["groups"]],
+                opts,
+                out,
+                work[big]["wall_s"]["loop"]["median"],
+            ),
+            "arima": _sweep(
+                "arima",
+                data["arima"],
+                [v for v in ARIMA_SWEEP if v <= data["arima"]["groups"]],
+                opts,
+                out,
+                work["arima"]["wall_s"]["loop"]["median"],
+            ),
+        }
+        engines = (
+            {}
+            if opts.quick
+            else {
+                "ray_data_map_groups_ols": _ray_data_engine(data[big], max(1, opts.reps - 1)),
+                "distml_ols_wall_s": work[big]["wall_s"]["distml"],
+            }
+        )
     finally:
         ray.shutdown()
     cap_after = capacity(cpus)
@@ -498,26 +621,35 @@ def run(opts: H.Options) -> dict[str, Any]:
         dg = b["groups"] - a["groups"]
         marg_d = (b["wall_s"]["distml"]["median"] - a["wall_s"]["distml"]["median"]) / dg
         marg_l = (b["wall_s"]["loop"]["median"] - a["wall_s"]["loop"]["median"]) / dg
-        fixed = {"distml_fixed_s": round(a["wall_s"]["distml"]["median"] - marg_d * a["groups"],
-                                         4),
-                 "distml_ms_per_group": round(marg_d * 1e3, 4),
-                 "loop_ms_per_group": round(marg_l * 1e3, 4),
-                 "marginal_speedup": H.ratio(marg_l, marg_d)}
+        fixed = {
+            "distml_fixed_s": round(a["wall_s"]["distml"]["median"] - marg_d * a["groups"], 4),
+            "distml_ms_per_group": round(marg_d * 1e3, 4),
+            "loop_ms_per_group": round(marg_l * 1e3, 4),
+            "marginal_speedup": H.ratio(marg_l, marg_d),
+        }
     speed = {k: v["speedup_vs_loop"]["distml"] for k, v in work.items()}
     summary = {
         "speedup_vs_loop": speed,
         "parallel_ceiling": {k: v["parallel_ceiling"]["ceiling"] for k, v in work.items()},
-        "cpu_loop_over_distml": {k: H.ratio(v["cpu_s"]["loop"], v["cpu_s"]["distml"])
-                                 for k, v in work.items()},
-        "speedup_vs_loop_formula_ols": {k: v["speedup_vs_loop"].get("distml_formula")
-                                        for k, v in work.items() if k.startswith("ols")},
-        "speedup_vs_groupby_apply": {k: H.ratio(v["wall_s"]["groupby_apply"]["median"],
-                                                v["wall_s"]["distml"]["median"])
-                                     for k, v in work.items() if "groupby_apply" in v["wall_s"]},
+        "cpu_loop_over_distml": {
+            k: H.ratio(v["cpu_s"]["loop"], v["cpu_s"]["distml"]) for k, v in work.items()
+        },
+        "speedup_vs_loop_formula_ols": {
+            k: v["speedup_vs_loop"].get("distml_formula")
+            for k, v in work.items()
+            if k.startswith("ols")
+        },
+        "speedup_vs_groupby_apply": {
+            k: H.ratio(v["wall_s"]["groupby_apply"]["median"], v["wall_s"]["distml"]["median"])
+            for k, v in work.items()
+            if "groupby_apply" in v["wall_s"]
+        },
         "targets": TARGETS,
-        "meets_target": {"ols": speed[big] >= TARGETS["ols"],
-                         "glm": speed["glm"] >= TARGETS["glm"],
-                         "arima": speed["arima"] >= TARGETS["arima"]},
+        "meets_target": {
+            "ols": speed[big] >= TARGETS["ols"],
+            "glm": speed["glm"] >= TARGETS["glm"],
+            "arima": speed["arima"] >= TARGETS["arima"],
+        },
         "rows_per_s": {k: v["distml_rows_per_s"] for k, v in work.items()},
         "driver_peak_added_mib": {k: v["distml_driver_peak_added_mib"] for k, v in work.items()},
         "auto_vs_best_groups_per_task": {k: v["auto_vs_best"] for k, v in sweep.items()},
@@ -527,10 +659,18 @@ def run(opts: H.Options) -> dict[str, Any]:
         "equal": all(v["equality"]["ok"] for v in work.values())
         and all(v.get("equality_formula", {"ok": True})["ok"] for v in work.values()),
     }
-    return {"sides": {"distml": "distml.run(spec) with group_by on a warm local Ray cluster "
-                                "(ray.init excluded; see ray_init_s)",
-                      "loop": "serial loop over pre-split per-group arrays (read+split excluded;"
-                              " see read_split_s)",
-                      "groupby_apply": "pandas df.groupby('group').apply(fit)"},
-            "cpus": cpus, "data_generation_s": round(gen_s, 2), "workloads": work,
-            "sweep": sweep, "engines": engines, "summary": summary}
+    return {
+        "sides": {
+            "distml": "distml.run(spec) with group_by on a warm local Ray cluster "
+            "(ray.init excluded; see ray_init_s)",
+            "loop": "serial loop over pre-split per-group arrays (read+split excluded;"
+            " see read_split_s)",
+            "groupby_apply": "pandas df.groupby('group').apply(fit)",
+        },
+        "cpus": cpus,
+        "data_generation_s": round(gen_s, 2),
+        "workloads": work,
+        "sweep": sweep,
+        "engines": engines,
+        "summary": summary,
+    }

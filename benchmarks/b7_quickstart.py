@@ -32,24 +32,42 @@ PLAIN = Path(__file__).resolve().parent / "b7_plain_fit.py"
 LARGE_SOURCE = "synthetic:classification?rows=200000&features=20&seed=1"
 TARGET_RATIO = 3.0  # BENCHMARKS.md: distml ≤ 3× the plain script
 TOL = 1e-9
-EQUAL_KEYS = ["valid.roc_auc", "valid.logloss", "test.roc_auc", "train.roc_auc",
-              "best_iteration", "num_boosted_rounds"]
+EQUAL_KEYS = [
+    "valid.roc_auc",
+    "valid.logloss",
+    "test.roc_auc",
+    "train.roc_auc",
+    "best_iteration",
+    "num_boosted_rounds",
+]
 STAGES = ("validate_s", "cluster_start_s", "job_s", "cluster_stop_s", "write_s", "total_s")
 PLAIN_STAGES = ("import_s", "read_split_s", "fit_s", "eval_save_s", "in_process_s")
 
 
 def _sizes(opts: H.Options) -> list[dict[str, Any]]:
-    sizes = [{"size": "small", "workload": "builtin:breast_cancer (569 rows × 30), "
-                                           "jobs/quickstart.yaml unchanged",
-              "source": None, "rows": 569}]
+    sizes = [
+        {
+            "size": "small",
+            "workload": "builtin:breast_cancer (569 rows × 30), jobs/quickstart.yaml unchanged",
+            "source": None,
+            "rows": 569,
+        }
+    ]
     if not opts.quick:
         from distml.runtime.datasets import generate_dataset
 
         data = opts.workdir / "large"
         gen = generate_dataset(LARGE_SOURCE, data)
-        sizes.append({"size": "large", "workload": f"{LARGE_SOURCE} written to one parquet file; "
-                                                   "jobs/quickstart.yaml with data.source set to it",
-                      "source": gen["files"][0], "rows": gen["rows"], "bytes": gen["bytes"]})
+        sizes.append(
+            {
+                "size": "large",
+                "workload": f"{LARGE_SOURCE} written to one parquet file; "
+                "jobs/quickstart.yaml with data.source set to it",
+                "source": gen["files"][0],
+                "rows": gen["rows"],
+                "bytes": gen["bytes"],
+            }
+        )
     return sizes
 
 
@@ -68,12 +86,17 @@ def _distml_side(size: dict, opts: H.Options, env: dict[str, str], counter: list
             raise H.BenchmarkError(f"distml run did not succeed: {t.stdout[-1000:]}")
         man = json.loads(Path(res["run_dir"], "manifest.json").read_text())
         timings = man.get("timings", {})
-        return {"wall_s": t.wall_s, "metrics": res["metrics"], "stages": timings,
-                "worker": man.get("worker_timings_s", {}),
-                "outside_run_s": t.wall_s - timings.get("total_s", 0.0),
-                "execution": man.get("execution", {}).get("path"),
-                "cluster_mode": man.get("cluster", {}).get("mode"),
-                "cluster_resources": man.get("cluster", {}).get("resources")}
+        return {
+            "wall_s": t.wall_s,
+            "metrics": res["metrics"],
+            "stages": timings,
+            "worker": man.get("worker_timings_s", {}),
+            "outside_run_s": t.wall_s - timings.get("total_s", 0.0),
+            "execution": man.get("execution", {}).get("path"),
+            "cluster_mode": man.get("cluster", {}).get("mode"),
+            "cluster_resources": man.get("cluster", {}).get("resources"),
+        }
+
     return call
 
 
@@ -89,6 +112,7 @@ def _plain_side(size: dict, opts: H.Options, env: dict[str, str], counter: list[
         if not (out / "model.ubj").exists():
             raise H.BenchmarkError("the plain script saved no model")
         return {"wall_s": t.wall_s, "metrics": res["metrics"], "stages": res["timings"]}
+
     return call
 
 
@@ -97,12 +121,15 @@ def _deterministic(samples: list[dict]) -> bool:
     return len(vals) == 1
 
 
-def _one_size(size: dict, opts: H.Options, env: dict[str, str],
-              warm_env: dict[str, str] | None = None) -> dict[str, Any]:
+def _one_size(
+    size: dict, opts: H.Options, env: dict[str, str], warm_env: dict[str, str] | None = None
+) -> dict[str, Any]:
     H.log(f"[b7] size {size['size']}: {size['workload']}")
     n_d, n_b, n_w = [0], [0], [0]
-    sides = {"distml": _distml_side(size, opts, env, n_d),
-             "baseline": _plain_side(size, opts, env, n_b)}
+    sides = {
+        "distml": _distml_side(size, opts, env, n_d),
+        "baseline": _plain_side(size, opts, env, n_b),
+    }
     if warm_env is not None:
         sides["distml_warm"] = _distml_side(size, opts, warm_env, n_w)
     runs = H.alternate(sides, opts.reps, opts.warmup, H.log)
@@ -119,17 +146,21 @@ def _one_size(size: dict, opts: H.Options, env: dict[str, str],
     if "distml_warm" in runs:
         w = runs["distml_warm"]
         w_wall = H.stats([s["wall_s"] for s in w])
-        warm = {"distml_warm": {
-            "wall_s": w_wall,
-            "stages_median_s": {k: H.median_of(w, "stages", k) for k in STAGES},
-            "worker_median_s": {k: H.median_of(w, "worker", k) for k in ("read", "fit")},
-            "outside_run_median_s": H.median_of(w, "outside_run_s"),
-            "cluster_mode": w[-1]["cluster_mode"]},
+        warm = {
+            "distml_warm": {
+                "wall_s": w_wall,
+                "stages_median_s": {k: H.median_of(w, "stages", k) for k in STAGES},
+                "worker_median_s": {k: H.median_of(w, "worker", k) for k in ("read", "fit")},
+                "outside_run_median_s": H.median_of(w, "outside_run_s"),
+                "cluster_mode": w[-1]["cluster_mode"],
+            },
             "ratio_warm": H.ratio(w_wall["median"], b_wall["median"]),
-            "equality_warm": H.compare(w[-1]["metrics"], b[-1]["metrics"], EQUAL_KEYS, TOL)}
+            "equality_warm": H.compare(w[-1]["metrics"], b[-1]["metrics"], EQUAL_KEYS, TOL),
+        }
     return {
         **warm,
-        "workload": size["workload"], "rows": size["rows"],
+        "workload": size["workload"],
+        "rows": size["rows"],
         **({"bytes": size["bytes"]} if "bytes" in size else {}),
         "distml": {
             "wall_s": d_wall,
@@ -140,8 +171,11 @@ def _one_size(size: dict, opts: H.Options, env: dict[str, str],
             "execution_path": d[-1]["execution"],
             "cluster_resources": d[-1]["cluster_resources"],
         },
-        "baseline": {"wall_s": b_wall, "stages_median_s": b_stages,
-                     "stages_s": [s["stages"] for s in b]},
+        "baseline": {
+            "wall_s": b_wall,
+            "stages_median_s": b_stages,
+            "stages_s": [s["stages"] for s in b],
+        },
         "ratio": H.ratio(d_wall["median"], b_wall["median"]),
         "overhead_s": H.stats(paired),
         "fit_ratio": H.ratio(d_worker["fit"], b_stages["fit_s"]),
@@ -165,16 +199,19 @@ def run(opts: H.Options) -> dict[str, Any]:
     out: dict[str, Any] = {
         "sides": {
             "distml": f"distml run {SPEC.relative_to(H.ROOT)} --json --output TMP "
-                      "(local single-node Ray cluster started and stopped by the run)",
+            "(local single-node Ray cluster started and stopped by the run)",
             "distml_warm": "the same on a warm cluster (`distml cluster start` before)",
             "baseline": f"python {PLAIN.relative_to(H.ROOT)} --out TMP "
-                        "(plain xgboost/sklearn script, no distml, no Ray)"},
+            "(plain xgboost/sklearn script, no distml, no Ray)",
+        },
         "xgboost_nthread": opts.threads,
         "sizes": results,
     }
     fixed = small["overhead_s"]["median"]
-    split: dict[str, Any] = {"fixed_overhead_s": fixed,
-                             "fixed_overhead_breakdown_s": _breakdown(small)}
+    split: dict[str, Any] = {
+        "fixed_overhead_s": fixed,
+        "fixed_overhead_breakdown_s": _breakdown(small),
+    }
     if "large" in results:
         large = results["large"]
         dl, ds = large["distml"]["wall_s"]["median"], small["distml"]["wall_s"]["median"]
@@ -183,10 +220,15 @@ def run(opts: H.Options) -> dict[str, Any]:
             large_overhead_s=large["overhead_s"]["median"],
             marginal_overhead_s=round(large["overhead_s"]["median"] - fixed, 4),
             marginal_ratio=H.ratio(dl - ds, bl - bs),
-            rows_small=small["rows"], rows_large=large["rows"])
+            rows_small=small["rows"],
+            rows_large=large["rows"],
+        )
     out["fixed_vs_marginal"] = split
-    stages = {k: v for k, v in small["distml"]["stages_median_s"].items()
-              if k != "total_s" and v is not None}
+    stages = {
+        k: v
+        for k, v in small["distml"]["stages_median_s"].items()
+        if k != "total_s" and v is not None
+    }
     out["summary"] = {
         "ratio_small": small["ratio"],
         "target_ratio": TARGET_RATIO,
@@ -200,10 +242,11 @@ def run(opts: H.Options) -> dict[str, Any]:
         "fixed_overhead_s": fixed,
         "marginal_overhead_s": split.get("marginal_overhead_s"),
         "dominant_stage_small": max(stages, key=stages.get) if stages else None,
-        "equal": all(r["equality"]["ok"] and r.get("equality_warm", {"ok": True})["ok"]
-                     for r in results.values()),
-        "valid_roc_auc": {k: v["equality"]["values"]["valid.roc_auc"] for k, v in
-                          results.items()},
+        "equal": all(
+            r["equality"]["ok"] and r.get("equality_warm", {"ok": True})["ok"]
+            for r in results.values()
+        ),
+        "valid_roc_auc": {k: v["equality"]["values"]["valid.roc_auc"] for k, v in results.items()},
     }
     return out
 

@@ -47,13 +47,21 @@ def main(argv: list[str] | None = None) -> int:
         res = {}
         for name, argv_ in COMMANDS.items():
             vals = [cpu_of([H.PYTHON, "-m", "distml", *argv_], env) for _ in range(args.reps)]
-            res[name] = {"cpu_s_median": round(statistics.median(vals), 4),
-                         "cpu_s_min": round(min(vals), 4),
-                         "values": [round(v, 4) for v in vals],
-                         "meets_target": statistics.median(vals) <= TARGET_CPU_S}
+            res[name] = {
+                "cpu_s_median": round(statistics.median(vals), 4),
+                "cpu_s_min": round(min(vals), 4),
+                "values": [round(v, 4) for v in vals],
+                "meets_target": statistics.median(vals) <= TARGET_CPU_S,
+            }
             H.log(f"{name}: median {res[name]['cpu_s_median']:.3f} s CPU")
-    out = {"name": "probe_cli_cpu", "reps": args.reps, "target_cpu_s": TARGET_CPU_S,
-           "machine": H.machine(), "versions": H.versions(), "commands": res}
+    out = {
+        "name": "probe_cli_cpu",
+        "reps": args.reps,
+        "target_cpu_s": TARGET_CPU_S,
+        "machine": H.machine(),
+        "versions": H.versions(),
+        "commands": res,
+    }
     H.write_json_atomic(H.RESULTS / "probe_cli_cpu.json", out)
     return 0
 

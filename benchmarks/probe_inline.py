@@ -73,12 +73,16 @@ def main(argv: list[str] | None = None) -> int:
             n[0] += 1
             out = work / f"out-{n[0]}"
             run = ["run", str(SPEC), "--json", "--output", str(out)]
-            cmd = ([H.PYTHON, "-m", "benchmarks.probe_inline", "--child", *run] if inline
-                   else [H.bin_path("distml"), *run])
+            cmd = (
+                [H.PYTHON, "-m", "benchmarks.probe_inline", "--child", *run]
+                if inline
+                else [H.bin_path("distml"), *run]
+            )
             t = H.run_timed(cmd, env)
             res = H.last_json(t.stdout)
             man = json.loads(Path(res["run_dir"], "manifest.json").read_text())
             return {"wall_s": t.wall_s, "metrics": res["metrics"], "stages": man["timings"]}
+
         return call
 
     def plain():
@@ -87,26 +91,49 @@ def main(argv: list[str] | None = None) -> int:
         return {"wall_s": t.wall_s, "metrics": H.last_json(t.stdout)["metrics"]}
 
     try:
-        runs = H.alternate({"distml": distml_side(False), "distml_inline": distml_side(True),
-                            "baseline": plain}, args.reps, 1, H.log)
+        runs = H.alternate(
+            {"distml": distml_side(False), "distml_inline": distml_side(True), "baseline": plain},
+            args.reps,
+            1,
+            H.log,
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     base = H.median_of(runs["baseline"], "wall_s")
     res = {}
     for side, samples in runs.items():
-        res[side] = {"wall_s": H.stats([s["wall_s"] for s in samples]),
-                     "ratio_vs_baseline": H.ratio(H.median_of(samples, "wall_s"), base)}
+        res[side] = {
+            "wall_s": H.stats([s["wall_s"] for s in samples]),
+            "ratio_vs_baseline": H.ratio(H.median_of(samples, "wall_s"), base),
+        }
         if "stages" in samples[0]:
-            res[side]["stages_median_s"] = {k: H.median_of(samples, "stages", k)
-                                            for k in samples[0]["stages"]}
-        res[side]["equality_vs_baseline"] = H.compare(samples[-1]["metrics"],
-                                                      runs["baseline"][-1]["metrics"],
-                                                      EQUAL_KEYS, TOL)["ok"]
-    out = {"name": "probe_inline", "reps": args.reps, "machine": H.machine(),
-           "versions": H.versions(), "sides": res}
+            res[side]["stages_median_s"] = {
+                k: H.median_of(samples, "stages", k) for k in samples[0]["stages"]
+            }
+        res[side]["equality_vs_baseline"] = H.compare(
+            samples[-1]["metrics"], runs["baseline"][-1]["metrics"], EQUAL_KEYS, TOL
+        )["ok"]
+    out = {
+        "name": "probe_inline",
+        "reps": args.reps,
+        "machine": H.machine(),
+        "versions": H.versions(),
+        "sides": res,
+    }
     H.write_json_atomic(H.RESULTS / "probe_inline.json", out)
-    print(json.dumps({k: {"median": v["wall_s"]["median"], "ratio": v["ratio_vs_baseline"],
-                          "equal": v["equality_vs_baseline"]} for k, v in res.items()}, indent=1))
+    print(
+        json.dumps(
+            {
+                k: {
+                    "median": v["wall_s"]["median"],
+                    "ratio": v["ratio_vs_baseline"],
+                    "equal": v["equality_vs_baseline"],
+                }
+                for k, v in res.items()
+            },
+            indent=1,
+        )
+    )
     return 0
 
 

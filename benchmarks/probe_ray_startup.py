@@ -13,29 +13,45 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from benchmarks import _harness as H
 
 # What distml.runtime.cluster._start_local passes today (num_cpus = os.cpu_count()).
-BASE = {"num_cpus": 2, "include_dashboard": False, "log_to_driver": False,
-        "configure_logging": False}
+BASE = {
+    "num_cpus": 2,
+    "include_dashboard": False,
+    "log_to_driver": False,
+    "configure_logging": False,
+}
 VARIANTS: dict[str, dict] = {
     "distml_now": {"init": BASE},
-    "no_prestart": {"init": {**BASE, "_system_config": {"enable_worker_prestart": False,
-                                                          "prestart_worker_first_driver": False}}},
+    "no_prestart": {
+        "init": {
+            **BASE,
+            "_system_config": {
+                "enable_worker_prestart": False,
+                "prestart_worker_first_driver": False,
+            },
+        }
+    },
     "small_object_store": {"init": {**BASE, "object_store_memory": 200 * 2**20}},
     "usage_stats_on": {"init": BASE, "env": {"RAY_USAGE_STATS_ENABLED": "1"}},
     "num_cpus_1": {"init": {**BASE, "num_cpus": 1}},
     "fast_kill": {"init": BASE, "shutdown": "kill"},
     "no_shutdown_exit": {"init": BASE, "shutdown": "exit"},
-    "no_prestart_fast_kill": {"init": {**BASE, "_system_config": {
-        "enable_worker_prestart": False, "prestart_worker_first_driver": False}},
-        "shutdown": "kill"},
+    "no_prestart_fast_kill": {
+        "init": {
+            **BASE,
+            "_system_config": {
+                "enable_worker_prestart": False,
+                "prestart_worker_first_driver": False,
+            },
+        },
+        "shutdown": "kill",
+    },
 }
 
 CHILD = r"""
@@ -113,23 +129,43 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = {"init": v["init"], "shutdown": v.get("shutdown", "normal")}
                 t = H.run_timed([H.PYTHON, "-c", CHILD, json.dumps(cfg)], env, timeout=300)
                 s = {**H.last_json(t.stdout), "wall_s": t.wall_s}
-                H.log(f"  {'warm-up' if r == 0 else f'rep {r}'} {n}: wall {t.wall_s:.2f}s "
-                      f"init {s['init_s']:.2f}s shutdown {s['shutdown_s']:.2f}s")
+                H.log(
+                    f"  {'warm-up' if r == 0 else f'rep {r}'} {n}: wall {t.wall_s:.2f}s "
+                    f"init {s['init_s']:.2f}s shutdown {s['shutdown_s']:.2f}s"
+                )
                 if r:
                     samples[n].append(s)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    keys = ("wall_s", "import_ray_s", "init_s", "first_task_s", "second_task_s",
-            "worker_imports_task_s", "shutdown_s", "in_process_s")
-    res = {n: {"config": {**VARIANTS[n], "init": {k: v for k, v in VARIANTS[n]["init"].items()}},
-               "median_s": {k: H.median_of(s, k) for k in keys},
-               "children": s[-1].get("children"), "samples": s}
-           for n, s in samples.items()}
+    keys = (
+        "wall_s",
+        "import_ray_s",
+        "init_s",
+        "first_task_s",
+        "second_task_s",
+        "worker_imports_task_s",
+        "shutdown_s",
+        "in_process_s",
+    )
+    res = {
+        n: {
+            "config": {**VARIANTS[n], "init": {k: v for k, v in VARIANTS[n]["init"].items()}},
+            "median_s": {k: H.median_of(s, k) for k in keys},
+            "children": s[-1].get("children"),
+            "samples": s,
+        }
+        for n, s in samples.items()
+    }
     base = res.get("distml_now", {}).get("median_s", {}).get("wall_s")
     for n in res:
         res[n]["wall_ratio_vs_distml_now"] = H.ratio(res[n]["median_s"]["wall_s"], base)
-    out = {"name": "probe_ray_startup", "reps": args.reps, "machine": H.machine(),
-           "versions": H.versions(("ray",)), "variants": res}
+    out = {
+        "name": "probe_ray_startup",
+        "reps": args.reps,
+        "machine": H.machine(),
+        "versions": H.versions(("ray",)),
+        "variants": res,
+    }
     path = H.RESULTS / "probe_ray_startup.json"
     H.write_json_atomic(path, out)
     for n, r in res.items():

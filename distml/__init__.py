@@ -6,16 +6,32 @@
 """
 
 from distml.api import build_report, run, validate
-from distml.report import list_runs
 from distml.errors import ClusterError, DataError, DistmlError, JobFailed, SpecError
-from distml.scoring import Prediction, predict
-from distml.result import Result
-from distml.spec import JobSpec, json_schema, load_spec
 from distml.remote import Submission, submit
+from distml.report import list_runs
+from distml.result import Result
+from distml.scoring import Prediction, predict
+from distml.spec import JobSpec, json_schema, load_spec
 
 __version__ = "0.1.0"
 
-__all__ = ["run", "validate", "submit", "predict", "build_report", "list_runs", "load_spec",
-           "json_schema", "JobSpec",
-           "Result", "Submission", "Prediction", "DistmlError", "SpecError", "DataError",
-           "ClusterError", "JobFailed", "__version__"]
+__all__ = [
+    "run",
+    "validate",
+    "submit",
+    "predict",
+    "build_report",
+    "list_runs",
+    "load_spec",
+    "json_schema",
+    "JobSpec",
+    "Result",
+    "Submission",
+    "Prediction",
+    "DistmlError",
+    "SpecError",
+    "DataError",
+    "ClusterError",
+    "JobFailed",
+    "__version__",
+]

@@ -26,8 +26,20 @@ _trace.propagate = False
 def _versions(job: Any = None) -> dict[str, str]:
     """Versions of the platform packages and of the libraries the run's kind declares."""
     out = {"python": platform.python_version()}
-    for pkg in ("distml", "ray", "xgboost", "scikit-learn", "pandas", "pyarrow", "numpy",
-                "statsmodels", "torch", "dask", "pydantic", *getattr(job, "libraries", ())):
+    for pkg in (
+        "distml",
+        "ray",
+        "xgboost",
+        "scikit-learn",
+        "pandas",
+        "pyarrow",
+        "numpy",
+        "statsmodels",
+        "torch",
+        "dask",
+        "pydantic",
+        *getattr(job, "libraries", ()),
+    ):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -59,10 +71,16 @@ def _run_log(run_dir) -> Iterator[None]:
         os.replace(tmp, run_dir.path / "run.log")
 
 
-def run(spec: "str | os.PathLike | Mapping | JobSpec",
-        overrides: Mapping[str, Any] | Iterable[str] | None = None, *,
-        output: str | os.PathLike | None = None, address: str | None = None,
-        run_id: str | None = None, resume: bool = False, **kw_overrides: Any) -> Result:
+def run(
+    spec: "str | os.PathLike | Mapping | JobSpec",
+    overrides: Mapping[str, Any] | Iterable[str] | None = None,
+    *,
+    output: str | os.PathLike | None = None,
+    address: str | None = None,
+    run_id: str | None = None,
+    resume: bool = False,
+    **kw_overrides: Any,
+) -> Result:
     """Run a job described by ``spec`` (a YAML path, a dict or a JobSpec) and return its Result.
 
     Overrides are dotted paths, as a mapping, ``--set``-style strings, or keyword arguments with
@@ -90,8 +108,11 @@ def _run(spec, overrides, output, address, run_id, resume, kw_overrides) -> Resu
     if overrides:
         from distml.spec.load import parse_override
 
-        merged.update(overrides if isinstance(overrides, Mapping)
-                      else dict(parse_override(s) for s in overrides))
+        merged.update(
+            overrides
+            if isinstance(overrides, Mapping)
+            else dict(parse_override(s) for s in overrides)
+        )
     merged.update({k.replace("__", "."): v for k, v in kw_overrides.items()})
     job_spec = load_spec(spec, merged)
     if output is not None:
@@ -131,16 +152,25 @@ def _run(spec, overrides, output, address, run_id, resume, kw_overrides) -> Resu
         else:  # a new run, or nothing to resume: this run starts afresh
             run_dir.write_fingerprint(fingerprint)
         manifest: dict[str, Any] = {
-            "name": job_spec.name, "kind": job_spec.kind, "run_id": run_dir.run_id,
-            "status": "running", "started_at": t_start, "argv": sys.argv[1:],
-            "versions": _versions(job), "data": info.fingerprint(),
-            "seeds": _seeds(job_spec), "host": platform.node(), "pid": os.getpid(),
-            "resume": resume}
+            "name": job_spec.name,
+            "kind": job_spec.kind,
+            "run_id": run_dir.run_id,
+            "status": "running",
+            "started_at": t_start,
+            "argv": sys.argv[1:],
+            "versions": _versions(job),
+            "data": info.fingerprint(),
+            "seeds": _seeds(job_spec),
+            "host": platform.node(),
+            "pid": os.getpid(),
+            "resume": resume,
+        }
         run_dir.write_yaml("spec.yaml", job_spec.to_dict())
         run_dir.write_json("manifest.json", manifest)
         with _run_log(run_dir):
-            log.info("run %s/%s (%s) in %s", job_spec.name, run_dir.run_id, job_spec.kind,
-                     run_dir.path)
+            log.info(
+                "run %s/%s (%s) in %s", job_spec.name, run_dir.run_id, job_spec.kind, run_dir.path
+            )
             try:
                 out = _execute(job, job_spec, info, run_dir, address, resume, manifest, timings)
                 t0 = time.perf_counter()
@@ -154,10 +184,13 @@ def _run(spec, overrides, output, address, run_id, resume, kw_overrides) -> Resu
                 run_dir.write_json("metrics.json", out.metrics)
                 timings["write_s"] = time.perf_counter() - t0
                 timings["total_s"] = time.time() - t_start
-                manifest.update(status="succeeded", finished_at=time.time(),
-                                timings=_round(timings),
-                                **({"best_config": out.best_config} if out.best_config else {}),
-                                **out.info)
+                manifest.update(
+                    status="succeeded",
+                    finished_at=time.time(),
+                    timings=_round(timings),
+                    **({"best_config": out.best_config} if out.best_config else {}),
+                    **out.info,
+                )
                 manifest["report"] = _report(run_dir, manifest, timings, t_start)
                 run_dir.write_json("manifest.json", manifest)
                 log.info("run succeeded in %.1fs", timings["total_s"])
@@ -200,10 +233,11 @@ def _reuse(run_dir, job_spec: JobSpec) -> Result:
     current = yaml.safe_load(yaml.safe_dump(to_jsonable(job_spec.to_dict()), sort_keys=False))
     differ = diff_paths(stored, current) if isinstance(stored, dict) else ["spec.yaml"]
     if differ:
-        shown = ", ".join(differ[:8]) + (f" and {len(differ) - 8} more" if len(differ) > 8
-                                         else "")
-        raise SpecError(f"run id {run_dir.run_id!r} already finished with a different spec "
-                        f"({shown} differ); pick a new --run-id to run this spec")
+        shown = ", ".join(differ[:8]) + (f" and {len(differ) - 8} more" if len(differ) > 8 else "")
+        raise SpecError(
+            f"run id {run_dir.run_id!r} already finished with a different spec "
+            f"({shown} differ); pick a new --run-id to run this spec"
+        )
     log.info("run %s is already complete; reporting the stored result", run_dir.path)
     return Result.load(run_dir.path, reused=True)
 
@@ -217,17 +251,25 @@ def _record_failure(run_dir, manifest: dict, timings: dict, e: BaseException) ->
         e = KeyboardInterrupt("terminated by signal 15 (SIGTERM)")  # Ray's handler won a race
     stopped = isinstance(e, KeyboardInterrupt)
     if stopped:  # Tune re-raises a bare KeyboardInterrupt: say what stopped the run
-        message = str(e) or ("terminated by signal 15 (SIGTERM)" if _sigterm_received
-                             else "interrupted (SIGINT)")
+        message = str(e) or (
+            "terminated by signal 15 (SIGTERM)" if _sigterm_received else "interrupted (SIGINT)"
+        )
         error = {"type": "KeyboardInterrupt", "message": message}
         _trace.error("run interrupted: %s", message)  # the console says it once, the CLI's line
     else:
-        error = (e.to_dict() if isinstance(e, DistmlError) else
-                 {"type": type(e).__name__, "message": str(e)})
+        error = (
+            e.to_dict()
+            if isinstance(e, DistmlError)
+            else {"type": type(e).__name__, "message": str(e)}
+        )
         log.error("run failed: %s", e)
     _trace.error("traceback:\n%s", traceback.format_exc())
-    manifest.update(status="interrupted" if stopped else "failed", finished_at=time.time(),
-                    timings=_round(timings), error=error)
+    manifest.update(
+        status="interrupted" if stopped else "failed",
+        finished_at=time.time(),
+        timings=_round(timings),
+        error=error,
+    )
     try:
         run_dir.write_json("manifest.json", manifest)
     except BaseException as write_error:  # e.g. the disk is full: say so, raise the cause
@@ -257,8 +299,10 @@ def _sigterm_interrupts() -> Iterator[None]:
 
     global _sigterm_armed, _sigterm_received
     _sigterm_received = False
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
         yield
         return
     signal.signal(signal.SIGTERM, _terminated)
@@ -287,8 +331,11 @@ def _report(run_dir, manifest: dict, timings: dict, t_start: float) -> dict:
         out = {"path": "report.html", "sections": built["sections"]}
         if built["errors"]:
             out["section_errors"] = built["errors"]
-            log.warning("report.html: %d section(s) could not be drawn: %s", len(built["errors"]),
-                        "; ".join(built["errors"]))
+            log.warning(
+                "report.html: %d section(s) could not be drawn: %s",
+                len(built["errors"]),
+                "; ".join(built["errors"]),
+            )
     except Exception as e:  # the report never fails the run
         out = {"error": {"type": type(e).__name__, "message": str(e)}}
         log.warning("report.html was not written: %s: %s", type(e).__name__, e)
@@ -309,10 +356,14 @@ def _execute(job, job_spec, info, run_dir, address, resume, manifest, timings):
     with cluster(address) as cl:
         _rearm_sigterm()
         timings["cluster_start_s"] = time.perf_counter() - t0
-        manifest["cluster"] = {"mode": cl.mode, "address": cl.address,
-                               "address_source": cl.address_source, "resources": cl.resources,
-                               "requested": res.model_dump(),
-                               **({"warm": cl.warm} if getattr(cl, "warm", None) else {})}
+        manifest["cluster"] = {
+            "mode": cl.mode,
+            "address": cl.address,
+            "address_source": cl.address_source,
+            "resources": cl.resources,
+            "requested": res.model_dump(),
+            **({"warm": cl.warm} if getattr(cl, "warm", None) else {}),
+        }
         t1 = time.perf_counter()
         ctx = RunContext(job_spec, info, run_dir, cl, log, resume)
         progress.current().stage("train", "search" if job_spec.tune is not None else "")
@@ -354,9 +405,12 @@ def _round(d: dict[str, float]) -> dict[str, float]:
     return {k: round(v, 4) for k, v in d.items()}
 
 
-def validate(spec: "str | os.PathLike | Mapping | JobSpec",
-             overrides: Mapping[str, Any] | Iterable[str] | None = None, *,
-             check_data: bool = True) -> JobSpec:
+def validate(
+    spec: "str | os.PathLike | Mapping | JobSpec",
+    overrides: Mapping[str, Any] | Iterable[str] | None = None,
+    *,
+    check_data: bool = True,
+) -> JobSpec:
     """Validate a spec (and its data, unless ``check_data=False``) without starting a cluster."""
     from distml.registry import kind_module
 
@@ -397,10 +451,12 @@ def kind_report_sections(run_dir: Any, manifest: dict | None = None) -> list:
     from distml.registry import KINDS, job_class
 
     try:
-        m = manifest if manifest is not None else json.loads(
-            (Path(run_dir) / "manifest.json").read_text())
+        m = (
+            manifest
+            if manifest is not None
+            else json.loads((Path(run_dir) / "manifest.json").read_text())
+        )
         kind = m.get("kind")
         return list(job_class(kind).report_sections()) if kind in KINDS else []
     except (OSError, ValueError, AttributeError, ImportError):
         return []
-

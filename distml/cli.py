@@ -30,22 +30,36 @@ def _parser() -> argparse.ArgumentParser:
 
     def common(sp: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
         if json_flag:
-            sp.add_argument("--json", action="store_true",
-                            help="print exactly one JSON object on stdout")
+            sp.add_argument(
+                "--json", action="store_true", help="print exactly one JSON object on stdout"
+            )
         sp.add_argument("--debug", action="store_true", help="show tracebacks")
 
-    r = sub.add_parser("run", help="run a job spec (--address, RAY_ADDRESS, the warm cluster of "
-                                       "`distml cluster start`, else a local Ray for the run)")
+    r = sub.add_parser(
+        "run",
+        help="run a job spec (--address, RAY_ADDRESS, the warm cluster of "
+        "`distml cluster start`, else a local Ray for the run)",
+    )
     r.add_argument("spec", help="YAML spec file")
-    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
-                   help="override a spec field, e.g. --set model.params.max_depth=8 (repeatable)")
+    r.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="override a spec field, e.g. --set model.params.max_depth=8 (repeatable)",
+    )
     r.add_argument("--output", help="output root (default: the spec's output.dir)")
     r.add_argument("--address", help="Ray cluster address (GCS HOST:PORT or 'auto')")
     r.add_argument("--run-id", help="run id; rerunning a finished run id is a no-op")
     r.add_argument("--resume", action="store_true", help="continue an interrupted run (same id)")
-    r.add_argument("--progress", choices=("auto", "rich", "plain", "off"), default="auto",
-                   help="progress display on stderr: auto (default) = rich on a terminal, plain "
-                        "log lines otherwise, off under --json")
+    r.add_argument(
+        "--progress",
+        choices=("auto", "rich", "plain", "off"),
+        default="auto",
+        help="progress display on stderr: auto (default) = rich on a terminal, plain "
+        "log lines otherwise, off under --json",
+    )
     common(r)
 
     v = sub.add_parser("validate", help="check a spec and its data; starts no cluster")
@@ -68,41 +82,77 @@ def _parser() -> argparse.ArgumentParser:
     common(g)
 
     def address(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--address", help="Ray Jobs API URL http://HEAD:8265 (default: "
-                                          "RAY_API_SERVER_ADDRESS, then RAY_ADDRESS)")
+        sp.add_argument(
+            "--address",
+            help="Ray Jobs API URL http://HEAD:8265 (default: "
+            "RAY_API_SERVER_ADDRESS, then RAY_ADDRESS)",
+        )
 
     sm = sub.add_parser("submit", help="submit a spec to a Ray cluster (Ray Jobs API)")
-    sm.add_argument("spec", help="YAML spec file (validated here; its data are checked on the "
-                                 "cluster)")
-    sm.add_argument("--set", dest="overrides", action="append", default=[],
-                    metavar="PATH=VALUE", help="override a spec field (repeatable)")
+    sm.add_argument(
+        "spec", help="YAML spec file (validated here; its data are checked on the cluster)"
+    )
+    sm.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="override a spec field (repeatable)",
+    )
     address(sm)
-    sm.add_argument("--submission-id", help="job id, also the run id; resubmitting an id that "
-                                            "exists reports that job instead")
-    sm.add_argument("--wait", action="store_true",
-                    help="stream the job's log until it ends, then exit with the job's own "
-                         "code (0 ok, 2 bad input, 3 cluster, 4 failed, 130 interrupted; 4 when "
-                         "the job reported none)")
-    sm.add_argument("--output", help="output root on the cluster (default: the spec's "
-                                     "output.dir); use shared storage for multi-node clusters")
-    sm.add_argument("--pip", action="append", default=[], metavar="REQUIREMENT",
-                    help="add a pip package to the job's runtime_env (repeatable)")
-    sm.add_argument("--env", dest="env_vars", action="append", default=[], metavar="KEY=VALUE",
-                    help="add an environment variable to the job's runtime_env (repeatable)")
+    sm.add_argument(
+        "--submission-id",
+        help="job id, also the run id; resubmitting an id that exists reports that job instead",
+    )
+    sm.add_argument(
+        "--wait",
+        action="store_true",
+        help="stream the job's log until it ends, then exit with the job's own "
+        "code (0 ok, 2 bad input, 3 cluster, 4 failed, 130 interrupted; 4 when "
+        "the job reported none)",
+    )
+    sm.add_argument(
+        "--output",
+        help="output root on the cluster (default: the spec's "
+        "output.dir); use shared storage for multi-node clusters",
+    )
+    sm.add_argument(
+        "--pip",
+        action="append",
+        default=[],
+        metavar="REQUIREMENT",
+        help="add a pip package to the job's runtime_env (repeatable)",
+    )
+    sm.add_argument(
+        "--env",
+        dest="env_vars",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="add an environment variable to the job's runtime_env (repeatable)",
+    )
     common(sm)
 
-    for name, text in (("status", "show a submitted job's status"),
-                       ("stop", "stop a submitted job")):
+    for name, text in (
+        ("status", "show a submitted job's status"),
+        ("stop", "stop a submitted job"),
+    ):
         sp = sub.add_parser(name, help=text)
         sp.add_argument("submission_id", metavar="ID")
         address(sp)
         if name == "stop":
-            sp.add_argument("--no-wait", action="store_true",
-                            help="return at once instead of waiting until it is STOPPED")
+            sp.add_argument(
+                "--no-wait",
+                action="store_true",
+                help="return at once instead of waiting until it is STOPPED",
+            )
         else:
-            sp.add_argument("--wait", action="store_true",
-                            help="wait until the job ends, then exit with its code as "
-                                 "`submit --wait` does")
+            sp.add_argument(
+                "--wait",
+                action="store_true",
+                help="wait until the job ends, then exit with its code as `submit --wait` does",
+            )
         common(sp)
     lg = sub.add_parser("logs", help="print a submitted job's log")
     lg.add_argument("submission_id", metavar="ID")
@@ -121,16 +171,29 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("run_dir", metavar="RUN_DIR", help="a finished run directory (_SUCCESS)")
     pr.add_argument("--input", required=True, help="parquet/CSV path, glob, folder or URL")
     pr.add_argument("--output", required=True, help="output folder (partitioned parquet)")
-    pr.add_argument("--keep", nargs="+", action="extend", default=[], metavar="COL",
-                    help="input columns copied into the output (e.g. an id)")
-    pr.add_argument("--strict", action="store_true",
-                    help="refuse input columns the model was not trained on")
-    pr.add_argument("--overwrite", action="store_true",
-                    help="replace finished predictions already in --output")
+    pr.add_argument(
+        "--keep",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="COL",
+        help="input columns copied into the output (e.g. an id)",
+    )
+    pr.add_argument(
+        "--strict", action="store_true", help="refuse input columns the model was not trained on"
+    )
+    pr.add_argument(
+        "--overwrite", action="store_true", help="replace finished predictions already in --output"
+    )
     pr.add_argument("--batch-size", type=int, help="rows per scored batch (default 16384)")
     pr.add_argument("--address", help="Ray cluster address (GCS HOST:PORT or 'auto')")
-    pr.add_argument("--allow-module", action="append", default=[], metavar="PKG.MOD:CLASS",
-                    help="let a torch run load this user module (its code runs); repeatable")
+    pr.add_argument(
+        "--allow-module",
+        action="append",
+        default=[],
+        metavar="PKG.MOD:CLASS",
+        help="let a torch run load this user module (its code runs); repeatable",
+    )
     common(pr)
 
     rp = sub.add_parser("report", help="(re)build a run's report.html")
@@ -143,13 +206,19 @@ def _parser() -> argparse.ArgumentParser:
     cs = csub.add_parser("start", help="start it (a no-op when it is already up)")
     cs.add_argument("--cpus", type=int, help="CPUs it offers (default: Ray's detection)")
     cs.add_argument("--gpus", type=int, help="GPUs it offers (default: Ray's detection)")
-    cs.add_argument("--idle-timeout", default="30m", metavar="DURATION",
-                    help="stop it after this long without a run, e.g. 90s, 30m, 2h, none "
-                         "(default 30m)")
-    cs.add_argument("--preload", metavar="MODULES",
-                    help="comma-separated modules every worker imports before it takes work "
-                         "(default: distml's xgboost and sklearn kinds and their libraries; "
-                         "'none' for none)")
+    cs.add_argument(
+        "--idle-timeout",
+        default="30m",
+        metavar="DURATION",
+        help="stop it after this long without a run, e.g. 90s, 30m, 2h, none (default 30m)",
+    )
+    cs.add_argument(
+        "--preload",
+        metavar="MODULES",
+        help="comma-separated modules every worker imports before it takes work "
+        "(default: distml's xgboost and sklearn kinds and their libraries; "
+        "'none' for none)",
+    )
     common(cs)
     common(csub.add_parser("status", help="is it up? (exit 0 up, 3 down or unusable)"))
     common(csub.add_parser("stop", help="stop it (a no-op when it is down)"))
@@ -224,8 +293,9 @@ def main(argv: list[str] | None = None) -> int:
         if as_json:
             with _stdout_to_stderr():
                 payload, code = _dispatch(args)
-            print(json.dumps({k: v for k, v in payload.items() if not k.startswith("_")},
-                             default=str))
+            print(
+                json.dumps({k: v for k, v in payload.items() if not k.startswith("_")}, default=str)
+            )
         else:
             payload, code = _dispatch(args)
             _print_human(args, payload)
@@ -246,8 +316,11 @@ def _fail(e: BaseException, code: int, as_json: bool, debug: bool, bug: bool = F
     kind = "internal error (please report)" if bug else "error"
     print(f"distml: {kind}: {e}", file=sys.stderr)
     if as_json:
-        err = e.to_dict() if isinstance(e, DistmlError) else {"type": type(e).__name__,
-                                                               "message": str(e)}
+        err = (
+            e.to_dict()
+            if isinstance(e, DistmlError)
+            else {"type": type(e).__name__, "message": str(e)}
+        )
         err["exit_code"] = code
         print(json.dumps({"status": "failed", "error": err}, default=str))
     return code
@@ -255,14 +328,19 @@ def _fail(e: BaseException, code: int, as_json: bool, debug: bool, bug: bool = F
 
 def _dispatch(args: argparse.Namespace) -> tuple[dict, int]:
     if args.command == "run":
-        from distml.api import run
-
         from distml import progress
+        from distml.api import run
 
         mode = progress.resolve_mode(args.progress, json_output=args.json)
         with progress.activate(mode):
-            result = run(args.spec, args.overrides, output=args.output, address=args.address,
-                         run_id=args.run_id, resume=args.resume)
+            result = run(
+                args.spec,
+                args.overrides,
+                output=args.output,
+                address=args.address,
+                run_id=args.run_id,
+                resume=args.resume,
+            )
         summary = result.summary()
         if (result.run_dir / "report.html").is_file():
             summary += f"\nreport: {result.run_dir / 'report.html'}"
@@ -290,9 +368,17 @@ def _dispatch(args: argparse.Namespace) -> tuple[dict, int]:
     if args.command == "predict":
         from distml.scoring import predict
 
-        pred = predict(args.run_dir, args.input, args.output, keep=args.keep,
-                       strict=args.strict, batch_size=args.batch_size, address=args.address,
-                       overwrite=args.overwrite, allow_module=args.allow_module)
+        pred = predict(
+            args.run_dir,
+            args.input,
+            args.output,
+            keep=args.keep,
+            strict=args.strict,
+            batch_size=args.batch_size,
+            address=args.address,
+            overwrite=args.overwrite,
+            allow_module=args.allow_module,
+        )
         return pred.to_dict() | {"_summary": pred.summary()}, EXIT_OK
     if args.command == "report":
         return _report(args)
@@ -302,8 +388,11 @@ def _dispatch(args: argparse.Namespace) -> tuple[dict, int]:
         from distml.report import format_runs, list_runs
 
         rows = list_runs(args.output)
-        return {"status": "succeeded", "runs": [r.to_dict() for r in rows],
-                "_text": format_runs(rows)}, EXIT_OK
+        return {
+            "status": "succeeded",
+            "runs": [r.to_dict() for r in rows],
+            "_text": format_runs(rows),
+        }, EXIT_OK
     raise DistmlError(f"unknown command {args.command!r}")
 
 
@@ -315,11 +404,14 @@ def _report(args: argparse.Namespace) -> tuple[dict, int]:
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
-        raise DataError(f"RUN_DIR {args.run_dir!r} is not a directory; give a run directory "
-                        "such as runs/NAME/RUN_ID (see `distml runs`)")
+        raise DataError(
+            f"RUN_DIR {args.run_dir!r} is not a directory; give a run directory "
+            "such as runs/NAME/RUN_ID (see `distml runs`)"
+        )
     if not (run_dir / "manifest.json").is_file():
-        raise DataError(f"RUN_DIR {args.run_dir!r} is not a distml run directory: it has no "
-                        "manifest.json")
+        raise DataError(
+            f"RUN_DIR {args.run_dir!r} is not a distml run directory: it has no manifest.json"
+        )
     built = build_report(run_dir)
     if args.open:
         import webbrowser
@@ -330,8 +422,14 @@ def _report(args: argparse.Namespace) -> tuple[dict, int]:
         text += f"warning: section {err}\n"
     # "path" as in build_report() and the docs; "report" is the old name of the same value,
     # kept one release for scripts that read it (deprecated, see docs/reports.md)
-    return {"status": "succeeded", "path": built["path"], "report": built["path"],
-            "sections": built["sections"], "errors": built["errors"], "_text": text}, EXIT_OK
+    return {
+        "status": "succeeded",
+        "path": built["path"],
+        "report": built["path"],
+        "sections": built["sections"],
+        "errors": built["errors"],
+        "_text": text,
+    }, EXIT_OK
 
 
 def _cluster(args: argparse.Namespace) -> tuple[dict, int]:
@@ -341,21 +439,28 @@ def _cluster(args: argparse.Namespace) -> tuple[dict, int]:
     if args.cluster_command == "start":
         preload = warm.PRELOAD
         if args.preload is not None:
-            preload = tuple(m.strip() for m in args.preload.split(",")
-                            if m.strip() and args.preload.strip().lower() != "none")
+            preload = tuple(
+                m.strip()
+                for m in args.preload.split(",")
+                if m.strip() and args.preload.strip().lower() != "none"
+            )
         out = warm.start(args.cpus, args.gpus, warm.parse_duration(args.idle_timeout), preload)
         verb = "is already up" if out["already_running"] else "is up"
-        return out | {"_text": f"warm cluster {verb} at {out['address']}: {_warm_line(out)}\n"
-                               f"dashboard: {out['dashboard_url']} (token in "
-                               f"{out['token_path']})\nstop it with `distml cluster stop`\n"}, 0
+        return out | {
+            "_text": f"warm cluster {verb} at {out['address']}: {_warm_line(out)}\n"
+            f"dashboard: {out['dashboard_url']} (token in "
+            f"{out['token_path']})\nstop it with `distml cluster stop`\n"
+        }, 0
     if args.cluster_command == "stop":
         out = warm.stop()
         return out | {"_text": out["message"] + "\n"}, EXIT_OK
     out = warm.status()
     if out["status"] != "up":
         return out | {"_text": f"warm cluster: down ({out['message']})\n"}, EXIT_CLUSTER
-    text = (f"warm cluster: up at {out['address']}: {_warm_line(out)}; idle {out['idle_s']:.0f}s,"
-            f" {out['active_runs']} run(s) connected\ndashboard: {out['dashboard_url']}\n")
+    text = (
+        f"warm cluster: up at {out['address']}: {_warm_line(out)}; idle {out['idle_s']:.0f}s,"
+        f" {out['active_runs']} run(s) connected\ndashboard: {out['dashboard_url']}\n"
+    )
     if "mismatch" in out:
         return out | {"_text": text, "_error": out["mismatch"]}, EXIT_CLUSTER
     return out | {"_text": text}, EXIT_OK
@@ -364,9 +469,11 @@ def _cluster(args: argparse.Namespace) -> tuple[dict, int]:
 def _warm_line(rec: dict) -> str:
     cpus = rec.get("num_cpus")
     idle = rec.get("idle_timeout_s") or 0
-    return (f"distml {rec['distml_version']}, ray {rec['ray_version']}, "
-            f"{'all' if cpus is None else cpus} CPUs; "
-            + (f"stops after {idle:g}s idle" if idle else "no idle timeout"))
+    return (
+        f"distml {rec['distml_version']}, ray {rec['ray_version']}, "
+        f"{'all' if cpus is None else cpus} CPUs; "
+        + (f"stops after {idle:g}s idle" if idle else "no idle timeout")
+    )
 
 
 def _env_pairs(items: list[str]) -> dict[str, str]:
@@ -398,10 +505,17 @@ def _dispatch_jobs(args: argparse.Namespace) -> tuple[dict, int]:
     # the job's log: stdout for people, stderr under --json (stdout holds only the JSON)
     stream = sys.stderr if getattr(args, "json", False) else sys.stdout
     if args.command == "submit":
-        sub = jobs.submit(args.spec, args.overrides, address=args.address,
-                          submission_id=args.submission_id, wait=args.wait, output=args.output,
-                          pip=args.pip, env_vars=_env_pairs(args.env_vars),
-                          stream=stream if args.wait else None)
+        sub = jobs.submit(
+            args.spec,
+            args.overrides,
+            address=args.address,
+            submission_id=args.submission_id,
+            wait=args.wait,
+            output=args.output,
+            pip=args.pip,
+            env_vars=_env_pairs(args.env_vars),
+            stream=stream if args.wait else None,
+        )
         if not args.wait:
             return sub.to_dict() | {"_summary": sub.summary()}, EXIT_OK
         return _job_payload(sub)
@@ -419,8 +533,11 @@ def _dispatch_jobs(args: argparse.Namespace) -> tuple[dict, int]:
             return {"_text": ""}, EXIT_OK
         return {"_text": jobs.logs(args.submission_id, address=args.address)}, EXIT_OK
     found = jobs.list_jobs(address=args.address, all_jobs=args.all)
-    return {"status": "succeeded", "jobs": [j.to_dict() for j in found],
-            "_text": jobs.format_table(found) + "\n"}, EXIT_OK
+    return {
+        "status": "succeeded",
+        "jobs": [j.to_dict() for j in found],
+        "_text": jobs.format_table(found) + "\n",
+    }, EXIT_OK
 
 
 def _print_human(args: argparse.Namespace, payload: dict) -> None:
@@ -437,5 +554,8 @@ def _print_human(args: argparse.Namespace, payload: dict) -> None:
     elif args.command == "validate":
         print(f"ok: {payload['name']} [{payload['kind']}] is valid")
     else:
-        print(json.dumps({k: v for k, v in payload.items() if not k.startswith("_")}, indent=2,
-                         default=str))
+        print(
+            json.dumps(
+                {k: v for k, v in payload.items() if not k.startswith("_")}, indent=2, default=str
+            )
+        )

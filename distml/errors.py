@@ -37,8 +37,12 @@ class DistmlError(Exception):
         return self.message + "\n" + "\n".join(f"  - {d}" for d in self.details)
 
     def to_dict(self) -> dict:
-        return {"type": type(self).__name__, "message": self.message, "details": self.details,
-                "exit_code": self.exit_code}
+        return {
+            "type": type(self).__name__,
+            "message": self.message,
+            "details": self.details,
+            "exit_code": self.exit_code,
+        }
 
 
 def _wrapped_str(self) -> str:
@@ -120,5 +124,7 @@ class MissingDependency(DistmlError):
 
     @classmethod
     def for_extra(cls, package: str, extra: str, purpose: str) -> "MissingDependency":
-        return cls(f"{purpose} needs the '{package}' package, which is not installed; "
-                   f'install it with: pip install "distml[{extra}]"')
+        return cls(
+            f"{purpose} needs the '{package}' package, which is not installed; "
+            f'install it with: pip install "distml[{extra}]"'
+        )

@@ -69,6 +69,7 @@ def _stage_rank(name: str | None) -> int | None:
     """Position of a stage in :data:`STAGES` (None for a kind's own word)."""
     return STAGES.index(name) if name in STAGES else None
 
+
 _log = logging.getLogger("distml.progress")
 
 
@@ -84,8 +85,9 @@ class Counter:
     def advance(self, n: float = 1, info: str | None = None) -> None:
         self.update(completed=self.completed + n, info=info)
 
-    def update(self, completed: float | None = None, total: float | None = None,
-               info: str | None = None) -> None:
+    def update(
+        self, completed: float | None = None, total: float | None = None, info: str | None = None
+    ) -> None:
         if completed is not None:
             self.completed = completed
         if total is not None:
@@ -164,8 +166,7 @@ class Progress:
             if self.mode == "plain":
                 _log.info("stage: %s%s", name, f" ({detail})" if detail else "")
             elif self._rich is not None:
-                self._rich.update(self._stage_task, description=f"stage: {name}",
-                                  info=detail)
+                self._rich.update(self._stage_task, description=f"stage: {name}", info=detail)
 
     def counter(self, key: str, total: float | None = None, unit: str = "") -> Counter:
         """The counter named ``key`` (created, or reset when it exists: a new pass)."""
@@ -196,8 +197,7 @@ class Progress:
                     if total is not None:
                         info = f"{info}  (ended at {c.completed:g} of {total:g})".strip()
                     total = c.completed or 1
-                self._rich.update(self._tasks[c.key], completed=c.completed, total=total,
-                                  info=info)
+                self._rich.update(self._tasks[c.key], completed=c.completed, total=total, info=info)
 
     # ------------------------------------------------------------------ worker-side reporting
 
@@ -241,16 +241,28 @@ class Progress:
         if self.mode != "rich":
             return self
         from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress,
-                                   SpinnerColumn, TextColumn, TimeElapsedColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+        from rich.progress import Progress as RichProgress
 
         console = Console(file=self.stream)
         self._rich = RichProgress(
-            SpinnerColumn(), TextColumn("{task.description}", markup=False, style="bold"),
-            BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            SpinnerColumn(),
+            TextColumn("{task.description}", markup=False, style="bold"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
             TextColumn("{task.fields[info]}", markup=False),
-            console=console, refresh_per_second=4, redirect_stdout=False,
-            redirect_stderr=self.stream is sys.stderr)
+            console=console,
+            refresh_per_second=4,
+            redirect_stdout=False,
+            redirect_stderr=self.stream is sys.stderr,
+        )
         self._stage_task = self._rich.add_task("stage: starting", total=None, info="")
         self._rich.start()
         # distml's log lines print above the live panel instead of through it
@@ -265,8 +277,9 @@ class Progress:
         if self._rich is not None:
             with self._lock:
                 if ok and self._stage_task is not None:
-                    self._rich.update(self._stage_task, description="stage: done", total=1,
-                                      completed=1)
+                    self._rich.update(
+                        self._stage_task, description="stage: done", total=1, completed=1
+                    )
                 self._rich.stop()
                 self._rich = None
             for h, stream in self._handlers:
@@ -282,8 +295,7 @@ class _ConsoleWriter:
 
     def write(self, text: str) -> int:
         if text.strip():
-            self.console.print(text.rstrip("\n"), markup=False, highlight=False,
-                               soft_wrap=True)
+            self.console.print(text.rstrip("\n"), markup=False, highlight=False, soft_wrap=True)
         return len(text)
 
     def flush(self) -> None:
@@ -308,8 +320,15 @@ class WorkerReporter:
     def stage(self, name: str, detail: str = "") -> None:
         self._send(("stage", name, detail))
 
-    def update(self, key: str, completed: float, total: float | None = None,
-               info: str | None = None, unit: str = "", final: bool = False) -> None:
+    def update(
+        self,
+        key: str,
+        completed: float,
+        total: float | None = None,
+        info: str | None = None,
+        unit: str = "",
+        final: bool = False,
+    ) -> None:
         """Counter ``key`` is at ``completed`` (of ``total``); ``final`` when it ended."""
         if self._dead:
             return
@@ -434,8 +453,8 @@ def resolve_mode(mode: str = "auto", *, json_output: bool = False, stream: Any =
 def activate(mode: str = "plain", stream: Any = None) -> Iterator[Progress]:
     """Show progress (``rich``, ``plain`` or ``off``) for the runs inside the block::
 
-        with distml.progress.activate("plain"):
-            distml.run("jobs/quickstart.yaml")
+    with distml.progress.activate("plain"):
+        distml.run("jobs/quickstart.yaml")
     """
     global _current
     p = Progress(mode, stream).start()
@@ -457,11 +476,13 @@ def epoch_callback(reporter: WorkerReporter | None, total: int, then=None):
         return then
 
     def on_epoch(epoch, figures, state, stopped):
-        shown = [k for k in ("valid.loss", "valid.accuracy", "valid.rmse", "train.loss")
-                 if k in figures]
+        shown = [
+            k for k in ("valid.loss", "valid.accuracy", "valid.rmse", "train.loss") if k in figures
+        ]
         info = ", ".join(f"{k}={float(figures[k]):.5g}" for k in shown[:2]) or None
-        reporter.update("epochs", epoch, total=total, info=info,
-                        final=bool(stopped) or epoch >= total)
+        reporter.update(
+            "epochs", epoch, total=total, info=info, final=bool(stopped) or epoch >= total
+        )
         if then is not None:
             then(epoch, figures, state, stopped)
 
@@ -493,12 +514,23 @@ def xgboost_callback(reporter: WorkerReporter | None, total: int):
             return False
 
         def after_training(self, model):
-            reporter.update("rounds", model.num_boosted_rounds(), total=total, info=self.info,
-                            final=True)
+            reporter.update(
+                "rounds", model.num_boosted_rounds(), total=total, info=self.info, final=True
+            )
             return model
 
     return RoundProgress()
 
 
-__all__ = ["Progress", "Counter", "WorkerReporter", "current", "worker_reporter", "activate",
-           "resolve_mode", "xgboost_callback", "STAGES", "MODES"]
+__all__ = [
+    "Progress",
+    "Counter",
+    "WorkerReporter",
+    "current",
+    "worker_reporter",
+    "activate",
+    "resolve_mode",
+    "xgboost_callback",
+    "STAGES",
+    "MODES",
+]

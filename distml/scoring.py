@@ -39,10 +39,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from distml.errors import DataError, JobFailed, SpecError, distml_cause, one_line
+
 # the predictors and the trusted loading live with the kinds; re-exported for callers of predict
-from distml.jobs.predictors import (SKOPS_FUNCTIONS, SKOPS_NODES, SKOPS_SAVED, SKOPS_SCALARS,  # noqa: F401
-                                    ArrayPredictor, SupervisedPredictor, check_schema, load_skops,
-                                    skops_nodes)
+from distml.jobs.predictors import (  # noqa: F401
+    SKOPS_FUNCTIONS,
+    SKOPS_NODES,
+    SKOPS_SAVED,
+    SKOPS_SCALARS,
+    ArrayPredictor,
+    SupervisedPredictor,
+    check_schema,
+    load_skops,
+    skops_nodes,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -56,6 +65,7 @@ _STAGING = ".distml-staging-"
 
 # ------------------------------------------------------------------ predictors
 
+
 def load_predictor(run_dir: str | os.PathLike, allow_module: Iterable[str] = ()) -> Any:
     """The predictor of a finished run (DataError when it is unfinished or cannot predict).
 
@@ -67,9 +77,12 @@ def load_predictor(run_dir: str | os.PathLike, allow_module: Iterable[str] = ())
     if not run.is_dir():
         raise DataError(f"run dir {str(run)!r} does not exist")
     if not (run / "_SUCCESS").is_file():
-        raise DataError(f"run dir {str(run)!r} has no _SUCCESS: the run did not finish (or is "
-                        "still running); predict needs a finished run")
+        raise DataError(
+            f"run dir {str(run)!r} has no _SUCCESS: the run did not finish (or is "
+            "still running); predict needs a finished run"
+        )
     from distml.runtime.artifacts import verify_finished
+
     verify_finished(run)  # private folder, artifacts as recorded at _SUCCESS (digests)
     try:
         manifest = json.loads((run / "manifest.json").read_text())
@@ -83,8 +96,10 @@ def load_predictor(run_dir: str | os.PathLike, allow_module: Iterable[str] = ())
     job = _job_class(kind, run)
     predictor = job.load_predictor(run, manifest, tuple(allow_module))
     if predictor is None:
-        raise DataError(f"run dir {str(run)!r} holds a {kind} run, which distml predict cannot "
-                        f"score (kinds that predict: {', '.join(predicting_kinds())})")
+        raise DataError(
+            f"run dir {str(run)!r} holds a {kind} run, which distml predict cannot "
+            f"score (kinds that predict: {', '.join(predicting_kinds())})"
+        )
     return _dry_run(predictor, run)
 
 
@@ -117,8 +132,10 @@ def _dry_run(predictor: Any, run: Path) -> Any:
     except DataError:
         raise
     except Exception as e:  # whatever a damaged model raises: numpy, torch, sklearn alike
-        raise DataError(f"run dir {str(run)!r}: its model files do not fit together (scoring "
-                        f"one row failed: {one_line(e)})") from None
+        raise DataError(
+            f"run dir {str(run)!r}: its model files do not fit together (scoring "
+            f"one row failed: {one_line(e)})"
+        ) from None
     return predictor
 
 
@@ -126,48 +143,62 @@ def _job_class(kind: str, run: Path):
     from distml.registry import KINDS, job_class
 
     if kind not in KINDS:
-        raise DataError(f"run dir {str(run)!r} was written by kind {kind!r}, which this distml "
-                        f"does not have (kinds: {', '.join(sorted(KINDS))})")
+        raise DataError(
+            f"run dir {str(run)!r} was written by kind {kind!r}, which this distml "
+            f"does not have (kinds: {', '.join(sorted(KINDS))})"
+        )
     try:
         return job_class(kind)
     except ImportError as e:
-        raise DataError(f"kind {kind!r} of run dir {str(run)!r} is not available in this "
-                        f"installation ({e})") from None
+        raise DataError(
+            f"kind {kind!r} of run dir {str(run)!r} is not available in this installation ({e})"
+        ) from None
 
 
 # ------------------------------------------------------------------ the input
 
-def check_input(predictor: Any, columns: dict[str, str], source: str, keep: list[str],
-                strict: bool = False) -> None:
+
+def check_input(
+    predictor: Any, columns: dict[str, str], source: str, keep: list[str], strict: bool = False
+) -> None:
     """Compare the input's columns (name → dtype) with what the model needs (DataError if not)."""
     from distml.runtime.data import is_categorical_dtype, is_numeric_dtype
 
     missing = [c for c in predictor.features if c not in columns]
     if missing:
-        raise DataError(f"--input: {len(missing)} column{'s' if len(missing) != 1 else ''} of "
-                        f"the model's training schema {'are' if len(missing) != 1 else 'is'} "
-                        f"missing from {source!r}: {missing[:20]}")
+        raise DataError(
+            f"--input: {len(missing)} column{'s' if len(missing) != 1 else ''} of "
+            f"the model's training schema {'are' if len(missing) != 1 else 'is'} "
+            f"missing from {source!r}: {missing[:20]}"
+        )
     absent = [c for c in keep if c not in columns]
     if absent:
-        raise DataError(f"--keep: column{'s' if len(absent) != 1 else ''} {absent} "
-                        f"{'are' if len(absent) != 1 else 'is'} not in {source!r}")
+        raise DataError(
+            f"--keep: column{'s' if len(absent) != 1 else ''} {absent} "
+            f"{'are' if len(absent) != 1 else 'is'} not in {source!r}"
+        )
     for c in predictor.numeric:
         dt = columns[c]
         if not is_numeric_dtype(dt) or (is_categorical_dtype(dt) and dt.lower() != "bool"):
-            raise DataError(f"--input: column {c!r} is numeric in the training data but has "
-                            f"dtype {dt} in {source!r}")
+            raise DataError(
+                f"--input: column {c!r} is numeric in the training data but has "
+                f"dtype {dt} in {source!r}"
+            )
     if strict:
         known = set(predictor.features) | set(keep)
         if predictor.target:
             known.add(predictor.target)
         extra = [c for c in columns if c not in known]
         if extra:
-            raise DataError(f"--input: {len(extra)} column{'s' if len(extra) != 1 else ''} of "
-                            f"{source!r} {'are' if len(extra) != 1 else 'is'} not in the "
-                            f"model's training schema (strict): {extra[:20]}")
+            raise DataError(
+                f"--input: {len(extra)} column{'s' if len(extra) != 1 else ''} of "
+                f"{source!r} {'are' if len(extra) != 1 else 'is'} not in the "
+                f"model's training schema (strict): {extra[:20]}"
+            )
 
 
 # ------------------------------------------------------------------ the result
+
 
 @dataclass
 class Prediction:
@@ -185,16 +216,29 @@ class Prediction:
     timings: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"status": self.status, "output": self.output, "run_dir": self.run_dir,
-                "kind": self.kind, "input": self.input, "rows": self.rows,
-                "columns": self.columns, "files": self.files, "reused": self.reused,
-                "timings": self.timings}
+        return {
+            "status": self.status,
+            "output": self.output,
+            "run_dir": self.run_dir,
+            "kind": self.kind,
+            "input": self.input,
+            "rows": self.rows,
+            "columns": self.columns,
+            "files": self.files,
+            "reused": self.reused,
+            "timings": self.timings,
+        }
 
     def summary(self) -> str:
-        return "\n".join([
-            f"predict [{self.kind}] {self.status}" + (" (stored result)" if self.reused else ""),
-            f"output: {self.output} ({len(self.files)} file{'s' if len(self.files) != 1 else ''}, "
-            f"{self.rows} rows)", f"columns: {', '.join(self.columns)}"])
+        return "\n".join(
+            [
+                f"predict [{self.kind}] {self.status}"
+                + (" (stored result)" if self.reused else ""),
+                f"output: {self.output} ({len(self.files)} file{'s' if len(self.files) != 1 else ''}, "
+                f"{self.rows} rows)",
+                f"columns: {', '.join(self.columns)}",
+            ]
+        )
 
     def __repr__(self) -> str:
         return f"Prediction(output={self.output!r}, rows={self.rows}, kind={self.kind!r})"
@@ -202,10 +246,19 @@ class Prediction:
 
 # ------------------------------------------------------------------ predict
 
-def predict(run_dir: str | os.PathLike, input: str, output: str | os.PathLike, *,
-            keep: Iterable[str] = (), strict: bool = False, batch_size: int | None = None,
-            address: str | None = None, overwrite: bool = False,
-            allow_module: Iterable[str] = ()) -> Prediction:
+
+def predict(
+    run_dir: str | os.PathLike,
+    input: str,
+    output: str | os.PathLike,
+    *,
+    keep: Iterable[str] = (),
+    strict: bool = False,
+    batch_size: int | None = None,
+    address: str | None = None,
+    overwrite: bool = False,
+    allow_module: Iterable[str] = (),
+) -> Prediction:
     """Score ``input`` (path, glob, directory, URL, builtin:/synthetic:) with the model of the
     finished run ``run_dir`` and write partitioned parquet to ``output`` (``_SUCCESS`` last).
 
@@ -225,13 +278,22 @@ def predict(run_dir: str | os.PathLike, input: str, output: str | os.PathLike, *
     predictor = load_predictor(run_dir, allow_module)
     info = inspect_source(str(input), "--input")
     check_input(predictor, info.columns, str(input), keep, strict)
-    clash = [c for c in keep if c == "prediction" or c.startswith("proba_")
-             or c in getattr(predictor, "output_columns", ())]
+    clash = [
+        c
+        for c in keep
+        if c == "prediction"
+        or c.startswith("proba_")
+        or c in getattr(predictor, "output_columns", ())
+    ]
     if clash:
         raise DataError(f"--keep: {clash} would clash with the output columns; rename them first")
     run = Path(run_dir).expanduser().resolve()
-    fingerprint = {"run_dir": str(run), "run_id": _run_id(run), "input": info.fingerprint(),
-                   "keep": keep}
+    fingerprint = {
+        "run_dir": str(run),
+        "run_id": _run_id(run),
+        "input": info.fingerprint(),
+        "keep": keep,
+    }
     out = _Output(str(output))
     stored = out.prepare(fingerprint, overwrite)
     base = Prediction("succeeded", out.url, str(run), predictor.kind, str(input))
@@ -286,8 +348,9 @@ def _score_batch(batch: "pd.DataFrame", model: list, keep: list[str]) -> "pd.Dat
     return pd.concat([batch[keep].reset_index(drop=True), scored], axis=1)
 
 
-def _score(predictor, info, needed: list[str], keep: list[str], staging: str,
-           batch_size: int) -> None:
+def _score(
+    predictor, info, needed: list[str], keep: list[str], staging: str, batch_size: int
+) -> None:
     import ray
     import ray.data
 
@@ -305,8 +368,12 @@ def _score(predictor, info, needed: list[str], keep: list[str], staging: str,
         else:
             ds = ray.data.read_parquet(info.files).select_columns(needed)
         ref = ray.put(predictor)
-        ds = ds.map_batches(_score_batch, fn_kwargs={"model": [ref], "keep": keep},
-                            batch_format="pandas", batch_size=batch_size)
+        ds = ds.map_batches(
+            _score_batch,
+            fn_kwargs={"model": [ref], "keep": keep},
+            batch_format="pandas",
+            batch_size=batch_size,
+        )
         ds.write_datasink(_part_sink(staging))
     except Exception as e:
         cause = distml_cause(e)
@@ -353,6 +420,7 @@ def _part_sink(staging: str):
 
 # ------------------------------------------------------------------ the output folder
 
+
 class _Output:
     """The output folder (local or fsspec URL): staging, moving in, ``_SUCCESS`` last."""
 
@@ -376,8 +444,11 @@ class _Output:
         the folder ready (removing only what an earlier distml predict left there)."""
         if self.fs.exists(self.root) and not self.fs.isdir(self.root):
             raise DataError(f"--output {self.url!r} is a file, not a folder")
-        names = ([p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.root, detail=False)]
-                 if self.fs.exists(self.root) else [])
+        names = (
+            [p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.root, detail=False)]
+            if self.fs.exists(self.root)
+            else []
+        )
         if "_SUCCESS" in names:
             try:
                 stored = json.loads(self.fs.cat_file(self._path("_SUCCESS")))
@@ -386,13 +457,20 @@ class _Output:
             if stored.get("fingerprint") == fingerprint and not overwrite:
                 return stored
             if not overwrite:
-                raise DataError(f"--output {self.url!r} already holds finished predictions of "
-                                "another model or input; choose a new folder or pass --overwrite")
-        foreign = [n for n in names if n != "_SUCCESS" and not _PART.fullmatch(n)
-                   and not n.startswith(_STAGING)]
+                raise DataError(
+                    f"--output {self.url!r} already holds finished predictions of "
+                    "another model or input; choose a new folder or pass --overwrite"
+                )
+        foreign = [
+            n
+            for n in names
+            if n != "_SUCCESS" and not _PART.fullmatch(n) and not n.startswith(_STAGING)
+        ]
         if foreign:
-            raise DataError(f"--output {self.url!r} holds files distml predict did not write "
-                            f"({foreign[:5]}); choose an empty or new folder")
+            raise DataError(
+                f"--output {self.url!r} holds files distml predict did not write "
+                f"({foreign[:5]}); choose an empty or new folder"
+            )
         if "_SUCCESS" in names:  # first, so a half-cleared folder never looks finished
             self.fs.rm(self._path("_SUCCESS"))
         for n in names:
@@ -427,8 +505,13 @@ class _Output:
             files.append(name)
         if self.fs.exists(stage):
             self.fs.rm(stage, recursive=True)
-        marker = {"fingerprint": fingerprint, "files": files, "rows": rows, "columns": columns,
-                  "finished_at": time.time()}
+        marker = {
+            "fingerprint": fingerprint,
+            "files": files,
+            "rows": rows,
+            "columns": columns,
+            "finished_at": time.time(),
+        }
         self._write_success(json.dumps(marker, indent=2, default=str).encode())
         return files, rows, columns
 
@@ -448,5 +531,12 @@ def _protocols(fs) -> tuple[str, ...]:
     return (p,) if isinstance(p, str) else tuple(p)
 
 
-__all__ = ["predict", "Prediction", "load_predictor", "load_skops", "check_input",
-           "SupervisedPredictor", "ArrayPredictor"]
+__all__ = [
+    "predict",
+    "Prediction",
+    "load_predictor",
+    "load_skops",
+    "check_input",
+    "SupervisedPredictor",
+    "ArrayPredictor",
+]

@@ -54,20 +54,31 @@ def part_files(results: list[dict], part: int) -> dict[str, bytes]:
     tasks, arrays = [], {"coef": [], "forecast": [], "holdout": []}
     for i, r in enumerate(results):
         # every other field (timings, counts like n_fast) is a JSON value and kept as it is
-        tasks.append({**{k: v for k, v in r.items() if k not in _SPECIAL},
-                      "gids": [int(g) for g in r["gids"]],
-                      "holdout": [s for s, _, _ in r["holdout"]]})
+        tasks.append(
+            {
+                **{k: v for k, v in r.items() if k not in _SPECIAL},
+                "gids": [int(g) for g in r["gids"]],
+                "holdout": [s for s, _, _ in r["holdout"]],
+            }
+        )
         for name in ("coef", "forecast"):
             if r[name] is not None:
                 arrays[name].append({**r[name], "_task": np.full(len(r[name]["gid"]), i)})
         for h, (_, y, p) in enumerate(r["holdout"]):
-            arrays["holdout"].append({"y": np.asarray(y), "pred": np.asarray(p),
-                                      "_task": np.full(len(y), i), "_h": np.full(len(y), h)})
+            arrays["holdout"].append(
+                {
+                    "y": np.asarray(y),
+                    "pred": np.asarray(p),
+                    "_task": np.full(len(y), i),
+                    "_h": np.full(len(y), h),
+                }
+            )
     files = {f"tasks-{part}.json": json.dumps(tasks, default=_py).encode()}
     for name, chunks in arrays.items():
         if chunks:
             files[f"{name}-{part}.parquet"] = _table_bytes(
-                {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]})
+                {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+            )
     return files
 
 
@@ -76,17 +87,21 @@ def load_results(files: dict[str, bytes], parts: int) -> list[dict]:
     out = []
     for part in range(parts):
         tasks = json.loads(files[f"tasks-{part}.json"])
-        arrays = {name: _table(files[f"{name}-{part}.parquet"])
-                  for name in ("coef", "forecast", "holdout")
-                  if f"{name}-{part}.parquet" in files}
+        arrays = {
+            name: _table(files[f"{name}-{part}.parquet"])
+            for name in ("coef", "forecast", "holdout")
+            if f"{name}-{part}.parquet" in files
+        }
         for i, t in enumerate(tasks):
-            r = {**t, "gids": np.asarray(t["gids"], dtype=np.int64), "summary": None,
-                 "holdout": []}
+            r = {**t, "gids": np.asarray(t["gids"], dtype=np.int64), "summary": None, "holdout": []}
             for name in ("coef", "forecast"):
                 a = arrays.get(name)
                 mine = a["_task"] == i if a is not None else None
-                r[name] = ({k: v[mine] for k, v in a.items() if k != "_task"}
-                           if mine is not None and mine.any() else None)
+                r[name] = (
+                    {k: v[mine] for k, v in a.items() if k != "_task"}
+                    if mine is not None and mine.any()
+                    else None
+                )
             h = arrays.get("holdout")
             for j, split in enumerate(t["holdout"]):
                 mine = (h["_task"] == i) & (h["_h"] == j)
@@ -123,7 +138,8 @@ class GroupCheckpoints:
         self.unsaved.extend(results)
         if self.unsaved and self.ckpt.due(final=force):
             files = part_files(self.unsaved, self.parts)
-            self.names = self.ckpt.save({"parts": self.parts + 1, "groups_per_task": gpt},
-                                        files, keep=self.names)
+            self.names = self.ckpt.save(
+                {"parts": self.parts + 1, "groups_per_task": gpt}, files, keep=self.names
+            )
             self.parts += 1
             self.unsaved = []

@@ -39,8 +39,10 @@ DEFAULT_PARTITION_ROWS = 1 << 20
 FAULT_ENV = faults.STAGE_ENV
 #: why ``--resume`` of pca/kmeans starts again (manifest ``execution.resume_reason``): their
 #: state between passes is not checkpointed; within a pass a lost task is retried by Ray
-NO_RESUME = ("out-of-core passes are not checkpointed (a lost task within a pass is retried); "
-             "--resume ran the passes from the start")
+NO_RESUME = (
+    "out-of-core passes are not checkpointed (a lost task within a pass is retried); "
+    "--resume ran the passes from the start"
+)
 
 
 def resume_record(ctx) -> dict:
@@ -49,6 +51,7 @@ def resume_record(ctx) -> dict:
 
 
 # ------------------------------------------------------------------ partitions
+
 
 def plan_partitions(source, partition_rows: int | None = None) -> list[Partition]:
     """Partitions of a checked :class:`distml.runtime.data.SourceInfo`, in data order:
@@ -62,6 +65,7 @@ def plan_partitions(source, partition_rows: int | None = None) -> list[Partition
 
 # ------------------------------------------------------------------ streaming batches
 
+
 @dataclass
 class Batch:
     """``X``: float64, Fortran order (each feature contiguous), at most ``batch_size`` rows;
@@ -71,14 +75,18 @@ class Batch:
     keep: Any = None
 
 
-def iter_batches(part: Partition, features: list[str], batch_size: int,
-                 keep: list[str] | None = None, threads: bool = False) -> Iterator[Batch]:
+def iter_batches(
+    part: Partition,
+    features: list[str],
+    batch_size: int,
+    keep: list[str] | None = None,
+    threads: bool = False,
+) -> Iterator[Batch]:
     """Stream ``part`` as numeric batches; NaN/inf/null in a feature is a DataError."""
     keep = list(keep or [])
     columns = features + [c for c in keep if c not in features]
     where = part.where()
-    for table in iter_tables(part, columns, batch_size, float_columns=features,
-                             threads=threads):
+    for table in iter_tables(part, columns, batch_size, float_columns=features, threads=threads):
         X = _matrix(table, features, where)
         yield Batch(X, table.select(keep) if keep else None)
 
@@ -90,9 +98,11 @@ def _matrix(table, features: list[str], where: str) -> np.ndarray:
     for j, name in enumerate(features):
         col = table.column(name)
         if col.null_count:
-            raise DataError(f"data.features: column {name!r} has missing values in {where} "
-                            f"({col.null_count} in the first batch of {len(col)} rows with any); "
-                            "drop or impute them first")
+            raise DataError(
+                f"data.features: column {name!r} has missing values in {where} "
+                f"({col.null_count} in the first batch of {len(col)} rows with any); "
+                "drop or impute them first"
+            )
         if col.type != pa.float64():
             col = col.cast(pa.float64())
         X[:, j] = col.to_numpy()
@@ -100,9 +110,11 @@ def _matrix(table, features: list[str], where: str) -> np.ndarray:
     if bad.any():
         j = int(np.flatnonzero(bad)[0])
         n = int((~np.isfinite(X[:, j])).sum())
-        raise DataError(f"data.features: column {features[j]!r} has NaN or infinite values in "
-                        f"{where} ({n} in the first batch of {len(X)} rows with any); drop or "
-                        "impute them first")
+        raise DataError(
+            f"data.features: column {features[j]!r} has NaN or infinite values in "
+            f"{where} ({n} in the first batch of {len(X)} rows with any); drop or "
+            "impute them first"
+        )
     return X
 
 
@@ -172,6 +184,7 @@ def prefetch(it: Iterator, depth: int = 2) -> Iterator:
 
 
 # ------------------------------------------------------------------ mergeable states
+
 
 @dataclass
 class Moments:
@@ -268,7 +281,7 @@ class Sample:
         """Key threshold keeping about ``m + 8·sqrt(m)`` of ``rows`` rows (1 when unknown)."""
         if not rows or m >= rows:
             return 1.0
-        return min(1.0, (m + 8 * m ** 0.5 + 16) / rows)
+        return min(1.0, (m + 8 * m**0.5 + 16) / rows)
 
     def add(self, X: np.ndarray, keys: np.ndarray) -> "Sample":
         """Fold in a batch (copies the rows it keeps; ``X`` may be overwritten afterwards)."""
@@ -282,11 +295,12 @@ class Sample:
         if n < self.m:  # room left: append into a buffer growing geometrically up to m rows
             put = min(self.m - n, len(keys))
             if self.rows.shape[0] < n + put:
-                rows = np.empty((min(self.m, max(n + put, 2 * self.rows.shape[0], 1024)),
-                                 X.shape[1]))
+                rows = np.empty(
+                    (min(self.m, max(n + put, 2 * self.rows.shape[0], 1024)), X.shape[1])
+                )
                 rows[:n] = self.rows[:n]
                 self.rows = rows
-            self.rows[n:n + put] = X[:put]
+            self.rows[n : n + put] = X[:put]
             self.keys = np.concatenate([self.keys, keys[:put]])
             X, keys = X[put:], keys[put:]
             if not len(keys):
@@ -296,10 +310,11 @@ class Sample:
             if not len(keys):
                 return self
         union = np.concatenate([self.keys, keys])
-        drop = np.argpartition(union, self.m - 1)[self.m:]  # the len(keys) largest of the union
+        drop = np.argpartition(union, self.m - 1)[self.m :]  # the len(keys) largest of the union
         slots = drop[drop < self.m]
-        incoming = np.setdiff1d(np.arange(len(keys)), drop[drop >= self.m] - self.m,
-                                assume_unique=True)
+        incoming = np.setdiff1d(
+            np.arange(len(keys)), drop[drop >= self.m] - self.m, assume_unique=True
+        )
         self.rows[slots] = X[incoming]
         self.keys[slots] = keys[incoming]
         return self
@@ -308,22 +323,31 @@ class Sample:
         """The ``m`` smallest keys of both, gathering only the rows kept (no concatenation)."""
         na = len(self.keys)
         keys = np.concatenate([self.keys, other.keys])
-        keep = np.argpartition(keys, self.m - 1)[: self.m] if len(keys) > self.m \
+        keep = (
+            np.argpartition(keys, self.m - 1)[: self.m]
+            if len(keys) > self.m
             else np.arange(len(keys))
+        )
         a, b = keep[keep < na], keep[keep >= na] - na
         rows = np.empty((len(keep), self.rows.shape[1]))
-        rows[:len(a)] = self.rows[a]
-        rows[len(a):] = other.rows[b]
-        return Sample(self.m, np.concatenate([self.keys[a], other.keys[b]]), rows,
-                      self.meta + other.meta, self.threshold)
+        rows[: len(a)] = self.rows[a]
+        rows[len(a) :] = other.rows[b]
+        return Sample(
+            self.m,
+            np.concatenate([self.keys[a], other.keys[b]]),
+            rows,
+            self.meta + other.meta,
+            self.threshold,
+        )
 
     def sorted_rows(self) -> np.ndarray:
         """The sampled rows in key order (any prefix is itself a uniform sample)."""
         order = np.argsort(self.keys, kind="stable")
-        return np.ascontiguousarray(self.rows[:len(self.keys)][order])
+        return np.ascontiguousarray(self.rows[: len(self.keys)][order])
 
 
 # ------------------------------------------------------------------ task-side helpers
+
 
 class TaskProbe:
     """Per-task figures: rows, seconds and peak RSS (Linux: the high-water mark is reset at the
@@ -340,10 +364,18 @@ class TaskProbe:
 
     def meta(self, rows: int) -> list[dict]:
         peak = _status_bytes("VmHWM")
-        return [{"partition": self.part.index, "name": self.part.name, "stage": self.stage,
-                 "rows": int(rows), "seconds": round(time.perf_counter() - self.t0, 4),
-                 "rss_start": self.rss0, "rss_peak": peak,
-                 "rss_increase": (peak - self.rss0) if peak and self.rss0 else None}]
+        return [
+            {
+                "partition": self.part.index,
+                "name": self.part.name,
+                "stage": self.stage,
+                "rows": int(rows),
+                "seconds": round(time.perf_counter() - self.t0, 4),
+                "rss_start": self.rss0,
+                "rss_peak": peak,
+                "rss_increase": (peak - self.rss0) if peak and self.rss0 else None,
+            }
+        ]
 
 
 def _status_bytes(key: str) -> int | None:
@@ -409,10 +441,12 @@ def memory_info(meta: list[dict], batch_size: int, n_features: int) -> dict:
     peaks = [m["rss_peak"] for m in meta if m.get("rss_peak")]
     incs = [m["rss_increase"] for m in meta if m.get("rss_increase") is not None]
     mb = 1 / 2**20
-    return {"batch_mb": round(batch_size * n_features * 8 * mb, 3),
-            "max_task_rss_peak_mb": round(max(peaks) * mb, 1) if peaks else None,
-            "max_task_rss_increase_mb": round(max(incs) * mb, 1) if incs else None,
-            "tasks_measured": len(meta)}
+    return {
+        "batch_mb": round(batch_size * n_features * 8 * mb, 3),
+        "max_task_rss_peak_mb": round(max(peaks) * mb, 1) if peaks else None,
+        "max_task_rss_increase_mb": round(max(incs) * mb, 1) if incs else None,
+        "tasks_measured": len(meta),
+    }
 
 
 def stage_info(meta: list[dict]) -> dict:
@@ -428,37 +462,48 @@ def stage_info(meta: list[dict]) -> dict:
 
 # ------------------------------------------------------------------ common spec checks
 
+
 def numeric_features(spec, keep=()) -> Any:
     """check_data for the out-of-core kinds: features default to the numeric columns (bool and
     string columns are left out); listed ones must be numeric; ``keep`` columns must exist."""
-    from distml.runtime.data import DataInfo, is_categorical_dtype, is_numeric_dtype, \
-        validate_data
+    from distml.runtime.data import DataInfo, is_categorical_dtype, is_numeric_dtype, validate_data
 
     data, target = spec.data, spec.data.target
     if target:  # not needed by these kinds: only kept out of the features, never read
         data = data.model_copy(update={"target": None})
     info = validate_data(data, needs_target=False, check_features=False)
     cols = info.source.columns
-    for what, names in (("data.target", [target] if target else []),
-                        ("model.keep_columns", list(keep))):
+    for what, names in (
+        ("data.target", [target] if target else []),
+        ("model.keep_columns", list(keep)),
+    ):
         missing = [c for c in names if c not in cols]
         if missing:
-            raise DataError(f"{what}: column {missing[0]!r} is not in {data.source!r} "
-                            f"(columns: {', '.join(list(cols)[:30])})")
+            raise DataError(
+                f"{what}: column {missing[0]!r} is not in {data.source!r} "
+                f"(columns: {', '.join(list(cols)[:30])})"
+            )
     if data.features is not None:
         if target in data.features:
             raise DataError(f"data.features: {target!r} is also data.target; remove it from one")
         for c in info.features:
             if not is_numeric_dtype(cols[c]) or is_categorical_dtype(cols[c]):
-                raise DataError(f"data.features: column {c!r} has dtype {cols[c]}; kind "
-                                f"{spec.kind} needs numeric features; list it in data.exclude")
+                raise DataError(
+                    f"data.features: column {c!r} has dtype {cols[c]}; kind "
+                    f"{spec.kind} needs numeric features; list it in data.exclude"
+                )
         features = info.features
     else:
-        features = [c for c in info.features if c != target
-                    and is_numeric_dtype(cols[c]) and not is_categorical_dtype(cols[c])]
+        features = [
+            c
+            for c in info.features
+            if c != target and is_numeric_dtype(cols[c]) and not is_categorical_dtype(cols[c])
+        ]
     if not features:
-        raise DataError(f"data.features: {data.source!r} has no numeric feature columns left "
-                        "after removing target and exclude")
+        raise DataError(
+            f"data.features: {data.source!r} has no numeric feature columns left "
+            "after removing target and exclude"
+        )
     return DataInfo(info.source, info.test, target, features, [], [])
 
 
@@ -469,17 +514,25 @@ def check_spec(spec) -> None:
     kind = spec.kind
     # the default split is tolerated (a resolved spec.yaml carries it), any other is a mistake
     if spec.data.split not in ("none", SplitSpec()):
-        raise ValueError(f"data.split does not apply to kind {kind}: every row is used; remove "
-                         "it or write split: none")
+        raise ValueError(
+            f"data.split does not apply to kind {kind}: every row is used; remove "
+            "it or write split: none"
+        )
     if spec.data.test_source:
         raise ValueError(f"data.test_source is not used by kind {kind}; remove it")
     if getattr(spec, "tune", None) is not None:
-        raise ValueError(f"tune does not apply to kind {kind} (a search needs a validation "
-                         "metric, which an unsupervised fit does not report); remove it")
+        raise ValueError(
+            f"tune does not apply to kind {kind} (a search needs a validation "
+            "metric, which an unsupervised fit does not report); remove it"
+        )
     if spec.resources.gpus_per_worker:
-        raise ValueError(f"resources.gpus_per_worker must be 0 for kind {kind} (it runs on CPUs); "
-                         f"got {spec.resources.gpus_per_worker}")
+        raise ValueError(
+            f"resources.gpus_per_worker must be 0 for kind {kind} (it runs on CPUs); "
+            f"got {spec.resources.gpus_per_worker}"
+        )
     model = spec.model
     if not model.transform and model.keep_columns:
-        raise ValueError("model.keep_columns needs model.transform: true (they are copied into "
-                         "the transformed output)")
+        raise ValueError(
+            "model.keep_columns needs model.transform: true (they are copied into "
+            "the transformed output)"
+        )

@@ -42,8 +42,14 @@ class Checkpoints:
     """The latest state of one fit under ``checkpoints/<name>/``; made on the driver by
     :meth:`for_run`, used on the worker (the object travels with the task)."""
 
-    def __init__(self, run_dir: Any, name: str, interval: float, fingerprint: str = "",
-                 resuming: bool = False):
+    def __init__(
+        self,
+        run_dir: Any,
+        name: str,
+        interval: float,
+        fingerprint: str = "",
+        resuming: bool = False,
+    ):
         self.run_dir = run_dir  # distml.runtime.artifacts.RunDir
         self.rel = f"checkpoints/{name}"
         self.interval = interval
@@ -71,15 +77,18 @@ class Checkpoints:
     def usable(self) -> bool:
         """False (with :attr:`off_reason`) where this process cannot see the folder."""
         if self.off_reason is None and not self.folder.is_dir():
-            self.off_reason = (f"the run directory's {self.rel}/ is not visible from the worker's "
-                               "node (no shared storage); the fit is not checkpointed")
+            self.off_reason = (
+                f"the run directory's {self.rel}/ is not visible from the worker's "
+                "node (no shared storage); the fit is not checkpointed"
+            )
         return self.off_reason is None
 
     def due(self, final: bool = False) -> bool:
         return self.usable() and (final or time.monotonic() - self.last >= self.interval)
 
-    def save(self, state: dict, files: dict[str, bytes], keep: dict[str, str] | None = None
-             ) -> dict[str, str]:
+    def save(
+        self, state: dict, files: dict[str, bytes], keep: dict[str, str] | None = None
+    ) -> dict[str, str]:
         """Write ``files`` then ``state.json`` naming them (the commit), then drop stale blobs;
         ``keep`` names blobs already saved that stay (logical name -> :meth:`names` entry).
         Returns the names of every blob the checkpoint now holds."""
@@ -88,9 +97,15 @@ class Checkpoints:
             stem, dot, ext = name.partition(".")
             names[name] = f"{stem}-{secrets.token_hex(4)}{dot}{ext}"
             self.run_dir.write_bytes(f"{self.rel}/{names[name]}", data)
-        self.run_dir.write_json(f"{self.rel}/{STATE}", {
-            "state": state, "files": names, "fingerprint": self.fingerprint,
-            "saved_at": time.time()})
+        self.run_dir.write_json(
+            f"{self.rel}/{STATE}",
+            {
+                "state": state,
+                "files": names,
+                "fingerprint": self.fingerprint,
+                "saved_at": time.time(),
+            },
+        )
         for p in self.folder.iterdir():
             if p.name != STATE and p.name not in names.values() and not p.name.startswith("."):
                 p.unlink(missing_ok=True)
@@ -118,8 +133,10 @@ class Checkpoints:
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
             if doc.get("fingerprint", "") != self.fingerprint:
-                self.resume_reason = (f"the checkpoint in {self.rel}/ is of a different spec or "
-                                      "data; the fit started from the beginning")
+                self.resume_reason = (
+                    f"the checkpoint in {self.rel}/ is of a different spec or "
+                    "data; the fit started from the beginning"
+                )
                 return None
             files = {k: (self.folder / v).read_bytes() for k, v in doc["files"].items()}
         except (OSError, ValueError, KeyError) as e:
@@ -129,9 +146,10 @@ class Checkpoints:
 
     def record(self) -> dict[str, Any]:
         """What goes to ``manifest.json`` ``execution``."""
-        out: dict[str, Any] = {"resumed_from": self.resumed_from,
-                               "checkpoints": {"saved": self.saves,
-                                               "interval_s": self.interval}}
+        out: dict[str, Any] = {
+            "resumed_from": self.resumed_from,
+            "checkpoints": {"saved": self.saves, "interval_s": self.interval},
+        }
         if self.resumed_from is None and self.resuming:
             out["resume_reason"] = self.resume_reason or "no checkpoint to continue from"
         if self.off_reason:
@@ -166,10 +184,13 @@ def record_resume(out, ctx) -> None:
     if "resumed_from" not in ex:
         ex["resumed_from"] = None
         path = ex.get("path") or "single task"
-        ex["resume_reason"] = (f"kind {ctx.spec.kind} ({path}) does not checkpoint: "
-                               "--resume ran it from the start")
+        ex["resume_reason"] = (
+            f"kind {ctx.spec.kind} ({path}) does not checkpoint: --resume ran it from the start"
+        )
     if ex["resumed_from"] in (None, 0):
-        ctx.log.warning("--resume: not resumed (%s)", ex.get("resume_reason")
-                        or "no checkpoint to continue from")
+        ctx.log.warning(
+            "--resume: not resumed (%s)",
+            ex.get("resume_reason") or "no checkpoint to continue from",
+        )
     else:
         ctx.log.info("--resume: continued from %s", ex["resumed_from"])

@@ -28,8 +28,14 @@ from distml import progress
 from distml.errors import DataError, JobFailed
 from distml.jobs.base import Job, JobOutput, RunContext
 from distml.runtime import metrics as M
-from distml.runtime.data import (DataInfo, cv_indices, infer_task, read_frame, split_indices,
-                                 validate_data)
+from distml.runtime.data import (
+    DataInfo,
+    cv_indices,
+    infer_task,
+    read_frame,
+    split_indices,
+    validate_data,
+)
 
 SPLITS = ("train", "valid", "test")
 CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "logloss")
@@ -54,10 +60,14 @@ class Prepared:
 
     def schema(self, target: str) -> dict:
         """What ``predict`` needs to rebuild the inputs: columns, dtypes, levels, classes."""
-        return {"target": target, "task": self.task, "features": list(self.X.columns),
-                "dtypes": {c: str(t) for c, t in self.X.dtypes.items()},
-                "categorical": self.categories,
-                "classes": [py_scalar(c) for c in self.classes] if self.classes is not None else None}
+        return {
+            "target": target,
+            "task": self.task,
+            "features": list(self.X.columns),
+            "dtypes": {c: str(t) for c, t in self.X.dtypes.items()},
+            "categorical": self.categories,
+            "classes": [py_scalar(c) for c in self.classes] if self.classes is not None else None,
+        }
 
 
 @dataclass
@@ -89,8 +99,9 @@ def prepare(spec, info: DataInfo, task: str | None) -> Prepared:
     frame = read_frame(spec.data.source, info.features + [target])
     y_raw = frame[target]
     task = task or infer_task(y_raw)
-    categories = {c: sorted(frame[c].dropna().astype(str).unique().tolist())
-                  for c in info.categorical}
+    categories = {
+        c: sorted(frame[c].dropna().astype(str).unique().tolist()) for c in info.categorical
+    }
     X = type_features(frame[info.features], categories)
     classes = None
     if task == "classification":
@@ -98,15 +109,20 @@ def prepare(spec, info: DataInfo, task: str | None) -> Prepared:
         y = encode_target(y_raw, classes, "data.source")
     else:
         if not pd.api.types.is_numeric_dtype(y_raw):
-            raise DataError(f"data.target: column {target!r} has dtype {y_raw.dtype}, but a "
-                            "regression target must be numeric")
+            raise DataError(
+                f"data.target: column {target!r} has dtype {y_raw.dtype}, but a "
+                "regression target must be numeric"
+            )
         y = y_raw.to_numpy(dtype=np.float64)
     prep = Prepared(X, y, task, classes, categories)
     if info.test is not None:
         test = read_frame(spec.data.test_source, info.features + [target], "data.test_source")
         prep.X_test = type_features(test[info.features], categories)
-        prep.y_test = (encode_target(test[target], classes, "data.test_source") if classes is not None
-                       else test[target].to_numpy(dtype=np.float64))
+        prep.y_test = (
+            encode_target(test[target], classes, "data.test_source")
+            if classes is not None
+            else test[target].to_numpy(dtype=np.float64)
+        )
     return prep
 
 
@@ -134,16 +150,19 @@ class SupervisedJob(Job):
 
     def check_data(self) -> DataInfo:
         """The common data checks plus the target's against the task, split and folds."""
-        return validate_data(self.spec.data, needs_target=self.needs_target,
-                             task=self.task() or "infer")
+        return validate_data(
+            self.spec.data, needs_target=self.needs_target, task=self.task() or "infer"
+        )
 
-    def fit(self, prep: Prepared, train: np.ndarray, valid: np.ndarray | None) -> tuple[Any, dict,
-                                                                                       dict]:
+    def fit(
+        self, prep: Prepared, train: np.ndarray, valid: np.ndarray | None
+    ) -> tuple[Any, dict, dict]:
         """Fit on rows ``train`` (early-stop on ``valid``); return (model, figures, tables)."""
         raise NotImplementedError
 
-    def predict(self, model: Any, prep: Prepared, X: pd.DataFrame) -> tuple[np.ndarray,
-                                                                         np.ndarray | None]:
+    def predict(
+        self, model: Any, prep: Prepared, X: pd.DataFrame
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Return (predictions: class codes or values, class probabilities or None)."""
         raise NotImplementedError
 
@@ -172,24 +191,28 @@ class SupervisedJob(Job):
         return decision if decision.worker_group else None
 
     @classmethod
-    def load_predictor(cls, run_dir: Path, manifest: dict,
-                       allow_module: tuple[str, ...] = ()) -> Any:
+    def load_predictor(
+        cls, run_dir: Path, manifest: dict, allow_module: tuple[str, ...] = ()
+    ) -> Any:
         from distml.jobs.predictors import SupervisedPredictor, read_schema, run_spec
 
         schema = read_schema(run_dir)
         spec = run_spec(run_dir, manifest)
-        return SupervisedPredictor(spec.kind, cls(spec), cls.load_model(run_dir, spec, schema),
-                                   schema)
+        return SupervisedPredictor(
+            spec.kind, cls(spec), cls.load_model(run_dir, spec, schema), schema
+        )
 
     # ------------------------------------------------------------------ common pipeline
 
-    def evaluate(self, model: Any, prep: Prepared, X: pd.DataFrame, y: np.ndarray) -> tuple[
-            dict, np.ndarray]:
+    def evaluate(
+        self, model: Any, prep: Prepared, X: pd.DataFrame, y: np.ndarray
+    ) -> tuple[dict, np.ndarray]:
         metrics, pred, _ = self.score(model, prep, X, y)
         return metrics, pred
 
-    def score(self, model: Any, prep: Prepared, X: pd.DataFrame, y: np.ndarray) -> tuple[
-            dict, np.ndarray, np.ndarray | None]:
+    def score(
+        self, model: Any, prep: Prepared, X: pd.DataFrame, y: np.ndarray
+    ) -> tuple[dict, np.ndarray, np.ndarray | None]:
         """(metrics, predictions, class probabilities or None) of ``model`` on ``X, y``."""
         pred, proba = self.predict(model, prep, X)
         if prep.task == "classification":
@@ -222,8 +245,11 @@ class SupervisedJob(Job):
             out.metrics["test"], pred, proba = self.score(model, prep, prep.X_test, prep.y_test)
             if prep.classes is not None:
                 confusion += M.confusion_rows("test", prep.y_test, pred, prep.classes)
-            predictions.append(prediction_rows("test", np.arange(len(prep.y_test)), prep.y_test,
-                                               pred, proba, prep.classes))
+            predictions.append(
+                prediction_rows(
+                    "test", np.arange(len(prep.y_test)), prep.y_test, pred, proba, prep.classes
+                )
+            )
         if confusion:
             out.tables["confusion_matrix"] = pd.DataFrame(confusion)
         if predictions:
@@ -234,13 +260,15 @@ class SupervisedJob(Job):
         out.metrics.update(figures)
         out.metrics.update(n_rows=int(len(prep.y)), n_features=int(prep.X.shape[1]))
         out.files = self.model_files(model)
-        out.files["model/schema.json"] = json.dumps(
-            prep.schema(info.target), indent=2).encode()
+        out.files["model/schema.json"] = json.dumps(prep.schema(info.target), indent=2).encode()
         ckpt = getattr(self, "_ckpt", None)
-        out.info = {"task": prep.task, "task_inferred": self.task() is None,
-                    **({"checkpoint": ckpt.record()} if ckpt is not None else {}),
-                    "rows": {k: int(len(v)) for k, v in parts.items()},
-                    "worker_timings_s": {"read": round(t_read, 4), "fit": round(t_fit, 4)}}
+        out.info = {
+            "task": prep.task,
+            "task_inferred": self.task() is None,
+            **({"checkpoint": ckpt.record()} if ckpt is not None else {}),
+            "rows": {k: int(len(v)) for k, v in parts.items()},
+            "worker_timings_s": {"read": round(t_read, 4), "fit": round(t_fit, 4)},
+        }
         return out
 
     def fold_metrics(self, prep: Prepared, fold: int) -> dict:
@@ -260,8 +288,12 @@ class SupervisedJob(Job):
         import ray
 
         res = self.spec.resources
-        opts = dict(num_cpus=res.cpus_per_worker, num_gpus=res.gpus_per_worker,
-                    max_retries=res.max_failures, retry_exceptions=False)
+        opts = dict(
+            num_cpus=res.cpus_per_worker,
+            num_gpus=res.gpus_per_worker,
+            max_retries=res.max_failures,
+            retry_exceptions=False,
+        )
         split = self.spec.data.split_spec
         try:
             if split is not None and split.cv:
@@ -274,9 +306,11 @@ class SupervisedJob(Job):
             raise
         except Exception as e:
             raise JobFailed(f"{self.spec.kind} fit failed: {_cause(e)}") from e
-        out.info["execution"] = {"path": "single_task",
-                                 "reason": "resources.num_workers is 1: the data fits one worker",
-                                 **out.info.pop("checkpoint", {})}
+        out.info["execution"] = {
+            "path": "single_task",
+            "reason": "resources.num_workers is 1: the data fits one worker",
+            **out.info.pop("checkpoint", {}),
+        }
         if self._ckpt is not None:
             self._ckpt.discard()  # the output is in hand; _SUCCESS follows its writing
         return out
@@ -305,15 +339,20 @@ class SupervisedJob(Job):
         if prep_ref is None:
             prep_ref = ray.remote(prepare_task).options(**opts).remote(self, ctx.data)
         final_ref = ray.remote(_fit_task).options(**opts).remote(self, ctx.data, prep_ref)
-        fold_refs = [ray.remote(_fold_task).options(**opts).remote(self, prep_ref, i)
-                     for i in range(split.cv)]
+        fold_refs = [
+            ray.remote(_fold_task).options(**opts).remote(self, prep_ref, i)
+            for i in range(split.cv)
+        ]
         folds = ray.get(fold_refs)
         out = ray.get(final_ref)
         for i, f in enumerate(folds):
             f["fold"] = i
         out.metrics["cv"] = M.summarize_folds(folds)
-        out.info["execution"] = {"path": "cv_tasks", "folds": split.cv,
-                                 "reason": "data.split.cv: one Ray task per fold plus the final fit"}
+        out.info["execution"] = {
+            "path": "cv_tasks",
+            "folds": split.cv,
+            "reason": "data.split.cv: one Ray task per fold plus the final fit",
+        }
         return out
 
     # ------------------------------------------------------------------ search hooks (distml.tune)
@@ -339,8 +378,9 @@ class SupervisedJob(Job):
     def tune_prepare(self, info: DataInfo) -> TuneData:
         """Read, type and split the data once (in a Ray task) for every trial of a search."""
         prep = prepare(self.spec, info, self.task())
-        parts = split_indices(prep.y, self.spec.data.split_spec,
-                              classification=prep.task == "classification")
+        parts = split_indices(
+            prep.y, self.spec.data.split_spec, classification=prep.task == "classification"
+        )
         return TuneData(prep, parts)
 
     def tune_trial(self, data: TuneData, session) -> None:
@@ -379,14 +419,21 @@ class SupervisedJob(Job):
         target = d.target
         frame = pd.concat([train, test], ignore_index=True)
         skip = set(d.exclude) | {target}
-        features = list(d.features) if d.features is not None else [
-            c for c in frame.columns if c not in skip]
-        categorical = list(d.categorical) if d.categorical is not None else [
-            c for c in features if is_categorical_dtype(str(frame[c].dtype))]
+        features = (
+            list(d.features)
+            if d.features is not None
+            else [c for c in frame.columns if c not in skip]
+        )
+        categorical = (
+            list(d.categorical)
+            if d.categorical is not None
+            else [c for c in features if is_categorical_dtype(str(frame[c].dtype))]
+        )
         y_raw = frame[target]
         task = self.task() or infer_task(y_raw)
-        categories = {c: sorted(frame[c].dropna().astype(str).unique().tolist())
-                      for c in categorical}
+        categories = {
+            c: sorted(frame[c].dropna().astype(str).unique().tolist()) for c in categorical
+        }
         X = type_features(frame[features], categories)
         classes = None
         if task == "classification":
@@ -399,18 +446,28 @@ class SupervisedJob(Job):
         rows_test = np.arange(len(train), len(frame))
         model, _, _ = self.fit(prep, rows_train, None)
         pred, proba = self.predict(model, prep, X.iloc[rows_test])
-        return {"task": task, "y_true": y[rows_test], "pred": np.asarray(pred),
-                "proba": None if proba is None else np.asarray(proba, dtype=np.float64),
-                "classes": [py_scalar(c) for c in classes] if classes is not None else None}
+        return {
+            "task": task,
+            "y_true": y[rows_test],
+            "pred": np.asarray(pred),
+            "proba": None if proba is None else np.asarray(proba, dtype=np.float64),
+            "classes": [py_scalar(c) for c in classes] if classes is not None else None,
+        }
 
 
 #: rows per split kept in ``tables/predictions.parquet`` (a deterministic sample beyond it)
 MAX_PREDICTION_ROWS = 100_000
 
 
-def prediction_rows(split: str, rows: np.ndarray, y: np.ndarray, pred: np.ndarray,
-                    proba: np.ndarray | None, classes: list | None,
-                    limit: int = MAX_PREDICTION_ROWS) -> pd.DataFrame:
+def prediction_rows(
+    split: str,
+    rows: np.ndarray,
+    y: np.ndarray,
+    pred: np.ndarray,
+    proba: np.ndarray | None,
+    classes: list | None,
+    limit: int = MAX_PREDICTION_ROWS,
+) -> pd.DataFrame:
     """Rows of ``tables/predictions.parquet``: split, row (position in its source), y_true,
     y_pred (class labels or values), ``proba_<class>`` per class; at most ``limit`` rows,
     sampled with a fixed seed."""
@@ -438,8 +495,9 @@ def _worker_stage(job: SupervisedJob, name: str) -> None:
         reporter.stage(name)
 
 
-def _fit_task(job: SupervisedJob, info: DataInfo,
-              prep: "Prepared | TuneData | None" = None) -> JobOutput:
+def _fit_task(
+    job: SupervisedJob, info: DataInfo, prep: "Prepared | TuneData | None" = None
+) -> JobOutput:
     return job.fit_and_evaluate(info, as_prepared(prep))
 
 

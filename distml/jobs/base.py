@@ -118,8 +118,9 @@ class Job:
     # ------------------------------------------------------------------ predictor, report
 
     @classmethod
-    def load_predictor(cls, run_dir: Path, manifest: dict,
-                       allow_module: tuple[str, ...] = ()) -> Any | None:
+    def load_predictor(
+        cls, run_dir: Path, manifest: dict, allow_module: tuple[str, ...] = ()
+    ) -> Any | None:
         """The predictor of a finished run of this kind (see :mod:`distml.jobs.predictors`),
         or None when the kind does not predict. Raises DataError naming the run dir and the
         file when its model files are missing, damaged or not what the kind saves."""
@@ -136,5 +137,7 @@ class Job:
         of a candidate. Returns ``{"task", "y_true", "pred", "proba", "classes"}``: for
         classification ``y_true``/``pred`` are codes into ``classes`` and ``proba`` is
         ``(len(test), len(classes))`` or None; for regression values and ``classes`` None."""
-        raise NotImplementedError(f"kind {self.spec.kind} cannot fit and predict a fold (the "
-                                  "ladder kind needs this ability of a candidate)")
+        raise NotImplementedError(
+            f"kind {self.spec.kind} cannot fit and predict a fold (the "
+            "ladder kind needs this ability of a candidate)"
+        )

@@ -49,28 +49,58 @@ class KMeansModelSpec(StrictModel):
     """The ``model`` section of a kmeans job."""
 
     n_clusters: int = Field(8, ge=1, le=100_000, description="Number of clusters.")
-    batch_size: int = Field(8192, ge=1, le=1 << 24, description="Rows per mini-batch; a task's "
-                            "memory is about 3 × batch_size × (features + n_clusters) × 8 bytes.")
-    n_init: int = Field(3, ge=1, le=1000, description="k-means++ initialisations; the best by "
-                                                      "inertia on a held sample is kept.")
-    max_passes: int = Field(10, ge=1, le=100_000, description="Mini-batch passes over the data "
-                                                             "at most.")
-    tol: float = Field(1e-4, ge=0, description="Stop when the squared centre shift of a pass, "
-                       "summed over centres, is <= tol × the mean feature variance.")
-    init_size: int | None = Field(None, ge=1, description="Sample rows per initialisation (and "
-                                  "held for scoring); default 3 × batch_size, >= 3 × n_clusters.")
-    refine_passes: int = Field(0, ge=0, le=100_000, description="Full-batch Lloyd passes after "
-                               "the mini-batch passes (stop early at tol).")
-    seed: int = Field(0, ge=0, le=2**32 - 1,
-                      description="Seed of the sample and the initialisations.")
-    scale: bool = Field(False, description="Standardise features first (mean 0, std 1), "
-                                           "computed out of core.")
-    transform: bool = Field(False, description="Write the cluster of every row as "
-                                               "transformed/*.parquet, one file per partition.")
-    keep_columns: list[str] = Field(default_factory=list, description="Columns copied unchanged "
-                                    "into the transformed output (e.g. an id).")
-    partition_rows: int | None = Field(None, ge=1, description="Rows per task (row groups are "
-                                       "never split); default 1048576.")
+    batch_size: int = Field(
+        8192,
+        ge=1,
+        le=1 << 24,
+        description="Rows per mini-batch; a task's "
+        "memory is about 3 × batch_size × (features + n_clusters) × 8 bytes.",
+    )
+    n_init: int = Field(
+        3,
+        ge=1,
+        le=1000,
+        description="k-means++ initialisations; the best by inertia on a held sample is kept.",
+    )
+    max_passes: int = Field(
+        10, ge=1, le=100_000, description="Mini-batch passes over the data at most."
+    )
+    tol: float = Field(
+        1e-4,
+        ge=0,
+        description="Stop when the squared centre shift of a pass, "
+        "summed over centres, is <= tol × the mean feature variance.",
+    )
+    init_size: int | None = Field(
+        None,
+        ge=1,
+        description="Sample rows per initialisation (and "
+        "held for scoring); default 3 × batch_size, >= 3 × n_clusters.",
+    )
+    refine_passes: int = Field(
+        0,
+        ge=0,
+        le=100_000,
+        description="Full-batch Lloyd passes after the mini-batch passes (stop early at tol).",
+    )
+    seed: int = Field(
+        0, ge=0, le=2**32 - 1, description="Seed of the sample and the initialisations."
+    )
+    scale: bool = Field(
+        False, description="Standardise features first (mean 0, std 1), computed out of core."
+    )
+    transform: bool = Field(
+        False,
+        description="Write the cluster of every row as "
+        "transformed/*.parquet, one file per partition.",
+    )
+    keep_columns: list[str] = Field(
+        default_factory=list,
+        description="Columns copied unchanged into the transformed output (e.g. an id).",
+    )
+    partition_rows: int | None = Field(
+        None, ge=1, description="Rows per task (row groups are never split); default 1048576."
+    )
 
 
 class Spec(JobSpec):
@@ -97,8 +127,11 @@ class FittedKMeans:
     def predict(self, X: np.ndarray, copy: bool = True) -> np.ndarray:
         """Cluster of each row (columns in ``features`` order); ``copy=False`` may overwrite a
         writeable float64 ``X``."""
-        X = self.scaler.apply(ooc.owned(X, copy)) if self.scaler is not None \
+        X = (
+            self.scaler.apply(ooc.owned(X, copy))
+            if self.scaler is not None
             else np.asarray(X, dtype=np.float64)
+        )
         return assign(X, self.centers)[0]
 
     def centers_in_input_units(self) -> np.ndarray:
@@ -112,11 +145,20 @@ class FittedKMeans:
             arrays.update(scale_mean=self.scaler.mean, scale_std=self.scaler.scale)
         buf = io.BytesIO()
         np.savez(buf, **arrays)
-        meta = {"kind": "kmeans", "format": FORMAT_VERSION, "arrays": "model/kmeans.npz",
-                "features": self.features, "n_clusters": int(len(self.centers)),
-                "scale": self.scaler is not None, "output_columns": ["cluster"], **info}
-        return {"model/kmeans.npz": buf.getvalue(),
-                "model/model.json": json.dumps(meta, indent=2).encode()}
+        meta = {
+            "kind": "kmeans",
+            "format": FORMAT_VERSION,
+            "arrays": "model/kmeans.npz",
+            "features": self.features,
+            "n_clusters": int(len(self.centers)),
+            "scale": self.scaler is not None,
+            "output_columns": ["cluster"],
+            **info,
+        }
+        return {
+            "model/kmeans.npz": buf.getvalue(),
+            "model/model.json": json.dumps(meta, indent=2).encode(),
+        }
 
 
 def load_model(run_dir: str | Path) -> FittedKMeans:
@@ -141,6 +183,7 @@ def predict(run_dir: str | Path, frame) -> Any:
 
 
 # ------------------------------------------------------------------ the numerical kernels
+
 
 def assign(X: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Nearest centre of each row and the squared distance to it."""
@@ -184,9 +227,13 @@ class PassStats:
     meta: list = field(default_factory=list)
 
     def merge(self, other: "PassStats") -> "PassStats":
-        return PassStats(self.sums + other.sums, self.counts + other.counts,
-                         self.inertia + other.inertia, self.rows + other.rows,
-                         self.meta + other.meta)
+        return PassStats(
+            self.sums + other.sums,
+            self.counts + other.counts,
+            self.inertia + other.inertia,
+            self.rows + other.rows,
+            self.meta + other.meta,
+        )
 
 
 @dataclass
@@ -198,11 +245,15 @@ class SamplePass:
     meta: list = field(default_factory=list)
 
     def merge(self, other: "SamplePass") -> "SamplePass":
-        return SamplePass(self.moments.merge(other.moments), self.sample.merge(other.sample),
-                          self.meta + other.meta)
+        return SamplePass(
+            self.moments.merge(other.moments),
+            self.sample.merge(other.sample),
+            self.meta + other.meta,
+        )
 
 
 # ------------------------------------------------------------------ tasks (one per partition)
+
 
 def _scaled(batch: ooc.Batch, scaler: ooc.Scaler | None) -> np.ndarray:
     return scaler.apply(batch.X) if scaler is not None else batch.X
@@ -241,8 +292,9 @@ def _lloyd_task(part, features, batch_size, centers, scaler, fault) -> PassStats
         X = _scaled(batch, scaler)
         labels, dist = assign(X, centers)
         sums, n = cluster_sums(X, labels, len(centers))
-        st = PassStats(st.sums + sums, st.counts + n, st.inertia + float(dist.sum()),
-                       st.rows + len(X))
+        st = PassStats(
+            st.sums + sums, st.counts + n, st.inertia + float(dist.sum()), st.rows + len(X)
+        )
     st.meta = probe.meta(st.rows)
     return st
 
@@ -258,8 +310,9 @@ def _final_task(part, features, batch_size, centers, scaler, keep, out_dir, faul
     counts, inertia, rows = np.zeros(k), 0.0, 0
     writer = ooc.PartWriter(out_dir, part.name) if out_dir else contextlib.nullcontext()
     with writer:
-        for i, batch in enumerate(ooc.iter_batches(part, features, batch_size,
-                                                   keep if out_dir else None)):
+        for i, batch in enumerate(
+            ooc.iter_batches(part, features, batch_size, keep if out_dir else None)
+        ):
             faults.crash(fault, "kmeans.final", i, partition=part.index)
             labels, dist = assign(_scaled(batch, scaler), centers)
             counts += np.bincount(labels, minlength=k)
@@ -275,6 +328,7 @@ def _final_task(part, features, batch_size, centers, scaler, keep, out_dir, faul
 
 
 # ------------------------------------------------------------------ initialisation
+
 
 def kmeans_plusplus(X: np.ndarray, k: int, state: np.random.RandomState) -> np.ndarray:
     """Greedy k-means++: scikit-learn's ``kmeans_plusplus`` (same algorithm, same draws from
@@ -307,7 +361,7 @@ def choose_init(rows: np.ndarray, k: int, n_init: int, init_size: int, seed: int
     held slice. Returns (centres, inertia of each init on the held slice)."""
     if len(rows) >= (n_init + 1) * init_size:
         held = rows[:init_size]
-        pools = [rows[(i + 1) * init_size:(i + 2) * init_size] for i in range(n_init)]
+        pools = [rows[(i + 1) * init_size : (i + 2) * init_size] for i in range(n_init)]
     else:  # a small data set: every init draws from all of it, scored on all of it
         held, pools = rows, [rows] * n_init
     best, scores = None, []
@@ -334,6 +388,7 @@ def reseed_empty(centers: np.ndarray, counts: np.ndarray, held: np.ndarray) -> l
 
 # ------------------------------------------------------------------ the job
 
+
 class _Fit:
     """One k-means run in progress: the plan, the runner, and what the passes recorded."""
 
@@ -349,20 +404,30 @@ class _Fit:
     def over_data(self, stage: str, task, *args):
         """One parallel pass (a task per partition), merged; timed as ``stage``."""
         t0 = time.perf_counter()
-        progress.current().stage("train", f"k-means {stage.removesuffix('_s')} pass; "
-                                          f"{len(self.history)} centre updates so far")
+        progress.current().stage(
+            "train",
+            f"k-means {stage.removesuffix('_s')} pass; {len(self.history)} centre updates so far",
+        )
         refs = self.runner.map(task, self.plan, self.feats, self.m.batch_size, *args, self.fault)
         merged = self.runner.reduce(refs)
         self.meta += merged.meta
         self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - t0
         return merged
 
-    def record(self, kind: str, old: np.ndarray, new: np.ndarray, st: PassStats,
-               reseeded: int = 0) -> float:
+    def record(
+        self, kind: str, old: np.ndarray, new: np.ndarray, st: PassStats, reseeded: int = 0
+    ) -> float:
         shift = float(((new - old) ** 2).sum())
-        self.history.append({"pass": len(self.history) + 1, "kind": kind, "center_shift": shift,
-                             "inertia_while_assigning": st.inertia, "rows": st.rows,
-                             "reseeded": reseeded})
+        self.history.append(
+            {
+                "pass": len(self.history) + 1,
+                "kind": kind,
+                "center_shift": shift,
+                "inertia_while_assigning": st.inertia,
+                "rows": st.rows,
+                "reseeded": reseeded,
+            }
+        )
         return shift
 
 
@@ -387,29 +452,59 @@ class Job(BaseJob):
 
     def run(self, ctx: RunContext) -> JobOutput:
         m, fit = self.spec.model, _Fit(self.spec, ctx)
-        ctx.log.info("kmeans: %d partitions, %d features, k=%d, batch_size %d", len(fit.plan),
-                     len(fit.feats), m.n_clusters, m.batch_size)
+        ctx.log.info(
+            "kmeans: %d partitions, %d features, k=%d, batch_size %d",
+            len(fit.plan),
+            len(fit.feats),
+            m.n_clusters,
+            m.batch_size,
+        )
         passes_ckpt = _PassCheckpoints(self.spec, ctx, fit)
         st0 = passes_ckpt.restore()
         if st0 is None:
             scaler, centers, held, tol, init_scores = self._initialise(fit, ctx)
-            st0 = {"scaler": scaler, "centers": centers, "held": held, "tol": tol,
-                   "init_scores": init_scores, "counts": np.zeros(m.n_clusters), "passes": 0,
-                   "refines": 0, "converged": False, "phase": "minibatch"}
+            st0 = {
+                "scaler": scaler,
+                "centers": centers,
+                "held": held,
+                "tol": tol,
+                "init_scores": init_scores,
+                "counts": np.zeros(m.n_clusters),
+                "passes": 0,
+                "refines": 0,
+                "converged": False,
+                "phase": "minibatch",
+            }
             passes_ckpt.save(st0)  # the sample pass and the initialisation are done
-        scaler, centers, held, tol, init_scores = (st0[k] for k in ("scaler", "centers", "held",
-                                                                   "tol", "init_scores"))
+        scaler, centers, held, tol, init_scores = (
+            st0[k] for k in ("scaler", "centers", "held", "tol", "init_scores")
+        )
         counts, converged, passes = st0["counts"], st0["converged"], st0["passes"]
         refines, phase = st0["refines"], st0["phase"]
 
         def passed(next_phase: str) -> None:  # after every pass: a checkpoint when due
-            passes_ckpt.save(dict(st0, centers=centers, counts=counts, passes=passes,
-                                  refines=refines, converged=converged, phase=next_phase))
+            passes_ckpt.save(
+                dict(
+                    st0,
+                    centers=centers,
+                    counts=counts,
+                    passes=passes,
+                    refines=refines,
+                    converged=converged,
+                    phase=next_phase,
+                )
+            )
 
         scaler_ref = fit.runner.put(scaler)
-        for passes in range(passes + 1, m.max_passes + 1) if phase == "minibatch" else ():
-            st = fit.over_data("minibatch_s", _minibatch_task, fit.runner.put(centers),
-                               fit.runner.put(counts), scaler_ref)
+        # the loop variables are the state: the checkpoint closure and the outputs read them
+        for passes in range(passes + 1, m.max_passes + 1) if phase == "minibatch" else ():  # noqa: B007,B020
+            st = fit.over_data(
+                "minibatch_s",
+                _minibatch_task,
+                fit.runner.put(centers),
+                fit.runner.put(counts),
+                scaler_ref,
+            )
             total = counts + st.counts
             new, hit = centers.copy(), total > 0
             new[hit] = (centers[hit] * counts[hit, None] + st.sums[hit]) / total[hit, None]
@@ -420,7 +515,7 @@ class Job(BaseJob):
             passed("refine" if converged else "minibatch")
             if converged:
                 break
-        for refines in range(refines + 1, m.refine_passes + 1) if phase != "final" else ():
+        for refines in range(refines + 1, m.refine_passes + 1) if phase != "final" else ():  # noqa: B007,B020
             st = fit.over_data("refine_s", _lloyd_task, fit.runner.put(centers), scaler_ref)
             new, hit = centers.copy(), st.counts > 0
             new[hit] = st.sums[hit] / st.counts[hit, None]
@@ -430,27 +525,33 @@ class Job(BaseJob):
             if shift <= tol:
                 break
         out_dir = str(ctx.run_dir.file("transformed")) if m.transform else None
-        final = fit.over_data("final_s", _final_task, fit.runner.put(centers), scaler_ref,
-                              m.keep_columns, out_dir)
+        final = fit.over_data(
+            "final_s", _final_task, fit.runner.put(centers), scaler_ref, m.keep_columns, out_dir
+        )
         if out_dir:
             ooc.discard_partials(out_dir)
         model = FittedKMeans(fit.feats, centers, final.counts.astype(np.int64), scaler)
         out = self._outputs(model, final, fit.history, init_scores, converged, passes, refines)
         if out_dir:
-            out.info["transformed"] = {"dir": "transformed", "format": "parquet",
-                                       "columns": m.keep_columns + ["cluster"],
-                                       "files": [f"transformed/{p.name}.parquet"
-                                                 for p in fit.plan]}
+            out.info["transformed"] = {
+                "dir": "transformed",
+                "format": "parquet",
+                "columns": m.keep_columns + ["cluster"],
+                "files": [f"transformed/{p.name}.parquet" for p in fit.plan],
+            }
         out.info["execution"] = {
-            "path": "out_of_core_minibatch", "partitions": len(fit.plan),
-            "tasks": fit.runner.tasks, "batch_size": m.batch_size,
-            "init_size": self.init_size(), "data_passes": 2 + passes + refines,
+            "path": "out_of_core_minibatch",
+            "partitions": len(fit.plan),
+            "tasks": fit.runner.tasks,
+            "batch_size": m.batch_size,
+            "init_size": self.init_size(),
+            "data_passes": 2 + passes + refines,
             "stages": ooc.stage_info(fit.meta),
             "timings_s": {k: round(v, 4) for k, v in fit.timings.items()},
-            **passes_ckpt.ckpt.record()}
+            **passes_ckpt.ckpt.record(),
+        }
         passes_ckpt.ckpt.discard()  # the result is in hand; _SUCCESS follows its writing
-        out.info["memory"] = ooc.memory_info(fit.meta, m.batch_size,
-                                             len(fit.feats) + m.n_clusters)
+        out.info["memory"] = ooc.memory_info(fit.meta, m.batch_size, len(fit.feats) + m.n_clusters)
         return out
 
     def init_size(self) -> int:
@@ -461,21 +562,30 @@ class Job(BaseJob):
         """The sample pass, then the best of ``n_init`` k-means++ starts on the sample."""
         m, init_size = self.spec.model, self.init_size()
         size = (m.n_init + 1) * init_size
-        first = fit.over_data("sample_s", _sample_task, size,
-                              ooc.Sample.threshold_for(size, ctx.data.source.rows), m.seed)
+        first = fit.over_data(
+            "sample_s",
+            _sample_task,
+            size,
+            ooc.Sample.threshold_for(size, ctx.data.source.rows),
+            m.seed,
+        )
         mom = first.moments
         if mom.n < m.n_clusters:
-            raise DataError(f"model.n_clusters must be <= the number of rows ({mom.n}); "
-                            f"got {m.n_clusters}")
+            raise DataError(
+                f"model.n_clusters must be <= the number of rows ({mom.n}); got {m.n_clusters}"
+            )
         if len(first.sample.keys) < min(size, mom.n):
-            ctx.log.warning("the random sample has %d rows, fewer than the %d asked",
-                            len(first.sample.keys), min(size, mom.n))
+            ctx.log.warning(
+                "the random sample has %d rows, fewer than the %d asked",
+                len(first.sample.keys),
+                min(size, mom.n),
+            )
         t0 = time.perf_counter()
         scaler = mom.scaler() if m.scale else None
         sample = first.sample.sorted_rows()
         if scaler is not None:
             sample = scaler.apply(sample)
-        variance = mom.variance / (scaler.scale ** 2 if scaler is not None else 1.0)
+        variance = mom.variance / (scaler.scale**2 if scaler is not None else 1.0)
         centers, scores = choose_init(sample, m.n_clusters, m.n_init, init_size, m.seed)
         fit.timings["init_s"] = time.perf_counter() - t0
         return scaler, centers, sample[:init_size], m.tol * float(np.mean(variance)), scores
@@ -486,20 +596,35 @@ class Job(BaseJob):
         feats, k = model.features, len(model.centers)
         out = JobOutput()
         out.metrics.update(
-            inertia=final.inertia, mean_inertia=final.inertia / max(final.rows, 1),
-            passes=passes, refine_passes=refines, converged=converged, n_clusters=k,
-            n_rows=final.rows, n_features=len(feats),
+            inertia=final.inertia,
+            mean_inertia=final.inertia / max(final.rows, 1),
+            passes=passes,
+            refine_passes=refines,
+            converged=converged,
+            n_clusters=k,
+            n_rows=final.rows,
+            n_features=len(feats),
             cluster_sizes=[int(c) for c in final.counts],
-            init_inertia=min(init_scores), init_inertias=init_scores,
-            scale=model.scaler is not None)
+            init_inertia=min(init_scores),
+            init_inertias=init_scores,
+            scale=model.scaler is not None,
+        )
         centers = pd.DataFrame(model.centers_in_input_units(), columns=feats)
         centers.insert(0, "size", model.sizes)
         centers.insert(0, "cluster", np.arange(k))
         out.tables["centers"] = centers
         out.tables["pass_history"] = pd.DataFrame(history)
-        out.files.update(model.to_files({"inertia": final.inertia, "passes": passes,
-                                         "refine_passes": refines, "converged": converged,
-                                         "n_samples": final.rows}))
+        out.files.update(
+            model.to_files(
+                {
+                    "inertia": final.inertia,
+                    "passes": passes,
+                    "refine_passes": refines,
+                    "converged": converged,
+                    "n_samples": final.rows,
+                }
+            )
+        )
         return out
 
 
@@ -527,9 +652,15 @@ class _PassCheckpoints:
                 arrays.update(scaler_mean=st["scaler"].mean, scaler_scale=st["scaler"].scale)
             buf = io.BytesIO()
             np.savez(buf, **arrays)
-            self.ckpt.save({**{k: v for k, v in st.items() if k not in self.ARRAYS + ("scaler",)},
-                            "history": self.fit.history, "meta": self.fit.meta,
-                            "timings": self.fit.timings}, {"state.npz": buf.getvalue()})
+            self.ckpt.save(
+                {
+                    **{k: v for k, v in st.items() if k not in self.ARRAYS + ("scaler",)},
+                    "history": self.fit.history,
+                    "meta": self.fit.meta,
+                    "timings": self.fit.timings,
+                },
+                {"state.npz": buf.getvalue()},
+            )
         if crash:
             raise JobFailed(f"fault injected after k-means pass {done} (kmeans.pass)")
 
@@ -543,7 +674,10 @@ class _PassCheckpoints:
         self.fit.history[:] = state.pop("history")
         self.fit.meta[:] = state.pop("meta")
         self.fit.timings.update(state.pop("timings"))
-        scaler = (ooc.Scaler(arrays.pop("scaler_mean"), arrays.pop("scaler_scale"))
-                  if "scaler_mean" in arrays else None)
+        scaler = (
+            ooc.Scaler(arrays.pop("scaler_mean"), arrays.pop("scaler_scale"))
+            if "scaler_mean" in arrays
+            else None
+        )
         self.ckpt.resumed_from = {"passes": len(self.fit.history), "phase": state["phase"]}
         return {**state, **arrays, "scaler": scaler}

@@ -34,32 +34,94 @@ from distml.jobs.boosting import BoostingJob
 from distml.spec.base import JobSpec, StrictModel
 
 #: LightGBM's names (and aliases) of what the model section sets itself
-_ROUNDS_KEYS = frozenset({"num_iterations", "num_iteration", "n_iter", "num_tree", "num_trees",
-                          "num_round", "num_rounds", "nrounds", "num_boost_round",
-                          "n_estimators", "max_iter"})
-_EARLY_STOP_KEYS = frozenset({"early_stopping_round", "early_stopping_rounds", "early_stopping",
-                              "n_iter_no_change"})
+_ROUNDS_KEYS = frozenset(
+    {
+        "num_iterations",
+        "num_iteration",
+        "n_iter",
+        "num_tree",
+        "num_trees",
+        "num_round",
+        "num_rounds",
+        "nrounds",
+        "num_boost_round",
+        "n_estimators",
+        "max_iter",
+    }
+)
+_EARLY_STOP_KEYS = frozenset(
+    {"early_stopping_round", "early_stopping_rounds", "early_stopping", "n_iter_no_change"}
+)
 _OBJECTIVE_KEYS = ("objective", "objective_type", "app", "application", "loss")
 _NUM_CLASS_KEYS = ("num_class", "num_classes")
 _THREADS_KEYS = ("num_threads", "num_thread", "nthread", "nthreads", "n_jobs")
 _METRIC_KEYS = ("metric", "metrics", "metric_types")
 _BINARY = frozenset({"binary"})
-_MULTICLASS = frozenset({"multiclass", "softmax", "multiclassova", "multiclass_ova", "ova",
-                         "ovr"})
+_MULTICLASS = frozenset({"multiclass", "softmax", "multiclassova", "multiclass_ova", "ova", "ovr"})
 #: parameters about the data's columns, files or devices: the probe's one-column data on the
 #: driver cannot judge them, the fit does
-_DATA_SHAPED = frozenset({
-    "monotone_constraints", "mc", "monotone_constraint", "monotonic_cst", "feature_contri",
-    "feature_contrib", "fc", "fp", "feature_penalty", "interaction_constraints",
-    "max_bin_by_feature", "categorical_feature", "cat_feature", "categorical_column",
-    "cat_column", "categorical_features", "forcedsplits_filename", "fs", "forced_splits_filename",
-    "forced_splits_file", "forced_splits", "forcedbins_filename", "ignore_column",
-    "ignore_feature", "blacklist", "weight_column", "weight", "group_column", "group", "group_id",
-    "query_column", "query", "query_id", "label_column", "label", "cegb_penalty_feature_lazy",
-    "cegb_penalty_feature_coupled", "input_model", "output_model", "device_type", "device",
-    "gpu_platform_id", "gpu_device_id", "num_gpu", "data", "train", "train_data",
-    "valid", "valid_data", "test", "test_data", "init_score_file", "machines", "machine_list_file",
-    "num_machines", "tree_learner", "label_gain", "position_column"})
+_DATA_SHAPED = frozenset(
+    {
+        "monotone_constraints",
+        "mc",
+        "monotone_constraint",
+        "monotonic_cst",
+        "feature_contri",
+        "feature_contrib",
+        "fc",
+        "fp",
+        "feature_penalty",
+        "interaction_constraints",
+        "max_bin_by_feature",
+        "categorical_feature",
+        "cat_feature",
+        "categorical_column",
+        "cat_column",
+        "categorical_features",
+        "forcedsplits_filename",
+        "fs",
+        "forced_splits_filename",
+        "forced_splits_file",
+        "forced_splits",
+        "forcedbins_filename",
+        "ignore_column",
+        "ignore_feature",
+        "blacklist",
+        "weight_column",
+        "weight",
+        "group_column",
+        "group",
+        "group_id",
+        "query_column",
+        "query",
+        "query_id",
+        "label_column",
+        "label",
+        "cegb_penalty_feature_lazy",
+        "cegb_penalty_feature_coupled",
+        "input_model",
+        "output_model",
+        "device_type",
+        "device",
+        "gpu_platform_id",
+        "gpu_device_id",
+        "num_gpu",
+        "data",
+        "train",
+        "train_data",
+        "valid",
+        "valid_data",
+        "test",
+        "test_data",
+        "init_score_file",
+        "machines",
+        "machine_list_file",
+        "num_machines",
+        "tree_learner",
+        "label_gain",
+        "position_column",
+    }
+)
 #: distml metric → (LightGBM metric for binary, multiclass, regression): what a trial can report
 #: every round; accuracy comes from the error rate
 _ROUND_METRICS: dict[str, tuple[str | None, str | None, str | None]] = {
@@ -75,21 +137,29 @@ class LightGBMModel(StrictModel):
     """The ``model`` section of a lightgbm job."""
 
     params: dict[str, Any] = Field(
-        default_factory=dict, description="Parameters, passed to lightgbm.train unchanged.")
+        default_factory=dict, description="Parameters, passed to lightgbm.train unchanged."
+    )
     num_boost_round: int = Field(100, ge=1, le=1_000_000, description="Boosting rounds.")
     early_stopping_rounds: int | None = Field(
-        None, ge=1, description="Stop when no valid metric has improved for N rounds "
-                                "(LightGBM's early_stopping_round).")
+        None,
+        ge=1,
+        description="Stop when no valid metric has improved for N rounds "
+        "(LightGBM's early_stopping_round).",
+    )
 
     @model_validator(mode="after")
     def _no_second_say(self) -> LightGBMModel:
         for key in self.params:
             if key in _ROUNDS_KEYS:
-                raise ValueError(f"model.params.{key} sets the boosting rounds, which "
-                                 "model.num_boost_round holds; move the value there")
+                raise ValueError(
+                    f"model.params.{key} sets the boosting rounds, which "
+                    "model.num_boost_round holds; move the value there"
+                )
             if key in _EARLY_STOP_KEYS:
-                raise ValueError(f"model.params.{key} sets early stopping, which "
-                                 "model.early_stopping_rounds holds; move the value there")
+                raise ValueError(
+                    f"model.params.{key} sets early stopping, which "
+                    "model.early_stopping_rounds holds; move the value there"
+                )
         return self
 
 
@@ -105,11 +175,14 @@ class Spec(JobSpec):
         if self.model.early_stopping_rounds and (split is None or split.valid == 0):
             raise ValueError(
                 "model.early_stopping_rounds needs a validation split; data.split has no valid "
-                "fraction; set data.split.valid (e.g. 0.2) or drop early_stopping_rounds")
+                "fraction; set data.split.valid (e.g. 0.2) or drop early_stopping_rounds"
+            )
         if self.resources.num_workers > 1:
-            raise ValueError("resources.num_workers must be 1 for kind lightgbm (it fits in one "
-                             "Ray task; cross-validation folds run in parallel anyway); got "
-                             f"{self.resources.num_workers}")
+            raise ValueError(
+                "resources.num_workers must be 1 for kind lightgbm (it fits in one "
+                "Ray task; cross-validation folds run in parallel anyway); got "
+                f"{self.resources.num_workers}"
+            )
         return self
 
 
@@ -138,9 +211,11 @@ class Job(BoostingJob):
         info = super().check_data()
         bad = [c for c in info.features if any(ch in c for ch in '",:[]{}')]
         if bad:
-            raise DataError(f"data.features: column {bad[0]!r} has a name LightGBM cannot use "
-                            "(it may not contain \" , : [ ] { or }); rename it or list it in "
-                            "data.exclude")
+            raise DataError(
+                f"data.features: column {bad[0]!r} has a name LightGBM cannot use "
+                '(it may not contain " , : [ ] { or }); rename it or list it in '
+                "data.exclude"
+            )
         return info
 
     def check_spec(self) -> None:
@@ -162,11 +237,18 @@ class Job(BoostingJob):
         if task == "classification" and _objective(params) in _MULTICLASS:
             given = _first(params, _NUM_CLASS_KEYS)
             n_classes = int(given) if isinstance(given, int) and 2 < given <= 1000 else 3
-        probe = Prepared(pd.DataFrame(), np.empty(0), task or "regression",
-                         list(range(n_classes)) if task == "classification" else None)
+        probe = Prepared(
+            pd.DataFrame(),
+            np.empty(0),
+            task or "regression",
+            list(range(n_classes)) if task == "classification" else None,
+        )
         params = {**self._params(params, probe), "num_threads": 1}
-        y = (np.arange(4) % n_classes).astype(float) if task == "classification" \
+        y = (
+            (np.arange(4) % n_classes).astype(float)
+            if task == "classification"
             else np.array([0.25, 0.75, 0.5, 0.6])
+        )
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # its [Fatal] line: stdout is --json's
                 lgb.Booster(params, lgb.Dataset(np.array([[0.0], [1.0], [0.0], [1.0]]), y))
@@ -205,13 +287,19 @@ class Job(BoostingJob):
         return params
 
     @staticmethod
-    def _dataset(prep: Prepared, rows: np.ndarray, params: dict, reference=None,
-                 keep_raw: bool = False):
+    def _dataset(
+        prep: Prepared, rows: np.ndarray, params: dict, reference=None, keep_raw: bool = False
+    ):
         import lightgbm as lgb
 
         # keep_raw: a Dataset built before continued training (init_model) needs its rows
-        return lgb.Dataset(prep.X.iloc[rows], label=prep.y[rows], params=params,
-                           reference=reference, free_raw_data=not keep_raw)
+        return lgb.Dataset(
+            prep.X.iloc[rows],
+            label=prep.y[rows],
+            params=params,
+            reference=reference,
+            free_raw_data=not keep_raw,
+        )
 
     def fit(self, prep: Prepared, train: np.ndarray, valid: np.ndarray | None):
         """``lightgbm.train`` with the train (and valid) split as evaluation sets."""
@@ -231,19 +319,30 @@ class Job(BoostingJob):
         reporter = getattr(self, "_progress", None)
         if reporter is not None:
             callbacks.append(_round_progress(reporter, model.num_boost_round))
-        booster = lgb.train(params, dtrain, num_boost_round=model.num_boost_round,
-                            valid_sets=sets, valid_names=names, callbacks=callbacks)
+        booster = lgb.train(
+            params,
+            dtrain,
+            num_boost_round=model.num_boost_round,
+            valid_sets=sets,
+            valid_names=names,
+            callbacks=callbacks,
+        )
         rounds = max((len(v) for by in history.values() for v in by.values()), default=0)
         figures: dict[str, Any] = {"num_boosted_rounds": int(rounds or booster.current_iteration())}
         if "early_stopping_round" in params:
             figures["best_iteration"] = int(booster.best_iteration)
         if reporter is not None:
-            reporter.update("rounds", figures["num_boosted_rounds"],
-                            total=model.num_boost_round, final=True)
-        curve = pd.DataFrame([
-            {"iteration": i, "split": split, "metric": metric, "value": float(v)}
-            for split, by_metric in history.items() for metric, values in by_metric.items()
-            for i, v in enumerate(values)])
+            reporter.update(
+                "rounds", figures["num_boosted_rounds"], total=model.num_boost_round, final=True
+            )
+        curve = pd.DataFrame(
+            [
+                {"iteration": i, "split": split, "metric": metric, "value": float(v)}
+                for split, by_metric in history.items()
+                for metric, values in by_metric.items()
+                for i, v in enumerate(values)
+            ]
+        )
         return booster, figures, {"learning_curve": curve} if len(curve) else {}
 
     def predict(self, model, prep: Prepared, X: pd.DataFrame):
@@ -258,8 +357,9 @@ class Job(BoostingJob):
 
     def importance(self, model, prep: Prepared) -> pd.DataFrame:
         gain = model.feature_importance(importance_type="gain")
-        return pd.DataFrame({"feature": list(prep.X.columns),
-                             "importance": np.asarray(gain, dtype=np.float64)})
+        return pd.DataFrame(
+            {"feature": list(prep.X.columns), "importance": np.asarray(gain, dtype=np.float64)}
+        )
 
     def model_files(self, model) -> dict[str, bytes]:
         return {"model/model.txt": model.model_to_string().encode("utf-8")}
@@ -288,8 +388,10 @@ class Job(BoostingJob):
             raise DataError(f"{where} is not a readable LightGBM model ({one_line(e)})") from None
         features = list(schema.get("features") or [])
         if booster.num_feature() != len(features):
-            raise DataError(f"{where} takes {booster.num_feature()} features; model/schema.json "
-                            f"lists {len(features)}: the files do not belong together")
+            raise DataError(
+                f"{where} takes {booster.num_feature()} features; model/schema.json "
+                f"lists {len(features)}: the files do not belong together"
+            )
         return booster
 
     # ------------------------------------------------------------------ search hooks (distml.tune)
@@ -319,8 +421,9 @@ class Job(BoostingJob):
         dtrain = self._dataset(prep, parts["train"], params, keep_raw=True)
         sets, names = [dtrain], ["train"]
         if "valid" in parts:
-            sets.append(self._dataset(prep, parts["valid"], params, reference=dtrain,
-                                      keep_raw=True))
+            sets.append(
+                self._dataset(prep, parts["valid"], params, reference=dtrain, keep_raw=True)
+            )
             names.append("valid")
         early = bool(model.early_stopping_rounds and "valid" in parts)
         computed = _metrics_computed(params, dtrain)
@@ -334,18 +437,28 @@ class Job(BoostingJob):
         if session.restored is not None and not early:
             booster = lgb.Booster(model_str=session.restored.files["model.txt"].decode("utf-8"))
             done = session.restored.iteration
-        reporter = _round_reporter(session, split, eval_name, model.num_boost_round,
-                                   checkpoints=not early)
-        booster = lgb.train(params, dtrain, num_boost_round=model.num_boost_round - done,
-                            valid_sets=sets, valid_names=names, init_model=booster,
-                            callbacks=[reporter])
+        reporter = _round_reporter(
+            session, split, eval_name, model.num_boost_round, checkpoints=not early
+        )
+        booster = lgb.train(
+            params,
+            dtrain,
+            num_boost_round=model.num_boost_round - done,
+            valid_sets=sets,
+            valid_names=names,
+            init_model=booster,
+            callbacks=[reporter],
+        )
         rows = parts[split]
         metrics, _ = self.evaluate(booster, prep, prep.X.iloc[rows], prep.y[rows])
         figures = {"num_boosted_rounds": int(reporter.rounds or booster.current_iteration())}
         if early:
             figures["best_iteration"] = int(booster.best_iteration)
-        session.report(figures["num_boosted_rounds"],
-                       {**{f"{split}.{k}": v for k, v in metrics.items()}, **figures}, final=True)
+        session.report(
+            figures["num_boosted_rounds"],
+            {**{f"{split}.{k}": v for k, v in metrics.items()}, **figures},
+            final=True,
+        )
 
 
 def _metrics_computed(params: dict, dtrain) -> list[str]:
@@ -363,14 +476,18 @@ def _round_reporter(session, split: str, eval_name: str, total: int, checkpoints
     key = f"{split}.{session.metric_name}"
 
     def report(env) -> None:
-        value = next(v for ds, m, v, *_ in env.evaluation_result_list
-                     if ds == split and m == eval_name)
+        value = next(
+            v for ds, m, v, *_ in env.evaluation_result_list if ds == split and m == eval_name
+        )
         if eval_name in ("binary_error", "multi_error"):
             value = 1.0 - value
         iteration = env.iteration + 1  # absolute: a resumed train counts on from its init model
         report.rounds = iteration
-        files = (lambda: {"model.txt": env.model.model_to_string(num_iteration=-1).encode()}) \
-            if checkpoints else None
+        files = (
+            (lambda: {"model.txt": env.model.model_to_string(num_iteration=-1).encode()})
+            if checkpoints
+            else None
+        )
         session.report(iteration, {key: float(value)}, files=files, send=iteration < total)
 
     report.rounds = 0
@@ -379,6 +496,7 @@ def _round_reporter(session, split: str, eval_name: str, total: int, checkpoints
 
 def _round_progress(reporter, total: int):
     """A LightGBM callback that shows the rounds and the last metric of the last eval set."""
+
     def show(env) -> None:
         info = None
         if env.evaluation_result_list:

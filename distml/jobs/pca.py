@@ -50,28 +50,47 @@ class PCAModelSpec(StrictModel):
     """The ``model`` section of a pca job."""
 
     n_components: int | float | None = Field(
-        None, description="Components to keep: an integer, a fraction in (0, 1) of the variance "
-                          "to explain (exact mode), or null for all.")
+        None,
+        description="Components to keep: an integer, a fraction in (0, 1) of the variance "
+        "to explain (exact mode), or null for all.",
+    )
     mode: Literal["auto", "exact", "incremental"] = Field(
-        "auto", description="exact (mergeable moments, parallel), incremental (IncrementalPCA, "
-                            "sequential), or auto: exact up to 2048 features.")
-    batch_size: int = Field(8192, ge=1, le=1 << 24, description="Rows per streamed batch; a "
-                            "task's memory is about 3 × batch_size × features × 8 bytes.")
+        "auto",
+        description="exact (mergeable moments, parallel), incremental (IncrementalPCA, "
+        "sequential), or auto: exact up to 2048 features.",
+    )
+    batch_size: int = Field(
+        8192,
+        ge=1,
+        le=1 << 24,
+        description="Rows per streamed batch; a "
+        "task's memory is about 3 × batch_size × features × 8 bytes.",
+    )
     whiten: bool = Field(False, description="Scale the transformed components to unit variance.")
-    scale: bool = Field(False, description="Standardise features first (mean 0, std 1), "
-                                           "computed out of core.")
-    transform: bool = Field(False, description="Write the reduced data as transformed/*.parquet, "
-                                               "one file per input partition.")
-    keep_columns: list[str] = Field(default_factory=list, description="Columns copied unchanged "
-                                    "into the transformed output (e.g. an id).")
-    partition_rows: int | None = Field(None, ge=1, description="Rows per task (row groups are "
-                                       "never split); default 1048576.")
+    scale: bool = Field(
+        False, description="Standardise features first (mean 0, std 1), computed out of core."
+    )
+    transform: bool = Field(
+        False,
+        description="Write the reduced data as transformed/*.parquet, "
+        "one file per input partition.",
+    )
+    keep_columns: list[str] = Field(
+        default_factory=list,
+        description="Columns copied unchanged into the transformed output (e.g. an id).",
+    )
+    partition_rows: int | None = Field(
+        None, ge=1, description="Rows per task (row groups are never split); default 1048576."
+    )
 
     @field_validator("n_components")
     @classmethod
     def _n_components(cls, v):
-        if isinstance(v, bool) or (isinstance(v, float) and not 0 < v < 1) or (
-                isinstance(v, int) and not isinstance(v, bool) and v < 1):
+        if (
+            isinstance(v, bool)
+            or (isinstance(v, float) and not 0 < v < 1)
+            or (isinstance(v, int) and not isinstance(v, bool) and v < 1)
+        ):
             raise ValueError(f"must be an integer >= 1 or a fraction in (0, 1); got {v!r}")
         return v
 
@@ -88,11 +107,15 @@ class Spec(JobSpec):
         m = self.model
         if m.mode == "incremental":
             if isinstance(m.n_components, float):
-                raise ValueError("model.n_components as a variance fraction needs model.mode "
-                                 f"exact or auto; got {m.n_components} with mode incremental")
+                raise ValueError(
+                    "model.n_components as a variance fraction needs model.mode "
+                    f"exact or auto; got {m.n_components} with mode incremental"
+                )
             if m.n_components is not None and m.batch_size < m.n_components:
-                raise ValueError(f"model.batch_size must be >= model.n_components in incremental "
-                                 f"mode; got {m.batch_size} < {m.n_components}")
+                raise ValueError(
+                    f"model.batch_size must be >= model.n_components in incremental "
+                    f"mode; got {m.batch_size} < {m.n_components}"
+                )
         return self
 
 
@@ -119,8 +142,11 @@ class FittedPCA:
     def transform(self, X: np.ndarray, copy: bool = True) -> np.ndarray:
         """Project rows (columns in ``features`` order) as scikit-learn's ``transform`` does;
         ``copy=False`` may overwrite a writeable float64 ``X``."""
-        X = self.scaler.apply(ooc.owned(X, copy)) if self.scaler is not None \
+        X = (
+            self.scaler.apply(ooc.owned(X, copy))
+            if self.scaler is not None
             else np.asarray(X, dtype=np.float64)
+        )
         Z = X @ self.components.T
         Z -= self.mean @ self.components.T
         if self.whiten:
@@ -131,21 +157,34 @@ class FittedPCA:
         return [f"pca{i}" for i in range(self.n_components)]
 
     def to_files(self) -> dict[str, bytes]:
-        arrays = {"mean": self.mean, "components": self.components,
-                  "explained_variance": self.explained_variance,
-                  "explained_variance_ratio": self.explained_variance_ratio,
-                  "singular_values": self.singular_values,
-                  "noise_variance": np.asarray(self.noise_variance)}
+        arrays = {
+            "mean": self.mean,
+            "components": self.components,
+            "explained_variance": self.explained_variance,
+            "explained_variance_ratio": self.explained_variance_ratio,
+            "singular_values": self.singular_values,
+            "noise_variance": np.asarray(self.noise_variance),
+        }
         if self.scaler is not None:
             arrays.update(scale_mean=self.scaler.mean, scale_std=self.scaler.scale)
         buf = io.BytesIO()
         np.savez(buf, **arrays)
-        meta = {"kind": "pca", "format": FORMAT_VERSION, "arrays": "model/pca.npz",
-                "features": self.features, "n_components": self.n_components,
-                "whiten": self.whiten, "scale": self.scaler is not None, "mode": self.mode,
-                "n_samples": self.n_samples, "output_columns": self.columns()}
-        return {"model/pca.npz": buf.getvalue(),
-                "model/model.json": json.dumps(meta, indent=2).encode()}
+        meta = {
+            "kind": "pca",
+            "format": FORMAT_VERSION,
+            "arrays": "model/pca.npz",
+            "features": self.features,
+            "n_components": self.n_components,
+            "whiten": self.whiten,
+            "scale": self.scaler is not None,
+            "mode": self.mode,
+            "n_samples": self.n_samples,
+            "output_columns": self.columns(),
+        }
+        return {
+            "model/pca.npz": buf.getvalue(),
+            "model/model.json": json.dumps(meta, indent=2).encode(),
+        }
 
 
 def load_model(run_dir: str | Path) -> FittedPCA:
@@ -161,10 +200,19 @@ def load_model(run_dir: str | Path) -> FittedPCA:
     with np.load(d / "pca.npz", allow_pickle=False) as z:
         a = {k: z[k] for k in z.files}
     scaler = ooc.Scaler(a["scale_mean"], a["scale_std"]) if meta["scale"] else None
-    return FittedPCA(meta["features"], a["mean"], a["components"], a["explained_variance"],
-                     a["explained_variance_ratio"], a["singular_values"],
-                     float(a["noise_variance"]), int(meta["n_samples"]), bool(meta["whiten"]),
-                     meta["mode"], scaler)
+    return FittedPCA(
+        meta["features"],
+        a["mean"],
+        a["components"],
+        a["explained_variance"],
+        a["explained_variance_ratio"],
+        a["singular_values"],
+        float(a["noise_variance"]),
+        int(meta["n_samples"]),
+        bool(meta["whiten"]),
+        meta["mode"],
+        scaler,
+    )
 
 
 def predict(run_dir: str | Path, frame) -> Any:
@@ -178,6 +226,7 @@ def predict(run_dir: str | Path, frame) -> Any:
 
 # ------------------------------------------------------------------ the two algorithms
 
+
 def n_components_for(n_components, ratio: np.ndarray, limit: int) -> int:
     """scikit-learn's rule: an int as is, a fraction → the fewest components whose cumulative
     ratio exceeds it, None → all."""
@@ -186,8 +235,9 @@ def n_components_for(n_components, ratio: np.ndarray, limit: int) -> int:
     if isinstance(n_components, float):
         return min(int(np.searchsorted(np.cumsum(ratio), n_components, side="right")) + 1, limit)
     if n_components > limit:
-        raise DataError(f"model.n_components must be <= min(rows, features) = {limit}; "
-                        f"got {n_components}")
+        raise DataError(
+            f"model.n_components must be <= min(rows, features) = {limit}; got {n_components}"
+        )
     return int(n_components)
 
 
@@ -197,8 +247,9 @@ def flip_signs(vt: np.ndarray) -> np.ndarray:
     return vt * signs[:, None]
 
 
-def exact_pca(mom: ooc.Moments, n_components, *, scale: bool, whiten: bool,
-              features: list[str]) -> FittedPCA:
+def exact_pca(
+    mom: ooc.Moments, n_components, *, scale: bool, whiten: bool, features: list[str]
+) -> FittedPCA:
     """PCA from merged moments: eigendecomposition of the covariance (or correlation) matrix."""
     n, d = mom.n, len(mom.mean)
     if n < 2:
@@ -217,13 +268,24 @@ def exact_pca(mom: ooc.Moments, n_components, *, scale: bool, whiten: bool,
     limit = min(n, d)
     k = n_components_for(n_components, ratio, limit)
     noise = float(evals[k:limit].mean()) if k < limit else 0.0
-    return FittedPCA(features, mean, np.ascontiguousarray(vt[:k]), evals[:k].copy(),
-                     ratio[:k].copy(), np.sqrt(evals[:k] * (n - 1)), noise, n, whiten,
-                     "exact", scaler)
+    return FittedPCA(
+        features,
+        mean,
+        np.ascontiguousarray(vt[:k]),
+        evals[:k].copy(),
+        ratio[:k].copy(),
+        np.sqrt(evals[:k] * (n - 1)),
+        noise,
+        n,
+        whiten,
+        "exact",
+        scaler,
+    )
 
 
-def _moments_task(part: ooc.Partition, features: list[str], batch_size: int, full: bool,
-                  fault: dict | None) -> ooc.Moments:
+def _moments_task(
+    part: ooc.Partition, features: list[str], batch_size: int, full: bool, fault: dict | None
+) -> ooc.Moments:
     probe = ooc.TaskProbe(part, "moments")
     mom = ooc.Moments.empty(len(features), full)
     for i, batch in enumerate(ooc.iter_batches(part, features, batch_size)):
@@ -233,17 +295,25 @@ def _moments_task(part: ooc.Partition, features: list[str], batch_size: int, ful
     return mom
 
 
-def _incremental_task(plan: list[ooc.Partition], features: list[str], batch_size: int,
-                      n_components: int | None, whiten: bool, scaler: ooc.Scaler | None,
-                      threads: bool, fault: dict | None) -> tuple[FittedPCA, np.ndarray, list]:
+def _incremental_task(
+    plan: list[ooc.Partition],
+    features: list[str],
+    batch_size: int,
+    n_components: int | None,
+    whiten: bool,
+    scaler: ooc.Scaler | None,
+    threads: bool,
+    fault: dict | None,
+) -> tuple[FittedPCA, np.ndarray, list]:
     from sklearn.decomposition import IncrementalPCA
 
     probe = ooc.TaskProbe(plan[0], "incremental")
 
     def arrays():
         for part in plan:
-            for i, batch in enumerate(ooc.iter_batches(part, features, batch_size,
-                                                       threads=threads)):
+            for i, batch in enumerate(
+                ooc.iter_batches(part, features, batch_size, threads=threads)
+            ):
                 faults.crash(fault, "pca.incremental", i, partition=part.index)
                 yield scaler.apply(batch.X) if scaler is not None else batch.X
 
@@ -254,15 +324,30 @@ def _incremental_task(plan: list[ooc.Partition], features: list[str], batch_size
         rows += len(X)
     if rows < 2:
         raise DataError(f"kind pca needs at least 2 rows; the data have {rows}")
-    fitted = FittedPCA(features, ipca.mean_, ipca.components_, ipca.explained_variance_,
-                       ipca.explained_variance_ratio_, ipca.singular_values_,
-                       float(ipca.noise_variance_), int(ipca.n_samples_seen_), whiten,
-                       "incremental", scaler)
+    fitted = FittedPCA(
+        features,
+        ipca.mean_,
+        ipca.components_,
+        ipca.explained_variance_,
+        ipca.explained_variance_ratio_,
+        ipca.singular_values_,
+        float(ipca.noise_variance_),
+        int(ipca.n_samples_seen_),
+        whiten,
+        "incremental",
+        scaler,
+    )
     return fitted, np.sqrt(ipca.var_), probe.meta(rows)
 
 
-def _transform_task(part: ooc.Partition, model: FittedPCA, batch_size: int,
-                    keep: list[str], out_dir: str, fault: dict | None) -> list:
+def _transform_task(
+    part: ooc.Partition,
+    model: FittedPCA,
+    batch_size: int,
+    keep: list[str],
+    out_dir: str,
+    fault: dict | None,
+) -> list:
     import pyarrow as pa
 
     probe = ooc.TaskProbe(part, "transform")
@@ -283,6 +368,7 @@ def _transform_task(part: ooc.Partition, model: FittedPCA, batch_size: int,
 
 # ------------------------------------------------------------------ the job
 
+
 class Job(BaseJob):
     """Out-of-core PCA: plan partitions, run the passes on Ray, hand back tables and the model."""
 
@@ -293,23 +379,28 @@ class Job(BaseJob):
     def load_predictor(cls, run_dir: Path, manifest: dict, allow_module: tuple[str, ...] = ()):
         from distml.jobs.predictors import array_predictor
 
-        return array_predictor(Path(run_dir), "pca", load_model, lambda fitted: len(fitted.columns()))
+        return array_predictor(
+            Path(run_dir), "pca", load_model, lambda fitted: len(fitted.columns())
+        )
 
     def check_data(self):
         info = ooc.numeric_features(self.spec, self.spec.model.keep_columns)
         d, m = len(info.features), self.spec.model
         if isinstance(m.n_components, int) and m.n_components > d:
-            raise DataError(f"model.n_components must be <= the number of features ({d}); "
-                            f"got {m.n_components}")
+            raise DataError(
+                f"model.n_components must be <= the number of features ({d}); got {m.n_components}"
+            )
         rows = info.source.rows
         if isinstance(m.n_components, int) and rows is not None and m.n_components > rows:
-            raise DataError(f"model.n_components must be <= the number of rows ({rows}); "
-                            f"got {m.n_components}")
+            raise DataError(
+                f"model.n_components must be <= the number of rows ({rows}); got {m.n_components}"
+            )
         mode, _ = self.mode(d)
-        if mode == "incremental" and m.n_components is not None \
-                and m.batch_size < m.n_components:
-            raise DataError(f"model.batch_size must be >= model.n_components for incremental PCA "
-                            f"(chosen for {d} features); got {m.batch_size} < {m.n_components}")
+        if mode == "incremental" and m.n_components is not None and m.batch_size < m.n_components:
+            raise DataError(
+                f"model.batch_size must be >= model.n_components for incremental PCA "
+                f"(chosen for {d} features); got {m.batch_size} < {m.n_components}"
+            )
         return info
 
     def mode(self, d: int) -> tuple[str, str]:
@@ -318,13 +409,17 @@ class Job(BaseJob):
         if m.mode != "auto":
             return m.mode, "model.mode"
         if d <= EXACT_MAX_FEATURES:
-            return "exact", (f"auto: {d} features <= {EXACT_MAX_FEATURES}; one parallel pass of "
-                             "mergeable moments is faster than IncrementalPCA")
+            return "exact", (
+                f"auto: {d} features <= {EXACT_MAX_FEATURES}; one parallel pass of "
+                "mergeable moments is faster than IncrementalPCA"
+            )
         if isinstance(m.n_components, float):
             return "exact", "auto: a variance fraction needs the whole spectrum"
         mib = d * d * 8 / 2**20
-        return "incremental", (f"auto: {d} features > {EXACT_MAX_FEATURES}; the exact state would "
-                               f"be a {mib:.0f} MiB matrix per task")
+        return "incremental", (
+            f"auto: {d} features > {EXACT_MAX_FEATURES}; the exact state would "
+            f"be a {mib:.0f} MiB matrix per task"
+        )
 
     def run(self, ctx: RunContext) -> JobOutput:
         m, feats = self.spec.model, ctx.data.features
@@ -332,8 +427,13 @@ class Job(BaseJob):
         plan = ooc.plan_partitions(ctx.data.source, m.partition_rows)
         runner = tasks.Runner(self.spec.resources, ctx.log)
         fault = ooc.fault_from_env("pca")
-        ctx.log.info("pca (%s): %d partitions, %d features, batch_size %d", mode, len(plan),
-                     len(feats), m.batch_size)
+        ctx.log.info(
+            "pca (%s): %d partitions, %d features, batch_size %d",
+            mode,
+            len(plan),
+            len(feats),
+            m.batch_size,
+        )
         timings: dict[str, float] = {}
         meta: list = []
         t0 = time.perf_counter()
@@ -347,21 +447,39 @@ class Job(BaseJob):
 
             progress.current().stage("write", "transformed data")
             out_dir = str(ctx.run_dir.file("transformed"))
-            for part_meta in runner.get(runner.map(_transform_task, plan, runner.put(model),
-                                                   m.batch_size, m.keep_columns, out_dir, fault)):
+            for part_meta in runner.get(
+                runner.map(
+                    _transform_task,
+                    plan,
+                    runner.put(model),
+                    m.batch_size,
+                    m.keep_columns,
+                    out_dir,
+                    fault,
+                )
+            ):
                 meta += part_meta
             ooc.discard_partials(out_dir)
             timings["transform_s"] = time.perf_counter() - t1
-            out.info["transformed"] = {"dir": "transformed", "format": "parquet",
-                                       "columns": m.keep_columns + model.columns(),
-                                       "files": [f"transformed/{p.name}.parquet" for p in plan]}
+            out.info["transformed"] = {
+                "dir": "transformed",
+                "format": "parquet",
+                "columns": m.keep_columns + model.columns(),
+                "files": [f"transformed/{p.name}.parquet" for p in plan],
+            }
         self._outputs(out, model, feats, raw_mean, raw_std)
         out.info["execution"] = {
-            "path": f"out_of_core_{mode}", "mode": mode, "reason": reason,
-            "partitions": len(plan), "tasks": runner.tasks, "batch_size": m.batch_size,
+            "path": f"out_of_core_{mode}",
+            "mode": mode,
+            "reason": reason,
+            "partitions": len(plan),
+            "tasks": runner.tasks,
+            "batch_size": m.batch_size,
             "passes": 1 + (mode == "incremental" and m.scale) + bool(m.transform),
             "stages": ooc.stage_info(meta),
-            "timings_s": {k: round(v, 4) for k, v in timings.items()}, **ooc.resume_record(ctx)}
+            "timings_s": {k: round(v, 4) for k, v in timings.items()},
+            **ooc.resume_record(ctx),
+        }
         out.info["memory"] = ooc.memory_info(meta, m.batch_size, len(feats))
         return out
 
@@ -377,13 +495,19 @@ class Job(BaseJob):
         """(With ``scale``, a parallel pass of per-feature moments, then) one sequential task."""
         m, scaler = self.spec.model, None
         if m.scale:
-            mom = runner.reduce(runner.map(_moments_task, plan, feats, m.batch_size, False,
-                                           fault))
+            mom = runner.reduce(runner.map(_moments_task, plan, feats, m.batch_size, False, fault))
             meta += mom.meta
             scaler = mom.scaler()
         ref = runner.remote(_incremental_task).remote(
-            plan, feats, m.batch_size, m.n_components, m.whiten, scaler,
-            self.spec.resources.cpus_per_worker > 1, fault)
+            plan,
+            feats,
+            m.batch_size,
+            m.n_components,
+            m.whiten,
+            scaler,
+            self.spec.resources.cpus_per_worker > 1,
+            fault,
+        )
         runner.tasks += 1
         model, std, task_meta = runner.get(ref)
         meta += task_meta
@@ -391,24 +515,31 @@ class Job(BaseJob):
             return model, mom.mean, np.sqrt(mom.variance)
         return model, model.mean, std
 
-    def _outputs(self, out: JobOutput, model: FittedPCA, feats: list[str], raw_mean,
-                 raw_std) -> None:
+    def _outputs(
+        self, out: JobOutput, model: FittedPCA, feats: list[str], raw_mean, raw_std
+    ) -> None:
         import pandas as pd
 
         k = model.n_components
         out.metrics.update(
-            n_components=k, mode=model.mode,
+            n_components=k,
+            mode=model.mode,
             explained_variance_ratio=[float(v) for v in model.explained_variance_ratio],
             explained_variance=[float(v) for v in model.explained_variance],
             explained_variance_ratio_sum=float(np.sum(model.explained_variance_ratio)),
             singular_values=[float(v) for v in model.singular_values],
-            noise_variance=model.noise_variance, n_rows=model.n_samples,
-            n_features=len(feats), scale=model.scaler is not None, whiten=model.whiten)
+            noise_variance=model.noise_variance,
+            n_rows=model.n_samples,
+            n_features=len(feats),
+            scale=model.scaler is not None,
+            whiten=model.whiten,
+        )
         comp = pd.DataFrame(model.components, columns=feats)
         comp.insert(0, "explained_variance_ratio", model.explained_variance_ratio)
         comp.insert(0, "explained_variance", model.explained_variance)
         comp.insert(0, "component", np.arange(k))
         out.tables["components"] = comp
-        out.tables["feature_stats"] = pd.DataFrame({"feature": feats, "mean": raw_mean,
-                                                    "std": raw_std})
+        out.tables["feature_stats"] = pd.DataFrame(
+            {"feature": feats, "mean": raw_mean, "std": raw_std}
+        )
         out.files.update(model.to_files())

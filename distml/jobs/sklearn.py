@@ -60,23 +60,53 @@ ESTIMATORS: dict[str, tuple[str, str]] = {
 #: the public scikit-learn modules a dotted ``estimator`` path may name (``sklearn.MOD.Class``):
 #: lookup imports nothing else, so neither private modules nor test helpers (``conftest``,
 #: ``utils._testing``) are ever imported through a spec
-PUBLIC_MODULES = frozenset({
-    "calibration", "cluster", "compose", "covariance", "cross_decomposition", "decomposition",
-    "discriminant_analysis", "dummy", "ensemble", "feature_selection", "gaussian_process",
-    "impute", "isotonic", "kernel_approximation", "kernel_ridge", "linear_model", "manifold",
-    "mixture", "multiclass", "multioutput", "naive_bayes", "neighbors", "neural_network",
-    "pipeline", "preprocessing", "random_projection", "semi_supervised", "svm", "tree",
-})
+PUBLIC_MODULES = frozenset(
+    {
+        "calibration",
+        "cluster",
+        "compose",
+        "covariance",
+        "cross_decomposition",
+        "decomposition",
+        "discriminant_analysis",
+        "dummy",
+        "ensemble",
+        "feature_selection",
+        "gaussian_process",
+        "impute",
+        "isotonic",
+        "kernel_approximation",
+        "kernel_ridge",
+        "linear_model",
+        "manifold",
+        "mixture",
+        "multiclass",
+        "multioutput",
+        "naive_bayes",
+        "neighbors",
+        "neural_network",
+        "pipeline",
+        "preprocessing",
+        "random_projection",
+        "semi_supervised",
+        "svm",
+        "tree",
+    }
+)
 _NATIVE_CATEGORICAL = ("HistGradientBoostingClassifier", "HistGradientBoostingRegressor")
 
 
 class SklearnModel(StrictModel):
     """The ``model`` section of an sklearn job."""
 
-    estimator: str = Field(..., description="Short name (e.g. random_forest_classifier) or a "
-                                            "dotted path inside sklearn (sklearn.svm.SVC).")
-    params: dict[str, Any] = Field(default_factory=dict,
-                                   description="Estimator parameters, passed unchanged.")
+    estimator: str = Field(
+        ...,
+        description="Short name (e.g. random_forest_classifier) or a "
+        "dotted path inside sklearn (sklearn.svm.SVC).",
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Estimator parameters, passed unchanged."
+    )
     scale: bool = Field(False, description="Standardise numeric features (fitted on train only).")
 
     @field_validator("estimator")
@@ -90,10 +120,12 @@ class SklearnModel(StrictModel):
             return v
         close = difflib.get_close_matches(v, list(ESTIMATORS), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"model.estimator must be a registered short name or a public dotted "
-                         f"path inside sklearn. (sklearn.MODULE.Class of a public module, e.g. "
-                         f"sklearn.svm.SVC); got {v!r}{hint} "
-                         f"(short names: {', '.join(ESTIMATORS)})")
+        raise ValueError(
+            f"model.estimator must be a registered short name or a public dotted "
+            f"path inside sklearn. (sklearn.MODULE.Class of a public module, e.g. "
+            f"sklearn.svm.SVC); got {v!r}{hint} "
+            f"(short names: {', '.join(ESTIMATORS)})"
+        )
 
     @field_validator("params")
     @classmethod
@@ -105,8 +137,13 @@ class SklearnModel(StrictModel):
 def _public_path(v: str) -> bool:
     """``sklearn.MODULE.Class`` with MODULE public and Class a public name (no import)."""
     parts = v.split(".")
-    return (len(parts) == 3 and parts[0] == "sklearn" and parts[1] in PUBLIC_MODULES
-            and parts[2].isidentifier() and not parts[2].startswith("_"))
+    return (
+        len(parts) == 3
+        and parts[0] == "sklearn"
+        and parts[1] in PUBLIC_MODULES
+        and parts[2].isidentifier()
+        and not parts[2].startswith("_")
+    )
 
 
 class Spec(JobSpec):
@@ -118,9 +155,11 @@ class Spec(JobSpec):
     @model_validator(mode="after")
     def _one_worker(self) -> "Spec":
         if self.resources.num_workers > 1:
-            raise ValueError("resources.num_workers must be 1 for kind sklearn (an estimator fits "
-                             "in one worker; cross-validation folds run in parallel anyway); got "
-                             f"{self.resources.num_workers}")
+            raise ValueError(
+                "resources.num_workers must be 1 for kind sklearn (an estimator fits "
+                "in one worker; cross-validation folds run in parallel anyway); got "
+                f"{self.resources.num_workers}"
+            )
         return self
 
 
@@ -130,14 +169,15 @@ def estimator_class(name: str) -> type:
     modules of :data:`PUBLIC_MODULES` are ever imported."""
     path = ESTIMATORS[name][0] if name in ESTIMATORS else name
     if not _public_path(path):
-        raise SpecError(f"model.estimator {name!r} is not a class of a public scikit-learn "
-                        "module (sklearn.MODULE.Class, e.g. sklearn.svm.SVC)")
+        raise SpecError(
+            f"model.estimator {name!r} is not a class of a public scikit-learn "
+            "module (sklearn.MODULE.Class, e.g. sklearn.svm.SVC)"
+        )
     module, _, attr = path.rpartition(".")
     try:
         mod = importlib.import_module(module)
     except ImportError:
-        raise SpecError(f"model.estimator {name!r}: scikit-learn has no module {module}") \
-            from None
+        raise SpecError(f"model.estimator {name!r}: scikit-learn has no module {module}") from None
     public = getattr(mod, "__all__", None)
     cls = getattr(mod, attr, None) if public is None or attr in public else None
     if cls is None:
@@ -150,13 +190,18 @@ def estimator_class(name: str) -> type:
         params = inspect.signature(cls).parameters.values()
     except (TypeError, ValueError):
         params = []
-    required = [p.name for p in params if p.default is inspect.Parameter.empty
-                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    required = [
+        p.name
+        for p in params
+        if p.default is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
     if required:
-        raise SpecError(f"model.estimator {name!r} needs constructor argument"
-                        f"{'s' if len(required) > 1 else ''} {', '.join(required)} that a spec "
-                        "cannot give (an estimator object); choose an estimator that builds "
-                        "from parameters alone")
+        raise SpecError(
+            f"model.estimator {name!r} needs constructor argument"
+            f"{'s' if len(required) > 1 else ''} {', '.join(required)} that a spec "
+            "cannot give (an estimator object); choose an estimator that builds "
+            "from parameters alone"
+        )
     return cls
 
 
@@ -178,17 +223,26 @@ class Job(SupervisedJob):
         scaler_path = run / "model" / "scaler.json"
         try:
             scaler = json.loads(scaler_path.read_text()) if scaler_path.is_file() else None
-            if scaler is not None and not (isinstance(scaler, dict) and all(
-                    isinstance(v, list) and len(v) == 2 and all(
-                        isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
-                    for v in scaler.values())):
+            if scaler is not None and not (
+                isinstance(scaler, dict)
+                and all(
+                    isinstance(v, list)
+                    and len(v) == 2
+                    and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+                    for v in scaler.values()
+                )
+            ):
                 raise ValueError("not a mapping of column to [mean, sd]")
         except (OSError, ValueError) as e:
-            raise DataError(f"run dir {str(run)!r}: model/scaler.json is unreadable ({e})") \
-                from None
-        return {"estimator": load_skops(run / "model" / "model.skops",
-                                        extra=[f"{est.__module__}.{est.__qualname__}"]),
-                "scaler": scaler}
+            raise DataError(
+                f"run dir {str(run)!r}: model/scaler.json is unreadable ({e})"
+            ) from None
+        return {
+            "estimator": load_skops(
+                run / "model" / "model.skops", extra=[f"{est.__module__}.{est.__qualname__}"]
+            ),
+            "scaler": scaler,
+        }
 
     def check_spec(self) -> None:
         """The estimator exists and takes every key of ``model.params`` (SpecError if not)."""
@@ -198,8 +252,10 @@ class Job(SupervisedJob):
             if key not in valid:
                 close = difflib.get_close_matches(key, list(valid), n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise SpecError(f"model.params.{key} is not a parameter of {cls.__name__}{hint} "
-                                f"(parameters: {', '.join(valid)})")
+                raise SpecError(
+                    f"model.params.{key} is not a parameter of {cls.__name__}{hint} "
+                    f"(parameters: {', '.join(valid)})"
+                )
 
     def check_data(self):
         self.check_spec()
@@ -213,8 +269,10 @@ class Job(SupervisedJob):
             return "classification"
         if is_regressor(est):
             return "regression"
-        raise SpecError(f"model.estimator {self.spec.model.estimator!r} is neither a classifier "
-                        "nor a regressor; the sklearn kind fits supervised estimators")
+        raise SpecError(
+            f"model.estimator {self.spec.model.estimator!r} is neither a classifier "
+            "nor a regressor; the sklearn kind fits supervised estimators"
+        )
 
     # ---- encoding: one-hot (or native categorical), optional scaling fitted on train rows
     def _native(self) -> bool:

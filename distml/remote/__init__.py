@@ -38,12 +38,19 @@ from typing import Any, Iterable, Mapping, TextIO
 from distml.errors import ClusterError, SpecError
 from distml.remote.address import is_loopback, load_token, resolve_jobs_address, tokens_file
 from distml.remote.client import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, JobsClient
-from distml.remote.jobs import (JOB_EXIT_CODES, SPEC_FILE, TERMINAL, JobNotFound, Submission,
-                                format_table)
+from distml.remote.jobs import (
+    JOB_EXIT_CODES,
+    SPEC_FILE,
+    TERMINAL,
+    JobNotFound,
+    Submission,
+    format_table,
+)
 
 log = logging.getLogger("distml")
 
 # ------------------------------------------------------------------ submit
+
 
 def entrypoint(run_id: str) -> str:
     """The one command a submitted job runs; only the (validated) run id varies.
@@ -57,14 +64,18 @@ def entrypoint(run_id: str) -> str:
     return shlex.join(["python", "-m", "distml", "run", SPEC_FILE, "--run-id", run_id, "--json"])
 
 
-def _overrides(overrides: Mapping[str, Any] | Iterable[str] | None,
-               output: str | os.PathLike | None) -> dict[str, Any]:
+def _overrides(
+    overrides: Mapping[str, Any] | Iterable[str] | None, output: str | os.PathLike | None
+) -> dict[str, Any]:
     from distml.spec.load import parse_override
 
     merged: dict[str, Any] = {}
     if overrides:
-        merged.update(overrides if isinstance(overrides, Mapping)
-                      else dict(parse_override(s) for s in overrides))
+        merged.update(
+            overrides
+            if isinstance(overrides, Mapping)
+            else dict(parse_override(s) for s in overrides)
+        )
     if output is not None:
         merged["output.dir"] = str(output)
     return merged
@@ -73,25 +84,38 @@ def _overrides(overrides: Mapping[str, Any] | Iterable[str] | None,
 def _local_path_warnings(spec) -> list[str]:
     """Paths that mean something else on the cluster: relative data, a relative output root."""
     notes = []
-    for field_name, value in (("data.source", spec.data.source),
-                              ("data.test_source", spec.data.test_source)):
+    for field_name, value in (
+        ("data.source", spec.data.source),
+        ("data.test_source", spec.data.test_source),
+    ):
         if value and ":" not in value.split("/")[0] and not os.path.isabs(value):
-            notes.append(f"{field_name} {value!r} is a relative path: on the cluster it is read "
-                         "relative to the job's working dir, which holds only the spec; use an "
-                         "absolute path on shared storage or a URL (s3://, gs://)")
+            notes.append(
+                f"{field_name} {value!r} is a relative path: on the cluster it is read "
+                "relative to the job's working dir, which holds only the spec; use an "
+                "absolute path on shared storage or a URL (s3://, gs://)"
+            )
     if not os.path.isabs(spec.output.dir) and "://" not in spec.output.dir:
-        notes.append(f"output.dir {spec.output.dir!r} is relative: the run directory will be "
-                     "written inside the job's temporary working dir on the node that runs the "
-                     "driver; pass --output /shared/path to keep it")
+        notes.append(
+            f"output.dir {spec.output.dir!r} is relative: the run directory will be "
+            "written inside the job's temporary working dir on the node that runs the "
+            "driver; pass --output /shared/path to keep it"
+        )
     return notes
 
 
-def submit(spec: "str | os.PathLike | Mapping | Any",
-           overrides: Mapping[str, Any] | Iterable[str] | None = None, *,
-           address: str | None = None, submission_id: str | None = None, wait: bool = False,
-           output: str | os.PathLike | None = None, pip: Iterable[str] | None = None,
-           env_vars: Mapping[str, str] | None = None, stream: TextIO | None = None,
-           poll_s: float = 1.0) -> Submission:
+def submit(
+    spec: "str | os.PathLike | Mapping | Any",
+    overrides: Mapping[str, Any] | Iterable[str] | None = None,
+    *,
+    address: str | None = None,
+    submission_id: str | None = None,
+    wait: bool = False,
+    output: str | os.PathLike | None = None,
+    pip: Iterable[str] | None = None,
+    env_vars: Mapping[str, str] | None = None,
+    stream: TextIO | None = None,
+    poll_s: float = 1.0,
+) -> Submission:
     """Submit ``spec`` to the Ray cluster at ``address`` and return the :class:`Submission`.
 
     The spec is validated here first (SpecError, exit 2, before any contact with the cluster;
@@ -124,34 +148,48 @@ def submit(spec: "str | os.PathLike | Mapping | Any",
     client = JobsClient(address)
     found = client.find(sid)
     if found is not None:
-        log.info("job %s already exists on %s (%s); not resubmitting", sid, client.address,
-                 found.status)
+        log.info(
+            "job %s already exists on %s (%s); not resubmitting", sid, client.address, found.status
+        )
         found.existing = True
-        return follow(client, sid, stream=stream, poll_s=poll_s, existing=True) if wait \
-            else found
+        return follow(client, sid, stream=stream, poll_s=poll_s, existing=True) if wait else found
     for note in _local_path_warnings(job_spec):
         log.warning("%s", note)
-    metadata = {"distml_version": _version(), "distml_name": job_spec.name,
-                "distml_kind": job_spec.kind, "distml_run_id": sid}
+    metadata = {
+        "distml_version": _version(),
+        "distml_name": job_spec.name,
+        "distml_kind": job_spec.kind,
+        "distml_run_id": sid,
+    }
     # The fields the spec (with --set/--output) sets, validated here; defaults are left to the
     # cluster's distml, so a newer client does not send fields an older cluster does not know.
     shipped = job_spec.model_dump(mode="json", exclude_unset=True)
     with tempfile.TemporaryDirectory(prefix="distml-submit-") as tmp:
-        (Path(tmp) / SPEC_FILE).write_text(dump_yaml(shipped, sort_keys=False),
-                                           encoding="utf-8")
+        (Path(tmp) / SPEC_FILE).write_text(dump_yaml(shipped, sort_keys=False), encoding="utf-8")
         try:
-            client.submit(entrypoint=entrypoint(sid), submission_id=sid,
-                          runtime_env={"working_dir": tmp, **runtime_env}, metadata=metadata)
+            client.submit(
+                entrypoint=entrypoint(sid),
+                submission_id=sid,
+                runtime_env={"working_dir": tmp, **runtime_env},
+                metadata=metadata,
+            )
         except ClusterError:
             # Two submitters raced on the same id: the other one won; report its job.
             raced = client.find(sid)
             if raced is None:
                 raise
             raced.existing = True
-            return follow(client, sid, stream=stream, poll_s=poll_s, existing=True) if wait \
-                else raced
-    log.info("submitted %s [%s] as job %s to %s (from %s)", job_spec.name, job_spec.kind, sid,
-             client.address, client.source)
+            return (
+                follow(client, sid, stream=stream, poll_s=poll_s, existing=True) if wait else raced
+            )
+    log.info(
+        "submitted %s [%s] as job %s to %s (from %s)",
+        job_spec.name,
+        job_spec.kind,
+        sid,
+        client.address,
+        client.source,
+    )
     if wait:
         return follow(client, sid, stream=stream, poll_s=poll_s)
     return client.info(sid)
@@ -165,9 +203,16 @@ def _version() -> str:
 
 # ------------------------------------------------------------------ following a job
 
-def follow(client: JobsClient, submission_id: str, *, stream: TextIO | None = None,
-           poll_s: float = 1.0, existing: bool = False,
-           timeout_s: float | None = None) -> Submission:
+
+def follow(
+    client: JobsClient,
+    submission_id: str,
+    *,
+    stream: TextIO | None = None,
+    poll_s: float = 1.0,
+    existing: bool = False,
+    timeout_s: float | None = None,
+) -> Submission:
     """Wait until the job ends, copying its new log text to ``stream`` as it arrives.
 
     Polls the Jobs API (no websocket, so it works inside an event loop and behind proxies).
@@ -192,9 +237,13 @@ def follow(client: JobsClient, submission_id: str, *, stream: TextIO | None = No
                 return sub
             time.sleep(poll_s)
     except KeyboardInterrupt:
-        log.warning("stopped following job %s; it keeps running on the cluster (stop it with "
-                    "`distml stop %s --address %s`)", submission_id, submission_id,
-                    client.address)
+        log.warning(
+            "stopped following job %s; it keeps running on the cluster (stop it with "
+            "`distml stop %s --address %s`)",
+            submission_id,
+            submission_id,
+            client.address,
+        )
         raise
     text = client.logs(submission_id)
     if stream is not None and len(text) > shown:
@@ -203,9 +252,11 @@ def follow(client: JobsClient, submission_id: str, *, stream: TextIO | None = No
     sub.result = job_result(text)
     sub.existing = existing
     if sub.status == "FAILED" and sub.result is None and "No module named distml" in text:
-        sub.message = (f"{sub.message or 'the job failed'}; distml is not installed in the "
-                       "cluster's Python: run an image built from cluster/Dockerfile, or "
-                       "submit with --pip 'distml==VERSION'")
+        sub.message = (
+            f"{sub.message or 'the job failed'}; distml is not installed in the "
+            "cluster's Python: run an image built from cluster/Dockerfile, or "
+            "submit with --pip 'distml==VERSION'"
+        )
     return sub
 
 
@@ -229,8 +280,10 @@ def job_result(logs: str) -> dict[str, Any] | None:
 
 # ------------------------------------------------------------------ status, logs, stop, list
 
-def status(submission_id: str, *, address: str | None = None, wait: bool = False,
-           poll_s: float = 1.0) -> Submission:
+
+def status(
+    submission_id: str, *, address: str | None = None, wait: bool = False, poll_s: float = 1.0
+) -> Submission:
     """The job's current state (with its result once it finished); with ``wait``, its state
     once it ended (``exit_code`` is then what ``distml status --wait`` exits with)."""
     client = JobsClient(address)
@@ -247,15 +300,25 @@ def logs(submission_id: str, *, address: str | None = None) -> str:
     return JobsClient(address).logs(submission_id)
 
 
-def follow_logs(submission_id: str, *, address: str | None = None,
-                stream: TextIO | None = None, poll_s: float = 1.0) -> Submission:
+def follow_logs(
+    submission_id: str,
+    *,
+    address: str | None = None,
+    stream: TextIO | None = None,
+    poll_s: float = 1.0,
+) -> Submission:
     """Copy the job's log to ``stream`` (default stdout) until the job ends; returns it."""
-    return follow(JobsClient(address), submission_id, stream=stream or sys.stdout,
-                  poll_s=poll_s)
+    return follow(JobsClient(address), submission_id, stream=stream or sys.stdout, poll_s=poll_s)
 
 
-def stop(submission_id: str, *, address: str | None = None, wait: bool = True,
-         timeout_s: float = 60.0, poll_s: float = 0.5) -> Submission:
+def stop(
+    submission_id: str,
+    *,
+    address: str | None = None,
+    wait: bool = True,
+    timeout_s: float = 60.0,
+    poll_s: float = 0.5,
+) -> Submission:
     """Ask the job to stop; with ``wait``, until it is STOPPED (or ended otherwise).
 
     Raises ClusterError (exit 3) when it is still running after ``timeout_s``.
@@ -270,8 +333,10 @@ def stop(submission_id: str, *, address: str | None = None, wait: bool = True,
         return client.info(submission_id)
     sub = follow(client, submission_id, poll_s=poll_s, timeout_s=timeout_s)
     if not sub.finished:
-        raise ClusterError(f"job {submission_id} on {client._where()} is still {sub.status} "
-                           f"{timeout_s:.0f} s after the stop request")
+        raise ClusterError(
+            f"job {submission_id} on {client._where()} is still {sub.status} "
+            f"{timeout_s:.0f} s after the stop request"
+        )
     return sub
 
 
@@ -281,7 +346,27 @@ def list_jobs(*, address: str | None = None, all_jobs: bool = False) -> list[Sub
     return jobs if all_jobs else [j for j in jobs if "distml_run_id" in j.metadata]
 
 
-__all__ = ["Submission", "JobsClient", "JobNotFound", "submit", "status", "logs", "stop",
-           "list_jobs", "follow", "follow_logs", "job_result", "entrypoint", "format_table",
-           "resolve_jobs_address", "load_token", "is_loopback", "tokens_file", "SPEC_FILE",
-           "TERMINAL", "JOB_EXIT_CODES", "CONNECT_TIMEOUT_S", "READ_TIMEOUT_S"]
+__all__ = [
+    "Submission",
+    "JobsClient",
+    "JobNotFound",
+    "submit",
+    "status",
+    "logs",
+    "stop",
+    "list_jobs",
+    "follow",
+    "follow_logs",
+    "job_result",
+    "entrypoint",
+    "format_table",
+    "resolve_jobs_address",
+    "load_token",
+    "is_loopback",
+    "tokens_file",
+    "SPEC_FILE",
+    "TERMINAL",
+    "JOB_EXIT_CODES",
+    "CONNECT_TIMEOUT_S",
+    "READ_TIMEOUT_S",
+]

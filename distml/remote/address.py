@@ -10,12 +10,16 @@ from urllib.parse import urlparse
 from distml.errors import ClusterError, one_line
 
 ADDRESS_ENV = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
-TOKEN_HINT = ("set RAY_AUTH_TOKEN to the cluster's token, RAY_AUTH_TOKEN_PATH to a file "
-               "holding it, or map the address to such a file in ~/.config/distml/tokens.json "
-               "(~/.ray/auth_token is sent only to loopback addresses); on the head node "
-               "`ray get-auth-token` prints it")
-TOKEN_PLACES = ("RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.config/distml/tokens.json, or "
-                 "~/.ray/auth_token for a loopback address")
+TOKEN_HINT = (
+    "set RAY_AUTH_TOKEN to the cluster's token, RAY_AUTH_TOKEN_PATH to a file "
+    "holding it, or map the address to such a file in ~/.config/distml/tokens.json "
+    "(~/.ray/auth_token is sent only to loopback addresses); on the head node "
+    "`ray get-auth-token` prints it"
+)
+TOKEN_PLACES = (
+    "RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.config/distml/tokens.json, or "
+    "~/.ray/auth_token for a loopback address"
+)
 
 
 def resolve_jobs_address(address: str | None) -> tuple[str, str]:
@@ -31,8 +35,10 @@ def resolve_jobs_address(address: str | None) -> tuple[str, str]:
                 address, source = os.environ[var], var
                 break
     if not address:
-        raise ClusterError("no cluster address: pass --address http://HEAD:8265 (the Ray "
-                           "dashboard / Jobs API URL) or set RAY_ADDRESS")
+        raise ClusterError(
+            "no cluster address: pass --address http://HEAD:8265 (the Ray "
+            "dashboard / Jobs API URL) or set RAY_ADDRESS"
+        )
     address = address.strip().rstrip("/")
     parsed = urlparse(address)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
@@ -41,12 +47,14 @@ def resolve_jobs_address(address: str | None) -> tuple[str, str]:
             hint = f"; if {address} is the head node's GCS address, use http://HOST:8265"
         raise ClusterError(
             f"cluster address {address!r} (from {source}) is not a Ray Jobs API URL; distml "
-            f"submits through the dashboard at http://HOST:8265{hint}")
+            f"submits through the dashboard at http://HOST:8265{hint}"
+        )
     try:
-        parsed.port
+        _ = parsed.port  # raises ValueError for a port that is not a number
     except ValueError:
-        raise ClusterError(f"cluster address {address!r} (from {source}) has an invalid "
-                           "port") from None
+        raise ClusterError(
+            f"cluster address {address!r} (from {source}) has an invalid port"
+        ) from None
     return address, source
 
 
@@ -84,8 +92,9 @@ def _read_token_file(path: str, source: str) -> str:
     try:
         token = Path(path).expanduser().read_text().strip()
     except OSError as e:
-        raise ClusterError(f"{source} names {path!r}, which cannot be read "
-                           f"({e.strerror or e}); {TOKEN_HINT}") from None
+        raise ClusterError(
+            f"{source} names {path!r}, which cannot be read ({e.strerror or e}); {TOKEN_HINT}"
+        ) from None
     if not token:
         raise ClusterError(f"{source} names {path!r}, which is empty; {TOKEN_HINT}")
     return token
@@ -99,12 +108,16 @@ def _configured_token_path(address: str) -> str | None:
     try:
         table = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise ClusterError(f"{path} is not a readable JSON object ({one_line(e)}); it maps "
-                           'cluster addresses to token files: {"http://head:8265": '
-                           '"~/secrets/head.token"}') from None
+        raise ClusterError(
+            f"{path} is not a readable JSON object ({one_line(e)}); it maps "
+            'cluster addresses to token files: {"http://head:8265": '
+            '"~/secrets/head.token"}'
+        ) from None
     if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
-        raise ClusterError(f"{path} must be a JSON object mapping cluster addresses to token "
-                           'file paths: {"http://head:8265": "~/secrets/head.token"}')
+        raise ClusterError(
+            f"{path} must be a JSON object mapping cluster addresses to token "
+            'file paths: {"http://head:8265": "~/secrets/head.token"}'
+        )
     want = _normal_url(address)
     for key, value in table.items():
         try:

@@ -9,8 +9,14 @@ from typing import Any, Iterator
 from urllib.parse import urlparse
 
 from distml.errors import ClusterError
-from distml.remote.address import (ADDRESS_ENV, TOKEN_HINT, TOKEN_PLACES, is_loopback, load_token,
-                                   resolve_jobs_address)
+from distml.remote.address import (
+    ADDRESS_ENV,
+    TOKEN_HINT,
+    TOKEN_PLACES,
+    is_loopback,
+    load_token,
+    resolve_jobs_address,
+)
 from distml.remote.jobs import JobNotFound, Submission
 
 log = logging.getLogger("distml")
@@ -28,8 +34,9 @@ def preflight_url(url: str, source: str) -> None:
     try:
         preflight(f"{parsed.hostname}:{port}", source)
     except ClusterError as e:  # name the URL the user gave, not the host:port we probed
-        raise ClusterError(str(e).replace(repr(f"{parsed.hostname}:{port}"), repr(url), 1)) \
-            from None
+        raise ClusterError(
+            str(e).replace(repr(f"{parsed.hostname}:{port}"), repr(url), 1)
+        ) from None
 
 
 @contextmanager
@@ -55,14 +62,19 @@ class JobsClient:
         preflight_url(self.address, self.source)
         token, self.token_source = load_token(self.address)
         if token and urlparse(self.address).scheme == "http" and not is_loopback(self.address):
-            log.warning("sending the authentication token (from %s) in clear text over plain "
-                        "http to %s; use https or a tunnel to a loopback port",
-                        self.token_source, self.address)
+            log.warning(
+                "sending the authentication token (from %s) in clear text over plain "
+                "http to %s; use https or a tunnel to a loopback port",
+                self.token_source,
+                self.address,
+            )
         if not token and os.environ.get("RAY_AUTH_MODE", "").strip().lower() == "token":
             # Ray's client would fall back to ~/.ray/auth_token for any address: refuse here.
-            raise ClusterError(f"cannot contact {self._where()}: RAY_AUTH_MODE=token is set "
-                               "here but no authentication token was found for it "
-                               f"({TOKEN_PLACES}); {TOKEN_HINT}")
+            raise ClusterError(
+                f"cannot contact {self._where()}: RAY_AUTH_MODE=token is set "
+                "here but no authentication token was found for it "
+                f"({TOKEN_PLACES}); {TOKEN_HINT}"
+            )
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         cls = client_class()
         with explicit_address(), self._errors("connect"):
@@ -83,32 +95,48 @@ class JobsClient:
             # client refusing to send a request without a token under RAY_AUTH_MODE=token.
             from_server = str(e).startswith(("Authentication required", "Authentication failed"))
             if self.token_source:
-                problem = (f"{self._where()} rejected the authentication token (from "
-                           f"{self.token_source}): it is wrong, or belongs to another cluster")
+                problem = (
+                    f"{self._where()} rejected the authentication token (from "
+                    f"{self.token_source}): it is wrong, or belongs to another cluster"
+                )
             elif from_server:
-                problem = (f"{self._where()} requires an authentication token and none was "
-                           f"sent (none configured for it: {TOKEN_PLACES})")
+                problem = (
+                    f"{self._where()} requires an authentication token and none was "
+                    f"sent (none configured for it: {TOKEN_PLACES})"
+                )
             else:
-                problem = (f"cannot contact {self._where()}: RAY_AUTH_MODE=token is set here "
-                           f"but no authentication token was found ({TOKEN_PLACES})")
+                problem = (
+                    f"cannot contact {self._where()}: RAY_AUTH_MODE=token is set here "
+                    f"but no authentication token was found ({TOKEN_PLACES})"
+                )
             raise ClusterError(f"{problem}; {TOKEN_HINT}") from None
-        except (requests.exceptions.Timeout,) as e:
-            raise ClusterError(f"{self._where()} did not answer ({action}) within "
-                               f"{READ_TIMEOUT_S:.0f} s: {_first_line(e)}") from None
+        except requests.exceptions.Timeout as e:
+            raise ClusterError(
+                f"{self._where()} did not answer ({action}) within "
+                f"{READ_TIMEOUT_S:.0f} s: {_first_line(e)}"
+            ) from None
         except (requests.exceptions.ConnectionError, ConnectionError) as e:
-            raise ClusterError(f"cannot reach {self._where()} ({action}): {_first_line(e)}; "
-                               "is the dashboard running and the port open?") from None
+            raise ClusterError(
+                f"cannot reach {self._where()} ({action}): {_first_line(e)}; "
+                "is the dashboard running and the port open?"
+            ) from None
         except (RuntimeError, ValueError, requests.exceptions.RequestException) as e:
             # Ray raises RuntimeError for an HTTP error status; a server that is not a Ray
             # dashboard answers what Ray cannot parse (ValueError)
             text = str(e)
             if job is not None and ("404" in text or "does not exist" in text):
-                raise JobNotFound(f"no job with submission id {job!r} on {self._where()}; "
-                                  "`distml jobs list` shows the jobs there") from None
-            hint = ("; is it the Ray dashboard (Jobs API) address, usually port 8265?"
-                    if action == "connect" else "")
-            raise ClusterError(f"{self._where()} refused the request ({action}): "
-                               f"{_first_line(e)}{hint}") from None
+                raise JobNotFound(
+                    f"no job with submission id {job!r} on {self._where()}; "
+                    "`distml jobs list` shows the jobs there"
+                ) from None
+            hint = (
+                "; is it the Ray dashboard (Jobs API) address, usually port 8265?"
+                if action == "connect"
+                else ""
+            )
+            raise ClusterError(
+                f"{self._where()} refused the request ({action}): {_first_line(e)}{hint}"
+            ) from None
 
     # -- thin wrappers
     def info(self, submission_id: str) -> Submission:
@@ -134,8 +162,9 @@ class JobsClient:
     def list(self) -> list[Submission]:
         with self._errors("list jobs"):
             jobs = self._client.list_jobs()
-        return sorted((self._submission(j) for j in jobs),
-                      key=lambda s: (s.start_time or 0, s.submission_id))
+        return sorted(
+            (self._submission(j) for j in jobs), key=lambda s: (s.start_time or 0, s.submission_id)
+        )
 
     def submit(self, **kwargs: Any) -> str:
         with self._errors("submit"):
@@ -147,11 +176,18 @@ class JobsClient:
 
         status = getattr(d.status, "value", d.status)
         return Submission(
-            submission_id=d.submission_id or d.job_id, address=self.address,
-            address_source=self.source, status=str(status), message=d.message,
-            job_id=d.job_id, entrypoint=d.entrypoint, start_time=secs(d.start_time),
-            end_time=secs(d.end_time), driver_exit_code=getattr(d, "driver_exit_code", None),
-            metadata=dict(d.metadata or {}))
+            submission_id=d.submission_id or d.job_id,
+            address=self.address,
+            address_source=self.source,
+            status=str(status),
+            message=d.message,
+            job_id=d.job_id,
+            entrypoint=d.entrypoint,
+            start_time=secs(d.start_time),
+            end_time=secs(d.end_time),
+            driver_exit_code=getattr(d, "driver_exit_code", None),
+            metadata=dict(d.metadata or {}),
+        )
 
 
 def client_class():

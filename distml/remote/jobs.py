@@ -24,6 +24,7 @@ class JobNotFound(ClusterError):
 
 # ------------------------------------------------------------------ what a job is, for people
 
+
 @dataclass
 class Submission:
     """A job on a Ray cluster, as distml submitted (or found) it.
@@ -96,14 +97,23 @@ class Submission:
     def to_dict(self) -> dict[str, Any]:
         """The ``--json`` object: ``status`` is the job status in lower case."""
         out: dict[str, Any] = {
-            "status": self.status.lower(), "job_status": self.status,
-            "submission_id": self.submission_id, "job_id": self.job_id,
-            "address": self.address, "address_source": self.address_source,
-            "message": self.message, "existing": self.existing, "run_id": self.run_id,
-            "name": self.metadata.get("distml_name"), "kind": self.metadata.get("distml_kind"),
-            "entrypoint": self.entrypoint, "start_time": iso_time(self.start_time),
-            "end_time": iso_time(self.end_time), "duration_s": self.duration_s,
-            "driver_exit_code": self.driver_exit_code}
+            "status": self.status.lower(),
+            "job_status": self.status,
+            "submission_id": self.submission_id,
+            "job_id": self.job_id,
+            "address": self.address,
+            "address_source": self.address_source,
+            "message": self.message,
+            "existing": self.existing,
+            "run_id": self.run_id,
+            "name": self.metadata.get("distml_name"),
+            "kind": self.metadata.get("distml_kind"),
+            "entrypoint": self.entrypoint,
+            "start_time": iso_time(self.start_time),
+            "end_time": iso_time(self.end_time),
+            "duration_s": self.duration_s,
+            "driver_exit_code": self.driver_exit_code,
+        }
         if self.finished:
             out["exit_code"], out["job_exit_code"] = self.exit_code, self.job_exit_code
         if self.result is not None:
@@ -120,9 +130,12 @@ class Submission:
         one)."""
         job_error = (self.result or {}).get("error") or {}
         reason = job_error.get("message") or self.message or "no message"
-        err: dict[str, Any] = {"type": "JobFailed", "exit_code": self.exit_code or 4,
-                               "message": f"job {self.submission_id} {self.status}: {reason}",
-                               "job_exit_code": self.job_exit_code}
+        err: dict[str, Any] = {
+            "type": "JobFailed",
+            "exit_code": self.exit_code or 4,
+            "message": f"job {self.submission_id} {self.status}: {reason}",
+            "job_exit_code": self.job_exit_code,
+        }
         if self.driver_exit_code is not None:
             err["driver_exit_code"] = self.driver_exit_code
         if job_error:
@@ -132,11 +145,14 @@ class Submission:
     def summary(self) -> str:
         """A few lines for people."""
         what = self.metadata.get("distml_name")
-        head = f"job {self.submission_id}" + (f" ({what} [{self.metadata.get('distml_kind')}])"
-                                               if what else "")
-        lines = [f"{head}: {self.status}" + (" (already on the cluster; not resubmitted)"
-                                             if self.existing else ""),
-                 f"cluster: {self.address} (from {self.address_source})"]
+        head = f"job {self.submission_id}" + (
+            f" ({what} [{self.metadata.get('distml_kind')}])" if what else ""
+        )
+        lines = [
+            f"{head}: {self.status}"
+            + (" (already on the cluster; not resubmitted)" if self.existing else ""),
+            f"cluster: {self.address} (from {self.address_source})",
+        ]
         if self.message:
             lines.append(f"message: {self.message}")
         if self.result and self.result.get("run_dir"):
@@ -145,8 +161,10 @@ class Submission:
         for split in ("train", "valid", "test"):
             m = metrics.get(split)
             if isinstance(m, dict):
-                lines.append(f"{split:>5}: " + ", ".join(
-                    f"{k}={v:.4g}" for k, v in m.items() if isinstance(v, (int, float))))
+                lines.append(
+                    f"{split:>5}: "
+                    + ", ".join(f"{k}={v:.4g}" for k, v in m.items() if isinstance(v, (int, float)))
+                )
         if not self.finished:
             q = shlex.quote(self.submission_id)
             a = shlex.quote(self.address)
@@ -155,8 +173,10 @@ class Submission:
         return "\n".join(lines)
 
     def __repr__(self) -> str:
-        return (f"Submission(submission_id={self.submission_id!r}, status={self.status!r}, "
-                f"address={self.address!r})")
+        return (
+            f"Submission(submission_id={self.submission_id!r}, status={self.status!r}, "
+            f"address={self.address!r})"
+        )
 
 
 def iso_time(t: float | None) -> str | None:
@@ -172,8 +192,15 @@ def format_table(jobs: list[Submission]) -> str:
     rows = [("SUBMISSION ID", "STATUS", "NAME", "KIND", "STARTED (UTC)", "DURATION")]
     for j in jobs:
         started = (iso_time(j.start_time) or "-").replace("+00:00", "")
-        rows.append((j.submission_id, j.status, j.metadata.get("distml_name", "-"),
-                     j.metadata.get("distml_kind", "-"), started,
-                     f"{j.duration_s:.1f}s" if j.duration_s is not None else "-"))
+        rows.append(
+            (
+                j.submission_id,
+                j.status,
+                j.metadata.get("distml_name", "-"),
+                j.metadata.get("distml_kind", "-"),
+                started,
+                f"{j.duration_s:.1f}s" if j.duration_s is not None else "-",
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)

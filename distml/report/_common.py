@@ -23,8 +23,9 @@ def _flat(d: Any, prefix: str = "") -> list[tuple[str, Any]]:
     out: list[tuple[str, Any]] = []
     if isinstance(d, dict):
         for k, v in d.items():
-            out += _flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [(f"{prefix}{k}",
-                                                                            _value(v))]
+            out += (
+                _flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [(f"{prefix}{k}", _value(v))]
+            )
     return out
 
 
@@ -39,9 +40,14 @@ def _value(v: Any) -> Any:
 def overview(run: RunView) -> Section:
     """The run at a glance: what, when, how it went (the answer follows; provenance is last)."""
     m = run.manifest
-    rows = [("name", m.get("name")), ("kind", run.kind), ("run id", m.get("run_id")),
-            ("status", m.get("status")), ("started", _when(m.get("started_at"))),
-            ("finished", _when(m.get("finished_at")))]
+    rows = [
+        ("name", m.get("name")),
+        ("kind", run.kind),
+        ("run id", m.get("run_id")),
+        ("status", m.get("status")),
+        ("started", _when(m.get("started_at"))),
+        ("finished", _when(m.get("finished_at"))),
+    ]
     if run.task:
         rows.append(("task", run.task))
     total = (m.get("timings") or {}).get("total_s")
@@ -49,16 +55,18 @@ def overview(run: RunView) -> Section:
         rows.append(("total time", f"{total:.1f} s"))
     execution = m.get("execution") or {}
     if execution:
-        rows += [("execution path", execution.get("path")),
-                 ("why", execution.get("reason"))]
+        rows += [("execution path", execution.get("path")), ("why", execution.get("reason"))]
     if m.get("best_config"):
-        rows.append(("best configuration", ", ".join(f"{k}={v}" for k, v in
-                                                     m["best_config"].items())))
+        rows.append(
+            ("best configuration", ", ".join(f"{k}={v}" for k, v in m["best_config"].items()))
+        )
     parts = [pairs(r for r in rows if r[1] not in (None, ""))]
     error = m.get("error")
     if error:
-        parts.append(f"<p class='error'>{esc(error.get('type', 'error'))}: "
-                     f"{esc(error.get('message', ''))}</p>")
+        parts.append(
+            f"<p class='error'>{esc(error.get('type', 'error'))}: "
+            f"{esc(error.get('message', ''))}</p>"
+        )
     return Section("overview", "Overview", "".join(parts))
 
 
@@ -72,12 +80,17 @@ def provenance(run: RunView) -> Section:
         parts.append("<h3>Data</h3>" + pairs(_flat(data)))
     cluster = m.get("cluster") or {}
     if cluster or m.get("host"):
-        parts.append("<h3>Cluster</h3>" + pairs([("host", m.get("host"))] * bool(m.get("host"))
-                                                + _flat(cluster)))
+        parts.append(
+            "<h3>Cluster</h3>"
+            + pairs([("host", m.get("host"))] * bool(m.get("host")) + _flat(cluster))
+        )
     if m.get("timings"):
         parts.append("<h3>Timings (seconds)</h3>" + pairs(_flat(m["timings"])))
-    more = {k: m[k] for k in ("rows", "worker_timings_s", "memory", "tune", "seeds")
-            if isinstance(m.get(k), dict) and m[k]}
+    more = {
+        k: m[k]
+        for k in ("rows", "worker_timings_s", "memory", "tune", "seeds")
+        if isinstance(m.get(k), dict) and m[k]
+    }
     if more:
         parts.append("<h3>Details</h3>" + pairs(_flat(more)))
     if m.get("versions"):
@@ -94,18 +107,31 @@ def metrics(run: RunView) -> Section | None:
     parts = []
     by_split = {s: mt[s] for s in SPLITS if isinstance(mt.get(s), dict)}
     if by_split:
-        frame = pd.DataFrame([{"split": s, **{k: v for k, v in d.items()
-                                              if isinstance(v, (int, float, type(None)))}}
-                              for s, d in by_split.items()])
+        frame = pd.DataFrame(
+            [
+                {
+                    "split": s,
+                    **{k: v for k, v in d.items() if isinstance(v, (int, float, type(None)))},
+                }
+                for s, d in by_split.items()
+            ]
+        )
         parts.append(table(frame, caption="by split"))
     cv = mt.get("cv")
     if isinstance(cv, dict) and isinstance(cv.get("mean"), dict):
-        frame = pd.DataFrame({"metric": list(cv["mean"]),
-                              "mean": list(cv["mean"].values()),
-                              "std": [cv.get("std", {}).get(k) for k in cv["mean"]]})
+        frame = pd.DataFrame(
+            {
+                "metric": list(cv["mean"]),
+                "mean": list(cv["mean"].values()),
+                "std": [cv.get("std", {}).get(k) for k in cv["mean"]],
+            }
+        )
         parts.append(table(frame, caption=f"cross-validation ({len(cv.get('folds', []))} folds)"))
-    top = [(k, _value(v)) for k, v in mt.items()
-           if k not in SPLITS and k not in ("cv", "tune") and not isinstance(v, dict)]
+    top = [
+        (k, _value(v))
+        for k, v in mt.items()
+        if k not in SPLITS and k not in ("cv", "tune") and not isinstance(v, dict)
+    ]
     if top:
         parts.append(pairs(top))
     if isinstance(mt.get("tune"), dict):
@@ -121,8 +147,14 @@ def summary(run: RunView) -> Section | None:
 
 
 def artifacts(run: RunView) -> Section | None:
-    files = sorted(p for p in run.path.rglob("*") if p.is_file() and ".tmp-" not in p.name
-                   and "checkpoints" not in p.parts and p.name != "report.html")
+    files = sorted(
+        p
+        for p in run.path.rglob("*")
+        if p.is_file()
+        and ".tmp-" not in p.name
+        and "checkpoints" not in p.parts
+        and p.name != "report.html"
+    )
     if not files:
         return None
     rows = [(str(p.relative_to(run.path)), _size(p.stat().st_size)) for p in files[:200]]

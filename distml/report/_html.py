@@ -54,10 +54,16 @@ def table(frame, max_rows: int = MAX_TABLE_ROWS, caption: str | None = None) -> 
     """A DataFrame as an escaped HTML table (first ``max_rows`` rows)."""
     shown = frame.head(max_rows)
     head = "".join(f"<th>{esc(c)}</th>" for c in shown.columns)
-    rows = "".join("<tr>" + "".join(f"<td>{fmt(v)}</td>" for v in row) + "</tr>"
-                   for row in shown.itertuples(index=False, name=None))
-    note = (f"<p class='note'>first {max_rows} of {len(frame)} rows "
-            "(the whole table is in <code>tables/</code>)</p>" if len(frame) > max_rows else "")
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{fmt(v)}</td>" for v in row) + "</tr>"
+        for row in shown.itertuples(index=False, name=None)
+    )
+    note = (
+        f"<p class='note'>first {max_rows} of {len(frame)} rows "
+        "(the whole table is in <code>tables/</code>)</p>"
+        if len(frame) > max_rows
+        else ""
+    )
     cap = f"<caption>{esc(caption)}</caption>" if caption else ""
     return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>{note}"
 
@@ -98,10 +104,13 @@ img{max-width:100%;height:auto;display:block;margin:.5em 0}
 
 def page(title: str, status: str, subtitle: str, sections: list[Section]) -> str:
     nav = "".join(f"<a href='#{esc(s.id)}'>{esc(s.title)}</a>" for s in sections)
-    body = "".join(f"<section id='{esc(s.id)}'><h2>{esc(s.title)}</h2>{s.body}</section>"
-                   for s in sections)
-    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-            f"<meta name='viewport' content='width=device-width,initial-scale=1'>"
-            f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>"
-            f"<h1>{esc(title)} <span class='status {esc(status)}'>{esc(status)}</span></h1>"
-            f"<p class='note'>{esc(subtitle)}</p><nav>{nav}</nav>{body}</body></html>\n")
+    body = "".join(
+        f"<section id='{esc(s.id)}'><h2>{esc(s.title)}</h2>{s.body}</section>" for s in sections
+    )
+    return (
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f"<meta name='viewport' content='width=device-width,initial-scale=1'>"
+        f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>"
+        f"<h1>{esc(title)} <span class='status {esc(status)}'>{esc(status)}</span></h1>"
+        f"<p class='note'>{esc(subtitle)}</p><nav>{nav}</nav>{body}</body></html>\n"
+    )

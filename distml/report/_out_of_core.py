@@ -24,8 +24,9 @@ def scree(run: RunView) -> Section | None:
     ax.set_ylim(0, 1.05)
     ax.set_xticks(k if len(k) <= 30 else k[:: max(1, len(k) // 15)])
     ax.legend(fontsize=8)
-    summary = comp[[c for c in ("component", "explained_variance", "explained_variance_ratio")
-                    if c in comp]].assign(cumulative=np.cumsum(ratio))
+    summary = comp[
+        [c for c in ("component", "explained_variance", "explained_variance_ratio") if c in comp]
+    ].assign(cumulative=np.cumsum(ratio))
     return Section("scree", "Explained variance", img(png(fig), "scree plot") + table(summary))
 
 
@@ -33,8 +34,11 @@ def loadings(run: RunView) -> Section | None:
     comp = run.table("components")
     if comp is None or not len(comp):
         return None
-    feats = [c for c in comp.columns if c not in ("component", "explained_variance",
-                                                  "explained_variance_ratio")]
+    feats = [
+        c
+        for c in comp.columns
+        if c not in ("component", "explained_variance", "explained_variance_ratio")
+    ]
     if not feats:
         return None
     import numpy as np
@@ -46,12 +50,16 @@ def loadings(run: RunView) -> Section | None:
     ax = axes[0]
     lim = float(np.abs(mat).max()) or 1.0
     im = ax.imshow(mat, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
-    ax.set_xticks(range(len(order)), [short(feats[i], 16) for i in order], rotation=60,
-                  ha="right", fontsize=7)
+    ax.set_xticks(
+        range(len(order)), [short(feats[i], 16) for i in order], rotation=60, ha="right", fontsize=7
+    )
     ax.set_yticks(range(len(mat)), [f"PC{i + 1}" for i in range(len(mat))], fontsize=8)
     fig.colorbar(im, ax=ax, shrink=0.8)
-    note = para(f"first {len(mat)} components, the {len(order)} features with the largest "
-                "loadings") if len(order) < len(feats) or len(mat) < len(comp) else ""
+    note = (
+        para(f"first {len(mat)} components, the {len(order)} features with the largest loadings")
+        if len(order) < len(feats) or len(mat) < len(comp)
+        else ""
+    )
     return Section("loadings", "Loadings", img(png(fig), "component loadings") + note)
 
 
@@ -88,9 +96,11 @@ def cluster_centers(run: RunView) -> Section | None:
     if Z.shape[0] >= 2 and Z.shape[1] >= 2:
         u, s, _ = np.linalg.svd(Z, full_matrices=False)
         xy = u[:, :2] * s[:2]
-        share = s[:2] ** 2 / max((s ** 2).sum(), 1e-300)
-        xlabel, ylabel = (f"axis 1 ({share[0]:.0%} of the spread)",
-                          f"axis 2 ({share[1]:.0%} of the spread)")
+        share = s[:2] ** 2 / max((s**2).sum(), 1e-300)
+        xlabel, ylabel = (
+            f"axis 1 ({share[0]:.0%} of the spread)",
+            f"axis 2 ({share[1]:.0%} of the spread)",
+        )
     else:
         xy = np.column_stack([Z[:, 0], np.zeros(len(Z))]) if Z.shape[1] else np.zeros((len(Z), 2))
         xlabel, ylabel = short(feats[0]) if feats else "", ""
@@ -105,9 +115,13 @@ def cluster_centers(run: RunView) -> Section | None:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.margins(0.2)
-    return Section("cluster_centers", "Cluster centres",
-                   img(png(fig), "cluster centres projected to 2-D")
-                   + para("marker area ~ cluster size") + table(c, max_rows=50))
+    return Section(
+        "cluster_centers",
+        "Cluster centres",
+        img(png(fig), "cluster centres projected to 2-D")
+        + para("marker area ~ cluster size")
+        + table(c, max_rows=50),
+    )
 
 
 def pass_history(run: RunView) -> Section | None:

@@ -9,8 +9,13 @@ import io
 MAX_POINTS = 5000
 
 
-def figure(width: float = 6.4, height: float = 4.0, ncols: int = 1, nrows: int = 1,
-           layout: str | None = "constrained"):
+def figure(
+    width: float = 6.4,
+    height: float = 4.0,
+    ncols: int = 1,
+    nrows: int = 1,
+    layout: str | None = "constrained",
+):
     """(Figure, axes array) on an Agg canvas. ``layout=None`` skips the constrained-layout
     solver (most of the drawing time of a grid of panels); the caller spaces the axes."""
     import numpy as np

@@ -7,8 +7,12 @@ from distml.report._html import Section, img, para, table
 from distml.report._plots import figure, png, short
 from distml.report._run import RunView
 
-_STATUS_COLORS = {"completed": "tab:blue", "stopped": "tab:orange", "failed": "tab:red",
-                  "not_run": "tab:grey"}
+_STATUS_COLORS = {
+    "completed": "tab:blue",
+    "stopped": "tab:orange",
+    "failed": "tab:red",
+    "not_run": "tab:grey",
+}
 
 
 def _layout(run: RunView):
@@ -24,7 +28,7 @@ def _layout(run: RunView):
     params = [c for c in trials.columns if c in space]
     if not params and "status" in trials.columns and metric in trials.columns:
         cols = list(trials.columns)
-        params = cols[cols.index("status") + 1:cols.index(metric)]
+        params = cols[cols.index("status") + 1 : cols.index(metric)]
     if metric not in trials.columns:
         return None
     return trials, metric, mode, params
@@ -48,15 +52,22 @@ def trials(run: RunView) -> Section | None:
             ax.scatter(x[sel], values[sel], color=color, label=s, s=18)
     filled = np.where(np.isnan(values), np.inf if mode == "min" else -np.inf, values)
     best = np.minimum.accumulate(filled) if mode == "min" else np.maximum.accumulate(filled)
-    ax.step(x, np.where(np.isfinite(best), best, np.nan), where="post", color="black",
-            lw=1, label="best so far")
+    ax.step(
+        x,
+        np.where(np.isfinite(best), best, np.nan),
+        where="post",
+        color="black",
+        lw=1,
+        label="best so far",
+    )
     ax.set_xlabel("trial (creation order)")
     ax.set_ylabel(short(metric, 40))
     ax.legend(fontsize=8)
     counts = frame["status"].value_counts().to_dict() if status is not None else {}
     note = para(", ".join(f"{v} {k}" for k, v in counts.items()) + f"; {mode}imise {metric}")
-    return Section("trials", "Trials", img(png(fig), "metric by trial") + note
-                   + table(frame, max_rows=100))
+    return Section(
+        "trials", "Trials", img(png(fig), "metric by trial") + note + table(frame, max_rows=100)
+    )
 
 
 def _numeric(col):
@@ -103,10 +114,13 @@ def parameter_importance(run: RunView) -> Section | None:
     axes[0].barh([short(p, 36) for p in imp["parameter"]][::-1], imp["importance"][::-1])
     axes[0].set_xlim(0, 1)
     axes[0].set_xlabel(f"association with {short(metric, 30)}")
-    return Section("parameter_importance", "Parameter importance",
-                   img(png(fig), "parameter importance")
-                   + para(f"over {len(y)} trials that reported {metric}; a rough guide, not "
-                          "a causal measure") + table(imp))
+    return Section(
+        "parameter_importance",
+        "Parameter importance",
+        img(png(fig), "parameter importance")
+        + para(f"over {len(y)} trials that reported {metric}; a rough guide, not a causal measure")
+        + table(imp),
+    )
 
 
 def parallel_coordinates(run: RunView) -> Section | None:
@@ -123,8 +137,9 @@ def parallel_coordinates(run: RunView) -> Section | None:
     cols = params + [metric]
     axes_vals, ticks = [], []
     for c in cols:
-        x, numeric = _numeric(frame.loc[ok, c]) if c != metric else (
-            frame.loc[ok, c].astype(float), True)
+        x, numeric = (
+            _numeric(frame.loc[ok, c]) if c != metric else (frame.loc[ok, c].astype(float), True)
+        )
         lo, hi = float(x.min()), float(x.max())
         span = hi - lo or 1.0
         axes_vals.append(((x - lo) / span).to_numpy())
@@ -149,6 +164,9 @@ def parallel_coordinates(run: RunView) -> Section | None:
     ax.set_xticks(range(len(cols)), [short(c, 18) for c in cols], rotation=20, fontsize=8)
     ax.set_yticks([])
     ax.set_xlim(-0.1, len(cols) - 0.6)
-    return Section("parallel_coordinates", "Parallel coordinates",
-                   img(png(fig), "parallel coordinates")
-                   + para(f"one line per trial; yellow = best {metric}, purple = worst"))
+    return Section(
+        "parallel_coordinates",
+        "Parallel coordinates",
+        img(png(fig), "parallel coordinates")
+        + para(f"one line per trial; yellow = best {metric}, purple = worst"),
+    )

@@ -45,10 +45,16 @@ def coefficients(run: RunView) -> Section | None:
     ax.set_yticks(y, [short(t, 32) for t in shown["term"].astype(str)])
     ax.set_xlabel("estimate (with confidence interval)")
     alpha = (run.spec.get("model") or {}).get("alpha")
-    note = para(f"intervals at level {1 - float(alpha):.0%}") if isinstance(
-        alpha, (int, float)) else ""
-    return Section("coefficients", "Coefficients", img(png(fig), "coefficient forest plot")
-                   + note + table(coef))
+    note = (
+        para(f"intervals at level {1 - float(alpha):.0%}")
+        if isinstance(alpha, (int, float))
+        else ""
+    )
+    return Section(
+        "coefficients",
+        "Coefficients",
+        img(png(fig), "coefficient forest plot") + note + table(coef),
+    )
 
 
 def fit_statistics(run: RunView) -> Section | None:
@@ -56,8 +62,7 @@ def fit_statistics(run: RunView) -> Section | None:
     if stats is None or len(stats) != 1 or _group_cols(run, stats):
         return None
     row = stats.iloc[0]
-    return Section("fit_statistics", "Fit statistics",
-                   pairs((c, row[c]) for c in stats.columns))
+    return Section("fit_statistics", "Fit statistics", pairs((c, row[c]) for c in stats.columns))
 
 
 def coefficient_distribution(run: RunView) -> Section | None:
@@ -75,29 +80,48 @@ def coefficient_distribution(run: RunView) -> Section | None:
     nrows = (len(shown) + ncols - 1) // ncols
     # a fixed grid: the constrained-layout solver took most of a many-models report's time
     fig, axes = figure(4.2 * ncols, 3.0 * nrows, ncols=ncols, nrows=nrows, layout=None)
-    fig.subplots_adjust(left=0.3 / ncols, right=0.98, bottom=0.45 / (3.0 * nrows),
-                        top=1 - 0.35 / (3.0 * nrows), wspace=0.35, hspace=0.45)
+    fig.subplots_adjust(
+        left=0.3 / ncols,
+        right=0.98,
+        bottom=0.45 / (3.0 * nrows),
+        top=1 - 0.35 / (3.0 * nrows),
+        wspace=0.35,
+        hspace=0.45,
+    )
     rows = []
     for term in terms:
         part = by_term[term]
         est = part["estimate"].astype(float).dropna()
         p = part["p_value"].astype(float) if "p_value" in part else pd.Series(dtype=float)
-        rows.append({"term": term, "groups": len(est), "mean": est.mean(),
-                     "median": est.median(), "q25": est.quantile(0.25),
-                     "q75": est.quantile(0.75), "min": est.min(), "max": est.max(),
-                     "share_p_below_0.05": float((p < 0.05).mean()) if len(p) else np.nan})
+        rows.append(
+            {
+                "term": term,
+                "groups": len(est),
+                "mean": est.mean(),
+                "median": est.median(),
+                "q25": est.quantile(0.25),
+                "q75": est.quantile(0.75),
+                "min": est.min(),
+                "max": est.max(),
+                "share_p_below_0.05": float((p < 0.05).mean()) if len(p) else np.nan,
+            }
+        )
     for ax, term in zip(axes, shown):
         est = by_term[term]["estimate"].astype(float).dropna()
         ax.hist(est, bins=min(30, max(5, len(est) // 3)), histtype="stepfilled")
         ax.axvline(0, ls="--", color="grey", lw=0.8)
         ax.set_title(short(term, 36), fontsize=9)
         ax.set_ylabel("groups")
-    for ax in axes[len(shown):]:
+    for ax in axes[len(shown) :]:
         ax.set_visible(False)
     note = para(f"{len(shown)} of {len(terms)} terms drawn") if len(terms) > len(shown) else ""
-    return Section("coefficient_distribution", "Coefficients across groups",
-                   img(png(fig), "coefficient distributions") + note
-                   + table(pd.DataFrame(rows), max_rows=MAX_TERMS))
+    return Section(
+        "coefficient_distribution",
+        "Coefficients across groups",
+        img(png(fig), "coefficient distributions")
+        + note
+        + table(pd.DataFrame(rows), max_rows=MAX_TERMS),
+    )
 
 
 def group_fits(run: RunView) -> Section | None:
@@ -108,9 +132,12 @@ def group_fits(run: RunView) -> Section | None:
     keys = _group_cols(run, stats)
     failed = stats["error"].notna() if "error" in stats else stats.index < 0
     conv = stats["converged"].astype(bool) if "converged" in stats else ~failed
-    counts = [("groups", len(stats)), ("fitted", int((~failed).sum())),
-              ("failed", int(failed.sum())), ("fitted, not converged",
-                                              int((~failed & ~conv).sum()))]
+    counts = [
+        ("groups", len(stats)),
+        ("fitted", int((~failed).sum())),
+        ("failed", int(failed.sum())),
+        ("fitted, not converged", int((~failed & ~conv).sum())),
+    ]
     parts = [pairs(counts)]
     if failed.any():
         parts.append(table(stats.loc[failed, keys + ["error"]], caption="failed groups"))
@@ -145,15 +172,23 @@ def forecast(run: RunView) -> Section | None:
         x = list(x)
         ax.plot(x, part["mean"].astype(float), marker="o", ms=3, label="forecast")
         if {"ci_low", "ci_high"} <= set(part.columns):
-            ax.fill_between(x, part["ci_low"].astype(float), part["ci_high"].astype(float),
-                            alpha=0.25, label="interval")
+            ax.fill_between(
+                x,
+                part["ci_low"].astype(float),
+                part["ci_high"].astype(float),
+                alpha=0.25,
+                label="interval",
+            )
         if key is not None:
-            ax.set_title(short(", ".join(map(str, key if isinstance(key, tuple) else (key,))),
-                               40), fontsize=9)
+            ax.set_title(
+                short(", ".join(map(str, key if isinstance(key, tuple) else (key,))), 40),
+                fontsize=9,
+            )
         ax.tick_params(axis="x", labelrotation=30, labelsize=8)
         ax.legend(fontsize=8)
-    for ax in axes[len(shown):]:
+    for ax in axes[len(shown) :]:
         ax.set_visible(False)
     note = para(f"{len(shown)} of {len(groups)} groups drawn") if len(groups) > len(shown) else ""
-    return Section("forecast", "Forecast", img(png(fig), "forecast with intervals") + note
-                   + table(fc))
+    return Section(
+        "forecast", "Forecast", img(png(fig), "forecast with intervals") + note + table(fc)
+    )

@@ -31,8 +31,9 @@ def confusion_matrix(run: RunView) -> Section | None:
         labels += [p for p in dict.fromkeys(part["predicted"].astype(str)) if p not in labels]
         index = {c: i for i, c in enumerate(labels)}
         grid = np.zeros((len(labels), len(labels)))
-        for a, p, n in zip(part["actual"].astype(str), part["predicted"].astype(str),
-                           part["count"]):
+        for a, p, n in zip(
+            part["actual"].astype(str), part["predicted"].astype(str), part["count"]
+        ):
             grid[index[a], index[p]] += n
         ax.imshow(grid, cmap="Blues")
         ticks = range(len(labels))
@@ -42,8 +43,15 @@ def confusion_matrix(run: RunView) -> Section | None:
             top = grid.max() or 1
             for i in ticks:
                 for j in ticks:
-                    ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=8,
-                            color="white" if grid[i, j] > top / 2 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        f"{grid[i, j]:.0f}",
+                        ha="center",
+                        va="center",
+                        fontsize=8,
+                        color="white" if grid[i, j] > top / 2 else "black",
+                    )
         ax.set_xlabel("predicted")
         ax.set_ylabel("actual")
         ax.set_title(f"{split} ({int(grid.sum())} rows)")
@@ -79,9 +87,9 @@ def _curves(run: RunView, kind: str) -> Section | None:
             lines = [(s, pred[pred["split"] == s], cols[1]) for s in splits]
         else:
             part = pred[pred["split"] == panel]
-            lines = [(c[len("proba_"):], part, c) for c in cols[:MAX_CLASSES]]
+            lines = [(c[len("proba_") :], part, c) for c in cols[:MAX_CLASSES]]
         for label, part, col in lines:
-            positive = col[len("proba_"):]
+            positive = col[len("proba_") :]
             y = (part["y_true"].astype(str) == positive).to_numpy()
             score = part[col].to_numpy(dtype=float)
             if y.all() or not y.any():
@@ -102,15 +110,14 @@ def _curves(run: RunView, kind: str) -> Section | None:
             ax.set_ylabel("precision")
         ax.set_xlim(-0.02, 1.02)
         ax.set_ylim(-0.02, 1.02)
-        ax.set_title(f"positive class {short(cols[1][6:])}" if binary else
-                     f"{panel}: one-vs-rest")
+        ax.set_title(f"positive class {short(cols[1][6:])}" if binary else f"{panel}: one-vs-rest")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8, loc="lower right" if kind == "roc" else "lower left")
     what = "ROC curve" if kind == "roc" else "Precision-recall curve"
-    note = para(f"from tables/predictions.parquet ({len(pred)} rows, "
-                f"splits {', '.join(splits)})")
-    return Section("roc_curve" if kind == "roc" else "precision_recall", what,
-                   img(png(fig), what) + note)
+    note = para(f"from tables/predictions.parquet ({len(pred)} rows, splits {', '.join(splits)})")
+    return Section(
+        "roc_curve" if kind == "roc" else "precision_recall", what, img(png(fig), what) + note
+    )
 
 
 def roc_curve(run: RunView) -> Section | None:
@@ -137,8 +144,11 @@ def quantile_bins(score, hit) -> list[tuple[float, float, int]]:
     n = len(score)
     k = max(1, min(CALIBRATION_MAX_BINS, n // CALIBRATION_MIN_PER_BIN))
     order = np.argsort(score, kind="stable")
-    return [(float(score[b].mean()), float(hit[b].mean()), int(len(b)))
-            for b in np.array_split(order, k) if len(b)]
+    return [
+        (float(score[b].mean()), float(hit[b].mean()), int(len(b)))
+        for b in np.array_split(order, k)
+        if len(b)
+    ]
 
 
 def calibration(run: RunView) -> Section | None:
@@ -159,8 +169,10 @@ def calibration(run: RunView) -> Section | None:
         else:  # the top class: confidence against accuracy
             probs = part[cols].to_numpy(dtype=float)
             score = probs.max(axis=1)
-            hit = (np.asarray(cols, dtype=object)[probs.argmax(axis=1)]
-                   == ("proba_" + part["y_true"].astype(str)).to_numpy())
+            hit = (
+                np.asarray(cols, dtype=object)[probs.argmax(axis=1)]
+                == ("proba_" + part["y_true"].astype(str)).to_numpy()
+            )
         drawn[split] = quantile_bins(score, hit)
     if not drawn:  # too few rows for a curve that means anything: no section
         return None
@@ -168,23 +180,35 @@ def calibration(run: RunView) -> Section | None:
     ax = axes[0]
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8, label="perfectly calibrated")
     for split, bins in drawn.items():
-        ax.plot([b[0] for b in bins], [b[1] for b in bins], marker="o",
-                label=f"{split} ({len(bins)} bins)")
-    ax.set_xlabel("mean predicted probability" + (" (positive class)" if len(cols) == 2
-                                                  else " (top class)"))
+        ax.plot(
+            [b[0] for b in bins],
+            [b[1] for b in bins],
+            marker="o",
+            label=f"{split} ({len(bins)} bins)",
+        )
+    ax.set_xlabel(
+        "mean predicted probability" + (" (positive class)" if len(cols) == 2 else " (top class)")
+    )
     ax.set_ylabel("observed frequency")
     ax.set_xlim(-0.02, 1.02)
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=8)
-    counts = "; ".join(f"{split}: {len(bins)} bins of {min(b[2] for b in bins)}"
-                       + (f"–{max(b[2] for b in bins)}" if min(b[2] for b in bins)
-                          != max(b[2] for b in bins) else "") + " rows"
-                       for split, bins in drawn.items())
-    note = (f"quantile bins (equal row counts, at least {CALIBRATION_MIN_PER_BIN} rows each, "
-            f"at most {CALIBRATION_MAX_BINS}); rows per bin — {counts}")
+    counts = "; ".join(
+        f"{split}: {len(bins)} bins of {min(b[2] for b in bins)}"
+        + (
+            f"–{max(b[2] for b in bins)}"
+            if min(b[2] for b in bins) != max(b[2] for b in bins)
+            else ""
+        )
+        + " rows"
+        for split, bins in drawn.items()
+    )
+    note = (
+        f"quantile bins (equal row counts, at least {CALIBRATION_MIN_PER_BIN} rows each, "
+        f"at most {CALIBRATION_MAX_BINS}); rows per bin — {counts}"
+    )
     if skipped:
-        note += (f". Not drawn (fewer than {CALIBRATION_MIN_ROWS} rows): "
-                 + ", ".join(skipped))
+        note += f". Not drawn (fewer than {CALIBRATION_MIN_ROWS} rows): " + ", ".join(skipped)
     return Section("calibration", "Calibration", img(png(fig), "calibration curve") + para(note))
 
 
@@ -211,8 +235,9 @@ def predicted_vs_actual(run: RunView) -> Section | None:
         ax.set_xlabel("actual")
         ax.set_ylabel("predicted")
         ax.set_title(f"{split} ({len(part)} rows)")
-    return Section("predicted_vs_actual", "Predicted vs actual", img(png(fig),
-                                                                     "predicted vs actual"))
+    return Section(
+        "predicted_vs_actual", "Predicted vs actual", img(png(fig), "predicted vs actual")
+    )
 
 
 def residuals(run: RunView) -> Section | None:
@@ -243,8 +268,12 @@ def learning_curve(run: RunView) -> Section | None:
     if lc is None or not len(lc):
         return None
     metrics = list(dict.fromkeys(lc["metric"].astype(str)))[:6]
-    fig, axes = figure(4.6 * min(len(metrics), 3), 3.6 * ((len(metrics) + 2) // 3),
-                       ncols=min(len(metrics), 3), nrows=(len(metrics) + 2) // 3)
+    fig, axes = figure(
+        4.6 * min(len(metrics), 3),
+        3.6 * ((len(metrics) + 2) // 3),
+        ncols=min(len(metrics), 3),
+        nrows=(len(metrics) + 2) // 3,
+    )
     best = run.metrics.get("best_iteration")
     for ax, metric in zip(axes, metrics):
         part = lc[lc["metric"].astype(str) == metric]
@@ -256,7 +285,7 @@ def learning_curve(run: RunView) -> Section | None:
         ax.set_xlabel("iteration")
         ax.set_title(short(metric, 40))
         ax.legend(fontsize=8)
-    for ax in axes[len(metrics):]:
+    for ax in axes[len(metrics) :]:
         ax.set_visible(False)
     return Section("learning_curve", "Learning curves", img(png(fig), "learning curves"))
 
@@ -268,11 +297,15 @@ def feature_importance(run: RunView) -> Section | None:
     top = imp.assign(_abs=imp["importance"].abs()).sort_values("_abs", ascending=False).head(30)
     fig, axes = figure(6.4, 0.25 * len(top) + 1.2)
     ax = axes[0]
-    ax.barh([short(f, 32) for f in top["feature"].astype(str)][::-1],
-            top["importance"].to_numpy(float)[::-1])
+    ax.barh(
+        [short(f, 32) for f in top["feature"].astype(str)][::-1],
+        top["importance"].to_numpy(float)[::-1],
+    )
     ax.set_xlabel("importance")
     ax.tick_params(axis="y", labelsize=8)
     note = para(f"top {len(top)} of {len(imp)} features") if len(imp) > len(top) else ""
-    return Section("feature_importance", "Feature importance",
-                   img(png(fig), "feature importance") + note
-                   + table(top.drop(columns="_abs"), max_rows=30))
+    return Section(
+        "feature_importance",
+        "Feature importance",
+        img(png(fig), "feature importance") + note + table(top.drop(columns="_abs"), max_rows=30),
+    )

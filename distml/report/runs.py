@@ -14,8 +14,17 @@ from distml.errors import SpecError
 
 #: key metric by preference: supervised splits first, then kind-level figures
 _SUPERVISED = ("roc_auc", "accuracy", "r2", "rmse", "logloss")
-_KIND_LEVEL = ("explained_variance_ratio_sum", "inertia", "r_squared", "pseudo_r_squared",
-               "r_squared_median", "pseudo_r_squared_median", "aic", "aic_median", "n_failed")
+_KIND_LEVEL = (
+    "explained_variance_ratio_sum",
+    "inertia",
+    "r_squared",
+    "pseudo_r_squared",
+    "r_squared_median",
+    "pseudo_r_squared_median",
+    "aic",
+    "aic_median",
+    "n_failed",
+)
 
 
 @dataclass
@@ -98,8 +107,10 @@ def list_runs(output: str | os.PathLike = "runs") -> list[RunRow]:
             holder = read_holder(run_dir)
             if holder is None or holder_gone(holder):
                 status = "abandoned"
-                note = ("its process is gone (killed?): rerun the same --run-id to start it "
-                        "afresh, or --resume")
+                note = (
+                    "its process is gone (killed?): rerun the same --run-id to start it "
+                    "afresh, or --resume"
+                )
             elif status == "running" and holder.get("host"):
                 note = f"pid {holder.get('pid')} on {holder.get('host')}"
             else:
@@ -108,14 +119,27 @@ def list_runs(output: str | os.PathLike = "runs") -> list[RunRow]:
         started = m.get("started_at") if isinstance(m.get("started_at"), (int, float)) else None
         timings = m.get("timings") if isinstance(m.get("timings"), dict) else {}
         seconds = timings.get("total_s")
-        if not isinstance(seconds, (int, float)) and started and isinstance(
-                m.get("finished_at"), (int, float)):
+        if (
+            not isinstance(seconds, (int, float))
+            and started
+            and isinstance(m.get("finished_at"), (int, float))
+        ):
             seconds = m["finished_at"] - started
-        rows.append(RunRow(str(m.get("name", run_dir.parent.name)),
-                           str(m.get("run_id", run_dir.name)), status, str(m.get("kind", "")),
-                           metric, value if value is None or math.isfinite(value) else None,
-                           started, float(seconds) if isinstance(seconds, (int, float)) else None,
-                           str(run_dir), (run_dir / "report.html").is_file(), note))
+        rows.append(
+            RunRow(
+                str(m.get("name", run_dir.parent.name)),
+                str(m.get("run_id", run_dir.name)),
+                status,
+                str(m.get("kind", "")),
+                metric,
+                value if value is None or math.isfinite(value) else None,
+                started,
+                float(seconds) if isinstance(seconds, (int, float)) else None,
+                str(run_dir),
+                (run_dir / "report.html").is_file(),
+                note,
+            )
+        )
     rows.sort(key=lambda r: (r.started_at or 0, r.name, r.run_id), reverse=True)
     return rows
 
@@ -132,5 +156,10 @@ def format_runs(rows: list[RunRow]) -> str:
         secs = f"{r.seconds:.1f}s" if r.seconds is not None else ""
         body.append((when, r.name, r.run_id, r.kind, r.status, metric, secs))
     widths = [max(len(str(x[i])) for x in [head, *body]) for i in range(len(head))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip()
-                     for row in [head, *body]) + "\n"
+    return (
+        "\n".join(
+            "  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip()
+            for row in [head, *body]
+        )
+        + "\n"
+    )

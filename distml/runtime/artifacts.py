@@ -76,8 +76,9 @@ def atomic_file(final: str | os.PathLike) -> Iterator[Path]:
     half-written file under its real name; when it fails the temp file is removed. A temp file
     a killed writer left behind carries its pid (:meth:`RunDir.discard_temp_files`)."""
     final = Path(final)
-    tmp = final.with_name(f".{final.stem}{TMP_MARK}{os.getpid()}-{secrets.token_hex(2)}"
-                          f"{final.suffix}")
+    tmp = final.with_name(
+        f".{final.stem}{TMP_MARK}{os.getpid()}-{secrets.token_hex(2)}{final.suffix}"
+    )
     try:
         yield tmp
         if tmp.is_file():
@@ -106,8 +107,9 @@ class RunDir:
     def _inside(self, p: Path) -> Path:
         resolved = p.resolve()
         if resolved != self.root and self.root not in resolved.parents:
-            raise SpecError(f"output path {str(p)!r} resolves outside the output root "
-                            f"{str(self.root)!r}")
+            raise SpecError(
+                f"output path {str(p)!r} resolves outside the output root {str(self.root)!r}"
+            )
         return resolved
 
     def file(self, rel: str) -> Path:
@@ -162,31 +164,47 @@ class RunDir:
             self._check_ours()
             return
         except NotADirectoryError:
-            raise SpecError(f"output: a parent of {str(self.path)!r} is a file, not a "
-                            "directory; give --output a directory") from None
+            raise SpecError(
+                f"output: a parent of {str(self.path)!r} is a file, not a "
+                "directory; give --output a directory"
+            ) from None
         self._write_marker()
 
     def _check_ours(self) -> None:
         if not self.path.is_dir() or self.path.is_symlink():
-            raise SpecError(f"run dir {str(self.path)!r} exists and is not a directory distml "
-                            "made; refusing to touch it (pick another --run-id or --output)")
+            raise SpecError(
+                f"run dir {str(self.path)!r} exists and is not a directory distml "
+                "made; refusing to touch it (pick another --run-id or --output)"
+            )
         if self.ours:
             return
-        if not [c for c in self.path.iterdir()
-                if c.name != LOCK and not (c.name.startswith(".") and _TMP_PID.search(c.name))]:
+        if not [
+            c
+            for c in self.path.iterdir()
+            if c.name != LOCK and not (c.name.startswith(".") and _TMP_PID.search(c.name))
+        ]:
             self._write_marker()  # an empty folder holds nothing to lose (or is being made)
             return
-        raise SpecError(f"run dir {str(self.path)!r} exists and was not made by distml (no "
-                        f"{MARKER} marker); refusing to touch it: pick another --run-id or "
-                        "--output, or move the folder away")
+        raise SpecError(
+            f"run dir {str(self.path)!r} exists and was not made by distml (no "
+            f"{MARKER} marker); refusing to touch it: pick another --run-id or "
+            "--output, or move the folder away"
+        )
 
     def _write_marker(self) -> None:
         st = os.stat(self.path)
         if st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) & 0o022:
             # a umask of 002 would make the run dir group-writable, which resume refuses
             os.chmod(self.path, stat.S_IMODE(st.st_mode) & ~0o022)
-        self.write_json(MARKER, {"distml_run": self.run_id, "created_at": time.time(),
-                                 "host": platform.node(), "pid": os.getpid()})
+        self.write_json(
+            MARKER,
+            {
+                "distml_run": self.run_id,
+                "created_at": time.time(),
+                "host": platform.node(),
+                "pid": os.getpid(),
+            },
+        )
 
     @contextmanager
     def lock(self) -> Iterator[dict]:
@@ -199,8 +217,13 @@ class RunDir:
 
         self.claim()
         lock_path = self.path / LOCK
-        me = {"host": platform.node(), "pid": os.getpid(), "pid_start": _pid_start(os.getpid()),
-              "since": time.time(), "run_id": self.run_id}
+        me = {
+            "host": platform.node(),
+            "pid": os.getpid(),
+            "pid_start": _pid_start(os.getpid()),
+            "since": time.time(),
+            "run_id": self.run_id,
+        }
         for _ in range(20):
             try:
                 fd = os.open(lock_path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
@@ -238,8 +261,10 @@ class RunDir:
             os.fsync(fd)
             break
         else:
-            raise RunBusy(f"run dir {str(self.path)!r}: could not take its lock {LOCK} (another "
-                          "process keeps taking it); pick another --run-id")
+            raise RunBusy(
+                f"run dir {str(self.path)!r}: could not take its lock {LOCK} (another "
+                "process keeps taking it); pick another --run-id"
+            )
         try:
             yield me
         finally:
@@ -260,15 +285,19 @@ class RunDir:
         try:
             stored = json.loads((self.path / FINGERPRINT).read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            raise SpecError(f"--resume: run dir {str(self.path)!r} has no readable {FINGERPRINT} "
-                            "recording the spec and data of the interrupted run, so its "
-                            "checkpoints cannot be trusted; rerun without --resume, or with a "
-                            "new --run-id") from None
+            raise SpecError(
+                f"--resume: run dir {str(self.path)!r} has no readable {FINGERPRINT} "
+                "recording the spec and data of the interrupted run, so its "
+                "checkpoints cannot be trusted; rerun without --resume, or with a "
+                "new --run-id"
+            ) from None
         current = json.loads(json.dumps(to_jsonable(fingerprint), sort_keys=True))
         differ = diff_paths(stored, current)
         if differ:
-            raise SpecError(f"--resume: the spec or data differ from the interrupted run's in "
-                            f"{_names(differ)}; rerun without --resume, or with a new --run-id")
+            raise SpecError(
+                f"--resume: the spec or data differ from the interrupted run's in "
+                f"{_names(differ)}; rerun without --resume, or with a new --run-id"
+            )
 
     def discard_temp_files(self) -> list[Path]:
         """Remove temp files left by writers that died (their pid is gone); returns them."""
@@ -312,8 +341,11 @@ class RunDir:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(
-            frame, preserve_index=False)
+        table = (
+            frame
+            if isinstance(frame, pa.Table)
+            else pa.Table.from_pandas(frame, preserve_index=False)
+        )
         buf = io.BytesIO()
         pq.write_table(table, buf)
         return self.write_bytes(rel, buf.getvalue())
@@ -327,11 +359,18 @@ class RunDir:
                 manifest = json.loads((self.path / "manifest.json").read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 manifest = {}
-        manifest["digests"] = {rel: sha256_file(self.path / rel) for rel in self.listing()
-                               if rel not in _UNDIGESTED}
+        manifest["digests"] = {
+            rel: sha256_file(self.path / rel) for rel in self.listing() if rel not in _UNDIGESTED
+        }
         written = self.write_json("manifest.json", manifest)
-        return self.write_json(SUCCESS, {"run_id": self.run_id, "finished_at": time.time(),
-                                         "manifest_sha256": sha256_file(written)})
+        return self.write_json(
+            SUCCESS,
+            {
+                "run_id": self.run_id,
+                "finished_at": time.time(),
+                "manifest_sha256": sha256_file(written),
+            },
+        )
 
     def listing(self) -> list[str]:
         """Relative paths of the finished artifacts (temp files and bookkeeping excluded)."""
@@ -339,9 +378,14 @@ class RunDir:
 
     @staticmethod
     def _listing_of(path: Path) -> list[str]:
-        return sorted(str(p.relative_to(path)) for p in path.rglob("*")
-                      if p.is_file() and TMP_MARK not in p.name and "checkpoints" not in
-                      p.relative_to(path).parts and p.name not in _OWN)
+        return sorted(
+            str(p.relative_to(path))
+            for p in path.rglob("*")
+            if p.is_file()
+            and TMP_MARK not in p.name
+            and "checkpoints" not in p.relative_to(path).parts
+            and p.name not in _OWN
+        )
 
 
 def run_fingerprint(spec: Any, info: Any) -> dict:
@@ -367,12 +411,16 @@ def check_private(path: str | os.PathLike, purpose: str) -> None:
     except OSError as e:
         raise DataError(f"{purpose}: run dir {str(p)!r} cannot be read ({e.strerror})") from None
     if hasattr(os, "getuid") and st.st_uid != os.getuid():
-        raise DataError(f"{purpose}: run dir {str(p)!r} is owned by another user (uid "
-                        f"{st.st_uid}); refusing to trust its contents")
+        raise DataError(
+            f"{purpose}: run dir {str(p)!r} is owned by another user (uid "
+            f"{st.st_uid}); refusing to trust its contents"
+        )
     if stat.S_IMODE(st.st_mode) & 0o022:
-        raise DataError(f"{purpose}: run dir {str(p)!r} is writable by other users (mode "
-                        f"{stat.S_IMODE(st.st_mode):o}); refusing to trust its contents "
-                        f"(chmod go-w {str(p)!r} if you trust them)")
+        raise DataError(
+            f"{purpose}: run dir {str(p)!r} is writable by other users (mode "
+            f"{stat.S_IMODE(st.st_mode):o}); refusing to trust its contents "
+            f"(chmod go-w {str(p)!r} if you trust them)"
+        )
 
 
 def verify_finished(run_dir: str | os.PathLike) -> None:
@@ -388,12 +436,16 @@ def verify_finished(run_dir: str | os.PathLike) -> None:
         manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
         digests = manifest["digests"]
     except (OSError, ValueError, KeyError, TypeError):
-        raise DataError(f"{where} has a {SUCCESS} without a manifest and artifact digests "
-                        "(not written by this distml, or tampered with); rerun it with a new "
-                        "--run-id") from None
+        raise DataError(
+            f"{where} has a {SUCCESS} without a manifest and artifact digests "
+            "(not written by this distml, or tampered with); rerun it with a new "
+            "--run-id"
+        ) from None
     if not isinstance(digests, dict) or sha256_file(path / "manifest.json") != manifest_sha:
-        raise DataError(f"{where}: manifest.json changed after the run finished (its digest "
-                        f"does not match {SUCCESS}); refusing to use it")
+        raise DataError(
+            f"{where}: manifest.json changed after the run finished (its digest "
+            f"does not match {SUCCESS}); refusing to use it"
+        )
     changed = []
     for rel, digest in digests.items():
         f = path / str(rel)
@@ -401,13 +453,17 @@ def verify_finished(run_dir: str | os.PathLike) -> None:
             changed.append(f"{rel} (missing)")
         elif sha256_file(f) != digest:
             changed.append(str(rel))
-    extra = [rel for rel in RunDir._listing_of(path)
-             if rel not in digests and rel not in _UNDIGESTED
-             and not Path(rel).name.startswith(".")]
+    extra = [
+        rel
+        for rel in RunDir._listing_of(path)
+        if rel not in digests and rel not in _UNDIGESTED and not Path(rel).name.startswith(".")
+    ]
     changed += [f"{rel} (not there when it finished)" for rel in extra]
     if changed:
-        raise DataError(f"{where}: artifacts changed after the run finished: "
-                        f"{_names(changed)}; refusing to use it")
+        raise DataError(
+            f"{where}: artifacts changed after the run finished: "
+            f"{_names(changed)}; refusing to use it"
+        )
 
 
 def diff_paths(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -435,7 +491,7 @@ def _pid_start(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
             stat_line = fh.read()
-        return int(stat_line[stat_line.rindex(")") + 2:].split()[19])
+        return int(stat_line[stat_line.rindex(")") + 2 :].split()[19])
     except (OSError, ValueError, IndexError):
         return None
 
@@ -486,13 +542,18 @@ def _read_fd(fd: int) -> dict:
 
 def _busy_message(path: Path, holder: dict) -> str:
     since = holder.get("since")
-    when = (time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(since))
-            if isinstance(since, (int, float)) else "an unknown time")
+    when = (
+        time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(since))
+        if isinstance(since, (int, float))
+        else "an unknown time"
+    )
     elsewhere = holder.get("host") not in (None, platform.node())
-    return (f"run dir {str(path)!r} is in use by another distml run (host "
-            f"{holder.get('host', '?')}, pid {holder.get('pid', '?')}, since {when}); wait for "
-            "it to end, or pick a new --run-id" + (
-                f" (if that process is gone, remove {str(path / LOCK)!r})" if elsewhere else ""))
+    return (
+        f"run dir {str(path)!r} is in use by another distml run (host "
+        f"{holder.get('host', '?')}, pid {holder.get('pid', '?')}, since {when}); wait for "
+        "it to end, or pick a new --run-id"
+        + (f" (if that process is gone, remove {str(path / LOCK)!r})" if elsewhere else "")
+    )
 
 
 def to_jsonable(obj: Any) -> Any:

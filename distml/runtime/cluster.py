@@ -73,11 +73,13 @@ def preflight(address: str, source: str, timeout_s: float = PREFLIGHT_TIMEOUT_S)
         raise ClusterError(
             f"cluster address {address!r} (from {source}) is a Jobs API / dashboard URL; "
             "`distml run` connects to the GCS (HOST:6379); use `distml submit --address URL` "
-            "to send the job to that cluster")
+            "to send the job to that cluster"
+        )
     if scheme == "ray":
         raise ClusterError(
             f"cluster address {address!r} (from {source}) uses Ray Client (ray://), which distml "
-            "does not use for data workloads; use `distml submit` with the dashboard URL instead")
+            "does not use for data workloads; use `distml submit` with the dashboard URL instead"
+        )
     hp = _host_port(address)
     if hp is None:
         return
@@ -97,8 +99,10 @@ def preflight(address: str, source: str, timeout_s: float = PREFLIGHT_TIMEOUT_S)
             last = e
         time.sleep(0.5)
     reason = getattr(last, "strerror", None) or str(last)
-    raise ClusterError(f"cannot reach the Ray cluster at {address!r} (from {source}): {reason}; "
-                       f"is `ray start --head` running there and the port open?")
+    raise ClusterError(
+        f"cannot reach the Ray cluster at {address!r} (from {source}): {reason}; "
+        f"is `ray start --head` running there and the port open?"
+    )
 
 
 def _start_local(num_cpus: int | None, num_gpus: int | None) -> None:
@@ -111,8 +115,15 @@ def _start_local(num_cpus: int | None, num_gpus: int | None) -> None:
     import ray
 
     dashboard = os.environ.get("DISTML_DASHBOARD", "").lower() in ("1", "true", "yes")
-    ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=dashboard,
-             dashboard_host="127.0.0.1", log_to_driver=False, configure_logging=False)
+    ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
+        include_dashboard=dashboard,
+        dashboard_host="127.0.0.1",
+        log_to_driver=False,
+        configure_logging=False,
+    )
 
 
 @contextmanager
@@ -136,8 +147,9 @@ def _keep_sigterm_handler() -> Iterator[None]:
 
 
 @contextmanager
-def cluster(address: str | None = None, *, num_cpus: int | None = None,
-            num_gpus: int | None = None) -> Iterator[ClusterInfo]:
+def cluster(
+    address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None
+) -> Iterator[ClusterInfo]:
     """Yield a connected Ray for the run; shut down only what this call started."""
     t0 = time.monotonic()
     if "ray" in sys.modules and sys.modules["ray"].is_initialized():
@@ -152,8 +164,10 @@ def cluster(address: str | None = None, *, num_cpus: int | None = None,
     if rec is not None:
         with warm.lease(rec), _warm_client(rec):
             with _ray(rec["address"], warm.SOURCE, num_cpus, num_gpus, t0, "warm") as info:
-                info.warm = {k: rec.get(k) for k in ("started_at", "distml_version",
-                                                     "ray_version", "state_dir", "preload")}
+                info.warm = {
+                    k: rec.get(k)
+                    for k in ("started_at", "distml_version", "ray_version", "state_dir", "preload")
+                }
                 yield info
         return
     with _ray(addr, source, num_cpus, num_gpus, t0, "connected" if addr else "local") as info:
@@ -161,8 +175,14 @@ def cluster(address: str | None = None, *, num_cpus: int | None = None,
 
 
 @contextmanager
-def _ray(addr: str | None, source: str | None, num_cpus: int | None, num_gpus: int | None,
-         t0: float, mode: str) -> Iterator[ClusterInfo]:
+def _ray(
+    addr: str | None,
+    source: str | None,
+    num_cpus: int | None,
+    num_gpus: int | None,
+    t0: float,
+    mode: str,
+) -> Iterator[ClusterInfo]:
     import ray
 
     try:
@@ -172,8 +192,10 @@ def _ray(addr: str | None, source: str | None, num_cpus: int | None, num_gpus: i
                 try:
                     ray.init(address=addr, log_to_driver=False, configure_logging=False)
                 except Exception as e:  # Ray raises ConnectionError/RuntimeError/auth errors
-                    raise ClusterError(f"cannot connect to the Ray cluster at {addr!r} (from "
-                                       f"{source}): {_first_line(e)}") from e
+                    raise ClusterError(
+                        f"cannot connect to the Ray cluster at {addr!r} (from "
+                        f"{source}): {_first_line(e)}"
+                    ) from e
             else:
                 _start_local(num_cpus, num_gpus)
     except BaseException:  # interrupted or failed part way: stop what was started
@@ -195,10 +217,15 @@ def _warm_client(rec: dict) -> Iterator[None]:
     ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` was set before it was imported)."""
     from distml.runtime import warm
 
-    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN",
-                                            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
-    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=warm.read_token(rec),
-                      RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    saved = {
+        k: os.environ.get(k)
+        for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+    }
+    os.environ.update(
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=warm.read_token(rec),
+        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+    )
     # Private Ray API, kept on purpose: when Ray was imported before (a long-lived process),
     # its loopback switch and its cached token were read then; set them for this connection.
     # Looked up defensively: a Ray that moves them only loses this in-process case.
@@ -221,8 +248,9 @@ def _warm_client(rec: dict) -> Iterator[None]:
 
 
 def _reset_token_cache() -> None:
-    loader = getattr(getattr(sys.modules.get("ray"), "_raylet", None),
-                     "AuthenticationTokenLoader", None)
+    loader = getattr(
+        getattr(sys.modules.get("ray"), "_raylet", None), "AuthenticationTokenLoader", None
+    )
     if loader is not None:
         try:
             loader.instance().reset_cache()
@@ -276,7 +304,7 @@ def _raylet_children(node) -> list[int]:
                     stat = fh.read()
             except OSError:  # the process ended meanwhile
                 continue
-            if int(stat[stat.rindex(")") + 2:].split()[1]) == raylet:
+            if int(stat[stat.rindex(")") + 2 :].split()[1]) == raylet:
                 children.append(int(entry.name))
         return children
     except (OSError, KeyError, IndexError, AttributeError, ValueError):
@@ -287,9 +315,13 @@ def _resources() -> dict:
     import ray
 
     try:
-        return {k: v for k, v in ray.cluster_resources().items()
-                if k in ("CPU", "GPU", "memory", "object_store_memory") or k.startswith("node:")
-                and not k.startswith("node:__")}
+        return {
+            k: v
+            for k, v in ray.cluster_resources().items()
+            if k in ("CPU", "GPU", "memory", "object_store_memory")
+            or k.startswith("node:")
+            and not k.startswith("node:__")
+        }
     except Exception:
         return {}
 

@@ -27,8 +27,9 @@ PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
 CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv")
 #: fsspec protocols a data source may use without opting in: local files and object stores.
 #: Others (http, https, ftp, ssh, …) reach arbitrary hosts and need DISTML_ALLOWED_PROTOCOLS.
-DEFAULT_PROTOCOLS = frozenset({"file", "local", "s3", "s3a", "gs", "gcs", "az", "abfs", "abfss",
-                               "adl", "hdfs"})
+DEFAULT_PROTOCOLS = frozenset(
+    {"file", "local", "s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "hdfs"}
+)
 ALLOWED_PROTOCOLS_ENV = "DISTML_ALLOWED_PROTOCOLS"
 
 
@@ -46,11 +47,19 @@ class SourceInfo:
 
     def fingerprint(self) -> dict:
         """Files, sizes and row counts for the manifest."""
-        out: dict[str, Any] = {"source": self.source, "kind": self.kind, "rows": self.rows,
-                               "columns": len(self.columns)}
+        out: dict[str, Any] = {
+            "source": self.source,
+            "kind": self.kind,
+            "rows": self.rows,
+            "columns": len(self.columns),
+        }
         if self.files:
-            out.update(format=self.format, files=self.files[:1000], n_files=len(self.files),
-                       bytes=int(sum(self.sizes)))
+            out.update(
+                format=self.format,
+                files=self.files[:1000],
+                n_files=len(self.files),
+                bytes=int(sum(self.sizes)),
+            )
         return out
 
 
@@ -66,8 +75,12 @@ class DataInfo:
     group_by: list[str] = field(default_factory=list)
 
     def fingerprint(self) -> dict:
-        fp = {"source": self.source.fingerprint(), "target": self.target,
-              "features": self.features, "categorical": self.categorical}
+        fp = {
+            "source": self.source.fingerprint(),
+            "target": self.target,
+            "features": self.features,
+            "categorical": self.categorical,
+        }
         if self.test is not None:
             fp["test_source"] = self.test.fingerprint()
         return fp
@@ -94,10 +107,12 @@ def check_protocol(source: str, field_name: str = "data.source") -> None:
     allowed = allowed_protocols()
     for proto in filter(None, (p.strip().lower() for p in scheme.split("::"))):
         if proto not in allowed:
-            raise DataError(f"{field_name}: the {proto!r} protocol is not allowed by default (it "
-                            "can reach any host); use a local path or an object store "
-                            f"({', '.join(sorted(DEFAULT_PROTOCOLS))}), or add {proto!r} to "
-                            f"{ALLOWED_PROTOCOLS_ENV} (comma-separated)")
+            raise DataError(
+                f"{field_name}: the {proto!r} protocol is not allowed by default (it "
+                "can reach any host); use a local path or an object store "
+                f"({', '.join(sorted(DEFAULT_PROTOCOLS))}), or add {proto!r} to "
+                f"{ALLOWED_PROTOCOLS_ENV} (comma-separated)"
+            )
 
 
 def _fs_for(source: str):
@@ -106,8 +121,10 @@ def _fs_for(source: str):
     try:
         fs, _ = fsspec.core.url_to_fs(source)
     except (ImportError, ValueError) as e:
-        raise DataError(f"data source {source!r}: no filesystem for this URL ({e}); install the "
-                        "fsspec backend for it (e.g. s3fs, gcsfs)") from None
+        raise DataError(
+            f"data source {source!r}: no filesystem for this URL ({e}); install the "
+            "fsspec backend for it (e.g. s3fs, gcsfs)"
+        ) from None
     return fs
 
 
@@ -128,7 +145,7 @@ def resolve_files(source: str, field_name: str = "data.source") -> tuple[str, li
         files = [fs.unstrip_protocol(p) for p in files]
         listed = [fs.unstrip_protocol(p) for p in listed]
     else:
-        local = source[len("file://"):] if scheme == "file" else source
+        local = source[len("file://") :] if scheme == "file" else source
         local = os.path.expanduser(local)
         if any(c in local for c in "*?["):
             files = sorted(globmod.glob(local, recursive=True))
@@ -137,27 +154,42 @@ def resolve_files(source: str, field_name: str = "data.source") -> tuple[str, li
             listed = sorted(os.path.join(d, f) for d, _, fs_ in os.walk(local) for f in fs_)
         else:
             files = [local] if os.path.exists(local) else []
-        files = [f for f in files if os.path.isfile(f)
-                 and not os.path.basename(f).startswith((".", "_"))]
+        files = [
+            f for f in files if os.path.isfile(f) and not os.path.basename(f).startswith((".", "_"))
+        ]
     if listed:
-        data_files = [f for f in listed if f.lower().endswith(PARQUET_SUFFIXES + CSV_SUFFIXES)
-                      and not os.path.basename(f).startswith((".", "_"))]
+        data_files = [
+            f
+            for f in listed
+            if f.lower().endswith(PARQUET_SUFFIXES + CSV_SUFFIXES)
+            and not os.path.basename(f).startswith((".", "_"))
+        ]
         skipped = len(listed) - len(data_files)
         if not data_files and not files:
-            raise DataError(f"{field_name}: directory {source!r} holds no parquet or CSV files "
-                            f"({skipped} other file{'s' if skipped != 1 else ''} skipped); point "
-                            "it at the data files")
+            raise DataError(
+                f"{field_name}: directory {source!r} holds no parquet or CSV files "
+                f"({skipped} other file{'s' if skipped != 1 else ''} skipped); point "
+                "it at the data files"
+            )
         if skipped:
-            log.info("%s: skipped %d file%s under %s that are not parquet or CSV", field_name,
-                     skipped, "s" if skipped != 1 else "", source)
+            log.info(
+                "%s: skipped %d file%s under %s that are not parquet or CSV",
+                field_name,
+                skipped,
+                "s" if skipped != 1 else "",
+                source,
+            )
         files = sorted(files + data_files)
     if not files:
-        raise DataError(f"{field_name}: no file matches {source!r}; check the path "
-                        f"(cwd: {os.getcwd()})")
+        raise DataError(
+            f"{field_name}: no file matches {source!r}; check the path (cwd: {os.getcwd()})"
+        )
     parquet = [f for f in files if f.lower().endswith(PARQUET_SUFFIXES)]
     csv = [f for f in files if f.lower().endswith(CSV_SUFFIXES)]
     if parquet and csv:
-        raise DataError(f"{field_name}: {source!r} mixes parquet and CSV files; point it at one kind")
+        raise DataError(
+            f"{field_name}: {source!r} mixes parquet and CSV files; point it at one kind"
+        )
     if csv:
         return "csv", csv, fs
     if parquet:
@@ -206,21 +238,25 @@ def _inspect_parquet(info: SourceInfo, fs, field_name: str) -> None:
                 file_schema = meta.schema_arrow
             info.sizes.append(fs.size(f) if fs is not None else os.path.getsize(f))
         except OSError as e:
-            raise DataError(f"{field_name}: file {f!r} is not readable parquet "
-                            f"({one_line(e, 200)}); it may be truncated or another format") \
-                from None
+            raise DataError(
+                f"{field_name}: file {f!r} is not readable parquet "
+                f"({one_line(e, 200)}); it may be truncated or another format"
+            ) from None
         except Exception as e:  # pyarrow raises ArrowInvalid for corrupt footers
-            raise DataError(f"{field_name}: file {f!r} is not readable parquet "
-                            f"({one_line(e, 200)}); it may be truncated or another format") \
-                from None
+            raise DataError(
+                f"{field_name}: file {f!r} is not readable parquet "
+                f"({one_line(e, 200)}); it may be truncated or another format"
+            ) from None
         _check_unique(list(file_schema.names), f, field_name)
         if schema is None:
             schema = file_schema
         elif set(file_schema.names) != set(schema.names):
             missing = sorted(set(schema.names) - set(file_schema.names))
             extra = sorted(set(file_schema.names) - set(schema.names))
-            raise DataError(f"{field_name}: file {f!r} has different columns from {info.files[0]!r}"
-                            f" (missing {missing}, extra {extra})")
+            raise DataError(
+                f"{field_name}: file {f!r} has different columns from {info.files[0]!r}"
+                f" (missing {missing}, extra {extra})"
+            )
     info.rows = rows
     info.columns = {name: str(schema.field(name).type) for name in schema.names}
 
@@ -233,8 +269,10 @@ def _compression(path: str) -> str | None:
 def _check_unique(names: list[str], path: str, field_name: str) -> None:
     dup = sorted({str(n) for n in names if names.count(n) > 1})
     if dup:
-        raise DataError(f"{field_name}: file {path!r} has the column {dup[0]!r} more than once; "
-                        "give every column a distinct name")
+        raise DataError(
+            f"{field_name}: file {path!r} has the column {dup[0]!r} more than once; "
+            "give every column a distinct name"
+        )
 
 
 _HEAD_ROWS = 1000
@@ -246,23 +284,36 @@ def _inspect_csv(info: SourceInfo, fs, field_name: str) -> None:
         try:
             with open_input(f, fs) as fh:
                 # The header as written: pandas renames a repeated name ('x1' -> 'x1.1').
-                header = pd.read_csv(fh, nrows=1, header=None, dtype=str, keep_default_na=False,
-                                     compression=_compression(f))
+                header = pd.read_csv(
+                    fh,
+                    nrows=1,
+                    header=None,
+                    dtype=str,
+                    keep_default_na=False,
+                    compression=_compression(f),
+                )
             with open_input(f, fs) as fh:
-                head = pd.read_csv(fh, nrows=_HEAD_ROWS,
-                                   compression=_compression(f))
+                head = pd.read_csv(fh, nrows=_HEAD_ROWS, compression=_compression(f))
             info.sizes.append(fs.size(f) if fs is not None else os.path.getsize(f))
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError,
-                ValueError) as e:
-            raise DataError(f"{field_name}: file {f!r} is not readable CSV ({csv_reason(e)})") \
-                from None
+        except (
+            pd.errors.ParserError,
+            pd.errors.EmptyDataError,
+            UnicodeDecodeError,
+            OSError,
+            ValueError,
+        ) as e:
+            raise DataError(
+                f"{field_name}: file {f!r} is not readable CSV ({csv_reason(e)})"
+            ) from None
         _check_unique([str(c) for c in header.iloc[0]] if len(header) else [], f, field_name)
         # Only a short file's rows are known here; the target check reads the rest.
         rows = rows + len(head) if rows is not None and len(head) < _HEAD_ROWS else None
         if not info.columns:
             info.columns = _dtypes(head)
         elif set(head.columns) != set(info.columns):
-            raise DataError(f"{field_name}: file {f!r} has different columns from {info.files[0]!r}")
+            raise DataError(
+                f"{field_name}: file {f!r} has different columns from {info.files[0]!r}"
+            )
     info.rows = rows
 
 
@@ -270,8 +321,9 @@ def _dtypes(frame: pd.DataFrame) -> dict[str, str]:
     return {str(c): str(t) for c, t in frame.dtypes.items()}
 
 
-def read_frame(source: str, columns: list[str] | None = None,
-               field_name: str = "data.source") -> pd.DataFrame:
+def read_frame(
+    source: str, columns: list[str] | None = None, field_name: str = "data.source"
+) -> pd.DataFrame:
     """Read the rows of ``source`` (only ``columns`` when given) into a DataFrame."""
     if source.startswith(("builtin:", "synthetic:")):
         return read_virtual(source, columns)
@@ -281,8 +333,9 @@ def read_frame(source: str, columns: list[str] | None = None,
 
 def is_categorical_dtype(dtype: str) -> bool:
     d = dtype.lower()
-    return (d in ("object", "str", "string", "category", "bool", "large_string")
-            or d.startswith(("dictionary", "string", "category")))
+    return d in ("object", "str", "string", "category", "bool", "large_string") or d.startswith(
+        ("dictionary", "string", "category")
+    )
 
 
 def is_numeric_dtype(dtype: str) -> bool:
@@ -294,7 +347,7 @@ def _names(columns: Iterable[str], limit: int = 30, width: int = 40) -> str:
     """Column names for a message, each cut to ``width`` characters: a file that is not really
     a table (a text file named .csv) has a 'header' that is its first line of content."""
     names = list(columns)
-    shown = [n if len(n) <= width else n[:width - 1] + "…" for n in names[:limit]]
+    shown = [n if len(n) <= width else n[: width - 1] + "…" for n in names[:limit]]
     return ", ".join(shown) + (f", … ({len(names)} in all)" if len(names) > limit else "")
 
 
@@ -305,12 +358,20 @@ def _check_columns(names: Iterable[str], info: SourceInfo, what: str) -> None:
         if c not in info.columns:
             close = difflib.get_close_matches(c, list(info.columns), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise DataError(f"{what}: column {c!r} is not in {info.source!r}{hint} "
-                            f"(columns: {_names(info.columns)})")
+            raise DataError(
+                f"{what}: column {c!r} is not in {info.source!r}{hint} "
+                f"(columns: {_names(info.columns)})"
+            )
 
 
-def validate_data(data, *, needs_target: bool, group_by: list[str] | None = None,
-                  check_features: bool = True, task: str | None = None) -> DataInfo:
+def validate_data(
+    data,
+    *,
+    needs_target: bool,
+    group_by: list[str] | None = None,
+    check_features: bool = True,
+    task: str | None = None,
+) -> DataInfo:
     """Check the data a spec points at before the cluster starts; returns the resolved columns.
 
     ``data`` is a :class:`distml.spec.DataSpec`. Raises :class:`DataError` naming the file or
@@ -336,23 +397,31 @@ def validate_data(data, *, needs_target: bool, group_by: list[str] | None = None
         _check_columns(data.features, src, "data.features")
         clash = sorted(set(data.features) & skip)
         if clash:
-            raise DataError(f"data.features: {clash} are also the target, a group or excluded; "
-                            "remove them from data.features")
+            raise DataError(
+                f"data.features: {clash} are also the target, a group or excluded; "
+                "remove them from data.features"
+            )
         features = list(data.features)
     else:
         features = [c for c in src.columns if c not in skip]
     if check_features and not features:
-        raise DataError("data.features: no feature columns are left after removing target, "
-                        "groups and exclude")
-    categorical = list(data.categorical) if data.categorical is not None else [
-        c for c in features if is_categorical_dtype(src.columns[c])]
+        raise DataError(
+            "data.features: no feature columns are left after removing target, groups and exclude"
+        )
+    categorical = (
+        list(data.categorical)
+        if data.categorical is not None
+        else [c for c in features if is_categorical_dtype(src.columns[c])]
+    )
     if check_features:
         for c in features:
             dt = src.columns[c]
             if c not in categorical and not is_numeric_dtype(dt):
-                raise DataError(f"data.features: column {c!r} has dtype {dt}, which is neither "
-                                "numeric nor categorical; list it in data.exclude or "
-                                "data.categorical")
+                raise DataError(
+                    f"data.features: column {c!r} has dtype {dt}, which is neither "
+                    "numeric nor categorical; list it in data.exclude or "
+                    "data.categorical"
+                )
     test = None
     if data.test_source:
         test = inspect_source(data.test_source, "data.test_source")
@@ -374,9 +443,11 @@ def _check_target(target: str, info: SourceInfo, field_name: str) -> pd.Series:
         info.rows = len(y)
     n_nan = int(y.isna().sum())
     if n_nan:
-        raise DataError(f"data.target: column {target!r} has {n_nan} missing value"
-                        f"{'s' if n_nan != 1 else ''} of {len(y)} rows in {info.source!r}; drop or "
-                        "impute those rows first")
+        raise DataError(
+            f"data.target: column {target!r} has {n_nan} missing value"
+            f"{'s' if n_nan != 1 else ''} of {len(y)} rows in {info.source!r}; drop or "
+            "impute those rows first"
+        )
     return y
 
 
@@ -408,9 +479,11 @@ def check_target_task(y: pd.Series, data, task: str, y_test: pd.Series | None = 
     if task == "regression":
         for col, where in ((y, "data.source"), (y_test, "data.test_source")):
             if col is not None and not pd.api.types.is_numeric_dtype(col):
-                raise DataError(f"data.target: column {target!r} in {where} has dtype "
-                                f"{col.dtype}, but a regression target must be numeric; use a "
-                                "classifier or a numeric column")
+                raise DataError(
+                    f"data.target: column {target!r} in {where} has dtype "
+                    f"{col.dtype}, but a regression target must be numeric; use a "
+                    "classifier or a numeric column"
+                )
         split = data.split_spec  # the worker's split and folds, so too few rows fail here
         values = y.to_numpy(dtype=np.float64)
         rows = split_indices(values, split, classification=False)["train"]
@@ -419,43 +492,53 @@ def check_target_task(y: pd.Series, data, task: str, y_test: pd.Series | None = 
         return
     classes = sorted(pd.unique(y).tolist(), key=lambda v: (str(type(v)), v))
     if len(classes) < 2:
-        raise DataError(f"data.target: column {target!r} has a single class ({_values(classes)}) "
-                        f"in {data.source!r}; a classifier needs at least 2 classes")
+        raise DataError(
+            f"data.target: column {target!r} has a single class ({_values(classes)}) "
+            f"in {data.source!r}; a classifier needs at least 2 classes"
+        )
     if y_test is not None:
         unseen = sorted(set(pd.unique(y_test).tolist()) - set(classes), key=str)
         if unseen:
-            raise DataError(f"data.test_source: target column {target!r} has classes "
-                            f"{_values(unseen)} that do not occur in data.source")
+            raise DataError(
+                f"data.test_source: target column {target!r} has classes "
+                f"{_values(unseen)} that do not occur in data.source"
+            )
     index = {c: i for i, c in enumerate(classes)}
     codes = y.map(index).to_numpy(dtype=np.int64)
     split = data.split_spec
     if split is not None and (split.test > 0 or split.valid > 0) and split.stratify is not False:
         counts = np.bincount(codes, minlength=len(classes))
         if counts.min() < 2:  # train_test_split's rule, said with the real class
-            raise DataError(f"data.split: class {_values([classes[int(counts.argmin())]])} of "
-                            f"target column {target!r} has {int(counts.min())} row; a stratified "
-                            "split needs at least 2 rows of every class; add rows, drop that "
-                            "class or set data.split.stratify: false")
+            raise DataError(
+                f"data.split: class {_values([classes[int(counts.argmin())]])} of "
+                f"target column {target!r} has {int(counts.min())} row; a stratified "
+                "split needs at least 2 rows of every class; add rows, drop that "
+                "class or set data.split.stratify: false"
+            )
     parts = split_indices(codes, split, classification=True)
 
     def need_two(rows: np.ndarray, what: str) -> None:
         present = np.unique(codes[rows])
         if len(present) < 2:
-            raise DataError(f"data.split: the {what} of target column {target!r} hold only "
-                            f"class {_values([classes[present[0]]])}; a classifier needs at "
-                            "least 2 classes there; use more rows, fewer holdout rows or "
-                            "data.split.stratify: true")
+            raise DataError(
+                f"data.split: the {what} of target column {target!r} hold only "
+                f"class {_values([classes[present[0]]])}; a classifier needs at "
+                "least 2 classes there; use more rows, fewer holdout rows or "
+                "data.split.stratify: true"
+            )
 
     need_two(parts["train"], "train rows")
     if split is not None and split.cv:
         stratify = split.stratify if split.stratify is not None else True
         rows = parts["train"]
-        for i, (train, _) in enumerate(cv_indices(codes[rows], split.cv, split.seed,
-                                                  stratify=stratify, labels=classes)):
+        for i, (train, _) in enumerate(
+            cv_indices(codes[rows], split.cv, split.seed, stratify=stratify, labels=classes)
+        ):
             need_two(rows[train], f"training rows of cv fold {i}")
 
 
 # ---------------------------------------------------------------- splits
+
 
 def split_indices(y: np.ndarray, split, *, classification: bool) -> dict[str, np.ndarray]:
     """Row indices of train/valid/test for a :class:`SplitSpec` (or None: all rows train).
@@ -475,25 +558,33 @@ def split_indices(y: np.ndarray, split, *, classification: bool) -> dict[str, np
     try:
         if split.test > 0:
             rest, out["test"] = train_test_split(
-                idx, test_size=split.test, random_state=split.seed,
-                stratify=y if stratify else None)
+                idx, test_size=split.test, random_state=split.seed, stratify=y if stratify else None
+            )
         if split.valid > 0:
             frac = split.valid / (1 - split.test)
             train, out["valid"] = train_test_split(
-                rest, test_size=frac, random_state=split.seed,
-                stratify=y[rest] if stratify else None)
+                rest,
+                test_size=frac,
+                random_state=split.seed,
+                stratify=y[rest] if stratify else None,
+            )
         else:
             train = rest
     except ValueError as e:
-        raise DataError(f"data.split cannot split {n} rows as asked ({e}); lower the fractions or "
-                        "set data.split.stratify: false") from None
+        raise DataError(
+            f"data.split cannot split {n} rows as asked ({e}); lower the fractions or "
+            "set data.split.stratify: false"
+        ) from None
     out["train"] = np.sort(train)
-    return {k: np.sort(v) for k, v in sorted(out.items(), key=lambda kv: ["train", "valid",
-                                                                            "test"].index(kv[0]))}
+    return {
+        k: np.sort(v)
+        for k, v in sorted(out.items(), key=lambda kv: ["train", "valid", "test"].index(kv[0]))
+    }
 
 
-def cv_indices(y: np.ndarray, folds: int, seed: int, *, stratify: bool,
-               labels: list | None = None) -> list[tuple]:
+def cv_indices(
+    y: np.ndarray, folds: int, seed: int, *, stratify: bool, labels: list | None = None
+) -> list[tuple]:
     """(train, valid) index pairs of seeded (stratified) K-fold cross-validation; ``labels``
     (the real class values of codes ``y``) only make the messages name them."""
     from sklearn.model_selection import KFold, StratifiedKFold
@@ -503,11 +594,14 @@ def cv_indices(y: np.ndarray, folds: int, seed: int, *, stratify: bool,
         if counts.min() < folds:
             worst = values[counts.argmin()]
             shown = labels[int(worst)] if labels is not None else worst
-            raise DataError(f"data.split.cv={folds} needs at least {folds} rows of every class; "
-                            f"class {_values([shown])} has {counts.min()}; use fewer "
-                            "folds or data.split.stratify: false")
-    splitter = (StratifiedKFold if stratify else KFold)(n_splits=folds, shuffle=True,
-                                                       random_state=seed)
+            raise DataError(
+                f"data.split.cv={folds} needs at least {folds} rows of every class; "
+                f"class {_values([shown])} has {counts.min()}; use fewer "
+                "folds or data.split.stratify: false"
+            )
+    splitter = (StratifiedKFold if stratify else KFold)(
+        n_splits=folds, shuffle=True, random_state=seed
+    )
     try:
         return list(splitter.split(np.zeros(len(y)), y if stratify else None))
     except ValueError as e:

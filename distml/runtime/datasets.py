@@ -29,8 +29,14 @@ from distml.runtime.artifacts import atomic_file
 BLOCK_ROWS = 65_536
 GLOBAL_BLOCK = 2**31 - 1
 _SKLEARN = ("iris", "digits", "breast_cancer", "diabetes", "wine")
-_STATSMODELS = {"longley": "TOTEMP", "spector": "GRADE", "grunfeld": "invest", "star98": "NABOVE",
-                "macrodata": "realgdp", "sunspots": "SUNACTIVITY"}
+_STATSMODELS = {
+    "longley": "TOTEMP",
+    "spector": "GRADE",
+    "grunfeld": "invest",
+    "star98": "NABOVE",
+    "macrodata": "realgdp",
+    "sunspots": "SUNACTIVITY",
+}
 BUILTIN_NAMES: tuple[str, ...] = _SKLEARN + tuple(_STATSMODELS)
 
 
@@ -46,11 +52,13 @@ def _clean_column(name: str) -> str:
 
 def _builtin_key(name: str) -> str:
     key = name.strip()
-    key = key[len("builtin:"):] if key.startswith("builtin:") else key
+    key = key[len("builtin:") :] if key.startswith("builtin:") else key
     key = key.strip().lower()
     if key not in BUILTIN_NAMES:
-        raise DataError(f"data.source: unknown builtin dataset '{key}'; "
-                        f"{_did_you_mean(key, BUILTIN_NAMES)}Known: {', '.join(BUILTIN_NAMES)}.")
+        raise DataError(
+            f"data.source: unknown builtin dataset '{key}'; "
+            f"{_did_you_mean(key, BUILTIN_NAMES)}Known: {', '.join(BUILTIN_NAMES)}."
+        )
     return key
 
 
@@ -92,14 +100,27 @@ _OPEN1 = ("in (-1, 1)", lambda v: -1 < v < 1)
 _COMMON = {"rows": (_Int, 1000, _POS), "seed": (_Int, 0, _NONNEG)}
 _FEAT = {"features": (_Int, 10, _POS)}
 SYNTHETIC_KINDS: dict[str, dict[str, tuple]] = {
-    "classification": {**_COMMON, **_FEAT, "informative": (_Int, None, _POS),
-                       "classes": (_Int, 2, (">= 2", lambda v: v >= 2))},
-    "regression": {**_COMMON, **_FEAT, "informative": (_Int, None, _POS),
-                   "noise": (_Float, 1.0, _NONNEG)},
+    "classification": {
+        **_COMMON,
+        **_FEAT,
+        "informative": (_Int, None, _POS),
+        "classes": (_Int, 2, (">= 2", lambda v: v >= 2)),
+    },
+    "regression": {
+        **_COMMON,
+        **_FEAT,
+        "informative": (_Int, None, _POS),
+        "noise": (_Float, 1.0, _NONNEG),
+    },
     "blobs": {**_COMMON, **_FEAT, "centers": (_Int, 3, _POS), "cluster_std": (_Float, 1.0, _POS)},
     "panel": {**_COMMON, **_FEAT, "groups": (_Int, 10, _POS), "noise": (_Float, 1.0, _NONNEG)},
-    "timeseries": {**_COMMON, "series": (_Int, 1, _POS), "phi": (_Float, 0.6, _OPEN1),
-                   "theta": (_Float, 0.3, _OPEN1), "noise": (_Float, 1.0, _NONNEG)},
+    "timeseries": {
+        **_COMMON,
+        "series": (_Int, 1, _POS),
+        "phi": (_Float, 0.6, _OPEN1),
+        "theta": (_Float, 0.3, _OPEN1),
+        "noise": (_Float, 1.0, _NONNEG),
+    },
 }
 
 
@@ -135,15 +156,19 @@ def _convert(name: str, kind: str, raw: Any) -> int | float:
 def _resolve(kind: str, params: dict[str, Any]) -> dict[str, Any]:
     """Validate ``params`` for ``kind`` and fill the defaults; SpecError names the parameter."""
     if kind not in SYNTHETIC_KINDS:
-        raise SpecError(f"data.source: unknown synthetic kind '{kind}'; "
-                        f"{_did_you_mean(kind, list(SYNTHETIC_KINDS))}"
-                        f"Known: {', '.join(SYNTHETIC_KINDS)}.")
+        raise SpecError(
+            f"data.source: unknown synthetic kind '{kind}'; "
+            f"{_did_you_mean(kind, list(SYNTHETIC_KINDS))}"
+            f"Known: {', '.join(SYNTHETIC_KINDS)}."
+        )
     schema = SYNTHETIC_KINDS[kind]
     out: dict[str, Any] = {}
     for name, raw in params.items():
         if name not in schema:
-            raise SpecError(f"data.source: unknown synthetic parameter '{name}' for kind '{kind}'; "
-                            f"{_did_you_mean(name, list(schema))}Known: {', '.join(schema)}.")
+            raise SpecError(
+                f"data.source: unknown synthetic parameter '{name}' for kind '{kind}'; "
+                f"{_did_you_mean(name, list(schema))}Known: {', '.join(schema)}."
+            )
         typ, _, (rule, check) = schema[name]
         value = _convert(name, typ, raw)
         if not check(value):
@@ -166,18 +191,22 @@ def _split_synthetic(source: str) -> tuple[str, dict[str, str]]:
     """``'synthetic:KIND?a=1&b=2'`` -> ``('KIND', {'a': '1', 'b': '2'})``, unvalidated values."""
     body = source.strip()
     if not body.startswith("synthetic:"):
-        raise SpecError(f"data.source: a synthetic source must start with 'synthetic:'; "
-                        f"got {source!r}.")
-    kind, _, query = body[len("synthetic:"):].partition("?")
+        raise SpecError(
+            f"data.source: a synthetic source must start with 'synthetic:'; got {source!r}."
+        )
+    kind, _, query = body[len("synthetic:") :].partition("?")
     params: dict[str, str] = {}
     for pair in filter(None, query.split("&")):
         name, eq, value = (part.strip() for part in pair.partition("="))
         if not eq or not name or not value:
-            raise SpecError(f"data.source: synthetic parameter {pair!r} must be written "
-                            f"'name=value'; got {source!r}.")
+            raise SpecError(
+                f"data.source: synthetic parameter {pair!r} must be written "
+                f"'name=value'; got {source!r}."
+            )
         if name in params:
-            raise SpecError(f"data.source: synthetic parameter '{name}' is given twice; "
-                            f"got {source!r}.")
+            raise SpecError(
+                f"data.source: synthetic parameter '{name}' is given twice; got {source!r}."
+            )
         params[name] = value
     return kind.strip(), params
 
@@ -199,19 +228,27 @@ def _global(kind: str, p: dict[str, Any]) -> dict[str, Any]:
         k = p["informative"]
         return {"w": rng.standard_normal((k, p["classes"])) * 4.0 / np.sqrt(k)}
     if kind == "regression":
-        return {"w": rng.uniform(1, 10, p["informative"]) * rng.choice([-1, 1], p["informative"]),
-                "b": float(rng.normal(0, 5))}
+        return {
+            "w": rng.uniform(1, 10, p["informative"]) * rng.choice([-1, 1], p["informative"]),
+            "b": float(rng.normal(0, 5)),
+        }
     if kind == "blobs":
         return {"c": rng.uniform(-10, 10, (p["centers"], p["features"]))}
     if kind == "panel":
         g = p["groups"]
         width = max(4, len(str(g - 1)))
-        return {"a": rng.normal(0, 5, g), "b": rng.normal(0, 2, (g, p["features"])),
-                "labels": np.array([f"g{i:0{width}d}" for i in range(g)], dtype=object)}
+        return {
+            "a": rng.normal(0, 5, g),
+            "b": rng.normal(0, 2, (g, p["features"])),
+            "labels": np.array([f"g{i:0{width}d}" for i in range(g)], dtype=object),
+        }
     s = p["series"]
     width = max(4, len(str(s - 1)))
-    return {"mu": rng.normal(10, 5, s), "beta": rng.normal(0, 2, s),
-            "labels": np.array([f"s{i:0{width}d}" for i in range(s)], dtype=object)}
+    return {
+        "mu": rng.normal(10, 5, s),
+        "beta": rng.normal(0, 2, s),
+        "labels": np.array([f"s{i:0{width}d}" for i in range(s)], dtype=object),
+    }
 
 
 def _segment(i: np.ndarray, n_units: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
@@ -220,8 +257,9 @@ def _segment(i: np.ndarray, n_units: int, rows: int) -> tuple[np.ndarray, np.nda
     return unit, -((-unit * rows) // n_units)
 
 
-def _block(kind: str, p: dict[str, Any], g: dict[str, Any], rows: int, b: int,
-           state: dict[Any, Any]) -> pd.DataFrame:
+def _block(
+    kind: str, p: dict[str, Any], g: dict[str, Any], rows: int, b: int, state: dict[Any, Any]
+) -> pd.DataFrame:
     """Rows ``[b*BLOCK_ROWS, min((b+1)*BLOCK_ROWS, rows))`` of the source."""
     start = b * BLOCK_ROWS
     n = min(BLOCK_ROWS, rows - start)
@@ -241,15 +279,25 @@ def _block(kind: str, p: dict[str, Any], g: dict[str, Any], rows: int, b: int,
     else:  # panel
         unit, _ = _segment(np.arange(start, start + n, dtype=np.int64), p["groups"], rows)
         cols["group"] = pd.array(g["labels"][unit], dtype="str")
-        y = (g["a"][unit] + np.einsum("ij,ij->i", x, g["b"][unit])
-             + p["noise"] * rng[1].standard_normal(n))
+        y = (
+            g["a"][unit]
+            + np.einsum("ij,ij->i", x, g["b"][unit])
+            + p["noise"] * rng[1].standard_normal(n)
+        )
     cols.update({f"x{j}": x[:, j] for j in range(x.shape[1])})
     cols["target"] = y
     return pd.DataFrame(cols)
 
 
-def _timeseries_block(p: dict[str, Any], g: dict[str, Any], rows: int, start: int, n: int,
-                      rng: list[np.random.Generator], state: dict[Any, Any]) -> pd.DataFrame:
+def _timeseries_block(
+    p: dict[str, Any],
+    g: dict[str, Any],
+    rows: int,
+    start: int,
+    n: int,
+    rng: list[np.random.Generator],
+    state: dict[Any, Any],
+) -> pd.DataFrame:
     """``y = mu_s + beta_s * x0 + z``, ``z`` ARMA(1,1) with innovations ``N(0, noise)``.
 
     Series are contiguous and ordered by ``t``; ``state`` carries the ARMA filter state from one
@@ -288,8 +336,11 @@ def _rechunk(frames: Iterator[pd.DataFrame], chunk_rows: int) -> Iterator[pd.Dat
             have += take
             frame = frame.iloc[take:]
             if have == chunk_rows:
-                yield pd.concat(buf, ignore_index=True) if len(buf) > 1 else \
-                    buf[0].reset_index(drop=True)
+                yield (
+                    pd.concat(buf, ignore_index=True)
+                    if len(buf) > 1
+                    else buf[0].reset_index(drop=True)
+                )
                 buf, have = [], 0
     if buf:
         yield pd.concat(buf, ignore_index=True)
@@ -301,8 +352,9 @@ def _check_count(name: str, value: Any, minimum: int = 1) -> int:
     return int(value)
 
 
-def iter_synthetic(kind: str, params: dict[str, Any], rows: int | None = None,
-                   chunk_rows: int = BLOCK_ROWS) -> Iterator[pd.DataFrame]:
+def iter_synthetic(
+    kind: str, params: dict[str, Any], rows: int | None = None, chunk_rows: int = BLOCK_ROWS
+) -> Iterator[pd.DataFrame]:
     """Yield the synthetic source in frames of ``chunk_rows`` rows; ``rows`` overrides
     ``params['rows']``. The data do not depend on ``chunk_rows``."""
     p = _resolve(kind, {**params, **({} if rows is None else {"rows": rows})})
@@ -312,8 +364,9 @@ def iter_synthetic(kind: str, params: dict[str, Any], rows: int | None = None,
     return _rechunk(blocks, chunk_rows)
 
 
-def synthetic_frame(source_or_kind: str, params: dict[str, Any] | None = None,
-                    rows: int | None = None) -> pd.DataFrame:
+def synthetic_frame(
+    source_or_kind: str, params: dict[str, Any] | None = None, rows: int | None = None
+) -> pd.DataFrame:
     """The whole synthetic source as one DataFrame (for sizes that fit in memory)."""
     if source_or_kind.strip().startswith("synthetic:"):
         kind, parsed = _split_synthetic(source_or_kind)
@@ -345,9 +398,10 @@ def read_rows(source: str, lo: int, hi: int) -> pd.DataFrame:
         frames = [_block(kind, params, g, total, b, {}) for b in range(first, last + 1)]
         frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
         start = lo - first * BLOCK_ROWS
-        return frame.iloc[start:start + hi - lo].reset_index(drop=True)
-    whole = synthetic_frame(source) if source.strip().startswith("synthetic:") \
-        else load_builtin(source)
+        return frame.iloc[start : start + hi - lo].reset_index(drop=True)
+    whole = (
+        synthetic_frame(source) if source.strip().startswith("synthetic:") else load_builtin(source)
+    )
     return whole.iloc[lo:hi].reset_index(drop=True)
 
 
@@ -359,20 +413,28 @@ def _iter_builtin(name: str, rows: int | None, chunk_rows: int) -> Iterator[pd.D
         yield frame.take(idx).reset_index(drop=True)
 
 
-def iter_source(source: str, rows: int | None = None,
-                chunk_rows: int = BLOCK_ROWS) -> Iterator[pd.DataFrame]:
+def iter_source(
+    source: str, rows: int | None = None, chunk_rows: int = BLOCK_ROWS
+) -> Iterator[pd.DataFrame]:
     """Chunks of a ``synthetic:`` or ``builtin:`` source; a builtin cycles to fill ``rows``."""
     if source.strip().startswith("synthetic:"):
         kind, params = _split_synthetic(source)
         return iter_synthetic(kind, params, rows=rows, chunk_rows=chunk_rows)
     if source.strip().startswith("builtin:"):
         return _iter_builtin(source, rows, _check_count("chunk_rows", chunk_rows))
-    raise SpecError(f"data.source must start with 'synthetic:' or 'builtin:' to be generated; "
-                    f"got {source!r}.")
+    raise SpecError(
+        f"data.source must start with 'synthetic:' or 'builtin:' to be generated; got {source!r}."
+    )
 
 
-def generate_dataset(source: str, output: str | Path, rows: int | None = None,
-                     files: int = 1, *, overwrite: bool = False) -> dict[str, Any]:
+def generate_dataset(
+    source: str,
+    output: str | Path,
+    rows: int | None = None,
+    files: int = 1,
+    *,
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """Write ``rows`` rows of ``source`` as ``files`` parquet files ``part-00000.parquet``...
 
     Streams block by block (memory bounded by one block), each file written through the one
@@ -393,8 +455,10 @@ def generate_dataset(source: str, output: str | Path, rows: int | None = None,
     out.mkdir(parents=True, exist_ok=True)
     stale = sorted(out.glob("part-*.parquet"))
     if stale and not overwrite:
-        raise DataError(f"output {str(out)!r} already holds {len(stale)} part-*.parquet files; "
-                        f"choose an empty directory or pass overwrite=True.")
+        raise DataError(
+            f"output {str(out)!r} already holds {len(stale)} part-*.parquet files; "
+            f"choose an empty directory or pass overwrite=True."
+        )
     for path in stale:
         path.unlink()
     bounds = [k * rows // files for k in range(files + 1)]
@@ -417,8 +481,9 @@ def generate_dataset(source: str, output: str | Path, rows: int | None = None,
                         stack.close()  # renames part k onto its name
                     k += 1
                     tmp = stack.enter_context(atomic_file(paths[k]))
-                    writer = stack.enter_context(pq.ParquetWriter(tmp, schema,
-                                                                  use_dictionary=dictionary))
+                    writer = stack.enter_context(
+                        pq.ParquetWriter(tmp, schema, use_dictionary=dictionary)
+                    )
                 take = min(table.num_rows - lo, bounds[k + 1] - written)
                 writer.write_table(table.slice(lo, take))
                 lo += take

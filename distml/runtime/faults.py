@@ -46,10 +46,15 @@ ENV = "DISTML_FAULT"
 #: earlier names, kept as aliases: env var -> the WHERE names it covers
 TRAIN_ENV, STAGE_ENV, TUNE_ENV = "DISTML_TRAIN_FAULT", "DISTML_FAULT_INJECT", "DISTML_TUNE_FAULT"
 TRAIN_SITES = ("train.iteration", "manymodels.groups", "kmeans.pass")
-STAGES = {"pca": ("moments", "incremental", "transform"),
-          "kmeans": ("sample", "minibatch", "lloyd", "final")}
-SITES = frozenset(TRAIN_SITES + ("tune.iteration",)
-                  + tuple(f"{kind}.{s}" for kind, stages in STAGES.items() for s in stages))
+STAGES = {
+    "pca": ("moments", "incremental", "transform"),
+    "kmeans": ("sample", "minibatch", "lloyd", "final"),
+}
+SITES = frozenset(
+    TRAIN_SITES
+    + ("tune.iteration",)
+    + tuple(f"{kind}.{s}" for kind, stages in STAGES.items() for s in stages)
+)
 SYNONYMS = {"train.round": "train.iteration", "train.epoch": "train.iteration"}
 
 
@@ -63,8 +68,11 @@ class Fault:
     partition: int | None = None
 
     def at(self, where: str, step: int, partition: int | None = None) -> bool:
-        return (where in self.where and step == self.step
-                and (self.partition is None or partition is None or partition == self.partition))
+        return (
+            where in self.where
+            and step == self.step
+            and (self.partition is None or partition is None or partition == self.partition)
+        )
 
 
 def parse(text: str) -> Fault:
@@ -73,19 +81,22 @@ def parse(text: str) -> Fault:
     bits = body.split(":")
     where = SYNONYMS.get(bits[0].strip(), bits[0].strip())
     if where not in SITES:
-        raise SpecError(f"{ENV}: unknown place {bits[0]!r}; known: "
-                        f"{', '.join(sorted(SITES | set(SYNONYMS)))}")
+        raise SpecError(
+            f"{ENV}: unknown place {bits[0]!r}; known: {', '.join(sorted(SITES | set(SYNONYMS)))}"
+        )
     try:
         numbers = [int(b) for b in bits[1:]]
     except ValueError:
         numbers = []
     if len(numbers) not in (1, 2) or (len(numbers) == 2 and where.split(".")[0] not in STAGES):
-        raise SpecError(f"{ENV} must be WHERE:K (WHERE:K:PARTITION for a pca/kmeans task), "
-                        f"optionally @MARKER; got {text!r}")
-    marker = marker or os.path.join(tempfile.gettempdir(),
-                                    f"distml-fault-{os.getpid()}-{body.replace(':', '-')}")
-    partition = numbers[1] if len(numbers) == 2 else (0 if where.split(".")[0] in STAGES
-                                                      else None)
+        raise SpecError(
+            f"{ENV} must be WHERE:K (WHERE:K:PARTITION for a pca/kmeans task), "
+            f"optionally @MARKER; got {text!r}"
+        )
+    marker = marker or os.path.join(
+        tempfile.gettempdir(), f"distml-fault-{os.getpid()}-{body.replace(':', '-')}"
+    )
+    partition = numbers[1] if len(numbers) == 2 else (0 if where.split(".")[0] in STAGES else None)
     return Fault(frozenset({where}), numbers[0], marker, partition)
 
 
@@ -111,8 +122,9 @@ def from_env(*where: str) -> Fault | None:
     return next((f for f in found if f.where & wanted), None)
 
 
-def _claim(fault: Fault, where: str, step: int, partition: int | None = None,
-           rank: int = 0) -> bool:
+def _claim(
+    fault: Fault, where: str, step: int, partition: int | None = None, rank: int = 0
+) -> bool:
     """Create the marker file, recording where the fault happened (a task stage's ``stage``,
     ``partition`` and ``batch``; else ``iteration`` and ``rank``); False when it exists (this
     is the retry)."""
@@ -121,16 +133,26 @@ def _claim(fault: Fault, where: str, step: int, partition: int | None = None,
     except FileExistsError:
         return False
     kind, _, name = where.partition(".")
-    record = ({"stage": name, "partition": partition, "batch": step}
-              if name in STAGES.get(kind, ()) else {"iteration": step, "rank": rank})
-    os.write(fd, json.dumps({"pid": os.getpid(), "where": where, "step": step,
-                             **record}).encode())
+    record = (
+        {"stage": name, "partition": partition, "batch": step}
+        if name in STAGES.get(kind, ())
+        else {"iteration": step, "rank": rank}
+    )
+    os.write(fd, json.dumps({"pid": os.getpid(), "where": where, "step": step, **record}).encode())
     os.close(fd)
     return True
 
 
-def crash(fault: Fault | None, where: str, step: int, *, partition: int | None = None,
-          rank: int = 0, world: int = 1, delay_s: float = 0.0) -> None:
+def crash(
+    fault: Fault | None,
+    where: str,
+    step: int,
+    *,
+    partition: int | None = None,
+    rank: int = 0,
+    world: int = 1,
+    delay_s: float = 0.0,
+) -> None:
     """Exit this process (``os._exit(1)``) at ``where``/``step``, the first time only; in a
     group of ``world`` processes only the last rank exits. ``delay_s``: wait before exiting
     (a Train worker lets its last report be collected first)."""

@@ -89,10 +89,20 @@ class Partition:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Partition":
-        pieces = tuple(Piece(p["path"], _tuple(p.get("row_groups")), _tuple(p.get("byte_range")))
-                       for p in d.get("pieces", ()))
-        return cls(d["index"], d["source"], d["format"], pieces, d.get("name", "part-00000"),
-                   d.get("rows"), d.get("offset"), _tuple(d.get("row_range")))
+        pieces = tuple(
+            Piece(p["path"], _tuple(p.get("row_groups")), _tuple(p.get("byte_range")))
+            for p in d.get("pieces", ())
+        )
+        return cls(
+            d["index"],
+            d["source"],
+            d["format"],
+            pieces,
+            d.get("name", "part-00000"),
+            d.get("rows"),
+            d.get("offset"),
+            _tuple(d.get("row_range")),
+        )
 
 
 def _tuple(v):
@@ -105,6 +115,7 @@ def files_partition(source: str, files: list[str], fmt: str, index: int = 0) -> 
 
 
 # ------------------------------------------------------------------ footers and names
+
 
 def row_group_rows(path: str) -> list[int]:
     """Rows of each row group of parquet file ``path``, from its footer."""
@@ -152,9 +163,17 @@ def _runs(sizes: list[int], target: int, at_least: bool) -> list[tuple[list[int]
 
 # ------------------------------------------------------------------ rule 1: rows per partition
 
-def by_rows(info, rows: int, *, at_least: bool = False, offset: int = 0,
-            virtual_rows: int | None = None, csv_bytes: int | None = None,
-            count_csv_rows: bool = False) -> list[Partition]:
+
+def by_rows(
+    info,
+    rows: int,
+    *,
+    at_least: bool = False,
+    offset: int = 0,
+    virtual_rows: int | None = None,
+    csv_bytes: int | None = None,
+    count_csv_rows: bool = False,
+) -> list[Partition]:
     """Partitions of a checked :class:`~distml.runtime.data.SourceInfo` of about ``rows`` rows
     each, whole row groups, never across files, in data order (see the module docstring).
 
@@ -175,19 +194,37 @@ def by_rows(info, rows: int, *, at_least: bool = False, offset: int = 0,
             if csv_bytes and size and size > csv_bytes and not f.lower().endswith(".gz"):
                 ranges = [(lo, min(lo + csv_bytes, size)) for lo in range(0, size, csv_bytes)]
                 for lo, hi in ranges:
-                    parts.append(Partition(len(parts), info.source, "csv",
-                                           (Piece(f, byte_range=(lo, hi)),),
-                                           f"{stem}-b{lo:012d}"))
+                    parts.append(
+                        Partition(
+                            len(parts),
+                            info.source,
+                            "csv",
+                            (Piece(f, byte_range=(lo, hi)),),
+                            f"{stem}-b{lo:012d}",
+                        )
+                    )
                 continue
-            parts.append(Partition(len(parts), info.source, "csv", (Piece(f),), stem, n,
-                                   at if n is not None else None))
+            parts.append(
+                Partition(
+                    len(parts),
+                    info.source,
+                    "csv",
+                    (Piece(f),),
+                    stem,
+                    n,
+                    at if n is not None else None,
+                )
+            )
             at += n or 0
             continue
         runs = _runs(row_group_rows(f), rows, at_least)
         for groups, n in runs:
             name = stem if len(runs) == 1 else f"{stem}-rg{groups[0]:05d}"
-            parts.append(Partition(len(parts), info.source, "parquet",
-                                   (Piece(f, tuple(groups)),), name, n, at))
+            parts.append(
+                Partition(
+                    len(parts), info.source, "parquet", (Piece(f, tuple(groups)),), name, n, at
+                )
+            )
             at += n
     return parts
 
@@ -197,10 +234,18 @@ def _virtual(info, offset: int, virtual_rows: int | None) -> list[Partition]:
 
     total = info.rows
     if virtual_rows and total and datasets.reads_row_ranges(info.source):
-        return [Partition(i, info.source, "virtual", name=f"part-{i:05d}",
-                          rows=min(lo + virtual_rows, total) - lo, offset=offset + lo,
-                          row_range=(lo, min(lo + virtual_rows, total)))
-                for i, lo in enumerate(range(0, total, virtual_rows))]
+        return [
+            Partition(
+                i,
+                info.source,
+                "virtual",
+                name=f"part-{i:05d}",
+                rows=min(lo + virtual_rows, total) - lo,
+                offset=offset + lo,
+                row_range=(lo, min(lo + virtual_rows, total)),
+            )
+            for i, lo in enumerate(range(0, total, virtual_rows))
+        ]
     return [Partition(0, info.source, "virtual", rows=total, offset=offset)]
 
 
@@ -213,6 +258,7 @@ def _csv_rows(path: str) -> int:
 
 
 # ------------------------------------------------------------------ rule 2: number of partitions
+
 
 def by_count(info, n_parts: int, max_bytes: int | None = None) -> list[Partition]:
     """About ``n_parts`` partitions of a checked source (and, with ``max_bytes``, none bigger
@@ -227,21 +273,31 @@ def by_count(info, n_parts: int, max_bytes: int | None = None) -> list[Partition
     if max_bytes:
         target = max(target, math.ceil(total / max_bytes))
     files = list(info.files)
-    if info.format == "parquet" and len(files) < target and (
-            (info.rows or 0) >= MIN_SPLIT_ROWS or max_bytes):
+    if (
+        info.format == "parquet"
+        and len(files) < target
+        and ((info.rows or 0) >= MIN_SPLIT_ROWS or max_bytes)
+    ):
         parts: list[Partition] = []
         for f, size in zip(files, info.sizes or [total] * len(files)):
             n_groups = len(row_group_rows(f))
             share = max(1, round(target * size / total))
             for chunk in np.array_split(np.arange(n_groups), min(share, max(1, n_groups))):
                 if len(chunk):
-                    parts.append(Partition(len(parts), info.source, "parquet",
-                                           (Piece(f, tuple(int(i) for i in chunk)),)))
+                    parts.append(
+                        Partition(
+                            len(parts),
+                            info.source,
+                            "parquet",
+                            (Piece(f, tuple(int(i) for i in chunk)),),
+                        )
+                    )
         return parts
     n_units = min(len(files), 4 * target)
-    return [Partition(i, info.source, info.format, tuple(Piece(files[j]) for j in idx))
-            for i, idx in enumerate(i for i in np.array_split(np.arange(len(files)), n_units)
-                                    if len(i))]
+    return [
+        Partition(i, info.source, info.format, tuple(Piece(files[j]) for j in idx))
+        for i, idx in enumerate(i for i in np.array_split(np.arange(len(files)), n_units) if len(i))
+    ]
 
 
 def check_rows(parts: list[Partition], source: str) -> list[Partition]:

@@ -18,7 +18,7 @@ def stat_fields(pid: int) -> list[str] | None:
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
             text = fh.read()
-        return text[text.rindex(")") + 2:].split()
+        return text[text.rindex(")") + 2 :].split()
     except (OSError, ValueError):
         return None
 

@@ -22,10 +22,14 @@ _MUTED = logging.CRITICAL + 1
 def _console_handlers(logger: logging.Logger) -> list[logging.Handler]:
     """Ray's own handlers that write to a terminal stream, not to a file (a handler someone
     else attached is left alone)."""
-    return [h for h in logger.handlers
-            if type(h).__module__.split(".")[0] == "ray"
-            and isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
-            and not _is_file_handler(h)]
+    return [
+        h
+        for h in logger.handlers
+        if type(h).__module__.split(".")[0] == "ray"
+        and isinstance(h, logging.StreamHandler)
+        and not isinstance(h, logging.FileHandler)
+        and not _is_file_handler(h)
+    ]
 
 
 def _is_file_handler(handler: logging.Handler) -> bool:

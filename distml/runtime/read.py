@@ -34,11 +34,12 @@ def open_input(path: str, fs: Any = None):
         import fsspec
 
         return fsspec.open(path, "rb").open()
-    return open(path[len("file://"):] if path.startswith("file://") else path, "rb")
+    return open(path[len("file://") :] if path.startswith("file://") else path, "rb")
 
 
-def read_virtual(source: str, columns: list[str] | None = None,
-                 row_range: tuple[int, int] | None = None) -> pd.DataFrame:
+def read_virtual(
+    source: str, columns: list[str] | None = None, row_range: tuple[int, int] | None = None
+) -> pd.DataFrame:
     """A ``builtin:``/``synthetic:`` source (rows ``row_range`` of it), only ``columns``."""
     from distml.runtime import datasets
 
@@ -52,6 +53,7 @@ def read_virtual(source: str, columns: list[str] | None = None,
 
 
 # ------------------------------------------------------------------ whole partitions
+
 
 def read_partition(part, columns: list[str]) -> pd.DataFrame:
     """The rows of ``part`` (a :class:`~distml.runtime.plan.Partition`), only ``columns``
@@ -68,24 +70,34 @@ def read_partition(part, columns: list[str]) -> pd.DataFrame:
     for p in part.pieces:
         with open_input(p.path) as fh:
             pf = pq.ParquetFile(fh)
-            tables.append(pf.read(columns=columns) if p.row_groups is None
-                          else pf.read_row_groups(list(p.row_groups), columns=columns))
+            tables.append(
+                pf.read(columns=columns)
+                if p.row_groups is None
+                else pf.read_row_groups(list(p.row_groups), columns=columns)
+            )
     table = tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="default")
     return table.to_pandas()
 
 
-def _read_csv_piece(piece, columns: list[str] | None, fs: Any = None,
-                   where: str = "data.source") -> pd.DataFrame:
+def _read_csv_piece(
+    piece, columns: list[str] | None, fs: Any = None, where: str = "data.source"
+) -> pd.DataFrame:
     with open_input(piece.path, fs) as fh:
         try:
             if piece.byte_range is not None:
                 return pd.read_csv(io.BytesIO(csv_range(fh, *piece.byte_range)), usecols=columns)
-            return pd.read_csv(fh, usecols=columns,
-                               compression="gzip" if piece.path.endswith(".gz") else None)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError,
-                ValueError) as e:
-            raise DataError(f"{where}: file {piece.path!r} is not readable CSV "
-                            f"({csv_reason(e)})") from None
+            return pd.read_csv(
+                fh, usecols=columns, compression="gzip" if piece.path.endswith(".gz") else None
+            )
+        except (
+            pd.errors.ParserError,
+            pd.errors.EmptyDataError,
+            UnicodeDecodeError,
+            ValueError,
+        ) as e:
+            raise DataError(
+                f"{where}: file {piece.path!r} is not readable CSV ({csv_reason(e)})"
+            ) from None
 
 
 def csv_reason(e: BaseException) -> str:
@@ -101,8 +113,14 @@ def csv_reason(e: BaseException) -> str:
     return type(e).__name__ if not isinstance(e, OSError) else one_line(e, 200)
 
 
-def read_files(files: list[str], fmt: str, columns: list[str] | None = None, fs: Any = None,
-               where: str = "data.source", source: str | None = None) -> pd.DataFrame:
+def read_files(
+    files: list[str],
+    fmt: str,
+    columns: list[str] | None = None,
+    fs: Any = None,
+    where: str = "data.source",
+    source: str | None = None,
+) -> pd.DataFrame:
     """All rows of ``files`` (only ``columns`` when given): parquet through pyarrow's dataset
     reader, which reads the files in parallel (``fs``: their fsspec filesystem, if remote);
     CSV file by file. Unreadable data is a DataError naming ``where`` and the file/source."""
@@ -110,11 +128,15 @@ def read_files(files: list[str], fmt: str, columns: list[str] | None = None, fs:
         import pyarrow.parquet as pq
 
         try:
-            table = pq.read_table(files if fs is None else [fs._strip_protocol(f) for f in files],
-                                  columns=columns, filesystem=fs)
+            table = pq.read_table(
+                files if fs is None else [fs._strip_protocol(f) for f in files],
+                columns=columns,
+                filesystem=fs,
+            )
         except Exception as e:
-            raise DataError(f"{where}: cannot read parquet from {source or files[0]!r}: "
-                            f"{one_line(e, 200)}") from None
+            raise DataError(
+                f"{where}: cannot read parquet from {source or files[0]!r}: {one_line(e, 200)}"
+            ) from None
         return table.to_pandas()
     from distml.runtime.plan import Piece
 
@@ -141,8 +163,15 @@ def csv_range(fh, lo: int, hi: int) -> bytes:
 
 # ------------------------------------------------------------------ bounded batches
 
-def iter_tables(part, columns: list[str], batch_size: int, *, float_columns: list[str] = (),
-                threads: bool = False) -> Iterator[Any]:
+
+def iter_tables(
+    part,
+    columns: list[str],
+    batch_size: int,
+    *,
+    float_columns: list[str] = (),
+    threads: bool = False,
+) -> Iterator[Any]:
     """pyarrow tables/record batches of at most ``batch_size`` rows of ``part``, in data order,
     only ``columns``; CSV columns in ``float_columns`` are typed float64 up front (a streaming
     reader infers types from its first block only)."""
@@ -152,7 +181,7 @@ def iter_tables(part, columns: list[str], batch_size: int, *, float_columns: lis
         if part.row_range is not None:
             frame = read_virtual(part.source, columns, part.row_range)
             for lo in range(0, len(frame), batch_size):
-                yield pa.Table.from_pandas(frame.iloc[lo:lo + batch_size], preserve_index=False)
+                yield pa.Table.from_pandas(frame.iloc[lo : lo + batch_size], preserve_index=False)
             return
         from distml.runtime.datasets import iter_source
 
@@ -175,8 +204,9 @@ def _parquet_batches(piece, columns, batch_size: int, threads: bool):
         # instead of reading it whole.
         pf = pq.ParquetFile(fh, pre_buffer=False, buffer_size=PARQUET_BUFFER)
         groups = list(piece.row_groups) if piece.row_groups is not None else None
-        yield from pf.iter_batches(batch_size=batch_size, row_groups=groups, columns=columns,
-                                   use_threads=threads)
+        yield from pf.iter_batches(
+            batch_size=batch_size, row_groups=groups, columns=columns, use_threads=threads
+        )
 
 
 def _csv_batches(piece, columns, batch_size: int, float_columns, threads: bool):
@@ -185,10 +215,12 @@ def _csv_batches(piece, columns, batch_size: int, float_columns, threads: bool):
 
     with open_input(piece.path) as fh:
         src = io.BytesIO(csv_range(fh, *piece.byte_range)) if piece.byte_range else fh
-        convert = pcsv.ConvertOptions(include_columns=list(columns),
-                                      column_types={c: pa.float64() for c in float_columns})
-        reader = pcsv.open_csv(src, convert_options=convert,
-                               read_options=pcsv.ReadOptions(use_threads=threads))
+        convert = pcsv.ConvertOptions(
+            include_columns=list(columns), column_types={c: pa.float64() for c in float_columns}
+        )
+        reader = pcsv.open_csv(
+            src, convert_options=convert, read_options=pcsv.ReadOptions(use_threads=threads)
+        )
         for rb in reader:
             for lo in range(0, rb.num_rows, batch_size):
                 yield rb.slice(lo, batch_size)

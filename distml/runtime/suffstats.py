@@ -48,12 +48,16 @@ class Moments:
         w = self.w_sum + other.w_sum
         delta = other.y_mean - self.y_mean
         return Moments(
-            n=self.n + other.n, r_xy=_stack_r(self.r_xy, other.r_xy),
-            r_x1=_stack_r(self.r_x1, other.r_x1), w_sum=w,
+            n=self.n + other.n,
+            r_xy=_stack_r(self.r_xy, other.r_xy),
+            r_x1=_stack_r(self.r_x1, other.r_x1),
+            w_sum=w,
             y_mean=self.y_mean + delta * other.w_sum / w,
             y_m2=self.y_m2 + other.y_m2 + delta * delta * self.w_sum * other.w_sum / w,
-            log_w=self.log_w + other.log_w, x_min=np.minimum(self.x_min, other.x_min),
-            x_max=np.maximum(self.x_max, other.x_max))
+            log_w=self.log_w + other.log_w,
+            x_min=np.minimum(self.x_min, other.x_min),
+            x_max=np.maximum(self.x_max, other.x_max),
+        )
 
 
 def _stack_r(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -72,10 +76,17 @@ def partition_moments(X: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> Mom
     ww = np.ones(n) if w is None else w
     w_sum = float(ww.sum())
     mean = float(np.dot(ww, y) / w_sum)
-    return Moments(n=n, r_xy=r_xy, r_x1=r_x1, w_sum=w_sum, y_mean=mean,
-                   y_m2=float(np.dot(ww, (y - mean) ** 2)),
-                   log_w=float(np.log(w).sum()) if w is not None else 0.0,
-                   x_min=X.min(axis=0), x_max=X.max(axis=0))
+    return Moments(
+        n=n,
+        r_xy=r_xy,
+        r_x1=r_x1,
+        w_sum=w_sum,
+        y_mean=mean,
+        y_m2=float(np.dot(ww, (y - mean) ** 2)),
+        log_w=float(np.log(w).sum()) if w is not None else 0.0,
+        x_min=X.min(axis=0),
+        x_max=X.max(axis=0),
+    )
 
 
 @dataclass
@@ -115,13 +126,14 @@ def solve(m: Moments, names: list[str], weighted: bool) -> Fit:
     rxx, rxy, ryy = r[:k, :k], r[:k, k], float(r[k, k])
     # rank on scaled columns (R's column norms are the weighted design's): an ill-conditioned
     # but full-rank design is fitted, with numpy.matrix_rank's tolerance rule
-    norms = np.sqrt((rxx ** 2).sum(axis=0))
+    norms = np.sqrt((rxx**2).sum(axis=0))
     sv = np.linalg.svd(rxx / np.where(norms > 0, norms, 1.0), compute_uv=False)
     tol = sv.max(initial=0.0) * max(m.n, k) * np.finfo(float).eps
     rank = int((sv > tol).sum())
     if rank < k:
-        raise JobFailed(f"singular design: rank {rank} < {k} columns ({', '.join(names)}); "
-                        "drop collinear terms")
+        raise JobFailed(
+            f"singular design: rank {rank} < {k} columns ({', '.join(names)}); drop collinear terms"
+        )
     from scipy.linalg import solve_triangular
 
     params = solve_triangular(rxx, rxy)
@@ -132,14 +144,31 @@ def solve(m: Moments, names: list[str], weighted: bool) -> Fit:
     implicit = one_resid <= math.sqrt(m.w_sum) * 1e-10 * max(1.0, k)
     k_constant = 1 if (const or implicit) else 0
     raw = np.linalg.svd(rxx, compute_uv=False)
-    return Fit(names, params, ncov, m.n, rank, k_constant, const[0] if const else None,
-               ssr=ryy * ryy, centered_tss=m.y_m2,
-               uncentered_tss=m.y_m2 + m.w_sum * m.y_mean ** 2, log_w=m.log_w,
-               weighted=weighted, extra={"condition_number": float(raw[0] / raw[-1])})
+    return Fit(
+        names,
+        params,
+        ncov,
+        m.n,
+        rank,
+        k_constant,
+        const[0] if const else None,
+        ssr=ryy * ryy,
+        centered_tss=m.y_m2,
+        uncentered_tss=m.y_m2 + m.w_sum * m.y_mean**2,
+        log_w=m.log_w,
+        weighted=weighted,
+        extra={"condition_number": float(raw[0] / raw[-1])},
+    )
 
 
-def inference(fit: Fit, cov_type: str, alpha: float, use_t: bool | None,
-              meat: np.ndarray | None = None, n_clusters: int | None = None) -> tuple[dict, dict]:
+def inference(
+    fit: Fit,
+    cov_type: str,
+    alpha: float,
+    use_t: bool | None,
+    meat: np.ndarray | None = None,
+    n_clusters: int | None = None,
+) -> tuple[dict, dict]:
     """(coefficient columns, model figures) exactly as statsmodels computes them."""
     from scipy import stats
 
@@ -163,24 +192,38 @@ def inference(fit: Fit, cov_type: str, alpha: float, use_t: bool | None,
     else:
         p = stats.norm.sf(np.abs(t)) * 2
         q = stats.norm.ppf(1 - alpha / 2)
-    coef = {"term": np.asarray(fit.names, dtype=object), "estimate": fit.params,
-            "std_error": bse, "statistic": t, "p_value": p,
-            "ci_low": fit.params - q * bse, "ci_high": fit.params + q * bse}
+    coef = {
+        "term": np.asarray(fit.names, dtype=object),
+        "estimate": fit.params,
+        "std_error": bse,
+        "statistic": t,
+        "p_value": p,
+        "ci_low": fit.params - q * bse,
+        "ci_high": fit.params + q * bse,
+    }
     tss = fit.centered_tss if fit.k_constant else fit.uncentered_tss
     r2 = 1 - fit.ssr / tss
     nobs2 = n / 2.0
     if fit.weighted:
-        llf = -math.log(fit.ssr) * nobs2 - (1 + math.log(math.pi / nobs2)) * nobs2 \
-            + 0.5 * fit.log_w
+        llf = -math.log(fit.ssr) * nobs2 - (1 + math.log(math.pi / nobs2)) * nobs2 + 0.5 * fit.log_w
     else:
         llf = -nobs2 * math.log(2 * math.pi) - nobs2 * math.log(fit.ssr / n) - nobs2
     k_params = fit.df_model + fit.k_constant
     fvalue, f_pvalue = _f_test(fit, cov_type, tss, df_inf)
-    figures = {"nobs": float(n), "r_squared": r2,
-               "adj_r_squared": 1 - (n - fit.k_constant) / dfr * (1 - r2),
-               "aic": -2 * llf + 2 * k_params, "bic": -2 * llf + math.log(n) * k_params,
-               "llf": llf, "converged": True, "error": None, "df_model": fit.df_model,
-               "df_resid": dfr, "fvalue": fvalue, "f_pvalue": f_pvalue}
+    figures = {
+        "nobs": float(n),
+        "r_squared": r2,
+        "adj_r_squared": 1 - (n - fit.k_constant) / dfr * (1 - r2),
+        "aic": -2 * llf + 2 * k_params,
+        "bic": -2 * llf + math.log(n) * k_params,
+        "llf": llf,
+        "converged": True,
+        "error": None,
+        "df_model": fit.df_model,
+        "df_resid": dfr,
+        "fvalue": fvalue,
+        "f_pvalue": f_pvalue,
+    }
     return coef, figures
 
 
@@ -203,8 +246,14 @@ def _f_test(fit: Fit, cov_type: str, tss: float, df_inf: float) -> tuple[float, 
     return f, float(stats.f.sf(f, mat.shape[0], df_inf))
 
 
-def robust_meat(X: np.ndarray, y: np.ndarray, w: np.ndarray | None, fit: Fit, cov_type: str,
-                clusters: np.ndarray | None = None) -> tuple[np.ndarray | None, dict]:
+def robust_meat(
+    X: np.ndarray,
+    y: np.ndarray,
+    w: np.ndarray | None,
+    fit: Fit,
+    cov_type: str,
+    clusters: np.ndarray | None = None,
+) -> tuple[np.ndarray | None, dict]:
     """Second pass on one partition: the HC meat, or score sums per cluster."""
     sw = np.ones(len(y)) if w is None else np.sqrt(w)
     wx = X * sw[:, None]
@@ -217,9 +266,9 @@ def robust_meat(X: np.ndarray, y: np.ndarray, w: np.ndarray | None, fit: Fit, co
         return None, dict(zip(uniques.tolist(), sums))
     if cov_type in ("HC2", "HC3"):
         h = np.einsum("ij,ik,kj->i", wx, wx, fit.ncov)
-        scale = wresid ** 2 / (1 - h) if cov_type == "HC2" else (wresid / (1 - h)) ** 2
+        scale = wresid**2 / (1 - h) if cov_type == "HC2" else (wresid / (1 - h)) ** 2
     else:
-        scale = wresid ** 2
+        scale = wresid**2
         if cov_type == "HC1":
             scale = fit.nobs / fit.df_resid * scale
     return (wx * scale[:, None]).T @ wx, {}

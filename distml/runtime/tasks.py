@@ -41,15 +41,20 @@ class Runner:
     partition tasks of a :meth:`map` run at once (default: as many as the cluster fits).
     """
 
-    def __init__(self, resources, log=None, *, min_retries: int = 0,
-                 limit_concurrency: bool = True):
+    def __init__(
+        self, resources, log=None, *, min_retries: int = 0, limit_concurrency: bool = True
+    ):
         self.log = log
         explicit = resources.model_fields_set
         retries = resources.max_failures if "max_failures" in explicit else 3
-        self.opts = dict(num_cpus=resources.cpus_per_worker, max_retries=max(min_retries, retries),
-                         retry_exceptions=False)
-        self.cap = (resources.num_workers if limit_concurrency and "num_workers" in explicit
-                    else None)
+        self.opts = dict(
+            num_cpus=resources.cpus_per_worker,
+            max_retries=max(min_retries, retries),
+            retry_exceptions=False,
+        )
+        self.cap = (
+            resources.num_workers if limit_concurrency and "num_workers" in explicit else None
+        )
         self.tasks = 0
         self._remotes: dict[tuple, Any] = {}
         self._watch = None
@@ -105,8 +110,10 @@ class Runner:
         while pending:
             done, pending = ray.wait(pending, num_returns=1, timeout=1.0, fetch_local=False)
             done_rows += sum(rows_of[r] or 0 for r in done)
-            counter.update(completed=len(refs) - len(pending),
-                           info=f"{done_rows:,} of {known:,} rows" if known else None)
+            counter.update(
+                completed=len(refs) - len(pending),
+                info=f"{done_rows:,} of {known:,} rows" if known else None,
+            )
         counter.done()
 
     def reduce(self, refs: list, fan_in: int = FAN_IN, merge: Callable = merge_all):
@@ -114,7 +121,7 @@ class Runner:
         task = self.remote(merge)
         leaves = refs
         while len(refs) > 1:
-            groups = [refs[i:i + fan_in] for i in range(0, len(refs), fan_in)]
+            groups = [refs[i : i + fan_in] for i in range(0, len(refs), fan_in)]
             refs = [task.remote(*g) if len(g) > 1 else g[0] for g in groups]
             self.tasks += sum(len(g) > 1 for g in groups)
         self._track(leaves)
@@ -129,8 +136,9 @@ class Runner:
         pending = list(refs)
         try:
             while pending:
-                done, pending = ray.wait(pending, num_returns=min(len(pending), batch),
-                                         timeout=None)
+                done, pending = ray.wait(
+                    pending, num_returns=min(len(pending), batch), timeout=None
+                )
                 yield ray.get(done), len(pending)
         finally:
             for ref in pending:  # a lost task failed the job: free the CPUs of the others
@@ -148,9 +156,12 @@ class Runner:
             cause = getattr(e, "cause", None)
             if isinstance(cause, DistmlError):
                 raise cause from None
-            raise JobFailed(f"{what} failed: {type(cause or e).__name__}: "
-                            f"{one_line(cause or e, 500)}"[:500]) from e
+            raise JobFailed(
+                f"{what} failed: {type(cause or e).__name__}: {one_line(cause or e, 500)}"[:500]
+            ) from e
         except ray.exceptions.RayError as e:
             text = str(e).strip().splitlines()
-            raise JobFailed(f"{what} failed after {self.opts['max_retries']} retries: "
-                            f"{type(e).__name__}: {text[0] if text else ''}"[:500]) from e
+            raise JobFailed(
+                f"{what} failed after {self.opts['max_retries']} retries: "
+                f"{type(e).__name__}: {text[0] if text else ''}"[:500]
+            ) from e

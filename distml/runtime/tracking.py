@@ -31,9 +31,11 @@ _MAX_PARAM_VALUE = 6000
 _ARTIFACT_PATH = "distml_run"
 
 
-_MISSING = ("tracking.mlflow needs the 'mlflow' package (or 'mlflow-skinny'), which is not "
-            'installed; install it with: pip install "distml[tracking]" (or pip install '
-            "mlflow-skinny), or remove tracking.mlflow from the spec")
+_MISSING = (
+    "tracking.mlflow needs the 'mlflow' package (or 'mlflow-skinny'), which is not "
+    'installed; install it with: pip install "distml[tracking]" (or pip install '
+    "mlflow-skinny), or remove tracking.mlflow from the spec"
+)
 
 
 def _mlflow():
@@ -91,8 +93,9 @@ def _config(config: Any) -> dict[str, Any]:
         config = config["mlflow"] or {}
     cfg = dict(config)
     if not cfg.get("uri"):
-        raise SpecError("tracking.mlflow.uri is required (e.g. http://mlflow:5000 or "
-                        "file:///shared/mlruns)")
+        raise SpecError(
+            "tracking.mlflow.uri is required (e.g. http://mlflow:5000 or file:///shared/mlruns)"
+        )
     cfg.setdefault("experiment", "distml")
     return cfg
 
@@ -151,23 +154,39 @@ def log_result(result: Any, config: Any) -> str:
 def _log_result(result: Any, cfg: dict[str, Any], uri: str, MlflowClient: Any) -> str:  # noqa: N803
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(cfg["experiment"])
-    experiment_id = (experiment.experiment_id if experiment is not None
-                     else client.create_experiment(cfg["experiment"]))
+    experiment_id = (
+        experiment.experiment_id
+        if experiment is not None
+        else client.create_experiment(cfg["experiment"])
+    )
     run_dir = Path(result.run_dir)
-    tags = {"distml.name": result.name, "distml.kind": result.kind,
-            "distml.run_id": result.run_id, "distml.run_dir": str(run_dir),
-            "distml.status": result.status, **{str(k): str(v) for k, v in
-                                               (cfg.get("tags") or {}).items()}}
+    tags = {
+        "distml.name": result.name,
+        "distml.kind": result.kind,
+        "distml.run_id": result.run_id,
+        "distml.run_dir": str(run_dir),
+        "distml.status": result.status,
+        **{str(k): str(v) for k, v in (cfg.get("tags") or {}).items()},
+    }
     found = client.search_runs(
-        [experiment_id], filter_string=(f"tags.`distml.run_id` = '{_quote(result.run_id)}' and "
-                                        f"tags.`distml.name` = '{_quote(result.name)}'"),
-        max_results=1)
+        [experiment_id],
+        filter_string=(
+            f"tags.`distml.run_id` = '{_quote(result.run_id)}' and "
+            f"tags.`distml.name` = '{_quote(result.name)}'"
+        ),
+        max_results=1,
+    )
     if found:
-        log.info("distml run %s/%s is already MLflow run %s", result.name, result.run_id,
-                 found[0].info.run_id)
+        log.info(
+            "distml run %s/%s is already MLflow run %s",
+            result.name,
+            result.run_id,
+            found[0].info.run_id,
+        )
         return found[0].info.run_id
-    run = client.create_run(experiment_id, run_name=cfg.get("run_name") or
-                            f"{result.name}/{result.run_id}", tags=tags)
+    run = client.create_run(
+        experiment_id, run_name=cfg.get("run_name") or f"{result.name}/{result.run_id}", tags=tags
+    )
     rid = run.info.run_id
     try:
         _log_contents(client, rid, result, run_dir, bool(cfg.get("log_artifacts", True)))
@@ -175,8 +194,14 @@ def _log_result(result: Any, cfg: dict[str, Any], uri: str, MlflowClient: Any) -
         client.set_terminated(rid, "FAILED")
         raise
     client.set_terminated(rid, "FINISHED" if result.status == "succeeded" else "FAILED")
-    log.info("logged run %s/%s to MLflow (%s, experiment %r, run %s)", result.name,
-             result.run_id, uri, cfg["experiment"], rid)
+    log.info(
+        "logged run %s/%s to MLflow (%s, experiment %r, run %s)",
+        result.name,
+        result.run_id,
+        uri,
+        cfg["experiment"],
+        rid,
+    )
     return rid
 
 
@@ -187,16 +212,17 @@ def _log_contents(client, rid: str, result, run_dir: Path, artifacts: bool) -> N
     if spec_path.is_file():
         from distml.spec.yamlio import load_yaml  # refuses aliases (a planted bomb)
 
-        params = [Param(k, v) for k, v in
-                  param_items(load_yaml(spec_path.read_text()) or {}).items()]
+        params = [
+            Param(k, v) for k, v in param_items(load_yaml(spec_path.read_text()) or {}).items()
+        ]
         for i in range(0, len(params), _MAX_PARAMS_PER_CALL):
-            client.log_batch(rid, params=params[i:i + _MAX_PARAMS_PER_CALL])
+            client.log_batch(rid, params=params[i : i + _MAX_PARAMS_PER_CALL])
     import time
 
     now = int(time.time() * 1000)
     metrics = [Metric(k, v, now, 0) for k, v in metric_items(result.metrics).items()]
     for i in range(0, len(metrics), 1000):
-        client.log_batch(rid, metrics=metrics[i:i + 1000])
+        client.log_batch(rid, metrics=metrics[i : i + 1000])
     if artifacts:
         for child in sorted(run_dir.iterdir()):
             if child.name == "checkpoints" or child.name.startswith("."):
@@ -223,5 +249,11 @@ def _quote(value: str) -> str:
     return str(value).replace("'", "\\'")
 
 
-__all__ = ["log_result", "log_result_safely", "check_available", "metric_items", "param_items",
-           "flatten"]
+__all__ = [
+    "log_result",
+    "log_result_safely",
+    "check_available",
+    "metric_items",
+    "param_items",
+    "flatten",
+]

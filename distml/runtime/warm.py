@@ -46,8 +46,14 @@ DEFAULT_IDLE_TIMEOUT = "30m"
 # Imported by every worker process of the warm head before it takes work (Ray's
 # ``preload_python_modules``): a run's first task then finds distml and its kind's libraries
 # loaded instead of importing them (see docs/clusters.md for the measurement).
-PRELOAD = ("distml.jobs.xgboost", "distml.jobs.sklearn", "xgboost", "sklearn.metrics", "pandas",
-           "pyarrow.parquet")
+PRELOAD = (
+    "distml.jobs.xgboost",
+    "distml.jobs.sklearn",
+    "xgboost",
+    "sklearn.metrics",
+    "pandas",
+    "pyarrow.parquet",
+)
 SOURCE = "warm cluster (distml cluster start)"
 
 
@@ -85,23 +91,32 @@ def identity() -> dict[str, str]:
         ray_version = metadata.version("ray")
     except metadata.PackageNotFoundError:
         ray_version = "not installed"
-    return {"distml_version": distml.__version__,
-            "distml_path": str(Path(distml.__file__).resolve().parent),
-            "python": f"{sys.version.split()[0]} in {sys.prefix}", "ray_version": ray_version}
+    return {
+        "distml_version": distml.__version__,
+        "distml_path": str(Path(distml.__file__).resolve().parent),
+        "python": f"{sys.version.split()[0]} in {sys.prefix}",
+        "ray_version": ray_version,
+    }
 
 
 def mismatch(rec: dict) -> str | None:
     """A sentence naming what differs between the warm head and this CLI, or None."""
     mine = identity()
-    names = {"distml_version": "distml", "ray_version": "ray", "python": "python",
-             "distml_path": "distml from"}
+    names = {
+        "distml_version": "distml",
+        "ray_version": "ray",
+        "python": "python",
+        "distml_path": "distml from",
+    }
     diff = [k for k in names if rec.get(k) != mine[k]]
     if not diff:
         return None
     theirs = ", ".join(f"{names[k]} {rec.get(k)}" for k in diff)
     here = ", ".join(f"{names[k]} {mine[k]}" for k in diff)
-    return (f"the warm cluster at {rec.get('address')} runs {theirs}; this CLI runs {here}: "
-            "restart it with `distml cluster stop && distml cluster start`, or pass --address")
+    return (
+        f"the warm cluster at {rec.get('address')} runs {theirs}; this CLI runs {here}: "
+        "restart it with `distml cluster stop && distml cluster start`, or pass --address"
+    )
 
 
 # ------------------------------------------------------------------------------ the record
@@ -224,14 +239,32 @@ def _free_port() -> int:
 
 
 def _public(rec: dict) -> dict:
-    keep = ("address", "dashboard_url", "token_path", "num_cpus", "num_gpus", "idle_timeout_s",
-            "started_at", "distml_version", "ray_version", "python", "distml_path", "pids",
-            "watchdog_pid", "preload", "state_dir")
+    keep = (
+        "address",
+        "dashboard_url",
+        "token_path",
+        "num_cpus",
+        "num_gpus",
+        "idle_timeout_s",
+        "started_at",
+        "distml_version",
+        "ray_version",
+        "python",
+        "distml_path",
+        "pids",
+        "watchdog_pid",
+        "preload",
+        "state_dir",
+    )
     return {k: rec.get(k) for k in keep}
 
 
-def start(num_cpus: int | None = None, num_gpus: int | None = None,
-          idle_timeout_s: float = 1800.0, preload: tuple[str, ...] = PRELOAD) -> dict:
+def start(
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    idle_timeout_s: float = 1800.0,
+    preload: tuple[str, ...] = PRELOAD,
+) -> dict:
     """Start the warm head (or report the one already up: starting twice is a no-op)."""
     for name, value in (("--cpus", num_cpus), ("--gpus", num_gpus)):
         if value is not None and value < 0:
@@ -247,8 +280,11 @@ def start(num_cpus: int | None = None, num_gpus: int | None = None,
             return {"status": "up", "already_running": True, **_public(rec)}
         if state == "stale":
             _clean_stale(folder, rec)
-        rec = {"id": secrets.token_hex(8), "boot_id": boot_id(),
-               "temp_dir": tempfile.mkdtemp(prefix="distml-warm-", dir="/tmp")}  # short paths
+        rec = {
+            "id": secrets.token_hex(8),
+            "boot_id": boot_id(),
+            "temp_dir": tempfile.mkdtemp(prefix="distml-warm-", dir="/tmp"),
+        }  # short paths
         try:
             _launch(folder, rec, num_cpus, num_gpus, idle_timeout_s, preload)
         except BaseException:  # failed or interrupted (Ctrl-C) part way: leave nothing behind
@@ -257,8 +293,7 @@ def start(num_cpus: int | None = None, num_gpus: int | None = None,
         return {"status": "up", "already_running": False, **_public(rec)}
 
 
-def _launch(folder: Path, rec: dict, num_cpus, num_gpus, idle_timeout_s: float,
-            preload) -> None:
+def _launch(folder: Path, rec: dict, num_cpus, num_gpus, idle_timeout_s: float, preload) -> None:
     """``ray start --head`` for record ``rec`` (its id and temp folder set), then the watchdog;
     fills ``rec`` in and writes it."""
     wid, base = rec["id"], rec["temp_dir"]
@@ -267,24 +302,63 @@ def _launch(folder: Path, rec: dict, num_cpus, num_gpus, idle_timeout_s: float,
     with os.fdopen(fd, "w") as fh:
         fh.write(secrets.token_hex(32))
     src = str(Path(__file__).resolve().parents[2])  # the head's workers import this distml
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN", MARK_ENV)}
-    env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path),
-                "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
-                "PYTHONPATH": os.pathsep.join([src, *filter(None, [env.get("PYTHONPATH")])])})
-    rec.update({"token_path": str(token_path), "state_dir": str(folder), "boot_id": boot_id(),
-                **identity(), "started_at": time.time(), "idle_timeout_s": idle_timeout_s,
-                "num_cpus": num_cpus, "num_gpus": num_gpus, "preload": list(preload)})
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN", MARK_ENV)
+    }
+    env.update(
+        {
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": str(token_path),
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "PYTHONPATH": os.pathsep.join([src, *filter(None, [env.get("PYTHONPATH")])]),
+        }
+    )
+    rec.update(
+        {
+            "token_path": str(token_path),
+            "state_dir": str(folder),
+            "boot_id": boot_id(),
+            **identity(),
+            "started_at": time.time(),
+            "idle_timeout_s": idle_timeout_s,
+            "num_cpus": num_cpus,
+            "num_gpus": num_gpus,
+            "preload": list(preload),
+        }
+    )
     last = ""
     for attempt in (1, 2):  # a free port can be taken by another process before Ray binds it
         gcs, dash = _free_port(), _free_port()
-        args = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head",
-                "--disable-usage-stats", "--port", str(gcs), "--node-ip-address", "127.0.0.1",
-                "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
-                "--temp-dir", os.path.join(base, f"r{attempt}")]
-        for flag in ("--ray-client-server-port", "--node-manager-port", "--object-manager-port",
-                     "--metrics-export-port", "--dashboard-agent-listen-port",
-                     "--dashboard-agent-grpc-port", "--runtime-env-agent-port"):
+        args = [
+            sys.executable,
+            "-m",
+            "ray.scripts.scripts",
+            "start",
+            "--head",
+            "--disable-usage-stats",
+            "--port",
+            str(gcs),
+            "--node-ip-address",
+            "127.0.0.1",
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            str(dash),
+            "--temp-dir",
+            os.path.join(base, f"r{attempt}"),
+        ]
+        for flag in (
+            "--ray-client-server-port",
+            "--node-manager-port",
+            "--object-manager-port",
+            "--metrics-export-port",
+            "--dashboard-agent-listen-port",
+            "--dashboard-agent-grpc-port",
+            "--runtime-env-agent-port",
+        ):
             args += [flag, str(_free_port())]
         if num_cpus is not None:
             args += ["--num-cpus", str(num_cpus)]
@@ -292,15 +366,25 @@ def _launch(folder: Path, rec: dict, num_cpus, num_gpus, idle_timeout_s: float,
             args += ["--num-gpus", str(num_gpus)]
         if preload:
             args += ["--system-config", json.dumps({"preload_python_modules": list(preload)})]
-        out = subprocess.run(args, check=False, env={**env, MARK_ENV: wid}, text=True,
-                             capture_output=True, timeout=180, start_new_session=True,
-                             stdin=subprocess.DEVNULL)
+        out = subprocess.run(
+            args,
+            check=False,
+            env={**env, MARK_ENV: wid},
+            text=True,
+            capture_output=True,
+            timeout=180,
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+        )
         pids = processes(rec)
         found = {n: procs.named(pids, n) for n in ("gcs_server", "raylet")}
         if out.returncode == 0 and all(found.values()):
-            rec.update(address=f"127.0.0.1:{gcs}", dashboard_url=f"http://127.0.0.1:{dash}",
-                       pids={n: v[0] for n, v in found.items()},
-                       start_ticks={n: v[1] for n, v in found.items()})
+            rec.update(
+                address=f"127.0.0.1:{gcs}",
+                dashboard_url=f"http://127.0.0.1:{dash}",
+                pids={n: v[0] for n, v in found.items()},
+                start_ticks={n: v[1] for n, v in found.items()},
+            )
             break
         last = (out.stderr or out.stdout)[-2000:]
         _kill(pids, rec, grace_s=1.0)
@@ -311,9 +395,15 @@ def _launch(folder: Path, rec: dict, num_cpus, num_gpus, idle_timeout_s: float,
     if idle_timeout_s > 0:
         log_path = folder / "watchdog.log"
         with open(log_path, "ab") as log_fh:
-            wd = subprocess.Popen([sys.executable, "-m", "distml.runtime.warm", str(folder), wid],
-                                  env=env, stdin=subprocess.DEVNULL, stdout=log_fh,
-                                  stderr=subprocess.STDOUT, start_new_session=True, cwd="/")
+            wd = subprocess.Popen(
+                [sys.executable, "-m", "distml.runtime.warm", str(folder), wid],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_fh,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd="/",
+            )
         rec.update(watchdog_pid=wd.pid, watchdog_ticks=procs.start_ticks(wd.pid))
         write_record(rec, folder)
 
@@ -337,10 +427,18 @@ def stop() -> dict:
             _kill(pids, rec)
         shutil.rmtree(rec.get("temp_dir") or "//none", ignore_errors=True)
         remove_record(folder)
-        message = (f"stopped the warm cluster at {rec.get('address')} ({n} processes)"
-                   if state == "up" else f"removed a stale warm cluster record ({why})")
-        return {"status": "down", "stopped": state == "up", "address": rec.get("address"),
-                "processes": n, "message": message}
+        message = (
+            f"stopped the warm cluster at {rec.get('address')} ({n} processes)"
+            if state == "up"
+            else f"removed a stale warm cluster record ({why})"
+        )
+        return {
+            "status": "down",
+            "stopped": state == "up",
+            "address": rec.get("address"),
+            "processes": n,
+            "message": message,
+        }
 
 
 def status() -> dict:
@@ -353,13 +451,19 @@ def status() -> dict:
             again = read_record(folder)
             if again is not None and again.get("id") == rec.get("id"):
                 _clean_stale(folder, again)
-        return {"status": "down", "message": f"removed a stale warm cluster record ({why})",
-                "state_dir": str(folder)}
+        return {
+            "status": "down",
+            "message": f"removed a stale warm cluster record ({why})",
+            "state_dir": str(folder),
+        }
     if state == "down":
         return {"status": "down", "message": why, "state_dir": str(folder)}
-    out = {"status": "up", **_public(rec), "idle_s": round(time.time() - last_activity(folder,
-                                                                                 rec), 1),
-           "active_runs": len(active_leases(folder))}
+    out = {
+        "status": "up",
+        **_public(rec),
+        "idle_s": round(time.time() - last_activity(folder, rec), 1),
+        "active_runs": len(active_leases(folder)),
+    }
     problem = mismatch(rec)
     if problem:
         out["mismatch"] = problem
@@ -381,7 +485,10 @@ def for_run() -> dict | None:
 
         logging.getLogger("distml").warning(
             "the warm cluster recorded in %s is not usable (%s): record removed; starting a "
-            "cluster for this run", folder, why)
+            "cluster for this run",
+            folder,
+            why,
+        )
         with _locked(folder):
             again = read_record(folder)
             if again is not None and again.get("id") == rec.get("id"):
@@ -397,9 +504,11 @@ def read_token(rec: dict) -> str:
     try:
         return Path(rec["token_path"]).read_text(encoding="utf-8").strip()
     except (OSError, KeyError) as e:
-        raise ClusterError(f"cannot read the warm cluster's token file {rec.get('token_path')!r}"
-                           f" ({e}); restart it with `distml cluster stop && distml cluster "
-                           "start`") from None
+        raise ClusterError(
+            f"cannot read the warm cluster's token file {rec.get('token_path')!r}"
+            f" ({e}); restart it with `distml cluster stop && distml cluster "
+            "start`"
+        ) from None
 
 
 # ------------------------------------------------------------------------------ activity
@@ -441,8 +550,10 @@ def _jobs_running(rec: dict) -> bool:
     import urllib.request
 
     try:
-        req = urllib.request.Request(rec["dashboard_url"] + "/api/jobs/", headers={
-            "Authorization": f"Bearer {read_token(rec)}"})
+        req = urllib.request.Request(
+            rec["dashboard_url"] + "/api/jobs/",
+            headers={"Authorization": f"Bearer {read_token(rec)}"},
+        )
         with urllib.request.urlopen(req, timeout=5) as r:
             jobs = json.loads(r.read())
         return any(j.get("status") in ("PENDING", "RUNNING") for j in jobs)
@@ -485,8 +596,10 @@ def watch(folder: Path, wid: str) -> int:
                 if again is None or again.get("id") != wid:
                     return 0
                 if time.time() - last_activity(folder, again) >= timeout:
-                    print(f"{time.ctime()}: warm cluster {wid} idle for {idle:.0f}s; stopping",
-                          flush=True)
+                    print(
+                        f"{time.ctime()}: warm cluster {wid} idle for {idle:.0f}s; stopping",
+                        flush=True,
+                    )
                     _kill(processes(again), again)
                     shutil.rmtree(again.get("temp_dir") or "//none", ignore_errors=True)
                     remove_record(folder, wid)

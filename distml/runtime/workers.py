@@ -111,12 +111,16 @@ def choose(spec, info, cluster_resources: dict | None) -> Execution:
     """Right-size a job (DESIGN.md §5): one Ray task unless more is needed."""
     res = spec.resources
     if res.num_workers > 1:
-        return Execution("train_worker_group", res.num_workers,
-                         f"resources.num_workers is {res.num_workers}")
+        return Execution(
+            "train_worker_group", res.num_workers, f"resources.num_workers is {res.num_workers}"
+        )
     if res.gpus_per_worker > 0:
-        return Execution("train_worker_group", 1,
-                         f"resources.gpus_per_worker is {res.gpus_per_worker:g}: GPU training "
-                         "runs in a Ray Train worker")
+        return Execution(
+            "train_worker_group",
+            1,
+            f"resources.gpus_per_worker is {res.gpus_per_worker:g}: GPU training "
+            "runs in a Ray Train worker",
+        )
     size = data_bytes(info)
     budget = worker_budget(cluster_resources or {}, res.cpus_per_worker)
     if size is not None and budget and size > budget:
@@ -125,17 +129,35 @@ def choose(spec, info, cluster_resources: dict | None) -> Execution:
         want = math.ceil(size / budget)
         if fit >= 2:
             n = min(want, fit)
-            return Execution("train_worker_group", n,
-                             f"the data (~{size / 2**20:.0f} MiB in memory) exceed one worker's "
-                             f"budget (~{budget / 2**20:.0f} MiB): {n} workers share it",
-                             size, budget)
-        return Execution("single_task", 1,
-                         f"the data (~{size / 2**20:.0f} MiB) exceed one worker's budget "
-                         f"(~{budget / 2**20:.0f} MiB) but the cluster has room for one worker "
-                         "only", size, budget)
-    return Execution("single_task", 1, "resources.num_workers is 1 and the data fit one worker"
-                     + (f" (~{size / 2**20:.1f} MiB of a ~{budget / 2**20:.0f} MiB budget)"
-                        if size is not None and budget else ""), size, budget)
+            return Execution(
+                "train_worker_group",
+                n,
+                f"the data (~{size / 2**20:.0f} MiB in memory) exceed one worker's "
+                f"budget (~{budget / 2**20:.0f} MiB): {n} workers share it",
+                size,
+                budget,
+            )
+        return Execution(
+            "single_task",
+            1,
+            f"the data (~{size / 2**20:.0f} MiB) exceed one worker's budget "
+            f"(~{budget / 2**20:.0f} MiB) but the cluster has room for one worker "
+            "only",
+            size,
+            budget,
+        )
+    return Execution(
+        "single_task",
+        1,
+        "resources.num_workers is 1 and the data fit one worker"
+        + (
+            f" (~{size / 2**20:.1f} MiB of a ~{budget / 2**20:.0f} MiB budget)"
+            if size is not None and budget
+            else ""
+        ),
+        size,
+        budget,
+    )
 
 
 def scaling_config(res, workers: int):
@@ -144,8 +166,9 @@ def scaling_config(res, workers: int):
     per_worker = {"CPU": res.cpus_per_worker}
     if res.gpus_per_worker:
         per_worker["GPU"] = res.gpus_per_worker
-    return ScalingConfig(num_workers=workers, use_gpu=res.gpus_per_worker > 0,
-                         resources_per_worker=per_worker)
+    return ScalingConfig(
+        num_workers=workers, use_gpu=res.gpus_per_worker > 0, resources_per_worker=per_worker
+    )
 
 
 def run_config(ctx, max_failures: int):
@@ -163,10 +186,13 @@ def run_config(ctx, max_failures: int):
     else:
         ctx.run_dir.write_fingerprint(run_fingerprint(ctx.spec, ctx.data))  # starts afresh
     storage.mkdir(parents=True, exist_ok=True)
-    return RunConfig(name=EXPERIMENT, storage_path=str(storage),
-                     failure_config=FailureConfig(max_failures=max_failures),
-                     checkpoint_config=CheckpointConfig(num_to_keep=2),
-                     callbacks=train_callbacks())  # a Tune trial's forwarding, else none
+    return RunConfig(
+        name=EXPERIMENT,
+        storage_path=str(storage),
+        failure_config=FailureConfig(max_failures=max_failures),
+        checkpoint_config=CheckpointConfig(num_to_keep=2),
+        callbacks=train_callbacks(),
+    )  # a Tune trial's forwarding, else none
 
 
 _CALLBACKS: Callable[[], list] | None = None  # set by use_train_callbacks

@@ -34,7 +34,8 @@ def check_name(value: str, field: str) -> str:
         shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:76] + "...'"
         raise ValueError(
             f"{field} must be 1 to 128 letters, digits, '.', '_' or '-', start with a letter or "
-            f"digit and contain no '..'; got {shown}")
+            f"digit and contain no '..'; got {shown}"
+        )
     return value
 
 
@@ -45,44 +46,61 @@ class StrictModel(BaseModel):
     rejected. (``true`` for a number field is rejected by :func:`distml.spec.load_spec`.)
     """
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(),
-                              allow_inf_nan=False, ser_json_inf_nan="constants")
+    model_config = ConfigDict(
+        extra="forbid",
+        validate_assignment=True,
+        protected_namespaces=(),
+        allow_inf_nan=False,
+        ser_json_inf_nan="constants",
+    )
 
 
 class SplitSpec(StrictModel):
     """How rows are divided into train/valid/test, or into cross-validation folds."""
 
     valid: float = Field(0.2, ge=0, lt=1, description="Fraction of rows held out for validation.")
-    test: float = Field(0.0, ge=0, lt=1, description="Fraction of rows held out for the test split.")
+    test: float = Field(
+        0.0, ge=0, lt=1, description="Fraction of rows held out for the test split."
+    )
     stratify: bool | None = Field(
-        None, description="Stratify on the target; default: yes for classification, no otherwise.")
+        None, description="Stratify on the target; default: yes for classification, no otherwise."
+    )
     # The upper bound is checked by a validator (not ``le=``) so the generated field reference
     # stays as it is; the JSON schema carries it as ``maximum``.
-    seed: int = Field(42, ge=0, description="Seed of the row shuffle.",
-                      json_schema_extra={"maximum": MAX_SEED})
+    seed: int = Field(
+        42, ge=0, description="Seed of the row shuffle.", json_schema_extra={"maximum": MAX_SEED}
+    )
     cv: int | None = Field(
-        None, ge=2, le=100,
-        description="Number of cross-validation folds, fitted in parallel; replaces `valid`.")
+        None,
+        ge=2,
+        le=100,
+        description="Number of cross-validation folds, fitted in parallel; replaces `valid`.",
+    )
 
     @field_validator("seed")
     @classmethod
     def _seed(cls, v: int) -> int:
         if v > MAX_SEED:
-            raise ValueError(f"must be <= {MAX_SEED} (numpy/scikit-learn seeds are 32-bit); "
-                             f"got {v}")
+            raise ValueError(
+                f"must be <= {MAX_SEED} (numpy/scikit-learn seeds are 32-bit); got {v}"
+            )
         return v
 
     @model_validator(mode="after")
     def _fractions(self) -> "SplitSpec":
         if self.cv is not None and "valid" in self.model_fields_set and self.valid > 0:
-            raise ValueError("data.split.cv and data.split.valid conflict: cross-validation makes its "
-                             f"own validation folds; got cv={self.cv} and valid={self.valid}; drop valid")
+            raise ValueError(
+                "data.split.cv and data.split.valid conflict: cross-validation makes its "
+                f"own validation folds; got cv={self.cv} and valid={self.valid}; drop valid"
+            )
         if self.cv is not None:
             object.__setattr__(self, "valid", 0.0)
         if self.valid + self.test >= 1:
-            raise ValueError(f"data.split.valid + data.split.test must be < 1 (some rows must "
-                             f"be left to train on); got {self.valid} + {self.test}; lower one "
-                             "of them")
+            raise ValueError(
+                f"data.split.valid + data.split.test must be < 1 (some rows must "
+                f"be left to train on); got {self.valid} + {self.test}; lower one "
+                "of them"
+            )
         return self
 
 
@@ -90,18 +108,23 @@ class DataSpec(StrictModel):
     """Where the rows come from and which columns play which part."""
 
     source: str = Field(
-        ..., min_length=1,
+        ...,
+        min_length=1,
         description="Path, glob, directory, fsspec URL (.parquet or .csv), builtin:NAME or "
-                    "synthetic:KIND?rows=..&features=..&seed=..")
+        "synthetic:KIND?rows=..&features=..&seed=..",
+    )
     test_source: str | None = Field(None, description="Separate held-out file(s) for test metrics.")
     target: str | None = Field(None, description="Target column (required by supervised kinds).")
     features: list[str] | None = Field(
-        None, description="Feature columns; default: every column but target, group and exclude.")
+        None, description="Feature columns; default: every column but target, group and exclude."
+    )
     exclude: list[str] = Field(default_factory=list, description="Columns never used as features.")
     categorical: list[str] | None = Field(
-        None, description="Columns treated as categorical; default: string/category/bool dtypes.")
+        None, description="Columns treated as categorical; default: string/category/bool dtypes."
+    )
     split: SplitSpec | Literal["none"] = Field(
-        default_factory=SplitSpec, description="Row split, or 'none' to train on every row.")
+        default_factory=SplitSpec, description="Row split, or 'none' to train on every row."
+    )
 
     @field_validator("features", "exclude", "categorical")
     @classmethod
@@ -146,9 +169,11 @@ def check_output_dir(path: "str | os.PathLike", field: str = "--output") -> str:
     """
     text = os.fspath(path)
     if "://" in text:
-        raise ValueError(f"{field} must be a local path (the run directory is written with local "
-                         f"file operations); got {text!r}; write locally and copy the run "
-                         "directory to object storage afterwards")
+        raise ValueError(
+            f"{field} must be a local path (the run directory is written with local "
+            f"file operations); got {text!r}; write locally and copy the run "
+            "directory to object storage afterwards"
+        )
     p = os.path.abspath(os.path.expanduser(text))
     while p and not os.path.exists(p):  # the nearest existing folder must be a folder
         parent = os.path.dirname(p)
@@ -156,16 +181,21 @@ def check_output_dir(path: "str | os.PathLike", field: str = "--output") -> str:
             break
         p = parent
     if os.path.exists(p) and not os.path.isdir(p):
-        raise ValueError(f"{field}: {p!r} is an existing file, not a folder; choose another "
-                         f"output folder (got {text!r})")
+        raise ValueError(
+            f"{field}: {p!r} is an existing file, not a folder; choose another "
+            f"output folder (got {text!r})"
+        )
     return text
 
 
 class MlflowSpec(StrictModel):
     """Where an MLflow tracking server (or file store) records finished runs."""
 
-    uri: str = Field(..., min_length=1, description="MLflow tracking URI: http(s)://HOST, "
-                                                   "databricks, or file:///shared/mlruns.")
+    uri: str = Field(
+        ...,
+        min_length=1,
+        description="MLflow tracking URI: http(s)://HOST, databricks, or file:///shared/mlruns.",
+    )
     experiment: str = Field("distml", min_length=1, description="MLflow experiment name.")
     run_name: str | None = Field(None, description="MLflow run name (default NAME/RUN_ID).")
     log_artifacts: bool = Field(True, description="Upload the run directory as artifacts.")
@@ -174,23 +204,29 @@ class MlflowSpec(StrictModel):
 class TrackingSpec(StrictModel):
     """Optional experiment tracking of finished runs."""
 
-    mlflow: MlflowSpec | None = Field(None, description="Log params, metrics and artifacts to "
-                                                        "MLflow (needs distml[tracking]).")
+    mlflow: MlflowSpec | None = Field(
+        None, description="Log params, metrics and artifacts to MLflow (needs distml[tracking])."
+    )
 
 
 class JobSpec(StrictModel):
     """Fields every job kind has. Subclasses set ``kind`` to a Literal and add ``model``."""
 
-    name: str = Field(..., description="Run name, [A-Za-z0-9._-]{1,128}; names the run directory.",
-                      json_schema_extra={"pattern": NAME_SCHEMA_PATTERN, "maxLength": 128})
+    name: str = Field(
+        ...,
+        description="Run name, [A-Za-z0-9._-]{1,128}; names the run directory.",
+        json_schema_extra={"pattern": NAME_SCHEMA_PATTERN, "maxLength": 128},
+    )
     kind: str = Field(..., description="Job kind.")
     data: DataSpec
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
-    tracking: TrackingSpec | None = Field(None, description="Experiment tracking (MLflow) of "
-                                                            "the finished run.")
+    tracking: TrackingSpec | None = Field(
+        None, description="Experiment tracking (MLflow) of the finished run."
+    )
     tune: TuneSpec | None = Field(
-        None, description="Hyperparameter search over spec paths (see docs/tuning.md).")
+        None, description="Hyperparameter search over spec paths (see docs/tuning.md)."
+    )
 
     @field_validator("name")
     @classmethod

@@ -31,8 +31,11 @@ def check_work_params(params: Mapping[str, Any], prefix: str = "model.params") -
             continue
         value = params[key]
         whole = (isinstance(value, numbers.Integral) and not isinstance(value, bool)) or (
-            isinstance(value, float) and value.is_integer())
+            isinstance(value, float) and value.is_integer()
+        )
         shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:36] + "..."
         if not whole or not low <= value <= high:
-            raise ValueError(f"{prefix}.{key} must be a whole number of {what} from {low:,} to "
-                             f"{high:,} (a sanity bound); got {shown}")
+            raise ValueError(
+                f"{prefix}.{key} must be a whole number of {what} from {low:,} to "
+                f"{high:,} (a sanity bound); got {shown}"
+            )

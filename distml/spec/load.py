@@ -64,15 +64,18 @@ def read_spec_file(path: str | os.PathLike) -> dict:
     except OSError as e:
         raise SpecError(f"spec file {str(path)!r} cannot be read: {e.strerror or e}") from None
     except UnicodeDecodeError as e:
-        raise SpecError(f"spec file {str(path)!r} is not UTF-8 text (byte {e.start}); "
-                        "save it as UTF-8 YAML") from None
+        raise SpecError(
+            f"spec file {str(path)!r} is not UTF-8 text (byte {e.start}); save it as UTF-8 YAML"
+        ) from None
     except (ValueError, TypeError):  # an embedded NUL byte, a non-path object
         raise SpecError(f"spec file path {_show(path)} is not a valid path") from None
     try:
         raw = load_yaml(text)
     except AliasError as e:  # refused before it is expanded (a few bytes can mean billions)
-        raise SpecError(f"{str(p)} line {e.line}: YAML aliases (*{e.name}) are not allowed in "
-                        "a spec; write the value out in full") from None
+        raise SpecError(
+            f"{str(p)} line {e.line}: YAML aliases (*{e.name}) are not allowed in "
+            "a spec; write the value out in full"
+        ) from None
     except (yaml.YAMLError, ValueError, RecursionError) as e:
         # ValueError: a scalar PyYAML parses but Python refuses (2024-02-30, a 5000-digit int).
         mark = getattr(e, "problem_mark", None)
@@ -82,16 +85,20 @@ def read_spec_file(path: str | os.PathLike) -> dict:
         started = ""
         if context and cmark and (not mark or cmark.line != mark.line):
             what = re.sub(r"^while (parsing|scanning|constructing) ", "", str(context))
-            started = (f" (in {what} that starts at line "
-                       f"{cmark.line + 1}, column {cmark.column + 1})")
-        raise SpecError(f"spec file {str(p)!r} is not valid YAML{where}: {_yaml_problem(e)}"
-                        f"{started}") from None
+            started = (
+                f" (in {what} that starts at line {cmark.line + 1}, column {cmark.column + 1})"
+            )
+        raise SpecError(
+            f"spec file {str(p)!r} is not valid YAML{where}: {_yaml_problem(e)}{started}"
+        ) from None
     if raw is None:
-        raise SpecError(f"spec file {str(p)!r} is empty; it must hold a mapping with name, kind "
-                        "and data")
+        raise SpecError(
+            f"spec file {str(p)!r} is empty; it must hold a mapping with name, kind and data"
+        )
     if not isinstance(raw, dict):
-        raise SpecError(f"spec file {str(p)!r} must hold a mapping at the top level; "
-                        f"got {_type_word(raw)}")
+        raise SpecError(
+            f"spec file {str(p)!r} must hold a mapping at the top level; got {_type_word(raw)}"
+        )
     return raw
 
 
@@ -102,8 +109,9 @@ def parse_override(item: str) -> tuple[str, Any]:
     ('model.params.max_depth', 8)
     """
     if not isinstance(item, str) or "=" not in item:
-        raise SpecError(f"--set expects PATH=VALUE (e.g. model.params.max_depth=8); "
-                        f"got {_show(item)}")
+        raise SpecError(
+            f"--set expects PATH=VALUE (e.g. model.params.max_depth=8); got {_show(item)}"
+        )
     path, _, text = item.partition("=")
     path = path.strip()
     if not path or any(not part for part in path.split(".")):
@@ -138,16 +146,21 @@ def apply_overrides(raw: dict, overrides: Mapping[str, Any] | Iterable[str] | No
         return out
     if isinstance(overrides, str):  # one "a.b=c", not an iterable of characters
         overrides = [overrides]
-    items = (overrides.items() if isinstance(overrides, Mapping)
-             else (parse_override(s) for s in overrides))
+    items = (
+        overrides.items()
+        if isinstance(overrides, Mapping)
+        else (parse_override(s) for s in overrides)
+    )
     for path, value in items:
         if not isinstance(path, str):
-            raise SpecError(f"an override path must be a dotted string (e.g. model.lr); "
-                            f"got {_show(path)}")
+            raise SpecError(
+                f"an override path must be a dotted string (e.g. model.lr); got {_show(path)}"
+            )
         parts = path.replace("__", ".").split(".")
         if any(not part for part in parts):
-            raise SpecError(f"an override path must be dotted field names (e.g. model.lr); "
-                            f"got {path!r}")
+            raise SpecError(
+                f"an override path must be dotted field names (e.g. model.lr); got {path!r}"
+            )
         node = out
         for i, part in enumerate(parts[:-1]):
             nxt = node.get(part)
@@ -155,15 +168,19 @@ def apply_overrides(raw: dict, overrides: Mapping[str, Any] | Iterable[str] | No
                 nxt = node[part] = {}
             if not isinstance(nxt, dict):
                 where = ".".join(parts[: i + 1])
-                raise SpecError(f"--set {path}: {where} is {_type_word(nxt)}, not a section, "
-                                f"so it has no field {parts[i + 1]!r}; got {where}={_show(nxt)}")
+                raise SpecError(
+                    f"--set {path}: {where} is {_type_word(nxt)}, not a section, "
+                    f"so it has no field {parts[i + 1]!r}; got {where}={_show(nxt)}"
+                )
             node = nxt
         node[parts[-1]] = value
     return out
 
 
-def load_spec(spec: "str | os.PathLike | Mapping | JobSpec",
-              overrides: Mapping[str, Any] | Iterable[str] | None = None) -> JobSpec:
+def load_spec(
+    spec: "str | os.PathLike | Mapping | JobSpec",
+    overrides: Mapping[str, Any] | Iterable[str] | None = None,
+) -> JobSpec:
     """Load and validate a spec from a YAML path, a dict or a JobSpec, applying overrides.
 
     Every problem is a :class:`distml.errors.SpecError` whose message names the field path, the
@@ -196,11 +213,14 @@ def _load(spec: Any, overrides: Any) -> JobSpec:
     if kind is None:
         raise SpecError(f"kind is required; set it to one of {', '.join(sorted(KINDS))}")
     if not isinstance(kind, str):
-        raise SpecError(f"kind must be a string, one of {', '.join(sorted(KINDS))}; "
-                        f"got {_show(kind)}")
+        raise SpecError(
+            f"kind must be a string, one of {', '.join(sorted(KINDS))}; got {_show(kind)}"
+        )
     if kind not in KINDS and kind.strip().lower() in KINDS:  # "XGBoost", "xgboost "
-        raise SpecError(f"kind must be one of {', '.join(sorted(KINDS))}; got {kind!r}; "
-                        f"did you mean {kind.strip().lower()!r}?")
+        raise SpecError(
+            f"kind must be one of {', '.join(sorted(KINDS))}; got {kind!r}; "
+            f"did you mean {kind.strip().lower()!r}?"
+        )
     spec_cls = kind_module(kind).Spec  # unknown kind: one clear sentence with did-you-mean
     # pydantic's lax mode reads true as 1; in a spec that is a mistake, not a number.
     bools = dict(_bool_numbers(spec_cls, raw, ()))
@@ -243,10 +263,18 @@ def _huge_ints(node: Any, path: tuple) -> Iterable[tuple[tuple, str]]:
     elif isinstance(node, list):
         items = enumerate(node)
     else:
-        if (isinstance(node, int) and not isinstance(node, bool)
-                and not _INT_MIN <= node <= _INT_MAX):
-            yield path, (f"{_dotted(list(path))} must be an integer that fits in 64 bits; "
-                         f"got {_show(node)}")
+        if (
+            isinstance(node, int)
+            and not isinstance(node, bool)
+            and not _INT_MIN <= node <= _INT_MAX
+        ):
+            yield (
+                path,
+                (
+                    f"{_dotted(list(path))} must be an integer that fits in 64 bits; "
+                    f"got {_show(node)}"
+                ),
+            )
         return
     for k, v in items:
         yield from _huge_ints(v, path + (k,))
@@ -278,38 +306,77 @@ def _bool_numbers(model: type, node: Any, path: tuple) -> Iterable[tuple[tuple, 
 # ---------------------------------------------------------------- error sentences
 
 _RULES = {
-    "greater_than": "must be > {gt}", "greater_than_equal": "must be >= {ge}",
-    "less_than": "must be < {lt}", "less_than_equal": "must be <= {le}",
+    "greater_than": "must be > {gt}",
+    "greater_than_equal": "must be >= {ge}",
+    "less_than": "must be < {lt}",
+    "less_than_equal": "must be <= {le}",
     "multiple_of": "must be a multiple of {multiple_of}",
     "finite_number": "must be a finite number",
     "too_short": "must have at least {min_length} items",
     "too_long": "must have at most {max_length} items",
     "string_too_long": "must have at most {max_length} characters",
-    "int_type": "must be an integer", "int_parsing": "must be an integer",
+    "int_type": "must be an integer",
+    "int_parsing": "must be an integer",
     "int_parsing_size": "must be an integer of reasonable size",
-    "int_from_float": "must be a whole number", "float_type": "must be a number",
-    "float_parsing": "must be a number", "bool_type": "must be true or false",
-    "bool_parsing": "must be true or false", "string_type": "must be a string",
+    "int_from_float": "must be a whole number",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "string_type": "must be a string",
     "string_unicode": "must be a valid unicode string",
-    "list_type": "must be a list", "tuple_type": "must be a list", "set_type": "must be a list",
-    "frozen_set_type": "must be a list", "iterable_type": "must be a list",
-    "dict_type": "must be a mapping", "mapping_type": "must be a mapping",
-    "model_type": "must be a mapping", "model_attributes_type": "must be a mapping",
-    "dataclass_type": "must be a mapping", "none_required": "must be null",
-    "missing": "is required", "string_pattern_mismatch": "must match {pattern}",
+    "list_type": "must be a list",
+    "tuple_type": "must be a list",
+    "set_type": "must be a list",
+    "frozen_set_type": "must be a list",
+    "iterable_type": "must be a list",
+    "dict_type": "must be a mapping",
+    "mapping_type": "must be a mapping",
+    "model_type": "must be a mapping",
+    "model_attributes_type": "must be a mapping",
+    "dataclass_type": "must be a mapping",
+    "none_required": "must be null",
+    "missing": "is required",
+    "string_pattern_mismatch": "must match {pattern}",
     "union_tag_invalid": "must have {discriminator} one of {expected_tags}",
     "union_tag_not_found": "must have a {discriminator} field",
 }
 #: "the value has the wrong type" errors: in a union, each branch reports one at the same path.
 _TYPE_ERRORS = frozenset(
     {"literal_error", "enum", "none_required", "is_instance_of", "int_from_float"}
-    | {k for k in _RULES if k.endswith(("_type", "_parsing"))})
+    | {k for k in _RULES if k.endswith(("_type", "_parsing"))}
+)
 #: Steps pydantic adds to an error location for union members and validators (not fields).
-_TAG_RE = re.compile(r"^(function-|literal\[|nullable\[|lax-|strict-|json-|constrained-|"
-                     r"typed-dict|tagged-union|default)|[\[\](), ]")
-_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "bytes", "none", "any", "list", "dict",
-                        "tuple", "set", "frozenset", "decimal", "date", "datetime", "time",
-                        "timedelta", "uuid", "url", "json", "callable", "is-instance"})
+_TAG_RE = re.compile(
+    r"^(function-|literal\[|nullable\[|lax-|strict-|json-|constrained-|"
+    r"typed-dict|tagged-union|default)|[\[\](), ]"
+)
+_TYPE_TAGS = frozenset(
+    {
+        "str",
+        "int",
+        "float",
+        "bool",
+        "bytes",
+        "none",
+        "any",
+        "list",
+        "dict",
+        "tuple",
+        "set",
+        "frozenset",
+        "decimal",
+        "date",
+        "datetime",
+        "time",
+        "timedelta",
+        "uuid",
+        "url",
+        "json",
+        "callable",
+        "is-instance",
+    }
+)
 _MISSING = object()
 
 
@@ -329,8 +396,13 @@ def _type_word(value: Any) -> str:
     """'a string', 'a list', 'null' ... for messages."""
     if value is None:
         return "null"
-    for types_, word in ((bool, "a boolean"), (Mapping, "a mapping"), ((list, tuple), "a list"),
-                         (str, "a string"), ((int, float), "a number")):
+    for types_, word in (
+        (bool, "a boolean"),
+        (Mapping, "a mapping"),
+        ((list, tuple), "a list"),
+        (str, "a string"),
+        ((int, float), "a number"),
+    ):
         if isinstance(value, types_):
             return word
     name = type(value).__name__
@@ -376,8 +448,12 @@ def _loc_path(loc: tuple, raw: dict) -> tuple[list, bool]:
                 out.append(step)
                 node = node[step]
                 continue
-        if (isinstance(node, (list, tuple)) and isinstance(step, int) and not isinstance(step, bool)
-                and 0 <= step < len(node)):
+        if (
+            isinstance(node, (list, tuple))
+            and isinstance(step, int)
+            and not isinstance(step, bool)
+            and 0 <= step < len(node)
+        ):
             out.append(step)
             node = node[step]
             continue
@@ -390,8 +466,12 @@ def _loc_path(loc: tuple, raw: dict) -> tuple[list, bool]:
 
 def _plain_key(key: Any) -> bool:
     """A key that reads unambiguously after a dot (not '', 'a.b', 'a b', '\\n', ...)."""
-    return (isinstance(key, str) and key.isprintable()
-            and not any(c in key for c in ".[]'\" \t") and bool(key))
+    return (
+        isinstance(key, str)
+        and key.isprintable()
+        and not any(c in key for c in ".[]'\" \t")
+        and bool(key)
+    )
 
 
 def _dotted(parts: list) -> str:
@@ -503,9 +583,12 @@ def format_error(err: Mapping[str, Any], raw: dict) -> str:
     return f"{path} {_rule(err)}; got {_show(value)}"
 
 
-def error_messages(errors: list[Mapping[str, Any]], raw: dict,
-                   extra: Mapping[tuple, str] | None = None,
-                   fallback: Mapping[tuple, str] | None = None) -> list[str]:
+def error_messages(
+    errors: list[Mapping[str, Any]],
+    raw: dict,
+    extra: Mapping[tuple, str] | None = None,
+    fallback: Mapping[tuple, str] | None = None,
+) -> list[str]:
     """One sentence per problem, for a list of pydantic errors.
 
     A union (``split: {...} | 'none'``) makes pydantic report one error per member; the member
@@ -524,10 +607,14 @@ def error_messages(errors: list[Mapping[str, Any]], raw: dict,
         p, e = items[i]
         if e.get("type") not in _TYPE_ERRORS:
             return False
-        return (any(j != i and ((len(q) > len(p) and q[:len(p)] == p)
-                                or (q == p and f.get("type") not in _TYPE_ERRORS))
-                    for j, (q, f) in enumerate(items))
-                or any(len(q) > len(p) and q[:len(p)] == p for q in extra))
+        return any(
+            j != i
+            and (
+                (len(q) > len(p) and q[: len(p)] == p)
+                or (q == p and f.get("type") not in _TYPE_ERRORS)
+            )
+            for j, (q, f) in enumerate(items)
+        ) or any(len(q) > len(p) and q[: len(p)] == p for q in extra)
 
     kept = [items[i] for i in range(len(items)) if not superseded(i)]
     messages: list[str] = list(extra.values())

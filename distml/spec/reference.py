@@ -39,8 +39,12 @@ def _rows(model: type[BaseModel], prefix: str) -> list[tuple[str, str, str, str]
     for name, field in model.model_fields.items():
         path = f"{prefix}{name}"
         desc = (field.description or "").replace("|", "\\|")
-        bounds = [f"{k} {getattr(m, k)}" for m in field.metadata
-                  for k in ("ge", "gt", "le", "lt") if getattr(m, k, None) is not None]
+        bounds = [
+            f"{k} {getattr(m, k)}"
+            for m in field.metadata
+            for k in ("ge", "gt", "le", "lt")
+            if getattr(m, k, None) is not None
+        ]
         if bounds:
             desc += f" ({', '.join(bounds)})"
         rows.append((path, _type_name(field.annotation), _default(field), desc))
@@ -59,13 +63,23 @@ def markdown() -> str:
     """The whole reference: one table per kind."""
     from distml.registry import KINDS, kind_module
 
-    out = ["# Spec reference", "",
-           "Generated from the pydantic models by `distml schema --markdown`; do not edit by hand.",
-           "Every section rejects unknown keys (with a did-you-mean).", ""]
+    out = [
+        "# Spec reference",
+        "",
+        "Generated from the pydantic models by `distml schema --markdown`; do not edit by hand.",
+        "Every section rejects unknown keys (with a did-you-mean).",
+        "",
+    ]
     for kind in KINDS:
         spec = kind_module(kind).Spec
-        out += [f"## kind: `{kind}`", "", (spec.__doc__ or "").strip().splitlines()[0], "",
-                "| field | type | default | description |", "|---|---|---|---|"]
+        out += [
+            f"## kind: `{kind}`",
+            "",
+            (spec.__doc__ or "").strip().splitlines()[0],
+            "",
+            "| field | type | default | description |",
+            "|---|---|---|---|",
+        ]
         out += [f"| `{p}` | {t} | {d} | {desc} |" for p, t, d, desc in _rows(spec, "")]
         out.append("")
     return "\n".join(out)

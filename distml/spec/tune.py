@@ -32,18 +32,51 @@ DISTRIBUTIONS: dict[str, str] = {
     "choice": "[value, ...]",
     "grid": "[value, ...]",
 }
-Distribution = Literal["uniform", "loguniform", "quniform", "randint", "lograndint", "choice",
-                       "grid"]
+Distribution = Literal[
+    "uniform", "loguniform", "quniform", "randint", "lograndint", "choice", "grid"
+]
 #: spec sections a search may not change: trials share the data read once, and one run has one
 #: name, kind, output root and resource shape.
 FROZEN_ROOTS = ("data", "name", "kind", "output", "resources", "tune")
 #: metric names whose best value is the smallest; ``mode`` is inferred for these and MAXIMIZE.
-MINIMIZE = frozenset({"logloss", "mlogloss", "rmse", "mse", "mae", "mape", "error", "merror",
-                      "loss", "aic", "bic", "hqic", "inertia", "deviance", "rmsle",
-                      "reconstruction_error"})
-MAXIMIZE = frozenset({"accuracy", "roc_auc", "auc", "f1", "precision", "recall", "r2",
-                      "r_squared", "adj_r_squared", "llf", "explained_variance",
-                      "explained_variance_ratio", "pseudo_r_squared", "silhouette"})
+MINIMIZE = frozenset(
+    {
+        "logloss",
+        "mlogloss",
+        "rmse",
+        "mse",
+        "mae",
+        "mape",
+        "error",
+        "merror",
+        "loss",
+        "aic",
+        "bic",
+        "hqic",
+        "inertia",
+        "deviance",
+        "rmsle",
+        "reconstruction_error",
+    }
+)
+MAXIMIZE = frozenset(
+    {
+        "accuracy",
+        "roc_auc",
+        "auc",
+        "f1",
+        "precision",
+        "recall",
+        "r2",
+        "r_squared",
+        "adj_r_squared",
+        "llf",
+        "explained_variance",
+        "explained_variance_ratio",
+        "pseudo_r_squared",
+        "silhouette",
+    }
+)
 SPLITS = ("train", "valid", "cv")
 _PATH_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_-]+)+$")
 _METRIC_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
@@ -81,15 +114,19 @@ def _check_entry(path: str, entry: Any) -> dict[str, list]:
     """One space entry → ``{name: values}``; raises ValueError with a whole sentence."""
     where = f"tune.space.{path}"
     if not isinstance(entry, dict) or len(entry) != 1:
-        raise ValueError(f"{where} must be a mapping with one distribution, e.g. "
-                         f"{{loguniform: [0.001, 0.1]}} ({', '.join(DISTRIBUTIONS)}); "
-                         f"got {_show(entry)}")
-    (name, values), = entry.items()
+        raise ValueError(
+            f"{where} must be a mapping with one distribution, e.g. "
+            f"{{loguniform: [0.001, 0.1]}} ({', '.join(DISTRIBUTIONS)}); "
+            f"got {_show(entry)}"
+        )
+    ((name, values),) = entry.items()
     if name not in DISTRIBUTIONS:
         close = difflib.get_close_matches(str(name), list(DISTRIBUTIONS), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"{where}: {_show(name)} is not a distribution (one of "
-                         f"{', '.join(DISTRIBUTIONS)}){hint}")
+        raise ValueError(
+            f"{where}: {_show(name)} is not a distribution (one of "
+            f"{', '.join(DISTRIBUTIONS)}){hint}"
+        )
     if isinstance(values, tuple):
         values = list(values)
     if not isinstance(values, list):
@@ -98,8 +135,9 @@ def _check_entry(path: str, entry: Any) -> dict[str, list]:
         if not values:
             raise ValueError(f"{where}: {name} needs at least one value; got []")
         if len(values) > _MAX_VALUES:
-            raise ValueError(f"{where}: {name} may list at most {_MAX_VALUES} values; "
-                             f"got {len(values)}")
+            raise ValueError(
+                f"{where}: {name} may list at most {_MAX_VALUES} values; got {len(values)}"
+            )
         for v in values:
             if isinstance(v, float) and not math.isfinite(v):
                 raise ValueError(f"{where}: {name} values must be finite; got {_show(values)}")
@@ -110,11 +148,14 @@ def _check_entry(path: str, entry: Any) -> dict[str, list]:
     integer = name in ("randint", "lograndint")
     for v in values:
         if integer and not _is_int(v):
-            raise ValueError(f"{where}: {name} needs integer bounds {DISTRIBUTIONS[name]}; "
-                             f"got {_show(values)}")
+            raise ValueError(
+                f"{where}: {name} needs integer bounds {DISTRIBUTIONS[name]}; got {_show(values)}"
+            )
         if not _is_number(v) or not math.isfinite(v) or abs(v) > _INT_LIMIT:
-            raise ValueError(f"{where}: {name} needs finite numbers {DISTRIBUTIONS[name]} of "
-                             f"magnitude at most 2**62; got {_show(values)}")
+            raise ValueError(
+                f"{where}: {name} needs finite numbers {DISTRIBUTIONS[name]} of "
+                f"magnitude at most 2**62; got {_show(values)}"
+            )
     low, high = values[0], values[1]
     if name in ("loguniform", "lograndint"):
         if not 0 < low < high:
@@ -132,51 +173,91 @@ class TuneSpec(BaseModel):
     """Hyperparameter search over spec paths (any trainable kind)."""
 
     # The same rules as distml.spec.base.StrictModel (not imported: that module imports this one).
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(),
-                              allow_inf_nan=False, ser_json_inf_nan="constants")
+    model_config = ConfigDict(
+        extra="forbid",
+        validate_assignment=True,
+        protected_namespaces=(),
+        allow_inf_nan=False,
+        ser_json_inf_nan="constants",
+    )
 
-    metric: str = Field(..., description="Metric to optimise, SPLIT.NAME (e.g. valid.logloss, "
-                                         "valid.roc_auc, cv.accuracy).",
-                        json_schema_extra={"pattern": _METRIC_RE.pattern})
+    metric: str = Field(
+        ...,
+        description="Metric to optimise, SPLIT.NAME (e.g. valid.logloss, "
+        "valid.roc_auc, cv.accuracy).",
+        json_schema_extra={"pattern": _METRIC_RE.pattern},
+    )
     mode: Literal["min", "max"] | None = Field(
-        None, description="min or max; default: inferred from the metric name (losses: min).")
+        None, description="min or max; default: inferred from the metric name (losses: min)."
+    )
     # One distribution per path: checked by _space; the schema says it with min/maxProperties.
     space: dict[str, dict[Distribution, list[Any]]] = Field(
-        ..., min_length=1, json_schema_extra={
+        ...,
+        min_length=1,
+        json_schema_extra={
             "propertyNames": {"pattern": _PATH_RE.pattern},
-            "additionalProperties": {"type": "object", "minProperties": 1, "maxProperties": 1,
-                                     "propertyNames": {"enum": list(DISTRIBUTIONS)},
-                                     "additionalProperties": {"type": "array"}}},
+            "additionalProperties": {
+                "type": "object",
+                "minProperties": 1,
+                "maxProperties": 1,
+                "propertyNames": {"enum": list(DISTRIBUTIONS)},
+                "additionalProperties": {"type": "array"},
+            },
+        },
         description="Spec path -> one distribution: uniform, loguniform, quniform [low, high, q], "
-                    "randint/lograndint [low, high] (both included), choice or grid [values].")
+        "randint/lograndint [low, high] (both included), choice or grid [values].",
+    )
     num_samples: int | None = Field(
-        None, ge=1, le=100_000,
-        description="Trials to sample (grid: repeats of the whole grid); default 10, grid 1.")
+        None,
+        ge=1,
+        le=100_000,
+        description="Trials to sample (grid: repeats of the whole grid); default 10, grid 1.",
+    )
     search: Literal["random", "grid", "optuna"] = Field(
-        "random", description="random, grid (every combination) or optuna (TPE, seeded).")
+        "random", description="random, grid (every combination) or optuna (TPE, seeded)."
+    )
     scheduler: Literal["none", "asha", "median"] = Field(
-        "none", description="Early stopping of poor trials (iterative kinds only).")
+        "none", description="Early stopping of poor trials (iterative kinds only)."
+    )
     max_concurrent: int | None = Field(
-        None, ge=1, le=100_000,
-        description="Trials at once; default and cap: what the cluster's CPUs/GPUs allow.")
+        None,
+        ge=1,
+        le=100_000,
+        description="Trials at once; default and cap: what the cluster's CPUs/GPUs allow.",
+    )
     time_budget_s: float | None = Field(
-        None, gt=0, le=10_000_000, description="Stop the whole search after this many seconds.")
+        None, gt=0, le=10_000_000, description="Stop the whole search after this many seconds."
+    )
     max_failures: int = Field(
-        0, ge=0, le=100, description="Retries of a trial whose process dies (from its checkpoint).")
-    seed: int = Field(0, ge=0, description="Seed of the search (random/grid sampling, TPE).",
-                      json_schema_extra={"maximum": _MAX_SEED})
+        0, ge=0, le=100, description="Retries of a trial whose process dies (from its checkpoint)."
+    )
+    seed: int = Field(
+        0,
+        ge=0,
+        description="Seed of the search (random/grid sampling, TPE).",
+        json_schema_extra={"maximum": _MAX_SEED},
+    )
     grace_period: int | None = Field(
-        None, ge=1, le=1_000_000,
+        None,
+        ge=1,
+        le=1_000_000,
         description="Scheduler: iterations a trial runs before it may be stopped; default: a "
-                    "quarter of a trial's iterations.")
+        "quarter of a trial's iterations.",
+    )
     report_every: int | None = Field(
-        None, ge=1, le=1_000_000,
+        None,
+        ge=1,
+        le=1_000_000,
         description="Iterative kinds: report to the scheduler every N iterations; default: about "
-                    "10 reports per trial.")
+        "10 reports per trial.",
+    )
     checkpoint_every: int | None = Field(
-        None, ge=1, le=1_000_000,
+        None,
+        ge=1,
+        le=1_000_000,
         description="Iterative kinds: checkpoint every N iterations (a multiple of report_every); "
-                    "default: at a report once 10 s passed since the last checkpoint.")
+        "default: at a report once 10 s passed since the last checkpoint.",
+    )
 
     @field_validator("space", mode="before")
     @classmethod
@@ -184,18 +265,24 @@ class TuneSpec(BaseModel):
         if not isinstance(v, dict):
             return v  # pydantic says "must be a mapping"
         if not v:
-            raise ValueError("tune.space must name at least one spec path to search, e.g. "
-                             "model.params.max_depth: {randint: [2, 10]}")
+            raise ValueError(
+                "tune.space must name at least one spec path to search, e.g. "
+                "model.params.max_depth: {randint: [2, 10]}"
+            )
         out = {}
         for path, entry in v.items():
             if not isinstance(path, str) or not _PATH_RE.match(path):
-                raise ValueError(f"tune.space keys must be dotted spec paths such as "
-                                 f"model.params.max_depth; got {_show(path)}")
+                raise ValueError(
+                    f"tune.space keys must be dotted spec paths such as "
+                    f"model.params.max_depth; got {_show(path)}"
+                )
             root = path.split(".", 1)[0]
             if root in FROZEN_ROOTS:
-                raise ValueError(f"tune.space.{path}: {root}.* cannot be searched (trials share "
-                                 "one dataset, name, output and resource shape); search model.* "
-                                 "fields instead")
+                raise ValueError(
+                    f"tune.space.{path}: {root}.* cannot be searched (trials share "
+                    "one dataset, name, output and resource shape); search model.* "
+                    "fields instead"
+                )
             out[path] = _check_entry(path, entry)
         return out
 
@@ -203,11 +290,15 @@ class TuneSpec(BaseModel):
     @classmethod
     def _metric(cls, v: str) -> str:
         if not _METRIC_RE.match(v):
-            raise ValueError(f"tune.metric must be SPLIT.NAME such as valid.logloss; got {_show(v)}")
+            raise ValueError(
+                f"tune.metric must be SPLIT.NAME such as valid.logloss; got {_show(v)}"
+            )
         split = v.split(".")[0] if "." in v else None
         if split == "test":
-            raise ValueError(f"tune.metric must not use the test split (choosing a model on it "
-                             f"leaks the test data into the choice); got {v!r}; use valid.NAME")
+            raise ValueError(
+                f"tune.metric must not use the test split (choosing a model on it "
+                f"leaks the test data into the choice); got {v!r}; use valid.NAME"
+            )
         return v
 
     @field_validator("seed")
@@ -226,31 +317,44 @@ class TuneSpec(BaseModel):
             elif name in MAXIMIZE:
                 object.__setattr__(self, "mode", "max")
             else:
-                raise ValueError(f"tune.mode is required for metric {self.metric!r} (distml infers "
-                                 "it only for known metrics such as logloss or accuracy); set "
-                                 "tune.mode: min or max")
+                raise ValueError(
+                    f"tune.mode is required for metric {self.metric!r} (distml infers "
+                    "it only for known metrics such as logloss or accuracy); set "
+                    "tune.mode: min or max"
+                )
         kinds = {p: next(iter(e)) for p, e in self.space.items()}
         if self.search == "grid":
             bad = [p for p, k in kinds.items() if k not in ("grid", "choice")]
             if bad:
-                raise ValueError(f"tune.search grid needs grid or choice values for every path; "
-                                 f"tune.space.{bad[0]} is {kinds[bad[0]]}; use grid: [...] or "
-                                 "search: random")
+                raise ValueError(
+                    f"tune.search grid needs grid or choice values for every path; "
+                    f"tune.space.{bad[0]} is {kinds[bad[0]]}; use grid: [...] or "
+                    "search: random"
+                )
         if self.search == "optuna":
             bad = [p for p, k in kinds.items() if k == "grid"]
             if bad:
-                raise ValueError(f"tune.space.{bad[0]}: grid does not combine with search optuna; "
-                                 "use choice: [...] or search: grid")
+                raise ValueError(
+                    f"tune.space.{bad[0]}: grid does not combine with search optuna; "
+                    "use choice: [...] or search: grid"
+                )
         if self.num_samples is None:
             object.__setattr__(self, "num_samples", 1 if self.search == "grid" else 10)
         if self.num_samples * self.n_grid > _MAX_TRIALS:
-            raise ValueError(f"tune would run {self.num_samples * self.n_grid} trials (grid "
-                             f"combinations x num_samples); at most {_MAX_TRIALS} are allowed")
-        if (self.report_every and self.checkpoint_every
-                and self.checkpoint_every % self.report_every):
-            raise ValueError(f"tune.checkpoint_every must be a multiple of tune.report_every "
-                             f"(checkpoints travel with reports); got {self.checkpoint_every} "
-                             f"and {self.report_every}")
+            raise ValueError(
+                f"tune would run {self.num_samples * self.n_grid} trials (grid "
+                f"combinations x num_samples); at most {_MAX_TRIALS} are allowed"
+            )
+        if (
+            self.report_every
+            and self.checkpoint_every
+            and self.checkpoint_every % self.report_every
+        ):
+            raise ValueError(
+                f"tune.checkpoint_every must be a multiple of tune.report_every "
+                f"(checkpoints travel with reports); got {self.checkpoint_every} "
+                f"and {self.report_every}"
+            )
         return self
 
     @property
@@ -267,7 +371,7 @@ class TuneSpec(BaseModel):
         """Trials one pass over the grid values makes (1 without grid entries)."""
         n = 1
         for entry in self.space.values():
-            (kind, values), = entry.items()
+            ((kind, values),) = entry.items()
             if kind == "grid" or (kind == "choice" and self.search == "grid"):
                 n *= len(values)
         return n
@@ -275,7 +379,7 @@ class TuneSpec(BaseModel):
 
 def representative_values(entry: dict[str, list]) -> list[Any]:
     """Values that stand for a distribution when checking a path: both ends, every choice."""
-    (kind, values), = entry.items()
+    ((kind, values),) = entry.items()
     if kind in ("choice", "grid"):
         return list(values)
     low, high = values[0], values[1]
@@ -291,8 +395,9 @@ def checked_values(entry: dict[str, list]) -> list[Any]:
     the first ``_MAX_CHECKED`` numbers of a long list (a number outside a checked range is
     caught by the kind's field bounds when the trial starts)."""
     values = representative_values(entry)
-    return values[:_MAX_CHECKED] + [v for v in values[_MAX_CHECKED:]
-                                    if not (v is None or isinstance(v, (bool, int, float)))]
+    return values[:_MAX_CHECKED] + [
+        v for v in values[_MAX_CHECKED:] if not (v is None or isinstance(v, (bool, int, float)))
+    ]
 
 
 def check_job(spec: Any) -> None:
@@ -326,45 +431,64 @@ def check_job(spec: Any) -> None:
                     except Exception:
                         detail = None
                 detail = detail or (str(e).splitlines()[0] if str(e) else type(e).__name__)
-                raise ValueError(f"tune.space.{path}: the value {_show(value)} does not fit the "
-                                 f"spec ({detail.rstrip('.')})") from None
+                raise ValueError(
+                    f"tune.space.{path}: the value {_show(value)} does not fit the "
+                    f"spec ({detail.rstrip('.')})"
+                ) from None
     split = spec.data.split_spec
     if tune.split != "cv" and split is not None and split.cv:
-        raise ValueError(f"tune.metric {tune.metric} and data.split.cv conflict: with "
-                         f"cross-validation trials are scored on the folds; use "
-                         f"cv.{tune.metric_name}")
+        raise ValueError(
+            f"tune.metric {tune.metric} and data.split.cv conflict: with "
+            f"cross-validation trials are scored on the folds; use "
+            f"cv.{tune.metric_name}"
+        )
     if tune.split == "valid" and (split is None or split.valid == 0):
-        raise ValueError(f"tune.metric {tune.metric} needs a validation split; data.split has no "
-                         "valid fraction; set data.split.valid (e.g. 0.2) or use cv.NAME with "
-                         "data.split.cv")
+        raise ValueError(
+            f"tune.metric {tune.metric} needs a validation split; data.split has no "
+            "valid fraction; set data.split.valid (e.g. 0.2) or use cv.NAME with "
+            "data.split.cv"
+        )
     if tune.split == "cv" and (split is None or not split.cv):
-        raise ValueError(f"tune.metric {tune.metric} needs cross-validation; set data.split.cv "
-                         "(e.g. 5) or use valid.NAME")
+        raise ValueError(
+            f"tune.metric {tune.metric} needs cross-validation; set data.split.cv "
+            "(e.g. 5) or use valid.NAME"
+        )
     job = module.Job(spec)
     names = job.tune_metric_names()
     if names is not None and tune.metric_name not in names:
         close = difflib.get_close_matches(tune.metric_name, sorted(names), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"tune.metric {tune.metric!r} is not a metric of kind {spec.kind} "
-                         f"({', '.join(sorted(names))}){hint}")
+        raise ValueError(
+            f"tune.metric {tune.metric!r} is not a metric of kind {spec.kind} "
+            f"({', '.join(sorted(names))}){hint}"
+        )
     if tune.scheduler != "none":
         iterations = job.tune_iterations()
         if not iterations or tune.split == "cv":
-            why = ("cross-validated trials report once" if tune.split == "cv" else
-                   f"kind {spec.kind} fits in one shot")
-            raise ValueError(f"tune.scheduler {tune.scheduler} needs trials that report every "
-                             f"iteration (boosting rounds, epochs); {why}; set "
-                             "tune.scheduler: none")
+            why = (
+                "cross-validated trials report once"
+                if tune.split == "cv"
+                else f"kind {spec.kind} fits in one shot"
+            )
+            raise ValueError(
+                f"tune.scheduler {tune.scheduler} needs trials that report every "
+                f"iteration (boosting rounds, epochs); {why}; set "
+                "tune.scheduler: none"
+            )
         per_round = job.tune_iteration_metrics()
         if per_round is not None and tune.metric_name not in per_round:
-            raise ValueError(f"tune.scheduler {tune.scheduler} needs a metric kind {spec.kind} "
-                             f"computes every iteration ({', '.join(sorted(per_round))}); got "
-                             f"{tune.metric!r}; set tune.scheduler: none or change tune.metric")
+            raise ValueError(
+                f"tune.scheduler {tune.scheduler} needs a metric kind {spec.kind} "
+                f"computes every iteration ({', '.join(sorted(per_round))}); got "
+                f"{tune.metric!r}; set tune.scheduler: none or change tune.metric"
+            )
         for name in ("report_every", "grace_period"):
             value = getattr(tune, name)
             if value and value > iterations:
-                raise ValueError(f"tune.{name} must be at most the iterations of a trial "
-                                 f"({iterations}); got {value}")
+                raise ValueError(
+                    f"tune.{name} must be at most the iterations of a trial "
+                    f"({iterations}); got {value}"
+                )
 
 
 def check_trials(spec: Any) -> None:
@@ -390,5 +514,7 @@ def check_trials(spec: Any) -> None:
             try:
                 module.Job(load_spec(base, {path: value})).check_spec()
             except SpecError as e:
-                raise SpecError(f"tune.space.{path}: the value {_show(value)} does not fit the "
-                                f"spec ({e.message.rstrip('.')})") from None
+                raise SpecError(
+                    f"tune.space.{path}: the value {_show(value)} does not fit the "
+                    f"spec ({e.message.rstrip('.')})"
+                ) from None

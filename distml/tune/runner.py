@@ -13,14 +13,22 @@ from typing import Any
 from ray import tune
 
 from distml.errors import DistmlError, JobFailed
-from distml.registry import kind_module
 from distml.jobs.base import JobOutput, RunContext
+from distml.registry import kind_module
 from distml.runtime.artifacts import run_fingerprint
 from distml.tune.session import TrialPlan, fault_from_env, lookup_metric, trial_fn
 from distml.tune.space import Space
 from distml.tune.table import TrialRecord, best_record, failure_summary, trials_table
-from distml.tune.tuner import (EXPERIMENT, Progress, concurrency_for, make_scheduler,
-                               make_tuner, quiet_logs, report_schedule, tune_env)
+from distml.tune.tuner import (
+    EXPERIMENT,
+    Progress,
+    concurrency_for,
+    make_scheduler,
+    make_tuner,
+    quiet_logs,
+    report_schedule,
+    tune_env,
+)
 
 #: the refit must reproduce the best trial's metric to this relative tolerance
 REFIT_RTOL = 1e-6
@@ -31,8 +39,10 @@ def _error_text(error: BaseException) -> str:
     cause = getattr(error, "cause", None) or error
     text = str(cause).strip() or type(cause).__name__
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    first = next((ln for ln in lines if not ln.startswith(("Traceback", "File", "ray::"))),
-                 lines[0] if lines else text)
+    first = next(
+        (ln for ln in lines if not ln.startswith(("Traceback", "File", "ray::"))),
+        lines[0] if lines else text,
+    )
     return f"{type(cause).__name__}: {first}"[:300]
 
 
@@ -53,30 +63,56 @@ def run_search(job, ctx: RunContext) -> JobOutput:
         workers = 1 if job.tune_trial_hook else res.num_workers  # whole-job trials: all
     # Trials at once: what the cluster holds of the workers of a trial, so concurrent worker
     # groups never wait on each other's resources (no deadlock).
-    concurrency = concurrency_for(ctx.cluster.resources, res.cpus_per_worker * workers,
-                                  res.gpus_per_worker * workers, t.max_concurrent, total)
+    concurrency = concurrency_for(
+        ctx.cluster.resources,
+        res.cpus_per_worker * workers,
+        res.gpus_per_worker * workers,
+        t.max_concurrent,
+        total,
+    )
     shared_ref = None if group is not None else _start_prepare(job, ctx)
     if group is not None:
-        ctx.log.info("search: each trial trains in a Ray Train worker group of %d (%s)",
-                     group.workers, group.reason)
-    ctx.log.info("search: %d trials (%s%s, seed %d), %d at a time, %s CPU each; %s (%s); data %s",
-                 total, t.search, "" if t.scheduler == "none" else f" + {t.scheduler}", t.seed,
-                 concurrency, res.cpus_per_worker, t.metric, t.mode,
-                 "read once and shared" if shared_ref is not None
-                 else "read by each trial (the kind has no shared-data hook)")
-    plan = TrialPlan(kind=spec.kind, base=base, space=space, metric=t.metric, mode=t.mode,
-                     report_every=report_every, checkpoint_every=t.checkpoint_every,
-                     fault=fault_from_env(), worker_group=group is not None,
-                     cluster_resources=dict(ctx.cluster.resources), iterations=iterations)
-    trial_resources = (dict(TRAIN_DRIVER) if group is not None
-                       else _trial_resources(job, res))
+        ctx.log.info(
+            "search: each trial trains in a Ray Train worker group of %d (%s)",
+            group.workers,
+            group.reason,
+        )
+    ctx.log.info(
+        "search: %d trials (%s%s, seed %d), %d at a time, %s CPU each; %s (%s); data %s",
+        total,
+        t.search,
+        "" if t.scheduler == "none" else f" + {t.scheduler}",
+        t.seed,
+        concurrency,
+        res.cpus_per_worker,
+        t.metric,
+        t.mode,
+        "read once and shared"
+        if shared_ref is not None
+        else "read by each trial (the kind has no shared-data hook)",
+    )
+    plan = TrialPlan(
+        kind=spec.kind,
+        base=base,
+        space=space,
+        metric=t.metric,
+        mode=t.mode,
+        report_every=report_every,
+        checkpoint_every=t.checkpoint_every,
+        fault=fault_from_env(),
+        worker_group=group is not None,
+        cluster_resources=dict(ctx.cluster.resources),
+        iterations=iterations,
+    )
+    trial_resources = dict(TRAIN_DRIVER) if group is not None else _trial_resources(job, res)
     trainable = tune.with_resources(
-        tune.with_parameters(trial_fn, plan=plan,
-                             data=shared_ref if shared_ref is not None else ctx.data),
-        trial_resources)
+        tune.with_parameters(
+            trial_fn, plan=plan, data=shared_ref if shared_ref is not None else ctx.data
+        ),
+        trial_resources,
+    )
     with tune_env(), quiet_logs():
-        tuner, resumed = _tuner(ctx, trainable, space, base, concurrency, iterations, grace,
-                                total)
+        tuner, resumed = _tuner(ctx, trainable, space, base, concurrency, iterations, grace, total)
         t0 = time.perf_counter()
         try:
             grid = tuner.fit()
@@ -88,41 +124,72 @@ def run_search(job, ctx: RunContext) -> JobOutput:
 
     records = _records(grid, space)
     table = trials_table(records, space.paths, t.metric)
-    counts = {s: int((table["status"] == s).sum())
-              for s in ("completed", "stopped", "failed", "not_run")}
+    counts = {
+        s: int((table["status"] == s).sum()) for s in ("completed", "stopped", "failed", "not_run")
+    }
     best = _best_or_fail(records, counts, t, shared_ref, spec.kind)
-    ctx.log.info("search done in %.1fs: %s; best %s with %s=%.6g", search_s,
-                 ", ".join(f"{n} {s}" for s, n in counts.items() if n), best.trial_id,
-                 t.metric, best.value)
+    ctx.log.info(
+        "search done in %.1fs: %s; best %s with %s=%.6g",
+        search_s,
+        ", ".join(f"{n} {s}" for s, n in counts.items() if n),
+        best.trial_id,
+        t.metric,
+        best.value,
+    )
 
     t1 = time.perf_counter()
     best_config = {**best.params, **job.tune_final_overrides(best.metrics)}
     out, refit_exec = _refit(spec, base, best_config, ctx, shared_ref)
     refit_s = time.perf_counter() - t1
     refit_value = lookup_metric(out.metrics, t.metric)
-    matches = (isinstance(refit_value, (int, float)) and
-               math.isclose(refit_value, best.value, rel_tol=REFIT_RTOL, abs_tol=1e-12))
+    matches = isinstance(refit_value, (int, float)) and math.isclose(
+        refit_value, best.value, rel_tol=REFIT_RTOL, abs_tol=1e-12
+    )
     if not matches:
-        ctx.log.warning("the refit of %s gives %s=%s, the trial reported %.6g (a stopped trial's "
-                        "value comes from the kind's per-iteration figure)", best.trial_id,
-                        t.metric, refit_value, best.value)
+        ctx.log.warning(
+            "the refit of %s gives %s=%s, the trial reported %.6g (a stopped trial's "
+            "value comes from the kind's per-iteration figure)",
+            best.trial_id,
+            t.metric,
+            refit_value,
+            best.value,
+        )
     out.tables["trials"] = table
     out.best_config = best_config
-    out.metrics["tune"] = {"metric": t.metric, "mode": t.mode, "best_trial": best.trial_id,
-                           "best_value": best.value, "refit_value": refit_value,
-                           "trials": len(records), **counts}
+    out.metrics["tune"] = {
+        "metric": t.metric,
+        "mode": t.mode,
+        "best_trial": best.trial_id,
+        "best_value": best.value,
+        "refit_value": refit_value,
+        "trials": len(records),
+        **counts,
+    }
     out.info["tune"] = {
-        "search": t.search, "scheduler": t.scheduler, "seed": t.seed, "trials": len(records),
-        "concurrency": concurrency, "resources_per_trial": _describe(trial_resources),
+        "search": t.search,
+        "scheduler": t.scheduler,
+        "seed": t.seed,
+        "trials": len(records),
+        "concurrency": concurrency,
+        "resources_per_trial": _describe(trial_resources),
         "worker_group": group.record() if group is not None else None,
-        "report_every": report_every, "grace_period": grace if t.scheduler != "none" else None,
-        "resumed": resumed, "best_trial": best.trial_id, "refit_matches_trial": bool(matches),
-        "data": "shared" if shared_ref is not None else "per_trial", **counts,
-        "timings_s": {"search_s": round(search_s, 4), "refit_s": round(refit_s, 4)}}
+        "report_every": report_every,
+        "grace_period": grace if t.scheduler != "none" else None,
+        "resumed": resumed,
+        "best_trial": best.trial_id,
+        "refit_matches_trial": bool(matches),
+        "data": "shared" if shared_ref is not None else "per_trial",
+        **counts,
+        "timings_s": {"search_s": round(search_s, 4), "refit_s": round(refit_s, 4)},
+    }
     out.info["execution"] = {
-        "path": "tune", "trials": len(records), "concurrency": concurrency, "refit": refit_exec,
+        "path": "tune",
+        "trials": len(records),
+        "concurrency": concurrency,
+        "refit": refit_exec,
         "reason": "tune section: trials are Tune function trainables in reused actors; the "
-                  "best configuration is refitted for the run's model"}
+        "best configuration is refitted for the run's model",
+    }
     return out
 
 
@@ -135,13 +202,23 @@ def _start_prepare(job, ctx: RunContext):
     if not job.tune_trial_hook:
         return None
     res = ctx.spec.resources
-    return ray.remote(_prepare).options(num_cpus=res.cpus_per_worker,
-                                        max_retries=res.max_failures,
-                                        retry_exceptions=False).remote(job, ctx.data)
+    return (
+        ray.remote(_prepare)
+        .options(num_cpus=res.cpus_per_worker, max_retries=res.max_failures, retry_exceptions=False)
+        .remote(job, ctx.data)
+    )
 
 
-def _tuner(ctx: RunContext, trainable, space: Space, base: dict, concurrency: int,
-           iterations: int | None, grace: int, total: int) -> tuple[tune.Tuner, bool]:
+def _tuner(
+    ctx: RunContext,
+    trainable,
+    space: Space,
+    base: dict,
+    concurrency: int,
+    iterations: int | None,
+    grace: int,
+    total: int,
+) -> tuple[tune.Tuner, bool]:
     """A restored Tuner (``--resume`` with an experiment in ``checkpoints/``) or a new one."""
     t = ctx.spec.tune
     storage = ctx.run_dir.file("checkpoints")
@@ -151,34 +228,51 @@ def _tuner(ctx: RunContext, trainable, space: Space, base: dict, concurrency: in
         # a missing fingerprint is a refusal: nothing proves what the experiment belongs to
         ctx.run_dir.check_resume(fingerprint)
         ctx.log.info("resuming the search from %s (finished trials are kept)", exp_dir)
-        return tune.Tuner.restore(str(exp_dir), trainable=trainable,
-                                  param_space=space.param_space(), resume_unfinished=True,
-                                  resume_errored=False), True
+        return tune.Tuner.restore(
+            str(exp_dir),
+            trainable=trainable,
+            param_space=space.param_space(),
+            resume_unfinished=True,
+            resume_errored=False,
+        ), True
     if ctx.resume:
         ctx.log.info("--resume: no search to restore in %s; starting it", exp_dir)
     shutil.rmtree(exp_dir, ignore_errors=True)
     storage.mkdir(parents=True, exist_ok=True)
     ctx.run_dir.write_fingerprint(fingerprint)
     return make_tuner(
-        trainable, space.param_space(), mode=t.mode, num_samples=t.num_samples,
-        concurrency=concurrency, storage_path=str(storage), search=t.search, seed=t.seed,
-        scheduler=make_scheduler(t.scheduler, iterations, grace), time_budget_s=t.time_budget_s,
+        trainable,
+        space.param_space(),
+        mode=t.mode,
+        num_samples=t.num_samples,
+        concurrency=concurrency,
+        storage_path=str(storage),
+        search=t.search,
+        seed=t.seed,
+        scheduler=make_scheduler(t.scheduler, iterations, grace),
+        time_budget_s=t.time_budget_s,
         max_failures=t.max_failures,
-        callbacks=[Progress(t.metric, t.mode, total, t.search)]), False
+        callbacks=[Progress(t.metric, t.mode, total, t.search)],
+    ), False
 
 
-def _best_or_fail(records: list[TrialRecord], counts: dict, t, shared_ref,
-                  kind: str) -> TrialRecord:
+def _best_or_fail(
+    records: list[TrialRecord], counts: dict, t, shared_ref, kind: str
+) -> TrialRecord:
     """The best trial; JobFailed (or the data preparation's own error) when there is none."""
     best = best_record(records, t.mode)
     if best is not None:
         return best
     _raise_prepare_error(shared_ref, kind)
     if t.time_budget_s and counts["not_run"] == len(records):
-        raise JobFailed(f"tune.time_budget_s ({t.time_budget_s:g} s) ran out before any "
-                        f"trial reported {t.metric}; raise it")
-    raise JobFailed(f"every trial of the search failed or reported no {t.metric} "
-                    f"({len(records)} trials): {failure_summary(records)}")
+        raise JobFailed(
+            f"tune.time_budget_s ({t.time_budget_s:g} s) ran out before any "
+            f"trial reported {t.metric}; raise it"
+        )
+    raise JobFailed(
+        f"every trial of the search failed or reported no {t.metric} "
+        f"({len(records)} trials): {failure_summary(records)}"
+    )
 
 
 def _prepare(job, info):
@@ -220,8 +314,9 @@ def _trial_resources(job, res) -> dict:
     # A whole-job trial only drives the kind's own tasks: the trial itself takes nothing (an
     # empty head bundle) and the tasks run in the trial's placement group bundles, which bounds
     # what concurrent trials take.
-    bundles = [{"CPU": res.cpus_per_worker, "GPU": res.gpus_per_worker}
-               for _ in range(res.num_workers)]
+    bundles = [
+        {"CPU": res.cpus_per_worker, "GPU": res.gpus_per_worker} for _ in range(res.num_workers)
+    ]
     return tune.PlacementGroupFactory([{}] + [{k: v for k, v in b.items() if v} for b in bundles])
 
 
@@ -250,20 +345,25 @@ def _records(grid, space: Space) -> list[TrialRecord]:
         error = _error_text(result.error) if result.error is not None else None
         rows.append((order, space.decode(result.config or {}), metrics, error, failures))
     rows.sort(key=lambda r: r[0])
-    return [TrialRecord(i, params, metrics, error, failures)
-            for i, (_, params, metrics, error, failures) in enumerate(rows)]
+    return [
+        TrialRecord(i, params, metrics, error, failures)
+        for i, (_, params, metrics, error, failures) in enumerate(rows)
+    ]
 
 
-def _refit(spec, base: dict, best_config: dict, ctx: RunContext, shared_ref) -> tuple[
-        JobOutput, dict]:
+def _refit(
+    spec, base: dict, best_config: dict, ctx: RunContext, shared_ref
+) -> tuple[JobOutput, dict]:
     """Fit the best configuration for the run's model, metrics and tables."""
     from distml.spec.load import load_spec
 
     best_spec = load_spec(base, best_config)
     best_job = kind_module(spec.kind).Job(best_spec)
     best_ctx = RunContext(best_spec, ctx.data, ctx.run_dir, ctx.cluster, ctx.log, False)
-    ctx.log.info("refitting the best configuration: %s",
-                 ", ".join(f"{k}={v!r}" for k, v in best_config.items()))
+    ctx.log.info(
+        "refitting the best configuration: %s",
+        ", ".join(f"{k}={v!r}" for k, v in best_config.items()),
+    )
     from distml import progress
 
     progress.current().stage("train", "refit of the best configuration")

@@ -117,9 +117,16 @@ class TrialSession:
         every = self.plan.report_every or 1
         return iteration % every == 0
 
-    def report(self, iteration: int, metrics: dict[str, Any], *, final: bool = False,
-               files: Callable[[], dict[str, bytes]] | None = None,
-               state: dict | None = None, send: bool = True) -> None:
+    def report(
+        self,
+        iteration: int,
+        metrics: dict[str, Any],
+        *,
+        final: bool = False,
+        files: Callable[[], dict[str, bytes]] | None = None,
+        state: dict | None = None,
+        send: bool = True,
+    ) -> None:
         """Record iteration ``iteration`` (1-based) with flat ``metrics`` (``valid.logloss``…).
 
         Reaches Tune when ``final`` or every ``report_every`` iterations (never with
@@ -129,8 +136,10 @@ class TrialSession:
         """
         if final and self.metric not in metrics:
             known = ", ".join(k for k in metrics if "." in k) or "nothing"
-            raise ValueError(f"tune.metric {self.metric} is not computed for this job (its trial "
-                             f"reports {known})")
+            raise ValueError(
+                f"tune.metric {self.metric} is not computed for this job (its trial "
+                f"reports {known})"
+            )
         value = metrics.get(self.metric)
         value = float(value) if isinstance(value, (int, float)) else math.nan
         if math.isfinite(value) and self._better(value):
@@ -140,12 +149,20 @@ class TrialSession:
             return
         # The kind's figures first: the session's bookkeeping keys win over same-named ones
         # (xgboost's 0-based ``best_iteration`` is not the iteration of the best value).
-        result = {**{k: (math.nan if v is None else v) for k, v in metrics.items()},
-                  OBJECTIVE: value, "iteration": iteration, "final": final,
-                  "best": self.best if self.best is not None else math.nan,
-                  "best_iteration": self.best_iteration if self.best_iteration is not None else -1,
-                  "elapsed_s": self.elapsed(), "resumed_from": self.resumed_from,
-                  "finished_at": time.time(), "failed": False, "error": "", "wait_s": self.wait_s}
+        result = {
+            **{k: (math.nan if v is None else v) for k, v in metrics.items()},
+            OBJECTIVE: value,
+            "iteration": iteration,
+            "final": final,
+            "best": self.best if self.best is not None else math.nan,
+            "best_iteration": self.best_iteration if self.best_iteration is not None else -1,
+            "elapsed_s": self.elapsed(),
+            "resumed_from": self.resumed_from,
+            "finished_at": time.time(),
+            "failed": False,
+            "error": "",
+            "wait_s": self.wait_s,
+        }
         self.last = result
         self.finished = final
         checkpoint = None
@@ -166,10 +183,18 @@ class TrialSession:
         from ray import tune
 
         text = f"{type(error).__name__}: {_first_line(error)}"[:500]
-        result = {OBJECTIVE: math.nan, "iteration": self.last.get("iteration", 0), "final": True,
-                  "best": math.nan, "best_iteration": -1, "elapsed_s": self.elapsed(),
-                  "resumed_from": self.resumed_from, "finished_at": time.time(), "failed": True,
-                  "error": text}
+        result = {
+            OBJECTIVE: math.nan,
+            "iteration": self.last.get("iteration", 0),
+            "final": True,
+            "best": math.nan,
+            "best_iteration": -1,
+            "elapsed_s": self.elapsed(),
+            "resumed_from": self.resumed_from,
+            "finished_at": time.time(),
+            "failed": True,
+            "error": text,
+        }
         self.finished = True
         tune.report(result)
 
@@ -189,8 +214,14 @@ class TrialSession:
         for name, data in files.items():
             with open(os.path.join(d, name), "wb") as fh:
                 fh.write(data)
-        meta = {"iteration": iteration, "elapsed_s": self.elapsed(), "best": self.best,
-                "best_iteration": self.best_iteration, "files": sorted(files), **state}
+        meta = {
+            "iteration": iteration,
+            "elapsed_s": self.elapsed(),
+            "best": self.best,
+            "best_iteration": self.best_iteration,
+            "files": sorted(files),
+            **state,
+        }
         with open(os.path.join(d, "state.json"), "w", encoding="utf-8") as fh:
             json.dump(meta, fh)
         return tune.Checkpoint.from_directory(d)
@@ -230,8 +261,11 @@ def trial_fn(config: dict, *, plan: TrialPlan, data: Any = None) -> None:
         else:
             _run_whole_job(job, data, session, plan)
         if not session.finished:  # the kind did not send its final report: its last one is
-            session.report(session.last.get("iteration", 1), {
-                k: v for k, v in session.last.items() if "." in k}, final=True)
+            session.report(
+                session.last.get("iteration", 1),
+                {k: v for k, v in session.last.items() if "." in k},
+                final=True,
+            )
     except Exception as e:  # noqa: BLE001 - a failed fit is a failed trial, not a crash
         session.fail(e)
 
@@ -257,9 +291,13 @@ def _run_whole_job(job, info, session: TrialSession, plan: TrialPlan) -> None:
     try:
         run_dir = RunDir(scratch, job.spec.name)
         run_dir.prepare()
-        ctx = RunContext(job.spec, info, run_dir,
-                         ClusterInfo("existing", None, None, dict(plan.cluster_resources or {})),
-                         logging.getLogger("distml.trial"))
+        ctx = RunContext(
+            job.spec,
+            info,
+            run_dir,
+            ClusterInfo("existing", None, None, dict(plan.cluster_resources or {})),
+            logging.getLogger("distml.trial"),
+        )
         with use_train_callbacks(train_callbacks):  # the Train run's reports reach Tune
             out = job.run(ctx)
     finally:
@@ -316,17 +354,28 @@ def _train_to_tune_class():
             value = lookup_metric(metrics[0] if metrics else {}, self.metric)
             if not iteration or value is None or not math.isfinite(value):
                 return
-            if self.best is None or (value < self.best if self.mode == "min"
-                                     else value > self.best):
+            if self.best is None or (
+                value < self.best if self.mode == "min" else value > self.best
+            ):
                 self.best, self.best_iteration = float(value), iteration
             if iteration % self.every:
                 return
-            self.queue.put({**flat, OBJECTIVE: float(value), "iteration": iteration,
-                            "final": False, "best": self.best,
-                            "best_iteration": self.best_iteration,
-                            "elapsed_s": time.time() - self.t0, "resumed_from": 0,
-                            "finished_at": time.time(), "failed": False, "error": "",
-                            "wait_s": 0.0})
+            self.queue.put(
+                {
+                    **flat,
+                    OBJECTIVE: float(value),
+                    "iteration": iteration,
+                    "final": False,
+                    "best": self.best,
+                    "best_iteration": self.best_iteration,
+                    "elapsed_s": time.time() - self.t0,
+                    "resumed_from": 0,
+                    "finished_at": time.time(),
+                    "failed": False,
+                    "error": "",
+                    "wait_s": 0.0,
+                }
+            )
 
     return TrainToTune
 

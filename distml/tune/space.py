@@ -30,10 +30,14 @@ class Space:
     def __init__(self, tune: TuneSpec):
         self.tune = tune
         self.entries: dict[str, tuple[str, list]] = {
-            path: next(iter(entry.items())) for path, entry in tune.space.items()}
+            path: next(iter(entry.items())) for path, entry in tune.space.items()
+        }
         #: paths whose config values are indices into the listed values
-        self.indexed = {path for path, (kind, values) in self.entries.items()
-                        if kind in ("choice", "grid") and not all(map(_scalar, values))}
+        self.indexed = {
+            path
+            for path, (kind, values) in self.entries.items()
+            if kind in ("choice", "grid") and not all(map(_scalar, values))
+        }
 
     @property
     def paths(self) -> list[str]:
@@ -89,5 +93,7 @@ def column_values(values: list[Any]) -> list[Any]:
     kinds = {type(v) for v in values if v is not None}
     if kinds <= {int} or kinds <= {float, int} or kinds <= {str} or kinds <= {bool}:
         return values
-    return [None if v is None else v if isinstance(v, str)
-            else json.dumps(v, sort_keys=True) for v in values]
+    return [
+        None if v is None else v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+        for v in values
+    ]

@@ -19,8 +19,18 @@ from typing import Any
 from distml.tune.space import column_values
 
 STATUSES = ("completed", "stopped", "failed", "not_run")
-_BOOKKEEPING = {"objective", "iteration", "final", "best", "best_iteration", "elapsed_s",
-                "resumed_from", "failed", "error", "finished_at"}
+_BOOKKEEPING = {
+    "objective",
+    "iteration",
+    "final",
+    "best",
+    "best_iteration",
+    "elapsed_s",
+    "resumed_from",
+    "failed",
+    "error",
+    "finished_at",
+}
 
 
 @dataclass
@@ -62,31 +72,55 @@ def trials_table(records: list[TrialRecord], paths: list[str], metric: str):
     """The trials DataFrame (columns as in the module docstring)."""
     import pandas as pd
 
-    extra = sorted({k for r in records for k in r.metrics
-                    if k not in _BOOKKEEPING and k != metric and "." in k})
+    extra = sorted(
+        {
+            k
+            for r in records
+            for k in r.metrics
+            if k not in _BOOKKEEPING and k != metric and "." in k
+        }
+    )
     rows = []
     for r in records:
         m = r.metrics
         best_it = m.get("best_iteration")
         row = {"trial_id": r.trial_id, "status": r.status}
         row.update({p: r.params.get(p) for p in paths})
-        row.update({
-            metric: _num(r.value),
-            f"{metric}.best": _num(m.get("best")),
-            "best_iteration": int(best_it) if isinstance(best_it, (int, float))
-            and best_it is not None and best_it >= 0 else None,
-            "iterations": int(m["iteration"]) if m.get("iteration") else None,
-            "time_s": _num(m.get("elapsed_s")),
-            "num_failures": int(r.num_failures),
-            "resumed_from": int(m.get("resumed_from") or 0),
-            "finished_at": _num(m.get("finished_at")),
-            "error": r.error or (m.get("error") or None),
-        })
+        row.update(
+            {
+                metric: _num(r.value),
+                f"{metric}.best": _num(m.get("best")),
+                "best_iteration": int(best_it)
+                if isinstance(best_it, (int, float)) and best_it is not None and best_it >= 0
+                else None,
+                "iterations": int(m["iteration"]) if m.get("iteration") else None,
+                "time_s": _num(m.get("elapsed_s")),
+                "num_failures": int(r.num_failures),
+                "resumed_from": int(m.get("resumed_from") or 0),
+                "finished_at": _num(m.get("finished_at")),
+                "error": r.error or (m.get("error") or None),
+            }
+        )
         row.update({k: _num(m.get(k)) for k in extra})
         rows.append(row)
-    frame = pd.DataFrame(rows, columns=["trial_id", "status", *paths, metric, f"{metric}.best",
-                                        "best_iteration", "iterations", "time_s", "num_failures",
-                                        "resumed_from", "finished_at", "error", *extra])
+    frame = pd.DataFrame(
+        rows,
+        columns=[
+            "trial_id",
+            "status",
+            *paths,
+            metric,
+            f"{metric}.best",
+            "best_iteration",
+            "iterations",
+            "time_s",
+            "num_failures",
+            "resumed_from",
+            "finished_at",
+            "error",
+            *extra,
+        ],
+    )
     for p in paths:
         frame[p] = column_values(list(frame[p]))
     for c in ("best_iteration", "iterations"):

@@ -61,10 +61,9 @@ def make_searcher(search: str, seed: int, concurrency: int):
     """random/grid: Tune's variant generator, seeded; optuna: TPE, seeded; both capped."""
     if search == "optuna":
         try:
+            import optuna  # noqa: F401
             from ray.tune.search import ConcurrencyLimiter
             from ray.tune.search.optuna import OptunaSearch
-
-            import optuna  # noqa: F401
         except ImportError:
             raise MissingDependency.for_extra("optuna", "tune", "tune.search: optuna") from None
         return ConcurrencyLimiter(OptunaSearch(seed=seed), max_concurrent=concurrency)
@@ -80,39 +79,67 @@ def make_scheduler(name: str, max_t: int | None, grace: int):
 
         # stop_last_trials=False: a trial that reaches max_t ends by itself, after its final
         # report (with it, Tune would stop the trial on its last per-iteration report).
-        return ASHAScheduler(time_attr="iteration", max_t=max(max_t or 1, grace), grace_period=grace,
-                             reduction_factor=3, stop_last_trials=False)
+        return ASHAScheduler(
+            time_attr="iteration",
+            max_t=max(max_t or 1, grace),
+            grace_period=grace,
+            reduction_factor=3,
+            stop_last_trials=False,
+        )
     if name == "median":
         from ray.tune.schedulers import MedianStoppingRule
 
-        return MedianStoppingRule(time_attr="iteration", grace_period=grace,
-                                  min_samples_required=3)
+        return MedianStoppingRule(time_attr="iteration", grace_period=grace, min_samples_required=3)
     return None
 
 
-def make_tuner(trainable, param_space: dict, *, mode: str, num_samples: int, concurrency: int,
-               storage_path: str, search: str = "random", seed: int = 0, scheduler=None,
-               time_budget_s: float | None = None, max_failures: int = 0,
-               callbacks: list | None = None, name: str = EXPERIMENT) -> tune.Tuner:
+def make_tuner(
+    trainable,
+    param_space: dict,
+    *,
+    mode: str,
+    num_samples: int,
+    concurrency: int,
+    storage_path: str,
+    search: str = "random",
+    seed: int = 0,
+    scheduler=None,
+    time_budget_s: float | None = None,
+    max_failures: int = 0,
+    callbacks: list | None = None,
+    name: str = EXPERIMENT,
+) -> tune.Tuner:
     """The Tuner every distml search uses (also what benchmark B1 times with trivial trials).
 
     ``trainable`` reports ``objective``; ``concurrency`` caps trials at once.
     """
     return tune.Tuner(
-        trainable, param_space=param_space,
+        trainable,
+        param_space=param_space,
         tune_config=tune.TuneConfig(
-            metric=OBJECTIVE, mode=mode, search_alg=make_searcher(search, seed, concurrency),
-            scheduler=scheduler, num_samples=num_samples, time_budget_s=time_budget_s,
-            reuse_actors=True, trial_dirname_creator=_trial_dirname),
+            metric=OBJECTIVE,
+            mode=mode,
+            search_alg=make_searcher(search, seed, concurrency),
+            scheduler=scheduler,
+            num_samples=num_samples,
+            time_budget_s=time_budget_s,
+            reuse_actors=True,
+            trial_dirname_creator=_trial_dirname,
+        ),
         run_config=tune.RunConfig(
-            name=name, storage_path=storage_path, verbose=0,
+            name=name,
+            storage_path=storage_path,
+            verbose=0,
             failure_config=tune.FailureConfig(max_failures=max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=callbacks or []))
+            callbacks=callbacks or [],
+        ),
+    )
 
 
-def report_schedule(iterations: int | None, report_every: int | None,
-                    grace_period: int | None) -> tuple[int | None, int]:
+def report_schedule(
+    iterations: int | None, report_every: int | None, grace_period: int | None
+) -> tuple[int | None, int]:
     """(report every N iterations, scheduler grace period) for trials of ``iterations``.
 
     Defaults: about 10 reports per trial (each blocks the trial for a round trip through the
@@ -130,8 +157,9 @@ def report_schedule(iterations: int | None, report_every: int | None,
     return every, grace
 
 
-def concurrency_for(resources: dict, cpus: float, gpus: float, asked: int | None,
-                    trials: int) -> int:
+def concurrency_for(
+    resources: dict, cpus: float, gpus: float, asked: int | None, trials: int
+) -> int:
     """Trials at once: what the cluster's CPUs (and GPUs) hold, capped by ``asked`` and by the
     number of trials; at least 1."""
     cap = trials
@@ -147,8 +175,9 @@ def concurrency_for(resources: dict, cpus: float, gpus: float, asked: int | None
 class Progress(tune.Callback):
     """Logs a line as each trial ends (trial, metric, best so far); counts retried failures."""
 
-    def __init__(self, metric: str, mode: str, total: int, search: str = "random",
-                 logger: str = "distml"):
+    def __init__(
+        self, metric: str, mode: str, total: int, search: str = "random", logger: str = "distml"
+    ):
         self.metric, self.mode, self.total, self.logger = metric, mode, total, logger
         self.first = 0 if search in ("random", "grid") else 1
         self.failures: dict[str, int] = {}
@@ -168,8 +197,9 @@ class Progress(tune.Callback):
         p = progress.current()  # looked up each time: the callback itself stays picklable
         counter = p.counters.get("trials") or p.counter("trials", total=self.total, unit="trials")
         best = f"; best {self.metric}={self.best[0]:.6g} ({self.best[1]})" if self.best else ""
-        counter.update(completed=self.ended, total=self.total,
-                       info=f"{len(self.running)} running{best}")
+        counter.update(
+            completed=self.ended, total=self.total, info=f"{len(self.running)} running{best}"
+        )
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.running.add(trial.trial_id)
@@ -182,31 +212,48 @@ class Progress(tune.Callback):
         value = result.get(OBJECTIVE)
         if result.get("failed"):
             self._show(trial)
-            self._log().warning("trial %d/%d %s failed: %s", self.ended, self.total, name,
-                                result.get("error"))
+            self._log().warning(
+                "trial %d/%d %s failed: %s", self.ended, self.total, name, result.get("error")
+            )
             return
         status = "completed" if result.get("final") else "stopped"
         if isinstance(value, (int, float)) and math.isfinite(value):
-            if self.best is None or (value < self.best[0] if self.mode == "min"
-                                     else value > self.best[0]):
+            if self.best is None or (
+                value < self.best[0] if self.mode == "min" else value > self.best[0]
+            ):
                 self.best = (float(value), name)
         best = f"{self.best[0]:.6g} ({self.best[1]})" if self.best else "none yet"
         self._show(trial)
-        self._log().info("trial %d/%d %s %s at iteration %s: %s=%.6g; best %s", self.ended,
-                         self.total, name, status, result.get("iteration"), self.metric,
-                         value if isinstance(value, (int, float)) else math.nan, best)
+        self._log().info(
+            "trial %d/%d %s %s at iteration %s: %s=%.6g; best %s",
+            self.ended,
+            self.total,
+            name,
+            status,
+            result.get("iteration"),
+            self.metric,
+            value if isinstance(value, (int, float)) else math.nan,
+            best,
+        )
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         self.failures[trial.trial_id] = self.failures.get(trial.trial_id, 0) + 1
-        self._log().warning("%s: its process died; retrying from its last checkpoint "
-                            "(retry %d)", _name(trial, self.first), self.failures[trial.trial_id])
+        self._log().warning(
+            "%s: its process died; retrying from its last checkpoint (retry %d)",
+            _name(trial, self.first),
+            self.failures[trial.trial_id],
+        )
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.ended += 1
         self.failures[trial.trial_id] = self.failures.get(trial.trial_id, 0) + 1
         self._show(trial)
-        self._log().warning("trial %d/%d %s failed: its process died and no retries are left "
-                            "(tune.max_failures)", self.ended, self.total, _name(trial, self.first))
+        self._log().warning(
+            "trial %d/%d %s failed: its process died and no retries are left (tune.max_failures)",
+            self.ended,
+            self.total,
+            _name(trial, self.first),
+        )
 
     def get_state(self) -> dict:
         return {"failures": self.failures, "ended": self.ended, "best": self.best}

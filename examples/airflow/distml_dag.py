@@ -37,16 +37,29 @@ RUN_ID = "nightly-{{ds}}"
 NO_RETRY = (2, 4)
 
 
-def submit_argv(run_id: str, spec: str = SPEC, address: str = ADDRESS,
-                output: str = OUTPUT) -> list[str]:
+def submit_argv(
+    run_id: str, spec: str = SPEC, address: str = ADDRESS, output: str = OUTPUT
+) -> list[str]:
     """``distml submit --wait --json`` for one run id (an argument list: no shell)."""
     distml = shutil.which("distml") or os.path.join(os.path.dirname(sys.executable), "distml")
-    return [distml, "submit", spec, "--address", address, "--submission-id", run_id,
-            "--output", output, "--wait", "--json"]
+    return [
+        distml,
+        "submit",
+        spec,
+        "--address",
+        address,
+        "--submission-id",
+        run_id,
+        "--output",
+        output,
+        "--wait",
+        "--json",
+    ]
 
 
-def submit_command(spec: str = SPEC, address: str = ADDRESS, output: str = OUTPUT,
-                   run_id: str = RUN_ID) -> str:
+def submit_command(
+    spec: str = SPEC, address: str = ADDRESS, output: str = OUTPUT, run_id: str = RUN_ID
+) -> str:
     """The same as one shell line, for a BashOperator or cron (exit 0 / 2 / 3 / 4 / 130)."""
     argv = ["distml", *submit_argv(run_id, spec, address, output)[1:]]
     # The Jinja run id must stay unquoted text for Airflow to render it; it renders to a valid
@@ -77,11 +90,13 @@ def _no_retry(code: int, message: str) -> Exception | None:
     return AirflowFailException(f"distml exit {code} (not retried): {message}")
 
 
-def train_on_ray(run_id: str, spec: str = SPEC, address: str = ADDRESS,
-                 output: str = OUTPUT) -> dict:
+def train_on_ray(
+    run_id: str, spec: str = SPEC, address: str = ADDRESS, output: str = OUTPUT
+) -> dict:
     """Callable: submit to the Ray cluster and wait; the job's JSON result goes to XCom."""
-    out = subprocess.run(submit_argv(run_id, spec, address, output), stdout=subprocess.PIPE,
-                         text=True)  # the job's log streams to the task log (stderr)
+    out = subprocess.run(
+        submit_argv(run_id, spec, address, output), stdout=subprocess.PIPE, text=True
+    )  # the job's log streams to the task log (stderr)
     try:
         payload = json.loads(out.stdout)
     except ValueError:
@@ -92,8 +107,9 @@ def train_on_ray(run_id: str, spec: str = SPEC, address: str = ADDRESS,
     return payload
 
 
-def train_in_process(run_id: str, spec: str = SPEC, output: str = OUTPUT,
-                     overrides: Mapping[str, Any] | None = None) -> dict:
+def train_in_process(
+    run_id: str, spec: str = SPEC, output: str = OUTPUT, overrides: Mapping[str, Any] | None = None
+) -> dict:
     """Callable: run the spec here; the return value goes to XCom.
 
     Takes only what it names: Airflow 3 passes its task context (``dag``, ``ti``, ``ds``...)
@@ -109,8 +125,12 @@ def train_in_process(run_id: str, spec: str = SPEC, output: str = OUTPUT,
         if stop is not None:
             raise stop from e
         raise  # 3: the cluster may be back later, let Airflow retry
-    return {"run_dir": str(result.run_dir), "run_id": result.run_id,
-            "metrics": result.metrics, "reused": result.reused}
+    return {
+        "run_dir": str(result.run_dir),
+        "run_id": result.run_id,
+        "metrics": result.metrics,
+        "reused": result.reused,
+    }
 
 
 try:  # Airflow 3
@@ -134,7 +154,14 @@ if DAG is not None:
         tags=["distml"],
     ) as dag:
         # Two independent tasks, one per way; keep the one that fits your deployment.
-        PythonOperator(task_id="train_on_ray", python_callable=train_on_ray,
-                       op_kwargs={"run_id": RUN_ID}, execution_timeout=timedelta(hours=6))
-        PythonOperator(task_id="train_in_process", python_callable=train_in_process,
-                       op_kwargs={"run_id": RUN_ID + "-local"})
+        PythonOperator(
+            task_id="train_on_ray",
+            python_callable=train_on_ray,
+            op_kwargs={"run_id": RUN_ID},
+            execution_timeout=timedelta(hours=6),
+        )
+        PythonOperator(
+            task_id="train_in_process",
+            python_callable=train_in_process,
+            op_kwargs={"run_id": RUN_ID + "-local"},
+        )

@@ -31,18 +31,36 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("spec", help="distml spec (YAML)")
     p.add_argument("--output", required=True, help="output root on storage every node sees")
     p.add_argument("--run-id", help="run id (a finished id is reported, not rerun)")
-    p.add_argument("--set", dest="overrides", action="append", default=[],
-                   metavar="PATH=VALUE", help="spec override (repeatable)")
-    p.add_argument("--max-worker-nodes", type=int, default=2,
-                   help="Ray worker nodes on the Spark workers")
-    p.add_argument("--cpus-per-node", type=int, default=None,
-                   help="CPUs per Ray worker node (default: spark.task.cpus); needs stage "
-                        "scheduling (not in local mode)")
-    p.add_argument("--gpus-per-node", type=int, default=None,
-                   help="GPUs per Ray worker node (default 0 when --cpus-per-node is given); "
-                        "needs --cpus-per-node")
-    p.add_argument("--ray-temp-root-dir", default=None,
-                   help="where Ray on Spark keeps its session files (default: Ray's)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="spec override (repeatable)",
+    )
+    p.add_argument(
+        "--max-worker-nodes", type=int, default=2, help="Ray worker nodes on the Spark workers"
+    )
+    p.add_argument(
+        "--cpus-per-node",
+        type=int,
+        default=None,
+        help="CPUs per Ray worker node (default: spark.task.cpus); needs stage "
+        "scheduling (not in local mode)",
+    )
+    p.add_argument(
+        "--gpus-per-node",
+        type=int,
+        default=None,
+        help="GPUs per Ray worker node (default 0 when --cpus-per-node is given); "
+        "needs --cpus-per-node",
+    )
+    p.add_argument(
+        "--ray-temp-root-dir",
+        default=None,
+        help="where Ray on Spark keeps its session files (default: Ray's)",
+    )
     return p
 
 
@@ -51,8 +69,11 @@ def _fail(code: int, message: str, error: dict | None = None) -> int:
     scheduler reads it; spark-submit merges the driver's stderr into its stdout)."""
     print(f"train_on_spark: {message}", file=sys.stderr, flush=True)
     if error is None:
-        error = {"type": "UsageError" if code == EXIT_INVALID else "ClusterError",
-                 "message": message, "exit_code": code}
+        error = {
+            "type": "UsageError" if code == EXIT_INVALID else "ClusterError",
+            "message": message,
+            "exit_code": code,
+        }
     print(json.dumps({"status": "failed", "error": error}), flush=True)
     return code
 
@@ -73,9 +94,11 @@ def _stage_scheduling(spark) -> str | None:
     (Ray's own rule: stage scheduling, i.e. not local mode, and Spark >= 3.4 or DBR >= 12)."""
     master = spark.sparkContext.master
     if master == "local" or master.startswith("local["):
-        return (f"Spark in local mode ({master}) cannot size Ray worker nodes: drop "
-                "--cpus-per-node/--gpus-per-node (each node then gets spark.task.cpus CPUs), "
-                "or run on a Spark cluster (spark://, YARN) or Databricks")
+        return (
+            f"Spark in local mode ({master}) cannot size Ray worker nodes: drop "
+            "--cpus-per-node/--gpus-per-node (each node then gets spark.task.cpus CPUs), "
+            "or run on a Spark cluster (spark://, YARN) or Databricks"
+        )
     if os.environ.get("DATABRICKS_RUNTIME_VERSION"):
         major = os.environ["DATABRICKS_RUNTIME_VERSION"].split(".")[0]
         if major.isdigit() and int(major) >= 12:
@@ -84,9 +107,11 @@ def _stage_scheduling(spark) -> str | None:
 
     release = tuple(int(x) for x in pyspark.__version__.split(".")[:2] if x.isdigit())
     if release < (3, 4):
-        return (f"Spark {pyspark.__version__} has no stage scheduling, so it cannot size Ray "
-                "worker nodes: drop --cpus-per-node/--gpus-per-node (each node then gets "
-                "spark.task.cpus CPUs) or use Spark >= 3.4 / Databricks Runtime >= 12")
+        return (
+            f"Spark {pyspark.__version__} has no stage scheduling, so it cannot size Ray "
+            "worker nodes: drop --cpus-per-node/--gpus-per-node (each node then gets "
+            "spark.task.cpus CPUs) or use Spark >= 3.4 / Databricks Runtime >= 12"
+        )
     return None
 
 
@@ -98,13 +123,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from pyspark.sql import SparkSession
     except ImportError:
-        return _fail(EXIT_INVALID, "needs pyspark (run it with spark-submit or on Databricks); "
-                                   'install it with: pip install "distml[spark]"')
+        return _fail(
+            EXIT_INVALID,
+            "needs pyspark (run it with spark-submit or on Databricks); "
+            'install it with: pip install "distml[spark]"',
+        )
     import shutil
 
     if shutil.which("ray") is None:  # Ray on Spark runs `ray start` from PATH on every node
-        return _fail(EXIT_INVALID, "the `ray` command is not on PATH: activate the virtualenv "
-                                   "that has distml (its bin/ folder) before spark-submit")
+        return _fail(
+            EXIT_INVALID,
+            "the `ray` command is not on PATH: activate the virtualenv "
+            "that has distml (its bin/ folder) before spark-submit",
+        )
     import distml
     from distml.errors import DistmlError
 
@@ -123,8 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     from ray.util.spark import setup_ray_cluster, shutdown_ray_cluster
 
     try:
-        setup_ray_cluster(max_worker_nodes=args.max_worker_nodes, num_cpus_worker_node=cpus,
-                          num_gpus_worker_node=gpus, ray_temp_root_dir=args.ray_temp_root_dir)
+        setup_ray_cluster(
+            max_worker_nodes=args.max_worker_nodes,
+            num_cpus_worker_node=cpus,
+            num_gpus_worker_node=gpus,
+            ray_temp_root_dir=args.ray_temp_root_dir,
+        )
     except (RuntimeError, ValueError) as e:  # Ray could not start on this Spark
         shutdown_ray_cluster_quietly(shutdown_ray_cluster)
         return _fail(EXIT_CLUSTER, f"could not start Ray on Spark: {str(e).splitlines()[0]}")

@@ -13,8 +13,13 @@ import pytest
 def ray_cluster():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=400 * 1024 * 1024,
-             log_to_driver=False, configure_logging=False)
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=400 * 1024 * 1024,
+        log_to_driver=False,
+        configure_logging=False,
+    )
     yield ray
     ray.shutdown()
 
@@ -24,8 +29,10 @@ def _no_private_cluster(request, monkeypatch):
     from distml.runtime import cluster
 
     def refuse(*a, **k):
-        raise AssertionError("code under test tried to start its own Ray cluster; "
-                             "integration tests use the shared `ray_cluster` fixture")
+        raise AssertionError(
+            "code under test tried to start its own Ray cluster; "
+            "integration tests use the shared `ray_cluster` fixture"
+        )
 
     if "allow_local_ray" not in request.keywords:
         monkeypatch.setattr(cluster, "_start_local", refuse)

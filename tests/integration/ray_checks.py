@@ -15,8 +15,11 @@ def wait_resources_free(ray, timeout: float = 60) -> None:
         # Private Ray API, kept on purpose: the public ``ray.util.state.list_actors`` asks the
         # dashboard, which the shared test cluster does not start (2 cores); ``actors()`` reads
         # the GCS actor table directly. tests/unit/test_ray_private_apis.py fails if it changes.
-        alive = [a["ActorClassName"] for a in ray._private.state.actors().values()
-                 if a["State"] == "ALIVE" and not a["IsDetached"]]
+        alive = [
+            a["ActorClassName"]
+            for a in ray._private.state.actors().values()
+            if a["State"] == "ALIVE" and not a["IsDetached"]
+        ]
         if free and not alive:
             return
         assert time.monotonic() < deadline, f"after the job: CPUs busy={not free}, alive={alive}"

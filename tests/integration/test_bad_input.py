@@ -61,55 +61,107 @@ def _case(tmp_path, case: str) -> tuple[str, list[str], str]:
         return _spec(t, _XGB, f"{{source: '{t}/e.parquet', target: y}}"), [], "has no rows"
     if case == "string_target_regressor":
         frame.to_csv(t / "d.csv", index=False)
-        return (_spec(t, _SK_REG, f"{{source: '{t}/d.csv', target: y}}"), [],
-                "column 'y' in data.source has dtype")
+        return (
+            _spec(t, _SK_REG, f"{{source: '{t}/d.csv', target: y}}"),
+            [],
+            "column 'y' in data.source has dtype",
+        )
     if case in ("single_class_sklearn", "single_class_xgboost"):
         frame.assign(y="yes").to_csv(t / "d.csv", index=False)
         kind = _SK_CLF if case.endswith("sklearn") else _XGB
-        return (_spec(t, kind, f"{{source: '{t}/d.csv', target: y}}"), [],
-                "column 'y' has a single class ('yes')")
+        return (
+            _spec(t, kind, f"{{source: '{t}/d.csv', target: y}}"),
+            [],
+            "column 'y' has a single class ('yes')",
+        )
     if case == "cv_class_too_small":
         frame.assign(y=["a"] * 28 + ["b"] * 2).to_csv(t / "d.csv", index=False)
-        return (_spec(t, _SK_CLF, f"{{source: '{t}/d.csv', target: y, split: {{cv: 5}}}}"), [],
-                "needs at least 5 rows of every class; class 'b' has 2")
+        return (
+            _spec(t, _SK_CLF, f"{{source: '{t}/d.csv', target: y, split: {{cv: 5}}}}"),
+            [],
+            "needs at least 5 rows of every class; class 'b' has 2",
+        )
     if case == "duplicate_csv":
         (t / "d.csv").write_text("x1,x1,y\n" + "".join(f"{i},{i},{i % 2}\n" for i in range(20)))
-        return (_spec(t, _SK_CLF, f"{{source: '{t}/d.csv', target: y}}"), [],
-                "has the column 'x1' more than once")
+        return (
+            _spec(t, _SK_CLF, f"{{source: '{t}/d.csv', target: y}}"),
+            [],
+            "has the column 'x1' more than once",
+        )
     if case == "duplicate_parquet":
-        pq.write_table(pa.Table.from_arrays([pa.array(np.arange(20.0))] * 2
-                                            + [pa.array(np.arange(20) % 2)],
-                                            names=["x1", "x1", "y"]), t / "d.parquet")
-        return (_spec(t, _XGB, f"{{source: '{t}/d.parquet', target: y}}"), [],
-                "has the column 'x1' more than once")
+        pq.write_table(
+            pa.Table.from_arrays(
+                [pa.array(np.arange(20.0))] * 2 + [pa.array(np.arange(20) % 2)],
+                names=["x1", "x1", "y"],
+            ),
+            t / "d.parquet",
+        )
+        return (
+            _spec(t, _XGB, f"{{source: '{t}/d.parquet', target: y}}"),
+            [],
+            "has the column 'x1' more than once",
+        )
     if case == "directory_without_data":
         (t / "dir").mkdir()
         (t / "dir" / "readme.txt").write_text("hello")
-        return (_spec(t, _XGB, f"{{source: '{t}/dir', target: y}}"), [],
-                "holds no parquet or CSV files (1 other file skipped)")
+        return (
+            _spec(t, _XGB, f"{{source: '{t}/dir', target: y}}"),
+            [],
+            "holds no parquet or CSV files (1 other file skipped)",
+        )
     if case == "http_source":
-        return (_spec(t, _XGB, "{source: 'https://example.com/d.csv', target: y}"), [],
-                "the 'https' protocol is not allowed by default")
+        return (
+            _spec(t, _XGB, "{source: 'https://example.com/d.csv', target: y}"),
+            [],
+            "the 'https' protocol is not allowed by default",
+        )
     if case == "output_is_a_file":
         (t / "afile").write_text("")
-        return (_spec(t, _XGB, "{source: 'builtin:iris', target: target}"),
-                ["--output", str(t / "afile")], "--output: ")
+        return (
+            _spec(t, _XGB, "{source: 'builtin:iris', target: target}"),
+            ["--output", str(t / "afile")],
+            "--output: ",
+        )
     if case == "output_dir_url":
-        return (_spec(t, _XGB, "{source: 'builtin:iris', target: target}",
-                      "output: {dir: 's3://bucket/runs'}\n"), [],
-                "output.dir must be a local path")
+        return (
+            _spec(
+                t,
+                _XGB,
+                "{source: 'builtin:iris', target: target}",
+                "output: {dir: 's3://bucket/runs'}\n",
+            ),
+            [],
+            "output.dir must be a local path",
+        )
     if case == "huge_n_estimators":
-        return (_spec(t, "kind: sklearn\nmodel: {estimator: random_forest_classifier, "
-                         "params: {n_estimators: 1000000000000}}",
-                      "{source: 'builtin:iris', target: target}"), [],
-                "model.params.n_estimators must be a whole number")
+        return (
+            _spec(
+                t,
+                "kind: sklearn\nmodel: {estimator: random_forest_classifier, "
+                "params: {n_estimators: 1000000000000}}",
+                "{source: 'builtin:iris', target: target}",
+            ),
+            [],
+            "model.params.n_estimators must be a whole number",
+        )
     raise AssertionError(case)
 
 
-CASES = ["empty_csv", "empty_parquet", "string_target_regressor", "single_class_sklearn",
-         "single_class_xgboost", "cv_class_too_small", "duplicate_csv", "duplicate_parquet",
-         "directory_without_data", "http_source", "output_is_a_file", "output_dir_url",
-         "huge_n_estimators"]
+CASES = [
+    "empty_csv",
+    "empty_parquet",
+    "string_target_regressor",
+    "single_class_sklearn",
+    "single_class_xgboost",
+    "cv_class_too_small",
+    "duplicate_csv",
+    "duplicate_parquet",
+    "directory_without_data",
+    "http_source",
+    "output_is_a_file",
+    "output_dir_url",
+    "huge_n_estimators",
+]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -140,9 +192,11 @@ def test_worker_data_error_is_one_sentence(tmp_path, capsys, monkeypatch):
     assert main(["run", spec, "--output", str(out_dir), "--progress", "off"]) == 2
     text = capsys.readouterr().err
     err = [ln for ln in text.splitlines() if ln.startswith("distml: error")]
-    assert len(err) == 1 and err[0].startswith(
-        "distml: error: data.target: column 'y' has dtype ") and err[0].endswith(
-        "but a regression target must be numeric"), err
+    assert (
+        len(err) == 1
+        and err[0].startswith("distml: error: data.target: column 'y' has dtype ")
+        and err[0].endswith("but a regression target must be numeric")
+    ), err
     assert "\x1b" not in text and "Traceback" not in text and "RayTaskError" not in text
     manifest = json.loads(next(out_dir.rglob("manifest.json")).read_text())
     assert manifest["status"] == "failed" and manifest["error"]["type"] == "DataError"
@@ -151,6 +205,7 @@ def test_worker_data_error_is_one_sentence(tmp_path, capsys, monkeypatch):
 
 
 # ------------------------------------------------------------------ validate ≡ run (property)
+
 
 @st.composite
 def _bad_jobs(draw):
@@ -165,9 +220,13 @@ def _bad_jobs(draw):
 
 def _make(tmp, rows, target, model, split, defects, fmt) -> dict:
     i = np.arange(rows)
-    y = {"float": i * 1.5, "two": i % 2, "one_class": np.array(["a"] * rows, dtype=object),
-         "strings": np.array([f"s{k % 3}" for k in i], dtype=object),
-         "rare": np.array(["a"] * (rows - 1) + ["b"] if rows else [], dtype=object)}[target]
+    y = {
+        "float": i * 1.5,
+        "two": i % 2,
+        "one_class": np.array(["a"] * rows, dtype=object),
+        "strings": np.array([f"s{k % 3}" for k in i], dtype=object),
+        "rare": np.array(["a"] * (rows - 1) + ["b"] if rows else [], dtype=object),
+    }[target]
     frame = pd.DataFrame({"x1": i * 0.5, "x2": (i * 7) % 5, "y": y})
     if "nan" in defects and rows:
         frame["y"] = frame["y"].astype(object)
@@ -179,18 +238,29 @@ def _make(tmp, rows, target, model, split, defects, fmt) -> dict:
         frame.to_csv(path, index=False)
     else:
         frame.to_parquet(path)
-    data = {"source": str(path), "target": "label" if "missing_target" in defects else "y",
-            "split": {"default": {"valid": 0.25}, "none": "none", "cv2": {"cv": 2},
-                      "cv3_plain": {"cv": 3, "stratify": False}}[split]}
+    data = {
+        "source": str(path),
+        "target": "label" if "missing_target" in defects else "y",
+        "split": {
+            "default": {"valid": 0.25},
+            "none": "none",
+            "cv2": {"cv": 2},
+            "cv3_plain": {"cv": 3, "stratify": False},
+        }[split],
+    }
     if model == "xgboost":
-        return {"name": "prop", "kind": "xgboost", "data": data,
-                "model": {"num_boost_round": 3}}
+        return {"name": "prop", "kind": "xgboost", "data": data, "model": {"num_boost_round": 3}}
     return {"name": "prop", "kind": "sklearn", "data": data, "model": {"estimator": model}}
 
 
 @pytest.mark.usefixtures("ray_cluster")
-@settings(max_examples=16, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=16,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(job=_bad_jobs())
 def test_validate_rejects_exactly_what_run_rejects(tmp_path_factory, monkeypatch, job):
     """Generated bad data: if ``validate`` accepts, the run succeeds; if it refuses, the run

@@ -23,20 +23,34 @@ EXAMPLES = sorted(glob.glob(os.path.join(ROOT, "jobs", "*.yaml")))
 
 
 def _py(code: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})}, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=ROOT,
+    )
 
 
 def _cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "distml", *args], capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})}, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "distml", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=ROOT,
+    )
 
 
 def test_help_and_validate_import_no_heavy_modules():
-    code = ("import sys; from distml.cli import main\n"
-            "rc = main(['validate', 'jobs/quickstart.yaml'])\n"
-            "heavy = [m for m in ('ray', 'xgboost', 'torch', 'dask') if m in sys.modules]\n"
-            "print(rc, heavy)")
+    code = (
+        "import sys; from distml.cli import main\n"
+        "rc = main(['validate', 'jobs/quickstart.yaml'])\n"
+        "heavy = [m for m in ('ray', 'xgboost', 'torch', 'dask') if m in sys.modules]\n"
+        "print(rc, heavy)"
+    )
     out = _py(code)
     assert out.stdout.strip().splitlines()[-1] == "0 []", out.stderr
     out = _cli("--help")
@@ -46,21 +60,34 @@ def test_help_and_validate_import_no_heavy_modules():
 def test_validate_exit_codes(tmp_path, capsys):
     assert main(["validate", f"{ROOT}/jobs/quickstart.yaml"]) == 0
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: x\nkind: xgboost\ndata: {source: builtin:iris, target: target, "
-                   "split: {valid: 1.5}}\n")
+    bad.write_text(
+        "name: x\nkind: xgboost\ndata: {source: builtin:iris, target: target, "
+        "split: {valid: 1.5}}\n"
+    )
     assert main(["validate", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "data.split.valid must be < 1; got 1.5" in err and "Traceback" not in err
-    assert main(["validate", f"{ROOT}/jobs/quickstart.yaml", "--set", "model.num_boost_round=0",
-                 "--json"]) == 2
+    assert (
+        main(
+            [
+                "validate",
+                f"{ROOT}/jobs/quickstart.yaml",
+                "--set",
+                "model.num_boost_round=0",
+                "--json",
+            ]
+        )
+        == 2
+    )
     out = capsys.readouterr().out
     payload = json.loads(out)
     assert payload["status"] == "failed" and payload["error"]["exit_code"] == 2
     assert "model.num_boost_round" in payload["error"]["message"]
 
 
-@pytest.mark.parametrize("case", ["missing", "truncated", "not_parquet", "missing_column",
-                                  "nan_target", "wrong_dtype"])
+@pytest.mark.parametrize(
+    "case", ["missing", "truncated", "not_parquet", "missing_column", "nan_target", "wrong_dtype"]
+)
 def test_bad_data_exits_2_and_writes_nothing(tmp_path, capsys, case):
     """RELIABILITY.md T5 through the CLI: exit 2, a message naming file/column, no _SUCCESS."""
     rng = np.random.default_rng(0)
@@ -107,24 +134,53 @@ def test_unreachable_address_exits_3_fast(tmp_path):
     """RELIABILITY.md T8: exit 3 within 15 s naming the address and where it came from."""
     port = _closed_port()
     t0 = time.monotonic()
-    out = _cli("run", "jobs/quickstart.yaml", "--address", f"127.0.0.1:{port}", "--json",
-               "--output", str(tmp_path))
+    out = _cli(
+        "run",
+        "jobs/quickstart.yaml",
+        "--address",
+        f"127.0.0.1:{port}",
+        "--json",
+        "--output",
+        str(tmp_path),
+    )
     assert time.monotonic() - t0 < 15
     assert out.returncode == 3, out.stderr
     err = json.loads(out.stdout)["error"]["message"]
     assert f"127.0.0.1:{port}" in err and "--address" in err
-    out = _cli("run", "jobs/quickstart.yaml", "--output", str(tmp_path),
-               env={"RAY_ADDRESS": f"127.0.0.1:{port}"})
+    out = _cli(
+        "run",
+        "jobs/quickstart.yaml",
+        "--output",
+        str(tmp_path),
+        env={"RAY_ADDRESS": f"127.0.0.1:{port}"},
+    )
     assert out.returncode == 3 and "RAY_ADDRESS" in out.stderr and "Traceback" not in out.stderr
-    out = _cli("run", "jobs/quickstart.yaml", "--address", "http://127.0.0.1:8265",
-               "--output", str(tmp_path))
+    out = _cli(
+        "run",
+        "jobs/quickstart.yaml",
+        "--address",
+        "http://127.0.0.1:8265",
+        "--output",
+        str(tmp_path),
+    )
     assert out.returncode == 3 and "distml submit" in out.stderr
 
 
 @pytest.mark.usefixtures("ray_cluster")
 def test_run_json_prints_one_object(tmp_path, capfd):
-    rc = main(["run", f"{ROOT}/jobs/quickstart.yaml", "--output", str(tmp_path), "--json",
-               "--set", "model.num_boost_round=5", "--run-id", "j1"])
+    rc = main(
+        [
+            "run",
+            f"{ROOT}/jobs/quickstart.yaml",
+            "--output",
+            str(tmp_path),
+            "--json",
+            "--set",
+            "model.num_boost_round=5",
+            "--run-id",
+            "j1",
+        ]
+    )
     cap = capfd.readouterr()
     assert rc == 0
     payload = json.loads(cap.out)  # exactly one JSON document, nothing else on stdout
@@ -132,8 +188,22 @@ def test_run_json_prints_one_object(tmp_path, capfd):
     assert payload["metrics"]["valid"]["roc_auc"] > 0.9
     assert os.path.isfile(os.path.join(payload["run_dir"], "_SUCCESS"))
     # rerun: no-op reporting the stored result
-    assert main(["run", f"{ROOT}/jobs/quickstart.yaml", "--output", str(tmp_path), "--json",
-                 "--set", "model.num_boost_round=5", "--run-id", "j1"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                f"{ROOT}/jobs/quickstart.yaml",
+                "--output",
+                str(tmp_path),
+                "--json",
+                "--set",
+                "model.num_boost_round=5",
+                "--run-id",
+                "j1",
+            ]
+        )
+        == 0
+    )
     again = json.loads(capfd.readouterr().out)
     assert again["reused"] and again["metrics"] == payload["metrics"]
     assert main(["run", f"{ROOT}/jobs/quickstart.yaml", "--run-id", "../escape"]) == 2
@@ -147,8 +217,8 @@ _SINGLE_MODEL = ["coefficients", "fit_statistics"]
 REPORT_SECTIONS = {
     "kmeans_out_of_core.yaml": ["cluster_sizes", "cluster_centers", "pass_history"],
     # the winner (scikit-learn logistic regression) is the run's model, then the ladder's own
-    "ladder_breast_cancer.yaml": _SUPERVISED + ["feature_importance", "ladder_folds",
-                                                "ladder_differences", "ladder_cost"],
+    "ladder_breast_cancer.yaml": _SUPERVISED
+    + ["feature_importance", "ladder_folds", "ladder_differences", "ladder_cost"],
     "lightgbm_breast_cancer.yaml": _SUPERVISED + ["learning_curve", "feature_importance"],
     "pca_out_of_core.yaml": ["scree", "loadings"],
     "quickstart.yaml": _SUPERVISED + ["learning_curve", "feature_importance"],
@@ -173,8 +243,13 @@ def test_every_example_spec_runs(tmp_path, path):
     r = distml.run(path, output=tmp_path)
     assert r.status == "succeeded" and (r.run_dir / "_SUCCESS").is_file()
     # every run writes report.html with the sections its kind and tables call for
-    expected = ["overview", "metrics", *REPORT_SECTIONS[os.path.basename(path)], "artifacts",
-                "provenance"]
+    expected = [
+        "overview",
+        "metrics",
+        *REPORT_SECTIONS[os.path.basename(path)],
+        "artifacts",
+        "provenance",
+    ]
     report = r.manifest["report"]
     assert report["sections"] == expected and "section_errors" not in report
     page = (r.run_dir / "report.html").read_text()
@@ -189,8 +264,16 @@ def test_every_example_spec_runs(tmp_path, path):
 @pytest.mark.allow_local_ray
 def test_cli_starts_and_stops_its_own_local_cluster(tmp_path):
     """The README path: no address → a private single-node Ray, shut down after."""
-    out = _cli("run", "jobs/quickstart.yaml", "--output", str(tmp_path), "--json",
-               "--set", "model.num_boost_round=10", timeout=300)
+    out = _cli(
+        "run",
+        "jobs/quickstart.yaml",
+        "--output",
+        str(tmp_path),
+        "--json",
+        "--set",
+        "model.num_boost_round=10",
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     payload = json.loads(out.stdout)
     manifest = json.loads(open(os.path.join(payload["run_dir"], "manifest.json")).read())
@@ -210,16 +293,34 @@ def test_xgboost_rejects_unusable_feature_names(tmp_path, capsys):
 def test_schema_and_data_generate(tmp_path, capsys):
     assert main(["schema"]) == 0
     schema = json.loads(capsys.readouterr().out)
-    assert {"xgboost", "sklearn"} <= {m["properties"]["kind"]["const"]
-                                      for m in schema["$defs"].values()
-                                      if "kind" in m.get("properties", {})
-                                      and "const" in m["properties"]["kind"]}
+    assert {"xgboost", "sklearn"} <= {
+        m["properties"]["kind"]["const"]
+        for m in schema["$defs"].values()
+        if "kind" in m.get("properties", {}) and "const" in m["properties"]["kind"]
+    }
     out = tmp_path / "gen"
-    assert main(["data", "generate", "synthetic:classification?features=4&seed=3",
-                 "--rows", "5000", "--files", "3", "--output", str(out), "--json"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "generate",
+                "synthetic:classification?features=4&seed=3",
+                "--rows",
+                "5000",
+                "--files",
+                "3",
+                "--output",
+                str(out),
+                "--json",
+            ]
+        )
+        == 0
+    )
     payload = json.loads(capsys.readouterr().out)
     assert payload["rows"] == 5000 and len(payload["files"]) == 3
     frame = pd.read_parquet(out)
     assert len(frame) == 5000 and set(frame.columns) == {"x0", "x1", "x2", "x3", "target"}
-    assert main(["data", "generate", "synthetic:nope", "--rows", "5", "--output",
-                 str(tmp_path / "x")]) == 2
+    assert (
+        main(["data", "generate", "synthetic:nope", "--rows", "5", "--output", str(tmp_path / "x")])
+        == 2
+    )

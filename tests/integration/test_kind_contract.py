@@ -51,12 +51,13 @@ def test_example_runs_and_its_declared_abilities_work(finished, tmp_path):
     p = distml.predict(r.run_dir, source, tmp_path / "scores")
     assert p.status == "succeeded" and p.rows > 0
     scored = pd.read_parquet(tmp_path / "scores").reset_index(drop=True)
-    from distml.scoring import load_predictor
     from distml.runtime.data import read_frame
+    from distml.scoring import load_predictor
 
     predictor = load_predictor(r.run_dir)
     frame = read_frame(source)
     assert len(scored) == len(frame) == p.rows
     direct = predictor.score(frame).reset_index(drop=True)
-    pd.testing.assert_frame_equal(scored[list(direct.columns)], direct, check_dtype=False,
-                                  rtol=1e-12, atol=0)
+    pd.testing.assert_frame_equal(
+        scored[list(direct.columns)], direct, check_dtype=False, rtol=1e-12, atol=0
+    )

@@ -34,16 +34,19 @@ def blobs(tmp_path_factory):
 
 
 def _spec(source, **model):
-    return {"name": "km-test", "kind": "kmeans",
-            "data": {"source": str(source), "exclude": ["target"]},
-            "model": {"n_clusters": 6, "batch_size": 2048, "n_init": 3, "seed": 0, **model}}
+    return {
+        "name": "km-test",
+        "kind": "kmeans",
+        "data": {"source": str(source), "exclude": ["target"]},
+        "model": {"n_clusters": 6, "batch_size": 2048, "n_init": 3, "seed": 0, **model},
+    }
 
 
 def _inertia(X, centers):
     from sklearn.metrics import pairwise_distances_argmin_min
 
     labels, dist = pairwise_distances_argmin_min(X, centers)
-    return labels, float((dist ** 2).sum())
+    return labels, float((dist**2).sum())
 
 
 def _match(a, b):
@@ -96,15 +99,13 @@ def test_scale_and_refine_passes(tmp_path, blobs):
     from sklearn.preprocessing import StandardScaler
 
     path, df = blobs
-    r = distml.run(_spec(path, scale=True, max_passes=2, tol=0.0, refine_passes=3),
-                   output=tmp_path)
+    r = distml.run(_spec(path, scale=True, max_passes=2, tol=0.0, refine_passes=3), output=tmp_path)
     X = df[FEATS].to_numpy()
     scaler = StandardScaler().fit(X)
     Xs = scaler.transform(X)
     # centres are reported in input units; the inertia is in the scaled space it was fitted in
     C_in = r.tables["centers"][FEATS].to_numpy()
-    assert r.metrics["inertia"] == pytest.approx(_inertia(Xs, scaler.transform(C_in))[1],
-                                                 rel=1e-9)
+    assert r.metrics["inertia"] == pytest.approx(_inertia(Xs, scaler.transform(C_in))[1], rel=1e-9)
     full = KMeans(6, n_init=3, random_state=0).fit(Xs)
     assert r.metrics["inertia"] == pytest.approx(full.inertia_, rel=0.01)
     assert r.metrics["passes"] == 2 and 1 <= r.metrics["refine_passes"] <= 3
@@ -139,6 +140,14 @@ def test_bad_rows_fail_the_job_with_a_data_error(tmp_path):
 
     pq.write_table(pa.table({"a": df["a"].to_numpy(), "b": df["b"].to_numpy()}), path)
     with pytest.raises(distml.DataError, match="column 'b' has NaN or infinite values"):
-        distml.run({"name": "bad", "kind": "kmeans", "data": {"source": str(path)},
-                    "model": {"n_clusters": 2}}, output=tmp_path / "runs", run_id="r1")
+        distml.run(
+            {
+                "name": "bad",
+                "kind": "kmeans",
+                "data": {"source": str(path)},
+                "model": {"n_clusters": 2},
+            },
+            output=tmp_path / "runs",
+            run_id="r1",
+        )
     assert not (tmp_path / "runs" / "bad" / "r1" / "_SUCCESS").exists()

@@ -20,27 +20,54 @@ from distml.report._run import RunView
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
-DATA = {"source": "builtin:breast_cancer", "target": "target",
-        "split": {"cv": 5, "stratify": True, "seed": 3}}
-BASELINE = {"name": "baseline", "kind": "sklearn",
-            "model": {"estimator": "sklearn.dummy.DummyClassifier"}}
-FOREST = {"name": "forest", "kind": "sklearn",
-          "model": {"estimator": "random_forest_classifier",
-                    "params": {"n_estimators": 30, "random_state": 0}}}
+DATA = {
+    "source": "builtin:breast_cancer",
+    "target": "target",
+    "split": {"cv": 5, "stratify": True, "seed": 3},
+}
+BASELINE = {
+    "name": "baseline",
+    "kind": "sklearn",
+    "model": {"estimator": "sklearn.dummy.DummyClassifier"},
+}
+FOREST = {
+    "name": "forest",
+    "kind": "sklearn",
+    "model": {
+        "estimator": "random_forest_classifier",
+        "params": {"n_estimators": 30, "random_state": 0},
+    },
+}
 
 
 @pytest.fixture(scope="module")
 def four_rungs(tmp_path_factory):
-    spec = {"name": "ladder-4", "kind": "ladder", "data": DATA,
-            "ladder": {"metric": "roc_auc", "promote": {"alpha": 0.05, "min_gain": 0.001},
-                       "candidates": [
-                           BASELINE,
-                           {"name": "glm", "kind": "statsmodels", "model": {
-                               "method": "logit",
-                               "formula": "target ~ worst_radius + worst_texture"}},
-                           FOREST,
-                           {"name": "gbm", "kind": "xgboost", "model": {
-                               "params": {"max_depth": 3}, "num_boost_round": 30}}]}}
+    spec = {
+        "name": "ladder-4",
+        "kind": "ladder",
+        "data": DATA,
+        "ladder": {
+            "metric": "roc_auc",
+            "promote": {"alpha": 0.05, "min_gain": 0.001},
+            "candidates": [
+                BASELINE,
+                {
+                    "name": "glm",
+                    "kind": "statsmodels",
+                    "model": {
+                        "method": "logit",
+                        "formula": "target ~ worst_radius + worst_texture",
+                    },
+                },
+                FOREST,
+                {
+                    "name": "gbm",
+                    "kind": "xgboost",
+                    "model": {"params": {"max_depth": 3}, "num_boost_round": 30},
+                },
+            ],
+        },
+    }
     return distml.run(spec, output=tmp_path_factory.mktemp("ladder4"))
 
 
@@ -56,8 +83,9 @@ def test_every_candidate_on_the_same_folds_as_a_plain_sklearn_loop(four_rungs):
     assert long.groupby("candidate")["fold"].apply(sorted).map(tuple).nunique() == 1
     X, y = load_breast_cancer(return_X_y=True)
     cv = StratifiedKFold(n_splits=5, shuffle=True, random_state=3)
-    ref = cross_val_score(RandomForestClassifier(n_estimators=30, random_state=0), X, y, cv=cv,
-                          scoring="roc_auc")
+    ref = cross_val_score(
+        RandomForestClassifier(n_estimators=30, random_state=0), X, y, cv=cv, scoring="roc_auc"
+    )
     mine = long[long["candidate"] == "forest"].sort_values("fold")["value"].to_numpy()
     assert mine.tolist() == pytest.approx(ref.tolist(), abs=1e-12)
     assert (long["n_test"] + long["n_train"] == len(y)).all()
@@ -74,8 +102,14 @@ def test_the_summary_is_the_corrected_test_of_the_fold_table(four_rungs):
     for row in compared.itertuples():
         d = wide[row.candidate] - wide[row.incumbent]
         t = stats.corrected_ttest(d.to_numpy(), n_train, n_test, min_gain=0.001)
-        assert (row.mean_diff, row.se, row.t, row.p_value, row.ci_low, row.ci_high) == \
-            pytest.approx((t.mean, t.se, t.t, t.p_value, t.ci_low, t.ci_high))
+        assert (
+            row.mean_diff,
+            row.se,
+            row.t,
+            row.p_value,
+            row.ci_low,
+            row.ci_high,
+        ) == pytest.approx((t.mean, t.se, t.t, t.p_value, t.ci_low, t.ci_high))
         raw.append(t.p_value)
     assert compared["p_adjusted"].tolist() == pytest.approx(stats.holm(raw).tolist())
     # the incumbent of each rung is the last promoted rung below it (or the base)
@@ -98,11 +132,17 @@ def test_the_winner_is_the_runs_model(four_rungs):
     assert r.metrics["winner"] == winner and r.metrics["ladder"]["winner"] == winner
     assert r.metrics["ladder"]["metric"] == "roc_auc" and r.metrics["ladder"]["mode"] == "max"
     mine = r.tables["ladder_summary"].query("winner").iloc[0]
-    assert r.metrics["cv"] == {"mean": {"roc_auc": pytest.approx(mine["mean"])},
-                               "std": {"roc_auc": pytest.approx(mine["std"])}}
+    assert r.metrics["cv"] == {
+        "mean": {"roc_auc": pytest.approx(mine["mean"])},
+        "std": {"roc_auc": pytest.approx(mine["std"])},
+    }
     assert f"cv: roc_auc={mine['mean']:.4g}" in r.summary()
     assert [x["candidate"] for x in r.metrics["ladder"]["rungs"]] == [
-        "baseline", "glm", "forest", "gbm"]
+        "baseline",
+        "glm",
+        "forest",
+        "gbm",
+    ]
     saved = json.loads((r.run_dir / "model" / "ladder_winner.json").read_text())
     kind = saved["kind"]
     assert saved["name"] == winner and saved["spec"]["kind"] == kind
@@ -143,14 +183,27 @@ def with_failures(tmp_path_factory):
     def missing(purpose: str = "kind torch") -> None:
         raise MissingDependency.for_extra("torch", "torch", purpose)
 
-    spec = {"name": "ladder-fail", "kind": "ladder", "data": DATA,
-            "ladder": {"metric": "accuracy", "candidates": [
+    spec = {
+        "name": "ladder-fail",
+        "kind": "ladder",
+        "data": DATA,
+        "ladder": {
+            "metric": "accuracy",
+            "candidates": [
                 BASELINE,
-                {"name": "broken", "kind": "sklearn", "model": {
-                    "estimator": "logistic_regression",
-                    "params": {"penalty": "elasticnet", "solver": "liblinear"}}},
+                {
+                    "name": "broken",
+                    "kind": "sklearn",
+                    "model": {
+                        "estimator": "logistic_regression",
+                        "params": {"penalty": "elasticnet", "solver": "liblinear"},
+                    },
+                },
                 {"name": "mlp", "kind": "torch", "model": {"hidden": [8], "epochs": 2}},
-                FOREST]}}
+                FOREST,
+            ],
+        },
+    }
     mp = pytest.MonkeyPatch()
     mp.setattr(torch_kind, "require_torch", missing)
     try:
@@ -199,9 +252,11 @@ def test_predict_delegates_to_the_winners_kind(with_failures, monkeypatch):
     assert seen["manifest"]["kind"] == "sklearn"
 
 
-@pytest.mark.skipif(not hasattr(kind_module("sklearn").Job, "load_predictor"),
-                    reason="distml predict asks a kind's Job.load_predictor once the lead's "
-                           "predict refactor is merged")
+@pytest.mark.skipif(
+    not hasattr(kind_module("sklearn").Job, "load_predictor"),
+    reason="distml predict asks a kind's Job.load_predictor once the lead's "
+    "predict refactor is merged",
+)
 def test_distml_predict_scores_with_the_winner(with_failures, tmp_path):
     from sklearn.datasets import load_breast_cancer
 
@@ -209,22 +264,34 @@ def test_distml_predict_scores_with_the_winner(with_failures, tmp_path):
     frame.columns = [c.replace(" ", "_") for c in frame.columns]
     frame.to_parquet(tmp_path / "in.parquet")
     p = distml.predict(with_failures.run_dir, str(tmp_path / "in.parquet"), tmp_path / "out")
-    scored = pd.concat([pd.read_parquet(f) for f in sorted((tmp_path / "out").glob("part-*"))],
-                       ignore_index=True)
+    scored = pd.concat(
+        [pd.read_parquet(f) for f in sorted((tmp_path / "out").glob("part-*"))], ignore_index=True
+    )
     assert p.rows == len(frame)
     ref = with_failures.tables["predictions"].sort_values("row")
     assert np.allclose(scored["proba_1"].to_numpy(), ref["proba_1"].to_numpy())
 
 
 def test_all_rungs_failing_is_exit_4(tmp_path):
-    bad = {"kind": "sklearn", "model": {"estimator": "logistic_regression",
-                                        "params": {"penalty": "elasticnet",
-                                                   "solver": "liblinear"}}}
-    spec = {"name": "ladder-none", "kind": "ladder", "data": DATA,
-            "ladder": {"metric": "accuracy", "candidates": [{"name": "a", **bad},
-                                                            {"name": "b", **bad}]}}
-    with pytest.raises(JobFailed, match=r"every candidate of the ladder failed: a: .*elasticnet"
-                       ) as e:
+    bad = {
+        "kind": "sklearn",
+        "model": {
+            "estimator": "logistic_regression",
+            "params": {"penalty": "elasticnet", "solver": "liblinear"},
+        },
+    }
+    spec = {
+        "name": "ladder-none",
+        "kind": "ladder",
+        "data": DATA,
+        "ladder": {
+            "metric": "accuracy",
+            "candidates": [{"name": "a", **bad}, {"name": "b", **bad}],
+        },
+    }
+    with pytest.raises(
+        JobFailed, match=r"every candidate of the ladder failed: a: .*elasticnet"
+    ) as e:
         distml.run(spec, output=tmp_path)
     assert e.value.exit_code == 4
     (manifest,) = tmp_path.rglob("manifest.json")
@@ -233,15 +300,31 @@ def test_all_rungs_failing_is_exit_4(tmp_path):
 
 
 def test_a_candidates_search_runs_inside_each_fold_and_before_the_refit(tmp_path):
-    spec = {"name": "ladder-tuned", "kind": "ladder",
-            "data": {**DATA, "split": {"cv": 3, "seed": 5}},
-            "ladder": {"metric": "roc_auc", "candidates": [
+    spec = {
+        "name": "ladder-tuned",
+        "kind": "ladder",
+        "data": {**DATA, "split": {"cv": 3, "seed": 5}},
+        "ladder": {
+            "metric": "roc_auc",
+            "candidates": [
                 BASELINE,
-                {"name": "tree", "kind": "sklearn",
-                 "model": {"estimator": "decision_tree_classifier",
-                           "params": {"random_state": 0}},
-                 "tune": {"metric": "cv.roc_auc", "search": "grid", "seed": 2,
-                          "space": {"model.params.max_depth": {"grid": [1, 3, 5]}}}}]}}
+                {
+                    "name": "tree",
+                    "kind": "sklearn",
+                    "model": {
+                        "estimator": "decision_tree_classifier",
+                        "params": {"random_state": 0},
+                    },
+                    "tune": {
+                        "metric": "cv.roc_auc",
+                        "search": "grid",
+                        "seed": 2,
+                        "space": {"model.params.max_depth": {"grid": [1, 3, 5]}},
+                    },
+                },
+            ],
+        },
+    }
     r = distml.run(spec, output=tmp_path)
     long = r.tables["ladder"]
     tree = long[long["candidate"] == "tree"]
@@ -260,14 +343,28 @@ def test_a_candidates_search_runs_inside_each_fold_and_before_the_refit(tmp_path
 
 def test_auto_ladder_runs_and_the_manifest_says_which(tmp_path):
     rng = np.random.default_rng(4)
-    frame = pd.DataFrame({"a": rng.normal(size=150), "b": rng.normal(size=150),
-                          "c": rng.choice(["x", "y"], size=150)})
+    frame = pd.DataFrame(
+        {
+            "a": rng.normal(size=150),
+            "b": rng.normal(size=150),
+            "c": rng.choice(["x", "y"], size=150),
+        }
+    )
     frame["y"] = np.where(frame["a"] > 0, 2.0, -1.0) * frame["b"] + rng.normal(0, 0.3, 150)
     frame.to_parquet(tmp_path / "d.parquet")
-    r = distml.run({"name": "auto", "kind": "ladder",
-                    "data": {"source": str(tmp_path / "d.parquet"), "target": "y",
-                             "split": {"cv": 3, "seed": 0}},
-                    "ladder": {"metric": "rmse", "candidates": "auto"}}, output=tmp_path)
+    r = distml.run(
+        {
+            "name": "auto",
+            "kind": "ladder",
+            "data": {
+                "source": str(tmp_path / "d.parquet"),
+                "target": "y",
+                "split": {"cv": 3, "seed": 0},
+            },
+            "ladder": {"metric": "rmse", "candidates": "auto"},
+        },
+        output=tmp_path,
+    )
     info = r.manifest["ladder"]
     names = ["baseline", "glm", "forest", "gbm", "mlp"]
     assert info["auto"] is True and [c["name"] for c in info["candidates"]] == names

@@ -24,23 +24,29 @@ EXAMPLE = ROOT / "jobs" / "lightgbm_breast_cancer.yaml"
 SAME = {"num_threads": 1, "deterministic": True, "seed": 7, "verbosity": -1}
 
 
-def _plain(params: dict, X: pd.DataFrame, y: np.ndarray, parts: dict, rounds: int,
-           early: int | None = None):
+def _plain(
+    params: dict, X: pd.DataFrame, y: np.ndarray, parts: dict, rounds: int, early: int | None = None
+):
     """``lightgbm.train`` as a user would call it: the train split, early stopping on valid."""
     import lightgbm as lgb
 
     dtrain = lgb.Dataset(X.iloc[parts["train"]], label=y[parts["train"]])
     sets, names = [dtrain], ["train"]
     if "valid" in parts:
-        sets.append(lgb.Dataset(X.iloc[parts["valid"]], label=y[parts["valid"]],
-                                reference=dtrain))
+        sets.append(lgb.Dataset(X.iloc[parts["valid"]], label=y[parts["valid"]], reference=dtrain))
         names.append("valid")
     history: dict = {}
     callbacks = [lgb.record_evaluation(history)]
     if early:
         callbacks.append(lgb.early_stopping(early, verbose=False))
-    booster = lgb.train(params, dtrain, num_boost_round=rounds, valid_sets=sets,
-                        valid_names=names, callbacks=callbacks)
+    booster = lgb.train(
+        params,
+        dtrain,
+        num_boost_round=rounds,
+        valid_sets=sets,
+        valid_names=names,
+        callbacks=callbacks,
+    )
     return booster, history
 
 
@@ -49,22 +55,38 @@ def _test_rows(r, split: str = "test") -> pd.DataFrame:
     return p[p.split == split].sort_values("row")
 
 
-@pytest.mark.parametrize("builtin,objective,task", [
-    ("breast_cancer", "binary", "classification"),
-    ("iris", "multiclass", "classification"),
-    ("diabetes", "regression", "regression"),
-])
+@pytest.mark.parametrize(
+    "builtin,objective,task",
+    [
+        ("breast_cancer", "binary", "classification"),
+        ("iris", "multiclass", "classification"),
+        ("diabetes", "regression", "regression"),
+    ],
+)
 def test_fit_predictions_and_importance_equal_plain_lightgbm(tmp_path, builtin, objective, task):
     from distml.jobs.lightgbm import Job
 
-    params = {"objective": objective, "num_leaves": 7, "learning_rate": 0.1,
-              "bagging_fraction": 0.8, "bagging_freq": 1, "feature_fraction": 0.9, **SAME}
+    params = {
+        "objective": objective,
+        "num_leaves": 7,
+        "learning_rate": 0.1,
+        "bagging_fraction": 0.8,
+        "bagging_freq": 1,
+        "feature_fraction": 0.9,
+        **SAME,
+    }
     if objective == "multiclass":
         params["num_class"] = 3
-    spec = {"name": f"lgb-{builtin}", "kind": "lightgbm",
-            "data": {"source": f"builtin:{builtin}", "target": "target",
-                     "split": {"valid": 0.2, "test": 0.2, "seed": 5}},
-            "model": {"params": params, "num_boost_round": 25}}
+    spec = {
+        "name": f"lgb-{builtin}",
+        "kind": "lightgbm",
+        "data": {
+            "source": f"builtin:{builtin}",
+            "target": "target",
+            "split": {"valid": 0.2, "test": 0.2, "seed": 5},
+        },
+        "model": {"params": params, "num_boost_round": 25},
+    }
     r = distml.run(spec, output=tmp_path)
     assert r.status == "succeeded" and r.manifest["task"] == task
     import lightgbm as lgb
@@ -72,8 +94,9 @@ def test_fit_predictions_and_importance_equal_plain_lightgbm(tmp_path, builtin, 
     assert r.manifest["versions"]["lightgbm"] == lgb.__version__  # the kind declares its library
     df = load_builtin(builtin)
     X, y = df.drop(columns="target"), df["target"].to_numpy()
-    parts = split_indices(y, load_spec(spec).data.split_spec,
-                          classification=task == "classification")
+    parts = split_indices(
+        y, load_spec(spec).data.split_spec, classification=task == "classification"
+    )
     booster, history = _plain(params, X, y, parts, 25)
     rows = _test_rows(r)
     assert rows["row"].tolist() == sorted(parts["test"])
@@ -93,8 +116,9 @@ def test_fit_predictions_and_importance_equal_plain_lightgbm(tmp_path, builtin, 
     # importance: LightGBM's gain, in the feature order
     imp = r.tables["feature_importance"]
     assert imp["feature"].tolist() == list(X.columns)
-    np.testing.assert_array_equal(imp["importance"].to_numpy(),
-                                  booster.feature_importance(importance_type="gain"))
+    np.testing.assert_array_equal(
+        imp["importance"].to_numpy(), booster.feature_importance(importance_type="gain")
+    )
     # the saved model is LightGBM's text model and predicts the same
     text = (r.run_dir / "model" / "model.txt").read_text()
     assert text.startswith("tree\n")
@@ -105,15 +129,22 @@ def test_fit_predictions_and_importance_equal_plain_lightgbm(tmp_path, builtin, 
 
 
 def test_early_stopping_stops_where_lightgbm_stops(tmp_path):
-    spec = load_spec(EXAMPLE, {"model.params.num_threads": 1, "model.params.deterministic": True,
-                               "model.params.learning_rate": 0.3})
+    spec = load_spec(
+        EXAMPLE,
+        {
+            "model.params.num_threads": 1,
+            "model.params.deterministic": True,
+            "model.params.learning_rate": 0.3,
+        },
+    )
     r = distml.run(spec, output=tmp_path)
     df = load_builtin("breast_cancer")
     X, y = df.drop(columns="target"), df["target"].to_numpy()
     parts = split_indices(y, spec.data.split_spec, classification=True)
     params = {**spec.model.params, "verbosity": -1}
-    booster, history = _plain(params, X, y, parts, spec.model.num_boost_round,
-                              early=spec.model.early_stopping_rounds)
+    booster, history = _plain(
+        params, X, y, parts, spec.model.num_boost_round, early=spec.model.early_stopping_rounds
+    )
     rounds = len(history["valid"]["auc"])
     assert rounds < spec.model.num_boost_round  # it did stop early
     assert r.metrics["best_iteration"] == booster.best_iteration
@@ -122,9 +153,12 @@ def test_early_stopping_stops_where_lightgbm_stops(tmp_path):
     # the model (and every metric) is the best iteration's, as LightGBM predicts by default
     for split in ("valid", "test"):
         rows = _test_rows(r, split)
-        np.testing.assert_allclose(rows["proba_1"].to_numpy(),
-                                   booster.predict(X.iloc[rows["row"].to_numpy()]),
-                                   rtol=0, atol=1e-12)
+        np.testing.assert_allclose(
+            rows["proba_1"].to_numpy(),
+            booster.predict(X.iloc[rows["row"].to_numpy()]),
+            rtol=0,
+            atol=1e-12,
+        )
 
 
 def test_categorical_columns_are_native_categories(tmp_path):
@@ -135,10 +169,16 @@ def test_categorical_columns_are_native_categories(tmp_path):
     y = ((plan == "pro") | (x > 1)).astype(int)
     pd.DataFrame({"plan": plan, "x": x, "churned": y}).to_parquet(tmp_path / "d.parquet")
     params = {"objective": "binary", "min_data_in_leaf": 5, **SAME}
-    spec = {"name": "lgb-cat", "kind": "lightgbm",
-            "data": {"source": str(tmp_path / "d.parquet"), "target": "churned",
-                     "split": {"valid": 0.25, "seed": 2}},
-            "model": {"params": params, "num_boost_round": 15}}
+    spec = {
+        "name": "lgb-cat",
+        "kind": "lightgbm",
+        "data": {
+            "source": str(tmp_path / "d.parquet"),
+            "target": "churned",
+            "split": {"valid": 0.25, "seed": 2},
+        },
+        "model": {"params": params, "num_boost_round": 15},
+    }
     r = distml.run(spec, output=tmp_path / "runs")
     schema = json.loads((r.run_dir / "model" / "schema.json").read_text())
     assert schema["categorical"] == {"plan": ["basic", "plus", "pro"]}
@@ -148,8 +188,12 @@ def test_categorical_columns_are_native_categories(tmp_path):
     text = (r.run_dir / "model" / "model.txt").read_text()
     assert 'pandas_categorical:[["basic", "plus", "pro"]]' in text  # LightGBM's own categories
     rows = _test_rows(r, "valid")
-    np.testing.assert_allclose(rows["proba_1"].to_numpy(),
-                               booster.predict(X.iloc[rows["row"].to_numpy()]), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(
+        rows["proba_1"].to_numpy(),
+        booster.predict(X.iloc[rows["row"].to_numpy()]),
+        rtol=0,
+        atol=1e-12,
+    )
     assert r.metrics["valid"]["accuracy"] > 0.95
 
 
@@ -161,14 +205,27 @@ def test_distml_predict_equals_the_model(tmp_path, capfd):
     frame.insert(0, "row_id", np.arange(len(frame)))
     frame.iloc[:300].to_parquet(tmp_path / "a.parquet")
     frame.iloc[300:].to_parquet(tmp_path / "b.parquet")
-    code = main(["predict", str(r.run_dir), "--input", f"{tmp_path}/*.parquet", "--output",
-                 str(tmp_path / "scores"), "--keep", "row_id", "--json"])
+    code = main(
+        [
+            "predict",
+            str(r.run_dir),
+            "--input",
+            f"{tmp_path}/*.parquet",
+            "--output",
+            str(tmp_path / "scores"),
+            "--keep",
+            "row_id",
+            "--json",
+        ]
+    )
     payload = json.loads(capfd.readouterr().out)
     assert code == 0, payload
     assert payload["kind"] == "lightgbm" and payload["rows"] == len(frame)
     assert payload["columns"] == ["row_id", "prediction", "proba_0", "proba_1"]
-    out = pd.concat([pd.read_parquet(p) for p in sorted((tmp_path / "scores").glob("*.parquet"))],
-                    ignore_index=True)
+    out = pd.concat(
+        [pd.read_parquet(p) for p in sorted((tmp_path / "scores").glob("*.parquet"))],
+        ignore_index=True,
+    )
     assert out["row_id"].tolist() == frame["row_id"].tolist()
     booster = lgb.Booster(model_file=str(r.run_dir / "model" / "model.txt"))
     p1 = booster.predict(frame.drop(columns=["row_id"]))
@@ -191,7 +248,7 @@ def test_load_model_refuses_missing_and_damaged_files(tmp_path):
     (tmp_path / "model" / "model.txt").write_bytes(b"\xff\xfe not text")
     with pytest.raises(DataError, match="model/model.txt is unreadable"):
         Job.load_model(tmp_path, spec, schema)
-    (tmp_path / "model" / "model.txt").write_text("{\"not\": \"a model\"}")
+    (tmp_path / "model" / "model.txt").write_text('{"not": "a model"}')
     with pytest.raises(DataError, match="is not a LightGBM text model"):
         Job.load_model(tmp_path, spec, schema)
     (tmp_path / "model" / "model.txt").write_text("tree\nversion=v4\n")
@@ -199,8 +256,11 @@ def test_load_model_refuses_missing_and_damaged_files(tmp_path):
         Job.load_model(tmp_path, spec, schema)
     rng = np.random.default_rng(0)
     X = rng.normal(size=(60, 3))
-    booster = lgb.train({"objective": "binary", "verbosity": -1},
-                        lgb.Dataset(X, label=(X[:, 0] > 0).astype(int)), num_boost_round=2)
+    booster = lgb.train(
+        {"objective": "binary", "verbosity": -1},
+        lgb.Dataset(X, label=(X[:, 0] > 0).astype(int)),
+        num_boost_round=2,
+    )
     (tmp_path / "model" / "model.txt").write_text(booster.model_to_string())
     with pytest.raises(DataError, match="takes 3 features; model/schema.json lists 2"):
         Job.load_model(tmp_path, spec, schema)
@@ -219,16 +279,27 @@ class _Session:
         self.reports.append((iteration, dict(metrics), final))
 
 
-@pytest.mark.parametrize("metric,lgb_metric", [("valid.logloss", "binary_logloss"),
-                                               ("valid.roc_auc", "auc"),
-                                               ("valid.accuracy", "binary_error")])
+@pytest.mark.parametrize(
+    "metric,lgb_metric",
+    [
+        ("valid.logloss", "binary_logloss"),
+        ("valid.roc_auc", "auc"),
+        ("valid.accuracy", "binary_error"),
+    ],
+)
 def test_trial_reports_lightgbm_s_metric_every_round(metric, lgb_metric):
     """The per-round values a scheduler sees are LightGBM's own evaluation of each round."""
     from distml.jobs import kind_module
     from distml.runtime.data import validate_data
 
-    spec = load_spec(EXAMPLE, {"model.early_stopping_rounds": None, "model.num_boost_round": 12,
-                               "model.params.num_threads": 1})
+    spec = load_spec(
+        EXAMPLE,
+        {
+            "model.early_stopping_rounds": None,
+            "model.num_boost_round": 12,
+            "model.params.num_threads": 1,
+        },
+    )
     job = kind_module("lightgbm").Job(spec)
     data = job.tune_prepare(validate_data(spec.data, needs_target=True))
     session = _Session(metric)
@@ -248,14 +319,25 @@ def test_trial_reports_lightgbm_s_metric_every_round(metric, lgb_metric):
 
 
 def test_search_with_asha_stops_hopeless_trials_and_refits_the_best(tmp_path):
-    spec = {"name": "lgb-tune", "kind": "lightgbm",
-            "data": {"source": "builtin:breast_cancer", "target": "target",
-                     "split": {"valid": 0.25, "test": 0.2, "stratify": True, "seed": 1}},
-            "model": {"params": {"objective": "binary", "num_leaves": 7}, "num_boost_round": 30},
-            "tune": {"metric": "valid.logloss", "search": "grid", "scheduler": "asha",
-                     "grace_period": 5, "report_every": 5, "seed": 0,
-                     "space": {"model.params.learning_rate": {
-                         "grid": [0.3, 0.1, 0.00001, 0.000001]}}}}
+    spec = {
+        "name": "lgb-tune",
+        "kind": "lightgbm",
+        "data": {
+            "source": "builtin:breast_cancer",
+            "target": "target",
+            "split": {"valid": 0.25, "test": 0.2, "stratify": True, "seed": 1},
+        },
+        "model": {"params": {"objective": "binary", "num_leaves": 7}, "num_boost_round": 30},
+        "tune": {
+            "metric": "valid.logloss",
+            "search": "grid",
+            "scheduler": "asha",
+            "grace_period": 5,
+            "report_every": 5,
+            "seed": 0,
+            "space": {"model.params.learning_rate": {"grid": [0.3, 0.1, 0.00001, 0.000001]}},
+        },
+    }
     r = distml.run(spec, output=tmp_path)
     assert r.status == "succeeded"
     trials = r.tables["trials"]
@@ -274,11 +356,12 @@ def test_search_with_asha_stops_hopeless_trials_and_refits_the_best(tmp_path):
 def test_bad_parameters_exit_2_before_the_cluster_and_fit_errors_exit_4(tmp_path, capfd):
     spec = tmp_path / "s.yaml"
     out = tmp_path / "runs"
-    for override, field in [("model.params.objective=binary_nope", "model.params.objective"),
-                            ("model.params.num_leaves=1", "model.params.num_leaves"),
-                            ("model.params.n_estimators=50", "model.params.n_estimators"),
-                            ("model.params.early_stopping_round=5",
-                             "model.params.early_stopping_round")]:
+    for override, field in [
+        ("model.params.objective=binary_nope", "model.params.objective"),
+        ("model.params.num_leaves=1", "model.params.num_leaves"),
+        ("model.params.n_estimators=50", "model.params.n_estimators"),
+        ("model.params.early_stopping_round=5", "model.params.early_stopping_round"),
+    ]:
         code = main(["run", str(EXAMPLE), "--set", override, "--output", str(out), "--json"])
         cap = capfd.readouterr()
         message = json.loads(cap.out)["error"]["message"]
@@ -288,9 +371,12 @@ def test_bad_parameters_exit_2_before_the_cluster_and_fit_errors_exit_4(tmp_path
     # a value only the data can refuse: LightGBM's poisson objective and a negative target
     rng = np.random.default_rng(0)
     pd.DataFrame({"x": rng.normal(size=200), "y": rng.normal(size=200)}).to_parquet(
-        tmp_path / "neg.parquet")
-    spec.write_text(f"name: neg\nkind: lightgbm\ndata: {{source: '{tmp_path}/neg.parquet', "
-                    "target: y}\nmodel: {params: {objective: poisson}}\n")
+        tmp_path / "neg.parquet"
+    )
+    spec.write_text(
+        f"name: neg\nkind: lightgbm\ndata: {{source: '{tmp_path}/neg.parquet', "
+        "target: y}\nmodel: {params: {objective: poisson}}\n"
+    )
     code = main(["run", str(spec), "--output", str(out), "--json"])
     cap = capfd.readouterr()
     error = json.loads(cap.out)["error"]
@@ -305,10 +391,16 @@ def test_cross_validation_folds_equal_plain_lightgbm(tmp_path):
     from distml.runtime.data import cv_indices
 
     params = {"objective": "binary", "num_leaves": 7, **SAME}
-    spec = {"name": "lgb-cv", "kind": "lightgbm",
-            "data": {"source": "builtin:breast_cancer", "target": "target",
-                     "split": {"cv": 3, "test": 0.2, "seed": 4}},
-            "model": {"params": params, "num_boost_round": 20}}
+    spec = {
+        "name": "lgb-cv",
+        "kind": "lightgbm",
+        "data": {
+            "source": "builtin:breast_cancer",
+            "target": "target",
+            "split": {"cv": 3, "test": 0.2, "seed": 4},
+        },
+        "model": {"params": params, "num_boost_round": 20},
+    }
     r = distml.run(spec, output=tmp_path)
     assert r.manifest["execution"]["path"] == "cv_tasks"
     df = load_builtin("breast_cancer")
@@ -330,8 +422,11 @@ def test_unusable_column_names_and_a_missing_lightgbm_exit_2(tmp_path, monkeypat
     from distml.errors import DataError, MissingDependency
 
     pd.DataFrame({"a:b": [0.0, 1.0] * 20, "y": [0, 1] * 20}).to_parquet(tmp_path / "d.parquet")
-    spec = {"name": "cols", "kind": "lightgbm",
-            "data": {"source": str(tmp_path / "d.parquet"), "target": "y"}}
+    spec = {
+        "name": "cols",
+        "kind": "lightgbm",
+        "data": {"source": str(tmp_path / "d.parquet"), "target": "y"},
+    }
     with pytest.raises(DataError, match=r"data.features: column 'a:b' has a name LightGBM"):
         distml.validate(spec)
     monkeypatch.setitem(sys.modules, "lightgbm", None)  # as if the extra were not installed
@@ -346,8 +441,14 @@ def test_retried_trial_continues_from_its_checkpoint():
     from distml.runtime.data import validate_data
     from distml.tune.session import Restored
 
-    spec = load_spec(EXAMPLE, {"model.early_stopping_rounds": None, "model.num_boost_round": 12,
-                               "model.params.num_threads": 1})
+    spec = load_spec(
+        EXAMPLE,
+        {
+            "model.early_stopping_rounds": None,
+            "model.num_boost_round": 12,
+            "model.params.num_threads": 1,
+        },
+    )
     job = kind_module("lightgbm").Job(spec)
     data = job.tune_prepare(validate_data(spec.data, needs_target=True))
     whole, saved = _Session("valid.logloss"), {}
@@ -368,7 +469,8 @@ def test_retried_trial_continues_from_its_checkpoint():
     assert [it for it, _ in again] == list(range(7, 13))
     np.testing.assert_allclose([v for _, v in again], [v for _, v in first], rtol=1e-9)
     assert retry.reports[-1][1]["valid.logloss"] == pytest.approx(
-        whole.reports[-1][1]["valid.logloss"], rel=1e-9)
+        whole.reports[-1][1]["valid.logloss"], rel=1e-9
+    )
 
 
 @pytest.mark.parametrize("first_metric_only", [False, True])
@@ -381,8 +483,14 @@ def test_trial_under_early_stopping_stops_where_lightgbm_stops(first_metric_only
     from distml.jobs import kind_module
     from distml.runtime.data import validate_data
 
-    spec = load_spec(EXAMPLE, {"model.params.num_threads": 1, "model.params.learning_rate": 0.3,
-                               "model.params.first_metric_only": first_metric_only})
+    spec = load_spec(
+        EXAMPLE,
+        {
+            "model.params.num_threads": 1,
+            "model.params.learning_rate": 0.3,
+            "model.params.first_metric_only": first_metric_only,
+        },
+    )
     job = kind_module("lightgbm").Job(spec)
     data = job.tune_prepare(validate_data(spec.data, needs_target=True))
     session = _Session("valid.accuracy")  # binary_error: not in the example's params.metric
@@ -390,12 +498,20 @@ def test_trial_under_early_stopping_stops_where_lightgbm_stops(first_metric_only
     df = load_builtin("breast_cancer")
     X, y = df.drop(columns="target"), df["target"].to_numpy()
     parts = data.parts
-    params = {**spec.model.params, "verbosity": -1,
-              "early_stopping_round": spec.model.early_stopping_rounds}
+    params = {
+        **spec.model.params,
+        "verbosity": -1,
+        "early_stopping_round": spec.model.early_stopping_rounds,
+    }
     dtrain = lgb.Dataset(X.iloc[parts["train"]], label=y[parts["train"]])
     dvalid = lgb.Dataset(X.iloc[parts["valid"]], label=y[parts["valid"]], reference=dtrain)
-    booster = lgb.train(params, dtrain, spec.model.num_boost_round, valid_sets=[dtrain, dvalid],
-                        valid_names=["train", "valid"])
+    booster = lgb.train(
+        params,
+        dtrain,
+        spec.model.num_boost_round,
+        valid_sets=[dtrain, dvalid],
+        valid_names=["train", "valid"],
+    )
     final = session.reports[-1]
     assert final[2] and final[1]["best_iteration"] == booster.best_iteration
     rounds = [it for it, _, last in session.reports if not last]

@@ -31,26 +31,44 @@ def blobs(tmp_path_factory):
 
 
 def _spec(source, **model):
-    return {"name": "pca-test", "kind": "pca",
-            "data": {"source": str(source), "exclude": ["target"]}, "model": model}
+    return {
+        "name": "pca-test",
+        "kind": "pca",
+        "data": {"source": str(source), "exclude": ["target"]},
+        "model": model,
+    }
 
 
 def test_exact_matches_sklearn_pca(tmp_path, blobs):
     from sklearn.decomposition import PCA
 
     path, df = blobs
-    r = distml.run(_spec(path, n_components=4, whiten=True, transform=True,
-                         keep_columns=["target"], partition_rows=10_000), output=tmp_path)
+    r = distml.run(
+        _spec(
+            path,
+            n_components=4,
+            whiten=True,
+            transform=True,
+            keep_columns=["target"],
+            partition_rows=10_000,
+        ),
+        output=tmp_path,
+    )
     X = df[FEATS].to_numpy()
     sk = PCA(4, whiten=True, svd_solver="full").fit(X)
     m = r.metrics
     assert m["mode"] == "exact" and m["n_components"] == 4 and m["n_rows"] == 60_000
     np.testing.assert_allclose(m["explained_variance"], sk.explained_variance_, rtol=1e-9)
-    np.testing.assert_allclose(m["explained_variance_ratio"], sk.explained_variance_ratio_,
-                               rtol=1e-9)
+    np.testing.assert_allclose(
+        m["explained_variance_ratio"], sk.explained_variance_ratio_, rtol=1e-9
+    )
     comp = r.tables["components"]
-    assert list(comp.columns) == ["component", "explained_variance", "explained_variance_ratio",
-                                  *FEATS]
+    assert list(comp.columns) == [
+        "component",
+        "explained_variance",
+        "explained_variance_ratio",
+        *FEATS,
+    ]
     np.testing.assert_allclose(comp[FEATS].to_numpy(), sk.components_, atol=1e-8)
     np.testing.assert_allclose(r.tables["feature_stats"]["mean"], sk.mean_, rtol=1e-12)
     ex = r.manifest["execution"]
@@ -75,17 +93,18 @@ def test_incremental_matches_sklearn_incremental_pca(tmp_path, blobs):
     from sklearn.preprocessing import StandardScaler
 
     path, df = blobs
-    r = distml.run(_spec(path, n_components=3, mode="incremental", batch_size=7000,
-                         scale=True), output=tmp_path)
+    r = distml.run(
+        _spec(path, n_components=3, mode="incremental", batch_size=7000, scale=True),
+        output=tmp_path,
+    )
     Xs = StandardScaler().fit_transform(df[FEATS].to_numpy())
     sk = IncrementalPCA(3, batch_size=7000).fit(Xs)
     assert r.metrics["mode"] == "incremental"
-    np.testing.assert_allclose(r.metrics["explained_variance"], sk.explained_variance_,
-                               rtol=1e-6)
-    np.testing.assert_allclose(r.metrics["explained_variance_ratio"],
-                               sk.explained_variance_ratio_, rtol=1e-6)
-    np.testing.assert_allclose(r.tables["components"][FEATS].to_numpy(), sk.components_,
-                               atol=1e-6)
+    np.testing.assert_allclose(r.metrics["explained_variance"], sk.explained_variance_, rtol=1e-6)
+    np.testing.assert_allclose(
+        r.metrics["explained_variance_ratio"], sk.explained_variance_ratio_, rtol=1e-6
+    )
+    np.testing.assert_allclose(r.tables["components"][FEATS].to_numpy(), sk.components_, atol=1e-6)
     assert r.manifest["execution"]["stages"]["incremental"]["rows"] == 60_000
 
 
@@ -100,8 +119,7 @@ def test_variance_fraction_on_a_synthetic_source(tmp_path):
     X = df[[f"x{i}" for i in range(6)]].to_numpy()
     sk = PCA(0.8).fit((X - X.mean(0)) / X.std(0))
     assert r.metrics["n_components"] == sk.n_components_
-    np.testing.assert_allclose(r.metrics["explained_variance"], sk.explained_variance_,
-                               rtol=1e-9)
+    np.testing.assert_allclose(r.metrics["explained_variance"], sk.explained_variance_, rtol=1e-9)
     assert r.manifest["execution"]["partitions"] == 1
 
 
@@ -120,8 +138,9 @@ def test_killed_task_is_retried_and_changes_nothing(tmp_path, blobs, monkeypatch
     assert json.loads(marker.read_text())["stage"] == stage  # the crash did happen
     assert hit.metrics == calm.metrics
     pd.testing.assert_frame_equal(hit.tables["components"], calm.tables["components"])
-    pd.testing.assert_frame_equal(pd.read_parquet(hit.run_dir / "transformed"),
-                                  pd.read_parquet(calm.run_dir / "transformed"))
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(hit.run_dir / "transformed"), pd.read_parquet(calm.run_dir / "transformed")
+    )
     assert not [p for p in (hit.run_dir / "transformed").rglob("*") if ".tmp-" in p.name]
     _wait_for_free_cpus(ray)
 
@@ -139,12 +158,16 @@ def test_memory_stays_bounded_by_the_batch_not_the_data(tmp_path):
     """About 120 MB of float64 features streamed with 2,048-row batches (0.5 MB): the largest
     increase of any task's RSS over its start stays under a 32 MB cap."""
     data = tmp_path / "big"
-    info = generate_dataset("synthetic:blobs?features=32&centers=4&seed=0", data,
-                            rows=480_000, files=2)
+    info = generate_dataset(
+        "synthetic:blobs?features=32&centers=4&seed=0", data, rows=480_000, files=2
+    )
     raw_mb = info["rows"] * 32 * 8 / 2**20
     spec = _spec(data, n_components=4, batch_size=2048)
-    distml.run(spec, output=tmp_path / "warm", **{"data.source": str(data / "part-00000.parquet"),
-                                                  "model.partition_rows": 65_536})
+    distml.run(
+        spec,
+        output=tmp_path / "warm",
+        **{"data.source": str(data / "part-00000.parquet"), "model.partition_rows": 65_536},
+    )
     r = distml.run(spec, output=tmp_path / "runs")
     mem = r.manifest["memory"]
     assert raw_mb > 100 and r.metrics["n_rows"] == 480_000

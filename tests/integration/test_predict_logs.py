@@ -20,8 +20,10 @@ pytestmark = pytest.mark.usefixtures("ray_cluster")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 #: Ray's console format: "2026-12-04 13:20:05,382\tINFO streaming_executor.py:215 -- …",
 #: worker lines "(pid=123) …", and Ray Data's log-folder pointer
-RAY_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\s+(DEBUG|INFO|WARNING|ERROR)\s"
-                      r"|^\(\w*pid=|ray-data|streaming_executor|Progress bars disabled")
+RAY_LINE = re.compile(
+    r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\s+(DEBUG|INFO|WARNING|ERROR)\s"
+    r"|^\(\w*pid=|ray-data|streaming_executor|Progress bars disabled"
+)
 
 
 def _ray_lines(err: str) -> list[str]:
@@ -31,14 +33,26 @@ def _ray_lines(err: str) -> list[str]:
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("predict-logs")
-    r = distml.run(f"{ROOT}/jobs/quickstart.yaml", output=out / "runs", run_id="p1",
-                   model__num_boost_round=10)
+    r = distml.run(
+        f"{ROOT}/jobs/quickstart.yaml", output=out / "runs", run_id="p1", model__num_boost_round=10
+    )
     return r.run_dir
 
 
 def test_predict_stderr_has_only_distml_lines(finished_run, tmp_path, capfd):
-    assert main(["predict", str(finished_run), "--input", "builtin:breast_cancer",
-                 "--output", str(tmp_path / "scores")]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(finished_run),
+                "--input",
+                "builtin:breast_cancer",
+                "--output",
+                str(tmp_path / "scores"),
+            ]
+        )
+        == 0
+    )
     err = capfd.readouterr().err
     assert "scored 569 rows" in err  # distml's own line is still there
     assert _ray_lines(err) == [], err
@@ -63,9 +77,23 @@ def test_quiet_ray_logs_keeps_ray_data_file_logging():
 
 @pytest.mark.allow_local_ray
 def test_predict_cli_stderr_in_a_fresh_process(finished_run, tmp_path):
-    out = subprocess.run([sys.executable, "-m", "distml", "predict", str(finished_run),
-                          "--input", "builtin:breast_cancer", "--output", str(tmp_path / "s")],
-                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distml",
+            "predict",
+            str(finished_run),
+            "--input",
+            "builtin:breast_cancer",
+            "--output",
+            str(tmp_path / "s"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "scored 569 rows" in out.stderr
     assert _ray_lines(out.stderr) == [], out.stderr

@@ -16,8 +16,14 @@ import pytest
 from distml.cli import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-QUICK = ["run", f"{ROOT}/jobs/quickstart.yaml", "--set", "model.num_boost_round=30",
-         "--set", "model.early_stopping_rounds=null"]
+QUICK = [
+    "run",
+    f"{ROOT}/jobs/quickstart.yaml",
+    "--set",
+    "model.num_boost_round=30",
+    "--set",
+    "model.early_stopping_rounds=null",
+]
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -48,16 +54,55 @@ def test_json_is_quiet(tmp_path, capfd):
 
 
 def test_counters_of_many_models_out_of_core_and_search(tmp_path):
-    assert main(["run", f"{ROOT}/jobs/statsmodels_grunfeld_firms.yaml", "--output",
-                 str(tmp_path / "g"), "--progress", "plain"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                f"{ROOT}/jobs/statsmodels_grunfeld_firms.yaml",
+                "--output",
+                str(tmp_path / "g"),
+                "--progress",
+                "plain",
+            ]
+        )
+        == 0
+    )
     assert "groups: 11/11 groups  0 failed (done)" in _run_log(tmp_path / "g")
-    assert main(["run", f"{ROOT}/jobs/pca_out_of_core.yaml", "--output", str(tmp_path / "p"),
-                 "--set", "data.source=synthetic:blobs?rows=5000&features=4&seed=0",
-                 "--set", "model.n_components=2", "--set", "model.transform=false",
-                 "--progress", "plain"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                f"{ROOT}/jobs/pca_out_of_core.yaml",
+                "--output",
+                str(tmp_path / "p"),
+                "--set",
+                "data.source=synthetic:blobs?rows=5000&features=4&seed=0",
+                "--set",
+                "model.n_components=2",
+                "--set",
+                "model.transform=false",
+                "--progress",
+                "plain",
+            ]
+        )
+        == 0
+    )
     assert "moments pass: 1/1 partitions  5,000 of 5,000 rows (done)" in _run_log(tmp_path / "p")
-    assert main(["run", f"{ROOT}/jobs/tune_sklearn.yaml", "--output", str(tmp_path / "t"),
-                 "--set", "tune.num_samples=2", "--progress", "plain"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                f"{ROOT}/jobs/tune_sklearn.yaml",
+                "--output",
+                str(tmp_path / "t"),
+                "--set",
+                "tune.num_samples=2",
+                "--progress",
+                "plain",
+            ]
+        )
+        == 0
+    )
     text = _run_log(tmp_path / "t")
     assert "trials: 2/2 trials  0 running; best cv.accuracy=" in text
     assert "train: refit of the best configuration" in text  # a step of the train stage
@@ -65,9 +110,25 @@ def test_counters_of_many_models_out_of_core_and_search(tmp_path):
 
 def test_torch_epochs_from_inside_the_task(tmp_path):
     """torch (one worker: one Ray task) reports each epoch and its valid figures."""
-    assert main(["run", f"{ROOT}/jobs/torch_digits_mlp.yaml", "--output", str(tmp_path),
-                 "--set", "resources.num_workers=1", "--set", "model.epochs=3",
-                 "--set", "model.early_stopping=null", "--progress", "plain"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                f"{ROOT}/jobs/torch_digits_mlp.yaml",
+                "--output",
+                str(tmp_path),
+                "--set",
+                "resources.num_workers=1",
+                "--set",
+                "model.epochs=3",
+                "--set",
+                "model.early_stopping=null",
+                "--progress",
+                "plain",
+            ]
+        )
+        == 0
+    )
     text = _run_log(tmp_path)
     assert "epochs: 3/3 epochs  valid.loss=" in text and "valid.accuracy=" in text
 

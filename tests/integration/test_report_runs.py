@@ -13,9 +13,16 @@ from distml.cli import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -23,8 +30,9 @@ pytestmark = pytest.mark.usefixtures("ray_cluster")
 @pytest.fixture(scope="module")
 def quick_run(ray_cluster, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    return distml.run(f"{ROOT}/jobs/quickstart.yaml", output=out, run_id="q1",
-                      model__num_boost_round=40)
+    return distml.run(
+        f"{ROOT}/jobs/quickstart.yaml", output=out, run_id="q1", model__num_boost_round=40
+    )
 
 
 def test_a_report_failure_does_not_fail_the_run(tmp_path, monkeypatch):
@@ -37,8 +45,10 @@ def test_a_report_failure_does_not_fail_the_run(tmp_path, monkeypatch):
     r = distml.run(f"{ROOT}/jobs/sklearn_diabetes.yaml", output=tmp_path)
     assert r.status == "succeeded" and (r.run_dir / "_SUCCESS").is_file()
     assert not (r.run_dir / "report.html").exists()
-    assert r.manifest["report"]["error"] == {"type": "RuntimeError",
-                                             "message": "matplotlib exploded"}
+    assert r.manifest["report"]["error"] == {
+        "type": "RuntimeError",
+        "message": "matplotlib exploded",
+    }
     assert "report.html was not written: RuntimeError" in (r.run_dir / "run.log").read_text()
     monkeypatch.undo()
     assert main(["report", str(r.run_dir)]) == 0  # rebuilt later
@@ -55,7 +65,12 @@ def test_report_and_runs_commands_on_a_real_run(quick_run, capsys):
     assert main(["runs", "--output", str(run_dir.parent.parent), "--json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)["runs"]
     assert (row["name"], row["run_id"], row["status"], row["kind"], row["report"]) == (
-        "quickstart", "q1", "succeeded", "xgboost", True)
+        "quickstart",
+        "q1",
+        "succeeded",
+        "xgboost",
+        True,
+    )
     assert row["metric"] == "test.roc_auc" and row["value"] == quick_run.metrics["test"]["roc_auc"]
     predictions = quick_run.tables["predictions"]
     assert set(predictions["split"]) == {"valid", "test"}
@@ -63,11 +78,13 @@ def test_report_and_runs_commands_on_a_real_run(quick_run, capsys):
     assert len(predictions) == sum(quick_run.manifest["rows"][s] for s in ("valid", "test"))
 
 
-@pytest.mark.skipif(not os.path.exists(CHROMIUM),
-                    reason=f"headless browser test needs Chromium at {CHROMIUM} "
-                           "(apt-get install -y chromium)")
+@pytest.mark.skipif(
+    not os.path.exists(CHROMIUM),
+    reason=f"headless browser test needs Chromium at {CHROMIUM} (apt-get install -y chromium)",
+)
 def test_report_renders_offline_in_a_headless_browser(quick_run, tmp_path):
     import playwright.sync_api as playwright  # a `dev` dependency: missing, this fails
+
     url = (quick_run.run_dir / "report.html").resolve().as_uri()
     errors: list[str] = []
     requests: list[str] = []
@@ -80,9 +97,11 @@ def test_report_renders_offline_in_a_headless_browser(quick_run, tmp_path):
             page.on("request", lambda r: requests.append(r.url))
             page.goto(url, wait_until="load")
             images = page.evaluate(
-                "() => Array.from(document.images).map(i => [i.complete, i.naturalWidth])")
+                "() => Array.from(document.images).map(i => [i.complete, i.naturalWidth])"
+            )
             sections = page.evaluate(
-                "() => Array.from(document.querySelectorAll('section')).map(s => s.id)")
+                "() => Array.from(document.querySelectorAll('section')).map(s => s.id)"
+            )
             shot = tmp_path / "report.png"
             page.screenshot(path=str(shot), full_page=True)
         finally:

@@ -26,12 +26,22 @@ SOURCE = "synthetic:classification?rows=1500&features=6&seed=3"
 
 
 def _xgb_spec(tmp_path, **model) -> dict:
-    return {"name": "resume-xgb", "kind": "xgboost",
-            "data": {"source": SOURCE, "target": "target",
-                     "split": {"valid": 0.2, "test": 0.2, "seed": 1}},
-            "model": {"params": {"objective": "binary:logistic", "max_depth": 3, "eta": 0.3},
-                      "num_boost_round": 20, **model},
-            "resources": {"max_failures": 0}, "output": {"dir": str(tmp_path)}}
+    return {
+        "name": "resume-xgb",
+        "kind": "xgboost",
+        "data": {
+            "source": SOURCE,
+            "target": "target",
+            "split": {"valid": 0.2, "test": 0.2, "seed": 1},
+        },
+        "model": {
+            "params": {"objective": "binary:logistic", "max_depth": 3, "eta": 0.3},
+            "num_boost_round": 20,
+            **model,
+        },
+        "resources": {"max_failures": 0},
+        "output": {"dir": str(tmp_path)},
+    }
 
 
 def _proba(r) -> pd.DataFrame:
@@ -75,8 +85,11 @@ def test_xgboost_resumes_from_its_last_round(tmp_path, monkeypatch):
 def test_xgboost_retry_keeps_early_stopping_state(tmp_path, monkeypatch):
     """A task retried in the same run (max_failures 1) continues from its checkpoint too, with
     the early-stopping state: it stops where an undisturbed run stops."""
-    model = {"num_boost_round": 200, "early_stopping_rounds": 5,
-             "params": {"objective": "binary:logistic", "max_depth": 4, "eta": 0.6}}
+    model = {
+        "num_boost_round": 200,
+        "early_stopping_rounds": 5,
+        "params": {"objective": "binary:logistic", "max_depth": 4, "eta": 0.6},
+    }
     base = distml.run(_xgb_spec(tmp_path / "a", **model))
     stop_at = base.metrics["num_boosted_rounds"]
     assert stop_at < 200  # early stopping did stop it
@@ -92,16 +105,25 @@ def test_xgboost_retry_keeps_early_stopping_state(tmp_path, monkeypatch):
     np.testing.assert_allclose(_proba(r)["proba_1"], _proba(base)["proba_1"], atol=1e-6)
 
 
-@pytest.mark.parametrize("kind, reason", [("sklearn", "does not checkpoint"),
-                                          ("pca", "passes are not checkpointed")])
+@pytest.mark.parametrize(
+    "kind, reason", [("sklearn", "does not checkpoint"), ("pca", "passes are not checkpointed")]
+)
 def test_resume_of_a_kind_without_checkpoints_says_why(tmp_path, kind, reason):
-    spec = {"name": "resume-sk", "kind": "sklearn",
-            "data": {"source": SOURCE, "target": "target", "split": {"valid": 0.2, "seed": 1}},
-            "model": {"estimator": "logistic_regression"}, "output": {"dir": str(tmp_path)}}
+    spec = {
+        "name": "resume-sk",
+        "kind": "sklearn",
+        "data": {"source": SOURCE, "target": "target", "split": {"valid": 0.2, "seed": 1}},
+        "model": {"estimator": "logistic_regression"},
+        "output": {"dir": str(tmp_path)},
+    }
     if kind == "pca":
-        spec = {"name": "resume-pca", "kind": "pca",
-                "data": {"source": SOURCE, "exclude": ["target"]},
-                "model": {"n_components": 2}, "output": {"dir": str(tmp_path)}}
+        spec = {
+            "name": "resume-pca",
+            "kind": "pca",
+            "data": {"source": SOURCE, "exclude": ["target"]},
+            "model": {"n_components": 2},
+            "output": {"dir": str(tmp_path)},
+        }
     fresh = distml.run(spec)
     assert "resumed_from" not in fresh.manifest["execution"]  # said only on --resume
     r = distml.run(spec, run_id="r1", resume=True)
@@ -111,13 +133,27 @@ def test_resume_of_a_kind_without_checkpoints_says_why(tmp_path, kind, reason):
 
 
 def _torch_spec(tmp_path) -> dict:
-    return {"name": "resume-torch", "kind": "torch",
-            "data": {"source": SOURCE, "target": "target",
-                     "split": {"valid": 0.2, "test": 0.2, "seed": 1}},
-            "model": {"hidden": [16], "dropout": 0.1, "epochs": 6, "batch_size": 64,
-                      "lr": 0.01, "task": "classification", "seed": 5,
-                      "lr_schedule": {"type": "step", "step_size": 2, "gamma": 0.5}},
-            "resources": {"max_failures": 0}, "output": {"dir": str(tmp_path)}}
+    return {
+        "name": "resume-torch",
+        "kind": "torch",
+        "data": {
+            "source": SOURCE,
+            "target": "target",
+            "split": {"valid": 0.2, "test": 0.2, "seed": 1},
+        },
+        "model": {
+            "hidden": [16],
+            "dropout": 0.1,
+            "epochs": 6,
+            "batch_size": 64,
+            "lr": 0.01,
+            "task": "classification",
+            "seed": 5,
+            "lr_schedule": {"type": "step", "step_size": 2, "gamma": 0.5},
+        },
+        "resources": {"max_failures": 0},
+        "output": {"dir": str(tmp_path)},
+    }
 
 
 def test_torch_resumes_from_its_last_epoch(tmp_path, monkeypatch):
@@ -139,8 +175,16 @@ def _panel(path):
     for i in range(40):
         n = 30 + i
         x1 = rng.normal(size=n)
-        frames.append(pd.DataFrame({"g": f"s{i:02d}", "x1": x1, "x2": rng.normal(size=n),
-                                    "y": 0.5 + i * 0.1 * x1 + rng.normal(size=n)}))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "g": f"s{i:02d}",
+                    "x1": x1,
+                    "x2": rng.normal(size=n),
+                    "y": 0.5 + i * 0.1 * x1 + rng.normal(size=n),
+                }
+            )
+        )
     df = pd.concat(frames, ignore_index=True)
     df.loc[df["g"] == "s07", "x2"] = 1.0  # a failed group (singular design) is resumed too
     df.to_parquet(path, index=False)
@@ -148,35 +192,52 @@ def _panel(path):
 
 
 def _mm_spec(tmp_path, source) -> dict:
-    return {"name": "resume-mm", "kind": "statsmodels", "group_by": ["g"],
-            "data": {"source": source, "split": {"valid": 0.25, "seed": 2}},
-            "model": {"formula": "y ~ x1 + x2 + I(x1 ** 2)", "groups_per_task": 5},
-            "output": {"dir": str(tmp_path)}}
+    return {
+        "name": "resume-mm",
+        "kind": "statsmodels",
+        "group_by": ["g"],
+        "data": {"source": source, "split": {"valid": 0.25, "seed": 2}},
+        "model": {"formula": "y ~ x1 + x2 + I(x1 ** 2)", "groups_per_task": 5},
+        "output": {"dir": str(tmp_path)},
+    }
 
 
 def test_many_models_resume_fits_only_the_missing_groups(tmp_path, monkeypatch):
     source = _panel(tmp_path / "panel.parquet")
     base = distml.run(_mm_spec(tmp_path / "a", source))
     assert base.manifest["execution"]["tasks"] == 8
-    r = _interrupt_then_resume(_mm_spec(tmp_path / "b", source), tmp_path / "crash", 10,
-                               monkeypatch)
+    r = _interrupt_then_resume(
+        _mm_spec(tmp_path / "b", source), tmp_path / "crash", 10, monkeypatch
+    )
     ex = r.manifest["execution"]
     done = ex["resumed_from"]["groups"]
     assert 10 <= done < 40 and done % 5 == 0 and ex["resumed_from"]["of"] == 40
     assert ex["tasks"] == (40 - done) // 5  # only the missing groups were fitted
     for name in ("coefficients", "model_stats"):
-        pd.testing.assert_frame_equal(pd.read_parquet(r.run_dir / "tables" / f"{name}.parquet"),
-                                      pd.read_parquet(base.run_dir / "tables" / f"{name}.parquet"))
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(r.run_dir / "tables" / f"{name}.parquet"),
+            pd.read_parquet(base.run_dir / "tables" / f"{name}.parquet"),
+        )
     assert r.metrics == base.metrics
     assert not (r.run_dir / "checkpoints").exists()
 
 
 def _km_spec(tmp_path) -> dict:
-    return {"name": "resume-km", "kind": "kmeans",
-            "data": {"source": SOURCE, "exclude": ["target"]},
-            "model": {"n_clusters": 3, "batch_size": 200, "seed": 0, "tol": 0.0,
-                      "max_passes": 4, "refine_passes": 2, "scale": True},
-            "output": {"dir": str(tmp_path)}}
+    return {
+        "name": "resume-km",
+        "kind": "kmeans",
+        "data": {"source": SOURCE, "exclude": ["target"]},
+        "model": {
+            "n_clusters": 3,
+            "batch_size": 200,
+            "seed": 0,
+            "tol": 0.0,
+            "max_passes": 4,
+            "refine_passes": 2,
+            "scale": True,
+        },
+        "output": {"dir": str(tmp_path)},
+    }
 
 
 def test_kmeans_resumes_after_its_last_pass(tmp_path, monkeypatch):
@@ -187,7 +248,9 @@ def test_kmeans_resumes_after_its_last_pass(tmp_path, monkeypatch):
     assert ex["resumed_from"] == {"passes": 3, "phase": "minibatch"}
     assert ex["checkpoints"]["saved"] == 3  # passes 4, 5 and 6 only in the second attempt
     for name in ("centers", "pass_history"):
-        pd.testing.assert_frame_equal(pd.read_parquet(r.run_dir / "tables" / f"{name}.parquet"),
-                                      pd.read_parquet(base.run_dir / "tables" / f"{name}.parquet"))
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(r.run_dir / "tables" / f"{name}.parquet"),
+            pd.read_parquet(base.run_dir / "tables" / f"{name}.parquet"),
+        )
     assert r.metrics["inertia"] == base.metrics["inertia"]
     assert not (r.run_dir / "checkpoints").exists()

@@ -25,17 +25,28 @@ ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "jobs" / "quickstart.yaml"
 
 LONG = {  # searches until it is killed; `--set tune.num_samples=2` makes it short
-    "name": "ident", "kind": "sklearn",
+    "name": "ident",
+    "kind": "sklearn",
     "data": {"source": "builtin:iris", "target": "target", "split": {"valid": 0.3}},
     "model": {"estimator": "sklearn.dummy.DummyClassifier"},
-    "tune": {"metric": "valid.accuracy", "num_samples": 5000, "seed": 0,
-             "space": {"model.params.strategy": {"choice": ["prior", "stratified"]}}},
+    "tune": {
+        "metric": "valid.accuracy",
+        "num_samples": 5000,
+        "seed": 0,
+        "space": {"model.params.strategy": {"choice": ["prior", "stratified"]}},
+    },
 }
 
 
 def _runs(env: dict, out: Path) -> dict:
-    done = subprocess.run([sys.executable, "-m", "distml", "runs", "--output", str(out), "--json"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "distml", "runs", "--output", str(out), "--json"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     return {r["run_id"]: r for r in json.loads(done.stdout)["runs"]}
 
@@ -59,17 +70,36 @@ def test_one_run_id_is_one_run(tmp_path):
         # where a plain ray.init() looks for "the cluster of the last `ray start`"
         os.makedirs(os.path.join(ray_tmp, "ray"))
         Path(ray_tmp, "ray", "ray_current_cluster").write_text(stray.gcs)
-        env = {**{k: v for k, v in stray.env.items() if k != MARK},  # not the stray's own
-               "RAY_TMPDIR": ray_tmp, "PYTHONPATH": str(ROOT)}
+        env = {
+            **{k: v for k, v in stray.env.items() if k != MARK},  # not the stray's own
+            "RAY_TMPDIR": ray_tmp,
+            "PYTHONPATH": str(ROOT),
+        }
         spec = tmp_path / "ident.yaml"
         spec.write_text(json.dumps(LONG))
         out = tmp_path / "runs"
-        cmd = [sys.executable, "-m", "distml", "run", str(spec), "--output", str(out),
-               "--run-id", "r1", "--json"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "distml",
+            "run",
+            str(spec),
+            "--output",
+            str(out),
+            "--run-id",
+            "r1",
+            "--json",
+        ]
         run_dir = out / "ident" / "r1"
 
-        first = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, start_new_session=True)
+        first = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and first.poll() is None:
             if list((run_dir / "checkpoints" / "tune").glob("experiment_state-*.json")):
@@ -78,8 +108,7 @@ def test_one_run_id_is_one_run(tmp_path):
         assert first.poll() is None, first.communicate()[1].decode()[-3000:]
 
         t0 = time.monotonic()
-        second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
-                                timeout=120)
+        second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
         assert second.returncode == 3, second.stderr[-3000:]
         assert f"pid {first.pid}" in second.stderr and "since 20" in second.stderr
         assert "Traceback" not in second.stderr and time.monotonic() - t0 < 30
@@ -92,8 +121,9 @@ def test_one_run_id_is_one_run(tmp_path):
         assert _runs(env, out)["r1"]["status"] == "abandoned"
 
         short = cmd + ["--set", "tune.num_samples=2"]
-        rerun = subprocess.run(short, cwd=ROOT, env=env, capture_output=True, text=True,
-                               timeout=300)
+        rerun = subprocess.run(
+            short, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        )
         assert rerun.returncode == 0, rerun.stderr[-3000:]
         manifest = json.loads((run_dir / "manifest.json").read_text())
         assert manifest["status"] == "succeeded" and manifest["digests"]
@@ -104,17 +134,23 @@ def test_one_run_id_is_one_run(tmp_path):
         assert _runs(env, out)["r1"]["status"] == "succeeded"
         assert stray.pids(), "the run stopped the stray cluster"
 
-        same = subprocess.run(short, cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=120)
+        same = subprocess.run(short, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
         assert same.returncode == 0 and json.loads(same.stdout)["reused"] is True, same.stderr
-        other = subprocess.run(cmd + ["--set", "tune.num_samples=3"], cwd=ROOT, env=env,
-                               capture_output=True, text=True, timeout=120)
+        other = subprocess.run(
+            cmd + ["--set", "tune.num_samples=3"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert other.returncode == 2, other.stderr[-3000:]
         assert "tune.num_samples" in other.stderr and "new --run-id" in other.stderr
         with open(run_dir / "metrics.json", "a") as fh:
             fh.write(" ")
-        tampered = subprocess.run(short, cwd=ROOT, env=env, capture_output=True, text=True,
-                                  timeout=120)
+        tampered = subprocess.run(
+            short, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
         assert tampered.returncode == 2 and "metrics.json" in tampered.stderr, tampered.stderr
         assert "artifacts changed" in tampered.stderr and "Traceback" not in tampered.stderr
         assert _runs(env, out)["r1"]["status"] == "unverified"
@@ -186,8 +222,9 @@ def test_train_and_tune_resume_check_the_fingerprint(tmp_path):
     ctx = SimpleNamespace(spec=spec, data=info, run_dir=rd, resume=True)
     with pytest.raises(SpecError, match="cannot be trusted"):
         workers.run_config(ctx, 0)
-    rd.write_fingerprint(run_fingerprint(load_spec(str(QUICKSTART),
-                                                   {"model.num_boost_round": 10}), info))
+    rd.write_fingerprint(
+        run_fingerprint(load_spec(str(QUICKSTART), {"model.num_boost_round": 10}), info)
+    )
     with pytest.raises(SpecError, match="model.num_boost_round"):
         workers.run_config(ctx, 0)
     rd.write_fingerprint(run_fingerprint(spec, info))
@@ -202,8 +239,13 @@ def test_train_and_tune_resume_check_the_fingerprint(tmp_path):
     tune_info = kind_module("sklearn").Job(tune_spec).check_data()
     trd = RunDir(tmp_path, "ident", "t1")
     trd.prepare()
-    tctx = SimpleNamespace(spec=tune_spec, data=tune_info, run_dir=trd, resume=True,
-                           log=__import__("logging").getLogger("test"))
+    tctx = SimpleNamespace(
+        spec=tune_spec,
+        data=tune_info,
+        run_dir=trd,
+        resume=True,
+        log=__import__("logging").getLogger("test"),
+    )
     exp = trd.file("checkpoints") / "tune"
     exp.mkdir(parents=True)
     orig = tune.Tuner.can_restore
@@ -229,8 +271,7 @@ def test_a_failed_write_marks_the_manifest_failed(tmp_path, monkeypatch, ray_clu
 
     monkeypatch.setattr(artifacts.RunDir, "write_parquet", full)
     with pytest.raises(OSError, match="No space left"):
-        distml.run(str(QUICKSTART), output=tmp_path, run_id="w1",
-                   model__num_boost_round=5)
+        distml.run(str(QUICKSTART), output=tmp_path, run_id="w1", model__num_boost_round=5)
     run_dir = tmp_path / "quickstart" / "w1"
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "failed" and "No space left" in manifest["error"]["message"]

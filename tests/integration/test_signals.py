@@ -17,12 +17,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 SPEC = {
-    "name": "sigterm", "kind": "sklearn",
+    "name": "sigterm",
+    "kind": "sklearn",
     "data": {"source": "builtin:iris", "target": "target", "split": {"valid": 0.3}},
     "model": {"estimator": "sklearn.dummy.DummyClassifier"},
     # enough trials to be still searching when the signal comes
-    "tune": {"metric": "valid.accuracy", "num_samples": 5000, "seed": 0,
-             "space": {"model.params.strategy": {"choice": ["prior", "stratified"]}}},
+    "tune": {
+        "metric": "valid.accuracy",
+        "num_samples": 5000,
+        "seed": 0,
+        "space": {"model.params.strategy": {"choice": ["prior", "stratified"]}},
+    },
 }
 
 
@@ -36,7 +41,7 @@ def _group_alive(pgid: int) -> list[str]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        name, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:]
+        name, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :]
         fields = rest.split()  # state, ppid, pgrp, ...
         if int(fields[2]) == pgid and fields[0] != "Z":
             out.append(f"{entry.name}:{name}")
@@ -49,9 +54,23 @@ def test_sigterm_marks_the_run_interrupted_and_stops_its_cluster(tmp_path):
     spec_path.write_text(json.dumps(SPEC))
     out = tmp_path / "runs"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "distml", "run", str(spec_path), "--output", str(out),
-         "--run-id", "r1", "--json"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "distml",
+            "run",
+            str(spec_path),
+            "--output",
+            str(out),
+            "--run-id",
+            "r1",
+            "--json",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     run_dir = out / "sigterm" / "r1"
     exp = run_dir / "checkpoints" / "tune"
     deadline = time.monotonic() + 180
@@ -87,9 +106,23 @@ def test_sigterm_marks_the_run_interrupted_and_stops_its_cluster(tmp_path):
 def test_a_finished_run_leaves_no_process_of_the_cluster_it_started(tmp_path):
     """The raylet's agents are its children, not the node's: they must not outlive the run."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "distml", "run", "jobs/quickstart.yaml", "--output", str(tmp_path),
-         "--set", "model.num_boost_round=5", "--json"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "distml",
+            "run",
+            "jobs/quickstart.yaml",
+            "--output",
+            str(tmp_path),
+            "--set",
+            "model.num_boost_round=5",
+            "--json",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err.decode()[-3000:]
     deadline = time.monotonic() + 10
@@ -114,9 +147,23 @@ def test_sigterm_at_any_moment_is_exit_130_and_interrupted(tmp_path, moment):
     spec_path.write_text(json.dumps(SPEC))
     out = tmp_path / "runs"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "distml", "run", str(spec_path), "--output", str(out),
-         "--run-id", "r1", "--json"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "distml",
+            "run",
+            str(spec_path),
+            "--output",
+            str(out),
+            "--run-id",
+            "r1",
+            "--json",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     run_dir = out / "sigterm" / "r1"
     log_tmp = run_dir / f".run.log.tmp-{proc.pid}"
     deadline = time.monotonic() + 120
@@ -124,8 +171,11 @@ def test_sigterm_at_any_moment_is_exit_130_and_interrupted(tmp_path, moment):
         while time.monotonic() < deadline and proc.poll() is None:
             if moment == "run_dir_locked" and (run_dir / ".distml.lock").exists():
                 break
-            if moment == "cluster_starting" and log_tmp.exists() and any(
-                    n in ("gcs_server", "raylet") for n in _names_in_group(proc.pid)):
+            if (
+                moment == "cluster_starting"
+                and log_tmp.exists()
+                and any(n in ("gcs_server", "raylet") for n in _names_in_group(proc.pid))
+            ):
                 break
             time.sleep(0.02)
         assert proc.poll() is None, proc.communicate()[1][-3000:]

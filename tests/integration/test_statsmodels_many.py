@@ -30,16 +30,26 @@ def _panel(seed: int = 0) -> pd.DataFrame:
         x1, x2 = rng.normal(size=n), rng.uniform(0.5, 3, n)
         region = rng.choice(regions, n)
         eta = 0.3 + 0.8 * x1 - 0.4 * np.log(x2) + 0.5 * (region == "south")
-        frames.append(pd.DataFrame({
-            "store": g, "t": t, "x1": x1, "x2": x2, "region": region,
-            "w": rng.uniform(0.5, 2, n), "cl": rng.integers(0, 6, n),
-            "y": eta + rng.normal(size=n) * (1 + x2 / 3),
-            "bin": (eta + rng.logistic(size=n) > 0.3).astype(float),
-            "cnt": rng.poisson(np.exp(0.5 + 0.4 * x1)).astype(float),
-            "nb": rng.negative_binomial(2, 2 / (2 + np.exp(1 + 0.4 * x1))).astype(float),
-            "pos": rng.gamma(2.0, np.exp(0.2 + 0.3 * x1) / 2.0),
-            "expo": rng.uniform(1, 3, n),
-            "ts": np.cumsum(rng.normal(size=n)) * 0.3 + 0.5 * x1}))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "store": g,
+                    "t": t,
+                    "x1": x1,
+                    "x2": x2,
+                    "region": region,
+                    "w": rng.uniform(0.5, 2, n),
+                    "cl": rng.integers(0, 6, n),
+                    "y": eta + rng.normal(size=n) * (1 + x2 / 3),
+                    "bin": (eta + rng.logistic(size=n) > 0.3).astype(float),
+                    "cnt": rng.poisson(np.exp(0.5 + 0.4 * x1)).astype(float),
+                    "nb": rng.negative_binomial(2, 2 / (2 + np.exp(1 + 0.4 * x1))).astype(float),
+                    "pos": rng.gamma(2.0, np.exp(0.2 + 0.3 * x1) / 2.0),
+                    "expo": rng.uniform(1, 3, n),
+                    "ts": np.cumsum(rng.normal(size=n)) * 0.3 + 0.5 * x1,
+                }
+            )
+        )
     return pd.concat(frames, ignore_index=True).sample(frac=1, random_state=1)
 
 
@@ -54,8 +64,14 @@ def panel(tmp_path_factory):
 def _run(path, model: dict, tmp_path, solver: str = "auto", **top):
     if solver != "auto":
         model = {**model, "solver": solver}
-    spec = {"name": "mm", "kind": "statsmodels", "data": {"source": path},
-            "group_by": ["store"], "model": model, **top}
+    spec = {
+        "name": "mm",
+        "kind": "statsmodels",
+        "data": {"source": path},
+        "group_by": ["store"],
+        "model": model,
+        **top,
+    }
     return distml.run(spec, output=tmp_path)
 
 
@@ -84,25 +100,47 @@ def _eq(actual, desired, rtol: float, err_msg: str = "") -> None:
     if rtol == 0:
         np.testing.assert_array_equal(actual, desired, err_msg=err_msg)
     else:
-        np.testing.assert_allclose(np.asarray(actual, float), np.asarray(desired, float),
-                                   rtol=rtol, atol=0, err_msg=err_msg)
+        np.testing.assert_allclose(
+            np.asarray(actual, float),
+            np.asarray(desired, float),
+            rtol=rtol,
+            atol=0,
+            err_msg=err_msg,
+        )
 
 
 def _assert_same(r, refs: dict, alpha: float = 0.05):
     """distml's tables equal the plain loop's results for every group."""
     rtol = _rtol(r)
     coef, stats = r.tables["coefficients"], r.tables["model_stats"]
-    assert list(coef.columns[:8]) == ["store", "term", "estimate", "std_error", "statistic",
-                                      "p_value", "ci_low", "ci_high"]
-    assert list(stats.columns[:9]) == ["store", "nobs", "r_squared", "adj_r_squared", "aic",
-                                       "bic", "llf", "converged", "error"]
+    assert list(coef.columns[:8]) == [
+        "store",
+        "term",
+        "estimate",
+        "std_error",
+        "statistic",
+        "p_value",
+        "ci_low",
+        "ci_high",
+    ]
+    assert list(stats.columns[:9]) == [
+        "store",
+        "nobs",
+        "r_squared",
+        "adj_r_squared",
+        "aic",
+        "bic",
+        "llf",
+        "converged",
+        "error",
+    ]
     assert list(stats["store"]) == sorted(refs)
     for g, ref in refs.items():
         c = coef[coef.store == g]
         s = stats[stats.store == g].iloc[0]
         assert pd.isna(s["error"]), (g, s["error"])
         names = list(getattr(ref, "param_names", None) or ref.model.exog_names)
-        assert list(c.term) == names[:len(c)], g
+        assert list(c.term) == names[: len(c)], g
         _eq(c.estimate, np.asarray(ref.params), rtol, err_msg=g)
         _eq(c.std_error, np.asarray(ref.bse), rtol, err_msg=g)
         _eq(c.statistic, np.asarray(ref.tvalues), rtol, err_msg=g)
@@ -131,8 +169,7 @@ def test_ols_formula_matches_loop_on_both_design_paths(panel, tmp_path, solver):
     for g, ref in refs.items():
         _eq(stats.loc[g, "r_squared"], ref.rsquared, rtol)
         _eq(stats.loc[g, "adj_r_squared"], ref.rsquared_adj, rtol)
-        _eq([stats.loc[g, "fvalue"], stats.loc[g, "f_pvalue"]], [ref.fvalue, ref.f_pvalue],
-            rtol)
+        _eq([stats.loc[g, "fvalue"], stats.loc[g, "f_pvalue"]], [ref.fvalue, ref.f_pvalue], rtol)
     # groups lacking the 'east' level were fitted from their own formula, the others from the
     # batch design: both paths ran and both equal the loop
     assert r.metrics["n_groups"] == len(GROUPS) and r.metrics["n_failed"] == 0
@@ -169,8 +206,7 @@ def test_wls_and_array_interface(panel, tmp_path, solver):
     import statsmodels.formula.api as smf
 
     df, path = panel
-    r = _run(path, {"method": "wls", "formula": "y ~ x1 + x2", "weights": "w"}, tmp_path,
-             solver)
+    r = _run(path, {"method": "wls", "formula": "y ~ x1 + x2", "weights": "w"}, tmp_path, solver)
     _assert_same(r, _loop(df, lambda g: smf.wls("y ~ x1 + x2", g, weights=g["w"]).fit()))
     r = _run(path, {"endog": "y", "exog": ["x1", "x2"]}, tmp_path, solver)
     refs = _loop(df, lambda g: sm.OLS(g["y"], sm.add_constant(g[["x1", "x2"]])).fit())
@@ -178,14 +214,17 @@ def test_wls_and_array_interface(panel, tmp_path, solver):
     assert list(r.tables["coefficients"].term[:3]) == ["const", "x1", "x2"]
 
 
-@pytest.mark.parametrize("family,link,y,extra", [
-    ("binomial", None, "bin", {}),
-    ("poisson", None, "cnt", {"exposure": "expo"}),
-    ("gamma", "log", "pos", {"cov_type": "HC1"}),
-    ("gaussian", None, "y", {"weights": "w"}),
-    ("negativebinomial", None, "nb", {"family_alpha": 0.5}),
-    ("tweedie", None, "pos", {"var_power": 1.5}),
-])
+@pytest.mark.parametrize(
+    "family,link,y,extra",
+    [
+        ("binomial", None, "bin", {}),
+        ("poisson", None, "cnt", {"exposure": "expo"}),
+        ("gamma", "log", "pos", {"cov_type": "HC1"}),
+        ("gaussian", None, "y", {"weights": "w"}),
+        ("negativebinomial", None, "nb", {"family_alpha": 0.5}),
+        ("tweedie", None, "pos", {"var_power": 1.5}),
+    ],
+)
 @SOLVERS
 def test_glm_families(panel, tmp_path, family, link, y, extra, solver):
     import statsmodels.api as sm
@@ -205,10 +244,14 @@ def test_glm_families(panel, tmp_path, family, link, y, extra, solver):
             fam_kw["alpha"] = extra["family_alpha"]
         if "var_power" in extra:
             fam_kw["var_power"] = extra["var_power"]
-        fam = {"binomial": sm.families.Binomial, "poisson": sm.families.Poisson,
-               "gamma": sm.families.Gamma, "gaussian": sm.families.Gaussian,
-               "negativebinomial": sm.families.NegativeBinomial,
-               "tweedie": sm.families.Tweedie}[family](**fam_kw)
+        fam = {
+            "binomial": sm.families.Binomial,
+            "poisson": sm.families.Poisson,
+            "gamma": sm.families.Gamma,
+            "gaussian": sm.families.Gaussian,
+            "negativebinomial": sm.families.NegativeBinomial,
+            "tweedie": sm.families.Tweedie,
+        }[family](**fam_kw)
         kw = {}
         if "exposure" in extra:
             kw["exposure"] = g["expo"]
@@ -228,8 +271,10 @@ def test_glm_families(panel, tmp_path, family, link, y, extra, solver):
 
 
 @SOLVERS
-@pytest.mark.parametrize("method,y", [("logit", "bin"), ("probit", "bin"), ("poisson", "cnt"),
-                                      ("negativebinomial", "nb")])
+@pytest.mark.parametrize(
+    "method,y",
+    [("logit", "bin"), ("probit", "bin"), ("poisson", "cnt"), ("negativebinomial", "nb")],
+)
 def test_discrete_models(panel, tmp_path, method, y, solver):
     """`solver: statsmodels` is statsmodels' default fit bit for bit; the default fits by Newton
     to a vanishing score (statsmodels' negativebinomial default, bfgs with 35 iterations, stops
@@ -237,6 +282,7 @@ def test_discrete_models(panel, tmp_path, method, y, solver):
     import statsmodels.formula.api as smf
 
     from distml.jobs.statsmodels.fit import SCORE_TOL
+
     df, path = panel
     f = f"{y} ~ x1 + x2"
     r = _run(path, {"method": method, "formula": f}, tmp_path, solver)
@@ -252,7 +298,8 @@ def test_discrete_models(panel, tmp_path, method, y, solver):
             assert bool(stats.loc[g, "converged"]) == ref.mle_retvals["converged"]
         else:
             assert bool(stats.loc[g, "converged"]) == (
-                ref.mle_retvals["converged"] and score <= SCORE_TOL * ref.nobs)
+                ref.mle_retvals["converged"] and score <= SCORE_TOL * ref.nobs
+            )
             assert stats.loc[g, "converged"] and score < 1e-6
 
 
@@ -270,8 +317,18 @@ def test_arima_and_sarimax_with_forecast(panel, tmp_path):
     from statsmodels.tsa.statespace.sarimax import SARIMAX
 
     df, path = panel
-    r = _run(path, {"method": "arima", "endog": "ts", "order": [1, 0, 1], "trend": "c",
-                    "time": "t", "forecast_steps": 3}, tmp_path)
+    r = _run(
+        path,
+        {
+            "method": "arima",
+            "endog": "ts",
+            "order": [1, 0, 1],
+            "trend": "c",
+            "time": "t",
+            "forecast_steps": 3,
+        },
+        tmp_path,
+    )
 
     def arima(g):
         g = g.sort_values("t", kind="stable")
@@ -292,13 +349,27 @@ def test_arima_and_sarimax_with_forecast(panel, tmp_path):
     stats = r.tables["model_stats"]
     assert {"hqic", "ljung_box_stat", "ljung_box_pvalue"} <= set(stats.columns)
 
-    r = _run(path, {"method": "sarimax", "endog": "ts", "exog": ["x1"], "order": [1, 0, 0],
-                    "seasonal_order": [1, 0, 0, 4], "time": "t"}, tmp_path)
+    r = _run(
+        path,
+        {
+            "method": "sarimax",
+            "endog": "ts",
+            "exog": ["x1"],
+            "order": [1, 0, 0],
+            "seasonal_order": [1, 0, 0, 4],
+            "time": "t",
+        },
+        tmp_path,
+    )
 
     def sarimax(g):
         g = g.sort_values("t", kind="stable")
-        return SARIMAX(g["ts"].to_numpy(), exog=g[["x1"]].reset_index(drop=True),
-                       order=(1, 0, 0), seasonal_order=(1, 0, 0, 4)).fit(disp=False)
+        return SARIMAX(
+            g["ts"].to_numpy(),
+            exog=g[["x1"]].reset_index(drop=True),
+            order=(1, 0, 0),
+            seasonal_order=(1, 0, 0, 4),
+        ).fit(disp=False)
 
     _assert_same(r, _loop(df, sarimax))
 
@@ -312,11 +383,18 @@ def test_split_reports_out_of_sample_metrics(panel, tmp_path, solver):
 
     df, path = panel
     split = {"valid": 0.25, "seed": 7}
-    r = _run(path, {"formula": "y ~ x1 + x2"}, tmp_path, solver,
-             data={"source": path, "split": split})
+    r = _run(
+        path, {"formula": "y ~ x1 + x2"}, tmp_path, solver, data={"source": path, "split": split}
+    )
     rtol = _rtol(r)
-    sp = load_spec({"name": "x", "kind": "statsmodels", "data": {"source": path, "split": split},
-                    "model": {"formula": "y ~ x1"}}).data.split_spec
+    sp = load_spec(
+        {
+            "name": "x",
+            "kind": "statsmodels",
+            "data": {"source": path, "split": split},
+            "model": {"formula": "y ~ x1"},
+        }
+    ).data.split_spec
     coef, stats = r.tables["coefficients"], r.tables["model_stats"].set_index("store")
     ys, preds = [], []
     for g, gdf in df.groupby("store"):
@@ -327,7 +405,8 @@ def test_split_reports_out_of_sample_metrics(panel, tmp_path, solver):
         pred = ref.predict(valid)
         assert stats.loc[g, "valid_n"] == len(valid)
         assert stats.loc[g, "valid_rmse"] == pytest.approx(
-            mean_squared_error(valid["y"], pred) ** 0.5, rel=1e-12)
+            mean_squared_error(valid["y"], pred) ** 0.5, rel=1e-12
+        )
         ys.append(valid["y"].to_numpy())
         preds.append(pred.to_numpy())
     pooled = mean_squared_error(np.concatenate(ys), np.concatenate(preds)) ** 0.5
@@ -346,8 +425,13 @@ def test_failed_groups_are_recorded_and_the_rest_succeed(tmp_path):
         rows.append(pd.DataFrame({"g": g, "x1": x1, "x2": x2, "y": y}))
     path = tmp_path / "d.parquet"
     pd.concat(rows).to_parquet(path)
-    spec = {"name": "fail", "kind": "statsmodels", "data": {"source": str(path)},
-            "group_by": ["g"], "model": {"formula": "y ~ x1 + x2", "missing": "raise"}}
+    spec = {
+        "name": "fail",
+        "kind": "statsmodels",
+        "data": {"source": str(path)},
+        "group_by": ["g"],
+        "model": {"formula": "y ~ x1 + x2", "missing": "raise"},
+    }
     r = distml.run(spec, output=tmp_path / "runs")
     assert r.status == "succeeded"
     stats = r.tables["model_stats"].set_index("g")
@@ -380,9 +464,13 @@ def test_groups_spanning_files_and_two_group_columns(tmp_path, solver):
     folder.mkdir()
     for i, chunk in enumerate(np.array_split(np.arange(len(df)), 3)):  # groups span files
         df.iloc[chunk].to_parquet(folder / f"part-{i}.parquet", index=False)
-    spec = {"name": "two", "kind": "statsmodels", "data": {"source": str(folder)},
-            "group_by": ["store", "half"],
-            "model": {"formula": "y ~ x1 + C(region)", "groups_per_task": 4, "solver": solver}}
+    spec = {
+        "name": "two",
+        "kind": "statsmodels",
+        "data": {"source": str(folder)},
+        "group_by": ["store", "half"],
+        "model": {"formula": "y ~ x1 + C(region)", "groups_per_task": 4, "solver": solver},
+    }
     r = distml.run(spec, output=tmp_path / "runs")
     assert r.manifest["execution"]["partitions"] >= 2 and r.manifest["execution"]["tasks"] == 5
     rtol = _rtol(r)
@@ -401,15 +489,26 @@ def test_array_interface_follows_add_constant(tmp_path, solver):
     import statsmodels.api as sm
 
     rng = np.random.default_rng(8)
-    df = pd.DataFrame({"g": np.repeat(["a", "b", "c"], 30), "x1": rng.normal(size=90),
-                       "x2": rng.normal(size=90), "y": rng.normal(size=90)})
+    df = pd.DataFrame(
+        {
+            "g": np.repeat(["a", "b", "c"], 30),
+            "x1": rng.normal(size=90),
+            "x2": rng.normal(size=90),
+            "y": rng.normal(size=90),
+        }
+    )
     df.loc[df.g == "b", "x2"] = 3.0
     df.to_parquet(tmp_path / "d.parquet")
-    r = distml.run({"name": "ac", "kind": "statsmodels",
-                    "data": {"source": str(tmp_path / "d.parquet")}, "group_by": ["g"],
-                    "model": {"endog": "y", "exog": ["x1", "x2"], "cov_type": "HC1",
-                              "solver": solver}},
-                   output=tmp_path / "runs")
+    r = distml.run(
+        {
+            "name": "ac",
+            "kind": "statsmodels",
+            "data": {"source": str(tmp_path / "d.parquet")},
+            "group_by": ["g"],
+            "model": {"endog": "y", "exog": ["x1", "x2"], "cov_type": "HC1", "solver": solver},
+        },
+        output=tmp_path / "runs",
+    )
     rtol = _rtol(r)
     coef = r.tables["coefficients"]
     for g, gdf in df.groupby("g"):

@@ -33,8 +33,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
 MARK = "DISTML_TEST_MARK"
 
-pytestmark = [pytest.mark.cluster, pytest.mark.skipif(
-    not sys.platform.startswith("linux"), reason="finds its Ray processes through /proc")]
+pytestmark = [
+    pytest.mark.cluster,
+    pytest.mark.skipif(
+        not sys.platform.startswith("linux"), reason="finds its Ray processes through /proc"
+    ),
+]
 
 
 def free_port() -> int:
@@ -56,13 +60,21 @@ class LocalRayCluster:
         self.token = token
         home = os.path.join(self.base, "home")
         os.makedirs(home)
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("RAY_", "DISTML_")) and k not in ("PYTEST_CURRENT_TEST",)}
-        env.update({
-            "HOME": home, MARK: self.mark, "RAY_USAGE_STATS_ENABLED": "0",
-            "RAY_AUTH_MODE": "token" if token else "disabled",
-            "PATH": os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""),
-            "OMP_NUM_THREADS": "1"})
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("RAY_", "DISTML_")) and k not in ("PYTEST_CURRENT_TEST",)
+        }
+        env.update(
+            {
+                "HOME": home,
+                MARK: self.mark,
+                "RAY_USAGE_STATS_ENABLED": "0",
+                "RAY_AUTH_MODE": "token" if token else "disabled",
+                "PATH": os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""),
+                "OMP_NUM_THREADS": "1",
+            }
+        )
         if token:
             env["RAY_AUTH_TOKEN"] = token
         if loopback_only:
@@ -91,25 +103,46 @@ class LocalRayCluster:
 
     def _ports(self) -> list[str]:
         args = []
-        for flag in ("--node-manager-port", "--object-manager-port", "--metrics-export-port",
-                     "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
-                     "--runtime-env-agent-port"):
+        for flag in (
+            "--node-manager-port",
+            "--object-manager-port",
+            "--metrics-export-port",
+            "--dashboard-agent-listen-port",
+            "--dashboard-agent-grpc-port",
+            "--runtime-env-agent-port",
+        ):
             args += [flag, str(free_port())]
         return args
 
     def _ray_start(self, args: list[str]) -> None:
-        out = subprocess.run([RAY, "start", "--disable-usage-stats", *args, *self._ports()],
-                             env=self.env, capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [RAY, "start", "--disable-usage-stats", *args, *self._ports()],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         if out.returncode != 0:
             raise RuntimeError(f"ray start failed ({out.returncode}):\n{out.stderr[-3000:]}")
 
     def start_head(self, num_cpus: int = 2, resources: dict | None = None) -> "LocalRayCluster":
         for attempt in (1, 2):  # a free port can be taken by another test before Ray binds it
             self.gcs_port, self.dashboard_port = free_port(), free_port()
-            args = ["--head", "--port", str(self.gcs_port), "--dashboard-host", "127.0.0.1",
-                    "--dashboard-port", str(self.dashboard_port), "--num-cpus", str(num_cpus),
-                    "--ray-client-server-port", str(free_port()),
-                    "--temp-dir", os.path.join(self.base, f"h{attempt}")]
+            args = [
+                "--head",
+                "--port",
+                str(self.gcs_port),
+                "--dashboard-host",
+                "127.0.0.1",
+                "--dashboard-port",
+                str(self.dashboard_port),
+                "--num-cpus",
+                str(num_cpus),
+                "--ray-client-server-port",
+                str(free_port()),
+                "--temp-dir",
+                os.path.join(self.base, f"h{attempt}"),
+            ]
             if self.env.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == "0":
                 args += ["--node-ip-address", "127.0.0.1"]
             if resources:
@@ -127,16 +160,24 @@ class LocalRayCluster:
 
     def add_worker(self, num_cpus: int = 1, resources: dict | None = None) -> None:
         self.nodes += 1
-        args = ["--address", self.gcs, "--num-cpus", str(num_cpus),
-                "--temp-dir", os.path.join(self.base, f"w{self.nodes}")]
+        args = [
+            "--address",
+            self.gcs,
+            "--num-cpus",
+            str(num_cpus),
+            "--temp-dir",
+            os.path.join(self.base, f"w{self.nodes}"),
+        ]
         if resources:
             args += ["--resources", json.dumps(resources)]
         self._ray_start(args)
         self.wait_ready()
 
     def get(self, path: str) -> dict:
-        req = urllib.request.Request(self.url + path, headers=(
-            {"Authorization": f"Bearer {self.token}"} if self.token else {}))
+        req = urllib.request.Request(
+            self.url + path,
+            headers=({"Authorization": f"Bearer {self.token}"} if self.token else {}),
+        )
         with urllib.request.urlopen(req, timeout=10) as r:
             return json.loads(r.read())
 
@@ -231,8 +272,14 @@ def head():
 
 
 def cli(*args: str, env: dict | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "distml", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "distml", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
 
 
 @pytest.fixture
@@ -258,9 +305,21 @@ def _job_ids(capfd, head) -> list[str]:
 
 def test_submit_wait_succeeds_resubmit_is_idempotent(head, token_env, tmp_path, capfd):
     runs = tmp_path / "runs"
-    out = cli("submit", "jobs/quickstart.yaml", "--address", head.url, "--wait", "--json",
-              "--submission-id", "qs-1", "--output", str(runs),
-              "--set", "model.num_boost_round=20", env=token_env)
+    out = cli(
+        "submit",
+        "jobs/quickstart.yaml",
+        "--address",
+        head.url,
+        "--wait",
+        "--json",
+        "--submission-id",
+        "qs-1",
+        "--output",
+        str(runs),
+        "--set",
+        "model.num_boost_round=20",
+        env=token_env,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     payload = json.loads(out.stdout)  # exactly one JSON object on stdout
     assert payload["status"] == "succeeded" and payload["job_status"] == "SUCCEEDED"
@@ -273,8 +332,18 @@ def test_submit_wait_succeeds_resubmit_is_idempotent(head, token_env, tmp_path, 
     assert payload["entrypoint"] == "python -m distml run spec.yaml --run-id qs-1 --json"
 
     # the same id again: reported, not resubmitted (with --wait too: it is already finished)
-    code, again = _json_main(capfd, "submit", "jobs/quickstart.yaml", "--address", head.url,
-                             "--submission-id", "qs-1", "--output", str(runs), "--wait")
+    code, again = _json_main(
+        capfd,
+        "submit",
+        "jobs/quickstart.yaml",
+        "--address",
+        head.url,
+        "--submission-id",
+        "qs-1",
+        "--output",
+        str(runs),
+        "--wait",
+    )
     assert code == 0 and again["existing"] and again["job_status"] == "SUCCEEDED"
     assert again["metrics"] == payload["metrics"]
     assert _job_ids(capfd, head).count("qs-1") == 1
@@ -294,12 +363,21 @@ def test_submit_wait_succeeds_resubmit_is_idempotent(head, token_env, tmp_path, 
 def test_invalid_spec_exits_2_before_submission(head, token_env, tmp_path, capfd):
     before = _job_ids(capfd, head)
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: bad\nkind: xgboost\ndata: {source: builtin:iris, target: target, "
-                   "split: {valid: 1.5}}\n")
+    bad.write_text(
+        "name: bad\nkind: xgboost\ndata: {source: builtin:iris, target: target, "
+        "split: {valid: 1.5}}\n"
+    )
     code, payload = _json_main(capfd, "submit", str(bad), "--address", head.url)
     assert code == 2 and "data.split.valid" in payload["error"]["message"]
-    code, payload = _json_main(capfd, "submit", "jobs/quickstart.yaml", "--address", head.url,
-                               "--submission-id", "../escape")
+    code, payload = _json_main(
+        capfd,
+        "submit",
+        "jobs/quickstart.yaml",
+        "--address",
+        head.url,
+        "--submission-id",
+        "../escape",
+    )
     assert code == 2 and "submission id" in payload["error"]["message"]
     assert _job_ids(capfd, head) == before
 
@@ -316,8 +394,17 @@ def test_stop_a_running_job(head, token_env, tmp_path, capfd):
     spec = tmp_path / "long.yaml"
     spec.write_text(LONG_SPEC)
     runs = tmp_path / "runs"
-    code, sub = _json_main(capfd, "submit", str(spec), "--address", head.url, "--output",
-                           str(runs), "--submission-id", "long-1")
+    code, sub = _json_main(
+        capfd,
+        "submit",
+        str(spec),
+        "--address",
+        head.url,
+        "--output",
+        str(runs),
+        "--submission-id",
+        "long-1",
+    )
     assert code == 0 and sub["job_status"] in ("PENDING", "RUNNING")
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
@@ -330,8 +417,18 @@ def test_stop_a_running_job(head, token_env, tmp_path, capfd):
     assert code == 0 and stopped["job_status"] == "STOPPED", stopped
     # --wait on a stopped job (found by its id): the driver's own "interrupted" (130) when it
     # reported it before Ray's grace period ended, else 4; the reason in the error
-    code, again = _json_main(capfd, "submit", str(spec), "--address", head.url,
-                             "--output", str(runs), "--submission-id", "long-1", "--wait")
+    code, again = _json_main(
+        capfd,
+        "submit",
+        str(spec),
+        "--address",
+        head.url,
+        "--output",
+        str(runs),
+        "--submission-id",
+        "long-1",
+        "--wait",
+    )
     assert again["existing"] and again["status"] == "stopped"
     assert (code, again["job_exit_code"]) in ((130, 130), (4, None)), again
     assert again["error"]["exit_code"] == code and "STOPPED" in again["error"]["message"]
@@ -345,10 +442,23 @@ def test_job_failing_on_the_cluster_exits_with_its_own_code(head, token_env, tmp
     """Bad data inside the job: `submit --wait` exits 2 (do not retry); a fit that fails: 4;
     `status --wait` of the same job says the same."""
     spec = tmp_path / "missing.yaml"
-    spec.write_text(f"name: missing-data\nkind: xgboost\n"
-                    f"data: {{source: '{tmp_path}/nowhere/*.parquet', target: y}}\n")
-    out = cli("submit", str(spec), "--address", head.url, "--wait", "--json",
-              "--submission-id", "fail-1", "--output", str(tmp_path / "runs"), env=token_env)
+    spec.write_text(
+        f"name: missing-data\nkind: xgboost\n"
+        f"data: {{source: '{tmp_path}/nowhere/*.parquet', target: y}}\n"
+    )
+    out = cli(
+        "submit",
+        str(spec),
+        "--address",
+        head.url,
+        "--wait",
+        "--json",
+        "--submission-id",
+        "fail-1",
+        "--output",
+        str(tmp_path / "runs"),
+        env=token_env,
+    )
     assert out.returncode == 2, out.stderr[-3000:]
     payload = json.loads(out.stdout)
     assert payload["status"] == "failed" and payload["job_status"] == "FAILED"
@@ -360,11 +470,24 @@ def test_job_failing_on_the_cluster_exits_with_its_own_code(head, token_env, tmp
     assert out.returncode == 2 and json.loads(out.stdout)["job_exit_code"] == 2
 
     fit = tmp_path / "fit.yaml"  # 3 classes with a binary objective: xgboost refuses to fit
-    fit.write_text("name: fit-fails\nkind: xgboost\n"
-                   "data: {source: builtin:iris, target: target}\n"
-                   "model: {num_boost_round: 2, params: {objective: 'binary:logistic'}}\n")
-    out = cli("submit", str(fit), "--address", head.url, "--wait", "--json",
-              "--submission-id", "fail-2", "--output", str(tmp_path / "runs"), env=token_env)
+    fit.write_text(
+        "name: fit-fails\nkind: xgboost\n"
+        "data: {source: builtin:iris, target: target}\n"
+        "model: {num_boost_round: 2, params: {objective: 'binary:logistic'}}\n"
+    )
+    out = cli(
+        "submit",
+        str(fit),
+        "--address",
+        head.url,
+        "--wait",
+        "--json",
+        "--submission-id",
+        "fail-2",
+        "--output",
+        str(tmp_path / "runs"),
+        env=token_env,
+    )
     assert out.returncode == 4, out.stderr[-3000:]
     payload = json.loads(out.stdout)
     assert payload["exit_code"] == payload["job_exit_code"] == 4
@@ -390,8 +513,14 @@ def test_client_without_or_with_a_wrong_token_is_refused(head, tmp_path):
     assert "rejected the authentication token (from RAY_AUTH_TOKEN): it is wrong" in out.stderr
     token_file = tmp_path / "token"
     token_file.write_text(head.token + "\n")
-    out = cli("jobs", "list", "--address", head.url, "--json",
-              env={**env, "RAY_AUTH_TOKEN_PATH": str(token_file)})
+    out = cli(
+        "jobs",
+        "list",
+        "--address",
+        head.url,
+        "--json",
+        env={**env, "RAY_AUTH_TOKEN_PATH": str(token_file)},
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert time.monotonic() - t0 < 60
 
@@ -399,14 +528,25 @@ def test_client_without_or_with_a_wrong_token_is_refused(head, tmp_path):
 def test_cron_script_trains_then_scores(head, tmp_path):
     """examples/cron/nightly_train.sh against the cluster: exit codes and _SUCCESS as documented."""
     script = os.path.join(ROOT, "examples", "cron", "nightly_train.sh")
-    env = {**os.environ, **head.client_env, "DISTML_ADDRESS": head.url,
-           "DISTML_RUN_ID": "cron-1", "DISTML_OUTPUT": str(tmp_path / "runs"),
-           "DISTML": os.path.join(os.path.dirname(sys.executable), "distml"),
-           "DISTML_SCORE_INPUT": "builtin:breast_cancer",
-           "DISTML_SCORE_OUTPUT": str(tmp_path / "scores"), "DISTML_SCORE_ADDRESS": head.gcs}
+    env = {
+        **os.environ,
+        **head.client_env,
+        "DISTML_ADDRESS": head.url,
+        "DISTML_RUN_ID": "cron-1",
+        "DISTML_OUTPUT": str(tmp_path / "runs"),
+        "DISTML": os.path.join(os.path.dirname(sys.executable), "distml"),
+        "DISTML_SCORE_INPUT": "builtin:breast_cancer",
+        "DISTML_SCORE_OUTPUT": str(tmp_path / "scores"),
+        "DISTML_SCORE_ADDRESS": head.gcs,
+    }
     run = lambda *extra, **kw: subprocess.run(  # noqa: E731
-        ["bash", script, *extra], capture_output=True, text=True, timeout=300, cwd=ROOT,
-        env={**env, **kw})
+        ["bash", script, *extra],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env={**env, **kw},
+    )
     out = run("--set", "model.num_boost_round=10")
     assert out.returncode == 0, out.stderr[-3000:]
     run_dir = tmp_path / "runs" / "quickstart" / "cron-1"
@@ -415,8 +555,9 @@ def test_cron_script_trains_then_scores(head, tmp_path):
     again = run(DISTML_SCORE_INPUT="")  # same day again: the finished job is reported
     assert again.returncode == 0 and "already exists" in again.stderr
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: bad\nkind: xgboost\ndata: {source: x.parquet, target: y, "
-                   "split: {valid: 3}}\n")
+    bad.write_text(
+        "name: bad\nkind: xgboost\ndata: {source: x.parquet, target: y, split: {valid: 3}}\n"
+    )
     out = run(DISTML_SPEC=str(bad), DISTML_RUN_ID="cron-2")
     assert out.returncode == 2 and "not retrying: fix the input" in out.stderr
     out = run(DISTML_RUN_ID="cron-3", DISTML_ADDRESS=f"http://127.0.0.1:{free_port()}")

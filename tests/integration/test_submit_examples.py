@@ -30,8 +30,9 @@ def test_airflow_dag_without_airflow():
     dag = _load("examples/airflow/distml_dag.py")
     if importlib.util.find_spec("airflow") is None:
         assert dag.dag is None
-    cmd = dag.submit_command(spec="/specs/my spec.yaml", address="http://head:8265",
-                             output="/mnt/distml/runs")
+    cmd = dag.submit_command(
+        spec="/specs/my spec.yaml", address="http://head:8265", output="/mnt/distml/runs"
+    )
     argv = shlex.split(cmd)
     assert argv[:3] == ["distml", "submit", "/specs/my spec.yaml"]
     assert argv[argv.index("--submission-id") + 1] == "nightly-{{ds}}"
@@ -43,18 +44,22 @@ def test_airflow_dag_without_airflow():
 def test_airflow_python_callable_runs_the_spec(tmp_path):
     dag = _load("examples/airflow/distml_dag.py")
     few = {"model.num_boost_round": 5}
-    out = dag.train_in_process("af-1", spec=f"{ROOT}/jobs/quickstart.yaml", output=str(tmp_path),
-                               overrides=few)
+    out = dag.train_in_process(
+        "af-1", spec=f"{ROOT}/jobs/quickstart.yaml", output=str(tmp_path), overrides=few
+    )
     assert os.path.isfile(os.path.join(out["run_dir"], "_SUCCESS"))
     assert out["run_id"] == "af-1" and out["metrics"]["valid"]["roc_auc"] > 0.9
-    assert dag.train_in_process("af-1", spec=f"{ROOT}/jobs/quickstart.yaml",
-                                output=str(tmp_path), overrides=few)["reused"]
+    assert dag.train_in_process(
+        "af-1", spec=f"{ROOT}/jobs/quickstart.yaml", output=str(tmp_path), overrides=few
+    )["reused"]
     with pytest.raises(TypeError):  # Airflow's task context is never taken as overrides
-        dag.train_in_process("af-1", spec=f"{ROOT}/jobs/quickstart.yaml", ti=object(),
-                             ds="2026-12-01")
+        dag.train_in_process(
+            "af-1", spec=f"{ROOT}/jobs/quickstart.yaml", ti=object(), ds="2026-12-01"
+        )
     bad = tmp_path / "bad.yaml"
-    bad.write_text(f"name: b\nkind: xgboost\ndata: {{source: '{tmp_path}/none.parquet', "
-                   "target: y}\n")
+    bad.write_text(
+        f"name: b\nkind: xgboost\ndata: {{source: '{tmp_path}/none.parquet', target: y}}\n"
+    )
     with pytest.raises(DataError):  # no Airflow here: the distml error itself
         dag.train_in_process("af-2", spec=str(bad), output=str(tmp_path))
 
@@ -81,9 +86,13 @@ def test_spec_tracking_logs_the_run_to_mlflow(tmp_path, monkeypatch):
     assert "tracking" in JobSpec.model_fields, "JobSpec lost its `tracking` field"
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
     uri = (tmp_path / "mlruns").as_uri()
-    r = distml.run(f"{ROOT}/jobs/quickstart.yaml", output=tmp_path / "runs", run_id="ml-1",
-                   model__num_boost_round=5,
-                   tracking={"mlflow": {"uri": uri, "experiment": "quickstart"}})
+    r = distml.run(
+        f"{ROOT}/jobs/quickstart.yaml",
+        output=tmp_path / "runs",
+        run_id="ml-1",
+        model__num_boost_round=5,
+        tracking={"mlflow": {"uri": uri, "experiment": "quickstart"}},
+    )
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("quickstart").experiment_id])
     assert run.data.tags["distml.run_dir"] == str(r.run_dir)
@@ -94,6 +103,7 @@ def test_spec_tracking_logs_the_run_to_mlflow(tmp_path, monkeypatch):
 def test_spark_driver_passes_cpus_and_gpus_together(capsys):
     """Ray on Spark refuses one of num_cpus/num_gpus_worker_node alone: both go, or neither."""
     spark = _load("examples/spark/train_on_spark.py")
+
     def size(*a):
         return spark._node_resources(spark._parser().parse_args(["s.yaml", "--output", "o", *a]))
 

@@ -1,5 +1,6 @@
 """The summary `distml run` prints for statsmodels, pca and kmeans runs carries their key figures,
 read from the metrics the real jobs write (issue 18 #12)."""
+
 from __future__ import annotations
 
 import re
@@ -23,17 +24,30 @@ def test_single_statsmodels_summary(tmp_path):
 def test_many_models_summary(tmp_path):
     r = distml.run("jobs/statsmodels_grunfeld_firms.yaml", output=tmp_path)
     n = r.metrics["n_groups"]
-    assert f"groups: {r.metrics['n_fitted']} of {n} fitted, {r.metrics['n_failed']} failed" \
+    assert (
+        f"groups: {r.metrics['n_fitted']} of {n} fitted, {r.metrics['n_failed']} failed"
         in r.summary()
+    )
 
 
 def test_pca_and_kmeans_summaries(tmp_path):
-    p = distml.run("jobs/pca_out_of_core.yaml", output=tmp_path, data__source=SMALL,
-                   model__n_components=3, model__transform=False)
+    p = distml.run(
+        "jobs/pca_out_of_core.yaml",
+        output=tmp_path,
+        data__source=SMALL,
+        model__n_components=3,
+        model__transform=False,
+    )
     total = p.metrics["explained_variance_ratio_sum"]
     assert f"3 components explain {total:.1%} of the variance" in p.summary(), p.summary()
-    k = distml.run("jobs/kmeans_out_of_core.yaml", output=tmp_path, data__source=SMALL,
-                   model__n_clusters=3, model__transform=False, model__keep_columns=[])
+    k = distml.run(
+        "jobs/kmeans_out_of_core.yaml",
+        output=tmp_path,
+        data__source=SMALL,
+        model__n_clusters=3,
+        model__transform=False,
+        model__keep_columns=[],
+    )
     assert f"kmeans: k=3, inertia={k.metrics['inertia']:.6g}" in k.summary(), k.summary()
     assert "cluster sizes: " in k.summary()
 

@@ -71,7 +71,7 @@ def test_stream_yields_as_tasks_finish_and_cancels_the_rest(ray_cluster):
     seen = []
     with pytest.raises(RuntimeError, match="stop"):
         with contextlib.closing(runner.stream(runner.map(nap, list(range(6))), batch=1)) as it:
-            for batch, n_pending in it:
+            for batch, _n_pending in it:
                 seen += batch
                 raise RuntimeError("stop")
     assert len(seen) == 1 and seen[0] < 2

@@ -7,17 +7,15 @@ on 2 workers trains as well as 1 worker with the same global batch and survives 
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch  # the `torch` extra, which `make test` installs: missing, this fails
+from ray_checks import wait_resources_free as _wait_resources_free
 
 import distml
 from distml.runtime.data import split_indices
-
-from ray_checks import wait_resources_free as _wait_resources_free
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -29,12 +27,25 @@ def _digits() -> pd.DataFrame:
 
 
 def _spec(tmp_path, **model) -> dict:
-    return {"name": "digits", "kind": "torch",
-            "data": {"source": "builtin:digits", "target": "target",
-                     "split": {"valid": 0.1, "test": 0.2, "stratify": True, "seed": 3}},
-            "model": {"hidden": [32], "epochs": 4, "batch_size": 32, "lr": 0.003,
-                      "task": "classification", "seed": 11, **model},
-            "output": {"dir": str(tmp_path)}}
+    return {
+        "name": "digits",
+        "kind": "torch",
+        "data": {
+            "source": "builtin:digits",
+            "target": "target",
+            "split": {"valid": 0.1, "test": 0.2, "stratify": True, "seed": 3},
+        },
+        "model": {
+            "hidden": [32],
+            "epochs": 4,
+            "batch_size": 32,
+            "lr": 0.003,
+            "task": "classification",
+            "seed": 11,
+            **model,
+        },
+        "output": {"dir": str(tmp_path)},
+    }
 
 
 def _plain_loop(spec: dict, parts: dict, X: np.ndarray, y: np.ndarray):
@@ -49,11 +60,16 @@ def _plain_loop(spec: dict, parts: dict, X: np.ndarray, y: np.ndarray):
     Z = ((X - mu) / sd).astype(np.float32)
     torch.set_num_threads(1)
     torch.manual_seed(m["seed"])
-    net = nn.Sequential(nn.Linear(X.shape[1], m["hidden"][0]), nn.ReLU(),
-                        nn.Linear(m["hidden"][0], 10))
+    net = nn.Sequential(
+        nn.Linear(X.shape[1], m["hidden"][0]), nn.ReLU(), nn.Linear(m["hidden"][0], 10)
+    )
     gen = torch.Generator().manual_seed(m["seed"])
-    loader = DataLoader(TensorDataset(torch.from_numpy(Z[tr]), torch.from_numpy(y[tr])),
-                        batch_size=m["batch_size"], shuffle=True, generator=gen)
+    loader = DataLoader(
+        TensorDataset(torch.from_numpy(Z[tr]), torch.from_numpy(y[tr])),
+        batch_size=m["batch_size"],
+        shuffle=True,
+        generator=gen,
+    )
     opt = torch.optim.Adam(net.parameters(), lr=m["lr"])
     lossf = nn.CrossEntropyLoss()
     for _ in range(m["epochs"]):
@@ -92,13 +108,18 @@ def test_one_worker_equals_a_plain_torch_loop_and_predicts(tmp_path):
     curve = r.tables["learning_curve"]
     assert list(curve.columns) == ["iteration", "split", "metric", "value"]
     assert sorted(curve["iteration"].unique()) == list(range(4))
-    assert set(zip(curve.split, curve.metric)) == {("train", "loss"), ("valid", "loss"),
-                                                   ("valid", "logloss"), ("valid", "accuracy")}
+    assert set(zip(curve.split, curve.metric)) == {
+        ("train", "loss"),
+        ("valid", "loss"),
+        ("valid", "logloss"),
+        ("valid", "accuracy"),
+    }
     config = json.loads((r.run_dir / "model" / "config.json").read_text())
     assert config["in_features"] == 64 and config["out_features"] == 10
     # input scaling is the train rows' (saved with the model)
     assert config["inputs"]["numeric"]["pixel_2_3"][0] == pytest.approx(
-        float(df["pixel_2_3"].to_numpy()[parts["train"]].mean()))
+        float(df["pixel_2_3"].to_numpy()[parts["train"]].mean())
+    )
 
     # distml predict scores with the saved model and scaling
     data = tmp_path / "digits.parquet"
@@ -110,8 +131,9 @@ def test_one_worker_equals_a_plain_torch_loop_and_predicts(tmp_path):
     assert test_acc == pytest.approx(r.metrics["test"]["accuracy"], abs=1e-12)
 
 
-def test_ddp_two_workers_match_one_worker_and_survive_a_worker_death(tmp_path, monkeypatch,
-                                                                     ray_cluster):
+def test_ddp_two_workers_match_one_worker_and_survive_a_worker_death(
+    tmp_path, monkeypatch, ray_cluster
+):
     epochs = 8
     one = distml.run(_spec(tmp_path / "one", epochs=epochs, batch_size=64))
     marker = tmp_path / "crashed"
@@ -140,9 +162,15 @@ def test_ddp_two_workers_match_one_worker_and_survive_a_worker_death(tmp_path, m
 
 def test_search_with_asha_reports_every_epoch(tmp_path):
     spec = _spec(tmp_path, epochs=6)
-    spec["tune"] = {"metric": "valid.logloss", "mode": "min", "num_samples": 4, "seed": 0,
-                    "scheduler": "asha", "grace_period": 2,
-                    "space": {"model.lr": {"loguniform": [1e-4, 3e-2]}}}
+    spec["tune"] = {
+        "metric": "valid.logloss",
+        "mode": "min",
+        "num_samples": 4,
+        "seed": 0,
+        "scheduler": "asha",
+        "grace_period": 2,
+        "space": {"model.lr": {"loguniform": [1e-4, 3e-2]}},
+    }
     r = distml.run(spec)
     assert r.status == "succeeded"
     trials = r.tables["trials"]

@@ -18,11 +18,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch  # the `torch` extra, which `make test` installs: missing, this fails
+from ray_checks import wait_resources_free as _wait_resources_free
 
 import distml
 from distml.runtime.data import split_indices
-
-from ray_checks import wait_resources_free as _wait_resources_free
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -30,13 +29,25 @@ WORKERS = 2
 
 
 def _spec(tmp_path) -> dict:
-    return {"name": "digits-ddp", "kind": "torch",
-            "data": {"source": "builtin:digits", "target": "target",
-                     "split": {"valid": 0.1, "test": 0.2, "stratify": True, "seed": 3}},
-            "model": {"hidden": [32], "epochs": 3, "batch_size": 64, "lr": 0.003,
-                      "task": "classification", "seed": 11},
-            "resources": {"num_workers": WORKERS},
-            "output": {"dir": str(tmp_path)}}
+    return {
+        "name": "digits-ddp",
+        "kind": "torch",
+        "data": {
+            "source": "builtin:digits",
+            "target": "target",
+            "split": {"valid": 0.1, "test": 0.2, "stratify": True, "seed": 3},
+        },
+        "model": {
+            "hidden": [32],
+            "epochs": 3,
+            "batch_size": 64,
+            "lr": 0.003,
+            "task": "classification",
+            "seed": 11,
+        },
+        "resources": {"num_workers": WORKERS},
+        "output": {"dir": str(tmp_path)},
+    }
 
 
 def _plain_loop(m: dict, parts: dict, X: np.ndarray, y: np.ndarray):
@@ -52,8 +63,9 @@ def _plain_loop(m: dict, parts: dict, X: np.ndarray, y: np.ndarray):
     Xv, yv = torch.from_numpy(Z[va]), torch.from_numpy(y[va])
     torch.set_num_threads(1)
     torch.manual_seed(m["seed"])
-    net = nn.Sequential(nn.Linear(X.shape[1], m["hidden"][0]), nn.ReLU(),
-                        nn.Linear(m["hidden"][0], 10))
+    net = nn.Sequential(
+        nn.Linear(X.shape[1], m["hidden"][0]), nn.ReLU(), nn.Linear(m["hidden"][0], 10)
+    )
     opt = torch.optim.Adam(net.parameters(), lr=m["lr"])
     lossf = nn.CrossEntropyLoss()
     per_worker = m["batch_size"] // WORKERS
@@ -61,15 +73,16 @@ def _plain_loop(m: dict, parts: dict, X: np.ndarray, y: np.ndarray):
     for epoch in range(m["epochs"]):
         shares = []
         for rank in range(WORKERS):
-            sampler = DistributedSampler(range(len(tr)), num_replicas=WORKERS, rank=rank,
-                                         shuffle=True, seed=0)
+            sampler = DistributedSampler(
+                range(len(tr)), num_replicas=WORKERS, rank=rank, shuffle=True, seed=0
+            )
             sampler.set_epoch(epoch)
             shares.append(list(sampler))
         assert len({len(s) for s in shares}) == 1  # padded to equal shares
         net.train()
         total = count = 0.0
         for lo in range(0, len(shares[0]), per_worker):
-            rows = torch.tensor([i for share in shares for i in share[lo:lo + per_worker]])
+            rows = torch.tensor([i for share in shares for i in share[lo : lo + per_worker]])
             opt.zero_grad()
             loss = lossf(net(Xt[rows]), yt[rows])
             loss.backward()
@@ -115,5 +128,6 @@ def test_ddp_on_two_workers_equals_a_plain_torch_loop(tmp_path, ray_cluster):
     with torch.no_grad():
         pred = net(torch.from_numpy(Z[parts["test"]])).argmax(dim=1).numpy()
     assert r.metrics["test"]["accuracy"] == pytest.approx(
-        float((pred == y[parts["test"]]).mean()), abs=1e-12)
+        float((pred == y[parts["test"]]).mean()), abs=1e-12
+    )
     assert r.metrics["test"]["accuracy"] > 0.85  # and it learned (10 classes)

@@ -14,24 +14,29 @@ import time
 from pathlib import Path
 
 import pytest
+from ray_checks import wait_resources_free as _wait_resources_free
 
 import distml
 from distml.spec import load_spec
 
-from ray_checks import wait_resources_free as _wait_resources_free
-
 ROOT = Path(__file__).resolve().parents[2]
 #: columns that must agree between two runs of one seeded search (not times)
-SAME = ["trial_id", "status", "valid.logloss", "valid.logloss.best", "best_iteration",
-        "iterations"]
+SAME = ["trial_id", "status", "valid.logloss", "valid.logloss.best", "best_iteration", "iterations"]
 
 
 def _xgb(name: str, tune: dict, rounds: int = 20, **data) -> dict:
-    return {"name": name, "kind": "xgboost",
-            "data": {"source": "builtin:breast_cancer", "target": "target",
-                     "split": {"valid": 0.25, "seed": 1}, **data},
-            "model": {"params": {"objective": "binary:logistic"}, "num_boost_round": rounds},
-            "tune": {"metric": "valid.logloss", "seed": 0, **tune}}
+    return {
+        "name": name,
+        "kind": "xgboost",
+        "data": {
+            "source": "builtin:breast_cancer",
+            "target": "target",
+            "split": {"valid": 0.25, "seed": 1},
+            **data,
+        },
+        "model": {"params": {"objective": "binary:logistic"}, "num_boost_round": rounds},
+        "tune": {"metric": "valid.logloss", "seed": 0, **tune},
+    }
 
 
 @pytest.mark.usefixtures("ray_cluster")
@@ -42,7 +47,9 @@ def test_search_outputs_and_the_tuned_model_beats_defaults(tmp_path, ray_cluster
     trials = r.tables["trials"]
     assert len(trials) == spec.tune.num_samples
     assert list(trials.columns[:6]) == ["trial_id", "status", *spec.tune.space]
-    assert set(trials["status"]) <= {"completed", "stopped"} and (trials.status == "completed").any()
+    assert (
+        set(trials["status"]) <= {"completed", "stopped"} and (trials.status == "completed").any()
+    )
     # ASHA stopped some trials early: they ran fewer rounds than asked.
     stopped = trials[trials.status == "stopped"]
     assert (stopped["iterations"] < spec.model.num_boost_round).all()
@@ -59,8 +66,12 @@ def test_search_outputs_and_the_tuned_model_beats_defaults(tmp_path, ray_cluster
     assert r.metrics["valid"]["logloss"] == pytest.approx(best["valid.logloss"], rel=1e-6)
     assert r.manifest["tune"]["refit_matches_trial"]
     assert {"train", "valid", "test"} <= set(r.metrics)
-    assert {"model/model.ubj", "tables/trials.parquet", "tables/feature_importance.parquet",
-            "tables/learning_curve.parquet"} <= set(r.artifacts)
+    assert {
+        "model/model.ubj",
+        "tables/trials.parquet",
+        "tables/feature_importance.parquet",
+        "tables/learning_curve.parquet",
+    } <= set(r.artifacts)
     assert not any("checkpoints" in a for a in r.artifacts)
     assert not (r.run_dir / "checkpoints").exists()  # a complete run is never resumed
     log = (r.run_dir / "run.log").read_text()
@@ -73,10 +84,18 @@ def test_search_outputs_and_the_tuned_model_beats_defaults(tmp_path, ray_cluster
 
 @pytest.mark.usefixtures("ray_cluster")
 def test_seeded_search_reproduces_its_trials_table(tmp_path):
-    spec = _xgb("repro", {"num_samples": 5, "report_every": 5,
-                          "space": {"model.params.max_depth": {"randint": [2, 6]},
-                                    "model.params.eta": {"loguniform": [0.05, 0.5]},
-                                    "model.params.subsample": {"uniform": [0.6, 1.0]}}})
+    spec = _xgb(
+        "repro",
+        {
+            "num_samples": 5,
+            "report_every": 5,
+            "space": {
+                "model.params.max_depth": {"randint": [2, 6]},
+                "model.params.eta": {"loguniform": [0.05, 0.5]},
+                "model.params.subsample": {"uniform": [0.6, 1.0]},
+            },
+        },
+    )
     a = distml.run(spec, output=tmp_path, run_id="a").tables["trials"]
     b = distml.run(spec, output=tmp_path, run_id="b").tables["trials"]
     cols = SAME + list(spec["tune"]["space"])
@@ -87,10 +106,20 @@ def test_seeded_search_reproduces_its_trials_table(tmp_path):
 
 def _crash_spec(name: str, samples: int, failures: int) -> dict:
     # No subsampling: a booster continued from a checkpoint equals one trained in one go.
-    return _xgb(name, {"num_samples": samples, "max_failures": failures, "report_every": 1,
-                       "checkpoint_every": 1,
-                       "space": {"model.params.max_depth": {"randint": [2, 4]},
-                                 "model.params.eta": {"uniform": [0.1, 0.4]}}}, rounds=8)
+    return _xgb(
+        name,
+        {
+            "num_samples": samples,
+            "max_failures": failures,
+            "report_every": 1,
+            "checkpoint_every": 1,
+            "space": {
+                "model.params.max_depth": {"randint": [2, 4]},
+                "model.params.eta": {"uniform": [0.1, 0.4]},
+            },
+        },
+        rounds=8,
+    )
 
 
 @pytest.mark.usefixtures("ray_cluster")
@@ -131,39 +160,67 @@ def test_t1_crashed_trial_resumes_from_its_checkpoint(tmp_path, monkeypatch, ray
 
 @pytest.mark.usefixtures("ray_cluster")
 def test_fit_errors_fail_their_trials_without_retry(tmp_path, ray_cluster):
-    spec = {"name": "bad-sk", "kind": "sklearn",
-            "data": {"source": "builtin:iris", "target": "target", "split": {"valid": 0.3}},
-            "model": {"estimator": "random_forest_classifier", "params": {"n_estimators": 5}},
-            "tune": {"metric": "valid.accuracy", "num_samples": 3, "max_failures": 2,
-                     "space": {"model.params.max_depth": {"choice": [-1, -2]}}}}
+    spec = {
+        "name": "bad-sk",
+        "kind": "sklearn",
+        "data": {"source": "builtin:iris", "target": "target", "split": {"valid": 0.3}},
+        "model": {"estimator": "random_forest_classifier", "params": {"n_estimators": 5}},
+        "tune": {
+            "metric": "valid.accuracy",
+            "num_samples": 3,
+            "max_failures": 2,
+            "space": {"model.params.max_depth": {"choice": [-1, -2]}},
+        },
+    }
     with pytest.raises(distml.JobFailed) as e:
         distml.run(spec, output=tmp_path, run_id="x")
     msg = str(e.value)
-    assert msg.startswith("every trial of the search failed or reported no valid.accuracy "
-                          "(3 trials): trial_0000: InvalidParameterError")
+    assert msg.startswith(
+        "every trial of the search failed or reported no valid.accuracy "
+        "(3 trials): trial_0000: InvalidParameterError"
+    )
     manifest = json.loads((tmp_path / "bad-sk" / "x" / "manifest.json").read_text())
     assert manifest["status"] == "failed" and manifest["error"]["exit_code"] == 4
     # A metric the data's task does not have (the task is inferred from the target here).
-    wrong = _xgb("wrong", {"metric": "valid.rmse", "num_samples": 2,
-                           "space": {"model.params.max_depth": {"randint": [2, 3]}}}, rounds=3)
+    wrong = _xgb(
+        "wrong",
+        {
+            "metric": "valid.rmse",
+            "num_samples": 2,
+            "space": {"model.params.max_depth": {"randint": [2, 3]}},
+        },
+        rounds=3,
+    )
     wrong["model"]["params"] = {}
     with pytest.raises(distml.JobFailed) as e:
         distml.run(wrong, output=tmp_path)
-    assert ("trial_0000: ValueError: tune.metric valid.rmse is not computed for this job (its "
-            "trial reports valid.accuracy") in str(e.value)
+    assert (
+        "trial_0000: ValueError: tune.metric valid.rmse is not computed for this job (its "
+        "trial reports valid.accuracy"
+    ) in str(e.value)
     _wait_resources_free(ray_cluster)
 
 
 # ------------------------------------------------------------------ T2: kill the driver, resume
 
 T2_SPEC = {
-    "name": "t2", "kind": "xgboost",
-    "data": {"source": "synthetic:classification?rows=30000&features=10&seed=2",
-             "target": "target", "split": {"valid": 0.2, "seed": 1}},
+    "name": "t2",
+    "kind": "xgboost",
+    "data": {
+        "source": "synthetic:classification?rows=30000&features=10&seed=2",
+        "target": "target",
+        "split": {"valid": 0.2, "seed": 1},
+    },
     "model": {"params": {"objective": "binary:logistic"}, "num_boost_round": 150},
-    "tune": {"metric": "valid.logloss", "num_samples": 8, "seed": 5,
-             "space": {"model.params.max_depth": {"randint": [4, 6]},
-                       "model.params.eta": {"loguniform": [0.05, 0.3]}}},
+    "tune": {
+        "metric": "valid.logloss",
+        "num_samples": 8,
+        "seed": 5,
+        "space": {
+            "model.params.max_depth": {"randint": [4, 6]},
+            "model.params.eta": {"loguniform": [0.05, 0.3]},
+        },
+    },
 }
 
 
@@ -189,11 +246,27 @@ def test_t2_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
     spec_path = tmp_path / "t2.yaml"
     spec_path.write_text(json.dumps(T2_SPEC))
     out = tmp_path / "runs"
-    cmd = [sys.executable, "-m", "distml", "run", str(spec_path), "--output", str(out),
-           "--run-id", "r1", "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "distml",
+        "run",
+        str(spec_path),
+        "--output",
+        str(out),
+        "--run-id",
+        "r1",
+        "--json",
+    ]
     env = {k: v for k, v in os.environ.items() if k != "DISTML_TUNE_FAULT"}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     exp = out / "t2" / "r1" / "checkpoints" / "tune"
     deadline = time.monotonic() + 240
     finished: list[dict] = []
@@ -214,8 +287,9 @@ def test_t2_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
     assert not (out / "t2" / "r1" / "_SUCCESS").exists()
 
     resumed_at = time.time()
-    again = subprocess.run(cmd + ["--resume"], cwd=ROOT, env=env, capture_output=True,
-                           text=True, timeout=300)
+    again = subprocess.run(
+        cmd + ["--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     r = distml.Result.load(json.loads(again.stdout)["run_dir"])
     assert r.manifest["tune"]["resumed"] is True
@@ -229,8 +303,9 @@ def test_t2_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
     ref = distml.run(T2_SPEC, output=tmp_path / "ref").tables["trials"]
     cols = SAME + list(T2_SPEC["tune"]["space"])
     assert table[cols].equals(ref[cols])
-    assert r.best_config == distml.Result.load(
-        next((tmp_path / "ref" / "t2").iterdir())).best_config
+    assert (
+        r.best_config == distml.Result.load(next((tmp_path / "ref" / "t2").iterdir())).best_config
+    )
     assert math.isclose(r.metrics["valid"]["logloss"], ref["valid.logloss"].min(), rel_tol=1e-6)
 
 
@@ -238,10 +313,17 @@ def test_t2_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
 def test_a_kind_without_search_hooks_runs_its_whole_job_per_trial(tmp_path, ray_cluster):
     """statsmodels has no tune_* hooks: each trial runs the kind's own pipeline (its Ray tasks
     inside the trial's placement group) and reports the run's metrics once."""
-    spec = {"name": "sm", "kind": "statsmodels", "data": {"source": "builtin:spector"},
-            "model": {"method": "logit", "formula": "GRADE ~ GPA + TUCE + PSI"},
-            "tune": {"metric": "aic", "search": "grid",
-                     "space": {"model.method": {"grid": ["logit", "probit"]}}}}
+    spec = {
+        "name": "sm",
+        "kind": "statsmodels",
+        "data": {"source": "builtin:spector"},
+        "model": {"method": "logit", "formula": "GRADE ~ GPA + TUCE + PSI"},
+        "tune": {
+            "metric": "aic",
+            "search": "grid",
+            "space": {"model.method": {"grid": ["logit", "probit"]}},
+        },
+    }
     r = distml.run(spec, output=tmp_path)
     t = r.tables["trials"]
     assert list(t["model.method"]) == ["logit", "probit"] and (t.status == "completed").all()
@@ -257,8 +339,11 @@ def test_trials_of_a_multi_worker_job_each_drive_a_train_worker_group(tmp_path, 
     Tuner(trainer) in Ray 2.60); on 2 CPUs one trial at a time, so the worker groups never wait
     on each other; the refit of the best configuration reproduces the best trial's value."""
     spec = _xgb("mw", {"num_samples": 2, "search": "random", "scheduler": "none"}, rounds=8)
-    spec["data"] = {"source": "synthetic:classification?rows=3000&features=6&seed=4",
-                    "target": "target", "split": {"valid": 0.25, "seed": 1}}
+    spec["data"] = {
+        "source": "synthetic:classification?rows=3000&features=6&seed=4",
+        "target": "target",
+        "split": {"valid": 0.25, "seed": 1},
+    }
     spec["resources"] = {"num_workers": 2}
     spec["tune"]["space"] = {"model.params.max_depth": {"choice": [2, 5]}}
     r = distml.run(spec, output=tmp_path)

@@ -18,12 +18,16 @@ import time
 
 import pandas as pd
 import pytest
-
-import distml
 from test_submit_cluster import ROOT, LocalRayCluster, cli
 
-pytestmark = [pytest.mark.cluster, pytest.mark.skipif(
-    not sys.platform.startswith("linux"), reason="finds its Ray processes through /proc")]
+import distml
+
+pytestmark = [
+    pytest.mark.cluster,
+    pytest.mark.skipif(
+        not sys.platform.startswith("linux"), reason="finds its Ray processes through /proc"
+    ),
+]
 
 TASKS_OF_JOB = """
 import json, sys
@@ -48,8 +52,20 @@ def two_nodes():
 
 def _submit(cluster, spec: str, sid: str, out, *sets: str) -> dict:
     args = [a for s in sets for a in ("--set", s)]
-    res = cli("submit", spec, "--address", cluster.url, "--wait", "--json", "--submission-id",
-              sid, "--output", str(out), *args, env={"RAY_AUTH_TOKEN": cluster.token})
+    res = cli(
+        "submit",
+        spec,
+        "--address",
+        cluster.url,
+        "--wait",
+        "--json",
+        "--submission-id",
+        sid,
+        "--output",
+        str(out),
+        *args,
+        env={"RAY_AUTH_TOKEN": cluster.token},
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     payload = json.loads(res.stdout)
     assert payload["job_status"] == "SUCCEEDED"
@@ -61,8 +77,13 @@ def _task_nodes(cluster, job_id: str, names: set[str], expected: int) -> dict[st
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": cluster.token}
     deadline = time.monotonic() + 30
     while True:
-        out = subprocess.run([sys.executable, "-c", TASKS_OF_JOB, cluster.url, job_id],
-                             capture_output=True, text=True, timeout=60, env=env)
+        out = subprocess.run(
+            [sys.executable, "-c", TASKS_OF_JOB, cluster.url, job_id],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
         assert out.returncode == 0, out.stderr[-2000:]
         tasks = [t for t in json.loads(out.stdout.strip().splitlines()[-1]) if t[0] in names]
         if sum("FINISHED" in t[2] for t in tasks) >= expected or time.monotonic() > deadline:
@@ -84,8 +105,9 @@ def test_cv_folds_run_on_both_nodes_and_equal_single_node(two_nodes, tmp_path):
     spec = f"{ROOT}/jobs/sklearn_iris.yaml"
     payload = _submit(two_nodes, spec, "iris-2n", tmp_path / "two")
     node_ids = {n["node_id"] for n in two_nodes.alive_nodes()}
-    placed = _task_nodes(two_nodes, payload["job_id"], {"_fold_task", "_fit_task",
-                                                        "_prepare_task"}, expected=7)
+    placed = _task_nodes(
+        two_nodes, payload["job_id"], {"_fold_task", "_fit_task", "_prepare_task"}, expected=7
+    )
     used = set().union(*placed.values())
     assert used == node_ids, placed  # both nodes did work
     single = distml.run(spec, output=tmp_path / "one")
@@ -95,11 +117,9 @@ def test_cv_folds_run_on_both_nodes_and_equal_single_node(two_nodes, tmp_path):
 @pytest.mark.usefixtures("ray_cluster")
 def test_many_models_run_on_both_nodes_and_equal_single_node(two_nodes, tmp_path):
     spec = f"{ROOT}/jobs/statsmodels_grunfeld_firms.yaml"
-    payload = _submit(two_nodes, spec, "grunfeld-2n", tmp_path / "two",
-                      "model.groups_per_task=1")
+    payload = _submit(two_nodes, spec, "grunfeld-2n", tmp_path / "two", "model.groups_per_task=1")
     node_ids = {n["node_id"] for n in two_nodes.alive_nodes()}
-    placed = _task_nodes(two_nodes, payload["job_id"], {"fit_task", "map_partition"},
-                         expected=11)
+    placed = _task_nodes(two_nodes, payload["job_id"], {"fit_task", "map_partition"}, expected=11)
     assert set().union(*placed.values()) == node_ids, placed
     single = distml.run(spec, output=tmp_path / "one", model__groups_per_task=1)
     two_dir = payload["run_dir"]

@@ -24,8 +24,13 @@ from distml.runtime import procs, warm
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EQUAL = ("train", "valid", "test", "best_iteration", "num_boosted_rounds")
 
-pytestmark = [pytest.mark.cluster, pytest.mark.allow_local_ray, pytest.mark.skipif(
-    not sys.platform.startswith("linux"), reason="finds its Ray processes through /proc")]
+pytestmark = [
+    pytest.mark.cluster,
+    pytest.mark.allow_local_ray,
+    pytest.mark.skipif(
+        not sys.platform.startswith("linux"), reason="finds its Ray processes through /proc"
+    ),
+]
 
 
 @pytest.fixture
@@ -33,10 +38,20 @@ def warm_env(tmp_path, monkeypatch):
     """Environment of the CLI processes; the teardown stops the head of this state folder."""
     home, state = tmp_path / "home", tmp_path / "state"
     home.mkdir()
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("RAY_ADDRESS", "RAY_API_SERVER", "RAY_AUTH_TOKEN"))}
-    env.update({"HOME": str(home), warm.STATE_ENV: str(state), "PYTHONPATH": ROOT,
-                "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1"})
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RAY_ADDRESS", "RAY_API_SERVER", "RAY_AUTH_TOKEN"))
+    }
+    env.update(
+        {
+            "HOME": str(home),
+            warm.STATE_ENV: str(state),
+            "PYTHONPATH": ROOT,
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "OMP_NUM_THREADS": "1",
+        }
+    )
     monkeypatch.setenv(warm.STATE_ENV, str(state))
     seen: list[dict] = []
     try:
@@ -54,23 +69,35 @@ def warm_env(tmp_path, monkeypatch):
 
 
 def cli(env: dict, *args: str, timeout: float = 300) -> tuple[int, dict, str]:
-    out = subprocess.run([sys.executable, "-m", "distml", *args, "--json"], capture_output=True,
-                         text=True, timeout=timeout, cwd=ROOT, env=env)
+    out = subprocess.run(
+        [sys.executable, "-m", "distml", *args, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env=env,
+    )
     lines = out.stdout.strip().splitlines()
     return out.returncode, json.loads(lines[-1]) if lines else {}, out.stderr
 
 
 def _run(env: dict, out_dir) -> tuple[dict, dict]:
-    code, res, err = cli(env, "run", "jobs/quickstart.yaml", "--output", str(out_dir),
-                         "--set", "model.num_boost_round=30")
+    code, res, err = cli(
+        env,
+        "run",
+        "jobs/quickstart.yaml",
+        "--output",
+        str(out_dir),
+        "--set",
+        "model.num_boost_round=30",
+    )
     assert code == 0, err[-3000:]
     with open(os.path.join(res["run_dir"], "manifest.json")) as fh:
         return res, json.load(fh)
 
 
 def _http_status(url: str, token: str | None) -> int:
-    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token
-                                 else {})
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
             return r.status
@@ -121,8 +148,12 @@ def test_start_run_reuse_mismatch_stop_fallback(warm_env, tmp_path):
     warm.write_record(tampered)
     code, res, err = cli(env, "run", "jobs/quickstart.yaml", "--output", str(tmp_path / "bad"))
     msg = res["error"]["message"]
-    assert code == 3 and "runs distml 0.0.1" in msg and "distml cluster stop && distml " \
-        "cluster start" in msg and "Traceback" not in err
+    assert (
+        code == 3
+        and "runs distml 0.0.1" in msg
+        and "distml cluster stop && distml cluster start" in msg
+        and "Traceback" not in err
+    )
     assert not (tmp_path / "bad").exists() or not list((tmp_path / "bad").rglob("_SUCCESS"))
     code, st, _ = cli(env, "cluster", "status")
     assert code == 3 and st["status"] == "up" and "runs distml 0.0.1" in st["mismatch"]
@@ -139,8 +170,9 @@ def test_start_run_reuse_mismatch_stop_fallback(warm_env, tmp_path):
 
     # a head whose GCS died (a crash, `ray stop`): its record is stale; a run cleans it (and
     # what is left of the head) and starts a cluster of its own, with the same result
-    code, _, err = cli(env, "cluster", "start", "--cpus", "1", "--idle-timeout", "none",
-                       "--preload", "none")
+    code, _, err = cli(
+        env, "cluster", "start", "--cpus", "1", "--idle-timeout", "none", "--preload", "none"
+    )
     assert code == 0, err[-3000:]
     dead = warm.read_record()
     seen.append(dead)
@@ -157,8 +189,9 @@ def test_start_run_reuse_mismatch_stop_fallback(warm_env, tmp_path):
 
 def test_idle_timeout_stops_it(warm_env):
     env, seen = warm_env
-    code, _, err = cli(env, "cluster", "start", "--cpus", "1", "--idle-timeout", "8s",
-                       "--preload", "none")
+    code, _, err = cli(
+        env, "cluster", "start", "--cpus", "1", "--idle-timeout", "8s", "--preload", "none"
+    )
     assert code == 0, err[-3000:]
     rec = warm.read_record()
     assert rec is not None, "stopped before the test could read its record"

@@ -7,15 +7,13 @@ restart) keeps this file at about a minute."""
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
+from ray_checks import wait_resources_free as _wait_resources_free
 
 import distml
 from distml.runtime.data import split_indices
-
-from ray_checks import wait_resources_free as _wait_resources_free
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -23,8 +21,9 @@ SOURCE = "synthetic:classification?rows=12000&features=8&seed=5"
 ROUNDS = 30
 
 
-def test_two_workers_match_plain_xgboost_and_survive_a_worker_death(tmp_path, monkeypatch,
-                                                                    ray_cluster):
+def test_two_workers_match_plain_xgboost_and_survive_a_worker_death(
+    tmp_path, monkeypatch, ray_cluster
+):
     import xgboost as xgb
     from sklearn.metrics import roc_auc_score
 
@@ -32,13 +31,26 @@ def test_two_workers_match_plain_xgboost_and_survive_a_worker_death(tmp_path, mo
 
     marker = tmp_path / "crashed"
     monkeypatch.setenv("DISTML_TRAIN_FAULT", f"{marker}:{ROUNDS // 2}")
-    spec = {"name": "xgb-dist", "kind": "xgboost",
-            "data": {"source": SOURCE, "target": "target",
-                     "split": {"valid": 0.2, "test": 0.2, "seed": 7}},
-            "model": {"params": {"objective": "binary:logistic", "eval_metric": ["logloss", "auc"],
-                                 "max_depth": 4, "eta": 0.3},
-                      "num_boost_round": ROUNDS},
-            "resources": {"num_workers": 2, "max_failures": 1}, "output": {"dir": str(tmp_path)}}
+    spec = {
+        "name": "xgb-dist",
+        "kind": "xgboost",
+        "data": {
+            "source": SOURCE,
+            "target": "target",
+            "split": {"valid": 0.2, "test": 0.2, "seed": 7},
+        },
+        "model": {
+            "params": {
+                "objective": "binary:logistic",
+                "eval_metric": ["logloss", "auc"],
+                "max_depth": 4,
+                "eta": 0.3,
+            },
+            "num_boost_round": ROUNDS,
+        },
+        "resources": {"num_workers": 2, "max_failures": 1},
+        "output": {"dir": str(tmp_path)},
+    }
     r = distml.run(spec)
     assert r.status == "succeeded" and (r.run_dir / "_SUCCESS").is_file()
     _wait_resources_free(ray_cluster)  # T10
@@ -66,8 +78,14 @@ def test_two_workers_match_plain_xgboost_and_survive_a_worker_death(tmp_path, mo
 
     # The same outputs as the single-task path, under the same names.
     assert set(r.metrics) >= {"train", "valid", "test", "num_boosted_rounds", "n_rows"}
-    assert set(r.metrics["valid"]) == {"accuracy", "precision", "recall", "f1", "roc_auc",
-                                       "logloss"}
+    assert set(r.metrics["valid"]) == {
+        "accuracy",
+        "precision",
+        "recall",
+        "f1",
+        "roc_auc",
+        "logloss",
+    }
     curve = r.tables["learning_curve"]
     assert list(curve.columns) == ["iteration", "split", "metric", "value"]
     assert set(curve["split"]) == {"train", "valid"} and set(curve["metric"]) == {"logloss", "auc"}
@@ -79,11 +97,13 @@ def test_two_workers_match_plain_xgboost_and_survive_a_worker_death(tmp_path, mo
     assert cm[cm.split == "test"]["count"].sum() == len(parts["test"])
     pred = r.tables["predictions"]  # held-out rows, positions in the source, as in one task
     assert set(pred["split"]) == {"valid", "test"} and len(pred) == len(parts["valid"]) + len(
-        parts["test"])
+        parts["test"]
+    )
     np.testing.assert_array_equal(pred[pred.split == "test"]["row"].to_numpy(), parts["test"])
     saved = xgb.Booster(model_file=str(r.run_dir / "model" / "model.ubj"))
     p = saved.predict(xgb.DMatrix(X.iloc[parts["test"]]))
-    assert roc_auc_score(y[parts["test"]], p) == pytest.approx(r.metrics["test"]["roc_auc"],
-                                                               abs=1e-9)
+    assert roc_auc_score(y[parts["test"]], p) == pytest.approx(
+        r.metrics["test"]["roc_auc"], abs=1e-9
+    )
     assert np.isfinite(p).all()
     assert not (r.run_dir / "checkpoints" / "train").exists()  # restart state is not a result

@@ -31,15 +31,16 @@ def test_the_registry_contract_forbids_every_kind_module():
     assert forbidden == set(KINDS.values()), (
         "pyproject.toml [tool.importlinter] kinds-through-registry must list every registered "
         f"kind module: add {sorted(set(KINDS.values()) - forbidden)}, drop "
-        f"{sorted(forbidden - set(KINDS.values()))}")
+        f"{sorted(forbidden - set(KINDS.values()))}"
+    )
 
 
 def test_the_layers_contract_covers_every_top_level_module():
     layers = _contracts()["layers"]["layers"]
     named = {m.strip() for layer in layers for m in layer.replace("|", ":").split(":")}
-    modules = {f"distml.{p.stem}" for p in PACKAGE.glob("*.py") if p.stem not in (
-        "__init__", "__main__")} | {f"distml.{p.name}" for p in PACKAGE.iterdir()
-                                    if (p / "__init__.py").is_file()}
+    modules = {
+        f"distml.{p.stem}" for p in PACKAGE.glob("*.py") if p.stem not in ("__init__", "__main__")
+    } | {f"distml.{p.name}" for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
     assert modules <= named, f"modules in no layer: {sorted(modules - named)}"
 
 
@@ -60,16 +61,21 @@ def test_no_private_name_is_imported_across_modules():
     for path in sorted(PACKAGE.rglob("*.py")):
         here = _module_name(path)
         for node in ast.walk(ast.parse(path.read_text())):
-            if not (isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
-                    and node.module.split(".")[0] == "distml"):
+            if not (
+                isinstance(node, ast.ImportFrom)
+                and node.level == 0
+                and node.module
+                and node.module.split(".")[0] == "distml"
+            ):
                 continue
             for alias in node.names:
                 name = alias.name
                 if not name.startswith("_") or name.startswith("__"):
                     continue
                 target = f"{node.module}.{name}"
-                if _is_module(target) and (here == node.module
-                                           or here.startswith(node.module + ".")):
+                if _is_module(target) and (
+                    here == node.module or here.startswith(node.module + ".")
+                ):
                     continue
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno} imports {target}")
     assert not found, "private names imported across modules:\n" + "\n".join(found)

@@ -13,8 +13,17 @@ import pandas as pd
 import pytest
 
 from distml.errors import ClusterError, DataError, SpecError
-from distml.runtime.artifacts import (LOCK, MARKER, RunDir, diff_paths, holder_gone, new_run_id,
-                                      read_holder, to_jsonable, verify_finished)
+from distml.runtime.artifacts import (
+    LOCK,
+    MARKER,
+    RunDir,
+    diff_paths,
+    holder_gone,
+    new_run_id,
+    read_holder,
+    to_jsonable,
+    verify_finished,
+)
 
 
 def test_layout_and_atomic_files(tmp_path):
@@ -29,8 +38,13 @@ def test_layout_and_atomic_files(tmp_path):
     rd.mark_success()
     assert rd.complete
     # the manifest records every artifact's digest at _SUCCESS time
-    assert rd.listing() == ["_SUCCESS", "manifest.json", "metrics.json", "model/m.bin",
-                            "tables/t.parquet"]
+    assert rd.listing() == [
+        "_SUCCESS",
+        "manifest.json",
+        "metrics.json",
+        "model/m.bin",
+        "tables/t.parquet",
+    ]
     assert not [p for p in rd.path.rglob("*") if ".tmp-" in p.name]
 
 
@@ -93,7 +107,10 @@ def test_to_jsonable_handles_numpy():
     import numpy as np
 
     assert to_jsonable({"a": np.float32(1.5), "b": np.arange(2), "c": float("inf")}) == {
-        "a": 1.5, "b": [0, 1], "c": None}
+        "a": 1.5,
+        "b": [0, 1],
+        "c": None,
+    }
 
 
 # ---------------------------------------------------------------- run identity (promise 7, T12)
@@ -110,8 +127,9 @@ _HOLD = textwrap.dedent("""
 
 
 def test_the_lock_names_a_live_holder_and_a_crash_releases_it(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(tmp_path)], stdout=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout.readline().strip() == "holding"
         rd = RunDir(tmp_path, "job", "r1")
@@ -169,8 +187,9 @@ def test_only_folders_distml_made_are_cleaned(tmp_path):
 def test_leftovers_of_dead_writers_go_and_live_ones_stay(tmp_path):
     rd = RunDir(tmp_path, "job", "r1")
     rd.prepare()
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     (rd.path / f".run.log.tmp-{dead}").write_text("killed")
     live = rd.path / f".m.tmp-{os.getppid()}-ab.bin"  # a live process's write (our parent)
     live.write_text("being written")
@@ -257,7 +276,10 @@ def test_resume_compares_the_fingerprint_and_a_missing_one_refuses(tmp_path):
 
 def test_diff_paths():
     assert diff_paths({"a": {"b": 1, "c": 2}, "d": 1}, {"a": {"b": 1, "c": 3}, "e": 1}) == [
-        "a.c", "d", "e"]
+        "a.c",
+        "d",
+        "e",
+    ]
     assert diff_paths({"a": [1]}, {"a": [1]}) == []
 
 
@@ -267,8 +289,16 @@ def test_runs_tells_running_from_abandoned_and_unverified(tmp_path):
     def started(run_id):
         rd = RunDir(tmp_path, "job", run_id)
         rd.prepare()
-        rd.write_json("manifest.json", {"name": "job", "run_id": run_id, "kind": "sklearn",
-                                        "status": "running", "started_at": 1.0})
+        rd.write_json(
+            "manifest.json",
+            {
+                "name": "job",
+                "run_id": run_id,
+                "kind": "sklearn",
+                "status": "running",
+                "started_at": 1.0,
+            },
+        )
         return rd
 
     started("killed")

@@ -48,10 +48,17 @@ def _containers(pod_template: dict) -> list[dict]:
 def _mounts(pod_template: dict) -> dict[str, str]:
     """{mount path: claim name} of the PVC volumes a pod template mounts."""
     spec = pod_template["spec"]
-    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in spec.get("volumes", [])
-              if "persistentVolumeClaim" in v}
-    return {m["mountPath"]: claims[m["name"]] for c in spec["containers"]
-            for m in c.get("volumeMounts", []) if m["name"] in claims}
+    claims = {
+        v["name"]: v["persistentVolumeClaim"]["claimName"]
+        for v in spec.get("volumes", [])
+        if "persistentVolumeClaim" in v
+    }
+    return {
+        m["mountPath"]: claims[m["name"]]
+        for c in spec["containers"]
+        for m in c.get("volumeMounts", [])
+        if m["name"] in claims
+    }
 
 
 def _check_ray_cluster_spec(spec: dict, pins: dict) -> str:
@@ -96,8 +103,10 @@ def test_rayjob_runs_the_fixed_entrypoint_on_a_valid_spec(pins):
     env = {e["name"]: e for e in submitter["env"]}
     assert env["RAY_AUTH_MODE"]["value"] == "token"
     secret = job["rayClusterSpec"]["authOptions"]["secretName"]
-    assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": secret,
-                                                                 "key": "auth_token"}
+    assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": secret,
+        "key": "auth_token",
+    }
     mount = _check_ray_cluster_spec(job["rayClusterSpec"], pins)
     assert spec.output.dir.startswith(mount + "/")  # the run dir outlives the cluster
     assert job["shutdownAfterJobFinishes"] is True
@@ -123,8 +132,11 @@ def test_launcher_yaml(pins):
 def _dockerfile(name: str) -> tuple[list[str], str]:
     with open(os.path.join(CLUSTER, name)) as fh:
         text = fh.read()
-    lines = [ln.strip() for ln in text.replace("\\\n", " ").splitlines()
-             if ln.strip() and not ln.strip().startswith("#")]
+    lines = [
+        ln.strip()
+        for ln in text.replace("\\\n", " ").splitlines()
+        if ln.strip() and not ln.strip().startswith("#")
+    ]
     return lines, text
 
 

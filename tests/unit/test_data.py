@@ -7,17 +7,29 @@ import pandas as pd
 import pytest
 
 from distml.errors import DataError
-from distml.runtime.data import (cv_indices, inspect_source, read_frame, resolve_files,
-                                 split_indices, validate_data)
+from distml.runtime.data import (
+    cv_indices,
+    inspect_source,
+    read_frame,
+    resolve_files,
+    split_indices,
+    validate_data,
+)
 from distml.spec import DataSpec, SplitSpec
 
 
 @pytest.fixture
 def frame():
     rng = np.random.default_rng(0)
-    return pd.DataFrame({"id": np.arange(100), "x1": rng.normal(size=100),
-                         "plan": rng.choice(["a", "b"], 100), "when": pd.Timestamp("2024-01-01"),
-                         "y": rng.integers(0, 2, 100)})
+    return pd.DataFrame(
+        {
+            "id": np.arange(100),
+            "x1": rng.normal(size=100),
+            "plan": rng.choice(["a", "b"], 100),
+            "when": pd.Timestamp("2024-01-01"),
+            "y": rng.integers(0, 2, 100),
+        }
+    )
 
 
 def _data(source, **kw):
@@ -68,8 +80,7 @@ def test_missing_column_has_did_you_mean(tmp_path, frame):
     with pytest.raises(DataError, match=r"data.target: column 'yy' is not in .*did you mean 'y'"):
         validate_data(_data(tmp_path / "f.parquet", target="yy"), needs_target=True)
     with pytest.raises(DataError, match=r"data.features: column 'x9'"):
-        validate_data(_data(tmp_path / "f.parquet", target="y", features=["x9"]),
-                      needs_target=True)
+        validate_data(_data(tmp_path / "f.parquet", target="y", features=["x9"]), needs_target=True)
 
 
 def test_nan_target_counts_rows(tmp_path, frame):
@@ -77,16 +88,18 @@ def test_nan_target_counts_rows(tmp_path, frame):
     frame.loc[[3, 7, 9], "y"] = np.nan
     frame.to_parquet(tmp_path / "f.parquet")
     with pytest.raises(DataError, match=r"column 'y' has 3 missing values of 100 rows"):
-        validate_data(_data(tmp_path / "f.parquet", target="y", exclude=["when"]),
-                      needs_target=True)
+        validate_data(
+            _data(tmp_path / "f.parquet", target="y", exclude=["when"]), needs_target=True
+        )
 
 
 def test_unusable_dtype_is_named(tmp_path, frame):
     frame.to_parquet(tmp_path / "f.parquet")
     with pytest.raises(DataError, match=r"column 'when' has dtype timestamp"):
         validate_data(_data(tmp_path / "f.parquet", target="y"), needs_target=True)
-    info = validate_data(_data(tmp_path / "f.parquet", target="y", exclude=["when", "id"]),
-                         needs_target=True)
+    info = validate_data(
+        _data(tmp_path / "f.parquet", target="y", exclude=["when", "id"]), needs_target=True
+    )
     assert info.features == ["x1", "plan"] and info.categorical == ["plan"]
 
 
@@ -103,8 +116,15 @@ def test_test_source_must_have_the_columns(tmp_path, frame):
     frame.to_parquet(tmp_path / "f.parquet")
     frame.drop(columns="x1").to_parquet(tmp_path / "t.parquet")
     with pytest.raises(DataError, match=r"data.test_source: column 'x1'"):
-        validate_data(_data(tmp_path / "f.parquet", target="y", exclude=["when"],
-                            test_source=str(tmp_path / "t.parquet")), needs_target=True)
+        validate_data(
+            _data(
+                tmp_path / "f.parquet",
+                target="y",
+                exclude=["when"],
+                test_source=str(tmp_path / "t.parquet"),
+            ),
+            needs_target=True,
+        )
 
 
 def test_builtin_and_synthetic_sources():
@@ -143,6 +163,7 @@ def test_cv_folds_are_stratified_and_cover_every_row():
 
 # ------------------------------------------------ issue 18 / 17.9: checks known before the cluster
 
+
 def _check(source, task, **kw):
     return validate_data(_data(source, target="y", **kw), needs_target=True, task=task)
 
@@ -164,8 +185,9 @@ def test_duplicate_column_names_are_refused(tmp_path):
     (tmp_path / "d.csv").write_text("x1,x1,y\n1,2,0\n3,4,1\n")
     with pytest.raises(DataError, match=r"has the column 'x1' more than once"):
         inspect_source(str(tmp_path / "d.csv"))
-    table = pa.Table.from_arrays([pa.array([1, 2]), pa.array([3, 4]), pa.array([0, 1])],
-                                 names=["a", "a", "y"])
+    table = pa.Table.from_arrays(
+        [pa.array([1, 2]), pa.array([3, 4]), pa.array([0, 1])], names=["a", "a", "y"]
+    )
     pq.write_table(table, tmp_path / "d.parquet")
     with pytest.raises(DataError, match=r"has the column 'a' more than once"):
         inspect_source(str(tmp_path / "d.parquet"))
@@ -187,10 +209,14 @@ def test_directory_means_its_data_files(tmp_path, frame, caplog):
 
 
 def test_regression_target_must_be_numeric(tmp_path):
-    pd.DataFrame({"x": [1.0, 2, 3, 4], "y": ["a", "b", "c", "d"]}).to_csv(tmp_path / "s.csv",
-                                                                          index=False)
-    with pytest.raises(DataError, match=r"column 'y' in data.source has dtype .*regression "
-                                        r"target must be numeric"):
+    pd.DataFrame({"x": [1.0, 2, 3, 4], "y": ["a", "b", "c", "d"]}).to_csv(
+        tmp_path / "s.csv", index=False
+    )
+    with pytest.raises(
+        DataError,
+        match=r"column 'y' in data.source has dtype .*regression "
+        r"target must be numeric",
+    ):
         _check(tmp_path / "s.csv", "regression")
     _check(tmp_path / "s.csv", "classification", split="none")  # fine for a classifier
 
@@ -213,16 +239,20 @@ def test_split_and_cv_rules_name_the_real_class(tmp_path):
     with pytest.raises(DataError, match=r"cv=3 needs at least 3 rows of every class; class 'b'"):
         _check(src, "classification", split=SplitSpec(cv=3))
     # Unstratified 2-fold cv: the fold that holds the one 'b' row trains on 'a' only.
-    with pytest.raises(DataError, match=r"training rows of cv fold \d of target column 'y' hold "
-                                        r"only class 'a'"):
+    with pytest.raises(
+        DataError,
+        match=r"training rows of cv fold \d of target column 'y' hold "
+        r"only class 'a'",
+    ):
         _check(src, "classification", split=SplitSpec(cv=2, stratify=False))
     _check(src, "classification", split="none")
 
 
 def test_test_source_classes_must_occur_in_training(tmp_path):
     pd.DataFrame({"x": range(20), "y": ["a", "b"] * 10}).to_csv(tmp_path / "tr.csv", index=False)
-    pd.DataFrame({"x": range(4), "y": ["a", "c", "a", "b"]}).to_csv(tmp_path / "te.csv",
-                                                                   index=False)
+    pd.DataFrame({"x": range(4), "y": ["a", "c", "a", "b"]}).to_csv(
+        tmp_path / "te.csv", index=False
+    )
     with pytest.raises(DataError, match=r"data.test_source: target column 'y' has classes 'c'"):
         _check(tmp_path / "tr.csv", "classification", test_source=str(tmp_path / "te.csv"))
 
@@ -239,13 +269,23 @@ def test_unreadable_csv_messages_quote_no_rows(tmp_path):
             pytest.fail(f"{name} was accepted")
 
 
-@pytest.mark.parametrize("source", ["https://example.com/d.csv", "http://10.0.0.1/d.parquet",
-                                    "simplecache::https://example.com/d.csv",
-                                    "ftp://host/d.csv", "ssh://host/d.csv"])
+@pytest.mark.parametrize(
+    "source",
+    [
+        "https://example.com/d.csv",
+        "http://10.0.0.1/d.parquet",
+        "simplecache::https://example.com/d.csv",
+        "ftp://host/d.csv",
+        "ssh://host/d.csv",
+    ],
+)
 def test_protocols_outside_the_default_list_are_refused(source, monkeypatch):
     monkeypatch.delenv("DISTML_ALLOWED_PROTOCOLS", raising=False)
-    with pytest.raises(DataError, match=r"protocol is not allowed by default.*"
-                                        r"DISTML_ALLOWED_PROTOCOLS"):
+    with pytest.raises(
+        DataError,
+        match=r"protocol is not allowed by default.*"
+        r"DISTML_ALLOWED_PROTOCOLS",
+    ):
         inspect_source(source)
     with pytest.raises(DataError, match="data.test_source: the"):
         inspect_source(source, "data.test_source")
@@ -254,9 +294,17 @@ def test_protocols_outside_the_default_list_are_refused(source, monkeypatch):
 def test_allowed_protocols_setting(monkeypatch):
     from distml.runtime.data import check_protocol
 
-    for source in ("/tmp/x.csv", "file:///tmp/x.csv", "s3://b/k.parquet", "gs://b/k",
-                   "gcs://b/k", "az://c/k", "abfs://c/k", "builtin:iris",
-                   "synthetic:regression?rows=5"):
+    for source in (
+        "/tmp/x.csv",
+        "file:///tmp/x.csv",
+        "s3://b/k.parquet",
+        "gs://b/k",
+        "gcs://b/k",
+        "az://c/k",
+        "abfs://c/k",
+        "builtin:iris",
+        "synthetic:regression?rows=5",
+    ):
         check_protocol(source)
     monkeypatch.setenv("DISTML_ALLOWED_PROTOCOLS", " HTTPS , ftp")
     check_protocol("https://example.com/d.csv")
@@ -271,8 +319,12 @@ def test_ray_wrapped_distml_error_reads_as_its_sentence():
     from distml.errors import distml_cause, one_line, plain
 
     cause = DataError("data.target: column 'y' is bad")
-    wrapped = RayTaskError("fit", "\x1b[36mTraceback (most recent call last):\n  File x\x1b[0m\n"
-                           "DataError: data.target: column 'y' is bad", cause)
+    wrapped = RayTaskError(
+        "fit",
+        "\x1b[36mTraceback (most recent call last):\n  File x\x1b[0m\n"
+        "DataError: data.target: column 'y' is bad",
+        cause,
+    )
     dual = wrapped.as_instanceof_cause()
     assert isinstance(dual, DataError) and dual.exit_code == 2
     assert str(dual) == cause.message and "\x1b" not in str(dual)
@@ -287,14 +339,24 @@ def test_sklearn_work_size_params_are_bounded():
     from distml.errors import SpecError
     from distml.spec import load_spec
 
-    base = {"name": "b", "kind": "sklearn", "data": {"source": "builtin:iris", "target": "target"},
-            "model": {"estimator": "random_forest_classifier"}}
-    for key, value, bound in (("n_estimators", 10**12, "100,000"),
-                              ("max_iter", 10**9, "1,000,000"),
-                              ("n_neighbors", 0, "from 1"), ("max_leaf_nodes", 1, "from 2"),
-                              ("n_estimators", "many", "100,000")):
-        with pytest.raises(SpecError, match=rf"model.params.{key} must be a whole number .*"
-                                            rf"{bound}"):
+    base = {
+        "name": "b",
+        "kind": "sklearn",
+        "data": {"source": "builtin:iris", "target": "target"},
+        "model": {"estimator": "random_forest_classifier"},
+    }
+    for key, value, bound in (
+        ("n_estimators", 10**12, "100,000"),
+        ("max_iter", 10**9, "1,000,000"),
+        ("n_neighbors", 0, "from 1"),
+        ("max_leaf_nodes", 1, "from 2"),
+        ("n_estimators", "many", "100,000"),
+    ):
+        with pytest.raises(
+            SpecError,
+            match=rf"model.params.{key} must be a whole number .*"
+            rf"{bound}",
+        ):
             load_spec(base, {"model.params": {key: value}})
     load_spec(base, {"model.params": {"n_estimators": 500, "max_leaf_nodes": None}})
 
@@ -304,8 +366,12 @@ def test_output_dir_must_be_a_local_folder(tmp_path):
     from distml.spec import load_spec
 
     (tmp_path / "f").write_text("")
-    base = {"name": "o", "kind": "sklearn", "model": {"estimator": "ridge"},
-            "data": {"source": "builtin:diabetes", "target": "target"}}
+    base = {
+        "name": "o",
+        "kind": "sklearn",
+        "model": {"estimator": "ridge"},
+        "data": {"source": "builtin:diabetes", "target": "target"},
+    }
     with pytest.raises(SpecError, match=r"output.dir must be a local path.*'s3://b/runs'"):
         load_spec(base, {"output.dir": "s3://b/runs"})
     with pytest.raises(SpecError, match=r"output.dir: '.*f' is an existing file"):

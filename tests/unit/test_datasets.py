@@ -25,8 +25,19 @@ def test_builtin_loads_with_default_target(name: str) -> None:
 
 
 def test_builtin_names_and_copies() -> None:
-    assert {"iris", "digits", "breast_cancer", "diabetes", "wine", "longley", "spector", "grunfeld",
-            "star98", "macrodata", "sunspots"} <= set(ds.BUILTIN_NAMES)
+    assert {
+        "iris",
+        "digits",
+        "breast_cancer",
+        "diabetes",
+        "wine",
+        "longley",
+        "spector",
+        "grunfeld",
+        "star98",
+        "macrodata",
+        "sunspots",
+    } <= set(ds.BUILTIN_NAMES)
     iris = ds.load_builtin("builtin:iris")
     assert "sepal_length_cm" in iris.columns and iris["target"].nunique() == 3
     assert "mean_radius" in ds.load_builtin("breast_cancer").columns
@@ -79,7 +90,9 @@ def test_synthetic_parameters() -> None:
     series = ds.synthetic_frame("synthetic:timeseries?rows=1000&series=4")
     assert list(series.columns) == ["series", "t", "x0", "y"]
     assert series.groupby("series")["t"].agg(["min", "max"]).to_dict("list") == {
-        "min": [0] * 4, "max": [249] * 4}
+        "min": [0] * 4,
+        "max": [249] * 4,
+    }
 
 
 def test_parse_synthetic_defaults() -> None:
@@ -89,22 +102,25 @@ def test_parse_synthetic_defaults() -> None:
     assert ds.parse_synthetic("synthetic:blobs")[1]["rows"] == 1000
 
 
-@pytest.mark.parametrize("source, fragment", [
-    ("synthetic:classification?rowz=10", "'rowz'.*did you mean 'rows'"),
-    ("synthetic:classification?rows=-5", "'rows' must be an integer > 0"),
-    ("synthetic:classification?rows=abc", "'rows' must be an integer"),
-    ("synthetic:classification?rows=2.5", "'rows' must be an integer"),
-    ("synthetic:classification?classes=1", "'classes'"),
-    ("synthetic:classification?features=3&informative=4", "'informative' must be <= features"),
-    ("synthetic:regression?noise=-1", "'noise'"),
-    ("synthetic:regression?noise=nan", "'noise' must be a finite number"),
-    ("synthetic:timeseries?phi=1.0", "'phi' must be in \\(-1, 1\\)"),
-    ("synthetic:panel?rows=5&groups=6", "'groups' must be <= rows"),
-    ("synthetic:regression?rows", "'rows'"),
-    ("synthetic:regression?rows=1&rows=2", "'rows' is given twice"),
-    ("synthetic:clasification?rows=10", "did you mean 'classification'"),
-    ("synthetic:regression?seed=-1", "'seed'"),
-])
+@pytest.mark.parametrize(
+    "source, fragment",
+    [
+        ("synthetic:classification?rowz=10", "'rowz'.*did you mean 'rows'"),
+        ("synthetic:classification?rows=-5", "'rows' must be an integer > 0"),
+        ("synthetic:classification?rows=abc", "'rows' must be an integer"),
+        ("synthetic:classification?rows=2.5", "'rows' must be an integer"),
+        ("synthetic:classification?classes=1", "'classes'"),
+        ("synthetic:classification?features=3&informative=4", "'informative' must be <= features"),
+        ("synthetic:regression?noise=-1", "'noise'"),
+        ("synthetic:regression?noise=nan", "'noise' must be a finite number"),
+        ("synthetic:timeseries?phi=1.0", "'phi' must be in \\(-1, 1\\)"),
+        ("synthetic:panel?rows=5&groups=6", "'groups' must be <= rows"),
+        ("synthetic:regression?rows", "'rows'"),
+        ("synthetic:regression?rows=1&rows=2", "'rows' is given twice"),
+        ("synthetic:clasification?rows=10", "did you mean 'classification'"),
+        ("synthetic:regression?seed=-1", "'seed'"),
+    ],
+)
 def test_bad_synthetic_source(source: str, fragment: str) -> None:
     with pytest.raises(SpecError, match=fragment):
         ds.parse_synthetic(source)
@@ -112,8 +128,11 @@ def test_bad_synthetic_source(source: str, fragment: str) -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_chunking_does_not_change_data(kind: str) -> None:
-    params = {"rows": 150_000, "seed": 7, "features": 3} if kind != "timeseries" else \
-        {"rows": 150_000, "seed": 7, "series": 3}
+    params = (
+        {"rows": 150_000, "seed": 7, "features": 3}
+        if kind != "timeseries"
+        else {"rows": 150_000, "seed": 7, "series": 3}
+    )
     small = pd.concat(ds.iter_synthetic(kind, params, chunk_rows=1000), ignore_index=True)
     chunks = list(ds.iter_synthetic(kind, params, chunk_rows=65_536))
     assert [len(c) for c in chunks] == [65_536, 65_536, 150_000 - 2 * 65_536]
@@ -158,14 +177,23 @@ def test_generate_dataset_matches_frame(tmp_path) -> None:
     out = tmp_path / "data"
     result = ds.generate_dataset(source, out, rows=140_000, files=3)
     assert [p.rsplit("/", 1)[-1] for p in result["files"]] == [
-        "part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+        "part-00000.parquet",
+        "part-00001.parquet",
+        "part-00002.parquet",
+    ]
     assert result["rows"] == 140_000 and result["bytes"] > 0
     assert sorted(p.name for p in out.iterdir()) == [
-        "part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]  # no temp files left
+        "part-00000.parquet",
+        "part-00001.parquet",
+        "part-00002.parquet",
+    ]  # no temp files left
     parts = [pd.read_parquet(p) for p in result["files"]]
     assert [len(p) for p in parts] == [46_666, 46_667, 46_667]
-    pd.testing.assert_frame_equal(pd.concat(parts, ignore_index=True),
-                                  ds.synthetic_frame(source, rows=140_000), check_dtype=False)
+    pd.testing.assert_frame_equal(
+        pd.concat(parts, ignore_index=True),
+        ds.synthetic_frame(source, rows=140_000),
+        check_dtype=False,
+    )
 
 
 def test_generate_dataset_builtin_cycles_and_refuses_overwrite(tmp_path) -> None:
@@ -178,14 +206,18 @@ def test_generate_dataset_builtin_cycles_and_refuses_overwrite(tmp_path) -> None
         ds.generate_dataset("builtin:iris", tmp_path, files=1)
     again = ds.generate_dataset("builtin:iris", tmp_path, files=1, overwrite=True)
     assert again["rows"] == 150 and sorted(p.name for p in tmp_path.iterdir()) == [
-        "part-00000.parquet"]
+        "part-00000.parquet"
+    ]
 
 
-@pytest.mark.parametrize("kwargs, fragment", [
-    ({"rows": 0, "files": 1}, "rows must be an integer >= 1"),
-    ({"rows": 5, "files": 0}, "files must be an integer >= 1"),
-    ({"rows": 2, "files": 3}, "files must be <= rows"),
-])
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"rows": 0, "files": 1}, "rows must be an integer >= 1"),
+        ({"rows": 5, "files": 0}, "files must be an integer >= 1"),
+        ({"rows": 2, "files": 3}, "files must be <= rows"),
+    ],
+)
 def test_generate_dataset_validates_counts(tmp_path, kwargs, fragment) -> None:
     with pytest.raises(SpecError, match=fragment):
         ds.generate_dataset("synthetic:blobs", tmp_path / "x", **kwargs)
@@ -206,17 +238,27 @@ def test_virtual_sources_get_the_target_checks():
     from distml.spec import DataSpec
 
     def check(source, target, task, **kw):
-        return validate_data(DataSpec(source=source, target=target, **kw), needs_target=True,
-                             task=task)
+        return validate_data(
+            DataSpec(source=source, target=target, **kw), needs_target=True, task=task
+        )
 
     check("builtin:iris", "target", "classification", split={"cv": 5})
     check("builtin:diabetes", "target", "regression")
-    with pytest.raises(DataError, match=r"column 'group' in data.source has dtype .* regression "
-                                        r"target must be numeric"):
+    with pytest.raises(
+        DataError,
+        match=r"column 'group' in data.source has dtype .* regression "
+        r"target must be numeric",
+    ):
         check("synthetic:panel?rows=50&groups=5", "group", "regression", exclude=["target"])
-    with pytest.raises(DataError, match=r"cv=20 needs at least 20 rows of every class; class \d has \d+"):
-        check("synthetic:classification?rows=30&classes=3", "target", "classification",
-              split={"cv": 20})
+    with pytest.raises(
+        DataError, match=r"cv=20 needs at least 20 rows of every class; class \d has \d+"
+    ):
+        check(
+            "synthetic:classification?rows=30&classes=3",
+            "target",
+            "classification",
+            split={"cv": 20},
+        )
     info = check("synthetic:regression?rows=40", "target", "infer")
     assert info.source.rows == 40
 

@@ -34,11 +34,16 @@ def test_parse_names_place_step_partition_and_marker(tmp_path):
     assert epoch.marker != faults.parse("train.iteration:3").marker  # one marker per fault
 
 
-@pytest.mark.parametrize("text,match", [("kmeans.minibach:3", "unknown place 'kmeans.minibach'"),
-                                        ("train.iteration", "must be WHERE:K"),
-                                        ("train.iteration:x", "must be WHERE:K"),
-                                        ("train.iteration:1:2", "must be WHERE:K"),
-                                        ("pca.moments:1:2:3", "must be WHERE:K")])
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("kmeans.minibach:3", "unknown place 'kmeans.minibach'"),
+        ("train.iteration", "must be WHERE:K"),
+        ("train.iteration:x", "must be WHERE:K"),
+        ("train.iteration:1:2", "must be WHERE:K"),
+        ("pca.moments:1:2:3", "must be WHERE:K"),
+    ],
+)
 def test_parse_rejects_bad_text(text, match):
     with pytest.raises(SpecError, match=match):
         faults.parse(text)
@@ -80,8 +85,10 @@ def test_once_fires_the_first_time_only(tmp_path):
 
 
 def _crash_in_child(fault: str, where: str, step: int, **kw) -> int:
-    code = ("from distml.runtime import faults\n"
-            f"faults.crash(faults.parse({fault!r}), {where!r}, {step}, **{kw!r})\n")
+    code = (
+        "from distml.runtime import faults\n"
+        f"faults.crash(faults.parse({fault!r}), {where!r}, {step}, **{kw!r})\n"
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     return subprocess.run([sys.executable, "-c", code], env=env, timeout=60).returncode
 

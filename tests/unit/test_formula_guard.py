@@ -17,9 +17,12 @@ from distml.cli import main
 from distml.errors import DataError, SpecError
 from distml.jobs.statsmodels import analyze_formula, formula_namespace
 
-BASE = {"name": "t", "kind": "statsmodels",
-        "data": {"source": "builtin:longley", "split": {"valid": 0.3}},
-        "model": {"formula": "TOTEMP ~ GNP"}}
+BASE = {
+    "name": "t",
+    "kind": "statsmodels",
+    "data": {"source": "builtin:longley", "split": {"valid": 0.3}},
+    "model": {"formula": "TOTEMP ~ GNP"},
+}
 
 #: formula -> a piece of the sentence that refuses it
 UNSAFE = {
@@ -70,8 +73,14 @@ def test_every_choice_is_checked_not_only_the_first_thousand():
 
 
 def _tune_refuses(choices: list[str], formula: str) -> None:
-    raw = {**BASE, "tune": {"metric": "valid.rmse", "num_samples": 1,
-                            "space": {"model.formula": {"choice": choices}}}}
+    raw = {
+        **BASE,
+        "tune": {
+            "metric": "valid.rmse",
+            "num_samples": 1,
+            "space": {"model.formula": {"choice": choices}},
+        },
+    }
     with pytest.raises((SpecError, DataError)) as e:
         validate(raw)
     assert e.value.exit_code == 2
@@ -86,9 +95,14 @@ def test_cli_validate_refuses_spec_set_and_grid_formulas_with_exit_2(tmp_path, c
     capsys.readouterr()
     assert main(["validate", str(path), "--set", "model.formula=TOTEMP ~ C(GNP, exit)"]) == 2
     assert "model.formula: column 'exit' is not in" in capsys.readouterr().err
-    grid = {**BASE, "tune": {"metric": "valid.rmse", "search": "grid",
-                             "space": {"model.formula": {"grid": ["TOTEMP ~ GNP",
-                                                                  "TOTEMP ~ C(GNP, exit)"]}}}}
+    grid = {
+        **BASE,
+        "tune": {
+            "metric": "valid.rmse",
+            "search": "grid",
+            "space": {"model.formula": {"grid": ["TOTEMP ~ GNP", "TOTEMP ~ C(GNP, exit)"]}},
+        },
+    }
     path.write_text(yaml.safe_dump(grid))
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err
@@ -97,32 +111,40 @@ def test_cli_validate_refuses_spec_set_and_grid_formulas_with_exit_2(tmp_path, c
 
 
 def test_safe_formulas_still_pass():
-    for formula in ["TOTEMP ~ GNP + I(GNP ** 2) + I(GNP ** -0.5) + np.power(GNP, 3)",
-                    "np.log(TOTEMP) ~ C(YEAR > 1955) + center(GNP) + I(2 * GNP - 1)",
-                    "TOTEMP ~ np.clip(GNP, 300, a_max=500) + np.where(GNP > 400, GNP, 0)"]:
+    for formula in [
+        "TOTEMP ~ GNP + I(GNP ** 2) + I(GNP ** -0.5) + np.power(GNP, 3)",
+        "np.log(TOTEMP) ~ C(YEAR > 1955) + center(GNP) + I(2 * GNP - 1)",
+        "TOTEMP ~ np.clip(GNP, 300, a_max=500) + np.where(GNP > 400, GNP, 0)",
+    ]:
         validate({**BASE, "model": {"formula": formula}})
     choices = ["TOTEMP ~ GNP", "TOTEMP ~ GNP + UNEMP", "TOTEMP ~ C(YEAR)"]
-    validate({**BASE, "tune": {"metric": "valid.rmse",
-                               "space": {"model.formula": {"choice": choices}}}})
+    validate(
+        {**BASE, "tune": {"metric": "valid.rmse", "space": {"model.formula": {"choice": choices}}}}
+    )
     assert analyze_formula("y ~ I(x ** 2)").columns == ["y", "x"]
 
 
 # ------------------------------------------------------------------ the evaluation namespace
 
+
 def _frame() -> pd.DataFrame:
     rng = np.random.default_rng(0)
-    return pd.DataFrame({"y": rng.normal(size=30), "x": rng.normal(size=30) + 3,
-                         "g": ["a", "b", "c"] * 10})
+    return pd.DataFrame(
+        {"y": rng.normal(size=30), "x": rng.normal(size=30) + 3, "g": ["a", "b", "c"] * 10}
+    )
 
 
-@pytest.mark.parametrize("formula,name", [
-    ("y ~ C(g, exit)", "exit"),
-    ("y ~ C(g, print)", "print"),
-    ("y ~ I(x * len(x))", "len"),
-    ("y ~ I(__import__('os'))", "__import__"),
-    ('y ~ Q("__builtins__")', "__builtins__"),
-    ("y ~ ContrastMatrix(x, 1)", "ContrastMatrix"),
-])
+@pytest.mark.parametrize(
+    "formula,name",
+    [
+        ("y ~ C(g, exit)", "exit"),
+        ("y ~ C(g, print)", "print"),
+        ("y ~ I(x * len(x))", "len"),
+        ("y ~ I(__import__('os'))", "__import__"),
+        ('y ~ Q("__builtins__")', "__builtins__"),
+        ("y ~ ContrastMatrix(x, 1)", "ContrastMatrix"),
+    ],
+)
 def test_a_builtin_in_an_evaluated_formula_fails_cleanly(formula, name, capsys):
     """The guard is bypassed on purpose: statsmodels evaluates the formula in distml's
     namespace, and the builtin it names is not reachable — nothing runs (no SystemExit, nothing

@@ -22,7 +22,6 @@ from distml.cli import main
 from distml.jobs.base import Job
 from distml.registry import KINDS, job_class, kind_module
 from distml.spec import json_schema, load_spec
-
 from tests.kinds import ROOT, examples_of
 
 
@@ -58,16 +57,24 @@ def test_validate_needs_no_cluster_and_no_ray(kind):
     """``distml.validate`` of every example (data included) imports neither Ray nor the
     kind's heavy library at module import time."""
     for path in examples_of(kind):
-        code = ("import sys, distml; distml.validate(sys.argv[1]); "
-                "assert 'ray' not in sys.modules, 'validate imported ray'")
-        res = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
-                             text=True, timeout=120, cwd=ROOT)
+        code = (
+            "import sys, distml; distml.validate(sys.argv[1]); "
+            "assert 'ray' not in sys.modules, 'validate imported ray'"
+        )
+        res = subprocess.run(
+            [sys.executable, "-c", code, str(path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+        )
         assert res.returncode == 0, f"{path.name}: {res.stderr[-2000:]}"
 
 
 @pytest.mark.parametrize("case", ["missing_source", "missing_feature"])
-def test_bad_input_exits_2_before_any_cluster_and_writes_no_success(kind, case, tmp_path, capsys,
-                                                                    monkeypatch):
+def test_bad_input_exits_2_before_any_cluster_and_writes_no_success(
+    kind, case, tmp_path, capsys, monkeypatch
+):
     """Data that cannot be used is exit 2 with a sentence naming what is wrong, found before
     any cluster work (an unreachable RAY_ADDRESS would make a late check exit 3 instead), and
     no ``_SUCCESS`` is written."""
@@ -95,15 +102,27 @@ def test_abilities_are_declared_on_the_job(kind):
     """What tune, predict and report ask of a kind is declared on its Job with the base's
     signatures (they never look a kind up by name or probe it with hasattr)."""
     cls = job_class(kind)
-    base = {name: inspect.signature(getattr(Job, name)) for name in (
-        "check_spec", "check_data", "run", "tune_metric_names", "tune_iterations",
-        "tune_iteration_metrics", "tune_final_overrides", "train_execution")}
+    base = {
+        name: inspect.signature(getattr(Job, name))
+        for name in (
+            "check_spec",
+            "check_data",
+            "run",
+            "tune_metric_names",
+            "tune_iterations",
+            "tune_iteration_metrics",
+            "tune_final_overrides",
+            "train_execution",
+        )
+    }
     for name, sig in base.items():
         params = list(inspect.signature(getattr(cls, name)).parameters.values())
-        assert [p.name for p in params[:len(sig.parameters)]] == list(sig.parameters), \
+        assert [p.name for p in params[: len(sig.parameters)]] == list(sig.parameters), (
             f"{kind}: Job.{name} must keep the signature of distml.jobs.base.Job.{name}"
-        assert all(p.default is not p.empty for p in params[len(sig.parameters):]), \
+        )
+        assert all(p.default is not p.empty for p in params[len(sig.parameters) :]), (
             f"{kind}: Job.{name} may add parameters only with defaults"
+        )
     for name in ("load_predictor", "report_sections"):
         assert inspect.ismethod(getattr(cls, name)), f"{kind}: Job.{name} must be a classmethod"
     sections = cls.report_sections()
@@ -124,10 +143,18 @@ def test_abilities_are_declared_on_the_job(kind):
 
 def test_kind_modules_stay_light_at_import():
     """Importing every kind module imports no heavy library (validate and --help stay fast)."""
-    code = ("import sys; from distml.registry import KINDS, kind_module; "
-            "[kind_module(k) for k in KINDS]; "
-            "heavy = [m for m in ('ray', 'torch', 'xgboost', 'lightgbm', 'dask', 'statsmodels') "
-            "if m in sys.modules]; assert not heavy, heavy")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120, cwd=ROOT, env={**os.environ})
+    code = (
+        "import sys; from distml.registry import KINDS, kind_module; "
+        "[kind_module(k) for k in KINDS]; "
+        "heavy = [m for m in ('ray', 'torch', 'xgboost', 'lightgbm', 'dask', 'statsmodels') "
+        "if m in sys.modules]; assert not heavy, heavy"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ},
+    )
     assert res.returncode == 0, res.stderr[-2000:]

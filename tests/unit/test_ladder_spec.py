@@ -22,13 +22,22 @@ ROOT = Path(__file__).resolve().parents[2]
 #: every registered kind that fits supervised folds (sklearn, statsmodels, torch, xgboost, ...)
 CANDIDATE_KINDS = sorted(k for k in KINDS if k not in NOT_CANDIDATES)
 EXAMPLE = ROOT / "jobs" / "ladder_breast_cancer.yaml"
-BASE = {"name": "l", "kind": "ladder",
-        "data": {"source": "builtin:breast_cancer", "target": "target",
-                 "split": {"cv": 5, "seed": 0}},
-        "ladder": {"metric": "roc_auc", "candidates": [
-            {"name": "baseline", "kind": "sklearn",
-             "model": {"estimator": "sklearn.dummy.DummyClassifier"}},
-            {"name": "gbm", "kind": "xgboost", "model": {"num_boost_round": 10}}]}}
+BASE = {
+    "name": "l",
+    "kind": "ladder",
+    "data": {"source": "builtin:breast_cancer", "target": "target", "split": {"cv": 5, "seed": 0}},
+    "ladder": {
+        "metric": "roc_auc",
+        "candidates": [
+            {
+                "name": "baseline",
+                "kind": "sklearn",
+                "model": {"estimator": "sklearn.dummy.DummyClassifier"},
+            },
+            {"name": "gbm", "kind": "xgboost", "model": {"num_boost_round": 10}},
+        ],
+    },
+}
 
 
 def _with(**changes) -> dict:
@@ -71,60 +80,114 @@ def test_split_defaults_to_five_folds_and_needs_cv():
         load_spec(_with(data__split="none"))
 
 
-@pytest.mark.parametrize("change, message", [
-    (dict(model={"estimator": "random_forest_clasifier"}),
-     r"ladder.candidates\[0\] \(baseline\): model.estimator .*did you mean "
-     r"'random_forest_classifier'"),
-    (dict(model={"estimator": "ridge", "paramz": {}}),
-     r"ladder.candidates\[0\] \(baseline\): model.paramz is not a known field"),
-    (dict(kind="pca"), r"ladder.candidates\[0\] \(baseline\): kind must be one of "
-                       + ", ".join(CANDIDATE_KINDS) + "; got 'pca'"),
-    (dict(kind="sklaern"), r"did you mean 'sklearn'"),
-    (dict(model={"estimator": "logistic_regression"},
-          tune={"metric": "valid.roc_auc", "space": {"model.params.C": {"uniform": [0.1, 1]}}}),
-     r"ladder.candidates\[0\] \(baseline\): tune.metric valid.roc_auc and data.split.cv "
-     r"conflict.*use cv.roc_auc"),
-    (dict(model={"estimator": "logistic_regression"},
-          tune={"metric": "cv.roc_auc", "search": "optuna",
-                "space": {"model.params.C": {"uniform": [0.1, 1]}}}),
-     r"\(baseline\): tune.search optuna is not supported inside a ladder's folds"),
-    (dict(model={"estimator": "logistic_regression"},
-          tune={"metric": "cv.roc_auc", "time_budget_s": 60,
-                "space": {"model.params.C": {"uniform": [0.1, 1]}}}),
-     r"\(baseline\): tune.time_budget_s has no meaning inside a ladder's folds"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            dict(model={"estimator": "random_forest_clasifier"}),
+            r"ladder.candidates\[0\] \(baseline\): model.estimator .*did you mean "
+            r"'random_forest_classifier'",
+        ),
+        (
+            dict(model={"estimator": "ridge", "paramz": {}}),
+            r"ladder.candidates\[0\] \(baseline\): model.paramz is not a known field",
+        ),
+        (
+            dict(kind="pca"),
+            r"ladder.candidates\[0\] \(baseline\): kind must be one of "
+            + ", ".join(CANDIDATE_KINDS)
+            + "; got 'pca'",
+        ),
+        (dict(kind="sklaern"), r"did you mean 'sklearn'"),
+        (
+            dict(
+                model={"estimator": "logistic_regression"},
+                tune={
+                    "metric": "valid.roc_auc",
+                    "space": {"model.params.C": {"uniform": [0.1, 1]}},
+                },
+            ),
+            r"ladder.candidates\[0\] \(baseline\): tune.metric valid.roc_auc and data.split.cv "
+            r"conflict.*use cv.roc_auc",
+        ),
+        (
+            dict(
+                model={"estimator": "logistic_regression"},
+                tune={
+                    "metric": "cv.roc_auc",
+                    "search": "optuna",
+                    "space": {"model.params.C": {"uniform": [0.1, 1]}},
+                },
+            ),
+            r"\(baseline\): tune.search optuna is not supported inside a ladder's folds",
+        ),
+        (
+            dict(
+                model={"estimator": "logistic_regression"},
+                tune={
+                    "metric": "cv.roc_auc",
+                    "time_budget_s": 60,
+                    "space": {"model.params.C": {"uniform": [0.1, 1]}},
+                },
+            ),
+            r"\(baseline\): tune.time_budget_s has no meaning inside a ladder's folds",
+        ),
+    ],
+)
 def test_a_bad_candidate_names_itself_and_the_field(change, message):
     with pytest.raises(SpecError, match=message):
         load_spec(_cand(0, **change))
 
 
 def test_candidate_field_errors_of_other_kinds():
-    with pytest.raises(SpecError, match=r"ladder.candidates\[1\] \(gbm\): model.num_boost_round "
-                                        r"must be >= 1; got 0"):
+    with pytest.raises(
+        SpecError,
+        match=r"ladder.candidates\[1\] \(gbm\): model.num_boost_round "
+        r"must be >= 1; got 0",
+    ):
         load_spec(_cand(1, model={"num_boost_round": 0}))
     # early stopping needs a valid split, which folds do not have
-    with pytest.raises(SpecError, match=r"\(gbm\): model.early_stopping_rounds needs a "
-                                        "validation split"):
+    with pytest.raises(
+        SpecError,
+        match=r"\(gbm\): model.early_stopping_rounds needs a "
+        "validation split",
+    ):
         load_spec(_cand(1, model={"early_stopping_rounds": 5}))
     with pytest.raises(SpecError, match=r"\(glm\): model.method arima is a time-series model"):
         load_spec(_cand(1, name="glm", kind="statsmodels", model={"method": "arima"}))
-    with pytest.raises(SpecError, match=r"\(glm\): model.formula must have the ladder's target "
-                                        r"'target' itself on the left"):
-        load_spec(_cand(1, name="glm", kind="statsmodels",
-                        model={"method": "logit", "formula": "np.log(target) ~ mean_radius"}))
+    with pytest.raises(
+        SpecError,
+        match=r"\(glm\): model.formula must have the ladder's target "
+        r"'target' itself on the left",
+    ):
+        load_spec(
+            _cand(
+                1,
+                name="glm",
+                kind="statsmodels",
+                model={"method": "logit", "formula": "np.log(target) ~ mean_radius"},
+            )
+        )
 
 
 def test_ladder_level_rules():
-    with pytest.raises(SpecError, match=r"ladder.metric must be one of accuracy, .*r2; got "
-                                        r"'auc'; did you mean 'roc_auc'\?"):
+    with pytest.raises(
+        SpecError,
+        match=r"ladder.metric must be one of accuracy, .*r2; got "
+        r"'auc'; did you mean 'roc_auc'\?",
+    ):
         load_spec(_with(ladder__metric="auc"))
     with pytest.raises(SpecError, match="must name each candidate once; got duplicates"):
         load_spec(_cand(1, name="baseline"))
     with pytest.raises(SpecError, match="at least 2 candidates"):
         load_spec(_with(ladder__candidates=BASE["ladder"]["candidates"][:1]))
     with pytest.raises(SpecError, match="tune is not supported for kind ladder itself"):
-        load_spec({**_with(), "tune": {"metric": "valid.roc_auc",
-                                       "space": {"model.x": {"uniform": [0, 1]}}}})
+        load_spec(
+            {
+                **_with(),
+                "tune": {"metric": "valid.roc_auc", "space": {"model.x": {"uniform": [0, 1]}}},
+            }
+        )
     with pytest.raises(SpecError, match="resources.num_workers must be 1 for kind ladder"):
         load_spec({**_with(), "resources": {"num_workers": 2}})
 
@@ -142,20 +205,33 @@ def test_cli_validate_exits_2_naming_the_candidate(tmp_path, capsys):
 
 def test_data_checks_of_each_candidate_before_the_cluster():
     # the metric says the task; the target must be of it
-    with pytest.raises(SpecError, match=r"ladder.metric 'rmse' is a regression metric, but "
-                                        r"target 'target' is a classification target; valid "
-                                        r"metrics: accuracy"):
+    with pytest.raises(
+        SpecError,
+        match=r"ladder.metric 'rmse' is a regression metric, but "
+        r"target 'target' is a classification target; valid "
+        r"metrics: accuracy",
+    ):
         kind_module("ladder").Job(load_spec(_with(ladder__metric="rmse"))).check_data()
     # a regressor in a classification ladder
     job = kind_module("ladder").Job(load_spec(_cand(0, model={"estimator": "ridge"})))
     with pytest.raises(SpecError, match=r"\(baseline\): the model is a regression model"):
         job.check_data()
     # a formula naming a column the data lacks: exit 2 naming the candidate
-    job = kind_module("ladder").Job(load_spec(_cand(
-        1, name="glm", kind="statsmodels",
-        model={"method": "logit", "formula": "target ~ mean_radius + nope"})))
-    with pytest.raises(DataError, match=r"ladder.candidates\[1\] \(glm\): model.formula: "
-                                        "column 'nope' is not in"):
+    job = kind_module("ladder").Job(
+        load_spec(
+            _cand(
+                1,
+                name="glm",
+                kind="statsmodels",
+                model={"method": "logit", "formula": "target ~ mean_radius + nope"},
+            )
+        )
+    )
+    with pytest.raises(
+        DataError,
+        match=r"ladder.candidates\[1\] \(glm\): model.formula: "
+        "column 'nope' is not in",
+    ):
         job.check_data()
 
 
@@ -166,20 +242,28 @@ def test_a_missing_extra_is_a_failed_rung_not_a_bad_spec(monkeypatch):
         raise MissingDependency.for_extra("torch", "torch", purpose)
 
     monkeypatch.setattr(torch_kind, "require_torch", missing)
-    spec = load_spec(_with(ladder__candidates=[
-        BASE["ladder"]["candidates"][0],
-        {"name": "mlp", "kind": "torch", "model": {"hidden": [8], "epochs": 2}}]))
+    spec = load_spec(
+        _with(
+            ladder__candidates=[
+                BASE["ladder"]["candidates"][0],
+                {"name": "mlp", "kind": "torch", "model": {"hidden": [8], "epochs": 2}},
+            ]
+        )
+    )
     job = kind_module("ladder").Job(spec)
     job.check_data()
     assert job.rungs[0].unavailable is None
     assert "pip install" in job.rungs[1].unavailable
 
 
-@pytest.mark.parametrize("task, n_classes, names, glm_kind", [
-    ("classification", 2, ["baseline", "glm", "forest", "gbm", "mlp"], "statsmodels"),
-    ("classification", 3, ["baseline", "glm", "forest", "gbm", "mlp"], "sklearn"),
-    ("regression", 0, ["baseline", "glm", "forest", "gbm", "mlp"], "statsmodels"),
-])
+@pytest.mark.parametrize(
+    "task, n_classes, names, glm_kind",
+    [
+        ("classification", 2, ["baseline", "glm", "forest", "gbm", "mlp"], "statsmodels"),
+        ("classification", 3, ["baseline", "glm", "forest", "gbm", "mlp"], "sklearn"),
+        ("regression", 0, ["baseline", "glm", "forest", "gbm", "mlp"], "statsmodels"),
+    ],
+)
 def test_auto_ladder_from_the_installed_kinds(task, n_classes, names, glm_kind):
     cands, why = auto_candidates(task, n_classes)
     assert [c.name for c in cands] == names and cands[1].kind == glm_kind
@@ -190,8 +274,11 @@ def test_auto_ladder_from_the_installed_kinds(task, n_classes, names, glm_kind):
 
 def test_auto_ladder_leaves_out_what_is_not_installed(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name in ("torch", "xgboost") else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in ("torch", "xgboost") else real(name, *a),
+    )
     cands, why = auto_candidates("classification", 2)
     assert [c.name for c in cands] == ["baseline", "glm", "forest"]
     assert why["mlp"] == "left out: torch is not installed"
@@ -202,9 +289,14 @@ def test_auto_ladder_resolves_at_check_time(tmp_path):
     frame = pd.DataFrame({"a": rng.normal(size=60), "b": rng.normal(size=60)})
     frame["y"] = frame["a"] * 3 + rng.normal(size=60)
     frame.to_parquet(tmp_path / "d.parquet")
-    spec = load_spec({"name": "auto", "kind": "ladder",
-                      "data": {"source": str(tmp_path / "d.parquet"), "target": "y"},
-                      "ladder": {"metric": "rmse", "candidates": "auto"}})
+    spec = load_spec(
+        {
+            "name": "auto",
+            "kind": "ladder",
+            "data": {"source": str(tmp_path / "d.parquet"), "target": "y"},
+            "ladder": {"metric": "rmse", "candidates": "auto"},
+        }
+    )
     job = kind_module("ladder").Job(spec)
     job.check_data()
     assert [r.name for r in job.rungs] == ["baseline", "glm", "forest", "gbm", "mlp"]

@@ -35,7 +35,8 @@ def test_corrected_ttest_equals_a_hand_computation():
     naive = st.ttest_1samp(d, 0.0, alternative="greater")
     assert r.p_value > naive.pvalue
     assert r.se / (np.std(d, ddof=1) / math.sqrt(k)) == pytest.approx(
-        math.sqrt(1 + k * n_test / n_train))
+        math.sqrt(1 + k * n_test / n_train)
+    )
 
 
 def test_min_gain_shifts_the_null_and_alpha_the_interval():
@@ -77,25 +78,30 @@ def test_decide_climbs_compares_with_the_incumbent_and_explains():
     base = np.array([0.70, 0.72, 0.69, 0.71, 0.70])
     better = base + np.array([0.05, 0.06, 0.05, 0.055, 0.06])
     same = better + np.array([0.001, -0.002, 0.0, 0.001, -0.001])
-    rungs, winner, adj = stats.decide(["base", "broken", "better", "same"],
-                                      [base, None, better, same], "max", n_train=80,
-                                      n_test=20, alpha=0.05, min_gain=0.0)
+    rungs, winner, adj = stats.decide(
+        ["base", "broken", "better", "same"],
+        [base, None, better, same],
+        "max",
+        n_train=80,
+        n_test=20,
+        alpha=0.05,
+        min_gain=0.0,
+    )
     assert [r.promoted for r in rungs] == [False, False, True, False]
     assert winner == "better" and adj == "holm"
     assert rungs[1].reason == "failed" and rungs[0].reason.startswith("base rung")
     assert rungs[2].incumbent == "base" and rungs[3].incumbent == "better"
     # Holm over the two comparisons made, in the order of their p-values
     p = [rungs[2].test.p_value, rungs[3].test.p_value]
-    assert [rungs[2].p_adjusted, rungs[3].p_adjusted] == pytest.approx(
-        stats.holm(p).tolist())
+    assert [rungs[2].p_adjusted, rungs[3].p_adjusted] == pytest.approx(stats.holm(p).tolist())
     assert "not promoted" in rungs[3].reason
     # a gain below min_gain is never promoted, however sure
-    rungs, winner, _ = stats.decide(["base", "better"], [base, better], "max", n_train=80,
-                                    n_test=20, alpha=0.05, min_gain=0.1)
+    rungs, winner, _ = stats.decide(
+        ["base", "better"], [base, better], "max", n_train=80, n_test=20, alpha=0.05, min_gain=0.1
+    )
     assert winner == "base" and "not above min_gain" in rungs[1].reason
     with pytest.raises(ValueError, match="every rung failed"):
-        stats.decide(["a", "b"], [None, None], "max", n_train=8, n_test=2, alpha=0.05,
-                     min_gain=0)
+        stats.decide(["a", "b"], [None, None], "max", n_train=8, n_test=2, alpha=0.05, min_gain=0)
 
 
 def _null_folds(rng, k: int, sigma: float = 0.01) -> np.ndarray:
@@ -115,13 +121,15 @@ def test_identical_candidates_are_promoted_at_most_at_the_nominal_rate(k):
     promoted, diffs = 0, []
     for _ in range(n_sim):
         a, b = _null_folds(rng, k), _null_folds(rng, k)
-        _, winner, _ = stats.decide(["a", "b"], [a, b], "max", n_train=n_train,
-                                        n_test=n_test, alpha=alpha, min_gain=0.0)
+        _, winner, _ = stats.decide(
+            ["a", "b"], [a, b], "max", n_train=n_train, n_test=n_test, alpha=alpha, min_gain=0.0
+        )
         promoted += winner == "b"
         diffs.append(b - a)
     rate = promoted / n_sim
-    naive = (st.ttest_1samp(np.array(diffs), 0.0, axis=1, alternative="greater").pvalue
-             < alpha).sum()
+    naive = (
+        st.ttest_1samp(np.array(diffs), 0.0, axis=1, alternative="greater").pvalue < alpha
+    ).sum()
     bound = alpha + 3 * math.sqrt(alpha * (1 - alpha) / n_sim)
     assert rate <= bound, rate
     assert rate >= alpha / 2, rate  # the test is not vacuous: it does reject at about alpha
@@ -135,8 +143,9 @@ def test_a_ladder_of_equal_rungs_keeps_the_family_wise_rate():
     any_promoted = 0
     for _ in range(n_sim):
         scores = [_null_folds(rng, k) for _ in range(4)]
-        rungs, _, _ = stats.decide(list("abcd"), scores, "max", n_train=900, n_test=100,
-                                        alpha=alpha, min_gain=0.0)
+        rungs, _, _ = stats.decide(
+            list("abcd"), scores, "max", n_train=900, n_test=100, alpha=alpha, min_gain=0.0
+        )
         any_promoted += any(r.promoted for r in rungs)
     assert any_promoted / n_sim <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / n_sim)
 
@@ -148,8 +157,15 @@ def test_a_truly_better_rung_is_promoted_with_high_probability():
     for _ in range(n_sim):
         base = _null_folds(rng, k)
         better = _null_folds(rng, k) + 0.03  # three times the fold noise
-        _, winner, _ = stats.decide(["base", "better"], [base, better], "max",
-                                    n_train=900, n_test=100, alpha=0.05, min_gain=0.005)
+        _, winner, _ = stats.decide(
+            ["base", "better"],
+            [base, better],
+            "max",
+            n_train=900,
+            n_test=100,
+            alpha=0.05,
+            min_gain=0.005,
+        )
         wins += winner == "better"
     assert wins / n_sim >= 0.9
 
@@ -165,8 +181,9 @@ def test_decisions_that_would_cycle_fall_back_to_one_bonferroni_pass(monkeypatch
         return np.zeros(len(p)) if len(calls) % 2 else np.ones(len(p))
 
     monkeypatch.setattr(stats, "holm", flipping)
-    rungs, winner, adj = stats.decide(["base", "a", "b"], [base, a, b], "max", n_train=80,
-                                      n_test=20, alpha=0.05, min_gain=0.0)
+    rungs, winner, adj = stats.decide(
+        ["base", "a", "b"], [base, a, b], "max", n_train=80, n_test=20, alpha=0.05, min_gain=0.0
+    )
     assert adj == "bonferroni" and len(calls) == 2
     ta = stats.corrected_ttest(a - base, 80, 20)
     tb = stats.corrected_ttest(b - a, 80, 20)  # a is promoted first, so b is compared with a

@@ -32,8 +32,9 @@ def _frame(n=5000, d=6, seed=0):
 
 def _write(df, path, row_group_size=None):
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), path,
-                   row_group_size=row_group_size)
+    pq.write_table(
+        pa.Table.from_pandas(df, preserve_index=False), path, row_group_size=row_group_size
+    )
     return path
 
 
@@ -46,6 +47,7 @@ def _moments(X, pieces=7, full=True):
 
 # ------------------------------------------------------------------ partitions and batches
 
+
 def test_partitions_pack_row_groups_and_name_outputs(tmp_path):
     df = _frame(1000)
     _write(df.iloc[:600], tmp_path / "d" / "day=1" / "part-0.parquet", row_group_size=100)
@@ -55,9 +57,13 @@ def test_partitions_pack_row_groups_and_name_outputs(tmp_path):
     # row groups of 100 packed to <= 250 rows, never across files
     assert [p.rows for p in parts] == [200, 200, 200, 200, 200]
     assert [p.row_groups for p in parts] == [(0, 1), (2, 3), (4, 5), (0, 1), (2, 3)]
-    assert [p.name for p in parts] == ["day=1/part-0-rg00000", "day=1/part-0-rg00002",
-                                       "day=1/part-0-rg00004", "day=2/part-0-rg00000",
-                                       "day=2/part-0-rg00002"]
+    assert [p.name for p in parts] == [
+        "day=1/part-0-rg00000",
+        "day=1/part-0-rg00002",
+        "day=1/part-0-rg00004",
+        "day=2/part-0-rg00000",
+        "day=2/part-0-rg00002",
+    ]
     whole = ooc.plan_partitions(info)
     assert [p.name for p in whole] == ["day=1/part-0", "day=2/part-0"]
     virtual = ooc.plan_partitions(inspect_source("synthetic:blobs?rows=300&features=3"))
@@ -87,9 +93,14 @@ def test_batches_are_bounded_ordered_and_typed(tmp_path):
     assert sum(sizes) == 500 and max(sizes) == 64
 
 
-@pytest.mark.parametrize("bad,expect", [(np.nan, "has NaN or infinite values"),
-                                        (np.inf, "has NaN or infinite values"),
-                                        (None, "has missing values")])
+@pytest.mark.parametrize(
+    "bad,expect",
+    [
+        (np.nan, "has NaN or infinite values"),
+        (np.inf, "has NaN or infinite values"),
+        (None, "has missing values"),
+    ],
+)
 def test_bad_values_name_the_column_and_file(tmp_path, bad, expect):
     df = _frame(100)
     cols = {c: pa.array(df[c].to_numpy()) for c in FEATS}
@@ -106,9 +117,18 @@ def test_bad_values_name_the_column_and_file(tmp_path, bad, expect):
     assert "(1 in the first batch of 30 rows with any)" in msg
 
 
-@pytest.mark.parametrize("n,size,min_last", [(1000, 128, 0), (1000, 128, 5), (1030, 128, 7),
-                                              (1029, 128, 7), (1024, 128, 3), (100, 128, 3),
-                                              (5, 128, 7)])
+@pytest.mark.parametrize(
+    "n,size,min_last",
+    [
+        (1000, 128, 0),
+        (1000, 128, 5),
+        (1030, 128, 7),
+        (1029, 128, 7),
+        (1024, 128, 3),
+        (100, 128, 3),
+        (5, 128, 7),
+    ],
+)
 def test_rechunk_cuts_like_gen_batches(n, size, min_last):
     from sklearn.utils import gen_batches
 
@@ -117,8 +137,9 @@ def test_rechunk_cuts_like_gen_batches(n, size, min_last):
     got = [len(b) for b in ooc.rechunk(iter(pieces), size, min_last)]
     want = [s.stop - s.start for s in gen_batches(n, size, min_batch_size=min_last)]
     assert got == want
-    np.testing.assert_array_equal(np.concatenate(list(ooc.rechunk(iter(pieces), size,
-                                                                   min_last))), X)
+    np.testing.assert_array_equal(
+        np.concatenate(list(ooc.rechunk(iter(pieces), size, min_last))), X
+    )
 
 
 def test_prefetch_keeps_order_and_raises():
@@ -133,6 +154,7 @@ def test_prefetch_keeps_order_and_raises():
 
 
 # ------------------------------------------------------------------ mergeable states
+
 
 def test_moments_merge_equals_numpy():
     X = _frame(3001).to_numpy()
@@ -163,13 +185,15 @@ def test_sample_is_uniform_and_independent_of_batching():
     a = sample([(0, 10_000)])
     one = ooc.Sample.empty(500, 1)
     for lo in range(0, 10_000, 37):  # many small batches into one sample: the replace path
-        one = one.add(rows[lo:lo + 37].copy(), keys[lo:lo + 37])
+        one = one.add(rows[lo : lo + 37].copy(), keys[lo : lo + 37])
     np.testing.assert_array_equal(one.sorted_rows(), a)
     # with the row count known, a key threshold keeps ~m rows in all instead of m per part,
     # and the m smallest keys are the same rows
     t = ooc.Sample.threshold_for(500, 10_000)
-    parts = [ooc.Sample.empty(500, 1, t).add(rows[lo:lo + 1000].copy(), keys[lo:lo + 1000])
-             for lo in range(0, 10_000, 1000)]
+    parts = [
+        ooc.Sample.empty(500, 1, t).add(rows[lo : lo + 1000].copy(), keys[lo : lo + 1000])
+        for lo in range(0, 10_000, 1000)
+    ]
     assert sum(len(p.keys) for p in parts) < 800
     merged = parts[0]
     for p in parts[1:]:
@@ -185,6 +209,7 @@ def test_sample_is_uniform_and_independent_of_batching():
 
 # ------------------------------------------------------------------ pca numerics
 
+
 @pytest.mark.parametrize("scale", [False, True])
 @pytest.mark.parametrize("n_components", [3, 0.9, None])
 def test_exact_pca_equals_sklearn(scale, n_components):
@@ -197,8 +222,9 @@ def test_exact_pca_equals_sklearn(scale, n_components):
     sk = PCA(n_components, whiten=True, svd_solver="full").fit(Xs)
     assert fit.n_components == sk.n_components_
     np.testing.assert_allclose(fit.explained_variance, sk.explained_variance_, rtol=1e-9)
-    np.testing.assert_allclose(fit.explained_variance_ratio, sk.explained_variance_ratio_,
-                               rtol=1e-9)
+    np.testing.assert_allclose(
+        fit.explained_variance_ratio, sk.explained_variance_ratio_, rtol=1e-9
+    )
     np.testing.assert_allclose(fit.components, sk.components_, atol=1e-9)  # same signs too
     np.testing.assert_allclose(fit.singular_values, sk.singular_values_, rtol=1e-9)
     assert fit.noise_variance == pytest.approx(sk.noise_variance_, rel=1e-9, abs=1e-12)
@@ -239,6 +265,7 @@ def test_kmeans_model_files_round_trip_without_pickle(tmp_path):
 
 # ------------------------------------------------------------------ kmeans numerics
 
+
 def test_minibatch_step_is_sklearn_partial_fit():
     from sklearn.cluster import MiniBatchKMeans
     from sklearn.metrics import pairwise_distances_argmin
@@ -275,7 +302,7 @@ def test_assign_and_init_choose_the_best_on_the_held_sample():
     labels, dist = K.assign(X, C)
     want_labels, want_d = pairwise_distances_argmin_min(X, C)
     np.testing.assert_array_equal(labels, want_labels)
-    np.testing.assert_allclose(dist, want_d ** 2, rtol=1e-9)
+    np.testing.assert_allclose(dist, want_d**2, rtol=1e-9)
     centers, scores = K.choose_init(X, 4, 3, 400, seed=0)
     held = X[:400]
     assert len(scores) == 3
@@ -286,32 +313,50 @@ def test_assign_and_init_choose_the_best_on_the_held_sample():
 
 # ------------------------------------------------------------------ specs
 
-@pytest.mark.parametrize("kind,model,data,expect", [
-    ("pca", {"n_components": 1.5}, {}, "model.n_components must be an integer >= 1 or a "
-                                        "fraction in (0, 1); got 1.5"),
-    ("pca", {"n_components": 0}, {}, "model.n_components must be an integer >= 1"),
-    ("pca", {"mode": "incremental", "n_components": 0.5}, {}, "needs model.mode exact or auto"),
-    ("pca", {"mode": "incremental", "n_components": 20, "batch_size": 10}, {},
-     "model.batch_size must be >= model.n_components"),
-    ("pca", {"keep_columns": ["id"]}, {}, "model.keep_columns needs model.transform: true"),
-    ("kmeans", {"n_clusters": 0}, {}, "model.n_clusters must be >= 1; got 0"),
-    ("kmeans", {"tol": -1}, {}, "model.tol must be >= 0"),
-    ("kmeans", {}, {"split": {"valid": 0.3}}, "data.split does not apply to kind kmeans"),
-    ("kmeans", {}, {"test_source": "x.parquet"}, "data.test_source is not used by kind kmeans"),
-    ("kmeans", {"n_clsters": 3}, {}, "did you mean 'n_clusters'"),
-])
+
+@pytest.mark.parametrize(
+    "kind,model,data,expect",
+    [
+        (
+            "pca",
+            {"n_components": 1.5},
+            {},
+            "model.n_components must be an integer >= 1 or a fraction in (0, 1); got 1.5",
+        ),
+        ("pca", {"n_components": 0}, {}, "model.n_components must be an integer >= 1"),
+        ("pca", {"mode": "incremental", "n_components": 0.5}, {}, "needs model.mode exact or auto"),
+        (
+            "pca",
+            {"mode": "incremental", "n_components": 20, "batch_size": 10},
+            {},
+            "model.batch_size must be >= model.n_components",
+        ),
+        ("pca", {"keep_columns": ["id"]}, {}, "model.keep_columns needs model.transform: true"),
+        ("kmeans", {"n_clusters": 0}, {}, "model.n_clusters must be >= 1; got 0"),
+        ("kmeans", {"tol": -1}, {}, "model.tol must be >= 0"),
+        ("kmeans", {}, {"split": {"valid": 0.3}}, "data.split does not apply to kind kmeans"),
+        ("kmeans", {}, {"test_source": "x.parquet"}, "data.test_source is not used by kind kmeans"),
+        ("kmeans", {"n_clsters": 3}, {}, "did you mean 'n_clusters'"),
+    ],
+)
 def test_spec_errors_are_one_sentence(kind, model, data, expect):
-    spec = {"name": "t", "kind": kind, "data": {"source": "builtin:iris", **data},
-            "model": model}
+    spec = {"name": "t", "kind": kind, "data": {"source": "builtin:iris", **data}, "model": model}
     with pytest.raises(SpecError) as e:
         load_spec(spec)
     assert expect in str(e.value)
 
 
 def test_tune_is_refused():
-    spec = {"name": "t", "kind": "pca", "data": {"source": "builtin:iris"},
-            "tune": {"metric": "valid.x", "mode": "max",
-                     "space": {"model.batch_size": {"choice": [10, 20]}}}}
+    spec = {
+        "name": "t",
+        "kind": "pca",
+        "data": {"source": "builtin:iris"},
+        "tune": {
+            "metric": "valid.x",
+            "mode": "max",
+            "space": {"model.batch_size": {"choice": [10, 20]}},
+        },
+    }
     with pytest.raises(SpecError, match=r"tune (does not apply to kind pca|is not a known field)"):
         load_spec(spec)
 
@@ -328,32 +373,40 @@ def test_check_data_picks_numeric_features_and_checks_columns(tmp_path):
     df["flag"] = True
     df["id"] = np.arange(50)
     path = _write(df, tmp_path / "d.parquet")
-    job = P.Job(load_spec({"name": "t", "kind": "pca", "data": {"source": str(path),
-                                                                 "exclude": ["id"]}}))
+    job = P.Job(
+        load_spec({"name": "t", "kind": "pca", "data": {"source": str(path), "exclude": ["id"]}})
+    )
     assert job.check_data().features == FEATS  # strings and bools left out
-    bad = [({"features": ["x0", "label"]}, {}, "column 'label' has dtype"),
-           ({"target": "nope"}, {}, "data.target: column 'nope' is not in"),
-           ({}, {"transform": True, "keep_columns": ["idd"]}, "model.keep_columns: column 'idd'"),
-           ({}, {"n_components": 9}, "model.n_components must be <= the number of features")]
+    bad = [
+        ({"features": ["x0", "label"]}, {}, "column 'label' has dtype"),
+        ({"target": "nope"}, {}, "data.target: column 'nope' is not in"),
+        ({}, {"transform": True, "keep_columns": ["idd"]}, "model.keep_columns: column 'idd'"),
+        ({}, {"n_components": 9}, "model.n_components must be <= the number of features"),
+    ]
     for data, model, expect in bad:
-        spec = load_spec({"name": "t", "kind": "pca", "data": {"source": str(path), **data},
-                          "model": model})
+        spec = load_spec(
+            {"name": "t", "kind": "pca", "data": {"source": str(path), **data}, "model": model}
+        )
         with pytest.raises(DataError, match=expect.replace("(", r"\(")):
             P.Job(spec).check_data()
-    spec = load_spec({"name": "t", "kind": "kmeans", "data": {"source": str(path)},
-                      "model": {"n_clusters": 51}})
+    spec = load_spec(
+        {"name": "t", "kind": "kmeans", "data": {"source": str(path)}, "model": {"n_clusters": 51}}
+    )
     with pytest.raises(DataError, match="n_clusters must be <= the number of rows"):
         K.Job(spec).check_data()
     # a target is only kept out of the features, never read
-    spec = load_spec({"name": "t", "kind": "kmeans", "data": {"source": str(path),
-                                                                "target": "x5"}})
+    spec = load_spec({"name": "t", "kind": "kmeans", "data": {"source": str(path), "target": "x5"}})
     assert K.Job(spec).check_data().features == FEATS[:5] + ["id"]
 
 
 def test_mode_choice():
     def mode(**model):
-        return P.Job(load_spec({"name": "t", "kind": "pca", "data": {"source": "builtin:iris"},
-                                "model": model})).mode
+        return P.Job(
+            load_spec(
+                {"name": "t", "kind": "pca", "data": {"source": "builtin:iris"}, "model": model}
+            )
+        ).mode
+
     assert mode()(64)[0] == "exact"
     assert mode()(P.EXACT_MAX_FEATURES + 1)[0] == "incremental"
     assert mode(n_components=0.5)(P.EXACT_MAX_FEATURES + 1)[0] == "exact"

@@ -14,8 +14,12 @@ from packaging.requirements import Requirement
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 #: import name -> distribution name, where they differ
-DIST = {"sklearn": "scikit-learn", "yaml": "pyyaml", "pydantic_core": "pydantic",
-        "mlflow": "mlflow-skinny"}
+DIST = {
+    "sklearn": "scikit-learn",
+    "yaml": "pyyaml",
+    "pydantic_core": "pydantic",
+    "mlflow": "mlflow-skinny",
+}
 
 
 def _pyproject() -> dict:
@@ -41,8 +45,11 @@ def _imports() -> set[str]:
 def test_every_import_is_declared():
     project = _pyproject()["project"]
     declared = {Requirement(r).name.lower() for r in project["dependencies"]}
-    extras = {Requirement(r).name.lower() for reqs in project["optional-dependencies"].values()
-              for r in reqs}
+    extras = {
+        Requirement(r).name.lower()
+        for reqs in project["optional-dependencies"].values()
+        for r in reqs
+    }
     missing = []
     for name in sorted(_imports()):
         dist = DIST.get(name, name).lower()
@@ -56,8 +63,11 @@ def test_every_import_is_declared():
 
 @pytest.mark.parametrize("name", ["statsmodels", "skops", "scikit-learn"])
 def test_private_api_users_have_an_upper_bound_that_holds(name):
-    (req,) = [Requirement(r) for r in _pyproject()["project"]["dependencies"]
-              if Requirement(r).name == name]
+    (req,) = [
+        Requirement(r)
+        for r in _pyproject()["project"]["dependencies"]
+        if Requirement(r).name == name
+    ]
     assert any(s.operator == "<" for s in req.specifier), f"{name} needs an upper bound"
     try:
         assert req.specifier.contains(version(name)), f"installed {name} outside {req}"

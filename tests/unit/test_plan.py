@@ -17,14 +17,16 @@ from distml.runtime.read import csv_range, iter_tables, open_input, read_partiti
 
 def _frame(n: int, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    return pd.DataFrame({"row": np.arange(n), "x": rng.normal(size=n),
-                         "s": [f"v{i % 7}" for i in range(n)]})
+    return pd.DataFrame(
+        {"row": np.arange(n), "x": rng.normal(size=n), "s": [f"v{i % 7}" for i in range(n)]}
+    )
 
 
 def _write(df: pd.DataFrame, path, row_group_size: int):
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), path,
-                   row_group_size=row_group_size)
+    pq.write_table(
+        pa.Table.from_pandas(df, preserve_index=False), path, row_group_size=row_group_size
+    )
 
 
 @pytest.fixture
@@ -41,8 +43,10 @@ def _rows_read(parts, columns=("row",)) -> np.ndarray:
     return np.concatenate([read_partition(p, list(columns))["row"].to_numpy() for p in parts])
 
 
-@pytest.mark.parametrize("rows,at_least", [(250, False), (250, True), (100, False), (99, True),
-                                           (10**9, False), (1, True)])
+@pytest.mark.parametrize(
+    "rows,at_least",
+    [(250, False), (250, True), (100, False), (99, True), (10**9, False), (1, True)],
+)
 def test_by_rows_covers_every_row_once_in_whole_row_groups(parquet_dir, rows, at_least):
     folder, df = parquet_dir
     info = inspect_source(str(folder))
@@ -67,9 +71,17 @@ def test_by_rows_names_and_offsets(parquet_dir):
     folder, _ = parquet_dir
     info = inspect_source(str(folder))
     parts = plan.by_rows(info, 300, offset=5000)
-    assert [p.name for p in parts] == ["a-rg00000", "a-rg00003", "a-rg00006", "b",
-                                       "c/d-rg00000", "c/d-rg00003", "c/d-rg00006",
-                                       "c/d-rg00009", "c/d-rg00012"]
+    assert [p.name for p in parts] == [
+        "a-rg00000",
+        "a-rg00003",
+        "a-rg00006",
+        "b",
+        "c/d-rg00000",
+        "c/d-rg00003",
+        "c/d-rg00006",
+        "c/d-rg00009",
+        "c/d-rg00012",
+    ]
     assert parts[0].offset == 5000 and parts[3].offset == 5700
     assert [p.name for p in plan.by_rows(info, 10**6)] == ["a", "b", "c/d"]
 
@@ -88,7 +100,7 @@ def test_by_count_covers_every_row_once(parquet_dir, n_parts):
 def test_by_count_groups_small_files(tmp_path):
     df = _frame(300)
     for i in range(30):
-        _write(df.iloc[i * 10:(i + 1) * 10], tmp_path / f"p{i:02d}.parquet", 100)
+        _write(df.iloc[i * 10 : (i + 1) * 10], tmp_path / f"p{i:02d}.parquet", 100)
     parts = plan.by_count(inspect_source(str(tmp_path)), 2)
     assert len(parts) == 8  # at most 4 per partition wanted, each whole files
     assert all(p.row_groups is None for piece in parts for p in piece.pieces)
@@ -136,8 +148,10 @@ def test_csv_byte_ranges_cover_every_line_once(tmp_path, chunk):
     whole = pd.concat([read_partition(p, ["row", "s"]) for p in parts], ignore_index=True)
     np.testing.assert_array_equal(whole["row"].to_numpy(), df["row"].to_numpy())
     assert whole["s"].tolist() == df["s"].tolist()
-    streamed = np.concatenate([t.column("row").to_numpy() for p in parts
-                               for t in iter_tables(p, ["row"], 50)] or [np.zeros(0)])
+    streamed = np.concatenate(
+        [t.column("row").to_numpy() for p in parts for t in iter_tables(p, ["row"], 50)]
+        or [np.zeros(0)]
+    )
     np.testing.assert_array_equal(streamed, df["row"].to_numpy())
 
 
@@ -154,9 +168,14 @@ def test_csv_range_at_line_boundaries(tmp_path):
         assert csv_range(fh, 8, 11) == b"h\n"
 
 
-@pytest.mark.parametrize("source", ["synthetic:regression?rows=150000&features=3&seed=2",
-                                    "synthetic:timeseries?rows=70000&series=3",
-                                    "builtin:iris"])
+@pytest.mark.parametrize(
+    "source",
+    [
+        "synthetic:regression?rows=150000&features=3&seed=2",
+        "synthetic:timeseries?rows=70000&series=3",
+        "builtin:iris",
+    ],
+)
 def test_virtual_row_ranges_equal_the_whole_source(source):
     info = inspect_source(source)
     whole = read_frame(source)
@@ -169,16 +188,18 @@ def test_virtual_row_ranges_equal_the_whole_source(source):
     got = pd.concat([read_partition(p, cols) for p in parts], ignore_index=True)
     pd.testing.assert_frame_equal(got, whole)
     assert sum(p.rows for p in parts) == len(whole)
-    pd.testing.assert_frame_equal(datasets.read_rows(source, 100, 140),
-                                  whole.iloc[100:140].reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        datasets.read_rows(source, 100, 140), whole.iloc[100:140].reset_index(drop=True)
+    )
 
 
 def test_partitions_travel_as_json(parquet_dir):
     import json
 
     folder, _ = parquet_dir
-    for p in plan.by_rows(inspect_source(str(folder)), 250) + \
-            plan.by_rows(inspect_source("synthetic:blobs?rows=70000"), 1, virtual_rows=65536):
+    for p in plan.by_rows(inspect_source(str(folder)), 250) + plan.by_rows(
+        inspect_source("synthetic:blobs?rows=70000"), 1, virtual_rows=65536
+    ):
         assert plan.Partition.from_dict(json.loads(json.dumps(p.to_dict()))) == p
 
 

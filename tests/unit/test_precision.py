@@ -28,9 +28,10 @@ def _exact_ls(X: np.ndarray, y: np.ndarray) -> np.ndarray:
     Xf = [[Fraction(float(v)) for v in row] for row in X]
     yf = [Fraction(float(v)) for v in y]
     k = len(Xf[0])
-    M = [[sum(r[i] * r[j] for r in Xf) for j in range(k)] + [sum(r[i] * t for r, t in
-                                                                 zip(Xf, yf))]
-         for i in range(k)]
+    M = [
+        [sum(r[i] * r[j] for r in Xf) for j in range(k)] + [sum(r[i] * t for r, t in zip(Xf, yf))]
+        for i in range(k)
+    ]
     for c in range(k):
         p = next(i for i in range(c, k) if M[i][c] != 0)
         M[c], M[p] = M[p], M[c]
@@ -58,18 +59,33 @@ def _longley():
 X21 = np.arange(21.0)
 CASES = {
     # name: (X, y, certified estimates or None for the exact solution, digits distml must reach)
-    "longley": (*_longley(), [-3482258.63459582, 15.0618722713733, -0.358191792925910e-01,
-                              -2.02022980381683, -1.03322686717359, -0.511041056535807e-01,
-                              1829.15146461355], 10),
-    "noint1": (np.arange(60.0, 71.0)[:, None], np.arange(130.0, 141.0), [2.07438016528926],
-               13),
-    "noint2": (np.array([[4.0], [5.0], [6.0]]), np.array([3.0, 4.0, 4.0]),
-               [0.727272727272727], 13),
-    "wampler1": (np.column_stack([X21 ** p for p in range(6)]),
-                 1 + X21 + X21 ** 2 + X21 ** 3 + X21 ** 4 + X21 ** 5, [1.0] * 6, 9),
-    "wampler2": (np.column_stack([X21 ** p for p in range(6)]),
-                 1 + .1 * X21 + .01 * X21 ** 2 + .001 * X21 ** 3 + 1e-4 * X21 ** 4
-                 + 1e-5 * X21 ** 5, [1.0, 0.1, 0.01, 0.001, 1e-4, 1e-5], 12),
+    "longley": (
+        *_longley(),
+        [
+            -3482258.63459582,
+            15.0618722713733,
+            -0.358191792925910e-01,
+            -2.02022980381683,
+            -1.03322686717359,
+            -0.511041056535807e-01,
+            1829.15146461355,
+        ],
+        10,
+    ),
+    "noint1": (np.arange(60.0, 71.0)[:, None], np.arange(130.0, 141.0), [2.07438016528926], 13),
+    "noint2": (np.array([[4.0], [5.0], [6.0]]), np.array([3.0, 4.0, 4.0]), [0.727272727272727], 13),
+    "wampler1": (
+        np.column_stack([X21**p for p in range(6)]),
+        1 + X21 + X21**2 + X21**3 + X21**4 + X21**5,
+        [1.0] * 6,
+        9,
+    ),
+    "wampler2": (
+        np.column_stack([X21**p for p in range(6)]),
+        1 + 0.1 * X21 + 0.01 * X21**2 + 0.001 * X21**3 + 1e-4 * X21**4 + 1e-5 * X21**5,
+        [1.0, 0.1, 0.01, 0.001, 1e-4, 1e-5],
+        12,
+    ),
 }
 
 
@@ -78,11 +94,12 @@ def _filip_like():
     x = np.linspace(-9.0, -3.0, 82)
     rng = np.random.default_rng(0)
     y = np.round(0.8 + 0.1 * np.sin(x) + rng.normal(0, 0.003, 82), 6)
-    return np.column_stack([x ** p for p in range(11)]), y
+    return np.column_stack([x**p for p in range(11)]), y
 
 
-CFG = types.SimpleNamespace(method="ols", cov_type="nonrobust", use_t=None, alpha=0.05,
-                            offset=None, exposure=None)
+CFG = types.SimpleNamespace(
+    method="ols", cov_type="nonrobust", use_t=None, alpha=0.05, offset=None, exposure=None
+)
 
 
 def _paths(X, y):
@@ -95,8 +112,11 @@ def _paths(X, y):
     for rows in parts:
         merged = merged.merge(suffstats.partition_moments(X[rows], y[rows], None))
     fit = suffstats.solve(merged, [f"x{j}" for j in range(X.shape[1])], weighted=False)
-    return {"engine": engine.params[0], "single": np.asarray(single.params),
-            "suffstats": fit.params}, sm.OLS(y, X).fit()
+    return {
+        "engine": engine.params[0],
+        "single": np.asarray(single.params),
+        "suffstats": fit.params,
+    }, sm.OLS(y, X).fit()
 
 
 @pytest.mark.parametrize("name", list(CASES))

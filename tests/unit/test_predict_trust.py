@@ -36,22 +36,43 @@ FEATURES = ["a", "b"]
 
 # ------------------------------------------------------------------ the frozen skops list
 
+
 def _variants():
     """Every registered estimator with its defaults and the loss/algorithm choices that change
     what its fitted state holds."""
     from distml.jobs.sklearn import ESTIMATORS
 
     extra = {
-        "sgd_classifier": [{"loss": x} for x in (
-            "hinge", "log_loss", "modified_huber", "squared_hinge", "perceptron", "squared_error",
-            "huber", "epsilon_insensitive", "squared_epsilon_insensitive")],
-        "sgd_regressor": [{"loss": x} for x in (
-            "squared_error", "huber", "epsilon_insensitive", "squared_epsilon_insensitive")],
+        "sgd_classifier": [
+            {"loss": x}
+            for x in (
+                "hinge",
+                "log_loss",
+                "modified_huber",
+                "squared_hinge",
+                "perceptron",
+                "squared_error",
+                "huber",
+                "epsilon_insensitive",
+                "squared_epsilon_insensitive",
+            )
+        ],
+        "sgd_regressor": [
+            {"loss": x}
+            for x in (
+                "squared_error",
+                "huber",
+                "epsilon_insensitive",
+                "squared_epsilon_insensitive",
+            )
+        ],
         "gradient_boosting_classifier": [{"loss": "exponential"}],
-        "gradient_boosting_regressor": [{"loss": x} for x in ("absolute_error", "huber",
-                                                              "quantile")],
-        "hist_gradient_boosting_regressor": [{"loss": x} for x in ("absolute_error", "gamma",
-                                                                   "poisson")]
+        "gradient_boosting_regressor": [
+            {"loss": x} for x in ("absolute_error", "huber", "quantile")
+        ],
+        "hist_gradient_boosting_regressor": [
+            {"loss": x} for x in ("absolute_error", "gamma", "poisson")
+        ]
         + [{"loss": "quantile", "quantile": 0.5}],
         "knn_classifier": [{"algorithm": x} for x in ("ball_tree", "kd_tree", "brute")]
         + [{"p": 1}, {"metric": "manhattan"}, {"metric": "chebyshev"}, {"weights": "distance"}],
@@ -73,8 +94,10 @@ def saved_nodes() -> set[str]:
     rng = np.random.default_rng(0)
     X = pd.DataFrame({"a": rng.normal(size=80), "b": rng.normal(size=80)})
     Xc = X.assign(c=pd.Categorical(rng.choice(["x", "y", "z"], 80)))
-    targets = {"classification": [rng.integers(0, 2, 80), rng.integers(0, 3, 80)],
-               "regression": [np.abs(rng.normal(size=80)) + 0.1]}
+    targets = {
+        "classification": [rng.integers(0, 2, 80), rng.integers(0, 3, 80)],
+        "regression": [np.abs(rng.normal(size=80)) + 0.1],
+    }
     found = set()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -99,20 +122,28 @@ def test_skops_allow_list_is_what_distml_saves():
     new, gone = sorted(found - PREDICT.SKOPS_SAVED), sorted(PREDICT.SKOPS_SAVED - found)
     assert not new and not gone, (
         f"distml.jobs.predictors.SKOPS_SAVED is stale for this scikit-learn: add {new}, drop {gone} "
-        "(after checking that every added type is plain data, not a function)")
-    assert not any(n.startswith("FunctionNode:") and n.split(":", 1)[1]
-                   not in PREDICT.SKOPS_FUNCTIONS for n in PREDICT.SKOPS_NODES)
+        "(after checking that every added type is plain data, not a function)"
+    )
+    assert not any(
+        n.startswith("FunctionNode:") and n.split(":", 1)[1] not in PREDICT.SKOPS_FUNCTIONS
+        for n in PREDICT.SKOPS_NODES
+    )
     assert not any(PREDICT.never_trusted(n.split(":", 1)[1]) for n in PREDICT.SKOPS_NODES)
 
 
 # ------------------------------------------------------------------ fake finished run dirs
 
+
 def _write_common(run: pathlib.Path, kind: str, spec_model: dict | None) -> None:
     (run / "model").mkdir(parents=True)
     (run / "manifest.json").write_text(json.dumps({"kind": kind, "run_id": "r1"}))
     if spec_model is not None:
-        spec = {"name": "fake", "kind": kind, "data": {"source": "builtin:iris",
-                                                       "target": "target"}, "model": spec_model}
+        spec = {
+            "name": "fake",
+            "kind": kind,
+            "data": {"source": "builtin:iris", "target": "target"},
+            "model": spec_model,
+        }
         (run / "spec.yaml").write_text(json.dumps(spec))  # JSON is YAML
 
 
@@ -127,9 +158,14 @@ def seal(run: pathlib.Path) -> pathlib.Path:
 
 
 def _schema(task="classification", classes=(0, 1)) -> dict:
-    return {"features": FEATURES, "task": task, "target": "target",
-            "classes": list(classes) if task == "classification" else None,
-            "dtypes": {c: "float64" for c in FEATURES}, "categorical": {}}
+    return {
+        "features": FEATURES,
+        "task": task,
+        "target": "target",
+        "classes": list(classes) if task == "classification" else None,
+        "dtypes": {c: "float64" for c in FEATURES},
+        "categorical": {},
+    }
 
 
 def _train_xy(n=60, seed=0):
@@ -146,7 +182,8 @@ def make_sklearn_run(run: pathlib.Path, estimator=None) -> pathlib.Path:
     _write_common(run, "sklearn", {"estimator": "logistic_regression"})
     (run / "model" / "schema.json").write_text(json.dumps(_schema()))
     (run / "model" / "model.skops").write_bytes(
-        sio.dumps(estimator if estimator is not None else LogisticRegression().fit(X, y)))
+        sio.dumps(estimator if estimator is not None else LogisticRegression().fit(X, y))
+    )
     return seal(run)
 
 
@@ -155,8 +192,9 @@ def make_xgboost_run(run: pathlib.Path) -> pathlib.Path:
 
     X, y = _train_xy()
     _write_common(run, "xgboost", {"params": {"objective": "binary:logistic"}})
-    booster = xgb.train({"objective": "binary:logistic", "max_depth": 2},
-                        xgb.DMatrix(X, label=y), num_boost_round=3)
+    booster = xgb.train(
+        {"objective": "binary:logistic", "max_depth": 2}, xgb.DMatrix(X, label=y), num_boost_round=3
+    )
     booster.set_attr(distml_objective="binary:logistic")
     booster.save_model(str(run / "model" / "model.ubj"))
     (run / "model" / "schema.json").write_text(json.dumps(_schema()))
@@ -164,22 +202,30 @@ def make_xgboost_run(run: pathlib.Path) -> pathlib.Path:
 
 
 def torch_config(module: str | None = None, module_args: dict | None = None, **over) -> dict:
-    from distml.jobs.torch.model import Inputs
     from distml.jobs.torch import TorchModel
+    from distml.jobs.torch.model import Inputs
 
-    m = TorchModel(hidden=[4], **({"module": module, "module_args": module_args or {}}
-                                  if module else {}))
+    m = TorchModel(
+        hidden=[4], **({"module": module, "module_args": module_args or {}} if module else {})
+    )
     inputs = Inputs({c: (0.0, 1.0) for c in FEATURES}, {}, list(FEATURES))
-    return {"format": "distml-torch/1", "model": m.model_dump(mode="json"), "in_features": 2,
-            "out_features": 2, "task": "classification", "classes": [0, 1],
-            "inputs": inputs.to_dict(), **over}
+    return {
+        "format": "distml-torch/1",
+        "model": m.model_dump(mode="json"),
+        "in_features": 2,
+        "out_features": 2,
+        "task": "classification",
+        "classes": [0, 1],
+        "inputs": inputs.to_dict(),
+        **over,
+    }
 
 
 def make_torch_run(run: pathlib.Path, config: dict | None = None, net=None) -> pathlib.Path:
     import torch
 
-    from distml.jobs.torch.model import build_net
     from distml.jobs.torch import TorchModel
+    from distml.jobs.torch.model import build_net
 
     config = config or torch_config()
     _write_common(run, "torch", {"hidden": [4]})
@@ -197,22 +243,39 @@ def make_array_run(run: pathlib.Path, kind: str) -> pathlib.Path:
     _write_common(run, kind, None)
     meta = {"kind": kind, "features": FEATURES, "scale": False}
     if kind == "pca":
-        meta |= {"n_samples": 60, "whiten": False, "mode": "exact",
-                 "output_columns": ["pca0", "pca1"]}
-        np.savez(run / "model" / "pca.npz", mean=np.zeros(2), components=np.eye(2),
-                 explained_variance=np.ones(2), explained_variance_ratio=np.full(2, 0.5),
-                 singular_values=np.ones(2), noise_variance=np.float64(0.0))
+        meta |= {
+            "n_samples": 60,
+            "whiten": False,
+            "mode": "exact",
+            "output_columns": ["pca0", "pca1"],
+        }
+        np.savez(
+            run / "model" / "pca.npz",
+            mean=np.zeros(2),
+            components=np.eye(2),
+            explained_variance=np.ones(2),
+            explained_variance_ratio=np.full(2, 0.5),
+            singular_values=np.ones(2),
+            noise_variance=np.float64(0.0),
+        )
     else:
         meta |= {"output_columns": ["cluster"]}
-        np.savez(run / "model" / "kmeans.npz", centers=np.array([[0.0, 0.0], [1.0, 1.0]]),
-                 sizes=np.array([30, 30]))
+        np.savez(
+            run / "model" / "kmeans.npz",
+            centers=np.array([[0.0, 0.0], [1.0, 1.0]]),
+            sizes=np.array([30, 30]),
+        )
     (run / "model" / "model.json").write_text(json.dumps(meta))
     return seal(run)
 
 
-MAKERS = {"sklearn": make_sklearn_run, "xgboost": make_xgboost_run, "torch": make_torch_run,
-          "pca": partial(make_array_run, kind="pca"),
-          "kmeans": partial(make_array_run, kind="kmeans")}
+MAKERS = {
+    "sklearn": make_sklearn_run,
+    "xgboost": make_xgboost_run,
+    "torch": make_torch_run,
+    "pca": partial(make_array_run, kind="pca"),
+    "kmeans": partial(make_array_run, kind="kmeans"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -230,9 +293,14 @@ def test_baseline_runs_load_and_score(baselines):
 
 
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "distml", *args], capture_output=True,
-                          text=True, timeout=120, cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "distml", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+    )
 
 
 def _input_csv(path: pathlib.Path) -> str:
@@ -241,6 +309,7 @@ def _input_csv(path: pathlib.Path) -> str:
 
 
 # ------------------------------------------------------------------ item 1: skops
+
 
 def _savetxt_pipeline(marker: pathlib.Path):
     """A Pipeline whose transform writes ``marker`` through a numpy function: the old loader
@@ -251,8 +320,7 @@ def _savetxt_pipeline(marker: pathlib.Path):
 
     X, y = _train_xy()
     clf = LogisticRegression().fit(X.to_numpy(), y)
-    pipe = Pipeline([("f", FunctionTransformer(func=partial(np.savetxt, str(marker)))),
-                     ("m", clf)])
+    pipe = Pipeline([("f", FunctionTransformer(func=partial(np.savetxt, str(marker)))), ("m", clf)])
     return pipe
 
 
@@ -272,8 +340,14 @@ def test_crafted_pipeline_is_refused_and_never_runs(tmp_path):
     assert "functools.partial" in str(e.value)
     assert not marker.exists()
     # the command line: exit 2, one sentence naming the type, no traceback, no marker
-    res = _cli("predict", str(run), "--input", _input_csv(tmp_path / "in.csv"),
-               "--output", str(tmp_path / "out"))
+    res = _cli(
+        "predict",
+        str(run),
+        "--input",
+        _input_csv(tmp_path / "in.csv"),
+        "--output",
+        str(tmp_path / "out"),
+    )
     assert res.returncode == 2, res.stderr
     assert "numpy.savetxt" in res.stderr and "Traceback" not in res.stderr
     assert not marker.exists() and not (tmp_path / "out" / "_SUCCESS").exists()
@@ -354,6 +428,7 @@ def test_spec_named_public_estimator_is_trusted_but_not_its_unknown_parts(tmp_pa
 
 # ------------------------------------------------------------------ item 2: torch
 
+
 @pytest.mark.parametrize("shape", ["args", "in_features"])
 def test_torch_config_naming_a_callable_never_runs_it(tmp_path, shape):
     """``subprocess:call`` built as ``call(in_features, out_features, **module_args)``: with
@@ -362,8 +437,9 @@ def test_torch_config_naming_a_callable_never_runs_it(tmp_path, shape):
     if shape == "args":
         config = torch_config("subprocess:call", {"shell": True, "args": f"touch {marker}"})
     else:
-        config = torch_config("subprocess:call", {"shell": True}, in_features=f"touch {marker}",
-                              out_features=-1)
+        config = torch_config(
+            "subprocess:call", {"shell": True}, in_features=f"touch {marker}", out_features=-1
+        )
     run = make_torch_run(tmp_path / "run", config=config, net=_plain_net())
     with pytest.raises(DataError) as e:
         load_predictor(run)
@@ -378,21 +454,29 @@ def test_torch_config_naming_a_callable_never_runs_it(tmp_path, shape):
     assert not marker.exists()
     if shape == "in_features":
         return
-    res = _cli("predict", str(run), "--input", _input_csv(tmp_path / "in.csv"),
-               "--output", str(tmp_path / "out"), "--allow-module", "subprocess:call")
+    res = _cli(
+        "predict",
+        str(run),
+        "--input",
+        _input_csv(tmp_path / "in.csv"),
+        "--output",
+        str(tmp_path / "out"),
+        "--allow-module",
+        "subprocess:call",
+    )
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     assert "model.module" in res.stderr
     assert not marker.exists()
 
 
 def _plain_net():
-    from distml.jobs.torch.model import build_net
     from distml.jobs.torch import TorchModel
+    from distml.jobs.torch.model import build_net
 
     return build_net(TorchModel(hidden=[4]), 2, 2)
 
 
-USER_MODULE = '''
+USER_MODULE = """
 import torch
 from torch import nn
 
@@ -405,7 +489,7 @@ class Net(nn.Module):
 
     def forward(self, x):
         return self.body(x)
-'''
+"""
 
 
 def test_user_module_scores_only_when_allowed(tmp_path, monkeypatch):
@@ -414,34 +498,55 @@ def test_user_module_scores_only_when_allowed(tmp_path, monkeypatch):
     (pkg / "trusted_net_mod.py").write_text(USER_MODULE)
     monkeypatch.syspath_prepend(str(pkg))
     net = importlib.import_module("trusted_net_mod").Net(2, 2, width=3)
-    run = make_torch_run(tmp_path / "run", torch_config("trusted_net_mod:Net", {"width": 3}),
-                         net=net)
+    run = make_torch_run(
+        tmp_path / "run", torch_config("trusted_net_mod:Net", {"width": 3}), net=net
+    )
     with pytest.raises(DataError, match="--allow-module trusted_net_mod:Net"):
         load_predictor(run)
     p = load_predictor(run, allow_module=["trusted_net_mod:Net"])
     out = p.score(pd.DataFrame({"a": [1.0], "b": [2.0]}))
     assert set(out.columns) == {"prediction", "proba_0", "proba_1"}
-    res = _cli("predict", str(run), "--input", _input_csv(tmp_path / "in.csv"),
-               "--output", str(tmp_path / "out"), env={"PYTHONPATH": f"{ROOT}:{pkg}"})
+    res = _cli(
+        "predict",
+        str(run),
+        "--input",
+        _input_csv(tmp_path / "in.csv"),
+        "--output",
+        str(tmp_path / "out"),
+        env={"PYTHONPATH": f"{ROOT}:{pkg}"},
+    )
     assert res.returncode == 2 and "--allow-module trusted_net_mod:Net" in res.stderr
 
 
-@pytest.mark.parametrize("field,value", [
-    ("in_features", "2"), ("in_features", True), ("in_features", 10**12), ("out_features", -1),
-    ("out_features", 2.5), ("task", "exec"),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("in_features", "2"),
+        ("in_features", True),
+        ("in_features", 10**12),
+        ("out_features", -1),
+        ("out_features", 2.5),
+        ("task", "exec"),
+    ],
+)
 def test_torch_config_numbers_are_checked_as_numbers(tmp_path, field, value):
     run = make_torch_run(tmp_path / "run", torch_config(**{field: value}))
     with pytest.raises(DataError, match=f"'{field}'"):
         load_predictor(run)
 
 
-@pytest.mark.parametrize("model,field", [
-    ({"hidden": [1_000_000, 1_000_000, 1_000_000]}, "hidden"),
-    ({"hidden": ["4"]}, "model.hidden"), ({"seed": -1}, "model.seed"),
-    ({"module": "trusted_net_mod:Net", "module_args": {"w": {"nested": "dict"}}},
-     "model.module_args.w"),
-])
+@pytest.mark.parametrize(
+    "model,field",
+    [
+        ({"hidden": [1_000_000, 1_000_000, 1_000_000]}, "hidden"),
+        ({"hidden": ["4"]}, "model.hidden"),
+        ({"seed": -1}, "model.seed"),
+        (
+            {"module": "trusted_net_mod:Net", "module_args": {"w": {"nested": "dict"}}},
+            "model.module_args.w",
+        ),
+    ],
+)
 def test_torch_model_section_is_checked(tmp_path, model, field):
     config = torch_config()
     config["model"].update(model)
@@ -452,32 +557,46 @@ def test_torch_model_section_is_checked(tmp_path, model, field):
 
 # ------------------------------------------------------------------ item 4: estimators
 
+
 def test_estimator_needing_constructor_arguments_is_a_spec_error():
     from distml.spec import load_spec
 
-    spec = {"name": "ovr", "kind": "sklearn", "data": {"source": "builtin:iris",
-                                                       "target": "target"},
-            "model": {"estimator": "sklearn.multiclass.OneVsRestClassifier"}}
+    spec = {
+        "name": "ovr",
+        "kind": "sklearn",
+        "data": {"source": "builtin:iris", "target": "target"},
+        "model": {"estimator": "sklearn.multiclass.OneVsRestClassifier"},
+    }
     with pytest.raises(SpecError) as e:
         load_spec(spec)
     assert str(e.value).startswith("model.estimator") and "estimator" in str(e.value)
     assert e.value.exit_code == 2
 
 
-@pytest.mark.parametrize("name", ["sklearn.conftest.pytest_runtest_setup",
-                                  "sklearn.utils._testing.check_output",
-                                  "sklearn.tests.test_base.T", "sklearn.svm._classes.SVC",
-                                  "sklearn.svm.l1_min_c", "sklearn.utils.check_array",
-                                  "sklearn.linear_model.NotAClass"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "sklearn.conftest.pytest_runtest_setup",
+        "sklearn.utils._testing.check_output",
+        "sklearn.tests.test_base.T",
+        "sklearn.svm._classes.SVC",
+        "sklearn.svm.l1_min_c",
+        "sklearn.utils.check_array",
+        "sklearn.linear_model.NotAClass",
+    ],
+)
 def test_estimator_lookup_imports_only_public_modules(name):
     from distml.jobs.sklearn import estimator_class
     from distml.spec import load_spec
 
     for mod in ("sklearn.conftest", "sklearn.tests.test_base"):
         sys.modules.pop(mod, None)
-    spec = {"name": "x", "kind": "sklearn", "data": {"source": "builtin:iris",
-                                                     "target": "target"},
-            "model": {"estimator": name}}
+    spec = {
+        "name": "x",
+        "kind": "sklearn",
+        "data": {"source": "builtin:iris", "target": "target"},
+        "model": {"estimator": name},
+    }
     with pytest.raises(SpecError, match="model.estimator"):
         load_spec(spec)
     with pytest.raises(SpecError, match="model.estimator"):
@@ -495,6 +614,7 @@ def test_public_dotted_estimators_still_resolve():
 
 # ------------------------------------------------------------------ item 3: the fuzz
 
+
 class _Touch:
     """A pickle payload: unpickling it creates the canary file."""
 
@@ -505,12 +625,35 @@ class _Touch:
         return (pathlib.Path.touch, (pathlib.Path(self.path),))
 
 
-EVIL_TYPES = ["os.system", "builtins.eval", "subprocess.call",
-              "sklearn.utils._testing.check_output",
-              "numpy.savetxt", "functools.partial", "sklearn.conftest.x", "numpy.load"]
-ADVERSARIAL_JSON = [None, True, -1, 0, 2**63, 1e308, float("nan"), "", "subprocess:call",
-                    "os:system", "../../etc/passwd", [], [None], {}, {"__class__": "x"},
-                    [1_000_000] * 3, "x" * 1000]
+EVIL_TYPES = [
+    "os.system",
+    "builtins.eval",
+    "subprocess.call",
+    "sklearn.utils._testing.check_output",
+    "numpy.savetxt",
+    "functools.partial",
+    "sklearn.conftest.x",
+    "numpy.load",
+]
+ADVERSARIAL_JSON = [
+    None,
+    True,
+    -1,
+    0,
+    2**63,
+    1e308,
+    float("nan"),
+    "",
+    "subprocess:call",
+    "os:system",
+    "../../etc/passwd",
+    [],
+    [None],
+    {},
+    {"__class__": "x"},
+    [1_000_000] * 3,
+    "x" * 1000,
+]
 
 
 def _mutate_json(data: bytes, draw) -> bytes:
@@ -531,11 +674,18 @@ def _mutate_json(data: bytes, draw) -> bytes:
 
     walk(obj, [])
     path = draw(st.sampled_from(paths))
-    value = draw(st.one_of(st.sampled_from(ADVERSARIAL_JSON),
-                           st.recursive(st.none() | st.booleans() | st.integers()
-                                        | st.text(max_size=8), lambda c: st.lists(c, max_size=3)
-                                        | st.dictionaries(st.text(max_size=5), c, max_size=3),
-                                        max_leaves=6)))
+    value = draw(
+        st.one_of(
+            st.sampled_from(ADVERSARIAL_JSON),
+            st.recursive(
+                st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                lambda c: (
+                    st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3)
+                ),
+                max_leaves=6,
+            ),
+        )
+    )
     if not path:
         return json.dumps(value).encode()
     cur = obj
@@ -556,22 +706,57 @@ def _mutate_skops(data: bytes, draw, marker: str) -> bytes:
         node["__module__"], _, node["__class__"] = draw(st.sampled_from(EVIL_TYPES)).rpartition(".")
     elif choice == "function":
         node.clear()
-        node.update({"__class__": "savetxt", "__module__": "numpy", "__loader__": "FunctionNode",
-                     "content": {"module_path": "numpy", "function": "savetxt"}, "__id__": 1})
+        node.update(
+            {
+                "__class__": "savetxt",
+                "__module__": "numpy",
+                "__loader__": "FunctionNode",
+                "content": {"module_path": "numpy", "function": "savetxt"},
+                "__id__": 1,
+            }
+        )
     elif choice == "partial":
         node.clear()
-        node.update({"__class__": "partial", "__module__": "functools",
-                     "__loader__": "PartialNode", "__id__": 2, "content": {
-                         "func": {"__class__": "savetxt", "__module__": "numpy",
-                                  "__loader__": "FunctionNode", "__id__": 3,
-                                  "content": {"module_path": "numpy", "function": "savetxt"}},
-                         "args": {"__class__": "tuple", "__module__": "builtins",
-                                  "__loader__": "TupleNode", "__id__": 4, "content": [
-                                      {"__class__": "str", "__module__": "builtins",
-                                       "__loader__": "JsonNode", "content": json.dumps(marker),
-                                       "is_json": True, "__id__": 5}]},
-                         "keywords": {"__class__": "dict", "__module__": "builtins",
-                                      "__loader__": "DictNode", "content": {}, "__id__": 6}}})
+        node.update(
+            {
+                "__class__": "partial",
+                "__module__": "functools",
+                "__loader__": "PartialNode",
+                "__id__": 2,
+                "content": {
+                    "func": {
+                        "__class__": "savetxt",
+                        "__module__": "numpy",
+                        "__loader__": "FunctionNode",
+                        "__id__": 3,
+                        "content": {"module_path": "numpy", "function": "savetxt"},
+                    },
+                    "args": {
+                        "__class__": "tuple",
+                        "__module__": "builtins",
+                        "__loader__": "TupleNode",
+                        "__id__": 4,
+                        "content": [
+                            {
+                                "__class__": "str",
+                                "__module__": "builtins",
+                                "__loader__": "JsonNode",
+                                "content": json.dumps(marker),
+                                "is_json": True,
+                                "__id__": 5,
+                            }
+                        ],
+                    },
+                    "keywords": {
+                        "__class__": "dict",
+                        "__module__": "builtins",
+                        "__loader__": "DictNode",
+                        "content": {},
+                        "__id__": 6,
+                    },
+                },
+            }
+        )
     else:  # an array file that is a pickle (np.save of an object array)
         npys = [n for n in files if n.endswith(".npy")]
         if npys:
@@ -597,15 +782,21 @@ def _pickle_payload(marker: str, kind: str) -> bytes:
     return buf.getvalue()
 
 
-MODEL_FILES = {"sklearn": ["model/model.skops", "model/schema.json", "manifest.json"],
-               "xgboost": ["model/model.ubj", "model/schema.json"],
-               "torch": ["model/model.pt", "model/config.json", "model/schema.json"],
-               "pca": ["model/pca.npz", "model/model.json"],
-               "kmeans": ["model/kmeans.npz", "model/model.json"]}
+MODEL_FILES = {
+    "sklearn": ["model/model.skops", "model/schema.json", "manifest.json"],
+    "xgboost": ["model/model.ubj", "model/schema.json"],
+    "torch": ["model/model.pt", "model/config.json", "model/schema.json"],
+    "pca": ["model/pca.npz", "model/model.json"],
+    "kmeans": ["model/kmeans.npz", "model/model.json"],
+}
 
 
-@settings(max_examples=50, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=50,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(data=st.data())
 def test_fuzzed_model_files_never_run_code_and_exit_2(baselines, data):
     draw = data.draw
@@ -621,11 +812,11 @@ def test_fuzzed_model_files_never_run_code_and_exit_2(baselines, data):
         if how == "bytes":
             content = draw(st.binary(max_size=256))
         elif how == "truncate":
-            content = content[:draw(st.integers(0, max(len(content) - 1, 0)))]
+            content = content[: draw(st.integers(0, max(len(content) - 1, 0)))]
         elif how == "flip":
             i = draw(st.integers(0, len(content) - 1))
             flipped = content[i] ^ draw(st.integers(1, 255))
-            content = content[:i] + bytes([flipped]) + content[i + 1:]
+            content = content[:i] + bytes([flipped]) + content[i + 1 :]
         elif how == "empty":
             content = b""
         elif how == "pickle":
@@ -646,8 +837,10 @@ def test_fuzzed_model_files_never_run_code_and_exit_2(baselines, data):
         assert not os.path.exists(marker), f"{kind} {name} {how}: the canary ran"
 
 
-@pytest.mark.parametrize("kind,name", [("xgboost", "model/model.ubj"), ("torch", "model/model.pt"),
-                                       ("kmeans", "model/kmeans.npz")])
+@pytest.mark.parametrize(
+    "kind,name",
+    [("xgboost", "model/model.ubj"), ("torch", "model/model.pt"), ("kmeans", "model/kmeans.npz")],
+)
 def test_fuzzed_model_files_on_the_command_line(baselines, tmp_path, kind, name):
     run = tmp_path / "run"
     shutil.copytree(baselines[kind], run)
@@ -657,8 +850,14 @@ def test_fuzzed_model_files_on_the_command_line(baselines, tmp_path, kind, name)
     else:
         (run / name).write_bytes(_pickle_payload(str(marker), "pt" if kind == "torch" else "npz"))
     seal(run)
-    res = _cli("predict", str(run), "--input", _input_csv(tmp_path / "in.csv"),
-               "--output", str(tmp_path / "out"))
+    res = _cli(
+        "predict",
+        str(run),
+        "--input",
+        _input_csv(tmp_path / "in.csv"),
+        "--output",
+        str(tmp_path / "out"),
+    )
     assert res.returncode == 2, res.stderr
     assert "Traceback" not in res.stderr and res.stderr.strip().count("\n") == 0, res.stderr
     assert not marker.exists()

@@ -47,9 +47,13 @@ def test_plain_lines_are_throttled_with_a_last_line(lines, monkeypatch):
         e.update(completed=7)
         e.done(info="early stop")
     assert progress.current() is not p  # restored after the block
-    assert lines() == ["stage: read (partitioning by store)", "groups: 1/10 groups  0 failed",
-                       "groups: 10/10 groups  1 failed (done)", "epochs: 3/? epochs",
-                       "epochs: 7/? epochs  early stop (done)"]
+    assert lines() == [
+        "stage: read (partitioning by store)",
+        "groups: 1/10 groups  0 failed",
+        "groups: 10/10 groups  1 failed (done)",
+        "epochs: 3/? epochs",
+        "epochs: 7/? epochs  early stop (done)",
+    ]
 
 
 class _Sink:
@@ -151,17 +155,33 @@ def test_stages_are_announced_once_and_in_order(lines):
     the display said ``stage: train → read → train``. Each stage now appears once, in order;
     a late or repeated one only adds its detail under the current stage."""
     with progress.activate("plain") as p:
-        for name, detail in [("validate", ""), ("cluster", ""), ("train", ""),
-                             ("read", ""), ("train", ""), ("train", "k-means refine pass"),
-                             ("evaluate", ""), ("read", "late worker message"),
-                             ("write", ""), ("report", "")]:
+        for name, detail in [
+            ("validate", ""),
+            ("cluster", ""),
+            ("train", ""),
+            ("read", ""),
+            ("train", ""),
+            ("train", "k-means refine pass"),
+            ("evaluate", ""),
+            ("read", "late worker message"),
+            ("write", ""),
+            ("report", ""),
+        ]:
             p.stage(name, detail)
         assert p.stage_name == "report"
         p.stage("validate")  # a second run in the same block starts over
         p.stage("cluster")
     stages = [ln for ln in lines() if ln.startswith("stage: ")]
-    assert stages == ["stage: validate", "stage: cluster", "stage: train", "stage: evaluate",
-                      "stage: write", "stage: report", "stage: validate", "stage: cluster"]
+    assert stages == [
+        "stage: validate",
+        "stage: cluster",
+        "stage: train",
+        "stage: evaluate",
+        "stage: write",
+        "stage: report",
+        "stage: validate",
+        "stage: cluster",
+    ]
     assert "train: k-means refine pass" in lines() and "evaluate: late worker message" in lines()
 
 
@@ -170,5 +190,4 @@ def test_worker_stage_messages_follow_the_same_rule(lines):
         p.stage("train")
         for msg in [("stage", "read", ""), ("stage", "train", ""), ("stage", "evaluate", "")]:
             p._apply(msg)
-    assert [ln for ln in lines() if ln.startswith("stage: ")] == ["stage: train",
-                                                                   "stage: evaluate"]
+    assert [ln for ln in lines() if ln.startswith("stage: ")] == ["stage: train", "stage: evaluate"]

@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import inspect
 
-import pytest
-
 
 def _ray_changed(what: str, where: str, detail: str = "") -> str:
     import ray
 
-    return (f"Ray {ray.__version__} changed the private API {what}, which {where} relies on "
-            f"(no public equivalent). Revisit that code for this Ray version. {detail}").strip()
+    return (
+        f"Ray {ray.__version__} changed the private API {what}, which {where} relies on "
+        f"(no public equivalent). Revisit that code for this Ray version. {detail}"
+    ).strip()
 
 
 def _params(fn) -> dict[str, inspect.Parameter]:
@@ -49,10 +49,12 @@ def test_global_node_exists_where_distml_looks_for_it():
     worker = getattr(getattr(ray, "_private", None), "worker", None)
     assert worker is not None, _ray_changed("ray._private.worker", _SHUTDOWN, "Module is gone.")
     assert hasattr(worker, "_global_node"), _ray_changed(
-        "ray._private.worker._global_node", _SHUTDOWN, "Attribute is gone.")
+        "ray._private.worker._global_node", _SHUTDOWN, "Attribute is gone."
+    )
     if not ray.is_initialized():
         assert worker._global_node is None, _ray_changed(
-            "ray._private.worker._global_node", _SHUTDOWN, "Not None without a cluster.")
+            "ray._private.worker._global_node", _SHUTDOWN, "Not None without a cluster."
+        )
 
 
 def test_node_kill_all_processes_takes_the_keywords_distml_passes():
@@ -63,9 +65,11 @@ def test_node_kill_all_processes_takes_the_keywords_distml_passes():
     params = _params(kill)
     for name in ("check_alive", "allow_graceful", "wait"):
         assert name in params, _ray_changed(
-            "Node.kill_all_processes", _SHUTDOWN, f"No keyword {name!r}; has {list(params)}.")
+            "Node.kill_all_processes", _SHUTDOWN, f"No keyword {name!r}; has {list(params)}."
+        )
     assert params["allow_graceful"].default is False, _ray_changed(
-        "Node.kill_all_processes", _SHUTDOWN, "allow_graceful no longer defaults to False.")
+        "Node.kill_all_processes", _SHUTDOWN, "allow_graceful no longer defaults to False."
+    )
 
 
 SHUTDOWN_PROBE = """
@@ -92,22 +96,30 @@ def test_ray_shutdown_stops_the_node_through_its_kill_all_processes():
     import subprocess
     import sys
 
-    run = subprocess.run([sys.executable, "-c", SHUTDOWN_PROBE], capture_output=True, text=True,
-                         timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-c", SHUTDOWN_PROBE], capture_output=True, text=True, timeout=120
+    )
     assert run.returncode == 0, _ray_changed("ray.shutdown with a node", _SHUTDOWN, run.stderr)
     seen = json.loads(run.stdout.strip().splitlines()[-1])
     calls = seen["calls"]
     assert len(calls) == 1, _ray_changed(
-        "ray.shutdown -> _global_node.kill_all_processes", _SHUTDOWN,
-        f"ray.shutdown() called it {len(calls)} times, not once.")
+        "ray.shutdown -> _global_node.kill_all_processes",
+        _SHUTDOWN,
+        f"ray.shutdown() called it {len(calls)} times, not once.",
+    )
     assert set(calls[0]) == {"check_alive", "allow_graceful", "wait"}, _ray_changed(
-        "ray.shutdown -> _global_node.kill_all_processes", _SHUTDOWN,
-        f"Called with {calls[0]}, not keywords check_alive/allow_graceful/wait.")
+        "ray.shutdown -> _global_node.kill_all_processes",
+        _SHUTDOWN,
+        f"Called with {calls[0]}, not keywords check_alive/allow_graceful/wait.",
+    )
     assert calls[0]["allow_graceful"] is True, _ray_changed(
-        "ray.shutdown -> _global_node.kill_all_processes", _SHUTDOWN,
-        "ray.shutdown() no longer asks for the graceful wait (distml's patch may be moot).")
+        "ray.shutdown -> _global_node.kill_all_processes",
+        _SHUTDOWN,
+        "ray.shutdown() no longer asks for the graceful wait (distml's patch may be moot).",
+    )
     assert seen["reset"], _ray_changed(
-        "ray._private.worker._global_node", _SHUTDOWN, "ray.shutdown() no longer resets it.")
+        "ray._private.worker._global_node", _SHUTDOWN, "ray.shutdown() no longer resets it."
+    )
 
 
 def test_node_records_the_raylet_process_where_distml_reads_its_pid():
@@ -117,17 +129,23 @@ def test_node_records_the_raylet_process_where_distml_reads_its_pid():
     from ray._private.node import Node
 
     assert ray_constants.PROCESS_TYPE_RAYLET == "raylet", _ray_changed(
-        "ray_constants.PROCESS_TYPE_RAYLET", _SHUTDOWN,
-        f"It is now {ray_constants.PROCESS_TYPE_RAYLET!r}.")
+        "ray_constants.PROCESS_TYPE_RAYLET",
+        _SHUTDOWN,
+        f"It is now {ray_constants.PROCESS_TYPE_RAYLET!r}.",
+    )
     assert "process" in services.ProcessInfo._fields, _ray_changed(
-        "ray._private.services.ProcessInfo.process", _SHUTDOWN,
-        f"Fields are {services.ProcessInfo._fields}.")
+        "ray._private.services.ProcessInfo.process",
+        _SHUTDOWN,
+        f"Fields are {services.ProcessInfo._fields}.",
+    )
     init = inspect.getsource(Node.__init__)
     assert "self.all_processes" in init, _ray_changed(
-        "Node.all_processes", _SHUTDOWN, "Node.__init__ no longer sets it.")
+        "Node.all_processes", _SHUTDOWN, "Node.__init__ no longer sets it."
+    )
     start = inspect.getsource(Node.start_raylet)
     assert "all_processes[ray_constants.PROCESS_TYPE_RAYLET]" in start, _ray_changed(
-        "Node.all_processes['raylet']", _SHUTDOWN, "start_raylet no longer records it there.")
+        "Node.all_processes['raylet']", _SHUTDOWN, "start_raylet no longer records it there."
+    )
 
 
 # --- ray._private.state.actors(): tests/integration/ray_checks.py ---
@@ -140,13 +158,17 @@ def test_state_actors_takes_no_required_arguments():
 
     actors = getattr(state, "actors", None)
     assert callable(actors), _ray_changed("ray._private.state.actors", _RAY_CHECKS, "It is gone.")
-    required = [n for n, p in _params(actors).items()
-                if p.default is inspect.Parameter.empty
-                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-    assert not required, _ray_changed("ray._private.state.actors", _RAY_CHECKS,
-                                      f"It now requires {required}.")
+    required = [
+        n
+        for n, p in _params(actors).items()
+        if p.default is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+    assert not required, _ray_changed(
+        "ray._private.state.actors", _RAY_CHECKS, f"It now requires {required}."
+    )
     assert "state.actor_table(" in inspect.getsource(actors), _ray_changed(
-        "ray._private.state.actors", _RAY_CHECKS, "It no longer reads GlobalState.actor_table.")
+        "ray._private.state.actors", _RAY_CHECKS, "It no longer reads GlobalState.actor_table."
+    )
 
 
 def test_state_actor_records_carry_the_fields_the_check_reads():
@@ -155,15 +177,27 @@ def test_state_actor_records_carry_the_fields_the_check_reads():
     from ray._private.state import GlobalState
     from ray.core.generated import gcs_pb2
 
-    row = gcs_pb2.ActorTableData(class_name="TrainController", is_detached=False,
-                                 state=gcs_pb2.ActorTableData.ActorState.Value("ALIVE"))
+    row = gcs_pb2.ActorTableData(
+        class_name="TrainController",
+        is_detached=False,
+        state=gcs_pb2.ActorTableData.ActorState.Value("ALIVE"),
+    )
     info = GlobalState()._gen_actor_info(row)
-    for key, want in (("ActorClassName", "TrainController"), ("State", "ALIVE"),
-                      ("IsDetached", False)):
-        assert key in info, _ray_changed("ray._private.state.actors() records", _RAY_CHECKS,
-                                         f"No key {key!r}; keys are {sorted(info)}.")
-        assert info[key] == want, _ray_changed("ray._private.state.actors() records", _RAY_CHECKS,
-                                               f"{key} = {info[key]!r}, not {want!r}.")
+    for key, want in (
+        ("ActorClassName", "TrainController"),
+        ("State", "ALIVE"),
+        ("IsDetached", False),
+    ):
+        assert key in info, _ray_changed(
+            "ray._private.state.actors() records",
+            _RAY_CHECKS,
+            f"No key {key!r}; keys are {sorted(info)}.",
+        )
+        assert info[key] == want, _ray_changed(
+            "ray._private.state.actors() records",
+            _RAY_CHECKS,
+            f"{key} = {info[key]!r}, not {want!r}.",
+        )
 
 
 # --- JobSubmissionClient._do_request: distml/remote/client.py ---
@@ -181,9 +215,11 @@ def test_job_client_do_request_forwards_extra_keywords_to_requests(monkeypatch):
 
     params = _params(JobSubmissionClient._do_request)
     assert list(params)[:3] == ["self", "method", "endpoint"], _ray_changed(
-        "JobSubmissionClient._do_request", _SUBMIT, f"Parameters are {list(params)}.")
+        "JobSubmissionClient._do_request", _SUBMIT, f"Parameters are {list(params)}."
+    )
     assert any(p.kind is p.VAR_KEYWORD for p in params.values()), _ray_changed(
-        "JobSubmissionClient._do_request", _SUBMIT, "It no longer takes **kwargs.")
+        "JobSubmissionClient._do_request", _SUBMIT, "It no longer takes **kwargs."
+    )
 
     sent = []
 
@@ -215,10 +251,12 @@ def test_job_client_do_request_forwards_extra_keywords_to_requests(monkeypatch):
 
     client = WithDeadline("http://127.0.0.1:1")
     client.list_jobs()
-    assert len(sent) >= 2, _ray_changed("JobSubmissionClient._do_request", _SUBMIT,
-                                        f"Only {sent} went through it.")
+    assert len(sent) >= 2, _ray_changed(
+        "JobSubmissionClient._do_request", _SUBMIT, f"Only {sent} went through it."
+    )
     assert all(t == (1.5, 2.5) for _, _, t in sent), _ray_changed(
-        "JobSubmissionClient._do_request", _SUBMIT, f"Timeouts reaching requests: {sent}.")
+        "JobSubmissionClient._do_request", _SUBMIT, f"Timeouts reaching requests: {sent}."
+    )
 
 
 # --- ResultGrid._experiment_analysis / Trial.run_metadata: distml/tune/runner.py ---
@@ -238,10 +276,13 @@ def test_result_grid_keeps_its_experiment_analysis_with_the_trials():
     analysis = Analysis()
     grid = ResultGrid(analysis)
     assert getattr(grid, "_experiment_analysis", None) is analysis, _ray_changed(
-        "ResultGrid._experiment_analysis", _RUNNER, "ResultGrid no longer keeps it there.")
+        "ResultGrid._experiment_analysis", _RUNNER, "ResultGrid no longer keeps it there."
+    )
     trial = Trial("__fake", stub=True)
     assert trial.run_metadata.num_failures == 0, _ray_changed(
-        "Trial.run_metadata.num_failures", _RUNNER, "A new trial does not count 0 failures.")
+        "Trial.run_metadata.num_failures", _RUNNER, "A new trial does not count 0 failures."
+    )
     trial.run_metadata.num_failures += 1
     assert trial.num_failures == 1, _ray_changed(
-        "Trial.run_metadata.num_failures", _RUNNER, "Trial.num_failures no longer reads it.")
+        "Trial.run_metadata.num_failures", _RUNNER, "Trial.num_failures no longer reads it."
+    )

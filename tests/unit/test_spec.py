@@ -20,11 +20,17 @@ from distml.spec.base import check_name
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "jobs").glob("*.yaml"))
 
-XGB = {"name": "churn-xgb", "kind": "xgboost",
-       "data": {"source": "builtin:breast_cancer", "target": "target"}}
-SKL = {"name": "iris-forest", "kind": "sklearn",
-       "data": {"source": "builtin:iris", "target": "target"},
-       "model": {"estimator": "random_forest_classifier"}}
+XGB = {
+    "name": "churn-xgb",
+    "kind": "xgboost",
+    "data": {"source": "builtin:breast_cancer", "target": "target"},
+}
+SKL = {
+    "name": "iris-forest",
+    "kind": "sklearn",
+    "data": {"source": "builtin:iris", "target": "target"},
+    "model": {"estimator": "random_forest_classifier"},
+}
 
 
 def spec(base: dict | None = None, **overrides) -> JobSpec:
@@ -45,20 +51,33 @@ def problems(e: SpecError) -> list[str]:
 
 # ------------------------------------------------------------------------------------- loading
 
+
 def test_minimal_dict_gets_every_default():
     s = spec()
     assert type(s).__module__ == "distml.jobs.xgboost" and s.kind == "xgboost"
     assert s.name == "churn-xgb" and s.data.source == "builtin:breast_cancer"
     split = s.data.split_spec
-    assert (split.valid, split.test, split.seed, split.stratify, split.cv) == (0.2, 0.0, 42, None,
-                                                                               None)
+    assert (split.valid, split.test, split.seed, split.stratify, split.cv) == (
+        0.2,
+        0.0,
+        42,
+        None,
+        None,
+    )
     assert (s.data.features, s.data.exclude, s.data.categorical, s.data.test_source) == (
-        None, [], None, None)
+        None,
+        [],
+        None,
+        None,
+    )
     r = s.resources
     assert (r.num_workers, r.cpus_per_worker, r.gpus_per_worker, r.max_failures) == (1, 1, 0, 0)
     assert s.output.dir == "runs"
-    assert (s.model.params, s.model.num_boost_round, s.model.early_stopping_rounds) == ({}, 100,
-                                                                                         None)
+    assert (s.model.params, s.model.num_boost_round, s.model.early_stopping_rounds) == (
+        {},
+        100,
+        None,
+    )
 
 
 def test_sklearn_defaults():
@@ -113,37 +132,47 @@ def test_input_is_not_modified():
 
 # ------------------------------------------------------------------------------------ overrides
 
-@pytest.mark.parametrize("item, expected", [
-    ("model.params.max_depth=8", ("model.params.max_depth", 8)),
-    ("model.params.eta=0.1", ("model.params.eta", 0.1)),
-    ("data.split.stratify=true", ("data.split.stratify", True)),
-    ("data.split.stratify=false", ("data.split.stratify", False)),
-    ("data.features=[1,2]", ("data.features", [1, 2])),
-    ("data.features=[a, b]", ("data.features", ["a", "b"])),
-    ("data.split={valid: 0.1}", ("data.split", {"valid": 0.1})),
-    ("data.test_source=null", ("data.test_source", None)),
-    ("data.source=builtin:iris", ("data.source", "builtin:iris")),
-    ("data.source=s3://bucket/a=1/x.parquet", ("data.source", "s3://bucket/a=1/x.parquet")),
-    ("model.params.objective='7'", ("model.params.objective", "7")),
-    ("name=", ("name", "")),
-    (" name =x", ("name", "x")),
-    ("data.source=a: b: c", ("data.source", "a: b: c")),  # not YAML: kept as text
-    ("data.source=[unclosed", ("data.source", "[unclosed")),
-    ("data.source=2024-02-30", ("data.source", "2024-02-30")),  # YAML date Python refuses
-])
+
+@pytest.mark.parametrize(
+    "item, expected",
+    [
+        ("model.params.max_depth=8", ("model.params.max_depth", 8)),
+        ("model.params.eta=0.1", ("model.params.eta", 0.1)),
+        ("data.split.stratify=true", ("data.split.stratify", True)),
+        ("data.split.stratify=false", ("data.split.stratify", False)),
+        ("data.features=[1,2]", ("data.features", [1, 2])),
+        ("data.features=[a, b]", ("data.features", ["a", "b"])),
+        ("data.split={valid: 0.1}", ("data.split", {"valid": 0.1})),
+        ("data.test_source=null", ("data.test_source", None)),
+        ("data.source=builtin:iris", ("data.source", "builtin:iris")),
+        ("data.source=s3://bucket/a=1/x.parquet", ("data.source", "s3://bucket/a=1/x.parquet")),
+        ("model.params.objective='7'", ("model.params.objective", "7")),
+        ("name=", ("name", "")),
+        (" name =x", ("name", "x")),
+        ("data.source=a: b: c", ("data.source", "a: b: c")),  # not YAML: kept as text
+        ("data.source=[unclosed", ("data.source", "[unclosed")),
+        ("data.source=2024-02-30", ("data.source", "2024-02-30")),  # YAML date Python refuses
+    ],
+)
 def test_parse_override_reads_yaml_values(item, expected):
     path, value = parse_override(item)
     assert (path, value) == expected and type(value) is type(expected[1])
 
 
-@pytest.mark.parametrize("item, fragment", [
-    ("model.params.max_depth", "--set expects PATH=VALUE (e.g. model.params.max_depth=8); "
-                               "got 'model.params.max_depth'"),
-    ("=8", "--set path must be dotted field names (e.g. model.lr); got ''"),
-    ("a..b=1", "--set path must be dotted field names (e.g. model.lr); got 'a..b'"),
-    ("a.=1", "got 'a.'"),
-    (8, "--set expects PATH=VALUE"),
-])
+@pytest.mark.parametrize(
+    "item, fragment",
+    [
+        (
+            "model.params.max_depth",
+            "--set expects PATH=VALUE (e.g. model.params.max_depth=8); "
+            "got 'model.params.max_depth'",
+        ),
+        ("=8", "--set path must be dotted field names (e.g. model.lr); got ''"),
+        ("a..b=1", "--set path must be dotted field names (e.g. model.lr); got 'a..b'"),
+        ("a.=1", "got 'a.'"),
+        (8, "--set expects PATH=VALUE"),
+    ],
+)
 def test_parse_override_rejects_malformed_items(item, fragment):
     with pytest.raises(SpecError) as info:
         parse_override(item)
@@ -151,9 +180,16 @@ def test_parse_override_rejects_malformed_items(item, fragment):
 
 
 def test_set_overrides_coerce_types():
-    s = load_spec(XGB, ["model.params.max_depth=8", "data.split.stratify=true",
-                        "data.features=[age, income]", "model.num_boost_round=7",
-                        "resources.cpus_per_worker=2.5"])
+    s = load_spec(
+        XGB,
+        [
+            "model.params.max_depth=8",
+            "data.split.stratify=true",
+            "data.features=[age, income]",
+            "model.num_boost_round=7",
+            "resources.cpus_per_worker=2.5",
+        ],
+    )
     assert s.model.params["max_depth"] == 8 and type(s.model.params["max_depth"]) is int
     assert s.data.split_spec.stratify is True
     assert s.data.features == ["age", "income"]
@@ -182,8 +218,10 @@ def test_override_replaces_null_section():
 
 def test_override_through_a_scalar_is_a_spec_error():
     e = error(XGB, ["data.source.x=1"])
-    assert str(e) == ("--set data.source.x: data.source is a string, not a section, so it has no "
-                      "field 'x'; got data.source='builtin:breast_cancer'")
+    assert str(e) == (
+        "--set data.source.x: data.source is a string, not a section, so it has no "
+        "field 'x'; got data.source='builtin:breast_cancer'"
+    )
     e = error(XGB, ["data.features=[a]", "data.features.first=b"])
     assert "data.features is a list, not a section" in str(e)
 
@@ -202,11 +240,14 @@ def test_later_override_wins_and_a_single_string_is_one_override():
     assert load_spec(XGB, "model.num_boost_round=4").model.num_boost_round == 4
 
 
-@pytest.mark.parametrize("overrides, fragment", [
-    ({1: 2}, "an override path must be a dotted string (e.g. model.lr); got 1"),
-    ({"a..b": 1}, "an override path must be dotted field names (e.g. model.lr); got 'a..b'"),
-    ({"model__": 1}, "got 'model__'"),
-])
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        ({1: 2}, "an override path must be a dotted string (e.g. model.lr); got 1"),
+        ({"a..b": 1}, "an override path must be dotted field names (e.g. model.lr); got 'a..b'"),
+        ({"model__": 1}, "got 'model__'"),
+    ],
+)
 def test_bad_override_paths(overrides, fragment):
     assert fragment in str(error(XGB, overrides))
 
@@ -219,21 +260,25 @@ def test_override_can_set_kind_and_fix_a_spec():
 
 # -------------------------------------------------------------------------------- JSON schema
 
+
 def test_json_schema_is_a_valid_schema_with_both_kinds():
     schema = json_schema()
     jsonschema.Draft202012Validator.check_schema(schema)
     json.dumps(schema)  # plain JSON
     assert schema["title"] == "distml job spec"
     assert set(schema["discriminator"]["mapping"]) == set(KINDS)
-    consts = {s["properties"]["kind"]["const"]
-              for s in (schema["$defs"][r["$ref"].split("/")[-1]] for r in schema["oneOf"])}
+    consts = {
+        s["properties"]["kind"]["const"]
+        for s in (schema["$defs"][r["$ref"].split("/")[-1]] for r in schema["oneOf"])
+    }
     assert consts == set(KINDS)
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_json_schema_accepts_example_specs(path):
-    jsonschema.validate(yaml.safe_load(path.read_text()), json_schema(),
-                        cls=jsonschema.Draft202012Validator)
+    jsonschema.validate(
+        yaml.safe_load(path.read_text()), json_schema(), cls=jsonschema.Draft202012Validator
+    )
 
 
 def test_json_schema_accepts_resolved_specs():
@@ -242,11 +287,20 @@ def test_json_schema_accepts_resolved_specs():
         assert not list(v.iter_errors(s.to_dict()))
 
 
-@pytest.mark.parametrize("change", [
-    {"name": "../x"}, {"name": "a..b"}, {"name": ""}, {"name": "a" * 129}, {"kind": "xgbost"},
-    {"data": {"source": "x", "spilt": {}}}, {"data": {"source": "x", "split": {"valid": 1.5}}},
-    {"resources": {"num_workers": 0}}, {"data": {"source": "x", "split": {"seed": 2**32}}},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"name": "../x"},
+        {"name": "a..b"},
+        {"name": ""},
+        {"name": "a" * 129},
+        {"kind": "xgbost"},
+        {"data": {"source": "x", "spilt": {}}},
+        {"data": {"source": "x", "split": {"valid": 1.5}}},
+        {"resources": {"num_workers": 0}},
+        {"data": {"source": "x", "split": {"seed": 2**32}}},
+    ],
+)
 def test_json_schema_rejects_what_load_spec_rejects(change):
     raw = {**XGB, **change}
     assert not jsonschema.Draft202012Validator(json_schema()).is_valid(raw)
@@ -261,48 +315,70 @@ def test_cli_schema_prints_the_schema(capsys):
 # ------------------------------------------------------------------------------ error messages
 # One sentence: field path, rule, value received, and a fix when there is one.
 
+
 def test_fraction_out_of_range_names_path_rule_and_value():
     e = error(XGB, {"data.split.valid": 1.5})
     assert str(e) == "data.split.valid must be < 1; got 1.5"  # one problem, not two union branches
     assert "data.split.test must be >= 0; got -0.1" in str(error(XGB, {"data.split.test": -0.1}))
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"data.split.valid": "abc"}, "data.split.valid must be a number; got 'abc'"),
-    ({"data.split.valid": True}, "data.split.valid must be a number, not true/false; got True"),
-    ({"model.num_boost_round": True},
-     "model.num_boost_round must be an integer, not true/false; got True"),
-    ({"model.early_stopping_rounds": False},
-     "model.early_stopping_rounds must be an integer, not true/false; got False"),
-    ({"resources.cpus_per_worker": float("nan")},
-     "resources.cpus_per_worker must be a finite number; got nan"),
-    ({"resources.gpus_per_worker": float("inf")},
-     "resources.gpus_per_worker must be a finite number; got inf"),
-    ({"resources.cpus_per_worker": 0}, "resources.cpus_per_worker must be > 0; got 0"),
-    ({"resources.cpus_per_worker": 2048}, "resources.cpus_per_worker must be <= 1024; got 2048"),
-    ({"resources.num_workers": 1.5}, "resources.num_workers must be a whole number; got 1.5"),
-    ({"resources.num_workers": "many"}, "resources.num_workers must be an integer; got 'many'"),
-    ({"resources.max_failures": -1}, "resources.max_failures must be >= 0; got -1"),
-    ({"model.num_boost_round": 0}, "model.num_boost_round must be >= 1; got 0"),
-    ({"data.split.cv": 1}, "data.split.cv must be >= 2; got 1"),
-    ({"data.split.seed": -1}, "data.split.seed must be >= 0; got -1"),
-    ({"data.split.seed": 2**32},
-     "data.split.seed must be <= 4294967295 (numpy/scikit-learn seeds are 32-bit); got 4294967296"),
-    ({"data.split.stratify": "maybe"}, "data.split.stratify must be true or false; got 'maybe'"),
-    ({"data.split": "nope"}, "data.split must be a mapping or 'none'; got 'nope'"),
-    ({"data.split": 3}, "data.split must be a mapping or 'none'; got 3"),
-    ({"data": 5}, "data must be a mapping; got 5"),
-    ({"data.source": None}, "data.source must be a string; got None"),
-    ({"data.source": ""}, "data.source must not be empty; got ''"),
-    ({"data.features": "age"}, "data.features must be a list; got 'age'"),
-    ({"data.features": ["a", "b", "a"]},
-     "data.features must list each column once; got duplicates ['a']"),
-    ({"model": None}, "model must be a mapping; got None"),
-    ({"model.params": [1]}, "model.params must be a mapping; got [1]"),
-    ({"model.params": {1: 2}}, "model.params keys must be strings; got key 1"),
-    ({"output.dir": ""}, "output.dir must not be empty; got ''"),
-    ({"name": 5}, "name must be a string; got 5"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"data.split.valid": "abc"}, "data.split.valid must be a number; got 'abc'"),
+        ({"data.split.valid": True}, "data.split.valid must be a number, not true/false; got True"),
+        (
+            {"model.num_boost_round": True},
+            "model.num_boost_round must be an integer, not true/false; got True",
+        ),
+        (
+            {"model.early_stopping_rounds": False},
+            "model.early_stopping_rounds must be an integer, not true/false; got False",
+        ),
+        (
+            {"resources.cpus_per_worker": float("nan")},
+            "resources.cpus_per_worker must be a finite number; got nan",
+        ),
+        (
+            {"resources.gpus_per_worker": float("inf")},
+            "resources.gpus_per_worker must be a finite number; got inf",
+        ),
+        ({"resources.cpus_per_worker": 0}, "resources.cpus_per_worker must be > 0; got 0"),
+        (
+            {"resources.cpus_per_worker": 2048},
+            "resources.cpus_per_worker must be <= 1024; got 2048",
+        ),
+        ({"resources.num_workers": 1.5}, "resources.num_workers must be a whole number; got 1.5"),
+        ({"resources.num_workers": "many"}, "resources.num_workers must be an integer; got 'many'"),
+        ({"resources.max_failures": -1}, "resources.max_failures must be >= 0; got -1"),
+        ({"model.num_boost_round": 0}, "model.num_boost_round must be >= 1; got 0"),
+        ({"data.split.cv": 1}, "data.split.cv must be >= 2; got 1"),
+        ({"data.split.seed": -1}, "data.split.seed must be >= 0; got -1"),
+        (
+            {"data.split.seed": 2**32},
+            "data.split.seed must be <= 4294967295 (numpy/scikit-learn seeds are 32-bit); got 4294967296",
+        ),
+        (
+            {"data.split.stratify": "maybe"},
+            "data.split.stratify must be true or false; got 'maybe'",
+        ),
+        ({"data.split": "nope"}, "data.split must be a mapping or 'none'; got 'nope'"),
+        ({"data.split": 3}, "data.split must be a mapping or 'none'; got 3"),
+        ({"data": 5}, "data must be a mapping; got 5"),
+        ({"data.source": None}, "data.source must be a string; got None"),
+        ({"data.source": ""}, "data.source must not be empty; got ''"),
+        ({"data.features": "age"}, "data.features must be a list; got 'age'"),
+        (
+            {"data.features": ["a", "b", "a"]},
+            "data.features must list each column once; got duplicates ['a']",
+        ),
+        ({"model": None}, "model must be a mapping; got None"),
+        ({"model.params": [1]}, "model.params must be a mapping; got [1]"),
+        ({"model.params": {1: 2}}, "model.params keys must be strings; got key 1"),
+        ({"output.dir": ""}, "output.dir must not be empty; got ''"),
+        ({"name": 5}, "name must be a string; got 5"),
+    ],
+)
 def test_single_field_errors(overrides, message):
     assert str(error(XGB, overrides)) == message
 
@@ -315,16 +391,19 @@ def test_huge_values_are_shortened_in_messages():
         "model.early_stopping_rounds must be an integer that fits in 64 bits; "
         "got 18446744073709551616",
         "model.params.big[0] must be an integer that fits in 64 bits; "
-        "got an integer of about 5000 digits"]
+        "got an integer of about 5000 digits",
+    ]
     e = error(XGB, {"data.features": "x" * 1000})
     assert str(e).startswith("data.features must be a list; got 'xxx") and len(str(e)) < 150
 
 
 def test_unknown_keys_get_did_you_mean_and_the_known_fields():
     e = error(XGB, {"data.spilt": {"valid": 0.1}})
-    assert str(e) == ("data.spilt is not a known field (known fields of data: source, "
-                      "test_source, target, features, exclude, categorical, split); "
-                      "did you mean 'split'?")
+    assert str(e) == (
+        "data.spilt is not a known field (known fields of data: source, "
+        "test_source, target, features, exclude, categorical, split); "
+        "did you mean 'split'?"
+    )
     assert "did you mean 'num_boost_round'?" in str(error(XGB, {"model.num_boost_rounds": 5}))
     assert "did you mean 'valid'?" in str(error(XGB, {"data.split.vaild": 0.1}))
     assert "did you mean 'cpus_per_worker'?" in str(error(XGB, {"resources.cpu_per_worker": 2}))
@@ -335,40 +414,49 @@ def test_unknown_keys_get_did_you_mean_and_the_known_fields():
     e = error({**XGB, "zzz": 1})
     assert "zzz is not a known field" in str(e) and "did you mean" not in str(e)
     e = error({**XGB, 7: 1})
-    assert str(e).startswith("the spec has a key 7 that is not a field name (known fields of the "
-                             "spec: name, kind,")
+    assert str(e).startswith(
+        "the spec has a key 7 that is not a field name (known fields of the spec: name, kind,"
+    )
     e = error(XGB, {"data": {"source": "x", 3: 1}})
     assert str(e).startswith("data has a key 3 that is not a field name (known fields of data: ")
 
 
 def test_xgboost_fields_are_not_sklearn_fields():
     e = error(SKL, {"model.num_boost_round": 5})
-    assert str(e).startswith("model.num_boost_round is not a known field (known fields of "
-                             "model: estimator, params, scale)")
+    assert str(e).startswith(
+        "model.num_boost_round is not a known field (known fields of "
+        "model: estimator, params, scale)"
+    )
 
 
 def test_unknown_kind_lists_the_valid_kinds():
     kinds = ", ".join(sorted(KINDS))
     assert {"sklearn", "xgboost"} <= set(KINDS)
     assert str(error({**XGB, "kind": "xgbost"})) == (
-        f"kind must be one of {kinds}; got 'xgbost'; did you mean 'xgboost'?")
+        f"kind must be one of {kinds}; got 'xgbost'; did you mean 'xgboost'?"
+    )
     for near in ("XGBoost", " xgboost"):
-        assert str(error({**XGB, "kind": near})).endswith(
-            f"got {near!r}; did you mean 'xgboost'?")
+        assert str(error({**XGB, "kind": near})).endswith(f"got {near!r}; did you mean 'xgboost'?")
     e = error({**XGB, "kind": "torchvision-zzz"})
     assert str(e) == f"kind must be one of {kinds}; got 'torchvision-zzz'"
     assert str(error({k: v for k, v in XGB.items() if k != "kind"})) == (
-        f"kind is required; set it to one of {kinds}")
+        f"kind is required; set it to one of {kinds}"
+    )
     assert str(error({**XGB, "kind": ["xgboost"]})) == (
-        f"kind must be a string, one of {kinds}; got ['xgboost']")
+        f"kind must be a string, one of {kinds}; got ['xgboost']"
+    )
 
 
-NAME_RULE = ("name must be 1 to 128 letters, digits, '.', '_' or '-', start with a letter or "
-             "digit and contain no '..'; got ")
+NAME_RULE = (
+    "name must be 1 to 128 letters, digits, '.', '_' or '-', start with a letter or "
+    "digit and contain no '..'; got "
+)
 
 
-@pytest.mark.parametrize("name", ["../x", "a..b", "", "a" * 200, "a/b", ".hidden", "-x",
-                                  "caf\u00e9", "a b", "x\n", "a\x00"])
+@pytest.mark.parametrize(
+    "name",
+    ["../x", "a..b", "", "a" * 200, "a/b", ".hidden", "-x", "caf\u00e9", "a b", "x\n", "a\x00"],
+)
 def test_bad_names_are_rejected(name):
     msg = str(error({**XGB, "name": name}))
     assert msg.startswith(NAME_RULE)
@@ -387,14 +475,18 @@ def test_check_name_raises_value_error_for_run_ids():
 
 def test_valid_plus_test_must_leave_training_rows():
     e = error(XGB, {"data.split": {"valid": 0.6, "test": 0.5}})
-    assert str(e) == ("data.split.valid + data.split.test must be < 1 (some rows must be left to "
-                      "train on); got 0.6 + 0.5; lower one of them")
+    assert str(e) == (
+        "data.split.valid + data.split.test must be < 1 (some rows must be left to "
+        "train on); got 0.6 + 0.5; lower one of them"
+    )
 
 
 def test_cv_with_explicit_valid_names_both_fields():
     e = error(XGB, {"data.split": {"cv": 5, "valid": 0.2}})
-    assert str(e) == ("data.split.cv and data.split.valid conflict: cross-validation makes its "
-                      "own validation folds; got cv=5 and valid=0.2; drop valid")
+    assert str(e) == (
+        "data.split.cv and data.split.valid conflict: cross-validation makes its "
+        "own validation folds; got cv=5 and valid=0.2; drop valid"
+    )
 
 
 @pytest.mark.parametrize("split", ["none", {"valid": 0}])
@@ -408,13 +500,15 @@ def test_early_stopping_needs_a_valid_split(split):
 def test_xgboost_takes_several_workers_but_not_with_cv():
     assert spec(XGB, resources__num_workers=2).resources.num_workers == 2
     assert str(error(XGB, {"resources.num_workers": 2, "data.split": {"cv": 3}})).startswith(
-        "data.split.cv and resources.num_workers conflict")
+        "data.split.cv and resources.num_workers conflict"
+    )
 
 
 def test_sklearn_estimator_did_you_mean():
     e = error(SKL, {"model.estimator": "random_forest_clasifier"})
-    assert str(e).startswith("model.estimator must be a registered short name or a public "
-                             "dotted path inside sklearn.")
+    assert str(e).startswith(
+        "model.estimator must be a registered short name or a public dotted path inside sklearn."
+    )
     assert "got 'random_forest_clasifier'; did you mean 'random_forest_classifier'?" in str(e)
     assert spec(SKL, model__estimator="sklearn.svm.SVC").model.estimator == "sklearn.svm.SVC"
     for bad in ("os.system", "sklearn._private.X", "sklearn.svm"):
@@ -432,14 +526,20 @@ def test_required_fields():
 
 
 def test_several_problems_are_all_reported_once_each():
-    e = error(XGB, {"data.split.valid": 2, "resources.num_workers": 0, "model.bogus": 1,
-                    "data.features": [1]})
+    e = error(
+        XGB,
+        {"data.split.valid": 2, "resources.num_workers": 0, "model.bogus": 1, "data.features": [1]},
+    )
     assert e.message == "the spec has 4 problems"
-    assert sorted(e.details) == sorted([
-        "data.split.valid must be < 1; got 2", "data.features[0] must be a string; got 1",
-        "resources.num_workers must be >= 1; got 0",
-        "model.bogus is not a known field (known fields of model: params, num_boost_round, "
-        "early_stopping_rounds)"])
+    assert sorted(e.details) == sorted(
+        [
+            "data.split.valid must be < 1; got 2",
+            "data.features[0] must be a string; got 1",
+            "resources.num_workers must be >= 1; got 0",
+            "model.bogus is not a known field (known fields of model: params, num_boost_round, "
+            "early_stopping_rounds)",
+        ]
+    )
 
 
 def test_not_a_spec():
@@ -449,23 +549,36 @@ def test_not_a_spec():
 
 # --------------------------------------------------------------------------------- spec files
 
-@pytest.mark.parametrize("text, message", [
-    ("name: a\nkind: [xgboost\ndata: {source: x}\n",
-     "is not valid YAML at line 3, column 5: expected ',' or ']', but got ':' (in a flow sequence "
-     "that starts at line 2, column 7)"),
-    ("name: a\n\tkind: xgboost\n",
-     "is not valid YAML at line 2, column 1: found character '\\t' that cannot start any token"),
-    ("name: 'a\n", "is not valid YAML at line 2, column 1: found unexpected end of stream (in a "
-                   "quoted scalar that starts at line 1, column 7)"),
-    ("name: a\nname: b: c\n", "is not valid YAML at line 2, column 8: mapping values are not "
-                              "allowed here"),
-    ("when: 2024-02-30\n", "is not valid YAML: day is out of range for month"),
-    ("big: " + "9" * 5000 + "\n", "is not valid YAML: a number has too many digits"),
-    ("- a\n- b\n", "must hold a mapping at the top level; got a list"),
-    ("just text\n", "must hold a mapping at the top level; got a string"),
-    ("", "is empty; it must hold a mapping with name, kind and data"),
-    ("# only a comment\n", "is empty; it must hold a mapping with name, kind and data"),
-])
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "name: a\nkind: [xgboost\ndata: {source: x}\n",
+            "is not valid YAML at line 3, column 5: expected ',' or ']', but got ':' (in a flow sequence "
+            "that starts at line 2, column 7)",
+        ),
+        (
+            "name: a\n\tkind: xgboost\n",
+            "is not valid YAML at line 2, column 1: found character '\\t' that cannot start any token",
+        ),
+        (
+            "name: 'a\n",
+            "is not valid YAML at line 2, column 1: found unexpected end of stream (in a "
+            "quoted scalar that starts at line 1, column 7)",
+        ),
+        (
+            "name: a\nname: b: c\n",
+            "is not valid YAML at line 2, column 8: mapping values are not allowed here",
+        ),
+        ("when: 2024-02-30\n", "is not valid YAML: day is out of range for month"),
+        ("big: " + "9" * 5000 + "\n", "is not valid YAML: a number has too many digits"),
+        ("- a\n- b\n", "must hold a mapping at the top level; got a list"),
+        ("just text\n", "must hold a mapping at the top level; got a string"),
+        ("", "is empty; it must hold a mapping with name, kind and data"),
+        ("# only a comment\n", "is empty; it must hold a mapping with name, kind and data"),
+    ],
+)
 def test_malformed_spec_files(tmp_path, text, message):
     p = tmp_path / "spec.yaml"
     p.write_text(text)
@@ -479,8 +592,9 @@ def test_missing_unreadable_and_binary_spec_files(tmp_path):
     assert str(error(tmp_path)) == f"spec file {str(tmp_path)!r} cannot be read: Is a directory"
     b = tmp_path / "b.yaml"
     b.write_bytes(b"name: \xff\xfe\n")
-    assert str(error(b)) == (f"spec file {str(b)!r} is not UTF-8 text (byte 6); "
-                             "save it as UTF-8 YAML")
+    assert str(error(b)) == (
+        f"spec file {str(b)!r} is not UTF-8 text (byte 6); save it as UTF-8 YAML"
+    )
     assert str(error("a\x00b.yaml")) == "spec file path 'a\\x00b.yaml' is not a valid path"
 
 
@@ -491,14 +605,28 @@ def test_file_errors_from_the_yaml_values_are_reported_like_dict_errors(tmp_path
 
 
 def test_messages_are_single_sentences_without_pydantic_text():
-    cases = [({**XGB, "data": 1},), ({"kind": "sklearn"},), ({**XGB, "x": {"y": [1, {}]}},),
-             ({**SKL, "model": {"estimator": 1, "params": 2, "scale": "x"}},),
-             ({**XGB, "resources": {"num_workers": [], "cpus_per_worker": {}}},)]
+    cases = [
+        ({**XGB, "data": 1},),
+        ({"kind": "sklearn"},),
+        ({**XGB, "x": {"y": [1, {}]}},),
+        ({**SKL, "model": {"estimator": 1, "params": 2, "scale": "x"}},),
+        ({**XGB, "resources": {"num_workers": [], "cpus_per_worker": {}}},),
+    ]
     for (raw,) in cases:
         for msg in problems(error(raw)):
             assert msg and "\n" not in msg
-            for bad in ("pydantic", "Input should", "Value error", "function-after", "literal[",
-                        "SplitSpec", "xgboost.data", "sklearn.data", "[key]", "https://"):
+            for bad in (
+                "pydantic",
+                "Input should",
+                "Value error",
+                "function-after",
+                "literal[",
+                "SplitSpec",
+                "xgboost.data",
+                "sklearn.data",
+                "[key]",
+                "https://",
+            ):
                 assert bad not in msg, msg
 
 
@@ -509,6 +637,7 @@ def test_spec_error_is_a_value_error_with_exit_code_2():
 
 
 # ----------------------------------------------------------------------------------------- CLI
+
 
 def test_cli_validate_exit_codes_and_message(tmp_path, capsys):
     good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
@@ -537,10 +666,15 @@ def test_cli_validate_json_error_object(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------- YAML aliases
 
+
 def _laughs(levels: int = 8) -> str:
     """A billion-laughs spec: each level lists the previous one 9 times (9**8 leaves)."""
-    lines = ["name: bomb", "kind: xgboost", "data: {source: 'builtin:iris', target: target}",
-             "a0: &a0 [l,l,l,l,l,l,l,l,l]"]
+    lines = [
+        "name: bomb",
+        "kind: xgboost",
+        "data: {source: 'builtin:iris', target: target}",
+        "a0: &a0 [l,l,l,l,l,l,l,l,l]",
+    ]
     lines += [f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, levels)]
     return "\n".join(lines) + "\n"
 
@@ -553,8 +687,9 @@ def test_yaml_alias_bomb_is_refused_naming_the_line(tmp_path, capsys):
     p.write_text(text)
     with pytest.raises(SpecError) as e:
         load_spec(str(p))
-    assert e.value.message == (f"{p} line 5: YAML aliases (*a0) are not allowed in a spec; "
-                               "write the value out in full")
+    assert e.value.message == (
+        f"{p} line 5: YAML aliases (*a0) are not allowed in a spec; write the value out in full"
+    )
     assert main(["validate", str(p), "--no-data"]) == 2
     err = capsys.readouterr().err
     assert "line 5: YAML aliases (*a0) are not allowed in a spec" in err
@@ -564,8 +699,7 @@ def test_yaml_alias_bomb_is_refused_naming_the_line(tmp_path, capsys):
 def test_yaml_alias_and_merge_key_are_refused_anchors_alone_load(tmp_path):
     p = tmp_path / "spec.yaml"
     base = "name: m\nkind: xgboost\n"
-    p.write_text(base + "data: &d {source: 'builtin:iris', target: target}\nmodel:\n"
-                 "  <<: *d\n")
+    p.write_text(base + "data: &d {source: 'builtin:iris', target: target}\nmodel:\n  <<: *d\n")
     assert "line 5: YAML aliases (*d) are not allowed" in error(str(p)).message
     p.write_text(base + "data: &d {source: 'builtin:iris', target: target}\n")
     assert load_spec(str(p)).data.target == "target"  # an anchor nobody refers to is inert

@@ -59,10 +59,17 @@ SCHEMA = json_schema()
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
 EXAMPLES = [yaml.safe_load(p.read_text()) for p in sorted((ROOT / "jobs").glob("*.yaml"))]
 
-_FUZZ = settings(deadline=None, database=None, print_blob=True,
-                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                        HealthCheck.filter_too_much,
-                                        HealthCheck.large_base_example])
+_FUZZ = settings(
+    deadline=None,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.filter_too_much,
+        HealthCheck.large_base_example,
+    ],
+)
 
 
 #: ``DISTML_FUZZ_SCALE=3`` runs three times as many examples (~11,000: RELIABILITY.md's 10,000).
@@ -76,9 +83,22 @@ def fuzz(n: int) -> settings:
 
 # Text a SpecError message must never contain: pydantic's own wording, URLs and location
 # steps (union tags, validator names), tracebacks.
-_FORBIDDEN = ("pydantic", "https://", "Input should", "Value error,", "Assertion failed",
-              "function-after", "function-before", "function-wrap", "literal[", "[key]",
-              "SplitSpec", "Traceback", "Error(", "object at 0x")
+_FORBIDDEN = (
+    "pydantic",
+    "https://",
+    "Input should",
+    "Value error,",
+    "Assertion failed",
+    "function-after",
+    "function-before",
+    "function-wrap",
+    "literal[",
+    "[key]",
+    "SplitSpec",
+    "Traceback",
+    "Error(",
+    "object at 0x",
+)
 _QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
 _FIELDS = {name for cls in spec_classes() for name in cls.model_fields}
 # "xgboost.data ..."; a kind that is also a spec field (kind ladder's `ladder:`) is no tag
@@ -129,30 +149,64 @@ def check(spec, overrides=None) -> JobSpec | None:
 # ---------------------------------------------------------------------------------- strategies
 
 _names = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,24}\Z").filter(lambda s: ".." not in s)
-_columns = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1,
-                   max_size=8)
+_columns = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=8)
 _fraction = st.floats(0, 0.45)
 _seed = st.integers(0, 2**32 - 1)
 _split = st.one_of(
     st.just("none"),
-    st.fixed_dictionaries({}, optional={"valid": _fraction, "test": _fraction,
-                                        "stratify": st.none() | st.booleans(), "seed": _seed}),
-    st.fixed_dictionaries({"cv": st.integers(2, 100)},
-                          optional={"test": _fraction, "seed": _seed,
-                                    "valid": st.just(0.0)}))
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "valid": _fraction,
+            "test": _fraction,
+            "stratify": st.none() | st.booleans(),
+            "seed": _seed,
+        },
+    ),
+    st.fixed_dictionaries(
+        {"cv": st.integers(2, 100)},
+        optional={"test": _fraction, "seed": _seed, "valid": st.just(0.0)},
+    ),
+)
 _data = st.fixed_dictionaries(
-    {"source": st.sampled_from(["builtin:iris", "builtin:diabetes", "data/*.parquet",
-                                "s3://bucket/train.csv", "synthetic:classification?rows=10"])},
-    optional={"target": _columns, "test_source": st.none() | st.just("test.parquet"),
-              "features": st.none() | st.lists(_columns, unique=True, max_size=4),
-              "exclude": st.lists(_columns, unique=True, max_size=3),
-              "categorical": st.none() | st.lists(_columns, unique=True, max_size=3),
-              "split": _split})
-_resources = st.fixed_dictionaries({}, optional={
-    "num_workers": st.just(1), "cpus_per_worker": st.floats(0.25, 64),
-    "gpus_per_worker": st.floats(0, 8), "max_failures": st.integers(0, 100)})
-_json_scalars = (st.none() | st.booleans() | st.integers(-10**6, 10**6)
-                 | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8))
+    {
+        "source": st.sampled_from(
+            [
+                "builtin:iris",
+                "builtin:diabetes",
+                "data/*.parquet",
+                "s3://bucket/train.csv",
+                "synthetic:classification?rows=10",
+            ]
+        )
+    },
+    optional={
+        "target": _columns,
+        "test_source": st.none() | st.just("test.parquet"),
+        "features": st.none() | st.lists(_columns, unique=True, max_size=4),
+        "exclude": st.lists(_columns, unique=True, max_size=3),
+        "categorical": st.none() | st.lists(_columns, unique=True, max_size=3),
+        "split": _split,
+    },
+)
+_resources = st.fixed_dictionaries(
+    {},
+    optional={
+        "num_workers": st.just(1),
+        "cpus_per_worker": st.floats(0.25, 64),
+        "gpus_per_worker": st.floats(0, 8),
+        "max_failures": st.integers(0, 100),
+    },
+)
+_json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**6), 10**6)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8)
+)
+
+
 def _within_work_bounds(params: dict) -> bool:
     from distml.spec.bounds import check_work_params
 
@@ -163,19 +217,32 @@ def _within_work_bounds(params: dict) -> bool:
     return True
 
 
-_params = st.dictionaries(st.sampled_from(["max_depth", "eta", "objective", "eval_metric",
-                                           "alpha", "n_estimators", "random_state"]),
-                          _json_scalars | st.lists(_json_scalars, max_size=3), max_size=4)
+_params = st.dictionaries(
+    st.sampled_from(
+        ["max_depth", "eta", "objective", "eval_metric", "alpha", "n_estimators", "random_state"]
+    ),
+    _json_scalars | st.lists(_json_scalars, max_size=3),
+    max_size=4,
+)
 _models = {
-    "xgboost": st.fixed_dictionaries({}, optional={
-        "params": _params, "num_boost_round": st.integers(1, 1000),
-        "early_stopping_rounds": st.none() | st.integers(1, 50)}),
+    "xgboost": st.fixed_dictionaries(
+        {},
+        optional={
+            "params": _params,
+            "num_boost_round": st.integers(1, 1000),
+            "early_stopping_rounds": st.none() | st.integers(1, 50),
+        },
+    ),
     "sklearn": st.fixed_dictionaries(
-        {"estimator": st.sampled_from([*ESTIMATORS, "sklearn.svm.SVC",
-                                       "sklearn.linear_model.Ridge"])},
+        {
+            "estimator": st.sampled_from(
+                [*ESTIMATORS, "sklearn.svm.SVC", "sklearn.linear_model.Ridge"]
+            )
+        },
         # valid sklearn params keep the work-size bounds (distml/spec/bounds.py); values outside
         # them are the mutated specs' business
-        optional={"params": _params.filter(_within_work_bounds), "scale": st.booleans()}),
+        optional={"params": _params.filter(_within_work_bounds), "scale": st.booleans()},
+    ),
 }
 
 #: Kinds with a hand-written model strategy; every other registered kind comes from the schema.
@@ -189,8 +256,10 @@ def handmade_specs(draw) -> dict:
     spec = {"name": draw(_names), "kind": kind, "data": draw(_data)}
     if kind == "sklearn" or draw(st.booleans()):
         spec["model"] = draw(_models[kind])
-    for key, strat in (("resources", _resources),
-                       ("output", st.fixed_dictionaries({"dir": st.sampled_from(["runs", "o"])}))):
+    for key, strat in (
+        ("resources", _resources),
+        ("output", st.fixed_dictionaries({"dir": st.sampled_from(["runs", "o"])})),
+    ):
         if draw(st.booleans()):
             spec[key] = draw(strat)
     return spec
@@ -203,8 +272,7 @@ def handmade_specs(draw) -> dict:
 schema_specs = from_schema(copy.deepcopy(SCHEMA))
 SCHEMA_POOL: list[dict] = []
 _schema_bases = st.deferred(lambda: st.sampled_from(SCHEMA_POOL) if SCHEMA_POOL else schema_specs)
-base_specs = st.one_of(handmade_specs(), handmade_specs(), st.sampled_from(EXAMPLES),
-                       _schema_bases)
+base_specs = st.one_of(handmade_specs(), handmade_specs(), st.sampled_from(EXAMPLES), _schema_bases)
 
 
 def fresh(strategy: st.SearchStrategy) -> st.SearchStrategy:
@@ -214,46 +282,137 @@ def fresh(strategy: st.SearchStrategy) -> st.SearchStrategy:
 
 junk = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
-    lambda inner: (st.lists(inner, max_size=3)
-                   | st.dictionaries(st.text(max_size=6) | st.integers(-3, 3), inner, max_size=3)),
-    max_leaves=8)
-EXTREMES = [-1, 0, 1, -1.5, 0.999999, 1.0, 1.5, 2**31, 2**63, 2**64 + 1, 10**30, -(10**30),
-            10**5000, 1e308, -1e308, 5e-324, math.nan, math.inf, -math.inf, True, False, "",
-            "1", "0.2", "1e-3", "nan", "inf", "true", None, [], {}, [1], {"a": 1}]
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(max_size=6) | st.integers(-3, 3), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+EXTREMES = [
+    -1,
+    0,
+    1,
+    -1.5,
+    0.999999,
+    1.0,
+    1.5,
+    2**31,
+    2**63,
+    2**64 + 1,
+    10**30,
+    -(10**30),
+    10**5000,
+    1e308,
+    -1e308,
+    5e-324,
+    math.nan,
+    math.inf,
+    -math.inf,
+    True,
+    False,
+    "",
+    "1",
+    "0.2",
+    "1e-3",
+    "nan",
+    "inf",
+    "true",
+    None,
+    [],
+    {},
+    [1],
+    {"a": 1},
+]
 _extremes = fresh(st.sampled_from(EXTREMES))
-BAD_NAMES = ["../x", "a..b", "..", ".", "", "a/b", "/abs", "a\\b", "a" * 129, "a" * 500,
-             "caf\u00e9", "\u00e9t\u00e9", "\U0001f600", "a b", "x\n", "\nx", "a\x00b", "-x",
-             ".hidden", "_x", "a..", "a.b..c", "C:\\x", "~user", 7, None, ["a"], {"a": 1}]
+BAD_NAMES = [
+    "../x",
+    "a..b",
+    "..",
+    ".",
+    "",
+    "a/b",
+    "/abs",
+    "a\\b",
+    "a" * 129,
+    "a" * 500,
+    "caf\u00e9",
+    "\u00e9t\u00e9",
+    "\U0001f600",
+    "a b",
+    "x\n",
+    "\nx",
+    "a\x00b",
+    "-x",
+    ".hidden",
+    "_x",
+    "a..",
+    "a.b..c",
+    "C:\\x",
+    "~user",
+    7,
+    None,
+    ["a"],
+    {"a": 1},
+]
 BAD_SPLITS = st.one_of(
-    st.fixed_dictionaries({}, optional={"valid": st.floats(-0.5, 1.5) | _extremes,
-                                        "test": st.floats(-0.5, 1.5) | _extremes,
-                                        "cv": st.integers(-3, 200) | _extremes,
-                                        "seed": st.integers(-5, 2**33) | _extremes,
-                                        "stratify": _extremes}),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "valid": st.floats(-0.5, 1.5) | _extremes,
+            "test": st.floats(-0.5, 1.5) | _extremes,
+            "cv": st.integers(-3, 200) | _extremes,
+            "seed": st.integers(-5, 2**33) | _extremes,
+            "stratify": _extremes,
+        },
+    ),
     st.floats(0.5, 0.99).map(lambda v: {"valid": v, "test": 1 - v + 1e-9}),
     st.floats(0.5, 0.99).map(lambda v: {"valid": v, "test": v}),
     st.integers(2, 10).map(lambda n: {"cv": n, "valid": 0.2}),
     fresh(st.sampled_from(["none", "None", "NONE", "", "all", 0, 0.2, None, [0.2, 0.1], True])),
 )
 KNOWN_PATHS = [
-    ("name",), ("kind",), ("data",), ("data", "source"), ("data", "test_source"),
-    ("data", "target"), ("data", "features"), ("data", "exclude"), ("data", "categorical"),
-    ("data", "split"), ("data", "split", "valid"), ("data", "split", "test"),
-    ("data", "split", "seed"), ("data", "split", "cv"), ("data", "split", "stratify"),
-    ("model",), ("model", "params"), ("model", "num_boost_round"),
-    ("model", "early_stopping_rounds"), ("model", "estimator"), ("model", "scale"),
-    ("resources",), ("resources", "num_workers"), ("resources", "cpus_per_worker"),
-    ("resources", "gpus_per_worker"), ("resources", "max_failures"), ("output",),
-    ("output", "dir")]
-REQUIRED = [("name",), ("kind",), ("data",), ("data", "source"), ("model",),
-            ("model", "estimator")]
+    ("name",),
+    ("kind",),
+    ("data",),
+    ("data", "source"),
+    ("data", "test_source"),
+    ("data", "target"),
+    ("data", "features"),
+    ("data", "exclude"),
+    ("data", "categorical"),
+    ("data", "split"),
+    ("data", "split", "valid"),
+    ("data", "split", "test"),
+    ("data", "split", "seed"),
+    ("data", "split", "cv"),
+    ("data", "split", "stratify"),
+    ("model",),
+    ("model", "params"),
+    ("model", "num_boost_round"),
+    ("model", "early_stopping_rounds"),
+    ("model", "estimator"),
+    ("model", "scale"),
+    ("resources",),
+    ("resources", "num_workers"),
+    ("resources", "cpus_per_worker"),
+    ("resources", "gpus_per_worker"),
+    ("resources", "max_failures"),
+    ("output",),
+    ("output", "dir"),
+]
+REQUIRED = [("name",), ("kind",), ("data",), ("data", "source"), ("model",), ("model", "estimator")]
 
 
 def _slots(node, out=None) -> list[tuple]:
     """Every (container, key) in a nested spec, the root's keys included."""
     out = [] if out is None else out
-    items = (node.items() if isinstance(node, dict)
-             else enumerate(node) if isinstance(node, list) else ())
+    items = (
+        node.items()
+        if isinstance(node, dict)
+        else enumerate(node)
+        if isinstance(node, list)
+        else ()
+    )
     for k, v in items:
         out.append((node, k))
         _slots(v, out)
@@ -284,11 +443,18 @@ def typo(draw, word: str) -> str:
     if not word:
         return draw(st.text(min_size=1, max_size=4))
     i = draw(st.integers(0, len(word) - 1))
-    ops = [word[:i] + word[i + 1:], word[:i] + word[i] + word[i:],
-           word[:i] + draw(st.characters(codec="utf-8", exclude_categories=("Cs",))) + word[i + 1:],
-           word.upper(), word + "s", word.replace("_", "") or "x", "_" + word, word + " "]
+    ops = [
+        word[:i] + word[i + 1 :],
+        word[:i] + word[i] + word[i:],
+        word[:i] + draw(st.characters(codec="utf-8", exclude_categories=("Cs",))) + word[i + 1 :],
+        word.upper(),
+        word + "s",
+        word.replace("_", "") or "x",
+        "_" + word,
+        word + " ",
+    ]
     if i + 1 < len(word):
-        ops.append(word[:i] + word[i + 1] + word[i] + word[i + 2:])
+        ops.append(word[:i] + word[i + 1] + word[i] + word[i + 2 :])
     new = draw(st.sampled_from(ops))
     return new if new != word else word + "x"
 
@@ -297,9 +463,23 @@ def typo(draw, word: str) -> str:
 def mutated_specs(draw, base=base_specs, max_mutations: int = 3) -> dict:
     spec = copy.deepcopy(draw(base))
     for _ in range(draw(st.integers(1, max_mutations))):
-        op = draw(st.sampled_from(["misspell", "wrong_type", "extreme", "delete", "add_unknown",
-                                   "bad_name", "bad_kind", "bad_split", "required", "junk_at",
-                                   "extreme_at"]))
+        op = draw(
+            st.sampled_from(
+                [
+                    "misspell",
+                    "wrong_type",
+                    "extreme",
+                    "delete",
+                    "add_unknown",
+                    "bad_name",
+                    "bad_kind",
+                    "bad_split",
+                    "required",
+                    "junk_at",
+                    "extreme_at",
+                ]
+            )
+        )
         slots = _slots(spec)
         if op in ("misspell", "wrong_type", "extreme", "delete", "add_unknown") and slots:
             node, key = draw(st.sampled_from(slots))
@@ -316,9 +496,24 @@ def mutated_specs(draw, base=base_specs, max_mutations: int = 3) -> dict:
         elif op == "bad_name":
             spec["name"] = draw(fresh(st.sampled_from(BAD_NAMES)) | st.text(max_size=140))
         elif op == "bad_kind":
-            spec["kind"] = draw(fresh(st.sampled_from(["xgbost", "XGBoost", "sk-learn", "",
-                                                       "torch", " xgboost", 1, None, ["sklearn"]]))
-                                | st.text(max_size=10))
+            spec["kind"] = draw(
+                fresh(
+                    st.sampled_from(
+                        [
+                            "xgbost",
+                            "XGBoost",
+                            "sk-learn",
+                            "",
+                            "torch",
+                            " xgboost",
+                            1,
+                            None,
+                            ["sklearn"],
+                        ]
+                    )
+                )
+                | st.text(max_size=10)
+            )
         elif op == "bad_split":
             _set_path(spec, ("data", "split"), draw(BAD_SPLITS))
         elif op == "required":
@@ -331,9 +526,16 @@ def mutated_specs(draw, base=base_specs, max_mutations: int = 3) -> dict:
 
 
 non_mappings = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.floats(), st.binary(max_size=8),
-    st.lists(junk, max_size=3), st.tuples(junk), st.sets(st.integers(), max_size=3),
-    st.text(max_size=30).filter(lambda s: "\x00" in s or not os.path.exists(s)))
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),
+    st.binary(max_size=8),
+    st.lists(junk, max_size=3),
+    st.tuples(junk),
+    st.sets(st.integers(), max_size=3),
+    st.text(max_size=30).filter(lambda s: "\x00" in s or not os.path.exists(s)),
+)
 
 # ------------------------------------------------------------------------------------- tests
 
@@ -351,8 +553,11 @@ def test_schema_generated_specs(spec):
 def test_handmade_specs(spec):
     loaded = check(spec)
     es, split = spec.get("model", {}).get("early_stopping_rounds"), spec["data"].get("split")
-    if not es or split is None or (isinstance(split, dict) and "cv" not in split
-                                   and split.get("valid", 0.2) > 0):
+    if (
+        not es
+        or split is None
+        or (isinstance(split, dict) and "cv" not in split and split.get("valid", 0.2) > 0)
+    ):
         assert loaded is not None, "a hand-made valid spec was rejected"
 
 
@@ -368,10 +573,18 @@ def test_one_bad_field(spec, path, value):
     spec = copy.deepcopy(spec)
     _set_path(spec, path, value)
     loaded = check(spec)
-    if isinstance(value, bool) and path[-1] in ("valid", "test", "seed", "cv", "num_boost_round",
-                                                "early_stopping_rounds", "num_workers",
-                                                "cpus_per_worker", "gpus_per_worker",
-                                                "max_failures"):
+    if isinstance(value, bool) and path[-1] in (
+        "valid",
+        "test",
+        "seed",
+        "cv",
+        "num_boost_round",
+        "early_stopping_rounds",
+        "num_workers",
+        "cpus_per_worker",
+        "gpus_per_worker",
+        "max_failures",
+    ):
         assert loaded is None  # true is not the number 1
     if path == ("name",) and value in BAD_NAMES:
         assert loaded is None
@@ -384,18 +597,38 @@ def test_non_mapping_top_levels(spec):
 
 
 _override_paths = st.sampled_from([".".join(p) for p in KNOWN_PATHS]) | st.text(max_size=12)
-_override_values = st.sampled_from(["8", "true", "[1,2]", "{a: 1}", "null", "", "1.5", "-1",
-                                    "none", ".nan", "[unclosed", "a: b: c", "2024-02-30",
-                                    "9" * 5000, "!!python/object:os.system", "'x'"])
+_override_values = st.sampled_from(
+    [
+        "8",
+        "true",
+        "[1,2]",
+        "{a: 1}",
+        "null",
+        "",
+        "1.5",
+        "-1",
+        "none",
+        ".nan",
+        "[unclosed",
+        "a: b: c",
+        "2024-02-30",
+        "9" * 5000,
+        "!!python/object:os.system",
+        "'x'",
+    ]
+)
 _override_strings = st.one_of(
     st.builds(lambda p, v: f"{p}={v}", _override_paths, _override_values | st.text(max_size=8)),
-    st.text(max_size=20))
+    st.text(max_size=20),
+)
 
 
 @fuzz(300)
-@given(st.one_of(handmade_specs(), st.sampled_from(EXAMPLES)),
-       st.lists(_override_strings, max_size=3)
-       | st.dictionaries(_override_paths.map(lambda p: p.replace(".", "__")), junk, max_size=2))
+@given(
+    st.one_of(handmade_specs(), st.sampled_from(EXAMPLES)),
+    st.lists(_override_strings, max_size=3)
+    | st.dictionaries(_override_paths.map(lambda p: p.replace(".", "__")), junk, max_size=2),
+)
 def test_overrides(spec, overrides):
     check(spec, overrides)
 
@@ -411,17 +644,45 @@ def yaml_texts(draw) -> str:
     """YAML of a (mutated) spec with characters inserted or deleted, or arbitrary text."""
     if draw(st.integers(0, 3)) == 0:
         return draw(st.text(max_size=60))
-    spec = draw(mutated_specs(base=st.one_of(handmade_specs(), st.sampled_from(EXAMPLES)),
-                              max_mutations=1))
+    spec = draw(
+        mutated_specs(base=st.one_of(handmade_specs(), st.sampled_from(EXAMPLES)), max_mutations=1)
+    )
     try:
         text = yaml.safe_dump(spec, allow_unicode=True)
     except ValueError:  # an int past the digit limit
         text = "name: x\n"
     for _ in range(draw(st.integers(0, 3))):
         i = draw(st.integers(0, len(text)))
-        text = (text[:i] + draw(st.sampled_from(["[", "]", "{", ":", "\t", "'", '"', "- ", "&a",
-                                                 "*a", "!!int ", "\n  ", "#", "%", "?", "|"]))
-                + text[i:]) if draw(st.booleans()) else text[:i] + text[i + 1:]
+        text = (
+            (
+                text[:i]
+                + draw(
+                    st.sampled_from(
+                        [
+                            "[",
+                            "]",
+                            "{",
+                            ":",
+                            "\t",
+                            "'",
+                            '"',
+                            "- ",
+                            "&a",
+                            "*a",
+                            "!!int ",
+                            "\n  ",
+                            "#",
+                            "%",
+                            "?",
+                            "|",
+                        ]
+                    )
+                )
+                + text[i:]
+            )
+            if draw(st.booleans())
+            else text[:i] + text[i + 1 :]
+        )
     return text
 
 
@@ -476,8 +737,10 @@ def test_cli_validate_exit_codes(spec_dir):
 
 # ----------------------------------------------------------- YAML aliases and formulas with builtins
 
-_ALIAS_MESSAGE = re.compile(r"^\S+ line \d+: YAML aliases \(\*\S+\) are not allowed in a spec; "
-                            r"write the value out in full$")
+_ALIAS_MESSAGE = re.compile(
+    r"^\S+ line \d+: YAML aliases \(\*\S+\) are not allowed in a spec; "
+    r"write the value out in full$"
+)
 
 
 @st.composite
@@ -485,9 +748,10 @@ def aliased_texts(draw) -> str:
     """YAML of a spec in which one list/mapping appears twice (PyYAML writes an anchor and an
     alias for it), sometimes under a billion-laughs tower of aliases."""
     spec = copy.deepcopy(draw(st.one_of(handmade_specs(), st.sampled_from(EXAMPLES))))
-    shared = draw(st.lists(_json_scalars, min_size=1, max_size=3)
-                  | st.dictionaries(st.text(min_size=1, max_size=5), _json_scalars, min_size=1,
-                                    max_size=3))
+    shared = draw(
+        st.lists(_json_scalars, min_size=1, max_size=3)
+        | st.dictionaries(st.text(min_size=1, max_size=5), _json_scalars, min_size=1, max_size=3)
+    )
     for _ in range(draw(st.integers(1, 4))):  # a tower: each level lists the previous 2-9 times
         shared = [shared] * draw(st.integers(2, 9))
     for path in draw(st.lists(st.sampled_from(KNOWN_PATHS), min_size=2, max_size=4, unique=True)):
@@ -514,25 +778,47 @@ def test_yaml_aliases_are_refused_with_their_line(spec_dir, text):
 
 
 LONGLEY = ["TOTEMP", "GNPDEFL", "GNP", "UNEMP", "ARMED", "POP", "YEAR"]
-BUILTIN_NAMES = ["exit", "quit", "print", "open", "eval", "exec", "__import__", "getattr",
-                 "vars", "globals", "len", "sum", "copyright", "license", "__builtins__",
-                 "ContrastMatrix"]
+BUILTIN_NAMES = [
+    "exit",
+    "quit",
+    "print",
+    "open",
+    "eval",
+    "exec",
+    "__import__",
+    "getattr",
+    "vars",
+    "globals",
+    "len",
+    "sum",
+    "copyright",
+    "license",
+    "__builtins__",
+    "ContrastMatrix",
+]
 _col = st.sampled_from(LONGLEY)
 _builtin = st.sampled_from(BUILTIN_NAMES)
 _builtin_terms = st.one_of(
     st.builds("C({}, {})".format, _col, _builtin),
     st.builds("I({}({}))".format, _builtin, _col),
     st.builds("I({}())".format, _builtin),
-    st.builds('Q("{}")'.format, _builtin))
+    st.builds('Q("{}")'.format, _builtin),
+)
 _risky_terms = st.one_of(
-    _col, _builtin_terms, _builtin,
+    _col,
+    _builtin_terms,
+    _builtin,
     st.builds("np.{}({}, out={})".format, st.sampled_from(["log", "exp", "sqrt"]), _col, _col),
     st.builds("np.square({}, dtype=object)".format, _col),
-    st.builds("I({} ** {})".format, _col, st.sampled_from(["2", "-1", "0.5", "9**9**9", "GNP",
-                                                            "(1/3)", "101"])),
+    st.builds(
+        "I({} ** {})".format,
+        _col,
+        st.sampled_from(["2", "-1", "0.5", "9**9**9", "GNP", "(1/3)", "101"]),
+    ),
     st.builds("I(({} ** 2) ** 2)".format, _col),
     st.builds("I({} * 9**99 * 9**99)".format, _col),
-    st.builds("np.power({}, {})".format, _col, st.sampled_from(["2", "9**9", "GNP"])))
+    st.builds("np.power({}, {})".format, _col, st.sampled_from(["2", "9**9", "GNP"])),
+)
 
 
 @fuzz(150)
@@ -546,8 +832,12 @@ def test_formulas_with_builtins_never_pass_validation(lhs, terms):
     from distml.jobs.statsmodels import analyze_formula
 
     formula = f"{lhs} ~ " + " + ".join(terms)
-    raw = {"name": "f", "kind": "statsmodels", "data": {"source": "builtin:longley"},
-           "model": {"formula": formula}}
+    raw = {
+        "name": "f",
+        "kind": "statsmodels",
+        "data": {"source": "builtin:longley"},
+        "model": {"formula": formula},
+    }
     try:
         validate(raw)
     except (SpecError, DataError) as e:

@@ -9,7 +9,8 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "spec_reference.md"
 
 def test_reference_is_up_to_date():
     assert DOC.read_text() == markdown(), (
-        "docs/spec_reference.md is stale: run `distml schema --markdown > docs/spec_reference.md`")
+        "docs/spec_reference.md is stale: run `distml schema --markdown > docs/spec_reference.md`"
+    )
 
 
 def test_reference_lists_every_field_with_bounds():

@@ -14,18 +14,24 @@ import time
 import pytest
 import yaml
 
+from distml import remote as sub_mod
 from distml.cli import main
 from distml.errors import ClusterError, SpecError
-
-from distml import remote as sub_mod
 from distml.remote import client as client_mod
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch, tmp_path):
-    for var in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN",
-                "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE", "XDG_CONFIG_HOME"):
+    for var in (
+        "RAY_ADDRESS",
+        "RAY_API_SERVER_ADDRESS",
+        "RAY_AUTH_TOKEN",
+        "RAY_AUTH_TOKEN_PATH",
+        "RAY_AUTH_MODE",
+        "XDG_CONFIG_HOME",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
 
@@ -39,8 +45,11 @@ def test_address_order_and_shape(monkeypatch):
     assert sub_mod.resolve_jobs_address("http://c:1")[1] == "--address"
     monkeypatch.delenv("RAY_API_SERVER_ADDRESS")
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
-    with pytest.raises(ClusterError, match=r"'10.0.0.1:6379' \(from RAY_ADDRESS\) is not a Ray "
-                                           r"Jobs API URL.*use http://HOST:8265"):
+    with pytest.raises(
+        ClusterError,
+        match=r"'10.0.0.1:6379' \(from RAY_ADDRESS\) is not a Ray "
+        r"Jobs API URL.*use http://HOST:8265",
+    ):
         sub_mod.resolve_jobs_address(None)
     with pytest.raises(ClusterError, match=r"'ray://h:10001' \(from --address\) is not"):
         sub_mod.resolve_jobs_address("ray://h:10001")
@@ -66,13 +75,19 @@ def test_token_order_and_the_local_token_stays_local(monkeypatch, tmp_path):
     assert sub_mod.load_token(LOCAL) == ("from-default", str(default))
     assert sub_mod.load_token("http://localhost:8265")[0] == "from-default"
     assert sub_mod.load_token("http://[::1]:8265")[0] == "from-default"
-    for elsewhere in (REMOTE, "https://head.example.com", "http://127.0.0.1.evil.io:8265",
-                      "http://localhost.example.com:8265"):
+    for elsewhere in (
+        REMOTE,
+        "https://head.example.com",
+        "http://127.0.0.1.evil.io:8265",
+        "http://localhost.example.com:8265",
+    ):
         assert sub_mod.load_token(elsewhere) == (None, None), elsewhere
     assert sub_mod.load_token(None) == (None, None)
 
-    tokens = _write(tmp_path / "home" / ".config" / "distml" / "tokens.json", json.dumps(
-        {"http://10.1.2.3:8265/": "~/head.token", "https://other:443": "/nope"}))
+    tokens = _write(
+        tmp_path / "home" / ".config" / "distml" / "tokens.json",
+        json.dumps({"http://10.1.2.3:8265/": "~/head.token", "https://other:443": "/nope"}),
+    )
     _write(tmp_path / "home" / "head.token", " from-map \n")
     assert sub_mod.load_token(REMOTE) == ("from-map", str(tokens))
     assert sub_mod.load_token("HTTP://10.1.2.3:8265") == ("from-map", str(tokens))
@@ -116,8 +131,7 @@ def recorded_headers(monkeypatch):
     return sent
 
 
-def test_the_local_token_is_never_sent_elsewhere(recorded_headers, monkeypatch, tmp_path,
-                                                 capsys):
+def test_the_local_token_is_never_sent_elsewhere(recorded_headers, monkeypatch, tmp_path, capsys):
     _write(tmp_path / "home" / ".ray" / "auth_token", "local-secret\n")
     assert main(["jobs", "list", "--address", LOCAL, "--json"]) == 0
     assert recorded_headers[LOCAL] == {"Authorization": "Bearer local-secret"}
@@ -148,7 +162,8 @@ def test_plain_http_to_another_host_warns_once(recorded_headers, monkeypatch, ca
 
 def test_entrypoint_is_fixed_and_quoted():
     assert sub_mod.entrypoint("nightly.2026-11-21_a") == (
-        "python -m distml run spec.yaml --run-id nightly.2026-11-21_a --json")
+        "python -m distml run spec.yaml --run-id nightly.2026-11-21_a --json"
+    )
     for bad in ("x; rm -rf /", "$(id)", "../up", "a b", ""):
         with pytest.raises(ValueError):
             sub_mod.entrypoint(bad)
@@ -163,8 +178,10 @@ def _closed_port() -> int:
 def test_unreachable_jobs_api_exits_3_fast(monkeypatch, capsys):
     """RELIABILITY.md T8 for submit/status/stop/logs/jobs list."""
     url = f"http://127.0.0.1:{_closed_port()}"
-    for argv in (["submit", f"{ROOT}/jobs/quickstart.yaml", "--address", url],
-                 ["stop", "x", "--address", url]):
+    for argv in (
+        ["submit", f"{ROOT}/jobs/quickstart.yaml", "--address", url],
+        ["stop", "x", "--address", url],
+    ):
         t0 = time.monotonic()
         assert main([*argv, "--json"]) == 3
         assert time.monotonic() - t0 < 15
@@ -177,14 +194,28 @@ def test_unreachable_jobs_api_exits_3_fast(monkeypatch, capsys):
 
 def test_cli_subprocess_exit_3_and_one_json_object(tmp_path):
     url = f"http://127.0.0.1:{_closed_port()}"
-    out = subprocess.run([sys.executable, "-m", "distml", "submit", "jobs/quickstart.yaml",
-                          "--address", url, "--json"], capture_output=True, text=True,
-                         timeout=60, cwd=ROOT)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distml",
+            "submit",
+            "jobs/quickstart.yaml",
+            "--address",
+            url,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert out.returncode == 3 and "Traceback" not in out.stderr
     assert json.loads(out.stdout)["error"]["exit_code"] == 3
 
 
 # ------------------------------------------------------------------ a fake Jobs API
+
 
 class FakeJobs:
     """Stands in for JobsClient: records what submit() sends; jobs advance on each info()."""
@@ -210,9 +241,16 @@ class FakeJobs:
         if job["states"]:
             job["status"] = job["states"].pop(0)
             job["log"] += f"now {job['status']}\n"
-        return sub_mod.Submission(sid, self.address, self.source, job["status"],
-                                  metadata=job["metadata"], job_id="02000000",
-                                  start_time=1.0e9, end_time=None)
+        return sub_mod.Submission(
+            sid,
+            self.address,
+            self.source,
+            job["status"],
+            metadata=job["metadata"],
+            job_id="02000000",
+            start_time=1.0e9,
+            end_time=None,
+        )
 
     def logs(self, sid):
         return FakeJobs.jobs[sid]["log"]
@@ -226,11 +264,15 @@ class FakeJobs:
 
     def submit(self, **kw):
         wd = kw["runtime_env"]["working_dir"]
-        FakeJobs.sent.append({**kw, "files": {f: open(os.path.join(wd, f)).read()
-                                             for f in os.listdir(wd)}})
+        FakeJobs.sent.append(
+            {**kw, "files": {f: open(os.path.join(wd, f)).read() for f in os.listdir(wd)}}
+        )
         FakeJobs.jobs[kw["submission_id"]] = {
-            "status": "PENDING", "states": ["RUNNING", "SUCCEEDED"], "log": "start\n",
-            "metadata": kw["metadata"]}
+            "status": "PENDING",
+            "states": ["RUNNING", "SUCCEEDED"],
+            "log": "start\n",
+            "metadata": kw["metadata"],
+        }
         return kw["submission_id"]
 
 
@@ -244,11 +286,19 @@ def fake(monkeypatch):
 
 def test_only_the_resolved_spec_travels(fake, tmp_path):
     spec = tmp_path / "s.yaml"
-    spec.write_text("name: shell\nkind: xgboost\n"
-                    "data: {source: '/data/$(rm -rf ~)/x.parquet', target: 'y; reboot'}\n")
-    sub = sub_mod.submit(spec, ["model.num_boost_round=7"], address="http://h:8265",
-                         submission_id="s-1", output="/shared/runs", pip=["xgboost==3.2.0"],
-                         env_vars={"OMP_NUM_THREADS": "2"})
+    spec.write_text(
+        "name: shell\nkind: xgboost\n"
+        "data: {source: '/data/$(rm -rf ~)/x.parquet', target: 'y; reboot'}\n"
+    )
+    sub = sub_mod.submit(
+        spec,
+        ["model.num_boost_round=7"],
+        address="http://h:8265",
+        submission_id="s-1",
+        output="/shared/runs",
+        pip=["xgboost==3.2.0"],
+        env_vars={"OMP_NUM_THREADS": "2"},
+    )
     sent = fake.sent[0]
     assert sent["entrypoint"] == "python -m distml run spec.yaml --run-id s-1 --json"
     assert list(sent["files"]) == ["spec.yaml"]
@@ -259,8 +309,9 @@ def test_only_the_resolved_spec_travels(fake, tmp_path):
     assert "resources" not in shipped and "split" not in shipped["data"]
     assert sent["runtime_env"]["pip"] == ["xgboost==3.2.0"]
     assert sent["runtime_env"]["env_vars"] == {"OMP_NUM_THREADS": "2"}
-    assert sent["metadata"]["distml_run_id"] == "s-1" and sent["metadata"]["distml_kind"] == \
-        "xgboost"
+    assert (
+        sent["metadata"]["distml_run_id"] == "s-1" and sent["metadata"]["distml_kind"] == "xgboost"
+    )
     assert not os.path.exists(sent["runtime_env"]["working_dir"])  # the temp dir is gone
     assert sub.status == "RUNNING" and not sub.existing
 
@@ -292,42 +343,61 @@ def test_no_runtime_env_extras_unless_asked(fake, distml_log):
 
 def test_invalid_spec_and_id_fail_before_any_contact(fake, tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: b\nkind: xgboost\ndata: {source: x.parquet, target: y, "
-                   "split: {valid: 2}}\n")
+    bad.write_text(
+        "name: b\nkind: xgboost\ndata: {source: x.parquet, target: y, split: {valid: 2}}\n"
+    )
     with pytest.raises(SpecError, match="data.split.valid"):
         sub_mod.submit(bad, address="http://h:8265")
     with pytest.raises(SpecError, match="submission id must be"):
-        sub_mod.submit(f"{ROOT}/jobs/quickstart.yaml", address="http://h:8265",
-                       submission_id="a/b")
+        sub_mod.submit(f"{ROOT}/jobs/quickstart.yaml", address="http://h:8265", submission_id="a/b")
     assert fake.instances == [] and fake.sent == []
-    assert main(["submit", f"{ROOT}/jobs/quickstart.yaml", "--address", "http://h:8265",
-                 "--env", "NOEQUALS"]) == 2
+    assert (
+        main(
+            [
+                "submit",
+                f"{ROOT}/jobs/quickstart.yaml",
+                "--address",
+                "http://h:8265",
+                "--env",
+                "NOEQUALS",
+            ]
+        )
+        == 2
+    )
 
 
 def test_resubmitting_an_id_reports_the_existing_job(fake):
-    first = sub_mod.submit(f"{ROOT}/jobs/quickstart.yaml", address="http://h:8265",
-                           submission_id="n-1")
-    again = sub_mod.submit(f"{ROOT}/jobs/quickstart.yaml", address="http://h:8265",
-                           submission_id="n-1")
+    first = sub_mod.submit(
+        f"{ROOT}/jobs/quickstart.yaml", address="http://h:8265", submission_id="n-1"
+    )
+    again = sub_mod.submit(
+        f"{ROOT}/jobs/quickstart.yaml", address="http://h:8265", submission_id="n-1"
+    )
     assert len(fake.sent) == 1 and again.existing and not first.existing
 
 
 def test_a_lost_race_reports_the_winner(fake, monkeypatch):
     def racing_submit(self, **kw):
-        FakeJobs.jobs[kw["submission_id"]] = {"status": "RUNNING", "states": [], "log": "",
-                                              "metadata": {}}
+        FakeJobs.jobs[kw["submission_id"]] = {
+            "status": "RUNNING",
+            "states": [],
+            "log": "",
+            "metadata": {},
+        }
         raise ClusterError("refused: job already exists")
 
     monkeypatch.setattr(FakeJobs, "submit", racing_submit)
-    sub = sub_mod.submit(f"{ROOT}/jobs/quickstart.yaml", address="http://h:8265",
-                         submission_id="race-1")
+    sub = sub_mod.submit(
+        f"{ROOT}/jobs/quickstart.yaml", address="http://h:8265", submission_id="race-1"
+    )
     assert sub.existing and sub.status == "RUNNING"
 
 
 def test_wait_streams_each_log_line_once_and_reads_the_result(fake):
     stream = io.StringIO()
-    fake_log_end = json.dumps({"status": "succeeded", "run_dir": "/runs/x",
-                               "metrics": {"valid": {"auc": 0.9}}})
+    fake_log_end = json.dumps(
+        {"status": "succeeded", "run_dir": "/runs/x", "metrics": {"valid": {"auc": 0.9}}}
+    )
     orig_info = FakeJobs.info
 
     def info(self, sid):
@@ -338,8 +408,13 @@ def test_wait_streams_each_log_line_once_and_reads_the_result(fake):
 
     FakeJobs.info = info
     try:
-        sub = sub_mod.submit(f"{ROOT}/jobs/quickstart.yaml", address="http://h:8265",
-                             submission_id="w-1", wait=True, stream=stream)
+        sub = sub_mod.submit(
+            f"{ROOT}/jobs/quickstart.yaml",
+            address="http://h:8265",
+            submission_id="w-1",
+            wait=True,
+            stream=stream,
+        )
     finally:
         FakeJobs.info = orig_info
     text = stream.getvalue()
@@ -349,12 +424,18 @@ def test_wait_streams_each_log_line_once_and_reads_the_result(fake):
 
 
 def test_failed_job_payload_and_exit_code():
-    s = sub_mod.Submission("f-1", "http://h:8265", "--address", "FAILED",
-                           message="Job entrypoint command failed with exit code 2",
-                           driver_exit_code=2,
-                           result={"status": "failed", "error": {"type": "DataError",
-                                                                "message": "no file matches",
-                                                                "exit_code": 2}})
+    s = sub_mod.Submission(
+        "f-1",
+        "http://h:8265",
+        "--address",
+        "FAILED",
+        message="Job entrypoint command failed with exit code 2",
+        driver_exit_code=2,
+        result={
+            "status": "failed",
+            "error": {"type": "DataError", "message": "no file matches", "exit_code": 2},
+        },
+    )
     assert s.exit_code == 2 and s.job_exit_code == 2  # the job's own code survives the trip
     d = s.to_dict()
     assert d["status"] == "failed" and d["error"]["job_exit_code"] == 2
@@ -365,21 +446,25 @@ def test_failed_job_payload_and_exit_code():
     assert running.exit_code is None and "distml logs r-1 --follow" in running.summary()
 
 
-@pytest.mark.parametrize("status, result, job_code, code", [
-    ("SUCCEEDED", {"status": "succeeded", "run_dir": "/r"}, 0, 0),
-    ("FAILED", {"status": "failed", "error": {"exit_code": 2}}, 2, 2),
-    ("FAILED", {"status": "failed", "error": {"exit_code": 3}}, 3, 3),
-    ("FAILED", {"status": "failed", "error": {"exit_code": 4}}, 4, 4),
-    ("STOPPED", {"status": "failed", "error": {"exit_code": 130}}, 130, 130),
-    ("FAILED", {"status": "failed", "error": {"exit_code": 1}}, None, 4),  # a bug: not a code
-    ("FAILED", {"status": "failed", "error": {"exit_code": "2"}}, None, 4),
-    ("FAILED", {"status": "succeeded"}, 0, 4),  # printed success, then died: still failed
-    ("FAILED", None, None, 4),  # no result line (killed, no distml on the cluster)
-    ("STOPPED", None, None, 4),
-])
+@pytest.mark.parametrize(
+    "status, result, job_code, code",
+    [
+        ("SUCCEEDED", {"status": "succeeded", "run_dir": "/r"}, 0, 0),
+        ("FAILED", {"status": "failed", "error": {"exit_code": 2}}, 2, 2),
+        ("FAILED", {"status": "failed", "error": {"exit_code": 3}}, 3, 3),
+        ("FAILED", {"status": "failed", "error": {"exit_code": 4}}, 4, 4),
+        ("STOPPED", {"status": "failed", "error": {"exit_code": 130}}, 130, 130),
+        ("FAILED", {"status": "failed", "error": {"exit_code": 1}}, None, 4),  # a bug: not a code
+        ("FAILED", {"status": "failed", "error": {"exit_code": "2"}}, None, 4),
+        ("FAILED", {"status": "succeeded"}, 0, 4),  # printed success, then died: still failed
+        ("FAILED", None, None, 4),  # no result line (killed, no distml on the cluster)
+        ("STOPPED", None, None, 4),
+    ],
+)
 def test_wait_exit_code_is_the_jobs_own(status, result, job_code, code):
-    s = sub_mod.Submission("j", "http://h:8265", "--address", status, driver_exit_code=7,
-                           result=result)
+    s = sub_mod.Submission(
+        "j", "http://h:8265", "--address", status, driver_exit_code=7, result=result
+    )
     assert (s.job_exit_code, s.exit_code) == (job_code, code)
     d = s.to_dict()
     assert (d["job_exit_code"], d["exit_code"]) == (job_code, code)
@@ -390,8 +475,12 @@ def test_wait_exit_code_is_the_jobs_own(status, result, job_code, code):
 def test_submit_and_status_wait_exit_with_the_jobs_code(fake, capsys):
     """Through the CLI: a job whose distml said exit 2 makes `submit --wait` and
     `status --wait` exit 2, and `--json` says both codes; plain `status` reports (exit 0)."""
-    bad_line = json.dumps({"status": "failed", "error": {"type": "DataError", "exit_code": 2,
-                                                         "message": "no column 'y'"}})
+    bad_line = json.dumps(
+        {
+            "status": "failed",
+            "error": {"type": "DataError", "exit_code": 2, "message": "no column 'y'"},
+        }
+    )
     orig_submit = FakeJobs.submit
 
     def submit(self, **kw):
@@ -402,8 +491,18 @@ def test_submit_and_status_wait_exit_with_the_jobs_code(fake, capsys):
 
     FakeJobs.submit = submit
     try:
-        code = main(["submit", f"{ROOT}/jobs/quickstart.yaml", "--address", "http://h:8265",
-                     "--submission-id", "bad-1", "--wait", "--json"])
+        code = main(
+            [
+                "submit",
+                f"{ROOT}/jobs/quickstart.yaml",
+                "--address",
+                "http://h:8265",
+                "--submission-id",
+                "bad-1",
+                "--wait",
+                "--json",
+            ]
+        )
     finally:
         FakeJobs.submit = orig_submit
     payload = json.loads(capsys.readouterr().out)
@@ -421,8 +520,7 @@ def test_submit_and_status_wait_exit_with_the_jobs_code(fake, capsys):
 
 
 def test_stop_and_list_through_the_cli(fake, capsys):
-    sub_mod.submit(f"{ROOT}/jobs/quickstart.yaml", address="http://h:8265",
-                   submission_id="st-1")
+    sub_mod.submit(f"{ROOT}/jobs/quickstart.yaml", address="http://h:8265", submission_id="st-1")
     FakeJobs.jobs["st-1"]["states"] = ["RUNNING"]
     assert main(["stop", "st-1", "--address", "http://h:8265", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["job_status"] == "STOPPED"
@@ -435,8 +533,7 @@ def test_stop_and_list_through_the_cli(fake, capsys):
 
 
 def test_job_result_takes_the_last_json_line():
-    logs = ('{"not": "a result"}\n{"status": "failed", "error": {"message": "x"}}\n'
-            "trailing text\n")
+    logs = '{"not": "a result"}\n{"status": "failed", "error": {"message": "x"}}\ntrailing text\n'
     assert sub_mod.job_result(logs)["status"] == "failed"
     assert sub_mod.job_result("no json here") is None
 

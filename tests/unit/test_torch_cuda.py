@@ -20,10 +20,20 @@ import pytest
 
 from distml.spec import load_spec
 
-SPEC = {"name": "cuda-mlp", "kind": "torch",
-        "data": {"source": "synthetic:classification?rows=10", "target": "target"},
-        "model": {"hidden": [32, 16], "activation": "gelu", "epochs": 3, "batch_size": 64,
-                  "lr": 0.003, "task": "classification", "seed": 7}}
+SPEC = {
+    "name": "cuda-mlp",
+    "kind": "torch",
+    "data": {"source": "synthetic:classification?rows=10", "target": "target"},
+    "model": {
+        "hidden": [32, 16],
+        "activation": "gelu",
+        "epochs": 3,
+        "batch_size": 64,
+        "lr": 0.003,
+        "task": "classification",
+        "seed": 7,
+    },
+}
 
 
 @pytest.fixture
@@ -31,8 +41,10 @@ def cuda():
     import torch
 
     if not torch.cuda.is_available():
-        why = ("no CUDA device: torch.cuda.is_available() is False (torch "
-               f"{torch.__version__}, CUDA build {torch.version.cuda})")
+        why = (
+            "no CUDA device: torch.cuda.is_available() is False (torch "
+            f"{torch.__version__}, CUDA build {torch.version.cuda})"
+        )
         if os.environ.get("DISTML_REQUIRE_GPU") == "1":
             pytest.fail(f"DISTML_REQUIRE_GPU=1 but {why}")
         pytest.skip(why)
@@ -61,16 +73,18 @@ def _train(device):
     inputs = Inputs.fit(frame.iloc[train], {"cat": ["a", "b", "c"]}, y[train])
 
     def pair(rows):
-        return (torch.from_numpy(inputs.design(frame.iloc[rows])),
-                torch.from_numpy(inputs.target(y[rows], "classification")))
+        return (
+            torch.from_numpy(inputs.design(frame.iloc[rows])),
+            torch.from_numpy(inputs.target(y[rows], "classification")),
+        )
 
     (Xt, yt), (Xv, yv) = pair(train), pair(valid)
     net = build_net(m, inputs.width, n_outputs("classification", 3)).to(device)
     gen = torch.Generator().manual_seed(m.seed)
-    loader = DataLoader(TensorDataset(Xt, yt), batch_size=m.batch_size, shuffle=True,
-                        generator=gen)
-    return fit_loop(m, "classification", net, loader, LoopData(Xt, yt, Xv, yv), device=device,
-                    generator=gen)
+    loader = DataLoader(TensorDataset(Xt, yt), batch_size=m.batch_size, shuffle=True, generator=gen)
+    return fit_loop(
+        m, "classification", net, loader, LoopData(Xt, yt, Xv, yv), device=device, generator=gen
+    )
 
 
 @pytest.mark.gpu

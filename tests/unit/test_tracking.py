@@ -17,28 +17,46 @@ from distml.runtime.artifacts import RunDir
 def _finished_run(tmp_path) -> Result:
     rd = RunDir(tmp_path / "runs", "churn", "r1")
     rd.prepare()
-    rd.write_yaml("spec.yaml", {"name": "churn", "kind": "xgboost",
-                                "data": {"source": "builtin:iris", "target": "target"},
-                                "model": {"params": {"max_depth": 4, "eta": 0.1},
-                                          "num_boost_round": 20}})
-    rd.write_json("manifest.json", {"name": "churn", "kind": "xgboost", "run_id": "r1",
-                                    "status": "succeeded"})
-    rd.write_json("metrics.json", {"train": {"accuracy": 1.0}, "valid": {"roc_auc": 0.97},
-                                   "cv": {"mean": {"f1": 0.9}, "folds": [{"f1": 0.8}]},
-                                   "best_iteration": 12, "converged": True, "note": "x",
-                                   "nan": None})
+    rd.write_yaml(
+        "spec.yaml",
+        {
+            "name": "churn",
+            "kind": "xgboost",
+            "data": {"source": "builtin:iris", "target": "target"},
+            "model": {"params": {"max_depth": 4, "eta": 0.1}, "num_boost_round": 20},
+        },
+    )
+    rd.write_json(
+        "manifest.json", {"name": "churn", "kind": "xgboost", "run_id": "r1", "status": "succeeded"}
+    )
+    rd.write_json(
+        "metrics.json",
+        {
+            "train": {"accuracy": 1.0},
+            "valid": {"roc_auc": 0.97},
+            "cv": {"mean": {"f1": 0.9}, "folds": [{"f1": 0.8}]},
+            "best_iteration": 12,
+            "converged": True,
+            "note": "x",
+            "nan": None,
+        },
+    )
     rd.write_bytes("model/model.ubj", b"\x00model")
-    rd.write_parquet("tables/feature_importance.parquet",
-                     __import__("pandas").DataFrame({"feature": ["a"], "importance": [1.0]}))
+    rd.write_parquet(
+        "tables/feature_importance.parquet",
+        __import__("pandas").DataFrame({"feature": ["a"], "importance": [1.0]}),
+    )
     rd.mark_success()
     return Result.load(rd.path)
 
 
 def test_flatten_metrics_and_params():
-    assert tracking.metric_items({"valid": {"auc": 0.9, "n": 3}, "ok": True, "l": [1],
-                                  "bad": float("nan")}) == {"valid.auc": 0.9, "valid.n": 3.0}
-    params = tracking.param_items({"model": {"params": {"max_depth": 4}, "hidden": [8, 4]},
-                                   "name": "x", "long": "y" * 7000})
+    assert tracking.metric_items(
+        {"valid": {"auc": 0.9, "n": 3}, "ok": True, "l": [1], "bad": float("nan")}
+    ) == {"valid.auc": 0.9, "valid.n": 3.0}
+    params = tracking.param_items(
+        {"model": {"params": {"max_depth": 4}, "hidden": [8, 4]}, "name": "x", "long": "y" * 7000}
+    )
     assert params["model.params.max_depth"] == "4" and params["model.hidden"] == "[8, 4]"
     assert params["name"] == "x" and len(params["long"]) == 6000
 
@@ -68,20 +86,30 @@ def test_log_result_to_a_file_store(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
     result = _finished_run(tmp_path)
     uri = (tmp_path / "mlruns").as_uri()
-    rid = tracking.log_result(result, {"mlflow": {"uri": uri, "experiment": "churn",
-                                                  "tags": {"team": "growth"}}})
+    rid = tracking.log_result(
+        result, {"mlflow": {"uri": uri, "experiment": "churn", "tags": {"team": "growth"}}}
+    )
     client = MlflowClient(uri)
     run = client.get_run(rid)
     assert run.info.status == "FINISHED"
-    assert run.data.metrics == {"train.accuracy": 1.0, "valid.roc_auc": 0.97,
-                                "cv.mean.f1": 0.9, "best_iteration": 12.0}
+    assert run.data.metrics == {
+        "train.accuracy": 1.0,
+        "valid.roc_auc": 0.97,
+        "cv.mean.f1": 0.9,
+        "best_iteration": 12.0,
+    }
     assert run.data.params["model.params.max_depth"] == "4"
     assert run.data.params["data.source"] == "builtin:iris"
     assert run.data.tags["distml.run_id"] == "r1" and run.data.tags["team"] == "growth"
     assert run.data.tags["distml.run_dir"] == str(result.run_dir)
     listed = {a.path for a in client.list_artifacts(rid, "distml_run")}
-    assert {"distml_run/metrics.json", "distml_run/spec.yaml", "distml_run/model",
-            "distml_run/tables", "distml_run/_SUCCESS"} <= listed
+    assert {
+        "distml_run/metrics.json",
+        "distml_run/spec.yaml",
+        "distml_run/model",
+        "distml_run/tables",
+        "distml_run/_SUCCESS",
+    } <= listed
     model = [a.path for a in client.list_artifacts(rid, "distml_run/model")]
     assert model == ["distml_run/model/model.ubj"]
     # the same distml run again: found by its tags, not logged twice
@@ -110,10 +138,15 @@ def distml_log():
 
 def test_tracking_failure_is_a_warning(tmp_path, distml_log):
     import mlflow  # noqa: F401 - the `tracking` extra: `make test` installs it
+
     result = _finished_run(tmp_path)
     (tmp_path / "blocked").write_text("a file where the store's folder would go")
-    assert tracking.log_result_safely(
-        result, {"uri": (tmp_path / "blocked").as_uri(), "experiment": "e"}) is None
+    assert (
+        tracking.log_result_safely(
+            result, {"uri": (tmp_path / "blocked").as_uri(), "experiment": "e"}
+        )
+        is None
+    )
     assert any("could not log run churn/r1 to MLflow" in m for m in distml_log)
     assert yaml.safe_load((result.run_dir / "spec.yaml").read_text())["name"] == "churn"
 
@@ -130,8 +163,11 @@ def _hide_mlflow(monkeypatch):
         return real_import(name, *a, **k)
 
     monkeypatch.setattr(builtins, "__import__", no_mlflow)
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow"
-                        else real_find(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "mlflow" else real_find(name, *a),
+    )
 
 
 def test_missing_mlflow_fails_at_validation_not_after_success(monkeypatch, tmp_path, capsys):
@@ -140,12 +176,16 @@ def test_missing_mlflow_fails_at_validation_not_after_success(monkeypatch, tmp_p
     from distml.cli import main
 
     spec = tmp_path / "s.yaml"
-    spec.write_text("name: tr\nkind: xgboost\ndata: {source: builtin:iris, target: target}\n"
-                    "model: {num_boost_round: 2}\n"
-                    f"tracking: {{mlflow: {{uri: '{(tmp_path / 'mlruns').as_uri()}'}}}}\n")
+    spec.write_text(
+        "name: tr\nkind: xgboost\ndata: {source: builtin:iris, target: target}\n"
+        "model: {num_boost_round: 2}\n"
+        f"tracking: {{mlflow: {{uri: '{(tmp_path / 'mlruns').as_uri()}'}}}}\n"
+    )
     _hide_mlflow(monkeypatch)
-    for argv in (["validate", str(spec)],
-                 ["run", str(spec), "--output", str(tmp_path / "runs"), "--run-id", "t1"]):
+    for argv in (
+        ["validate", str(spec)],
+        ["run", str(spec), "--output", str(tmp_path / "runs"), "--run-id", "t1"],
+    ):
         assert main([*argv, "--json"]) == 2
         err = json.loads(capsys.readouterr().out)["error"]
         assert err["type"] == "MissingDependency" and "tracking.mlflow" in err["message"]
@@ -162,8 +202,9 @@ def test_missing_mlflow_fails_at_validation_not_after_success(monkeypatch, tmp_p
 @pytest.mark.parametrize("before", [None, "false", "true"])
 def test_file_store_permission_is_scoped_to_the_logging_call(tmp_path, monkeypatch, before):
     """MLFLOW_ALLOW_FILE_STORE is set only while a file store is written, then restored."""
-    import mlflow  # noqa: F401 - the `tracking` extra: `make test` installs it
     import os
+
+    import mlflow  # noqa: F401 - the `tracking` extra: `make test` installs it
 
     seen = {}
     real = tracking._log_result

@@ -15,9 +15,8 @@ import pytest
 import statsmodels.api as sm
 
 from distml.jobs.statsmodels.batch import Batch, fit_batch
-
-from distml.jobs.statsmodels.fit import FitConfig, glm_family
 from distml.jobs.statsmodels.engine import fit_groups, scope
+from distml.jobs.statsmodels.fit import FitConfig, glm_family
 from distml.spec import load_spec
 
 G = 24
@@ -26,9 +25,17 @@ G = 24
 def _cfg(**model) -> FitConfig:
     if "endog" not in model:
         model.setdefault("formula", "y ~ x1 + x2 + x3")
-    return FitConfig.from_spec(load_spec({"name": "t", "kind": "statsmodels",
-                                          "data": {"source": "builtin:longley"},
-                                          "model": model, "group_by": ["YEAR"]}))
+    return FitConfig.from_spec(
+        load_spec(
+            {
+                "name": "t",
+                "kind": "statsmodels",
+                "data": {"source": "builtin:longley"},
+                "model": model,
+                "group_by": ["YEAR"],
+            }
+        )
+    )
 
 
 def _close(actual, expected, rtol, what):
@@ -43,8 +50,14 @@ def groups():
     bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     n = int(bounds[-1])
     X = np.column_stack([np.ones(n), rng.normal(size=(n, 3))])
-    return {"rng": rng, "bounds": bounds, "X": X, "w": rng.uniform(0.3, 3.0, n),
-            "clusters": rng.integers(0, 6, n), "offset": 0.2 * rng.normal(size=n)}
+    return {
+        "rng": rng,
+        "bounds": bounds,
+        "X": X,
+        "w": rng.uniform(0.3, 3.0, n),
+        "clusters": rng.integers(0, 6, n),
+        "offset": 0.2 * rng.normal(size=n),
+    }
 
 
 LS_COVS = ["nonrobust", "HC0", "HC1", "HC2", "HC3", "cluster"]
@@ -78,18 +91,24 @@ def test_least_squares_equal_statsmodels(groups, method, cov_type, use_t):
         assert fit.ok[g], fit.reason[g]
         ci = np.asarray(r.conf_int(0.05))
         for what, got, want in [
-                ("params", fit.params[g], r.params), ("bse", fit.bse[g], r.bse),
-                ("statistic", fit.statistic[g], r.tvalues), ("p", fit.p_value[g], r.pvalues),
-                ("ci_low", fit.ci_low[g], ci[:, 0]), ("ci_high", fit.ci_high[g], ci[:, 1]),
-                ("r2", fit.stats["r_squared"][g], r.rsquared),
-                ("adj_r2", fit.stats["adj_r_squared"][g], r.rsquared_adj),
-                ("F", fit.stats["fvalue"][g], r.fvalue), ("F p", fit.stats["f_pvalue"][g],
-                                                          r.f_pvalue),
-                ("llf", fit.stats["llf"][g], r.llf), ("aic", fit.stats["aic"][g], r.aic),
-                ("bic", fit.stats["bic"][g], r.bic), ("scale", fit.stats["scale"][g], r.scale),
-                ("df_model", fit.stats["df_model"][g], r.df_model),
-                ("df_resid", fit.stats["df_resid"][g], r.df_resid),
-                ("cond", fit.stats["condition_number"][g], r.condition_number)]:
+            ("params", fit.params[g], r.params),
+            ("bse", fit.bse[g], r.bse),
+            ("statistic", fit.statistic[g], r.tvalues),
+            ("p", fit.p_value[g], r.pvalues),
+            ("ci_low", fit.ci_low[g], ci[:, 0]),
+            ("ci_high", fit.ci_high[g], ci[:, 1]),
+            ("r2", fit.stats["r_squared"][g], r.rsquared),
+            ("adj_r2", fit.stats["adj_r_squared"][g], r.rsquared_adj),
+            ("F", fit.stats["fvalue"][g], r.fvalue),
+            ("F p", fit.stats["f_pvalue"][g], r.f_pvalue),
+            ("llf", fit.stats["llf"][g], r.llf),
+            ("aic", fit.stats["aic"][g], r.aic),
+            ("bic", fit.stats["bic"][g], r.bic),
+            ("scale", fit.stats["scale"][g], r.scale),
+            ("df_model", fit.stats["df_model"][g], r.df_model),
+            ("df_resid", fit.stats["df_resid"][g], r.df_resid),
+            ("cond", fit.stats["condition_number"][g], r.condition_number),
+        ]:
             _close(got, want, 1e-10, f"{method} {cov_type} group {g}: {what}")
 
 
@@ -110,8 +129,9 @@ GLM_CASES = [
 ]
 
 
-@pytest.mark.parametrize("family,link,draw", GLM_CASES,
-                         ids=[f"{f}-{lk or 'canonical'}" for f, lk, _ in GLM_CASES])
+@pytest.mark.parametrize(
+    "family,link,draw", GLM_CASES, ids=[f"{f}-{lk or 'canonical'}" for f, lk, _ in GLM_CASES]
+)
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("offset", [False, True])
 def test_glm_equal_statsmodels(groups, family, link, draw, weighted, offset):
@@ -127,33 +147,43 @@ def test_glm_equal_statsmodels(groups, family, link, draw, weighted, offset):
         a, b = bounds[g], bounds[g + 1]
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            r = sm.GLM(y[a:b], X[a:b], family=glm_family(cfg),
-                       var_weights=None if w is None else w[a:b],
-                       offset=None if off is None else off[a:b]).fit()
+            r = sm.GLM(
+                y[a:b],
+                X[a:b],
+                family=glm_family(cfg),
+                var_weights=None if w is None else w[a:b],
+                offset=None if off is None else off[a:b],
+            ).fit()
         if not fit.ok[g]:  # declined: statsmodels did not converge cleanly either
             assert fit.reason[g] in ("IRLS did not converge", "perfect separation")
             assert not r.converged or any("separation" in str(c.message) for c in caught)
             continue
         fitted += 1
         for what, got, want in [
-                ("params", fit.params[g], r.params), ("bse", fit.bse[g], r.bse),
-                ("statistic", fit.statistic[g], r.tvalues), ("p", fit.p_value[g], r.pvalues),
-                ("ci_low", fit.ci_low[g], np.asarray(r.conf_int())[:, 0]),
-                ("llf", fit.stats["llf"][g], r.llf), ("aic", fit.stats["aic"][g], r.aic),
-                ("bic", fit.stats["bic"][g], r.bic), ("deviance", fit.stats["deviance"][g],
-                                                      r.deviance),
-                ("pearson", fit.stats["pearson_chi2"][g], r.pearson_chi2),
-                ("scale", fit.stats["scale"][g], r.scale),
-                ("pseudo_r2", fit.stats["pseudo_r_squared"][g], r.pseudo_rsquared()),
-                ("df_resid", fit.stats["df_resid"][g], r.df_resid)]:
+            ("params", fit.params[g], r.params),
+            ("bse", fit.bse[g], r.bse),
+            ("statistic", fit.statistic[g], r.tvalues),
+            ("p", fit.p_value[g], r.pvalues),
+            ("ci_low", fit.ci_low[g], np.asarray(r.conf_int())[:, 0]),
+            ("llf", fit.stats["llf"][g], r.llf),
+            ("aic", fit.stats["aic"][g], r.aic),
+            ("bic", fit.stats["bic"][g], r.bic),
+            ("deviance", fit.stats["deviance"][g], r.deviance),
+            ("pearson", fit.stats["pearson_chi2"][g], r.pearson_chi2),
+            ("scale", fit.stats["scale"][g], r.scale),
+            ("pseudo_r2", fit.stats["pseudo_r_squared"][g], r.pseudo_rsquared()),
+            ("df_resid", fit.stats["df_resid"][g], r.df_resid),
+        ]:
             _close(got, want, 1e-8, f"glm {family}/{link} group {g}: {what}")
         assert fit.stats["iterations"][g] == r.fit_history["iteration"]
     assert fitted >= G - 2
 
 
 def test_scope_names_what_statsmodels_keeps():
-    assert scope(_cfg(method="ols", cov_type="HAC", maxlags=2)) == \
-        "cov_type HAC is computed by statsmodels"
+    assert (
+        scope(_cfg(method="ols", cov_type="HAC", maxlags=2))
+        == "cov_type HAC is computed by statsmodels"
+    )
     assert "logit" in scope(_cfg(method="logit"))
     assert scope(_cfg(method="glm", family="tweedie", var_power=1.5)).startswith("GLM family")
     assert scope(_cfg(solver="statsmodels")) == "model.solver is statsmodels"
@@ -161,6 +191,7 @@ def test_scope_names_what_statsmodels_keeps():
 
 
 # ------------------------------------------------------------------ through fit_batch
+
 
 def _batch(rng, n_groups=30, size=40, missing=True):
     n = n_groups * size
@@ -171,19 +202,37 @@ def _batch(rng, n_groups=30, size=40, missing=True):
     if missing:
         y[rng.choice(n, 25, replace=False)] = np.nan
         x2[rng.choice(n, 25, replace=False)] = np.nan
-    cols = {"y": y, "x1": x1, "x2": x2, "region": region, "w": w,
-            "cnt": rng.poisson(np.exp(0.3 * x1)).astype(float), "c": rng.integers(0, 4, n)}
+    cols = {
+        "y": y,
+        "x1": x1,
+        "x2": x2,
+        "region": region,
+        "w": w,
+        "cnt": rng.poisson(np.exp(0.3 * x1)).astype(float),
+        "c": rng.integers(0, 4, n),
+    }
     return Batch(cols, np.arange(0, n + 1, size, dtype=np.int64), np.arange(n_groups))
 
 
-@pytest.mark.parametrize("model", [
-    {"formula": "y ~ x1 + x2 + C(region)", "cov_type": "HC1"},
-    {"formula": "y ~ x1 + x2", "method": "wls", "weights": "w", "cov_type": "cluster",
-     "cov_groups": "c"},
-    {"formula": "cnt ~ x1 + x2", "method": "glm", "family": "poisson", "weights": "w"},
-    {"endog": "y", "exog": ["x1", "x2"], "method": "ols"},
-], ids=["formula-hc1", "wls-cluster", "glm-poisson", "arrays"])
-def test_fit_batch_engine_equals_statsmodels_path(model, ):
+@pytest.mark.parametrize(
+    "model",
+    [
+        {"formula": "y ~ x1 + x2 + C(region)", "cov_type": "HC1"},
+        {
+            "formula": "y ~ x1 + x2",
+            "method": "wls",
+            "weights": "w",
+            "cov_type": "cluster",
+            "cov_groups": "c",
+        },
+        {"formula": "cnt ~ x1 + x2", "method": "glm", "family": "poisson", "weights": "w"},
+        {"endog": "y", "exog": ["x1", "x2"], "method": "ols"},
+    ],
+    ids=["formula-hc1", "wls-cluster", "glm-poisson", "arrays"],
+)
+def test_fit_batch_engine_equals_statsmodels_path(
+    model,
+):
     """The same batch fitted by the engine and by the statsmodels path (solver: statsmodels):
     the same groups, terms and figures, missing rows dropped the same way."""
     rng = np.random.default_rng(3)
@@ -220,8 +269,10 @@ def test_declined_groups_fall_back_to_statsmodels():
     assert stats.loc[1, "engine"] == "statsmodels" and "singular design" in stats.loc[1, "error"]
     assert stats.loc[2, "engine"] == "statsmodels" and "too few rows" in stats.loc[2, "error"]
     assert (stats.drop(index=[1, 2])["engine"] == "vectorised").all()
-    assert out["declined"] == {"rank-deficient design": 1, "too few rows: 3 rows for 3 "
-                               "parameters": 1}
+    assert out["declined"] == {
+        "rank-deficient design": 1,
+        "too few rows: 3 rows for 3 parameters": 1,
+    }
 
 
 def test_domain_warning_recorded_as_statsmodels_does():

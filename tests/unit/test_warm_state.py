@@ -30,11 +30,19 @@ def state(tmp_path, monkeypatch):
 def _record(folder, **changes) -> dict:
     """A record of a head that looks healthy to everything but the checks under test: this
     process stands in for its GCS (alive, same start time), this boot, these versions."""
-    rec = {"id": "t" * 16, "address": "127.0.0.1:1", "temp_dir": str(folder / "nothing"),
-           "token_path": str(folder / "auth_token"), "state_dir": str(folder),
-           "boot_id": warm.boot_id(), **warm.identity(), "started_at": time.time(),
-           "idle_timeout_s": 60.0, "pids": {"gcs_server": os.getpid()},
-           "start_ticks": {"gcs_server": procs.start_ticks(os.getpid())}}
+    rec = {
+        "id": "t" * 16,
+        "address": "127.0.0.1:1",
+        "temp_dir": str(folder / "nothing"),
+        "token_path": str(folder / "auth_token"),
+        "state_dir": str(folder),
+        "boot_id": warm.boot_id(),
+        **warm.identity(),
+        "started_at": time.time(),
+        "idle_timeout_s": 60.0,
+        "pids": {"gcs_server": os.getpid()},
+        "start_ticks": {"gcs_server": procs.start_ticks(os.getpid())},
+    }
     rec.update(changes)
     warm.write_record(rec, folder)
     return rec
@@ -51,8 +59,19 @@ def test_state_dir_resolution(tmp_path, monkeypatch):
     assert warm.state_dir() == tmp_path / "mine"
 
 
-@pytest.mark.parametrize("text,seconds", [("90", 90), ("90s", 90), ("30m", 1800), ("2h", 7200),
-                                          ("1.5h", 5400), ("1d", 86400), ("none", 0), ("0", 0)])
+@pytest.mark.parametrize(
+    "text,seconds",
+    [
+        ("90", 90),
+        ("90s", 90),
+        ("30m", 1800),
+        ("2h", 7200),
+        ("1.5h", 5400),
+        ("1d", 86400),
+        ("none", 0),
+        ("0", 0),
+    ],
+)
 def test_parse_duration(text, seconds):
     assert warm.parse_duration(text) == seconds
 
@@ -85,11 +104,14 @@ def test_healthy_record_needs_the_port_to_answer(state):
     assert warm.health(rec)[0] == "stale"  # nothing listens any more
 
 
-@pytest.mark.parametrize("change,why", [
-    ({"boot_id": "another-boot"}, "before this machine's last boot"),
-    ({"pids": {"gcs_server": 2 ** 22 + 7}}, "GCS process"),
-    ({"start_ticks": {"gcs_server": "1"}}, "GCS process"),  # the pid was reused
-])
+@pytest.mark.parametrize(
+    "change,why",
+    [
+        ({"boot_id": "another-boot"}, "before this machine's last boot"),
+        ({"pids": {"gcs_server": 2**22 + 7}}, "GCS process"),
+        ({"start_ticks": {"gcs_server": "1"}}, "GCS process"),  # the pid was reused
+    ],
+)
 def test_stale_record_is_cleaned_and_ignored(state, change, why):
     _record(state, **change)
     (state / "auth_token").write_text("x")
@@ -105,8 +127,12 @@ def test_version_mismatch_is_explained(state):
     with socket.socket() as srv:
         srv.bind(("127.0.0.1", 0))
         srv.listen()
-        _record(state, address=f"127.0.0.1:{srv.getsockname()[1]}", distml_version="0.0.1",
-                ray_version="2.0.0")
+        _record(
+            state,
+            address=f"127.0.0.1:{srv.getsockname()[1]}",
+            distml_version="0.0.1",
+            ray_version="2.0.0",
+        )
         with pytest.raises(ClusterError) as err:
             warm.for_run()
     msg = str(err.value)
@@ -127,7 +153,7 @@ def test_leases_mark_activity_and_dead_ones_are_dropped(state):
     assert warm.active_leases(state) == []
     assert time.time() - warm.last_activity(state, rec) < 5  # touched when the run ended
     (state / "leases").mkdir(exist_ok=True)
-    (state / "leases" / f"{2 ** 22 + 7}-1").touch()  # a run that died holding its lease
+    (state / "leases" / f"{2**22 + 7}-1").touch()  # a run that died holding its lease
     assert warm.active_leases(state) == [] and list((state / "leases").iterdir()) == []
 
 
@@ -138,16 +164,30 @@ def test_cli_when_no_warm_cluster_is_up(state, capfd):
     assert out["status"] == "down" and out["state_dir"] == str(state)
     assert main(["cluster", "stop", "--json"]) == 0  # stopping nothing is a no-op
     assert json.loads(capfd.readouterr().out) == {
-        "status": "down", "stopped": False, "message": "no warm cluster was running"}
+        "status": "down",
+        "stopped": False,
+        "message": "no warm cluster was running",
+    }
     assert main(["cluster", "start", "--idle-timeout", "soon", "--json"]) == 2
-    assert "--idle-timeout must be a duration" in json.loads(capfd.readouterr().out)[
-        "error"]["message"]
+    assert (
+        "--idle-timeout must be a duration"
+        in json.loads(capfd.readouterr().out)["error"]["message"]
+    )
     assert main(["cluster", "start", "--cpus", "-1"]) == 2
     assert not (state / warm.RECORD).exists()
 
 
-HEAVY = ("ray", "torch", "xgboost", "lightgbm", "statsmodels", "dask", "sklearn", "pandas",
-         "pyarrow")
+HEAVY = (
+    "ray",
+    "torch",
+    "xgboost",
+    "lightgbm",
+    "statsmodels",
+    "dask",
+    "sklearn",
+    "pandas",
+    "pyarrow",
+)
 PROBE = """
 import json, sys
 from distml.cli import main
@@ -160,8 +200,14 @@ print(json.dumps({"code": code, "loaded": sorted(m for m in %r if m in sys.modul
 
 
 def _imports(*argv: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True,
-                         cwd=ROOT, timeout=120, env={**os.environ, "PYTHONPATH": ROOT})
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, *argv],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": ROOT},
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -174,8 +220,10 @@ def test_help_and_validate_import_nothing_heavy():
     assert _imports("--help") == {"code": 0, "loaded": []}
     assert _imports("cluster", "--help") == {"code": 0, "loaded": []}
     fitting = {"ray", "torch", "xgboost", "lightgbm", "statsmodels", "dask"}
-    for argv in (("validate", "jobs/quickstart.yaml", "--no-data"),
-                 ("validate", "jobs/quickstart.yaml")):
+    for argv in (
+        ("validate", "jobs/quickstart.yaml", "--no-data"),
+        ("validate", "jobs/quickstart.yaml"),
+    ):
         got = _imports(*argv)
         assert got["code"] == 0 and not fitting & set(got["loaded"]), (argv, got)
 
@@ -218,6 +266,8 @@ def test_an_explicit_address_wins_over_the_warm_cluster(state, monkeypatch, how)
         raise AssertionError("the warm cluster was consulted")
 
     monkeypatch.setattr(warm, "for_run", never)
+    if "ray" in sys.modules:  # under `make test` the integration suite's Ray is connected here
+        monkeypatch.setattr(sys.modules["ray"], "is_initialized", lambda: False)
     address = None
     if how == "RAY_ADDRESS":
         monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")

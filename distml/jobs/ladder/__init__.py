@@ -32,6 +32,8 @@ def load_predictor(run: Any, allow_module: tuple = ()) -> Any:
         from distml.jobs.ladder.predictor import read_winner
 
         kind = read_winner(run)["kind"]
-        raise DataError(f"run dir {str(run)!r}: the ladder's winner is of kind {kind}, whose "
-                        "runs distml predict cannot score (no predictor for that kind)")
+        raise DataError(
+            f"run dir {str(run)!r}: the ladder's winner is of kind {kind}, whose "
+            "runs distml predict cannot score (no predictor for that kind)"
+        )
     return predictor

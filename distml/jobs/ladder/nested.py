@@ -29,31 +29,45 @@ from distml.jobs.ladder.stats import CLASSIFICATION_METRICS, REGRESSION_METRICS
 
 INNER_FOLDS = 3
 #: TuneSpec fields that only mean something for Ray Tune trials
-RUNTIME_FIELDS = ("max_concurrent", "time_budget_s", "grace_period", "report_every",
-                  "checkpoint_every")
+RUNTIME_FIELDS = (
+    "max_concurrent",
+    "time_budget_s",
+    "grace_period",
+    "report_every",
+    "checkpoint_every",
+)
 
 
 def check_nested(tune: Any) -> None:
     """The parts of a ``tune`` section a nested search can honour (ValueError otherwise)."""
     if tune.search == "optuna":
-        raise ValueError("tune.search optuna is not supported inside a ladder's folds; use "
-                         "random or grid")
+        raise ValueError(
+            "tune.search optuna is not supported inside a ladder's folds; use random or grid"
+        )
     if tune.scheduler != "none":
-        raise ValueError(f"tune.scheduler {tune.scheduler} is not supported inside a ladder's "
-                         "folds (each configuration is one fit); use scheduler: none")
+        raise ValueError(
+            f"tune.scheduler {tune.scheduler} is not supported inside a ladder's "
+            "folds (each configuration is one fit); use scheduler: none"
+        )
     for name in RUNTIME_FIELDS:
         if getattr(tune, name) is not None:
-            raise ValueError(f"tune.{name} has no meaning inside a ladder's folds (the "
-                             "configurations run one after the other in the fold's task); "
-                             "drop it")
+            raise ValueError(
+                f"tune.{name} has no meaning inside a ladder's folds (the "
+                "configurations run one after the other in the fold's task); "
+                "drop it"
+            )
     if tune.max_failures:
-        raise ValueError("tune.max_failures has no meaning inside a ladder's folds (a "
-                         "configuration that fails is skipped); drop it")
+        raise ValueError(
+            "tune.max_failures has no meaning inside a ladder's folds (a "
+            "configuration that fails is skipped); drop it"
+        )
     name = tune.metric.rsplit(".", 1)[-1]
     valid = CLASSIFICATION_METRICS + REGRESSION_METRICS
     if name not in valid:
-        raise ValueError(f"tune.metric must name a metric the folds compute ({', '.join(valid)}"
-                         f"), e.g. cv.roc_auc; got {tune.metric!r}")
+        raise ValueError(
+            f"tune.metric must name a metric the folds compute ({', '.join(valid)}"
+            f"), e.g. cv.roc_auc; got {tune.metric!r}"
+        )
 
 
 def _draw(kind: str, values: list, rng: np.random.Generator) -> Any:
@@ -83,8 +97,11 @@ def configurations(tune: Any) -> list[dict[str, Any]]:
     [{'model.params.alpha': 0.1}, {'model.params.alpha': 1.0}]
     """
     entries = {path: next(iter(entry.items())) for path, entry in tune.space.items()}
-    crossed = [p for p, (kind, _) in entries.items()
-               if kind == "grid" or (kind == "choice" and tune.search == "grid")]
+    crossed = [
+        p
+        for p, (kind, _) in entries.items()
+        if kind == "grid" or (kind == "choice" and tune.search == "grid")
+    ]
     rng = np.random.default_rng(tune.seed)
     out = []
     for _ in range(tune.num_samples):
@@ -117,8 +134,9 @@ def inner_folds(y, seed: int, task: str, folds: int = INNER_FOLDS) -> list[tuple
     return cv_indices(y.to_numpy(dtype=np.float64), folds, seed, stratify=False)
 
 
-def search(kind: str, base: dict, tune: Any, rows, columns: list[str], target: str,
-           task: str) -> tuple[dict[str, Any], list[dict]]:
+def search(
+    kind: str, base: dict, tune: Any, rows, columns: list[str], target: str, task: str
+) -> tuple[dict[str, Any], list[dict]]:
     """The best configuration on ``rows`` (a DataFrame: the training rows of one fold) by the
     inner cross-validation, and every configuration's record (config, score, error)."""
     from distml.errors import JobFailed
@@ -136,8 +154,10 @@ def search(kind: str, base: dict, tune: Any, rows, columns: list[str], target: s
             job = kind_module(kind).Job(load_spec(apply_overrides(base, config)))
             values = []
             for tr, va in inner:
-                out = job.fit_predict_fold(rows.iloc[tr][columns].reset_index(drop=True),
-                                           rows.iloc[va][columns].reset_index(drop=True))
+                out = job.fit_predict_fold(
+                    rows.iloc[tr][columns].reset_index(drop=True),
+                    rows.iloc[va][columns].reset_index(drop=True),
+                )
                 values.append(fold_metrics(out).get(name))
             if any(v is None for v in values):
                 raise ValueError(f"the fit gives no {name}")
@@ -147,7 +167,8 @@ def search(kind: str, base: dict, tune: Any, rows, columns: list[str], target: s
         trials.append({"config": config, "score": score, "error": error})
     ok = [t for t in trials if t["score"] is not None]
     if not ok:
-        raise JobFailed(f"every configuration of the nested search failed; the first: "
-                        f"{trials[0]['error']}")
+        raise JobFailed(
+            f"every configuration of the nested search failed; the first: {trials[0]['error']}"
+        )
     pick = max if tune.mode == "max" else min
     return pick(ok, key=lambda t: t["score"])["config"], trials

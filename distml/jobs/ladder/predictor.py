@@ -24,12 +24,17 @@ def read_winner(run: Path) -> dict:
     """``model/ladder_winner.json`` checked: a mapping with ``name``, ``kind`` and ``spec``."""
     try:
         winner = json.loads((run / WINNER_FILE).read_text(encoding="utf-8"))
-        if not (isinstance(winner, dict) and isinstance(winner.get("kind"), str)
-                and isinstance(winner.get("name"), str) and isinstance(winner.get("spec"), dict)):
+        if not (
+            isinstance(winner, dict)
+            and isinstance(winner.get("kind"), str)
+            and isinstance(winner.get("name"), str)
+            and isinstance(winner.get("spec"), dict)
+        ):
             raise ValueError("it must be a mapping with name, kind and spec")
     except (OSError, ValueError) as e:
-        raise DataError(f"run dir {str(run)!r}: {WINNER_FILE} is missing or unreadable "
-                        f"({e})") from None
+        raise DataError(
+            f"run dir {str(run)!r}: {WINNER_FILE} is missing or unreadable ({e})"
+        ) from None
     return winner
 
 
@@ -43,16 +48,22 @@ def winner_predictor(run: Path, manifest: dict, allow_module: tuple = ()) -> Any
     winner = read_winner(run)
     kind = winner["kind"]
     if kind not in KINDS or kind in NOT_CANDIDATES:
-        raise DataError(f"run dir {str(run)!r}: {WINNER_FILE} names kind {kind!r}, which is not "
-                        "a kind a ladder candidate can have")
+        raise DataError(
+            f"run dir {str(run)!r}: {WINNER_FILE} names kind {kind!r}, which is not "
+            "a kind a ladder candidate can have"
+        )
     try:
         spec = load_spec(winner["spec"])
     except SpecError as e:
-        raise DataError(f"run dir {str(run)!r}: the winner's spec in {WINNER_FILE} no longer "
-                        f"loads ({e.message})") from None
+        raise DataError(
+            f"run dir {str(run)!r}: the winner's spec in {WINNER_FILE} no longer "
+            f"loads ({e.message})"
+        ) from None
     if spec.kind != kind:
-        raise DataError(f"run dir {str(run)!r}: {WINNER_FILE} names kind {kind!r} but its spec "
-                        f"is of kind {spec.kind!r}")
+        raise DataError(
+            f"run dir {str(run)!r}: {WINNER_FILE} names kind {kind!r} but its spec "
+            f"is of kind {spec.kind!r}"
+        )
     module = kind_module(kind)
     loader = getattr(module.Job, "load_predictor", None)
     legacy = getattr(module, "load_predictor", None)
@@ -61,10 +72,12 @@ def winner_predictor(run: Path, manifest: dict, allow_module: tuple = ()) -> Any
     view_manifest = {**manifest, "kind": kind, "best_config": {}, "ladder_winner": winner["name"]}
     with tempfile.TemporaryDirectory(prefix="distml-ladder-") as tmp:
         view = Path(tmp)
-        shutil.copytree(run / "model", view / "model",
-                        ignore=shutil.ignore_patterns(Path(WINNER_FILE).name))
-        (view / "spec.yaml").write_text(dump_yaml(spec.to_dict(), sort_keys=False),
-                                       encoding="utf-8")
+        shutil.copytree(
+            run / "model", view / "model", ignore=shutil.ignore_patterns(Path(WINNER_FILE).name)
+        )
+        (view / "spec.yaml").write_text(
+            dump_yaml(spec.to_dict(), sort_keys=False), encoding="utf-8"
+        )
         (view / "manifest.json").write_text(json.dumps(view_manifest), encoding="utf-8")
         if loader is not None:
             return loader(view, view_manifest, allow_module)

@@ -30,9 +30,11 @@ def fold_paired(run: RunView) -> Section | None:
     names = [str(n) for n in ok["candidate"]]
     if not names:
         return None
-    wide = (long[long["candidate"].isin(names)]
-            .pivot_table(index="fold", columns="candidate", values="value")
-            .reindex(columns=names))
+    wide = (
+        long[long["candidate"].isin(names)]
+        .pivot_table(index="fold", columns="candidate", values="value")
+        .reindex(columns=names)
+    )
     metric = str(long["metric"].iloc[0])
     # a second panel without the base rung: a baseline far below squashes the rungs that matter
     panels = [names, names[1:]] if len(names) >= 3 else [names]
@@ -42,10 +44,15 @@ def fold_paired(run: RunView) -> Section | None:
         part = wide[shown]
         x = list(range(len(shown)))
         for fold, row in part.iterrows():
-            ax.plot(x, row.to_numpy(dtype=float), marker="o", lw=1, alpha=0.6,
-                    label=f"fold {fold}")
-        ax.plot(x, part.mean(axis=0).to_numpy(dtype=float), color="black", lw=2.5, marker="s",
-                label="mean")
+            ax.plot(x, row.to_numpy(dtype=float), marker="o", lw=1, alpha=0.6, label=f"fold {fold}")
+        ax.plot(
+            x,
+            part.mean(axis=0).to_numpy(dtype=float),
+            color="black",
+            lw=2.5,
+            marker="s",
+            label="mean",
+        )
         for i, n in enumerate(shown):
             if n in winner:
                 ax.axvspan(i - 0.3, i + 0.3, color="#2e7d32", alpha=0.12)
@@ -57,11 +64,21 @@ def fold_paired(run: RunView) -> Section | None:
     if len(wide) <= 12:
         axes[0].legend(fontsize=7, ncol=2)
     failed = summary[summary["status"] != "ok"]
-    note = (para("failed rungs (not drawn): " + "; ".join(
-        f"{r.candidate}: {r.error}" for r in failed.itertuples())) if len(failed) else "")
-    return Section("ladder_folds", "Ladder: fold-paired scores",
-                   img(png(fig), "fold-paired scores") + note
-                   + table(wide.reset_index(), caption=f"{metric} by fold"))
+    note = (
+        para(
+            "failed rungs (not drawn): "
+            + "; ".join(f"{r.candidate}: {r.error}" for r in failed.itertuples())
+        )
+        if len(failed)
+        else ""
+    )
+    return Section(
+        "ladder_folds",
+        "Ladder: fold-paired scores",
+        img(png(fig), "fold-paired scores")
+        + note
+        + table(wide.reset_index(), caption=f"{metric} by fold"),
+    )
 
 
 def differences(run: RunView) -> Section | None:
@@ -79,25 +96,49 @@ def differences(run: RunView) -> Section | None:
         y = list(range(len(comp)))[::-1]
         for yi, r in zip(y, comp.itertuples()):
             color = "#2e7d32" if r.promoted else "#757575"
-            ax.errorbar([r.mean_diff], [yi], xerr=[[r.mean_diff - r.ci_low],
-                                                   [r.ci_high - r.mean_diff]],
-                        fmt="o", color=color, capsize=4)
+            ax.errorbar(
+                [r.mean_diff],
+                [yi],
+                xerr=[[r.mean_diff - r.ci_low], [r.ci_high - r.mean_diff]],
+                fmt="o",
+                color=color,
+                capsize=4,
+            )
         ax.axvline(0, color="black", lw=1)
         if min_gain:
             ax.axvline(min_gain, color="#c62828", lw=1, ls="--", label=f"min_gain {min_gain:g}")
             ax.legend(fontsize=8)
-        ax.set_yticks(y, [short(f"{r.candidate} vs {r.incumbent}", 30)
-                          for r in comp.itertuples()])
-        ax.set_xlabel(f"mean gain in {f.get('metric', 'the metric')} (positive: better), "
-                      f"{1 - alpha:.0%} interval")
+        ax.set_yticks(y, [short(f"{r.candidate} vs {r.incumbent}", 30) for r in comp.itertuples()])
+        ax.set_xlabel(
+            f"mean gain in {f.get('metric', 'the metric')} (positive: better), "
+            f"{1 - alpha:.0%} interval"
+        )
         body += img(png(fig), "paired differences")
-    cols = ["rung", "candidate", "kind", "status", "mean", "std", "incumbent", "mean_diff",
-            "ci_low", "ci_high", "t", "df", "p_value", "p_adjusted", "promoted", "winner",
-            "reason"]
-    body += para(f"Nadeau–Bengio corrected resampled t-test over {f.get('folds', '?')} folds; "
-                 f"one-sided, H0: the mean gain is at most min_gain ({min_gain:g}); "
-                 f"{f.get('adjustment', 'holm')}-adjusted across the rungs at alpha "
-                 f"{alpha:g}. Winner: {f.get('winner', '?')}.")
+    cols = [
+        "rung",
+        "candidate",
+        "kind",
+        "status",
+        "mean",
+        "std",
+        "incumbent",
+        "mean_diff",
+        "ci_low",
+        "ci_high",
+        "t",
+        "df",
+        "p_value",
+        "p_adjusted",
+        "promoted",
+        "winner",
+        "reason",
+    ]
+    body += para(
+        f"Nadeau–Bengio corrected resampled t-test over {f.get('folds', '?')} folds; "
+        f"one-sided, H0: the mean gain is at most min_gain ({min_gain:g}); "
+        f"{f.get('adjustment', 'holm')}-adjusted across the rungs at alpha "
+        f"{alpha:g}. Winner: {f.get('winner', '?')}."
+    )
     body += table(summary[[c for c in cols if c in summary.columns]])
     return Section("ladder_differences", "Ladder: differences and decisions", body)
 
@@ -119,5 +160,6 @@ def cost(run: RunView) -> Section | None:
     ax.set_ylabel("seconds, all folds")
     ax.legend(fontsize=8)
     frame = s[["candidate", "kind", "status", "mean", "fit_seconds", "cpu_seconds"]]
-    return Section("ladder_cost", "Ladder: cost per rung",
-                   img(png(fig), "cost per rung") + table(frame))
+    return Section(
+        "ladder_cost", "Ladder: cost per rung", img(png(fig), "cost per rung") + table(frame)
+    )

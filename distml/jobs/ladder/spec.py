@@ -27,13 +27,17 @@ class Candidate(StrictModel):
     """One rung of the ladder: a small spec of another kind."""
 
     name: str = Field(..., description="Rung name, [A-Za-z0-9._-]{1,128}; unique in the ladder.")
-    kind: str = Field(..., description="The candidate's kind: sklearn, statsmodels, xgboost or "
-                                       "torch.")
-    model: dict[str, Any] = Field(default_factory=dict,
-                                  description="The kind's model section, as in its own spec.")
+    kind: str = Field(
+        ..., description="The candidate's kind: sklearn, statsmodels, xgboost or torch."
+    )
+    model: dict[str, Any] = Field(
+        default_factory=dict, description="The kind's model section, as in its own spec."
+    )
     tune: TuneSpec | None = Field(
-        None, description="The candidate's own search, run inside each fold (nested): metric "
-                          "cv.NAME, space, num_samples, search random or grid, seed.")
+        None,
+        description="The candidate's own search, run inside each fold (nested): metric "
+        "cv.NAME, space, num_samples, search random or grid, seed.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -44,20 +48,33 @@ class Candidate(StrictModel):
 class Promote(StrictModel):
     """When a rung replaces the incumbent."""
 
-    alpha: float = Field(0.05, gt=0, lt=1, description="Family-wise level: a rung is promoted "
-                                                       "when its Holm-adjusted p < alpha.")
-    min_gain: float = Field(0.0, ge=0, description="The gain (in metric units, signed so that "
-                                                   "positive is better) a rung must exceed.")
+    alpha: float = Field(
+        0.05,
+        gt=0,
+        lt=1,
+        description="Family-wise level: a rung is promoted when its Holm-adjusted p < alpha.",
+    )
+    min_gain: float = Field(
+        0.0,
+        ge=0,
+        description="The gain (in metric units, signed so that "
+        "positive is better) a rung must exceed.",
+    )
 
 
 class LadderSection(StrictModel):
     """The ``ladder`` section: metric, candidates and the promotion rule."""
 
-    metric: str = Field(..., description="Metric the rungs are compared on (roc_auc, accuracy, "
-                                         "logloss, rmse, ...); its direction is inferred.")
+    metric: str = Field(
+        ...,
+        description="Metric the rungs are compared on (roc_auc, accuracy, "
+        "logloss, rmse, ...); its direction is inferred.",
+    )
     candidates: list[Candidate] | Literal["auto"] = Field(
-        "auto", description="Rungs in order of cost, or 'auto' for a default ladder of the "
-                            "installed kinds.")
+        "auto",
+        description="Rungs in order of cost, or 'auto' for a default ladder of the "
+        "installed kinds.",
+    )
     promote: Promote = Field(default_factory=Promote, description="The promotion rule.")
 
     @field_validator("metric")
@@ -76,8 +93,10 @@ class LadderSection(StrictModel):
     def _candidates(cls, v: Any) -> Any:
         if isinstance(v, list):
             if len(v) < 2:
-                raise ValueError(f"must list at least 2 candidates (a base rung and one to "
-                                 f"compare with it), or be 'auto'; got {len(v)}")
+                raise ValueError(
+                    f"must list at least 2 candidates (a base rung and one to "
+                    f"compare with it), or be 'auto'; got {len(v)}"
+                )
             names = [c.name for c in v]
             dup = sorted({n for n in names if names.count(n) > 1})
             if dup:
@@ -96,8 +115,10 @@ class Spec(JobSpec):
     def _no_search(cls, raw: Any) -> Any:
         # before JobSpec's own tune checks, which would judge the search paths first
         if isinstance(raw, dict) and raw.get("tune") is not None:
-            raise ValueError("tune is not supported for kind ladder itself; give the candidate "
-                             "that should search its own tune (ladder.candidates[i].tune)")
+            raise ValueError(
+                "tune is not supported for kind ladder itself; give the candidate "
+                "that should search its own tune (ladder.candidates[i].tune)"
+            )
         return raw
 
     @model_validator(mode="after")
@@ -108,15 +129,20 @@ class Spec(JobSpec):
         split = d.split_spec
         if split is None or not split.cv:
             got = "split: none" if split is None else "a split without cv"
-            raise ValueError(f"data.split.cv is required for kind ladder (the candidates are "
-                             f"compared fold by fold), e.g. split: {{cv: {DEFAULT_CV}, seed: 0}};"
-                             f" got {got}")
+            raise ValueError(
+                f"data.split.cv is required for kind ladder (the candidates are "
+                f"compared fold by fold), e.g. split: {{cv: {DEFAULT_CV}, seed: 0}};"
+                f" got {got}"
+            )
         if not d.target:
-            raise ValueError("data.target is required for kind ladder; name the column the "
-                             "candidates predict")
+            raise ValueError(
+                "data.target is required for kind ladder; name the column the candidates predict"
+            )
         if self.resources.num_workers != 1:
-            raise ValueError(f"resources.num_workers must be 1 for kind ladder (each fold of "
-                             f"each candidate is one task); got {self.resources.num_workers}")
+            raise ValueError(
+                f"resources.num_workers must be 1 for kind ladder (each fold of "
+                f"each candidate is one task); got {self.resources.num_workers}"
+            )
         if isinstance(self.ladder.candidates, list):
             for i, cand in enumerate(self.ladder.candidates):
                 check_candidate(self, i, cand)
@@ -140,9 +166,14 @@ def candidate_dict(spec: Spec, cand: Candidate, formula: str | None = None) -> d
     if cand.kind == "statsmodels" and model.get("formula"):
         data.pop("target", None)
         data.pop("features", None)
-    out = {"name": cand.name, "kind": cand.kind, "data": data, "model": model,
-           "resources": spec.resources.model_dump(mode="json"),
-           "output": spec.output.model_dump(mode="json")}
+    out = {
+        "name": cand.name,
+        "kind": cand.kind,
+        "data": data,
+        "model": model,
+        "resources": spec.resources.model_dump(mode="json"),
+        "output": spec.output.model_dump(mode="json"),
+    }
     if cand.tune is not None:
         out["tune"] = cand.tune.model_dump(mode="json", exclude_unset=True)
     return out
@@ -160,12 +191,15 @@ def check_candidate(spec: Spec, i: int, cand: Candidate, formula: str | None = N
     if cand.kind not in kinds:
         close = difflib.get_close_matches(cand.kind, kinds, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"{where(i, cand)}: kind must be one of {', '.join(kinds)}; got "
-                         f"{cand.kind!r}{hint}")
+        raise ValueError(
+            f"{where(i, cand)}: kind must be one of {', '.join(kinds)}; got {cand.kind!r}{hint}"
+        )
     job_cls = kind_module(cand.kind).Job
     if getattr(job_cls, "fit_predict_fold", None) is BaseJob.fit_predict_fold:
-        raise ValueError(f"{where(i, cand)}: kind {cand.kind} cannot fit a fold (it has no "
-                         "fit_predict_fold); choose another kind")
+        raise ValueError(
+            f"{where(i, cand)}: kind {cand.kind} cannot fit a fold (it has no "
+            "fit_predict_fold); choose another kind"
+        )
     if cand.kind == "statsmodels":
         _check_statsmodels(spec, i, cand)
     try:
@@ -188,8 +222,10 @@ def _check_statsmodels(spec: Spec, i: int, cand: Candidate) -> None:
     group_by, no counts response) whose response is the ladder's target."""
     method = cand.model.get("method", "ols")
     if method in ("arima", "sarimax"):
-        raise ValueError(f"{where(i, cand)}: model.method {method} is a time-series model; a "
-                         "ladder compares models on shuffled folds; use a regression method")
+        raise ValueError(
+            f"{where(i, cand)}: model.method {method} is a time-series model; a "
+            "ladder compares models on shuffled folds; use a regression method"
+        )
     formula = cand.model.get("formula")
     if isinstance(formula, str):
         try:
@@ -201,9 +237,11 @@ def _check_statsmodels(spec: Spec, i: int, cand: Candidate) -> None:
             return
         target = spec.data.target
         if code not in (target, f'Q("{target}")', f"Q('{target}')"):
-            raise ValueError(f"{where(i, cand)}: model.formula must have the ladder's target "
-                             f"{target!r} itself on the left of '~' (every rung predicts the "
-                             f"same column); got {formula!r}")
+            raise ValueError(
+                f"{where(i, cand)}: model.formula must have the ladder's target "
+                f"{target!r} itself on the left of '~' (every rung predicts the "
+                f"same column); got {formula!r}"
+            )
 
 
 def formula_for(target: str, features: list[str], categorical: list[str]) -> str:
@@ -212,6 +250,7 @@ def formula_for(target: str, features: list[str], categorical: list[str]) -> str
     >>> formula_for("y", ["a", "b c"], ["b c"])
     'Q("y") ~ Q("a") + C(Q("b c"))'
     """
+
     def q(c: str) -> str:
         return f"Q({c!r})" if '"' in c else f'Q("{c}")'
 

@@ -43,19 +43,23 @@ def metric_mode(metric: str) -> str:
         return "max"
     if metric in MINIMIZE:
         return "min"
-    raise ValueError(f"unknown metric {metric!r}; valid metrics: "
-                     f"{', '.join(CLASSIFICATION_METRICS + REGRESSION_METRICS)}")
+    raise ValueError(
+        f"unknown metric {metric!r}; valid metrics: "
+        f"{', '.join(CLASSIFICATION_METRICS + REGRESSION_METRICS)}"
+    )
 
 
-def paired_differences(candidate: Sequence[float], incumbent: Sequence[float],
-                       mode: str) -> np.ndarray:
+def paired_differences(
+    candidate: Sequence[float], incumbent: Sequence[float], mode: str
+) -> np.ndarray:
     """Per-fold ``candidate - incumbent`` for ``max`` metrics, ``incumbent - candidate`` for
     ``min`` metrics: positive always means the candidate is better."""
     c = np.asarray(candidate, dtype=np.float64)
     i = np.asarray(incumbent, dtype=np.float64)
     if c.shape != i.shape or c.ndim != 1:
-        raise ValueError(f"fold scores must be two vectors of one length; got {c.shape} and "
-                         f"{i.shape}")
+        raise ValueError(
+            f"fold scores must be two vectors of one length; got {c.shape} and {i.shape}"
+        )
     return c - i if mode == "max" else i - c
 
 
@@ -75,8 +79,9 @@ class TTest:
     correction: float  # 1/k + n_test/n_train
 
 
-def corrected_ttest(d: Sequence[float], n_train: float, n_test: float, *,
-                    min_gain: float = 0.0, alpha: float = 0.05) -> TTest:
+def corrected_ttest(
+    d: Sequence[float], n_train: float, n_test: float, *, min_gain: float = 0.0, alpha: float = 0.05
+) -> TTest:
     """Nadeau–Bengio corrected resampled t-test of per-fold differences ``d`` (module doc).
 
     ``n_train``/``n_test``: rows a fold trains on / is scored on (their means over the folds).
@@ -144,9 +149,16 @@ class Rung:
     reason: str
 
 
-def decide(names: Sequence[str], scores: Sequence[Sequence[float] | None], mode: str, *,
-           n_train: float, n_test: float, alpha: float, min_gain: float) -> tuple[list[Rung],
-                                                                                  str, str]:
+def decide(
+    names: Sequence[str],
+    scores: Sequence[Sequence[float] | None],
+    mode: str,
+    *,
+    n_train: float,
+    n_test: float,
+    alpha: float,
+    min_gain: float,
+) -> tuple[list[Rung], str, str]:
     """Climb the ladder: the first rung that has scores is the incumbent; each later rung is
     compared with the incumbent the rungs below it leave, and replaces it when it is promoted.
 
@@ -214,20 +226,27 @@ def decide(names: Sequence[str], scores: Sequence[Sequence[float] | None], mode:
         arr = np.asarray(s, dtype=np.float64)
         mean, std = float(arr.mean()), float(arr.std(ddof=1))
         if i == base:
-            rungs.append(Rung(name, mean, std, None, None, None, False,
-                              "base rung: the first incumbent"))
+            rungs.append(
+                Rung(name, mean, std, None, None, None, False, "base rung: the first incumbent")
+            )
             continue
         inc, test = comps[i]
         p = adj[i]
         if i in promoted:
             winner = i
-            why = (f"promoted over {names[inc]}: mean gain {test.mean:.4g} > min_gain "
-                   f"{min_gain:g} with {adjustment}-adjusted p {p:.3g} < alpha {alpha:g}")
+            why = (
+                f"promoted over {names[inc]}: mean gain {test.mean:.4g} > min_gain "
+                f"{min_gain:g} with {adjustment}-adjusted p {p:.3g} < alpha {alpha:g}"
+            )
         elif test.mean <= min_gain:
-            why = (f"not promoted: mean gain over {names[inc]} {test.mean:.4g} is not above "
-                   f"min_gain {min_gain:g}")
+            why = (
+                f"not promoted: mean gain over {names[inc]} {test.mean:.4g} is not above "
+                f"min_gain {min_gain:g}"
+            )
         else:
-            why = (f"not promoted: mean gain over {names[inc]} {test.mean:.4g} > min_gain but "
-                   f"{adjustment}-adjusted p {p:.3g} >= alpha {alpha:g}")
+            why = (
+                f"not promoted: mean gain over {names[inc]} {test.mean:.4g} > min_gain but "
+                f"{adjustment}-adjusted p {p:.3g} >= alpha {alpha:g}"
+            )
         rungs.append(Rung(name, mean, std, names[inc], test, p, i in promoted, why))
     return rungs, names[winner], adjustment

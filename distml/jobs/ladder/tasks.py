@@ -16,9 +16,14 @@ def error_text(e: BaseException) -> str:
     cause = getattr(e, "cause", None) or e
     text = str(cause).strip() or type(cause).__name__
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    first = next((ln for ln in lines if any(ch.isalnum() for ch in ln)
-                  and not ln.startswith(("Traceback", "File ", "ray::"))),
-                 lines[0] if lines else text)
+    first = next(
+        (
+            ln
+            for ln in lines
+            if any(ch.isalnum() for ch in ln) and not ln.startswith(("Traceback", "File ", "ray::"))
+        ),
+        lines[0] if lines else text,
+    )
     return f"{type(cause).__name__}: {first}"[:500]
 
 
@@ -38,8 +43,10 @@ def fold_plan(y, split, task: str):
         codes = y.to_numpy(dtype=np.float64)
     rows = split_indices(codes, split, classification=task == "classification")["train"]
     stratify = split.stratify if split.stratify is not None else task == "classification"
-    return [(rows[tr], rows[te]) for tr, te in cv_indices(codes[rows], split.cv, split.seed,
-                                                          stratify=stratify)]
+    return [
+        (rows[tr], rows[te])
+        for tr, te in cv_indices(codes[rows], split.cv, split.seed, stratify=stratify)
+    ]
 
 
 def read_task(source: str, columns: list[str], target: str, split, task: str):
@@ -55,14 +62,15 @@ def fold_metrics(out: dict) -> dict:
     from distml.runtime import metrics as M
 
     if out["task"] == "classification":
-        return M.classification_metrics(np.asarray(out["y_true"]), np.asarray(out["pred"]),
-                                        out["proba"], len(out["classes"]))
-    return M.regression_metrics(np.asarray(out["y_true"], dtype=float),
-                                np.asarray(out["pred"], dtype=float))
+        return M.classification_metrics(
+            np.asarray(out["y_true"]), np.asarray(out["pred"]), out["proba"], len(out["classes"])
+        )
+    return M.regression_metrics(
+        np.asarray(out["y_true"], dtype=float), np.asarray(out["pred"], dtype=float)
+    )
 
 
-def fit_fold(job: Any, frame, columns: list[str], train, test,
-             nested: dict | None = None) -> dict:
+def fit_fold(job: Any, frame, columns: list[str], train, test, nested: dict | None = None) -> dict:
     """Fit one candidate on one fold and score it; a fit error is returned, not raised. With
     ``nested`` (:meth:`Rung.nested`) the candidate's search runs on the fold's training rows
     first (:mod:`distml.jobs.ladder.nested`) and the best configuration is fitted."""
@@ -74,22 +82,37 @@ def fit_fold(job: Any, frame, columns: list[str], train, test,
             from distml.jobs.ladder.nested import search
             from distml.spec.load import apply_overrides, load_spec
 
-            config, _ = search(nested["kind"], nested["base"], nested["tune"], frame.iloc[train],
-                               columns, nested["target"], nested["task"])
-            job = kind_module(nested["kind"]).Job(load_spec(apply_overrides(nested["base"],
-                                                                            config)))
-        out = job.fit_predict_fold(frame.iloc[train][columns].reset_index(drop=True),
-                                   frame.iloc[test][columns].reset_index(drop=True))
+            config, _ = search(
+                nested["kind"],
+                nested["base"],
+                nested["tune"],
+                frame.iloc[train],
+                columns,
+                nested["target"],
+                nested["task"],
+            )
+            job = kind_module(nested["kind"]).Job(
+                load_spec(apply_overrides(nested["base"], config))
+            )
+        out = job.fit_predict_fold(
+            frame.iloc[train][columns].reset_index(drop=True),
+            frame.iloc[test][columns].reset_index(drop=True),
+        )
         metrics, error = fold_metrics(out), None
     except Exception as e:  # one rung's failure never stops the ladder
         metrics, error = {}, error_text(e)
-    return {"metrics": metrics, "error": error, "fit_s": time.perf_counter() - t0,
-            "cpu_s": time.process_time() - c0, "n_train": int(len(train)),
-            "n_test": int(len(test)), "config": config}
+    return {
+        "metrics": metrics,
+        "error": error,
+        "fit_s": time.perf_counter() - t0,
+        "cpu_s": time.process_time() - c0,
+        "n_train": int(len(train)),
+        "n_test": int(len(test)),
+        "config": config,
+    }
 
 
-def fold_task(job: Any, frame, columns: list[str], train, test,
-              nested: dict | None = None) -> dict:
+def fold_task(job: Any, frame, columns: list[str], train, test, nested: dict | None = None) -> dict:
     return fit_fold(job, frame, columns, train, test, nested)
 
 
@@ -97,5 +120,12 @@ def search_task(nested: dict, frame, columns: list[str], rows) -> tuple[dict, li
     """The winner's search on every training row (before its refit)."""
     from distml.jobs.ladder.nested import search
 
-    return search(nested["kind"], nested["base"], nested["tune"], frame.iloc[rows], columns,
-                  nested["target"], nested["task"])
+    return search(
+        nested["kind"],
+        nested["base"],
+        nested["tune"],
+        frame.iloc[rows],
+        columns,
+        nested["target"],
+        nested["task"],
+    )

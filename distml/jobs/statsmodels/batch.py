@@ -12,11 +12,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from distml.jobs.statsmodels.fit import FitConfig, GroupData, formula_env, glm_family, run_group, warning_text
+from distml.jobs.statsmodels.fit import (
+    FitConfig,
+    GroupData,
+    formula_env,
+    glm_family,
+    run_group,
+    warning_text,
+)
 
 #: statsmodels methods by family (the kind's spec checks use them too)
 
 # ------------------------------------------------------------------------ a batch of groups
+
 
 def is_missing(v: np.ndarray) -> np.ndarray:
     if v.dtype.kind == "f":
@@ -54,8 +62,11 @@ def _prepare(cfg: FitConfig, batch: Batch) -> tuple[Batch, np.ndarray, np.ndarra
     miss = np.zeros(len(gid_of_row), dtype=bool)
     for c in used:
         miss |= is_missing(cols[c])
-    n_missing = np.bincount(gid_of_row[miss], minlength=len(n_rows)) if miss.any() else \
-        np.zeros(len(n_rows), dtype=np.int64)
+    n_missing = (
+        np.bincount(gid_of_row[miss], minlength=len(n_rows))
+        if miss.any()
+        else np.zeros(len(n_rows), dtype=np.int64)
+    )
     if miss.any():
         keep = ~miss
         cols = {k: v[keep] for k, v in cols.items()}
@@ -73,8 +84,13 @@ class _Design:
         self.ok = mgr.engine == "patsy"
         if not self.ok:
             return
-        y, X = mgr.get_matrices(cfg.formula, frame, eval_env=formula_env(), pandas=True,
-                                na_action=mgr.get_na_action("drop"))
+        y, X = mgr.get_matrices(
+            cfg.formula,
+            frame,
+            eval_env=formula_env(),
+            pandas=True,
+            na_action=mgr.get_na_action("drop"),
+        )
         self.names = list(X.columns)
         # a counts response keeps both columns (successes, failures), as statsmodels takes them
         self.y = np.asarray(y, dtype=float)
@@ -93,8 +109,9 @@ class _Design:
             if col is None or col not in frame:
                 self.ok = False  # a categorical we cannot map to a column: fit per group
                 return
-            self.levels.append((np.asarray(frame[col].to_numpy(), dtype=object),
-                                len(finfo.categories)))
+            self.levels.append(
+                (np.asarray(frame[col].to_numpy(), dtype=object), len(finfo.categories))
+            )
 
     def group(self, a: int, b: int) -> tuple[int, int] | None:
         """Rows [i, j) of the design for batch rows [a, b), or None if slicing is not exact."""
@@ -130,8 +147,10 @@ def fit_batch(cfg: FitConfig, batch: Batch, *, fast: bool = True, keep: bool = F
     forecasts: list[dict] = []
     n_fast = 0
     summary = None
-    errors = [_precheck(cfg, n_rows[i], n_missing[i], int(bounds[i + 1] - bounds[i]))
-              for i in range(len(batch.gids))]
+    errors = [
+        _precheck(cfg, n_rows[i], n_missing[i], int(bounds[i + 1] - bounds[i]))
+        for i in range(len(batch.gids))
+    ]
     engine: dict[int, tuple[dict, dict]] = {}
     declined: dict[str, int] = {}
     if fast and design is not None and len(batch.gids) > 1:
@@ -172,22 +191,32 @@ def fit_batch(cfg: FitConfig, batch: Batch, *, fast: bool = True, keep: bool = F
                 fc["gid"] = np.full(len(fc["step"]), gid, dtype=np.int64)
                 forecasts.append(fc)
             except Exception as e:
-                stats["warnings"] = "; ".join(filter(None, [stats.get("warnings"),
-                                                            f"forecast failed: {e}"]))
+                stats["warnings"] = "; ".join(
+                    filter(None, [stats.get("warnings"), f"forecast failed: {e}"])
+                )
         if keep:
             summary = _summary(res, cfg)
-    return {"gids": np.asarray(batch.gids, dtype=np.int64), "stats": stats_rows,
-            "coef": concat(coef_parts), "forecast": concat(forecasts), "holdout": holdout,
-            "summary": summary, "fit_s": time.perf_counter() - t0,
-            "cpu_s": time.process_time() - c0, "n_fast": int(n_fast),
-            "n_vectorised": len(engine), "declined": declined}
+    return {
+        "gids": np.asarray(batch.gids, dtype=np.int64),
+        "stats": stats_rows,
+        "coef": concat(coef_parts),
+        "forecast": concat(forecasts),
+        "holdout": holdout,
+        "summary": summary,
+        "fit_s": time.perf_counter() - t0,
+        "cpu_s": time.process_time() - c0,
+        "n_fast": int(n_fast),
+        "n_vectorised": len(engine),
+        "declined": declined,
+    }
 
 
 def _precheck(cfg: FitConfig, n_rows: int, n_missing: int, n_left: int) -> str | None:
     """Why a group is not fitted at all (missing values, too few rows), or None."""
     if cfg.missing == "raise" and n_missing:
-        return (f"{int(n_missing)} of {int(n_rows)} rows have missing values "
-                "(model.missing is 'raise')")
+        return (
+            f"{int(n_missing)} of {int(n_rows)} rows have missing values (model.missing is 'raise')"
+        )
     if n_left == 0:
         return "no rows left after dropping missing values"
     if cfg.min_rows and n_left < cfg.min_rows:
@@ -195,13 +224,16 @@ def _precheck(cfg: FitConfig, n_rows: int, n_missing: int, n_left: int) -> str |
     return None
 
 
-ENGINE_STATS = {"ols": ["r_squared", "adj_r_squared", "fvalue", "f_pvalue"],
-                "wls": ["r_squared", "adj_r_squared", "fvalue", "f_pvalue"],
-                "glm": ["deviance", "pearson_chi2", "scale", "pseudo_r_squared"]}
+ENGINE_STATS = {
+    "ols": ["r_squared", "adj_r_squared", "fvalue", "f_pvalue"],
+    "wls": ["r_squared", "adj_r_squared", "fvalue", "f_pvalue"],
+    "glm": ["deviance", "pearson_chi2", "scale", "pseudo_r_squared"],
+}
 
 
-def _vectorised_fits(cfg: FitConfig, cols: dict, design, bounds: np.ndarray,
-                     todo: list[int]) -> tuple[dict[int, tuple[dict, dict]], dict[str, int]]:
+def _vectorised_fits(
+    cfg: FitConfig, cols: dict, design, bounds: np.ndarray, todo: list[int]
+) -> tuple[dict[int, tuple[dict, dict]], dict[str, int]]:
     """Fit the batch's groups ``todo`` with the vectorised engine where their design can be
     sliced from the batch's (every group then has the same terms); returns
     ``{group index: (coef columns, stats)}`` for the groups it fitted and a count of the
@@ -222,7 +254,7 @@ def _vectorised_fits(cfg: FitConfig, cols: dict, design, bounds: np.ndarray,
             if span is None:
                 continue
             picked.append(i)
-            spans.append((span[0], span[1], design.rows[span[0]:span[1]]))
+            spans.append((span[0], span[1], design.rows[span[0] : span[1]]))
             names = design.names
     if not picked:
         return {}, {}
@@ -251,15 +283,29 @@ def _vectorised_fits(cfg: FitConfig, cols: dict, design, bounds: np.ndarray,
     terms = np.asarray(names, dtype=object)
     done: dict[int, tuple[dict, dict]] = {}
     declined: dict[str, int] = {}
-    keep = ["nobs", "llf", "aic", "bic", "df_model", "df_resid", "condition_number",
-            *ENGINE_STATS[cfg.method]]
+    keep = [
+        "nobs",
+        "llf",
+        "aic",
+        "bic",
+        "df_model",
+        "df_resid",
+        "condition_number",
+        *ENGINE_STATS[cfg.method],
+    ]
     for j, i in enumerate(picked):
         if not fit.ok[j]:
             declined[fit.reason[j]] = declined.get(fit.reason[j], 0) + 1
             continue
-        coef = {"term": terms.copy(), "estimate": fit.params[j], "std_error": fit.bse[j],
-                "statistic": fit.statistic[j], "p_value": fit.p_value[j],
-                "ci_low": fit.ci_low[j], "ci_high": fit.ci_high[j]}
+        coef = {
+            "term": terms.copy(),
+            "estimate": fit.params[j],
+            "std_error": fit.bse[j],
+            "statistic": fit.statistic[j],
+            "p_value": fit.p_value[j],
+            "ci_low": fit.ci_low[j],
+            "ci_high": fit.ci_high[j],
+        }
         stats = {c: float(fit.stats[c][j]) for c in keep}
         stats.update(converged=True, warnings=warning, engine="vectorised")
         done[i] = (coef, stats)
@@ -278,16 +324,26 @@ def _domain_warning(cfg: FitConfig) -> str | None:
 def _glm_init_warning(family: str, link: str) -> str | None:
     import statsmodels.api as sm
 
-    cfg = FitConfig(method="glm", formula=None, finfo=None, endog=None, exog=(),
-                    add_constant=False, group_by=(), family=family, link=link)
+    cfg = FitConfig(
+        method="glm",
+        formula=None,
+        finfo=None,
+        endog=None,
+        exog=(),
+        add_constant=False,
+        group_by=(),
+        family=family,
+        link=link,
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         sm.GLM(np.array([1.0, 2.0, 3.0]), np.ones((3, 1)), family=glm_family(cfg))
     return warning_text(caught)[0]
 
 
-def _group_data(cfg: FitConfig, cols: dict, frame: pd.DataFrame | None, design, a: int, b: int,
-                keep: bool) -> GroupData:
+def _group_data(
+    cfg: FitConfig, cols: dict, frame: pd.DataFrame | None, design, a: int, b: int, keep: bool
+) -> GroupData:
     """The statsmodels inputs of batch rows [a, b)."""
     if cfg.formula is not None:
         span = design.group(a, b) if design is not None else None
@@ -309,8 +365,7 @@ def _group_data(cfg: FitConfig, cols: dict, frame: pd.DataFrame | None, design, 
         return GroupData(pd.Series(y, name=cfg.endog) if keep else y, X, None, extra)
     X, names = design.group(a, b)
     if keep:  # one model: named inputs, so the summary shows the names
-        return GroupData(pd.Series(y, name=cfg.endog), pd.DataFrame(X, columns=names), None,
-                         extra)
+        return GroupData(pd.Series(y, name=cfg.endog), pd.DataFrame(X, columns=names), None, extra)
     return GroupData(y, X, names, extra)
 
 
@@ -368,8 +423,14 @@ def _forecast(cfg: FitConfig, res, t: np.ndarray | None) -> dict:
         ci = np.asarray(fc.conf_int(alpha=cfg.alpha), dtype=float)
         mean = np.asarray(fc.predicted_mean, dtype=float)
         se = np.asarray(fc.se_mean, dtype=float)
-    return {"step": np.arange(1, steps + 1, dtype=np.int64), "time": _future_times(t, steps),
-            "mean": mean, "std_error": se, "ci_low": ci[:, 0], "ci_high": ci[:, 1]}
+    return {
+        "step": np.arange(1, steps + 1, dtype=np.int64),
+        "time": _future_times(t, steps),
+        "mean": mean,
+        "std_error": se,
+        "ci_low": ci[:, 0],
+        "ci_high": ci[:, 1],
+    }
 
 
 def _future_times(t: np.ndarray | None, steps: int) -> np.ndarray:

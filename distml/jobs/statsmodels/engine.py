@@ -30,10 +30,12 @@ EPS = np.finfo(float).eps
 LS_METHODS = ("ols", "wls")
 LS_COV = ("nonrobust", "HC0", "HC1", "HC2", "HC3", "cluster")
 GLM_FAMILIES = ("gaussian", "binomial", "poisson", "gamma")
-GLM_LINKS = {"gaussian": ("identity", "log", "inverse_power"),
-             "binomial": ("logit", "probit", "cloglog", "log"),
-             "poisson": ("log", "identity", "sqrt"),
-             "gamma": ("inverse_power", "log", "identity")}
+GLM_LINKS = {
+    "gaussian": ("identity", "log", "inverse_power"),
+    "binomial": ("logit", "probit", "cloglog", "log"),
+    "poisson": ("log", "identity", "sqrt"),
+    "gamma": ("inverse_power", "log", "identity"),
+}
 BUCKET_GROUPS = 256  # groups stacked into one padded 3-D array
 
 
@@ -80,9 +82,16 @@ class Fitted:
     stats: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def fit_groups(cfg: Any, X: np.ndarray, y: np.ndarray, bounds: np.ndarray, *,
-               weights: np.ndarray | None = None, offset: np.ndarray | None = None,
-               clusters: np.ndarray | None = None) -> Fitted:
+def fit_groups(
+    cfg: Any,
+    X: np.ndarray,
+    y: np.ndarray,
+    bounds: np.ndarray,
+    *,
+    weights: np.ndarray | None = None,
+    offset: np.ndarray | None = None,
+    clusters: np.ndarray | None = None,
+) -> Fitted:
     """Fit group ``i`` = rows ``bounds[i]:bounds[i+1]`` of ``X``/``y`` for every group at once.
 
     ``weights``: WLS weights or GLM ``var_weights``; ``offset``: GLM offset (log exposure
@@ -106,10 +115,11 @@ def fit_groups(cfg: Any, X: np.ndarray, y: np.ndarray, bounds: np.ndarray, *,
         bad = np.add.reduceat((w <= 0) | ~np.isfinite(w), bounds[:-1]) if len(w) else []
         for i in np.flatnonzero(np.asarray(bad) > 0):
             out.reason[i] = out.reason[i] or "non-positive or non-finite weights"
-    todo = np.array([i for i in np.argsort(sizes, kind="stable") if out.reason[i] is None],
-                    dtype=np.int64)
+    todo = np.array(
+        [i for i in np.argsort(sizes, kind="stable") if out.reason[i] is None], dtype=np.int64
+    )
     for start in range(0, len(todo), BUCKET_GROUPS):
-        idx = todo[start:start + BUCKET_GROUPS]
+        idx = todo[start : start + BUCKET_GROUPS]
         b = _Bucket(X, y, bounds, idx, w, offset, codes)
         if cfg.method == "glm":
             _fit_glm(cfg, b, out)
@@ -171,6 +181,7 @@ class _Bucket:
 
 # ------------------------------------------------------------------------ least squares core
 
+
 @dataclass
 class _LS:
     beta: np.ndarray  # (B, k)
@@ -218,7 +229,7 @@ def _k_constant(X: np.ndarray, ls: _LS) -> tuple[np.ndarray, np.ndarray]:
         ones = ls.sw  # the weighted ones vector
         proj = np.einsum("bnk,bk->bn", ls.Q, np.einsum("bnk,bn->bk", ls.Q, ones))
         resid = np.sqrt(((ones - proj) ** 2).sum(axis=1))
-        implicit = resid <= 1e-9 * np.sqrt((ones ** 2).sum(axis=1))
+        implicit = resid <= 1e-9 * np.sqrt((ones**2).sum(axis=1))
         kc = (has | implicit).astype(float)
     return kc, idx
 
@@ -248,7 +259,7 @@ def _fit_ls(cfg: Any, b: _Bucket, out: Fitted) -> None:
     n = b.n.astype(float)
     resid = (b.y - np.einsum("bnk,bk->bn", b.X, ls.beta)) * b.mask
     wresid = resid * ls.sw
-    ssr = (wresid ** 2).sum(axis=1)
+    ssr = (wresid**2).sum(axis=1)
     df_resid = n - k
     scale = ssr / df_resid
     kc, const_idx = _k_constant(b.X, ls)
@@ -264,17 +275,19 @@ def _fit_ls(cfg: Any, b: _Bucket, out: Fitted) -> None:
         B = len(b.idx)
         flat = np.where(b.codes >= 0, b.codes + C * np.arange(B)[:, None], B * C).ravel()
         xu = ls.Xw * wresid[:, :, None]
-        sums = np.stack([np.bincount(flat, weights=xu[:, :, j].ravel(), minlength=B * C + 1)
-                         for j in range(k)], axis=1)[:B * C].reshape(B, C, k)
+        sums = np.stack(
+            [np.bincount(flat, weights=xu[:, :, j].ravel(), minlength=B * C + 1) for j in range(k)],
+            axis=1,
+        )[: B * C].reshape(B, C, k)
         meat = np.einsum("bci,bcj->bij", sums, sums)
         n_cl = (b.codes.max(axis=1) + 1).astype(float)
         corr = n_cl / (n_cl - 1.0) * (n - 1.0) / (n - k)
         cov = corr[:, None, None] * H @ meat @ H
         df_inf = n_cl - 1.0
     else:
-        u = wresid ** 2
+        u = wresid**2
         if cov_type in ("HC2", "HC3"):
-            h = (ls.Q ** 2).sum(axis=2)
+            h = (ls.Q**2).sum(axis=2)
             u = u / (1 - h) ** (1 if cov_type == "HC2" else 2)
         meat = np.einsum("bni,bn,bnj->bij", ls.Xw, u, ls.Xw)
         cov = H @ meat @ H
@@ -289,7 +302,7 @@ def _fit_ls(cfg: Any, b: _Bucket, out: Fitted) -> None:
     wsum = b.w.sum(axis=1)
     ybar = (b.w * b.y).sum(axis=1) / wsum
     centered = (b.w * (b.y - ybar[:, None]) ** 2 * b.mask).sum(axis=1)
-    uncentered = (b.w * b.y ** 2).sum(axis=1)
+    uncentered = (b.w * b.y**2).sum(axis=1)
     tss = np.where(kc == 1, centered, uncentered)
     with np.errstate(divide="ignore", invalid="ignore"):
         r2 = 1 - ssr / tss
@@ -304,11 +317,20 @@ def _fit_ls(cfg: Any, b: _Bucket, out: Fitted) -> None:
             F, fp = _wald_f(ls.beta, cov, const_idx, kc, df_inf)
     F = np.where(df_model == 0, np.nan, F)
     fp = np.where(df_model == 0, np.nan, fp)
-    figures = {"nobs": n, "df_model": df_model, "df_resid": df_resid, "llf": llf,
-               "aic": -2 * llf + 2 * (df_model + kc),
-               "bic": -2 * llf + np.log(n) * (df_model + kc), "condition_number": ls.cond,
-               "r_squared": r2, "adj_r_squared": adj, "fvalue": F, "f_pvalue": fp,
-               "scale": scale}
+    figures = {
+        "nobs": n,
+        "df_model": df_model,
+        "df_resid": df_resid,
+        "llf": llf,
+        "aic": -2 * llf + 2 * (df_model + kc),
+        "bic": -2 * llf + np.log(n) * (df_model + kc),
+        "condition_number": ls.cond,
+        "r_squared": r2,
+        "adj_r_squared": adj,
+        "fvalue": F,
+        "f_pvalue": fp,
+        "scale": scale,
+    }
     for name, v in figures.items():
         out.stats[name][gids] = v[ok]
 
@@ -335,8 +357,10 @@ def _wald_f(beta, cov, const_idx, kc, df_denom):
 
 # ------------------------------------------------------------------------ GLM by IRLS
 
+
 def _family(cfg: Any):
     from distml.jobs.statsmodels.fit import glm_family
+
     return glm_family(cfg)
 
 
@@ -361,9 +385,16 @@ def _irls(fam, fixed: bool, X, y, vw, off, mask, n, mu, lin, maxiter: int) -> _I
     df_resid = n.astype(float) - k
     scale = _scale(fixed, fam, y, mu, vw, df_resid)
     crit = _deviance(fam, y, mu, vw) / scale
-    r = _IRLS(np.zeros((B, k)), mu, np.zeros((B, k, k)), np.full(B, np.nan),
-              np.ones(B, dtype=bool), np.zeros(B, dtype=bool), np.zeros(B, dtype=bool),
-              np.zeros(B))
+    r = _IRLS(
+        np.zeros((B, k)),
+        mu,
+        np.zeros((B, k, k)),
+        np.full(B, np.nan),
+        np.ones(B, dtype=bool),
+        np.zeros(B, dtype=bool),
+        np.zeros(B, dtype=bool),
+        np.zeros(B),
+    )
     active = np.arange(B)
     for it in range(maxiter):
         if not len(active):
@@ -409,13 +440,24 @@ def _fit_glm(cfg: Any, b: _Bucket, out: Fitted) -> None:
     ok = r.full & r.converged & ~r.separated
     gids = b.idx[ok]
     use_t = bool(cfg.use_t) if cfg.use_t is not None else False
-    _write(out, gids, r.beta[ok], (scale[:, None, None] * r.norm_cov)[ok], df_resid[ok], use_t,
-           cfg.alpha)
+    _write(
+        out,
+        gids,
+        r.beta[ok],
+        (scale[:, None, None] * r.norm_cov)[ok],
+        df_resid[ok],
+        use_t,
+        cfg.alpha,
+    )
     for j, g in enumerate(b.idx):
         if not ok[j]:
-            out.reason[g] = ("rank-deficient design" if not r.full[j] else
-                             "perfect separation" if r.separated[j] else
-                             "IRLS did not converge")
+            out.reason[g] = (
+                "rank-deficient design"
+                if not r.full[j]
+                else "perfect separation"
+                if r.separated[j]
+                else "IRLS did not converge"
+            )
     llf_scale = scale
     if fam_name == "gaussian" and (cfg.link or "identity") == "identity":
         llf_scale = (np.where(mask, (y - mu) ** 2, 0) * vw).sum(axis=1) / n  # concentrated
@@ -424,11 +466,20 @@ def _fit_glm(cfg: Any, b: _Bucket, out: Fitted) -> None:
     df_model = np.full(B, k - 1.0)
     with np.errstate(over="ignore", invalid="ignore"):
         prsq = 1 - np.exp((llnull - llf) * (2 / n))
-    figures = {"nobs": n, "df_model": df_model, "df_resid": df_resid, "llf": llf,
-               "aic": -2 * llf + 2 * (df_model + 1), "bic": -2 * llf + np.log(n) * (df_model + 1),
-               "condition_number": cond, "deviance": _deviance(fam, y, mu, vw),
-               "pearson_chi2": pearson, "scale": scale, "pseudo_r_squared": prsq,
-               "iterations": r.iterations}
+    figures = {
+        "nobs": n,
+        "df_model": df_model,
+        "df_resid": df_resid,
+        "llf": llf,
+        "aic": -2 * llf + 2 * (df_model + 1),
+        "bic": -2 * llf + np.log(n) * (df_model + 1),
+        "condition_number": cond,
+        "deviance": _deviance(fam, y, mu, vw),
+        "pearson_chi2": pearson,
+        "scale": scale,
+        "pseudo_r_squared": prsq,
+        "iterations": r.iterations,
+    }
     for name, v in figures.items():
         out.stats[name][gids] = v[ok]
 
@@ -467,6 +518,7 @@ def _null_mu(fam, fixed: bool, b: _Bucket, off) -> np.ndarray:
 
 # ------------------------------------------------------------------ one statsmodels model
 
+
 def fit_least_squares(model: Any, **fit_kw: Any) -> Any:
     """``model.fit(**fit_kw)`` for a statsmodels OLS/WLS model, with the estimates and
     (XᵀWX)⁻¹ from the QR of the column-scaled whitened design instead of statsmodels' pinv.
@@ -477,8 +529,12 @@ def fit_least_squares(model: Any, **fit_kw: Any) -> Any:
     that is full-rank on scaled columns; a rank-deficient one goes to statsmodels unchanged
     (its rank check then reports it).
     """
-    from statsmodels.regression.linear_model import (OLS, OLSResults, RegressionResults,
-                                                     RegressionResultsWrapper)
+    from statsmodels.regression.linear_model import (
+        OLS,
+        OLSResults,
+        RegressionResults,
+        RegressionResultsWrapper,
+    )
 
     X = np.asarray(model.wexog, dtype=float)
     y = np.asarray(model.wendog, dtype=float)
@@ -498,7 +554,12 @@ def fit_least_squares(model: Any, **fit_kw: Any) -> Any:
     if model._df_resid is None:
         model.df_resid = n - k
     cls = OLSResults if isinstance(model, OLS) else RegressionResults
-    res = cls(model, ls.beta[0], normalized_cov_params=norm_cov,
-              cov_type=fit_kw.get("cov_type", "nonrobust"), cov_kwds=fit_kw.get("cov_kwds"),
-              use_t=fit_kw.get("use_t"))
+    res = cls(
+        model,
+        ls.beta[0],
+        normalized_cov_params=norm_cov,
+        cov_type=fit_kw.get("cov_type", "nonrobust"),
+        cov_kwds=fit_kw.get("cov_kwds"),
+        use_t=fit_kw.get("use_t"),
+    )
     return RegressionResultsWrapper(res)

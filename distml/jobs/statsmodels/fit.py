@@ -10,7 +10,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from distml.jobs.statsmodels.formula import FormulaInfo, analyze_formula, counts_formula, formula_namespace
+from distml.jobs.statsmodels.formula import (
+    FormulaInfo,
+    analyze_formula,
+    counts_formula,
+    formula_namespace,
+)
 
 #: statsmodels methods by family (the kind's spec checks use them too)
 
@@ -19,17 +24,42 @@ TIME_SERIES = ("arima", "sarimax")
 DISCRETE = ("logit", "probit", "poisson", "negativebinomial")
 
 #: Rough cost of one fit with its inference, in ms (this machine), used to size batches.
-COST_MS = {"ols": 0.35, "wls": 0.4, "quantreg": 3.0, "glm": 3.0, "logit": 3.0, "probit": 3.0,
-           "poisson": 3.0, "negativebinomial": 15.0, "arima": 40.0, "sarimax": 120.0}
+COST_MS = {
+    "ols": 0.35,
+    "wls": 0.4,
+    "quantreg": 3.0,
+    "glm": 3.0,
+    "logit": 3.0,
+    "probit": 3.0,
+    "poisson": 3.0,
+    "negativebinomial": 15.0,
+    "arima": 40.0,
+    "sarimax": 120.0,
+}
 TASK_MIN_MS = 200.0  # a task should carry at least this much fitting (overhead ~2 ms + setup)
 MAX_TASKS_PER_CPU = 4  # beyond this, more tasks only add overhead (tasks are cost-balanced)
-LINK_CLASSES = {"identity": "Identity", "log": "Log", "logit": "Logit", "probit": "Probit",
-                "cauchy": "Cauchy", "cloglog": "CLogLog", "loglog": "LogLog", "logc": "LogC",
-                "inverse_power": "InversePower", "inverse_squared": "InverseSquared",
-                "sqrt": "Sqrt"}
-FAMILY_CLASSES = {"gaussian": "Gaussian", "binomial": "Binomial", "poisson": "Poisson",
-                  "gamma": "Gamma", "negativebinomial": "NegativeBinomial",
-                  "tweedie": "Tweedie", "inverse_gaussian": "InverseGaussian"}
+LINK_CLASSES = {
+    "identity": "Identity",
+    "log": "Log",
+    "logit": "Logit",
+    "probit": "Probit",
+    "cauchy": "Cauchy",
+    "cloglog": "CLogLog",
+    "loglog": "LogLog",
+    "logc": "LogC",
+    "inverse_power": "InversePower",
+    "inverse_squared": "InverseSquared",
+    "sqrt": "Sqrt",
+}
+FAMILY_CLASSES = {
+    "gaussian": "Gaussian",
+    "binomial": "Binomial",
+    "poisson": "Poisson",
+    "gamma": "Gamma",
+    "negativebinomial": "NegativeBinomial",
+    "tweedie": "Tweedie",
+    "inverse_gaussian": "InverseGaussian",
+}
 BASE_STATS = ["nobs", "r_squared", "adj_r_squared", "aic", "bic", "llf", "converged", "error"]
 EXTRA_STATS = {
     "ols": ["df_model", "df_resid", "fvalue", "f_pvalue"],
@@ -38,8 +68,10 @@ EXTRA_STATS = {
     "quantreg": ["df_model", "df_resid", "pseudo_r_squared"],
     "arima": ["hqic", "ljung_box_stat", "ljung_box_pvalue", "ljung_box_lags"],
     "sarimax": ["hqic", "ljung_box_stat", "ljung_box_pvalue", "ljung_box_lags"],
-    **{m: ["df_model", "df_resid", "pseudo_r_squared", "llnull", "llr_pvalue", "max_abs_score"]
-       for m in DISCRETE},
+    **{
+        m: ["df_model", "df_resid", "pseudo_r_squared", "llnull", "llr_pvalue", "max_abs_score"]
+        for m in DISCRETE
+    },
 }
 TAIL_STATS = ["n_rows", "n_missing", "warnings", "engine", "condition_number"]
 REGRESSION_DF = ("ols", "wls", "glm", "quantreg") + DISCRETE
@@ -88,18 +120,38 @@ class FitConfig:
         m, d = spec.model, spec.data
         formula = counts_formula(m)
         return cls(
-            method=m.method, formula=formula,
+            method=m.method,
+            formula=formula,
             finfo=analyze_formula(formula) if formula else None,
             endog=m.endog or d.target if m.formula is None else None,
             exog=tuple(m.exog or d.features or []) if m.formula is None else (),
-            add_constant=m.add_constant, group_by=tuple(spec.group_by), family=m.family,
-            link=m.link, var_power=m.var_power, family_alpha=m.family_alpha, weights=m.weights,
-            offset=m.offset, exposure=m.exposure, cov_groups=m.cov_groups, time=m.time, q=m.q,
-            order=tuple(m.order), seasonal_order=tuple(m.seasonal_order) if m.seasonal_order
-            else None, trend=m.trend, forecast_steps=m.forecast_steps, cov_type=m.cov_type,
-            maxlags=m.maxlags, use_t=m.use_t, alpha=m.alpha, missing=m.missing,
-            maxiter=m.maxiter, min_rows=m.min_rows, split=d.split_spec,
-            groups_per_task=m.groups_per_task, solver=m.solver)
+            add_constant=m.add_constant,
+            group_by=tuple(spec.group_by),
+            family=m.family,
+            link=m.link,
+            var_power=m.var_power,
+            family_alpha=m.family_alpha,
+            weights=m.weights,
+            offset=m.offset,
+            exposure=m.exposure,
+            cov_groups=m.cov_groups,
+            time=m.time,
+            q=m.q,
+            order=tuple(m.order),
+            seasonal_order=tuple(m.seasonal_order) if m.seasonal_order else None,
+            trend=m.trend,
+            forecast_steps=m.forecast_steps,
+            cov_type=m.cov_type,
+            maxlags=m.maxlags,
+            use_t=m.use_t,
+            alpha=m.alpha,
+            missing=m.missing,
+            maxiter=m.maxiter,
+            min_rows=m.min_rows,
+            split=d.split_spec,
+            groups_per_task=m.groups_per_task,
+            solver=m.solver,
+        )
 
     @property
     def ts(self) -> bool:
@@ -107,8 +159,9 @@ class FitConfig:
 
     @property
     def classification(self) -> bool:
-        return self.method in ("logit", "probit") or (self.method == "glm"
-                                                       and self.family == "binomial")
+        return self.method in ("logit", "probit") or (
+            self.method == "glm" and self.family == "binomial"
+        )
 
     @property
     def extras(self) -> list[str]:
@@ -124,8 +177,9 @@ class FitConfig:
     def stat_columns(self) -> list[str]:
         cols = BASE_STATS + EXTRA_STATS[self.method] + TAIL_STATS
         if self.split is not None:
-            metrics = ["accuracy", "logloss", "roc_auc"] if self.classification else \
-                ["rmse", "mae", "r2"]
+            metrics = (
+                ["accuracy", "logloss", "roc_auc"] if self.classification else ["rmse", "mae", "r2"]
+            )
             for s in ("valid", "test"):
                 if getattr(self.split, s) > 0:
                     cols += [f"{s}_n"] + [f"{s}_{k}" for k in metrics]
@@ -133,6 +187,7 @@ class FitConfig:
 
 
 # ------------------------------------------------------------------------ statsmodels calls
+
 
 def formula_env() -> dict:
     """Where formulas are evaluated: numpy, the allowed functions, no Python builtins."""
@@ -150,9 +205,16 @@ def model_class(method: str):
         return SARIMAX
     import statsmodels.api as sm
 
-    return {"ols": sm.OLS, "wls": sm.WLS, "glm": sm.GLM, "logit": sm.Logit, "probit": sm.Probit,
-            "poisson": sm.Poisson, "negativebinomial": sm.NegativeBinomial,
-            "quantreg": sm.QuantReg}[method]
+    return {
+        "ols": sm.OLS,
+        "wls": sm.WLS,
+        "glm": sm.GLM,
+        "logit": sm.Logit,
+        "probit": sm.Probit,
+        "poisson": sm.Poisson,
+        "negativebinomial": sm.NegativeBinomial,
+        "quantreg": sm.QuantReg,
+    }[method]
 
 
 def glm_family(cfg: FitConfig):
@@ -272,30 +334,49 @@ def _f(v: Any) -> float:
 def _stats(res, cfg: FitConfig) -> dict[str, Any]:
     """model_stats figures read off a statsmodels results object."""
     m = cfg.method
-    out: dict[str, Any] = {"nobs": _f(res.nobs), "llf": _f(res.llf), "aic": _f(res.aic),
-                           "bic": _f(res.bic)}
+    out: dict[str, Any] = {
+        "nobs": _f(res.nobs),
+        "llf": _f(res.llf),
+        "aic": _f(res.aic),
+        "bic": _f(res.bic),
+    }
     if m in REGRESSION_DF:
         out["condition_number"] = _condition_number(res)
     if m in ("ols", "wls"):
-        out.update(r_squared=_f(res.rsquared), adj_r_squared=_f(res.rsquared_adj),
-                   fvalue=_f(res.fvalue), f_pvalue=_f(res.f_pvalue))
+        out.update(
+            r_squared=_f(res.rsquared),
+            adj_r_squared=_f(res.rsquared_adj),
+            fvalue=_f(res.fvalue),
+            f_pvalue=_f(res.f_pvalue),
+        )
     if m in REGRESSION_DF:
         out.update(df_model=_f(res.df_model), df_resid=_f(res.df_resid))
     if m == "glm":
-        out.update(deviance=_f(res.deviance), pearson_chi2=_f(res.pearson_chi2),
-                   scale=_f(res.scale), pseudo_r_squared=_f(res.pseudo_rsquared()))
+        out.update(
+            deviance=_f(res.deviance),
+            pearson_chi2=_f(res.pearson_chi2),
+            scale=_f(res.scale),
+            pseudo_r_squared=_f(res.pseudo_rsquared()),
+        )
     elif m in DISCRETE:
-        out.update(pseudo_r_squared=_f(res.prsquared), llnull=_f(res.llnull),
-                   llr_pvalue=_f(res.llr_pvalue), max_abs_score=_max_abs_score(res))
+        out.update(
+            pseudo_r_squared=_f(res.prsquared),
+            llnull=_f(res.llnull),
+            llr_pvalue=_f(res.llr_pvalue),
+            max_abs_score=_max_abs_score(res),
+        )
     elif m == "quantreg":
         out.update(pseudo_r_squared=_f(res.prsquared))
     elif cfg.ts:
         lags = max(1, min(10, int(res.nobs) // 5))
         lb = np.asarray(res.test_serial_correlation("ljungbox", lags=lags))
-        out.update(hqic=_f(res.hqic), ljung_box_stat=_f(lb[0, 0, -1]),
-                   ljung_box_pvalue=_f(lb[0, 1, -1]), ljung_box_lags=lags)
+        out.update(
+            hqic=_f(res.hqic),
+            ljung_box_stat=_f(lb[0, 0, -1]),
+            ljung_box_pvalue=_f(lb[0, 1, -1]),
+            ljung_box_lags=lags,
+        )
     return out
-
 
 
 def _condition_number(res) -> float:
@@ -322,13 +403,17 @@ def _coef(res, cfg: FitConfig, names: list[str] | None) -> dict[str, np.ndarray]
         terms = list(res.param_names)
     else:
         model_names = list(res.model.exog_names or [])
-        terms = (list(names) + model_names[len(names):]) if names is not None else model_names
+        terms = (list(names) + model_names[len(names) :]) if names is not None else model_names
     ci = np.asarray(res.conf_int(alpha=cfg.alpha), dtype=float).reshape(len(params), 2)
-    return {"term": np.asarray(terms[:len(params)], dtype=object),
-            "estimate": params, "std_error": np.asarray(res.bse, dtype=float),
-            "statistic": np.asarray(res.tvalues, dtype=float),
-            "p_value": np.asarray(res.pvalues, dtype=float),
-            "ci_low": ci[:, 0], "ci_high": ci[:, 1]}
+    return {
+        "term": np.asarray(terms[: len(params)], dtype=object),
+        "estimate": params,
+        "std_error": np.asarray(res.bse, dtype=float),
+        "statistic": np.asarray(res.tvalues, dtype=float),
+        "p_value": np.asarray(res.pvalues, dtype=float),
+        "ci_low": ci[:, 0],
+        "ci_high": ci[:, 1],
+    }
 
 
 def warning_text(caught: list) -> tuple[str | None, bool]:
@@ -337,8 +422,9 @@ def warning_text(caught: list) -> tuple[str | None, bool]:
 
     if not caught:
         return None, False
-    texts = list(dict.fromkeys(f"{w.category.__name__}: {' '.join(str(w.message).split())}"
-                               for w in caught))
+    texts = list(
+        dict.fromkeys(f"{w.category.__name__}: {' '.join(str(w.message).split())}" for w in caught)
+    )
     bad = any(issubclass(w.category, ConvergenceWarning) for w in caught)
     return "; ".join(texts)[:1000], bad
 
@@ -348,6 +434,7 @@ class GroupFailed(Exception):
 
 
 # ------------------------------------------------------------------------ one group
+
 
 @dataclass
 class GroupData:
@@ -365,11 +452,15 @@ def _take(g: GroupData, rows: np.ndarray) -> GroupData:
     def sub(v):
         if v is None:
             return None
-        return v.iloc[rows] if isinstance(v, (pd.DataFrame, pd.Series)) else \
-            (np.asfortranarray(v[rows]) if getattr(v, "ndim", 1) == 2 else v[rows])
+        return (
+            v.iloc[rows]
+            if isinstance(v, (pd.DataFrame, pd.Series))
+            else (np.asfortranarray(v[rows]) if getattr(v, "ndim", 1) == 2 else v[rows])
+        )
 
-    return GroupData(sub(g.y), sub(g.X), g.names, {k: v[rows] for k, v in g.extra.items()},
-                     sub(g.frame), None)
+    return GroupData(
+        sub(g.y), sub(g.X), g.names, {k: v[rows] for k, v in g.extra.items()}, sub(g.frame), None
+    )
 
 
 def fit_group(cfg: FitConfig, g: GroupData) -> Any:
@@ -377,8 +468,9 @@ def fit_group(cfg: FitConfig, g: GroupData) -> Any:
     cls = model_class(cfg.method)
     kw = model_kwargs(cfg, g.extra)
     if g.frame is not None:
-        model = cls.from_formula(cfg.formula, data=g.frame, eval_env=formula_env(), missing="drop",
-                                 **kw)
+        model = cls.from_formula(
+            cfg.formula, data=g.frame, eval_env=formula_env(), missing="drop", **kw
+        )
     elif cfg.ts:
         model = cls(g.y, exog=g.X, **kw)
     else:
@@ -399,12 +491,15 @@ def check_fit(res, cfg: FitConfig) -> None:
         raise GroupFailed(f"too few rows: {int(res.nobs)} rows for {k} parameters")
     rank = _rank(res, cfg)
     if rank is not None and rank < k:
-        raise GroupFailed(f"singular design: rank {rank} < {k} columns (collinear regressors, "
-                          "or a regressor constant within the group)")
+        raise GroupFailed(
+            f"singular design: rank {rank} < {k} columns (collinear regressors, "
+            "or a regressor constant within the group)"
+        )
 
 
-def holdout_metrics(cfg: FitConfig, res, g: GroupData, split: str) -> tuple[dict, np.ndarray,
-                                                                            np.ndarray]:
+def holdout_metrics(
+    cfg: FitConfig, res, g: GroupData, split: str
+) -> tuple[dict, np.ndarray, np.ndarray]:
     """Out-of-sample figures of one fitted group on its held-out rows."""
     from distml.runtime import metrics as M
 
@@ -417,8 +512,9 @@ def holdout_metrics(cfg: FitConfig, res, g: GroupData, split: str) -> tuple[dict
         y = np.asarray(g.y, dtype=float)
     if cfg.classification:
         labels = (pred >= 0.5).astype(np.int64)
-        figures = M.classification_metrics(y.astype(np.int64), labels,
-                                           np.column_stack([1 - pred, pred]), 2)
+        figures = M.classification_metrics(
+            y.astype(np.int64), labels, np.column_stack([1 - pred, pred]), 2
+        )
         figures = {k: figures.get(k) for k in ("accuracy", "logloss", "roc_auc")}
     else:
         figures = M.regression_metrics(y, pred)
@@ -429,13 +525,15 @@ def _formula_endog(cfg: FitConfig, frame: pd.DataFrame) -> np.ndarray:
     from statsmodels.formula._manager import FormulaManager
 
     mgr = FormulaManager()
-    y, _ = mgr.get_matrices(cfg.formula, frame, eval_env=formula_env(), pandas=True,
-                            na_action=mgr.get_na_action("drop"))
+    y, _ = mgr.get_matrices(
+        cfg.formula, frame, eval_env=formula_env(), pandas=True, na_action=mgr.get_na_action("drop")
+    )
     return np.asarray(y, dtype=float)[:, 0]
 
 
-def run_group(cfg: FitConfig, g: GroupData,
-              holdout: list | None = None) -> tuple[dict | None, dict, Any]:
+def run_group(
+    cfg: FitConfig, g: GroupData, holdout: list | None = None
+) -> tuple[dict | None, dict, Any]:
     """Fit one group with its warnings recorded; returns (coef columns, stats, results).
 
     Never raises: a failure is reported as ``stats["error"]`` with ``converged`` false.
@@ -469,8 +567,12 @@ def run_group(cfg: FitConfig, g: GroupData,
         except Exception as e:  # one group's failure never stops the others
             coef, res = None, None
             msg = " ".join(str(e).split()) or type(e).__name__
-            stats.update(converged=False, error=msg[:500] if isinstance(e, GroupFailed)
-                         else f"{type(e).__name__}: {msg[:480]}")
+            stats.update(
+                converged=False,
+                error=msg[:500]
+                if isinstance(e, GroupFailed)
+                else f"{type(e).__name__}: {msg[:480]}",
+            )
         text, not_converged = warning_text(caught)
     stats["warnings"] = text
     if not_converged and coef is not None:

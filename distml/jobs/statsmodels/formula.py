@@ -18,24 +18,85 @@ from distml.errors import SpecError
 
 #: Functions a formula may call. patsy provides C, I, Q, the contrasts and the stateful
 #: transforms; ``np.<name>`` may use the numpy functions listed here.
-PATSY_FUNCS = {"C", "I", "Q", "Treatment", "Sum", "Diff", "Helmert", "Poly", "center",
-               "standardize", "scale", "bs", "cr", "cc", "te"}
+PATSY_FUNCS = {
+    "C",
+    "I",
+    "Q",
+    "Treatment",
+    "Sum",
+    "Diff",
+    "Helmert",
+    "Poly",
+    "center",
+    "standardize",
+    "scale",
+    "bs",
+    "cr",
+    "cc",
+    "te",
+}
 STATEFUL_FUNCS = {"center", "standardize", "scale", "bs", "cr", "cc", "te"}
-NUMPY_FUNCS = {"log", "log1p", "log2", "log10", "exp", "expm1", "sqrt", "square", "abs",
-               "absolute", "sin", "cos", "tan", "arcsin", "arccos", "arctan", "sinh", "cosh",
-               "tanh", "power", "floor", "ceil", "sign", "maximum", "minimum", "clip", "where"}
+NUMPY_FUNCS = {
+    "log",
+    "log1p",
+    "log2",
+    "log10",
+    "exp",
+    "expm1",
+    "sqrt",
+    "square",
+    "abs",
+    "absolute",
+    "sin",
+    "cos",
+    "tan",
+    "arcsin",
+    "arccos",
+    "arctan",
+    "sinh",
+    "cosh",
+    "tanh",
+    "power",
+    "floor",
+    "ceil",
+    "sign",
+    "maximum",
+    "minimum",
+    "clip",
+    "where",
+}
 #: np.<f> keywords a formula may pass (``np.clip``'s bounds); ``out=``, ``dtype=``... are refused:
 #: ``out=`` writes into a data column, ``dtype=object`` turns numbers into unbounded Python ints.
 NUMPY_KEYWORDS = {"a_min", "a_max", "min", "max"}
 #: positional arguments each np.<f> takes at most (one more would be the ufunc's ``out``).
-NUMPY_ARITY = {**{f: 1 for f in NUMPY_FUNCS}, "power": 2, "maximum": 2, "minimum": 2, "clip": 3,
-               "where": 3}
+NUMPY_ARITY = {
+    **{f: 1 for f in NUMPY_FUNCS},
+    "power": 2,
+    "maximum": 2,
+    "minimum": 2,
+    "clip": 3,
+    "where": 3,
+}
 #: largest |exponent| of ``**`` / ``np.power``: a literal, so ``9**9**9**9`` cannot run for ever.
 MAX_EXPONENT = 100
 _INT64 = 2**63
-_OPS = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Compare, ast.BoolOp, ast.Constant,
-        ast.keyword, ast.Load, ast.operator, ast.unaryop, ast.cmpop, ast.boolop, ast.IfExp,
-        ast.List, ast.Tuple)
+_OPS = (
+    ast.Expression,
+    ast.BinOp,
+    ast.UnaryOp,
+    ast.Compare,
+    ast.BoolOp,
+    ast.Constant,
+    ast.keyword,
+    ast.Load,
+    ast.operator,
+    ast.unaryop,
+    ast.cmpop,
+    ast.boolop,
+    ast.IfExp,
+    ast.List,
+    ast.Tuple,
+)
 
 
 def counts_formula(m) -> str | None:
@@ -50,6 +111,7 @@ def counts_formula(m) -> str | None:
 
 
 # ---------------------------------------------------------------------- formulas
+
 
 @dataclass
 class FormulaInfo:
@@ -85,9 +147,11 @@ def analyze_formula(formula: str) -> FormulaInfo:
         raise ValueError(f"model.formula cannot be parsed: {text}; got {formula!r}") from None
     lhs = desc.lhs_termlist
     if len(lhs) not in (1, 2) or any(len(t.factors) != 1 for t in lhs):
-        raise ValueError("model.formula must have exactly one response on the left of '~' "
-                         "(e.g. 'y ~ x'), or successes + failures for a binomial glm (e.g. "
-                         f"'NSUCC + NFAIL ~ x'); got {formula!r}")
+        raise ValueError(
+            "model.formula must have exactly one response on the left of '~' "
+            "(e.g. 'y ~ x'), or successes + failures for a binomial glm (e.g. "
+            f"'NSUCC + NFAIL ~ x'); got {formula!r}"
+        )
     info = FormulaInfo([], [], True, counts=len(lhs) == 2)
     for side, terms in (("lhs", desc.lhs_termlist), ("rhs", desc.rhs_termlist)):
         for term in terms:
@@ -112,8 +176,9 @@ def _check_factor(code: str, formula: str) -> tuple[list[str], bool, str | None]
     try:
         tree = ast.parse(code, mode="eval")
     except (SyntaxError, ValueError, RecursionError, MemoryError):
-        raise ValueError(f"model.formula term {code!r} is not a valid expression; got "
-                         f"{formula!r}") from None
+        raise ValueError(
+            f"model.formula term {code!r} is not a valid expression; got {formula!r}"
+        ) from None
     cols: list[str] = []
     rowwise = True
     funcs: set[int] = set()
@@ -121,10 +186,12 @@ def _check_factor(code: str, formula: str) -> tuple[list[str], bool, str | None]
         if isinstance(node, ast.Call):
             name = _call_name(node.func)
             if name is None:
-                raise ValueError(f"model.formula term {code!r} calls something that is not an "
-                                 f"allowed function; allowed: {', '.join(sorted(PATSY_FUNCS))} "
-                                 "and numpy functions such as np.log, np.exp, np.sqrt (the list "
-                                 "is in docs/statsmodels.md)")
+                raise ValueError(
+                    f"model.formula term {code!r} calls something that is not an "
+                    f"allowed function; allowed: {', '.join(sorted(PATSY_FUNCS))} "
+                    "and numpy functions such as np.log, np.exp, np.sqrt (the list "
+                    "is in docs/statsmodels.md)"
+                )
             funcs.add(id(node.func))
             if isinstance(node.func, ast.Attribute):
                 funcs.add(id(node.func.value))
@@ -134,13 +201,18 @@ def _check_factor(code: str, formula: str) -> tuple[list[str], bool, str | None]
             if name == "C" and (len(node.args) != 1 or node.keywords):
                 rowwise = False  # explicit contrasts/levels: fit each group from its formula
             if name == "Q":
-                if len(node.args) != 1 or not isinstance(node.args[0], ast.Constant) \
-                        or not isinstance(node.args[0].value, str):
-                    raise ValueError(f"model.formula term {code!r}: Q() takes one quoted "
-                                     "column name")
+                if (
+                    len(node.args) != 1
+                    or not isinstance(node.args[0], ast.Constant)
+                    or not isinstance(node.args[0].value, str)
+                ):
+                    raise ValueError(
+                        f"model.formula term {code!r}: Q() takes one quoted column name"
+                    )
                 if node.args[0].value.startswith("__"):
-                    raise ValueError(f"model.formula term {code!r} may not use "
-                                     f"{node.args[0].value!r}")
+                    raise ValueError(
+                        f"model.formula term {code!r} may not use {node.args[0].value!r}"
+                    )
                 cols.append(node.args[0].value)
             if any(isinstance(a, ast.Starred) for a in node.args):
                 raise ValueError(f"model.formula term {code!r} may not use *args")
@@ -151,31 +223,47 @@ def _check_factor(code: str, formula: str) -> tuple[list[str], bool, str | None]
                 cols.append(node.id)
         elif isinstance(node, ast.Attribute):
             if id(node) not in funcs:
-                raise ValueError(f"model.formula term {code!r} may not access attributes "
-                                 f"(.{node.attr}); only np.<function>(...) calls are allowed")
+                raise ValueError(
+                    f"model.formula term {code!r} may not access attributes "
+                    f"(.{node.attr}); only np.<function>(...) calls are allowed"
+                )
         elif isinstance(node, ast.BinOp):
             if isinstance(node.op, ast.Pow):
                 _check_power(node.left, node.right, node, code)
             for side in (node.left, node.right):
                 if isinstance(side, (ast.List, ast.Tuple)) or (
-                        isinstance(side, ast.Constant) and isinstance(side.value, (str, bytes))):
-                    raise ValueError(f"model.formula term {code!r}: {_piece(node)!r} computes "
-                                     "with text or a list; arithmetic takes columns and numbers")
+                    isinstance(side, ast.Constant) and isinstance(side.value, (str, bytes))
+                ):
+                    raise ValueError(
+                        f"model.formula term {code!r}: {_piece(node)!r} computes "
+                        "with text or a list; arithmetic takes columns and numbers"
+                    )
         elif isinstance(node, ast.Constant):
             if isinstance(node.value, int) and abs(node.value) >= _INT64:
-                raise ValueError(f"model.formula term {code!r}: the number {_piece(node)!r} "
-                                 "does not fit in 64 bits")
+                raise ValueError(
+                    f"model.formula term {code!r}: the number {_piece(node)!r} "
+                    "does not fit in 64 bits"
+                )
         elif not isinstance(node, _OPS + (ast.Call,)):
-            raise ValueError(f"model.formula term {code!r} uses {type(node).__name__}, which "
-                             "a formula may not contain; use columns, numbers, operators and "
-                             "the allowed functions")
+            raise ValueError(
+                f"model.formula term {code!r} uses {type(node).__name__}, which "
+                "a formula may not contain; use columns, numbers, operators and "
+                "the allowed functions"
+            )
     _check_arithmetic(tree, funcs, code)
     cat = None
     body = tree.body
-    if isinstance(body, ast.Call) and _call_name(body.func) == "C" and len(body.args) == 1 \
-            and not body.keywords and len(cols) == 1 and \
-            (isinstance(body.args[0], ast.Name) or _call_name(getattr(body.args[0], "func",
-                                                                      None)) == "Q"):
+    if (
+        isinstance(body, ast.Call)
+        and _call_name(body.func) == "C"
+        and len(body.args) == 1
+        and not body.keywords
+        and len(cols) == 1
+        and (
+            isinstance(body.args[0], ast.Name)
+            or _call_name(getattr(body.args[0], "func", None)) == "Q"
+        )
+    ):
         cat = cols[0]
     return cols, rowwise, cat
 
@@ -187,8 +275,9 @@ def _piece(node: ast.AST, limit: int = 80) -> str:
 
 
 def _is_power(node: ast.AST) -> bool:
-    return (isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow)) or \
-        (isinstance(node, ast.Call) and _call_name(node.func) == "np.power")
+    return (isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow)) or (
+        isinstance(node, ast.Call) and _call_name(node.func) == "np.power"
+    )
 
 
 def _check_power(base: ast.AST, exponent: ast.AST | None, node: ast.AST, code: str) -> None:
@@ -197,14 +286,22 @@ def _check_power(base: ast.AST, exponent: ast.AST | None, node: ast.AST, code: s
     e = exponent
     if isinstance(e, ast.UnaryOp) and isinstance(e.op, (ast.USub, ast.UAdd)):
         e = e.operand
-    if not (isinstance(e, ast.Constant) and isinstance(e.value, (int, float))
-            and not isinstance(e.value, bool) and abs(e.value) <= MAX_EXPONENT):
-        raise ValueError(f"model.formula term {code!r}: the exponent of {_piece(node)!r} must "
-                         f"be a number between -{MAX_EXPONENT} and {MAX_EXPONENT} (a computed "
-                         "exponent, such as a tower 9**9**9, can run for ever)")
+    if not (
+        isinstance(e, ast.Constant)
+        and isinstance(e.value, (int, float))
+        and not isinstance(e.value, bool)
+        and abs(e.value) <= MAX_EXPONENT
+    ):
+        raise ValueError(
+            f"model.formula term {code!r}: the exponent of {_piece(node)!r} must "
+            f"be a number between -{MAX_EXPONENT} and {MAX_EXPONENT} (a computed "
+            "exponent, such as a tower 9**9**9, can run for ever)"
+        )
     if any(_is_power(n) for n in ast.walk(base)):
-        raise ValueError(f"model.formula term {code!r}: {_piece(node)!r} is a power of a power, "
-                         "which a formula may not contain; write a single power")
+        raise ValueError(
+            f"model.formula term {code!r}: {_piece(node)!r} is a power of a power, "
+            "which a formula may not contain; write a single power"
+        )
 
 
 def _check_numpy_call(node: ast.Call, name: str, code: str) -> None:
@@ -214,15 +311,23 @@ def _check_numpy_call(node: ast.Call, name: str, code: str) -> None:
     for kw in node.keywords:
         if kw.arg not in NUMPY_KEYWORDS:
             shown = "**" if kw.arg is None else f"{kw.arg}="
-            raise ValueError(f"model.formula term {code!r}: {name}() may not take {shown} "
-                             f"({_piece(node)!r}); pass the inputs positionally")
+            raise ValueError(
+                f"model.formula term {code!r}: {name}() may not take {shown} "
+                f"({_piece(node)!r}); pass the inputs positionally"
+            )
     if len(node.args) > NUMPY_ARITY[f]:
-        raise ValueError(f"model.formula term {code!r}: {name}() takes at most "
-                         f"{NUMPY_ARITY[f]} argument(s) ({_piece(node)!r}); a further one would "
-                         "be its out= array")
+        raise ValueError(
+            f"model.formula term {code!r}: {name}() takes at most "
+            f"{NUMPY_ARITY[f]} argument(s) ({_piece(node)!r}); a further one would "
+            "be its out= array"
+        )
     if f == "power":
-        _check_power(node.args[0] if node.args else node,
-                     node.args[1] if len(node.args) > 1 else None, node, code)
+        _check_power(
+            node.args[0] if node.args else node,
+            node.args[1] if len(node.args) > 1 else None,
+            node,
+            code,
+        )
 
 
 def _check_arithmetic(tree: ast.AST, funcs: set[int], code: str) -> None:
@@ -239,8 +344,10 @@ def _check_arithmetic(tree: ast.AST, funcs: set[int], code: str) -> None:
         else:
             has_col[id(node)] = any(has_col[id(c)] for c in ast.iter_child_nodes(node))
         if isinstance(node, ast.BinOp) and not has_col[id(node)]:
-            raise ValueError(f"model.formula term {code!r}: {_piece(node)!r} computes with "
-                             "numbers alone; write the number itself (arithmetic needs a column)")
+            raise ValueError(
+                f"model.formula term {code!r}: {_piece(node)!r} computes with "
+                "numbers alone; write the number itself (arithmetic needs a column)"
+            )
 
 
 def check_engine() -> None:
@@ -254,15 +361,21 @@ def check_engine() -> None:
         setting = "SM_FORMULA_ENGINE"
         engine = os.environ.get(setting) or "patsy"
     if engine != "patsy":
-        raise SpecError(f"model.formula is evaluated with patsy, whose grammar distml checks; "
-                        f"{setting}={engine} is not supported; use patsy")
+        raise SpecError(
+            f"model.formula is evaluated with patsy, whose grammar distml checks; "
+            f"{setting}={engine} is not supported; use patsy"
+        )
 
 
 def _call_name(func: Any) -> str | None:
     if isinstance(func, ast.Name) and func.id in PATSY_FUNCS:
         return func.id
-    if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) \
-            and func.value.id in ("np", "numpy") and func.attr in NUMPY_FUNCS:
+    if (
+        isinstance(func, ast.Attribute)
+        and isinstance(func.value, ast.Name)
+        and func.value.id in ("np", "numpy")
+        and func.attr in NUMPY_FUNCS
+    ):
         return f"np.{func.attr}"
     return None
 
@@ -276,8 +389,10 @@ class _Unavailable:
         self._name = name
 
     def _refuse(self, *args: Any, **kwargs: Any) -> Any:
-        raise NameError(f"{self._name!r} is not available in a formula (only columns, numbers "
-                        "and the allowed functions are)")
+        raise NameError(
+            f"{self._name!r} is not available in a formula (only columns, numbers "
+            "and the allowed functions are)"
+        )
 
     __call__ = __iter__ = __bool__ = __index__ = __float__ = __int__ = _refuse
 

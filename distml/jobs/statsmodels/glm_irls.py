@@ -31,6 +31,7 @@ TOL = 1e-8  # statsmodels' default IRLS tolerance on the deviance criterion
 
 def _family(cfg):
     from distml.jobs.statsmodels.fit import glm_family
+
     return glm_family(cfg)
 
 
@@ -45,8 +46,14 @@ def _frame(unit, cfg, proto, columns):
 
 def _sums_task(unit, cfg, proto, columns) -> dict:
     X, y, vw, _, names = _frame(unit, cfg, proto, columns)
-    return {"n": len(y), "y": float(y.sum()), "wy": float(vw @ y), "w": float(vw.sum()),
-            "names": names, "k": X.shape[1]}
+    return {
+        "n": len(y),
+        "y": float(y.sum()),
+        "wy": float(vw @ y),
+        "w": float(vw.sum()),
+        "names": names,
+        "k": X.shape[1],
+    }
 
 
 def _pass_task(unit, cfg, proto, columns, beta, ymean: float, null: bool) -> dict:
@@ -67,22 +74,35 @@ def _pass_task(unit, cfg, proto, columns, beta, ymean: float, null: bool) -> dic
     wts = vw * fam.weights(mu)
     z = lin + fam.link.deriv(mu) * (y - mu) - off
     sw = np.sqrt(wts)
-    r = np.linalg.qr(np.column_stack([X * sw[:, None], z * sw]), mode="r") if len(y) else \
-        np.zeros((0, X.shape[1] + 1))
-    return {"n": len(y), "dev": float((fam._resid_dev(y, mu) * vw).sum()),
-            "pearson": float((vw * (y - mu) ** 2 / fam.variance(mu)).sum()),
-            "far": int((np.abs(mu - y) > 1e-8).sum()), "r": r}
+    r = (
+        np.linalg.qr(np.column_stack([X * sw[:, None], z * sw]), mode="r")
+        if len(y)
+        else np.zeros((0, X.shape[1] + 1))
+    )
+    return {
+        "n": len(y),
+        "dev": float((fam._resid_dev(y, mu) * vw).sum()),
+        "pearson": float((vw * (y - mu) ** 2 / fam.variance(mu)).sum()),
+        "far": int((np.abs(mu - y) > 1e-8).sum()),
+        "r": r,
+    }
 
 
-def _loglike_task(unit, cfg, proto, columns, beta, null_beta, null_mean, scale: float,
-                  llf_scale: float) -> tuple[float, float]:
+def _loglike_task(
+    unit, cfg, proto, columns, beta, null_beta, null_mean, scale: float, llf_scale: float
+) -> tuple[float, float]:
     X, y, vw, off, _ = _frame(unit, cfg, proto, columns)
     fam = _family(cfg)
     mu = fam.fitted(X @ beta + off)
-    null_mu = (np.full(len(y), null_mean) if null_beta is None
-               else fam.fitted(np.full(len(y), null_beta[0]) + off))
-    return (float(fam.loglike_obs(y, mu, var_weights=vw, scale=llf_scale).sum()),
-            float(fam.loglike_obs(y, null_mu, var_weights=vw, scale=scale).sum()))
+    null_mu = (
+        np.full(len(y), null_mean)
+        if null_beta is None
+        else fam.fitted(np.full(len(y), null_beta[0]) + off)
+    )
+    return (
+        float(fam.loglike_obs(y, mu, var_weights=vw, scale=llf_scale).sum()),
+        float(fam.loglike_obs(y, null_mu, var_weights=vw, scale=scale).sum()),
+    )
 
 
 def _merge(rs: list[np.ndarray]) -> np.ndarray:
@@ -110,7 +130,7 @@ def _irls(run_pass, k: int, fixed: bool, n: int, maxiter: int) -> dict:
             break
         r = _merge([p["r"] for p in parts])
         rxx, rxz = r[:k, :k], r[:k, k]
-        norms = np.sqrt((rxx ** 2).sum(axis=0))
+        norms = np.sqrt((rxx**2).sum(axis=0))
         sv = np.linalg.svd(rxx / np.where(norms > 0, norms, 1.0), compute_uv=False)
         rank = int((sv > sv.max(initial=0.0) * max(n, k) * np.finfo(float).eps).sum())
         if rank < k:
@@ -119,10 +139,18 @@ def _irls(run_pass, k: int, fixed: bool, n: int, maxiter: int) -> dict:
         crit_prev, scale_prev, r_prev = crit, scale, rxx
     rinv = np.linalg.inv(r_prev)
     raw = np.linalg.svd(r_prev, compute_uv=False)
-    return {"beta": beta, "ncov": rinv @ rinv.T, "dev": dev, "pearson": pearson,
-            "scale": scale, "converged": converged, "iterations": it,
-            "separated": sum(p["far"] for p in parts) == 0, "history": history,
-            "condition_number": float(raw[0] / raw[-1])}
+    return {
+        "beta": beta,
+        "ncov": rinv @ rinv.T,
+        "dev": dev,
+        "pearson": pearson,
+        "scale": scale,
+        "converged": converged,
+        "iterations": it,
+        "separated": sum(p["far"] for p in parts) == 0,
+        "history": history,
+        "condition_number": float(raw[0] / raw[-1]),
+    }
 
 
 def run_glm(spec, cfg, ctx, units, proto, columns, tasks) -> Any:
@@ -151,6 +179,7 @@ def run_glm(spec, cfg, ctx, units, proto, columns, tasks) -> Any:
         def go(beta):
             passes[0] += 1
             return ray.get(tasks.map(_pass_task, units, cfg, proto, columns, beta, ymean, null))
+
         return go
 
     fit = _irls(run_pass(False), k, fixed, n, maxiter)
@@ -161,8 +190,20 @@ def run_glm(spec, cfg, ctx, units, proto, columns, tasks) -> Any:
     llf_scale = fit["scale"]
     if fam_name == "gaussian" and (link or "identity") == "identity":
         llf_scale = fit["pearson"] / n  # the concentrated log-likelihood, as statsmodels
-    lls = ray.get(tasks.map(_loglike_task, units, cfg, proto, columns, fit["beta"], null_beta,
-                            null_mean, fit["scale"], llf_scale))
+    lls = ray.get(
+        tasks.map(
+            _loglike_task,
+            units,
+            cfg,
+            proto,
+            columns,
+            fit["beta"],
+            null_beta,
+            null_mean,
+            fit["scale"],
+            llf_scale,
+        )
+    )
     passes[0] += 1
     llf, llnull = sum(a for a, _ in lls), sum(b for _, b in lls)
     beta = fit["beta"]
@@ -176,36 +217,78 @@ def run_glm(spec, cfg, ctx, units, proto, columns, tasks) -> Any:
     else:
         p = 2 * stats.norm.sf(np.abs(z))
         q = stats.norm.ppf(1 - cfg.alpha / 2)
-    coef = {"term": np.asarray(names, dtype=object), "estimate": beta, "std_error": bse,
-            "statistic": z, "p_value": p, "ci_low": beta - q * bse, "ci_high": beta + q * bse}
+    coef = {
+        "term": np.asarray(names, dtype=object),
+        "estimate": beta,
+        "std_error": bse,
+        "statistic": z,
+        "p_value": p,
+        "ci_low": beta - q * bse,
+        "ci_high": beta + q * bse,
+    }
     df_model = float(k - 1)
     warnings = None
     if fit["separated"]:
-        warnings = ("PerfectSeparationWarning: Perfect separation or prediction detected, "
-                    "parameter may not be identified")
-    figures = {"nobs": float(n), "r_squared": None, "adj_r_squared": None,
-               "aic": -2 * llf + 2 * (df_model + 1),
-               "bic": -2 * llf + math.log(n) * (df_model + 1), "llf": llf,
-               "converged": fit["converged"], "error": None, "df_model": df_model,
-               "df_resid": df_resid, "deviance": fit["dev"], "pearson_chi2": fit["pearson"],
-               "scale": fit["scale"],
-               "pseudo_r_squared": 1 - math.exp((llnull - llf) * (2 / n)),
-               "n_rows": None, "n_missing": None, "warnings": warnings, "engine": "suffstats",
-               "condition_number": fit["condition_number"]}
+        warnings = (
+            "PerfectSeparationWarning: Perfect separation or prediction detected, "
+            "parameter may not be identified"
+        )
+    figures = {
+        "nobs": float(n),
+        "r_squared": None,
+        "adj_r_squared": None,
+        "aic": -2 * llf + 2 * (df_model + 1),
+        "bic": -2 * llf + math.log(n) * (df_model + 1),
+        "llf": llf,
+        "converged": fit["converged"],
+        "error": None,
+        "df_model": df_model,
+        "df_resid": df_resid,
+        "deviance": fit["dev"],
+        "pearson_chi2": fit["pearson"],
+        "scale": fit["scale"],
+        "pseudo_r_squared": 1 - math.exp((llnull - llf) * (2 / n)),
+        "n_rows": None,
+        "n_missing": None,
+        "warnings": warnings,
+        "engine": "suffstats",
+        "condition_number": fit["condition_number"],
+    }
     stats_df = pd.DataFrame([figures]).reindex(columns=cfg.stat_columns())
     stats_df["n_rows"] = stats_df["n_missing"] = pd.NA
-    metrics = {"method": cfg.method, "n_groups": 1, "n_fitted": 1, "n_failed": 0,
-               "n_not_converged": int(not fit["converged"]),
-               **{key: v for key, v in figures.items()
-                  if key not in ("error", "n_rows", "n_missing", "warnings", "engine",
-                                 "r_squared", "adj_r_squared")},
-               "n_params": k, "iterations": fit["iterations"]}
+    metrics = {
+        "method": cfg.method,
+        "n_groups": 1,
+        "n_fitted": 1,
+        "n_failed": 0,
+        "n_not_converged": int(not fit["converged"]),
+        **{
+            key: v
+            for key, v in figures.items()
+            if key
+            not in (
+                "error",
+                "n_rows",
+                "n_missing",
+                "warnings",
+                "engine",
+                "r_squared",
+                "adj_r_squared",
+            )
+        },
+        "n_params": k,
+        "iterations": fit["iterations"],
+    }
     if not fit["converged"]:
         ctx.log.warning("IRLS did not converge in %d iterations (model.maxiter)", maxiter)
-    out = JobOutput(metrics=metrics, tables={"coefficients": pd.DataFrame(coef),
-                                             "model_stats": stats_df})
+    out = JobOutput(
+        metrics=metrics, tables={"coefficients": pd.DataFrame(coef), "model_stats": stats_df}
+    )
     out.texts["summary.txt"] = summary_text(cfg, coef, figures)
-    out.info["execution"] = {"partitions": len(units), "passes": passes[0],
-                             "irls_iterations": fit["iterations"],
-                             "timings_s": {"total": round(time.perf_counter() - t0, 4)}}
+    out.info["execution"] = {
+        "partitions": len(units),
+        "passes": passes[0],
+        "irls_iterations": fit["iterations"],
+        "timings_s": {"total": round(time.perf_counter() - t0, 4)},
+    }
     return out

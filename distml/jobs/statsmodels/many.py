@@ -46,11 +46,20 @@ import pandas as pd
 from distml.errors import DataError, JobFailed
 from distml.jobs.base import JobOutput
 from distml.jobs.statsmodels.batch import Batch, concat, fit_batch
-from distml.jobs.statsmodels.fit import COEF_COLUMNS, COST_MS, FORECAST_COLUMNS, FitConfig, MAX_TASKS_PER_CPU, TASK_MIN_MS, TIME_SERIES
+from distml.jobs.statsmodels.fit import (
+    COEF_COLUMNS,
+    COST_MS,
+    FORECAST_COLUMNS,
+    MAX_TASKS_PER_CPU,
+    TASK_MIN_MS,
+    TIME_SERIES,
+    FitConfig,
+)
 
 #: statsmodels methods by family (the kind's spec checks use them too)
 
 # ------------------------------------------------------------------------ partitions (map side)
+
 
 def column_array(s: pd.Series) -> np.ndarray:
     """A column as numpy: numbers/bools/datetimes as they are, everything else as objects
@@ -121,8 +130,9 @@ def merge_summaries(summaries: list[pd.DataFrame], group_by: tuple[str, ...]):
         return summaries[0][list(group_by)].iloc[:0], np.zeros((0, 4), dtype=np.int64)
     allsum = pd.concat(frames, ignore_index=True)
     gid = allsum.groupby(list(group_by), sort=True, dropna=True).ngroup().to_numpy()
-    pieces = np.column_stack([gid, allsum["_part"].to_numpy(), allsum["_start"].to_numpy(),
-                              allsum["_count"].to_numpy()]).astype(np.int64)
+    pieces = np.column_stack(
+        [gid, allsum["_part"].to_numpy(), allsum["_start"].to_numpy(), allsum["_count"].to_numpy()]
+    ).astype(np.int64)
     pieces = pieces[np.lexsort((pieces[:, 1], pieces[:, 0]))]
     first = np.unique(gid, return_index=True)[1]
     keys = allsum[list(group_by)].iloc[first].reset_index(drop=True)
@@ -139,8 +149,10 @@ def assemble(pieces: np.ndarray, parts: list[dict], columns: list[str]) -> Batch
             runs.append([int(slot), int(start), int(start + count)])
     cols = {}
     for c in columns:
-        chunks = [parts[s][c].take(a, b) if isinstance(parts[s][c], Coded) else parts[s][c][a:b]
-                  for s, a, b in runs]
+        chunks = [
+            parts[s][c].take(a, b) if isinstance(parts[s][c], Coded) else parts[s][c][a:b]
+            for s, a, b in runs
+        ]
         cols[c] = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
     gids, first = np.unique(pieces[:, 0], return_index=True)
     sizes = np.add.reduceat(pieces[:, 3], first) if len(first) else np.zeros(0, np.int64)
@@ -174,6 +186,7 @@ def auto_groups_per_task(n_groups: int, method: str, n_cpus: int) -> int:
 
 
 # ------------------------------------------------------------------------ driver side
+
 
 def runner(spec):
     """The task runner of the statsmodels paths (:class:`distml.runtime.tasks.Runner`). Map and
@@ -211,8 +224,10 @@ def run_many(spec, cfg: FitConfig, ctx) -> JobOutput:
     n_null = sum(h[1] for h in heads)
     n_groups = len(keys)
     if n_groups == 0:
-        raise DataError(f"group_by: no row of {spec.data.source!r} has a complete group key "
-                        f"({n_null} rows have a missing value in {list(cfg.group_by)})")
+        raise DataError(
+            f"group_by: no row of {spec.data.source!r} has a complete group key "
+            f"({n_null} rows have a missing value in {list(cfg.group_by)})"
+        )
     t_partition = time.perf_counter() - t0
     saver = _checkpoints(spec, ctx, keys)
     results = saver.restore()  # tasks an interrupted attempt finished (--resume)
@@ -227,9 +242,14 @@ def run_many(spec, cfg: FitConfig, ctx) -> JobOutput:
             slots = sorted(set(chunk[:, 1].tolist()))
             pending.append(fitter.remote(cfg, chunk, columns, *[parts[s] for s in slots]))
     n_tasks = len(pending)
-    ctx.log.info("many-models: %d groups in %d partitions -> %d tasks of <= %d groups%s",
-                 n_groups, len(units), n_tasks, gpt,
-                 f" ({len(done_gids)} groups from the checkpoint)" if done_gids else "")
+    ctx.log.info(
+        "many-models: %d groups in %d partitions -> %d tasks of <= %d groups%s",
+        n_groups,
+        len(units),
+        n_tasks,
+        gpt,
+        f" ({len(done_gids)} groups from the checkpoint)" if done_gids else "",
+    )
     show = progress.current()
     show.stage("train", f"many-models: {n_tasks} tasks")
     groups, n_done, n_bad = show.counter("groups", total=n_groups, unit="groups"), 0, 0
@@ -257,24 +277,36 @@ def run_many(spec, cfg: FitConfig, ctx) -> JobOutput:
     out = tabulate(cfg, results, keys)
     n_failed = out.metrics["n_failed"]
     if n_failed == n_groups:
-        raise JobFailed(f"every group failed ({n_groups}); first errors: "
-                        + "; ".join(out.info.pop("first_errors")))
+        raise JobFailed(
+            f"every group failed ({n_groups}); first errors: "
+            + "; ".join(out.info.pop("first_errors"))
+        )
     if n_failed:
-        ctx.log.warning("%d of %d groups failed; e.g. %s", n_failed, n_groups,
-                        "; ".join(out.info["first_errors"][:3]))
+        ctx.log.warning(
+            "%d of %d groups failed; e.g. %s",
+            n_failed,
+            n_groups,
+            "; ".join(out.info["first_errors"][:3]),
+        )
     out.metrics["n_rows_without_group"] = int(n_null)
     out.info["execution"] = {
-        "partitions": len(units), "tasks": n_tasks, "groups_per_task": int(gpt),
+        "partitions": len(units),
+        "tasks": n_tasks,
+        "groups_per_task": int(gpt),
         "groups_per_task_auto": cfg.groups_per_task is None,
         "formula_evaluated_per_batch_groups": int(sum(r["n_fast"] for r in results)),
         "engine": _engine_summary(cfg, results),
         **saver.ckpt.record(),
-        "timings_s": {"partition": round(t_partition, 4), "fit": round(t_fit, 4),
-                      "tabulate": round(time.perf_counter() - t0 - t_partition - t_fit, 4),
-                      "worker_fit_total": round(sum(r["fit_s"] for r in results), 4),
-                      "worker_fit_cpu_total": round(sum(r["cpu_s"] for r in results), 4),
-                      "worker_partition_cpu_total": round(sum(h[2] for h in heads), 4),
-                      "driver_cpu": round(time.process_time() - c0, 4)}}
+        "timings_s": {
+            "partition": round(t_partition, 4),
+            "fit": round(t_fit, 4),
+            "tabulate": round(time.perf_counter() - t0 - t_partition - t_fit, 4),
+            "worker_fit_total": round(sum(r["fit_s"] for r in results), 4),
+            "worker_fit_cpu_total": round(sum(r["cpu_s"] for r in results), 4),
+            "worker_partition_cpu_total": round(sum(h[2] for h in heads), 4),
+            "driver_cpu": round(time.process_time() - c0, 4),
+        },
+    }
     saver.ckpt.discard()  # the tables are in hand; _SUCCESS follows their writing
     return out
 
@@ -287,8 +319,11 @@ def _engine_summary(cfg: FitConfig, results: list[dict]) -> dict:
     for r in results:
         for why, n in r.get("declined", {}).items():
             declined[why] = declined.get(why, 0) + n
-    return {"vectorised": int(sum(r.get("n_vectorised", 0) for r in results)),
-            "out_of_scope": _vectorised.scope(cfg), "declined": declined}
+    return {
+        "vectorised": int(sum(r.get("n_vectorised", 0) for r in results)),
+        "out_of_scope": _vectorised.scope(cfg),
+        "declined": declined,
+    }
 
 
 def _checkpoints(spec, ctx, keys: pd.DataFrame):
@@ -297,8 +332,12 @@ def _checkpoints(spec, ctx, keys: pd.DataFrame):
     from distml.jobs import _resume
     from distml.jobs._groups_checkpoint import FOLDER, GroupCheckpoints
 
-    key = _resume.fingerprint(spec.to_dict(), ctx.data.fingerprint(), len(keys),
-                              int(pd.util.hash_pandas_object(keys, index=False).sum()))
+    key = _resume.fingerprint(
+        spec.to_dict(),
+        ctx.data.fingerprint(),
+        len(keys),
+        int(pd.util.hash_pandas_object(keys, index=False).sum()),
+    )
     return GroupCheckpoints(_resume.Checkpoints.for_run(ctx, FOLDER, key), len(keys))
 
 
@@ -317,13 +356,15 @@ def run_single(spec, cfg: FitConfig, ctx) -> JobOutput:
     import ray
 
     columns = cfg.model_columns()
-    result = ray.get(ray.remote(single_task).options(**task_options(spec)).remote(
-        cfg, spec.data.source, columns))
+    result = ray.get(
+        ray.remote(single_task).options(**task_options(spec)).remote(cfg, spec.data.source, columns)
+    )
     stats = result["stats"][0]
     if stats.get("error"):
         if cfg.missing == "raise" and stats.get("n_missing"):
-            raise DataError(f"data.source: {stats['error']}; drop those rows or set "
-                            "model.missing: drop")
+            raise DataError(
+                f"data.source: {stats['error']}; drop those rows or set model.missing: drop"
+            )
         raise JobFailed(f"statsmodels {cfg.method} fit failed: {stats['error']}")
     out = tabulate(cfg, [result], None)
     out.texts["summary.txt"] = result["summary"] or ""
@@ -342,34 +383,54 @@ def tabulate(cfg: FitConfig, results: list[dict], keys: pd.DataFrame | None) -> 
     for c in ("error", "warnings"):
         stats[c] = stats[c].astype(object).where(stats[c].notna(), None)
     coef = concat([r["coef"] for r in results if r["coef"] is not None])
-    coef_df = pd.DataFrame({c: coef[c] for c in COEF_COLUMNS}) if coef else \
-        pd.DataFrame({c: pd.Series(dtype=object if c == "term" else float) for c in COEF_COLUMNS})
+    coef_df = (
+        pd.DataFrame({c: coef[c] for c in COEF_COLUMNS})
+        if coef
+        else pd.DataFrame(
+            {c: pd.Series(dtype=object if c == "term" else float) for c in COEF_COLUMNS}
+        )
+    )
     fc = concat([r["forecast"] for r in results if r["forecast"] is not None])
     tables = {"coefficients": coef_df, "model_stats": stats}
     if cfg.forecast_steps:
-        tables["forecast"] = pd.DataFrame({c: fc[c] for c in FORECAST_COLUMNS}) if fc else \
-            pd.DataFrame(columns=FORECAST_COLUMNS)
+        tables["forecast"] = (
+            pd.DataFrame({c: fc[c] for c in FORECAST_COLUMNS})
+            if fc
+            else pd.DataFrame(columns=FORECAST_COLUMNS)
+        )
     if keys is not None:
         tables["model_stats"] = _with_keys(keys, gids, stats)
-        tables["coefficients"] = _with_keys(keys, coef["gid"] if coef else np.zeros(0, np.int64),
-                                            coef_df)
+        tables["coefficients"] = _with_keys(
+            keys, coef["gid"] if coef else np.zeros(0, np.int64), coef_df
+        )
         if "forecast" in tables:
-            tables["forecast"] = _with_keys(keys, fc["gid"] if fc else np.zeros(0, np.int64),
-                                            tables["forecast"])
+            tables["forecast"] = _with_keys(
+                keys, fc["gid"] if fc else np.zeros(0, np.int64), tables["forecast"]
+            )
     failed = stats["error"].notna()
-    metrics: dict[str, Any] = {"method": cfg.method, "n_groups": int(len(stats)),
-                               "n_fitted": int((~failed).sum()), "n_failed": int(failed.sum()),
-                               "n_not_converged": int((~failed & ~stats["converged"]).sum()),
-                               "nobs": float(stats["nobs"].where(~failed).sum())}
+    metrics: dict[str, Any] = {
+        "method": cfg.method,
+        "n_groups": int(len(stats)),
+        "n_fitted": int((~failed).sum()),
+        "n_failed": int(failed.sum()),
+        "n_not_converged": int((~failed & ~stats["converged"]).sum()),
+        "nobs": float(stats["nobs"].where(~failed).sum()),
+    }
     if keys is None:
         row = stats.iloc[0]
         for c in stat_cols:
             v = row[c]
-            if c in ("error", "warnings", "engine") or c.startswith(("valid_", "test_")) \
-                    or pd.isna(v):
+            if (
+                c in ("error", "warnings", "engine")
+                or c.startswith(("valid_", "test_"))
+                or pd.isna(v)
+            ):
                 continue
-            metrics[c] = bool(v) if c == "converged" else (
-                int(v) if c in ("n_rows", "n_missing", "ljung_box_lags") else float(v))
+            metrics[c] = (
+                bool(v)
+                if c == "converged"
+                else (int(v) if c in ("n_rows", "n_missing", "ljung_box_lags") else float(v))
+            )
         metrics["n_params"] = int(len(coef_df))
     else:
         for c in ("r_squared", "pseudo_r_squared", "aic"):
@@ -378,12 +439,14 @@ def tabulate(cfg: FitConfig, results: list[dict], keys: pd.DataFrame | None) -> 
     for split in ("valid", "test"):
         pairs = [(y, p) for r in results for (s, y, p) in r["holdout"] if s == split]
         if pairs:
-            metrics[split] = _pooled(cfg, np.concatenate([y for y, _ in pairs]),
-                                     np.concatenate([p for _, p in pairs]))
+            metrics[split] = _pooled(
+                cfg, np.concatenate([y for y, _ in pairs]), np.concatenate([p for _, p in pairs])
+            )
     out = JobOutput(metrics=metrics, tables=tables)
     out.info["first_errors"] = [
-        f"{_key_text(keys, g)}: {e}" for g, e in zip(gids[failed.to_numpy()],
-                                                      stats["error"][failed].head(5))][:5]
+        f"{_key_text(keys, g)}: {e}"
+        for g, e in zip(gids[failed.to_numpy()], stats["error"][failed].head(5))
+    ][:5]
     return out
 
 
@@ -402,6 +465,7 @@ def _pooled(cfg: FitConfig, y: np.ndarray, pred: np.ndarray) -> dict:
     from distml.runtime import metrics as M
 
     if cfg.classification:
-        return M.classification_metrics(y.astype(np.int64), (pred >= 0.5).astype(np.int64),
-                                        np.column_stack([1 - pred, pred]), 2)
+        return M.classification_metrics(
+            y.astype(np.int64), (pred >= 0.5).astype(np.int64), np.column_stack([1 - pred, pred]), 2
+        )
     return M.regression_metrics(y, pred)

@@ -16,8 +16,7 @@ import pandas as pd
 
 from distml.errors import DataError, SpecError
 from distml.runtime.read import read_partition
-from distml.runtime.suffstats import (Fit, Moments, inference, partition_moments, robust_meat,
-                                      solve)
+from distml.runtime.suffstats import Fit, Moments, inference, partition_moments, robust_meat, solve
 
 MAX_PARTITION_BYTES = 128 << 20
 
@@ -28,24 +27,35 @@ def design_for(cfg, proto: pd.DataFrame | None, frame: pd.DataFrame):
     from distml.jobs.statsmodels.batch import is_missing
     from distml.jobs.statsmodels.fit import formula_env
     from distml.jobs.statsmodels.many import column_array
+
     cols = {c: column_array(frame[c]) for c in frame.columns}
     miss = np.zeros(len(frame), dtype=bool)
     for c in cfg.model_columns():
         miss |= is_missing(cols[c])
     if miss.any() and cfg.missing == "raise":
-        raise DataError(f"data.source: {int(miss.sum())} rows have missing values in "
-                        f"{cfg.model_columns()} (model.missing is 'raise'); drop those rows or "
-                        "set model.missing: drop")
+        raise DataError(
+            f"data.source: {int(miss.sum())} rows have missing values in "
+            f"{cfg.model_columns()} (model.missing is 'raise'); drop those rows or "
+            "set model.missing: drop"
+        )
     keep = ~miss
     cols = {c: v[keep] for c, v in cols.items()}
     if cfg.formula is not None:
         import patsy
 
-        y_info, x_info = (m.design_info for m in patsy.dmatrices(
-            cfg.formula, proto, eval_env=patsy.EvalEnvironment([formula_env()]), NA_action="raise"))
+        y_info, x_info = (
+            m.design_info
+            for m in patsy.dmatrices(
+                cfg.formula,
+                proto,
+                eval_env=patsy.EvalEnvironment([formula_env()]),
+                NA_action="raise",
+            )
+        )
         data = pd.DataFrame({c: cols[c] for c in cfg.finfo.columns}, copy=False)
-        ym, xm = patsy.build_design_matrices([y_info, x_info], data, NA_action="drop",
-                                             return_type="dataframe")
+        ym, xm = patsy.build_design_matrices(
+            [y_info, x_info], data, NA_action="drop", return_type="dataframe"
+        )
         rows = np.asarray(xm.index, dtype=np.int64)
         X, y, names = xm.to_numpy(dtype=float), ym.to_numpy(dtype=float)[:, 0], list(xm.columns)
     else:
@@ -109,15 +119,17 @@ def run_job(spec, cfg, ctx):
     """The suffstats path of the statsmodels kind: two or three passes of Ray tasks."""
     import ray
 
-    from distml.jobs.statsmodels.many import runner
     from distml.jobs.base import JobOutput
+    from distml.jobs.statsmodels.many import runner
     from distml.runtime import plan
     from distml.runtime.data import is_categorical_dtype
 
     if cfg.formula is not None and not cfg.finfo.rowwise:
-        raise SpecError("model.solver suffstats needs a row-wise formula (no center(), "
-                        "standardize(), splines or explicit contrasts); got "
-                        f"{cfg.formula!r}")
+        raise SpecError(
+            "model.solver suffstats needs a row-wise formula (no center(), "
+            "standardize(), splines or explicit contrasts); got "
+            f"{cfg.formula!r}"
+        )
     t0 = time.perf_counter()
     info = ctx.data.source
     cpus = max(1, int(ctx.cluster.resources.get("CPU", 1) or 1)) if ctx.cluster else 1
@@ -126,8 +138,10 @@ def run_job(spec, cfg, ctx):
     tasks = runner(spec)
     levels: dict[str, list] = {}
     if cfg.formula is not None:
-        cat = sorted(set(cfg.finfo.categorical.values())
-                     | {c for c in cfg.finfo.columns if is_categorical_dtype(info.columns[c])})
+        cat = sorted(
+            set(cfg.finfo.categorical.values())
+            | {c for c in cfg.finfo.columns if is_categorical_dtype(info.columns[c])}
+        )
         if cat:
             found = ray.get(tasks.map(_levels_task, units, cat))
             for c in cat:
@@ -143,8 +157,9 @@ def run_job(spec, cfg, ctx):
     for m, _ in parts:
         merged = merged.merge(m)
     if merged.n == 0:
-        raise DataError(f"data.source: no rows left in {spec.data.source!r} after dropping "
-                        "missing values")
+        raise DataError(
+            f"data.source: no rows left in {spec.data.source!r} after dropping missing values"
+        )
     fit = solve(merged, names, weighted=cfg.weights is not None)
     meat, n_clusters = None, None
     if cfg.cov_type != "nonrobust":
@@ -159,43 +174,69 @@ def run_job(spec, cfg, ctx):
         else:
             meat = sum(m for m, _ in out)
     coef, figures = inference(fit, cfg.cov_type, cfg.alpha, cfg.use_t, meat, n_clusters)
-    figures.update(n_rows=None, n_missing=None, warnings=None, engine="suffstats",
-                   condition_number=fit.extra["condition_number"])
+    figures.update(
+        n_rows=None,
+        n_missing=None,
+        warnings=None,
+        engine="suffstats",
+        condition_number=fit.extra["condition_number"],
+    )
     stats = pd.DataFrame([figures]).reindex(columns=cfg.stat_columns())
     stats["n_rows"] = stats["n_missing"] = pd.NA
-    metrics = {"method": cfg.method, "n_groups": 1, "n_fitted": 1, "n_failed": 0,
-               "n_not_converged": 0, **{k: v for k, v in figures.items()
-                                         if k not in ("error", "n_rows", "n_missing",
-                                                      "warnings", "engine")},
-               "n_params": len(names)}
-    out = JobOutput(metrics=metrics, tables={"coefficients": pd.DataFrame(coef),
-                                             "model_stats": stats})
+    metrics = {
+        "method": cfg.method,
+        "n_groups": 1,
+        "n_fitted": 1,
+        "n_failed": 0,
+        "n_not_converged": 0,
+        **{
+            k: v
+            for k, v in figures.items()
+            if k not in ("error", "n_rows", "n_missing", "warnings", "engine")
+        },
+        "n_params": len(names),
+    }
+    out = JobOutput(
+        metrics=metrics, tables={"coefficients": pd.DataFrame(coef), "model_stats": stats}
+    )
     out.texts["summary.txt"] = summary_text(cfg, coef, figures)
-    out.info["execution"] = {"partitions": len(units),
-                             "passes": 2 + (cfg.cov_type != "nonrobust") + bool(levels),
-                             "timings_s": {"total": round(time.perf_counter() - t0, 4)}}
+    out.info["execution"] = {
+        "partitions": len(units),
+        "passes": 2 + (cfg.cov_type != "nonrobust") + bool(levels),
+        "timings_s": {"total": round(time.perf_counter() - t0, 4)},
+    }
     return out
 
 
 def summary_text(cfg, coef: dict, figures: dict) -> str:
     """A compact summary in statsmodels' layout (no results object exists on this path)."""
-    head = (f"{cfg.method.upper()} Regression Results (sufficient statistics, exact)\n"
-            f"Dep. Variable: {cfg.finfo.lhs[0] if cfg.finfo else cfg.endog}    "
-            f"No. Observations: {int(figures['nobs'])}    Covariance Type: {cfg.cov_type}\n")
+    head = (
+        f"{cfg.method.upper()} Regression Results (sufficient statistics, exact)\n"
+        f"Dep. Variable: {cfg.finfo.lhs[0] if cfg.finfo else cfg.endog}    "
+        f"No. Observations: {int(figures['nobs'])}    Covariance Type: {cfg.cov_type}\n"
+    )
     if cfg.method == "glm":
-        head += (f"Family: {cfg.family or 'gaussian'}    Link: {cfg.link or 'canonical'}    "
-                 f"Deviance: {figures['deviance']:.6g}    Pearson chi2: "
-                 f"{figures['pearson_chi2']:.6g}    Scale: {figures['scale']:.6g}\n"
-                 f"Log-Likelihood: {figures['llf']:.6g}    AIC: {figures['aic']:.6g}    "
-                 f"BIC: {figures['bic']:.6g}    Pseudo R-squ. (CS): "
-                 f"{figures['pseudo_r_squared']:.6g}    Converged: {figures['converged']}\n")
+        head += (
+            f"Family: {cfg.family or 'gaussian'}    Link: {cfg.link or 'canonical'}    "
+            f"Deviance: {figures['deviance']:.6g}    Pearson chi2: "
+            f"{figures['pearson_chi2']:.6g}    Scale: {figures['scale']:.6g}\n"
+            f"Log-Likelihood: {figures['llf']:.6g}    AIC: {figures['aic']:.6g}    "
+            f"BIC: {figures['bic']:.6g}    Pseudo R-squ. (CS): "
+            f"{figures['pseudo_r_squared']:.6g}    Converged: {figures['converged']}\n"
+        )
     else:
-        head += (f"R-squared: {figures['r_squared']:.6g}    Adj. R-squared: "
-                 f"{figures['adj_r_squared']:.6g}    F-statistic: {figures['fvalue']:.6g} "
-                 f"(p={figures['f_pvalue']:.4g})\n"
-                 f"Log-Likelihood: {figures['llf']:.6g}    AIC: {figures['aic']:.6g}    "
-                 f"BIC: {figures['bic']:.6g}    Df Residuals: {figures['df_resid']:.0f}\n")
-    table = pd.DataFrame({k: coef[k] for k in ("estimate", "std_error", "statistic", "p_value",
-                                               "ci_low", "ci_high")},
-                         index=list(coef["term"])).to_string(float_format=lambda v: f"{v:.6g}")
+        head += (
+            f"R-squared: {figures['r_squared']:.6g}    Adj. R-squared: "
+            f"{figures['adj_r_squared']:.6g}    F-statistic: {figures['fvalue']:.6g} "
+            f"(p={figures['f_pvalue']:.4g})\n"
+            f"Log-Likelihood: {figures['llf']:.6g}    AIC: {figures['aic']:.6g}    "
+            f"BIC: {figures['bic']:.6g}    Df Residuals: {figures['df_resid']:.0f}\n"
+        )
+    table = pd.DataFrame(
+        {
+            k: coef[k]
+            for k in ("estimate", "std_error", "statistic", "p_value", "ci_low", "ci_high")
+        },
+        index=list(coef["term"]),
+    ).to_string(float_format=lambda v: f"{v:.6g}")
     return head + "=" * 78 + "\n" + table + "\n"

@@ -35,8 +35,12 @@ from distml.jobs._supervised import Prepared, SupervisedJob, TuneData
 from distml.spec.base import JobSpec, StrictModel
 
 _MODULE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
-_LOSS_TASKS = {"cross_entropy": ("classification",), "bce": ("binary",),
-               "mse": ("regression",), "huber": ("regression",)}
+_LOSS_TASKS = {
+    "cross_entropy": ("classification",),
+    "bce": ("binary",),
+    "mse": ("regression",),
+    "huber": ("regression",),
+}
 
 
 class EarlyStopping(StrictModel):
@@ -44,7 +48,8 @@ class EarlyStopping(StrictModel):
 
     patience: int = Field(5, ge=1, le=10_000, description="Epochs without improvement allowed.")
     metric: Literal["loss", "logloss", "accuracy", "rmse", "mae"] = Field(
-        "loss", description="Valid figure watched (loss: the training objective on valid rows).")
+        "loss", description="Valid figure watched (loss: the training objective on valid rows)."
+    )
     min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as improvement.")
 
 
@@ -52,8 +57,10 @@ class LRSchedule(StrictModel):
     """Learning-rate schedule, stepped once per epoch."""
 
     type: Literal["cosine", "step", "exponential"] = Field(
-        ..., description="cosine (to 0 over the epochs), step (× gamma every step_size epochs), "
-                         "exponential (× gamma every epoch).")
+        ...,
+        description="cosine (to 0 over the epochs), step (× gamma every step_size epochs), "
+        "exponential (× gamma every epoch).",
+    )
     step_size: int = Field(10, ge=1, description="step: epochs between decays.")
     gamma: float = Field(0.1, gt=0, le=1, description="step/exponential: decay factor.")
 
@@ -62,34 +69,43 @@ class TorchModel(StrictModel):
     """The ``model`` section of a torch job."""
 
     architecture: Literal["mlp"] | None = Field(
-        "mlp", description="Built-in network (mlp); ignored when `module` is given.")
+        "mlp", description="Built-in network (mlp); ignored when `module` is given."
+    )
     module: str | None = Field(
-        None, description="User network `pkg.mod:Class` (explicit opt-in to user code), built as "
-                          "Class(in_features, out_features, **module_args).",
-        pattern=_MODULE_PATTERN)
-    module_args: dict[str, Any] = Field(default_factory=dict,
-                                        description="Keyword arguments of the user module.")
-    hidden: list[int] = Field(default_factory=lambda: [64],
-                              description="mlp: hidden layer widths.")
+        None,
+        description="User network `pkg.mod:Class` (explicit opt-in to user code), built as "
+        "Class(in_features, out_features, **module_args).",
+        pattern=_MODULE_PATTERN,
+    )
+    module_args: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments of the user module."
+    )
+    hidden: list[int] = Field(default_factory=lambda: [64], description="mlp: hidden layer widths.")
     activation: Literal["relu", "gelu", "tanh", "silu", "leaky_relu"] = Field(
-        "relu", description="mlp: activation after each hidden layer.")
+        "relu", description="mlp: activation after each hidden layer."
+    )
     dropout: float = Field(0.0, ge=0, lt=1, description="mlp: dropout after each activation.")
     batch_norm: bool = Field(False, description="mlp: BatchNorm1d after each hidden linear layer.")
     task: Literal["classification", "binary", "regression"] | None = Field(
-        None, description="classification (cross-entropy), binary (one logit, BCE) or "
-                          "regression; default: inferred from the target.")
+        None,
+        description="classification (cross-entropy), binary (one logit, BCE) or "
+        "regression; default: inferred from the target.",
+    )
     loss: Literal["cross_entropy", "bce", "mse", "huber"] | None = Field(
-        None, description="Loss; default: cross_entropy / bce / mse by task.")
+        None, description="Loss; default: cross_entropy / bce / mse by task."
+    )
     optimizer: Literal["sgd", "adam", "adamw"] = Field("adam", description="Optimizer.")
     lr: float = Field(1e-3, gt=0, le=10, description="Learning rate.")
     weight_decay: float = Field(0.0, ge=0, le=1, description="Weight decay (L2).")
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd: momentum.")
     lr_schedule: LRSchedule | None = Field(None, description="Learning-rate schedule (none).")
-    batch_size: int = Field(64, ge=1, le=1_000_000,
-                            description="Global mini-batch size (split over the workers).")
+    batch_size: int = Field(
+        64, ge=1, le=1_000_000, description="Global mini-batch size (split over the workers)."
+    )
     epochs: int = Field(10, ge=1, le=100_000, description="Training epochs.")
     early_stopping: EarlyStopping | None = Field(
-        None, description="Early stopping on a valid figure (needs data.split.valid).")
+        None, description="Early stopping on a valid figure (needs data.split.valid)."
+    )
     standardize: bool = Field(True, description="Standardise numeric inputs (train rows' stats).")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of initialisation and shuffling.")
 
@@ -104,20 +120,25 @@ class TorchModel(StrictModel):
     @model_validator(mode="after")
     def _consistent(self) -> "TorchModel":
         if self.loss and self.task and self.task not in _LOSS_TASKS[self.loss]:
-            raise ValueError(f"model.loss {self.loss} and model.task {self.task} conflict: "
-                             f"{self.loss} is a {_LOSS_TASKS[self.loss][0]} loss; change one")
+            raise ValueError(
+                f"model.loss {self.loss} and model.task {self.task} conflict: "
+                f"{self.loss} is a {_LOSS_TASKS[self.loss][0]} loss; change one"
+            )
         if self.module is None and self.architecture is None:
             raise ValueError("model.architecture or model.module must be given; got neither")
         if self.module_args and self.module is None:
-            raise ValueError("model.module_args needs model.module; got module_args without a "
-                             "module")
+            raise ValueError(
+                "model.module_args needs model.module; got module_args without a module"
+            )
         es, task = self.early_stopping, self.effective_task
         if es and task:
             regression = task == "regression"
             if regression != (es.metric in ("rmse", "mae")) and es.metric != "loss":
-                raise ValueError(f"model.early_stopping.metric {es.metric} is not computed for "
-                                 f"task {task}; use loss or "
-                                 f"{'rmse/mae' if regression else 'logloss/accuracy'}")
+                raise ValueError(
+                    f"model.early_stopping.metric {es.metric} is not computed for "
+                    f"task {task}; use loss or "
+                    f"{'rmse/mae' if regression else 'logloss/accuracy'}"
+                )
         return self
 
     @property
@@ -136,17 +157,23 @@ class Spec(JobSpec):
     def _checks(self) -> "Spec":
         split = self.data.split_spec
         if self.model.early_stopping and (split is None or split.valid == 0):
-            raise ValueError("model.early_stopping needs a validation split; data.split has no "
-                             "valid fraction; set data.split.valid (e.g. 0.1) or drop "
-                             "early_stopping")
+            raise ValueError(
+                "model.early_stopping needs a validation split; data.split has no "
+                "valid fraction; set data.split.valid (e.g. 0.1) or drop "
+                "early_stopping"
+            )
         if self.resources.num_workers > 1 and split is not None and split.cv:
-            raise ValueError("data.split.cv and resources.num_workers conflict: cross-validation "
-                             f"folds run as parallel single-worker tasks; got cv={split.cv} and "
-                             f"num_workers={self.resources.num_workers}; set num_workers: 1")
+            raise ValueError(
+                "data.split.cv and resources.num_workers conflict: cross-validation "
+                f"folds run as parallel single-worker tasks; got cv={split.cv} and "
+                f"num_workers={self.resources.num_workers}; set num_workers: 1"
+            )
         if self.model.batch_size < self.resources.num_workers:
-            raise ValueError(f"model.batch_size must be at least resources.num_workers (the "
-                             f"global batch is split over the workers); got "
-                             f"{self.model.batch_size} < {self.resources.num_workers}")
+            raise ValueError(
+                f"model.batch_size must be at least resources.num_workers (the "
+                f"global batch is split over the workers); got "
+                f"{self.model.batch_size} < {self.resources.num_workers}"
+            )
         return self
 
 
@@ -198,8 +225,10 @@ class Job(SupervisedJob):
         if m.module:
             top = m.module.split(":", 1)[0].split(".", 1)[0]
             if importlib.util.find_spec(top) is None:
-                raise DataError(f"model.module {m.module!r}: package {top!r} is not importable "
-                                "here; install it or fix the path")
+                raise DataError(
+                    f"model.module {m.module!r}: package {top!r} is not importable "
+                    "here; install it or fix the path"
+                )
 
     def check_data(self):
         self.check_spec()
@@ -213,8 +242,10 @@ class Job(SupervisedJob):
         t = self.spec.model.effective_task
         if t == "binary":
             if prep.n_classes != 2:
-                raise DataError(f"model.task binary needs a target with 2 classes; data.target "
-                                f"{self.spec.data.target!r} has {prep.n_classes}")
+                raise DataError(
+                    f"model.task binary needs a target with 2 classes; data.target "
+                    f"{self.spec.data.target!r} has {prep.n_classes}"
+                )
             return "binary"
         return prep.task
 
@@ -228,12 +259,19 @@ class Job(SupervisedJob):
 
         task = self.torch_task(prep)
         m = self.spec.model
-        inputs = Inputs.fit(prep.X.iloc[train], prep.categories, prep.y[train], m.standardize,
-                            regression=task == "regression")
+        inputs = Inputs.fit(
+            prep.X.iloc[train],
+            prep.categories,
+            prep.y[train],
+            m.standardize,
+            regression=task == "regression",
+        )
 
         def pair(rows):
-            return (torch.from_numpy(inputs.design(prep.X.iloc[rows])),
-                    torch.from_numpy(inputs.target(prep.y[rows], task)))
+            return (
+                torch.from_numpy(inputs.design(prep.X.iloc[rows])),
+                torch.from_numpy(inputs.target(prep.y[rows], task)),
+            )
 
         Xt, yt = pair(train)
         Xv, yv = pair(valid) if valid is not None and len(valid) else (None, None)
@@ -243,13 +281,19 @@ class Job(SupervisedJob):
         from distml.jobs._supervised import py_scalar
         from distml.jobs.torch.model import n_outputs
 
-        return {"format": "distml-torch/1", "model": self.spec.model.model_dump(mode="json"),
-                "in_features": inputs.width, "out_features": n_outputs(task, prep.n_classes),
-                "task": task, "classes": [py_scalar(c) for c in prep.classes]
-                if prep.classes is not None else None, "inputs": inputs.to_dict()}
+        return {
+            "format": "distml-torch/1",
+            "model": self.spec.model.model_dump(mode="json"),
+            "in_features": inputs.width,
+            "out_features": n_outputs(task, prep.n_classes),
+            "task": task,
+            "classes": [py_scalar(c) for c in prep.classes] if prep.classes is not None else None,
+            "inputs": inputs.to_dict(),
+        }
 
-    def train_local(self, prep: Prepared, train, valid, *, restored: dict | None = None,
-                    on_epoch=None):
+    def train_local(
+        self, prep: Prepared, train, valid, *, restored: dict | None = None, on_epoch=None
+    ):
         """The single-process loop (one Ray task or one Tune trial)."""
         import torch
         from torch.utils.data import DataLoader, TensorDataset
@@ -261,10 +305,20 @@ class Job(SupervisedJob):
         task, inputs, Xt, yt, Xv, yv = self.tensors(prep, train, valid)
         net = build_net(m, inputs.width, n_outputs(task, prep.n_classes))
         gen = torch.Generator().manual_seed(m.seed)
-        loader = DataLoader(TensorDataset(Xt, yt), batch_size=m.batch_size, shuffle=True,
-                            generator=gen)
-        res = fit_loop(m, task, net, loader, LoopData(Xt, yt, Xv, yv), y_scale=inputs.y_scale,
-                       restored=restored, on_epoch=on_epoch, generator=gen)
+        loader = DataLoader(
+            TensorDataset(Xt, yt), batch_size=m.batch_size, shuffle=True, generator=gen
+        )
+        res = fit_loop(
+            m,
+            task,
+            net,
+            loader,
+            LoopData(Xt, yt, Xv, yv),
+            y_scale=inputs.y_scale,
+            restored=restored,
+            on_epoch=on_epoch,
+            generator=gen,
+        )
         fitted = TorchFitted(res.net, inputs, task, self.model_config(inputs, task, prep))
         return fitted, res
 
@@ -284,17 +338,25 @@ class Job(SupervisedJob):
             from distml.progress import epoch_callback
 
             restored, save = self._epoch_checkpoints()
-            fitted, res = self.train_local(prep, train, valid, restored=restored,
-                                           on_epoch=epoch_callback(
-                                               getattr(self, "_progress", None),
-                                               self.spec.model.epochs, then=save))
+            fitted, res = self.train_local(
+                prep,
+                train,
+                valid,
+                restored=restored,
+                on_epoch=epoch_callback(
+                    getattr(self, "_progress", None), self.spec.model.epochs, then=save
+                ),
+            )
             history, figures = res.history, res.figures
             if restored is not None:
-                self._ckpt.resumed_from = {"epoch": int(figures["resumed_from"]),
-                                           "of": self.spec.model.epochs}
+                self._ckpt.resumed_from = {
+                    "epoch": int(figures["resumed_from"]),
+                    "of": self.spec.model.epochs,
+                }
         curve = pd.DataFrame(history, columns=["iteration", "split", "metric", "value"])
-        figures = {k: v for k, v in figures.items()
-                   if k not in ("attempts", "resumed_from", "loop_s")}
+        figures = {
+            k: v for k, v in figures.items() if k not in ("attempts", "resumed_from", "loop_s")
+        }
         return fitted, figures, {"learning_curve": curve}
 
     def checkpointable(self) -> bool:
@@ -305,9 +367,9 @@ class Job(SupervisedJob):
         Train path's checkpoint (:func:`save_state` of the loop's state: weights, optimizer,
         scheduler, epoch, RNG states, early stopping) saved at the checkpoint cadence and after
         the last epoch (:mod:`distml.jobs._resume`)."""
-        from distml.runtime import workers as D
         from distml.jobs.torch.model import load_state, save_state
         from distml.runtime import faults
+        from distml.runtime import workers as D
 
         ckpt, fault, total = self._ckpt, self._fault, self.spec.model.epochs
         if ckpt is None:
@@ -329,8 +391,10 @@ class Job(SupervisedJob):
         from distml.jobs.torch.model import save_state
 
         state = {k: v.detach().cpu() for k, v in model.net.state_dict().items()}
-        return {"model/model.pt": save_state(state),
-                "model/config.json": json.dumps(model.config, indent=2).encode()}
+        return {
+            "model/model.pt": save_state(state),
+            "model/config.json": json.dumps(model.config, indent=2).encode(),
+        }
 
     def run(self, ctx, prep_ref: Any = None):
         from distml.runtime import workers
@@ -345,8 +409,10 @@ class Job(SupervisedJob):
         out = super().run(ctx, prep_ref)
         ex = out.info.get("execution", {})
         if ex.get("path") == "single_task":
-            out.info["execution"] = {**choice.record(),
-                                     **{k: v for k, v in ex.items() if k not in ("path", "reason")}}
+            out.info["execution"] = {
+                **choice.record(),
+                **{k: v for k, v in ex.items() if k not in ("path", "reason")},
+            }
         return out
 
     # ------------------------------------------------------------------ search hooks
@@ -383,13 +449,21 @@ class Job(SupervisedJob):
         total = self.spec.model.epochs
 
         def on_epoch(epoch, figures, state, stopped):
-            session.report(epoch, figures, files=lambda: {"checkpoint.pt": save_state(state())},
-                           send=epoch < total and not stopped)
+            session.report(
+                epoch,
+                figures,
+                files=lambda: {"checkpoint.pt": save_state(state())},
+                send=epoch < total and not stopped,
+            )
 
-        fitted, res = self.train_local(prep, parts["train"], parts.get("valid"),
-                                       restored=restored, on_epoch=on_epoch)
+        fitted, res = self.train_local(
+            prep, parts["train"], parts.get("valid"), restored=restored, on_epoch=on_epoch
+        )
         rows = parts[split]
         metrics, _ = self.evaluate(fitted, prep, prep.X.iloc[rows], prep.y[rows])
         figures = {k: v for k, v in res.figures.items() if isinstance(v, (int, float))}
-        session.report(res.figures["epochs_trained"],
-                       {**{f"{split}.{k}": v for k, v in metrics.items()}, **figures}, final=True)
+        session.report(
+            res.figures["epochs_trained"],
+            {**{f"{split}.{k}": v for k, v in metrics.items()}, **figures},
+            final=True,
+        )

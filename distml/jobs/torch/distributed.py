@@ -23,9 +23,9 @@ import time
 from typing import Any
 
 from distml.errors import DataError, JobFailed, one_line
-from distml.runtime import workers as D
-from distml.runtime import faults
 from distml.jobs.base import JobOutput, RunContext
+from distml.runtime import faults
+from distml.runtime import workers as D
 
 
 def run_worker_group(job, ctx: RunContext, choice: D.Execution, prep_ref: Any = None) -> JobOutput:
@@ -38,20 +38,31 @@ def run_worker_group(job, ctx: RunContext, choice: D.Execution, prep_ref: Any = 
     gpu = res.gpus_per_worker > 0
     # "DEFAULT": never inside a placement group of the caller's; in a Tune trial that drives this
     # worker group, the trial's group reserves no CPU for the task (distml/tune/runner.py)
-    opts = dict(num_cpus=res.cpus_per_worker, max_retries=res.max_failures,
-                retry_exceptions=False, scheduling_strategy="DEFAULT")
+    opts = dict(
+        num_cpus=res.cpus_per_worker,
+        max_retries=res.max_failures,
+        retry_exceptions=False,
+        scheduling_strategy="DEFAULT",
+    )
     if prep_ref is None:
         prep_ref = ray.remote(prepare_task).options(**opts).remote(job, ctx.data)
     backend = "nccl" if gpu else "gloo"
     ctx.log.info("torch: %d workers, DDP over %s (%s)", choice.workers, backend, choice.reason)
     from distml import progress
 
-    config = {"job": job, "prep": [prep_ref], "fault": faults.from_env("train.iteration"),
-              "progress": progress.worker_reporter()}  # None unless progress is shown
-    trainer = TorchTrainer(_train_loop, train_loop_config=config,
-                           torch_config=TorchConfig(backend=backend),
-                           scaling_config=D.scaling_config(res, choice.workers),
-                           run_config=D.run_config(ctx, res.max_failures))
+    config = {
+        "job": job,
+        "prep": [prep_ref],
+        "fault": faults.from_env("train.iteration"),
+        "progress": progress.worker_reporter(),
+    }  # None unless progress is shown
+    trainer = TorchTrainer(
+        _train_loop,
+        train_loop_config=config,
+        torch_config=TorchConfig(backend=backend),
+        scaling_config=D.scaling_config(res, choice.workers),
+        run_config=D.run_config(ctx, res.max_failures),
+    )
     t0 = time.perf_counter()
     try:
         result = D.fit(trainer)
@@ -69,18 +80,27 @@ def run_worker_group(job, ctx: RunContext, choice: D.Execution, prep_ref: Any = 
     D.discard_checkpoints(ctx)
     t1 = time.perf_counter()
     try:
-        out = ray.get(ray.remote(_evaluate_task).options(**opts).remote(
-            job, ctx.data, prep_ref, {"weights": weights, **final}))
+        out = ray.get(
+            ray.remote(_evaluate_task)
+            .options(**opts)
+            .remote(job, ctx.data, prep_ref, {"weights": weights, **final})
+        )
     except Exception as e:
         raise JobFailed(f"torch evaluation failed: {one_line(e, 500)}") from e
     figures = final["figures"]
     out.info["execution"] = choice.record(
-        backend=backend, device="cuda" if gpu else "cpu",
+        backend=backend,
+        device="cuda" if gpu else "cpu",
         global_batch_size=job.spec.model.batch_size,
         per_worker_batch_size=job.spec.model.batch_size // choice.workers,
-        attempts=figures["attempts"], resumed_from=figures["resumed_from"],
-        timings_s={"train_s": round(t_train, 4), "loop_s": round(figures["loop_s"], 4),
-                   "evaluate_s": round(time.perf_counter() - t1, 4)})
+        attempts=figures["attempts"],
+        resumed_from=figures["resumed_from"],
+        timings_s={
+            "train_s": round(t_train, 4),
+            "loop_s": round(figures["loop_s"], 4),
+            "evaluate_s": round(time.perf_counter() - t1, 4),
+        },
+    )
     return out
 
 
@@ -114,8 +134,14 @@ def _train_loop(config: dict) -> None:
     from torch.utils.data import DataLoader, TensorDataset
 
     from distml.jobs._supervised import as_prepared
-    from distml.jobs.torch.model import LoopData, build_net, fit_loop, load_state, n_outputs, \
-        save_state
+    from distml.jobs.torch.model import (
+        LoopData,
+        build_net,
+        fit_loop,
+        load_state,
+        n_outputs,
+        save_state,
+    )
     from distml.runtime.data import split_indices
 
     job = config["job"]
@@ -125,17 +151,23 @@ def _train_loop(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = rtt.get_device()
-    parts = split_indices(prep.y, job.spec.data.split_spec,
-                          classification=prep.task == "classification")
+    parts = split_indices(
+        prep.y, job.spec.data.split_spec, classification=prep.task == "classification"
+    )
     valid = parts.get("valid")
     task, inputs, Xt, yt, Xv, yv = job.tensors(prep, parts["train"], valid)
     if Xv is not None:  # each worker evaluates every world-th valid row; the sums are reduced
         Xv, yv = Xv[rank::world], yv[rank::world]
     net = rtt.prepare_model(build_net(m, inputs.width, n_outputs(task, prep.n_classes)))
     gen = torch.Generator().manual_seed(m.seed)
-    loader = rtt.prepare_data_loader(DataLoader(
-        TensorDataset(Xt, yt), batch_size=max(1, m.batch_size // world), shuffle=True,
-        generator=gen))
+    loader = rtt.prepare_data_loader(
+        DataLoader(
+            TensorDataset(Xt, yt),
+            batch_size=max(1, m.batch_size // world),
+            shuffle=True,
+            generator=gen,
+        )
+    )
 
     def set_epoch(epoch: int) -> None:
         if world > 1 and hasattr(loader.sampler, "set_epoch"):
@@ -169,8 +201,14 @@ def _train_loop(config: dict) -> None:
     def on_epoch(epoch, figures, state, stopped):
         if show is not None:
             show(epoch, figures, state, stopped)
-        faults.crash(config["fault"], "train.iteration", epoch, rank=rank, world=world,
-                     delay_s=D.crash_delay_s())
+        faults.crash(
+            config["fault"],
+            "train.iteration",
+            epoch,
+            rank=rank,
+            world=world,
+            delay_s=D.crash_delay_s(),
+        )
         if epoch == m.epochs or stopped or not cadence.due():
             return  # (the final report carries the best weights)
         with tempfile.TemporaryDirectory() as d:
@@ -181,18 +219,28 @@ def _train_loop(config: dict) -> None:
                 ckpt = Checkpoint(d)
             ray.train.report({"epoch": epoch, **figures}, checkpoint=ckpt)
 
-    result = fit_loop(m, task, net, loader, LoopData(Xt, yt, Xv, yv), device=device,
-                      y_scale=inputs.y_scale, restored=restored, on_epoch=on_epoch,
-                      reduce=reduce, set_epoch=set_epoch,
-                      generator=gen if world == 1 else None)
+    result = fit_loop(
+        m,
+        task,
+        net,
+        loader,
+        LoopData(Xt, yt, Xv, yv),
+        device=device,
+        y_scale=inputs.y_scale,
+        restored=restored,
+        on_epoch=on_epoch,
+        reduce=reduce,
+        set_epoch=set_epoch,
+        generator=gen if world == 1 else None,
+    )
     with tempfile.TemporaryDirectory() as d:
         ckpt = None
         if rank == 0:
             with open(os.path.join(d, "final.pt"), "wb") as fh:
-                fh.write(save_state({k: v.detach().cpu()
-                                     for k, v in result.net.state_dict().items()}))
+                fh.write(
+                    save_state({k: v.detach().cpu() for k, v in result.net.state_dict().items()})
+                )
             with open(os.path.join(d, "result.json"), "w", encoding="utf-8") as fh:
                 json.dump({"history": result.history, "figures": result.figures}, fh)
             ckpt = Checkpoint(d)
-        ray.train.report({"epoch": result.figures["epochs_trained"], "final": 1},
-                         checkpoint=ckpt)
+        ray.train.report({"epoch": result.figures["epochs_trained"], "final": 1}, checkpoint=ckpt)

@@ -28,13 +28,16 @@ import pandas as pd
 
 LOSSES = {"classification": "cross_entropy", "binary": "bce", "regression": "mse"}
 #: per-epoch metric names by task (what early stopping and a Tune scheduler can watch)
-EPOCH_METRICS = {"classification": ("loss", "logloss", "accuracy"),
-                 "binary": ("loss", "logloss", "accuracy"),
-                 "regression": ("loss", "rmse", "mae")}
+EPOCH_METRICS = {
+    "classification": ("loss", "logloss", "accuracy"),
+    "binary": ("loss", "logloss", "accuracy"),
+    "regression": ("loss", "rmse", "mae"),
+}
 MAXIMIZE = {"accuracy"}
 
 
 # ------------------------------------------------------------------ inputs
+
 
 @dataclass
 class Inputs:
@@ -46,8 +49,14 @@ class Inputs:
     y_scale: tuple[float, float] | None = None  # regression target (mean, sd)
 
     @classmethod
-    def fit(cls, X: pd.DataFrame, categories: dict[str, list], y: np.ndarray | None,
-            standardize: bool = True, regression: bool = False) -> "Inputs":
+    def fit(
+        cls,
+        X: pd.DataFrame,
+        categories: dict[str, list],
+        y: np.ndarray | None,
+        standardize: bool = True,
+        regression: bool = False,
+    ) -> "Inputs":
         numeric = {}
         for c in X.columns:
             if c in categories:
@@ -60,8 +69,7 @@ class Inputs:
         if regression and y is not None and len(y):
             sd = float(np.std(y))
             y_scale = (float(np.mean(y)), sd if sd > 0 else 1.0)
-        return cls(numeric, {c: list(v) for c, v in categories.items()}, list(X.columns),
-                   y_scale)
+        return cls(numeric, {c: list(v) for c, v in categories.items()}, list(X.columns), y_scale)
 
     @property
     def width(self) -> int:
@@ -95,17 +103,25 @@ class Inputs:
         return np.asarray(y, dtype=np.int64)
 
     def to_dict(self) -> dict:
-        return {"numeric": {c: list(v) for c, v in self.numeric.items()},
-                "categorical": self.categorical, "columns": self.columns,
-                "y_scale": list(self.y_scale) if self.y_scale else None}
+        return {
+            "numeric": {c: list(v) for c, v in self.numeric.items()},
+            "categorical": self.categorical,
+            "columns": self.columns,
+            "y_scale": list(self.y_scale) if self.y_scale else None,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> "Inputs":
-        return cls({c: tuple(v) for c, v in d["numeric"].items()}, d["categorical"],
-                   d["columns"], tuple(d["y_scale"]) if d.get("y_scale") else None)
+        return cls(
+            {c: tuple(v) for c, v in d["numeric"].items()},
+            d["categorical"],
+            d["columns"],
+            tuple(d["y_scale"]) if d.get("y_scale") else None,
+        )
 
 
 # ------------------------------------------------------------------ the network
+
 
 def n_outputs(task: str, n_classes: int) -> int:
     return n_classes if task == "classification" else 1
@@ -119,8 +135,13 @@ def build_net(m, in_features: int, out_features: int):
     torch.manual_seed(m.seed)
     if m.module:
         return user_module_class(m.module)(in_features, out_features, **m.module_args)
-    acts = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU,
-            "leaky_relu": nn.LeakyReLU}
+    acts = {
+        "relu": nn.ReLU,
+        "gelu": nn.GELU,
+        "tanh": nn.Tanh,
+        "silu": nn.SiLU,
+        "leaky_relu": nn.LeakyReLU,
+    }
     layers: list = []
     width = in_features
     for h in m.hidden:
@@ -148,8 +169,10 @@ def user_module_class(path: str) -> type:
     except (ImportError, AttributeError) as e:
         raise SpecError(f"model.module {path!r} cannot be imported ({e})") from None
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise SpecError(f"model.module {path!r} is not a torch.nn.Module subclass; name the "
-                        "class of your network (pkg.mod:Class)")
+        raise SpecError(
+            f"model.module {path!r} is not a torch.nn.Module subclass; name the "
+            "class of your network (pkg.mod:Class)"
+        )
     return cls
 
 
@@ -157,8 +180,12 @@ def loss_fn(m, task: str):
     from torch import nn
 
     name = m.loss or LOSSES[task]
-    return {"cross_entropy": nn.CrossEntropyLoss, "bce": nn.BCEWithLogitsLoss,
-            "mse": nn.MSELoss, "huber": nn.HuberLoss}[name]()
+    return {
+        "cross_entropy": nn.CrossEntropyLoss,
+        "bce": nn.BCEWithLogitsLoss,
+        "mse": nn.MSELoss,
+        "huber": nn.HuberLoss,
+    }[name]()
 
 
 def optimizer(m, params):
@@ -198,6 +225,7 @@ def forward_outputs(logits, task: str):
 
 # ------------------------------------------------------------------ the epoch loop
 
+
 @dataclass
 class LoopData:
     """Tensors of one worker: its train rows and its share of the valid rows."""
@@ -229,7 +257,7 @@ def _evaluate(net, X, y, task: str, lossf, y_scale, device, reduce: Callable) ->
     sums = torch.zeros(4, dtype=torch.float64)
     with torch.no_grad():
         for lo in range(0, len(X), 8192):
-            xb, yb = X[lo:lo + 8192].to(device), y[lo:lo + 8192].to(device)
+            xb, yb = X[lo : lo + 8192].to(device), y[lo : lo + 8192].to(device)
             out = net(xb)
             if task == "binary":
                 out = out.reshape(-1)
@@ -245,7 +273,7 @@ def _evaluate(net, X, y, task: str, lossf, y_scale, device, reduce: Callable) ->
             else:
                 sd = y_scale[1] if y_scale else 1.0
                 err = (out - yb).double() * sd
-                sums[2] += float((err ** 2).sum())
+                sums[2] += float((err**2).sum())
                 sums[3] += float(err.abs().sum())
     sums = reduce(sums)
     n = max(float(sums[1]), 1.0)
@@ -255,10 +283,21 @@ def _evaluate(net, X, y, task: str, lossf, y_scale, device, reduce: Callable) ->
     return {"loss": loss, "logloss": loss, "accuracy": float(sums[2]) / n}
 
 
-def fit_loop(m, task: str, net, loader, data: LoopData, *, device="cpu", y_scale=None,
-             restored: dict | None = None, on_epoch: Callable | None = None,
-             reduce: Callable = lambda t: t, set_epoch: Callable | None = None,
-             generator=None) -> LoopResult:
+def fit_loop(
+    m,
+    task: str,
+    net,
+    loader,
+    data: LoopData,
+    *,
+    device="cpu",
+    y_scale=None,
+    restored: dict | None = None,
+    on_epoch: Callable | None = None,
+    reduce: Callable = lambda t: t,
+    set_epoch: Callable | None = None,
+    generator=None,
+) -> LoopResult:
     """Train ``net`` for ``m.epochs`` epochs (from a restored checkpoint state if given).
 
     ``on_epoch(epoch, figures, state)`` is called after every epoch (1-based) with the epoch's
@@ -273,8 +312,15 @@ def fit_loop(m, task: str, net, loader, data: LoopData, *, device="cpu", y_scale
     sched = scheduler(m, opt)
     es = m.early_stopping
     watch = es.metric if es else None
-    st = {"epoch": 0, "best": None, "best_epoch": None, "best_model": None, "bad": 0,
-          "history": [], "attempts": 0}
+    st = {
+        "epoch": 0,
+        "best": None,
+        "best_epoch": None,
+        "best_model": None,
+        "bad": 0,
+        "history": [],
+        "attempts": 0,
+    }
     if restored is not None:
         base.load_state_dict(restored["model"])
         opt.load_state_dict(restored["optimizer"])
@@ -284,8 +330,13 @@ def fit_loop(m, task: str, net, loader, data: LoopData, *, device="cpu", y_scale
             torch.set_rng_state(restored["rng"])
         if generator is not None and restored.get("generator") is not None:
             generator.set_state(restored["generator"])
-        st.update({k: restored[k] for k in ("epoch", "best", "best_epoch", "best_model", "bad",
-                                            "history", "attempts") if k in restored})
+        st.update(
+            {
+                k: restored[k]
+                for k in ("epoch", "best", "best_epoch", "best_model", "bad", "history", "attempts")
+                if k in restored
+            }
+        )
     st["attempts"] = int(st["attempts"]) + 1
     resumed_from = int(st["epoch"])
     t0 = time.perf_counter()
@@ -313,38 +364,51 @@ def fit_loop(m, task: str, net, loader, data: LoopData, *, device="cpu", y_scale
         total = reduce(total)
         figures = {"train.loss": float(total[0]) / max(float(total[1]), 1.0)}
         if data.X_valid is not None:
-            valid = _evaluate(net, data.X_valid, data.y_valid, task, lossf, y_scale, device,
-                              reduce)
+            valid = _evaluate(net, data.X_valid, data.y_valid, task, lossf, y_scale, device, reduce)
             figures.update({f"valid.{k}": v for k, v in valid.items()})
-        st["history"] += [[epoch - 1, key.split(".")[0], key.split(".")[1], float(v)]
-                          for key, v in figures.items()]
+        st["history"] += [
+            [epoch - 1, key.split(".")[0], key.split(".")[1], float(v)]
+            for key, v in figures.items()
+        ]
         st["epoch"] = epoch
         if watch is not None:
             value = figures[f"valid.{watch}"]
             if _better(value, st["best"], watch, es.min_delta):
                 st["best"], st["best_epoch"], st["bad"] = value, epoch, 0
-                st["best_model"] = copy.deepcopy({k: v.detach().cpu()
-                                                  for k, v in base.state_dict().items()})
+                st["best_model"] = copy.deepcopy(
+                    {k: v.detach().cpu() for k, v in base.state_dict().items()}
+                )
             else:
                 st["bad"] += 1
             stopped = st["bad"] >= es.patience
         if on_epoch is not None:
+
             def state(st=st):
-                return {**st, "model": {k: v.detach().cpu() for k, v in base.state_dict().items()},
-                        "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict() if sched is not None else None,
-                        "rng": torch.get_rng_state(),
-                        "generator": generator.get_state() if generator is not None else None}
+                return {
+                    **st,
+                    "model": {k: v.detach().cpu() for k, v in base.state_dict().items()},
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict() if sched is not None else None,
+                    "rng": torch.get_rng_state(),
+                    "generator": generator.get_state() if generator is not None else None,
+                }
+
             on_epoch(epoch, figures, state, stopped)
     if st["best_model"] is not None:
         base.load_state_dict(st["best_model"])
     base = base.cpu().eval()
-    figures = {"epochs_trained": int(st["epoch"]), "attempts": int(st["attempts"]),
-               "resumed_from": resumed_from, "loop_s": time.perf_counter() - t0}
+    figures = {
+        "epochs_trained": int(st["epoch"]),
+        "attempts": int(st["attempts"]),
+        "resumed_from": resumed_from,
+        "loop_s": time.perf_counter() - t0,
+    }
     if st["best_epoch"] is not None:
         figures["best_epoch"] = int(st["best_epoch"])
-    history = [{"iteration": int(i), "split": s, "metric": k, "value": float(v)}
-               for i, s, k, v in st["history"]]
+    history = [
+        {"iteration": int(i), "split": s, "metric": k, "value": float(v)}
+        for i, s, k, v in st["history"]
+    ]
     return LoopResult(base, history, figures)
 
 

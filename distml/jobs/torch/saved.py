@@ -21,8 +21,9 @@ _MAX_PARAMETERS = 2_000_000_000
 def _int_field(config: dict, key: str, low: int, high: int) -> int:
     v = config.get(key)
     if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
-        raise DataError(f"model/config.json field {key!r} must be an integer in [{low}, {high}]; "
-                        f"got {v!r}")
+        raise DataError(
+            f"model/config.json field {key!r} must be an integer in [{low}, {high}]; got {v!r}"
+        )
     return v
 
 
@@ -62,8 +63,10 @@ def load_model(run, allow_module: tuple[str, ...] = ()) -> TorchFitted:
     in_features = _int_field(config, "in_features", 1, _MAX_FEATURES)
     out_features = _int_field(config, "out_features", 1, _MAX_OUTPUTS)
     if config.get("task") not in ("classification", "binary", "regression"):
-        raise DataError("model/config.json field 'task' must be classification, binary or "
-                        f"regression; got {config.get('task')!r}")
+        raise DataError(
+            "model/config.json field 'task' must be classification, binary or "
+            f"regression; got {config.get('task')!r}"
+        )
     try:
         # strict: numbers must be JSON numbers, as distml writes them ("4" is no width)
         m = TorchModel.model_validate_json(json.dumps(config["model"]), strict=True)
@@ -73,26 +76,35 @@ def load_model(run, allow_module: tuple[str, ...] = ()) -> TorchFitted:
         raise DataError(f"model/config.json field 'model.{where}': {err['msg']}") from None
     if m.module:
         if m.module not in allow_module:
-            raise DataError(f"model/config.json field 'model.module' names user code "
-                            f"{m.module!r}; scoring a run directory does not run its code unless "
-                            f"you allow it: pass --allow-module {m.module} (Python: "
-                            f"allow_module=[{m.module!r}]) if you trust that module")
+            raise DataError(
+                f"model/config.json field 'model.module' names user code "
+                f"{m.module!r}; scoring a run directory does not run its code unless "
+                f"you allow it: pass --allow-module {m.module} (Python: "
+                f"allow_module=[{m.module!r}]) if you trust that module"
+            )
         bad = [k for k, v in m.module_args.items() if not k.isidentifier() or not _json_arg(v)]
         if bad:
-            raise DataError(f"model/config.json field 'model.module_args.{bad[0]}' must be a "
-                            "JSON number, string, boolean, null or list of them")
+            raise DataError(
+                f"model/config.json field 'model.module_args.{bad[0]}' must be a "
+                "JSON number, string, boolean, null or list of them"
+            )
     elif _mlp_parameters(m, in_features, out_features) > _MAX_PARAMETERS:
-        raise DataError("model/config.json fields 'in_features', 'out_features' and "
-                        f"'model.hidden' describe more than {_MAX_PARAMETERS} parameters")
+        raise DataError(
+            "model/config.json fields 'in_features', 'out_features' and "
+            f"'model.hidden' describe more than {_MAX_PARAMETERS} parameters"
+        )
     state = load_state((model_dir / "model.pt").read_bytes())
     if not isinstance(state, dict):
         raise DataError("model/model.pt is not a state_dict")
     if not m.module:
         n_saved = sum(int(v.numel()) for v in state.values() if hasattr(v, "numel"))
         if n_saved != _mlp_parameters(m, in_features, out_features) + (
-                len(m.hidden) if m.batch_norm else 0):
-            raise DataError("model/model.pt does not hold the weights of the network that "
-                            "model/config.json describes")
+            len(m.hidden) if m.batch_norm else 0
+        ):
+            raise DataError(
+                "model/model.pt does not hold the weights of the network that "
+                "model/config.json describes"
+            )
     try:
         if m.module:
             user_module_class(m.module)  # a torch.nn.Module subclass, checked before the call
@@ -116,8 +128,9 @@ def load_predictor(run, allow_module: tuple[str, ...] = ()):
     except DataError as e:
         raise DataError(f"run dir {str(run)!r}: {e.message}") from None
     except Exception as e:  # torch/zip/JSON errors of a damaged or crafted file alike
-        raise DataError(f"run dir {str(run)!r}: the torch model files are missing or unreadable "
-                        f"({one_line(e)})") from None
+        raise DataError(
+            f"run dir {str(run)!r}: the torch model files are missing or unreadable ({one_line(e)})"
+        ) from None
     manifest = json.loads((run / "manifest.json").read_text())
     spec = run_spec(run, manifest)
     return SupervisedPredictor("torch", Job(spec), model, schema)

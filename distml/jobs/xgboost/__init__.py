@@ -33,10 +33,14 @@ class XGBoostModel(StrictModel):
     """The ``model`` section of an xgboost job."""
 
     params: dict[str, Any] = Field(
-        default_factory=dict, description="Booster parameters, passed to xgboost.train unchanged.")
+        default_factory=dict, description="Booster parameters, passed to xgboost.train unchanged."
+    )
     num_boost_round: int = Field(100, ge=1, le=1_000_000, description="Boosting rounds.")
     early_stopping_rounds: int | None = Field(
-        None, ge=1, description="Stop when the last valid eval_metric has not improved for N rounds.")
+        None,
+        ge=1,
+        description="Stop when the last valid eval_metric has not improved for N rounds.",
+    )
 
 
 class Spec(JobSpec):
@@ -51,12 +55,14 @@ class Spec(JobSpec):
         if self.model.early_stopping_rounds and (split is None or split.valid == 0):
             raise ValueError(
                 "model.early_stopping_rounds needs a validation split; data.split has no valid "
-                "fraction; set data.split.valid (e.g. 0.2) or drop early_stopping_rounds")
+                "fraction; set data.split.valid (e.g. 0.2) or drop early_stopping_rounds"
+            )
         if self.resources.num_workers > 1 and split is not None and split.cv:
             raise ValueError(
                 "data.split.cv and resources.num_workers conflict: cross-validation folds run as "
                 f"parallel single-worker tasks; got cv={split.cv} and num_workers="
-                f"{self.resources.num_workers}; set resources.num_workers: 1")
+                f"{self.resources.num_workers}; set resources.num_workers: 1"
+            )
         return self
 
 
@@ -92,23 +98,30 @@ class Job(BoostingJob):
         try:
             return xgb.Booster(model_file=str(path))
         except (xgb.core.XGBoostError, UnicodeDecodeError) as e:  # message may not decode
-            raise DataError(f"run dir {str(run)!r}: model/model.ubj is not a readable xgboost "
-                            f"model ({one_line(e)})") from None
+            raise DataError(
+                f"run dir {str(run)!r}: model/model.ubj is not a readable xgboost "
+                f"model ({one_line(e)})"
+            ) from None
 
     def check_data(self):
         info = super().check_data()
         bad = [c for c in info.features if any(ch in c for ch in "[]<")]
         if bad:
-            raise DataError(f"data.features: column {bad[0]!r} has a name xgboost cannot use "
-                            "(it may not contain [, ] or <); rename it or list it in data.exclude")
+            raise DataError(
+                f"data.features: column {bad[0]!r} has a name xgboost cannot use "
+                "(it may not contain [, ] or <); rename it or list it in data.exclude"
+            )
         return info
 
     def task(self) -> str | None:
         objective = self.spec.model.params.get("objective")
         if objective is None:
             return None
-        return ("classification" if str(objective).startswith(_CLASSIFICATION_PREFIXES)
-                else "regression")
+        return (
+            "classification"
+            if str(objective).startswith(_CLASSIFICATION_PREFIXES)
+            else "regression"
+        )
 
     def run(self, ctx, prep_ref: Any = None):
         """One Ray task, or a Ray Train worker group when right-sizing asks for one
@@ -124,8 +137,10 @@ class Job(BoostingJob):
         out = super().run(ctx, prep_ref)
         ex = out.info.get("execution", {})
         if ex.get("path") == "single_task":
-            out.info["execution"] = {**choice.record(),
-                                     **{k: v for k, v in ex.items() if k not in ("path", "reason")}}
+            out.info["execution"] = {
+                **choice.record(),
+                **{k: v for k, v in ex.items() if k not in ("path", "reason")},
+            }
         return out
 
     def booster_params(self, prep: Prepared) -> dict[str, Any]:
@@ -149,8 +164,9 @@ class Job(BoostingJob):
     def _dmatrix(prep: Prepared, rows: np.ndarray, nthread: int):
         import xgboost as xgb
 
-        return xgb.DMatrix(prep.X.iloc[rows], label=prep.y[rows], enable_categorical=True,
-                           nthread=nthread)
+        return xgb.DMatrix(
+            prep.X.iloc[rows], label=prep.y[rows], enable_categorical=True, nthread=nthread
+        )
 
     def checkpointable(self) -> bool:
         return True
@@ -180,9 +196,11 @@ class Job(BoostingJob):
             done, earlier = int(state["round"]), state["history"]
             if stopper is not None:
                 set_stopper_state(stopper, state.get("early_stopping"))
-            ckpt.resumed_from = {"round": done, "of": model.num_boost_round,
-                                 **({"best_iteration": int(booster.best_iteration)}
-                                    if es_rounds else {})}
+            ckpt.resumed_from = {
+                "round": done,
+                "of": model.num_boost_round,
+                **({"best_iteration": int(booster.best_iteration)} if es_rounds else {}),
+            }
         stopped = bool(restored and restored[0].get("stopped"))
         from distml.progress import xgboost_callback
 
@@ -190,17 +208,28 @@ class Job(BoostingJob):
         saver = _round_checkpointer(ckpt, stopper, self._fault, model.num_boost_round, earlier)
         callbacks = [c for c in (rounds, saver if ckpt is not None else stopper) if c is not None]
         history: dict = {}
-        booster = xgb.train(params, dtrain, num_boost_round=0 if stopped else
-                            model.num_boost_round - done, evals=evals, evals_result=history,
-                            verbose_eval=False, callbacks=callbacks or None, xgb_model=booster)
+        booster = xgb.train(
+            params,
+            dtrain,
+            num_boost_round=0 if stopped else model.num_boost_round - done,
+            evals=evals,
+            evals_result=history,
+            verbose_eval=False,
+            callbacks=callbacks or None,
+            xgb_model=booster,
+        )
         history = _join_history(earlier, history)
         figures: dict[str, Any] = {"num_boosted_rounds": int(booster.num_boosted_rounds())}
         if es_rounds:
             figures["best_iteration"] = int(booster.best_iteration)
-        curve = pd.DataFrame([
-            {"iteration": i, "split": split, "metric": metric, "value": float(v)}
-            for split, by_metric in history.items() for metric, values in by_metric.items()
-            for i, v in enumerate(values)])
+        curve = pd.DataFrame(
+            [
+                {"iteration": i, "split": split, "metric": metric, "value": float(v)}
+                for split, by_metric in history.items()
+                for metric, values in by_metric.items()
+                for i, v in enumerate(values)
+            ]
+        )
         booster.set_attr(distml_objective=str(params["objective"]))
         return booster, figures, {"learning_curve": curve} if len(curve) else {}
 
@@ -208,8 +237,11 @@ class Job(BoostingJob):
         import xgboost as xgb
 
         best = model.attr("best_iteration")
-        rng = (0, int(best) + 1) if best is not None and self.spec.model.early_stopping_rounds \
+        rng = (
+            (0, int(best) + 1)
+            if best is not None and self.spec.model.early_stopping_rounds
             else (0, 0)
+        )
         raw = model.predict(xgb.DMatrix(X, enable_categorical=True), iteration_range=rng)
         objective = model.attr("distml_objective") or ""
         if prep.task != "classification":
@@ -226,8 +258,9 @@ class Job(BoostingJob):
     def importance(self, model, prep: Prepared) -> pd.DataFrame:
         gain = model.get_score(importance_type="gain")
         feats = list(prep.X.columns)
-        return pd.DataFrame({"feature": feats,
-                             "importance": [float(gain.get(f, 0.0)) for f in feats]})
+        return pd.DataFrame(
+            {"feature": feats, "importance": [float(gain.get(f, 0.0)) for f in feats]}
+        )
 
     def model_files(self, model) -> dict[str, bytes]:
         return {"model/model.ubj": bytes(model.save_raw("ubj"))}
@@ -273,17 +306,26 @@ class Job(BoostingJob):
                 set_stopper_state(stopper, session.restored.state.get("early_stopping"))
         reporter = _round_reporter(session, split, eval_name, stopper, model.num_boost_round)
         callbacks = [c for c in (stopper, reporter) if c is not None]
-        booster = xgb.train(params, dtrain, num_boost_round=model.num_boost_round - done,
-                            evals=evals, callbacks=callbacks, xgb_model=booster,
-                            verbose_eval=False)
+        booster = xgb.train(
+            params,
+            dtrain,
+            num_boost_round=model.num_boost_round - done,
+            evals=evals,
+            callbacks=callbacks,
+            xgb_model=booster,
+            verbose_eval=False,
+        )
         booster.set_attr(distml_objective=str(params["objective"]))
         rows = parts[split]
         metrics, _ = self.evaluate(booster, prep, prep.X.iloc[rows], prep.y[rows])
         figures = {"num_boosted_rounds": int(booster.num_boosted_rounds())}
         if es_rounds:
             figures["best_iteration"] = int(booster.best_iteration)
-        session.report(figures["num_boosted_rounds"],
-                       {**{f"{split}.{k}": v for k, v in metrics.items()}, **figures}, final=True)
+        session.report(
+            figures["num_boosted_rounds"],
+            {**{f"{split}.{k}": v for k, v in metrics.items()}, **figures},
+            final=True,
+        )
 
 
 def _with_metric(params: dict, name: str, es_rounds: int | None, dtrain) -> list[str]:
@@ -298,7 +340,7 @@ def _with_metric(params: dict, name: str, es_rounds: int | None, dtrain) -> list
     if not metrics and es_rounds:
         probe = {k: v for k, v in params.items() if k != "eval_metric"}
         line = xgb.Booster(probe, [dtrain]).eval(dtrain, "d")  # "[0]\td-logloss:0.69"
-        default = line.split("\t")[1].split(":")[0][len("d-"):]
+        default = line.split("\t")[1].split(":")[0][len("d-") :]
         metrics = [default] if default != name else []
     return [name] + metrics
 
@@ -322,10 +364,13 @@ def _round_reporter(session, split: str, eval_name: str, stopper, total: int):
             if eval_name in ("error", "merror"):
                 value = 1.0 - value
             iteration = self.start + epoch + 1
-            session.report(iteration, {self.key: value},
-                           files=lambda: {"model.ubj": bytes(model.save_raw("ubj"))},
-                           state={"early_stopping": stopper_state(stopper)},
-                           send=iteration < total)  # the final report follows the last round
+            session.report(
+                iteration,
+                {self.key: value},
+                files=lambda: {"model.ubj": bytes(model.save_raw("ubj"))},
+                state={"early_stopping": stopper_state(stopper)},
+                send=iteration < total,
+            )  # the final report follows the last round
             return False
 
     return RoundReporter()
@@ -347,8 +392,8 @@ def _round_checkpointer(ckpt, stopper, fault, total: int, earlier: dict):
     first that asks to stop)."""
     import xgboost as xgb
 
-    from distml.runtime import workers as D
     from distml.runtime import faults
+    from distml.runtime import workers as D
 
     class RoundCheckpointer(xgb.callback.TrainingCallback):
         def before_training(self, model):
@@ -359,10 +404,15 @@ def _round_checkpointer(ckpt, stopper, fault, total: int, earlier: dict):
             stop = bool(stopper.after_iteration(model, epoch, evals_log)) if stopper else False
             done = self.start + epoch + 1
             if ckpt.due(final=stop or done >= total):
-                ckpt.save({"round": done, "stopped": stop,
-                           "early_stopping": stopper_state(stopper),
-                           "history": _join_history(earlier, evals_log)},
-                          {"model.ubj": bytes(model.save_raw("ubj"))})
+                ckpt.save(
+                    {
+                        "round": done,
+                        "stopped": stop,
+                        "early_stopping": stopper_state(stopper),
+                        "history": _join_history(earlier, evals_log),
+                    },
+                    {"model.ubj": bytes(model.save_raw("ubj"))},
+                )
             faults.crash(fault, "train.iteration", done, delay_s=D.crash_delay_s())
             return stop
 
@@ -384,5 +434,9 @@ def probe_model(run: Path, path: Path, features: list[str]) -> None:
     or crafted ``model.ubj``)."""
     from distml.jobs.predictors import probe_in_child
 
-    probe_in_child(_XGB_PROBE, [str(path), json.dumps(features)],
-                   f"run dir {str(run)!r}: model/model.ubj", "xgboost")
+    probe_in_child(
+        _XGB_PROBE,
+        [str(path), json.dumps(features)],
+        f"run dir {str(run)!r}: model/model.ubj",
+        "xgboost",
+    )

@@ -32,9 +32,9 @@ import numpy as np
 import pandas as pd
 
 from distml.errors import DataError, JobFailed, one_line
-from distml.runtime import workers as D
 from distml.jobs.base import JobOutput, RunContext
 from distml.runtime import faults
+from distml.runtime import workers as D
 
 UNIT_ROWS = 262_144  # rows per read unit (several parquet row groups may form one)
 TRAIN, VALID, TEST, TEST_SOURCE = 0, 1, 2, 3
@@ -61,14 +61,16 @@ class Plan:
 
 # ------------------------------------------------------------------ planning (one Ray task)
 
+
 def _units_for(info, offset: int, code: int | None) -> tuple[list[dict], int]:
     """Read units of a checked source (the one planner: whole row groups of about
     :data:`UNIT_ROWS` rows, synthetic blocks, whole CSV files), numbered from ``offset``."""
     from distml.runtime import plan
     from distml.runtime.datasets import BLOCK_ROWS
 
-    parts = plan.by_rows(info, UNIT_ROWS, at_least=True, offset=offset, virtual_rows=BLOCK_ROWS,
-                         count_csv_rows=True)
+    parts = plan.by_rows(
+        info, UNIT_ROWS, at_least=True, offset=offset, virtual_rows=BLOCK_ROWS, count_csv_rows=True
+    )
     return [{"part": p.to_dict(), "code": code} for p in parts], sum(p.rows for p in parts)
 
 
@@ -83,16 +85,19 @@ def plan_task(job, info) -> tuple[Plan, np.ndarray, np.ndarray]:
     frame = read_frame(spec.data.source, [target] + list(info.categorical))
     y_raw = frame[target]
     task = job.task() or infer_task(y_raw)
-    categories = {c: sorted(frame[c].dropna().astype(str).unique().tolist())
-                  for c in info.categorical}
+    categories = {
+        c: sorted(frame[c].dropna().astype(str).unique().tolist()) for c in info.categorical
+    }
     classes = None
     if task == "classification":
         classes = sorted(pd.unique(y_raw).tolist(), key=lambda v: (str(type(v)), v))
         y = encode_target(y_raw, classes, "data.source").astype(np.float64)
     else:
         if not pd.api.types.is_numeric_dtype(y_raw):
-            raise DataError(f"data.target: column {target!r} has dtype {y_raw.dtype}, but a "
-                            "regression target must be numeric")
+            raise DataError(
+                f"data.target: column {target!r} has dtype {y_raw.dtype}, but a "
+                "regression target must be numeric"
+            )
         y = y_raw.to_numpy(dtype=np.float64)
     parts = split_indices(y, spec.data.split_spec, classification=task == "classification")
     codes = np.full(len(y), -1, dtype=np.int8)
@@ -100,13 +105,18 @@ def plan_task(job, info) -> tuple[Plan, np.ndarray, np.ndarray]:
         codes[rows] = _SPLIT_CODES[name]
     units, n = _units_for(info.source, 0, None)
     if n != len(y):
-        raise DataError(f"data.source: {n} rows in the read units but {len(y)} target values; "
-                        "did the files change while the job started?")
+        raise DataError(
+            f"data.source: {n} rows in the read units but {len(y)} target values; "
+            "did the files change while the job started?"
+        )
     rows = {k: int(len(v)) for k, v in parts.items()}
     if spec.data.test_source:
         test = read_frame(spec.data.test_source, [target], "data.test_source")[target]
-        y_test = (encode_target(test, classes, "data.test_source").astype(np.float64)
-                  if classes is not None else test.to_numpy(dtype=np.float64))
+        y_test = (
+            encode_target(test, classes, "data.test_source").astype(np.float64)
+            if classes is not None
+            else test.to_numpy(dtype=np.float64)
+        )
         more, n_test = _units_for(info.test, n, TEST_SOURCE)
         units += more
         y = np.concatenate([y, y_test])
@@ -131,8 +141,9 @@ def _read_units(batch: dict, plan: Plan, codes: np.ndarray, target: str) -> pd.D
             if c in plan.categories:  # codes: categorical levels are fixed globally
                 levels = plan.categories[c]
                 values = out[c].astype("string").astype(object)
-                out[c] = pd.Categorical(values.where(values.isin(levels)),
-                                        categories=levels).codes.astype(np.int32)
+                out[c] = pd.Categorical(
+                    values.where(values.isin(levels)), categories=levels
+                ).codes.astype(np.int32)
             elif pd.api.types.is_bool_dtype(out[c]):
                 out[c] = out[c].astype(np.int8)
         out[ROW] = rows
@@ -149,11 +160,17 @@ def dataset(plan: Plan, codes: np.ndarray, target: str):
     ds = ray.data.from_items(units, override_num_blocks=len(units))
     # num_cpus=0: the reads run beside a worker group that may hold every CPU (its workers wait
     # for these rows anyway)
-    return ds.map_batches(_read_units, fn_kwargs={"plan": plan, "codes": codes, "target": target},
-                          batch_size=1, batch_format="pandas", num_cpus=0)
+    return ds.map_batches(
+        _read_units,
+        fn_kwargs={"plan": plan, "codes": codes, "target": target},
+        batch_size=1,
+        batch_format="pandas",
+        num_cpus=0,
+    )
 
 
 # ------------------------------------------------------------------ the driver side
+
 
 def run_worker_group(job, ctx: RunContext, choice: D.Execution) -> JobOutput:
     """Train ``job`` (an xgboost Job) on a Ray Train worker group; the JobOutput of the run."""
@@ -164,8 +181,12 @@ def run_worker_group(job, ctx: RunContext, choice: D.Execution) -> JobOutput:
     t0 = time.perf_counter()
     # "DEFAULT": never inside a placement group of the caller's; in a Tune trial that drives this
     # worker group, the trial's group reserves no CPU for the task (distml/tune/runner.py)
-    opts = dict(num_cpus=res.cpus_per_worker, max_retries=res.max_failures,
-                retry_exceptions=False, scheduling_strategy="DEFAULT")
+    opts = dict(
+        num_cpus=res.cpus_per_worker,
+        max_retries=res.max_failures,
+        retry_exceptions=False,
+        scheduling_strategy="DEFAULT",
+    )
     try:
         plan, codes, y = ray.get(ray.remote(plan_task).options(**opts).remote(job, ctx.data))
     except ray.exceptions.RayTaskError as e:
@@ -173,18 +194,30 @@ def run_worker_group(job, ctx: RunContext, choice: D.Execution) -> JobOutput:
             raise e.cause from None
         raise JobFailed(f"xgboost data planning failed: {e.cause}") from e
     t_plan = time.perf_counter() - t0
-    ctx.log.info("xgboost: %d workers (%s); %d rows in %d read units", choice.workers,
-                 choice.reason, plan.n_total, len(plan.units))
+    ctx.log.info(
+        "xgboost: %d workers (%s); %d rows in %d read units",
+        choice.workers,
+        choice.reason,
+        plan.n_total,
+        len(plan.units),
+    )
     from distml import progress
 
-    config = {"job": job, "plan": plan, "labels": y, "fault": faults.from_env("train.iteration"),
-              "progress": progress.worker_reporter(),  # None unless progress is shown
-              "checkpoint_interval_s": None}
+    config = {
+        "job": job,
+        "plan": plan,
+        "labels": y,
+        "fault": faults.from_env("train.iteration"),
+        "progress": progress.worker_reporter(),  # None unless progress is shown
+        "checkpoint_interval_s": None,
+    }
     trainer = XGBoostTrainer(
-        _train_loop, train_loop_config=config,
+        _train_loop,
+        train_loop_config=config,
         scaling_config=D.scaling_config(res, choice.workers),
         run_config=D.run_config(ctx, res.max_failures),
-        datasets={"data": dataset(plan, codes, ctx.data.target)})
+        datasets={"data": dataset(plan, codes, ctx.data.target)},
+    )
     t1 = time.perf_counter()
     try:
         result = D.fit(trainer)
@@ -201,41 +234,70 @@ def run_worker_group(job, ctx: RunContext, choice: D.Execution) -> JobOutput:
         path = os.path.join(d, "predictions.parquet")
         predictions = pd.read_parquet(path) if os.path.exists(path) else None
     D.discard_checkpoints(ctx)
-    return _output(final, model_bytes, predictions, plan, job, choice, {
-        "plan_s": round(t_plan, 4), "train_s": round(t_train, 4)})
+    return _output(
+        final,
+        model_bytes,
+        predictions,
+        plan,
+        job,
+        choice,
+        {"plan_s": round(t_plan, 4), "train_s": round(t_train, 4)},
+    )
 
 
-def _output(final: dict, model_bytes: bytes, predictions, plan: Plan, job,
-            choice: D.Execution, timings: dict) -> JobOutput:
+def _output(
+    final: dict,
+    model_bytes: bytes,
+    predictions,
+    plan: Plan,
+    job,
+    choice: D.Execution,
+    timings: dict,
+) -> JobOutput:
     out = JobOutput()
     if predictions is not None:
         out.tables["predictions"] = predictions
     out.metrics = final["metrics"]
-    out.tables["learning_curve"] = pd.DataFrame(final["curve"],
-                                                columns=["iteration", "split", "metric", "value"])
+    out.tables["learning_curve"] = pd.DataFrame(
+        final["curve"], columns=["iteration", "split", "metric", "value"]
+    )
     if final.get("confusion"):
         out.tables["confusion_matrix"] = pd.DataFrame(final["confusion"])
     out.tables["feature_importance"] = pd.DataFrame(final["importance"])
-    out.files = {"model/model.ubj": model_bytes,
-                 "model/schema.json": json.dumps(final["schema"], indent=2).encode()}
-    out.info = {"task": plan.task, "task_inferred": job.task() is None, "rows": plan.rows,
-                "worker_timings_s": final["timings"]}
+    out.files = {
+        "model/model.ubj": model_bytes,
+        "model/schema.json": json.dumps(final["schema"], indent=2).encode(),
+    }
+    out.info = {
+        "task": plan.task,
+        "task_inferred": job.task() is None,
+        "rows": plan.rows,
+        "worker_timings_s": final["timings"],
+    }
     out.info["execution"] = choice.record(
         backend="xgboost collective (Ray Train V2 XGBoostTrainer)",
         device="cuda" if job.spec.resources.gpus_per_worker > 0 else "cpu",
-        attempts=final["attempts"], resumed_from=final["resumed_from"],
-        checkpoint_interval_s=D.report_interval_s(), timings_s=timings)
+        attempts=final["attempts"],
+        resumed_from=final["resumed_from"],
+        checkpoint_interval_s=D.report_interval_s(),
+        timings_s=timings,
+    )
     return out
 
 
 # ------------------------------------------------------------------ early-stopping state
 
+
 def stopper_state(stopper) -> dict | None:
     """xgboost's EarlyStopping state as JSON (for checkpoints; None without a stopper)."""
     if stopper is None:
         return None
-    return {"stopping_history": stopper.stopping_history, "best_scores": stopper.best_scores,
-            "current_rounds": stopper.current_rounds, "maximize": stopper.maximize}
+    return {
+        "stopping_history": stopper.stopping_history,
+        "best_scores": stopper.best_scores,
+        "current_rounds": stopper.current_rounds,
+        "maximize": stopper.maximize,
+    }
 
 
 def set_stopper_state(stopper, state: dict | None) -> None:
@@ -249,13 +311,17 @@ def set_stopper_state(stopper, state: dict | None) -> None:
 
 # ------------------------------------------------------------------ the worker side
 
+
 def _shard_frame(plan: Plan) -> pd.DataFrame:
     import ray.train
 
     shard = ray.train.get_dataset_shard("data")
     frames = [b for b in shard.iter_batches(batch_format="pandas", batch_size=None)]
-    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=plan.features + [ROW, SPLIT])
+    frame = (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=plan.features + [ROW, SPLIT])
+    )
     for c, levels in plan.categories.items():
         frame[c] = pd.Categorical.from_codes(frame[c].to_numpy(np.int32), categories=levels)
     return frame
@@ -304,18 +370,38 @@ def _train_loop(config: dict) -> None:
     reporter = _reporter(config, state["history"], stopper, attempts, model.num_boost_round)
     from distml.progress import xgboost_callback
 
-    shown = xgboost_callback(config.get("progress") if ray.train.get_context().get_world_rank()
-                             == 0 else None, model.num_boost_round)
+    shown = xgboost_callback(
+        config.get("progress") if ray.train.get_context().get_world_rank() == 0 else None,
+        model.num_boost_round,
+    )
     callbacks = [c for c in (stopper, reporter, shown) if c is not None]
     t1 = time.perf_counter()
     if done < model.num_boost_round and not _stopped(stopper, state):
-        booster = xgb.train(params, dtrain, num_boost_round=model.num_boost_round - done,
-                            evals=evals, callbacks=callbacks, xgb_model=booster,
-                            verbose_eval=False)
+        booster = xgb.train(
+            params,
+            dtrain,
+            num_boost_round=model.num_boost_round - done,
+            evals=evals,
+            callbacks=callbacks,
+            xgb_model=booster,
+            verbose_eval=False,
+        )
     t_fit = time.perf_counter() - t1
     booster.set_attr(distml_objective=str(params["objective"]))
-    _finish(job, plan, booster, X, labels, rows, split, reporter.history, attempts, done,
-            {"read": round(t_read, 4), "fit": round(t_fit, 4)}, collective)
+    _finish(
+        job,
+        plan,
+        booster,
+        X,
+        labels,
+        rows,
+        split,
+        reporter.history,
+        attempts,
+        done,
+        {"read": round(t_read, 4), "fit": round(t_fit, 4)},
+        collective,
+    )
 
 
 def _stopped(stopper, state: dict) -> bool:
@@ -331,7 +417,6 @@ def _reporter(config: dict, history: dict, stopper, attempts: int, total: int):
     import ray.train
     from ray.train import Checkpoint
     from ray.train.xgboost import RayTrainReportCallback
-
     from xgboost import collective
 
     ctx = ray.train.get_context()
@@ -360,8 +445,14 @@ def _reporter(config: dict, history: dict, stopper, attempts: int, total: int):
                 for m, values in by_metric.items():
                     self.history.setdefault(s, {}).setdefault(m, []).append(float(values[-1]))
             iteration = self.start + epoch + 1
-            faults.crash(config["fault"], "train.iteration", iteration, rank=rank,
-                         world=world, delay_s=D.crash_delay_s())
+            faults.crash(
+                config["fault"],
+                "train.iteration",
+                iteration,
+                rank=rank,
+                world=world,
+                delay_s=D.crash_delay_s(),
+            )
             if iteration < total and cadence.due():
                 report = {"iteration": iteration}
                 with self._get_checkpoint(model) as checkpoint:
@@ -382,8 +473,14 @@ def _reporter(config: dict, history: dict, stopper, attempts: int, total: int):
                 with tempfile.TemporaryDirectory() as d:
                     model.save_model(os.path.join(d, "model.ubj"))
                     with open(os.path.join(d, "state.json"), "w", encoding="utf-8") as fh:
-                        json.dump({"history": self.history, "attempts": attempts,
-                                   "early_stopping": stopper_state(stopper)}, fh)
+                        json.dump(
+                            {
+                                "history": self.history,
+                                "attempts": attempts,
+                                "early_stopping": stopper_state(stopper),
+                            },
+                            fh,
+                        )
                     yield Checkpoint(d)
 
             return make()
@@ -391,13 +488,25 @@ def _reporter(config: dict, history: dict, stopper, attempts: int, total: int):
     return Reporter()
 
 
-def _finish(job, plan: Plan, booster, X, labels: np.ndarray, rows, split, history: dict,
-            attempts: int, resumed_from: int, timings: dict, collective) -> None:
+def _finish(
+    job,
+    plan: Plan,
+    booster,
+    X,
+    labels: np.ndarray,
+    rows,
+    split,
+    history: dict,
+    attempts: int,
+    resumed_from: int,
+    timings: dict,
+    collective,
+) -> None:
     """Predict the own rows, assemble the predictions on rank 0, compute the outputs there."""
     import ray.train
     from ray.train import Checkpoint
 
-    from distml.jobs._supervised import Prepared, py_scalar, prediction_rows
+    from distml.jobs._supervised import Prepared, prediction_rows, py_scalar
     from distml.runtime import metrics as M
 
     prep = Prepared(X.iloc[:0], np.empty(0), plan.task, plan.classes, plan.categories)
@@ -454,32 +563,51 @@ def _finish(job, plan: Plan, booster, X, labels: np.ndarray, rows, split, histor
     metrics["num_boosted_rounds"] = int(booster.num_boosted_rounds())
     if job.spec.model.early_stopping_rounds and plan.rows.get("valid"):
         metrics["best_iteration"] = int(booster.best_iteration)
-    metrics.update(n_rows=int(sum(v for k, v in plan.rows.items()
-                                  if k != "test" or not (codes == TEST_SOURCE).any())),
-                   n_features=len(plan.features))
-    curve = [{"iteration": i, "split": s, "metric": m, "value": float(v)}
-             for s, by_metric in history.items() for m, values in by_metric.items()
-             for i, v in enumerate(values)]
+    metrics.update(
+        n_rows=int(
+            sum(v for k, v in plan.rows.items() if k != "test" or not (codes == TEST_SOURCE).any())
+        ),
+        n_features=len(plan.features),
+    )
+    curve = [
+        {"iteration": i, "split": s, "metric": m, "value": float(v)}
+        for s, by_metric in history.items()
+        for m, values in by_metric.items()
+        for i, v in enumerate(values)
+    ]
     gain = booster.get_score(importance_type="gain")
-    schema = {"target": job.spec.data.target, "task": plan.task, "features": plan.features,
-              "dtypes": {c: str(t) for c, t in X.dtypes.items()},
-              "categorical": plan.categories,
-              "classes": [py_scalar(c) for c in plan.classes] if plan.classes is not None else None}
-    final = {"metrics": metrics, "curve": curve, "confusion": confusion,
-             "importance": {"feature": plan.features,
-                            "importance": [float(gain.get(f, 0.0)) for f in plan.features]},
-             "schema": schema, "attempts": attempts, "resumed_from": resumed_from,
-             "timings": timings}
+    schema = {
+        "target": job.spec.data.target,
+        "task": plan.task,
+        "features": plan.features,
+        "dtypes": {c: str(t) for c, t in X.dtypes.items()},
+        "categorical": plan.categories,
+        "classes": [py_scalar(c) for c in plan.classes] if plan.classes is not None else None,
+    }
+    final = {
+        "metrics": metrics,
+        "curve": curve,
+        "confusion": confusion,
+        "importance": {
+            "feature": plan.features,
+            "importance": [float(gain.get(f, 0.0)) for f in plan.features],
+        },
+        "schema": schema,
+        "attempts": attempts,
+        "resumed_from": resumed_from,
+        "timings": timings,
+    }
     with tempfile.TemporaryDirectory() as d:
         booster.save_model(os.path.join(d, "model.ubj"))
         with open(os.path.join(d, "result.json"), "w", encoding="utf-8") as fh:
             json.dump(final, fh)
         if predictions:
             pd.concat(predictions, ignore_index=True).to_parquet(
-                os.path.join(d, "predictions.parquet"))
+                os.path.join(d, "predictions.parquet")
+            )
         with open(os.path.join(d, "state.json"), "w", encoding="utf-8") as fh:
-            json.dump({"history": history, "attempts": attempts, "early_stopping": None,
-                       "final": True}, fh)
+            json.dump(
+                {"history": history, "attempts": attempts, "early_stopping": None, "final": True},
+                fh,
+            )
         ray.train.report({"final": 1}, checkpoint=Checkpoint(d))
-
-

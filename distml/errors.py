@@ -87,6 +87,30 @@ def one_line(e: BaseException, limit: int = 300) -> str:
     return (lines[-1] if lines else type(e).__name__)[:limit]
 
 
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of ``e``'s text (an error whose first line is the sentence, such
+    as Ray's connection errors), at most ``limit`` chars; the type name when it has no text."""
+    lines = [ln for ln in strip_ansi(str(e)).strip().splitlines() if ln.strip()]
+    return (lines[0] if lines else type(e).__name__)[:limit]
+
+
+def error_text(e: BaseException, limit: int = 500) -> str:
+    """``Type: first meaningful line`` of a task's or trial's error, for tables and messages:
+    the cause behind a Ray wrapper, no traceback, ``File``, ``ray::`` or caret lines."""
+    cause = getattr(e, "cause", None) or e
+    text = strip_ansi(str(cause)).strip() or type(cause).__name__
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    first = next(
+        (
+            ln
+            for ln in lines
+            if any(ch.isalnum() for ch in ln) and not ln.startswith(("Traceback", "File ", "ray::"))
+        ),
+        lines[0] if lines else text,
+    )
+    return f"{type(cause).__name__}: {first}"[:limit]
+
+
 def plain(e: BaseException) -> BaseException:
     """``e`` as the user should see it: the distml error behind a Ray wrapper, else ``e``."""
     cause = distml_cause(e)

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from distml import progress
-from distml.errors import DataError, JobFailed
+from distml.errors import DataError, JobFailed, error_text
 from distml.jobs.base import Job, JobOutput, RunContext
 from distml.runtime import metrics as M
 from distml.runtime.data import (
@@ -305,7 +305,7 @@ class SupervisedJob(Job):
         except DataError:
             raise
         except Exception as e:
-            raise JobFailed(f"{self.spec.kind} fit failed: {_cause(e)}") from e
+            raise JobFailed(f"{self.spec.kind} fit failed: {error_text(e)}") from e
         out.info["execution"] = {
             "path": "single_task",
             "reason": "resources.num_workers is 1: the data fits one worker",
@@ -511,10 +511,3 @@ def _fold_task(job: SupervisedJob, prep: "Prepared | TuneData", fold: int) -> di
 
 def as_prepared(x: "Prepared | TuneData | None") -> Prepared | None:
     return x.prep if isinstance(x, TuneData) else x
-
-
-def _cause(e: BaseException) -> str:
-    cause = getattr(e, "cause", None) or e
-    text = str(cause).strip() or type(cause).__name__
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    return f"{type(cause).__name__}: {lines[-1] if lines else text}"[:500]

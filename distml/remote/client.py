@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 from urllib.parse import urlparse
 
-from distml.errors import ClusterError
+from distml.errors import ClusterError, first_line
 from distml.remote.address import (
     ADDRESS_ENV,
     TOKEN_HINT,
@@ -113,11 +113,11 @@ class JobsClient:
         except requests.exceptions.Timeout as e:
             raise ClusterError(
                 f"{self._where()} did not answer ({action}) within "
-                f"{READ_TIMEOUT_S:.0f} s: {_first_line(e)}"
+                f"{READ_TIMEOUT_S:.0f} s: {first_line(e)}"
             ) from None
         except (requests.exceptions.ConnectionError, ConnectionError) as e:
             raise ClusterError(
-                f"cannot reach {self._where()} ({action}): {_first_line(e)}; "
+                f"cannot reach {self._where()} ({action}): {first_line(e)}; "
                 "is the dashboard running and the port open?"
             ) from None
         except (RuntimeError, ValueError, requests.exceptions.RequestException) as e:
@@ -135,7 +135,7 @@ class JobsClient:
                 else ""
             )
             raise ClusterError(
-                f"{self._where()} refused the request ({action}): {_first_line(e)}{hint}"
+                f"{self._where()} refused the request ({action}): {first_line(e)}{hint}"
             ) from None
 
     # -- thin wrappers
@@ -200,8 +200,3 @@ def client_class():
             return super()._do_request(method, endpoint, **kwargs)
 
     return _Client
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0][:300]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import time
 import warnings
 from pathlib import Path
@@ -115,16 +114,10 @@ def build_report(
     path = Path(run_dir)
     text, ids, errors = render(path, manifest, extra)
     final = path / REPORT
-    tmp = path / f".report.tmp-{os.getpid()}-{secrets.token_hex(2)}.html"
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    from distml.runtime.artifacts import atomic_file
+
+    with atomic_file(final) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     return {
         "path": str(final),
         "sections": ids,

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 from urllib.parse import urlparse
 
-from distml.errors import ClusterError
+from distml.errors import ClusterError, first_line
 
 log = logging.getLogger("distml")
 PREFLIGHT_TIMEOUT_S = 10.0
@@ -194,7 +194,7 @@ def _ray(
                 except Exception as e:  # Ray raises ConnectionError/RuntimeError/auth errors
                     raise ClusterError(
                         f"cannot connect to the Ray cluster at {addr!r} (from "
-                        f"{source}): {_first_line(e)}"
+                        f"{source}): {first_line(e)}"
                     ) from e
             else:
                 _start_local(num_cpus, num_gpus)
@@ -324,8 +324,3 @@ def _resources() -> dict:
         }
     except Exception:
         return {}
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0]

@@ -134,20 +134,15 @@ def read_record(folder: Path | None = None) -> dict | None:
 
 
 def write_record(rec: dict, folder: Path | None = None) -> None:
-    """Write ``cluster.json`` atomically (temp name, fsync, rename), readable by its owner only."""
+    """Write ``cluster.json`` atomically (the one atomic writer), readable by its owner only."""
     folder = folder or state_dir()
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(prefix=".cluster.", suffix=".tmp", dir=folder)
-    try:
+    from distml.runtime.artifacts import atomic_file
+
+    with atomic_file(folder / RECORD) as tmp:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # the owner's only
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(rec, fh, indent=2)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, folder / RECORD)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def remove_record(folder: Path | None = None, only_id: str | None = None) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from ray import tune
 
-from distml.errors import DistmlError, JobFailed
+from distml.errors import DistmlError, JobFailed, error_text
 from distml.jobs.base import JobOutput, RunContext
 from distml.registry import kind_module
 from distml.runtime.artifacts import run_fingerprint
@@ -32,18 +32,6 @@ from distml.tune.tuner import (
 
 #: the refit must reproduce the best trial's metric to this relative tolerance
 REFIT_RTOL = 1e-6
-
-
-def _error_text(error: BaseException) -> str:
-    """``Type: first meaningful line`` of a trial's or task's error (no traceback)."""
-    cause = getattr(error, "cause", None) or error
-    text = str(cause).strip() or type(cause).__name__
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    first = next(
-        (ln for ln in lines if not ln.startswith(("Traceback", "File", "ray::"))),
-        lines[0] if lines else text,
-    )
-    return f"{type(cause).__name__}: {first}"[:300]
 
 
 def run_search(job, ctx: RunContext) -> JobOutput:
@@ -119,7 +107,7 @@ def run_search(job, ctx: RunContext) -> JobOutput:
         except DistmlError:
             raise
         except Exception as e:
-            raise JobFailed(f"the search stopped: {_error_text(e)}") from e
+            raise JobFailed(f"the search stopped: {error_text(e)}") from e
         search_s = time.perf_counter() - t0
 
     records = _records(grid, space)
@@ -292,7 +280,7 @@ def _raise_prepare_error(shared_ref, kind: str) -> None:
         cause = getattr(e, "cause", None)
         if isinstance(cause, DistmlError):
             raise cause from None
-        raise JobFailed(f"{kind} data preparation failed: {_error_text(e)}") from e
+        raise JobFailed(f"{kind} data preparation failed: {error_text(e)}") from e
 
 
 #: what a worker-group trial's own process reserves: it only drives a Ray Train run, whose workers
@@ -342,7 +330,7 @@ def _records(grid, space: Space) -> list[TrialRecord]:
         head = tag.split("_", 1)[0]
         order = (int(head), pos) if head.isdigit() else (1 << 62, pos)
         failures = int(getattr(getattr(trial, "run_metadata", None), "num_failures", 0) or 0)
-        error = _error_text(result.error) if result.error is not None else None
+        error = error_text(result.error) if result.error is not None else None
         rows.append((order, space.decode(result.config or {}), metrics, error, failures))
     rows.sort(key=lambda r: r[0])
     return [

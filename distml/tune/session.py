@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from distml.errors import first_line
+
 #: testing hook (RELIABILITY.md T1), read on the driver and handed to trials explicitly:
 #: "MARKER_PATH:ITERATION" makes the first trial process that reaches ITERATION call
 #: os._exit(1) there, once (the marker file records that it happened).
@@ -182,7 +184,7 @@ class TrialSession:
         """Report the trial as failed with the error's message (the searcher sees no value)."""
         from ray import tune
 
-        text = f"{type(error).__name__}: {_first_line(error)}"[:500]
+        text = f"{type(error).__name__}: {first_line(error)}"[:500]
         result = {
             OBJECTIVE: math.nan,
             "iteration": self.last.get("iteration", 0),
@@ -412,9 +414,3 @@ def lookup_metric(metrics: dict, metric: str) -> float | None:
         return flat[metric]
     split, _, name = metric.partition(".")
     return flat.get(f"{split}.mean.{name}") if name else None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    return lines[0] if lines else text

@@ -252,11 +252,6 @@ def test_predict_delegates_to_the_winners_kind(with_failures, monkeypatch):
     assert seen["manifest"]["kind"] == "sklearn"
 
 
-@pytest.mark.skipif(
-    not hasattr(kind_module("sklearn").Job, "load_predictor"),
-    reason="distml predict asks a kind's Job.load_predictor once the lead's "
-    "predict refactor is merged",
-)
 def test_distml_predict_scores_with_the_winner(with_failures, tmp_path):
     from sklearn.datasets import load_breast_cancer
 

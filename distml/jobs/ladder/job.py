@@ -22,12 +22,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from distml.errors import DataError, JobFailed, MissingDependency, SpecError
+from distml.errors import DataError, JobFailed, MissingDependency, SpecError, error_text
 from distml.jobs.base import Job as BaseJob
 from distml.jobs.base import JobOutput, RunContext
 from distml.jobs.ladder import stats
 from distml.jobs.ladder.spec import Candidate, Spec, check_candidate, formula_for, where
-from distml.jobs.ladder.tasks import error_text, fold_task, read_task, search_task
+from distml.jobs.ladder.tasks import fold_task, read_task, search_task
 from distml.runtime.data import DataInfo, read_frame, validate_data
 
 WINNER_FILE = "model/ladder_winner.json"
@@ -519,11 +519,18 @@ class Job(BaseJob):
     @classmethod
     def load_predictor(cls, run_dir: Path, manifest: dict, allow_module: tuple = ()) -> Any:
         """The winner's predictor: its kind's ``load_predictor`` on a view of the run holding
-        the winner's spec and model files (``model/ladder_winner.json`` names them); None when
-        that kind cannot predict."""
-        from distml.jobs.ladder.predictor import winner_predictor
+        the winner's spec and model files (``model/ladder_winner.json`` names them); a
+        DataError naming the winner's kind when that kind cannot predict."""
+        from distml.jobs.ladder.predictor import read_winner, winner_predictor
 
-        return winner_predictor(Path(run_dir), manifest, tuple(allow_module))
+        run = Path(run_dir)
+        predictor = winner_predictor(run, manifest, tuple(allow_module))
+        if predictor is None:
+            raise DataError(
+                f"run dir {str(run)!r}: the ladder's winner is of kind {read_winner(run)['kind']}, "
+                "whose runs distml predict cannot score (no predictor for that kind)"
+            )
+        return predictor
 
     @classmethod
     def report_sections(cls) -> list:

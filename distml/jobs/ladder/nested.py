@@ -139,9 +139,9 @@ def search(
 ) -> tuple[dict[str, Any], list[dict]]:
     """The best configuration on ``rows`` (a DataFrame: the training rows of one fold) by the
     inner cross-validation, and every configuration's record (config, score, error)."""
-    from distml.errors import JobFailed
+    from distml.errors import JobFailed, error_text
     from distml.jobs import kind_module
-    from distml.jobs.ladder.tasks import error_text, fold_metrics
+    from distml.jobs.ladder.tasks import fold_metrics
     from distml.spec.load import apply_overrides, load_spec
 
     name = tune.metric.rsplit(".", 1)[-1]

@@ -64,11 +64,7 @@ def winner_predictor(run: Path, manifest: dict, allow_module: tuple = ()) -> Any
             f"run dir {str(run)!r}: {WINNER_FILE} names kind {kind!r} but its spec "
             f"is of kind {spec.kind!r}"
         )
-    module = kind_module(kind)
-    loader = getattr(module.Job, "load_predictor", None)
-    legacy = getattr(module, "load_predictor", None)
-    if loader is None and legacy is None:
-        return None
+    loader = kind_module(kind).Job.load_predictor
     view_manifest = {**manifest, "kind": kind, "best_config": {}, "ladder_winner": winner["name"]}
     with tempfile.TemporaryDirectory(prefix="distml-ladder-") as tmp:
         view = Path(tmp)
@@ -79,6 +75,4 @@ def winner_predictor(run: Path, manifest: dict, allow_module: tuple = ()) -> Any
             dump_yaml(spec.to_dict(), sort_keys=False), encoding="utf-8"
         )
         (view / "manifest.json").write_text(json.dumps(view_manifest), encoding="utf-8")
-        if loader is not None:
-            return loader(view, view_manifest, allow_module)
-        return legacy(view, allow_module=allow_module)
+        return loader(view, view_manifest, allow_module)

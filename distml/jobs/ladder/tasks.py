@@ -8,23 +8,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from distml.errors import error_text
 from distml.runtime.data import read_frame
-
-
-def error_text(e: BaseException) -> str:
-    """``Type: first meaningful line`` of an error (no traceback, no caret lines), for tables."""
-    cause = getattr(e, "cause", None) or e
-    text = str(cause).strip() or type(cause).__name__
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    first = next(
-        (
-            ln
-            for ln in lines
-            if any(ch.isalnum() for ch in ln) and not ln.startswith(("Traceback", "File ", "ray::"))
-        ),
-        lines[0] if lines else text,
-    )
-    return f"{type(cause).__name__}: {first}"[:500]
 
 
 def fold_plan(y, split, task: str):

@@ -284,14 +284,18 @@ def test_minibatch_step_is_sklearn_partial_fit():
     np.testing.assert_array_equal(counts, assigned)
 
 
-def test_kmeans_plusplus_is_sklearns():
+def test_init_centres_are_sklearns_kmeans_plusplus():
+    """choose_init draws each init with scikit-learn's kmeans_plusplus on its slice of the
+    sample, seeded per init: the centres are exactly sklearn's for that slice and seed."""
     from sklearn.cluster import kmeans_plusplus
 
     X = _frame(3000, d=5).to_numpy()
     for k, seed in ((1, 0), (7, 1), (20, 2)):
-        want, _ = kmeans_plusplus(X, k, random_state=np.random.RandomState(seed))
-        got = K.kmeans_plusplus(X, k, np.random.RandomState(seed))
+        got, scores = K.choose_init(X, k, n_init=1, init_size=1000, seed=seed)
+        state = np.random.RandomState(np.random.SeedSequence([seed, 0]).generate_state(1)[0])
+        want, _ = kmeans_plusplus(X[1000:2000], k, random_state=state)
         np.testing.assert_array_equal(got, want)
+        assert len(scores) == 1
 
 
 def test_assign_and_init_choose_the_best_on_the_held_sample():

@@ -1,0 +1,226 @@
+"""The k-means kind's spec, its fitted model (centres, sizes, scaler) and the numerical kernels
+the passes share (assignment, sums, the mini-batch step)."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from distml.errors import DataError
+from distml.jobs import _out_of_core as ooc
+from distml.spec.base import JobSpec, StrictModel
+
+FORMAT_VERSION = 1
+
+
+class KMeansModelSpec(StrictModel):
+    """The ``model`` section of a kmeans job."""
+
+    n_clusters: int = Field(8, ge=1, le=100_000, description="Number of clusters.")
+    batch_size: int = Field(
+        8192,
+        ge=1,
+        le=1 << 24,
+        description="Rows per mini-batch; a task's "
+        "memory is about 3 × batch_size × (features + n_clusters) × 8 bytes.",
+    )
+    n_init: int = Field(
+        3,
+        ge=1,
+        le=1000,
+        description="k-means++ initialisations; the best by inertia on a held sample is kept.",
+    )
+    max_passes: int = Field(
+        10, ge=1, le=100_000, description="Mini-batch passes over the data at most."
+    )
+    tol: float = Field(
+        1e-4,
+        ge=0,
+        description="Stop when the squared centre shift of a pass, "
+        "summed over centres, is <= tol × the mean feature variance.",
+    )
+    init_size: int | None = Field(
+        None,
+        ge=1,
+        description="Sample rows per initialisation (and "
+        "held for scoring); default 3 × batch_size, >= 3 × n_clusters.",
+    )
+    refine_passes: int = Field(
+        0,
+        ge=0,
+        le=100_000,
+        description="Full-batch Lloyd passes after the mini-batch passes (stop early at tol).",
+    )
+    seed: int = Field(
+        0, ge=0, le=2**32 - 1, description="Seed of the sample and the initialisations."
+    )
+    scale: bool = Field(
+        False, description="Standardise features first (mean 0, std 1), computed out of core."
+    )
+    transform: bool = Field(
+        False,
+        description="Write the cluster of every row as "
+        "transformed/*.parquet, one file per partition.",
+    )
+    keep_columns: list[str] = Field(
+        default_factory=list,
+        description="Columns copied unchanged into the transformed output (e.g. an id).",
+    )
+    partition_rows: int | None = Field(
+        None, ge=1, description="Rows per task (row groups are never split); default 1048576."
+    )
+
+
+class Spec(JobSpec):
+    """Mini-batch k-means over data larger than memory."""
+
+    kind: Literal["kmeans"]
+    model: KMeansModelSpec = Field(default_factory=KMeansModelSpec)
+
+    @model_validator(mode="after")
+    def _checks(self) -> "Spec":
+        ooc.check_spec(self)
+        return self
+
+
+@dataclass
+class FittedKMeans:
+    """Centres (in the fitted, possibly standardised, space) and how to assign rows to them."""
+
+    features: list[str]
+    centers: np.ndarray  # (k, d)
+    sizes: np.ndarray  # rows per cluster in the final pass
+    scaler: ooc.Scaler | None = None
+
+    def predict(self, X: np.ndarray, copy: bool = True) -> np.ndarray:
+        """Cluster of each row (columns in ``features`` order); ``copy=False`` may overwrite a
+        writeable float64 ``X``."""
+        X = (
+            self.scaler.apply(ooc.owned(X, copy))
+            if self.scaler is not None
+            else np.asarray(X, dtype=np.float64)
+        )
+        return assign(X, self.centers)[0]
+
+    def centers_in_input_units(self) -> np.ndarray:
+        if self.scaler is None:
+            return self.centers.copy()
+        return self.centers * self.scaler.scale + self.scaler.mean
+
+    def to_files(self, info: dict) -> dict[str, bytes]:
+        arrays = {"centers": self.centers, "sizes": self.sizes}
+        if self.scaler is not None:
+            arrays.update(scale_mean=self.scaler.mean, scale_std=self.scaler.scale)
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        meta = {
+            "kind": "kmeans",
+            "format": FORMAT_VERSION,
+            "arrays": "model/kmeans.npz",
+            "features": self.features,
+            "n_clusters": int(len(self.centers)),
+            "scale": self.scaler is not None,
+            "output_columns": ["cluster"],
+            **info,
+        }
+        return {
+            "model/kmeans.npz": buf.getvalue(),
+            "model/model.json": json.dumps(meta, indent=2).encode(),
+        }
+
+
+def load_model(run_dir: str | Path) -> FittedKMeans:
+    """Load ``model/`` of a finished kmeans run (``allow_pickle=False``)."""
+    d = Path(run_dir) / "model"
+    meta = json.loads((d / "model.json").read_text())
+    if meta.get("kind") != "kmeans":
+        raise DataError(f"{str(d)!r} holds a {meta.get('kind')!r} model, not kmeans")
+    with np.load(d / "kmeans.npz", allow_pickle=False) as z:
+        a = {k: z[k] for k in z.files}
+    scaler = ooc.Scaler(a["scale_mean"], a["scale_std"]) if meta["scale"] else None
+    return FittedKMeans(meta["features"], a["centers"], a["sizes"], scaler)
+
+
+def predict(run_dir: str | Path, frame) -> Any:
+    """The cluster of every row of ``frame`` (a pandas DataFrame with the model's features)."""
+    import pandas as pd
+
+    model = load_model(run_dir)
+    labels = model.predict(frame[model.features].to_numpy(dtype=np.float64))
+    return pd.DataFrame({"cluster": labels.astype(np.int32)}, index=frame.index)
+
+
+# ------------------------------------------------------------------ the numerical kernels
+
+
+def assign(X: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centre of each row and the squared distance to it."""
+    D = X @ centers.T
+    D *= -2.0
+    D += np.einsum("ij,ij->i", centers, centers)
+    labels = D.argmin(axis=1)
+    dist = D[np.arange(len(X)), labels] + np.einsum("ij,ij->i", X, X)
+    return labels, np.maximum(dist, 0.0)
+
+
+def cluster_sums(X: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cluster sum of rows and row count (one ``bincount`` per feature: O(rows × features)
+    whatever ``k``, and a contiguous column each for the Fortran-ordered batches)."""
+    sums = np.empty((k, X.shape[1]))
+    for j in range(X.shape[1]):
+        sums[:, j] = np.bincount(labels, weights=X[:, j], minlength=k)
+    return sums, np.bincount(labels, minlength=k).astype(np.float64)
+
+
+def minibatch_step(X: np.ndarray, centers: np.ndarray, counts: np.ndarray):
+    """scikit-learn's mini-batch update, in place: each centre with rows in this batch becomes
+    the running mean of every row ever assigned to it. Returns (sums, batch counts, inertia)."""
+    labels, dist = assign(X, centers)
+    sums, n = cluster_sums(X, labels, len(centers))
+    hit = n > 0
+    total = counts[hit] + n[hit]
+    centers[hit] = (centers[hit] * counts[hit, None] + sums[hit]) / total[:, None]
+    counts[hit] = total
+    return sums, n, float(dist.sum())
+
+
+@dataclass
+class PassStats:
+    """Per-cluster sums and counts of one pass, and the inertia seen while assigning."""
+
+    sums: np.ndarray
+    counts: np.ndarray
+    inertia: float
+    rows: int
+    meta: list = field(default_factory=list)
+
+    def merge(self, other: "PassStats") -> "PassStats":
+        return PassStats(
+            self.sums + other.sums,
+            self.counts + other.counts,
+            self.inertia + other.inertia,
+            self.rows + other.rows,
+            self.meta + other.meta,
+        )
+
+
+@dataclass
+class SamplePass:
+    """The first pass: per-feature moments and a uniform sample."""
+
+    moments: ooc.Moments
+    sample: ooc.Sample
+    meta: list = field(default_factory=list)
+
+    def merge(self, other: "SamplePass") -> "SamplePass":
+        return SamplePass(
+            self.moments.merge(other.moments),
+            self.sample.merge(other.sample),
+            self.meta + other.meta,
+        )

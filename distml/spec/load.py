@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import functools
 import os
 import re
@@ -12,10 +11,18 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import yaml
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from distml.errors import SpecError
 from distml.spec.base import JobSpec
+from distml.spec.messages import (  # noqa: F401 - error_messages, format_error: imported from here too
+    dotted,
+    error_messages,
+    format_error,
+    models_in,
+    show,
+    type_word,
+)
 from distml.spec.yamlio import AliasError, load_yaml
 
 
@@ -68,7 +75,7 @@ def read_spec_file(path: str | os.PathLike) -> dict:
             f"spec file {str(path)!r} is not UTF-8 text (byte {e.start}); save it as UTF-8 YAML"
         ) from None
     except (ValueError, TypeError):  # an embedded NUL byte, a non-path object
-        raise SpecError(f"spec file path {_show(path)} is not a valid path") from None
+        raise SpecError(f"spec file path {show(path)} is not a valid path") from None
     try:
         raw = load_yaml(text)
     except AliasError as e:  # refused before it is expanded (a few bytes can mean billions)
@@ -97,7 +104,7 @@ def read_spec_file(path: str | os.PathLike) -> dict:
         )
     if not isinstance(raw, dict):
         raise SpecError(
-            f"spec file {str(p)!r} must hold a mapping at the top level; got {_type_word(raw)}"
+            f"spec file {str(p)!r} must hold a mapping at the top level; got {type_word(raw)}"
         )
     return raw
 
@@ -110,7 +117,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     """
     if not isinstance(item, str) or "=" not in item:
         raise SpecError(
-            f"--set expects PATH=VALUE (e.g. model.params.max_depth=8); got {_show(item)}"
+            f"--set expects PATH=VALUE (e.g. model.params.max_depth=8); got {show(item)}"
         )
     path, _, text = item.partition("=")
     path = path.strip()
@@ -154,7 +161,7 @@ def apply_overrides(raw: dict, overrides: Mapping[str, Any] | Iterable[str] | No
     for path, value in items:
         if not isinstance(path, str):
             raise SpecError(
-                f"an override path must be a dotted string (e.g. model.lr); got {_show(path)}"
+                f"an override path must be a dotted string (e.g. model.lr); got {show(path)}"
             )
         parts = path.replace("__", ".").split(".")
         if any(not part for part in parts):
@@ -169,8 +176,8 @@ def apply_overrides(raw: dict, overrides: Mapping[str, Any] | Iterable[str] | No
             if not isinstance(nxt, dict):
                 where = ".".join(parts[: i + 1])
                 raise SpecError(
-                    f"--set {path}: {where} is {_type_word(nxt)}, not a section, "
-                    f"so it has no field {parts[i + 1]!r}; got {where}={_show(nxt)}"
+                    f"--set {path}: {where} is {type_word(nxt)}, not a section, "
+                    f"so it has no field {parts[i + 1]!r}; got {where}={show(nxt)}"
                 )
             node = nxt
         node[parts[-1]] = value
@@ -205,7 +212,7 @@ def _load(spec: Any, overrides: Any) -> JobSpec:
     elif isinstance(spec, (str, os.PathLike)):
         raw = read_spec_file(spec)
     else:
-        raise SpecError(f"a spec must be a path, a mapping or a JobSpec; got {_type_word(spec)}")
+        raise SpecError(f"a spec must be a path, a mapping or a JobSpec; got {type_word(spec)}")
     raw = apply_overrides(raw, overrides)
     from distml.registry import KINDS, kind_module
 
@@ -214,7 +221,7 @@ def _load(spec: Any, overrides: Any) -> JobSpec:
         raise SpecError(f"kind is required; set it to one of {', '.join(sorted(KINDS))}")
     if not isinstance(kind, str):
         raise SpecError(
-            f"kind must be a string, one of {', '.join(sorted(KINDS))}; got {_show(kind)}"
+            f"kind must be a string, one of {', '.join(sorted(KINDS))}; got {show(kind)}"
         )
     if kind not in KINDS and kind.strip().lower() in KINDS:  # "XGBoost", "xgboost "
         raise SpecError(
@@ -270,10 +277,7 @@ def _huge_ints(node: Any, path: tuple) -> Iterable[tuple[tuple, str]]:
         ):
             yield (
                 path,
-                (
-                    f"{_dotted(list(path))} must be an integer that fits in 64 bits; "
-                    f"got {_show(node)}"
-                ),
+                (f"{dotted(list(path))} must be an integer that fits in 64 bits; got {show(node)}"),
             )
         return
     for k, v in items:
@@ -291,9 +295,9 @@ def _bool_numbers(model: type, node: Any, path: tuple) -> Iterable[tuple[tuple, 
         t = _plain_type(field.annotation)
         if isinstance(value, bool) and t in (int, float):
             what = "an integer" if t is int else "a number"
-            yield here, f"{_dotted(list(here))} must be {what}, not true/false; got {value!r}"
+            yield here, f"{dotted(list(here))} must be {what}, not true/false; got {value!r}"
             continue
-        sub = next(iter(_models_in(field.annotation)), None)
+        sub = next(iter(models_in(field.annotation)), None)
         if sub is None:
             continue
         if isinstance(value, Mapping):
@@ -301,335 +305,3 @@ def _bool_numbers(model: type, node: Any, path: tuple) -> Iterable[tuple[tuple, 
         elif isinstance(value, list):
             for i, item in enumerate(value):
                 yield from _bool_numbers(sub, item, here + (i,))
-
-
-# ---------------------------------------------------------------- error sentences
-
-_RULES = {
-    "greater_than": "must be > {gt}",
-    "greater_than_equal": "must be >= {ge}",
-    "less_than": "must be < {lt}",
-    "less_than_equal": "must be <= {le}",
-    "multiple_of": "must be a multiple of {multiple_of}",
-    "finite_number": "must be a finite number",
-    "too_short": "must have at least {min_length} items",
-    "too_long": "must have at most {max_length} items",
-    "string_too_long": "must have at most {max_length} characters",
-    "int_type": "must be an integer",
-    "int_parsing": "must be an integer",
-    "int_parsing_size": "must be an integer of reasonable size",
-    "int_from_float": "must be a whole number",
-    "float_type": "must be a number",
-    "float_parsing": "must be a number",
-    "bool_type": "must be true or false",
-    "bool_parsing": "must be true or false",
-    "string_type": "must be a string",
-    "string_unicode": "must be a valid unicode string",
-    "list_type": "must be a list",
-    "tuple_type": "must be a list",
-    "set_type": "must be a list",
-    "frozen_set_type": "must be a list",
-    "iterable_type": "must be a list",
-    "dict_type": "must be a mapping",
-    "mapping_type": "must be a mapping",
-    "model_type": "must be a mapping",
-    "model_attributes_type": "must be a mapping",
-    "dataclass_type": "must be a mapping",
-    "none_required": "must be null",
-    "missing": "is required",
-    "string_pattern_mismatch": "must match {pattern}",
-    "union_tag_invalid": "must have {discriminator} one of {expected_tags}",
-    "union_tag_not_found": "must have a {discriminator} field",
-}
-#: "the value has the wrong type" errors: in a union, each branch reports one at the same path.
-_TYPE_ERRORS = frozenset(
-    {"literal_error", "enum", "none_required", "is_instance_of", "int_from_float"}
-    | {k for k in _RULES if k.endswith(("_type", "_parsing"))}
-)
-#: Steps pydantic adds to an error location for union members and validators (not fields).
-_TAG_RE = re.compile(
-    r"^(function-|literal\[|nullable\[|lax-|strict-|json-|constrained-|"
-    r"typed-dict|tagged-union|default)|[\[\](), ]"
-)
-_TYPE_TAGS = frozenset(
-    {
-        "str",
-        "int",
-        "float",
-        "bool",
-        "bytes",
-        "none",
-        "any",
-        "list",
-        "dict",
-        "tuple",
-        "set",
-        "frozenset",
-        "decimal",
-        "date",
-        "datetime",
-        "time",
-        "timedelta",
-        "uuid",
-        "url",
-        "json",
-        "callable",
-        "is-instance",
-    }
-)
-_MISSING = object()
-
-
-def _show(value: Any, limit: int = 80) -> str:
-    """``repr(value)``, shortened; never fails (huge ints have no repr past 4300 digits)."""
-    try:
-        text = repr(value)
-    except Exception:  # ValueError for ints with too many digits, or a broken __repr__
-        if isinstance(value, int):
-            return f"an integer of about {int(abs(value).bit_length() * 0.30103)} digits"
-        return _type_word(value)
-    text = " ".join(text.split())  # one line
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _type_word(value: Any) -> str:
-    """'a string', 'a list', 'null' ... for messages."""
-    if value is None:
-        return "null"
-    for types_, word in (
-        (bool, "a boolean"),
-        (Mapping, "a mapping"),
-        ((list, tuple), "a list"),
-        (str, "a string"),
-        ((int, float), "a number"),
-    ):
-        if isinstance(value, types_):
-            return word
-    name = type(value).__name__
-    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name} object"
-
-
-def _num(x: Any) -> Any:
-    """1.0 → 1 in rule texts ("must be < 1"), other values unchanged."""
-    if isinstance(x, float) and x.is_integer() and abs(x) < 1e16:
-        return int(x)
-    return x
-
-
-def _is_tag(step: Any) -> bool:
-    if not isinstance(step, str):
-        return False
-    return bool(_TAG_RE.search(step)) or step in _TYPE_TAGS or step[:1].isupper()
-
-
-def _loc_path(loc: tuple, raw: dict) -> tuple[list, bool]:
-    """The field path of an error location, and whether the error is about a mapping key.
-
-    Walks ``raw`` along ``loc``: a step present in the input is a field (or index); a step that
-    is not and looks like a union member or validator name (``function-after[...]``,
-    ``literal['none']``, ``SplitSpec``, ``list[str]``) is dropped. The leading kind tag is dropped.
-    """
-    steps = list(loc)
-    if steps and steps[0] == raw.get("kind"):
-        steps = steps[1:]
-    out: list = []
-    node: Any = raw
-    key_error = False
-    for step in steps:
-        if step == "[key]":
-            key_error = True
-            continue
-        if isinstance(node, Mapping) and not isinstance(step, bool):
-            try:
-                present = step in node
-            except TypeError:
-                present = False
-            if present:
-                out.append(step)
-                node = node[step]
-                continue
-        if (
-            isinstance(node, (list, tuple))
-            and isinstance(step, int)
-            and not isinstance(step, bool)
-            and 0 <= step < len(node)
-        ):
-            out.append(step)
-            node = node[step]
-            continue
-        if _is_tag(step):
-            continue
-        out.append(step)  # a field not in the input: a missing one, or one a validator added
-        node = _MISSING
-    return out, key_error
-
-
-def _plain_key(key: Any) -> bool:
-    """A key that reads unambiguously after a dot (not '', 'a.b', 'a b', '\\n', ...)."""
-    return (
-        isinstance(key, str)
-        and key.isprintable()
-        and not any(c in key for c in ".[]'\" \t")
-        and bool(key)
-    )
-
-
-def _dotted(parts: list) -> str:
-    """``data.split.valid``, ``data.features[0]``; odd keys as ``data['a b']``."""
-    out = ""
-    for p in parts:
-        if _plain_key(p):
-            out += f".{p}" if out else p
-        elif isinstance(p, int) and not isinstance(p, bool):
-            out += f"[{p}]"
-        else:
-            out += f"[{_show(p, 40)}]"
-    return out or "the spec"
-
-
-def _fields_at(parts: list, raw: dict) -> list[str]:
-    """Known field names of the section at ``parts`` (for did-you-mean on unknown keys)."""
-    from distml.registry import kind_module
-
-    try:
-        model: Any = kind_module(raw.get("kind")).Spec
-    except Exception:
-        return []
-    for p in parts:
-        if isinstance(p, int):  # a list item: the item model is already the current one
-            continue
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
-            return []
-        field = model.model_fields.get(p)
-        if field is None:
-            return []
-        model = next((a for a in _models_in(field.annotation)), None)
-    if isinstance(model, type) and issubclass(model, BaseModel):
-        return list(model.model_fields)
-    return []
-
-
-def _models_in(annotation: Any) -> Iterable[type]:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        yield annotation
-    for arg in typing.get_args(annotation):
-        yield from _models_in(arg)
-
-
-def _close_match(word: str, choices: Iterable[str]) -> str | None:
-    """The choice ``word`` most likely misspells, ignoring case (``SOURCE`` → ``source``)."""
-    lower = {c.lower(): c for c in choices}
-    close = difflib.get_close_matches(word.strip().lower(), list(lower), n=1, cutoff=0.6)
-    return lower[close[0]] if close else None
-
-
-def _rule(err: Mapping[str, Any]) -> str:
-    """The rule an error breaks, as a phrase that follows the field path ("must be < 1")."""
-    etype = err.get("type", "")
-    ctx = {k: _num(v) for k, v in (err.get("ctx") or {}).items()}
-    if etype in ("literal_error", "enum"):
-        return f"must be {ctx.get('expected', 'one of the allowed values')}"
-    if etype == "string_too_short":
-        n = ctx.get("min_length", 1)
-        return "must not be empty" if n == 1 else f"must have at least {n} characters"
-    rule = _RULES.get(etype)
-    if rule is not None:
-        try:
-            return rule.format(**ctx)
-        except (KeyError, IndexError, ValueError):
-            return rule.split(" {")[0]
-    msg = str(err.get("msg") or "is invalid")
-    msg = msg.replace("Input should be", "must be").replace("Input ", "the value ")
-    return " ".join((msg[0].lower() + msg[1:]).split())
-
-
-def format_error(err: Mapping[str, Any], raw: dict) -> str:
-    """One pydantic error → ``<path> <rule>; got <value>[; fix]``."""
-    parts, key_error = _loc_path(tuple(err.get("loc", ())), raw)
-    path = _dotted(parts)
-    etype = err.get("type", "")
-    value = err.get("input")
-    ctx = err.get("ctx") or {}
-    if key_error:
-        parent = _dotted(parts[:-1])
-        key = parts[-1] if parts else value
-        rule = _rule(err)
-        if rule == "must be a string":  # the usual case: YAML read `1:` as an int key
-            return f"{parent} keys must be strings; got key {_show(key)}"
-        return f"{parent} key {_show(key)} {rule}"
-    if etype == "invalid_key":  # a non-string key in a section
-        where = _dotted(parts[:-1])
-        known = _fields_at(parts[:-1], raw)
-        listing = f" (known fields of {where}: {', '.join(known)})" if known else ""
-        return f"{where} has a key {_show(value)} that is not a field name{listing}"
-    if etype == "extra_forbidden":
-        known = _fields_at(parts[:-1], raw)
-        key = parts[-1] if parts else "?"
-        where = _dotted(parts[:-1])
-        listing = f" (known fields of {where}: {', '.join(known)})" if known else ""
-        if not isinstance(key, str):
-            return f"{where} has a key {_show(key)} that is not a field name{listing}"
-        close = _close_match(key, known)
-        hint = f"; did you mean {close!r}?" if close else ""
-        return f"{path} is not a known field{listing}{hint}"
-    if etype == "missing":
-        return f"{path} is required"
-    if etype in ("value_error", "assertion_error"):
-        # Validators write either a whole sentence starting with its field path, or a rule
-        # ("must ...") that needs the path in front.
-        msg = " ".join(str(ctx.get("error") or err.get("msg") or "is invalid").split())
-        msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
-        return f"{path} {msg}" if msg.startswith("must") else msg
-    return f"{path} {_rule(err)}; got {_show(value)}"
-
-
-def error_messages(
-    errors: list[Mapping[str, Any]],
-    raw: dict,
-    extra: Mapping[tuple, str] | None = None,
-    fallback: Mapping[tuple, str] | None = None,
-) -> list[str]:
-    """One sentence per problem, for a list of pydantic errors.
-
-    A union (``split: {...} | 'none'``) makes pydantic report one error per member; the member
-    that fits the input's shape wins: a wrong-type error is dropped when another error lies at
-    or below the same path, and wrong-type errors left at one path become one "a or b" rule.
-    ``extra`` maps paths to messages found before pydantic ran; they replace its errors there.
-    ``fallback`` messages are used at paths where pydantic found nothing.
-    """
-    extra = dict(extra or {})
-    items = [(tuple(_loc_path(tuple(e.get("loc", ())), raw)[0]), e) for e in errors]
-    items = [(p, e) for p, e in items if p not in extra]
-    seen = {p for p, _ in items}
-    extra.update({p: m for p, m in (fallback or {}).items() if p not in seen and p not in extra})
-
-    def superseded(i: int) -> bool:
-        p, e = items[i]
-        if e.get("type") not in _TYPE_ERRORS:
-            return False
-        return any(
-            j != i
-            and (
-                (len(q) > len(p) and q[: len(p)] == p)
-                or (q == p and f.get("type") not in _TYPE_ERRORS)
-            )
-            for j, (q, f) in enumerate(items)
-        ) or any(len(q) > len(p) and q[: len(p)] == p for q in extra)
-
-    kept = [items[i] for i in range(len(items)) if not superseded(i)]
-    messages: list[str] = list(extra.values())
-    alternatives: dict[tuple, tuple[int, list[str], Any]] = {}  # path → (index, rules, input)
-    for p, e in kept:
-        if e.get("type") in _TYPE_ERRORS and p in alternatives:
-            rules = alternatives[p][1]
-            rule = _rule(e).removeprefix("must be ")
-            if rule not in rules:
-                rules.append(rule)
-            continue
-        if e.get("type") in _TYPE_ERRORS:
-            alternatives[p] = (len(messages), [_rule(e)], e.get("input"))
-        messages.append(format_error(e, raw))
-    for p, (i, rules, value) in alternatives.items():
-        if len(rules) > 1:  # "data.split must be a mapping or 'none'; got 'nope'"
-            messages[i] = f"{_dotted(list(p))} {' or '.join(rules)}; got {_show(value)}"
-    return list(dict.fromkeys(messages))

@@ -36,6 +36,7 @@ from distml.runtime.data import (
     split_indices,
     validate_data,
 )
+from distml.runtime.splits import class_order
 
 SPLITS = ("train", "valid", "test")
 CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "logloss")
@@ -105,7 +106,7 @@ def prepare(spec, info: DataInfo, task: str | None) -> Prepared:
     X = type_features(frame[info.features], categories)
     classes = None
     if task == "classification":
-        classes = sorted(pd.unique(y_raw).tolist(), key=lambda v: (str(type(v)), v))
+        classes = class_order(pd.unique(y_raw).tolist())
         y = encode_target(y_raw, classes, "data.source")
     else:
         if not pd.api.types.is_numeric_dtype(y_raw):
@@ -437,7 +438,7 @@ class SupervisedJob(Job):
         X = type_features(frame[features], categories)
         classes = None
         if task == "classification":
-            classes = sorted(pd.unique(y_raw).tolist(), key=lambda v: (str(type(v)), v))
+            classes = class_order(pd.unique(y_raw).tolist())
             y = encode_target(y_raw, classes, "data.target")
         else:
             y = y_raw.to_numpy(dtype=np.float64)

@@ -20,6 +20,12 @@ import pandas as pd
 
 from distml.errors import DataError, one_line
 from distml.runtime.read import csv_reason, open_input, read_files, read_virtual
+from distml.runtime.splits import (  # noqa: F401 - the splits are imported from here too
+    class_order,
+    cv_indices,
+    split_indices,
+    values_text,
+)
 
 log = logging.getLogger("distml")
 
@@ -451,12 +457,6 @@ def _check_target(target: str, info: SourceInfo, field_name: str) -> pd.Series:
     return y
 
 
-def _values(values: Iterable, limit: int = 5) -> str:
-    vals = [v.item() if hasattr(v, "item") else v for v in values]
-    text = ", ".join(repr(v)[:40] for v in vals[:limit])
-    return text + (f", … ({len(vals)} in all)" if len(vals) > limit else "")
-
-
 def infer_task(y: pd.Series) -> str:
     """classification for bool/string/category targets or integers with ≤ 20 distinct values."""
     if not pd.api.types.is_numeric_dtype(y) or pd.api.types.is_bool_dtype(y):
@@ -490,10 +490,10 @@ def check_target_task(y: pd.Series, data, task: str, y_test: pd.Series | None = 
         if split is not None and split.cv:
             cv_indices(values[rows], split.cv, split.seed, stratify=bool(split.stratify))
         return
-    classes = sorted(pd.unique(y).tolist(), key=lambda v: (str(type(v)), v))
+    classes = class_order(pd.unique(y).tolist())
     if len(classes) < 2:
         raise DataError(
-            f"data.target: column {target!r} has a single class ({_values(classes)}) "
+            f"data.target: column {target!r} has a single class ({values_text(classes)}) "
             f"in {data.source!r}; a classifier needs at least 2 classes"
         )
     if y_test is not None:
@@ -501,7 +501,7 @@ def check_target_task(y: pd.Series, data, task: str, y_test: pd.Series | None = 
         if unseen:
             raise DataError(
                 f"data.test_source: target column {target!r} has classes "
-                f"{_values(unseen)} that do not occur in data.source"
+                f"{values_text(unseen)} that do not occur in data.source"
             )
     index = {c: i for i, c in enumerate(classes)}
     codes = y.map(index).to_numpy(dtype=np.int64)
@@ -510,7 +510,7 @@ def check_target_task(y: pd.Series, data, task: str, y_test: pd.Series | None = 
         counts = np.bincount(codes, minlength=len(classes))
         if counts.min() < 2:  # train_test_split's rule, said with the real class
             raise DataError(
-                f"data.split: class {_values([classes[int(counts.argmin())]])} of "
+                f"data.split: class {values_text([classes[int(counts.argmin())]])} of "
                 f"target column {target!r} has {int(counts.min())} row; a stratified "
                 "split needs at least 2 rows of every class; add rows, drop that "
                 "class or set data.split.stratify: false"
@@ -522,7 +522,7 @@ def check_target_task(y: pd.Series, data, task: str, y_test: pd.Series | None = 
         if len(present) < 2:
             raise DataError(
                 f"data.split: the {what} of target column {target!r} hold only "
-                f"class {_values([classes[present[0]]])}; a classifier needs at "
+                f"class {values_text([classes[present[0]]])}; a classifier needs at "
                 "least 2 classes there; use more rows, fewer holdout rows or "
                 "data.split.stratify: true"
             )
@@ -535,74 +535,3 @@ def check_target_task(y: pd.Series, data, task: str, y_test: pd.Series | None = 
             cv_indices(codes[rows], split.cv, split.seed, stratify=stratify, labels=classes)
         ):
             need_two(rows[train], f"training rows of cv fold {i}")
-
-
-# ---------------------------------------------------------------- splits
-
-
-def split_indices(y: np.ndarray, split, *, classification: bool) -> dict[str, np.ndarray]:
-    """Row indices of train/valid/test for a :class:`SplitSpec` (or None: all rows train).
-
-    Deterministic in ``split.seed``; stratified on ``y`` when ``split.stratify`` is true (or
-    unset and ``classification``). Uses scikit-learn's ``train_test_split`` in two steps.
-    """
-    n = len(y)
-    idx = np.arange(n)
-    if split is None or (split.valid == 0 and split.test == 0):
-        return {"train": idx}
-    from sklearn.model_selection import train_test_split
-
-    stratify = split.stratify if split.stratify is not None else classification
-    out: dict[str, np.ndarray] = {}
-    rest = idx
-    try:
-        if split.test > 0:
-            rest, out["test"] = train_test_split(
-                idx, test_size=split.test, random_state=split.seed, stratify=y if stratify else None
-            )
-        if split.valid > 0:
-            frac = split.valid / (1 - split.test)
-            train, out["valid"] = train_test_split(
-                rest,
-                test_size=frac,
-                random_state=split.seed,
-                stratify=y[rest] if stratify else None,
-            )
-        else:
-            train = rest
-    except ValueError as e:
-        raise DataError(
-            f"data.split cannot split {n} rows as asked ({e}); lower the fractions or "
-            "set data.split.stratify: false"
-        ) from None
-    out["train"] = np.sort(train)
-    return {
-        k: np.sort(v)
-        for k, v in sorted(out.items(), key=lambda kv: ["train", "valid", "test"].index(kv[0]))
-    }
-
-
-def cv_indices(
-    y: np.ndarray, folds: int, seed: int, *, stratify: bool, labels: list | None = None
-) -> list[tuple]:
-    """(train, valid) index pairs of seeded (stratified) K-fold cross-validation; ``labels``
-    (the real class values of codes ``y``) only make the messages name them."""
-    from sklearn.model_selection import KFold, StratifiedKFold
-
-    if stratify:
-        values, counts = np.unique(y, return_counts=True)
-        if counts.min() < folds:
-            worst = values[counts.argmin()]
-            shown = labels[int(worst)] if labels is not None else worst
-            raise DataError(
-                f"data.split.cv={folds} needs at least {folds} rows of every class; "
-                f"class {_values([shown])} has {counts.min()}; use fewer "
-                "folds or data.split.stratify: false"
-            )
-    splitter = (StratifiedKFold if stratify else KFold)(
-        n_splits=folds, shuffle=True, random_state=seed
-    )
-    try:
-        return list(splitter.split(np.zeros(len(y)), y if stratify else None))
-    except ValueError as e:
-        raise DataError(f"data.split.cv={folds} cannot be used on these rows: {e}") from None

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from distml.jobs.ladder.stats import CLASSIFICATION_METRICS, REGRESSION_METRICS
+from distml.runtime.splits import class_order
 
 INNER_FOLDS = 3
 #: TuneSpec fields that only mean something for Ray Tune trials
@@ -128,7 +129,7 @@ def inner_folds(y, seed: int, task: str, folds: int = INNER_FOLDS) -> list[tuple
     from distml.runtime.data import cv_indices
 
     if task == "classification":
-        classes = sorted(pd.unique(y).tolist(), key=lambda v: (str(type(v)), v))
+        classes = class_order(pd.unique(y).tolist())
         codes = y.map({c: i for i, c in enumerate(classes)}).to_numpy(dtype=np.int64)
         return cv_indices(codes, folds, seed, stratify=True)
     return cv_indices(y.to_numpy(dtype=np.float64), folds, seed, stratify=False)

@@ -10,6 +10,7 @@ from typing import Any
 
 from distml.errors import error_text
 from distml.runtime.data import read_frame
+from distml.runtime.splits import class_order
 
 
 def fold_plan(y, split, task: str):
@@ -22,7 +23,7 @@ def fold_plan(y, split, task: str):
     from distml.runtime.data import cv_indices, split_indices
 
     if task == "classification":
-        classes = sorted(pd.unique(y).tolist(), key=lambda v: (str(type(v)), v))
+        classes = class_order(pd.unique(y).tolist())
         codes = y.map({c: i for i, c in enumerate(classes)}).to_numpy(dtype=np.int64)
     else:
         codes = y.to_numpy(dtype=np.float64)

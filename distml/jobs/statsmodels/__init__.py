@@ -43,6 +43,7 @@ from distml.jobs.statsmodels.spec import (  # noqa: F401
     StatsmodelsModel,
 )
 from distml.runtime.data import DataInfo, is_numeric_dtype, validate_data
+from distml.runtime.splits import class_order
 
 # ---------------------------------------------------------------------- the job
 
@@ -216,7 +217,7 @@ class Job(BaseJob):
         classes = None
         y_all = frame[target]
         if cfg.classification:
-            classes = sorted(pd.unique(y_all).tolist(), key=lambda v: (str(type(v)), v))
+            classes = class_order(pd.unique(y_all).tolist())
             if len(classes) != 2:
                 raise DataError(
                     f"model.method {m.method} needs a target with 2 classes; "

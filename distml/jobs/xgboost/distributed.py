@@ -35,6 +35,7 @@ from distml.errors import DataError, JobFailed, one_line
 from distml.jobs.base import JobOutput, RunContext
 from distml.runtime import faults
 from distml.runtime import workers as D
+from distml.runtime.splits import class_order
 
 UNIT_ROWS = 262_144  # rows per read unit (several parquet row groups may form one)
 TRAIN, VALID, TEST, TEST_SOURCE = 0, 1, 2, 3
@@ -90,7 +91,7 @@ def plan_task(job, info) -> tuple[Plan, np.ndarray, np.ndarray]:
     }
     classes = None
     if task == "classification":
-        classes = sorted(pd.unique(y_raw).tolist(), key=lambda v: (str(type(v)), v))
+        classes = class_order(pd.unique(y_raw).tolist())
         y = encode_target(y_raw, classes, "data.source").astype(np.float64)
     else:
         if not pd.api.types.is_numeric_dtype(y_raw):

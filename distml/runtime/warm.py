@@ -38,6 +38,7 @@ from typing import Iterator
 
 from distml.errors import ClusterError, SpecError
 from distml.runtime import procs
+from distml.runtime.leases import active_leases, last_activity, lease  # noqa: F401
 
 STATE_ENV = "DISTML_STATE_DIR"
 MARK_ENV = "DISTML_WARM_MARK"
@@ -509,37 +510,6 @@ def read_token(rec: dict) -> str:
 # ------------------------------------------------------------------------------ activity
 
 
-def active_leases(folder: Path) -> list[Path]:
-    """Live leases (a dead run's lease is removed)."""
-    live = []
-    with contextlib.suppress(FileNotFoundError):
-        for p in (folder / "leases").iterdir():
-            pid, _, ticks = p.name.partition("-")
-            if pid.isdigit() and procs.alive(int(pid), ticks or None):
-                live.append(p)
-            else:
-                with contextlib.suppress(OSError):
-                    p.unlink()
-    return live
-
-
-@contextlib.contextmanager
-def lease(rec: dict) -> Iterator[None]:
-    """Mark a run as using the warm head (the watchdog does not stop a head in use)."""
-    folder = Path(rec.get("state_dir") or state_dir())
-    (folder / "leases").mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = folder / "leases" / f"{os.getpid()}-{procs.start_ticks(os.getpid()) or ''}"
-    path.touch()
-    (folder / "last_used").touch()
-    try:
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            path.unlink()
-        with contextlib.suppress(OSError):
-            (folder / "last_used").touch()
-
-
 def _jobs_running(rec: dict) -> bool:
     """Whether the head's Jobs API lists a job still running (``distml submit`` to it)."""
     import urllib.request
@@ -554,17 +524,6 @@ def _jobs_running(rec: dict) -> bool:
         return any(j.get("status") in ("PENDING", "RUNNING") for j in jobs)
     except Exception:  # the dashboard is optional to this check: leases still count
         return False
-
-
-def last_activity(folder: Path, rec: dict) -> float:
-    """When the head was last used: now while a run holds a lease, else the last touch."""
-    if active_leases(folder):
-        return time.time()
-    try:
-        touched = (folder / "last_used").stat().st_mtime
-    except OSError:
-        touched = 0.0
-    return max(float(rec.get("started_at") or 0.0), touched)
 
 
 def watch(folder: Path, wid: str) -> int:

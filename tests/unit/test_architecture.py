@@ -79,3 +79,17 @@ def test_no_private_name_is_imported_across_modules():
                     continue
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno} imports {target}")
     assert not found, "private names imported across modules:\n" + "\n".join(found)
+
+
+#: the most lines a module may have (ruff-formatted code, about 450 lines of the compact style
+#: the code had before ruff format; CONVENTIONS.md §11 asks for "mostly under 400")
+MAX_MODULE_LINES = 600
+
+
+def test_no_module_is_too_long_to_read():
+    long = {
+        str(p.relative_to(ROOT)): n
+        for p in PACKAGE.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert not long, f"modules over {MAX_MODULE_LINES} lines (split them): {long}"

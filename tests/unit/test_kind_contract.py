@@ -2,7 +2,7 @@
 ``check_estimator``): parametrised over the registry, so a new kind gets these tests for free.
 
 The cluster half (its example runs, predict round-trip, report sections) is
-``tests/integration/test_kind_contract.py``.
+``tests/integration/test_kind_contract_cluster.py``.
 """
 
 from __future__ import annotations

@@ -137,7 +137,9 @@ def differences(run: RunView) -> Section | None:
         f"Nadeau–Bengio corrected resampled t-test over {f.get('folds', '?')} folds; "
         f"one-sided, H0: the mean gain is at most min_gain ({min_gain:g}); "
         f"{f.get('adjustment', 'holm')}-adjusted across the rungs at alpha "
-        f"{alpha:g}. Winner: {f.get('winner', '?')}."
+        f"{alpha:g}. The bars are two-sided {1 - alpha:.0%} intervals, not adjusted: the "
+        "decisions are the table's one-sided, adjusted p-values. "
+        f"Winner: {f.get('winner', '?')}."
     )
     body += table(summary[[c for c in cols if c in summary.columns]])
     return Section("ladder_differences", "Ladder: differences and decisions", body)

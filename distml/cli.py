@@ -237,14 +237,23 @@ def _version() -> str:
 
 @contextmanager
 def _stdout_to_stderr() -> Iterator[int]:
-    """Send fd 1 to fd 2 (so nothing but our JSON reaches stdout); yields the saved stdout fd."""
+    """Send fd 1 to fd 2 and ``sys.stdout`` to ``sys.stderr`` (so nothing but our JSON reaches
+    stdout); yields the saved stdout fd.
+
+    Both levels matter: C++ and child processes write to fd 1, while Ray's driver threads (the
+    raylet's warnings, which Ray prints to ``sys.stdout`` even with ``log_to_driver=False``) write
+    to whatever Python object ``sys.stdout`` is at that moment, which need not be fd 1 (an
+    embedding host or pytest's capture may have replaced it)."""
     sys.stdout.flush()
     saved = os.dup(1)
     os.dup2(2, 1)
+    python_stdout = sys.stdout
+    sys.stdout = sys.stderr
     try:
         yield saved
     finally:
         sys.stdout.flush()
+        sys.stdout = python_stdout
         os.dup2(saved, 1)
         os.close(saved)
 

@@ -51,7 +51,7 @@ lint: $(STAMP)
 test: $(STAMP) browser lint
 	@if [ "$(AIRFLOW)" = 1 ] || [ -n "$(AIRFLOW_CHANGED)" ]; then \
 	  $(MAKE) --no-print-directory airflow-venv && export DISTML_REQUIRE_AIRFLOW=1; fi; \
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=40
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit

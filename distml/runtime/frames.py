@@ -209,6 +209,7 @@ def _pandas_columns(frame: Any, keyword: str) -> dict[str, str]:
             f"{keyword}= has column names that are not strings ({', '.join(map(repr, bad[:5]))}); "
             "name the columns first (frame.columns = frame.columns.astype(str))"
         )
+    _check_names(names + [str(c) for c in frame.columns], keyword)
     index = {}
     if names:
         flat = frame.index.to_frame(index=False) if hasattr(frame.index, "to_frame") else None

@@ -275,17 +275,21 @@ def _part_name(i: int) -> str:
 
 
 def _stage_dask(ddf: Any, folder: Path) -> None:
+    import dask
     from ray.util.dask import ray_dask_get
 
     if any(n is not None for n in ddf._meta.index.names):
         ddf = ddf.reset_index()
-    ddf.to_parquet(
-        str(folder),
-        write_index=False,
-        write_metadata_file=False,
-        name_function=_part_name,
-        compute_kwargs={"scheduler": ray_dask_get},
-    )
+    # Every compute inside (the write, a schema inferred from object columns' data) runs as
+    # Ray tasks, not on Dask's default scheduler in this process or a dask.distributed Client.
+    with dask.config.set(scheduler=ray_dask_get):
+        ddf.to_parquet(
+            str(folder),
+            write_index=False,
+            write_metadata_file=False,
+            name_function=_part_name,
+            compute_kwargs={"scheduler": ray_dask_get},
+        )
 
 
 def _stage_ray(ds: Any, folder: Path) -> None:

@@ -98,9 +98,7 @@ def test_supervised_frame_equals_parquet(tmp_path, data, kind):
     r = distml.run(SUPERVISED, data=_as(kind, data["train"]), output=tmp_path)
     ref = data["ref_sk"]
     assert r.metrics == ref.metrics
-    pd.testing.assert_frame_equal(
-        r.tables["feature_importance"], ref.tables["feature_importance"]
-    )
+    pd.testing.assert_frame_equal(r.tables["feature_importance"], ref.tables["feature_importance"])
     _staged_gone(r)
     fp = _manifest(r)["data"]["source"]["frame"]
     assert fp["type"] == kind and fp["rows"] == 450 and fp["columns"] == 31

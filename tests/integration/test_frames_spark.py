@@ -54,7 +54,9 @@ def _runs(spark, tmp_path, spec: dict, frame: pd.DataFrame):
     """The same rows as one parquet file: run from the path, and from Spark's frame of it."""
     path = tmp_path / f"{spec['name']}.parquet"
     frame.to_parquet(path, index=False)
-    ref = distml.run({**spec, "data": {**spec.get("data", {}), "source": str(path)}}, output=tmp_path)
+    ref = distml.run(
+        {**spec, "data": {**spec.get("data", {}), "source": str(path)}}, output=tmp_path
+    )
     sdf = spark.read.parquet(str(path))
     r = distml.run(spec, data=sdf, output=tmp_path)
     assert (r.run_dir / "_SUCCESS").is_file() and not (r.run_dir / "staging").exists()

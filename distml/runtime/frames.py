@@ -218,7 +218,9 @@ def _pandas_columns(frame: Any, keyword: str) -> dict[str, str]:
 
 
 def _check_names(names: list[str], keyword: str) -> None:
-    dup = sorted({n for n in names if names.count(n) > 1})
+    from collections import Counter
+
+    dup = sorted(n for n, k in Counter(names).items() if k > 1)
     if dup:
         raise DataError(
             f"{keyword}= has the column {dup[0]!r} more than once (a named index level "

@@ -8,7 +8,7 @@ import platform
 import sys
 import time
 import traceback
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from importlib import metadata
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -79,6 +79,8 @@ def run(
     address: str | None = None,
     run_id: str | None = None,
     resume: bool = False,
+    data: Any = None,
+    test_data: Any = None,
     **kw_overrides: Any,
 ) -> Result:
     """Run a job described by ``spec`` (a YAML path, a dict or a JobSpec) and return its Result.
@@ -93,16 +95,29 @@ def run(
     (after checking its artifacts' digests; a different spec is a SpecError naming the fields).
     While a run works it holds its run directory's lock: the same ``run_id`` started elsewhere
     meanwhile raises :class:`distml.ClusterError` (exit 3) naming the holder.
+
+    ``data`` (``test_data``): a pandas DataFrame, a Dask DataFrame, a ``ray.data.Dataset`` or a
+    Spark DataFrame used instead of the spec's ``data.source`` (``data.test_source``), which it
+    replaces (the spec then needs none). It is staged as parquet in the run directory by the
+    cluster's (or Spark's) workers and removed when the run ends; see docs/data.md::
+
+        r = distml.run("jobs/quickstart.yaml", data=dd.read_parquet("/data/train/"))
+
     Raises :class:`distml.SpecError`/:class:`distml.DataError` (invalid input, before any cluster
     work), :class:`distml.ClusterError` (unreachable cluster) or :class:`distml.JobFailed`.
     """
     with _sigterm_interrupts():  # first: a SIGTERM at any moment of a run is an interruption
-        return _run(spec, overrides, output, address, run_id, resume, kw_overrides)
+        return _run(spec, overrides, output, address, run_id, resume, kw_overrides, data, test_data)
 
 
-def _run(spec, overrides, output, address, run_id, resume, kw_overrides) -> Result:
+def _run(
+    spec, overrides, output, address, run_id, resume, kw_overrides, data=None, test_data=None
+) -> Result:
     from distml.registry import kind_module
+    from distml.runtime import frames as fr
     from distml.runtime.artifacts import RunDir, run_fingerprint
+
+    frames = fr.describe_all(data=data, test_data=test_data)  # bad types: DataError now
 
     merged: dict[str, Any] = {}
     if overrides:
@@ -114,7 +129,7 @@ def _run(spec, overrides, output, address, run_id, resume, kw_overrides) -> Resu
             else dict(parse_override(s) for s in overrides)
         )
     merged.update({k.replace("__", "."): v for k, v in kw_overrides.items()})
-    job_spec = load_spec(spec, merged)
+    job_spec = load_spec(spec, {**merged, **fr.spec_fields(frames, merged, None)})
     if output is not None:
         from distml.spec.base import check_output_dir
 
@@ -126,25 +141,25 @@ def _run(spec, overrides, output, address, run_id, resume, kw_overrides) -> Resu
 
     check_available(job_spec)  # a missing MLflow is exit 2 now, not a warning after _SUCCESS
     run_dir = RunDir(output or job_spec.output.dir, job_spec.name, run_id)
+    if frames:  # the frames' staging folders stand for their sources
+        job_spec = load_spec(job_spec, fr.spec_fields(frames, merged, run_dir.path))
+        fr.check_spec_columns(frames, job_spec)  # names only, before any cluster work
     if run_dir.complete:
-        return _reuse(run_dir, job_spec)
+        return _reuse(run_dir, job_spec, frames)
 
     t_start = time.time()
     timings: dict[str, float] = {}
-    job = kind_module(job_spec.kind).Job(job_spec)
-    t0 = time.perf_counter()
-    progress.current().stage("validate")
-    info = job.check_data()  # before any cluster work; raises SpecError/DataError
-    if job_spec.tune is not None:
-        from distml.spec.tune import check_trials
+    if not frames:
+        job, info = _check(kind_module(job_spec.kind).Job(job_spec), job_spec, timings)
 
-        check_trials(job_spec)  # every searched value passes the kind's own checks
-    timings["validate_s"] = time.perf_counter() - t0
-
-    with run_dir.lock():  # RunBusy (exit 3) while another process runs this run id
+    staging = ExitStack()  # frames: staged copies (and the cluster that staged them) end here
+    with run_dir.lock(), staging:  # RunBusy (exit 3) while another process runs this run id
         if run_dir.complete:  # finished by another process since the check above
-            return _reuse(run_dir, job_spec)
+            return _reuse(run_dir, job_spec, frames)
         run_dir.prepare(resume=resume)
+        cl = None
+        if frames:
+            cl, job, info = _stage(frames, job_spec, run_dir, address, timings, t_start, staging)
         fingerprint = run_fingerprint(job_spec, info)
         checkpoints = run_dir.path / "checkpoints"
         if resume and checkpoints.is_dir() and any(checkpoints.iterdir()):
@@ -159,7 +174,7 @@ def _run(spec, overrides, output, address, run_id, resume, kw_overrides) -> Resu
             "started_at": t_start,
             "argv": sys.argv[1:],
             "versions": _versions(job),
-            "data": info.fingerprint(),
+            "data": fr.with_frames(info.fingerprint(), frames),
             "seeds": _seeds(job_spec),
             "host": platform.node(),
             "pid": os.getpid(),
@@ -172,7 +187,7 @@ def _run(spec, overrides, output, address, run_id, resume, kw_overrides) -> Resu
                 "run %s/%s (%s) in %s", job_spec.name, run_dir.run_id, job_spec.kind, run_dir.path
             )
             try:
-                out = _execute(job, job_spec, info, run_dir, address, resume, manifest, timings)
+                out = _execute(job, job_spec, info, run_dir, address, resume, manifest, timings, cl)
                 t0 = time.perf_counter()
                 progress.current().stage("write")
                 for name, frame in out.tables.items():
@@ -199,6 +214,12 @@ def _run(spec, overrides, output, address, run_id, resume, kw_overrides) -> Resu
                     raise
                 raise KeyboardInterrupt("terminated by signal 15 (SIGTERM)") from None
         try:  # run.log is in place now: digests of every artifact, then _SUCCESS
+            if frames:
+                t0 = time.perf_counter()
+                staging.close()  # the staged copies go before the digests
+                timings["cluster_stop_s"] = timings.get("cluster_stop_s", 0.0) + (
+                    time.perf_counter() - t0
+                )
             run_dir.mark_success(manifest)
         except BaseException as e:
             if _record_failure(run_dir, manifest, timings, e) is e:
@@ -217,7 +238,55 @@ def _run(spec, overrides, output, address, run_id, resume, kw_overrides) -> Resu
     return result
 
 
-def _reuse(run_dir, job_spec: JobSpec) -> Result:
+def _check(job, job_spec: JobSpec, timings: dict, announce: bool = True) -> tuple[Any, Any]:
+    """The kind's data checks (and every searched value's): (job, DataInfo)."""
+    t0 = time.perf_counter()
+    if announce:
+        progress.current().stage("validate")
+    info = job.check_data()  # before any cluster work; raises SpecError/DataError
+    if job_spec.tune is not None:
+        from distml.spec.tune import check_trials
+
+        check_trials(job_spec)  # every searched value passes the kind's own checks
+    timings["validate_s"] = time.perf_counter() - t0
+    return job, info
+
+
+def _stage(frames: dict, job_spec, run_dir, address, timings, t_start, stack: ExitStack):
+    """Stage the frames in the run directory (the cluster up first when Ray's workers write
+    them), then check the staged files as any source: (ClusterInfo or None, job, DataInfo).
+    The staged copies are removed, and that cluster released, when ``stack`` closes; a failure
+    here is recorded in the manifest."""
+    from distml.registry import kind_module
+    from distml.runtime import frames as fr
+    from distml.runtime.cluster import cluster
+
+    stack.callback(fr.remove_staging, run_dir.path)
+    cl = None
+    progress.current().stage("validate")
+    try:
+        if any(f.needs_ray for f in frames.values()):
+            progress.current().stage("cluster")
+            t0 = time.perf_counter()
+            cl = stack.enter_context(cluster(address))
+            _rearm_sigterm()
+            timings["cluster_start_s"] = time.perf_counter() - t0
+        progress.current().stage("stage")
+        t0 = time.perf_counter()
+        fr.stage_all(frames, run_dir.path)
+        timings["stage_s"] = time.perf_counter() - t0
+        job, info = _check(kind_module(job_spec.kind).Job(job_spec), job_spec, timings, False)
+    except BaseException as e:
+        fr.relabel(e, frames, run_dir.path)  # name the frame, not the staging folder
+        manifest = {"name": job_spec.name, "kind": job_spec.kind, "run_id": run_dir.run_id}
+        manifest.update(started_at=t_start, data=fr.with_frames({}, frames))
+        if _record_failure(run_dir, manifest, timings, e) is e:
+            raise
+        raise KeyboardInterrupt("terminated by signal 15 (SIGTERM)") from None
+    return cl, job, info
+
+
+def _reuse(run_dir, job_spec: JobSpec, frames: dict | None = None) -> Result:
     """The stored result of a finished run of this id, after checking that its artifacts are
     the ones recorded at ``_SUCCESS`` and that it ran this very spec."""
     import yaml
@@ -238,6 +307,10 @@ def _reuse(run_dir, job_spec: JobSpec) -> Result:
             f"run id {run_dir.run_id!r} already finished with a different spec "
             f"({shown} differ); pick a new --run-id to run this spec"
         )
+    if frames:
+        from distml.runtime.frames import check_same
+
+        check_same(run_dir.path, run_dir.run_id, frames)
     log.info("run %s is already complete; reporting the stored result", run_dir.path)
     return Result.load(run_dir.path, reused=True)
 
@@ -346,16 +419,19 @@ def _report(run_dir, manifest: dict, timings: dict, t_start: float) -> dict:
     return out
 
 
-def _execute(job, job_spec, info, run_dir, address, resume, manifest, timings):
+def _execute(job, job_spec, info, run_dir, address, resume, manifest, timings, up=None):
+    """Run the job on the cluster: ``up`` (the ClusterInfo of one already up for the run,
+    left up), else the one :func:`~distml.runtime.cluster.cluster` gives."""
     from distml.jobs.base import RunContext
     from distml.runtime.cluster import cluster
 
     t0 = time.perf_counter()
     res = job_spec.resources
     progress.current().stage("cluster")
-    with cluster(address) as cl:
+    with nullcontext(up) if up is not None else cluster(address) as cl:
         _rearm_sigterm()
-        timings["cluster_start_s"] = time.perf_counter() - t0
+        if up is None:
+            timings["cluster_start_s"] = time.perf_counter() - t0
         manifest["cluster"] = {
             "mode": cl.mode,
             "address": cl.address,

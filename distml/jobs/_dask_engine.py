@@ -1,0 +1,495 @@
+"""``engine: dask`` of the ``pca`` and ``kmeans`` kinds (docs/out_of_core.md, "Which engine").
+
+The data become one lazy Dask array with known chunks of ``model.batch_size`` rows:
+
+* **parquet** — ``dask.dataframe.read_parquet`` of the files the one planner found, one row group
+  per Dask partition, the partition lengths read from the parquet footers (no pass over the data),
+  turned into an array with those lengths and re-cut into ``batch_size``-row chunks;
+* **CSV and builtin/synthetic sources** — the same partitions the native engine plans
+  (:func:`distml.runtime.plan.by_rows`: a CSV file, its lines counted once on the driver; a
+  synthetic source in row ranges of ``batch_size``), each read by one ``dask.delayed`` call of
+  :func:`distml.runtime.read.read_partition`.
+
+The fit is dask-ml's — ``dask_ml.decomposition.IncrementalPCA`` or
+``dask_ml.wrappers.Incremental(sklearn.cluster.MiniBatchKMeans)`` over the chunks in order — and
+every Dask task runs as a Ray task on the run's cluster through Ray's Dask scheduler
+(``ray.util.dask.ray_dask_get``); no ``dask.distributed`` cluster is started. A task holds one
+chunk (or, for parquet, the row group it is cut from), so memory follows the batch size and the
+row-group size, not the data. A worker killed mid-fit is a Ray task retried: the chunk is read
+again and the fit continues from the same state (RELIABILITY.md T4).
+
+The fitted model, tables and metrics are built by the kind's own code, so a dask-engine run is
+predicted, reported and loaded exactly as a native one; the manifest says ``engine: dask``.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+import numpy as np
+
+from distml.errors import DataError, MissingDependency
+from distml.jobs import _out_of_core as ooc
+from distml.runtime import faults, plan
+
+#: what ``pip install "distml[dask]"`` brings (the import names)
+MODULES = ("dask", "dask.dataframe", "dask_ml", "ray.util.dask")
+
+
+def check_installed(kind: str) -> None:
+    """MissingDependency (exit 2) naming ``pip install "distml[dask]"`` when the extra is absent;
+    run by the kinds' ``check_spec``, before any cluster work."""
+    import importlib
+
+    for name in MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            package = {"dask_ml": "dask-ml", "ray.util.dask": "dask"}.get(name, "dask")
+            raise MissingDependency.for_extra(
+                package, "dask", f"engine: dask (kind {kind})"
+            ) from None
+
+
+def check_spec(spec) -> None:
+    """Spec rules of the dask engine (one-sentence errors naming the fields)."""
+    m = spec.model
+    if m.transform:
+        raise ValueError(
+            "model.transform is not available with engine: dask (it writes no transformed "
+            "data); use engine: native, or distml predict on the fitted run"
+        )
+    if spec.kind == "pca":
+        if m.mode == "exact":
+            raise ValueError(
+                "model.mode exact needs engine: native (engine: dask runs dask-ml "
+                "IncrementalPCA); write mode: incremental or auto"
+            )
+        if isinstance(m.n_components, float):
+            raise ValueError(
+                "model.n_components as a variance fraction needs engine: native "
+                f"(engine: dask runs IncrementalPCA); got {m.n_components}"
+            )
+        if m.n_components is not None and m.batch_size < m.n_components:
+            raise ValueError(
+                "model.batch_size must be >= model.n_components with engine: dask; "
+                f"got {m.batch_size} < {m.n_components}"
+            )
+    if spec.kind == "kmeans" and m.refine_passes:
+        raise ValueError(
+            "model.refine_passes needs engine: native (engine: dask runs mini-batch "
+            f"passes only); got {m.refine_passes}"
+        )
+
+
+# ------------------------------------------------------------------ the lazy array
+
+
+def lazy_array(source, features: list[str], batch_size: int, fault=None, kind: str = "pca"):
+    """``(X, partitions)``: the features of ``source`` (a checked SourceInfo) as a float64 Dask
+    array of known chunks, ``batch_size`` rows each (the last may be shorter), in data order;
+    each chunk checked for NaN/inf (a DataError naming the column) and carrying the T4 hook
+    ``{kind}.dask:K:P`` (K: the pass, 0-based; P: the chunk)."""
+    import dask
+    import dask.array as da
+
+    d = len(features)
+    if source.kind == "files" and source.format == "parquet":
+        import dask.dataframe as dd
+
+        lengths = [n for f in source.files for n in plan.row_group_rows(f)]
+        frame = dd.read_parquet(list(source.files), columns=features, split_row_groups=True)
+        keep = [i for i, n in enumerate(lengths) if n > 0]
+        if len(keep) != frame.npartitions:  # empty row groups are not partitions
+            lengths = [lengths[i] for i in keep] if len(keep) == frame.npartitions else None
+        if lengths is None:
+            raise DataError(f"data.source: {source.source!r}: row groups changed while planning")
+        X = frame.astype("float64").to_dask_array(lengths=lengths)
+        n_parts = len(lengths)
+    else:
+        parts = plan.check_rows(
+            plan.by_rows(source, batch_size, virtual_rows=batch_size, count_csv_rows=True),
+            source.source,
+        )
+        read = dask.delayed(_read_matrix, pure=True)
+        blocks = [
+            da.from_delayed(read(p, features), shape=(p.rows, d), dtype=np.float64)
+            for p in parts
+            if p.rows
+        ]
+        if not blocks:
+            raise DataError(f"data.source: {source.source!r} has no rows")
+        X = da.concatenate(blocks, axis=0) if len(blocks) > 1 else blocks[0]
+        n_parts = len(blocks)
+    X = X.rechunk({0: batch_size, 1: -1})
+    return X, n_parts
+
+
+def checked(X, features: list[str], fault, where: str, step: int):
+    """``X`` with every chunk checked for NaN/inf and the T4 hook at ``where``/``step``."""
+    return X.map_blocks(
+        _check_block, features, fault, where, step, dtype=np.float64, meta=np.empty((0, 0))
+    )
+
+
+def _read_matrix(part, features: list[str]) -> np.ndarray:
+    from distml.runtime.read import read_partition
+
+    frame = read_partition(part, features)
+    return np.asarray(frame[features].to_numpy(dtype=np.float64), order="C")
+
+
+def _check_block(X, features, fault, where, step, block_info=None):
+    chunk = block_info[0]["chunk-location"][0] if block_info else 0
+    faults.crash(fault, where, step, partition=chunk)
+    bad = ~np.isfinite(X.sum(axis=0))
+    if bad.any():
+        j = int(np.flatnonzero(bad)[0])
+        n = int((~np.isfinite(X[:, j])).sum())
+        raise DataError(
+            f"data.features: column {features[j]!r} has NaN or infinite values ({n} in chunk "
+            f"{chunk} of {len(X)} rows); drop or impute them first"
+        )
+    return X
+
+
+# ------------------------------------------------------------------ running on Ray
+
+
+@contextmanager
+def on_ray(log) -> Iterator["Probe"]:
+    """Dask's scheduler set to Ray's (``ray_dask_get``) for the block, with a :class:`Probe`
+    recording every task's rows, seconds and peak RSS; the probe's actor ends with the block."""
+    import dask
+    import ray
+    from ray.util.dask import ray_dask_get
+
+    sink = _sink_class().options(num_cpus=0).remote()
+    probe = Probe(sink)
+    try:
+        with dask.config.set(scheduler=ray_dask_get), probe:
+            yield probe
+    except Exception as e:  # a DataError raised in a task comes back wrapped by Ray
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, DataError):
+            raise DataError(str(cause)) from None
+        raise
+    finally:
+        try:
+            probe.meta = ray.get(sink.meta.remote(), timeout=60)
+        except Exception as e:  # the figures are a report, not the result
+            log.warning("dask engine: task figures not collected (%s)", e)
+        ray.kill(sink)
+
+
+def _sink_class():
+    import ray
+
+    @ray.remote
+    class Sink:
+        """Collects the per-task figures the workers send."""
+
+        def __init__(self):
+            self.rows: list[dict] = []
+
+        def add(self, row: dict) -> None:
+            self.rows.append(row)
+
+        def meta(self) -> list[dict]:
+            return self.rows
+
+    return Sink
+
+
+def _probe_class():
+    from ray.util.dask import RayDaskCallback
+
+    class _Probe(RayDaskCallback):
+        """Counts the Ray tasks submitted (driver) and measures each one (worker)."""
+
+        def __init__(self, sink):
+            super().__init__()
+            self.sink, self.tasks, self.meta = sink, 0, []
+
+        def _ray_postsubmit(self, task, key, deps, object_ref):
+            self.tasks += 1
+
+        def _ray_pretask(self, key, object_refs):
+            try:
+                with open("/proc/self/clear_refs", "w") as fh:
+                    fh.write("5")
+            except OSError:
+                pass
+            return time.perf_counter(), _status("VmRSS")
+
+        def _ray_posttask(self, key, result, pre_state):
+            from dask.utils import key_split
+
+            t0, rss0 = pre_state
+            peak = _status("VmHWM")
+            rows = int(result.shape[0]) if getattr(result, "ndim", 0) >= 1 else 0
+            self.sink.add.remote(
+                {
+                    "partition": _index(key),
+                    "name": str(key)[:120],
+                    "stage": key_split(key).split("-")[0],
+                    "rows": rows,
+                    "seconds": round(time.perf_counter() - t0, 4),
+                    "rss_start": rss0,
+                    "rss_peak": peak,
+                    "rss_increase": (peak - rss0) if peak and rss0 else None,
+                }
+            )
+
+    return _Probe
+
+
+def Probe(sink):  # noqa: N802 - builds the RayDaskCallback subclass lazily (ray inside)
+    return _probe_class()(sink)
+
+
+def _status(key: str) -> int | None:
+    """A ``/proc/self/status`` figure in bytes (None off Linux)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _index(key) -> int:
+    return int(key[1]) if isinstance(key, tuple) and len(key) > 1 and isinstance(key[1], int) else 0
+
+
+def moments(X) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per-feature mean and population variance (ddof=0) and the row count, in one pass."""
+    import dask
+
+    mean, var = dask.compute(X.mean(axis=0), X.var(axis=0))
+    return np.asarray(mean), np.asarray(var), int(X.shape[0])
+
+
+def execution(kind: str, X, n_parts: int, probe, batch_size: int, passes: int, timings) -> dict:
+    """The manifest ``execution`` of a dask-engine run."""
+    import dask
+
+    algorithm = (
+        "dask_ml.decomposition.IncrementalPCA"
+        if kind == "pca"
+        else "dask_ml.wrappers.Incremental(sklearn.cluster.MiniBatchKMeans)"
+    )
+    return {
+        "path": f"dask_{'incremental' if kind == 'pca' else 'minibatch'}",
+        "engine": "dask",
+        "algorithm": algorithm,
+        "scheduler": "ray.util.dask.ray_dask_get",
+        "dask_version": dask.__version__,
+        "partitions": n_parts,
+        "chunks": len(X.chunks[0]),
+        "tasks": probe.tasks,
+        "batch_size": batch_size,
+        "data_passes": passes,
+        "stages": ooc.stage_info(probe.meta),
+        "timings_s": {k: round(v, 4) for k, v in timings.items()},
+    }
+
+
+# ------------------------------------------------------------------ the two fits
+
+
+def run_pca(job, ctx):
+    """``engine: dask`` of kind pca: (with ``scale``, one pass of moments, then)
+    ``dask_ml.decomposition.IncrementalPCA(n_components, batch_size).fit(X)``: batches cut as
+    scikit-learn's ``IncrementalPCA.fit`` cuts an array, so equal to it."""
+    import warnings
+
+    from dask_ml.decomposition import IncrementalPCA
+
+    from distml.jobs.base import JobOutput
+    from distml.jobs.pca import FittedPCA
+
+    m, feats = job.spec.model, ctx.data.features
+    fault = faults.from_env("pca.dask")
+    X, n_parts = lazy_array(ctx.data.source, feats, m.batch_size)
+    ctx.log.info(
+        "pca (engine dask): %d partitions, %d chunks of %d rows, %d features",
+        n_parts,
+        len(X.chunks[0]),
+        m.batch_size,
+        len(feats),
+    )
+    timings: dict[str, float] = {}
+    scaler, passes = None, 1
+    with on_ray(ctx.log) as probe:
+        if m.scale:
+            t0 = time.perf_counter()
+            mean, var, _ = moments(checked(X, feats, fault, "pca.dask", 0))
+            std = np.sqrt(var)
+            scaler = ooc.Scaler(mean, np.where(std > 0, std, 1.0))
+            timings["moments_s"] = time.perf_counter() - t0
+            passes += 1
+        Xf = checked(X, feats, fault, "pca.dask", passes - 1)
+        if scaler is not None:
+            Xf = (Xf - scaler.mean) / scaler.scale
+        t0 = time.perf_counter()
+        ipca = IncrementalPCA(n_components=m.n_components, batch_size=m.batch_size)
+        with warnings.catch_warnings():  # dask's 0/0 while it infers a chunk's meta
+            warnings.simplefilter("ignore", RuntimeWarning)
+            ipca.fit(Xf)
+        timings["fit_s"] = time.perf_counter() - t0
+    n = int(ipca.n_samples_seen_)
+    if n < 2:
+        raise DataError(f"kind pca needs at least 2 rows; the data have {n}")
+    model = FittedPCA(
+        feats,
+        np.asarray(ipca.mean_, dtype=np.float64),
+        np.asarray(ipca.components_, dtype=np.float64),
+        np.asarray(ipca.explained_variance_, dtype=np.float64),
+        np.asarray(ipca.explained_variance_ratio_, dtype=np.float64),
+        np.asarray(ipca.singular_values_, dtype=np.float64),
+        float(ipca.noise_variance_),
+        n,
+        m.whiten,
+        "incremental",
+        scaler,
+    )
+    raw_mean = scaler.mean if scaler is not None else model.mean
+    raw_std = np.sqrt(var) if scaler is not None else np.sqrt(np.asarray(ipca.var_))
+    out = JobOutput()
+    job._outputs(out, model, feats, raw_mean, raw_std)
+    out.info["engine"] = "dask"
+    out.info["execution"] = {
+        "mode": "incremental",
+        "reason": "engine: dask runs dask-ml IncrementalPCA",
+        **execution("pca", X, n_parts, probe, m.batch_size, passes, timings),
+        **ooc.resume_record(ctx),
+    }
+    out.info["memory"] = ooc.memory_info(probe.meta, m.batch_size, len(feats))
+    return out
+
+
+def run_kmeans(job, ctx):
+    """``engine: dask`` of kind kmeans: ``dask_ml.wrappers.Incremental(MiniBatchKMeans(...),
+    shuffle_blocks=False)`` over the chunks in data order, ``max_passes`` times at most (each
+    pass continues from the last with ``partial_fit``; it stops once the centres move less than
+    ``tol`` × the mean feature variance), then one pass of sizes and inertia. Equal to
+    ``MiniBatchKMeans(...).partial_fit`` fed the same batches in the same order."""
+    import dask
+    from dask_ml.wrappers import Incremental
+
+    from distml.jobs.kmeans.model import FittedKMeans, PassStats
+
+    m, feats = job.spec.model, ctx.data.features
+    fault = faults.from_env("kmeans.dask")
+    X, n_parts = lazy_array(ctx.data.source, feats, m.batch_size)
+    ctx.log.info(
+        "kmeans (engine dask): %d partitions, %d chunks of %d rows, k=%d",
+        n_parts,
+        len(X.chunks[0]),
+        m.batch_size,
+        m.n_clusters,
+    )
+    timings: dict[str, float] = {}
+    history: list[dict] = []
+    scaler, step, converged, passes = None, 0, False, 0
+    with on_ray(ctx.log) as probe:
+        t0 = time.perf_counter()
+        mean, var, n = moments(checked(X, feats, fault, "kmeans.dask", step))
+        step += 1
+        if n < m.n_clusters:
+            raise DataError(
+                f"model.n_clusters must be <= the number of rows ({n}); got {m.n_clusters}"
+            )
+        if m.scale:
+            std = np.sqrt(var)
+            scaler = ooc.Scaler(mean, np.where(std > 0, std, 1.0))
+            var = var / scaler.scale**2
+        tol = m.tol * float(np.mean(var))
+        timings["moments_s"] = time.perf_counter() - t0
+        inc = Incremental(
+            writable_minibatch_kmeans()(
+                n_clusters=m.n_clusters,
+                batch_size=m.batch_size,
+                n_init=m.n_init,
+                init_size=m.init_size,
+                random_state=m.seed,
+            ),
+            shuffle_blocks=False,
+        )
+        t0 = time.perf_counter()
+        old = None
+        for passes in range(1, m.max_passes + 1):  # noqa: B007 - read after the loop
+            Xf = checked(X, feats, fault, "kmeans.dask", step)
+            step += 1
+            inc.partial_fit((Xf - scaler.mean) / scaler.scale if scaler is not None else Xf)
+            new = np.array(inc.estimator_.cluster_centers_, dtype=np.float64)
+            shift = float(((new - old) ** 2).sum()) if old is not None else float("inf")
+            history.append(
+                {
+                    "pass": passes,
+                    "kind": "minibatch",
+                    "center_shift": shift if old is not None else None,
+                    "inertia_while_assigning": None,
+                    "rows": n,
+                    "reseeded": 0,
+                }
+            )
+            old = new
+            if shift <= tol:
+                converged = True
+                break
+        timings["minibatch_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        Xf = checked(X, feats, fault, "kmeans.dask", step)
+        if scaler is not None:
+            Xf = (Xf - scaler.mean) / scaler.scale
+        parts = dask.compute(*[dask.delayed(_final_block)(b, old) for b in Xf.to_delayed().ravel()])
+        timings["final_s"] = time.perf_counter() - t0
+    counts = np.sum([p[0] for p in parts], axis=0)
+    inertia = float(sum(p[1] for p in parts))
+    final = PassStats(np.zeros((0, 0)), counts, inertia, int(counts.sum()))
+    model = FittedKMeans(feats, old, counts.astype(np.int64), scaler)
+    out = job._outputs(model, final, history, [float("nan")], converged, passes, 0)
+    out.metrics.update(init_inertia=None, init_inertias=[])  # MiniBatchKMeans does not say
+    out.info["engine"] = "dask"
+    out.info["execution"] = {
+        "init": "MiniBatchKMeans.partial_fit on the first chunk",
+        **execution("kmeans", X, n_parts, probe, m.batch_size, step + 1, timings),
+        **ooc.resume_record(ctx),
+    }
+    out.info["memory"] = ooc.memory_info(probe.meta, m.batch_size, len(feats) + m.n_clusters)
+    return out
+
+
+_WRITABLE: dict[str, type] = {}
+
+
+def writable_minibatch_kmeans() -> type:
+    """``sklearn.cluster.MiniBatchKMeans`` whose ``partial_fit`` first copies fitted arrays that
+    arrive read-only: between two Dask tasks the model travels through Ray's object store, which
+    hands numpy arrays back as read-only views, and scikit-learn updates its centres in place.
+    The arithmetic is scikit-learn's, untouched."""
+    if "cls" not in _WRITABLE:
+        from sklearn.cluster import MiniBatchKMeans
+
+        class WritableMiniBatchKMeans(MiniBatchKMeans):
+            def partial_fit(self, X, y=None, sample_weight=None):
+                for name, value in list(vars(self).items()):
+                    if isinstance(value, np.ndarray) and not value.flags.writeable:
+                        setattr(self, name, value.copy())
+                return super().partial_fit(X, y, sample_weight)
+
+        _WRITABLE["cls"] = WritableMiniBatchKMeans
+    return _WRITABLE["cls"]
+
+
+def _final_block(X: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, float]:
+    from distml.jobs.kmeans.model import assign
+
+    labels, dist = assign(np.asarray(X, dtype=np.float64), centers)
+    return np.bincount(labels, minlength=len(centers)), float(dist.sum())

@@ -34,23 +34,42 @@ from distml.errors import DataError, MissingDependency
 from distml.jobs import _out_of_core as ooc
 from distml.runtime import faults, plan
 
-#: what ``pip install "distml[dask]"`` brings (the import names)
-MODULES = ("dask", "dask.dataframe", "dask_ml", "ray.util.dask")
+#: what ``pip install "distml[dask]"`` brings: import name -> distribution
+MODULES = {"dask": "dask", "dask_ml": "dask-ml"}
+#: Ray 2.60's Dask scheduler (``ray.util.dask``) refuses older Dask
+MIN_DASK = "2024.11.0"
 
 
 def check_installed(kind: str) -> None:
-    """MissingDependency (exit 2) naming ``pip install "distml[dask]"`` when the extra is absent;
-    run by the kinds' ``check_spec``, before any cluster work."""
-    import importlib
+    """MissingDependency (exit 2) naming ``pip install "distml[dask]"`` when the extra is absent
+    or its Dask is older than Ray's Dask scheduler accepts; run by the kinds' ``check_spec``,
+    before any cluster work. Finds the modules without importing them (validate stays light)."""
+    import importlib.util
+    from importlib import metadata
 
-    for name in MODULES:
+    purpose = f"engine: dask (kind {kind})"
+    for name, package in MODULES.items():
         try:
-            importlib.import_module(name)
-        except ImportError:
-            package = {"dask_ml": "dask-ml", "ray.util.dask": "dask"}.get(name, "dask")
-            raise MissingDependency.for_extra(
-                package, "dask", f"engine: dask (kind {kind})"
-            ) from None
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            raise MissingDependency.for_extra(package, "dask", purpose)
+    try:
+        version = metadata.version("dask")
+    except metadata.PackageNotFoundError:
+        return  # a source tree on sys.path: nothing to compare
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        old = Version(version) < Version(MIN_DASK)
+    except InvalidVersion:
+        old = False
+    if old:
+        raise MissingDependency(
+            f"{purpose} needs dask>={MIN_DASK} (Ray's Dask scheduler); dask {version} is "
+            'installed; install it with: pip install "distml[dask]"'
+        )
 
 
 def check_spec(spec) -> None:

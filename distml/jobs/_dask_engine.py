@@ -330,7 +330,7 @@ def run_pca(job, ctx):
     from dask_ml.decomposition import IncrementalPCA
 
     from distml.jobs.base import JobOutput
-    from distml.jobs.pca import FittedPCA
+    from distml.jobs.pca import FittedPCA, flip_signs
 
     m, feats = job.spec.model, ctx.data.features
     fault = faults.from_env("pca.dask")
@@ -367,7 +367,8 @@ def run_pca(job, ctx):
     model = FittedPCA(
         feats,
         np.asarray(ipca.mean_, dtype=np.float64),
-        np.asarray(ipca.components_, dtype=np.float64),
+        # dask's SVD leaves signs as they fall; scikit-learn's svd_flip makes them comparable
+        flip_signs(np.asarray(ipca.components_, dtype=np.float64)),
         np.asarray(ipca.explained_variance_, dtype=np.float64),
         np.asarray(ipca.explained_variance_ratio_, dtype=np.float64),
         np.asarray(ipca.singular_values_, dtype=np.float64),

@@ -42,12 +42,69 @@ SELF = Path(__file__).resolve()
 
 
 def _spec(kind: str, data: Path) -> dict:
-    spec = B5._spec(kind, data)
-    spec["engine"] = "dask"
-    spec["name"] = f"b5-dask-{kind}"
-    if kind == "kmeans":
-        spec["model"]["tol"] = 0.0
-    return spec
+    model = (
+        {"n_components": 8, "batch_size": B5.BATCH}
+        if kind == "pca"
+        else {
+            "n_clusters": 12,
+            "batch_size": B5.BATCH,
+            "n_init": 3,
+            "max_passes": 1,
+            "tol": 0.0,
+            "seed": 0,
+        }
+    )
+    return {
+        "name": f"b5-dask-{kind}",
+        "kind": kind,
+        "engine": "dask",
+        "data": {"source": str(data), "exclude": ["target"]},
+        "model": model,
+    }
+
+
+def _distml_side(kind: str, data: Path, rows: int, opts: H.Options, env: dict):
+    import yaml
+
+    spec = opts.workdir / f"b5-dask-{kind}.yaml"
+    spec.write_text(yaml.safe_dump(_spec(kind, data)))
+    n = [0]
+
+    def call() -> dict:
+        n[0] += 1
+        out = opts.workdir / "distml-dask-out" / f"{kind}-{n[0]}"
+        r = B5.run_sampled(
+            [H.bin_path("distml"), "run", str(spec), "--json", "--output", str(out)], env
+        )
+        res = H.last_json(r["stdout"])
+        if res.get("status") != "succeeded":
+            raise H.BenchmarkError(f"distml run did not succeed: {r['stdout'][-1000:]}")
+        man = json.loads(Path(res["run_dir"], "manifest.json").read_text())
+        job_s = man["timings"]["job_s"]
+        return {
+            "wall_s": r["wall_s"],
+            "in_job_s": job_s,
+            "metrics": res["metrics"],
+            "memory": r["memory"],
+            "task_memory": man.get("memory"),
+            "execution": {k: man["execution"].get(k) for k in ("chunks", "tasks", "timings_s")},
+            "rows_per_s_in_job": rows / job_s,
+            "rows_per_s_end_to_end": rows / r["wall_s"],
+        }
+
+    return call
+
+
+def _size(opts: H.Options) -> dict:
+    """The largest B5 size (``DISTML_B5_GB``; 0.01 with ``--quick``), written once, untimed."""
+    from distml.runtime.datasets import generate_dataset
+
+    gb = 0.01 if opts.quick else float(os.environ.get("DISTML_B5_GB", "1"))
+    rows = max(20_000, int(gb * 2**30 / (len(B5.FEATURES) * 8)))
+    files = max(2, -(-rows // B5.ROWS_PER_FILE))
+    d = opts.workdir / f"data-{gb}"
+    info = generate_dataset(B5.SOURCE, d, rows=rows, files=files)
+    return {"gb": gb, "rows": rows, "files": files, "parquet_bytes": info["bytes"], "dir": d}
 
 
 def _plain_side(kind: str, data: Path, rows: int, env: dict):
@@ -68,14 +125,8 @@ def _plain_side(kind: str, data: Path, rows: int, env: dict):
 
 def columns(kind: str, size: dict, opts: H.Options, env: dict) -> dict[str, Any]:
     """The two Dask columns of B5 for ``kind`` at ``size`` (a B5 size record)."""
-    import yaml
-
-    spec = opts.workdir / f"b5-dask-{kind}.yaml"
-    spec.write_text(yaml.safe_dump(_spec(kind, size["dir"])))
     H.log(f"[b5-dask] {kind} at {size['gb']} GB")
-    distml_side = B5._distml_side(kind, size["dir"], size["rows"], opts, env, [0])
-    # the native side's spec file name is reused by B5._distml_side: point it at ours
-    (opts.workdir / f"b5-{kind}.yaml").write_text(spec.read_text())
+    distml_side = _distml_side(kind, size["dir"], size["rows"], opts, env)
     runs = H.alternate(
         {
             "distml_dask": distml_side,
@@ -96,6 +147,7 @@ def columns(kind: str, size: dict, opts: H.Options, env: dict) -> dict[str, Any]
         }
     d, p = runs["distml_dask"][-1], runs["plain_dask"][-1]
     out["distml_dask"]["task_memory"] = d["task_memory"]
+    out["distml_dask"]["execution"] = d["execution"]
     out["time_ratio_in_job"] = H.ratio(
         out["distml_dask"]["in_job_s"]["median"], out["plain_dask"]["in_job_s"]["median"]
     )
@@ -115,9 +167,8 @@ def columns(kind: str, size: dict, opts: H.Options, env: dict) -> dict[str, Any]
 
 
 def run(opts: H.Options) -> dict[str, Any]:
-    os.environ.setdefault("DISTML_B5_GB", "1")
     env = H.isolated_env(opts.workdir / "home", opts.threads)
-    size = B5._sizes(opts)[-1]
+    size = _size(opts)
     body = {kind: columns(kind, size, opts, env) for kind in ("pca", "kmeans")}
     return {
         "workload": {

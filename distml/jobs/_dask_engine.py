@@ -59,13 +59,7 @@ def check_installed(kind: str) -> None:
         version = metadata.version("dask")
     except metadata.PackageNotFoundError:
         return  # a source tree on sys.path: nothing to compare
-    from packaging.version import InvalidVersion, Version
-
-    try:
-        old = Version(version) < Version(MIN_DASK)
-    except InvalidVersion:
-        old = False
-    if old:
+    if _release(version) < _release(MIN_DASK):
         raise MissingDependency(
             f"{purpose} needs dask>={MIN_DASK} (Ray's Dask scheduler); dask {version} is "
             'installed; install it with: pip install "distml[dask]"'
@@ -101,6 +95,13 @@ def check_spec(spec) -> None:
             "model.refine_passes needs engine: native (engine: dask runs mini-batch "
             f"passes only); got {m.refine_passes}"
         )
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """The leading release numbers of a version string (``2024.11.0rc1`` -> (2024, 11, 0))."""
+    import re
+
+    return tuple(int(x) for x in re.findall(r"\d+", version.split("+")[0])[:3])
 
 
 # ------------------------------------------------------------------ the lazy array

@@ -182,14 +182,22 @@ def _check_block(X, features, fault, where, step, block_info=None):
 def on_ray(log) -> Iterator["Probe"]:
     """Dask's scheduler set to Ray's (``ray_dask_get``) for the block, with a :class:`Probe`
     recording every task's rows, seconds and peak RSS; the probe's actor ends with the block."""
+    import functools
+
     import dask
     import ray
-    from ray.util.dask import ray_dask_get
+    from ray.util.dask import RayDaskCallback, ray_dask_get
 
     sink = _sink_class().options(num_cpus=0).remote()
-    probe = Probe(sink)
+    probe = Probe()
+    # plain module functions as callbacks: they travel with every task by reference
+    callback = RayDaskCallback(
+        ray_pretask=_pretask,
+        ray_posttask=functools.partial(_posttask, sink),
+        ray_postsubmit=probe.submitted,
+    )
     try:
-        with dask.config.set(scheduler=ray_dask_get), probe:
+        with dask.config.set(scheduler=ray_dask_get), callback:
             yield probe
     except Exception as e:  # a DataError raised in a task comes back wrapped by Ray
         cause = getattr(e, "cause", None)
@@ -202,6 +210,16 @@ def on_ray(log) -> Iterator["Probe"]:
         except Exception as e:  # the figures are a report, not the result
             log.warning("dask engine: task figures not collected (%s)", e)
         ray.kill(sink)
+
+
+class Probe:
+    """What :func:`on_ray` measured: Ray tasks submitted, and one record per task."""
+
+    def __init__(self):
+        self.tasks, self.meta = 0, []
+
+    def submitted(self, task, key, deps, object_ref) -> None:
+        self.tasks += 1
 
 
 def _sink_class():
@@ -223,51 +241,35 @@ def _sink_class():
     return Sink
 
 
-def _probe_class():
-    from ray.util.dask import RayDaskCallback
-
-    class _Probe(RayDaskCallback):
-        """Counts the Ray tasks submitted (driver) and measures each one (worker)."""
-
-        def __init__(self, sink):
-            super().__init__()
-            self.sink, self.tasks, self.meta = sink, 0, []
-
-        def _ray_postsubmit(self, task, key, deps, object_ref):
-            self.tasks += 1
-
-        def _ray_pretask(self, key, object_refs):
-            try:
-                with open("/proc/self/clear_refs", "w") as fh:
-                    fh.write("5")
-            except OSError:
-                pass
-            return time.perf_counter(), _status("VmRSS")
-
-        def _ray_posttask(self, key, result, pre_state):
-            from dask.utils import key_split
-
-            t0, rss0 = pre_state
-            peak = _status("VmHWM")
-            rows = int(result.shape[0]) if getattr(result, "ndim", 0) >= 1 else 0
-            self.sink.add.remote(
-                {
-                    "partition": _index(key),
-                    "name": str(key)[:120],
-                    "stage": key_split(key).split("-")[0],
-                    "rows": rows,
-                    "seconds": round(time.perf_counter() - t0, 4),
-                    "rss_start": rss0,
-                    "rss_peak": peak,
-                    "rss_increase": (peak - rss0) if peak and rss0 else None,
-                }
-            )
-
-    return _Probe
+def _pretask(key, object_refs):
+    """In the worker, before a Dask task: reset the peak RSS (Linux), note the time and RSS."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+    return time.perf_counter(), _status("VmRSS")
 
 
-def Probe(sink):  # noqa: N802 - builds the RayDaskCallback subclass lazily (ray inside)
-    return _probe_class()(sink)
+def _posttask(sink, key, result, pre_state) -> None:
+    """In the worker, after a Dask task: send its rows, seconds and RSS figures to the sink."""
+    from dask.utils import key_split
+
+    t0, rss0 = pre_state
+    peak = _status("VmHWM")
+    rows = int(result.shape[0]) if getattr(result, "ndim", 0) >= 1 else 0
+    sink.add.remote(
+        {
+            "partition": _index(key),
+            "name": str(key)[:120],
+            "stage": key_split(key).split("-")[0],
+            "rows": rows,
+            "seconds": round(time.perf_counter() - t0, 4),
+            "rss_start": rss0,
+            "rss_peak": peak,
+            "rss_increase": (peak - rss0) if peak and rss0 else None,
+        }
+    )
 
 
 def _status(key: str) -> int | None:

@@ -12,7 +12,8 @@ Sides, each a fresh process timed by wall clock, A/B alternated after a warm-up:
   kmeans: ``n_clusters: 12, n_init: 3, max_passes: 1, tol: 0``), a local 2-CPU Ray cluster.
 * ``plain_dask``: ``python benchmarks/b5_dask.py plain KIND DIR`` — no Ray:
   ``dd.read_parquet(DIR).to_dask_array(lengths=True)`` re-chunked to ``BATCH`` rows, then
-  ``dask_ml.decomposition.IncrementalPCA(8, batch_size=BATCH).fit(X)`` or
+  ``dask_ml.decomposition.IncrementalPCA(8, batch_size=BATCH, svd_solver="full").fit(X)`` (as
+  the engine: dask-ml's ``auto`` would pick an unseeded randomised SVD for these batches) or
   ``Incremental(MiniBatchKMeans(12, batch_size=BATCH, n_init=3, random_state=0),
   shuffle_blocks=False).fit(X)`` under ``dask.config.set(scheduler="threads",
   num_workers=2)``; for k-means also the full-data inertia (as distml reports it).
@@ -211,7 +212,8 @@ def plain_main(kind: str, data: str) -> dict:
         if kind == "pca":
             from dask_ml.decomposition import IncrementalPCA
 
-            model = IncrementalPCA(n_components=8, batch_size=B5.BATCH).fit(X)
+            model = IncrementalPCA(n_components=8, batch_size=B5.BATCH, svd_solver="full")
+            model = model.fit(X)
             out = {"explained_variance": np.asarray(model.explained_variance_).tolist()}
         else:
             from dask_ml.wrappers import Incremental

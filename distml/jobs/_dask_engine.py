@@ -326,7 +326,8 @@ def execution(kind: str, X, n_parts: int, probe, batch_size: int, passes: int, t
 
 def run_pca(job, ctx):
     """``engine: dask`` of kind pca: (with ``scale``, one pass of moments, then)
-    ``dask_ml.decomposition.IncrementalPCA(n_components, batch_size).fit(X)``: batches cut as
+    ``dask_ml.decomposition.IncrementalPCA(n_components, batch_size, svd_solver="full")
+    .fit(X)``: batches cut as
     scikit-learn's ``IncrementalPCA.fit`` cuts an array, so equal to it."""
     import warnings
 
@@ -359,7 +360,11 @@ def run_pca(job, ctx):
         if scaler is not None:
             Xf = (Xf - scaler.mean) / scaler.scale
         t0 = time.perf_counter()
-        ipca = IncrementalPCA(n_components=m.n_components, batch_size=m.batch_size)
+        # svd_solver "full": dask-ml's "auto" picks a randomised SVD (unseeded) for batches over
+        # 500 rows, which is neither reproducible nor scikit-learn's result
+        ipca = IncrementalPCA(
+            n_components=m.n_components, batch_size=m.batch_size, svd_solver="full"
+        )
         with warnings.catch_warnings():  # dask's 0/0 while it infers a chunk's meta
             warnings.simplefilter("ignore", RuntimeWarning)
             ipca.fit(Xf)

@@ -434,7 +434,9 @@ class Job(BaseJob):
 
     def run(self, ctx: RunContext) -> JobOutput:
         if self.spec.engine == "dask":
-            return _dask_engine.run_pca(self, ctx)
+            from distml.jobs import _dask_fits
+
+            return _dask_fits.run_pca(self, ctx)
         m, feats = self.spec.model, ctx.data.features
         mode, reason = self.mode(len(feats))
         plan = ooc.plan_partitions(ctx.data.source, m.partition_rows)

@@ -211,3 +211,36 @@ def test_data_larger_than_the_memory_cap_stay_within_it(tmp_path):
     assert raw_mb > 100 and r.metrics["n_rows"] == 480_000
     assert mem["batch_mb"] == 4.5 and mem["tasks_measured"] > 30
     assert mem["max_task_rss_increase_mb"] < 48, mem
+
+
+def test_csv_and_synthetic_sources_are_read_by_delayed_partitions(tmp_path):
+    """Sources Dask's parquet reader does not cover go through distml's planner and reader, one
+    ``dask.delayed`` read per partition: the same k-means as scikit-learn on the same rows."""
+    from distml.runtime.datasets import synthetic_frame
+
+    source = "synthetic:blobs?rows=3000&features=4&centers=3&seed=2"
+    df = synthetic_frame(source)
+    feats = [f"x{i}" for i in range(4)]
+    df.to_csv(tmp_path / "blobs.csv", index=False)
+    X = df[feats].to_numpy()
+    model = {"n_clusters": 3, "max_passes": 1, "batch_size": 1000, "seed": 1}
+    from sklearn.cluster import MiniBatchKMeans
+
+    sk = MiniBatchKMeans(3, batch_size=1000, n_init=3, random_state=1)
+    for lo in range(0, len(X), 1000):
+        sk.partial_fit(X[lo : lo + 1000])
+    for src in (source, tmp_path / "blobs.csv"):
+        r = distml.run(_spec("kmeans", src, **model), output=tmp_path / "runs")
+        np.testing.assert_allclose(r.tables["centers"][feats], sk.cluster_centers_, atol=1e-10)
+        assert r.metrics["n_rows"] == 3000 and r.manifest["execution"]["chunks"] == 3
+
+
+def test_nan_in_a_feature_is_a_data_error_naming_the_column(tmp_path):
+    frame = pd.DataFrame({"a": np.arange(50.0), "b": np.ones(50)})
+    frame.loc[37, "b"] = np.nan
+    frame.to_parquet(tmp_path / "nan.parquet")
+    with pytest.raises(distml.DataError, match="column 'b' has NaN"):
+        distml.run(
+            _spec("pca", tmp_path / "nan.parquet", n_components=1, batch_size=20),
+            output=tmp_path / "runs",
+        )

@@ -233,7 +233,9 @@ class Job(BaseJob):
 
     def run(self, ctx: RunContext) -> JobOutput:
         if self.spec.engine == "dask":
-            return _dask_engine.run_kmeans(self, ctx)
+            from distml.jobs import _dask_fits
+
+            return _dask_fits.run_kmeans(self, ctx)
         m, fit = self.spec.model, _Fit(self.spec, ctx)
         ctx.log.info(
             "kmeans: %d partitions, %d features, k=%d, batch_size %d",

@@ -236,7 +236,7 @@ def test_csv_and_synthetic_sources_are_read_by_delayed_partitions(tmp_path):
 
 
 def test_nan_in_a_feature_is_a_data_error_naming_the_column(tmp_path):
-    frame = pd.DataFrame({"a": np.arange(50.0), "b": np.ones(50)})
+    frame = pd.DataFrame({"a": np.arange(50.0), "b": np.ones(50), "target": np.zeros(50)})
     frame.loc[37, "b"] = np.nan
     frame.to_parquet(tmp_path / "nan.parquet")
     with pytest.raises(distml.DataError, match="column 'b' has NaN"):

@@ -15,9 +15,8 @@ from distml.runtime import faults
 
 
 def run_pca(job, ctx):
-    """``engine: dask`` of kind pca: (with ``scale``, one pass of moments, then)
-    ``dask_ml.decomposition.IncrementalPCA(n_components, batch_size, svd_solver="full")
-    .fit(X)``: batches cut as
+    """``engine: dask`` of kind pca: (with ``scale``, one pass of moments, then) dask-ml's
+    ``IncrementalPCA(n_components, batch_size, svd_solver="full").fit(X)``: batches cut as
     scikit-learn's ``IncrementalPCA.fit`` cuts an array, so equal to it."""
     import warnings
 

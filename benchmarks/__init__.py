@@ -16,6 +16,7 @@ REGISTRY: dict[str, str] = {
     "b3": "b3_xgboost_dist",
     "b4": "b4_torch_ddp",
     "b5": "b5_out_of_core",
+    "b5_dask": "b5_dask",
     "b6": "b6_many_models",
     "b7": "b7_quickstart",
 }

@@ -326,6 +326,11 @@ def run(opts: H.Options) -> dict[str, Any]:
             "feature_bytes": size["rows"] * len(FEATURES) * 8,
             **{kind: _one(kind, size, opts, env, ref) for kind in ("pca", "kmeans")},
         }
+        if size is sizes[-1]:  # the Dask columns (benchmarks/b5_dask.py) at the largest size
+            from benchmarks import b5_dask
+
+            for kind in ("pca", "kmeans"):
+                results[key][kind]["dask"] = b5_dask.columns(kind, size, opts, env)
     H.log("[b5] engines (moments pass) at the largest size")
     eng = H.last_json(
         H.run_timed(

@@ -35,6 +35,7 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from distml.errors import DataError
+from distml.jobs import _dask_engine
 from distml.jobs import _out_of_core as ooc
 from distml.jobs.base import Job as BaseJob
 from distml.jobs.base import JobOutput, RunContext
@@ -99,11 +100,16 @@ class Spec(JobSpec):
     """Principal component analysis of data larger than memory."""
 
     kind: Literal["pca"]
+    engine: Literal["native", "dask"] = Field(
+        "native", description="native (pyarrow batches in Ray tasks) or dask (dask-ml on Ray)."
+    )
     model: PCAModelSpec = Field(default_factory=PCAModelSpec)
 
     @model_validator(mode="after")
     def _checks(self) -> "Spec":
         ooc.check_spec(self)
+        if self.engine == "dask":
+            _dask_engine.check_spec(self)
         m = self.model
         if m.mode == "incremental":
             if isinstance(m.n_components, float):
@@ -383,7 +389,12 @@ class Job(BaseJob):
             Path(run_dir), "pca", load_model, lambda fitted: len(fitted.columns())
         )
 
+    def check_spec(self) -> None:
+        if self.spec.engine == "dask":
+            _dask_engine.check_installed("pca")
+
     def check_data(self):
+        self.check_spec()
         info = ooc.numeric_features(self.spec, self.spec.model.keep_columns)
         d, m = len(info.features), self.spec.model
         if isinstance(m.n_components, int) and m.n_components > d:
@@ -422,6 +433,10 @@ class Job(BaseJob):
         )
 
     def run(self, ctx: RunContext) -> JobOutput:
+        if self.spec.engine == "dask":
+            from distml.jobs import _dask_fits
+
+            return _dask_fits.run_pca(self, ctx)
         m, feats = self.spec.model, ctx.data.features
         mode, reason = self.mode(len(feats))
         plan = ooc.plan_partitions(ctx.data.source, m.partition_rows)
@@ -468,6 +483,7 @@ class Job(BaseJob):
                 "files": [f"transformed/{p.name}.parquet" for p in plan],
             }
         self._outputs(out, model, feats, raw_mean, raw_std)
+        out.info["engine"] = "native"
         out.info["execution"] = {
             "path": f"out_of_core_{mode}",
             "mode": mode,

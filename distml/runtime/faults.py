@@ -19,6 +19,8 @@ WHERE names, and what K counts there:
 ``kmeans.minibatch``,
 ``kmeans.lloyd``,
 ``kmeans.final``
+``pca.dask``, ``kmeans.dask``  ``engine: dask``: the Dask task checking chunk P of data pass K
+                            (0-based) exits its process; Ray retries it.
 ``tune.iteration``          a Tune trial process exits at iteration K (1-based).
 ==========================  =================================================================
 
@@ -47,8 +49,8 @@ ENV = "DISTML_FAULT"
 TRAIN_ENV, STAGE_ENV, TUNE_ENV = "DISTML_TRAIN_FAULT", "DISTML_FAULT_INJECT", "DISTML_TUNE_FAULT"
 TRAIN_SITES = ("train.iteration", "manymodels.groups", "kmeans.pass")
 STAGES = {
-    "pca": ("moments", "incremental", "transform"),
-    "kmeans": ("sample", "minibatch", "lloyd", "final"),
+    "pca": ("moments", "incremental", "transform", "dask"),
+    "kmeans": ("sample", "minibatch", "lloyd", "final", "dask"),
 }
 SITES = frozenset(
     TRAIN_SITES

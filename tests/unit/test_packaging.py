@@ -19,6 +19,7 @@ DIST = {
     "yaml": "pyyaml",
     "pydantic_core": "pydantic",
     "mlflow": "mlflow-skinny",
+    "dask_ml": "dask-ml",
 }
 
 

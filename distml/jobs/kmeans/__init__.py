@@ -32,6 +32,7 @@ import numpy as np
 
 from distml import progress
 from distml.errors import DataError, JobFailed
+from distml.jobs import _dask_engine
 from distml.jobs import _out_of_core as ooc
 from distml.jobs.base import Job as BaseJob
 from distml.jobs.base import JobOutput, RunContext
@@ -218,7 +219,12 @@ class Job(BaseJob):
 
         return array_predictor(Path(run_dir), "kmeans", load_model, lambda fitted: 1)
 
+    def check_spec(self) -> None:
+        if self.spec.engine == "dask":
+            _dask_engine.check_installed("kmeans")
+
     def check_data(self):
+        self.check_spec()
         info = ooc.numeric_features(self.spec, self.spec.model.keep_columns)
         rows, k = info.source.rows, self.spec.model.n_clusters
         if rows is not None and rows < k:
@@ -226,6 +232,10 @@ class Job(BaseJob):
         return info
 
     def run(self, ctx: RunContext) -> JobOutput:
+        if self.spec.engine == "dask":
+            from distml.jobs import _dask_fits
+
+            return _dask_fits.run_kmeans(self, ctx)
         m, fit = self.spec.model, _Fit(self.spec, ctx)
         ctx.log.info(
             "kmeans: %d partitions, %d features, k=%d, batch_size %d",
@@ -314,6 +324,7 @@ class Job(BaseJob):
                 "columns": m.keep_columns + ["cluster"],
                 "files": [f"transformed/{p.name}.parquet" for p in fit.plan],
             }
+        out.info["engine"] = "native"
         out.info["execution"] = {
             "path": "out_of_core_minibatch",
             "partitions": len(fit.plan),

@@ -13,6 +13,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from distml.errors import DataError
+from distml.jobs import _dask_engine
 from distml.jobs import _out_of_core as ooc
 from distml.spec.base import JobSpec, StrictModel
 
@@ -81,11 +82,16 @@ class Spec(JobSpec):
     """Mini-batch k-means over data larger than memory."""
 
     kind: Literal["kmeans"]
+    engine: Literal["native", "dask"] = Field(
+        "native", description="native (pyarrow batches in Ray tasks) or dask (dask-ml on Ray)."
+    )
     model: KMeansModelSpec = Field(default_factory=KMeansModelSpec)
 
     @model_validator(mode="after")
     def _checks(self) -> "Spec":
         ooc.check_spec(self)
+        if self.engine == "dask":
+            _dask_engine.check_spec(self)
         return self
 
 

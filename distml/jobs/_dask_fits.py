@@ -1,0 +1,212 @@
+"""The two fits of ``engine: dask`` (see :mod:`distml.jobs._dask_engine` for the data and the
+scheduler): dask-ml's ``IncrementalPCA`` for kind pca, ``Incremental(MiniBatchKMeans)`` for kind
+kmeans; the outputs are built by the kinds' own code, so they are the native engine's."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from distml.errors import DataError
+from distml.jobs import _out_of_core as ooc
+from distml.jobs._dask_engine import checked, execution, lazy_array, moments, on_ray
+from distml.runtime import faults
+
+
+def run_pca(job, ctx):
+    """``engine: dask`` of kind pca: (with ``scale``, one pass of moments, then) dask-ml's
+    ``IncrementalPCA(n_components, batch_size, svd_solver="full").fit(X)``: batches cut as
+    scikit-learn's ``IncrementalPCA.fit`` cuts an array, so equal to it."""
+    import warnings
+
+    from dask_ml.decomposition import IncrementalPCA
+
+    from distml.jobs.base import JobOutput
+    from distml.jobs.pca import FittedPCA, flip_signs
+
+    m, feats = job.spec.model, ctx.data.features
+    fault = faults.from_env("pca.dask")
+    X, n_parts = lazy_array(ctx.data.source, feats, m.batch_size)
+    ctx.log.info(
+        "pca (engine dask): %d partitions, %d chunks of %d rows, %d features",
+        n_parts,
+        len(X.chunks[0]),
+        m.batch_size,
+        len(feats),
+    )
+    timings: dict[str, float] = {}
+    scaler, passes = None, 1
+    with on_ray(ctx.log) as probe:
+        if m.scale:
+            t0 = time.perf_counter()
+            mean, var, _ = moments(checked(X, feats, fault, "pca.dask", 0))
+            std = np.sqrt(var)
+            scaler = ooc.Scaler(mean, np.where(std > 0, std, 1.0))
+            timings["moments_s"] = time.perf_counter() - t0
+            passes += 1
+        Xf = checked(X, feats, fault, "pca.dask", passes - 1)
+        if scaler is not None:
+            Xf = (Xf - scaler.mean) / scaler.scale
+        t0 = time.perf_counter()
+        # svd_solver "full": dask-ml's "auto" picks a randomised SVD (unseeded) for batches over
+        # 500 rows, which is neither reproducible nor scikit-learn's result
+        ipca = IncrementalPCA(
+            n_components=m.n_components, batch_size=m.batch_size, svd_solver="full"
+        )
+        with warnings.catch_warnings():  # dask's 0/0 while it infers a chunk's meta
+            warnings.simplefilter("ignore", RuntimeWarning)
+            ipca.fit(Xf)
+        timings["fit_s"] = time.perf_counter() - t0
+    n = int(ipca.n_samples_seen_)
+    if n < 2:
+        raise DataError(f"kind pca needs at least 2 rows; the data have {n}")
+    model = FittedPCA(
+        feats,
+        np.asarray(ipca.mean_, dtype=np.float64),
+        # dask's SVD leaves signs as they fall; scikit-learn's svd_flip makes them comparable
+        flip_signs(np.asarray(ipca.components_, dtype=np.float64)),
+        np.asarray(ipca.explained_variance_, dtype=np.float64),
+        np.asarray(ipca.explained_variance_ratio_, dtype=np.float64),
+        np.asarray(ipca.singular_values_, dtype=np.float64),
+        float(ipca.noise_variance_),
+        n,
+        m.whiten,
+        "incremental",
+        scaler,
+    )
+    raw_mean = scaler.mean if scaler is not None else model.mean
+    raw_std = np.sqrt(var) if scaler is not None else np.sqrt(np.asarray(ipca.var_))
+    out = JobOutput()
+    job._outputs(out, model, feats, raw_mean, raw_std)
+    out.info["engine"] = "dask"
+    out.info["execution"] = {
+        "mode": "incremental",
+        "reason": "engine: dask runs dask-ml IncrementalPCA",
+        **execution("pca", X, n_parts, probe, m.batch_size, passes, timings),
+        **ooc.resume_record(ctx),
+    }
+    out.info["memory"] = ooc.memory_info(probe.meta, m.batch_size, len(feats))
+    return out
+
+
+def run_kmeans(job, ctx):
+    """``engine: dask`` of kind kmeans: ``dask_ml.wrappers.Incremental(MiniBatchKMeans(...),
+    shuffle_blocks=False)`` over the chunks in data order, ``max_passes`` times at most (each
+    pass continues from the last with ``partial_fit``; it stops once the centres move less than
+    ``tol`` × the mean feature variance), then one pass of sizes and inertia. Equal to
+    ``MiniBatchKMeans(...).partial_fit`` fed the same batches in the same order."""
+    import dask
+    from dask_ml.wrappers import Incremental
+
+    from distml.jobs.kmeans.model import FittedKMeans, PassStats
+
+    m, feats = job.spec.model, ctx.data.features
+    fault = faults.from_env("kmeans.dask")
+    X, n_parts = lazy_array(ctx.data.source, feats, m.batch_size)
+    ctx.log.info(
+        "kmeans (engine dask): %d partitions, %d chunks of %d rows, k=%d",
+        n_parts,
+        len(X.chunks[0]),
+        m.batch_size,
+        m.n_clusters,
+    )
+    timings: dict[str, float] = {}
+    history: list[dict] = []
+    scaler, step, converged, passes = None, 0, False, 0
+    with on_ray(ctx.log) as probe:
+        t0 = time.perf_counter()
+        mean, var, n = moments(checked(X, feats, fault, "kmeans.dask", step))
+        step += 1
+        if n < m.n_clusters:
+            raise DataError(
+                f"model.n_clusters must be <= the number of rows ({n}); got {m.n_clusters}"
+            )
+        if m.scale:
+            std = np.sqrt(var)
+            scaler = ooc.Scaler(mean, np.where(std > 0, std, 1.0))
+            var = var / scaler.scale**2
+        tol = m.tol * float(np.mean(var))
+        timings["moments_s"] = time.perf_counter() - t0
+        inc = Incremental(
+            writable_minibatch_kmeans()(
+                n_clusters=m.n_clusters,
+                batch_size=m.batch_size,
+                n_init=m.n_init,
+                init_size=m.init_size,
+                random_state=m.seed,
+            ),
+            shuffle_blocks=False,
+        )
+        t0 = time.perf_counter()
+        old = None
+        for passes in range(1, m.max_passes + 1):  # noqa: B007 - read after the loop
+            Xf = checked(X, feats, fault, "kmeans.dask", step)
+            step += 1
+            inc.partial_fit((Xf - scaler.mean) / scaler.scale if scaler is not None else Xf)
+            new = np.array(inc.estimator_.cluster_centers_, dtype=np.float64)
+            shift = float(((new - old) ** 2).sum()) if old is not None else float("inf")
+            history.append(
+                {
+                    "pass": passes,
+                    "kind": "minibatch",
+                    "center_shift": shift if old is not None else None,
+                    "inertia_while_assigning": None,
+                    "rows": n,
+                    "reseeded": 0,
+                }
+            )
+            old = new
+            if shift <= tol:
+                converged = True
+                break
+        timings["minibatch_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        Xf = checked(X, feats, fault, "kmeans.dask", step)
+        if scaler is not None:
+            Xf = (Xf - scaler.mean) / scaler.scale
+        parts = dask.compute(*[dask.delayed(_final_block)(b, old) for b in Xf.to_delayed().ravel()])
+        timings["final_s"] = time.perf_counter() - t0
+    counts = np.sum([p[0] for p in parts], axis=0)
+    inertia = float(sum(p[1] for p in parts))
+    final = PassStats(np.zeros((0, 0)), counts, inertia, int(counts.sum()))
+    model = FittedKMeans(feats, old, counts.astype(np.int64), scaler)
+    out = job._outputs(model, final, history, [float("nan")], converged, passes, 0)
+    out.metrics.update(init_inertia=None, init_inertias=[])  # MiniBatchKMeans does not say
+    out.info["engine"] = "dask"
+    out.info["execution"] = {
+        "init": "MiniBatchKMeans.partial_fit on the first chunk",
+        **execution("kmeans", X, n_parts, probe, m.batch_size, step + 1, timings),
+        **ooc.resume_record(ctx),
+    }
+    out.info["memory"] = ooc.memory_info(probe.meta, m.batch_size, len(feats) + m.n_clusters)
+    return out
+
+
+_WRITABLE: dict[str, type] = {}
+
+
+def writable_minibatch_kmeans() -> type:
+    """``sklearn.cluster.MiniBatchKMeans`` whose ``partial_fit`` first copies fitted arrays that
+    arrive read-only: between two Dask tasks the model travels through Ray's object store, which
+    hands numpy arrays back as read-only views, and scikit-learn updates its centres in place.
+    The arithmetic is scikit-learn's, untouched."""
+    if "cls" not in _WRITABLE:
+        from sklearn.cluster import MiniBatchKMeans
+
+        class WritableMiniBatchKMeans(MiniBatchKMeans):
+            def partial_fit(self, X, y=None, sample_weight=None):
+                for name, value in list(vars(self).items()):
+                    if isinstance(value, np.ndarray) and not value.flags.writeable:
+                        setattr(self, name, value.copy())
+                return super().partial_fit(X, y, sample_weight)
+
+        _WRITABLE["cls"] = WritableMiniBatchKMeans
+    return _WRITABLE["cls"]
+
+
+def _final_block(X: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, float]:
+    from distml.jobs.kmeans.model import assign
+
+    labels, dist = assign(np.asarray(X, dtype=np.float64), centers)
+    return np.bincount(labels, minlength=len(centers)), float(dist.sum())

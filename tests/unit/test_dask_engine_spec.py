@@ -1,0 +1,100 @@
+"""``engine: native | dask`` of the pca and kmeans specs: the field, the rules of the dask engine,
+and the missing extra, all exit 2 before any cluster work (no Ray needed)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import distml
+from distml.errors import MissingDependency, SpecError
+from distml.spec import load_spec
+
+SOURCE = "synthetic:blobs?rows=500&features=4&centers=3&seed=1"
+
+
+def _spec(kind: str, **model) -> dict:
+    return {
+        "name": f"{kind}-engine",
+        "kind": kind,
+        "engine": "dask",
+        "data": {"source": SOURCE, "exclude": ["target"]},
+        "model": {**({"n_clusters": 3} if kind == "kmeans" else {}), **model},
+    }
+
+
+@pytest.mark.parametrize("kind", ["pca", "kmeans"])
+def test_engine_defaults_to_native_and_accepts_dask(kind):
+    spec = _spec(kind)
+    del spec["engine"]
+    assert load_spec(spec).engine == "native"
+    assert load_spec(_spec(kind)).engine == "dask"
+    assert load_spec(_spec(kind)).to_dict()["engine"] == "dask"  # spec.yaml carries it
+
+
+@pytest.mark.parametrize("kind", ["pca", "kmeans"])
+def test_a_bad_engine_is_a_spec_error_naming_engine(kind, tmp_path):
+    with pytest.raises(SpecError, match="engine") as e:
+        load_spec({**_spec(kind), "engine": "spark"})
+    assert e.value.exit_code == 2
+    path = tmp_path / "spec.yaml"
+    path.write_text(f"name: x\nkind: {kind}\nengine: spark\ndata: {{source: '{SOURCE}'}}\n")
+    res = subprocess.run(
+        [sys.executable, "-m", "distml", "validate", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 2 and "engine" in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize(
+    "kind, model, fragment",
+    [
+        ("pca", {"mode": "exact"}, "model.mode exact needs engine: native"),
+        ("pca", {"n_components": 0.9}, "variance fraction needs engine: native"),
+        ("pca", {"n_components": 4, "batch_size": 2}, "model.batch_size must be >="),
+        ("pca", {"transform": True}, "model.transform is not available with engine: dask"),
+        ("kmeans", {"refine_passes": 2}, "model.refine_passes needs engine: native"),
+        ("kmeans", {"transform": True}, "model.transform is not available with engine: dask"),
+    ],
+)
+def test_what_the_dask_engine_does_not_do_is_refused(kind, model, fragment):
+    with pytest.raises(SpecError, match=fragment):
+        load_spec(_spec(kind, **model))
+    load_spec({**_spec(kind, **model), "engine": "native"})  # the native engine takes it
+
+
+@pytest.mark.parametrize("kind", ["pca", "kmeans"])
+@pytest.mark.parametrize("missing", ["dask", "dask_ml"])
+def test_a_missing_extra_is_exit_2_naming_the_install_before_any_cluster(
+    kind, missing, monkeypatch, tmp_path
+):
+    from distml.runtime import cluster
+
+    monkeypatch.setitem(sys.modules, missing, None)  # `import dask_ml` now fails
+
+    def no_cluster(*a, **k):
+        raise AssertionError("cluster work started before the missing extra was reported")
+
+    monkeypatch.setattr(cluster, "_start_local", no_cluster)
+    monkeypatch.setattr(cluster, "cluster", no_cluster)
+    with pytest.raises(MissingDependency, match=r'pip install "distml\[dask\]"') as e:
+        distml.validate(_spec(kind))
+    assert e.value.exit_code == 2 and "engine: dask" in str(e.value)
+    with pytest.raises(MissingDependency, match=r'pip install "distml\[dask\]"'):
+        distml.run(_spec(kind), output=tmp_path)
+    distml.validate({**_spec(kind), "engine": "native"})  # the native engine needs no Dask
+
+
+def test_an_old_dask_is_refused_with_the_install_hint(monkeypatch):
+    from importlib import metadata
+
+    real = metadata.version
+    monkeypatch.setattr(
+        metadata, "version", lambda name: "2024.6.0" if name == "dask" else real(name)
+    )
+    with pytest.raises(MissingDependency, match=r"dask>=2024\.11\.0.*dask 2024\.6\.0"):
+        distml.validate(_spec("pca"))

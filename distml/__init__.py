@@ -42,7 +42,26 @@ _SUBMODULES = frozenset(
     | {"runtime", "scoring", "spec", "tune"}
 )
 
-__all__ = [*_EXPORTS, "__version__"]
+__all__ = [
+    "run",
+    "validate",
+    "submit",
+    "predict",
+    "build_report",
+    "list_runs",
+    "load_spec",
+    "json_schema",
+    "JobSpec",
+    "Result",
+    "Submission",
+    "Prediction",
+    "DistmlError",
+    "SpecError",
+    "DataError",
+    "ClusterError",
+    "JobFailed",
+    "__version__",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -78,3 +78,36 @@ def test_the_probe_sees_a_heavy_import():
         "data.target=alcohol",
     )
     assert code in (0, 2) and "pandas" in modules
+
+
+def test_a_runs_own_cluster_starts_without_the_idle_monitors(monkeypatch):
+    """distml.runtime.cluster._start_local makes Ray's Node skip its autoscaler monitor and
+    log monitor while ray.init runs (private Ray API: this fails loudly when Ray renames the
+    two starters) and puts them back after, also when ray.init fails; DISTML_DASHBOARD=1
+    keeps them."""
+    import ray
+    from ray._private.node import Node
+
+    from distml.runtime import cluster
+
+    originals = {name: getattr(Node, name) for name in cluster.IDLE_MONITORS}
+    assert all(callable(f) for f in originals.values())
+    seen = {}
+
+    def fake_init(**kwargs):
+        seen.update({name: getattr(Node, name) for name in cluster.IDLE_MONITORS})
+        seen["kwargs"] = kwargs
+        raise RuntimeError("no cluster in a unit test")
+
+    monkeypatch.setattr(ray, "init", fake_init)
+    with pytest.raises(RuntimeError, match="no cluster"):
+        cluster._start_local(2, None)
+    assert all(seen[name] is not originals[name] for name in cluster.IDLE_MONITORS)
+    assert seen[cluster.IDLE_MONITORS[0]](object()) is None
+    assert seen["kwargs"]["address"] == "local" and seen["kwargs"]["log_to_driver"] is False
+    assert {name: getattr(Node, name) for name in cluster.IDLE_MONITORS} == originals
+
+    monkeypatch.setenv("DISTML_DASHBOARD", "1")
+    with pytest.raises(RuntimeError, match="no cluster"):
+        cluster._start_local(2, None)
+    assert {name: seen[name] for name in cluster.IDLE_MONITORS} == originals

@@ -19,10 +19,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from distml import progress
 from distml.errors import DataError, JobFailed, error_text
@@ -37,6 +34,10 @@ from distml.runtime.data import (
     validate_data,
 )
 from distml.runtime.splits import class_order
+
+if TYPE_CHECKING:  # heavy: imported where used, so `distml validate` stays light
+    import numpy as np
+    import pandas as pd
 
 SPLITS = ("train", "valid", "test")
 CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "logloss")
@@ -85,6 +86,9 @@ def py_scalar(v: Any) -> Any:
 
 
 def type_features(X: pd.DataFrame, categories: dict[str, list]) -> pd.DataFrame:
+    import numpy as np
+    import pandas as pd
+
     X = X.copy()
     for c, levels in categories.items():
         X[c] = pd.Categorical(X[c].astype("string").astype(object), categories=levels)
@@ -96,6 +100,9 @@ def type_features(X: pd.DataFrame, categories: dict[str, list]) -> pd.DataFrame:
 
 def prepare(spec, info: DataInfo, task: str | None) -> Prepared:
     """Read and type the data of a supervised spec; ``task`` None means infer from the target."""
+    import numpy as np
+    import pandas as pd
+
     target = info.target
     frame = read_frame(spec.data.source, info.features + [target])
     y_raw = frame[target]
@@ -128,6 +135,8 @@ def prepare(spec, info: DataInfo, task: str | None) -> Prepared:
 
 
 def encode_target(y: pd.Series, classes: list, where: str) -> np.ndarray:
+    import numpy as np
+
     index = {c: i for i, c in enumerate(classes)}
     codes = y.map(index)
     if codes.isna().any():
@@ -222,6 +231,9 @@ class SupervisedJob(Job):
 
     def fit_and_evaluate(self, info: DataInfo, prep: Prepared | None = None) -> JobOutput:
         """The whole single-worker job: runs inside one Ray task."""
+        import numpy as np
+        import pandas as pd
+
         t0 = time.perf_counter()
         _worker_stage(self, "read")
         prep = prep if prep is not None else prepare(self.spec, info, self.task())
@@ -414,6 +426,9 @@ class SupervisedJob(Job):
         folds; see :meth:`distml.jobs.base.Job.fit_predict_fold`). Both frames are typed
         together as :func:`prepare` types one source: the same feature choice, categorical
         levels and class codes, so a fold here is the fold ``data.split.cv`` fits."""
+        import numpy as np
+        import pandas as pd
+
         from distml.runtime.data import is_categorical_dtype
 
         d = self.spec.data
@@ -472,6 +487,9 @@ def prediction_rows(
     """Rows of ``tables/predictions.parquet``: split, row (position in its source), y_true,
     y_pred (class labels or values), ``proba_<class>`` per class; at most ``limit`` rows,
     sampled with a fixed seed."""
+    import numpy as np
+    import pandas as pd
+
     keep = np.arange(len(y))
     if len(keep) > limit:
         keep = np.sort(np.random.default_rng(0).choice(len(y), limit, replace=False))

@@ -76,7 +76,7 @@ def _curves(run: RunView, kind: str) -> Section | None:
     pred, cols = _classification_predictions(run)
     if pred is None:
         return None
-    from sklearn import metrics as skm
+    from distml.report import _curves
 
     splits = _splits(pred)
     binary = len(cols) == 2
@@ -95,11 +95,11 @@ def _curves(run: RunView, kind: str) -> Section | None:
             if y.all() or not y.any():
                 continue
             if kind == "roc":
-                fpr, tpr, _ = skm.roc_curve(y, score)
-                ax.plot(fpr, tpr, label=f"{short(label)} (AUC {skm.auc(fpr, tpr):.3f})")
+                fpr, tpr = _curves.roc(y, score)
+                ax.plot(fpr, tpr, label=f"{short(label)} (AUC {_curves.auc(fpr, tpr):.3f})")
             else:
-                prec, rec, _ = skm.precision_recall_curve(y, score)
-                ap = skm.average_precision_score(y, score)
+                prec, rec = _curves.precision_recall(y, score)
+                ap = _curves.average_precision(y, score)
                 ax.plot(rec, prec, label=f"{short(label)} (AP {ap:.3f})")
         if kind == "roc":
             ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)

@@ -115,15 +115,50 @@ def _start_local(num_cpus: int | None, num_gpus: int | None) -> None:
     import ray
 
     dashboard = os.environ.get("DISTML_DASHBOARD", "").lower() in ("1", "true", "yes")
-    ray.init(
-        address="local",
-        num_cpus=num_cpus,
-        num_gpus=num_gpus,
-        include_dashboard=dashboard,
-        dashboard_host="127.0.0.1",
-        log_to_driver=False,
-        configure_logging=False,
-    )
+    with _without_idle_monitors(keep=dashboard):
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+            include_dashboard=dashboard,
+            dashboard_host="127.0.0.1",
+            log_to_driver=False,
+            configure_logging=False,
+        )
+
+
+#: Node methods that start the head's autoscaler monitor and its log monitor
+IDLE_MONITORS = ("start_monitor", "start_log_monitor")
+
+
+@contextmanager
+def _without_idle_monitors(keep: bool = False) -> Iterator[None]:
+    """Start a run's own cluster without the two helper processes it never uses: the
+    autoscaler monitor (a fixed single node has nothing to scale) and the log monitor (it
+    forwards worker output to drivers, and the run's driver asks for none:
+    ``log_to_driver=False``; the workers' log files are written as before). Each is a Python
+    process importing Ray: ~1 s of CPU apiece at every cold start on the 2-core machines,
+    about a fifth of the cluster's start (docs/clusters.md). ``ray.init`` has no option for
+    them (``ray start`` has ``--no-monitor``), so ``ray._private.node.Node``'s two starters are
+    no-ops while this run's ``ray.init`` runs, and restored after. Private Ray API, kept on
+    purpose and looked up defensively: a Ray without these methods starts them as before;
+    tests/unit/test_cold_path.py fails loudly when Ray renames them. ``DISTML_DASHBOARD=1``
+    (observing the run) keeps them."""
+    try:
+        from ray._private.node import Node as node_cls
+    except ImportError:
+        node_cls = None
+    saved = {name: getattr(node_cls, name, None) for name in IDLE_MONITORS}
+    if keep or node_cls is None or not all(callable(v) for v in saved.values()):
+        yield
+        return
+    for name in IDLE_MONITORS:
+        setattr(node_cls, name, lambda self: None)
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(node_cls, name, fn)
 
 
 @contextmanager

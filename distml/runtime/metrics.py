@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:  # heavy: imported where used, so `distml validate` stays light
+    import numpy as np
 
 
 def _clean(d: dict) -> dict:
@@ -16,6 +18,7 @@ def classification_metrics(
 ) -> dict[str, float | None]:
     """accuracy, precision, recall, f1 (binary: positive class; multiclass: macro), roc_auc
     (binary, or one-vs-rest macro), logloss; ``y`` and ``pred`` are class codes 0..k-1."""
+    import numpy as np
     from sklearn import metrics as skm
 
     labels = list(range(n_classes))
@@ -57,6 +60,8 @@ def regression_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, float | Non
 
 def confusion_rows(split: str, y: np.ndarray, pred: np.ndarray, classes: list) -> list[dict]:
     """Long-form confusion matrix rows: split, actual, predicted, count."""
+    import numpy as np
+
     k = len(classes)
     cm = np.zeros((k, k), dtype=np.int64)
     np.add.at(cm, (y.astype(int), pred.astype(int)), 1)
@@ -81,6 +86,8 @@ def summarize_folds(folds: list[dict]) -> dict:
 
     Only numeric metrics are aggregated; the fold index (and booleans) stay in ``folds``.
     """
+    import numpy as np
+
     keys = [
         k
         for k in folds[0]

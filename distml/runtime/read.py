@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import io
 import re
-from typing import Any, Iterator
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any, Iterator
 
 from distml.errors import DataError, one_line
+
+if TYPE_CHECKING:  # heavy: imported where used, so `distml validate` stays light
+    import pandas as pd
 
 #: bytes buffered per column chunk being streamed (a row group can be hundreds of MB)
 PARQUET_BUFFER = 256 << 10
@@ -58,6 +59,8 @@ def read_virtual(
 def read_partition(part, columns: list[str]) -> pd.DataFrame:
     """The rows of ``part`` (a :class:`~distml.runtime.plan.Partition`), only ``columns``
     (in file order for files, in ``columns`` order for virtual sources)."""
+    import pandas as pd
+
     if part.format == "virtual":
         return read_virtual(part.source, columns, part.row_range)
     if part.format == "csv":
@@ -82,6 +85,8 @@ def read_partition(part, columns: list[str]) -> pd.DataFrame:
 def _read_csv_piece(
     piece, columns: list[str] | None, fs: Any = None, where: str = "data.source"
 ) -> pd.DataFrame:
+    import pandas as pd
+
     with open_input(piece.path, fs) as fh:
         try:
             if piece.byte_range is not None:
@@ -102,6 +107,8 @@ def _read_csv_piece(
 
 def csv_reason(e: BaseException) -> str:
     """Why a CSV is unreadable, without quoting its rows (a parser message can carry data)."""
+    import pandas as pd
+
     if isinstance(e, pd.errors.EmptyDataError):
         return "the file is empty"
     if isinstance(e, UnicodeDecodeError):
@@ -124,6 +131,8 @@ def read_files(
     """All rows of ``files`` (only ``columns`` when given): parquet through pyarrow's dataset
     reader, which reads the files in parallel (``fs``: their fsspec filesystem, if remote);
     CSV file by file. Unreadable data is a DataError naming ``where`` and the file/source."""
+    import pandas as pd
+
     if fmt == "parquet":
         import pyarrow.parquet as pq
 

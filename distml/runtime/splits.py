@@ -4,11 +4,12 @@ one order of class labels every kind encodes a target with."""
 from __future__ import annotations
 
 import logging
-from typing import Iterable
-
-import numpy as np
+from typing import TYPE_CHECKING, Iterable
 
 from distml.errors import DataError
+
+if TYPE_CHECKING:  # heavy: imported where used, so `distml validate` stays light
+    import numpy as np
 
 log = logging.getLogger("distml")
 
@@ -32,6 +33,8 @@ def split_indices(y: np.ndarray, split, *, classification: bool) -> dict[str, np
     Deterministic in ``split.seed``; stratified on ``y`` when ``split.stratify`` is true (or
     unset and ``classification``). Uses scikit-learn's ``train_test_split`` in two steps.
     """
+    import numpy as np
+
     n = len(y)
     idx = np.arange(n)
     if split is None or (split.valid == 0 and split.test == 0):
@@ -73,6 +76,7 @@ def cv_indices(
 ) -> list[tuple]:
     """(train, valid) index pairs of seeded (stratified) K-fold cross-validation; ``labels``
     (the real class values of codes ``y``) only make the messages name them."""
+    import numpy as np
     from sklearn.model_selection import KFold, StratifiedKFold
 
     if stratify:

@@ -37,6 +37,14 @@ def _adapter() -> TypeAdapter:
     return TypeAdapter(typing.Annotated[union, Field(discriminator="kind")])
 
 
+@functools.cache
+def _kind_adapter(spec_cls: type) -> TypeAdapter:
+    """The validator of one kind's spec: a run or ``validate`` imports only its own kind (the
+    union of every kind, :func:`_adapter`, imports them all; the schema needs it, loading not).
+    :func:`_load` puts the union's leading kind tag back on its error locations."""
+    return TypeAdapter(spec_cls)
+
+
 def json_schema() -> dict:
     """JSON schema of the whole spec (every kind), for editors and CI linting.
 
@@ -235,10 +243,10 @@ def _load(spec: Any, overrides: Any) -> JobSpec:
     # into spec.yaml; reported where pydantic has nothing more specific to say.
     huge = dict(_huge_ints(raw, ()))
     try:
-        result = _adapter().validate_python(raw)
+        result = _kind_adapter(spec_cls).validate_python(raw)
         errors: list = []
-    except ValidationError as e:
-        errors = e.errors()
+    except ValidationError as e:  # located as the union of kinds locates them: kind first
+        errors = [{**err, "loc": (kind, *err.get("loc", ()))} for err in e.errors()]
     if errors or bools or huge:
         messages = error_messages(errors, raw, bools, huge)
         head = messages[0] if len(messages) == 1 else f"the spec has {len(messages)} problems"

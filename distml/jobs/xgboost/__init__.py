@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
-import pandas as pd
 from pydantic import Field, model_validator
 
 from distml.errors import DataError, one_line
@@ -27,6 +25,10 @@ from distml.jobs._supervised import Prepared, TuneData
 from distml.jobs.boosting import BoostingJob
 from distml.jobs.xgboost.distributed import set_stopper_state, stopper_state
 from distml.spec.base import JobSpec, StrictModel
+
+if TYPE_CHECKING:  # heavy: imported where used, so `distml validate` stays light
+    import numpy as np
+    import pandas as pd
 
 
 class XGBoostModel(StrictModel):
@@ -175,6 +177,7 @@ class Job(BoostingJob):
         """``xgboost.train``; in the single task it checkpoints the booster with its round, the
         early-stopping state and the evaluation history (:mod:`distml.jobs._resume`) and
         continues from the last checkpoint (``xgb_model=``) for the remaining rounds."""
+        import pandas as pd
         import xgboost as xgb
 
         params = self.booster_params(prep)
@@ -234,6 +237,7 @@ class Job(BoostingJob):
         return booster, figures, {"learning_curve": curve} if len(curve) else {}
 
     def predict(self, model, prep: Prepared, X: pd.DataFrame):
+        import numpy as np
         import xgboost as xgb
 
         best = model.attr("best_iteration")
@@ -256,6 +260,8 @@ class Job(BoostingJob):
         return np.rint(raw).astype(np.int64), None
 
     def importance(self, model, prep: Prepared) -> pd.DataFrame:
+        import pandas as pd
+
         gain = model.get_score(importance_type="gain")
         feats = list(prep.X.columns)
         return pd.DataFrame(

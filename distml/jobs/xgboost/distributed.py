@@ -25,15 +25,17 @@ import json
 import os
 import time
 from dataclasses import dataclass
-
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from distml.errors import DataError, JobFailed, one_line
 from distml.jobs.base import JobOutput, RunContext
 from distml.runtime import faults
 from distml.runtime import workers as D
 from distml.runtime.splits import class_order
+
+if TYPE_CHECKING:  # heavy: imported where used, so `distml validate` stays light
+    import numpy as np
+    import pandas as pd
 
 UNIT_ROWS = 262_144  # rows per read unit (several parquet row groups may form one)
 TRAIN, VALID, TEST, TEST_SOURCE = 0, 1, 2, 3
@@ -76,6 +78,9 @@ def _units_for(info, offset: int, code: int | None) -> tuple[list[dict], int]:
 def plan_task(job, info) -> tuple[Plan, np.ndarray, np.ndarray]:
     """Read the target (and categorical) columns only: task, classes, levels, split, units.
     Returns the plan, the split code of every row and the encoded labels."""
+    import numpy as np
+    import pandas as pd
+
     from distml.jobs._supervised import encode_target
     from distml.runtime.data import infer_task, read_frame, split_indices
 
@@ -127,6 +132,9 @@ def plan_task(job, info) -> tuple[Plan, np.ndarray, np.ndarray]:
 
 def _read_units(batch: dict, plan: Plan, codes: np.ndarray, target: str) -> pd.DataFrame:
     """Ray Data map: a batch of read units → typed rows tagged with row number and split."""
+    import numpy as np
+    import pandas as pd
+
     from distml.runtime.plan import Partition
     from distml.runtime.read import read_partition
 
@@ -173,6 +181,7 @@ def dataset(plan: Plan, codes: np.ndarray, target: str):
 
 def run_worker_group(job, ctx: RunContext, choice: D.Execution) -> JobOutput:
     """Train ``job`` (an xgboost Job) on a Ray Train worker group; the JobOutput of the run."""
+    import pandas as pd
     import ray
     from ray.train.xgboost import XGBoostTrainer
 
@@ -255,6 +264,8 @@ def _output(
     choice: D.Execution,
     timings: dict,
 ) -> JobOutput:
+    import pandas as pd
+
     out = JobOutput()
     if predictions is not None:
         out.tables["predictions"] = predictions

@@ -4,8 +4,10 @@
    draws exactly the row split of the single-task path (:func:`split_indices`) and cuts the
    source into read units with the one planner (:func:`distml.runtime.plan.by_rows`: parquet
    row groups, synthetic blocks, CSV files).
-2. A Ray Dataset over those units reads the features on the cluster, tagged with the global row
-   number and split; Train shards it over the workers (nothing passes through the driver).
+2. Each worker reads its own share of those units with pyarrow (:func:`shard_units`: balanced
+   by rows, the same on every attempt), tagged with the global row number and split; no Ray
+   Data (its executor and split coordinator cost seconds per group) and nothing passes through
+   the driver.
 3. Each worker builds its train/valid DMatrix and runs ``xgboost.train`` inside xgboost's
    collective (evaluation metrics and early stopping are global). A
    :class:`~ray.train.xgboost.RayTrainReportCallback` checkpoints the booster after the first
@@ -130,8 +132,9 @@ def plan_task(job, info) -> tuple[Plan, np.ndarray, np.ndarray]:
     return plan, codes, y
 
 
-def _read_units(batch: dict, plan: Plan, codes: np.ndarray, target: str) -> pd.DataFrame:
-    """Ray Data map: a batch of read units → typed rows tagged with row number and split."""
+def read_units(units: list[dict], plan: Plan, codes: np.ndarray, target: str) -> pd.DataFrame:
+    """Read units → typed feature rows tagged with row number and split (pyarrow, in the
+    worker that trains on them). A unit with a ``slice`` ``[lo, hi)`` keeps those of its rows."""
     import numpy as np
     import pandas as pd
 
@@ -139,11 +142,13 @@ def _read_units(batch: dict, plan: Plan, codes: np.ndarray, target: str) -> pd.D
     from distml.runtime.read import read_partition
 
     frames = []
-    for unit in batch["unit"]:
-        part = Partition.from_dict(json.loads(unit)["part"])
+    for unit in units:
+        part = Partition.from_dict(unit["part"])
         frame = read_partition(part, plan.features + [target])
-        rows = np.arange(part.offset, part.offset + len(frame), dtype=np.int64)
-        out = frame[plan.features].copy()
+        lo, hi = unit.get("slice") or (0, len(frame))
+        frame = frame.iloc[lo:hi]
+        rows = np.arange(part.offset + lo, part.offset + lo + len(frame), dtype=np.int64)
+        out = frame[plan.features].reset_index(drop=True)
         for c in plan.features:
             if c in plan.categories:  # codes: categorical levels are fixed globally
                 levels = plan.categories[c]
@@ -159,21 +164,23 @@ def _read_units(batch: dict, plan: Plan, codes: np.ndarray, target: str) -> pd.D
     return pd.concat(frames, ignore_index=True)
 
 
-def dataset(plan: Plan, codes: np.ndarray, target: str):
-    """The Ray Dataset of the job's rows (lazily read on the cluster, one unit per block)."""
-    import ray
-
-    units = [{"unit": json.dumps(u)} for u in plan.units]
-    ds = ray.data.from_items(units, override_num_blocks=len(units))
-    # num_cpus=0: the reads run beside a worker group that may hold every CPU (its workers wait
-    # for these rows anyway)
-    return ds.map_batches(
-        _read_units,
-        fn_kwargs={"plan": plan, "codes": codes, "target": target},
-        batch_size=1,
-        batch_format="pandas",
-        num_cpus=0,
-    )
+def shard_units(units: list[dict], rank: int, world: int) -> list[dict]:
+    """What worker ``rank`` of ``world`` reads: the rows ``[n*rank/world, n*(rank+1)/world)`` of
+    the units (numbered in order), as the units that overlap them, each with the ``slice`` of
+    its own rows to keep. Shards are contiguous, disjoint, cover every row, differ by at most
+    one row (as Ray Data's equal split: xgboost's collective fails on a worker without rows)
+    and are the same on every attempt (a restarted worker re-reads exactly its rows). A unit
+    on a boundary is read by both neighbours, so at most ``world - 1`` units are read twice."""
+    n = sum(int(u["part"]["rows"]) for u in units)
+    lo, hi = n * rank // world, n * (rank + 1) // world
+    mine, start = [], 0
+    for unit in units:
+        k = int(unit["part"]["rows"])
+        a, b = max(lo, start), min(hi, start + k)
+        if a < b:
+            mine.append({**unit, "slice": (a - start, b - start)})
+        start += k
+    return mine
 
 
 # ------------------------------------------------------------------ the driver side
@@ -217,6 +224,8 @@ def run_worker_group(job, ctx: RunContext, choice: D.Execution) -> JobOutput:
         "job": job,
         "plan": plan,
         "labels": y,
+        "codes": codes,
+        "target": ctx.data.target,
         "fault": faults.from_env("train.iteration"),
         "progress": progress.worker_reporter(),  # None unless progress is shown
         "checkpoint_interval_s": None,
@@ -226,7 +235,6 @@ def run_worker_group(job, ctx: RunContext, choice: D.Execution) -> JobOutput:
         train_loop_config=config,
         scaling_config=D.scaling_config(res, choice.workers),
         run_config=D.run_config(ctx, res.max_failures),
-        datasets={"data": dataset(plan, codes, ctx.data.target)},
     )
     t1 = time.perf_counter()
     try:

@@ -20,23 +20,21 @@ from distml.jobs.xgboost.distributed import (
     TRAIN,
     VALID,
     Plan,
+    read_units,
     set_stopper_state,
+    shard_units,
     stopper_state,
 )
 from distml.runtime import faults
 from distml.runtime import workers as D
 
 
-def _shard_frame(plan: Plan) -> pd.DataFrame:
+def _shard_frame(plan: Plan, codes, target: str) -> pd.DataFrame:
     import ray.train
 
-    shard = ray.train.get_dataset_shard("data")
-    frames = [b for b in shard.iter_batches(batch_format="pandas", batch_size=None)]
-    frame = (
-        pd.concat(frames, ignore_index=True)
-        if frames
-        else pd.DataFrame(columns=plan.features + [ROW, SPLIT])
-    )
+    ctx = ray.train.get_context()
+    units = shard_units(plan.units, ctx.get_world_rank(), ctx.get_world_size())
+    frame = read_units(units, plan, codes, target)
     for c, levels in plan.categories.items():
         frame[c] = pd.Categorical.from_codes(frame[c].to_numpy(np.int32), categories=levels)
     return frame
@@ -51,7 +49,7 @@ def train_loop(config: dict) -> None:
 
     job, plan, labels = config["job"], config["plan"], config["labels"]
     t0 = time.perf_counter()
-    frame = _shard_frame(plan)
+    frame = _shard_frame(plan, config["codes"], config["target"])
     rows = frame[ROW].to_numpy(np.int64)
     split = frame[SPLIT].to_numpy(np.int8)
     X = frame[plan.features]

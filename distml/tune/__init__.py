@@ -49,12 +49,14 @@ def run_search(job: Any, ctx: Any):
 
 
 def discard_experiment(run_dir: Any) -> None:
-    """Remove the search's Tune experiment (trial checkpoints, experiment state) from
-    ``checkpoints/`` once the run is complete: a complete run is never resumed."""
+    """Remove the search's Tune experiment (trial checkpoints, experiment state) and the kept
+    best trial's output from ``checkpoints/`` once the run is complete: a complete run is never
+    resumed."""
     import shutil
 
     folder = run_dir.path / "checkpoints"
     shutil.rmtree(folder / "tune", ignore_errors=True)
+    shutil.rmtree(folder / "kept", ignore_errors=True)
     (folder / "search.json").unlink(missing_ok=True)
     try:
         folder.rmdir()  # only if nothing else (another kind's checkpoints) is left

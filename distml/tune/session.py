@@ -60,6 +60,8 @@ class TrialPlan:
     worker_group: bool = False
     cluster_resources: dict | None = None
     iterations: int | None = None
+    #: where the best trial's output is kept (:mod:`distml.tune.kept`); None: keep nothing
+    keep_dir: str | None = None
 
     def overrides(self, config: dict) -> dict[str, Any]:
         return self.space.decode(config)
@@ -82,8 +84,12 @@ class Restored:
 class TrialSession:
     """Reporting and checkpoints for one trial (one attempt of it)."""
 
-    def __init__(self, plan: TrialPlan, restored: Restored | None = None):
+    def __init__(
+        self, plan: TrialPlan, restored: Restored | None = None, trial_id: str | None = None
+    ):
         self.plan = plan
+        self.trial_id = trial_id
+        self.kept = False
         self.restored = restored
         self.metric = plan.metric
         self.mode = plan.mode
@@ -180,6 +186,22 @@ class TrialSession:
             if checkpoint is not None:
                 shutil.rmtree(checkpoint.path, ignore_errors=True)
 
+    def keep(self, metrics: dict[str, Any], build: Callable[[], Any]) -> bool:
+        """Offer this trial's output (``build()``, a JobOutput of the model it trained) to be
+        the run's, before the final report whose ``metrics`` it was scored with: it is kept
+        when the searched metric beats every trial kept so far (:mod:`distml.tune.kept`), and
+        the run then needs no refit. Call it only with the model the final report describes."""
+        from distml.tune.kept import KeptStore
+
+        value = metrics.get(self.metric)
+        if self.plan.keep_dir is None or self.trial_id is None:
+            return False
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
+        store = KeptStore(self.plan.keep_dir, self.mode)
+        self.kept = store.offer(self.trial_id, float(value), build)
+        return self.kept
+
     def fail(self, error: BaseException) -> None:
         """Report the trial as failed with the error's message (the searcher sees no value)."""
         from ray import tune
@@ -254,7 +276,9 @@ def trial_fn(config: dict, *, plan: TrialPlan, data: Any = None) -> None:
 
     from distml.registry import kind_module
 
-    session = TrialSession(plan, load_checkpoint(tune.get_checkpoint()))
+    session = TrialSession(
+        plan, load_checkpoint(tune.get_checkpoint()), tune.get_context().get_trial_id()
+    )
     try:
         spec = plan.trial_spec(plan.overrides(config))
         job = kind_module(plan.kind).Job(spec)
@@ -309,6 +333,7 @@ def _run_whole_job(job, info, session: TrialSession, plan: TrialPlan) -> None:
     value = lookup_metric(out.metrics, plan.metric)
     if value is not None:
         flat[plan.metric] = value
+    session.keep(flat, lambda: out)  # the whole job's output is the run's, as it stands
     session.report(max(1, plan.iterations or 1) if plan.worker_group else 1, flat, final=True)
 
 

@@ -24,7 +24,7 @@ from pydantic import Field, model_validator
 
 from distml.errors import DataError, one_line
 from distml.jobs._supervised import Prepared, TuneData
-from distml.jobs.boosting import BoostingJob
+from distml.jobs.boosting import BoostingJob, curve_tables
 from distml.jobs.xgboost.distributed import set_stopper_state, stopper_state
 from distml.spec.base import JobSpec, StrictModel
 
@@ -222,16 +222,8 @@ class Job(BoostingJob):
         figures: dict[str, Any] = {"num_boosted_rounds": int(booster.num_boosted_rounds())}
         if es_rounds:
             figures["best_iteration"] = int(booster.best_iteration)
-        curve = pd.DataFrame(
-            [
-                {"iteration": i, "split": split, "metric": metric, "value": float(v)}
-                for split, by_metric in history.items()
-                for metric, values in by_metric.items()
-                for i, v in enumerate(values)
-            ]
-        )
         booster.set_attr(distml_objective=str(params["objective"]))
-        return booster, figures, {"learning_curve": curve} if len(curve) else {}
+        return booster, figures, curve_tables(history)
 
     def predict(self, model, prep: Prepared, X: pd.DataFrame):
         import xgboost as xgb
@@ -292,7 +284,9 @@ class Job(BoostingJob):
         nthread = params.get("nthread", -1)
         model = self.spec.model
         dtrain = self._dmatrix(prep, parts["train"], nthread)
-        evals = [(dtrain, "train")] if split == "train" else []
+        # train too, as the run's fit evaluates it: the kept best trial's learning curve has
+        # both splits (cheap: xgboost caches the training predictions)
+        evals = [(dtrain, "train")]
         if "valid" in parts:
             evals.append((self._dmatrix(prep, parts["valid"], nthread), "valid"))
         es_rounds = model.early_stopping_rounds if "valid" in parts else None
@@ -306,11 +300,13 @@ class Job(BoostingJob):
                 set_stopper_state(stopper, session.restored.state.get("early_stopping"))
         reporter = _round_reporter(session, split, eval_name, stopper, model.num_boost_round)
         callbacks = [c for c in (stopper, reporter) if c is not None]
+        history: dict = {}
         booster = xgb.train(
             params,
             dtrain,
             num_boost_round=model.num_boost_round - done,
             evals=evals,
+            evals_result=history,
             callbacks=callbacks,
             xgb_model=booster,
             verbose_eval=False,
@@ -321,11 +317,11 @@ class Job(BoostingJob):
         figures = {"num_boosted_rounds": int(booster.num_boosted_rounds())}
         if es_rounds:
             figures["best_iteration"] = int(booster.best_iteration)
-        session.report(
-            figures["num_boosted_rounds"],
-            {**{f"{split}.{k}": v for k, v in metrics.items()}, **figures},
-            final=True,
+        report = {**{f"{split}.{k}": v for k, v in metrics.items()}, **figures}
+        session.keep(
+            report, lambda: self.tune_output(data, booster, figures, curve_tables(history, done))
         )
+        session.report(figures["num_boosted_rounds"], report, final=True)
 
 
 def _with_metric(params: dict, name: str, es_rounds: int | None, dtrain) -> list[str]:

@@ -1,16 +1,17 @@
 """The best trial's own output, kept so the run needs no refit of the best configuration.
 
-A trial that finishes with a value better than every trial kept so far offers its output — the
+A trial that finishes with a value at least as good as every trial's so far offers its output — the
 kind's :class:`~distml.jobs.base.JobOutput` of the model it trained on the shared split
 (metrics on every split, tables, model files) — and :class:`KeptStore` writes it under the run's
 ``checkpoints/kept/`` folder. Only the best is kept: a better trial's output replaces it and the
-previous one is deleted, so the folder holds one output (plus, for a moment, the one being
-written). Trials run in several processes of one node; a lock file orders their offers.
+previous ones are deleted, so the folder holds one output (one per trial on an exact tie, so
+the driver's rule for ties — the earliest trial — finds its own; plus, for a moment, the one
+being written). Trials run in several processes of one node; a lock file orders their offers.
 
 The output is built only when it is needed (the offer is a callable), and outside the lock: a
 trial checks its value first, builds, then checks again under the lock before it writes.
 
-Format (no pickle): ``best.json`` names the kept trial; ``<trial>/output.json`` holds the
+Format (no pickle): ``best.json`` holds the value and the kept trials; ``<trial>/output.json`` holds the
 metrics, info, texts and the names of ``tables/*.parquet`` and ``files/...`` beside it. Every
 file is written to a temporary folder that is renamed into place, then ``best.json`` is
 replaced atomically: a process killed part way leaves the previous best intact.
@@ -59,22 +60,11 @@ class KeptStore:
 
     # ---------------------------------------------------------------- trial side
 
-    def better(self, value: float) -> bool:
-        """Whether ``value`` beats the kept best (a cheap check before building an output)."""
-        if not (isinstance(value, (int, float)) and math.isfinite(value)):
-            return False
-        best = self.best()
-        if best is None:
-            return True
-        kept = float(best["value"])
-        return value < kept if self.mode == "min" else value > kept
-
-    def offer(
-        self, trial: str, value: float, build: Callable[[], JobOutput], meta: dict | None = None
-    ) -> bool:
-        """Keep ``build()`` as trial ``trial``'s output if ``value`` is the best so far; True
-        when kept. The same trial offering again (a retried attempt) replaces its own output."""
-        if not self._beats(trial, value):
+    def offer(self, trial: str, value: float, build: Callable[[], JobOutput]) -> bool:
+        """Keep ``build()`` as trial ``trial``'s output if ``value`` is the best so far (or ties
+        with it); True when kept. A better value deletes the outputs kept before; the same
+        trial offering again (a retried attempt) replaces its own output."""
+        if self._decide(trial, value) is None:
             return False
         out = build()
         name = _safe_name(trial)
@@ -83,39 +73,54 @@ class KeptStore:
         try:
             write_output(tmp, out)
             with self._lock():
-                if not self._beats(trial, value):
+                trials = self._decide(trial, value)
+                if trials is None:
                     return False
                 target = self.folder / name
                 shutil.rmtree(target, ignore_errors=True)
                 os.replace(tmp, target)
-                record = {"trial": trial, "folder": name, "value": float(value), **(meta or {})}
-                _write_json(self.folder / BEST, record)
-                self._delete_others(name)
+                trials[trial] = name
+                _write_json(self.folder / BEST, {"value": float(value), "trials": trials})
+                self._delete_others(set(trials.values()))
             return True
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def _beats(self, trial: str, value: float) -> bool:
+    def _decide(self, trial: str, value: float) -> dict[str, str] | None:
+        """The other trials that stay kept beside ``trial`` if it is kept with ``value`` (all
+        of them on a tie, none when it is better), or None when it is not to be kept."""
+        if not (isinstance(value, (int, float)) and math.isfinite(value)):
+            return None
         best = self.best()
-        if best is not None and best.get("trial") == trial:
-            return math.isfinite(value)
-        return self.better(value)
+        others = {k: v for k, v in (best or {}).get("trials", {}).items() if k != trial}
+        if not others:  # nothing kept, or only this trial's own earlier attempt
+            return {}
+        kept = float(best["value"])
+        if value == kept:
+            return others
+        better = value < kept if self.mode == "min" else value > kept
+        return {} if better else None
 
     # ---------------------------------------------------------------- driver side
 
     def best(self) -> dict | None:
-        """The record of the kept trial (``trial``, ``folder``, ``value``…), or None."""
+        """``{"value": v, "trials": {trial: folder}}``: the trials kept (ties all), or None."""
         try:
             return json.loads((self.folder / BEST).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
 
-    def load(self, trial: str) -> JobOutput | None:
-        """The kept output of ``trial`` (None when the kept output is another trial's)."""
+    def value_of(self, trial: str) -> float | None:
+        """The value ``trial``'s kept output was offered with (None: not kept)."""
         best = self.best()
-        if best is None or best.get("trial") != trial:
+        return float(best["value"]) if best and trial in best["trials"] else None
+
+    def load(self, trial: str) -> JobOutput | None:
+        """The kept output of ``trial`` (None when it is not kept)."""
+        best = self.best()
+        if best is None or trial not in best["trials"]:
             return None
-        folder = self.folder / best["folder"]
+        folder = self.folder / best["trials"][trial]
         if not (folder / OUTPUT).is_file():
             return None
         return read_output(folder)
@@ -134,9 +139,9 @@ class KeptStore:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
-    def _delete_others(self, keep: str) -> None:
+    def _delete_others(self, keep: set[str]) -> None:
         for p in self.folder.iterdir():
-            if p.is_dir() and p.name != keep and not p.name.startswith("."):
+            if p.is_dir() and p.name not in keep and not p.name.startswith("."):
                 shutil.rmtree(p, ignore_errors=True)
 
 

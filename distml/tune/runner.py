@@ -220,17 +220,17 @@ def _best_output(best: TrialRecord, store: KeptStore) -> tuple[JobOutput | None,
             "and no model was kept at that iteration"
         )
         return None, {**record, "reason": reason}
-    kept = store.best()
     tune_id = best.metrics.get("trial_id")
-    if kept is None or tune_id is None or kept.get("trial") != tune_id:
+    kept = store.value_of(tune_id) if tune_id is not None else None
+    if kept is None:
         reason = (
             f"no output of {best.trial_id} was kept (its kind keeps none, or the trial ran "
             "on another node, whose disk the driver does not see)"
         )
         return None, {**record, "reason": reason}
-    if float(kept["value"]) != best.value:
+    if kept != best.value:
         reason = (
-            f"the output kept for {best.trial_id} has {kept['value']!r}, its final report "
+            f"the output kept for {best.trial_id} has {kept!r}, its final report "
             f"{best.value!r} (a later attempt of the trial)"
         )
         return None, {**record, "reason": reason}

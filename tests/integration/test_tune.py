@@ -396,3 +396,59 @@ def test_train_worker_reports_reach_tune_as_trial_reports():
     (item,) = Queue.items
     assert item[OBJECTIVE] == 0.7 and item["iteration"] == 2 and item["final"] is False
     assert item["best"] == 0.8 and item["best_iteration"] == 1 and item["valid.loss"] == 0.9
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_the_kept_best_trial_is_the_plain_fit_of_its_configuration_and_the_fallback_refits(
+    tmp_path, monkeypatch
+):
+    """The run's model is the best trial's own, not refitted: its valid metric is the trial's
+    to the last digit and its predictions are plain ``xgboost.train``'s for the best
+    configuration on the same split; when no output was kept the refit (the fallback) gives
+    the same model."""
+    import numpy as np
+    import pandas as pd
+    import xgboost as xgb
+
+    from distml.runtime.data import split_indices
+    from distml.runtime.datasets import load_builtin
+    from distml.tune.kept import KeptStore
+
+    spec = _xgb(
+        "kept",
+        {"num_samples": 3, "space": {"model.params.max_depth": {"choice": [1, 2, 4]}}},
+        rounds=12,
+    )
+    r = distml.run(spec, output=tmp_path, run_id="kept")
+    t = r.tables["trials"].set_index("trial_id")
+    best = t.loc[r.metrics["tune"]["best_trial"]]
+    assert r.manifest["tune"]["model"]["from"] == "best_trial"
+    assert r.metrics["valid"]["logloss"] == best["valid.logloss"] == t["valid.logloss"].min()
+    assert r.manifest["execution"]["model"]["path"] == "best_trial"
+    assert "model_s" in r.manifest["tune"]["timings_s"]
+    assert set(r.tables["learning_curve"]["split"]) == {"train", "valid"}
+    # the plain library, the best configuration, the same split
+    frame = load_builtin("breast_cancer")
+    X, y = frame.drop(columns="target"), frame["target"].to_numpy()
+    parts = split_indices(y, load_spec(spec).data.split_spec, classification=True)
+    params = {
+        "objective": "binary:logistic",
+        "nthread": 1,
+        "seed": 0,
+        **{k.rsplit(".", 1)[-1]: v for k, v in r.best_config.items()},
+    }
+    dtrain = xgb.DMatrix(X.iloc[parts["train"]], label=y[parts["train"]])
+    plain = xgb.train(params, dtrain, num_boost_round=12)
+    pred = r.tables["predictions"]
+    valid = pred[pred["split"] == "valid"]
+    want = plain.predict(xgb.DMatrix(X.iloc[valid["row"].to_numpy()]))
+    np.testing.assert_allclose(valid["proba_1"], want, rtol=1e-6, atol=1e-7)
+
+    # The fallback: the driver finds no kept output and refits the best configuration.
+    monkeypatch.setattr(KeptStore, "value_of", lambda self, trial: None)
+    f = distml.run(spec, output=tmp_path, run_id="refit")
+    model = f.manifest["tune"]["model"]
+    assert model["from"] == "refit" and "no output of" in model["reason"]
+    assert "refit_s" in f.manifest["tune"]["timings_s"] and model["matches_trial"] is True
+    assert f.metrics["valid"] == pytest.approx(r.metrics["valid"], rel=1e-9)
+    pd.testing.assert_frame_equal(f.tables["predictions"], r.tables["predictions"])

@@ -1,20 +1,21 @@
 """The best trial's own output, kept so the run needs no refit of the best configuration.
 
-A trial that finishes with a value at least as good as every trial's so far offers its output — the
-kind's :class:`~distml.jobs.base.JobOutput` of the model it trained on the shared split
-(metrics on every split, tables, model files) — and :class:`KeptStore` writes it under the run's
+A trial that finishes with the best value so far offers its output — the kind's
+:class:`~distml.jobs.base.JobOutput` of the model it trained on the shared split (metrics on
+every split, tables, model files) — and :class:`KeptStore` writes it under the run's
 ``checkpoints/kept/`` folder. Only the best is kept: a better trial's output replaces it and the
-previous ones are deleted, so the folder holds one output (one per trial on an exact tie, so
-the driver's rule for ties — the earliest trial — finds its own; plus, for a moment, the one
-being written). Trials run in several processes of one node; a lock file orders their offers.
+previous one is deleted, so the folder holds one output (plus, for a moment, the one being
+written). Ties go to the earlier trial, as the driver's choice of the best does
+(:func:`distml.tune.table.best_record`). Trials run in several processes of one node; a lock
+file orders their offers.
 
 The output is built only when it is needed (the offer is a callable), and outside the lock: a
 trial checks its value first, builds, then checks again under the lock before it writes.
 
-Format (no pickle): ``best.json`` holds the value and the kept trials; ``<trial>/output.json`` holds the
-metrics, info, texts and the names of ``tables/*.parquet`` and ``files/...`` beside it. Every
-file is written to a temporary folder that is renamed into place, then ``best.json`` is
-replaced atomically: a process killed part way leaves the previous best intact.
+Format (no pickle): ``best.json`` names the kept trial and its value; ``<trial>/output.json``
+holds the metrics, info, texts and the names of ``tables/*.parquet`` and ``files/...`` beside
+it. Every file is written to a temporary folder that is renamed into place, then ``best.json``
+is replaced atomically: a process killed part way leaves the previous best intact.
 
 On a cluster of several nodes a trial on another node writes to that node's disk: the driver
 does not find its output and refits (the fallback, see :mod:`distml.tune.runner`).
@@ -47,6 +48,12 @@ def _plain(v: Any) -> Any:
     raise TypeError(f"{type(v).__name__} is not JSON serialisable")
 
 
+def _order(trial: str) -> tuple[int, str]:
+    """Creation order of a distml trial name (``trial_0007`` → 7); others after, by name."""
+    head, _, number = trial.rpartition("_")
+    return (int(number), trial) if head and number.isdigit() else (1 << 62, trial)
+
+
 def _safe_name(key: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in key)[:100]
 
@@ -61,10 +68,11 @@ class KeptStore:
     # ---------------------------------------------------------------- trial side
 
     def offer(self, trial: str, value: float, build: Callable[[], JobOutput]) -> bool:
-        """Keep ``build()`` as trial ``trial``'s output if ``value`` is the best so far (or ties
-        with it); True when kept. A better value deletes the outputs kept before; the same
-        trial offering again (a retried attempt) replaces its own output."""
-        if self._decide(trial, value) is None:
+        """Keep ``build()`` as trial ``trial``'s output if ``value`` is the best so far; True
+        when kept. Ties go to the earlier trial (``trial_0003`` before ``trial_0007``), as the
+        driver's choice of the best does; the same trial offering again (a retried attempt)
+        replaces its own output. The output kept before is deleted."""
+        if not self._admits(trial, value):
             return False
         out = build()
         name = _safe_name(trial)
@@ -73,38 +81,33 @@ class KeptStore:
         try:
             write_output(tmp, out)
             with self._lock():
-                trials = self._decide(trial, value)
-                if trials is None:
+                if not self._admits(trial, value):
                     return False
                 target = self.folder / name
                 shutil.rmtree(target, ignore_errors=True)
                 os.replace(tmp, target)
-                trials[trial] = name
-                _write_json(self.folder / BEST, {"value": float(value), "trials": trials})
-                self._delete_others(set(trials.values()))
+                record = {"trial": trial, "folder": name, "value": float(value)}
+                _write_json(self.folder / BEST, record)
+                self._delete_others(name)
             return True
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def _decide(self, trial: str, value: float) -> dict[str, str] | None:
-        """The other trials that stay kept beside ``trial`` if it is kept with ``value`` (all
-        of them on a tie, none when it is better), or None when it is not to be kept."""
+    def _admits(self, trial: str, value: float) -> bool:
         if not (isinstance(value, (int, float)) and math.isfinite(value)):
-            return None
+            return False
         best = self.best()
-        others = {k: v for k, v in (best or {}).get("trials", {}).items() if k != trial}
-        if not others:  # nothing kept, or only this trial's own earlier attempt
-            return {}
+        if best is None or best["trial"] == trial:
+            return True
         kept = float(best["value"])
         if value == kept:
-            return others
-        better = value < kept if self.mode == "min" else value > kept
-        return {} if better else None
+            return _order(trial) < _order(best["trial"])
+        return value < kept if self.mode == "min" else value > kept
 
     # ---------------------------------------------------------------- driver side
 
     def best(self) -> dict | None:
-        """``{"value": v, "trials": {trial: folder}}``: the trials kept (ties all), or None."""
+        """The record of the kept trial (``trial``, ``folder``, ``value``), or None."""
         try:
             return json.loads((self.folder / BEST).read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -113,14 +116,14 @@ class KeptStore:
     def value_of(self, trial: str) -> float | None:
         """The value ``trial``'s kept output was offered with (None: not kept)."""
         best = self.best()
-        return float(best["value"]) if best and trial in best["trials"] else None
+        return float(best["value"]) if best and best["trial"] == trial else None
 
     def load(self, trial: str) -> JobOutput | None:
-        """The kept output of ``trial`` (None when it is not kept)."""
+        """The kept output of ``trial`` (None when the kept output is another trial's)."""
         best = self.best()
-        if best is None or trial not in best["trials"]:
+        if best is None or best["trial"] != trial:
             return None
-        folder = self.folder / best["trials"][trial]
+        folder = self.folder / best["folder"]
         if not (folder / OUTPUT).is_file():
             return None
         return read_output(folder)
@@ -139,9 +142,9 @@ class KeptStore:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
-    def _delete_others(self, keep: set[str]) -> None:
+    def _delete_others(self, keep: str) -> None:
         for p in self.folder.iterdir():
-            if p.is_dir() and p.name not in keep and not p.name.startswith("."):
+            if p.is_dir() and p.name != keep and not p.name.startswith("."):
                 shutil.rmtree(p, ignore_errors=True)
 
 

@@ -220,8 +220,7 @@ def _best_output(best: TrialRecord, store: KeptStore) -> tuple[JobOutput | None,
             "and no model was kept at that iteration"
         )
         return None, {**record, "reason": reason}
-    tune_id = best.metrics.get("trial_id")
-    kept = store.value_of(tune_id) if tune_id is not None else None
+    kept = store.value_of(best.trial_id)
     if kept is None:
         reason = (
             f"no output of {best.trial_id} was kept (its kind keeps none, or the trial ran "
@@ -234,7 +233,7 @@ def _best_output(best: TrialRecord, store: KeptStore) -> tuple[JobOutput | None,
             f"{best.value!r} (a later attempt of the trial)"
         )
         return None, {**record, "reason": reason}
-    out = store.load(tune_id)
+    out = store.load(best.trial_id)
     if out is None:
         return None, {**record, "reason": f"the output kept for {best.trial_id} is unreadable"}
     return out, {"from": "best_trial", "trial": best.trial_id, "reason": None}

@@ -277,7 +277,7 @@ def trial_fn(config: dict, *, plan: TrialPlan, data: Any = None) -> None:
     from distml.registry import kind_module
 
     session = TrialSession(
-        plan, load_checkpoint(tune.get_checkpoint()), tune.get_context().get_trial_id()
+        plan, load_checkpoint(tune.get_checkpoint()), tune.get_context().get_trial_name()
     )
     try:
         spec = plan.trial_spec(plan.overrides(config))

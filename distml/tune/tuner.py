@@ -57,6 +57,14 @@ def _trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
+def _trial_name_random(trial) -> str:
+    return _name(trial, 0)
+
+
+def _trial_name_searcher(trial) -> str:
+    return _name(trial, 1)
+
+
 def make_searcher(search: str, seed: int, concurrency: int):
     """random/grid: Tune's variant generator, seeded; optuna: TPE, seeded; both capped."""
     if search == "optuna":
@@ -125,6 +133,11 @@ def make_tuner(
             time_budget_s=time_budget_s,
             reuse_actors=True,
             trial_dirname_creator=_trial_dirname,
+            # distml's trial names (trial_0000…, the trials table's), which a trial reads from
+            # its context: the kept best trial's output is named by it (distml.tune.kept)
+            trial_name_creator=_trial_name_random
+            if search in ("random", "grid")
+            else _trial_name_searcher,
         ),
         run_config=tune.RunConfig(
             name=name,

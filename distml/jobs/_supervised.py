@@ -78,6 +78,9 @@ class TuneData:
 
     prep: Prepared
     parts: dict[str, np.ndarray]
+    #: what a kind builds from the data once per trial process and reuses in its later trials
+    #: (an xgboost DMatrix with its histogram index): the process keeps one TuneData per search
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 def py_scalar(v: Any) -> Any:

@@ -45,7 +45,9 @@ def run_search(job, ctx: RunContext) -> JobOutput:
     res = spec.resources
     total = t.num_samples * t.n_grid
     iterations = job.tune_iterations()
-    report_every, grace = report_schedule(iterations, t.report_every, t.grace_period)
+    report_every, grace = report_schedule(
+        iterations, t.report_every, t.grace_period, t.scheduler, bool(t.time_budget_s)
+    )
     group = _worker_group(job, ctx)
     if group is not None:  # each trial drives its own Ray Train run of group.workers workers
         workers = group.workers
@@ -95,6 +97,7 @@ def run_search(job, ctx: RunContext) -> JobOutput:
         iterations=iterations,
     )
     plan.keep_dir = str(kept_dir(ctx.run_dir))
+    plan.data_key = shared_ref.hex() if shared_ref is not None else None
     trial_resources = dict(TRAIN_DRIVER) if group is not None else _trial_resources(job, res)
     trainable = tune.with_resources(
         tune.with_parameters(
@@ -104,7 +107,7 @@ def run_search(job, ctx: RunContext) -> JobOutput:
     )
     with tune_env(), quiet_logs():
         tuner, resumed = _tuner(ctx, trainable, space, base, concurrency, iterations, grace, total)
-        t0 = time.perf_counter()
+        t0, fit_at = time.perf_counter(), time.time()
         try:
             grid = tuner.fit()
         except DistmlError:
@@ -184,6 +187,8 @@ def run_search(job, ctx: RunContext) -> JobOutput:
         **counts,
         "timings_s": {
             "search_s": round(search_s, 4),
+            # Tuner.fit to the first trial's own start (Tune's start-up and the trial process)
+            "first_trial_s": _first_trial_s(records, fit_at),
             # the kept output's loading, or the refit (the fallback)
             ("refit_s" if model["from"] == "refit" else "model_s"): round(finish_s, 4),
         },
@@ -202,6 +207,19 @@ def run_search(job, ctx: RunContext) -> JobOutput:
         ),
     }
     return out
+
+
+def _first_trial_s(records: list[TrialRecord], fit_at: float) -> float | None:
+    """Seconds from ``Tuner.fit`` to the first trial's start (its report's ``finished_at``
+    less its ``elapsed_s``); None when no trial reported (or the search was resumed)."""
+    starts = [
+        r.metrics["finished_at"] - r.metrics["elapsed_s"]
+        for r in records
+        if isinstance(r.metrics.get("finished_at"), (int, float))
+        and isinstance(r.metrics.get("elapsed_s"), (int, float))
+        and r.metrics["finished_at"] >= fit_at
+    ]
+    return round(min(starts) - fit_at, 4) if starts else None
 
 
 def kept_dir(run_dir):

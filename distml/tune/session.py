@@ -3,8 +3,9 @@
 :func:`trial_fn` is the function trainable: it rebuilds the trial's spec (the base spec with the
 sampled values applied), builds the kind's Job and calls ``job.tune_trial(data, session)``; a kind
 reports through the :class:`TrialSession` it is handed. The session sends a report to Tune every
-``report_every`` iterations (each report is a round trip through the driver, ~1–2 ms, so
-iterative kinds do not send every iteration by default), keeps the best value over *every*
+``report_every`` iterations (each report is a round trip through the driver that blocks the
+trial, so by default trials send only what the scheduler reads: see
+:func:`distml.tune.tuner.report_schedule`), keeps the best value over *every*
 iteration, attaches checkpoints (``state.json`` plus the kind's files, e.g. the booster) and hands
 a retried trial its last checkpoint through :meth:`TrialSession.restored`.
 
@@ -62,6 +63,9 @@ class TrialPlan:
     iterations: int | None = None
     #: where the best trial's output is kept (:mod:`distml.tune.kept`); None: keep nothing
     keep_dir: str | None = None
+    #: names the shared data (its object ref): a trial process reuses the object an earlier
+    #: trial of the search got, with what the kind cached on it (``TuneData.cache``)
+    data_key: str | None = None
 
     def overrides(self, config: dict) -> dict[str, Any]:
         return self.space.decode(config)
@@ -121,9 +125,13 @@ class TrialSession:
         return value < self.best if self.mode == "min" else value > self.best
 
     def due(self, iteration: int) -> bool:
-        """Whether :meth:`report` at ``iteration`` would reach Tune (kinds may skip work if not)."""
-        every = self.plan.report_every or 1
-        return iteration % every == 0
+        """Whether :meth:`report` at ``iteration`` would reach Tune (kinds may skip work if not).
+        ``report_every`` 0: no periodic reports (no scheduler reads them), only those that
+        carry a checkpoint."""
+        every = self.plan.report_every
+        if every == 0:
+            return self._checkpoint_due(iteration)
+        return iteration % (every or 1) == 0
 
     def report(
         self,
@@ -279,6 +287,7 @@ def trial_fn(config: dict, *, plan: TrialPlan, data: Any = None) -> None:
     session = TrialSession(
         plan, load_checkpoint(tune.get_checkpoint()), tune.get_context().get_trial_name()
     )
+    data = _reuse_shared(plan.data_key, data)
     try:
         spec = plan.trial_spec(plan.overrides(config))
         job = kind_module(plan.kind).Job(spec)
@@ -294,6 +303,22 @@ def trial_fn(config: dict, *, plan: TrialPlan, data: Any = None) -> None:
             )
     except Exception as e:  # noqa: BLE001 - a failed fit is a failed trial, not a crash
         session.fail(e)
+
+
+_SHARED: tuple[str, Any] | None = None  # (data_key, data) of this trial process's search
+
+
+def _reuse_shared(key: str | None, data: Any) -> Any:
+    """The shared data object an earlier trial in this process got for the same search (Tune
+    hands every trial a fresh copy from the object store; reusing the first keeps what kinds
+    cached on it), else ``data``, remembered for the next trial."""
+    global _SHARED
+    if key is None:
+        return data
+    if _SHARED is not None and _SHARED[0] == key:
+        return _SHARED[1]
+    _SHARED = (key, data)
+    return data
 
 
 def _run_whole_job(job, info, session: TrialSession, plan: TrialPlan) -> None:
@@ -347,7 +372,8 @@ def train_callbacks() -> list:
     launcher asks for them through :func:`distml.runtime.workers.use_train_callbacks`."""
     if _ACTIVE is None:
         return []
-    return [_TrainToTune(_ACTIVE.metric, _ACTIVE.mode, _ACTIVE.report_every or 1)]
+    every = _ACTIVE.report_every
+    return [_TrainToTune(_ACTIVE.metric, _ACTIVE.mode, 1 if every is None else every)]
 
 
 def _train_to_tune_class():
@@ -385,7 +411,7 @@ def _train_to_tune_class():
                 value < self.best if self.mode == "min" else value > self.best
             ):
                 self.best, self.best_iteration = float(value), iteration
-            if iteration % self.every:
+            if not self.every or iteration % self.every:  # every 0: no scheduler reads them
                 return
             self.queue.put(
                 {

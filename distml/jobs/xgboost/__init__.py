@@ -283,12 +283,12 @@ class Job(BoostingJob):
         params = self.booster_params(prep)
         nthread = params.get("nthread", -1)
         model = self.spec.model
-        dtrain = self._dmatrix(prep, parts["train"], nthread)
+        dtrain = _cached_dmatrix(self, data, "train", nthread)
         # train too, as the run's fit evaluates it: the kept best trial's learning curve has
         # both splits (cheap: xgboost caches the training predictions)
         evals = [(dtrain, "train")]
         if "valid" in parts:
-            evals.append((self._dmatrix(prep, parts["valid"], nthread), "valid"))
+            evals.append((_cached_dmatrix(self, data, "valid", nthread), "valid"))
         es_rounds = model.early_stopping_rounds if "valid" in parts else None
         params["eval_metric"] = _with_metric(params, eval_name, es_rounds, dtrain)
         stopper = xgb.callback.EarlyStopping(rounds=es_rounds) if es_rounds else None
@@ -322,6 +322,17 @@ class Job(BoostingJob):
             report, lambda: self.tune_output(data, booster, figures, curve_tables(history, done))
         )
         session.report(figures["num_boosted_rounds"], report, final=True)
+
+
+def _cached_dmatrix(job: Job, data: TuneData, split: str, nthread: int):
+    """The DMatrix of ``split``, built once per trial process and search: the trials of a
+    process share it, and with it the histogram index xgboost builds on it at the first
+    ``hist`` training (rebuilt by xgboost itself when a trial's ``max_bin`` differs), as a
+    plain script that builds its DMatrix once before a search does."""
+    key = ("xgboost.DMatrix", split, nthread)
+    if key not in data.cache:
+        data.cache[key] = job._dmatrix(data.prep, data.parts[split], nthread)
+    return data.cache[key]
 
 
 def _with_metric(params: dict, name: str, es_rounds: int | None, dtrain) -> list[str]:

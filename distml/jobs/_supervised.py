@@ -8,8 +8,9 @@ parallel, each in its own task, beside the final fit.
 A kind implements the four hooks of :class:`SupervisedJob` (``fit``, ``predict``,
 ``importance``, ``model_files``); everything else here is common, including the hooks a search
 uses (:mod:`distml.tune`): ``tune_prepare`` reads and splits the data once for every trial,
-``tune_trial`` fits one configuration and reports its valid (or cv) metrics, ``tune_refit`` fits
-the best one from the same prepared data. Iterative kinds (xgboost) override ``tune_trial`` to
+``tune_trial`` fits one configuration, reports its valid (or cv) metrics and offers the run's
+output of its model (``tune_output``: kept when the trial is the best so far), ``tune_refit``
+fits the best one from the same prepared data when no output was kept. Iterative kinds (xgboost) override ``tune_trial`` to
 report every iteration.
 """
 

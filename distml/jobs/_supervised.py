@@ -8,8 +8,9 @@ parallel, each in its own task, beside the final fit.
 A kind implements the four hooks of :class:`SupervisedJob` (``fit``, ``predict``,
 ``importance``, ``model_files``); everything else here is common, including the hooks a search
 uses (:mod:`distml.tune`): ``tune_prepare`` reads and splits the data once for every trial,
-``tune_trial`` fits one configuration and reports its valid (or cv) metrics, ``tune_refit`` fits
-the best one from the same prepared data. Iterative kinds (xgboost) override ``tune_trial`` to
+``tune_trial`` fits one configuration, reports its valid (or cv) metrics and offers the run's
+output of its model (``tune_output``: kept when the trial is the best so far), ``tune_refit``
+fits the best one from the same prepared data when no output was kept. Iterative kinds (xgboost) override ``tune_trial`` to
 report every iteration.
 """
 
@@ -79,6 +80,9 @@ class TuneData:
 
     prep: Prepared
     parts: dict[str, np.ndarray]
+    #: what a kind builds from the data once per trial process and reuses in its later trials
+    #: (an xgboost DMatrix with its histogram index): the process keeps one TuneData per search
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 def py_scalar(v: Any) -> Any:
@@ -231,8 +235,6 @@ class SupervisedJob(Job):
 
     def fit_and_evaluate(self, info: DataInfo, prep: Prepared | None = None) -> JobOutput:
         """The whole single-worker job: runs inside one Ray task."""
-        import numpy as np
-        import pandas as pd
 
         t0 = time.perf_counter()
         _worker_stage(self, "read")
@@ -244,6 +246,29 @@ class SupervisedJob(Job):
         model, figures, tables = self.fit(prep, parts["train"], parts.get("valid"))
         t_fit = time.perf_counter() - t0 - t_read
         _worker_stage(self, "evaluate")
+        out = self.output(prep, parts, model, figures, tables, info.target)
+        ckpt = getattr(self, "_ckpt", None)
+        out.info = {
+            "task": prep.task,
+            "task_inferred": self.task() is None,
+            **({"checkpoint": ckpt.record()} if ckpt is not None else {}),
+            "rows": {k: int(len(v)) for k, v in parts.items()},
+            "worker_timings_s": {"read": round(t_read, 4), "fit": round(t_fit, 4)},
+        }
+        return out
+
+    def output(
+        self,
+        prep: Prepared,
+        parts: dict[str, np.ndarray],
+        model: Any,
+        figures: dict,
+        tables: dict,
+        target: str,
+    ) -> JobOutput:
+        """The run's output of a fitted ``model``: metrics on every split (and the test
+        source), confusion matrix, predictions, importance, model files and schema (what
+        :meth:`fit_and_evaluate` and a search's kept best trial write)."""
         out = JobOutput(tables=dict(tables))
         confusion, predictions = [], []
         held_out = prep.X_test is not None or any(k != "train" for k in parts)
@@ -273,14 +298,11 @@ class SupervisedJob(Job):
         out.metrics.update(figures)
         out.metrics.update(n_rows=int(len(prep.y)), n_features=int(prep.X.shape[1]))
         out.files = self.model_files(model)
-        out.files["model/schema.json"] = json.dumps(prep.schema(info.target), indent=2).encode()
-        ckpt = getattr(self, "_ckpt", None)
+        out.files["model/schema.json"] = json.dumps(prep.schema(target), indent=2).encode()
         out.info = {
             "task": prep.task,
             "task_inferred": self.task() is None,
-            **({"checkpoint": ckpt.record()} if ckpt is not None else {}),
             "rows": {k: int(len(v)) for k, v in parts.items()},
-            "worker_timings_s": {"read": round(t_read, 4), "fit": round(t_fit, 4)},
         }
         return out
 
@@ -398,20 +420,41 @@ class SupervisedJob(Job):
 
     def tune_trial(self, data: TuneData, session) -> None:
         """One trial: fit ``self.spec`` on the train rows, report the metric's split once."""
-        prep = data.prep
+        prep, parts = data.prep, data.parts
         if session.split == "cv":
             folds = [self.fold_metrics(prep, i) for i in range(self.spec.data.split_spec.cv)]
-            mean = M.summarize_folds(folds)["mean"]
-            session.report(1, {f"cv.{k}": v for k, v in mean.items()}, final=True)
+            for i, f in enumerate(folds):
+                f["fold"] = i  # as the run's cross-validation records them
+            summary = M.summarize_folds(folds)
+            report = {f"cv.{k}": v for k, v in summary["mean"].items()}
+
+            def build() -> JobOutput:  # the final fit, only when this trial is the best so far
+                out = self.tune_output(data, *self.fit(prep, parts["train"], parts.get("valid")))
+                out.metrics["cv"] = summary
+                return out
+
+            session.keep(report, build)
+            session.report(1, report, final=True)
             return
-        parts = data.parts
-        model, figures, _ = self.fit(prep, parts["train"], parts.get("valid"))
+        model, figures, tables = self.fit(prep, parts["train"], parts.get("valid"))
         split = session.split if session.split in parts else "valid"
         rows = parts[split]
         metrics, _ = self.evaluate(model, prep, prep.X.iloc[rows], prep.y[rows])
         report = {f"{split}.{k}": v for k, v in metrics.items()}
         report.update({k: v for k, v in figures.items() if isinstance(v, (int, float))})
+        session.keep(report, lambda: self.tune_output(data, model, figures, tables))
         session.report(int(figures.get("num_boosted_rounds", 1)), report, final=True)
+
+    def tune_output(self, data: TuneData, model: Any, figures: dict, tables: dict) -> JobOutput:
+        """The run's output of a trial's model (what :meth:`fit_and_evaluate` gives for the
+        same model on the same split), kept when the trial is the best
+        (:meth:`distml.tune.session.TrialSession.keep`)."""
+        out = self.output(data.prep, data.parts, model, figures, tables, self.spec.data.target)
+        out.info["execution"] = {
+            "path": "best_trial",
+            "reason": "the best trial's own model, trained on the run's split (no refit)",
+        }
+        return out
 
     def tune_final_overrides(self, result: dict) -> dict[str, Any]:
         """Overrides that make the refit reproduce a trial (beyond its sampled values)."""

@@ -25,3 +25,20 @@ class BoostingJob(SupervisedJob):
         if not result.get("final") and 0 < rounds < self.spec.model.num_boost_round:
             return {"model.num_boost_round": rounds}
         return {}
+
+
+def curve_tables(history: dict, first: int = 0) -> dict:
+    """``{"learning_curve": ...}`` (iteration, split, metric, value) from a booster's
+    evaluation history ``{split: {metric: [value per round]}}``, rounds counted from ``first``
+    (a retried trial's history starts at its checkpoint); empty without evaluations."""
+    import pandas as pd
+
+    curve = pd.DataFrame(
+        [
+            {"iteration": first + i, "split": split, "metric": metric, "value": float(v)}
+            for split, by_metric in history.items()
+            for metric, values in by_metric.items()
+            for i, v in enumerate(values)
+        ]
+    )
+    return {"learning_curve": curve} if len(curve) else {}

@@ -30,7 +30,7 @@ from pydantic import Field, model_validator
 
 from distml.errors import DataError, MissingDependency, SpecError, one_line
 from distml.jobs._supervised import Prepared, TuneData
-from distml.jobs.boosting import BoostingJob
+from distml.jobs.boosting import BoostingJob, curve_tables
 from distml.spec.base import JobSpec, StrictModel
 
 #: LightGBM's names (and aliases) of what the model section sets itself
@@ -335,15 +335,7 @@ class Job(BoostingJob):
             reporter.update(
                 "rounds", figures["num_boosted_rounds"], total=model.num_boost_round, final=True
             )
-        curve = pd.DataFrame(
-            [
-                {"iteration": i, "split": split, "metric": metric, "value": float(v)}
-                for split, by_metric in history.items()
-                for metric, values in by_metric.items()
-                for i, v in enumerate(values)
-            ]
-        )
-        return booster, figures, {"learning_curve": curve} if len(curve) else {}
+        return booster, figures, curve_tables(history)
 
     def predict(self, model, prep: Prepared, X: pd.DataFrame):
         """The best iteration's predictions (LightGBM's default); class 1 when p > 0.5, as
@@ -440,6 +432,7 @@ class Job(BoostingJob):
         reporter = _round_reporter(
             session, split, eval_name, model.num_boost_round, checkpoints=not early
         )
+        history: dict = {}
         booster = lgb.train(
             params,
             dtrain,
@@ -447,18 +440,18 @@ class Job(BoostingJob):
             valid_sets=sets,
             valid_names=names,
             init_model=booster,
-            callbacks=[reporter],
+            callbacks=[lgb.record_evaluation(history), reporter],
         )
         rows = parts[split]
         metrics, _ = self.evaluate(booster, prep, prep.X.iloc[rows], prep.y[rows])
         figures = {"num_boosted_rounds": int(reporter.rounds or booster.current_iteration())}
         if early:
             figures["best_iteration"] = int(booster.best_iteration)
-        session.report(
-            figures["num_boosted_rounds"],
-            {**{f"{split}.{k}": v for k, v in metrics.items()}, **figures},
-            final=True,
+        report = {**{f"{split}.{k}": v for k, v in metrics.items()}, **figures}
+        session.keep(
+            report, lambda: self.tune_output(data, booster, figures, curve_tables(history, done))
         )
+        session.report(figures["num_boosted_rounds"], report, final=True)
 
 
 def _metrics_computed(params: dict, dtrain) -> list[str]:

@@ -26,6 +26,24 @@ def build_report(run_dir: Any, manifest: dict | None = None, extra: Any = ()) ->
     return _build(run_dir, manifest, extra)
 
 
+def warm_up() -> None:
+    """Import what building a report needs and draw one small figure (matplotlib's fonts and
+    Agg canvas), so the report built at the end of a run starts warm. A run calls it in a
+    background thread while its job runs (:mod:`distml.api`); failures are ignored here (the
+    report itself says what went wrong)."""
+    try:
+        import distml.report.build  # noqa: F401 - the section modules come with it
+        from distml.report._plots import figure, png
+
+        fig, (ax,) = figure(1.0, 1.0)
+        ax.plot([0, 1], [0, 1])
+        ax.set_title("warm")
+        png(fig)
+        import sklearn.metrics  # noqa: F401 - the supervised sections' curves
+    except Exception:  # noqa: BLE001 - a warm-up only
+        pass
+
+
 def report_sections(run_dir: Any, extra: Any = ()) -> list[str]:
     """Section ids of the run's report (without writing it)."""
     from distml.report.build import report_sections as _sections

@@ -4,9 +4,12 @@ A search runs trials; a trial is the kind's own single fit on the spec with the 
 applied (``model.params.eta=0.05``…). The driver reads and prepares the data **once** in a Ray
 task and hands the object ref to every trial (``tune.with_parameters``); trials are function
 trainables in reused actors (``reuse_actors=True``), each with ``resources.cpus_per_worker`` CPUs,
-at most as many at once as the cluster holds. The best trial's configuration is then refitted
-deterministically (same data, split, seed and iteration count) to give the run its model, metrics
-and tables, next to ``tables/trials.parquet``.
+at most as many at once as the cluster holds. The best trial's own output — its model, trained on
+the run's split, with the metrics and tables a single fit writes — is the run's, next to
+``tables/trials.parquet``: each trial that finishes with the best value so far keeps it
+(:mod:`distml.tune.kept`). When it was not kept (the best trial was stopped by the scheduler, or
+ran on another node) the best configuration is refitted deterministically instead (same data,
+split, seed and iteration count).
 
 A kind takes part by giving its ``Job`` these hooks (see :class:`distml.jobs._supervised.SupervisedJob`):
 
@@ -16,9 +19,11 @@ A kind takes part by giving its ``Job`` these hooks (see :class:`distml.jobs._su
 ``tune_trial(shared, session)``
     one trial: fit ``self.spec`` and report through the :class:`~distml.tune.session.TrialSession`
     (every iteration for iterative kinds; ``final=True`` at the end); resume from
-    ``session.restored`` when a retried trial has a checkpoint.
+    ``session.restored`` when a retried trial has a checkpoint. Before the final report it
+    offers the run's output of its model: ``session.keep(report, build)`` (``build()`` runs only
+    when the trial is the best so far).
 ``tune_refit(ctx, shared_ref) -> JobOutput``
-    the run's model from the best spec (default: ``job.run(ctx)``).
+    the fallback: the run's model from the best spec (default: ``job.run(ctx)``).
 ``tune_iterations() -> int | None``, ``tune_metric_names()``, ``tune_iteration_metrics()``
     what the spec checks need: iterations a trial reports (None: one shot, no scheduler), metric
     names the kind produces, and those it can compute every iteration.
@@ -27,7 +32,7 @@ A kind takes part by giving its ``Job`` these hooks (see :class:`distml.jobs._su
     xgboost trial reached).
 
 A kind without ``tune_trial`` is still searchable: each trial runs the kind's whole pipeline
-(``job.run``) in its placement group and reports the run's metrics once.
+(``job.run``) in its placement group, reports the run's metrics once and keeps its output.
 
 This package imports nothing heavy at import time (``distml validate`` stays instant).
 """
@@ -49,12 +54,14 @@ def run_search(job: Any, ctx: Any):
 
 
 def discard_experiment(run_dir: Any) -> None:
-    """Remove the search's Tune experiment (trial checkpoints, experiment state) from
-    ``checkpoints/`` once the run is complete: a complete run is never resumed."""
+    """Remove the search's Tune experiment (trial checkpoints, experiment state) and the kept
+    best trial's output from ``checkpoints/`` once the run is complete: a complete run is never
+    resumed."""
     import shutil
 
     folder = run_dir.path / "checkpoints"
     shutil.rmtree(folder / "tune", ignore_errors=True)
+    shutil.rmtree(folder / "kept", ignore_errors=True)
     (folder / "search.json").unlink(missing_ok=True)
     try:
         folder.rmdir()  # only if nothing else (another kind's checkpoints) is left

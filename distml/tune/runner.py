@@ -16,6 +16,7 @@ from distml.errors import DistmlError, JobFailed, error_text
 from distml.jobs.base import JobOutput, RunContext
 from distml.registry import kind_module
 from distml.runtime.artifacts import run_fingerprint
+from distml.tune.kept import KeptStore
 from distml.tune.session import TrialPlan, fault_from_env, lookup_metric, trial_fn
 from distml.tune.space import Space
 from distml.tune.table import TrialRecord, best_record, failure_summary, trials_table
@@ -30,7 +31,8 @@ from distml.tune.tuner import (
     tune_env,
 )
 
-#: the refit must reproduce the best trial's metric to this relative tolerance
+#: the run's model must reproduce the best trial's metric to this relative tolerance (a kept
+#: output reproduces it exactly; a refit of a stopped trial to the kind's per-round figure)
 REFIT_RTOL = 1e-6
 
 
@@ -43,7 +45,9 @@ def run_search(job, ctx: RunContext) -> JobOutput:
     res = spec.resources
     total = t.num_samples * t.n_grid
     iterations = job.tune_iterations()
-    report_every, grace = report_schedule(iterations, t.report_every, t.grace_period)
+    report_every, grace = report_schedule(
+        iterations, t.report_every, t.grace_period, t.scheduler, bool(t.time_budget_s)
+    )
     group = _worker_group(job, ctx)
     if group is not None:  # each trial drives its own Ray Train run of group.workers workers
         workers = group.workers
@@ -92,6 +96,8 @@ def run_search(job, ctx: RunContext) -> JobOutput:
         cluster_resources=dict(ctx.cluster.resources),
         iterations=iterations,
     )
+    plan.keep_dir = str(kept_dir(ctx.run_dir))
+    plan.data_key = shared_ref.hex() if shared_ref is not None else None
     trial_resources = dict(TRAIN_DRIVER) if group is not None else _trial_resources(job, res)
     trainable = tune.with_resources(
         tune.with_parameters(
@@ -101,7 +107,7 @@ def run_search(job, ctx: RunContext) -> JobOutput:
     )
     with tune_env(), quiet_logs():
         tuner, resumed = _tuner(ctx, trainable, space, base, concurrency, iterations, grace, total)
-        t0 = time.perf_counter()
+        t0, fit_at = time.perf_counter(), time.time()
         try:
             grid = tuner.fit()
         except DistmlError:
@@ -126,22 +132,32 @@ def run_search(job, ctx: RunContext) -> JobOutput:
     )
 
     t1 = time.perf_counter()
-    best_config = {**best.params, **job.tune_final_overrides(best.metrics)}
-    out, refit_exec = _refit(spec, base, best_config, ctx, shared_ref)
-    refit_s = time.perf_counter() - t1
-    refit_value = lookup_metric(out.metrics, t.metric)
-    matches = isinstance(refit_value, (int, float)) and math.isclose(
-        refit_value, best.value, rel_tol=REFIT_RTOL, abs_tol=1e-12
+    store = KeptStore(plan.keep_dir, t.mode)
+    out, model = _best_output(best, store)
+    best_config = dict(best.params)
+    if out is None:  # the fallback: refit the best configuration
+        best_config.update(job.tune_final_overrides(best.metrics))
+        out, fit_exec = _refit(spec, base, best_config, ctx, shared_ref, model["reason"])
+        model["execution"] = fit_exec
+    else:
+        model["execution"] = out.info.pop("execution", {})
+        ctx.log.info("the run's model is %s's own (kept; no refit)", best.trial_id)
+    finish_s = time.perf_counter() - t1
+    model_value = lookup_metric(out.metrics, t.metric)
+    matches = isinstance(model_value, (int, float)) and math.isclose(
+        model_value, best.value, rel_tol=REFIT_RTOL, abs_tol=1e-12
     )
     if not matches:
         ctx.log.warning(
-            "the refit of %s gives %s=%s, the trial reported %.6g (a stopped trial's "
-            "value comes from the kind's per-iteration figure)",
+            "the run's model (%s of %s) gives %s=%s, the trial reported %.6g (a stopped "
+            "trial's value comes from the kind's per-iteration figure)",
+            model["from"],
             best.trial_id,
             t.metric,
-            refit_value,
+            model_value,
             best.value,
         )
+    model["matches_trial"] = bool(matches)
     out.tables["trials"] = table
     out.best_config = best_config
     out.metrics["tune"] = {
@@ -149,7 +165,8 @@ def run_search(job, ctx: RunContext) -> JobOutput:
         "mode": t.mode,
         "best_trial": best.trial_id,
         "best_value": best.value,
-        "refit_value": refit_value,
+        "model_value": model_value,
+        "model_from": model["from"],
         "trials": len(records),
         **counts,
     }
@@ -165,20 +182,79 @@ def run_search(job, ctx: RunContext) -> JobOutput:
         "grace_period": grace if t.scheduler != "none" else None,
         "resumed": resumed,
         "best_trial": best.trial_id,
-        "refit_matches_trial": bool(matches),
+        "model": {k: v for k, v in model.items() if k != "execution"},
         "data": "shared" if shared_ref is not None else "per_trial",
         **counts,
-        "timings_s": {"search_s": round(search_s, 4), "refit_s": round(refit_s, 4)},
+        "timings_s": {
+            "search_s": round(search_s, 4),
+            # Tuner.fit to the first trial's own start (Tune's start-up and the trial process)
+            "first_trial_s": _first_trial_s(records, fit_at),
+            # the kept output's loading, or the refit (the fallback)
+            ("refit_s" if model["from"] == "refit" else "model_s"): round(finish_s, 4),
+        },
     }
     out.info["execution"] = {
         "path": "tune",
         "trials": len(records),
         "concurrency": concurrency,
-        "refit": refit_exec,
+        "model_from": model["from"],
+        "model": model["execution"],
         "reason": "tune section: trials are Tune function trainables in reused actors; the "
-        "best configuration is refitted for the run's model",
+        + (
+            "best trial's own model is the run's (kept by the trial, no refit)"
+            if model["from"] == "best_trial"
+            else f"best configuration is refitted for the run's model ({model['reason']})"
+        ),
     }
     return out
+
+
+def _first_trial_s(records: list[TrialRecord], fit_at: float) -> float | None:
+    """Seconds from ``Tuner.fit`` to the first trial's start (its report's ``finished_at``
+    less its ``elapsed_s``); None when no trial reported (or the search was resumed)."""
+    starts = [
+        r.metrics["finished_at"] - r.metrics["elapsed_s"]
+        for r in records
+        if isinstance(r.metrics.get("finished_at"), (int, float))
+        and isinstance(r.metrics.get("elapsed_s"), (int, float))
+        and r.metrics["finished_at"] >= fit_at
+    ]
+    return round(min(starts) - fit_at, 4) if starts else None
+
+
+def kept_dir(run_dir):
+    """Where the trials keep the best trial's output (:mod:`distml.tune.kept`)."""
+    return run_dir.file("checkpoints") / "kept"
+
+
+def _best_output(best: TrialRecord, store: KeptStore) -> tuple[JobOutput | None, dict]:
+    """The best trial's kept output, or None and why it must be refitted; with the manifest's
+    record of where the run's model comes from (``from``: best_trial or refit)."""
+    record = {"from": "refit", "trial": best.trial_id}
+    if best.status != "completed":
+        reason = (
+            f"{best.trial_id} was stopped by the scheduler at iteration "
+            f"{best.metrics.get('iteration')}: its value is the kind's per-iteration figure "
+            "and no model was kept at that iteration"
+        )
+        return None, {**record, "reason": reason}
+    kept = store.value_of(best.trial_id)
+    if kept is None:
+        reason = (
+            f"no output of {best.trial_id} was kept (its kind keeps none, or the trial ran "
+            "on another node, whose disk the driver does not see)"
+        )
+        return None, {**record, "reason": reason}
+    if kept != best.value:
+        reason = (
+            f"the output kept for {best.trial_id} has {kept!r}, its final report "
+            f"{best.value!r} (a later attempt of the trial)"
+        )
+        return None, {**record, "reason": reason}
+    out = store.load(best.trial_id)
+    if out is None:
+        return None, {**record, "reason": f"the output kept for {best.trial_id} is unreadable"}
+    return out, {"from": "best_trial", "trial": best.trial_id, "reason": None}
 
 
 def _start_prepare(job, ctx: RunContext):
@@ -226,6 +302,7 @@ def _tuner(
     if ctx.resume:
         ctx.log.info("--resume: no search to restore in %s; starting it", exp_dir)
     shutil.rmtree(exp_dir, ignore_errors=True)
+    shutil.rmtree(kept_dir(ctx.run_dir), ignore_errors=True)  # a fresh search keeps afresh
     storage.mkdir(parents=True, exist_ok=True)
     ctx.run_dir.write_fingerprint(fingerprint)
     return make_tuner(
@@ -340,16 +417,18 @@ def _records(grid, space: Space) -> list[TrialRecord]:
 
 
 def _refit(
-    spec, base: dict, best_config: dict, ctx: RunContext, shared_ref
+    spec, base: dict, best_config: dict, ctx: RunContext, shared_ref, why: str
 ) -> tuple[JobOutput, dict]:
-    """Fit the best configuration for the run's model, metrics and tables."""
+    """Fit the best configuration for the run's model, metrics and tables (the fallback when
+    the best trial's own output was not kept: ``why``)."""
     from distml.spec.load import load_spec
 
     best_spec = load_spec(base, best_config)
     best_job = kind_module(spec.kind).Job(best_spec)
     best_ctx = RunContext(best_spec, ctx.data, ctx.run_dir, ctx.cluster, ctx.log, False)
     ctx.log.info(
-        "refitting the best configuration: %s",
+        "refitting the best configuration (%s): %s",
+        why,
         ", ".join(f"{k}={v!r}" for k, v in best_config.items()),
     )
     from distml import progress

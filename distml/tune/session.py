@@ -3,8 +3,9 @@
 :func:`trial_fn` is the function trainable: it rebuilds the trial's spec (the base spec with the
 sampled values applied), builds the kind's Job and calls ``job.tune_trial(data, session)``; a kind
 reports through the :class:`TrialSession` it is handed. The session sends a report to Tune every
-``report_every`` iterations (each report is a round trip through the driver, ~1–2 ms, so
-iterative kinds do not send every iteration by default), keeps the best value over *every*
+``report_every`` iterations (each report is a round trip through the driver that blocks the
+trial, so by default trials send only what the scheduler reads: see
+:func:`distml.tune.tuner.report_schedule`), keeps the best value over *every*
 iteration, attaches checkpoints (``state.json`` plus the kind's files, e.g. the booster) and hands
 a retried trial its last checkpoint through :meth:`TrialSession.restored`.
 
@@ -60,6 +61,11 @@ class TrialPlan:
     worker_group: bool = False
     cluster_resources: dict | None = None
     iterations: int | None = None
+    #: where the best trial's output is kept (:mod:`distml.tune.kept`); None: keep nothing
+    keep_dir: str | None = None
+    #: names the shared data (its object ref): a trial process reuses the object an earlier
+    #: trial of the search got, with what the kind cached on it (``TuneData.cache``)
+    data_key: str | None = None
 
     def overrides(self, config: dict) -> dict[str, Any]:
         return self.space.decode(config)
@@ -82,8 +88,12 @@ class Restored:
 class TrialSession:
     """Reporting and checkpoints for one trial (one attempt of it)."""
 
-    def __init__(self, plan: TrialPlan, restored: Restored | None = None):
+    def __init__(
+        self, plan: TrialPlan, restored: Restored | None = None, trial_id: str | None = None
+    ):
         self.plan = plan
+        self.trial_id = trial_id
+        self.kept = False
         self.restored = restored
         self.metric = plan.metric
         self.mode = plan.mode
@@ -115,9 +125,13 @@ class TrialSession:
         return value < self.best if self.mode == "min" else value > self.best
 
     def due(self, iteration: int) -> bool:
-        """Whether :meth:`report` at ``iteration`` would reach Tune (kinds may skip work if not)."""
-        every = self.plan.report_every or 1
-        return iteration % every == 0
+        """Whether :meth:`report` at ``iteration`` would reach Tune (kinds may skip work if not).
+        ``report_every`` 0: no periodic reports (no scheduler reads them), only those that
+        carry a checkpoint."""
+        every = self.plan.report_every
+        if every == 0:
+            return self._checkpoint_due(iteration)
+        return iteration % (every or 1) == 0
 
     def report(
         self,
@@ -179,6 +193,22 @@ class TrialSession:
             self.wait_s += time.perf_counter() - t
             if checkpoint is not None:
                 shutil.rmtree(checkpoint.path, ignore_errors=True)
+
+    def keep(self, metrics: dict[str, Any], build: Callable[[], Any]) -> bool:
+        """Offer this trial's output (``build()``, a JobOutput of the model it trained) to be
+        the run's, before the final report whose ``metrics`` it was scored with: it is kept
+        when the searched metric beats every trial kept so far (:mod:`distml.tune.kept`), and
+        the run then needs no refit. Call it only with the model the final report describes."""
+        from distml.tune.kept import KeptStore
+
+        value = metrics.get(self.metric)
+        if self.plan.keep_dir is None or self.trial_id is None:
+            return False
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
+        store = KeptStore(self.plan.keep_dir, self.mode)
+        self.kept = store.offer(self.trial_id, float(value), build)
+        return self.kept
 
     def fail(self, error: BaseException) -> None:
         """Report the trial as failed with the error's message (the searcher sees no value)."""
@@ -254,7 +284,10 @@ def trial_fn(config: dict, *, plan: TrialPlan, data: Any = None) -> None:
 
     from distml.registry import kind_module
 
-    session = TrialSession(plan, load_checkpoint(tune.get_checkpoint()))
+    session = TrialSession(
+        plan, load_checkpoint(tune.get_checkpoint()), tune.get_context().get_trial_name()
+    )
+    data = _reuse_shared(plan.data_key, data)
     try:
         spec = plan.trial_spec(plan.overrides(config))
         job = kind_module(plan.kind).Job(spec)
@@ -270,6 +303,22 @@ def trial_fn(config: dict, *, plan: TrialPlan, data: Any = None) -> None:
             )
     except Exception as e:  # noqa: BLE001 - a failed fit is a failed trial, not a crash
         session.fail(e)
+
+
+_SHARED: tuple[str, Any] | None = None  # (data_key, data) of this trial process's search
+
+
+def _reuse_shared(key: str | None, data: Any) -> Any:
+    """The shared data object an earlier trial in this process got for the same search (Tune
+    hands every trial a fresh copy from the object store; reusing the first keeps what kinds
+    cached on it), else ``data``, remembered for the next trial."""
+    global _SHARED
+    if key is None:
+        return data
+    if _SHARED is not None and _SHARED[0] == key:
+        return _SHARED[1]
+    _SHARED = (key, data)
+    return data
 
 
 def _run_whole_job(job, info, session: TrialSession, plan: TrialPlan) -> None:
@@ -309,6 +358,7 @@ def _run_whole_job(job, info, session: TrialSession, plan: TrialPlan) -> None:
     value = lookup_metric(out.metrics, plan.metric)
     if value is not None:
         flat[plan.metric] = value
+    session.keep(flat, lambda: out)  # the whole job's output is the run's, as it stands
     session.report(max(1, plan.iterations or 1) if plan.worker_group else 1, flat, final=True)
 
 
@@ -322,7 +372,8 @@ def train_callbacks() -> list:
     launcher asks for them through :func:`distml.runtime.workers.use_train_callbacks`."""
     if _ACTIVE is None:
         return []
-    return [_TrainToTune(_ACTIVE.metric, _ACTIVE.mode, _ACTIVE.report_every or 1)]
+    every = _ACTIVE.report_every
+    return [_TrainToTune(_ACTIVE.metric, _ACTIVE.mode, 1 if every is None else every)]
 
 
 def _train_to_tune_class():
@@ -360,7 +411,7 @@ def _train_to_tune_class():
                 value < self.best if self.mode == "min" else value > self.best
             ):
                 self.best, self.best_iteration = float(value), iteration
-            if iteration % self.every:
+            if not self.every or iteration % self.every:  # every 0: no scheduler reads them
                 return
             self.queue.put(
                 {

@@ -57,6 +57,14 @@ def _trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
+def _trial_name_random(trial) -> str:
+    return _name(trial, 0)
+
+
+def _trial_name_searcher(trial) -> str:
+    return _name(trial, 1)
+
+
 def make_searcher(search: str, seed: int, concurrency: int):
     """random/grid: Tune's variant generator, seeded; optuna: TPE, seeded; both capped."""
     if search == "optuna":
@@ -125,6 +133,11 @@ def make_tuner(
             time_budget_s=time_budget_s,
             reuse_actors=True,
             trial_dirname_creator=_trial_dirname,
+            # distml's trial names (trial_0000…, the trials table's), which a trial reads from
+            # its context: the kept best trial's output is named by it (distml.tune.kept)
+            trial_name_creator=_trial_name_random
+            if search in ("random", "grid")
+            else _trial_name_searcher,
         ),
         run_config=tune.RunConfig(
             name=name,
@@ -138,23 +151,43 @@ def make_tuner(
 
 
 def report_schedule(
-    iterations: int | None, report_every: int | None, grace_period: int | None
+    iterations: int | None,
+    report_every: int | None,
+    grace_period: int | None,
+    scheduler: str = "median",
+    time_budget: bool = False,
 ) -> tuple[int | None, int]:
     """(report every N iterations, scheduler grace period) for trials of ``iterations``.
 
-    Defaults: about 10 reports per trial (each blocks the trial for a round trip through the
-    driver, ~1–2 ms here), and a grace period of a quarter of the iterations, rounded down (at
-    least 1), as docs/tuning.md says; ASHA decides at a trial's first report at or after each
-    rung (grace × 3^k).
+    Each report blocks the trial for a round trip through the driver, so trials send only what
+    the scheduler reads (``report_every`` when set):
 
-    >>> report_schedule(100, None, None)
-    (10, 25)
+    * ``asha`` decides at a trial's first report at or after each rung (grace × 3^k): trials
+      report every ``grace`` iterations, so every rung is hit exactly (100 rounds: at 25, 50,
+      75; the trial is stopped at 25 or 75, not a few rounds later);
+    * ``median`` compares running figures: about 10 reports per trial;
+    * ``none``: no periodic reports (0): only the final one, and those that carry a
+      checkpoint (:class:`distml.tune.session.TrialSession`); with a ``time_budget`` about 10,
+      so a trial the budget interrupts has a figure.
+
+    The grace period defaults to a quarter of the iterations, rounded down (at least 1), as
+    docs/tuning.md says.
+
+    >>> report_schedule(100, None, None, "median"), report_schedule(100, None, None, "asha")
+    ((10, 25), (25, 25))
+    >>> report_schedule(100, None, None, "none")
+    (0, 25)
     """
     if not iterations:
         return report_every, grace_period or 1
-    every = report_every or max(1, iterations // 10)
     grace = grace_period or max(1, iterations // 4)
-    return every, grace
+    if report_every:
+        return report_every, grace
+    if scheduler == "asha":
+        return grace, grace
+    if scheduler == "none" and not time_budget:
+        return 0, grace
+    return max(1, iterations // 10), grace
 
 
 def concurrency_for(

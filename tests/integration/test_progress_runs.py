@@ -105,7 +105,8 @@ def test_counters_of_many_models_out_of_core_and_search(tmp_path):
     )
     text = _run_log(tmp_path / "t")
     assert "trials: 2/2 trials  0 running; best cv.accuracy=" in text
-    assert "train: refit of the best configuration" in text  # a step of the train stage
+    # cross-validated trials: the best one's final fit is kept, so no refit stage follows
+    assert "kept; no refit" in text and "refit of the best configuration" not in text
 
 
 def test_torch_epochs_from_inside_the_task(tmp_path):

@@ -62,9 +62,22 @@ def test_search_outputs_and_the_tuned_model_beats_defaults(tmp_path, ray_cluster
     for path, value in r.best_config.items():
         if path in spec.tune.space:
             assert best[path] == value
-    # The run's model is the best configuration refitted: it reproduces the trial's metric.
-    assert r.metrics["valid"]["logloss"] == pytest.approx(best["valid.logloss"], rel=1e-6)
-    assert r.manifest["tune"]["refit_matches_trial"]
+    # The run's model is the best trial's own (kept, not refitted): exactly the trial's metric.
+    model = r.manifest["tune"]["model"]
+    if best["status"] == "completed":
+        assert model == {
+            "from": "best_trial",
+            "trial": best.name,
+            "reason": None,
+            "matches_trial": True,
+        }
+        assert r.metrics["valid"]["logloss"] == best["valid.logloss"]
+        assert r.manifest["execution"]["model"]["path"] == "best_trial"
+        assert "refit_s" not in r.manifest["tune"]["timings_s"]
+        assert "refit of the best configuration" not in (r.run_dir / "run.log").read_text()
+    else:  # stopped by ASHA: its value is xgboost's per-round figure; the fallback refits
+        assert model["from"] == "refit" and "stopped by the scheduler" in model["reason"]
+        assert r.metrics["valid"]["logloss"] == pytest.approx(best["valid.logloss"], rel=1e-6)
     assert {"train", "valid", "test"} <= set(r.metrics)
     assert {
         "model/model.ubj",
@@ -329,7 +342,8 @@ def test_a_kind_without_search_hooks_runs_its_whole_job_per_trial(tmp_path, ray_
     assert list(t["model.method"]) == ["logit", "probit"] and (t.status == "completed").all()
     assert r.best_config == {"model.method": t.loc[t["aic"].idxmin(), "model.method"]}
     assert r.manifest["tune"]["data"] == "per_trial"
-    assert r.metrics["tune"]["refit_value"] == pytest.approx(t["aic"].min(), rel=1e-9)
+    assert r.metrics["tune"]["model_value"] == t["aic"].min()  # the best trial's own output
+    assert r.manifest["tune"]["model"]["from"] == "best_trial"
     _wait_resources_free(ray_cluster)
 
 
@@ -337,7 +351,7 @@ def test_a_kind_without_search_hooks_runs_its_whole_job_per_trial(tmp_path, ray_
 def test_trials_of_a_multi_worker_job_each_drive_a_train_worker_group(tmp_path, ray_cluster):
     """num_workers: 2 → each trial builds its own Ray Train run inside the Tune trial (no
     Tuner(trainer) in Ray 2.60); on 2 CPUs one trial at a time, so the worker groups never wait
-    on each other; the refit of the best configuration reproduces the best trial's value."""
+    on each other; the best trial's own output is the run's (no refit)."""
     spec = _xgb("mw", {"num_samples": 2, "search": "random", "scheduler": "none"}, rounds=8)
     spec["data"] = {
         "source": "synthetic:classification?rows=3000&features=6&seed=4",
@@ -352,9 +366,10 @@ def test_trials_of_a_multi_worker_job_each_drive_a_train_worker_group(tmp_path, 
     assert tune["resources_per_trial"] == {"cpu": 0, "memory": 1}
     t = r.tables["trials"]
     assert (t.status == "completed").all() and len(t) == 2
-    assert r.manifest["execution"]["refit"]["path"] == "train_worker_group"
-    assert tune["refit_matches_trial"] is True
-    assert r.metrics["valid"]["logloss"] == pytest.approx(t["valid.logloss"].min(), rel=1e-6)
+    # the best trial's own worker-group run is the run's model: no second worker group
+    assert r.manifest["execution"]["model"]["path"] == "train_worker_group"
+    assert tune["model"]["from"] == "best_trial" and tune["model"]["matches_trial"] is True
+    assert r.metrics["valid"]["logloss"] == t["valid.logloss"].min()
     _wait_resources_free(ray_cluster)
 
 
@@ -381,3 +396,59 @@ def test_train_worker_reports_reach_tune_as_trial_reports():
     (item,) = Queue.items
     assert item[OBJECTIVE] == 0.7 and item["iteration"] == 2 and item["final"] is False
     assert item["best"] == 0.8 and item["best_iteration"] == 1 and item["valid.loss"] == 0.9
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_the_kept_best_trial_is_the_plain_fit_of_its_configuration_and_the_fallback_refits(
+    tmp_path, monkeypatch
+):
+    """The run's model is the best trial's own, not refitted: its valid metric is the trial's
+    to the last digit and its predictions are plain ``xgboost.train``'s for the best
+    configuration on the same split; when no output was kept the refit (the fallback) gives
+    the same model."""
+    import numpy as np
+    import pandas as pd
+    import xgboost as xgb
+
+    from distml.runtime.data import split_indices
+    from distml.runtime.datasets import load_builtin
+    from distml.tune.kept import KeptStore
+
+    spec = _xgb(
+        "kept",
+        {"num_samples": 3, "space": {"model.params.max_depth": {"choice": [1, 2, 4]}}},
+        rounds=12,
+    )
+    r = distml.run(spec, output=tmp_path, run_id="kept")
+    t = r.tables["trials"].set_index("trial_id")
+    best = t.loc[r.metrics["tune"]["best_trial"]]
+    assert r.manifest["tune"]["model"]["from"] == "best_trial"
+    assert r.metrics["valid"]["logloss"] == best["valid.logloss"] == t["valid.logloss"].min()
+    assert r.manifest["execution"]["model"]["path"] == "best_trial"
+    assert "model_s" in r.manifest["tune"]["timings_s"]
+    assert set(r.tables["learning_curve"]["split"]) == {"valid"}  # what the trial evaluated
+    # the plain library, the best configuration, the same split
+    frame = load_builtin("breast_cancer")
+    X, y = frame.drop(columns="target"), frame["target"].to_numpy()
+    parts = split_indices(y, load_spec(spec).data.split_spec, classification=True)
+    params = {
+        "objective": "binary:logistic",
+        "nthread": 1,
+        "seed": 0,
+        **{k.rsplit(".", 1)[-1]: v for k, v in r.best_config.items()},
+    }
+    dtrain = xgb.DMatrix(X.iloc[parts["train"]], label=y[parts["train"]])
+    plain = xgb.train(params, dtrain, num_boost_round=12)
+    pred = r.tables["predictions"]
+    valid = pred[pred["split"] == "valid"]
+    want = plain.predict(xgb.DMatrix(X.iloc[valid["row"].to_numpy()]))
+    np.testing.assert_allclose(valid["proba_1"], want, rtol=1e-6, atol=1e-7)
+
+    # The fallback: the driver finds no kept output and refits the best configuration.
+    monkeypatch.setattr(KeptStore, "value_of", lambda self, trial: None)
+    f = distml.run(spec, output=tmp_path, run_id="refit")
+    model = f.manifest["tune"]["model"]
+    assert model["from"] == "refit" and "no output of" in model["reason"]
+    assert "refit_s" in f.manifest["tune"]["timings_s"] and model["matches_trial"] is True
+    assert f.metrics["valid"] == pytest.approx(r.metrics["valid"], rel=1e-9)
+    pd.testing.assert_frame_equal(f.tables["predictions"], r.tables["predictions"])

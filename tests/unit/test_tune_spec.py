@@ -402,6 +402,11 @@ def test_report_schedule_and_concurrency():
     assert report_schedule(60, None, 9) == (6, 9)
     assert report_schedule(300, 1, None) == (1, 75)
     assert report_schedule(None, None, None) == (None, 1)
+    # what the scheduler reads: ASHA its rungs (grace x 3^k), none nothing but the final report
+    assert report_schedule(100, None, None, "asha") == (25, 25)
+    assert report_schedule(60, None, 9, "asha") == (9, 9)
+    assert report_schedule(100, None, None, "none") == (0, 25)
+    assert report_schedule(100, 5, None, "none") == (5, 25)  # the spec's report_every wins
     assert concurrency_for({"CPU": 2}, 1, 0, None, 64) == 2
     assert concurrency_for({"CPU": 16}, 2, 0, 3, 64) == 3
     assert concurrency_for({"CPU": 16}, 1, 0, None, 5) == 5

@@ -462,8 +462,16 @@ class Job(SupervisedJob):
         rows = parts[split]
         metrics, _ = self.evaluate(fitted, prep, prep.X.iloc[rows], prep.y[rows])
         figures = {k: v for k, v in res.figures.items() if isinstance(v, (int, float))}
-        session.report(
-            res.figures["epochs_trained"],
-            {**{f"{split}.{k}": v for k, v in metrics.items()}, **figures},
-            final=True,
-        )
+        report = {**{f"{split}.{k}": v for k, v in metrics.items()}, **figures}
+
+        def build():  # what fit() returns for the same loop
+            curve = pd.DataFrame(res.history, columns=["iteration", "split", "metric", "value"])
+            kept = {
+                k: v
+                for k, v in res.figures.items()
+                if k not in ("attempts", "resumed_from", "loop_s")
+            }
+            return self.tune_output(data, fitted, kept, {"learning_curve": curve})
+
+        session.keep(report, build)
+        session.report(res.figures["epochs_trained"], report, final=True)

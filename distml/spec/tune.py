@@ -248,8 +248,10 @@ class TuneSpec(BaseModel):
         None,
         ge=1,
         le=1_000_000,
-        description="Iterative kinds: report to the scheduler every N iterations; default: about "
-        "10 reports per trial.",
+        description="Iterative kinds: report to the scheduler every N iterations; default: what "
+        "the scheduler reads (asha: every grace_period iterations; median: about 10 per trial; "
+        "none: the final report and those carrying a checkpoint, about 10 per trial with "
+        "time_budget_s).",
     )
     checkpoint_every: int | None = Field(
         None,

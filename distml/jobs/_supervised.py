@@ -269,6 +269,9 @@ class SupervisedJob(Job):
         """The run's output of a fitted ``model``: metrics on every split (and the test
         source), confusion matrix, predictions, importance, model files and schema (what
         :meth:`fit_and_evaluate` and a search's kept best trial write)."""
+        import numpy as np
+        import pandas as pd
+
         out = JobOutput(tables=dict(tables))
         confusion, predictions = [], []
         held_out = prep.X_test is not None or any(k != "train" for k in parts)

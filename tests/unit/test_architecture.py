@@ -1,6 +1,7 @@
 """The shape of the package (CONVENTIONS.md §12–14, DESIGN.md §1), checked so it cannot drift:
-the import-linter contracts name every registered kind, and no private name (``_x``) is
-imported across modules. ``lint-imports`` itself runs in ``make test``."""
+the import-linter contracts name every registered kind, no private name (``_x``) is
+imported across modules, and names imported only for type checking are imported where they run.
+``lint-imports`` itself runs in ``make test``."""
 
 from __future__ import annotations
 
@@ -93,3 +94,79 @@ def test_no_module_is_too_long_to_read():
         if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES
     }
     assert not long, f"modules over {MAX_MODULE_LINES} lines (split them): {long}"
+
+
+def _imported(node) -> set[str]:
+    return {(a.asname or a.name.split(".")[0]) for a in node.names}
+
+
+def _type_checking_only(tree: ast.Module) -> set[str]:
+    """Names a module imports only under ``if TYPE_CHECKING:`` (numpy, pandas, ...)."""
+    guarded, plain = set(), set()
+    for node in tree.body:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for n in ast.walk(node):
+                if isinstance(n, (ast.Import, ast.ImportFrom)):
+                    guarded |= _imported(n)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            plain |= _imported(node)
+    return guarded - plain
+
+
+def _annotation_ids(fn) -> set[int]:
+    args = fn.args
+    nodes = [a.annotation for a in args.args + args.kwonlyargs + args.posonlyargs]
+    nodes += [a.annotation for a in (args.vararg, args.kwarg) if a is not None]
+    nodes.append(fn.returns)
+    return {id(m) for n in nodes if n is not None for m in ast.walk(n)}
+
+
+def _runtime_uses(fn, names: set[str], available: set[str], where: str) -> list[str]:
+    """Uses of ``names`` in ``fn`` (not in annotations) that no import in it or an enclosing
+    function provides; nested functions see their enclosing functions' imports."""
+    local = set(available)
+    skip: set[int] = set(_annotation_ids(fn))
+    nested = []
+    for n in ast.walk(fn):
+        if n is not fn and isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            if not isinstance(n, ast.Lambda):
+                nested.append(n)
+                skip |= {id(m) for m in ast.walk(n)}
+        elif isinstance(n, (ast.Import, ast.ImportFrom)):
+            local |= _imported(n)
+        elif isinstance(n, ast.AnnAssign):
+            skip |= {id(m) for m in ast.walk(n.annotation)}
+    bad = [
+        f"{where}:{n.lineno}: {n.id} in {fn.name}()"
+        for n in ast.walk(fn)
+        if isinstance(n, ast.Name)
+        and isinstance(n.ctx, ast.Load)
+        and n.id in names
+        and n.id not in local
+        and id(n) not in skip
+    ]
+    for inner in nested:
+        bad += _runtime_uses(inner, names, local, where)
+    return bad
+
+
+def test_names_imported_for_type_checking_only_are_imported_where_they_run():
+    """Heavy modules (numpy, pandas) are imported inside the functions that use them, so that
+    ``distml validate`` stays light (tests/unit/test_cold_path.py); a function that uses ``np``
+    or ``pd`` at run time with only the module's ``if TYPE_CHECKING:`` import fails in a Ray
+    worker with a NameError that no lint catches (F821 sees the guarded import)."""
+    bad = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        names = _type_checking_only(tree)
+        if not names:
+            continue
+        where = str(path.relative_to(ROOT))
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                bad += _runtime_uses(node, names, set(), where)
+            elif isinstance(node, ast.ClassDef):
+                for item in node.body:
+                    if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                        bad += _runtime_uses(item, names, set(), where)
+    assert not bad, "used at run time without an import in the function:\n" + "\n".join(bad)

@@ -278,6 +278,12 @@ class _Session:
     def report(self, iteration, metrics, *, final=False, files=None, state=None, send=True):
         self.reports.append((iteration, dict(metrics), final))
 
+    def keep(self, metrics, build):
+        """As the real session, offered the trial's output before its final report: build it
+        (so the kept output of a lightgbm trial is exercised) and keep it."""
+        self.kept = (dict(metrics), build())
+        return True
+
 
 @pytest.mark.parametrize(
     "metric,lgb_metric",
@@ -316,6 +322,12 @@ def test_trial_reports_lightgbm_s_metric_every_round(metric, lgb_metric):
     np.testing.assert_allclose([m[metric] for _, m, _ in rounds], values, rtol=0, atol=1e-12)
     final = session.reports[-1]
     assert final[2] and final[0] == 12 and metric in final[1]
+    # the trial offered its own output, scored as its final report says, with its model
+    kept_metrics, kept = session.kept
+    assert kept_metrics == final[1]
+    split, name = metric.split(".")
+    assert kept.metrics[split][name] == pytest.approx(final[1][metric], rel=1e-12)
+    assert any(path.startswith("model") for path in kept.files), sorted(kept.files)
 
 
 def test_search_with_asha_stops_hopeless_trials_and_refits_the_best(tmp_path):

@@ -109,9 +109,10 @@ def _release(version: str) -> tuple[int, ...]:
 
 
 def lazy_array(source, features: list[str], batch_size: int):
-    """``(X, partitions)``: the features of ``source`` (a checked SourceInfo) as a float64 Dask
+    """``(X, partitions, group)``: the features of ``source`` (a checked SourceInfo) as a float64 Dask
     array of known chunks, ``batch_size`` rows each (the last may be shorter), in data order
-    (see the module docstring); :func:`checked` adds the checks of each chunk."""
+    (see the module docstring), and the :func:`group_size` for :func:`blocks_on_ray`;
+    :func:`checked` adds the checks of each chunk."""
     import dask
     import dask.array as da
 
@@ -129,7 +130,7 @@ def lazy_array(source, features: list[str], batch_size: int):
                 f"where the parquet footers list {len(lengths)} row groups"
             )
         X = frame.astype("float64").to_dask_array(lengths=lengths)
-        n_parts = len(lengths)
+        n_parts, longest = len(lengths), max(lengths, default=0)
     else:
         parts = plan.check_rows(
             plan.by_rows(source, batch_size, virtual_rows=batch_size, count_csv_rows=True),
@@ -144,9 +145,20 @@ def lazy_array(source, features: list[str], batch_size: int):
         if not blocks:
             raise DataError(f"data.source: {source.source!r} has no rows")
         X = da.concatenate(blocks, axis=0) if len(blocks) > 1 else blocks[0]
-        n_parts = len(blocks)
+        n_parts, longest = len(blocks), max(p.rows for p in parts)
     X = X.rechunk({0: batch_size, 1: -1})
-    return X, n_parts
+    return X, n_parts, group_size(longest, batch_size)
+
+
+#: the most chunks one Ray graph of :func:`blocks_on_ray` brings to the driver
+MAX_GROUP = 8
+
+
+def group_size(partition_rows: int, batch_size: int) -> int:
+    """How many chunks :func:`blocks_on_ray` computes per Ray graph: enough to cover the longest
+    partition (so a row group is read about once, not once per chunk cut from it), at most
+    :data:`MAX_GROUP`."""
+    return max(1, min(MAX_GROUP, -(-partition_rows // max(batch_size, 1))))
 
 
 def checked(X, features: list[str], fault, where: str, step: int):
@@ -290,6 +302,49 @@ def _status(key: str) -> int | None:
 
 def _index(key) -> int:
     return int(key[1]) if isinstance(key, tuple) and len(key) > 1 and isinstance(key[1], int) else 0
+
+
+def blocks_on_ray(X, slices: list[slice], group: int) -> Iterator[np.ndarray]:
+    """``X[s]`` as numpy arrays, for each row slice ``s`` in order: the slices are computed
+    ``group`` at a time, each group one Dask graph run by Ray's Dask scheduler (the chunks of a
+    group share the Ray tasks reading the row groups they are cut from), and the next group is
+    computed while the caller fits the current one. At most two groups are held on the driver
+    (``2 × group`` chunks)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import dask
+    from ray.util.dask import ray_dask_get
+
+    def compute(part: list[slice]) -> tuple:
+        return dask.compute(*[X[s] for s in part], scheduler=ray_dask_get)
+
+    groups = [slices[i : i + group] for i in range(0, len(slices), group)]
+    if not groups:
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="dask-blocks") as pool:
+        pending = pool.submit(compute, groups[0])
+        try:
+            for i in range(len(groups)):
+                blocks = pending.result()
+                if i + 1 < len(groups):
+                    pending = pool.submit(compute, groups[i + 1])
+                yield from blocks
+        finally:
+            pending.cancel()
+
+
+def chunk_slices(X) -> list[slice]:
+    """The row slices of ``X``'s chunks."""
+    bounds = np.cumsum((0, *X.chunks[0]))
+    return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def local(block: np.ndarray, chunks=None):
+    """A numpy array already on the driver as a one-chunk Dask array (``chunks`` to cut it),
+    named at random: Dask would otherwise hash the whole array for its name."""
+    import dask.array as da
+
+    return da.from_array(block, chunks=chunks or block.shape, name=False)
 
 
 def moments(X) -> tuple[np.ndarray, np.ndarray, int]:

@@ -132,7 +132,12 @@ def run_kmeans(job, ctx):
     scaler, step, converged, passes = None, 0, False, 0
     with on_ray(ctx.log) as probe:
         t0 = time.perf_counter()
-        mean, var, n = moments(checked(X, feats, fault, "kmeans.dask", step))
+        # the moments pass (data pass 0) only when its figures are used: the scaler, or the
+        # tolerance of a later pass (a first pass never converges; tol 0 needs no variance)
+        n, tol, read = int(X.shape[0]), 0.0, 0
+        if m.scale or (m.tol > 0 and m.max_passes > 1):
+            mean, var, n = moments(checked(X, feats, fault, "kmeans.dask", step))
+            read += 1
         step += 1
         if n < m.n_clusters:
             raise DataError(
@@ -142,8 +147,9 @@ def run_kmeans(job, ctx):
             std = np.sqrt(var)
             scaler = ooc.Scaler(mean, np.where(std > 0, std, 1.0))
             var = var / scaler.scale**2
-        tol = m.tol * float(np.mean(var))
-        timings["moments_s"] = time.perf_counter() - t0
+        if read:
+            tol = m.tol * float(np.mean(var))
+            timings["moments_s"] = time.perf_counter() - t0
         inc = Incremental(
             writable_minibatch_kmeans()(
                 n_clusters=m.n_clusters,
@@ -194,7 +200,7 @@ def run_kmeans(job, ctx):
     out.info["engine"] = "dask"
     out.info["execution"] = {
         "init": "MiniBatchKMeans.partial_fit on the first chunk",
-        **execution("kmeans", X, n_parts, probe, m.batch_size, step + 1, timings),
+        **execution("kmeans", X, n_parts, probe, m.batch_size, read + passes + 1, timings),
         **ooc.resume_record(ctx),
     }
     out.info["memory"] = ooc.memory_info(probe.meta, m.batch_size, len(feats) + m.n_clusters)

@@ -317,7 +317,8 @@ def blocks_on_ray(X, slices: list[slice], group: int) -> Iterator[np.ndarray]:
     ``group`` at a time, each group one Dask graph run by Ray's Dask scheduler (the chunks of a
     group share the Ray tasks reading the row groups they are cut from), and the next group is
     computed while the caller fits the current one. At most two groups are held on the driver
-    (``2 × group`` chunks)."""
+    (``2 × group`` chunks). One group at a time: Ray's Dask scheduler keeps its callbacks (the
+    memory probe) in process-wide state, and two graphs computed at once lost task records."""
     from concurrent.futures import ThreadPoolExecutor
 
     import dask
@@ -347,12 +348,17 @@ def chunk_slices(X) -> list[slice]:
     return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def local(block: np.ndarray, chunks=None):
-    """A numpy array already on the driver as a one-chunk Dask array (``chunks`` to cut it),
-    named at random: Dask would otherwise hash the whole array for its name."""
+def local(*blocks: np.ndarray):
+    """Numpy arrays already on the driver (rows of the same features) as one Dask array, a chunk
+    each, without copies: ``da.from_array`` would copy every block and hash it for a name."""
+    import uuid
+
     import dask.array as da
 
-    return da.from_array(block, chunks=chunks or block.shape, name=False)
+    name = f"ray-blocks-{uuid.uuid4().hex}"
+    graph = {(name, i, 0): b for i, b in enumerate(blocks)}
+    chunks = (tuple(len(b) for b in blocks), (blocks[0].shape[1],))
+    return da.Array(graph, name, chunks, dtype=blocks[0].dtype)
 
 
 def moments(X) -> tuple[np.ndarray, np.ndarray, int]:

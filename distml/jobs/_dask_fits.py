@@ -212,13 +212,11 @@ def _partial_fit_pass(inc, X, group: int) -> None:
     ``group`` at a time, each group handed to ``Incremental.partial_fit`` as one Dask array of
     those chunks, its ``partial_fit`` calls run by Dask's synchronous scheduler here."""
     import dask
-    import dask.array as da
 
     pending: list[np.ndarray] = []
 
     def fit() -> None:
-        blocks = [local(b) for b in pending]
-        inc.partial_fit(da.concatenate(blocks) if len(blocks) > 1 else blocks[0])
+        inc.partial_fit(local(*pending))
         pending.clear()
 
     with dask.config.set(scheduler="sync"):

@@ -11,9 +11,17 @@ The data become one lazy Dask array with known chunks of ``model.batch_size`` ro
   :func:`distml.runtime.read.read_partition`.
 
 The fit is dask-ml's — ``dask_ml.decomposition.IncrementalPCA`` or
-``dask_ml.wrappers.Incremental(sklearn.cluster.MiniBatchKMeans)`` over the chunks in order — and
-every Dask task runs as a Ray task on the run's cluster through Ray's Dask scheduler
-(``ray.util.dask.ray_dask_get``); no ``dask.distributed`` cluster is started. A task holds one
+``dask_ml.wrappers.Incremental(sklearn.cluster.MiniBatchKMeans)`` over the chunks in order.
+What runs where: the chunk work (reads, float64 conversion, the cut into chunks, the NaN/inf
+checks, scaling) and the whole-data passes (moments, final sizes and inertia) are Dask graphs run
+as Ray tasks on the run's cluster through Ray's Dask scheduler (``ray.util.dask.ray_dask_get``;
+no ``dask.distributed`` cluster is started). The sequential fit loop — dask-ml's per-chunk
+``partial_fit``, whose small linear algebra (column means, the SVD of a ``(k + batch) × d``
+matrix) dask-ml expresses as dozens of tiny Dask tasks per batch — runs under Dask's synchronous
+scheduler in the driver, on chunks :func:`blocks_on_ray` brings from Ray a group at a time (the
+next group computed while the current one is fitted). Measured (docs/out_of_core.md), running
+those tiny tasks as Ray tasks made the fit 1.75× (PCA) to 3× (k-means) slower than a plain
+dask-ml script on threads; the driver holds at most two groups of chunks. A task holds one
 chunk (or, for parquet, the row group it is cut from), so memory follows the batch size and the
 row-group size, not the data. A worker killed mid-fit is a Ray task retried: the chunk is read
 again and the fit continues from the same state (RELIABILITY.md T4).
@@ -109,9 +117,10 @@ def _release(version: str) -> tuple[int, ...]:
 
 
 def lazy_array(source, features: list[str], batch_size: int):
-    """``(X, partitions)``: the features of ``source`` (a checked SourceInfo) as a float64 Dask
+    """``(X, partitions, group)``: the features of ``source`` (a checked SourceInfo) as a float64 Dask
     array of known chunks, ``batch_size`` rows each (the last may be shorter), in data order
-    (see the module docstring); :func:`checked` adds the checks of each chunk."""
+    (see the module docstring), and the :func:`group_size` for :func:`blocks_on_ray`;
+    :func:`checked` adds the checks of each chunk."""
     import dask
     import dask.array as da
 
@@ -129,7 +138,7 @@ def lazy_array(source, features: list[str], batch_size: int):
                 f"where the parquet footers list {len(lengths)} row groups"
             )
         X = frame.astype("float64").to_dask_array(lengths=lengths)
-        n_parts = len(lengths)
+        n_parts, longest = len(lengths), max(lengths, default=0)
     else:
         parts = plan.check_rows(
             plan.by_rows(source, batch_size, virtual_rows=batch_size, count_csv_rows=True),
@@ -144,9 +153,20 @@ def lazy_array(source, features: list[str], batch_size: int):
         if not blocks:
             raise DataError(f"data.source: {source.source!r} has no rows")
         X = da.concatenate(blocks, axis=0) if len(blocks) > 1 else blocks[0]
-        n_parts = len(blocks)
+        n_parts, longest = len(blocks), max(p.rows for p in parts)
     X = X.rechunk({0: batch_size, 1: -1})
-    return X, n_parts
+    return X, n_parts, group_size(longest, batch_size)
+
+
+#: the most chunks one Ray graph of :func:`blocks_on_ray` brings to the driver
+MAX_GROUP = 8
+
+
+def group_size(partition_rows: int, batch_size: int) -> int:
+    """How many chunks :func:`blocks_on_ray` computes per Ray graph: enough to cover the longest
+    partition (so a row group is read about once, not once per chunk cut from it), at most
+    :data:`MAX_GROUP`."""
+    return max(1, min(MAX_GROUP, -(-partition_rows // max(batch_size, 1))))
 
 
 def checked(X, features: list[str], fault, where: str, step: int):
@@ -290,6 +310,55 @@ def _status(key: str) -> int | None:
 
 def _index(key) -> int:
     return int(key[1]) if isinstance(key, tuple) and len(key) > 1 and isinstance(key[1], int) else 0
+
+
+def blocks_on_ray(X, slices: list[slice], group: int) -> Iterator[np.ndarray]:
+    """``X[s]`` as numpy arrays, for each row slice ``s`` in order: the slices are computed
+    ``group`` at a time, each group one Dask graph run by Ray's Dask scheduler (the chunks of a
+    group share the Ray tasks reading the row groups they are cut from), and the next group is
+    computed while the caller fits the current one. At most two groups are held on the driver
+    (``2 × group`` chunks). One group at a time: Ray's Dask scheduler keeps its callbacks (the
+    memory probe) in process-wide state, and two graphs computed at once lost task records."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import dask
+    from ray.util.dask import ray_dask_get
+
+    def compute(part: list[slice]) -> tuple:
+        return dask.compute(*[X[s] for s in part], scheduler=ray_dask_get)
+
+    groups = [slices[i : i + group] for i in range(0, len(slices), group)]
+    if not groups:
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="dask-blocks") as pool:
+        pending = pool.submit(compute, groups[0])
+        try:
+            for i in range(len(groups)):
+                blocks = pending.result()
+                if i + 1 < len(groups):
+                    pending = pool.submit(compute, groups[i + 1])
+                yield from blocks
+        finally:
+            pending.cancel()
+
+
+def chunk_slices(X) -> list[slice]:
+    """The row slices of ``X``'s chunks."""
+    bounds = np.cumsum((0, *X.chunks[0]))
+    return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def local(*blocks: np.ndarray):
+    """Numpy arrays already on the driver (rows of the same features) as one Dask array, a chunk
+    each, without copies: ``da.from_array`` would copy every block and hash it for a name."""
+    import uuid
+
+    import dask.array as da
+
+    name = f"ray-blocks-{uuid.uuid4().hex}"
+    graph = {(name, i, 0): b for i, b in enumerate(blocks)}
+    chunks = (tuple(len(b) for b in blocks), (blocks[0].shape[1],))
+    return da.Array(graph, name, chunks, dtype=blocks[0].dtype)
 
 
 def moments(X) -> tuple[np.ndarray, np.ndarray, int]:

@@ -10,7 +10,16 @@ import numpy as np
 
 from distml.errors import DataError
 from distml.jobs import _out_of_core as ooc
-from distml.jobs._dask_engine import checked, execution, lazy_array, moments, on_ray
+from distml.jobs._dask_engine import (
+    blocks_on_ray,
+    checked,
+    chunk_slices,
+    execution,
+    lazy_array,
+    local,
+    moments,
+    on_ray,
+)
 from distml.runtime import faults
 
 
@@ -20,14 +29,16 @@ def run_pca(job, ctx):
     scikit-learn's ``IncrementalPCA.fit`` cuts an array, so equal to it."""
     import warnings
 
+    import dask
     from dask_ml.decomposition import IncrementalPCA
+    from sklearn.utils import gen_batches
 
     from distml.jobs.base import JobOutput
     from distml.jobs.pca import FittedPCA, flip_signs
 
     m, feats = job.spec.model, ctx.data.features
     fault = faults.from_env("pca.dask")
-    X, n_parts = lazy_array(ctx.data.source, feats, m.batch_size)
+    X, n_parts, group = lazy_array(ctx.data.source, feats, m.batch_size)
     ctx.log.info(
         "pca (engine dask): %d partitions, %d chunks of %d rows, %d features",
         n_parts,
@@ -54,9 +65,14 @@ def run_pca(job, ctx):
         ipca = IncrementalPCA(
             n_components=m.n_components, batch_size=m.batch_size, svd_solver="full"
         )
-        with warnings.catch_warnings():  # dask's 0/0 while it infers a chunk's meta
-            warnings.simplefilter("ignore", RuntimeWarning)
-            ipca.fit(Xf)
+        # IncrementalPCA.fit's loop: partial_fit on the batches gen_batches cuts (the last one
+        # merged into the one before when shorter than n_components); each batch computed on
+        # Ray, its small linear algebra run by Dask's synchronous scheduler where it now is
+        batches = list(gen_batches(X.shape[0], m.batch_size, min_batch_size=m.n_components or 0))
+        with warnings.catch_warnings(), dask.config.set(scheduler="sync"):
+            warnings.simplefilter("ignore", RuntimeWarning)  # dask's 0/0 inferring a meta
+            for block in blocks_on_ray(Xf, batches, group):
+                ipca.partial_fit(local(block), check_input=False)
         timings["fit_s"] = time.perf_counter() - t0
     n = int(ipca.n_samples_seen_)
     if n < 2:
@@ -103,7 +119,7 @@ def run_kmeans(job, ctx):
 
     m, feats = job.spec.model, ctx.data.features
     fault = faults.from_env("kmeans.dask")
-    X, n_parts = lazy_array(ctx.data.source, feats, m.batch_size)
+    X, n_parts, group = lazy_array(ctx.data.source, feats, m.batch_size)
     ctx.log.info(
         "kmeans (engine dask): %d partitions, %d chunks of %d rows, k=%d",
         n_parts,
@@ -116,7 +132,12 @@ def run_kmeans(job, ctx):
     scaler, step, converged, passes = None, 0, False, 0
     with on_ray(ctx.log) as probe:
         t0 = time.perf_counter()
-        mean, var, n = moments(checked(X, feats, fault, "kmeans.dask", step))
+        # the moments pass (data pass 0) only when its figures are used: the scaler, or the
+        # tolerance of a later pass (a first pass never converges; tol 0 needs no variance)
+        n, tol, read = int(X.shape[0]), 0.0, 0
+        if m.scale or (m.tol > 0 and m.max_passes > 1):
+            mean, var, n = moments(checked(X, feats, fault, "kmeans.dask", step))
+            read += 1
         step += 1
         if n < m.n_clusters:
             raise DataError(
@@ -126,8 +147,9 @@ def run_kmeans(job, ctx):
             std = np.sqrt(var)
             scaler = ooc.Scaler(mean, np.where(std > 0, std, 1.0))
             var = var / scaler.scale**2
-        tol = m.tol * float(np.mean(var))
-        timings["moments_s"] = time.perf_counter() - t0
+        if read:
+            tol = m.tol * float(np.mean(var))
+            timings["moments_s"] = time.perf_counter() - t0
         inc = Incremental(
             writable_minibatch_kmeans()(
                 n_clusters=m.n_clusters,
@@ -143,7 +165,9 @@ def run_kmeans(job, ctx):
         for passes in range(1, m.max_passes + 1):  # noqa: B007 - read after the loop
             Xf = checked(X, feats, fault, "kmeans.dask", step)
             step += 1
-            inc.partial_fit((Xf - scaler.mean) / scaler.scale if scaler is not None else Xf)
+            if scaler is not None:
+                Xf = (Xf - scaler.mean) / scaler.scale
+            _partial_fit_pass(inc, Xf, group)
             new = np.array(inc.estimator_.cluster_centers_, dtype=np.float64)
             shift = float(((new - old) ** 2).sum()) if old is not None else float("inf")
             history.append(
@@ -176,11 +200,32 @@ def run_kmeans(job, ctx):
     out.info["engine"] = "dask"
     out.info["execution"] = {
         "init": "MiniBatchKMeans.partial_fit on the first chunk",
-        **execution("kmeans", X, n_parts, probe, m.batch_size, step + 1, timings),
+        **execution("kmeans", X, n_parts, probe, m.batch_size, read + passes + 1, timings),
         **ooc.resume_record(ctx),
     }
     out.info["memory"] = ooc.memory_info(probe.meta, m.batch_size, len(feats) + m.n_clusters)
     return out
+
+
+def _partial_fit_pass(inc, X, group: int) -> None:
+    """One pass of ``inc.partial_fit`` over ``X``'s chunks in order: the chunks computed on Ray
+    ``group`` at a time, each group handed to ``Incremental.partial_fit`` as one Dask array of
+    those chunks, its ``partial_fit`` calls run by Dask's synchronous scheduler here."""
+    import dask
+
+    pending: list[np.ndarray] = []
+
+    def fit() -> None:
+        inc.partial_fit(local(*pending))
+        pending.clear()
+
+    with dask.config.set(scheduler="sync"):
+        for block in blocks_on_ray(X, chunk_slices(X), group):
+            pending.append(block)
+            if len(pending) == group:
+                fit()
+        if pending:
+            fit()
 
 
 _WRITABLE: dict[str, type] = {}

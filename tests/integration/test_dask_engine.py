@@ -128,6 +128,31 @@ def test_kmeans_equals_sklearn_minibatch_kmeans_fed_the_same_batches(kmeans_run,
     assert hist["pass"].tolist() == [1, 2] and (hist["rows"] == 60_000).all()
     assert r.manifest["engine"] == "dask"
     assert r.manifest["execution"]["path"] == "dask_minibatch"
+    # tol 0 and no scaling: no moments pass, only the two passes and the final one
+    assert r.manifest["execution"]["data_passes"] == 3
+    assert "moments_s" not in r.manifest["execution"]["timings_s"]
+
+
+def test_kmeans_with_scale_runs_the_moments_pass_and_equals_sklearn_on_scaled_batches(
+    blobs, tmp_path
+):
+    from sklearn.cluster import MiniBatchKMeans
+    from sklearn.preprocessing import StandardScaler
+
+    path, df = blobs
+    model = {**KMEANS_MODEL, "scale": True, "tol": 1e-12}
+    r = distml.run(_spec("kmeans", path, **model), output=tmp_path)
+    sc = StandardScaler().fit(df[FEATS].to_numpy())
+    Z = sc.transform(df[FEATS].to_numpy())
+    sk = MiniBatchKMeans(5, batch_size=BATCH, n_init=3, random_state=7)
+    for _ in range(r.metrics["passes"]):
+        for lo in range(0, len(Z), BATCH):
+            sk.partial_fit(Z[lo : lo + BATCH])
+    got = r.tables["centers"][FEATS].to_numpy()
+    np.testing.assert_allclose(got, sk.cluster_centers_ * sc.scale_ + sc.mean_, atol=1e-8)
+    np.testing.assert_allclose(r.metrics["inertia"], -sk.score(Z), rtol=1e-9)
+    ex = r.manifest["execution"]
+    assert ex["data_passes"] == r.metrics["passes"] + 2 and "moments_s" in ex["timings_s"]
 
 
 def test_distml_predict_on_dask_engine_runs(pca_run, kmeans_run, blobs, tmp_path):

@@ -272,7 +272,7 @@ def _pretask(key, object_refs):
             fh.write("5")
     except OSError:
         pass
-    return time.perf_counter(), _status("VmRSS")
+    return time.perf_counter(), ooc.status_bytes("VmRSS")
 
 
 def _posttask(sink, key, result, pre_state) -> None:
@@ -280,7 +280,7 @@ def _posttask(sink, key, result, pre_state) -> None:
     from dask.utils import key_split
 
     t0, rss0 = pre_state
-    peak = _status("VmHWM")
+    peak = ooc.status_bytes("VmHWM")
     rows = int(result.shape[0]) if getattr(result, "ndim", 0) >= 1 else 0
     sink.add.remote(
         {
@@ -294,18 +294,6 @@ def _posttask(sink, key, result, pre_state) -> None:
             "rss_increase": (peak - rss0) if peak and rss0 else None,
         }
     )
-
-
-def _status(key: str) -> int | None:
-    """A ``/proc/self/status`` figure in bytes (None off Linux)."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def _index(key) -> int:

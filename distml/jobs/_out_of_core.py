@@ -360,10 +360,10 @@ class TaskProbe:
                 fh.write("5")
         except OSError:
             pass
-        self.rss0 = _status_bytes("VmRSS")
+        self.rss0 = status_bytes("VmRSS")
 
     def meta(self, rows: int) -> list[dict]:
-        peak = _status_bytes("VmHWM")
+        peak = status_bytes("VmHWM")
         return [
             {
                 "partition": self.part.index,
@@ -378,7 +378,8 @@ class TaskProbe:
         ]
 
 
-def _status_bytes(key: str) -> int | None:
+def status_bytes(key: str) -> int | None:
+    """A ``/proc/self/status`` figure in bytes (``VmRSS``, ``VmHWM``; None off Linux)."""
     try:
         with open("/proc/self/status") as fh:
             for line in fh:

@@ -57,12 +57,12 @@ def _run_log(run_dir) -> Iterator[None]:
     handler = logging.FileHandler(tmp, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.DEBUG)
-    log.addHandler(handler)
-    _trace.addHandler(handler)
     old_level = log.level
-    if log.level == logging.NOTSET or log.level > logging.INFO:
-        log.setLevel(logging.INFO)
-    try:
+    try:  # a signal between these steps still removes the handler
+        log.addHandler(handler)
+        _trace.addHandler(handler)
+        if log.level == logging.NOTSET or log.level > logging.INFO:
+            log.setLevel(logging.INFO)
         yield
     finally:
         log.removeHandler(handler)
@@ -181,40 +181,47 @@ def _run(
             "pid": os.getpid(),
             "resume": resume,
         }
-        run_dir.write_yaml("spec.yaml", job_spec.to_dict())
-        run_dir.write_json("manifest.json", manifest)
-        with _run_log(run_dir):
-            log.info(
-                "run %s/%s (%s) in %s", job_spec.name, run_dir.run_id, job_spec.kind, run_dir.path
-            )
-            try:
-                out = _execute(job, job_spec, info, run_dir, address, resume, manifest, timings, cl)
-                t0 = time.perf_counter()
-                progress.current().stage("write")
-                for name, frame in out.tables.items():
-                    run_dir.write_parquet(f"tables/{name}.parquet", frame)
-                for rel, data in out.files.items():
-                    run_dir.write_bytes(rel, data)
-                for rel, text in out.texts.items():
-                    run_dir.write_text(rel, text)
-                run_dir.write_json("metrics.json", out.metrics)
-                timings["write_s"] = time.perf_counter() - t0
-                timings["total_s"] = time.time() - t_start
-                manifest.update(
-                    status="succeeded",
-                    finished_at=time.time(),
-                    timings=_round(timings),
-                    **({"best_config": out.best_config} if out.best_config else {}),
-                    **out.info,
+        try:  # from the first manifest on, a stop at any moment is recorded (never `running`)
+            run_dir.write_yaml("spec.yaml", job_spec.to_dict())
+            run_dir.write_json("manifest.json", manifest)
+            with _run_log(run_dir):
+                log.info(
+                    "run %s/%s (%s) in %s",
+                    job_spec.name,
+                    run_dir.run_id,
+                    job_spec.kind,
+                    run_dir.path,
                 )
-                manifest["report"] = _report(run_dir, manifest, timings, t_start)
-                run_dir.write_json("manifest.json", manifest)
-                log.info("run succeeded in %.1fs", timings["total_s"])
-            except BaseException as e:
-                if _record_failure(run_dir, manifest, timings, e) is e:
-                    raise
-                raise KeyboardInterrupt("terminated by signal 15 (SIGTERM)") from None
-        try:  # run.log is in place now: digests of every artifact, then _SUCCESS
+                try:
+                    out = _execute(
+                        job, job_spec, info, run_dir, address, resume, manifest, timings, cl
+                    )
+                    t0 = time.perf_counter()
+                    progress.current().stage("write")
+                    for name, frame in out.tables.items():
+                        run_dir.write_parquet(f"tables/{name}.parquet", frame)
+                    for rel, data in out.files.items():
+                        run_dir.write_bytes(rel, data)
+                    for rel, text in out.texts.items():
+                        run_dir.write_text(rel, text)
+                    run_dir.write_json("metrics.json", out.metrics)
+                    timings["write_s"] = time.perf_counter() - t0
+                    timings["total_s"] = time.time() - t_start
+                    manifest.update(
+                        status="succeeded",
+                        finished_at=time.time(),
+                        timings=_round(timings),
+                        **({"best_config": out.best_config} if out.best_config else {}),
+                        **out.info,
+                    )
+                    manifest["report"] = _report(run_dir, manifest, timings, t_start)
+                    run_dir.write_json("manifest.json", manifest)
+                    log.info("run succeeded in %.1fs", timings["total_s"])
+                except BaseException as e:
+                    if _record_failure(run_dir, manifest, timings, e) is e:
+                        raise
+                    raise KeyboardInterrupt("terminated by signal 15 (SIGTERM)") from None
+            # run.log is in place now: digests of every artifact, then _SUCCESS
             if frames:
                 t0 = time.perf_counter()
                 staging.close()  # the staged copies go before the digests
@@ -222,7 +229,9 @@ def _run(
                     time.perf_counter() - t0
                 )
             run_dir.mark_success(manifest)
-        except BaseException as e:
+        except BaseException as e:  # outside the job's own handler: not recorded yet
+            if manifest["status"] in ("failed", "interrupted"):
+                raise
             if _record_failure(run_dir, manifest, timings, e) is e:
                 raise
             raise KeyboardInterrupt("terminated by signal 15 (SIGTERM)") from None

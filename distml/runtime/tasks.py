@@ -141,8 +141,8 @@ class Runner:
                 )
                 yield ray.get(done), len(pending)
         finally:
-            for ref in pending:  # a lost task failed the job: free the CPUs of the others
-                ray.cancel(ref)
+            if pending:  # a lost task failed the job: free the CPUs of the others
+                cancel_all(pending)
 
     def get(self, refs, what: str = "an out-of-core task"):
         """``ray.get`` that re-raises a task's own DataError/SpecError as itself."""
@@ -165,3 +165,20 @@ class Runner:
                 f"{what} failed after {self.opts['max_retries']} retries: "
                 f"{type(e).__name__}: {text[0] if text else ''}"[:500]
             ) from e
+
+
+def cancel_all(refs: list, grace_s: float = 2.0) -> None:
+    """Cancel ``refs`` and make it stick: a cancel that races a task's hand-over to its worker
+    can be lost (the task then runs to its end, holding its CPU), so the tasks not ended after
+    ``grace_s`` are cancelled again, then force-cancelled (their worker process is killed)."""
+    import ray
+
+    for force in (False, False, True):
+        for ref in refs:
+            try:
+                ray.cancel(ref, force=force)
+            except Exception:  # noqa: BLE001 - already finished or gone: nothing to free
+                pass
+        _, refs = ray.wait(refs, num_returns=len(refs), timeout=grace_s / 2, fetch_local=False)
+        if not refs:
+            return

@@ -78,3 +78,34 @@ def test_stream_yields_as_tasks_finish_and_cancels_the_rest(ray_cluster):
     _free_cpus(ray_cluster)  # the 30-second tasks were cancelled
     done = [r for batch, _ in runner.stream(runner.map(nap, [0, 1])) for r in batch]
     assert sorted(done) == [0, 1]
+
+
+def test_cancel_all_ends_a_task_that_survives_a_plain_cancel(ray_cluster):
+    """A task the plain cancel does not end (here it swallows the interruption; in Ray, a cancel
+    that races the task's hand-over to its worker is lost the same way) is force-cancelled:
+    its CPU is free within the grace period, not when the task would have ended."""
+    from distml.runtime.tasks import cancel_all
+
+    @ray_cluster.remote(num_cpus=1, max_retries=0)
+    def stubborn():
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            try:
+                time.sleep(0.1)
+            except KeyboardInterrupt:
+                pass
+        return "ran to its end"
+
+    ref = stubborn.remote()
+    deadline = time.monotonic() + 30
+    while ray_cluster.available_resources().get("CPU", 0) >= ray_cluster.cluster_resources()["CPU"]:
+        assert time.monotonic() < deadline, "the task never started"
+        time.sleep(0.05)
+    t0 = time.monotonic()
+    cancel_all([ref], grace_s=1.0)
+    assert time.monotonic() - t0 < 10
+    with pytest.raises(
+        (ray_cluster.exceptions.TaskCancelledError, ray_cluster.exceptions.WorkerCrashedError)
+    ):
+        ray_cluster.get(ref, timeout=30)
+    _free_cpus(ray_cluster, timeout=10.0)

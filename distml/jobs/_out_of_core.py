@@ -91,6 +91,33 @@ def iter_batches(
         yield Batch(X, table.select(keep) if keep else None)
 
 
+@dataclass
+class Decoded:
+    """A partition as its first pass decoded it: the refs of the same batches (float64, Fortran
+    order, one object each) in the same order, kept in the object store so the later passes
+    skip reading and decoding. A task maps one batch at a time (read-only, zero-copy)."""
+
+    part: Partition
+    batches: list
+
+
+def batches_of(src, features: list[str], batch_size: int) -> tuple[Partition, Iterator[Batch]]:
+    """``(partition, batches)`` of a pass's input: a :class:`Decoded` partition's kept batches,
+    else the partition read and decoded again."""
+    if isinstance(src, Decoded):
+        import ray
+
+        return src.part, (Batch(ray.get(ref)) for ref in src.batches)
+    return src, iter_batches(src, features, batch_size)
+
+
+def decoded_fits(rows: int | None, n_features: int, resources: dict, share: float = 0.5) -> bool:
+    """Whether ``rows`` × ``n_features`` float64 fit ``share`` of the cluster's object store
+    (unknown row counts or store sizes: no)."""
+    store = resources.get("object_store_memory")
+    return bool(rows and store) and rows * n_features * 8 <= share * store
+
+
 def _matrix(table, features: list[str], where: str) -> np.ndarray:
     import pyarrow as pa
 

@@ -91,6 +91,23 @@ class Runner:
         self._watch = (fn.__name__.strip("_").removesuffix("_task"), refs, parts)
         return refs
 
+    def map_yields(self, fn: Callable, parts: list, *args) -> list[list]:
+        """``fn(part, *args)``, a generator, as one Ray streaming-generator task per partition:
+        the refs of what each task yielded, in order, per partition. Each yielded value is an
+        object of its own, owned by the caller and kept while its ref lives, so a task holds
+        one at a time; a retried task's values are not repeated. A task's error is its last
+        ref (``get`` raises it)."""
+        remote = self.remote(fn)
+        gens: list = []
+        out: list[list] = []
+        for p in parts:
+            if self.cap is not None and len(gens) - len(out) >= self.cap:
+                out.append(list(gens[len(out)]))  # the oldest task's values: it is done
+            gens.append(remote.remote(p, *args))
+        out += [list(g) for g in gens[len(out) :]]
+        self.tasks += len(parts)
+        return out
+
     def _track(self, refs: list) -> None:
         """Count the partitions (and rows) of the last map as its tasks finish, on distml's
         progress display; nothing when progress is off."""

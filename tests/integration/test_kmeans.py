@@ -132,6 +132,46 @@ def test_killed_task_is_retried_and_changes_nothing(tmp_path, blobs, monkeypatch
         time.sleep(0.2)
 
 
+def test_kept_batches_give_the_result_of_reading_again(tmp_path, blobs, monkeypatch):
+    """The later passes on the batches the sample pass kept in the object store equal the same
+    passes reading and decoding the parquet again, bit for bit (scaled, with refine passes); a
+    worker killed during such a pass is retried on the same kept batches (T4)."""
+    path, _ = blobs
+    spec = _spec(path, scale=True, max_passes=3, tol=0.0, refine_passes=1)
+    reread = distml.run(
+        {**spec, "model": {**spec["model"], "keep_decoded": False}}, output=tmp_path / "a"
+    )
+    auto = distml.run(spec, output=tmp_path / "b")  # 48k x 8 fit the store: kept
+    assert reread.manifest["execution"]["kept_decoded"] is False
+    assert auto.manifest["execution"]["kept_decoded"] is True
+    assert auto.metrics == reread.metrics
+    for name in ("centers", "pass_history"):
+        pd.testing.assert_frame_equal(auto.tables[name], reread.tables[name])
+    marker = tmp_path / "crashed"
+    monkeypatch.setenv(ooc.FAULT_ENV, f"{marker}:minibatch:2:1")
+    hit = distml.run(spec, output=tmp_path / "hit")
+    assert marker.exists() and hit.manifest["execution"]["kept_decoded"] is True
+    assert hit.metrics == reread.metrics
+
+
+def test_a_bad_row_fails_the_sample_pass_whether_batches_are_kept_or_not(tmp_path):
+    df = pd.DataFrame({"a": np.arange(100.0), "b": np.r_[np.nan, np.ones(99)]})
+    path = tmp_path / "d.parquet"
+    df.to_parquet(path)
+    for keep in (True, False):
+        with pytest.raises(distml.DataError, match="column 'b' has missing values in"):
+            distml.run(
+                {
+                    "name": "bad",
+                    "kind": "kmeans",
+                    "data": {"source": str(path)},
+                    "model": {"n_clusters": 2, "batch_size": 10, "keep_decoded": keep},
+                },
+                output=tmp_path / "runs",
+                run_id=f"keep-{keep}",
+            )
+
+
 def test_bad_rows_fail_the_job_with_a_data_error(tmp_path):
     df = pd.DataFrame({"a": np.arange(100.0), "b": np.r_[np.ones(99), np.nan]})
     path = tmp_path / "d.parquet"

@@ -55,10 +55,14 @@ from distml.runtime import faults, tasks
 
 
 def _scaled(batch: ooc.Batch, scaler: ooc.Scaler | None) -> np.ndarray:
-    return scaler.apply(batch.X) if scaler is not None else batch.X
+    if scaler is None:
+        return batch.X
+    return scaler.apply(batch.X if batch.X.flags.writeable else batch.X.copy())
 
 
-def _sample_task(part, features, batch_size, m, threshold, seed, fault) -> SamplePass:
+def _sample_task(part, features, batch_size, m, threshold, seed, keep, fault):
+    """The sample pass over one partition, a generator: with ``keep``, every decoded batch
+    (each its own object, for the later passes), then the :class:`SamplePass`."""
     probe = ooc.TaskProbe(part, "sample")
     rng = np.random.default_rng([seed, part.index])
     d = len(features)
@@ -66,15 +70,18 @@ def _sample_task(part, features, batch_size, m, threshold, seed, fault) -> Sampl
     for i, batch in enumerate(ooc.iter_batches(part, features, batch_size)):
         faults.crash(fault, "kmeans.sample", i, partition=part.index)
         smp = smp.add(batch.X, rng.random(len(batch.X)))  # copies the rows it keeps
+        if keep:
+            yield batch.X  # stored before the generator resumes
         mom = mom.add(batch.X)  # centres the batch in place
-    return SamplePass(mom, smp, probe.meta(mom.n))
+    yield SamplePass(mom, smp, probe.meta(mom.n))
 
 
-def _minibatch_task(part, features, batch_size, centers, counts, scaler, fault) -> PassStats:
+def _minibatch_task(src, features, batch_size, centers, counts, scaler, fault) -> PassStats:
+    part, batches = ooc.batches_of(src, features, batch_size)
     probe = ooc.TaskProbe(part, "minibatch")
     C, cnt = centers.copy(), counts.copy()
     st = PassStats(np.zeros_like(C), np.zeros(len(C)), 0.0, 0)
-    for i, batch in enumerate(ooc.iter_batches(part, features, batch_size)):
+    for i, batch in enumerate(batches):
         faults.crash(fault, "kmeans.minibatch", i, partition=part.index)
         X = _scaled(batch, scaler)
         sums, n, inertia = minibatch_step(X, C, cnt)
@@ -83,10 +90,11 @@ def _minibatch_task(part, features, batch_size, centers, counts, scaler, fault) 
     return st
 
 
-def _lloyd_task(part, features, batch_size, centers, scaler, fault) -> PassStats:
+def _lloyd_task(src, features, batch_size, centers, scaler, fault) -> PassStats:
+    part, batches = ooc.batches_of(src, features, batch_size)
     probe = ooc.TaskProbe(part, "lloyd")
     st = PassStats(np.zeros_like(centers), np.zeros(len(centers)), 0.0, 0)
-    for i, batch in enumerate(ooc.iter_batches(part, features, batch_size)):
+    for i, batch in enumerate(batches):
         faults.crash(fault, "kmeans.lloyd", i, partition=part.index)
         X = _scaled(batch, scaler)
         labels, dist = assign(X, centers)
@@ -98,20 +106,23 @@ def _lloyd_task(part, features, batch_size, centers, scaler, fault) -> PassStats
     return st
 
 
-def _final_task(part, features, batch_size, centers, scaler, keep, out_dir, fault) -> PassStats:
-    """Sizes and inertia over the full data; with ``out_dir``, writes the assignments."""
+def _final_task(src, features, batch_size, centers, scaler, keep, out_dir, fault) -> PassStats:
+    """Sizes and inertia over the full data; with ``out_dir``, writes the assignments (read
+    again with the ``keep`` columns)."""
     import contextlib
 
     import pyarrow as pa
 
+    if out_dir:
+        part, batches = src, ooc.iter_batches(src, features, batch_size, keep)
+    else:
+        part, batches = ooc.batches_of(src, features, batch_size)
     probe = ooc.TaskProbe(part, "final")
     k = len(centers)
     counts, inertia, rows = np.zeros(k), 0.0, 0
     writer = ooc.PartWriter(out_dir, part.name) if out_dir else contextlib.nullcontext()
     with writer:
-        for i, batch in enumerate(
-            ooc.iter_batches(part, features, batch_size, keep if out_dir else None)
-        ):
+        for i, batch in enumerate(batches):
             faults.crash(fault, "kmeans.final", i, partition=part.index)
             labels, dist = assign(_scaled(batch, scaler), centers)
             counts += np.bincount(labels, minlength=k)
@@ -176,15 +187,27 @@ class _Fit:
         self.meta: list = []
         self.history: list[dict] = []
         self.timings: dict[str, float] = {}
+        self.decoded: list | None = None  # refs of the sample pass's kept batches (ooc.Decoded)
 
-    def over_data(self, stage: str, task, *args):
-        """One parallel pass (a task per partition), merged; timed as ``stage``."""
+    def over_data(self, stage: str, task, *args, reread: bool = False):
+        """One parallel pass (a task per partition), merged; timed as ``stage``. Its tasks get
+        the kept batches of the sample pass when there are (unless ``reread``), else the
+        partitions."""
         t0 = time.perf_counter()
         progress.current().stage(
             "train",
             f"k-means {stage.removesuffix('_s')} pass; {len(self.history)} centre updates so far",
         )
-        refs = self.runner.map(task, self.plan, self.feats, self.m.batch_size, *args, self.fault)
+        if task is _sample_task:  # a generator: its batches (when kept), then its state
+            yields = self.runner.map_yields(
+                task, self.plan, self.feats, self.m.batch_size, *args, self.fault
+            )
+            refs = [y[-1] for y in yields]
+            if any(len(y) > 1 for y in yields):
+                self.decoded = [ooc.Decoded(p, y[:-1]) for p, y in zip(self.plan, yields)]
+        else:
+            inputs = self.plan if reread or self.decoded is None else self.decoded
+            refs = self.runner.map(task, inputs, self.feats, self.m.batch_size, *args, self.fault)
         merged = self.runner.reduce(refs)
         self.meta += merged.meta
         self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - t0
@@ -311,8 +334,15 @@ class Job(BaseJob):
                 break
         out_dir = str(ctx.run_dir.file("transformed")) if m.transform else None
         final = fit.over_data(
-            "final_s", _final_task, fit.runner.put(centers), scaler_ref, m.keep_columns, out_dir
+            "final_s",
+            _final_task,
+            fit.runner.put(centers),
+            scaler_ref,
+            m.keep_columns,
+            out_dir,
+            reread=out_dir is not None,
         )
+        kept_decoded, fit.decoded = fit.decoded is not None, None  # the store's copy goes
         if out_dir:
             ooc.discard_partials(out_dir)
         model = FittedKMeans(fit.feats, centers, final.counts.astype(np.int64), scaler)
@@ -332,6 +362,7 @@ class Job(BaseJob):
             "batch_size": m.batch_size,
             "init_size": self.init_size(),
             "data_passes": 2 + passes + refines,
+            "kept_decoded": kept_decoded,  # the later passes read the sample pass's batches
             "stages": ooc.stage_info(fit.meta),
             "timings_s": {k: round(v, 4) for k, v in fit.timings.items()},
             **passes_ckpt.ckpt.record(),
@@ -348,12 +379,16 @@ class Job(BaseJob):
         """The sample pass, then the best of ``n_init`` k-means++ starts on the sample."""
         m, init_size = self.spec.model, self.init_size()
         size = (m.n_init + 1) * init_size
+        keep = m.keep_decoded
+        if keep is None:
+            keep = ooc.decoded_fits(ctx.data.source.rows, len(fit.feats), ctx.cluster.resources)
         first = fit.over_data(
             "sample_s",
             _sample_task,
             size,
             ooc.Sample.threshold_for(size, ctx.data.source.rows),
             m.seed,
+            keep,
         )
         mom = first.moments
         if mom.n < m.n_clusters:

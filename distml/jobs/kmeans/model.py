@@ -76,6 +76,12 @@ class KMeansModelSpec(StrictModel):
     partition_rows: int | None = Field(
         None, ge=1, description="Rows per task (row groups are never split); default 1048576."
     )
+    keep_decoded: bool | None = Field(
+        None,
+        description="Keep the batches the sample pass decoded in Ray's object store for the "
+        "later passes (no second read or decode); default: when they fit half of it "
+        "(rows × features × 8 bytes). Ray spills them to disk when memory runs short.",
+    )
 
 
 class Spec(JobSpec):

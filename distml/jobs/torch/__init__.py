@@ -255,27 +255,32 @@ class Job(SupervisedJob):
         """(task, inputs, X_train, y_train, X_valid, y_valid) as torch tensors."""
         import torch
 
-        from distml.jobs.torch.model import Inputs
-
-        task = self.torch_task(prep)
-        m = self.spec.model
-        inputs = Inputs.fit(
-            prep.X.iloc[train],
-            prep.categories,
-            prep.y[train],
-            m.standardize,
-            regression=task == "regression",
-        )
+        task, inputs = self.fit_inputs(prep, train)
 
         def pair(rows):
             return (
-                torch.from_numpy(inputs.design(prep.X.iloc[rows])),
+                torch.from_numpy(inputs.design(prep.X, rows)),
                 torch.from_numpy(inputs.target(prep.y[rows], task)),
             )
 
         Xt, yt = pair(train)
         Xv, yv = pair(valid) if valid is not None and len(valid) else (None, None)
         return task, inputs, Xt, yt, Xv, yv
+
+    def fit_inputs(self, prep: Prepared, train: np.ndarray):
+        """(task, :class:`~distml.jobs.torch.model.Inputs` fitted on the train rows)."""
+        from distml.jobs.torch.model import Inputs
+
+        task = self.torch_task(prep)
+        inputs = Inputs.fit(
+            prep.X,
+            prep.categories,
+            prep.y[train],
+            self.spec.model.standardize,
+            regression=task == "regression",
+            rows=train,
+        )
+        return task, inputs
 
     def model_config(self, inputs, task: str, prep: Prepared) -> dict:
         from distml.jobs._supervised import py_scalar
@@ -328,7 +333,7 @@ class Job(SupervisedJob):
         from distml.jobs.torch.model import build_net, load_state
 
         if self._pretrained is not None:  # trained by a worker group: rebuild, do not train
-            task, inputs, *_ = self.tensors(prep, train, valid[:0] if valid is not None else None)
+            task, inputs = self.fit_inputs(prep, train)  # as the workers fitted them
             config = self.model_config(inputs, task, prep)
             net = build_net(self.spec.model, config["in_features"], config["out_features"])
             net.load_state_dict(load_state(self._pretrained["weights"]))

@@ -19,18 +19,31 @@ apart (``ray_init_s``). Sides, alternated after a warm-up:
   (``DummyClassifier`` on iris: each trial rebuilds its spec, fits, evaluates, reports); the
   search phase only (``manifest.tune.timings_s.search_s``), so the rate includes distml's own
   per-trial work.
+* the warm column — a warm local cluster (``distml cluster start`` once before the timed runs,
+  with its own state folder; stopped after), alternated with the sides above:
+  ``distml_run_warm`` is the same search as ``distml_run`` through the CLI (``distml run SPEC
+  --json``, a process of its own that connects to the warm cluster; its ``search_s`` again), and
+  ``distml_sleep_warm`` / ``distml_sleep_2x_warm`` are the 1-second trials run by the same
+  Tuner in a driver of their own (``python -m benchmarks.b1_tune_overhead --warm-sleep``) that
+  gets its cluster as ``distml run`` does (:func:`distml.runtime.cluster.cluster`), timing
+  ``Tuner.fit`` only. (``distml run`` has no kind whose trials take a set time, so the sleeping
+  trials cannot go through it.) Every warm-side sample must say ``cluster.mode: warm``; this
+  process's own Ray and the cold sides never look for the warm cluster (another state folder).
 
-Equality: every trial of every side completed, and distml and the Tune default sampled the same
-configurations (same seed, same variant generator).
+Equality: every trial of every side completed, distml and the Tune default sampled the same
+configurations (same seed, same variant generator), and so did the 1-second trials cold and warm.
 Targets (BENCHMARKS.md): ≥ 40 trivial trials/s; observed/ideal ≤ 1.1 for the 1-second trials.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from benchmarks import _harness as H
@@ -122,12 +135,8 @@ def _serial(n: int) -> dict:
     return {"wall_s": time.perf_counter() - t0, "completed": len(out)}
 
 
-def _distml_run(n: int, workdir) -> dict:
-    import json
-
-    import distml
-
-    spec = {
+def _run_spec(n: int) -> dict:
+    return {
         "name": "b1-run",
         "kind": "sklearn",
         "data": {"source": "builtin:iris", "target": "target", "split": {"valid": 0.3}},
@@ -139,7 +148,12 @@ def _distml_run(n: int, workdir) -> dict:
             "space": {"model.params.strategy": {"choice": ["prior", "stratified", "uniform"]}},
         },
     }
-    r = distml.run(spec, output=workdir)
+
+
+def _distml_run(n: int, workdir) -> dict:
+    import distml
+
+    r = distml.run(_run_spec(n), output=workdir)
     manifest = json.loads((r.run_dir / "manifest.json").read_text())
     t = r.tables["trials"]
     return {
@@ -147,6 +161,76 @@ def _distml_run(n: int, workdir) -> dict:
         "completed": int((t["status"] == "completed").sum()),
         "run_total_s": manifest["timings"]["total_s"],
     }
+
+
+def _distml_run_warm(n: int, opts: H.Options, env: dict[str, str], counter: list[int]):
+    """``distml run`` of the same search as :func:`_distml_run`, a CLI process on the warm
+    cluster; ``wall_s`` is the search phase again (``manifest.tune.timings_s.search_s``)."""
+
+    def call() -> dict:
+        counter[0] += 1
+        work = opts.workdir / f"run-warm-{counter[0]}"
+        work.mkdir(parents=True, exist_ok=True)
+        spec = work / "spec.json"
+        spec.write_text(json.dumps(_run_spec(n)))
+        t = H.run_timed(
+            [H.bin_path("distml"), "run", str(spec), "--json", "--output", str(work / "runs")], env
+        )
+        res = H.last_json(t.stdout)
+        if res.get("status") != "succeeded":
+            raise H.BenchmarkError(f"distml run did not succeed: {t.stdout[-1000:]}")
+        manifest = json.loads(Path(res["run_dir"], "manifest.json").read_text())
+        mode = manifest.get("cluster", {}).get("mode")
+        if mode != "warm":
+            raise H.BenchmarkError(f"the warm side ran on a {mode!r} cluster, not the warm one")
+        import pandas as pd
+
+        table = pd.read_parquet(Path(res["run_dir"], "tables", "trials.parquet"))
+        return {
+            "wall_s": manifest["tune"]["timings_s"]["search_s"],
+            "completed": int((table["status"] == "completed").sum()),
+            "run_total_s": manifest["timings"]["total_s"],
+            "process_wall_s": t.wall_s,
+            "cluster_start_s": manifest["timings"].get("cluster_start_s"),
+            "cluster_mode": mode,
+        }
+
+    return call
+
+
+def _sleep_warm(n: int, sleep_s: float, concurrency: int, opts: H.Options, env: dict[str, str]):
+    """The 1-second trials in a driver of their own on the warm cluster (:func:`warm_main`)."""
+
+    def call() -> dict:
+        cmd = [H.PYTHON, "-m", "benchmarks.b1_tune_overhead", "--warm-sleep"]
+        cmd += ["--trials", str(n), "--sleep", str(sleep_s), "--concurrency", str(concurrency)]
+        t = H.run_timed([*cmd, "--store", str(opts.workdir / "tune-warm")], env)
+        res = H.last_json(t.stdout)
+        if res.get("cluster_mode") != "warm":
+            raise H.BenchmarkError(f"the warm side ran on a {res.get('cluster_mode')!r} cluster")
+        return {**res, "process_wall_s": t.wall_s}
+
+    return call
+
+
+def warm_main(argv: list[str] | None = None) -> int:
+    """The warm sleeping-trials side: connect as ``distml run`` does (the warm cluster of
+    ``DISTML_STATE_DIR``), run the same Tuner on the same trials, print one JSON line."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--warm-sleep", action="store_true")
+    ap.add_argument("--trials", type=int, required=True)
+    ap.add_argument("--sleep", type=float, required=True)
+    ap.add_argument("--concurrency", type=int, required=True)
+    ap.add_argument("--store", required=True)
+    args = ap.parse_args(argv)
+    from distml.runtime.cluster import cluster
+
+    with cluster() as info:
+        r = _fit_distml(
+            _sleeper, args.trials, args.store, args.concurrency, {"sleep_s": args.sleep}
+        )
+    print(json.dumps({**r, "cluster_mode": info.mode, "connect_s": round(info.start_s, 4)}))
+    return 0
 
 
 def run(opts: H.Options) -> dict[str, Any]:
@@ -158,6 +242,9 @@ def run(opts: H.Options) -> dict[str, Any]:
         RAY_TMPDIR=str(home / "t"), RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0"
     )
     os.environ.pop("RAY_ADDRESS", None)
+    os.environ["DISTML_STATE_DIR"] = str(opts.workdir / "no-warm")  # the cold side never finds one
+    warm_env = H.isolated_env(opts.workdir / "h", opts.threads)
+    warm_env["DISTML_STATE_DIR"] = str(opts.workdir / "warm-state")
     import ray
 
     n_trivial, n_default, n_sleep, sleep_s, n_run = (
@@ -170,33 +257,44 @@ def run(opts: H.Options) -> dict[str, Any]:
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
     ray_init_s = time.perf_counter() - t0
     store = opts.workdir / "tune"
+    cluster = [H.bin_path("distml"), "cluster"]
     try:
-        runs = H.alternate(
-            {
-                "distml": lambda: _fit_distml(_trivial, n_trivial, store, concurrency),
-                "distml_2x": lambda: _fit_distml(_trivial, 2 * n_trivial, store, concurrency),
-                "tune_default": lambda: _fit_default(n_default, store),
-                "serial_loop": lambda: _serial(n_trivial),
-                "distml_run": lambda: _distml_run(n_run, opts.workdir / "runs"),
-            },
-            opts.reps,
-            opts.warmup,
-            H.log,
-        )
-        long = H.alternate(
-            {
-                "distml_sleep": lambda: _fit_distml(
-                    _sleeper, n_sleep, store, concurrency, {"sleep_s": sleep_s}
-                ),
-                "distml_sleep_2x": lambda: _fit_distml(
-                    _sleeper, 2 * n_sleep, store, concurrency, {"sleep_s": sleep_s}
-                ),
-            },
-            opts.reps,
-            0,
-            H.log,
-        )
+        started = H.run_timed([*cluster, "start", "--json"], warm_env)
+        try:
+            runs = H.alternate(
+                {
+                    "distml": lambda: _fit_distml(_trivial, n_trivial, store, concurrency),
+                    "distml_2x": lambda: _fit_distml(_trivial, 2 * n_trivial, store, concurrency),
+                    "tune_default": lambda: _fit_default(n_default, store),
+                    "serial_loop": lambda: _serial(n_trivial),
+                    "distml_run": lambda: _distml_run(n_run, opts.workdir / "runs"),
+                    "distml_run_warm": _distml_run_warm(n_run, opts, warm_env, [0]),
+                },
+                opts.reps,
+                opts.warmup,
+                H.log,
+            )
+            long = H.alternate(
+                {
+                    "distml_sleep": lambda: _fit_distml(
+                        _sleeper, n_sleep, store, concurrency, {"sleep_s": sleep_s}
+                    ),
+                    "distml_sleep_2x": lambda: _fit_distml(
+                        _sleeper, 2 * n_sleep, store, concurrency, {"sleep_s": sleep_s}
+                    ),
+                    "distml_sleep_warm": _sleep_warm(n_sleep, sleep_s, concurrency, opts, warm_env),
+                    "distml_sleep_2x_warm": _sleep_warm(
+                        2 * n_sleep, sleep_s, concurrency, opts, warm_env
+                    ),
+                },
+                opts.reps,
+                0,
+                H.log,
+            )
+        finally:
+            H.run_timed([*cluster, "stop", "--json"], warm_env)
         sleeps, sleeps2 = long["distml_sleep"], long["distml_sleep_2x"]
+        w_sleeps, w_sleeps2 = long["distml_sleep_warm"], long["distml_sleep_2x_warm"]
     finally:
         ray.shutdown()
 
@@ -221,6 +319,8 @@ def run(opts: H.Options) -> dict[str, Any]:
     sleep2_wall = H.stats([s["wall_s"] for s in sleeps2])
     marginal = H.ratio(sleep2_wall["median"] - sleep_wall["median"], ideal)
     fixed = round(sleep_wall["median"] - ideal * (marginal or 1.0), 3)
+    warm = _warm_column(runs["distml_run_warm"], w_sleeps, w_sleeps2, n_run, ideal)
+    warm["warm_cluster_start_s"] = round(started.wall_s, 3)
     complete = (
         all(s["completed"] == n_trivial for s in runs["distml"])
         and all(s["completed"] == 2 * n_trivial for s in runs["distml_2x"])
@@ -228,9 +328,17 @@ def run(opts: H.Options) -> dict[str, Any]:
         and all(s["completed"] == n_run for s in runs["distml_run"])
         and all(s["completed"] == n_sleep for s in sleeps)
         and all(s["completed"] == 2 * n_sleep for s in sleeps2)
+        and all(s["completed"] == n_run for s in runs["distml_run_warm"])
+        and all(s["completed"] == n_sleep for s in w_sleeps)
+        and all(s["completed"] == 2 * n_sleep for s in w_sleeps2)
     )
     # Same seed, same generator: the default's configurations are the first of distml's.
     same_configs = set(runs["tune_default"][-1]["configs"]) <= set(runs["distml"][-1]["configs"])
+    # The same seeded Tuner on either cluster: the same configurations, cold and warm.
+    same_configs_warm = (
+        w_sleeps[-1]["configs"] == sleeps[-1]["configs"]
+        and w_sleeps2[-1]["configs"] == sleeps2[-1]["configs"]
+    )
     return {
         "workloads": {
             "trivial_trials": n_trivial,
@@ -270,7 +378,12 @@ def run(opts: H.Options) -> dict[str, Any]:
             "marginal_ratio": marginal,
             "fixed_start_s": fixed,
         },
-        "equality": {"all_trials_completed": complete, "same_configs_as_tune": same_configs},
+        "warm": warm,
+        "equality": {
+            "all_trials_completed": complete,
+            "same_configs_as_tune": same_configs,
+            "same_configs_cold_warm": same_configs_warm,
+        },
         "summary": {
             "trivial_trials_per_s": distml_rate["median"],
             "trivial_marginal_trials_per_s": marginal_rate,
@@ -286,10 +399,49 @@ def run(opts: H.Options) -> dict[str, Any]:
                 and sleep_ratio is not None
                 and sleep_ratio <= TARGET_SLEEP_RATIO
             ),
-            "equal": complete and same_configs,
+            "equal": complete and same_configs and same_configs_warm,
+            "distml_run_trials_per_s_warm": warm["distml_run"]["trials_per_s"]["median"],
+            "sleep_observed_over_ideal_warm": warm["sleep"]["ratio"],
+            "sleep_marginal_over_ideal_warm": warm["sleep"]["marginal_ratio"],
+            "sleep_fixed_start_s_warm": warm["sleep"]["fixed_start_s"],
+            "warm_cluster_start_s": warm["warm_cluster_start_s"],
+        },
+    }
+
+
+def _warm_column(
+    run_samples: list[dict], sleeps: list[dict], sleeps2: list[dict], n_run: int, ideal: float
+) -> dict[str, Any]:
+    """The warm-cluster figures, shaped as the cold ones (``distml_run`` and ``sleep``)."""
+    sleep_wall = H.stats([s["wall_s"] for s in sleeps])
+    sleep2_wall = H.stats([s["wall_s"] for s in sleeps2])
+    marginal = H.ratio(sleep2_wall["median"] - sleep_wall["median"], ideal)
+    return {
+        "distml_run": {
+            "trials_per_s": H.stats([n_run / s["wall_s"] for s in run_samples]),
+            "search_s": H.stats([s["wall_s"] for s in run_samples]),
+            "run_total_s": H.stats([s["run_total_s"] for s in run_samples]),
+            "process_wall_s": H.stats([s["process_wall_s"] for s in run_samples]),
+            "cluster_start_median_s": H.median_of(run_samples, "cluster_start_s"),
+            "cluster_mode": run_samples[-1]["cluster_mode"],
+        },
+        "sleep": {
+            "wall_s": sleep_wall,
+            "ideal_s": ideal,
+            "ratio": H.ratio(sleep_wall["median"], ideal),
+            "wall_2x_s": sleep2_wall,
+            "ideal_2x_s": 2 * ideal,
+            "ratio_2x": H.ratio(sleep2_wall["median"], 2 * ideal),
+            "marginal_ratio": marginal,
+            "fixed_start_s": round(sleep_wall["median"] - ideal * (marginal or 1.0), 3),
+            "connect_median_s": H.median_of(sleeps + sleeps2, "connect_s"),
+            "process_wall_s": H.stats([s["process_wall_s"] for s in sleeps]),
+            "cluster_mode": sleeps[-1]["cluster_mode"],
         },
     }
 
 
 if __name__ == "__main__":  # pragma: no cover - use ``python -m benchmarks b1``
+    if "--warm-sleep" in sys.argv:
+        raise SystemExit(warm_main())
     raise SystemExit("run: python -m benchmarks b1 [--quick]")

@@ -18,13 +18,17 @@ alternated after a warm-up; repetition i uses search seed i on every side:
   (rungs at 25 and 75 rounds; trials report every 25), then the best trial's own model
   (kept by the trial: no refit unless the best trial was one ASHA stopped).
 * ``distml_none`` — the same without a scheduler (every trial runs 100 rounds).
+* ``distml_asha_warm`` — ``distml_asha`` on a warm local cluster (``distml cluster start``
+  once before the timed runs, with its own state folder; stopped after): each run connects
+  instead of starting Ray. The cold sides run with another state folder, so they never find
+  it; a warm-side run whose manifest does not say ``cluster.mode: warm`` is an error.
 
 Both sides' own clocks are kept: the baseline's ``search_s`` (``study.optimize``) and distml's
 ``search_s`` (``Tuner.fit``) from the manifest, with its cluster start, the time to the first
 trial (``first_trial_s``), the kept model's load (or the fallback refit: ``model_s``) and the
 rest, so the fixed cost (Ray start, worker start-up) is apart from the search itself. Two sizes, 20k
 rows (BENCHMARKS.md's) and 100k, separate fixed from marginal cost (``--quick``: 20k, 16 trials,
-ASHA only, once).
+ASHA cold and warm only, once).
 
 Equality: the best valid logloss each side found (median over the seeds); distml passes when its
 median is no worse than the baseline's by more than ``SCORE_TOL`` (relative): two searches with
@@ -82,14 +86,20 @@ def _spec(source: str, trials: int, scheduler: str, seed: int) -> dict:
 
 
 def _distml_side(
-    source: str, trials: int, scheduler: str, opts: H.Options, env: dict[str, str], seeds: list[int]
+    source: str,
+    trials: int,
+    scheduler: str,
+    opts: H.Options,
+    env: dict[str, str],
+    seeds: list[int],
+    warm: bool = False,
 ):
     counter = [0]
 
     def call() -> dict:
         seed = seeds[counter[0] % len(seeds)]
         counter[0] += 1
-        work = opts.workdir / f"distml-{scheduler}-{counter[0]}"
+        work = opts.workdir / f"distml-{scheduler}{'-warm' if warm else ''}-{counter[0]}"
         work.mkdir(parents=True, exist_ok=True)
         spec = work / "spec.json"
         spec.write_text(json.dumps(_spec(source, trials, scheduler, seed)))
@@ -102,6 +112,9 @@ def _distml_side(
         import pandas as pd
 
         table = pd.read_parquet(trials_tab)
+        mode = man.get("cluster", {}).get("mode")
+        if warm and mode != "warm":
+            raise H.BenchmarkError(f"the warm side ran on a {mode!r} cluster, not the warm one")
         return {
             "wall_s": t.wall_s,
             "seed": seed,
@@ -118,6 +131,7 @@ def _distml_side(
             "rounds": int(table["iterations"].sum()),
             "completed": int((table["status"] == "completed").sum()),
             "stopped": int((table["status"] == "stopped").sum()),
+            "cluster_mode": mode,
         }
 
     return call
@@ -206,13 +220,12 @@ def _summarise(runs: dict[str, list[dict]]) -> dict[str, Any]:
             "ratio_search": H.ratio(search["median"], b_search["median"]),
             "best_not_worse": best["median"] <= b_best["median"] * (1 + SCORE_TOL),
             "best_rel_diff": round(best["median"] / b_best["median"] - 1, 5),
+            "cluster_mode": d[-1]["cluster_mode"],
         }
     return out
 
 
 def run(opts: H.Options) -> dict[str, Any]:
-    from distml.runtime.datasets import generate_dataset
-
     sizes = [20_000] if opts.quick else [20_000, 100_000]
     trials = 16 if opts.quick else 64
     seeds = list(range(max(opts.reps, 1)))
@@ -223,6 +236,28 @@ def run(opts: H.Options) -> dict[str, Any]:
     # both sides keeps the comparison about the search, not about spinning threads.
     for env in (env_d, env_b):
         env["OMP_WAIT_POLICY"] = "PASSIVE"
+    env_d["DISTML_STATE_DIR"] = str(opts.workdir / "no-warm")  # the cold side never finds one
+    warm_env = {**env_d, "DISTML_STATE_DIR": str(opts.workdir / "warm-state")}
+    cluster = [H.bin_path("distml"), "cluster"]
+    started = H.run_timed([*cluster, "start", "--json"], warm_env)
+    try:
+        results = _measure(sizes, trials, seeds, opts, env_d, env_b, warm_env)
+    finally:
+        H.run_timed([*cluster, "stop", "--json"], warm_env)
+    return _report(results, sizes, started.wall_s)
+
+
+def _measure(
+    sizes: list[int],
+    trials: int,
+    seeds: list[int],
+    opts: H.Options,
+    env_d: dict[str, str],
+    env_b: dict[str, str],
+    warm_env: dict[str, str],
+) -> dict[str, Any]:
+    from distml.runtime.datasets import generate_dataset
+
     results: dict[str, Any] = {}
     for rows in sizes:
         source = f"synthetic:classification?rows={rows}&features=20&seed=1"
@@ -235,8 +270,15 @@ def run(opts: H.Options) -> dict[str, Any]:
         }
         if not opts.quick:
             sides["distml_none"] = _distml_side(path, trials, "none", opts, env_d, seeds)
+        sides["distml_asha_warm"] = _distml_side(
+            path, trials, "asha", opts, warm_env, seeds, warm=True
+        )
         runs = H.alternate(sides, opts.reps, opts.warmup, H.log)
         results[str(rows)] = {"rows": rows, "trials": trials, **_summarise(runs)}
+    return results
+
+
+def _report(results: dict[str, Any], sizes: list[int], warm_start_s: float) -> dict[str, Any]:
     small = results[str(sizes[0])]
     summary: dict[str, Any] = {
         "ratio_wall_asha": small["distml_asha"]["ratio_wall"],
@@ -255,12 +297,17 @@ def run(opts: H.Options) -> dict[str, Any]:
             if isinstance(small[side], dict) and "best_logloss" in small[side]
         },
         "equal": all(small[s]["best_not_worse"] for s in small if s.startswith("distml")),
+        "ratio_wall_asha_warm": small["distml_asha_warm"]["ratio_wall"],
+        "ratio_search_asha_warm": small["distml_asha_warm"]["ratio_search"],
+        "best_not_worse_warm": small["distml_asha_warm"]["best_not_worse"],
+        "warm_cluster_start_s": round(warm_start_s, 3),
     }
     if len(sizes) > 1:
         large = results[str(sizes[-1])]
         summary["ratio_wall_asha_large"] = large["distml_asha"]["ratio_wall"]
         summary["ratio_search_asha_large"] = large["distml_asha"]["ratio_search"]
         summary["ratio_wall_no_scheduler_large"] = large["distml_none"]["ratio_wall"]
+        summary["ratio_wall_asha_warm_large"] = large["distml_asha_warm"]["ratio_wall"]
         summary["best_not_worse_large"] = {
             s: large[s]["best_not_worse"] for s in large if s.startswith("distml")
         }
@@ -274,6 +321,7 @@ def run(opts: H.Options) -> dict[str, Any]:
             "env": "OMP_WAIT_POLICY=PASSIVE on both sides",
             "distml": "distml run SPEC --json (tune: optuna, 2 trials x 1 thread; "
             "asha or no scheduler)",
+            "distml_warm": "the same (asha) on a warm cluster (`distml cluster start` before)",
         },
         "space": SPACE,
         "rounds": ROUNDS,

@@ -7,6 +7,12 @@ that matters is the in-loop ratio — distml's epoch loop (``execution.timings_s
 DDP steps, per-epoch all-reduced valid figures, Train reports/checkpoints) over torchrun's
 (``loop_s``: the same steps and valid figures, no reporting); startup (cluster, worker group,
 data) and the whole wall clock are reported beside it. ``--quick``: 6k rows, once.
+
+``distml_warm`` is the same ``distml run`` on a warm local cluster (``distml cluster start``
+once before the timed runs, with its own state folder; stopped after): the run connects instead
+of starting Ray, so its start-up is the worker group and the data. The cold side runs with
+another state folder and never finds it; a warm-side run whose manifest does not say
+``cluster.mode: warm`` is an error.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ PACKAGES = H.DEFAULT_PACKAGES + ("torch",)
 LOOP = Path(__file__).resolve().parent / "b4_torchrun_loop.py"
 FEATURES, CLASSES, HIDDEN, EPOCHS, BATCH, LR = 784, 10, [256, 128], 3, 256, 1e-3
 TARGET_IN_LOOP = 1.05
+TARGET_STARTUP = 2.0  # BENCHMARKS.md: start-up ≤ 2× torchrun's
 
 
 def _data(rows: int, opts: H.Options) -> dict:
@@ -66,10 +73,10 @@ def _spec(data: dict, opts: H.Options, cuda: bool) -> Path:
     return path
 
 
-def _distml(spec: Path, opts: H.Options, env: dict, n: list[int]):
+def _distml(spec: Path, opts: H.Options, env: dict, n: list[int], warm: bool = False):
     def call() -> dict:
         n[0] += 1
-        out = opts.workdir / "distml-out" / str(n[0])
+        out = opts.workdir / ("distml-warm-out" if warm else "distml-out") / str(n[0])
         t = H.run_timed(
             [H.bin_path("distml"), "run", str(spec), "--json", "--output", str(out)],
             env,
@@ -80,12 +87,17 @@ def _distml(spec: Path, opts: H.Options, env: dict, n: list[int]):
             raise H.BenchmarkError(f"distml run did not succeed: {t.stdout[-800:]}")
         man = json.loads(Path(res["run_dir"], "manifest.json").read_text())
         ex = man["execution"]
+        mode = man.get("cluster", {}).get("mode")
+        if warm and mode != "warm":
+            raise H.BenchmarkError(f"the warm side ran on a {mode!r} cluster, not the warm one")
         return {
             "wall_s": t.wall_s,
             "loop_s": ex["timings_s"]["loop_s"],
             "startup_s": t.wall_s - ex["timings_s"]["loop_s"],
             "valid_accuracy": res["metrics"]["valid"]["accuracy"],
             "execution": ex,
+            "stages": man.get("timings", {}),
+            "cluster_mode": mode,
         }
 
     return call
@@ -123,21 +135,34 @@ def _torchrun(data: dict, opts: H.Options, env: dict, cuda: bool):
 
 def run(opts: H.Options, cuda: bool = False) -> dict[str, Any]:
     env = H.isolated_env(opts.workdir / "home", opts.threads)
+    env["DISTML_STATE_DIR"] = str(opts.workdir / "no-warm")  # the cold side never finds one
+    warm_env = {**env, "DISTML_STATE_DIR": str(opts.workdir / "warm-state")}
     data = _data(6_000 if opts.quick else 60_000, opts)
     H.log(f"[b4] {data['rows']} rows × {FEATURES}, {EPOCHS} epochs, {'nccl' if cuda else 'gloo'}")
-    runs = H.alternate(
-        {
-            "distml": _distml(_spec(data, opts, cuda), opts, env, [0]),
-            "torchrun": _torchrun(data, opts, env, cuda),
-        },
-        opts.reps,
-        opts.warmup,
-        H.log,
-    )
-    d, b = runs["distml"], runs["torchrun"]
+    spec = _spec(data, opts, cuda)
+    cluster = [H.bin_path("distml"), "cluster"]
+    started = H.run_timed([*cluster, "start", "--json"], warm_env)
+    try:
+        runs = H.alternate(
+            {
+                "distml": _distml(spec, opts, env, [0]),
+                "torchrun": _torchrun(data, opts, env, cuda),
+                "distml_warm": _distml(spec, opts, warm_env, [0], warm=True),
+            },
+            opts.reps,
+            opts.warmup,
+            H.log,
+        )
+    finally:
+        H.run_timed([*cluster, "stop", "--json"], warm_env)
+    d, b, w = runs["distml"], runs["torchrun"], runs["distml_warm"]
     d_loop, b_loop = H.stats([s["loop_s"] for s in d]), H.stats([s["loop_s"] for s in b])
     ratio = H.ratio(d_loop["median"], b_loop["median"])
     acc = {"distml": d[-1]["valid_accuracy"], "torchrun": b[-1]["valid_accuracy"]}
+    w_loop, w_start = H.stats([s["loop_s"] for s in w]), H.stats([s["startup_s"] for s in w])
+    b_start = H.stats([s["startup_s"] for s in b])
+    acc_warm = w[-1]["valid_accuracy"]
+    stages = ("validate_s", "cluster_start_s", "job_s", "cluster_stop_s", "write_s", "total_s")
     return {
         "workload": {
             "rows": data["rows"],
@@ -153,6 +178,15 @@ def run(opts: H.Options, cuda: bool = False) -> dict[str, Any]:
             "wall_s": H.stats([s["wall_s"] for s in d]),
             "startup_s": H.stats([s["startup_s"] for s in d]),
             "execution": d[-1]["execution"],
+            "stages_median_s": {k: H.median_of(d, "stages", k) for k in stages},
+        },
+        "distml_warm": {
+            "loop_s": w_loop,
+            "wall_s": H.stats([s["wall_s"] for s in w]),
+            "startup_s": w_start,
+            "stages_median_s": {k: H.median_of(w, "stages", k) for k in stages},
+            "cluster_mode": w[-1]["cluster_mode"],
+            "valid_accuracy": acc_warm,
         },
         "torchrun": {
             "loop_s": b_loop,
@@ -173,7 +207,21 @@ def run(opts: H.Options, cuda: bool = False) -> dict[str, Any]:
                 "torchrun": H.stats([s["startup_s"] for s in b])["median"],
             },
             "accuracy_diff": abs(acc["distml"] - acc["torchrun"]),
-            "equal": abs(acc["distml"] - acc["torchrun"]) <= 0.02,
+            "equal": abs(acc["distml"] - acc["torchrun"]) <= 0.02
+            and abs(acc_warm - acc["torchrun"]) <= 0.02,
+            "in_loop_ratio_warm": H.ratio(w_loop["median"], b_loop["median"]),
+            "end_to_end_ratio_warm": H.ratio(
+                H.stats([s["wall_s"] for s in w])["median"],
+                H.stats([s["wall_s"] for s in b])["median"],
+            ),
+            "startup_ratio": H.ratio(
+                H.stats([s["startup_s"] for s in d])["median"], b_start["median"]
+            ),
+            "startup_ratio_warm": H.ratio(w_start["median"], b_start["median"]),
+            "target_startup_ratio": TARGET_STARTUP,
+            "startup_s_warm": w_start["median"],
+            "accuracy_diff_warm": abs(acc_warm - acc["torchrun"]),
+            "warm_cluster_start_s": round(started.wall_s, 3),
         },
     }
 

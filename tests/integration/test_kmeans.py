@@ -147,11 +147,13 @@ def test_kept_batches_give_the_result_of_reading_again(tmp_path, blobs, monkeypa
     assert auto.metrics == reread.metrics
     for name in ("centers", "pass_history"):
         pd.testing.assert_frame_equal(auto.tables[name], reread.tables[name])
-    marker = tmp_path / "crashed"
-    monkeypatch.setenv(ooc.FAULT_ENV, f"{marker}:minibatch:2:1")
-    hit = distml.run(spec, output=tmp_path / "hit")
-    assert marker.exists() and hit.manifest["execution"]["kept_decoded"] is True
-    assert hit.metrics == reread.metrics
+    for stage in ("minibatch", "sample"):  # sample: a generator task dies after yielding
+        marker = tmp_path / f"crashed-{stage}"
+        monkeypatch.setenv(ooc.FAULT_ENV, f"{marker}:{stage}:2:1")
+        hit = distml.run(spec, output=tmp_path / f"hit-{stage}")
+        assert marker.exists() and hit.manifest["execution"]["kept_decoded"] is True
+        assert hit.metrics == reread.metrics
+        pd.testing.assert_frame_equal(hit.tables["centers"], reread.tables["centers"])
 
 
 def test_a_bad_row_fails_the_sample_pass_whether_batches_are_kept_or_not(tmp_path):

@@ -189,16 +189,17 @@ class _Fit:
         self.timings: dict[str, float] = {}
         self.decoded: list | None = None  # refs of the sample pass's kept batches (ooc.Decoded)
 
-    def over_data(self, stage: str, task, *args, reread: bool = False):
+    def over_data(self, stage: str, task, *args, reread: bool = False, first: bool = False):
         """One parallel pass (a task per partition), merged; timed as ``stage``. Its tasks get
         the kept batches of the sample pass when there are (unless ``reread``), else the
-        partitions."""
+        partitions. ``first``: ``task`` is the sample pass's generator, whose batches (when it
+        yields them) are kept for the later passes."""
         t0 = time.perf_counter()
         progress.current().stage(
             "train",
             f"k-means {stage.removesuffix('_s')} pass; {len(self.history)} centre updates so far",
         )
-        if task is _sample_task:  # a generator: its batches (when kept), then its state
+        if first:  # a generator: its batches (when kept), then its state
             yields = self.runner.map_yields(
                 task, self.plan, self.feats, self.m.batch_size, *args, self.fault
             )
@@ -389,6 +390,7 @@ class Job(BaseJob):
             ooc.Sample.threshold_for(size, ctx.data.source.rows),
             m.seed,
             keep,
+            first=True,
         )
         mom = first.moments
         if mom.n < m.n_clusters:

@@ -101,9 +101,7 @@ def test_cancel_all_ends_a_task_that_survives_a_plain_cancel(ray_cluster):
     while ray_cluster.available_resources().get("CPU", 0) >= ray_cluster.cluster_resources()["CPU"]:
         assert time.monotonic() < deadline, "the task never started"
         time.sleep(0.05)
-    t0 = time.monotonic()
-    cancel_all([ref], grace_s=1.0)
-    assert time.monotonic() - t0 < 10
+    cancel_all([ref], grace_s=1.0)  # the task would run 60 s: get() below times out at 30
     with pytest.raises(
         (ray_cluster.exceptions.TaskCancelledError, ray_cluster.exceptions.WorkerCrashedError)
     ):

@@ -101,14 +101,19 @@ class Decoded:
     batches: list
 
 
-def batches_of(src, features: list[str], batch_size: int) -> tuple[Partition, Iterator[Batch]]:
+def batches_of(
+    src, features: list[str], batch_size: int, keep: list[str] | None = None
+) -> tuple[Partition, Iterator[Batch]]:
     """``(partition, batches)`` of a pass's input: a :class:`Decoded` partition's kept batches,
-    else the partition read and decoded again."""
+    else the partition read and decoded again (with the pass-through ``keep`` columns, which
+    kept batches do not have)."""
     if isinstance(src, Decoded):
+        if keep:
+            raise ValueError("kept batches have no pass-through columns: read the partition")
         import ray
 
         return src.part, (Batch(ray.get(ref)) for ref in src.batches)
-    return src, iter_batches(src, features, batch_size)
+    return src, iter_batches(src, features, batch_size, keep)
 
 
 def decoded_fits(rows: int | None, n_features: int, resources: dict, share: float = 0.5) -> bool:

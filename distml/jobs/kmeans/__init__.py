@@ -113,10 +113,7 @@ def _final_task(src, features, batch_size, centers, scaler, keep, out_dir, fault
 
     import pyarrow as pa
 
-    if out_dir:
-        part, batches = src, ooc.iter_batches(src, features, batch_size, keep)
-    else:
-        part, batches = ooc.batches_of(src, features, batch_size)
+    part, batches = ooc.batches_of(src, features, batch_size, keep if out_dir else None)
     probe = ooc.TaskProbe(part, "final")
     k = len(centers)
     counts, inertia, rows = np.zeros(k), 0.0, 0

@@ -224,47 +224,56 @@ class RunDir:
             "since": time.time(),
             "run_id": self.run_id,
         }
-        for _ in range(20):
-            try:
-                fd = os.open(lock_path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-                created = True
-            except FileExistsError:
+        fd, ours = -1, False  # ours: the file at the path is one this call made or holds
+        try:  # a signal while taking the lock must not leave its file behind
+            for _ in range(20):
                 try:
-                    fd = os.open(lock_path, os.O_RDWR)
-                except FileNotFoundError:  # released meanwhile: try again
+                    fd = os.open(lock_path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+                    created = ours = True
+                except FileExistsError:
+                    try:
+                        fd = os.open(lock_path, os.O_RDWR)
+                    except FileNotFoundError:  # released meanwhile: try again
+                        continue
+                    created = False
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    holder = _read_fd(fd)
+                    fd = _close(fd)
+                    raise RunBusy(_busy_message(self.path, holder)) from None
+                try:  # the file we hold must still be the one at the path (not a released one)
+                    same = os.fstat(fd).st_ino == os.stat(lock_path).st_ino
+                except FileNotFoundError:
+                    same = False
+                if not same:
+                    ours, fd = False, _close(fd)
                     continue
-                created = False
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                holder = _read_fd(fd)
-                os.close(fd)
-                raise RunBusy(_busy_message(self.path, holder)) from None
-            try:  # the file we hold must still be the one at the path (not a released one)
-                same = os.fstat(fd).st_ino == os.stat(lock_path).st_ino
-            except FileNotFoundError:
-                same = False
-            if not same:
-                os.close(fd)
-                continue
-            if not created:
-                holder = _read_fd(fd)
-                if not holder and time.time() - os.fstat(fd).st_mtime < 10:
-                    os.close(fd)  # its creator has not written it yet: a live start
-                    time.sleep(0.2)
-                    continue
-                if holder and not holder_gone(holder):
-                    os.close(fd)  # alive, and flock is not honoured here (e.g. NFS)
-                    raise RunBusy(_busy_message(self.path, holder))
-            os.ftruncate(fd, 0)
-            os.write(fd, json.dumps(me).encode())
-            os.fsync(fd)
-            break
-        else:
-            raise RunBusy(
-                f"run dir {str(self.path)!r}: could not take its lock {LOCK} (another "
-                "process keeps taking it); pick another --run-id"
-            )
+                if not created:
+                    holder = _read_fd(fd)
+                    if not holder and time.time() - os.fstat(fd).st_mtime < 10:
+                        fd = _close(fd)  # its creator has not written it yet: a live start
+                        time.sleep(0.2)
+                        continue
+                    if holder and not holder_gone(holder):
+                        fd = _close(fd)  # alive, and flock is not honoured here (e.g. NFS)
+                        raise RunBusy(_busy_message(self.path, holder))
+                ours = True  # held, and its holder (if any) gone: ours to remove
+                os.ftruncate(fd, 0)
+                os.write(fd, json.dumps(me).encode())
+                os.fsync(fd)
+                break
+            else:
+                raise RunBusy(
+                    f"run dir {str(self.path)!r}: could not take its lock {LOCK} (another "
+                    "process keeps taking it); pick another --run-id"
+                )
+        except BaseException:
+            if fd >= 0:
+                if ours:
+                    _unlink_if_same(lock_path, fd)
+                _close(fd)
+            raise
         try:
             yield me
         finally:
@@ -530,6 +539,24 @@ def read_holder(run_dir: str | os.PathLike) -> dict | None:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def _close(fd: int) -> int:
+    """Close ``fd`` (already closed is fine); -1, for the caller's variable."""
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+    return -1
+
+
+def _unlink_if_same(path: Path, fd: int) -> None:
+    """Remove ``path`` if it is still the file open as ``fd``."""
+    try:
+        if os.fstat(fd).st_ino == os.stat(path).st_ino:
+            os.unlink(path)
+    except OSError:
+        pass
 
 
 def _read_fd(fd: int) -> dict:

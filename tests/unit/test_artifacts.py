@@ -150,6 +150,58 @@ def test_the_lock_names_a_live_holder_and_a_crash_releases_it(tmp_path):
     assert not (rd.path / LOCK).exists()  # released on exit
 
 
+@pytest.mark.parametrize("step", ["flock", "fstat", "ftruncate", "write", "fsync"])
+def test_a_stop_while_taking_the_lock_leaves_no_lock_file(tmp_path, monkeypatch, step):
+    """SIGTERM (a KeyboardInterrupt here) at any step after the lock file is created and
+    before the run holds it: the file goes with the stop, so nothing says the run is still
+    held, and the next run takes the lock at once. A slow disk's fsync is the widest window."""
+    import fcntl
+
+    rd = RunDir(tmp_path, "job", "r1")
+    module = fcntl if step == "flock" else os
+    real = getattr(module, step)
+    calls = []
+
+    def stop(*a, **k):  # the first such call once the lock file exists
+        if not calls and (rd.path / LOCK).exists():
+            calls.append(step)
+            raise KeyboardInterrupt("terminated by signal 15 (SIGTERM)")
+        return real(*a, **k)
+
+    monkeypatch.setattr(module, step, stop)
+    with pytest.raises(KeyboardInterrupt):
+        with rd.lock():
+            pytest.fail("the block must not run")
+    monkeypatch.undo()
+    assert calls and not (rd.path / LOCK).exists()
+    with rd.lock() as me:
+        assert read_holder(rd.path)["pid"] == me["pid"] == os.getpid()
+    assert not (rd.path / LOCK).exists()
+
+
+def test_a_stop_while_waiting_on_a_live_holder_leaves_its_lock_file(tmp_path, monkeypatch):
+    """The stop lands while this run finds the lock taken: the holder's file stays."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout.readline().strip() == "holding"
+        rd = RunDir(tmp_path, "job", "r1")
+
+        def stop(*a, **k):
+            raise KeyboardInterrupt("terminated by signal 15 (SIGTERM)")
+
+        monkeypatch.setattr("distml.runtime.artifacts._read_fd", stop)
+        with pytest.raises(KeyboardInterrupt):
+            with rd.lock():
+                pass
+        monkeypatch.undo()
+        assert read_holder(rd.path)["pid"] == proc.pid
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
 def test_a_reused_pid_is_not_the_holder(tmp_path):
     import platform
 

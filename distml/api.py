@@ -20,6 +20,7 @@ log = logging.getLogger("distml")
 # Tracebacks go to run.log only (the console gets one sentence; --debug shows the traceback).
 _trace = logging.getLogger("distml.trace")
 _trace.propagate = False
+_trace.addHandler(logging.NullHandler())  # outside run.log's span: nowhere (not Python's stderr)
 
 
 def _versions(job: Any = None) -> dict[str, str]:

@@ -58,3 +58,49 @@ def test_a_stop_between_steps_is_recorded_interrupted(tmp_path, monkeypatch, ste
     assert manifest["status"] == "interrupted", manifest
     assert manifest["error"]["message"] == "terminated by signal 15 (SIGTERM)"
     assert not (run_dir / "_SUCCESS").exists()
+
+
+_STOP_AFTER_MANIFEST = """
+import sys
+import distml
+from distml.runtime.artifacts import RunDir
+from tests.unit.test_run_interrupts import SPEC, _stop
+
+real = RunDir.write_json
+
+
+def write_then_stop(self, rel, obj):
+    path = real(self, rel, obj)
+    if rel == "manifest.json" and obj.get("status") == "running":
+        _stop()
+    return path
+
+
+RunDir.write_json = write_then_stop
+try:
+    distml.run(SPEC, output=sys.argv[1], run_id="r1")
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+
+
+def test_a_stop_before_run_log_prints_no_traceback(tmp_path):
+    """Before run.log opens there is nowhere for the traceback to go: it goes nowhere, not to
+    Python's last-resort stderr handler (the console says one line, the CLI's). A fresh process,
+    since pytest's own log handlers would hide the difference."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(
+        [sys.executable, "-c", _STOP_AFTER_MANIFEST, str(tmp_path)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.stdout.strip() == "interrupted", proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "traceback" not in proc.stderr, proc.stderr[-3000:]
+    manifest = json.loads((tmp_path / "stopped" / "r1" / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted"

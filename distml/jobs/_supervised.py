@@ -26,6 +26,7 @@ from distml import progress
 from distml.errors import DataError, JobFailed, error_text
 from distml.jobs.base import Job, JobOutput, RunContext
 from distml.runtime import metrics as M
+from distml.runtime import runners
 from distml.runtime.data import (
     DataInfo,
     cv_indices,
@@ -323,7 +324,6 @@ class SupervisedJob(Job):
     def run(self, ctx: RunContext, prep_ref: Any = None) -> JobOutput:
         """One Ray task (or one per CV fold); ``prep_ref`` reuses data already prepared in the
         object store (a :class:`Prepared` or :class:`TuneData`) instead of reading it again."""
-        import ray
 
         res = self.spec.resources
         opts = dict(
@@ -339,7 +339,8 @@ class SupervisedJob(Job):
             ctx.log.info("fitting in one Ray task (resources.num_workers is 1)")
             self._progress = progress.worker_reporter()  # None unless progress is shown
             self._ckpt = self._checkpoints(ctx)
-            out = ray.get(ray.remote(_fit_task).options(**opts).remote(self, ctx.data, prep_ref))
+            ran: dict = {}
+            out = runners.call(_fit_task, (self, ctx.data, prep_ref), opts, ctx.cluster, ran)
         except DataError:
             raise
         except Exception as e:
@@ -347,6 +348,7 @@ class SupervisedJob(Job):
         out.info["execution"] = {
             "path": "single_task",
             "reason": "resources.num_workers is 1: the data fits one worker",
+            "warm_runner": ran,
             **out.info.pop("checkpoint", {}),
         }
         if self._ckpt is not None:

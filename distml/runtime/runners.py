@@ -212,7 +212,11 @@ def call(fn: Callable, args: tuple, options: dict, cluster: Any, facts: dict) ->
 
     n = wanted(cluster)
     if n == 0 or options.get("num_gpus"):
-        facts.update(runner=False, why="not a warm cluster" if n == 0 else "a GPU task")
+        if getattr(cluster, "mode", None) != "warm":
+            why = "not a warm cluster"
+        else:
+            why = f"turned off ({ENV}=0)" if n == 0 else "a GPU task"
+        facts.update(runner=False, why=why)
         return ray.get(ray.remote(fn).options(**options).remote(*args))
     holder = f"{os.getpid()}-{time.time_ns()}"
     mine = identity()
@@ -279,6 +283,7 @@ def _on_runner(got, holder: str, fn, args, options: dict, facts: dict) -> Any:
     except (ActorDiedError, ActorUnavailableError) as died:
         retries = int(options.get("max_retries", 0) or 0)
         facts.update(runner_died=type(died).__name__)
+        _create(name)  # its replacement, for the next runs
         if retries <= 0:
             raise
         retry = ray.remote(fn).options(**{**options, "max_retries": retries - 1})

@@ -88,7 +88,10 @@ def test_runs_reuse_a_runner_with_the_plain_task_result(warm_env, tmp_path):
     ols, m_ols = _run(env, tmp_path / "r", spec="jobs/statsmodels_ols_longley.yaml")
     plain_env = dict(env, **{runners.ENV: "0"})
     ols_plain, m_plain = _run(plain_env, tmp_path / "r", spec="jobs/statsmodels_ols_longley.yaml")
-    assert _ran(m_ols)["runner"] and _ran(m_plain) == {"runner": False, "why": "not a warm cluster"}
+    assert _ran(m_ols)["runner"] and _ran(m_plain) == {
+        "runner": False,
+        "why": f"turned off ({runners.ENV}=0)",
+    }
     assert ols["metrics"] == ols_plain["metrics"]
     import pandas as pd
 
@@ -140,7 +143,8 @@ def _other_code_then_faults(env: dict, rec: dict, old_pid: int, tmp_path: Path) 
     assert {k: res["metrics"][k] for k in XGB} == {k: clean["metrics"][k] for k in XGB}
     # without retries the runner's death fails the run (exit 4), as a plain task's would
     faulty = dict(env, DISTML_FAULT=f"train.iteration:5@{tmp_path / 'marker2'}")
-    _run(env, tmp_path / "r")  # a runner again (the killed one is replaced by this run)
+    _, m = _run(env, tmp_path / "r")  # the run that lost it created a replacement
+    assert _ran(m)["runner"] and _ran(m)["pid"] != ran["pid"], _ran(m)
     res, _ = _run(faulty, tmp_path / "r", code=4)
     assert "fit failed" in res["error"]["message"]
 

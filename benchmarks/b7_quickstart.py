@@ -93,6 +93,7 @@ def _distml_side(size: dict, opts: H.Options, env: dict[str, str], counter: list
             "worker": man.get("worker_timings_s", {}),
             "outside_run_s": t.wall_s - timings.get("total_s", 0.0),
             "execution": man.get("execution", {}).get("path"),
+            "warm_runner": man.get("execution", {}).get("warm_runner"),
             "cluster_mode": man.get("cluster", {}).get("mode"),
             "cluster_resources": man.get("cluster", {}).get("resources"),
         }
@@ -153,6 +154,7 @@ def _one_size(
                 "worker_median_s": {k: H.median_of(w, "worker", k) for k in ("read", "fit")},
                 "outside_run_median_s": H.median_of(w, "outside_run_s"),
                 "cluster_mode": w[-1]["cluster_mode"],
+                "warm_runner": [s.get("warm_runner") for s in w],  # each timed run's
             },
             "ratio_warm": H.ratio(w_wall["median"], b_wall["median"]),
             "equality_warm": H.compare(w[-1]["metrics"], b[-1]["metrics"], EQUAL_KEYS, TOL),

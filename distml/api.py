@@ -229,6 +229,7 @@ def _run(
                 timings["cluster_stop_s"] = timings.get("cluster_stop_s", 0.0) + (
                     time.perf_counter() - t0
                 )
+            _stopped(timings)  # (already, unless the report was skipped)
             run_dir.mark_success(manifest)
         except BaseException as e:  # outside the job's own handler: not recorded yet
             if manifest["status"] in ("failed", "interrupted"):
@@ -331,6 +332,7 @@ def _record_failure(run_dir, manifest: dict, timings: dict, e: BaseException) ->
     ``e``, or a KeyboardInterrupt for Ray's SIGTERM exit (the interruption it is)."""
     import signal
 
+    _stopped(timings)  # a stop the job began finishes first (its timing, its processes)
     if isinstance(e, SystemExit) and e.code in (signal.SIGTERM, 128 + signal.SIGTERM):
         e = KeyboardInterrupt("terminated by signal 15 (SIGTERM)")  # Ray's handler won a race
     stopped = isinstance(e, KeyboardInterrupt)
@@ -406,6 +408,17 @@ def _rearm_sigterm() -> None:
 
 
 _report_warmup: Any = None  # the thread of _warm_report
+_stopping: Any = None  # the cluster's stop, running while the outputs are written
+
+
+def _stopped(timings: dict) -> None:
+    """Wait for the cluster's stop (:class:`~distml.runtime.cluster.Stopping`), if one runs."""
+    global _stopping
+    stopping, _stopping = _stopping, None
+    if stopping is not None:
+        timings["cluster_stop_s"] = stopping.join()
+        if stopping.error is not None:
+            log.warning("the cluster did not stop cleanly: %s", stopping.error)
 
 
 def _warm_report() -> None:
@@ -442,6 +455,7 @@ def _report(run_dir, manifest: dict, timings: dict, t_start: float) -> dict:
         log.warning("report.html was not written: %s: %s", type(e).__name__, e)
         _trace.warning("report traceback:\n%s", traceback.format_exc())
     timings["report_s"] = time.perf_counter() - t0
+    _stopped(timings)  # it ran beside the writing and the report
     timings["total_s"] = time.time() - t_start
     manifest["timings"] = _round(timings)
     return out
@@ -451,12 +465,14 @@ def _execute(job, job_spec, info, run_dir, address, resume, manifest, timings, u
     """Run the job on the cluster: ``up`` (the ClusterInfo of one already up for the run,
     left up), else the one :func:`~distml.runtime.cluster.cluster` gives."""
     from distml.jobs.base import RunContext
-    from distml.runtime.cluster import cluster
+    from distml.runtime.cluster import Stopping, cluster
 
+    global _stopping
     t0 = time.perf_counter()
     res = job_spec.resources
     progress.current().stage("cluster")
-    with nullcontext(up) if up is not None else cluster(address) as cl:
+    with ExitStack() as stack:
+        cl = stack.enter_context(nullcontext(up) if up is not None else cluster(address))
         _rearm_sigterm()
         if up is None:
             timings["cluster_start_s"] = time.perf_counter() - t0
@@ -486,8 +502,7 @@ def _execute(job, job_spec, info, run_dir, address, resume, manifest, timings, u
         finally:
             progress.current().close_channel()  # workers' progress actor, before Ray goes
         timings["job_s"] = time.perf_counter() - t1
-        t2 = time.perf_counter()
-    timings["cluster_stop_s"] = time.perf_counter() - t2
+        _stopping = Stopping(stack.pop_all())  # Ray stops while the outputs are written
     if out is None:
         raise JobFailed(f"{job_spec.kind} job returned no output")
     return out

@@ -104,3 +104,45 @@ def test_a_stop_before_run_log_prints_no_traceback(tmp_path):
     assert "Traceback" not in proc.stderr and "traceback" not in proc.stderr, proc.stderr[-3000:]
     manifest = json.loads((tmp_path / "stopped" / "r1" / "manifest.json").read_text())
     assert manifest["status"] == "interrupted"
+
+
+def test_the_cluster_stops_beside_the_report_and_before_success(tmp_path, monkeypatch):
+    """Ray's stop runs in a thread of its own while the outputs and report.html are written
+    (the two overlap), and it has ended before ``_SUCCESS``; its seconds are in the timings."""
+    import threading
+    import time
+
+    import distml.jobs.sklearn as sk
+    import distml.runtime.cluster as rc
+
+    seen: dict = {}
+
+    @contextmanager
+    def slow_stopping_cluster(address=None, **_):
+        yield rc.ClusterInfo("existing", None, None, {"CPU": 1.0})
+        seen["stop_thread"] = threading.current_thread().name
+        seen["stop_began"] = time.monotonic()
+        time.sleep(1.0)
+        seen["stop_ended"] = time.monotonic()
+
+    real_build = api.build_report
+
+    def build(run_dir, manifest=None):
+        seen["report_began"] = time.monotonic()
+        return real_build(run_dir, manifest)
+
+    real_success = RunDir.mark_success
+
+    def success(self, manifest):
+        seen["success_at"] = time.monotonic()
+        return real_success(self, manifest)
+
+    monkeypatch.setattr(rc, "cluster", slow_stopping_cluster)
+    monkeypatch.setattr(sk.Job, "run", lambda self, ctx: JobOutput(metrics={"m": 1.0}))
+    monkeypatch.setattr(api, "build_report", build)
+    monkeypatch.setattr(RunDir, "mark_success", success)
+    result = distml.run(SPEC, output=str(tmp_path), run_id="r1")
+    assert seen["stop_thread"] == "distml-cluster-stop"
+    assert seen["report_began"] < seen["stop_ended"] <= seen["success_at"]
+    manifest = json.loads((result.run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "succeeded" and manifest["timings"]["cluster_stop_s"] >= 1.0

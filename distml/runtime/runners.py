@@ -50,6 +50,8 @@ MAX_RSS = 2 << 30
 PACKAGE = Path(__file__).resolve().parents[1]
 #: how long a run waits for the placement group of its CPUs before it takes a plain task
 RESERVE_WAIT_S = 0.5
+#: how long a run waits for a runner's answer (one still starting is skipped, not waited for)
+ACQUIRE_WAIT_S = 2.0
 #: a runner acquired but never called is free again after this long (its driver died)
 LEASE_S = 30.0
 
@@ -209,6 +211,7 @@ def call(fn: Callable, args: tuple, options: dict, cluster: Any, facts: dict) ->
     is one, else a plain Ray task with ``options``; the result (Ray's errors as ``ray.get``
     raises them). ``facts`` receives what ran, for the manifest."""
     import ray
+    from ray.exceptions import GetTimeoutError
 
     n = wanted(cluster)
     if n == 0 or options.get("num_gpus"):
@@ -229,8 +232,11 @@ def call(fn: Callable, args: tuple, options: dict, cluster: Any, facts: dict) ->
             missing.append(i)
             continue
         try:
-            ans = ray.get(actor.acquire.remote(holder), timeout=10)
-        except Exception as e:  # noqa: BLE001 - a dead or stuck runner: replace it
+            ans = ray.get(actor.acquire.remote(holder), timeout=ACQUIRE_WAIT_S)
+        except GetTimeoutError:  # still starting (or stuck): not waited for, left as it is
+            notes.append(f"{name}: not ready")
+            continue
+        except Exception as e:  # noqa: BLE001 - a dead runner: replace it
             notes.append(f"{name}: {type(e).__name__}")
             _kill(actor)
             missing.append(i)

@@ -70,12 +70,27 @@ def _runner_pids(rec: dict) -> list[int]:
     return found
 
 
+def _await_runner(rec: dict, besides: tuple[int, ...] = (), count: int = 1) -> int:
+    """The pid of a runner other than ``besides`` once its actor is up (Ray titles the
+    process ``ray::RunnerActor`` when the actor is created): a run only uses a ready runner,
+    and a slow machine may take seconds to start one."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        ready = [p for p in _runner_pids(rec) if p not in besides]
+        if len(ready) >= count:
+            time.sleep(1.0)  # its __init__ (the code identity) done
+            return ready[0]
+        time.sleep(0.2)
+    raise AssertionError("no runner came up")
+
+
 def test_runs_reuse_a_runner_with_the_plain_task_result(warm_env, tmp_path):
     env, seen = warm_env
     rec = _start(env, seen)
     first, m1 = _run(env, tmp_path / "r")
     assert m1["cluster"]["mode"] == "warm"
     assert _ran(m1) == {"runner": False, "why": "none yet (created for next runs)"}
+    _await_runner(rec, count=2)  # one per CPU
     second, m2 = _run(env, tmp_path / "r")
     third, m3 = _run(env, tmp_path / "r")
     r2, r3 = _ran(m2), _ran(m3)
@@ -107,8 +122,10 @@ def test_runs_reuse_a_runner_with_the_plain_task_result(warm_env, tmp_path):
 
 def test_other_code_is_replaced_and_a_killed_runner_is_a_failed_attempt(warm_env, tmp_path):
     env, seen = warm_env
+    env = dict(env, **{runners.ENV: "1"})
     rec = _start(env, seen)
     _run(env, tmp_path / "r")  # creates the runners
+    _await_runner(rec)
     _, m = _run(env, tmp_path / "r")
     old_pid = _ran(m)["pid"]
     # distml's source changes (a new mtime is enough): the runner of the old code is not used
@@ -129,6 +146,7 @@ def _other_code_then_faults(env: dict, rec: dict, old_pid: int, tmp_path: Path) 
     while old_pid in _runner_pids(rec) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert old_pid not in _runner_pids(rec)
+    _await_runner(rec, besides=(old_pid,))
     _, m = _run(env, tmp_path / "r")  # the replacement, created by the run before
     assert _ran(m)["runner"] and _ran(m)["pid"] != old_pid
     clean, _ = _run(env, tmp_path / "r")
@@ -143,7 +161,8 @@ def _other_code_then_faults(env: dict, rec: dict, old_pid: int, tmp_path: Path) 
     assert {k: res["metrics"][k] for k in XGB} == {k: clean["metrics"][k] for k in XGB}
     # without retries the runner's death fails the run (exit 4), as a plain task's would
     faulty = dict(env, DISTML_FAULT=f"train.iteration:5@{tmp_path / 'marker2'}")
-    _, m = _run(env, tmp_path / "r")  # the run that lost it created a replacement
+    _await_runner(rec, besides=(ran["pid"],))  # the run that lost it created a replacement
+    _, m = _run(env, tmp_path / "r")
     assert _ran(m)["runner"] and _ran(m)["pid"] != ran["pid"], _ran(m)
     res, _ = _run(faulty, tmp_path / "r", code=4)
     assert "fit failed" in res["error"]["message"]
@@ -174,7 +193,7 @@ def test_user_code_retires_the_runner_so_an_edit_is_seen(warm_env, tmp_path):
     (user / "usernet.py").write_text(textwrap.dedent(NET.format(scale=1.0)))
     # the user's package on the cluster's path (where every task, runner or not, imports it)
     env = dict(env, PYTHONPATH=f"{user}{os.pathsep}{env['PYTHONPATH']}")
-    _start(env, seen)
+    rec = _start(env, seen)
     spec = tmp_path / "net.yaml"
     spec.write_text(
         json.dumps(
@@ -191,6 +210,7 @@ def test_user_code_retires_the_runner_so_an_edit_is_seen(warm_env, tmp_path):
         )
     )
     _run(env, tmp_path / "r")  # creates the runners
+    _await_runner(rec)
     one, m1 = _run(env, tmp_path / "r", spec=str(spec))
     assert _ran(m1)["runner"]
     (user / "usernet.py").write_text(textwrap.dedent(NET.format(scale=0.0)))
@@ -204,8 +224,10 @@ def test_user_code_retires_the_runner_so_an_edit_is_seen(warm_env, tmp_path):
 
 def test_a_stopped_run_ends_its_runner(warm_env, tmp_path):
     env, seen = warm_env
+    env = dict(env, **{runners.ENV: "1"})
     rec = _start(env, seen)
     _run(env, tmp_path / "r")  # creates the runners
+    _await_runner(rec)
     out = tmp_path / "long"
     proc = subprocess.Popen(
         [

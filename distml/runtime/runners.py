@@ -49,7 +49,7 @@ MAX_RSS = 2 << 30
 #: distml's package folder (this file is distml/runtime/runners.py)
 PACKAGE = Path(__file__).resolve().parents[1]
 #: how long a run waits for the placement group of its CPUs before it takes a plain task
-RESERVE_WAIT_S = 0.5
+RESERVE_WAIT_S = 2.0
 #: how long a run waits for a runner's answer (one still starting is skipped, not waited for)
 ACQUIRE_WAIT_S = 2.0
 #: a runner acquired but never called is free again after this long (its driver died)

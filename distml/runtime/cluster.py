@@ -311,9 +311,20 @@ def _warm_client(rec: dict) -> Iterator[None]:
 
 
 def _reset_token_cache() -> None:
-    loader = getattr(
-        getattr(sys.modules.get("ray"), "_raylet", None), "AuthenticationTokenLoader", None
-    )
+    """Make an already imported Ray read its auth mode and token from the environment again:
+    Ray reads ``RAY_AUTH_MODE`` into its C++ config once per process, so a process that
+    imported Ray before the warm client set it (a notebook: ``import ray`` first) would connect
+    without the token and be refused. Private Ray API, kept on purpose (Ray's own test helpers
+    do the same, config first, then the token cache); looked up defensively, and
+    tests/unit/test_ray_private_apis.py fails loudly when Ray renames it."""
+    raylet = getattr(sys.modules.get("ray"), "_raylet", None)
+    config = getattr(raylet, "Config", None)
+    if config is not None and hasattr(config, "initialize"):
+        try:
+            config.initialize("")
+        except Exception:  # noqa: BLE001 - the connection then says what failed
+            pass
+    loader = getattr(raylet, "AuthenticationTokenLoader", None)
     if loader is not None:
         try:
             loader.instance().reset_cache()

@@ -99,6 +99,23 @@ def test_runs_reuse_a_runner_with_the_plain_task_result(warm_env, tmp_path):
     assert r2["pid"] in _runner_pids(rec)
     for res in (second, third):  # a method call on a runner = the plain Ray task, exactly
         assert {k: res["metrics"][k] for k in XGB} == {k: first["metrics"][k] for k in XGB}
+    # a process that imported Ray before distml (a notebook) connects with the token, too
+    script = (
+        "import json, sys\nimport ray\nimport distml\n"
+        "r = distml.run('jobs/quickstart.yaml', output=sys.argv[1])\n"
+        "print(json.dumps([r.manifest['cluster']['mode'], r.metrics]))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "r")],
+        cwd=ROOT,
+        env={k: v for k, v in env.items() if k != "RAY_AUTH_MODE"},  # a user's plain shell
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    mode, metrics = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert mode == "warm" and {k: metrics[k] for k in XGB} == {k: first["metrics"][k] for k in XGB}
     # statsmodels' single model through a runner = the same fit in a plain task
     ols, m_ols = _run(env, tmp_path / "r", spec="jobs/statsmodels_ols_longley.yaml")
     plain_env = dict(env, **{runners.ENV: "0"})

@@ -14,6 +14,10 @@ Every other use of Ray in distml, its tests and benchmarks goes through public A
   request a deadline (Ray sets none).
 - ``ResultGrid._experiment_analysis`` and ``Trial.run_metadata.num_failures``:
   ``distml.tune.runner``. A trial's process deaths, which ``Result`` does not expose.
+- ``ray._raylet.Config.initialize`` and ``AuthenticationTokenLoader``:
+  ``distml.runtime.cluster._reset_token_cache``. Ray reads ``RAY_AUTH_MODE`` once per process;
+  a process that imported Ray first must re-read it to connect to the token-authenticated
+  warm cluster.
 
 The call sites look these up defensively (a changed Ray gets the slow or less detailed path, not
 a crash), which is exactly why these tests must be the loud part. Each failure message names the
@@ -286,3 +290,38 @@ def test_result_grid_keeps_its_experiment_analysis_with_the_trials():
     assert trial.num_failures == 1, _ray_changed(
         "Trial.run_metadata.num_failures", _RUNNER, "Trial.num_failures no longer reads it."
     )
+
+
+# --- ray._raylet.Config / AuthenticationTokenLoader: runtime/cluster._reset_token_cache ---
+
+_TOKEN = "distml.runtime.cluster._reset_token_cache (the warm client in a process with Ray)"
+
+
+def test_config_initialize_rereads_the_auth_mode_from_the_environment(monkeypatch):
+    import ray._raylet as raylet
+
+    from distml.runtime.cluster import _reset_token_cache
+
+    assert hasattr(raylet, "Config") and hasattr(raylet.Config, "initialize"), _ray_changed(
+        "ray._raylet.Config.initialize", _TOKEN
+    )
+    assert hasattr(raylet, "AuthenticationTokenLoader"), _ray_changed(
+        "ray._raylet.AuthenticationTokenLoader", _TOKEN
+    )
+    assert hasattr(raylet.AuthenticationTokenLoader.instance(), "reset_cache"), _ray_changed(
+        "AuthenticationTokenLoader.instance().reset_cache", _TOKEN
+    )
+    token = raylet.AuthenticationMode.TOKEN
+    try:
+        monkeypatch.setenv("RAY_AUTH_MODE", "token")
+        monkeypatch.setenv("RAY_AUTH_TOKEN", "x" * 32)
+        _reset_token_cache()
+        assert raylet.get_authentication_mode() == token, _ray_changed(
+            "Config.initialize('') (no longer re-reads RAY_AUTH_MODE)", _TOKEN
+        )
+        monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+        _reset_token_cache()
+        assert raylet.get_authentication_mode() != token
+    finally:
+        monkeypatch.undo()
+        _reset_token_cache()

@@ -27,17 +27,20 @@ def _stop(*_a, **_k):
     raise KeyboardInterrupt("terminated by signal 15 (SIGTERM)")
 
 
+_write_json = RunDir.write_json
+
+
+def write_then_stop(self, rel, obj):
+    """RunDir.write_json, then the stop, right after the first ``running`` manifest."""
+    path = _write_json(self, rel, obj)
+    if rel == "manifest.json" and obj.get("status") == "running":
+        _stop()
+    return path
+
+
 @pytest.mark.parametrize("step", ["after_running_manifest", "log_opening", "mark_success"])
 def test_a_stop_between_steps_is_recorded_interrupted(tmp_path, monkeypatch, step):
     if step == "after_running_manifest":  # the signal lands right after the first write
-        real = RunDir.write_json
-
-        def write_then_stop(self, rel, obj):
-            path = real(self, rel, obj)
-            if rel == "manifest.json" and obj.get("status") == "running":
-                _stop()
-            return path
-
         monkeypatch.setattr(RunDir, "write_json", write_then_stop)
     elif step == "log_opening":
 
@@ -64,17 +67,7 @@ _STOP_AFTER_MANIFEST = """
 import sys
 import distml
 from distml.runtime.artifacts import RunDir
-from tests.unit.test_run_interrupts import SPEC, _stop
-
-real = RunDir.write_json
-
-
-def write_then_stop(self, rel, obj):
-    path = real(self, rel, obj)
-    if rel == "manifest.json" and obj.get("status") == "running":
-        _stop()
-    return path
-
+from tests.unit.test_run_interrupts import SPEC, write_then_stop
 
 RunDir.write_json = write_then_stop
 try:

@@ -94,7 +94,7 @@ def type_features(X: pd.DataFrame, categories: dict[str, list]) -> pd.DataFrame:
     import numpy as np
     import pandas as pd
 
-    X = X.copy()
+    X = X.copy(deep=False)  # copy-on-write (pandas 3): the caller's frame is never changed
     for c, levels in categories.items():
         X[c] = pd.Categorical(X[c].astype("string").astype(object), categories=levels)
     for c in X.columns:

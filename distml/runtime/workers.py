@@ -28,19 +28,34 @@ BYTES_PER_VALUE = 24
 EXPERIMENT = "train"
 
 
+#: Train V2's poll of its workers; every report, a finished group and a failed worker are seen
+#: only when the controller polls (Ray's default is 2 s: up to 2 s idle after the last epoch)
+POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+#: distml's poll when ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`` is not set (:func:`fit` passes it
+#: on to the controller and the workers); a poll is one small actor call per worker
+POLL_S = 0.25
+#: the least seconds between two reports with checkpoints (:class:`Cadence`): what keeps their
+#: cost a small share of the loop, whatever the poll
+CHECKPOINT_INTERVAL_S = 2.0
+
+
+def poll_interval_s() -> float:
+    """Seconds between two polls of a Train controller distml starts."""
+    return float(os.environ.get(POLL_ENV, POLL_S))
+
+
 def crash_delay_s() -> float:
     """How long a Train worker stopped by the fault hook (:mod:`distml.runtime.faults`) waits
-    before exiting: Train V2 collects reports (and their checkpoints) when it polls the workers,
-    every ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`` (2 s); waiting for the last one to be registered
-    makes the restart provably resume from it rather than from whatever was polled before."""
-    return 2.5 * report_interval_s()
+    before exiting: Train V2 collects reports (and their checkpoints) when it polls the workers
+    (:func:`poll_interval_s`); waiting for the last one to be registered makes the restart
+    provably resume from it rather than from whatever was polled before."""
+    return 2.5 * poll_interval_s()
 
 
 def report_interval_s() -> float:
-    """Seconds between two Train reports that do not wait on each other: Train V2 takes one
-    report per worker each time its controller polls (``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``,
-    2 s), and a report made before the previous one was taken blocks until it is."""
-    return float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2"))
+    """Seconds between two Train reports: at least :data:`CHECKPOINT_INTERVAL_S`, and never
+    less than a poll (a report made before the previous one was taken blocks until it is)."""
+    return max(CHECKPOINT_INTERVAL_S, poll_interval_s())
 
 
 class Cadence:
@@ -216,18 +231,25 @@ def train_callbacks() -> list:
 
 
 def fit(trainer):
-    """``trainer.fit()``, then release the Train controller actor: Train V2 keeps its handle in a
-    SIGINT handler it installs on the main thread, which would keep the controller (and the
-    dataset actors it owns) alive after the job (RELIABILITY.md promise 5)."""
+    """``trainer.fit()`` with Train's poll at :func:`poll_interval_s` (Train passes the variable
+    on to its controller and workers; the process's own environment is restored after), then
+    release the Train controller actor: Train V2 keeps its handle in a SIGINT handler it
+    installs on the main thread, which would keep the controller (and the dataset actors it
+    owns) alive after the job (RELIABILITY.md promise 5)."""
     import gc
     import signal
     import threading
 
     main = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGINT) if main else None
+    own_poll = POLL_ENV not in os.environ
+    if own_poll:
+        os.environ[POLL_ENV] = str(POLL_S)
     try:
         return trainer.fit()
     finally:
+        if own_poll:
+            os.environ.pop(POLL_ENV, None)
         if main and previous is not None:
             signal.signal(signal.SIGINT, previous)
         gc.collect()

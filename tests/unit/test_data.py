@@ -386,3 +386,23 @@ def test_missing_column_message_cuts_long_header_names(tmp_path):
     with pytest.raises(DataError, match="column 'y' is not in") as e:
         validate_data(_data(tmp_path / "notes.csv", target="y"), needs_target=True)
     assert "S" * 40 not in str(e.value)
+
+
+def test_typing_features_leaves_the_read_frame_as_it_was():
+    """type_features no longer deep-copies the frame it is given (1 s of B4's 377 MB read):
+    the categorical and bool columns it changes are new columns, so the caller's frame keeps
+    its values and dtypes, and the untouched numeric columns are not copied."""
+    import numpy as np
+    import pandas as pd
+
+    from distml.jobs._supervised import type_features
+
+    frame = pd.DataFrame({"x": [1.5, 2.5, 3.5], "flag": [True, False, True], "c": ["a", "b", None]})
+    before = frame.copy()
+    X = type_features(frame, {"c": ["a", "b"]})
+    pd.testing.assert_frame_equal(frame, before)
+    assert X["flag"].dtype == np.int8 and list(X["flag"]) == [1, 0, 1]
+    assert isinstance(X["c"].dtype, pd.CategoricalDtype)
+    assert X["c"].isna().tolist() == [False, False, True]
+    X.loc[0, "x"] = -1.0  # a later write to the typed frame never reaches the read one
+    assert frame.loc[0, "x"] == 1.5

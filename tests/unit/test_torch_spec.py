@@ -295,3 +295,63 @@ def test_xgboost_takes_several_workers_but_not_with_cv():
     assert load_spec(copy.deepcopy(base), {"resources.num_workers": 2}).resources.num_workers == 2
     text = error({"resources.num_workers": 2, "data.split": {"cv": 3}}, base)
     assert "data.split.cv and resources.num_workers conflict" in text
+
+
+def test_rank_zeros_output_reaches_the_driver_whole(tmp_path):
+    """Rank 0 of a torch worker group evaluates and hands its JobOutput over in the final
+    checkpoint as JSON, parquet and bytes (no pickle): what the driver loads equals what
+    rank 0 made — metrics (NaN too), tables with their dtypes, model files, texts, info."""
+    from distml.jobs.base import JobOutput
+    from distml.jobs.torch.distributed import load_output, save_output
+
+    out = JobOutput(
+        metrics={"valid": {"accuracy": 0.5, "roc_auc": float("nan")}, "epochs_trained": 3},
+        tables={
+            "predictions": pd.DataFrame(
+                {
+                    "split": ["valid", "valid"],
+                    "row": np.array([3, 9], dtype=np.int64),
+                    "actual": ["a", "b"],
+                    "proba_a": np.array([0.25, 0.75], dtype=np.float32),
+                }
+            ),
+            "learning_curve": pd.DataFrame(
+                {
+                    "iteration": [0, 1],
+                    "split": ["train"] * 2,
+                    "metric": ["loss"] * 2,
+                    "value": [1.0, 0.5],
+                }
+            ),
+        },
+        files={"model/model.pt": b"\x00\x01weights", "model/schema.json": b"{}"},
+        texts={"model/summary.txt": "two layers"},
+        info={"task": "classification", "rows": {"train": 6, "valid": 2}},
+    )
+    save_output(out, str(tmp_path / "output"))
+    back = load_output(str(tmp_path / "output"))
+    assert back.files == out.files and back.texts == out.texts and back.info == out.info
+    assert back.metrics["valid"]["accuracy"] == 0.5 and np.isnan(back.metrics["valid"]["roc_auc"])
+    assert back.metrics["epochs_trained"] == 3
+    assert list(back.tables) == list(out.tables)
+    for name, frame in out.tables.items():
+        pd.testing.assert_frame_equal(back.tables[name], frame)
+
+
+def test_a_failed_evaluation_on_rank_zero_is_recorded_not_raised(tmp_path):
+    """A raise in rank 0's evaluation would fail the group and train it again; instead the
+    error goes to the driver (which reports "torch evaluation failed: ..."), and the job
+    keeps no pretrained weights."""
+    from distml.jobs.torch.distributed import _evaluate
+
+    class Broken:
+        _pretrained = None
+
+        def fit_and_evaluate(self, info, prep):
+            assert self._pretrained == {"weights": b"w"}
+            raise ValueError("no metric for this task")
+
+    job = Broken()
+    got = _evaluate(job, {"info": None}, None, {"weights": b"w"}, str(tmp_path))
+    assert got["evaluate_error"] == "ValueError: no metric for this task"
+    assert got["evaluate_s"] >= 0 and job._pretrained is None

@@ -333,7 +333,10 @@ class Job(SupervisedJob):
         from distml.jobs.torch.model import build_net, load_state
 
         if self._pretrained is not None:  # trained by a worker group: rebuild, do not train
-            task, inputs = self.fit_inputs(prep, train)  # as the workers fitted them
+            if self._pretrained.get("inputs") is not None:  # the workers' own
+                task, inputs = self.torch_task(prep), self._pretrained["inputs"]
+            else:
+                task, inputs = self.fit_inputs(prep, train)  # as the workers fitted them
             config = self.model_config(inputs, task, prep)
             net = build_net(self.spec.model, config["in_features"], config["out_features"])
             net.load_state_dict(load_state(self._pretrained["weights"]))

@@ -111,7 +111,7 @@ class Inputs:
             V = _numeric_block(X, fast, rows)
             V -= mu
             V /= sd
-            np.nan_to_num(V, nan=0.0, copy=False)
+            np.copyto(V, 0.0, where=np.isnan(V))  # (nan_to_num: 4x slower, same float32)
             at = [where[c] for c in fast]
             if at == list(range(at[0], at[0] + len(at))):  # one run of columns: a slice
                 at = slice(at[0], at[0] + len(at))

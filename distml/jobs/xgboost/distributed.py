@@ -11,8 +11,8 @@
 3. Each worker builds its train/valid DMatrix and runs ``xgboost.train`` inside xgboost's
    collective (evaluation metrics and early stopping are global). A
    :class:`~ray.train.xgboost.RayTrainReportCallback` checkpoints the booster after the first
-   round and then every few rounds (at most one report per Train poll interval, 2 s, so reports
-   never stall boosting: :class:`distml.runtime.workers.Cadence`) with the evaluation history
+   round and then every few rounds (at most one report every 2 s, so reports never stall
+   boosting: :class:`distml.runtime.workers.Cadence`) with the evaluation history
    and the early-stopping state; a
    restarted group (``resources.max_failures``) continues from the last one with the remaining
    rounds (``xgb_model=``).

@@ -255,32 +255,29 @@ class Job(SupervisedJob):
         """(task, inputs, X_train, y_train, X_valid, y_valid) as torch tensors."""
         import torch
 
-        task, inputs = self.fit_inputs(prep, train)
+        task, inputs, design = self.fit_inputs(prep, train, design=True)
 
-        def pair(rows):
+        def pair(rows, X=None):
             return (
-                torch.from_numpy(inputs.design(prep.X, rows)),
+                torch.from_numpy(inputs.design(prep.X, rows) if X is None else X),
                 torch.from_numpy(inputs.target(prep.y[rows], task)),
             )
 
-        Xt, yt = pair(train)
+        Xt, yt = pair(train, design)
         Xv, yv = pair(valid) if valid is not None and len(valid) else (None, None)
         return task, inputs, Xt, yt, Xv, yv
 
-    def fit_inputs(self, prep: Prepared, train: np.ndarray):
-        """(task, :class:`~distml.jobs.torch.model.Inputs` fitted on the train rows)."""
+    def fit_inputs(self, prep: Prepared, train: np.ndarray, design: bool = False):
+        """(task, :class:`~distml.jobs.torch.model.Inputs` fitted on the train rows), and the
+        train rows' design matrix third when ``design``."""
         from distml.jobs.torch.model import Inputs
 
         task = self.torch_task(prep)
-        inputs = Inputs.fit(
-            prep.X,
-            prep.categories,
-            prep.y[train],
-            self.spec.model.standardize,
-            regression=task == "regression",
-            rows=train,
-        )
-        return task, inputs
+        args = (prep.X, prep.categories, prep.y[train], self.spec.model.standardize)
+        if design:
+            inputs, X = Inputs.fit_design(*args, regression=task == "regression", rows=train)
+            return task, inputs, X
+        return task, Inputs.fit(*args, regression=task == "regression", rows=train)
 
     def model_config(self, inputs, task: str, prep: Prepared) -> dict:
         from distml.jobs._supervised import py_scalar

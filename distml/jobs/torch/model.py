@@ -61,13 +61,37 @@ class Inputs:
     ) -> "Inputs":
         """Fitted on ``X``'s rows ``rows`` (all rows when None; ``y`` is already those rows'):
         numpy-typed numeric columns as one matrix, the others column by column."""
-        numeric = {}
+        return cls._fit(X, categories, y, standardize, regression, rows)[0]
+
+    @classmethod
+    def fit_design(
+        cls,
+        X: pd.DataFrame,
+        categories: dict[str, list],
+        y: np.ndarray | None,
+        standardize: bool = True,
+        regression: bool = False,
+        rows: np.ndarray | None = None,
+    ) -> tuple["Inputs", np.ndarray]:
+        """``(fit(...), its design(X, rows))``, with the numeric columns gathered once: the
+        design scales the fit's own float64 matrix in place (a worker's train matrix: one
+        copy of the data less, ~0.2–1.5 s of B4's start)."""
+        inputs, V = cls._fit(X, categories, y, standardize, regression, rows)
+        return inputs, inputs.design(X, rows, _block=V)
+
+    @classmethod
+    def _fit(cls, X, categories, y, standardize, regression, rows):
+        numeric, V = {}, None
         fast = _fast_columns(X, categories)
         if fast:
             V = _numeric_block(X, fast, rows)  # Fortran order: each column contiguous
             seen = np.isfinite(V).any(axis=0)
+            # column by column: the same figures as V.std(axis=0), without its temporary copy
+            # of the whole matrix (0.8 s of 54k x 784, against 0.07 s)
+            mu, sd = np.empty(len(fast)), np.empty(len(fast))
             with np.errstate(invalid="ignore", over="ignore"):  # inf: nan, then sd 1
-                mu, sd = V.mean(axis=0), V.std(axis=0)  # = nanmean/nanstd without NaN
+                for j in range(len(fast)):
+                    mu[j], sd[j] = V[:, j].mean(), V[:, j].std()  # = nan* without NaN
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
                 for j in np.flatnonzero(np.isnan(V).any(axis=0) & seen):
@@ -90,14 +114,19 @@ class Inputs:
         if regression and y is not None and len(y):
             sd = float(np.std(y))
             y_scale = (float(np.mean(y)), sd if sd > 0 else 1.0)
-        return cls(numeric, {c: list(v) for c, v in categories.items()}, list(X.columns), y_scale)
+        categorical = {c: list(v) for c, v in categories.items()}
+        return cls(numeric, categorical, list(X.columns), y_scale), V
 
     @property
     def width(self) -> int:
         return len(self.numeric) + sum(len(v) for v in self.categorical.values())
 
-    def design(self, X: pd.DataFrame, rows: np.ndarray | None = None) -> np.ndarray:
-        """The float32 matrix of ``X``'s rows ``rows`` (all when None), columns in order."""
+    def design(
+        self, X: pd.DataFrame, rows: np.ndarray | None = None, _block: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The float32 matrix of ``X``'s rows ``rows`` (all when None), columns in order.
+        ``_block``: those rows' numeric columns as :meth:`fit_design`'s fit gathered them
+        (scaled in place here)."""
         n = len(X) if rows is None else len(rows)
         out = np.empty((n, self.width), dtype=np.float32)
         where, at = {}, 0
@@ -108,9 +137,10 @@ class Inputs:
         if fast:
             mu = np.array([self.numeric[c][0] for c in fast])
             sd = np.array([self.numeric[c][1] for c in fast])
-            V = _numeric_block(X, fast, rows)
-            V -= mu
-            V /= sd
+            V = _numeric_block(X, fast, rows) if _block is None else _block
+            with np.errstate(invalid="ignore"):  # inf - inf (an inf in the fit's rows): 0
+                V -= mu
+                V /= sd
             np.copyto(V, 0.0, where=np.isnan(V))  # (nan_to_num: 4x slower, same float32)
             at = [where[c] for c in fast]
             if at == list(range(at[0], at[0] + len(at))):  # one run of columns: a slice

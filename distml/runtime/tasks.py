@@ -184,12 +184,25 @@ class Runner:
             ) from e
 
 
-def cancel_all(refs: list, grace_s: float = 2.0) -> None:
+#: how long :func:`cancel_all` lets tasks that are ending anyway end before it cancels the rest
+SETTLE_S = 0.2
+
+
+def cancel_all(refs: list, grace_s: float = 2.0, settle_s: float = SETTLE_S) -> None:
     """Cancel ``refs`` and make it stick: a cancel that races a task's hand-over to its worker
     can be lost (the task then runs to its end, holding its CPU), so the tasks not ended after
-    ``grace_s`` are cancelled again, then force-cancelled (their worker process is killed)."""
+    ``grace_s`` are cancelled again, then force-cancelled (their worker process is killed).
+
+    The tasks that end within ``settle_s`` are not cancelled at all. In Ray 2.60 a cancel that
+    meets the task's own completion can abort the cancelling process (``task_manager.cc``
+    "Tried to complete task that was not pending", the race of ray-project/ray#54798), and
+    the moment a caller stops is when its other short tasks are ending and queued ones are
+    being handed to the workers they free; after the pause only tasks well inside their run
+    (or still queued) are cancelled."""
     import ray
 
+    if settle_s > 0 and refs:
+        _, refs = ray.wait(refs, num_returns=len(refs), timeout=settle_s, fetch_local=False)
     for force in (False, False, True):
         for ref in refs:
             try:

@@ -107,3 +107,29 @@ def test_cancel_all_ends_a_task_that_survives_a_plain_cancel(ray_cluster):
     ):
         ray_cluster.get(ref, timeout=30)
     _free_cpus(ray_cluster, timeout=10.0)
+
+
+def test_cancel_all_lets_a_task_that_is_ending_end(ray_cluster):
+    """A task that ends within the settle pause is not cancelled: its result stands (a cancel
+    that meets a task's completion can abort the cancelling process in Ray 2.60); a task well
+    inside its run is still cancelled, and every CPU is free after."""
+    from distml.runtime.tasks import cancel_all
+
+    @ray_cluster.remote(num_cpus=1, max_retries=0)
+    def nap(seconds):
+        time.sleep(seconds)
+        return seconds
+
+    ending, long = nap.remote(1.0), nap.remote(60.0)
+    deadline = time.monotonic() + 30
+    while ray_cluster.available_resources().get("CPU", 0) > 0:  # both run (2 CPUs)
+        assert time.monotonic() < deadline, "the tasks never started"
+        time.sleep(0.02)
+    ray_cluster.wait([ending], timeout=0.9)  # the short task has ~0.1 s left, then:
+    cancel_all([ending, long], grace_s=1.0, settle_s=1.0)
+    assert ray_cluster.get(ending, timeout=10) == 1.0
+    with pytest.raises(
+        (ray_cluster.exceptions.TaskCancelledError, ray_cluster.exceptions.WorkerCrashedError)
+    ):
+        ray_cluster.get(long, timeout=30)
+    _free_cpus(ray_cluster, timeout=10.0)

@@ -1,5 +1,3 @@
-import sys
+from distml.cli import entry
 
-from distml.cli import main
-
-sys.exit(main())
+entry()

@@ -283,6 +283,14 @@ def _setup_logging(debug: bool) -> None:
     logger.propagate = False
 
 
+def entry() -> None:
+    """The ``distml`` command: :func:`main`, then an exit without the interpreter's teardown
+    (:func:`distml.runtime.procs.exit_now`, 0.3 s after a run)."""
+    from distml.runtime.procs import exit_now
+
+    exit_now(main())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)

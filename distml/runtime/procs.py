@@ -93,3 +93,35 @@ def named(pids: list[int], name: str) -> tuple[int, str] | None:
         if ticks is not None and os.path.basename(cmd) == name:
             return pid, ticks
     return None
+
+
+def exit_now(code: int | None) -> None:
+    """End this process with ``code`` once its work is done, without the interpreter's teardown.
+
+    The exit handlers still run (logging's flush and close, Ray's, the clean-up of temporary
+    folders), then stdout and stderr are flushed and the process ends (``os._exit``). What is
+    skipped is freeing every object and module one by one: ~180k objects and Ray's native
+    state after a run, 0.3 s of a 2 s run on a warm cluster. A normal exit is taken instead
+    while another non-daemon thread runs (Python would wait for it), off the main thread, or
+    where CPython's exit-handler runner is missing."""
+    import atexit
+    import sys
+    import threading
+
+    code = 0 if code is None else int(code)
+    run_handlers = getattr(atexit, "_run_exitfuncs", None)
+    main = threading.current_thread() is threading.main_thread()
+    busy = any(
+        t.is_alive() and not t.daemon
+        for t in threading.enumerate()
+        if t is not threading.current_thread()
+    )
+    if run_handlers is None or busy or not main:
+        sys.exit(code)
+    run_handlers()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing more to say
+            pass
+    os._exit(code)

@@ -111,3 +111,63 @@ def test_a_runs_own_cluster_starts_without_the_idle_monitors(monkeypatch):
     with pytest.raises(RuntimeError, match="no cluster"):
         cluster._start_local(2, None)
     assert {name: seen[name] for name in cluster.IDLE_MONITORS} == originals
+
+
+_EXIT_PROBE = """
+import atexit, sys, tempfile, threading, time
+from pathlib import Path
+from distml.runtime.procs import exit_now
+
+out = Path(sys.argv[1])
+keep = tempfile.TemporaryDirectory(dir=out)  # removed by its finalizer at exit
+(out / "tmpdir").write_text(keep.name)
+atexit.register(lambda: (out / "atexit").write_text("ran"))
+if sys.argv[2] == "thread":
+    def late():
+        time.sleep(0.5)
+        (out / "thread").write_text("finished")
+    threading.Thread(target=late).start()
+sys.stdout.write("no newline at the end")
+sys.stderr.write("nor here")
+exit_now(3)
+sys.stdout.write("never")
+"""
+
+
+@pytest.mark.parametrize("mode", ["plain", "thread"])
+def test_the_quick_exit_keeps_what_an_exit_promises(tmp_path, mode):
+    """``distml`` ends with procs.exit_now (no interpreter teardown, 0.3 s after a run): the
+    exit code, unflushed stdout/stderr, exit handlers and temporary folders' clean-up are as
+    a normal exit's; with another non-daemon thread running it is a normal exit (the thread
+    finishes first)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _EXIT_PROBE, str(tmp_path), mode],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 3
+    assert done.stdout == "no newline at the end" and done.stderr == "nor here"
+    assert (tmp_path / "atexit").read_text() == "ran"
+    assert not Path((tmp_path / "tmpdir").read_text()).exists()
+    if mode == "thread":
+        assert (tmp_path / "thread").read_text() == "finished"
+
+
+def test_the_distml_command_exits_through_the_quick_exit():
+    """The installed ``distml`` script and ``python -m distml`` both end in cli.entry."""
+    import tomllib
+
+    from distml import cli
+
+    root = Path(__file__).resolve().parents[2]
+    scripts = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["distml"] == "distml.cli:entry" and callable(cli.entry)
+    assert "entry()" in (root / "distml" / "__main__.py").read_text()
+    done = subprocess.run(
+        [sys.executable, "-m", "distml", "validate", "/no/such/spec.yaml"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "does not exist" in done.stderr

@@ -230,9 +230,25 @@ class SupervisedJob(Job):
     ) -> tuple[dict, np.ndarray, np.ndarray | None]:
         """(metrics, predictions, class probabilities or None) of ``model`` on ``X, y``."""
         pred, proba = self.predict(model, prep, X)
+        return self._metrics(prep, y, pred, proba), pred, proba
+
+    def score_rows(
+        self, model: Any, prep: Prepared, rows: np.ndarray
+    ) -> tuple[dict, np.ndarray, np.ndarray | None]:
+        """:meth:`score` on the rows ``rows`` of ``prep.X`` (and ``prep.y``)."""
+        pred, proba = self.predict_rows(model, prep, rows)
+        return self._metrics(prep, prep.y[rows], pred, proba), pred, proba
+
+    def predict_rows(self, model: Any, prep: Prepared, rows: np.ndarray):
+        """:meth:`predict` on the rows ``rows`` of ``prep.X``; a kind that reads the rows
+        straight from ``prep.X`` overrides it (no copy of those rows as a frame first)."""
+        return self.predict(model, prep, prep.X.iloc[rows])
+
+    @staticmethod
+    def _metrics(prep: Prepared, y, pred, proba) -> dict:
         if prep.task == "classification":
-            return M.classification_metrics(y, pred, proba, prep.n_classes), pred, proba
-        return M.regression_metrics(y, pred), pred, proba
+            return M.classification_metrics(y, pred, proba, prep.n_classes)
+        return M.regression_metrics(y, pred)
 
     def fit_and_evaluate(self, info: DataInfo, prep: Prepared | None = None) -> JobOutput:
         """The whole single-worker job: runs inside one Ray task."""
@@ -277,8 +293,8 @@ class SupervisedJob(Job):
         confusion, predictions = [], []
         held_out = prep.X_test is not None or any(k != "train" for k in parts)
         for name, rows in parts.items():
-            X, y = prep.X.iloc[rows], prep.y[rows]
-            out.metrics[name], pred, proba = self.score(model, prep, X, y)
+            y = prep.y[rows]
+            out.metrics[name], pred, proba = self.score_rows(model, prep, rows)
             if prep.classes is not None:
                 confusion += M.confusion_rows(name, y, pred, prep.classes)
             if name != "train" or not held_out:

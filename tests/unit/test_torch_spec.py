@@ -191,11 +191,6 @@ def test_inputs_equal_the_per_column_computation_bit_for_bit(standardize):
         assert got.dtype == np.float32 and got.shape == expect.shape
         np.testing.assert_array_equal(got, expect)
         np.testing.assert_array_equal(inputs.design(frame), expect)
-    # fit_design: one gather of the numeric columns for the fit and the train rows' design
-    for sel in (rows, None):
-        fitted, design = Inputs.fit_design(X, categories, None, standardize, rows=sel)
-        assert fitted == Inputs.fit(X, categories, None, standardize, rows=sel)
-        np.testing.assert_array_equal(design, fitted.design(X, sel))
 
 
 def test_the_mlp_follows_the_spec():

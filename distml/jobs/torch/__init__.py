@@ -192,13 +192,14 @@ class TorchFitted:
     task: str  # classification | binary | regression
     config: dict
 
-    def outputs(self, X: pd.DataFrame):
+    def outputs(self, X: pd.DataFrame, rows: np.ndarray | None = None):
+        """(predictions, class probabilities or None) of ``X``'s rows ``rows`` (all: None)."""
         import torch
 
         from distml.jobs.torch.model import forward_outputs
 
         with torch.no_grad():
-            logits = self.net.eval()(torch.from_numpy(self.inputs.design(X)))
+            logits = self.net.eval()(torch.from_numpy(self.inputs.design(X, rows)))
         pred, proba = forward_outputs(logits, self.task)
         if self.task == "regression" and self.inputs.y_scale:
             mu, sd = self.inputs.y_scale
@@ -255,29 +256,32 @@ class Job(SupervisedJob):
         """(task, inputs, X_train, y_train, X_valid, y_valid) as torch tensors."""
         import torch
 
-        task, inputs, design = self.fit_inputs(prep, train, design=True)
+        task, inputs = self.fit_inputs(prep, train)
 
-        def pair(rows, X=None):
+        def pair(rows):
             return (
-                torch.from_numpy(inputs.design(prep.X, rows) if X is None else X),
+                torch.from_numpy(inputs.design(prep.X, rows)),
                 torch.from_numpy(inputs.target(prep.y[rows], task)),
             )
 
-        Xt, yt = pair(train, design)
+        Xt, yt = pair(train)
         Xv, yv = pair(valid) if valid is not None and len(valid) else (None, None)
         return task, inputs, Xt, yt, Xv, yv
 
-    def fit_inputs(self, prep: Prepared, train: np.ndarray, design: bool = False):
-        """(task, :class:`~distml.jobs.torch.model.Inputs` fitted on the train rows), and the
-        train rows' design matrix third when ``design``."""
+    def fit_inputs(self, prep: Prepared, train: np.ndarray):
+        """(task, :class:`~distml.jobs.torch.model.Inputs` fitted on the train rows)."""
         from distml.jobs.torch.model import Inputs
 
         task = self.torch_task(prep)
-        args = (prep.X, prep.categories, prep.y[train], self.spec.model.standardize)
-        if design:
-            inputs, X = Inputs.fit_design(*args, regression=task == "regression", rows=train)
-            return task, inputs, X
-        return task, Inputs.fit(*args, regression=task == "regression", rows=train)
+        inputs = Inputs.fit(
+            prep.X,
+            prep.categories,
+            prep.y[train],
+            self.spec.model.standardize,
+            regression=task == "regression",
+            rows=train,
+        )
+        return task, inputs
 
     def model_config(self, inputs, task: str, prep: Prepared) -> dict:
         from distml.jobs._supervised import py_scalar
@@ -391,6 +395,9 @@ class Job(SupervisedJob):
 
     def predict(self, model: TorchFitted, prep: Prepared, X: pd.DataFrame):
         return model.outputs(X)
+
+    def predict_rows(self, model: TorchFitted, prep: Prepared, rows: np.ndarray):
+        return model.outputs(prep.X, rows)  # gathered column by column, no frame copy
 
     def model_files(self, model: TorchFitted) -> dict[str, bytes]:
         from distml.jobs.torch.model import save_state

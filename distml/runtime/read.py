@@ -146,7 +146,9 @@ def read_files(
             raise DataError(
                 f"{where}: cannot read parquet from {source or files[0]!r}: {one_line(e, 200)}"
             ) from None
-        return table.to_pandas()
+        # a column per block, no copy of arrow's buffers into one 2-d block: 0.3 s against
+        # 1.5-6 s for B4's 60k x 784 (fresh memory is the slow part here)
+        return table.to_pandas(split_blocks=True, self_destruct=True)
     from distml.runtime.plan import Piece
 
     frames = [_read_csv_piece(Piece(f), columns, fs, where) for f in files]

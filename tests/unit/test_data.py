@@ -406,3 +406,17 @@ def test_typing_features_leaves_the_read_frame_as_it_was():
     assert X["c"].isna().tolist() == [False, False, True]
     X.loc[0, "x"] = -1.0  # a later write to the typed frame never reaches the read one
     assert frame.loc[0, "x"] == 1.5
+
+
+def test_parquet_reads_keep_arrows_columns_without_a_2d_copy(tmp_path):
+    """read_frame hands pandas arrow's column buffers (one block per column) instead of copying
+    them into one 2-d block: the values and dtypes are the parquet's, and a wide frame is not
+    copied whole (B4's 60k x 784: 0.3 s instead of 1.5-6 s)."""
+    rng = np.random.default_rng(1)
+    wide = pd.DataFrame({f"f{j}": rng.normal(size=50) for j in range(40)})
+    wide["k"] = rng.integers(0, 3, 50)
+    wide["flag"] = rng.random(50) < 0.5
+    wide.to_parquet(tmp_path / "part.parquet")
+    got = read_frame(str(tmp_path / "part.parquet"), list(wide.columns))
+    pd.testing.assert_frame_equal(got, wide)
+    assert got._mgr.nblocks == wide.shape[1]  # a block per column, as arrow holds them

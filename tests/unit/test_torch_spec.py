@@ -305,7 +305,10 @@ def test_rank_zeros_output_reaches_the_driver_whole(tmp_path):
     from distml.jobs.torch.distributed import load_output, save_output
 
     out = JobOutput(
-        metrics={"valid": {"accuracy": 0.5, "roc_auc": float("nan")}, "epochs_trained": 3},
+        metrics={
+            "valid": {"accuracy": 0.5, "roc_auc": float("nan"), "rmse": np.float32(0.25)},
+            "epochs_trained": np.int64(3),
+        },
         tables={
             "predictions": pd.DataFrame(
                 {
@@ -332,7 +335,7 @@ def test_rank_zeros_output_reaches_the_driver_whole(tmp_path):
     back = load_output(str(tmp_path / "output"))
     assert back.files == out.files and back.texts == out.texts and back.info == out.info
     assert back.metrics["valid"]["accuracy"] == 0.5 and np.isnan(back.metrics["valid"]["roc_auc"])
-    assert back.metrics["epochs_trained"] == 3
+    assert back.metrics["epochs_trained"] == 3 and back.metrics["valid"]["rmse"] == 0.25
     assert list(back.tables) == list(out.tables)
     for name, frame in out.tables.items():
         pd.testing.assert_frame_equal(back.tables[name], frame)

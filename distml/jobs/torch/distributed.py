@@ -133,7 +133,15 @@ def save_output(out: JobOutput, folder: str) -> None:
                 "tables": list(out.tables),
             },
             fh,
+            default=_scalar,
         )
+
+
+def _scalar(value: Any) -> Any:
+    """A numpy scalar in the output as its Python value (json.dump's fallback)."""
+    if hasattr(value, "item") and getattr(value, "shape", None) == ():
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not a JSON value")
 
 
 def load_output(folder: str) -> JobOutput:

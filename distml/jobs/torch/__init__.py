@@ -211,7 +211,9 @@ class Job(SupervisedJob):
     """A torch network: one Ray task, or a TorchTrainer worker group."""
 
     spec: Spec
-    _pretrained: dict | None = None  # weights trained by a worker group, to be evaluated
+    #: what a worker group trained, evaluated by its rank 0 (distributed._evaluate): weights,
+    #: history, figures and the fitted inputs
+    _pretrained: dict | None = None
     trains_in_worker_group = True
 
     @classmethod
@@ -334,10 +336,7 @@ class Job(SupervisedJob):
         from distml.jobs.torch.model import build_net, load_state
 
         if self._pretrained is not None:  # trained by a worker group: rebuild, do not train
-            if self._pretrained.get("inputs") is not None:  # the workers' own
-                task, inputs = self.torch_task(prep), self._pretrained["inputs"]
-            else:
-                task, inputs = self.fit_inputs(prep, train)  # as the workers fitted them
+            task, inputs = self.torch_task(prep), self._pretrained["inputs"]  # rank 0's own
             config = self.model_config(inputs, task, prep)
             net = build_net(self.spec.model, config["in_features"], config["out_features"])
             net.load_state_dict(load_state(self._pretrained["weights"]))

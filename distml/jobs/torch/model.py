@@ -118,10 +118,7 @@ class Inputs:
             part = fast[lo : lo + CHUNK]
             block = buf[: len(part)]
             for i, c in enumerate(part):
-                row = block[i]
-                column = _column(X, c, rows, row)
-                if rows is None:  # (the column itself: copied, it is scaled in place)
-                    row[...] = column
+                _column(X, c, rows, block[i])
             mu = np.array([[self.numeric[c][0]] for c in part])
             sd = np.array([[self.numeric[c][1]] for c in part])
             with np.errstate(invalid="ignore"):  # inf - inf (an inf in the fit's rows): 0
@@ -193,10 +190,13 @@ CHUNK = 32
 
 
 def _column(X: pd.DataFrame, c: str, rows, buf: np.ndarray) -> np.ndarray:
-    """Column ``c`` of ``X`` as float64, rows ``rows`` gathered into ``buf`` (all rows: the
-    column itself when it already is float64, not a copy)."""
+    """``buf`` (reused) holding column ``c`` of ``X`` as float64, rows ``rows`` (all: None)."""
     col = X[c].to_numpy(dtype=np.float64, copy=False)
-    return col if rows is None else np.take(col, rows, out=buf)
+    if rows is None:
+        np.copyto(buf, col)
+    else:
+        np.take(col, rows, out=buf)
+    return buf
 
 
 def _rows(col: pd.Series, rows) -> pd.Series:

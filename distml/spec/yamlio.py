@@ -32,6 +32,18 @@ class _Loader(yaml.SafeLoader):
             raise AliasError(str(event.anchor), event.start_mark)
         return super().compose_node(parent, index)
 
+    def construct_object(self, node: Any, deep: bool = False) -> Any:
+        """PyYAML's, with a value its explicit tag cannot take (``!!int`` or ``!!float`` of
+        nothing, ``!!bool`` of a non-boolean, ``!!timestamp`` of a non-date) reported as a YAML
+        error at that node: PyYAML lets IndexError, KeyError or AttributeError escape."""
+        try:
+            return super().construct_object(node, deep=deep)
+        except (IndexError, KeyError, AttributeError):
+            tag = str(node.tag).replace("tag:yaml.org,2002:", "!!")
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{node.value!r} is not a valid {tag} value", node.start_mark
+            ) from None
+
 
 class _Dumper(yaml.SafeDumper):
     """SafeDumper that writes a repeated object out again instead of anchoring it."""

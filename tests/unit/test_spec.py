@@ -572,6 +572,16 @@ def test_not_a_spec():
             "is not valid YAML at line 2, column 8: mapping values are not allowed here",
         ),
         ("when: 2024-02-30\n", "is not valid YAML: day is out of range for month"),
+        # an explicit tag PyYAML cannot apply (it raised IndexError/KeyError/AttributeError)
+        ("name: !!int \n", "is not valid YAML at line 1, column 7: '' is not a valid !!int value"),
+        (
+            "name: a\nkind: !!bool maybe\n",
+            "is not valid YAML at line 2, column 7: 'maybe' is not a valid !!bool value",
+        ),
+        (
+            "when: !!timestamp soon\n",
+            "is not valid YAML at line 1, column 7: 'soon' is not a valid !!timestamp value",
+        ),
         ("big: " + "9" * 5000 + "\n", "is not valid YAML: a number has too many digits"),
         ("- a\n- b\n", "must hold a mapping at the top level; got a list"),
         ("just text\n", "must hold a mapping at the top level; got a string"),

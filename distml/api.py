@@ -472,7 +472,10 @@ def _execute(job, job_spec, info, run_dir, address, resume, manifest, timings, u
     res = job_spec.resources
     progress.current().stage("cluster")
     with ExitStack() as stack:
-        cl = stack.enter_context(nullcontext(up) if up is not None else cluster(address))
+        preload = job.worker_modules()
+        cl = stack.enter_context(
+            nullcontext(up) if up is not None else cluster(address, preload=preload)
+        )
         _rearm_sigterm()
         if up is None:
             timings["cluster_start_s"] = time.perf_counter() - t0
@@ -484,6 +487,7 @@ def _execute(job, job_spec, info, run_dir, address, resume, manifest, timings, u
             "resources": cl.resources,
             "requested": res.model_dump(),
             **({"warm": cl.warm} if getattr(cl, "warm", None) else {}),
+            **({"preload": list(preload)} if cl.mode == "local" and preload else {}),
         }
         t1 = time.perf_counter()
         ctx = RunContext(job_spec, info, run_dir, cl, log, resume)

@@ -90,6 +90,14 @@ class Job:
     def run(self, ctx: RunContext) -> JobOutput:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def worker_modules(self) -> tuple[str, ...]:
+        """Modules this spec's worker tasks import (the kind's task code and its libraries).
+        The workers a per-run cluster starts beside the driver import them while the driver
+        plans (Ray's ``preload_python_modules``), so the first tasks do not. Default none:
+        every worker process of the run pays the list, Train controllers and Tune trial
+        actors included, so a kind names modules only where its first tasks wait on them."""
+        return ()
+
     # ------------------------------------------------------------------ tune abilities
 
     def tune_metric_names(self) -> set[str] | None:

@@ -381,6 +381,9 @@ class Job(BaseJob):
     spec: Spec
     needs_target = False
 
+    def worker_modules(self) -> tuple[str, ...]:
+        return ooc.worker_modules(self.spec, "distml.jobs.pca")
+
     @classmethod
     def load_predictor(cls, run_dir: Path, manifest: dict, allow_module: tuple[str, ...] = ()):
         from distml.jobs.predictors import array_predictor

@@ -105,13 +105,14 @@ def preflight(address: str, source: str, timeout_s: float = PREFLIGHT_TIMEOUT_S)
     )
 
 
-def _start_local(num_cpus: int | None, num_gpus: int | None) -> None:
+def _start_local(num_cpus: int | None, num_gpus: int | None, preload: tuple[str, ...] = ()) -> None:
     """Start a single-node cluster for this run (tests replace this to forbid it).
 
     ``address="local"``: always a new cluster of our own, never one that ``ray start`` recorded
     in Ray's temp folder (plain ``ray.init()`` would silently join that one, and then fail on
     ``num_cpus``). CPUs and GPUs are left to Ray's detection, which honours container (cgroup)
-    limits, unless the caller asks for a number."""
+    limits, unless the caller asks for a number. ``preload``: modules every worker process
+    imports as it starts (``preload_python_modules``), before it takes a task."""
     import ray
 
     dashboard = os.environ.get("DISTML_DASHBOARD", "").lower() in ("1", "true", "yes")
@@ -124,6 +125,7 @@ def _start_local(num_cpus: int | None, num_gpus: int | None) -> None:
             dashboard_host="127.0.0.1",
             log_to_driver=False,
             configure_logging=False,
+            **({"_system_config": {"preload_python_modules": list(preload)}} if preload else {}),
         )
 
 
@@ -183,9 +185,15 @@ def _keep_sigterm_handler() -> Iterator[None]:
 
 @contextmanager
 def cluster(
-    address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None
+    address: str | None = None,
+    *,
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    preload: tuple[str, ...] = (),
 ) -> Iterator[ClusterInfo]:
-    """Yield a connected Ray for the run; shut down only what this call started."""
+    """Yield a connected Ray for the run; shut down only what this call started. ``preload``:
+    modules the workers of a cluster started here import as they start (the run's kind's,
+    :meth:`distml.jobs.base.Job.worker_modules`); a warm or remote cluster keeps its own."""
     t0 = time.monotonic()
     if "ray" in sys.modules and sys.modules["ray"].is_initialized():
         yield ClusterInfo("existing", None, None, _resources(), 0.0)
@@ -205,7 +213,8 @@ def cluster(
                 }
                 yield info
         return
-    with _ray(addr, source, num_cpus, num_gpus, t0, "connected" if addr else "local") as info:
+    mode = "connected" if addr else "local"
+    with _ray(addr, source, num_cpus, num_gpus, t0, mode, () if addr else preload) as info:
         yield info
 
 
@@ -245,6 +254,7 @@ def _ray(
     num_gpus: int | None,
     t0: float,
     mode: str,
+    preload: tuple[str, ...] = (),
 ) -> Iterator[ClusterInfo]:
     import ray
 
@@ -260,7 +270,7 @@ def _ray(
                         f"{source}): {first_line(e)}"
                     ) from e
             else:
-                _start_local(num_cpus, num_gpus)
+                _start_local(num_cpus, num_gpus, preload)
     except BaseException:  # interrupted or failed part way: stop what was started
         if mode == "local" or ray.is_initialized():
             _shutdown(started_here=mode == "local")

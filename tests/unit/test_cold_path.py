@@ -171,3 +171,52 @@ def test_the_distml_command_exits_through_the_quick_exit():
         timeout=60,
     )
     assert done.returncode == 2 and "does not exist" in done.stderr
+
+
+def test_a_runs_own_cluster_preloads_its_kinds_worker_modules(monkeypatch, tmp_path):
+    """``distml.run`` starts a cluster of its own with the kind's worker modules for Ray's
+    ``preload_python_modules`` (the prestarted workers import them while the driver plans);
+    none for a kind that names none, none for ``engine: dask``; every module named imports."""
+    import importlib.util
+
+    import ray
+
+    import distml
+    from distml.jobs import kmeans, pca
+    from distml.runtime import cluster
+    from distml.spec import load_spec
+
+    seen: list = []
+
+    def fake_init(**kwargs):
+        seen.append(kwargs.get("_system_config"))
+        raise RuntimeError("no cluster in a unit test")
+
+    monkeypatch.setattr(ray, "init", fake_init)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(cluster, "_shutdown", lambda started_here: None)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("DISTML_STATE_DIR", str(tmp_path / "state"))  # no warm cluster
+    data = tmp_path / "d.parquet"
+    import pandas as pd
+
+    pd.DataFrame({"a": [0.0, 1.0, 2.0, 3.0], "b": [1.0, 0.0, 1.0, 0.0]}).to_parquet(data)
+    spec = {
+        "name": "p",
+        "kind": "kmeans",
+        "data": {"source": str(data)},
+        "model": {"n_clusters": 2},
+    }
+    with pytest.raises(Exception, match="no cluster"):
+        distml.run(spec, output=tmp_path / "runs")
+    mods = ["distml.jobs.kmeans", "pyarrow.parquet", "pandas"]
+    assert seen[-1] == {"preload_python_modules": mods}
+    with pytest.raises(Exception, match="no cluster"):
+        distml.run(ROOT + "/jobs/quickstart.yaml", output=tmp_path / "runs")
+    assert seen[-1] is None  # a kind that names none: Ray's own start, unchanged
+    assert kmeans.Job(load_spec({**spec, "engine": "dask"})).worker_modules() == ()
+    pca_spec = {**spec, "kind": "pca", "model": {"n_components": 1}}
+    assert pca.Job(load_spec(pca_spec)).worker_modules()[0] == "distml.jobs.pca"
+    for job in (kmeans.Job(load_spec(spec)), pca.Job(load_spec(pca_spec))):
+        for m in job.worker_modules():
+            assert importlib.util.find_spec(m) is not None, m

@@ -199,12 +199,51 @@ def test_sample_is_uniform_and_independent_of_batching():
     for p in parts[1:]:
         merged = merged.merge(p)
     np.testing.assert_array_equal(merged.sorted_rows(), a)
+    # all at once (a merge task's body): the same rows, with or without empty parts
+    many = ooc.Sample.merge_many([ooc.Sample.empty(500, 1, t), *parts[::-1]])
+    np.testing.assert_array_equal(many.sorted_rows(), a)
+    assert len(many.keys) == len(many.rows) == 500
+    from distml.runtime.tasks import merge_all
+
+    np.testing.assert_array_equal(merge_all(*parts).sorted_rows(), a)
+    small = ooc.Sample.merge_many(parts[:1])  # fewer rows than m: every one is kept
+    np.testing.assert_array_equal(small.sorted_rows(), parts[0].sorted_rows())
     assert ooc.Sample.threshold_for(500, None) == 1.0 == ooc.Sample.threshold_for(500, 400)
     b = sample([(0, 3), (3, 4000), (4000, 9000), (9000, 10_000)])
     np.testing.assert_array_equal(a, b)
     assert len(a) == 500 and len(np.unique(a)) == 500
     np.testing.assert_array_equal(a[:, 0], np.argsort(keys)[:500])  # smallest keys, in order
     assert 4000 < a.mean() < 6000  # a uniform draw from 0..9999
+
+
+def test_sample_pass_states_merge_all_at_once_as_pairwise():
+    """A k-means sample pass's partial states merged in one call (the merge task's body) are
+    the pairwise fold's: moments to the last bit (the same left-to-right order), the same
+    sampled rows."""
+    import functools
+
+    from distml.jobs.kmeans.model import SamplePass
+    from distml.runtime.tasks import merge_all
+
+    X = _frame(6000).to_numpy()
+    keys = np.random.default_rng(1).random(len(X))
+    t = ooc.Sample.threshold_for(900, len(X))
+    parts = [
+        SamplePass(
+            ooc.Moments.empty(6, full=False).add(X[lo : lo + 1000].copy()),
+            ooc.Sample.empty(900, 6, t).add(X[lo : lo + 1000], keys[lo : lo + 1000]),
+            [{"part": lo}],
+        )
+        for lo in range(0, 6000, 1000)
+    ]
+    want = functools.reduce(lambda a, b: a.merge(b), parts)
+    got = merge_all(*parts)
+    assert got.moments.n == want.moments.n == 6000
+    np.testing.assert_array_equal(got.moments.mean, want.moments.mean)
+    np.testing.assert_array_equal(got.moments.m2, want.moments.m2)
+    np.testing.assert_array_equal(got.sample.sorted_rows(), want.sample.sorted_rows())
+    np.testing.assert_array_equal(got.sample.sorted_rows(), X[np.argsort(keys)[:900]])
+    assert got.meta == want.meta == [{"part": lo} for lo in range(0, 6000, 1000)]
 
 
 # ------------------------------------------------------------------ pca numerics
@@ -296,6 +335,41 @@ def test_init_centres_are_sklearns_kmeans_plusplus():
         want, _ = kmeans_plusplus(X[1000:2000], k, random_state=state)
         np.testing.assert_array_equal(got, want)
         assert len(scores) == 1
+
+
+@pytest.mark.parametrize(
+    "shape,k,seed",
+    [((3000, 5), 1, 0), ((3000, 5), 12, 1), ((500, 64), 40, 2), ((20, 3), 20, 3)],
+)
+def test_numpy_kmeans_plusplus_is_sklearns(shape, k, seed):
+    """The numpy k-means++ draws exactly scikit-learn's centres from the same RandomState, on
+    offset, correlated data, with repeated rows (ties) and with k equal to the row count."""
+    from sklearn.cluster import kmeans_plusplus
+
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=shape) @ rng.normal(size=(shape[1], shape[1])) + 1e3
+    X[1::4] = X[::4][: len(X[1::4])]  # duplicated rows
+    got = K.kmeans_plusplus(X, k, np.random.RandomState(seed))
+    want, _ = kmeans_plusplus(X, k, random_state=np.random.RandomState(seed))
+    np.testing.assert_array_equal(got, want)
+
+
+def test_kmeans_initialisation_never_imports_sklearn():
+    """The driver's k-means++ starts without importing scikit-learn (about 1 s on these
+    machines, on the critical path between the sample pass and the first mini-batch pass)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np\n"
+        "from distml.jobs import kmeans as K\n"
+        "X = np.random.default_rng(0).normal(size=(2000, 4))\n"
+        "c, s = K.choose_init(X, 5, 3, 400, seed=0)\n"
+        "assert c.shape == (5, 4) and len(s) == 3\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'scipy')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
 
 
 def test_assign_and_init_choose_the_best_on_the_held_sample():

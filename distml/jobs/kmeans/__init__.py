@@ -45,11 +45,13 @@ from distml.jobs.kmeans.model import (  # noqa: F401
     Spec,
     assign,
     cluster_sums,
+    kmeans_plusplus,
     load_model,
     minibatch_step,
     predict,
 )
 from distml.runtime import faults, tasks
+from distml.runtime.tasks import merge_all
 
 # ------------------------------------------------------------------ tasks (one per partition)
 
@@ -139,10 +141,9 @@ def _final_task(src, features, batch_size, centers, scaler, keep, out_dir, fault
 
 def choose_init(rows: np.ndarray, k: int, n_init: int, init_size: int, seed: int):
     """k-means++ on ``n_init`` slices of the (key-ordered) sample; the best by inertia on the
-    held slice (scikit-learn's ``kmeans_plusplus``, seeded per init). Returns (centres, inertia
-    of each init on the held slice)."""
-    from sklearn.cluster import kmeans_plusplus
-
+    held slice (scikit-learn's ``kmeans_plusplus``, seeded per init, in numpy:
+    :func:`~distml.jobs.kmeans.model.kmeans_plusplus`). Returns (centres, inertia of each init
+    on the held slice)."""
     if len(rows) >= (n_init + 1) * init_size:
         held = rows[:init_size]
         pools = [rows[(i + 1) * init_size : (i + 2) * init_size] for i in range(n_init)]
@@ -151,7 +152,7 @@ def choose_init(rows: np.ndarray, k: int, n_init: int, init_size: int, seed: int
     best, scores = None, []
     for i, pool in enumerate(pools):
         state = np.random.RandomState(np.random.SeedSequence([seed, i]).generate_state(1)[0])
-        centers, _ = kmeans_plusplus(pool, k, random_state=state)
+        centers = kmeans_plusplus(pool, k, state)
         score = float(assign(held, centers)[1].sum())
         scores.append(score)
         if best is None or score < scores[best[0]]:
@@ -206,7 +207,9 @@ class _Fit:
         else:
             inputs = self.plan if reread or self.decoded is None else self.decoded
             refs = self.runner.map(task, inputs, self.feats, self.m.batch_size, *args, self.fault)
-        merged = self.runner.reduce(refs)
+        # the sample pass's states merge here, at once (the kept rows gathered once, in key
+        # order); the other passes' small states through the runner's fixed tree of tasks
+        merged = merge_all(*self.runner.get(refs)) if first else self.runner.reduce(refs)
         self.meta += merged.meta
         self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - t0
         return merged
@@ -233,6 +236,9 @@ class Job(BaseJob):
 
     spec: Spec
     needs_target = False
+
+    def worker_modules(self) -> tuple[str, ...]:
+        return ooc.worker_modules(self.spec, "distml.jobs.kmeans")
 
     @classmethod
     def load_predictor(cls, run_dir: Path, manifest: dict, allow_module: tuple[str, ...] = ()):

@@ -181,6 +181,43 @@ def assign(X: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return labels, np.maximum(dist, 0.0)
 
 
+def kmeans_plusplus(X: np.ndarray, k: int, state: np.random.RandomState) -> np.ndarray:
+    """scikit-learn's greedy k-means++ (``sklearn.cluster.kmeans_plusplus`` on dense float64
+    rows with unit weights: ``2 + log(k)`` local trials per centre), the same arithmetic in the
+    same order, so the same ``state`` picks the same centres; numpy only, so the driver need
+    not import scikit-learn (~1 s) to start a fit."""
+    n = len(X)
+    norms = np.einsum("ij,ij->i", X, X)
+    weights = np.ones(n, dtype=X.dtype)
+    trials = 2 + int(np.log(k))
+    centers = np.empty((k, X.shape[1]), dtype=X.dtype)
+    first = state.choice(n, p=weights / weights.sum())
+    centers[0] = X[first]
+    closest = _sq_distances(centers[0, np.newaxis], X, norms)
+    potential = closest @ weights
+    for c in range(1, k):
+        draws = state.uniform(size=trials) * potential
+        ids = np.searchsorted(np.cumsum(weights * closest), draws)
+        np.clip(ids, None, closest.size - 1, out=ids)  # rounding can point past the end
+        candidates = _sq_distances(X[ids], X, norms)
+        np.minimum(closest, candidates, out=candidates)
+        potentials = candidates @ weights.reshape(-1, 1)
+        best = np.argmin(potentials)
+        potential, closest = potentials[best], candidates[best]
+        centers[c] = X[ids[best]]
+    return centers
+
+
+def _sq_distances(A: np.ndarray, X: np.ndarray, x_norms: np.ndarray) -> np.ndarray:
+    """Squared distances of the rows of ``A`` to those of ``X`` as scikit-learn's
+    ``_euclidean_distances(squared=True)`` computes them (dot-product form, clipped at 0)."""
+    D = -2 * (A @ X.T)
+    D += np.einsum("ij,ij->i", A, A)[:, None]
+    D += x_norms.reshape(1, -1)
+    np.maximum(D, 0, out=D)
+    return D
+
+
 def cluster_sums(X: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-cluster sum of rows and row count (one ``bincount`` per feature: O(rows × features)
     whatever ``k``, and a contiguous column each for the Fortran-ordered batches)."""
@@ -236,3 +273,13 @@ class SamplePass:
             self.sample.merge(other.sample),
             self.meta + other.meta,
         )
+
+    @classmethod
+    def merge_many(cls, parts: list["SamplePass"]) -> "SamplePass":
+        """All the parts at once (a merge task's body): the moments folded left to right as
+        :meth:`merge` would, the samples in one selection (:meth:`Sample.merge_many`)."""
+        moments = parts[0].moments
+        for p in parts[1:]:
+            moments = moments.merge(p.moments)
+        sample = ooc.Sample.merge_many([p.sample for p in parts])
+        return cls(moments, sample, [m for p in parts for m in p.meta])

@@ -130,3 +130,55 @@ def test_validate_of_a_builtin_loads_nothing_yet_finds_what_loading_finds(monkey
             ).data,
             needs_target=True,
         )
+
+
+def test_a_files_target_proven_from_its_counts_never_hides_a_refusal():
+    """A parquet/CSV target is read, and when its counts alone prove the split and folds fine
+    the split is not drawn (no scikit-learn in the driver); the proof never passes a target
+    and split the full check refuses, for class labels of every kind and continuous targets."""
+    rng = random.Random(5)
+    proven = refused = 0
+    for _ in range(1500):
+        k = rng.choice([1, 2, 2, 3, 4])
+        counts = [rng.choice([1, 2, 3, 5, 8, 20, 60, 200]) for _ in range(k)]
+        labels = rng.choice([np.arange(k), np.array(list("abcd"))[:k], np.arange(k) * 1.5])
+        y = pd.Series(np.repeat(labels, counts))
+        if rng.random() < 0.15:
+            y = pd.Series(np.random.default_rng(rng.randrange(99)).normal(size=len(y)))
+        y = y.sample(frac=1.0, random_state=rng.randrange(1000)).reset_index(drop=True)
+        split = _random_split(rng)
+        spec = SimpleNamespace(target="y", source="f.parquet", split_spec=split)
+        for task in ("classification", "regression", "infer"):
+            if data._target_proven(y, spec, task):
+                proven += 1
+                assert _full_check(y, split, task), (counts, y.dtype, split, task)
+            elif not _full_check(y, split, task):
+                refused += 1
+    assert proven > 800 and refused > 800, (proven, refused)
+
+
+def test_validate_of_a_parquet_target_imports_no_sklearn_when_proven(tmp_path):
+    """``validate`` of a parquet classification source whose split is provably fine imports
+    neither scikit-learn nor scipy; one the data cannot make still fails with the full check's
+    sentence."""
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "f.parquet"
+    pd.DataFrame({"a": rng.normal(size=2000), "y": rng.integers(0, 2, 2000)}).to_parquet(path)
+    code = (
+        "import sys\n"
+        "from distml.spec import load_spec\n"
+        "from distml.runtime.data import validate_data\n"
+        f"spec = load_spec({{'name': 'q', 'kind': 'xgboost', 'data': {{'source': {str(path)!r},"
+        " 'target': 'y', 'split': {'test': 0.1, 'cv': 5, 'seed': 1}}})\n"
+        "validate_data(spec.data, needs_target=True, task='classification')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'scipy')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+    pd.DataFrame({"a": [0.0] * 6, "y": [0, 0, 0, 0, 0, 1]}).to_parquet(path)
+    spec = load_spec({"name": "q", "kind": "xgboost", "data": {"source": str(path), "target": "y"}})
+    with pytest.raises(DataError, match=r"class 1 of target column 'y' has 1 row"):
+        data.validate_data(spec.data, needs_target=True, task="classification")

@@ -99,9 +99,14 @@ def test_a_stop_before_run_log_prints_no_traceback(tmp_path):
     assert manifest["status"] == "interrupted"
 
 
-def test_the_cluster_stops_beside_the_report_and_before_success(tmp_path, monkeypatch):
+@pytest.mark.parametrize("gc_on", [True, False])
+def test_the_cluster_stops_beside_the_report_and_before_success(tmp_path, monkeypatch, gc_on):
     """Ray's stop runs in a thread of its own while the outputs and report.html are written
-    (the two overlap), and it has ended before ``_SUCCESS``; its seconds are in the timings."""
+    (the two overlap), and it has ended before ``_SUCCESS``; its seconds are in the timings.
+    No automatic garbage collection runs while it stops (one freeing a cycle's Ray object
+    ref in the writing thread while Ray's core worker shut down ended the process: exit 1,
+    the run left ``running``); the collector is as it was once the stop is over."""
+    import gc
     import threading
     import time
 
@@ -113,6 +118,7 @@ def test_the_cluster_stops_beside_the_report_and_before_success(tmp_path, monkey
     @contextmanager
     def slow_stopping_cluster(address=None, **_):
         yield rc.ClusterInfo("existing", None, None, {"CPU": 1.0})
+        seen["gc_during_stop"] = gc.isenabled()
         seen["stop_thread"] = threading.current_thread().name
         seen["stop_began"] = time.monotonic()
         time.sleep(1.0)
@@ -122,6 +128,7 @@ def test_the_cluster_stops_beside_the_report_and_before_success(tmp_path, monkey
 
     def build(run_dir, manifest=None):
         seen["report_began"] = time.monotonic()
+        seen["gc_during_report"] = gc.isenabled()
         return real_build(run_dir, manifest)
 
     real_success = RunDir.mark_success
@@ -134,7 +141,14 @@ def test_the_cluster_stops_beside_the_report_and_before_success(tmp_path, monkey
     monkeypatch.setattr(sk.Job, "run", lambda self, ctx: JobOutput(metrics={"m": 1.0}))
     monkeypatch.setattr(api, "build_report", build)
     monkeypatch.setattr(RunDir, "mark_success", success)
-    result = distml.run(SPEC, output=str(tmp_path), run_id="r1")
+    was = gc.isenabled()
+    (gc.enable if gc_on else gc.disable)()
+    try:
+        result = distml.run(SPEC, output=str(tmp_path), run_id="r1")
+        assert gc.isenabled() is gc_on  # as before the run
+    finally:
+        (gc.enable if was else gc.disable)()
+    assert seen["gc_during_stop"] is False and seen["gc_during_report"] is False
     assert seen["stop_thread"] == "distml-cluster-stop"
     assert seen["report_began"] < seen["stop_ended"] <= seen["success_at"]
     manifest = json.loads((result.run_dir / "manifest.json").read_text())

@@ -487,7 +487,7 @@ def _execute(job, job_spec, info, run_dir, address, resume, manifest, timings, u
             "resources": cl.resources,
             "requested": res.model_dump(),
             **({"warm": cl.warm} if getattr(cl, "warm", None) else {}),
-            **({"preload": list(preload)} if cl.mode == "local" and preload else {}),
+            **({"preload": list(preload)} if up is None and cl.mode == "local" and preload else {}),
         }
         t1 = time.perf_counter()
         ctx = RunContext(job_spec, info, run_dir, cl, log, resume)

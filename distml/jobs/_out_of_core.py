@@ -388,10 +388,14 @@ class Sample:
     def merge_many(cls, parts: list["Sample"]) -> "Sample":
         """The ``m`` smallest keys of all the parts in one selection and one gather of the kept
         rows, already in key order (a pairwise fold would copy the growing sample once per
-        part, and :meth:`sorted_rows` once more): the same rows as any order of :meth:`merge`."""
+        part, and :meth:`sorted_rows` once more): the same rows as any order of :meth:`merge`
+        (keys are random floats: ties do not occur)."""
         first = parts[0]
         keys = np.concatenate([p.keys for p in parts])
-        order = np.argsort(keys, kind="stable")[: first.m]
+        order = np.arange(len(keys))
+        if len(keys) > first.m:  # many parts of up to m rows each (an unknown row count)
+            order = np.argpartition(keys, first.m - 1)[: first.m]
+        order = order[np.argsort(keys[order], kind="stable")]
         bounds = np.cumsum([0] + [len(p.keys) for p in parts])
         owner = np.searchsorted(bounds, order, side="right") - 1
         rows = np.empty((len(order), first.rows.shape[1]))

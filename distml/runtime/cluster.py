@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -168,8 +169,6 @@ def _keep_sigterm_handler() -> Iterator[None]:
     """Keep the process's SIGTERM handler through ``ray.init``, which installs its own (a bare
     ``sys.exit(15)``): a SIGTERM that lands while Ray starts becomes the KeyboardInterrupt the
     run's handler would have raised, and the handler is put back once Ray is up."""
-    import threading
-
     main = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGTERM) if main else None
     try:
@@ -218,6 +217,31 @@ def cluster(
         yield info
 
 
+_gc_lock = threading.Lock()
+_gc_holds = [0, True]  # stops in progress; whether the collector was on before the first
+
+
+def _gc_hold() -> None:
+    """Automatic garbage collection off while any cluster stop is in progress."""
+    import gc
+
+    with _gc_lock:
+        if _gc_holds[0] == 0:
+            _gc_holds[1] = gc.isenabled()
+            gc.disable()
+        _gc_holds[0] += 1
+
+
+def _gc_release() -> None:
+    """One stop over; the collector back as it was once none is left."""
+    import gc
+
+    with _gc_lock:
+        _gc_holds[0] -= 1
+        if _gc_holds[0] == 0 and _gc_holds[1]:
+            gc.enable()
+
+
 class Stopping:
     """A cluster's stop (the exit of ``stack``, its context) in a thread of its own, while the
     run writes its outputs and its report: Ray's disconnect waits with the GIL released
@@ -225,24 +249,25 @@ class Stopping:
     daemon: the process never exits with a cluster of its own half stopped."""
 
     def __init__(self, stack: ExitStack) -> None:
-        import gc
-        import threading
-
+        self.stack, self.seconds, self.error = stack, 0.0, None
+        self.thread = threading.Thread(target=self._stop, name="distml-cluster-stop")
         # No automatic garbage collection until the stop is over: one started by the writing
         # thread's allocations while Ray's core worker shuts down can free a Ray object that
         # only a reference cycle held (a Tune search leaves such cycles), and Ray then ends
         # the process (exit 1, "The core worker has already been shutdown"), the run left
         # `running` (seen in 3 of 6 cold 64-trial searches; 0 of 12 with this). Before the
         # stop and after it, freeing them is safe.
-        self._gc_was_enabled = gc.isenabled()
-        gc.disable()
-        self.stack, self.seconds, self.error = stack, 0.0, None
-        self.thread = threading.Thread(target=self._stop, name="distml-cluster-stop")
-        self.thread.start()
+        held = False
+        try:
+            _gc_hold()
+            held = True
+            self.thread.start()
+        except BaseException:
+            if held:
+                _gc_release()
+            raise
 
     def _stop(self) -> None:
-        import gc
-
         t0 = time.perf_counter()
         try:
             self.stack.close()
@@ -250,8 +275,7 @@ class Stopping:
             self.error = e
         finally:
             self.seconds = time.perf_counter() - t0
-            if self._gc_was_enabled:
-                gc.enable()
+            _gc_release()
 
     def join(self) -> float:
         """Wait for the stop; its seconds."""

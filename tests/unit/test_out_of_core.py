@@ -208,6 +208,13 @@ def test_sample_is_uniform_and_independent_of_batching():
     np.testing.assert_array_equal(merge_all(*parts).sorted_rows(), a)
     small = ooc.Sample.merge_many(parts[:1])  # fewer rows than m: every one is kept
     np.testing.assert_array_equal(small.sorted_rows(), parts[0].sorted_rows())
+    # the row count unknown (no threshold): every part holds m rows, the merge keeps m of all
+    full = [
+        ooc.Sample.empty(500, 1).add(rows[lo : lo + 2500].copy(), keys[lo : lo + 2500])
+        for lo in range(0, 10_000, 2500)
+    ]
+    assert [len(p.keys) for p in full] == [500] * 4
+    np.testing.assert_array_equal(ooc.Sample.merge_many(full).sorted_rows(), a)
     assert ooc.Sample.threshold_for(500, None) == 1.0 == ooc.Sample.threshold_for(500, 400)
     b = sample([(0, 3), (3, 4000), (4000, 9000), (9000, 10_000)])
     np.testing.assert_array_equal(a, b)
@@ -352,6 +359,8 @@ def test_numpy_kmeans_plusplus_is_sklearns(shape, k, seed):
     got = K.kmeans_plusplus(X, k, np.random.RandomState(seed))
     want, _ = kmeans_plusplus(X, k, random_state=np.random.RandomState(seed))
     np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match=rf"needs at least k={len(X) + 1} rows; got {len(X)}"):
+        K.kmeans_plusplus(X, len(X) + 1, np.random.RandomState(seed))  # as sklearn refuses
 
 
 def test_kmeans_initialisation_never_imports_sklearn():
@@ -412,6 +421,13 @@ def test_assign_and_init_choose_the_best_on_the_held_sample():
         ("pca", {"keep_columns": ["id"]}, {}, "model.keep_columns needs model.transform: true"),
         ("kmeans", {"n_clusters": 0}, {}, "model.n_clusters must be >= 1; got 0"),
         ("kmeans", {"tol": -1}, {}, "model.tol must be >= 0"),
+        (
+            "kmeans",
+            {"n_clusters": 8, "init_size": 5},
+            {},
+            "model.init_size must be >= model.n_clusters (8): each k-means++ initialisation "
+            "picks its centres among init_size sampled rows; got 5",
+        ),
         ("kmeans", {}, {"split": {"valid": 0.3}}, "data.split does not apply to kind kmeans"),
         ("kmeans", {}, {"test_source": "x.parquet"}, "data.test_source is not used by kind kmeans"),
         ("kmeans", {"n_clsters": 3}, {}, "did you mean 'n_clusters'"),

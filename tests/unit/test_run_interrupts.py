@@ -153,3 +153,40 @@ def test_the_cluster_stops_beside_the_report_and_before_success(tmp_path, monkey
     assert seen["report_began"] < seen["stop_ended"] <= seen["success_at"]
     manifest = json.loads((result.run_dir / "manifest.json").read_text())
     assert manifest["status"] == "succeeded" and manifest["timings"]["cluster_stop_s"] >= 1.0
+
+
+def test_the_collector_stays_off_until_every_overlapping_stop_is_over(monkeypatch):
+    """Two cluster stops at once: automatic collection comes back when the last one ends (not
+    the first), as it was before; a stop whose thread cannot start gives it back at once."""
+    import gc
+    import threading
+    from contextlib import ExitStack
+
+    import distml.runtime.cluster as rc
+
+    was = gc.isenabled()
+    gc.enable()
+    try:
+        gates = [threading.Event(), threading.Event()]
+        stops = []
+        for gate in gates:
+            stack = ExitStack()
+            stack.callback(gate.wait, 10)
+            stops.append(rc.Stopping(stack))
+        assert not gc.isenabled()
+        gates[0].set()
+        stops[0].join()
+        assert not gc.isenabled()  # the second is still stopping
+        gates[1].set()
+        stops[1].join()
+        assert gc.isenabled()
+
+        def no_thread(self):
+            raise RuntimeError("can't start new thread")
+
+        monkeypatch.setattr(threading.Thread, "start", no_thread)
+        with pytest.raises(RuntimeError, match="can't start new thread"):
+            rc.Stopping(ExitStack())
+        assert gc.isenabled()
+    finally:
+        (gc.enable if was else gc.disable)()

@@ -96,6 +96,12 @@ class Spec(JobSpec):
     @model_validator(mode="after")
     def _checks(self) -> "Spec":
         ooc.check_spec(self)
+        m = self.model
+        if m.init_size is not None and m.init_size < m.n_clusters:
+            raise ValueError(
+                f"model.init_size must be >= model.n_clusters ({m.n_clusters}): each k-means++ "
+                f"initialisation picks its centres among init_size sampled rows; got {m.init_size}"
+            )
         if self.engine == "dask":
             _dask_engine.check_spec(self)
         return self
@@ -187,6 +193,8 @@ def kmeans_plusplus(X: np.ndarray, k: int, state: np.random.RandomState) -> np.n
     same order, so the same ``state`` picks the same centres; numpy only, so the driver need
     not import scikit-learn (~1 s) to start a fit."""
     n = len(X)
+    if n < k:  # as scikit-learn's: k distinct picks need k rows
+        raise ValueError(f"k-means++ needs at least k={k} rows; got {n}")
     norms = np.einsum("ij,ij->i", X, X)
     weights = np.ones(n, dtype=X.dtype)
     trials = 2 + int(np.log(k))

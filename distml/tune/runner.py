@@ -260,7 +260,12 @@ def _best_output(best: TrialRecord, store: KeptStore) -> tuple[JobOutput | None,
 def _start_prepare(job, ctx: RunContext):
     """Read, type and split the data once, in one Ray task, while Tune starts its trial
     processes; every trial gets the object ref (and waits for it on first use). None for a kind
-    without the hook (its trials read the data themselves)."""
+    without the hook (its trials read the data themselves).
+
+    The task reserves no CPU: it runs on the CPUs of the first trials, which wait for its
+    result. Reserving one, the placement group Tune requested for the second trial while it ran
+    never became ready on a 2-CPU cluster in 2 of 4 runs, and the whole 64-trial search ran one
+    trial at a time (search 16.5 s against 9.4-9.8 s; 4 of 4 runs concurrent without)."""
     import ray
 
     if not job.tune_trial_hook:
@@ -268,7 +273,7 @@ def _start_prepare(job, ctx: RunContext):
     res = ctx.spec.resources
     return (
         ray.remote(_prepare)
-        .options(num_cpus=res.cpus_per_worker, max_retries=res.max_failures, retry_exceptions=False)
+        .options(num_cpus=0, max_retries=res.max_failures, retry_exceptions=False)
         .remote(job, ctx.data)
     )
 

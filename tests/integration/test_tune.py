@@ -53,6 +53,15 @@ def test_search_outputs_and_the_tuned_model_beats_defaults(tmp_path, ray_cluster
     # ASHA stopped some trials early: they ran fewer rounds than asked.
     stopped = trials[trials.status == "stopped"]
     assert (stopped["iterations"] < spec.model.num_boost_round).all()
+    # two trials ran at once on the 2-CPU cluster (the data's prepare task, holding a CPU while
+    # Tune asked for the second trial's, once left the whole search one trial at a time)
+    end = trials["finished_at"].to_numpy()
+    start = end - trials["time_s"].to_numpy()
+    assert any(
+        (start[i] < end[j]) and (start[j] < end[i])
+        for i in range(len(end))
+        for j in range(i + 1, len(end))
+    ), trials[["trial_id", "time_s", "finished_at"]]
     # best_config: in the Result, the --json object and the manifest; it is the best trial's.
     assert r.best_config and r.to_dict()["best_config"] == r.best_config
     assert r.manifest["best_config"] == r.best_config

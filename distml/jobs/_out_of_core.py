@@ -27,6 +27,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from distml.errors import DataError, JobFailed
+from distml.jobs._sample import Sample  # noqa: F401 - the passes' mergeable sample, ooc.Sample
 from distml.runtime import faults, plan
 from distml.runtime.plan import Partition
 from distml.runtime.read import iter_tables
@@ -296,128 +297,6 @@ class Scaler:
         X -= self.mean
         X /= self.scale
         return X
-
-
-@dataclass
-class Sample:
-    """A uniform random sample without replacement of at most ``m`` rows: every row draws a
-    random key in [0, 1) and the rows with the ``m`` smallest keys are kept. Mergeable, and
-    independent of batch sizes and of the order partial samples are merged in.
-
-    With the data's row count known, ``threshold`` (a little above ``m / rows``) drops almost
-    every row at once, so a task keeps about its share of ``m`` rows, not ``m``; the ``m``
-    smallest keys below the threshold are still the ``m`` smallest overall (unless fewer than
-    ``m`` rows fall below it, a many-sigma event, when the sample is simply smaller). Once ``m``
-    rows are held, a row only enters by replacing a larger key in place."""
-
-    m: int
-    keys: np.ndarray
-    rows: np.ndarray  # capacity >= len(keys); rows[:len(keys)] are the sample
-    meta: list = field(default_factory=list)
-    threshold: float = 1.0
-
-    @classmethod
-    def empty(cls, m: int, d: int, threshold: float = 1.0) -> "Sample":
-        return cls(m, np.empty(0), np.empty((0, d)), threshold=threshold)
-
-    @staticmethod
-    def threshold_for(m: int, rows: int | None) -> float:
-        """Key threshold keeping about ``m + 8·sqrt(m)`` of ``rows`` rows (1 when unknown)."""
-        if not rows or m >= rows:
-            return 1.0
-        return min(1.0, (m + 8 * m**0.5 + 16) / rows)
-
-    def add(self, X: np.ndarray, keys: np.ndarray) -> "Sample":
-        """Fold in a batch (copies the rows it keeps; ``X`` may be overwritten afterwards)."""
-        take = keys < self.threshold
-        if len(self.keys) >= self.m:
-            take &= keys < self.keys.max()
-        if not take.any():
-            return self
-        X, keys = X[take], keys[take]
-        n = len(self.keys)
-        if n < self.m:  # room left: append into a buffer growing geometrically up to m rows
-            put = min(self.m - n, len(keys))
-            if self.rows.shape[0] < n + put:
-                rows = np.empty(
-                    (min(self.m, max(n + put, 2 * self.rows.shape[0], 1024)), X.shape[1])
-                )
-                rows[:n] = self.rows[:n]
-                self.rows = rows
-            self.rows[n : n + put] = X[:put]
-            self.keys = np.concatenate([self.keys, keys[:put]])
-            X, keys = X[put:], keys[put:]
-            if not len(keys):
-                return self
-            enter = keys < self.keys.max()
-            X, keys = X[enter], keys[enter]
-            if not len(keys):
-                return self
-        union = np.concatenate([self.keys, keys])
-        drop = np.argpartition(union, self.m - 1)[self.m :]  # the len(keys) largest of the union
-        slots = drop[drop < self.m]
-        incoming = np.setdiff1d(
-            np.arange(len(keys)), drop[drop >= self.m] - self.m, assume_unique=True
-        )
-        self.rows[slots] = X[incoming]
-        self.keys[slots] = keys[incoming]
-        return self
-
-    def merge(self, other: "Sample") -> "Sample":
-        """The ``m`` smallest keys of both, gathering only the rows kept (no concatenation)."""
-        na = len(self.keys)
-        keys = np.concatenate([self.keys, other.keys])
-        keep = (
-            np.argpartition(keys, self.m - 1)[: self.m]
-            if len(keys) > self.m
-            else np.arange(len(keys))
-        )
-        a, b = keep[keep < na], keep[keep >= na] - na
-        rows = np.empty((len(keep), self.rows.shape[1]))
-        rows[: len(a)] = self.rows[a]
-        rows[len(a) :] = other.rows[b]
-        return Sample(
-            self.m,
-            np.concatenate([self.keys[a], other.keys[b]]),
-            rows,
-            self.meta + other.meta,
-            self.threshold,
-        )
-
-    @classmethod
-    def merge_many(cls, parts: list["Sample"]) -> "Sample":
-        """The ``m`` smallest keys of all the parts in one selection and one gather of the kept
-        rows, already in key order (a pairwise fold would copy the growing sample once per
-        part, and :meth:`sorted_rows` once more): the same rows as any order of :meth:`merge`
-        (keys are random floats: ties do not occur)."""
-        first = parts[0]
-        keys = np.concatenate([p.keys for p in parts])
-        order = np.arange(len(keys))
-        if len(keys) > first.m:  # many parts of up to m rows each (an unknown row count)
-            order = np.argpartition(keys, first.m - 1)[: first.m]
-        order = order[np.argsort(keys[order], kind="stable")]
-        bounds = np.cumsum([0] + [len(p.keys) for p in parts])
-        owner = np.searchsorted(bounds, order, side="right") - 1
-        rows = np.empty((len(order), first.rows.shape[1]))
-        for i, p in enumerate(parts):
-            at = np.flatnonzero(owner == i)
-            rows[at] = p.rows[order[at] - bounds[i]]
-        meta = [m for p in parts for m in p.meta]
-        return Sample(first.m, keys[order], rows, meta, first.threshold)
-
-    def sorted_rows(self) -> np.ndarray:
-        """The sampled rows in key order (any prefix is itself a uniform sample); the rows
-        themselves when they are already in that order (after :meth:`merge_many`)."""
-        n = len(self.keys)
-        rows = self.rows[:n]
-        if (
-            rows.flags.c_contiguous
-            and rows.flags.writeable
-            and np.all(self.keys[1:] >= self.keys[:-1])
-        ):
-            return rows
-        order = np.argsort(self.keys, kind="stable")
-        return np.ascontiguousarray(self.rows[: len(self.keys)][order])
 
 
 # ------------------------------------------------------------------ task-side helpers

@@ -430,32 +430,37 @@ def target_checks_pass(facts: dict[str, Any], split, task: str | None) -> bool:
     return not cv or (n_train >= cv and n_train - math.ceil(n_train / cv) > biggest)
 
 
-def describe(key: str) -> dict[str, Any]:
-    """The facts of builtin ``key``, computed by loading it (imports the libraries)."""
+def target_facts_of(y) -> dict[str, Any]:
+    """The figures :func:`target_checks_pass` reads, of a loaded target column ``y`` (a pandas
+    Series): NaN count, numeric or not, the task it infers, class counts in class order."""
     import pandas as pd
 
-    from distml.runtime import datasets
     from distml.runtime.data import infer_task
     from distml.runtime.splits import class_order
 
-    frame = datasets.load_builtin(key)
-    column = datasets.builtin_default_target(key)
-    y = frame[column]
     task = infer_task(y.dropna())
     counts = None
     if task == "classification":
         vc = y.value_counts()
         counts = [int(vc[c]) for c in class_order(pd.unique(y.dropna()).tolist())]
     return {
+        "nan": int(y.isna().sum()),
+        "numeric": bool(pd.api.types.is_numeric_dtype(y)),
+        "task": task,
+        "class_counts": counts,
+    }
+
+
+def describe(key: str) -> dict[str, Any]:
+    """The facts of builtin ``key``, computed by loading it (imports the libraries)."""
+    from distml.runtime import datasets
+
+    frame = datasets.load_builtin(key)
+    column = datasets.builtin_default_target(key)
+    return {
         "rows": len(frame),
         "columns": {str(c): str(t) for c, t in frame.dtypes.items()},
-        "target": {
-            "column": column,
-            "nan": int(y.isna().sum()),
-            "numeric": bool(pd.api.types.is_numeric_dtype(y)),
-            "task": task,
-            "class_counts": counts,
-        },
+        "target": {"column": column, **target_facts_of(frame[column])},
     }
 
 

@@ -455,23 +455,9 @@ def _target_proven(y: pd.Series, data, task: str) -> bool:
     """The target checks provably pass from the target's counts alone (the proof a bundled
     data set's recorded facts get, :func:`distml.runtime.builtin_facts.target_checks_pass`),
     so the split itself need not be drawn here: no scikit-learn in the driver (~0.9 s)."""
-    import pandas as pd
-
     from distml.runtime import builtin_facts
-    from distml.runtime.splits import class_order
 
-    inferred = infer_task(y)
-    counts = None
-    if inferred == "classification":
-        vc = y.value_counts()
-        counts = [int(vc[c]) for c in class_order(pd.unique(y).tolist())]
-    facts = {
-        "rows": len(y),
-        "nan": int(y.isna().sum()),
-        "numeric": bool(pd.api.types.is_numeric_dtype(y)),
-        "task": inferred,
-        "class_counts": counts,
-    }
+    facts = {**builtin_facts.target_facts_of(y), "rows": len(y)}
     return builtin_facts.target_checks_pass(facts, data.split_spec, task)
 
 

@@ -220,7 +220,7 @@ def call(fn: Callable, args: tuple, options: dict, cluster: Any, facts: dict) ->
         else:
             why = f"turned off ({ENV}=0)" if n == 0 else "a GPU task"
         facts.update(runner=False, why=why)
-        return ray.get(ray.remote(fn).options(**options).remote(*args))
+        return result(ray.remote(fn).options(**options).remote(*args))
     holder = f"{os.getpid()}-{time.time_ns()}"
     mine = identity()
     got, missing, notes = None, [], []
@@ -256,7 +256,7 @@ def call(fn: Callable, args: tuple, options: dict, cluster: Any, facts: dict) ->
     try:
         if got is None:
             facts.update(runner=False, why="; ".join(notes) or "none yet (created for next runs)")
-            return ray.get(ray.remote(fn).options(**options).remote(*args))
+            return result(ray.remote(fn).options(**options).remote(*args))
         return _on_runner(got, holder, fn, args, options, facts)
     finally:
         for i in missing:
@@ -278,12 +278,12 @@ def _on_runner(got, holder: str, fn, args, options: dict, facts: dict) -> Any:
         remove_placement_group(pg)
         actor.release.remote(holder)
         facts.update(runner=False, why="the CPUs are busy")
-        return ray.get(ray.remote(fn).options(**options).remote(*args))
+        return result(ray.remote(fn).options(**options).remote(*args))
     facts.update(runner=True, name=name, pid=ans["pid"], reused=ans["calls"] > 0)
     facts["reserve_s"] = round(time.perf_counter() - t0, 4)
     ref = actor.call.remote(holder, fn, args, cpus)
     try:
-        out = ray.get(ref)
+        out = result(ref)
         facts["call_s"] = round(time.perf_counter() - t0 - facts["reserve_s"], 4)
         return out
     except (ActorDiedError, ActorUnavailableError) as died:
@@ -293,13 +293,31 @@ def _on_runner(got, holder: str, fn, args, options: dict, facts: dict) -> Any:
         if retries <= 0:
             raise
         retry = ray.remote(fn).options(**{**options, "max_retries": retries - 1})
-        return ray.get(retry.remote(*args))
+        return result(retry.remote(*args))
     except BaseException:  # a stop of the run: Ray cannot interrupt the call, so end the runner
         if not ref_done(ref):
             _kill(actor)
         raise
     finally:
         remove_placement_group(pg)
+
+
+def result(ref) -> Any:
+    """``ray.get(ref)`` of a task's result, with pandas imported first in this thread.
+
+    A job's result usually holds pandas frames, and deserialising it imports pandas when
+    nothing has. Imported here, after the task was submitted, the import overlaps the task.
+    The run's report warm-up thread (:func:`distml.report.warm_up`) imports pandas before
+    anything else, so this thread, which holds no import lock here, at most waits for that
+    import: two threads importing shared dependencies at once can fail in CPython with a
+    ``_DeadlockError``."""
+    import ray
+
+    try:
+        import pandas  # noqa: F401
+    except ImportError:  # pragma: no cover - a dependency of distml
+        pass
+    return ray.get(ref)
 
 
 def ref_done(ref) -> bool:

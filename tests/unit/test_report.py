@@ -551,3 +551,32 @@ def test_the_report_and_its_warm_up_never_import_scikit_learn(tmp_path):
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_the_warm_up_imports_pandas_before_matplotlib():
+    """The warm-up imports pandas (and pyarrow.dataset, which the report's reads use) first:
+    the driver's main thread imports pandas before it takes a task's result
+    (runtime.runners.result), so it at most waits for this thread's import and the two
+    threads never import different dependency trees at once. In a fresh process, which has
+    imported neither."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "order = []\n"
+        "class Watch:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name in ('pandas', 'pyarrow.dataset', 'matplotlib'):\n"
+        "            order.append(name)\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, Watch())\n"
+        "from distml.report import warm_up\n"
+        "assert 'pandas' not in sys.modules and 'matplotlib' not in sys.modules\n"
+        "warm_up()\n"
+        "print(','.join(order))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == "pandas,pyarrow.dataset,matplotlib", out.stdout

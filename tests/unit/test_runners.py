@@ -103,3 +103,26 @@ def test_the_identity_follows_the_source(tmp_path):
         k: v for k, v in before.items() if k != "source"
     }
     assert runners._diff(after, before) == "source"
+
+
+def test_a_result_is_taken_with_pandas_imported_in_this_thread():
+    """``runners.result`` imports pandas before ``ray.get``: the import overlaps the task
+    instead of following it when the result (frames) is deserialised, and it happens in the
+    calling thread, which holds no import lock there. A fresh process, without pandas; its
+    ``ray`` is a stand-in that records what ``get`` saw."""
+    import subprocess
+
+    code = (
+        "import sys, types\n"
+        "seen = []\n"
+        "fake = types.ModuleType('ray')\n"
+        "fake.get = lambda ref: seen.append('pandas' in sys.modules) or ref * 2\n"
+        "sys.modules['ray'] = fake\n"
+        "from distml.runtime import runners\n"
+        "assert 'pandas' not in sys.modules\n"
+        "print(runners.result(21), seen)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == "42 [True]", out.stdout

@@ -46,7 +46,9 @@ def loadings(run: RunView) -> Section | None:
     mat = comp[feats].to_numpy(float)[:10]
     order = np.argsort(-np.abs(mat).max(axis=0))[:30]
     mat = mat[:, order]
-    fig, axes = figure(max(5.0, 0.3 * len(order) + 2), 0.35 * len(mat) + 1.6)
+    fig, axes = figure(  # constrained: the solver places the colorbar
+        max(5.0, 0.3 * len(order) + 2), 0.35 * len(mat) + 1.6, layout="constrained"
+    )
     ax = axes[0]
     lim = float(np.abs(mat).max()) or 1.0
     im = ax.imshow(mat, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")

@@ -42,3 +42,55 @@ def test_workers_of_a_runs_own_cluster_import_the_preload(preload, want):
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["mode"] == "local"
     assert got["seen"] == {"colorsys": want, "distml.jobs.kmeans": want}
+
+
+STATE_PROBE = """
+import json, threading, time
+import ray
+from ray._private import ray_constants
+from ray.experimental.internal_kv import _internal_kv_get
+from distml.runtime.cluster import cluster
+
+def head_threads():
+    return [t for t in threading.enumerate() if t.name == "distml-dashboard-head"]
+
+with cluster(num_cpus=1) as info:
+    node = ray._private.worker._global_node
+    head = node.all_processes[ray_constants.PROCESS_TYPE_DASHBOARD][0].process
+    # what ray.init waits for before it returns: the head registered its address in the GCS
+    # (Ray Train V2 and Ray Data look the dashboard up there)
+    address = _internal_kv_get(
+        ray_constants.DASHBOARD_ADDRESS, namespace=ray_constants.KV_NAMESPACE_DASHBOARD
+    )
+    alive = sum(n["Alive"] for n in ray.nodes())
+    pid = ray.get(ray.remote(lambda: __import__("os").getpid()).remote())
+    time.sleep(1.5)  # the head outlives the thread's start of it (the parent-death signal)
+    running = head.poll() is None and len(head_threads()) == 1
+deadline = time.monotonic() + 10
+while head_threads() and time.monotonic() < deadline:
+    time.sleep(0.05)
+print(json.dumps({"mode": info.mode, "head_running": running, "registered": address is not None,
+                  "alive": alive, "task": pid > 0, "threads_after": len(head_threads()),
+                  "head_after": head.poll() is not None}))
+"""
+
+
+def test_a_runs_own_cluster_has_its_dashboard_head_up_when_it_is_ready():
+    """The head starts beside the raylet (runtime.cluster._quick_node_start): when the
+    cluster is handed to the run the head has registered its address, as when Ray started
+    it before the raylet, and it keeps running (Ray kills a child when the thread that
+    started it ends); a task runs; after the stop neither the head nor its thread is left."""
+    out = subprocess.run(
+        [sys.executable, "-c", STATE_PROBE], capture_output=True, text=True, timeout=180
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {
+        "mode": "local",
+        "head_running": True,
+        "registered": True,
+        "alive": 1,
+        "task": True,
+        "threads_after": 0,
+        "head_after": True,
+    }

@@ -113,6 +113,78 @@ def test_a_runs_own_cluster_starts_without_the_idle_monitors(monkeypatch):
     assert {name: seen[name] for name in cluster.IDLE_MONITORS} == originals
 
 
+def test_a_runs_own_cluster_starts_its_dashboard_beside_its_raylet(monkeypatch):
+    """While distml's ray.init runs, Ray's Node starts the dashboard head in a thread (its
+    dependency check first, in the caller's thread) and joins it before the node's last
+    step, and services.get_node sees the raylet register without Ray's one-second retries;
+    all three are Ray's own again after, also when ray.init fails (private Ray API: this
+    fails loudly when Ray renames them). DISTML_DASHBOARD=1 keeps Ray's order."""
+    import threading
+
+    import ray
+    import ray._private.services as services
+    from ray._private.node import Node
+
+    from distml.runtime import cluster
+
+    names = (cluster.DASHBOARD_START, cluster.NODE_STARTED)
+    originals = {name: getattr(Node, name) for name in names}
+    original_get_node = services.get_node
+    assert all(callable(f) for f in originals.values())
+    seen: dict = {}
+
+    def fake_init(**kwargs):
+        seen.update({name: getattr(Node, name) for name in names})
+        seen["get_node"] = services.get_node
+        raise RuntimeError("no cluster in a unit test")
+
+    monkeypatch.setattr(ray, "init", fake_init)
+    with pytest.raises(RuntimeError, match="no cluster"):
+        cluster._start_local(2, None)
+    assert all(seen[name] is not originals[name] for name in names)
+    assert seen["get_node"] is not original_get_node
+    assert {name: getattr(Node, name) for name in names} == originals
+    assert services.get_node is original_get_node
+
+    # the patched pair: the head starts in another thread, the node's last step waits for it
+    # and raises what its start raised
+    order: list = []
+    release = threading.Event()
+
+    def slow_head(self, **kwargs):
+        order.append(("head", threading.current_thread() is threading.main_thread(), kwargs))
+        release.wait(5)
+        raise ValueError("the head failed")
+
+    monkeypatch.setattr(Node, cluster.DASHBOARD_START, slow_head)
+    monkeypatch.setattr(Node, cluster.NODE_STARTED, lambda self: order.append("stats"))
+    import ray._private.utils as ray_utils
+
+    monkeypatch.setattr(
+        ray_utils, "get_dashboard_dependency_error", lambda: order.append("deps") or None
+    )
+    node = object.__new__(Node)
+    with cluster._quick_node_start():
+        getattr(Node, cluster.DASHBOARD_START)(
+            node, include_dashboard=False, raise_on_failure=False
+        )
+        assert order[0] == "deps"  # in the caller's thread, before the head's thread
+        release.set()
+        with pytest.raises(ValueError, match="the head failed"):
+            getattr(Node, cluster.NODE_STARTED)(node)
+    assert order[1] == ("head", False, {"include_dashboard": False, "raise_on_failure": False})
+    assert "stats" not in order  # a failed head stops the node's start there
+
+    monkeypatch.setattr(ray, "init", fake_init)
+    monkeypatch.setattr(Node, cluster.DASHBOARD_START, originals[cluster.DASHBOARD_START])
+    monkeypatch.setattr(Node, cluster.NODE_STARTED, originals[cluster.NODE_STARTED])
+    monkeypatch.setenv("DISTML_DASHBOARD", "1")
+    with pytest.raises(RuntimeError, match="no cluster"):
+        cluster._start_local(2, None)
+    assert {name: seen[name] for name in names} == originals
+    assert seen["get_node"] is original_get_node
+
+
 _EXIT_PROBE = """
 import atexit, sys, tempfile, threading, time
 from pathlib import Path

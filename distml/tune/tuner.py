@@ -66,15 +66,17 @@ def _trial_name_searcher(trial) -> str:
 
 
 def make_searcher(search: str, seed: int, concurrency: int):
-    """random/grid: Tune's variant generator, seeded; optuna: TPE, seeded; both capped."""
+    """random/grid: Tune's variant generator, seeded; optuna: TPE, seeded, which learns the
+    trials a scheduler stopped as pruned (:mod:`distml.tune._optuna`); both capped."""
     if search == "optuna":
         try:
             import optuna  # noqa: F401
             from ray.tune.search import ConcurrencyLimiter
-            from ray.tune.search.optuna import OptunaSearch
+
+            from distml.tune._optuna import OptunaTPE
         except ImportError:
             raise MissingDependency.for_extra("optuna", "tune", "tune.search: optuna") from None
-        return ConcurrencyLimiter(OptunaSearch(seed=seed), max_concurrent=concurrency)
+        return ConcurrencyLimiter(OptunaTPE(seed=seed), max_concurrent=concurrency)
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     return BasicVariantGenerator(random_state=seed, max_concurrent=concurrency)

@@ -199,7 +199,7 @@ def _quick_node_start(keep: bool = False) -> Iterator[None]:
     start_head, started = saved[DASHBOARD_START], saved[NODE_STARTED]
     pending: dict[int, tuple[threading.Event, dict]] = {}
 
-    def start_api_server(self, **kwargs):
+    def start_api_server(self, *args, **kwargs):
         from ray._private.utils import get_dashboard_dependency_error
 
         get_dashboard_dependency_error()  # its imports, in this thread (cached for the head)
@@ -207,7 +207,7 @@ def _quick_node_start(keep: bool = False) -> Iterator[None]:
 
         def run() -> None:
             try:
-                start_head(self, **kwargs)
+                start_head(self, *args, **kwargs)
             except BaseException as e:  # noqa: BLE001 - raised where the node's start waits
                 box["error"] = e
                 return
@@ -216,9 +216,13 @@ def _quick_node_start(keep: bool = False) -> Iterator[None]:
             # Ray starts the head with the parent-death signal (PR_SET_PDEATHSIG), which the
             # kernel sends when the *thread* that started it ends: this thread lives as long
             # as the head (it ends when the cluster's stop kills the head, or with the process)
-            head = (self.all_processes.get("dashboard") or [None])[0]
+            from ray._private import ray_constants
+
+            head = (self.all_processes.get(ray_constants.PROCESS_TYPE_DASHBOARD) or [None])[0]
             if head is not None:
                 head.process.wait()
+            else:  # Ray recorded no head process: nothing of ours to keep alive
+                log.debug("the dashboard head's process is not recorded by Ray's node")
 
         pending[id(self)] = (started_head, box)
         threading.Thread(target=run, name="distml-dashboard-head", daemon=True).start()
@@ -247,7 +251,10 @@ def _quick_node_start(keep: bool = False) -> Iterator[None]:
             want = node_id if isinstance(node_id, str) else node_id.hex()
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
-                if any(n.get("NodeID") == want for n in state.node_table()):
+                rows = state.node_table()
+                if any(n.get("NodeID") == want for n in rows):
+                    break
+                if any("NodeID" not in n for n in rows):  # another Ray's rows: Ray decides
                     break
                 time.sleep(0.02)
         except Exception:  # noqa: BLE001 - Ray's own lookup (below) waits and decides

@@ -65,7 +65,9 @@ with cluster(num_cpus=1) as info:
     alive = sum(n["Alive"] for n in ray.nodes())
     pid = ray.get(ray.remote(lambda: __import__("os").getpid()).remote())
     time.sleep(1.5)  # the head outlives the thread's start of it (the parent-death signal)
-    running = head.poll() is None and len(head_threads()) == 1
+    # (Popen.poll answers None while the holding thread waits on it: ask the kernel)
+    status = open(f"/proc/{head.pid}/stat").read().split(")")[-1].split()[0]
+    running = status not in ("Z", "X") and len(head_threads()) == 1
 deadline = time.monotonic() + 10
 while head_threads() and time.monotonic() < deadline:
     time.sleep(0.05)

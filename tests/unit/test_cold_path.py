@@ -185,6 +185,39 @@ def test_a_runs_own_cluster_starts_its_dashboard_beside_its_raylet(monkeypatch):
     assert seen["get_node"] is original_get_node
 
 
+def test_the_raylets_registration_is_seen_as_it_happens(monkeypatch):
+    """Inside _quick_node_start, services.get_node looks at the node table every 20 ms until
+    the node is there, then asks Ray's own lookup (which then answers at once); rows of
+    another shape (a Ray that renamed "NodeID") end the polling at the first look."""
+    import ray._private.services as services
+    import ray._private.state as state_mod
+
+    from distml.runtime import cluster
+
+    tables: list = [[], [{"NodeID": "other"}], [{"NodeID": "abc"}]]
+    looks: list = []
+
+    class FakeState:
+        def _initialize_global_state(self, options):
+            pass
+
+        def node_table(self):
+            looks.append(1)
+            return tables[min(len(looks), len(tables)) - 1]
+
+    monkeypatch.setattr(state_mod, "GlobalState", FakeState)
+    monkeypatch.setattr(services, "_get_gcs_client_options", lambda address: None)
+    monkeypatch.setattr(services, "get_node", lambda address, node_id: {"asked": node_id})
+    with cluster._quick_node_start():
+        assert services.get_node("127.0.0.1:1", "abc") == {"asked": "abc"}
+    assert len(looks) == 3
+    looks.clear()
+    tables[:] = [[{"node_id": "abc"}]]
+    with cluster._quick_node_start():
+        assert services.get_node("127.0.0.1:1", "abc") == {"asked": "abc"}
+    assert len(looks) == 1
+
+
 _EXIT_PROBE = """
 import atexit, sys, tempfile, threading, time
 from pathlib import Path

@@ -11,9 +11,10 @@ from distml.report._plots import figure, png
 
 
 def _shown(axis) -> list:
-    """The tick labels the draw shows: those inside the view."""
+    """The tick labels the draw shows, major and minor: those inside the view."""
     lo, hi = sorted(axis.get_view_interval())
-    return [t.label1 for t in axis.get_major_ticks() if lo <= t.get_loc() <= hi]
+    ticks = axis.get_major_ticks() + axis.get_minor_ticks()
+    return [t.label1 for t in ticks if lo <= t.get_loc() <= hi and t.label1.get_visible()]
 
 
 def _inside(fig) -> list[str]:
@@ -23,7 +24,8 @@ def _inside(fig) -> list[str]:
     bad = []
     panels = [ax.get_window_extent(r) for ax in fig.axes if ax.get_visible()]
     for i, ax in enumerate(a for a in fig.axes if a.get_visible()):
-        texts = [ax.title, ax.xaxis.label, ax.yaxis.label]
+        texts = [ax.title, ax.xaxis.label, ax.yaxis.label, ax.xaxis.offsetText]
+        texts += [ax.yaxis.offsetText, ax._left_title, ax._right_title]
         texts += _shown(ax.xaxis) + _shown(ax.yaxis)
         for t in texts:
             if not t.get_visible() or not t.get_text():
@@ -34,6 +36,15 @@ def _inside(fig) -> list[str]:
             for j, other in enumerate(panels):
                 if j != i and bb.overlaps(other):
                     bad.append(f"{t.get_text()!r} over panel {j}")
+    drawn = []
+    for ax in (a for a in fig.axes if a.get_visible()):
+        texts = [ax.title, ax.xaxis.label, ax.yaxis.label, ax.xaxis.offsetText]
+        texts += [ax.yaxis.offsetText, *_shown(ax.xaxis), *_shown(ax.yaxis)]
+        drawn += [(ax, t) for t in texts if t.get_visible() and t.get_text()]
+    for i, (ax_a, a) in enumerate(drawn):  # two panels' texts never meet
+        for ax_b, b in drawn[i + 1 :]:
+            if ax_a is not ax_b and a.get_window_extent(r).overlaps(b.get_window_extent(r)):
+                bad.append(f"{a.get_text()!r} meets {b.get_text()!r}")
     return bad
 
 
@@ -104,3 +115,51 @@ def test_a_colorbar_figure_is_left_to_the_solver():
     subplot_params = vars(fig.subplotpars).copy()
     assert png(fig)
     assert fig.get_layout_engine() is None and vars(fig.subplotpars) == subplot_params
+
+
+def test_minor_log_labels_offset_texts_and_side_titles_stay_inside():
+    """A log axis within one decade labels its minor ticks (wider than the major ones); large
+    or offset values put an offset text above the y axis and right of the x axis; titles
+    may sit left and right."""
+    fig, axes = figure(9.0, 3.4, ncols=2)
+    axes[0].semilogy([1, 2], [0.3, 0.9])
+    axes[0].set_ylabel("centre shift")
+    axes[0].set_title("left side", loc="left")
+    axes[0].set_title("right side", loc="right")
+    axes[1].plot([1e6 + 1, 1e6 + 2], [1e6 + 0.1, 1e6 + 0.2])
+    axes[1].set_xlabel("rows")
+    png(fig)
+    assert fig.get_layout_engine() is None
+    assert any(
+        t.get_text()
+        for t in _shown(axes[0].yaxis)
+        if t in [tick.label1 for tick in axes[0].yaxis.get_minor_ticks()]
+    )
+    assert axes[1].yaxis.offsetText.get_text() and axes[1].xaxis.offsetText.get_text()
+    assert _inside(fig) == []
+
+
+def test_neighbouring_panels_long_x_labels_do_not_meet():
+    """Centred x labels at the right end of one panel and the left end of the next reach
+    into the gap from both sides."""
+    fig, axes = figure(8.0, 3.0, ncols=2)
+    for ax in axes:
+        ax.plot(range(3), range(3))
+        ax.set_xticks(range(3), ["a rather long first", "b", "a rather long last"])
+        ax.set_xlim(0, 2)
+    png(fig)
+    assert fig.get_layout_engine() is None
+    assert _inside(fig) == []
+
+
+def test_twins_and_right_hand_labels_get_the_solver():
+    fig, axes = figure(5.0, 3.0)
+    axes[0].plot([0, 1], [0, 1])
+    axes[0].twinx().plot([0, 1], [10, 0])
+    png(fig)
+    assert type(fig.get_layout_engine()).__name__ == "ConstrainedLayoutEngine"
+    fig, axes = figure(5.0, 3.0)
+    axes[0].plot([0, 1], [0, 1])
+    axes[0].yaxis.tick_right()
+    png(fig)
+    assert type(fig.get_layout_engine()).__name__ == "ConstrainedLayoutEngine"

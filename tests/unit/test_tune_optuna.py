@@ -44,6 +44,12 @@ def test_stopped_finished_and_failed_trials_reach_optuna_as_such():
     assert [trials[i].state for i in range(3)] == [State.PRUNED, State.COMPLETE, State.FAIL]
     assert trials[0].intermediate_values == {1: 0.60}  # kept with the pruned trial
     assert trials[1].value == pytest.approx(0.35)
+    # a trial that failed inside distml's session: its report says so, with no figure
+    assert s.suggest("session-failed") is not None
+    s.on_trial_complete(
+        "session-failed", {"loss": float("nan"), "final": True, "failed": True, "error": "x"}
+    )
+    assert s._ot_study.trials[3].state == State.FAIL
     # a second completion of a told trial changes nothing (as Ray's own searcher)
     s.on_trial_complete("stopped", {"loss": 0.1, "final": True})
     assert s._ot_study.trials[0].state == State.PRUNED

@@ -16,6 +16,7 @@ from distml.cli import main
 from distml.errors import SpecError
 from distml.report import build_report, format_runs, list_runs, report_sections
 from distml.report.runs import key_metric
+from tests.fresh import stdout_of
 
 
 def make_run(
@@ -528,9 +529,6 @@ def test_the_report_and_its_warm_up_never_import_scikit_learn(tmp_path):
     numpy's own, so neither imports scikit-learn, whose import (1–2 s of CPU) competed with
     the job and the report on a 2-core machine: 0.9 s of a warm quickstart's 2.9 s. In a
     fresh process, because this one has scikit-learn already."""
-    import subprocess
-    import sys
-
     run = make_run(
         tmp_path,
         "clf",
@@ -547,10 +545,8 @@ def test_the_report_and_its_warm_up_never_import_scikit_learn(tmp_path):
         "assert 'roc_curve' in built['sections'] and 'precision_recall' in built['sections']\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'scipy')))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
-    )
-    assert out.stdout.strip() == "[]", out.stdout
+    out = stdout_of(code)
+    assert out == "[]", out
 
 
 def test_the_warm_up_imports_pandas_before_matplotlib():
@@ -559,9 +555,6 @@ def test_the_warm_up_imports_pandas_before_matplotlib():
     (runtime.runners.result), so it at most waits for this thread's import and the two
     threads never import different dependency trees at once. In a fresh process, which has
     imported neither."""
-    import subprocess
-    import sys
-
     code = (
         "import sys\n"
         "order = []\n"
@@ -576,7 +569,5 @@ def test_the_warm_up_imports_pandas_before_matplotlib():
         "warm_up()\n"
         "print(','.join(order))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
-    )
-    assert out.stdout.strip() == "pandas,pyarrow.dataset,matplotlib", out.stdout
+    out = stdout_of(code)
+    assert out == "pandas,pyarrow.dataset,matplotlib", out

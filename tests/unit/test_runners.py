@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from distml.runtime import runners
+from tests.fresh import stdout_of
 
 
 def _cluster(mode: str, cpus: float = 2.0):
@@ -110,8 +111,6 @@ def test_a_result_is_taken_with_pandas_imported_in_this_thread():
     instead of following it when the result (frames) is deserialised, and it happens in the
     calling thread, which holds no import lock there. A fresh process, without pandas; its
     ``ray`` is a stand-in that records what ``get`` saw."""
-    import subprocess
-
     code = (
         "import sys, types\n"
         "seen = []\n"
@@ -122,7 +121,5 @@ def test_a_result_is_taken_with_pandas_imported_in_this_thread():
         "assert 'pandas' not in sys.modules\n"
         "print(runners.result(21), seen)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
-    )
-    assert out.stdout.strip() == "42 [True]", out.stdout
+    out = stdout_of(code)
+    assert out == "42 [True]", out

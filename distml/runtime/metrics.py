@@ -17,7 +17,19 @@ def classification_metrics(
     y: np.ndarray, pred: np.ndarray, proba: np.ndarray | None, n_classes: int
 ) -> dict[str, float | None]:
     """accuracy, precision, recall, f1 (binary: positive class; multiclass: macro), roc_auc
-    (binary, or one-vs-rest macro), logloss; ``y`` and ``pred`` are class codes 0..k-1."""
+    (binary, or one-vs-rest macro), logloss; ``y`` and ``pred`` are class codes 0..k-1.
+
+    The figures are scikit-learn's, computed from one confusion matrix and one sort per class
+    (:func:`_codes_metrics`: scikit-learn's checks cost seconds at millions of rows); the cases
+    where scikit-learn warns or refuses (a class never true or never predicted, scores that are
+    not probabilities) go through scikit-learn itself."""
+    fast = _codes_metrics(y, pred, proba, n_classes)
+    if fast is not None:
+        return _clean(fast)
+    return _clean(_sklearn_classification(y, pred, proba, n_classes))
+
+
+def _sklearn_classification(y, pred, proba, n_classes: int) -> dict[str, float | None]:
     import numpy as np
     from sklearn import metrics as skm
 
@@ -42,11 +54,106 @@ def classification_metrics(
         except ValueError:  # a split holding one class only
             out["roc_auc"] = None
         out["logloss"] = float(skm.log_loss(y, np.clip(proba, 1e-15, 1), labels=labels))
-    return _clean(out)
+    return out
+
+
+def _codes_metrics(y, pred, proba, k: int) -> dict[str, float] | None:
+    """scikit-learn's classification figures by its own arithmetic (the same confusion counts
+    and divisions, the same ROC points and trapezoids, the same clipped log loss in the
+    scores' dtype), or None where an edge case must go through scikit-learn."""
+    import numpy as np
+
+    y, pred = np.asarray(y), np.asarray(pred)
+    if k < 2 or y.ndim != 1 or len(y) == 0 or y.shape != pred.shape:
+        return None
+    if y.dtype.kind not in "iu" or pred.dtype.kind not in "iu":
+        return None
+    if min(y.min(), pred.min()) < 0 or max(y.max(), pred.max()) >= k:
+        return None
+    if proba is not None:
+        proba = np.asarray(proba)
+        if (
+            proba.shape != (len(y), k)
+            or proba.dtype.kind != "f"
+            or not np.isfinite(proba).all()
+            or proba.min() < 0
+            or proba.max() > 1
+            or not np.allclose(1, proba.sum(axis=1))
+        ):
+            return None
+    cm = np.bincount(y.astype(np.int64) * k + pred, minlength=k * k).reshape(k, k)
+    tp, pred_sum, true_sum = np.diag(cm), cm.sum(axis=0), cm.sum(axis=1)
+    if (pred_sum == 0).any() or (true_sum == 0).any():
+        return None  # zero divisions and one-class ROC curves: scikit-learn's own rules
+    precision, recall = tp / pred_sum, tp / true_sum
+    f1 = 2.0 * tp / (true_sum.astype(np.float64) + pred_sum.astype(np.float64))
+    pick = (lambda v: float(v[1])) if k == 2 else (lambda v: float(np.mean(v)))
+    out: dict[str, float] = {
+        "accuracy": float(np.mean(y == pred)),
+        "precision": pick(precision),
+        "recall": pick(recall),
+        "f1": pick(f1),
+    }
+    if proba is not None:
+        aucs = [_binary_auc(y == j, proba[:, j]) for j in ([1] if k == 2 else range(k))]
+        out["roc_auc"] = float(aucs[0]) if k == 2 else float(np.mean(aucs))
+        clipped = np.clip(np.clip(proba, 1e-15, 1), *_eps_range(proba.dtype))
+        out["logloss"] = float(np.mean(-np.log(clipped[np.arange(len(y)), y])))
+    return out
+
+
+def _eps_range(dtype) -> tuple:
+    import numpy as np
+
+    eps = np.finfo(dtype).eps
+    return eps, 1 - eps
+
+
+def _binary_auc(positive, score) -> float:
+    """Area under scikit-learn's ROC curve (``roc_curve(drop_intermediate=True)``, then
+    ``auc``): stable descending sort, one point per distinct score, collinear points dropped."""
+    import numpy as np
+
+    order = np.argsort(score, kind="mergesort")[::-1]
+    score, positive = score[order], positive[order]
+    last = np.r_[np.where(np.diff(score))[0], positive.size - 1]
+    tps = np.cumsum(positive, dtype=np.float64)[last]
+    fps = 1 + last - tps
+    if fps.shape[0] > 2:
+        keep = np.where(np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True])[0]
+        fps, tps = fps[keep], tps[keep]
+    tps, fps = np.r_[0.0, tps], np.r_[0.0, fps]
+    return float(np.trapezoid(tps / tps[-1], fps / fps[-1]))
 
 
 def regression_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, float | None]:
-    """rmse, mae, r2."""
+    """rmse, mae, r2: scikit-learn's figures by its own arithmetic on one column (its checks
+    cost more than the sums at millions of rows); scikit-learn itself where the target is
+    constant or the values are not finite."""
+    import numpy as np
+
+    y_col, p_col = np.asarray(y), np.asarray(pred)
+    as_double = np.result_type(y_col.dtype, p_col.dtype, np.float32) == np.float64
+    y_col = y_col.astype(np.float64).reshape(-1, 1)
+    p_col = p_col.astype(np.float64).reshape(-1, 1)
+    n = len(y_col)
+    if (
+        as_double  # scikit-learn computes float32 pairs in float32
+        and n > 1
+        and n == len(p_col)
+        and np.isfinite(y_col).all()
+        and np.isfinite(p_col).all()
+    ):
+        residual = ((y_col - p_col) ** 2).sum(axis=0)
+        total = ((y_col - np.average(y_col, axis=0)) ** 2).sum(axis=0)
+        if total[0] != 0:
+            return _clean(
+                {
+                    "rmse": float(math.sqrt(np.average(np.average((y_col - p_col) ** 2, axis=0)))),
+                    "mae": float(np.average(np.average(np.abs(p_col - y_col), axis=0))),
+                    "r2": float(np.average(1 - residual / total)),
+                }
+            )
     from sklearn import metrics as skm
 
     return _clean(

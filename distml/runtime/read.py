@@ -66,9 +66,16 @@ def read_partition(part, columns: list[str]) -> pd.DataFrame:
     if part.format == "csv":
         frames = [_read_csv_piece(p, columns) for p in part.pieces]
         return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    return read_partition_table(part, columns).to_pandas()
+
+
+def read_partition_table(part, columns: list[str]):
+    """:func:`read_partition` as an Arrow table (parquet is not converted to pandas)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    if part.format != "parquet":
+        return pa.Table.from_pandas(read_partition(part, columns), preserve_index=False)
     tables = []
     for p in part.pieces:
         with open_input(p.path) as fh:
@@ -78,8 +85,7 @@ def read_partition(part, columns: list[str]) -> pd.DataFrame:
                 if p.row_groups is None
                 else pf.read_row_groups(list(p.row_groups), columns=columns)
             )
-    table = tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="default")
-    return table.to_pandas()
+    return tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="default")
 
 
 def _read_csv_piece(

@@ -106,4 +106,18 @@ def test_two_workers_match_plain_xgboost_and_survive_a_worker_death(
         r.metrics["test"]["roc_auc"], abs=1e-9
     )
     assert np.isfinite(p).all()
+    # the training matrices' rows are predicted from xgboost's cache after the last round:
+    # the same probabilities as the saved model's, row by row, and the same train figures
+    valid = pred[pred.split == "valid"]
+    np.testing.assert_array_equal(np.sort(valid["row"].to_numpy()), parts["valid"])
+    np.testing.assert_allclose(
+        valid["proba_1"].to_numpy(),
+        saved.predict(xgb.DMatrix(X.iloc[valid["row"].to_numpy()])),
+        rtol=0,
+        atol=1e-7,
+    )
+    p_train = saved.predict(xgb.DMatrix(X.iloc[parts["train"]]))
+    assert roc_auc_score(y[parts["train"]], p_train) == pytest.approx(
+        r.metrics["train"]["roc_auc"], abs=1e-9
+    )
     assert not (r.run_dir / "checkpoints" / "train").exists()  # restart state is not a result

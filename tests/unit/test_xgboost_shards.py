@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from distml.jobs.xgboost.distributed import ROW, SPLIT, Plan, read_units, shard_units
@@ -55,3 +57,110 @@ def test_read_units_tags_rows_and_split_and_keeps_a_slice(tmp_path):
     assert out["a"].tolist() == [3.0, 4.0, 5.0] and out["b"].dtype == np.int8
     sliced = read_units([{"part": part.to_dict(), "code": None, "slice": (1, 3)}], plan, codes, "y")
     assert sliced[ROW].tolist() == [4, 5] and sliced["a"].tolist() == [4.0, 5.0]
+
+
+def _mixed_source(tmp_path) -> str:
+    """Three files: floats with NaN, an integer column that has nulls in one file only (a
+    nullable pandas column in two, a plain Arrow int64 in the other), a boolean column, and
+    row groups of 4 so units and slices cross files."""
+    rng = np.random.default_rng(11)
+    for i, n in enumerate([10, 7, 9]):
+        ints = pd.array(rng.integers(-(2**40), 2**40, n), dtype="Int64")
+        if i == 1:
+            ints[2] = pd.NA
+        frame = pd.DataFrame(
+            {
+                "f": np.where(rng.random(n) < 0.2, np.nan, rng.normal(size=n) * 1e5),
+                "i": ints,
+                "b": rng.random(n) < 0.5,
+                "small": rng.integers(0, 5, n).astype(np.int32),
+                "y": rng.integers(0, 2, n),
+            }
+        )
+        if i == 1:  # as another writer leaves it: no pandas metadata (int64 with a null)
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            pq.write_table(table.replace_schema_metadata(None), tmp_path / "p1.parquet", 4)
+        else:
+            frame.to_parquet(tmp_path / f"p{i}.parquet", row_group_size=4)
+    return str(tmp_path / "*.parquet")
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_a_numeric_shard_is_read_straight_into_the_values_the_frame_path_gives(tmp_path, world):
+    from distml.jobs.xgboost.distributed import read_matrix
+
+    info = inspect_source(_mixed_source(tmp_path))
+    parts = plan_rows(info, 4)
+    units = [{"part": p.to_dict(), "code": None} for p in parts]
+    features = ["small", "f", "i", "b"]  # not in file order
+    plan = Plan("classification", [0, 1], {}, features, units, {"train": 26}, 26)
+    codes = np.zeros(26, dtype=np.int8)
+    for rank in range(world):
+        mine = shard_units(units, rank, world)
+        frame = read_units(mine, plan, codes, "y")
+        matrix = read_matrix(mine, plan)
+        assert matrix is not None
+        assert matrix.columns.dtype == np.float32 and matrix.columns.flags.c_contiguous
+        np.testing.assert_array_equal(matrix.rows, frame[ROW].to_numpy())
+        np.testing.assert_array_equal(
+            matrix.columns.T, frame[features].to_numpy(dtype=np.float64).astype(np.float32)
+        )
+        assert dict(matrix.header.dtypes) == dict(frame[features].dtypes)
+        assert len(matrix.header) == 0
+
+
+def test_the_matrix_trains_the_same_model_as_the_frame_to_the_byte(tmp_path):
+    import xgboost as xgb
+
+    from distml.jobs.xgboost.distributed import read_frame_shard, read_matrix
+
+    rng = np.random.default_rng(2)
+    n = 3000
+    frame = pd.DataFrame(
+        {
+            "a": np.where(rng.random(n) < 0.1, np.nan, rng.normal(size=n)),
+            "k": rng.integers(0, 50, n),
+            "b": rng.random(n) < 0.3,
+        }
+    )
+    frame["y"] = ((frame["a"].fillna(0) + frame["k"] / 25 + frame["b"]) > 1.2).astype(int)
+    frame.to_parquet(tmp_path / "d.parquet", row_group_size=700)
+    units = [
+        {"part": p.to_dict(), "code": None}
+        for p in plan_rows(inspect_source(str(tmp_path / "d.parquet")), 700)
+    ]
+    plan = Plan("classification", [0, 1], {}, ["a", "k", "b"], units, {"train": n}, n)
+    codes = np.zeros(n, dtype=np.int8)
+    mine = shard_units(units, 1, 2)
+    matrix, typed = read_matrix(mine, plan), read_frame_shard(mine, plan, codes, "y")
+    assert matrix.feature_types() == ["float", "int", "int"]
+    y = frame["y"].to_numpy()[matrix.rows]
+    mask = np.arange(len(y)) % 4 != 0
+    params = {"objective": "binary:logistic", "max_depth": 4, "nthread": 1, "seed": 0}
+    models = [
+        bytes(xgb.train(params, s.dmatrix(mask, label=y[mask], nthread=1), 15).save_raw("ubj"))
+        for s in (matrix, typed)
+    ]
+    assert models[0] == models[1]
+
+
+@pytest.mark.parametrize("column", ["text", "nullable bool", "categorical"])
+def test_features_that_are_not_plain_numbers_are_read_as_a_frame(tmp_path, column):
+    from distml.jobs.xgboost.distributed import read_matrix
+
+    frame = pd.DataFrame({"a": np.arange(6.0), "y": np.arange(6) % 2})
+    categories = {}
+    if column == "text":
+        frame["c"] = list("abcabc")
+    elif column == "nullable bool":
+        frame["c"] = pd.array([True, None, False, True, False, True], dtype="boolean")
+    else:
+        frame["c"] = list("abcabc")
+        categories = {"c": ["a", "b", "c"]}
+    frame.to_parquet(tmp_path / "d.parquet")
+    units = [
+        {"part": p.to_dict(), "code": None}
+        for p in plan_rows(inspect_source(str(tmp_path / "d.parquet")), 6)
+    ]
+    plan = Plan("classification", [0, 1], categories, ["a", "c"], units, {"train": 6}, 6)
+    assert read_matrix(units, plan) is None

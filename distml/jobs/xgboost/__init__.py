@@ -228,8 +228,15 @@ class Job(BoostingJob):
         return booster, figures, curve_tables(history)
 
     def predict(self, model, prep: Prepared, X: pd.DataFrame):
-        import numpy as np
         import xgboost as xgb
+
+        return self.predict_matrix(model, prep, xgb.DMatrix(X, enable_categorical=True))
+
+    def predict_matrix(self, model, prep: Prepared, matrix):
+        """:meth:`predict` for a DMatrix: the worker group predicts on its training matrices
+        before ``xgboost.train`` releases their prediction cache (no second pass over the
+        trees, no second matrix)."""
+        import numpy as np
 
         best = model.attr("best_iteration")
         rng = (
@@ -237,7 +244,7 @@ class Job(BoostingJob):
             if best is not None and self.spec.model.early_stopping_rounds
             else (0, 0)
         )
-        raw = model.predict(xgb.DMatrix(X, enable_categorical=True), iteration_range=rng)
+        raw = model.predict(matrix, iteration_range=rng)
         objective = model.attr("distml_objective") or ""
         if prep.task != "classification":
             return raw.astype(np.float64), None

@@ -13,14 +13,13 @@ import numpy as np
 import pandas as pd
 
 from distml.jobs.xgboost.distributed import (
-    ROW,
-    SPLIT,
     TEST,
     TEST_SOURCE,
     TRAIN,
     VALID,
     Plan,
-    read_units,
+    read_frame_shard,
+    read_matrix,
     set_stopper_state,
     shard_units,
     stopper_state,
@@ -29,15 +28,15 @@ from distml.runtime import faults
 from distml.runtime import workers as D
 
 
-def _shard_frame(plan: Plan, codes, target: str) -> pd.DataFrame:
+def _read_shard(plan: Plan, codes, target: str):
+    """This worker's rows: a float32 :class:`Matrix` when every feature is plain numeric, else
+    a typed :class:`Frame`."""
     import ray.train
 
     ctx = ray.train.get_context()
     units = shard_units(plan.units, ctx.get_world_rank(), ctx.get_world_size())
-    frame = read_units(units, plan, codes, target)
-    for c, levels in plan.categories.items():
-        frame[c] = pd.Categorical.from_codes(frame[c].to_numpy(np.int32), categories=levels)
-    return frame
+    matrix = read_matrix(units, plan)
+    return matrix if matrix is not None else read_frame_shard(units, plan, codes, target)
 
 
 def train_loop(config: dict) -> None:
@@ -49,22 +48,24 @@ def train_loop(config: dict) -> None:
 
     job, plan, labels = config["job"], config["plan"], config["labels"]
     t0 = time.perf_counter()
-    frame = _shard_frame(plan, config["codes"], config["target"])
-    rows = frame[ROW].to_numpy(np.int64)
-    split = frame[SPLIT].to_numpy(np.int8)
-    X = frame[plan.features]
+    started = time.time() - float(config.get("submitted_at") or time.time())
+    shard = _read_shard(plan, config["codes"], config["target"])
+    rows = shard.rows
+    split = config["codes"][rows]
     y = labels[rows]
-    prep = Prepared(X.iloc[:0], np.empty(0), plan.task, plan.classes, plan.categories)
+    prep = Prepared(shard.header, np.empty(0), plan.task, plan.classes, plan.categories)
     params = job.booster_params(prep)
     nthread = params.get("nthread", -1)
     t_read = time.perf_counter() - t0
+    t_dm = time.perf_counter()
 
     def dmatrix(mask):
-        return xgb.DMatrix(X[mask], label=y[mask], enable_categorical=True, nthread=nthread)
+        return shard.dmatrix(mask, label=y[mask], nthread=nthread)
 
     dtrain = dmatrix(split == TRAIN)
     has_valid = plan.rows.get("valid", 0) > 0
     evals = [(dtrain, "train")] + ([(dmatrix(split == VALID), "valid")] if has_valid else [])
+    matrices = [(split == code, dm) for code, (dm, _) in zip((TRAIN, VALID), evals)]
     model = job.spec.model
     es_rounds = model.early_stopping_rounds if has_valid else None
 
@@ -81,6 +82,7 @@ def train_loop(config: dict) -> None:
     if stopper is not None:
         set_stopper_state(stopper, state.get("early_stopping"))
     reporter = _reporter(config, state["history"], stopper, attempts, model.num_boost_round)
+    reporter.predict_on(matrices, lambda booster: _predictor(job, prep, params, booster))
     from distml.progress import xgboost_callback
 
     shown = xgboost_callback(
@@ -89,6 +91,7 @@ def train_loop(config: dict) -> None:
     )
     callbacks = [c for c in (stopper, reporter, shown) if c is not None]
     t1 = time.perf_counter()
+    t_dm = t1 - t_dm
     if done < model.num_boost_round and not _stopped(stopper, state):
         booster = xgb.train(
             params,
@@ -101,20 +104,35 @@ def train_loop(config: dict) -> None:
         )
     t_fit = time.perf_counter() - t1
     booster.set_attr(distml_objective=str(params["objective"]))
+    predicted = reporter.predicted
     _finish(
         job,
         plan,
         booster,
-        X,
+        shard,
         labels,
         rows,
         split,
+        predicted,
         reporter.history,
         attempts,
         done,
-        {"read": round(t_read, 4), "fit": round(t_fit, 4)},
+        {
+            "group_start": round(started, 4),
+            "read": round(t_read, 4),
+            "dmatrix": round(t_dm, 4),
+            "fit": round(t_fit, 4),
+        },
         collective,
     )
+
+
+def _predictor(job, prep, params: dict, booster):
+    """``matrix -> (pred, proba)`` of the booster, for the training matrices in
+    ``after_training``: they still hold xgboost's prediction cache there (``xgboost.train``
+    resets it on return), so the predictions of the last round cost no pass over the trees."""
+    booster.set_attr(distml_objective=str(params["objective"]))
+    return lambda matrix: job.predict_matrix(booster, prep, matrix)
 
 
 def _stopped(stopper, state: dict) -> bool:
@@ -148,6 +166,14 @@ def _reporter(config: dict, history: dict, stopper, attempts: int, total: int):
             super().__init__(frequency=1, checkpoint_at_end=False)
             self.history = {s: {m: list(v) for m, v in ms.items()} for s, ms in history.items()}
             self.start = 0
+            self.matrices: list = []
+            self.predictor = None
+            self.predicted: list | None = None  # [(rows mask, pred, proba)] after training
+
+        def predict_on(self, matrices: list, predictor) -> None:
+            """Predict on ``matrices`` ([(rows mask, DMatrix)]) after the last round, with
+            ``predictor(booster)(matrix) -> (pred, proba)``."""
+            self.matrices, self.predictor = matrices, predictor
 
         def before_training(self, model):
             self.start = model.num_boosted_rounds()
@@ -173,6 +199,9 @@ def _reporter(config: dict, history: dict, stopper, attempts: int, total: int):
             return False
 
         def after_training(self, model):
+            if self.predictor is not None:
+                predict = self.predictor(model)
+                self.predicted = [(mask, *predict(dm)) for mask, dm in self.matrices]
             return model
 
         def _get_checkpoint(self, model):
@@ -205,33 +234,43 @@ def _finish(
     job,
     plan: Plan,
     booster,
-    X,
+    shard,
     labels: np.ndarray,
     rows,
     split,
+    predicted: list | None,
     history: dict,
     attempts: int,
     resumed_from: int,
     timings: dict,
     collective,
 ) -> None:
-    """Predict the own rows, assemble the predictions on rank 0, compute the outputs there."""
+    """Predict the own rows (those of the training matrices were predicted after the last round:
+    ``predicted``), assemble the predictions on rank 0, compute the outputs there."""
     import ray.train
     from ray.train import Checkpoint
 
     from distml.jobs._supervised import Prepared, prediction_rows, py_scalar
     from distml.runtime import metrics as M
 
-    prep = Prepared(X.iloc[:0], np.empty(0), plan.task, plan.classes, plan.categories)
+    prep = Prepared(shard.header, np.empty(0), plan.task, plan.classes, plan.categories)
     width = 1 + (plan.n_classes if plan.classes is not None else 0)
     local = np.zeros((plan.n_total, width), dtype=np.float64)
     has_proba = np.zeros(1)
-    if len(X):
-        pred, proba = job.predict(booster, prep, X)
-        local[rows, 0] = pred
+    t0 = time.perf_counter()
+    pieces = list(predicted or [])
+    rest = np.ones(len(rows), dtype=bool)
+    for mask, _, _ in pieces:
+        rest &= ~mask
+    if rest.any():  # test rows, or a run restored after its last round
+        pieces.append((rest, *job.predict_matrix(booster, prep, shard.dmatrix(rest))))
+    for mask, pred, proba in pieces:
+        local[rows[mask], 0] = pred
         if proba is not None:
-            local[rows, 1:] = proba
+            local[rows[mask], 1:] = proba
             has_proba[0] = 1
+    timings["predict"] = round(time.perf_counter() - t0, 4)
+    t0 = time.perf_counter()
     world = collective.get_world_size() if collective.is_distributed() else 1
     if world > 1:
         local = collective.allreduce(local, collective.Op.SUM).reshape(local.shape)
@@ -242,6 +281,8 @@ def _finish(
     else:
         codes = np.full(plan.n_total, -1, dtype=np.int64)
         codes[rows] = split
+    timings["gather"] = round(time.perf_counter() - t0, 4)
+    t0 = time.perf_counter()
     rank = ray.train.get_context().get_world_rank()
     if rank != 0:
         ray.train.report({"final": 1}, checkpoint=None)
@@ -293,10 +334,11 @@ def _finish(
         "target": job.spec.data.target,
         "task": plan.task,
         "features": plan.features,
-        "dtypes": {c: str(t) for c, t in X.dtypes.items()},
+        "dtypes": {c: str(t) for c, t in shard.header.dtypes.items()},
         "categorical": plan.categories,
         "classes": [py_scalar(c) for c in plan.classes] if plan.classes is not None else None,
     }
+    timings["outputs"] = round(time.perf_counter() - t0, 4)
     final = {
         "metrics": metrics,
         "curve": curve,

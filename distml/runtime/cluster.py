@@ -426,10 +426,21 @@ def _ray(
         raise
     info = ClusterInfo(mode, addr, source, _resources(), time.monotonic() - t0)
     log.info("ray cluster ready (%s, %.1fs): %s", mode, info.start_s, info.resources)
+    _fixed.append(mode in ("local", "warm"))
     try:
         yield info
     finally:
+        _fixed.pop()
         _shutdown(started_here=mode == "local")
+
+
+_fixed: list[bool] = []  # per cluster() block in use: whether distml started it on this machine
+
+
+def fixed_size() -> bool:
+    """Whether this process runs on a cluster distml started on this machine (a per-run cluster
+    or ``distml cluster start``): one node, no autoscaler."""
+    return bool(_fixed) and _fixed[-1]
 
 
 @contextmanager

@@ -230,29 +230,91 @@ def train_callbacks() -> list:
     return list(_CALLBACKS()) if _CALLBACKS is not None else []
 
 
-def fit(trainer):
+def fit(trainer, fixed_cluster: bool | None = None):
     """``trainer.fit()`` with Train's poll at :func:`poll_interval_s` (Train passes the variable
     on to its controller and workers; the process's own environment is restored after), then
     release the Train controller actor: Train V2 keeps its handle in a SIGINT handler it
     installs on the main thread, which would keep the controller (and the dataset actors it
-    owns) alive after the job (RELIABILITY.md promise 5)."""
+    owns) alive after the job (RELIABILITY.md promise 5).
+
+    On a cluster distml started on this machine (``fixed_cluster``, default
+    :func:`distml.runtime.cluster.fixed_size`) the group skips what only an autoscaled cluster
+    uses: the autoscaler requests (:func:`fixed_cluster_train`) and the preemption watcher (an
+    actor that polls for nodes being drained)."""
     import gc
     import signal
     import threading
 
+    from distml.runtime import cluster
+
     main = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGINT) if main else None
-    own_poll = POLL_ENV not in os.environ
-    if own_poll:
-        os.environ[POLL_ENV] = str(POLL_S)
+    fixed = cluster.fixed_size() if fixed_cluster is None else fixed_cluster
+    own = {POLL_ENV: str(POLL_S)}
+    if fixed:
+        own[PREEMPTION_ENV] = "0"
+    own = {k: v for k, v in own.items() if k not in os.environ}
+    os.environ.update(own)
     try:
-        return trainer.fit()
+        with fixed_cluster_train() if fixed else contextlib.nullcontext():
+            return trainer.fit()
     finally:
-        if own_poll:
-            os.environ.pop(POLL_ENV, None)
+        for k in own:
+            os.environ.pop(k, None)
         if main and previous is not None:
             signal.signal(signal.SIGINT, previous)
         gc.collect()
+
+
+#: Train's preemption watcher (an actor per group polling Ray for drained nodes); passed on to
+#: the controller like the poll
+PREEMPTION_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+
+
+@contextlib.contextmanager
+def fixed_cluster_train() -> Iterator[None]:
+    """Within the block, Train runs this process starts use
+    :class:`distml.runtime._train_policy.LocalFixedScalingPolicy` (no autoscaler requests)
+    where Train would use its fixed policy, start no ``DatasetManager`` when given no datasets
+    (:class:`~distml.runtime._train_policy.DatasetsOnlyWhenGiven`) and do not wait for the
+    placement-group cleaner to stop
+    (:class:`~distml.runtime._train_policy.CleanerStoppedInBackground`). Private Ray API, looked
+    up defensively: where it moved, Train runs as it ships."""
+    try:
+        from ray.train.v2._internal.execution.scaling_policy.fixed import FixedScalingPolicy
+        from ray.train.v2.api import data_parallel_trainer as trainer_module
+
+        from distml.runtime._train_policy import (
+            CleanerStoppedInBackground,
+            DatasetsOnlyWhenGiven,
+            LocalFixedScalingPolicy,
+        )
+    except ImportError:
+        yield
+        return
+    original = getattr(trainer_module, "create_scaling_policy", None)
+    replaced = {"DatasetsCallback": DatasetsOnlyWhenGiven}
+    replaced["PlacementGroupCleanerCallback"] = CleanerStoppedInBackground
+    saved = {name: getattr(trainer_module, name, None) for name in replaced}
+    if original is None or None in saved.values():
+        yield
+        return
+
+    def create_scaling_policy(scaling_config):
+        policy = original(scaling_config)
+        if type(policy) is FixedScalingPolicy:
+            return LocalFixedScalingPolicy(scaling_config=scaling_config)
+        return policy
+
+    trainer_module.create_scaling_policy = create_scaling_policy
+    for name, cls in replaced.items():
+        setattr(trainer_module, name, cls)
+    try:
+        yield
+    finally:
+        trainer_module.create_scaling_policy = original
+        for name, cls in saved.items():
+            setattr(trainer_module, name, cls)
 
 
 def discard_checkpoints(ctx) -> None:

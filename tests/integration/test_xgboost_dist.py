@@ -21,6 +21,15 @@ SOURCE = "synthetic:classification?rows=12000&features=8&seed=5"
 ROUNDS = 30
 
 
+def _actor_ids_by_class() -> dict[str, set[str]]:
+    import ray
+
+    out: dict[str, set[str]] = {}
+    for actor in ray._private.state.actors().values():
+        out.setdefault(actor["ActorClassName"], set()).add(actor["ActorID"])
+    return out
+
+
 def test_two_workers_match_plain_xgboost_and_survive_a_worker_death(
     tmp_path, monkeypatch, ray_cluster
 ):
@@ -51,9 +60,22 @@ def test_two_workers_match_plain_xgboost_and_survive_a_worker_death(
         "resources": {"num_workers": 2, "max_failures": 1},
         "output": {"dir": str(tmp_path)},
     }
+    # as on a cluster distml started (a CLI run's): Train without autoscaler requests, dataset
+    # manager or preemption watcher, through a worker death and a restart
+    from distml.runtime import cluster
+
+    monkeypatch.setattr(cluster, "fixed_size", lambda: True)
+    before = _actor_ids_by_class()
     r = distml.run(spec)
     assert r.status == "succeeded" and (r.run_dir / "_SUCCESS").is_file()
     _wait_resources_free(ray_cluster)  # T10
+    started = {
+        name: ids - before.get(name, set()) for name, ids in _actor_ids_by_class().items()
+    }
+    assert len(started.get("RayTrainWorker", ())) == 4  # two groups: the first, the restart
+    assert len(started.get("TrainController", ())) == 1
+    for skipped in ("_AutoscalingCoordinatorActor", "DatasetManager", "PreemptionWatcher"):
+        assert not started.get(skipped), skipped
 
     # T3: a worker died once at round ROUNDS//2; the group restarted from a checkpoint > 0 and
     # finished the rounds asked.

@@ -314,7 +314,7 @@ def test_a_runs_own_cluster_preloads_its_kinds_worker_modules(monkeypatch, tmp_p
     }
     with pytest.raises(Exception, match="no cluster"):
         distml.run(spec, output=tmp_path / "runs")
-    mods = ["distml.jobs.kmeans", "pyarrow.parquet", "pandas"]
+    mods = ["distml.jobs.kmeans", "pyarrow.parquet"]
     assert seen[-1] == {"preload_python_modules": mods}
     with pytest.raises(Exception, match="no cluster"):
         distml.run(ROOT + "/jobs/quickstart.yaml", output=tmp_path / "runs")

@@ -381,6 +381,31 @@ def test_kmeans_initialisation_never_imports_sklearn():
     assert out.stdout.strip() == "[]", out.stdout
 
 
+def test_the_passes_tasks_never_import_pandas(tmp_path):
+    """A worker runs a pass's tasks without pandas (pyarrow's own ``to_numpy`` would import it:
+    0.3-0.5 s of every fresh worker's start), so a run's own cluster does not preload it; the
+    batches are the same (test_batches_are_bounded_ordered_and_typed)."""
+    from tests.fresh import stdout_of
+
+    df = _frame(3000)
+    df["x0"] = np.arange(3000, dtype=np.int32)  # cast to float64 in the batch
+    _write(df, tmp_path / "a.parquet", row_group_size=700)
+    code = (
+        "import sys, numpy as np\n"
+        "from distml.jobs import _out_of_core as ooc, kmeans as K, pca as P\n"
+        "from distml.runtime.data import inspect_source\n"
+        f"part = ooc.plan_partitions(inspect_source({str(tmp_path / 'a.parquet')!r}))[0]\n"
+        f"feats = {FEATS!r}\n"
+        "list(K._sample_task(part, feats, 256, 600, 1.0, 0, True, None))\n"
+        "C = np.zeros((3, len(feats)))\n"
+        "K._minibatch_task(part, feats, 256, C, np.zeros(3), None, None)\n"
+        "K._final_task(part, feats, 256, C, None, [], None, None)\n"
+        "X = np.concatenate([b.X for b in ooc.iter_batches(part, feats, 256)])\n"
+        "print(X.shape, X.dtype, 'pandas' in sys.modules)\n"
+    )
+    assert stdout_of(code) == f"(3000, {len(FEATS)}) float64 False"
+
+
 def test_assign_and_init_choose_the_best_on_the_held_sample():
     from sklearn.metrics import pairwise_distances_argmin_min
 

@@ -461,3 +461,42 @@ def test_the_kept_best_trial_is_the_plain_fit_of_its_configuration_and_the_fallb
     assert "refit_s" in f.manifest["tune"]["timings_s"] and model["matches_trial"] is True
     assert f.metrics["valid"] == pytest.approx(r.metrics["valid"], rel=1e-9)
     pd.testing.assert_frame_equal(f.tables["predictions"], r.tables["predictions"])
+
+
+def test_a_search_whose_trials_all_ended_removes_its_idle_actors_at_once(tmp_path, ray_cluster):
+    """distml's searches end without Tune's graceful stop of the actors its reuse keeps (0.6-0.7 s
+    of every search on 2 cores): once every trial has ended, they are removed at once."""
+    from ray import tune
+
+    from distml.tune.tuner import make_tuner, tune_env
+
+    def trial(config):  # defined here: pickled by value (the workers cannot import tests)
+        from ray import tune
+
+        tune.report({"objective": config["x"]})
+
+    before = set(ray_cluster._private.state.actors())
+    with tune_env():
+        grid = make_tuner(
+            tune.with_resources(trial, {"cpu": 1}),
+            {"x": tune.uniform(0, 1)},
+            mode="min",
+            num_samples=4,
+            concurrency=2,
+            storage_path=str(tmp_path),
+            seed=0,
+            name="quick-end",
+        ).fit()
+    assert sorted(r.metrics["objective"] for r in grid) == sorted(r.config["x"] for r in grid)
+    ends = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        new = [a for i, a in ray_cluster._private.state.actors().items() if i not in before]
+        ends = [str(a["DeathCause"]) for a in new if "ImplicitFunc" in a["ActorClassName"]]
+        if ends and all(a["State"] == "DEAD" for a in new):
+            break
+        time.sleep(0.2)
+    assert ends and all("DEAD" == a["State"] for a in new)
+    # killed, not stopped one by one (Tune's own end: "all references ... were removed")
+    assert any("ray.kill" in e for e in ends), ends
+    _wait_resources_free(ray_cluster)

@@ -57,15 +57,18 @@ class DatasetsOnlyWhenGiven(DatasetsCallback):
 
 
 class CleanerStoppedInBackground(PlacementGroupCleanerCallback):
-    """Train's placement-group cleaner callback, which asks the cleaner to stop without waiting
-    for it: the cleaner's monitor thread notices the stop only when its 1 s queue wait ends, and
-    the controller's shutdown waited for that. The cleaner still stops (and exits) on its own;
-    the group's placement group was removed with the group before this runs."""
+    """Train's placement-group cleaner callback, which ends the cleaner without waiting for it:
+    its monitor thread notices a stop only when its 1 s queue wait ends, and the controller's
+    shutdown waited for that. A stopped cleaner removes nothing (Train's own stop says so), and
+    neither does a killed one; ``ray.kill`` ends the detached actor for certain, where a stop
+    message nobody waits for could be lost and leave it on a warm cluster."""
 
     def _stop_cleaner(self) -> None:
+        import ray
+
         cleaner, self._cleaner = self._cleaner, None
         if cleaner is not None:
             try:
-                cleaner.stop.remote()
-            except Exception:  # an exited cleaner: nothing to stop
+                ray.kill(cleaner)
+            except Exception:  # an exited cleaner: nothing to end
                 pass

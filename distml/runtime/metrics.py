@@ -81,7 +81,7 @@ def _codes_metrics(y, pred, proba, k: int) -> dict[str, float] | None:
             or not np.allclose(1, proba.sum(axis=1))
         ):
             return None
-    cm = np.bincount(y.astype(np.int64) * k + pred, minlength=k * k).reshape(k, k)
+    cm = np.bincount(y.astype(np.int64) * k + pred.astype(np.int64), minlength=k * k).reshape(k, k)
     tp, pred_sum, true_sum = np.diag(cm), cm.sum(axis=0), cm.sum(axis=1)
     if (pred_sum == 0).any() or (true_sum == 0).any():
         return None  # zero divisions and one-class ROC curves: scikit-learn's own rules
@@ -133,7 +133,9 @@ def regression_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, float | Non
     import numpy as np
 
     y_col, p_col = np.asarray(y), np.asarray(pred)
-    as_double = np.result_type(y_col.dtype, p_col.dtype, np.float32) == np.float64
+    # scikit-learn computes in the type of the floating inputs alone (float64 when none is)
+    floats = [a.dtype for a in (y_col, p_col) if a.dtype.kind == "f"]
+    as_double = (np.result_type(*floats) if floats else np.dtype(np.float64)) == np.float64
     y_col = y_col.astype(np.float64).reshape(-1, 1)
     p_col = p_col.astype(np.float64).reshape(-1, 1)
     n = len(y_col)

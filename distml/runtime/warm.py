@@ -360,8 +360,10 @@ def _launch(folder: Path, rec: dict, num_cpus, num_gpus, idle_timeout_s: float, 
             args += ["--num-cpus", str(num_cpus)]
         if num_gpus is not None:
             args += ["--num-gpus", str(num_gpus)]
-        if preload:
-            args += ["--system-config", json.dumps({"preload_python_modules": list(preload)})]
+        from distml.runtime.cluster import CONNECT_RETRY
+
+        config = {**CONNECT_RETRY, **({"preload_python_modules": list(preload)} if preload else {})}
+        args += ["--system-config", json.dumps(config)]
         out = subprocess.run(
             args,
             check=False,

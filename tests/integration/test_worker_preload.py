@@ -96,3 +96,42 @@ def test_a_runs_own_cluster_has_its_dashboard_head_up_when_it_is_ready():
         "threads_after": 0,
         "head_after": True,
     }
+
+
+CONFIG_PROBE = """
+import base64, json
+import ray
+from ray._private import ray_constants
+from distml.runtime.cluster import cluster
+
+with cluster(num_cpus=1) as info:
+    gcs = ray._private.worker._global_node.all_processes[ray_constants.PROCESS_TYPE_GCS_SERVER]
+    args = open(f"/proc/{gcs[0].process.pid}/cmdline").read().split(chr(0))
+    config = [a.split("=", 1)[1] for a in args if a.startswith("--config_list=")][0]
+    task = ray.get(ray.remote(lambda: 1).remote())
+print(json.dumps({"mode": info.mode, "config": json.loads(base64.b64decode(config)), "task": task}))
+"""
+
+
+def test_a_runs_own_cluster_retries_local_connections_every_20_ms():
+    """The cluster's system config (what the GCS hands every raylet and worker) carries the
+    connection retry of ``cluster.CONNECT_RETRY``: Ray's 1 s wait between attempts cost every
+    other start a second, when the raylet's first connection to its object store came a moment
+    too early (docs/clusters.md). Ray refuses unknown keys, so a cluster that runs a task also
+    shows it knows these."""
+    from distml.runtime.cluster import CONNECT_RETRY
+
+    out = subprocess.run(
+        [sys.executable, "-c", CONFIG_PROBE], capture_output=True, text=True, timeout=180
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["mode"] == "local" and got["task"] == 1
+    assert {k: got["config"].get(k) for k in CONNECT_RETRY} == CONNECT_RETRY
+    assert CONNECT_RETRY["raylet_client_connect_timeout_milliseconds"] <= 50
+    # the same 10 s in all before a connection is given up, as Ray's own 10 × 1 s
+    assert (
+        CONNECT_RETRY["raylet_client_connect_timeout_milliseconds"]
+        * CONNECT_RETRY["raylet_client_num_connect_attempts"]
+        >= 10_000
+    )

@@ -7,6 +7,7 @@ restart) keeps this file at about a minute."""
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -19,6 +20,30 @@ pytestmark = pytest.mark.usefixtures("ray_cluster")
 
 SOURCE = "synthetic:classification?rows=12000&features=8&seed=5"
 ROUNDS = 30
+
+
+def _end_autoscaling_coordinator() -> None:
+    import ray
+
+    try:
+        ray.kill(ray.get_actor("AutoscalingCoordinator", namespace="AutoscalingCoordinator"))
+    except ValueError:  # none yet
+        return
+    _wait_dead(_actor_ids_by_class().get("_AutoscalingCoordinatorActor", set()))
+
+
+def _wait_dead(ids: set[str], timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while not _all_dead(ids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return _all_dead(ids)
+
+
+def _all_dead(ids: set[str]) -> bool:
+    import ray
+
+    actors = ray._private.state.actors()
+    return all(actors[i]["State"] == "DEAD" for i in ids if i in actors)
 
 
 def _actor_ids_by_class() -> dict[str, set[str]]:
@@ -65,17 +90,20 @@ def test_two_workers_match_plain_xgboost_and_survive_a_worker_death(
     from distml.runtime import cluster
 
     monkeypatch.setattr(cluster, "fixed_size", lambda: True)
+    _end_autoscaling_coordinator()  # a detached singleton an earlier Train run may have made
     before = _actor_ids_by_class()
     r = distml.run(spec)
     assert r.status == "succeeded" and (r.run_dir / "_SUCCESS").is_file()
     _wait_resources_free(ray_cluster)  # T10
-    started = {
-        name: ids - before.get(name, set()) for name, ids in _actor_ids_by_class().items()
-    }
+    started = {name: ids - before.get(name, set()) for name, ids in _actor_ids_by_class().items()}
     assert len(started.get("RayTrainWorker", ())) == 4  # two groups: the first, the restart
     assert len(started.get("TrainController", ())) == 1
     for skipped in ("_AutoscalingCoordinatorActor", "DatasetManager", "PreemptionWatcher"):
         assert not started.get(skipped), skipped
+    # the placement-group cleaner (one per run, through the restart) ends with the run (a warm
+    # cluster keeps nothing of it)
+    cleaners = started.get("PlacementGroupCleaner", set())
+    assert len(cleaners) == 1 and _wait_dead(cleaners)
 
     # T3: a worker died once at round ROUNDS//2; the group restarted from a checkpoint > 0 and
     # finished the rounds asked.

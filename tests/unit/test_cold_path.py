@@ -315,10 +315,10 @@ def test_a_runs_own_cluster_preloads_its_kinds_worker_modules(monkeypatch, tmp_p
     with pytest.raises(Exception, match="no cluster"):
         distml.run(spec, output=tmp_path / "runs")
     mods = ["distml.jobs.kmeans", "pyarrow.parquet"]
-    assert seen[-1] == {"preload_python_modules": mods}
+    assert seen[-1] == {**cluster.CONNECT_RETRY, "preload_python_modules": mods}
     with pytest.raises(Exception, match="no cluster"):
         distml.run(ROOT + "/jobs/quickstart.yaml", output=tmp_path / "runs")
-    assert seen[-1] is None  # a kind that names none: Ray's own start, unchanged
+    assert seen[-1] == cluster.CONNECT_RETRY  # a kind that names none: no preload
     assert kmeans.Job(load_spec({**spec, "engine": "dask"})).worker_modules() == ()
     pca_spec = {**spec, "kind": "pca", "model": {"n_components": 1}}
     assert pca.Job(load_spec(pca_spec)).worker_modules()[0] == "distml.jobs.pca"

@@ -72,6 +72,8 @@ def test_classification_metrics_are_scikit_learns_to_the_last_bit(case):
     assert M._codes_metrics(y, pred, proba, k) is not None  # the fast path ran
     assert M.classification_metrics(y, pred, proba, k) == _sklearn(y, pred, proba, k)
     assert M.classification_metrics(y, pred, None, k) == _sklearn(y, pred, None, k)
+    unsigned = (y.astype(np.uint64), pred.astype(np.uint64))  # other integer codes
+    assert M.classification_metrics(*unsigned, proba, k) == _sklearn(y, pred, proba, k)
 
 
 @pytest.mark.parametrize(
@@ -114,6 +116,8 @@ def test_one_class_binary_split_has_no_auc():
         (np.float64, np.float64, 10),
         (np.int64, np.float64, 2_000_000),
         (np.float64, np.float32, 1000),
+        (np.int64, np.float32, 1000),  # scikit-learn: the floating input's float32
+        (np.int64, np.int64, 1000),
     ],
 )
 def test_regression_metrics_are_scikit_learns_to_the_last_bit(y_dtype, p_dtype, n):

@@ -73,6 +73,7 @@ def _mixed_source(tmp_path) -> str:
                 "f": np.where(rng.random(n) < 0.2, np.nan, rng.normal(size=n) * 1e5),
                 "i": ints,
                 "b": rng.random(n) < 0.5,
+                "nb": pd.array(rng.random(n) < 0.5, dtype="boolean"),  # nullable, no nulls
                 "small": rng.integers(0, 5, n).astype(np.int32),
                 "y": rng.integers(0, 2, n),
             }
@@ -92,7 +93,7 @@ def test_a_numeric_shard_is_read_straight_into_the_values_the_frame_path_gives(t
     info = inspect_source(_mixed_source(tmp_path))
     parts = plan_rows(info, 4)
     units = [{"part": p.to_dict(), "code": None} for p in parts]
-    features = ["small", "f", "i", "b"]  # not in file order
+    features = ["small", "f", "i", "b", "nb"]  # not in file order
     plan = Plan("classification", [0, 1], {}, features, units, {"train": 26}, 26)
     codes = np.zeros(26, dtype=np.int8)
     for rank in range(world):

@@ -269,11 +269,12 @@ def _header(table, features: list[str]) -> pd.DataFrame:
     mapping with the file's pandas metadata, an integer column with nulls as float64, booleans
     as int8): concatenated, these rows resolve the dtypes as the frames would."""
     import numpy as np
+    import pandas as pd
 
     head = table.slice(0, 1).to_pandas()[features]  # a row: pandas ignores empty frames' dtypes
     for c in features:
         dtype = head[c].dtype
-        if dtype == np.bool_:
+        if pd.api.types.is_bool_dtype(dtype):  # numpy's bool and pandas' "boolean", as read_units
             head[c] = head[c].astype(np.int8)
         elif table.column(c).null_count and isinstance(dtype, np.dtype) and dtype.kind in "iu":
             head[c] = head[c].astype(np.float64)

@@ -110,6 +110,7 @@ def train_loop(config: dict) -> None:
         plan,
         booster,
         shard,
+        prep,
         labels,
         rows,
         split,
@@ -235,6 +236,7 @@ def _finish(
     plan: Plan,
     booster,
     shard,
+    prep,
     labels: np.ndarray,
     rows,
     split,
@@ -250,10 +252,9 @@ def _finish(
     import ray.train
     from ray.train import Checkpoint
 
-    from distml.jobs._supervised import Prepared, prediction_rows, py_scalar
+    from distml.jobs._supervised import prediction_rows, py_scalar
     from distml.runtime import metrics as M
 
-    prep = Prepared(shard.header, np.empty(0), plan.task, plan.classes, plan.categories)
     width = 1 + (plan.n_classes if plan.classes is not None else 0)
     local = np.zeros((plan.n_total, width), dtype=np.float64)
     has_proba = np.zeros(1)

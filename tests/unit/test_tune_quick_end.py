@@ -57,3 +57,39 @@ def test_tune_env_applies_the_quick_end_and_restores_it():
         with tune_env():
             raise RuntimeError("search failed")
     assert TuneController._cleanup_trials is own
+
+
+def test_trial_actor_classes_carry_tunes_variables_instead_of_a_runtime_env(monkeypatch):
+    """distml.tune.tuner.env_in_trial_actors: the actor class Tune's cache hands out has no
+    ``runtime_env``; its instances set Tune's variables (defaults and the propagated ones the
+    driver has) before the trainable's own ``__init__``; Tune's cache is restored after."""
+    import os
+
+    from ray.tune.execution import class_cache
+
+    from distml.tune.tuner import env_in_trial_actors
+
+    class Trainable:
+        def __init__(self, config):
+            self.seen = {
+                k: os.environ.get(k) for k in ("PL_DISABLE_FORK", "RAY_CHDIR_TO_TRIAL_DIR")
+            }
+            self.config = config
+
+    monkeypatch.setenv("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    monkeypatch.setenv("PL_DISABLE_FORK", "unset below")  # so the variable is restored after
+    monkeypatch.delenv("PL_DISABLE_FORK")
+    own = class_cache._ActorClassCache.get
+    tunes = own(class_cache._ActorClassCache(), Trainable)
+    assert tunes._default_options["runtime_env"]["env_vars"]["RAY_CHDIR_TO_TRIAL_DIR"] == "0"
+    with env_in_trial_actors():
+        cache = class_cache._ActorClassCache()
+        remote = cache.get(Trainable)
+        assert cache.get(Trainable) is remote  # registered once per trainable
+        assert "runtime_env" not in remote._default_options
+        cls = remote.__ray_metadata__.modified_class.__mro__[1]
+        assert cls.__name__ == "Trainable" and issubclass(cls, Trainable)
+        obj = cls({"x": 1})
+        assert obj.seen == {"PL_DISABLE_FORK": "1", "RAY_CHDIR_TO_TRIAL_DIR": "0"}
+        assert obj.config == {"x": 1}
+    assert class_cache._ActorClassCache.get is own

@@ -242,7 +242,7 @@ class TuneSpec(BaseModel):
         ge=1,
         le=1_000_000,
         description="Scheduler: iterations a trial runs before it may be stopped; default: a "
-        "quarter of a trial's iterations.",
+        "quarter of a trial's iterations (asha: half of them).",
     )
     report_every: int | None = Field(
         None,

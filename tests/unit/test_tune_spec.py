@@ -403,7 +403,10 @@ def test_report_schedule_and_concurrency():
     assert report_schedule(300, 1, None) == (1, 75)
     assert report_schedule(None, None, None) == (None, 1)
     # what the scheduler reads: ASHA its rungs (grace x 3^k), none nothing but the final report
-    assert report_schedule(100, None, None, "asha") == (25, 25)
+    # ASHA's grace: half of the iterations (one rung, at the middle), unless set
+    assert report_schedule(100, None, None, "asha") == (50, 50)
+    assert report_schedule(60, None, None, "asha") == (30, 30)
+    assert report_schedule(1, None, None, "asha") == (1, 1)
     assert report_schedule(60, None, 9, "asha") == (9, 9)
     assert report_schedule(100, None, None, "none") == (0, 25)
     assert report_schedule(100, 5, None, "none") == (5, 25)  # the spec's report_every wins

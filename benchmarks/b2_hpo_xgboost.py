@@ -15,7 +15,8 @@ alternated after a warm-up; repetition i uses search seed i on every side:
   ``xgboost.train(nthread=2)`` each (both cores to every trial), no Ray, no distml.
 * ``distml_asha`` — ``distml run SPEC --json``: Optuna TPE (seeded) through Ray Tune, 2 trials
   at a time with 1 thread each (``resources.cpus_per_worker: 1``), ASHA stopping poor trials
-  (rungs at 25 and 75 rounds; trials report every 25), then the best trial's own model
+  (distml's default grace period, half the rounds: one rung at 50; trials report every 50),
+  then the best trial's own model
   (kept by the trial: no refit unless the best trial was one ASHA stopped).
 * ``distml_none`` — the same without a scheduler (every trial runs 100 rounds).
 * ``distml_asha_warm`` — ``distml_asha`` on a warm local cluster (``distml cluster start``

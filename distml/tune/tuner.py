@@ -116,22 +116,37 @@ def _wait_removed(groups: list[str], timeout_s: float = 2.0) -> None:
         if not any(name.endswith(g) for name in names for g in groups):
             return
         time.sleep(0.005)
+    logging.getLogger(__name__).debug(
+        "the search's placement groups were still listed %.1f s after their removal", timeout_s
+    )
+
+
+#: The variables Tune gives its trial actors that only the trial process itself reads in a
+#: distml search: set there by :func:`env_in_trial_actors`. ``PL_DISABLE_FORK`` is for
+#: Lightning, which no distml kind runs; ``RAY_CHDIR_TO_TRIAL_DIR`` is read by Tune's trainable
+#: and by a Train V2 run's start, both in the trial process.
+TRIAL_PROCESS_ONLY = frozenset({"PL_DISABLE_FORK", "RAY_CHDIR_TO_TRIAL_DIR"})
 
 
 @contextlib.contextmanager
 def env_in_trial_actors() -> Iterator[None]:
     """Within the block, Tune's trial actors get the environment variables Tune gives them
     (``PL_DISABLE_FORK``, and what it propagates from the driver: ``RAY_CHDIR_TO_TRIAL_DIR``,
-    Train's settings, AWS credentials) as the actor's first step, not as a ``runtime_env``.
+    Train's settings, AWS credentials) as the actor's first step, not as a ``runtime_env``,
+    when they are only those of :data:`TRIAL_PROCESS_ONLY` (distml's own searches).
 
     A ``runtime_env`` makes Ray start each trial worker through its setup script — a Python
     that imports Ray, then execs the worker, which imports it again — after a round trip to
     the runtime-env agent: 0.3 s more before the first trial of every search on 2 cores (1.1-1.2
     s to 0.85 s), and such a worker cannot be one the cluster started ahead. The variables
-    are read only once the trainable runs (Tune's chdir at its setup, Lightning's and Train's
-    when the trial uses them), so setting them first in ``__init__`` is the same to the
-    trial. A job-level ``runtime_env`` (``distml submit``) still applies: the actor inherits
-    it. Private Tune API, looked up defensively: when it changed, Tune's own way runs."""
+    in :data:`TRIAL_PROCESS_ONLY` are read only in the trial process once the trainable runs
+    (Tune's chdir at its setup), so setting them first in ``__init__`` is the same to the
+    trial. Any other variable Tune would pass — AWS credentials, Train's settings — must also
+    reach what the trial starts (a runtime_env is inherited by a task's children; some, like
+    ``RAY_TRAIN_V2_ENABLED``, are read when the worker imports Ray Train, before ``__init__``):
+    when the driver has one, the search keeps Tune's ``runtime_env``. A job-level
+    ``runtime_env`` (``distml submit``) still applies: the actor inherits it. Private Tune API,
+    looked up defensively: when it changed, Tune's own way runs."""
     try:
         from ray.tune.execution import class_cache
     except ImportError:
@@ -149,6 +164,8 @@ def env_in_trial_actors() -> Iterator[None]:
         if trainable_cls not in getattr(self, "_cache", {}):
             env = dict(defaults)
             env.update({k: os.environ[k] for k in propagate if k in os.environ})
+            if not set(env) <= TRIAL_PROCESS_ONLY:
+                return original(self, trainable_cls)  # children need them too: Tune's way
             self._cache[trainable_cls] = ray.remote(_with_env(trainable_cls, env))
         return self._cache[trainable_cls]
 

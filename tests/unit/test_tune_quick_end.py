@@ -93,3 +93,27 @@ def test_trial_actor_classes_carry_tunes_variables_instead_of_a_runtime_env(monk
         assert obj.seen == {"PL_DISABLE_FORK": "1", "RAY_CHDIR_TO_TRIAL_DIR": "0"}
         assert obj.config == {"x": 1}
     assert class_cache._ActorClassCache.get is own
+
+
+def test_variables_that_a_trials_children_need_keep_tunes_runtime_env(monkeypatch):
+    """AWS credentials (or Train's settings) in the driver must also reach the tasks and Train
+    workers a trial starts, which inherit a runtime_env but not the trial's os.environ: then
+    the search keeps Tune's own actor class."""
+    from ray.tune.execution import class_cache
+
+    from distml.tune.tuner import TRIAL_PROCESS_ONLY, env_in_trial_actors
+
+    class Trainable:
+        pass
+
+    assert set(class_cache.DEFAULT_ENV_VARS) <= TRIAL_PROCESS_ONLY
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "id-of-the-driver")
+    with env_in_trial_actors():
+        remote = class_cache._ActorClassCache().get(Trainable)
+    env = remote._default_options["runtime_env"]["env_vars"]
+    assert env["AWS_ACCESS_KEY_ID"] == "id-of-the-driver" and env["PL_DISABLE_FORK"] == "1"
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.setenv("RAY_TRAIN_V2_ENABLED", "1")  # read when the worker imports Ray Train
+    with env_in_trial_actors():
+        remote = class_cache._ActorClassCache().get(Trainable)
+    assert remote._default_options["runtime_env"]["env_vars"]["RAY_TRAIN_V2_ENABLED"] == "1"

@@ -463,12 +463,28 @@ def test_the_kept_best_trial_is_the_plain_fit_of_its_configuration_and_the_fallb
     pd.testing.assert_frame_equal(f.tables["predictions"], r.tables["predictions"])
 
 
-def test_a_search_whose_trials_all_ended_removes_its_idle_actors_at_once(tmp_path, ray_cluster):
-    """distml's searches end without Tune's graceful stop of the actors its reuse keeps (0.6-0.7 s
-    of every search on 2 cores): once every trial has ended, they are removed at once."""
+def _two_at_a_time(trial, num_samples: int, tmp_path, name: str):
+    """The Tuner of distml's searches over ``trial`` (1 CPU each, 2 at once, x in [0, 1])."""
     from ray import tune
 
     from distml.tune.tuner import make_tuner, tune_env
+
+    with tune_env():
+        return make_tuner(
+            tune.with_resources(trial, {"cpu": 1}),
+            {"x": tune.uniform(0, 1)},
+            mode="min",
+            num_samples=num_samples,
+            concurrency=2,
+            storage_path=str(tmp_path),
+            seed=0,
+            name=name,
+        ).fit()
+
+
+def test_a_search_whose_trials_all_ended_removes_its_idle_actors_at_once(tmp_path, ray_cluster):
+    """distml's searches end without Tune's graceful stop of the actors its reuse keeps (0.6-0.7 s
+    of every search on 2 cores): once every trial has ended, they are removed at once."""
 
     def trial(config):  # defined here: pickled by value (the workers cannot import tests)
         from ray import tune
@@ -476,17 +492,7 @@ def test_a_search_whose_trials_all_ended_removes_its_idle_actors_at_once(tmp_pat
         tune.report({"objective": config["x"]})
 
     before = set(ray_cluster._private.state.actors())
-    with tune_env():
-        grid = make_tuner(
-            tune.with_resources(trial, {"cpu": 1}),
-            {"x": tune.uniform(0, 1)},
-            mode="min",
-            num_samples=4,
-            concurrency=2,
-            storage_path=str(tmp_path),
-            seed=0,
-            name="quick-end",
-        ).fit()
+    grid = _two_at_a_time(trial, 4, tmp_path, "quick-end")
     assert sorted(r.metrics["objective"] for r in grid) == sorted(r.config["x"] for r in grid)
     ends = []
     deadline = time.monotonic() + 30
@@ -510,9 +516,6 @@ def test_trial_actors_start_without_a_runtime_env_and_the_search_frees_its_cpus(
     as the actor's first step. The trial still sees them (Tune does not move it into the trial
     folder), and the search's placement groups are gone when ``fit`` returns, so the next
     search's trials start at once."""
-    from ray import tune
-
-    from distml.tune.tuner import make_tuner, tune_env
 
     def trial(config):  # defined here: pickled by value (the workers cannot import tests)
         import os
@@ -536,18 +539,8 @@ def test_trial_actors_start_without_a_runtime_env_and_the_search_frees_its_cpus(
         monkeypatch.delenv(name, raising=False)
     driver_env = dict(ray_cluster.get_runtime_context().runtime_env)
     before = {name for name in ray_cluster.cluster_resources() if "_group_" in name}
-    with tune_env():
-        grid = make_tuner(
-            tune.with_resources(trial, {"cpu": 1}),
-            {"x": tune.uniform(0, 1)},
-            mode="min",
-            num_samples=3,
-            concurrency=2,
-            storage_path=str(tmp_path),
-            seed=0,
-            name="plain-actors",
-        ).fit()
-        bundles = [n for n in ray_cluster.cluster_resources() if "_group_" in n and n not in before]
+    grid = _two_at_a_time(trial, 3, tmp_path, "plain-actors")
+    bundles = [n for n in ray_cluster.cluster_resources() if "_group_" in n and n not in before]
     assert bundles == []  # this search's placement groups are gone (others' may be listed)
     assert len(grid) == 3
     for r in grid:

@@ -190,7 +190,6 @@ def _with_env(trainable_cls: type, env: dict[str, str]) -> type:
             "__init__": __init__,
             "__qualname__": trainable_cls.__qualname__,
             "__module__": trainable_cls.__module__,
-            "_distml_env": dict(env),
         },
     )
 

@@ -12,7 +12,7 @@ import pytest
 
 from distml.runtime import datasets, plan
 from distml.runtime.data import inspect_source, read_frame
-from distml.runtime.read import csv_range, iter_tables, open_input, read_partition
+from distml.runtime.read import csv_range, iter_tables, open_input, read_partition, recut
 
 
 def _frame(n: int, seed: int = 0) -> pd.DataFrame:
@@ -134,6 +134,43 @@ def test_batches_are_bounded_and_in_order(parquet_dir, tmp_path, batch):
     csv = plan.by_rows(inspect_source(str(tmp_path / "a.csv")), 250)
     sizes = [t.num_rows for p in csv for t in iter_tables(p, ["row"], batch)]
     assert sum(sizes) == len(df) and max(sizes) <= batch
+
+
+@pytest.mark.parametrize("batch", [1, 37, 100, 256, 5000])
+def test_mapped_batches_are_cut_as_one_reader_over_the_file_cuts_them(tmp_path, batch):
+    """A local parquet file is read memory-mapped, one row group at a time; its batches are
+    the same rows as pyarrow's own reader over the whole file (row groups of 100 rows, batches
+    that span them), for a whole file, a file:// URL and a subset of its row groups."""
+    df = _frame(1299)
+    path = tmp_path / "d.parquet"
+    _write(df, path, 100)
+    pf = pq.ParquetFile(path)
+    whole = [b.column("row").to_numpy() for b in pf.iter_batches(batch_size=batch, columns=["row"])]
+    subset = [
+        b.column("row").to_numpy()
+        for b in pf.iter_batches(batch_size=batch, row_groups=[3, 4, 5], columns=["row"])
+    ]
+    for source, groups, want in (
+        (str(path), None, whole),
+        (path.as_uri(), None, whole),
+        (str(path), (3, 4, 5), subset),
+    ):
+        part = plan.Partition(0, source, "parquet", (plan.Piece(source, groups),))
+        got = [t.column("row").to_numpy() for t in iter_tables(part, ["row", "x"], batch)]
+        assert [len(g) for g in got] == [len(w) for w in want]
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+
+
+def test_recut_makes_exact_batches_without_copying():
+    batches = [pa.record_batch({"a": np.arange(lo, hi)}) for lo, hi in ((0, 5), (5, 6), (6, 13))]
+    got = list(recut(iter(batches), 4))
+    assert [t.num_rows for t in got] == [4, 4, 4, 1]
+    assert [len(t.column("a").chunks) for t in got] == [1, 3, 1, 1]  # slices, not copies
+    np.testing.assert_array_equal(
+        np.concatenate([t.column("a").to_numpy() for t in got]), np.arange(13)
+    )
+    assert list(recut(iter([]), 4)) == []
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 64, 1000, 10**6])

@@ -360,7 +360,7 @@ def _launch(folder: Path, rec: dict, num_cpus, num_gpus, idle_timeout_s: float, 
             args += ["--num-cpus", str(num_cpus)]
         if num_gpus is not None:
             args += ["--num-gpus", str(num_gpus)]
-        from distml.runtime.cluster import CONNECT_RETRY
+        from distml.runtime.node_start import CONNECT_RETRY
 
         config = {**CONNECT_RETRY, **({"preload_python_modules": list(preload)} if preload else {})}
         args += ["--system-config", json.dumps(config)]

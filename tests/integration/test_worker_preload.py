@@ -45,7 +45,7 @@ def test_workers_of_a_runs_own_cluster_import_the_preload(preload, want):
 
 
 STATE_PROBE = """
-import json, threading, time
+import json, sys, threading, time
 import ray
 from ray._private import ray_constants
 from ray.experimental.internal_kv import _internal_kv_get
@@ -68,20 +68,30 @@ with cluster(num_cpus=1) as info:
     # (Popen.poll answers None while the holding thread waits on it: ask the kernel)
     status = open(f"/proc/{head.pid}/stat").read().split(")")[-1].split()[0]
     running = status not in ("Z", "X") and len(head_threads()) == 1
+    # the dashboard agent the raylet starts: the full one, not --minimal
+    raylet = node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+    raylet_args = open(f"/proc/{raylet}/cmdline").read().split(chr(0))
+    agents = [
+        "--minimal" in a.split() for a in raylet_args if a.startswith("--dashboard_agent_command=")
+    ]
+    aiohttp = "aiohttp" in sys.modules
 deadline = time.monotonic() + 10
 while head_threads() and time.monotonic() < deadline:
     time.sleep(0.05)
 print(json.dumps({"mode": info.mode, "head_running": running, "registered": address is not None,
                   "alive": alive, "task": pid > 0, "threads_after": len(head_threads()),
-                  "head_after": head.poll() is not None}))
+                  "head_after": head.poll() is not None, "agents_minimal": agents,
+                  "driver_imported_aiohttp": aiohttp}))
 """
 
 
 def test_a_runs_own_cluster_has_its_dashboard_head_up_when_it_is_ready():
-    """The head starts beside the raylet (runtime.cluster._quick_node_start): when the
+    """The head starts beside the raylet (runtime.node_start.quick_node_start): when the
     cluster is handed to the run the head has registered its address, as when Ray started
     it before the raylet, and it keeps running (Ray kills a child when the thread that
-    started it ends); a task runs; after the stop neither the head nor its thread is left."""
+    started it ends); a task runs; after the stop neither the head nor its thread is left.
+    Ray's dashboard dependency check was answered without its imports (the driver never
+    imported aiohttp) and the same way (the dashboard agent is the full one)."""
     out = subprocess.run(
         [sys.executable, "-c", STATE_PROBE], capture_output=True, text=True, timeout=180
     )
@@ -95,6 +105,8 @@ def test_a_runs_own_cluster_has_its_dashboard_head_up_when_it_is_ready():
         "task": True,
         "threads_after": 0,
         "head_after": True,
+        "agents_minimal": [False],
+        "driver_imported_aiohttp": False,
     }
 
 
@@ -115,11 +127,11 @@ print(json.dumps({"mode": info.mode, "config": json.loads(base64.b64decode(confi
 
 def test_a_runs_own_cluster_retries_local_connections_every_20_ms():
     """The cluster's system config (what the GCS hands every raylet and worker) carries the
-    connection retry of ``cluster.CONNECT_RETRY``: Ray's 1 s wait between attempts cost every
+    connection retry of ``node_start.CONNECT_RETRY``: Ray's 1 s wait between attempts cost every
     other start a second, when the raylet's first connection to its object store came a moment
     too early (docs/clusters.md). Ray refuses unknown keys, so a cluster that runs a task also
     shows it knows these."""
-    from distml.runtime.cluster import CONNECT_RETRY
+    from distml.runtime.node_start import CONNECT_RETRY
 
     out = subprocess.run(
         [sys.executable, "-c", CONFIG_PROBE], capture_output=True, text=True, timeout=180

@@ -88,29 +88,29 @@ def test_a_runs_own_cluster_starts_without_the_idle_monitors(monkeypatch):
     import ray
     from ray._private.node import Node
 
-    from distml.runtime import cluster
+    from distml.runtime import cluster, node_start
 
-    originals = {name: getattr(Node, name) for name in cluster.IDLE_MONITORS}
+    originals = {name: getattr(Node, name) for name in node_start.IDLE_MONITORS}
     assert all(callable(f) for f in originals.values())
     seen = {}
 
     def fake_init(**kwargs):
-        seen.update({name: getattr(Node, name) for name in cluster.IDLE_MONITORS})
+        seen.update({name: getattr(Node, name) for name in node_start.IDLE_MONITORS})
         seen["kwargs"] = kwargs
         raise RuntimeError("no cluster in a unit test")
 
     monkeypatch.setattr(ray, "init", fake_init)
     with pytest.raises(RuntimeError, match="no cluster"):
         cluster._start_local(2, None)
-    assert all(seen[name] is not originals[name] for name in cluster.IDLE_MONITORS)
-    assert seen[cluster.IDLE_MONITORS[0]](object()) is None
+    assert all(seen[name] is not originals[name] for name in node_start.IDLE_MONITORS)
+    assert seen[node_start.IDLE_MONITORS[0]](object()) is None
     assert seen["kwargs"]["address"] == "local" and seen["kwargs"]["log_to_driver"] is False
-    assert {name: getattr(Node, name) for name in cluster.IDLE_MONITORS} == originals
+    assert {name: getattr(Node, name) for name in node_start.IDLE_MONITORS} == originals
 
     monkeypatch.setenv("DISTML_DASHBOARD", "1")
     with pytest.raises(RuntimeError, match="no cluster"):
         cluster._start_local(2, None)
-    assert {name: seen[name] for name in cluster.IDLE_MONITORS} == originals
+    assert {name: seen[name] for name in node_start.IDLE_MONITORS} == originals
 
 
 def test_a_runs_own_cluster_starts_its_dashboard_beside_its_raylet(monkeypatch):
@@ -125,9 +125,9 @@ def test_a_runs_own_cluster_starts_its_dashboard_beside_its_raylet(monkeypatch):
     import ray._private.services as services
     from ray._private.node import Node
 
-    from distml.runtime import cluster
+    from distml.runtime import cluster, node_start
 
-    names = (cluster.DASHBOARD_START, cluster.NODE_STARTED)
+    names = (node_start.DASHBOARD_START, node_start.NODE_STARTED)
     originals = {name: getattr(Node, name) for name in names}
     original_get_node = services.get_node
     assert all(callable(f) for f in originals.values())
@@ -156,28 +156,28 @@ def test_a_runs_own_cluster_starts_its_dashboard_beside_its_raylet(monkeypatch):
         release.wait(5)
         raise ValueError("the head failed")
 
-    monkeypatch.setattr(Node, cluster.DASHBOARD_START, slow_head)
-    monkeypatch.setattr(Node, cluster.NODE_STARTED, lambda self: order.append("stats"))
+    monkeypatch.setattr(Node, node_start.DASHBOARD_START, slow_head)
+    monkeypatch.setattr(Node, node_start.NODE_STARTED, lambda self: order.append("stats"))
     import ray._private.utils as ray_utils
 
-    monkeypatch.setattr(
-        ray_utils, "get_dashboard_dependency_error", lambda: order.append("deps") or None
-    )
+    ray_check = ray_utils.get_dashboard_dependency_error
     node = object.__new__(Node)
-    with cluster._quick_node_start():
-        getattr(Node, cluster.DASHBOARD_START)(
+    with node_start.quick_node_start():
+        # Ray's dependency check is answered without importing the packages
+        assert ray_utils.get_dashboard_dependency_error is node_start.dashboard_deps_missing
+        getattr(Node, node_start.DASHBOARD_START)(
             node, include_dashboard=False, raise_on_failure=False
         )
-        assert order[0] == "deps"  # in the caller's thread, before the head's thread
         release.set()
         with pytest.raises(ValueError, match="the head failed"):
-            getattr(Node, cluster.NODE_STARTED)(node)
-    assert order[1] == ("head", False, {"include_dashboard": False, "raise_on_failure": False})
+            getattr(Node, node_start.NODE_STARTED)(node)
+    assert ray_utils.get_dashboard_dependency_error is ray_check
+    assert order[0] == ("head", False, {"include_dashboard": False, "raise_on_failure": False})
     assert "stats" not in order  # a failed head stops the node's start there
 
     monkeypatch.setattr(ray, "init", fake_init)
-    monkeypatch.setattr(Node, cluster.DASHBOARD_START, originals[cluster.DASHBOARD_START])
-    monkeypatch.setattr(Node, cluster.NODE_STARTED, originals[cluster.NODE_STARTED])
+    monkeypatch.setattr(Node, node_start.DASHBOARD_START, originals[node_start.DASHBOARD_START])
+    monkeypatch.setattr(Node, node_start.NODE_STARTED, originals[node_start.NODE_STARTED])
     monkeypatch.setenv("DISTML_DASHBOARD", "1")
     with pytest.raises(RuntimeError, match="no cluster"):
         cluster._start_local(2, None)
@@ -185,14 +185,49 @@ def test_a_runs_own_cluster_starts_its_dashboard_beside_its_raylet(monkeypatch):
     assert seen["get_node"] is original_get_node
 
 
+def test_the_dashboard_dependency_check_answers_as_rays_without_importing(monkeypatch):
+    """node_start.dashboard_deps_missing answers Ray's question (are the dashboard's packages
+    installed?) as Ray's check does, from the installed packages; its list covers every
+    package ray/dashboard/optional_deps.py imports (this fails when Ray adds one), and a
+    missing one is an ImportError naming it, as Ray's."""
+    import ast
+    import importlib.util
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from distml.runtime import node_start
+
+    deps = Path(importlib.util.find_spec("ray.dashboard").origin).parent / "optional_deps.py"
+    imported = set()
+    for node in ast.walk(ast.parse(deps.read_text())):
+        if isinstance(node, ast.Import):
+            imported |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            imported.add(node.module.split(".")[0])
+    assert imported and imported <= set(node_start.DASHBOARD_DEPS)
+    probe = (
+        "import sys, ray._private.utils as u\n"
+        "from distml.runtime.node_start import dashboard_deps_missing as ours\n"
+        "mine = ours(); print(repr(mine), 'aiohttp' in sys.modules)\n"
+        "print(repr(u.get_dashboard_dependency_error()))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["None", "False", "None"]  # same answer, nothing imported
+    monkeypatch.setattr(node_start, "DASHBOARD_DEPS", ("aiohttp", "distml_no_such_package"))
+    missing = node_start.dashboard_deps_missing()
+    assert isinstance(missing, ImportError) and missing.name == "distml_no_such_package"
+
+
 def test_the_raylets_registration_is_seen_as_it_happens(monkeypatch):
-    """Inside _quick_node_start, services.get_node looks at the node table every 20 ms until
+    """Inside node_start.quick_node_start, services.get_node looks at the node table every 20 ms until
     the node is there, then asks Ray's own lookup (which then answers at once); rows of
     another shape (a Ray that renamed "NodeID") end the polling at the first look."""
     import ray._private.services as services
     import ray._private.state as state_mod
 
-    from distml.runtime import cluster
+    from distml.runtime import node_start
 
     tables: list = [[], [{"NodeID": "other"}], [{"NodeID": "abc"}]]
     looks: list = []
@@ -208,12 +243,12 @@ def test_the_raylets_registration_is_seen_as_it_happens(monkeypatch):
     monkeypatch.setattr(state_mod, "GlobalState", FakeState)
     monkeypatch.setattr(services, "_get_gcs_client_options", lambda address: None)
     monkeypatch.setattr(services, "get_node", lambda address, node_id: {"asked": node_id})
-    with cluster._quick_node_start():
+    with node_start.quick_node_start():
         assert services.get_node("127.0.0.1:1", "abc") == {"asked": "abc"}
     assert len(looks) == 3
     looks.clear()
     tables[:] = [[{"node_id": "abc"}]]
-    with cluster._quick_node_start():
+    with node_start.quick_node_start():
         assert services.get_node("127.0.0.1:1", "abc") == {"asked": "abc"}
     assert len(looks) == 1
 
@@ -288,7 +323,7 @@ def test_a_runs_own_cluster_preloads_its_kinds_worker_modules(monkeypatch, tmp_p
 
     import distml
     from distml.jobs import kmeans, pca
-    from distml.runtime import cluster
+    from distml.runtime import cluster, node_start
     from distml.spec import load_spec
 
     seen: list = []
@@ -315,10 +350,10 @@ def test_a_runs_own_cluster_preloads_its_kinds_worker_modules(monkeypatch, tmp_p
     with pytest.raises(Exception, match="no cluster"):
         distml.run(spec, output=tmp_path / "runs")
     mods = ["distml.jobs.kmeans", "pyarrow.parquet"]
-    assert seen[-1] == {**cluster.CONNECT_RETRY, "preload_python_modules": mods}
+    assert seen[-1] == {**node_start.CONNECT_RETRY, "preload_python_modules": mods}
     with pytest.raises(Exception, match="no cluster"):
         distml.run(ROOT + "/jobs/quickstart.yaml", output=tmp_path / "runs")
-    assert seen[-1] == cluster.CONNECT_RETRY  # a kind that names none: no preload
+    assert seen[-1] == node_start.CONNECT_RETRY  # a kind that names none: no preload
     assert kmeans.Job(load_spec({**spec, "engine": "dask"})).worker_modules() == ()
     pca_spec = {**spec, "kind": "pca", "model": {"n_components": 1}}
     assert pca.Job(load_spec(pca_spec)).worker_modules()[0] == "distml.jobs.pca"

@@ -302,6 +302,18 @@ def fixed_size() -> bool:
 
 
 @contextmanager
+def runs_on(fixed: bool) -> Iterator[None]:
+    """Within the block, :func:`fixed_size` answers ``fixed``: for a process working on the
+    cluster of another process's :func:`cluster` block, which knows what it is (a Tune trial
+    that drives a Train worker group, told by the search's driver)."""
+    _fixed.append(fixed)
+    try:
+        yield
+    finally:
+        _fixed.pop()
+
+
+@contextmanager
 def _warm_client(rec: dict) -> Iterator[None]:
     """This process as a client of the warm head: its token, and loopback as its own address
     (Ray resolves 127.0.0.1 to the machine's interface address unless

@@ -15,6 +15,7 @@ from ray import tune
 from distml.errors import DistmlError, JobFailed, error_text
 from distml.jobs.base import JobOutput, RunContext
 from distml.registry import kind_module
+from distml.runtime import cluster
 from distml.runtime.artifacts import run_fingerprint
 from distml.tune.kept import KeptStore
 from distml.tune.session import TrialPlan, fault_from_env, lookup_metric, trial_fn
@@ -93,6 +94,7 @@ def run_search(job, ctx: RunContext) -> JobOutput:
         checkpoint_every=t.checkpoint_every,
         fault=fault_from_env(),
         worker_group=group is not None,
+        fixed_cluster=cluster.fixed_size(),
         cluster_resources=dict(ctx.cluster.resources),
         iterations=iterations,
     )

@@ -59,6 +59,10 @@ class TrialPlan:
     #: the trial's job trains in a Ray Train worker group (num_workers > 1, GPUs, or data over
     #: one worker's budget): the trial process only drives it (see :func:`train_callbacks`)
     worker_group: bool = False
+    #: the search runs on a cluster distml started on this machine (the driver's
+    #: :func:`~distml.runtime.cluster.fixed_size`): a trial's Train group skips what only an
+    #: autoscaled cluster uses, as the driver's own group would
+    fixed_cluster: bool = False
     cluster_resources: dict | None = None
     iterations: int | None = None
     #: where the best trial's output is kept (:mod:`distml.tune.kept`); None: keep nothing
@@ -333,7 +337,7 @@ def _run_whole_job(job, info, session: TrialSession, plan: TrialPlan) -> None:
 
     from distml.jobs.base import RunContext
     from distml.runtime.artifacts import RunDir
-    from distml.runtime.cluster import ClusterInfo
+    from distml.runtime.cluster import ClusterInfo, runs_on
     from distml.runtime.workers import use_train_callbacks
 
     global _ACTIVE
@@ -349,7 +353,8 @@ def _run_whole_job(job, info, session: TrialSession, plan: TrialPlan) -> None:
             ClusterInfo("existing", None, None, dict(plan.cluster_resources or {})),
             logging.getLogger("distml.trial"),
         )
-        with use_train_callbacks(train_callbacks):  # the Train run's reports reach Tune
+        # the Train run's reports reach Tune; its group is set up for the driver's cluster
+        with use_train_callbacks(train_callbacks), runs_on(plan.fixed_cluster):
             out = job.run(ctx)
     finally:
         _ACTIVE = None

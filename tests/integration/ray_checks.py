@@ -24,3 +24,39 @@ def wait_resources_free(ray, timeout: float = 60) -> None:
             return
         assert time.monotonic() < deadline, f"after the job: CPUs busy={not free}, alive={alive}"
         time.sleep(0.2)
+
+
+def end_autoscaling_coordinator() -> None:
+    """Kill Train's detached autoscaling coordinator an earlier Train run may have left."""
+    import ray
+
+    try:
+        ray.kill(ray.get_actor("AutoscalingCoordinator", namespace="AutoscalingCoordinator"))
+    except ValueError:  # none yet
+        return
+    wait_dead(actor_ids_by_class().get("_AutoscalingCoordinatorActor", set()))
+
+
+def wait_dead(ids: set[str], timeout: float = 30) -> bool:
+    """Whether the actors ``ids`` are all dead within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not _all_dead(ids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return _all_dead(ids)
+
+
+def _all_dead(ids: set[str]) -> bool:
+    import ray
+
+    actors = ray._private.state.actors()
+    return all(actors[i]["State"] == "DEAD" for i in ids if i in actors)
+
+
+def actor_ids_by_class() -> dict[str, set[str]]:
+    """Every actor the cluster has known (alive or dead), by class name."""
+    import ray
+
+    out: dict[str, set[str]] = {}
+    for actor in ray._private.state.actors().values():
+        out.setdefault(actor["ActorClassName"], set()).add(actor["ActorID"])
+    return out

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from ray_checks import actor_ids_by_class, end_autoscaling_coordinator
 from ray_checks import wait_resources_free as _wait_resources_free
 
 import distml
@@ -357,10 +358,19 @@ def test_a_kind_without_search_hooks_runs_its_whole_job_per_trial(tmp_path, ray_
 
 
 @pytest.mark.usefixtures("ray_cluster")
-def test_trials_of_a_multi_worker_job_each_drive_a_train_worker_group(tmp_path, ray_cluster):
+def test_trials_of_a_multi_worker_job_each_drive_a_train_worker_group(
+    tmp_path, ray_cluster, monkeypatch
+):
     """num_workers: 2 → each trial builds its own Ray Train run inside the Tune trial (no
     Tuner(trainer) in Ray 2.60); on 2 CPUs one trial at a time, so the worker groups never wait
-    on each other; the best trial's own output is the run's (no refit)."""
+    on each other; the best trial's own output is the run's (no refit). On a cluster distml
+    started (as a CLI run's), the trials' groups skip what only an autoscaled cluster uses, as
+    the driver's own group does: the trial processes are told by the driver."""
+    from distml.runtime import cluster
+
+    monkeypatch.setattr(cluster, "fixed_size", lambda: True)  # in this driver process only
+    end_autoscaling_coordinator()  # a detached singleton an earlier Train run may have made
+    before = actor_ids_by_class()
     spec = _xgb("mw", {"num_samples": 2, "search": "random", "scheduler": "none"}, rounds=8)
     spec["data"] = {
         "source": "synthetic:classification?rows=3000&features=6&seed=4",
@@ -379,6 +389,10 @@ def test_trials_of_a_multi_worker_job_each_drive_a_train_worker_group(tmp_path, 
     assert r.manifest["execution"]["model"]["path"] == "train_worker_group"
     assert tune["model"]["from"] == "best_trial" and tune["model"]["matches_trial"] is True
     assert r.metrics["valid"]["logloss"] == t["valid.logloss"].min()
+    started = {name: ids - before.get(name, set()) for name, ids in actor_ids_by_class().items()}
+    assert len(started.get("TrainController", ())) == 2  # a group per trial
+    for skipped in ("_AutoscalingCoordinatorActor", "DatasetManager", "PreemptionWatcher"):
+        assert not started.get(skipped), skipped
     _wait_resources_free(ray_cluster)
 
 

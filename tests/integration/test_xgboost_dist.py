@@ -7,10 +7,12 @@ restart) keeps this file at about a minute."""
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
+from ray_checks import actor_ids_by_class as _actor_ids_by_class
+from ray_checks import end_autoscaling_coordinator as _end_autoscaling_coordinator
+from ray_checks import wait_dead as _wait_dead
 from ray_checks import wait_resources_free as _wait_resources_free
 
 import distml
@@ -20,39 +22,6 @@ pytestmark = pytest.mark.usefixtures("ray_cluster")
 
 SOURCE = "synthetic:classification?rows=12000&features=8&seed=5"
 ROUNDS = 30
-
-
-def _end_autoscaling_coordinator() -> None:
-    import ray
-
-    try:
-        ray.kill(ray.get_actor("AutoscalingCoordinator", namespace="AutoscalingCoordinator"))
-    except ValueError:  # none yet
-        return
-    _wait_dead(_actor_ids_by_class().get("_AutoscalingCoordinatorActor", set()))
-
-
-def _wait_dead(ids: set[str], timeout: float = 30) -> bool:
-    deadline = time.monotonic() + timeout
-    while not _all_dead(ids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return _all_dead(ids)
-
-
-def _all_dead(ids: set[str]) -> bool:
-    import ray
-
-    actors = ray._private.state.actors()
-    return all(actors[i]["State"] == "DEAD" for i in ids if i in actors)
-
-
-def _actor_ids_by_class() -> dict[str, set[str]]:
-    import ray
-
-    out: dict[str, set[str]] = {}
-    for actor in ray._private.state.actors().values():
-        out.setdefault(actor["ActorClassName"], set()).add(actor["ActorID"])
-    return out
 
 
 def test_two_workers_match_plain_xgboost_and_survive_a_worker_death(

@@ -195,3 +195,23 @@ def dashboard_deps_missing() -> ImportError | None:
         if find_spec(name) is None:
             return ImportError(f"No module named {name!r}", name=name)
     return None
+
+
+def ray_start() -> int:
+    """``ray start`` (Ray's own command line, its arguments from ``sys.argv``) in this process,
+    with :func:`quick_node_start`: how ``distml cluster start`` starts its head
+    (``python -m distml.runtime.node_start start --head ...``). Its exit code."""
+    from ray.scripts.scripts import main
+
+    with quick_node_start():
+        try:
+            main()
+        except SystemExit as e:
+            return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(ray_start())

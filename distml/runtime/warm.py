@@ -8,7 +8,9 @@ A record in distml's state folder (``$DISTML_STATE_DIR``, else ``$XDG_STATE_HOME
     leases/        one file per ``distml run`` connected now (the watchdog's sign of activity)
     last_used      touched when a run connects and when it ends
 
-The head is ``ray start --head`` bound to 127.0.0.1 (dashboard too), in its own temp folder; each
+The head is ``ray start --head`` (run by :mod:`distml.runtime.node_start`, which starts the
+dashboard head beside the raylet; no autoscaler monitor, no log monitor) bound to 127.0.0.1
+(dashboard too), in its own temp folder; each
 of its processes carries ``DISTML_WARM_MARK=<id>`` in its environment, so stopping it ends
 exactly those processes, never another Ray cluster of the machine (no ``ray stop``). A watchdog
 process (``python -m distml.runtime.warm``) stops it after the idle timeout. The record holds
@@ -331,10 +333,12 @@ def _launch(folder: Path, rec: dict, num_cpus, num_gpus, idle_timeout_s: float, 
         args = [
             sys.executable,
             "-m",
-            "ray.scripts.scripts",
+            "distml.runtime.node_start",  # `ray start`, with the head beside the raylet
             "start",
             "--head",
             "--disable-usage-stats",
+            "--no-monitor",  # one fixed node: nothing to autoscale
+            "--include-log-monitor=False",  # distml's drivers ask for no worker output
             "--port",
             str(gcs),
             "--node-ip-address",

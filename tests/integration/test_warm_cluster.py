@@ -125,6 +125,14 @@ def test_start_run_reuse_mismatch_stop_fallback(warm_env, tmp_path):
         token = fh.read().strip()
     assert _http_status(rec["dashboard_url"] + "/api/version", None) == 401
     assert _http_status(rec["dashboard_url"] + "/api/version", token) == 200
+    # started through node_start (the head beside the raylet, which outlived the start's
+    # process: it answered above), without the autoscaler monitor and the log monitor
+    cmdlines = []
+    for pid in warm.processes(rec):
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            cmdlines.append(fh.read().replace(b"\0", b" ").decode())
+    assert any("dashboard/dashboard.py" in c for c in cmdlines)
+    assert not [c for c in cmdlines if "autoscaler/_private/monitor.py" in c or "log_monitor" in c]
 
     code, again, _ = cli(env, "cluster", "start")  # a second start reports the running head
     assert code == 0 and again["already_running"] and again["address"] == rec["address"]

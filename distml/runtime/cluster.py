@@ -26,7 +26,12 @@ from typing import Iterator
 from urllib.parse import urlparse
 
 from distml.errors import ClusterError, first_line
-from distml.runtime.node_start import CONNECT_RETRY, quick_node_start, without_idle_monitors
+from distml.runtime.node_start import (
+    CONNECT_RETRY,
+    quick_node_start,
+    raylet_children,
+    without_idle_monitors,
+)
 
 log = logging.getLogger("distml")
 PREFLIGHT_TIMEOUT_S = 10.0
@@ -394,7 +399,7 @@ def _shutdown(started_here: bool) -> None:
             return original(check_alive=False, allow_graceful=False, wait=wait)
 
         node.kill_all_processes = fast_kill
-    orphans = _raylet_children(node) if started_here and node is not None else []
+    orphans = raylet_children(node) if started_here and node is not None else []
     ray.shutdown()
     # The raylet's agents (dashboard agent, runtime-env agent) are its children, not the node's:
     # with the raylet killed they would outlive the run (seen: still alive minutes later).
@@ -403,26 +408,6 @@ def _shutdown(started_here: bool) -> None:
             os.kill(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-
-
-def _raylet_children(node) -> list[int]:
-    """PIDs of the processes whose parent is this node's raylet (from /proc; [] elsewhere)."""
-    try:
-        raylet = node.all_processes["raylet"][0].process.pid
-        children = []
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry.name}/stat", encoding="ascii", errors="replace") as fh:
-                    stat = fh.read()
-            except OSError:  # the process ended meanwhile
-                continue
-            if int(stat[stat.rindex(")") + 2 :].split()[1]) == raylet:
-                children.append(int(entry.name))
-        return children
-    except (OSError, KeyError, IndexError, AttributeError, ValueError):
-        return []
 
 
 def _resources() -> dict:

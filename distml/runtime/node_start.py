@@ -6,12 +6,15 @@ starts as before; tests/unit/test_cold_path.py fails loudly when Ray renames the
 - :data:`CONNECT_RETRY`: the raylet's and workers' retries of a local socket, every 20 ms.
 - :func:`without_idle_monitors`: no autoscaler monitor and no log monitor.
 - :func:`quick_node_start`: the dashboard head started beside the raylet, the raylet's
-  registration seen as it happens, Ray's dashboard dependency check without its imports.
+  registration seen as it happens, Ray's dashboard dependency check without its imports, and
+  a start that fails part way ended (:func:`end_failed_start`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import threading
 import time
 from contextlib import contextmanager
@@ -97,8 +100,10 @@ def quick_node_start(keep: bool = False) -> Iterator[None]:
         return
     start_head, started = saved[DASHBOARD_START], saved[NODE_STARTED]
     pending: dict[int, tuple[threading.Event, dict]] = {}
+    starting: dict[int, object] = {}  # the nodes whose start began here and has not ended
 
     def start_api_server(self, *args, **kwargs):
+        starting[id(self)] = self
         started_head, box = threading.Event(), {}
 
         def run() -> None:
@@ -129,7 +134,9 @@ def quick_node_start(keep: bool = False) -> Iterator[None]:
             started_head.wait()
         if "error" in box:
             raise box["error"]
-        return started(self)
+        out = started(self)
+        starting.pop(id(self), None)
+        return out
 
     import ray._private.services as services
 
@@ -168,6 +175,12 @@ def quick_node_start(keep: bool = False) -> Iterator[None]:
         ray_utils.get_dashboard_dependency_error = dashboard_deps_missing
     try:
         yield
+    except BaseException:
+        for started_head, _ in pending.values():  # a start that failed before its last step
+            started_head.wait(timeout=5)
+        for node in starting.values():
+            end_failed_start(node)
+        raise
     finally:
         for name, fn in saved.items():
             setattr(node_cls, name, fn)
@@ -175,8 +188,25 @@ def quick_node_start(keep: bool = False) -> Iterator[None]:
             services.get_node = get_node
         if callable(check):
             ray_utils.get_dashboard_dependency_error = check
-        for started_head, _ in pending.values():  # a start that failed before its last step
+        for started_head, _ in pending.values():
             started_head.wait(timeout=5)
+
+
+def end_failed_start(node) -> None:
+    """End what the start of a node that failed part way had started: ``ray.init`` raises
+    before it records the node, so nothing else ever stops its GCS, its dashboard head (and the
+    thread that waits on it) or its raylet and the raylet's agents, which would live as long as
+    the process that tried (a notebook, a scheduler's worker)."""
+    orphans = raylet_children(node)
+    try:
+        node.kill_all_processes(check_alive=False, allow_graceful=False, wait=True)
+    except Exception as e:  # noqa: BLE001 - what is left is ended below where it can be
+        log.debug("ending a failed start's processes: %s", e)
+    for pid in orphans:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 #: the packages Ray's dashboard dependency check imports (ray/dashboard/optional_deps.py)
@@ -195,6 +225,26 @@ def dashboard_deps_missing() -> ImportError | None:
         if find_spec(name) is None:
             return ImportError(f"No module named {name!r}", name=name)
     return None
+
+
+def raylet_children(node) -> list[int]:
+    """PIDs of the processes whose parent is this node's raylet (from /proc; [] elsewhere)."""
+    try:
+        raylet = node.all_processes["raylet"][0].process.pid
+        children = []
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat", encoding="ascii", errors="replace") as fh:
+                    stat = fh.read()
+            except OSError:  # the process ended meanwhile
+                continue
+            if int(stat[stat.rindex(")") + 2 :].split()[1]) == raylet:
+                children.append(int(entry.name))
+        return children
+    except (OSError, KeyError, IndexError, AttributeError, ValueError):
+        return []
 
 
 def ray_start() -> int:

@@ -110,6 +110,60 @@ def test_a_runs_own_cluster_has_its_dashboard_head_up_when_it_is_ready():
     }
 
 
+FAILED_START_PROBE = """
+import os, threading, time, json
+os.environ["DISTML_PROBE_MARK"] = "failed-start"
+import ray
+from ray._private.node import Node
+from distml.runtime.cluster import cluster
+
+original = Node.start_raylet
+def failing(self, *a, **k):
+    raise RuntimeError("injected: the raylet did not start")
+Node.start_raylet = failing
+try:
+    with cluster(num_cpus=1):
+        error = None
+except Exception as e:
+    error = str(e)
+time.sleep(1)
+def marked():
+    out = []
+    for d in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            env = open(f"/proc/{d}/environ", "rb").read()
+        except OSError:
+            continue
+        if b"DISTML_PROBE_MARK=failed-start" in env and int(d) != os.getpid():
+            out.append(open(f"/proc/{d}/cmdline").read().split(chr(0))[0][-40:])
+    return out
+left = marked()
+threads = [t.name for t in threading.enumerate() if t.name == "distml-dashboard-head"]
+Node.start_raylet = original
+with cluster(num_cpus=1) as info:
+    task = ray.get(ray.remote(lambda: 7).remote())
+print(json.dumps({"error": error, "left": left, "head_threads": threads, "retry": [info.mode, task]}))
+"""
+
+
+def test_a_start_that_fails_part_way_leaves_nothing_running():
+    """A run's own cluster whose start fails after its GCS and dashboard head are up (the raylet
+    does not start): ray.init raises before it records the node, so nothing would ever stop
+    them. distml ends what that start started: no process of it is left, nor the thread that
+    waits on its dashboard head, and the next start in the same process works."""
+    out = subprocess.run(
+        [sys.executable, "-c", FAILED_START_PROBE], capture_output=True, text=True, timeout=180
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {
+        "error": "injected: the raylet did not start",
+        "left": [],
+        "head_threads": [],
+        "retry": ["local", 7],
+    }
+
+
 CONFIG_PROBE = """
 import base64, json
 import ray

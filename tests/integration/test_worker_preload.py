@@ -13,6 +13,16 @@ import pytest
 
 pytestmark = [pytest.mark.allow_local_ray, pytest.mark.cluster]
 
+
+def _probe(source: str, *args: str) -> dict:
+    """Run ``source`` in a fresh Python (its own Ray) and return the JSON of its last line."""
+    out = subprocess.run(
+        [sys.executable, "-c", source, *args], capture_output=True, text=True, timeout=180
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 PROBE = """
 import json, sys
 import ray
@@ -35,11 +45,7 @@ print(json.dumps({"mode": info.mode, "seen": seen}))
     ids=["preloaded", "control"],
 )
 def test_workers_of_a_runs_own_cluster_import_the_preload(preload, want):
-    out = subprocess.run(
-        [sys.executable, "-c", PROBE, *preload], capture_output=True, text=True, timeout=180
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    got = json.loads(out.stdout.strip().splitlines()[-1])
+    got = _probe(PROBE, *preload)
     assert got["mode"] == "local"
     assert got["seen"] == {"colorsys": want, "distml.jobs.kmeans": want}
 
@@ -92,11 +98,7 @@ def test_a_runs_own_cluster_has_its_dashboard_head_up_when_it_is_ready():
     started it ends); a task runs; after the stop neither the head nor its thread is left.
     Ray's dashboard dependency check was answered without its imports (the driver never
     imported aiohttp) and the same way (the dashboard agent is the full one)."""
-    out = subprocess.run(
-        [sys.executable, "-c", STATE_PROBE], capture_output=True, text=True, timeout=180
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    got = json.loads(out.stdout.strip().splitlines()[-1])
+    got = _probe(STATE_PROBE)
     assert got == {
         "mode": "local",
         "head_running": True,
@@ -151,11 +153,7 @@ def test_a_start_that_fails_part_way_leaves_nothing_running():
     does not start): ray.init raises before it records the node, so nothing would ever stop
     them. distml ends what that start started: no process of it is left, nor the thread that
     waits on its dashboard head, and the next start in the same process works."""
-    out = subprocess.run(
-        [sys.executable, "-c", FAILED_START_PROBE], capture_output=True, text=True, timeout=180
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    got = json.loads(out.stdout.strip().splitlines()[-1])
+    got = _probe(FAILED_START_PROBE)
     assert got == {
         "error": "injected: the raylet did not start",
         "left": [],
@@ -187,11 +185,7 @@ def test_a_runs_own_cluster_retries_local_connections_every_20_ms():
     shows it knows these."""
     from distml.runtime.node_start import CONNECT_RETRY
 
-    out = subprocess.run(
-        [sys.executable, "-c", CONFIG_PROBE], capture_output=True, text=True, timeout=180
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    got = json.loads(out.stdout.strip().splitlines()[-1])
+    got = _probe(CONFIG_PROBE)
     assert got["mode"] == "local" and got["task"] == 1
     assert {k: got["config"].get(k) for k in CONNECT_RETRY} == CONNECT_RETRY
     assert CONNECT_RETRY["raylet_client_connect_timeout_milliseconds"] <= 50

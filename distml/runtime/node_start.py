@@ -86,10 +86,11 @@ def quick_node_start(keep: bool = False) -> Iterator[None]:
     registered (Ray Train V2 and Ray Data look it up) and any failure of its start raised.
     That thread then lives as long as the head: Ray ties the head's life to the thread that
     started it (the parent-death signal), so it must not end with the start. Ray's dashboard
-    dependency check is :func:`dashboard_deps_missing` (no imports), and the raylet's
-    registration is seen within 20 ms instead of on Ray's one-second retries. Private Ray API, looked up
-    defensively like :func:`without_idle_monitors` (tests/unit/test_cold_path.py fails when
-    Ray renames them); ``DISTML_DASHBOARD=1`` keeps Ray's order."""
+    dependency check is :func:`dashboard_deps_missing` (no imports), the raylet's registration
+    is seen within 20 ms instead of on Ray's one-second retries, and a start that raises has
+    what it started ended (:func:`end_failed_start`). Private Ray API, looked up defensively
+    like :func:`without_idle_monitors` (tests/unit/test_cold_path.py fails when Ray renames
+    them); ``DISTML_DASHBOARD=1`` keeps Ray's order."""
     try:
         from ray._private.node import Node as node_cls
     except ImportError:

@@ -10,9 +10,9 @@ A record in distml's state folder (``$DISTML_STATE_DIR``, else ``$XDG_STATE_HOME
 
 The head is ``ray start --head`` (run by :mod:`distml.runtime.node_start`, which starts the
 dashboard head beside the raylet; no autoscaler monitor, no log monitor) bound to 127.0.0.1
-(dashboard too), in its own temp folder; each
-of its processes carries ``DISTML_WARM_MARK=<id>`` in its environment, so stopping it ends
-exactly those processes, never another Ray cluster of the machine (no ``ray stop``). A watchdog
+(dashboard too), in its own temp folder; each of its processes carries
+``DISTML_WARM_MARK=<id>`` in its environment, so stopping it ends exactly those processes,
+never another Ray cluster of the machine (no ``ray stop``). A watchdog
 process (``python -m distml.runtime.warm``) stops it after the idle timeout. The record holds
 the machine's boot id: after a reboot it is stale and is cleaned, not trusted. Linux only (the
 processes are found through /proc).

@@ -120,17 +120,7 @@ def _run(
     from distml.runtime.artifacts import RunDir, run_fingerprint
 
     frames = fr.describe_all(data=data, test_data=test_data)  # bad types: DataError now
-
-    merged: dict[str, Any] = {}
-    if overrides:
-        from distml.spec.load import parse_override
-
-        merged.update(
-            overrides
-            if isinstance(overrides, Mapping)
-            else dict(parse_override(s) for s in overrides)
-        )
-    merged.update({k.replace("__", "."): v for k, v in kw_overrides.items()})
+    merged = _merged(overrides, kw_overrides)
     job_spec = load_spec(spec, {**merged, **fr.spec_fields(frames, merged, None)})
     if output is not None:
         from distml.spec.base import check_output_dir
@@ -250,16 +240,28 @@ def _run(
     return result
 
 
+def _merged(overrides, kw_overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The overrides as one mapping of dotted paths (``--set`` strings parsed; keyword
+    arguments with ``__`` for dots last)."""
+    merged: dict[str, Any] = {}
+    if overrides:
+        from distml.spec.load import parse_override
+
+        merged.update(
+            overrides
+            if isinstance(overrides, Mapping)
+            else dict(parse_override(s) for s in overrides)
+        )
+    merged.update({k.replace("__", "."): v for k, v in kw_overrides.items()})
+    return merged
+
+
 def _check(job, job_spec: JobSpec, timings: dict, announce: bool = True) -> tuple[Any, Any]:
     """The kind's data checks (and every searched value's): (job, DataInfo)."""
     t0 = time.perf_counter()
     if announce:
         progress.current().stage("validate")
-    info = job.check_data()  # before any cluster work; raises SpecError/DataError
-    if job_spec.tune is not None:
-        from distml.spec.tune import check_trials
-
-        check_trials(job_spec)  # every searched value passes the kind's own checks
+    info = _check_source(job_spec, job)  # before any cluster work
     timings["validate_s"] = time.perf_counter() - t0
     return job, info
 
@@ -534,21 +536,58 @@ def validate(
     overrides: Mapping[str, Any] | Iterable[str] | None = None,
     *,
     check_data: bool = True,
+    data: Any = None,
+    test_data: Any = None,
 ) -> JobSpec:
-    """Validate a spec (and its data, unless ``check_data=False``) without starting a cluster."""
+    """Validate a spec (and its data, unless ``check_data=False``) without starting a cluster.
+
+    ``data`` (``test_data``): a frame as :func:`run` takes it, standing for ``data.source``
+    (``data.test_source``); the spec returned names it there (``"data="``). Checked as
+    :func:`run` checks it before any cluster work: its type, and the columns the spec names.
+    A pandas DataFrame also gets every check of a file source (it is written as parquet to a
+    temporary folder, removed after; messages name the frame). The rows of a Dask, Ray or
+    Spark frame are checked when :func:`run` stages them, which takes its cluster (or Spark).
+
+        distml.validate("jobs/quickstart.yaml", data=train_df)
+    """
+    from distml.runtime import frames as fr
+
+    frames = fr.describe_all(data=data, test_data=test_data)
+    merged = _merged(overrides, {})
+    job_spec = load_spec(spec, {**merged, **fr.spec_fields(frames, merged, None)})
+    if not check_data:
+        return job_spec
+    from distml.runtime.tracking import check_available
+
+    check_available(job_spec)  # this machine runs it: its environment counts (not for submit)
+    if not frames:
+        _check_source(job_spec)
+        return job_spec
+    fr.check_spec_columns(frames, job_spec)  # names: every frame
+    if all(f.family == "pandas" for f in frames.values()):  # rows: written with no cluster
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="distml-validate-") as tmp:
+            try:
+                fr.stage_all(frames, tmp)
+                _check_source(load_spec(job_spec, fr.spec_fields(frames, merged, tmp)))
+            except BaseException as e:
+                fr.relabel(e, frames, tmp)  # name the frame, not the temporary folder
+                raise
+    return job_spec
+
+
+def _check_source(job_spec: JobSpec, job: Any = None) -> Any:
+    """The kind's data checks of ``job_spec``'s source (and every searched value's): its
+    DataInfo. Raises SpecError/DataError."""
     from distml.registry import kind_module
 
-    job_spec = load_spec(spec, overrides)
-    if check_data:  # this machine runs it: its environment counts (not so for `submit`)
-        from distml.runtime.tracking import check_available
+    info = (job or kind_module(job_spec.kind).Job(job_spec)).check_data()
+    if job_spec.tune is not None:
+        from distml.spec.tune import check_trials
 
-        check_available(job_spec)
-        kind_module(job_spec.kind).Job(job_spec).check_data()
-        if job_spec.tune is not None:
-            from distml.spec.tune import check_trials
-
-            check_trials(job_spec)
-    return job_spec
+        check_trials(job_spec)  # every searched value passes the kind's own checks
+    return info
 
 
 __all__ = ["run", "validate", "build_report", "Result"]

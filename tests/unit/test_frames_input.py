@@ -1,7 +1,8 @@
-"""``distml.run(spec, data=..., test_data=...)`` input checks that need no cluster: wrong types
-and conflicts name the keyword; columns the spec names are checked against the frame's schema
-before anything is written; a pandas frame's bad rows fail after staging with the frame named
-(not the staging folder), no ``_SUCCESS`` and no staged copy left; staging keeps data order."""
+"""``distml.run(spec, data=..., test_data=...)`` (and ``distml.validate``) input checks that need
+no cluster: wrong types and conflicts name the keyword; columns the spec names are checked
+against the frame's schema before anything is written; a pandas frame's bad rows fail after
+staging with the frame named (not the staging folder), no ``_SUCCESS`` and no staged copy left;
+staging keeps data order."""
 
 from __future__ import annotations
 
@@ -112,3 +113,48 @@ def test_staging_keeps_order_and_named_index_levels(tmp_path):
     g = frames.describe(_frame(5), "data")
     frames.stage(g, tmp_path / "plain")
     assert pq.read_schema(tmp_path / "plain" / "part-00000.parquet").names == ["x1", "x2", "y"]
+
+
+def test_validate_checks_a_frame_as_run_would_without_a_cluster(tmp_path):
+    """distml.validate(spec, data=frame): the spec returned names the frame; wrong types,
+    conflicts and columns the spec names fail as in run; a pandas frame's rows get every check
+    of a file source (naming the frame, no temporary copy left); no Ray is started."""
+    import glob
+    import tempfile
+
+    import ray
+
+    was_up = ray.is_initialized()
+    spec = distml.validate(SPEC, data=_frame())
+    assert spec.data.source == "data=" and spec.data.target == "y"
+    with pytest.raises(DataError, match=r"^data= must be a pandas DataFrame"):
+        distml.validate(SPEC, data=[1, 2])
+    with pytest.raises(SpecError, match=r"data= and data\.source were both given"):
+        distml.validate(SPEC, ["data.source=x.parquet"], data=_frame())
+    with pytest.raises(DataError, match=r"^data.target: column 'why' is not in data="):
+        distml.validate({**SPEC, "data": {**SPEC["data"], "target": "why"}}, data=_frame())
+    df = _frame().astype({"y": float})
+    df.loc[[3, 7], "y"] = np.nan
+    with pytest.raises(DataError) as e:
+        distml.validate(SPEC, data=df)
+    msg = str(e.value)
+    assert "column 'y' has 2 missing values of 40 rows in data= (a pandas DataFrame)" in msg
+    assert "distml-validate-" not in msg
+    assert not glob.glob(f"{tempfile.gettempdir()}/distml-validate-*")
+    # without the data checks: the spec only (a frame's type is still checked)
+    assert distml.validate(SPEC, data=df, check_data=False).data.source == "data="
+    # test_data= beside a file source: the target must be in it, and its rows are checked
+    _frame().to_parquet(tmp_path / "train.parquet")
+    files = {**SPEC, "data": {**SPEC["data"], "source": str(tmp_path / "train.parquet")}}
+    assert distml.validate(files, test_data=_frame()).data.test_source == "test_data="
+    with pytest.raises(DataError, match=r"data.target: column 'y' is not in test_data="):
+        distml.validate(files, test_data=_frame().drop(columns="y"))
+    with pytest.raises(DataError, match=r"missing values of 40 rows in test_data= \(a pandas"):
+        distml.validate(files, test_data=df)
+    # a Dask frame: its type and the columns the spec names (its rows need run's cluster)
+    dd = pytest.importorskip("dask.dataframe")
+    ddf = dd.from_pandas(_frame(), npartitions=2)
+    assert distml.validate(SPEC, data=ddf).data.source == "data="
+    with pytest.raises(DataError, match=r"column 'why' is not in data= \(a Dask DataFrame\)"):
+        distml.validate({**SPEC, "data": {**SPEC["data"], "target": "why"}}, data=ddf)
+    assert ray.is_initialized() == was_up

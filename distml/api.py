@@ -14,6 +14,7 @@ from typing import Any, Iterable, Iterator, Mapping
 from distml import progress
 from distml.errors import DistmlError, JobFailed, SpecError
 from distml.result import Result
+from distml.runtime import interrupts
 from distml.spec import JobSpec, load_spec
 
 log = logging.getLogger("distml")
@@ -108,7 +109,7 @@ def run(
     Raises :class:`distml.SpecError`/:class:`distml.DataError` (invalid input, before any cluster
     work), :class:`distml.ClusterError` (unreachable cluster) or :class:`distml.JobFailed`.
     """
-    with _sigterm_interrupts():  # first: a SIGTERM at any moment of a run is an interruption
+    with interrupts.sigterm_interrupts():  # first: a SIGTERM at any moment of a run
         return _run(spec, overrides, output, address, run_id, resume, kw_overrides, data, test_data)
 
 
@@ -283,7 +284,7 @@ def _stage(frames: dict, job_spec, run_dir, address, timings, t_start, stack: Ex
             progress.current().stage("cluster")
             t0 = time.perf_counter()
             cl = stack.enter_context(cluster(address))
-            _rearm_sigterm()
+            interrupts.rearm()
             timings["cluster_start_s"] = time.perf_counter() - t0
         progress.current().stage("stage")
         t0 = time.perf_counter()
@@ -340,7 +341,7 @@ def _record_failure(run_dir, manifest: dict, timings: dict, e: BaseException) ->
     stopped = isinstance(e, KeyboardInterrupt)
     if stopped:  # Tune re-raises a bare KeyboardInterrupt: say what stopped the run
         message = str(e) or (
-            "terminated by signal 15 (SIGTERM)" if _sigterm_received else "interrupted (SIGINT)"
+            "terminated by signal 15 (SIGTERM)" if interrupts.received() else "interrupted (SIGINT)"
         )
         error = {"type": "KeyboardInterrupt", "message": message}
         _trace.error("run interrupted: %s", message)  # the console says it once, the CLI's line
@@ -363,50 +364,6 @@ def _record_failure(run_dir, manifest: dict, timings: dict, e: BaseException) ->
     except BaseException as write_error:  # e.g. the disk is full: say so, raise the cause
         log.error("manifest.json could not record the failure: %s", write_error)
     return e
-
-
-def _terminated(signum, frame):
-    global _sigterm_received
-    _sigterm_received = True
-    raise KeyboardInterrupt(f"terminated by signal {signum} (SIGTERM)")
-
-
-_sigterm_armed = False
-_sigterm_received = False
-
-
-@contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """While a run works, SIGTERM (what Airflow, cron wrappers and ``kill`` send) raises
-    KeyboardInterrupt in the main thread like Ctrl-C: the manifest says ``interrupted``, a local
-    cluster the run started is stopped, and ``--resume`` can continue. Only when the process
-    has no SIGTERM handler of its own and this is the main thread. ``ray.init`` installs its own
-    handler (a bare exit), so :func:`_rearm_sigterm` puts ours back once the cluster is up."""
-    import signal
-    import threading
-
-    global _sigterm_armed, _sigterm_received
-    _sigterm_received = False
-    if (
-        threading.current_thread() is not threading.main_thread()
-        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
-    ):
-        yield
-        return
-    signal.signal(signal.SIGTERM, _terminated)
-    _sigterm_armed = True
-    try:
-        yield
-    finally:
-        _sigterm_armed = False
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-def _rearm_sigterm() -> None:
-    if _sigterm_armed:
-        import signal
-
-        signal.signal(signal.SIGTERM, _terminated)
 
 
 _report_warmup: Any = None  # the thread of _warm_report
@@ -478,7 +435,7 @@ def _execute(job, job_spec, info, run_dir, address, resume, manifest, timings, u
         cl = stack.enter_context(
             nullcontext(up) if up is not None else cluster(address, preload=preload)
         )
-        _rearm_sigterm()
+        interrupts.rearm()
         if up is None:
             timings["cluster_start_s"] = time.perf_counter() - t0
         _warm_report()  # report.html's imports and fonts while the job runs

@@ -244,15 +244,9 @@ def _run(
 def _merged(overrides, kw_overrides: Mapping[str, Any]) -> dict[str, Any]:
     """The overrides as one mapping of dotted paths (``--set`` strings parsed; keyword
     arguments with ``__`` for dots last)."""
-    merged: dict[str, Any] = {}
-    if overrides:
-        from distml.spec.load import parse_override
+    from distml.spec.load import overrides_dict
 
-        merged.update(
-            overrides
-            if isinstance(overrides, Mapping)
-            else dict(parse_override(s) for s in overrides)
-        )
+    merged = overrides_dict(overrides)
     merged.update({k.replace("__", "."): v for k, v in kw_overrides.items()})
     return merged
 

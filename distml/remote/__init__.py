@@ -67,15 +67,9 @@ def entrypoint(run_id: str) -> str:
 def _overrides(
     overrides: Mapping[str, Any] | Iterable[str] | None, output: str | os.PathLike | None
 ) -> dict[str, Any]:
-    from distml.spec.load import parse_override
+    from distml.spec.load import overrides_dict
 
-    merged: dict[str, Any] = {}
-    if overrides:
-        merged.update(
-            overrides
-            if isinstance(overrides, Mapping)
-            else dict(parse_override(s) for s in overrides)
-        )
+    merged = overrides_dict(overrides)
     if output is not None:
         merged["output.dir"] = str(output)
     return merged

@@ -117,6 +117,24 @@ def read_spec_file(path: str | os.PathLike) -> dict:
     return raw
 
 
+def overrides_dict(overrides: Mapping[str, Any] | Iterable[str] | None) -> dict[str, Any]:
+    """Overrides as one mapping of dotted paths: a mapping as it is, ``--set`` strings parsed
+    (:func:`parse_override`).
+
+    >>> overrides_dict(["model.params.max_depth=8", "seed=1"])
+    {'model.params.max_depth': 8, 'seed': 1}
+    >>> overrides_dict("model.lr=0.1")
+    {'model.lr': 0.1}
+    """
+    if not overrides:
+        return {}
+    if isinstance(overrides, Mapping):
+        return dict(overrides)
+    if isinstance(overrides, str):  # one "a.b=c", as apply_overrides takes it
+        overrides = [overrides]
+    return dict(parse_override(s) for s in overrides)
+
+
 def parse_override(item: str) -> tuple[str, Any]:
     """Parse ``a.b.c=value``; the value is read as a YAML scalar/list (``8`` → int, ``[1,2]``).
 

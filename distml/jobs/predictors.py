@@ -13,6 +13,7 @@ import io
 import json
 import os
 import re
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
@@ -343,11 +344,73 @@ def never_trusted(name: str) -> bool:
     return any(p in ("conftest", "tests") or p.endswith("_testing") for p in parts)
 
 
+def skops_io():
+    """``skops.io``, imported without walking what scikit-learn's estimator list skips.
+
+    skops lists scikit-learn's estimators when it is imported (``all_estimators()``), and
+    ``pkgutil.walk_packages`` imports every package it descends into, those whose modules the
+    list then ignores included: ``sklearn.externals.array_api_compat.torch`` and ``.dask``
+    import torch, Dask and numba (1.2 s of the 1.5 s import here). While skops is imported,
+    the walk skips the packages the list would skip (an ignored part or a private ``._`` one):
+    the same estimators, the same trust list (tests/unit/test_cold_path.py compares them)."""
+    if "skops.io" in sys.modules:
+        return sys.modules["skops.io"]
+    try:
+        from sklearn.utils import discovery
+
+        ignore = frozenset(discovery._MODULE_TO_IGNORE)
+        walk = discovery.pkgutil
+    except (ImportError, AttributeError):  # another scikit-learn: its own walk
+        import skops.io
+
+        return skops.io
+    discovery.pkgutil = _PrunedWalk(walk, ignore)
+    try:
+        import skops.io
+    finally:
+        discovery.pkgutil = walk
+    return skops.io
+
+
+class _PrunedWalk:
+    """``pkgutil`` for :func:`skops_io`: ``walk_packages`` yields every module as pkgutil's
+    does, but descends only into packages whose modules ``all_estimators`` would import."""
+
+    def __init__(self, pkgutil, ignore: frozenset[str]):
+        self._pkgutil, self._ignore = pkgutil, ignore
+
+    def __getattr__(self, name: str):
+        return getattr(self._pkgutil, name)
+
+    def walk_packages(self, path=None, prefix="", onerror=None):
+        seen: set[str] = set()  # path items walked by this call (pkgutil's own rule)
+        for info in self._pkgutil.iter_modules(path, prefix):
+            yield info
+            name = info.name
+            if not info.ispkg or "._" in name or self._ignore.intersection(name.split(".")):
+                continue
+            try:
+                __import__(name)
+            except ImportError:
+                if onerror is not None:
+                    onerror(name)
+            except Exception:
+                if onerror is None:
+                    raise
+                onerror(name)
+            else:
+                sub = [
+                    p for p in getattr(sys.modules[name], "__path__", None) or [] if p not in seen
+                ]
+                seen.update(sub)
+                yield from self.walk_packages(sub, name + ".", onerror)
+
+
 def load_skops(path: str | os.PathLike, extra: Iterable[str] = ()) -> Any:
     """Load a skops file whose every node is one distml saves (:data:`SKOPS_NODES`, plus the
     estimator classes in ``extra``); anything else — a function, a partial of one, a type
     outside the list — is a DataError naming it, and nothing of the file is imported."""
-    import skops.io as sio
+    sio = skops_io()
 
     try:
         data = Path(path).read_bytes()

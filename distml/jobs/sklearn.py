@@ -336,9 +336,9 @@ class Job(SupervisedJob):
     def model_files(self, model) -> dict[str, bytes]:
         import json
 
-        import skops.io as sio
+        from distml.jobs.predictors import skops_io
 
-        files = {"model/model.skops": sio.dumps(model["estimator"])}
+        files = {"model/model.skops": skops_io().dumps(model["estimator"])}
         if model["scaler"]:
             files["model/scaler.json"] = json.dumps(model["scaler"], indent=2).encode()
         return files

@@ -360,3 +360,50 @@ def test_a_runs_own_cluster_preloads_its_kinds_worker_modules(monkeypatch, tmp_p
     for job in (kmeans.Job(load_spec(spec)), pca.Job(load_spec(pca_spec))):
         for m in job.worker_modules():
             assert importlib.util.find_spec(m) is not None, m
+
+
+SKOPS_PROBE = """
+import importlib.util, json, sys
+import sklearn.ensemble
+from distml.jobs.predictors import skops_io
+sio = skops_io()
+pruned = sorted({m.split(".")[0] for m in sys.modules} & {"torch", "dask", "numba"})
+from skops.io import _trusted_types
+from skops.io._utils import get_type_name
+from sklearn.utils import all_estimators
+plain = [get_type_name(c) for _, c in all_estimators()]
+est = sklearn.ensemble.RandomForestClassifier(n_estimators=2, random_state=0).fit([[0], [1]], [0, 1])
+back = sio.loads(sio.dumps(est), trusted=sio.get_untrusted_types(data=sio.dumps(est)))
+print(json.dumps({
+    "pruned_imports": pruned,
+    "plain_imports": sorted({m.split(".")[0] for m in sys.modules} & {"torch", "dask", "numba"}),
+    "installed": sorted(m for m in ("torch", "dask") if importlib.util.find_spec(m)),
+    "same_trust": _trusted_types.SKLEARN_ESTIMATOR_TYPE_NAMES
+    == [n for n in plain if n.startswith("sklearn.")],
+    "n": len(plain),
+    "round_trip": back.predict([[0], [1]]).tolist(),
+}))
+"""
+
+
+def test_skops_imports_without_walking_the_packages_its_estimator_list_skips():
+    """skops lists scikit-learn's estimators as it is imported; the plain walk imports torch and
+    Dask (``sklearn.externals.array_api_compat``), 1.2 s of every sklearn run's model save.
+    Through :func:`skops_io` neither is imported, the trust list is the one the plain walk
+    gives, and a model saves and loads."""
+    import json
+
+    out = subprocess.run(
+        [sys.executable, "-c", SKOPS_PROBE],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": ROOT},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["pruned_imports"] == []
+    assert got["same_trust"] and got["n"] > 150
+    assert set(got["installed"]) <= set(got["plain_imports"])  # the probe sees the plain walk's
+    assert got["round_trip"] == [0, 1]

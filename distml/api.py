@@ -426,6 +426,10 @@ def _execute(job, job_spec, info, run_dir, address, resume, manifest, timings, u
     progress.current().stage("cluster")
     with ExitStack() as stack:
         preload = job.worker_modules()
+        if job_spec.tune is not None:
+            from distml.tune import worker_modules
+
+            preload = worker_modules(job)
         cl = stack.enter_context(
             nullcontext(up) if up is not None else cluster(address, preload=preload)
         )

@@ -354,11 +354,18 @@ def test_a_runs_own_cluster_preloads_its_kinds_worker_modules(monkeypatch, tmp_p
     with pytest.raises(Exception, match="no cluster"):
         distml.run(ROOT + "/jobs/quickstart.yaml", output=tmp_path / "runs")
     assert seen[-1] == node_start.CONNECT_RETRY  # a kind that names none: no preload
+    with pytest.raises(Exception, match="no cluster"):  # a search: its trials' modules first
+        distml.run(ROOT + "/jobs/tune_sklearn.yaml", output=tmp_path / "runs")
+    tune_mods = ["ray.tune", "distml.tune.session"]
+    assert seen[-1] == {**node_start.CONNECT_RETRY, "preload_python_modules": tune_mods}
+    from distml.tune import worker_modules  # a kind's own modules follow the trials'
+
+    assert worker_modules(kmeans.Job(load_spec(spec))) == (*tune_mods, *mods)
     assert kmeans.Job(load_spec({**spec, "engine": "dask"})).worker_modules() == ()
     pca_spec = {**spec, "kind": "pca", "model": {"n_components": 1}}
     assert pca.Job(load_spec(pca_spec)).worker_modules()[0] == "distml.jobs.pca"
     for job in (kmeans.Job(load_spec(spec)), pca.Job(load_spec(pca_spec))):
-        for m in job.worker_modules():
+        for m in (*job.worker_modules(), *tune_mods):
             assert importlib.util.find_spec(m) is not None, m
 
 

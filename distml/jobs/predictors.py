@@ -14,6 +14,7 @@ import json
 import os
 import re
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
@@ -353,23 +354,27 @@ def skops_io():
     import torch, Dask and numba (1.2 s of the 1.5 s import here). While skops is imported,
     the walk skips the packages the list would skip (an ignored part or a private ``._`` one):
     the same estimators, the same trust list (tests/unit/test_cold_path.py compares them)."""
-    if "skops.io" in sys.modules:
-        return sys.modules["skops.io"]
-    try:
-        from sklearn.utils import discovery
+    with _SKOPS_IMPORT:  # one thread swaps the walk at a time
+        if "skops.io" in sys.modules:
+            return sys.modules["skops.io"]
+        try:
+            from sklearn.utils import discovery
 
-        ignore = frozenset(discovery._MODULE_TO_IGNORE)
-        walk = discovery.pkgutil
-    except (ImportError, AttributeError):  # another scikit-learn: its own walk
-        import skops.io
+            ignore = frozenset(discovery._MODULE_TO_IGNORE)
+            walk = discovery.pkgutil
+        except (ImportError, AttributeError):  # another scikit-learn: its own walk
+            import skops.io
 
+            return skops.io
+        discovery.pkgutil = _PrunedWalk(walk, ignore)
+        try:
+            import skops.io
+        finally:
+            discovery.pkgutil = walk
         return skops.io
-    discovery.pkgutil = _PrunedWalk(walk, ignore)
-    try:
-        import skops.io
-    finally:
-        discovery.pkgutil = walk
-    return skops.io
+
+
+_SKOPS_IMPORT = threading.Lock()
 
 
 class _PrunedWalk:

@@ -151,7 +151,7 @@ def _check_entry(path: str, entry: Any) -> dict[str, list]:
             raise ValueError(
                 f"{where}: {name} needs integer bounds {DISTRIBUTIONS[name]}; got {_show(values)}"
             )
-        if not _is_number(v) or not math.isfinite(v) or abs(v) > _INT_LIMIT:
+        if not _is_number(v) or abs(v) > _INT_LIMIT or not math.isfinite(v):  # ints: no float()
             raise ValueError(
                 f"{where}: {name} needs finite numbers {DISTRIBUTIONS[name]} of "
                 f"magnitude at most 2**62; got {_show(values)}"

@@ -128,6 +128,16 @@ def test_bad_distributions_name_path_rule_and_value(entry, message):
     assert message in error_of(spec(space={"model.params.eta": entry}))
 
 
+@pytest.mark.parametrize("entry", [{"uniform": [0, 10**400]}, {"randint": [-(10**400), 8]}])
+def test_a_bound_past_floats_range_is_a_spec_error_naming_the_entry(entry):
+    """An int too large for a float (math.isfinite raised OverflowError; found by
+    test_spec_fuzz.py) is refused with the entry's path, like every other bad bound."""
+    with pytest.raises(SpecError) as e:
+        load_spec(spec(space={"model.params.eta": entry}))
+    name = next(iter(entry))
+    assert f"tune.space.model.params.eta: {name} needs finite numbers [low, high]" in str(e.value)
+
+
 @pytest.mark.parametrize(
     "path,message",
     [

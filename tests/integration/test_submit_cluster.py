@@ -160,18 +160,22 @@ class LocalRayCluster:
 
     def add_worker(self, num_cpus: int = 1, resources: dict | None = None) -> None:
         self.nodes += 1
-        args = [
-            "--address",
-            self.gcs,
-            "--num-cpus",
-            str(num_cpus),
-            "--temp-dir",
-            os.path.join(self.base, f"w{self.nodes}"),
-        ]
-        if resources:
-            args += ["--resources", json.dumps(resources)]
-        self._ray_start(args)
-        self.wait_ready()
+        # Retried once, as the head's start is: a port taken by another test before the raylet
+        # binds it fails the start (seen once in a full suite: "The current node timed out
+        # during startup").
+        for attempt in (1, 2):
+            temp = os.path.join(self.base, f"w{self.nodes}-{attempt}")
+            args = ["--address", self.gcs, "--num-cpus", str(num_cpus), "--temp-dir", temp]
+            if resources:
+                args += ["--resources", json.dumps(resources)]
+            try:
+                self._ray_start(args)
+                self.wait_ready()
+                return
+            except RuntimeError:
+                self.kill(under=temp)  # that node's processes only: the head stays up
+                if attempt == 2:
+                    raise
 
     def get(self, path: str) -> dict:
         req = urllib.request.Request(
@@ -199,23 +203,26 @@ class LocalRayCluster:
             time.sleep(0.5)
         raise RuntimeError(f"the test cluster did not come up in {timeout_s} s: {last}")
 
-    def _ours(self, pid: str) -> bool:
+    def _ours(self, pid: str, under: str | None = None) -> bool:
         """Started for this cluster: it carries the marker in its environment, or (processes
         that rename themselves, ray::*, overwrite that memory) holds a file under our temp dir
-        open (every Ray process logs into its session dir there)."""
+        open (every Ray process logs into its session dir there). ``under``: one node's
+        processes, those holding a file open under that node's temp dir."""
         try:
-            with open(f"/proc/{pid}/environ", "rb") as fh:
-                if f"{MARK}={self.mark}".encode() in fh.read().split(b"\0"):
-                    return True
+            if under is None:
+                with open(f"/proc/{pid}/environ", "rb") as fh:
+                    if f"{MARK}={self.mark}".encode() in fh.read().split(b"\0"):
+                        return True
             for fd in os.listdir(f"/proc/{pid}/fd"):
-                if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(self.base + os.sep):
+                if os.readlink(f"/proc/{pid}/fd/{fd}").startswith((under or self.base) + os.sep):
                     return True
         except OSError:
             pass
         return False
 
-    def pids(self) -> list[int]:
-        """This cluster's processes, and their descendants (by pid, from /proc)."""
+    def pids(self, under: str | None = None) -> list[int]:
+        """This cluster's processes (or one node's, see :meth:`_ours`), and their descendants
+        (by pid, from /proc)."""
         me = os.getpid()
         children: dict[int, list[int]] = {}
         found = set()
@@ -228,7 +235,7 @@ class LocalRayCluster:
             except (OSError, ValueError, IndexError):
                 continue
             children.setdefault(ppid, []).append(int(d))
-            if self._ours(d):
+            if self._ours(d, under):
                 found.add(int(d))
         stack = list(found)
         while stack:
@@ -243,9 +250,10 @@ class LocalRayCluster:
         self.kill()
         shutil.rmtree(self.base, ignore_errors=True)
 
-    def kill(self) -> None:
-        """End exactly this cluster's processes: SIGTERM, then SIGKILL, by pid."""
-        pids = self.pids()
+    def kill(self, under: str | None = None) -> None:
+        """End exactly this cluster's processes (or one node's: :meth:`_ours`): SIGTERM, then
+        SIGKILL, by pid."""
+        pids = self.pids(under)
         for sig, grace in ((signal.SIGTERM, 2.0), (signal.SIGKILL, 5.0)):
             for pid in pids:
                 try:
@@ -255,7 +263,7 @@ class LocalRayCluster:
             deadline = time.monotonic() + grace
             while pids and time.monotonic() < deadline:
                 time.sleep(0.1)
-                pids = self.pids()
+                pids = self.pids(under)
             if not pids:
                 break
 

@@ -36,6 +36,7 @@ from distml.runtime.data import (
     validate_data,
 )
 from distml.runtime.splits import class_order
+from distml.runtime.threads import sized
 
 if TYPE_CHECKING:  # heavy: imported where used, so `distml validate` stays light
     import numpy as np
@@ -393,10 +394,10 @@ class SupervisedJob(Job):
 
         ctx.log.info("cross-validation: %d folds in parallel Ray tasks", split.cv)
         if prep_ref is None:
-            prep_ref = ray.remote(prepare_task).options(**opts).remote(self, ctx.data)
-        final_ref = ray.remote(_fit_task).options(**opts).remote(self, ctx.data, prep_ref)
+            prep_ref = ray.remote(sized(prepare_task)).options(**opts).remote(self, ctx.data)
+        final_ref = ray.remote(sized(_fit_task)).options(**opts).remote(self, ctx.data, prep_ref)
         fold_refs = [
-            ray.remote(_fold_task).options(**opts).remote(self, prep_ref, i)
+            ray.remote(sized(_fold_task)).options(**opts).remote(self, prep_ref, i)
             for i in range(split.cv)
         ]
         folds = ray.get(fold_refs)

@@ -32,6 +32,7 @@ from distml.runtime.node_start import (
     raylet_children,
     without_idle_monitors,
 )
+from distml.runtime.threads import preload_modules
 
 log = logging.getLogger("distml")
 PREFLIGHT_TIMEOUT_S = 10.0
@@ -134,7 +135,7 @@ def _start_local(num_cpus: int | None, num_gpus: int | None, preload: tuple[str,
             configure_logging=False,
             _system_config={
                 **CONNECT_RETRY,
-                **({"preload_python_modules": list(preload)} if preload else {}),
+                **({"preload_python_modules": preload_modules(preload)} if preload else {}),
             },
         )
 

@@ -22,6 +22,7 @@ import functools
 from typing import Any, Callable, Iterator
 
 from distml.errors import DistmlError, JobFailed, one_line
+from distml.runtime.threads import sized
 
 #: merge tasks take this many partial results each
 FAN_IN = 8
@@ -70,7 +71,7 @@ class Runner:
 
         key = (fn, tuple(sorted(options.items())))
         if key not in self._remotes:
-            self._remotes[key] = ray.remote(fn).options(**self.opts, **options)
+            self._remotes[key] = ray.remote(sized(fn)).options(**self.opts, **options)
         return self._remotes[key]
 
     def put(self, value):

@@ -365,8 +365,12 @@ def _launch(folder: Path, rec: dict, num_cpus, num_gpus, idle_timeout_s: float, 
         if num_gpus is not None:
             args += ["--num-gpus", str(num_gpus)]
         from distml.runtime.node_start import CONNECT_RETRY
+        from distml.runtime.threads import preload_modules
 
-        config = {**CONNECT_RETRY, **({"preload_python_modules": list(preload)} if preload else {})}
+        config = {
+            **CONNECT_RETRY,
+            **({"preload_python_modules": preload_modules(preload)} if preload else {}),
+        }
         args += ["--system-config", json.dumps(config)]
         out = subprocess.run(
             args,

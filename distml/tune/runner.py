@@ -17,6 +17,7 @@ from distml.jobs.base import JobOutput, RunContext
 from distml.registry import kind_module
 from distml.runtime import cluster
 from distml.runtime.artifacts import run_fingerprint
+from distml.runtime.threads import sized
 from distml.tune.kept import KeptStore
 from distml.tune.session import TrialPlan, fault_from_env, lookup_metric, trial_fn
 from distml.tune.space import Space
@@ -274,7 +275,7 @@ def _start_prepare(job, ctx: RunContext):
         return None
     res = ctx.spec.resources
     return (
-        ray.remote(_prepare)
+        ray.remote(sized(_prepare))
         .options(num_cpus=0, max_retries=res.max_failures, retry_exceptions=False)
         .remote(job, ctx.data)
     )

@@ -287,6 +287,9 @@ def trial_fn(config: dict, *, plan: TrialPlan, data: Any = None) -> None:
     from ray import tune
 
     from distml.registry import kind_module
+    from distml.runtime.threads import fit_pools
+
+    fit_pools()  # the trial's CPUs (its process may have imported libraries before)
 
     session = TrialSession(
         plan, load_checkpoint(tune.get_checkpoint()), tune.get_context().get_trial_name()

@@ -323,7 +323,7 @@ def test_a_runs_own_cluster_preloads_its_kinds_worker_modules(monkeypatch, tmp_p
 
     import distml
     from distml.jobs import kmeans, pca
-    from distml.runtime import cluster, node_start
+    from distml.runtime import cluster, node_start, threads
     from distml.spec import load_spec
 
     seen: list = []
@@ -350,14 +350,15 @@ def test_a_runs_own_cluster_preloads_its_kinds_worker_modules(monkeypatch, tmp_p
     with pytest.raises(Exception, match="no cluster"):
         distml.run(spec, output=tmp_path / "runs")
     mods = ["distml.jobs.kmeans", "pyarrow.parquet"]
-    assert seen[-1] == {**node_start.CONNECT_RETRY, "preload_python_modules": mods}
+    first = [threads.PRELOAD_FIRST]  # the thread-pool guard, then the kind's modules
+    assert seen[-1] == {**node_start.CONNECT_RETRY, "preload_python_modules": first + mods}
     with pytest.raises(Exception, match="no cluster"):
         distml.run(ROOT + "/jobs/quickstart.yaml", output=tmp_path / "runs")
     assert seen[-1] == node_start.CONNECT_RETRY  # a kind that names none: no preload
     with pytest.raises(Exception, match="no cluster"):  # a search: its trials' modules first
         distml.run(ROOT + "/jobs/tune_sklearn.yaml", output=tmp_path / "runs")
     tune_mods = ["ray.tune", "distml.tune.session"]
-    assert seen[-1] == {**node_start.CONNECT_RETRY, "preload_python_modules": tune_mods}
+    assert seen[-1] == {**node_start.CONNECT_RETRY, "preload_python_modules": first + tune_mods}
     from distml.tune import worker_modules  # a kind's own modules follow the trials'
 
     assert worker_modules(kmeans.Job(load_spec(spec))) == (*tune_mods, *mods)

@@ -29,6 +29,7 @@ from distml.jobs.ladder import stats
 from distml.jobs.ladder.spec import Candidate, Spec, check_candidate, formula_for, where
 from distml.jobs.ladder.tasks import fold_task, read_task, search_task
 from distml.runtime.data import DataInfo, read_frame, validate_data
+from distml.runtime.threads import sized
 
 WINNER_FILE = "model/ladder_winner.json"
 
@@ -256,7 +257,7 @@ class Job(BaseJob):
         columns = list(dict.fromkeys(c for r in runnable for c in r.columns))
         split = spec.data.split_spec
         frame_ref, folds_ref = (
-            ray.remote(read_task)
+            ray.remote(sized(read_task))
             .options(num_returns=2, **opts)
             .remote(spec.data.source, columns, spec.data.target, split, self.ladder_task)
         )
@@ -270,7 +271,7 @@ class Job(BaseJob):
         t0 = time.perf_counter()
         target = spec.data.target
         refs = {
-            (r.index, j): ray.remote(fold_task)
+            (r.index, j): ray.remote(sized(fold_task))
             .options(**opts)
             .remote(r.job, frame_ref, r.columns, train, test, r.nested(self.ladder_task, target))
             for r in runnable
@@ -484,7 +485,7 @@ class Job(BaseJob):
 
             rows = np.sort(np.concatenate(folds[0]))
             config, trials = ray.get(
-                ray.remote(search_task)
+                ray.remote(sized(search_task))
                 .options(**opts)
                 .remote(nested, frame_ref, winner.columns, rows)
             )

@@ -29,6 +29,7 @@ from distml.errors import DataError, JobFailed, one_line
 from distml.jobs.base import JobOutput, RunContext
 from distml.runtime import faults
 from distml.runtime import workers as D
+from distml.runtime.threads import fit_pools, sized
 
 
 def run_worker_group(job, ctx: RunContext, choice: D.Execution, prep_ref: Any = None) -> JobOutput:
@@ -47,7 +48,7 @@ def run_worker_group(job, ctx: RunContext, choice: D.Execution, prep_ref: Any = 
         scheduling_strategy="DEFAULT",
     )
     if prep_ref is None:
-        prep_ref = ray.remote(prepare_task).options(**opts).remote(job, ctx.data)
+        prep_ref = ray.remote(sized(prepare_task)).options(**opts).remote(job, ctx.data)
     # (1.5 s of imports, torch's and Train's: after the read started)
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -218,6 +219,7 @@ def _train_loop(config: dict) -> None:
     job = config["job"]
     m, res = job.spec.model, job.spec.resources
     torch.set_num_threads(max(1, int(res.cpus_per_worker)))
+    fit_pools(res.cpus_per_worker)
     prep = as_prepared(ray.get(config["prep"][0]))  # (a search's shared TuneData too)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()

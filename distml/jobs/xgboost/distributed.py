@@ -34,6 +34,7 @@ from distml.jobs.base import JobOutput, RunContext
 from distml.runtime import faults
 from distml.runtime import workers as D
 from distml.runtime.splits import class_order
+from distml.runtime.threads import sized
 
 if TYPE_CHECKING:  # heavy: imported where used, so `distml validate` stays light
     import numpy as np
@@ -322,7 +323,7 @@ def run_worker_group(job, ctx: RunContext, choice: D.Execution) -> JobOutput:
         scheduling_strategy="DEFAULT",
     )
     try:
-        plan, codes, y = ray.get(ray.remote(plan_task).options(**opts).remote(job, ctx.data))
+        plan, codes, y = ray.get(ray.remote(sized(plan_task)).options(**opts).remote(job, ctx.data))
     except ray.exceptions.RayTaskError as e:
         if isinstance(e.cause, DataError):
             raise e.cause from None

@@ -26,6 +26,7 @@ from distml.jobs.xgboost.distributed import (
 )
 from distml.runtime import faults
 from distml.runtime import workers as D
+from distml.runtime.threads import fit_pools
 
 
 def _read_shard(plan: Plan, codes, target: str):
@@ -47,6 +48,7 @@ def train_loop(config: dict) -> None:
     from distml.jobs._supervised import Prepared
 
     job, plan, labels = config["job"], config["plan"], config["labels"]
+    fit_pools(job.spec.resources.cpus_per_worker)
     t0 = time.perf_counter()
     started = time.time() - float(config.get("submitted_at") or time.time())
     shard = _read_shard(plan, config["codes"], config["target"])

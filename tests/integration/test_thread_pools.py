@@ -9,26 +9,17 @@ Ray's own preload and no distml guard, and shows the oversized pool the guard pr
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 
 import pytest
+
+from tests.fresh import json_of, unpinned_env
 
 pytestmark = [pytest.mark.allow_local_ray, pytest.mark.cluster]
 
 
 def _probe(source: str) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-c", source],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env={k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")},
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return json_of(source, env=unpinned_env())
 
 
 POOLS = """

@@ -4,24 +4,13 @@ are the process's own)."""
 from __future__ import annotations
 
 import inspect
-import json
-import os
-import subprocess
-import sys
 
 from distml.runtime import threads
+from tests.fresh import json_of, unpinned_env
 
 
 def _run(source: str) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-c", source],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")},
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return json_of(source, timeout=120, env=unpinned_env())
 
 
 def test_fit_pools_sizes_the_loaded_pools_and_the_environment():

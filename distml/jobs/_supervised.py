@@ -26,7 +26,7 @@ from distml import progress
 from distml.errors import DataError, JobFailed, error_text
 from distml.jobs.base import Job, JobOutput, RunContext
 from distml.runtime import metrics as M
-from distml.runtime import runners
+from distml.runtime import runners, threads
 from distml.runtime.data import (
     DataInfo,
     cv_indices,
@@ -36,7 +36,6 @@ from distml.runtime.data import (
     validate_data,
 )
 from distml.runtime.splits import class_order
-from distml.runtime.threads import sized
 
 if TYPE_CHECKING:  # heavy: imported where used, so `distml validate` stays light
     import numpy as np
@@ -394,11 +393,10 @@ class SupervisedJob(Job):
 
         ctx.log.info("cross-validation: %d folds in parallel Ray tasks", split.cv)
         if prep_ref is None:
-            prep_ref = ray.remote(sized(prepare_task)).options(**opts).remote(self, ctx.data)
-        final_ref = ray.remote(sized(_fit_task)).options(**opts).remote(self, ctx.data, prep_ref)
+            prep_ref = threads.remote(prepare_task, **opts).remote(self, ctx.data)
+        final_ref = threads.remote(_fit_task, **opts).remote(self, ctx.data, prep_ref)
         fold_refs = [
-            ray.remote(sized(_fold_task)).options(**opts).remote(self, prep_ref, i)
-            for i in range(split.cv)
+            threads.remote(_fold_task, **opts).remote(self, prep_ref, i) for i in range(split.cv)
         ]
         folds = ray.get(fold_refs)
         out = ray.get(final_ref)

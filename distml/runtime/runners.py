@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from distml.runtime.threads import sized
+from distml.runtime import threads
 
 NAMESPACE = "distml_warm"
 PREFIX = "distml_runner_"
@@ -222,7 +222,7 @@ def call(fn: Callable, args: tuple, options: dict, cluster: Any, facts: dict) ->
         else:
             why = f"turned off ({ENV}=0)" if n == 0 else "a GPU task"
         facts.update(runner=False, why=why)
-        return result(ray.remote(sized(fn)).options(**options).remote(*args))
+        return result(threads.remote(fn, **options).remote(*args))
     holder = f"{os.getpid()}-{time.time_ns()}"
     mine = identity()
     got, missing, notes = None, [], []
@@ -258,7 +258,7 @@ def call(fn: Callable, args: tuple, options: dict, cluster: Any, facts: dict) ->
     try:
         if got is None:
             facts.update(runner=False, why="; ".join(notes) or "none yet (created for next runs)")
-            return result(ray.remote(sized(fn)).options(**options).remote(*args))
+            return result(threads.remote(fn, **options).remote(*args))
         return _on_runner(got, holder, fn, args, options, facts)
     finally:
         for i in missing:
@@ -280,7 +280,7 @@ def _on_runner(got, holder: str, fn, args, options: dict, facts: dict) -> Any:
         remove_placement_group(pg)
         actor.release.remote(holder)
         facts.update(runner=False, why="the CPUs are busy")
-        return result(ray.remote(sized(fn)).options(**options).remote(*args))
+        return result(threads.remote(fn, **options).remote(*args))
     facts.update(runner=True, name=name, pid=ans["pid"], reused=ans["calls"] > 0)
     facts["reserve_s"] = round(time.perf_counter() - t0, 4)
     ref = actor.call.remote(holder, fn, args, cpus)
@@ -294,7 +294,7 @@ def _on_runner(got, holder: str, fn, args, options: dict, facts: dict) -> Any:
         _create(name)  # its replacement, for the next runs
         if retries <= 0:
             raise
-        retry = ray.remote(sized(fn)).options(**{**options, "max_retries": retries - 1})
+        retry = threads.remote(fn, **{**options, "max_retries": retries - 1})
         return result(retry.remote(*args))
     except BaseException:  # a stop of the run: Ray cannot interrupt the call, so end the runner
         if not ref_done(ref):

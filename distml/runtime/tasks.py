@@ -22,7 +22,7 @@ import functools
 from typing import Any, Callable, Iterator
 
 from distml.errors import DistmlError, JobFailed, one_line
-from distml.runtime.threads import sized
+from distml.runtime import threads
 
 #: merge tasks take this many partial results each
 FAN_IN = 8
@@ -67,11 +67,10 @@ class Runner:
 
     def remote(self, fn: Callable, **options):
         """``fn`` as a Ray remote function with the runner's options (plus ``options``)."""
-        import ray
 
         key = (fn, tuple(sorted(options.items())))
         if key not in self._remotes:
-            self._remotes[key] = ray.remote(sized(fn)).options(**self.opts, **options)
+            self._remotes[key] = threads.remote(fn, **self.opts, **options)
         return self._remotes[key]
 
     def put(self, value):

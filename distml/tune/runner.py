@@ -15,9 +15,8 @@ from ray import tune
 from distml.errors import DistmlError, JobFailed, error_text
 from distml.jobs.base import JobOutput, RunContext
 from distml.registry import kind_module
-from distml.runtime import cluster
+from distml.runtime import cluster, threads
 from distml.runtime.artifacts import run_fingerprint
-from distml.runtime.threads import sized
 from distml.tune.kept import KeptStore
 from distml.tune.session import TrialPlan, fault_from_env, lookup_metric, trial_fn
 from distml.tune.space import Space
@@ -269,16 +268,13 @@ def _start_prepare(job, ctx: RunContext):
     result. Reserving one, the placement group Tune requested for the second trial while it ran
     never became ready on a 2-CPU cluster in 2 of 4 runs, and the whole 64-trial search ran one
     trial at a time (search 16.5 s against 9.4-9.8 s; 4 of 4 runs concurrent without)."""
-    import ray
 
     if not job.tune_trial_hook:
         return None
     res = ctx.spec.resources
-    return (
-        ray.remote(sized(_prepare))
-        .options(num_cpus=0, max_retries=res.max_failures, retry_exceptions=False)
-        .remote(job, ctx.data)
-    )
+    return threads.remote(
+        _prepare, num_cpus=0, max_retries=res.max_failures, retry_exceptions=False
+    ).remote(job, ctx.data)
 
 
 def _tuner(

@@ -28,8 +28,8 @@ from distml.jobs.base import JobOutput, RunContext
 from distml.jobs.ladder import stats
 from distml.jobs.ladder.spec import Candidate, Spec, check_candidate, formula_for, where
 from distml.jobs.ladder.tasks import fold_task, read_task, search_task
+from distml.runtime import threads
 from distml.runtime.data import DataInfo, read_frame, validate_data
-from distml.runtime.threads import sized
 
 WINNER_FILE = "model/ladder_winner.json"
 
@@ -256,10 +256,8 @@ class Job(BaseJob):
         runnable = [r for r in self.rungs if not r.unavailable]
         columns = list(dict.fromkeys(c for r in runnable for c in r.columns))
         split = spec.data.split_spec
-        frame_ref, folds_ref = (
-            ray.remote(sized(read_task))
-            .options(num_returns=2, **opts)
-            .remote(spec.data.source, columns, spec.data.target, split, self.ladder_task)
+        frame_ref, folds_ref = threads.remote(read_task, num_returns=2, **opts).remote(
+            spec.data.source, columns, spec.data.target, split, self.ladder_task
         )
         folds = ray.get(folds_ref)
         ctx.log.info(
@@ -271,9 +269,9 @@ class Job(BaseJob):
         t0 = time.perf_counter()
         target = spec.data.target
         refs = {
-            (r.index, j): ray.remote(sized(fold_task))
-            .options(**opts)
-            .remote(r.job, frame_ref, r.columns, train, test, r.nested(self.ladder_task, target))
+            (r.index, j): threads.remote(fold_task, **opts).remote(
+                r.job, frame_ref, r.columns, train, test, r.nested(self.ladder_task, target)
+            )
             for r in runnable
             for j, (train, test) in enumerate(folds)
         }
@@ -485,9 +483,7 @@ class Job(BaseJob):
 
             rows = np.sort(np.concatenate(folds[0]))
             config, trials = ray.get(
-                ray.remote(sized(search_task))
-                .options(**opts)
-                .remote(nested, frame_ref, winner.columns, rows)
+                threads.remote(search_task, **opts).remote(nested, frame_ref, winner.columns, rows)
             )
             raw = apply_overrides(nested["base"], config)
             best = {

@@ -27,13 +27,12 @@ from typing import Any
 
 from distml.errors import DataError, JobFailed, one_line
 from distml.jobs.base import JobOutput, RunContext
-from distml.runtime import faults
+from distml.runtime import faults, threads
 from distml.runtime import workers as D
-from distml.runtime.threads import fit_pools, sized
+from distml.runtime.threads import fit_pools
 
 
 def run_worker_group(job, ctx: RunContext, choice: D.Execution, prep_ref: Any = None) -> JobOutput:
-    import ray
 
     from distml.jobs._supervised import prepare_task
 
@@ -48,7 +47,7 @@ def run_worker_group(job, ctx: RunContext, choice: D.Execution, prep_ref: Any = 
         scheduling_strategy="DEFAULT",
     )
     if prep_ref is None:
-        prep_ref = ray.remote(sized(prepare_task)).options(**opts).remote(job, ctx.data)
+        prep_ref = threads.remote(prepare_task, **opts).remote(job, ctx.data)
     # (1.5 s of imports, torch's and Train's: after the read started)
     from ray.train.torch import TorchConfig, TorchTrainer
 

@@ -31,10 +31,9 @@ from typing import TYPE_CHECKING
 
 from distml.errors import DataError, JobFailed, one_line
 from distml.jobs.base import JobOutput, RunContext
-from distml.runtime import faults
+from distml.runtime import faults, threads
 from distml.runtime import workers as D
 from distml.runtime.splits import class_order
-from distml.runtime.threads import sized
 
 if TYPE_CHECKING:  # heavy: imported where used, so `distml validate` stays light
     import numpy as np
@@ -323,7 +322,7 @@ def run_worker_group(job, ctx: RunContext, choice: D.Execution) -> JobOutput:
         scheduling_strategy="DEFAULT",
     )
     try:
-        plan, codes, y = ray.get(ray.remote(sized(plan_task)).options(**opts).remote(job, ctx.data))
+        plan, codes, y = ray.get(threads.remote(plan_task, **opts).remote(job, ctx.data))
     except ray.exceptions.RayTaskError as e:
         if isinstance(e.cause, DataError):
             raise e.cause from None

@@ -141,7 +141,7 @@ class Runner:
         self.calling = True
         before = set(sys.modules)
         try:
-            with _threads(cpus):
+            with threads.limited(cpus):
                 return fn(*args)
         finally:
             self.calls += 1
@@ -163,35 +163,6 @@ class Runner:
                 self.retire = f"holds {_rss() >> 20} MiB"
         finally:
             self.calling, self.holder = False, None
-
-
-class _threads:
-    """Thread pools limited to ``cpus`` for the call (as Ray's OMP_NUM_THREADS for a task)."""
-
-    def __init__(self, cpus: int) -> None:
-        self.cpus = max(1, int(cpus))
-        self.limits = None
-
-    def __enter__(self):
-        self.omp = os.environ.get("OMP_NUM_THREADS")
-        os.environ["OMP_NUM_THREADS"] = str(self.cpus)  # libraries first loaded by the call
-        try:
-            from threadpoolctl import threadpool_limits
-
-            self.limits = threadpool_limits(limits=self.cpus)
-        except Exception:  # noqa: BLE001 - without threadpoolctl the pools keep their size
-            self.limits = None
-        if "torch" in sys.modules:
-            sys.modules["torch"].set_num_threads(self.cpus)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.limits is not None:
-            self.limits.restore_original_limits()
-        if self.omp is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
-        else:
-            os.environ["OMP_NUM_THREADS"] = self.omp
 
 
 def wanted(cluster: Any) -> int:

@@ -21,6 +21,7 @@ import functools
 import inspect
 import math
 import os
+import sys
 from typing import Any, Callable
 
 #: the module a worker's preload imports first (it calls :func:`preload_defaults`)
@@ -97,3 +98,33 @@ def remote(fn: Callable, **options: Any):
     import ray
 
     return ray.remote(sized(fn)).options(**options)
+
+
+class limited:
+    """Thread pools limited to ``cpus`` for a call, restored after it (a warm runner's call,
+    in a process that serves many runs), torch's included."""
+
+    def __init__(self, cpus: int) -> None:
+        self.cpus = max(1, int(cpus))
+        self.limits = None
+
+    def __enter__(self):
+        self.omp = os.environ.get("OMP_NUM_THREADS")
+        os.environ["OMP_NUM_THREADS"] = str(self.cpus)  # libraries first loaded by the call
+        try:
+            from threadpoolctl import threadpool_limits
+
+            self.limits = threadpool_limits(limits=self.cpus)
+        except Exception:  # noqa: BLE001 - without threadpoolctl the pools keep their size
+            self.limits = None
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(self.cpus)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.limits is not None:
+            self.limits.restore_original_limits()
+        if self.omp is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = self.omp

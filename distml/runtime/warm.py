@@ -41,6 +41,7 @@ from typing import Iterator
 from distml.errors import ClusterError, SpecError
 from distml.runtime import procs
 from distml.runtime.leases import active_leases, last_activity, lease  # noqa: F401
+from distml.runtime.threads import preload_modules
 
 STATE_ENV = "DISTML_STATE_DIR"
 MARK_ENV = "DISTML_WARM_MARK"
@@ -365,7 +366,6 @@ def _launch(folder: Path, rec: dict, num_cpus, num_gpus, idle_timeout_s: float, 
         if num_gpus is not None:
             args += ["--num-gpus", str(num_gpus)]
         from distml.runtime.node_start import CONNECT_RETRY
-        from distml.runtime.threads import preload_modules
 
         config = {
             **CONNECT_RETRY,

@@ -113,6 +113,9 @@ class Runner:
     their own concurrency group, so a busy runner still answers them."""
 
     def __init__(self) -> None:
+        # the warm cluster's preload, which Ray gives only the workers it prestarted: a runner
+        # is created for later runs (not waited for), so its imports are off their path
+        threads.import_each(threads.warm_modules())
         self.identity = identity()
         self.roots = _trusted_roots()
         self.holder: str | None = None

@@ -41,15 +41,16 @@ from typing import Iterator
 from distml.errors import ClusterError, SpecError
 from distml.runtime import procs
 from distml.runtime.leases import active_leases, last_activity, lease  # noqa: F401
-from distml.runtime.threads import preload_modules
+from distml.runtime.threads import WARM_PRELOAD_ENV, preload_modules
 
 STATE_ENV = "DISTML_STATE_DIR"
 MARK_ENV = "DISTML_WARM_MARK"
 RECORD = "cluster.json"
 DEFAULT_IDLE_TIMEOUT = "30m"
-# Imported by every worker process of the warm head before it takes work (Ray's
-# ``preload_python_modules``): a run's first task then finds distml and its kind's libraries
-# loaded instead of importing them (see docs/clusters.md for the measurement).
+# Imported by the worker processes Ray prestarts for no job (the first runs' tasks) and by the
+# warm runners, before they take work: their tasks find distml and the kind's libraries loaded
+# instead of importing them. Workers started for a run import what the run needs themselves
+# (:func:`distml.runtime.threads.warm_preload`; docs/clusters.md has the measurements).
 PRELOAD = (
     "distml.jobs.xgboost",
     "distml.jobs.sklearn",
@@ -304,7 +305,14 @@ def _launch(folder: Path, rec: dict, num_cpus, num_gpus, idle_timeout_s: float, 
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN", MARK_ENV)
+        if k
+        not in (
+            "RAY_ADDRESS",
+            "RAY_API_SERVER_ADDRESS",
+            "RAY_AUTH_TOKEN",
+            MARK_ENV,
+            WARM_PRELOAD_ENV,
+        )
     }
     env.update(
         {
@@ -313,6 +321,7 @@ def _launch(folder: Path, rec: dict, num_cpus, num_gpus, idle_timeout_s: float, 
             "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
             "RAY_USAGE_STATS_ENABLED": "0",
             "PYTHONPATH": os.pathsep.join([src, *filter(None, [env.get("PYTHONPATH")])]),
+            **({WARM_PRELOAD_ENV: ",".join(preload)} if preload else {}),
         }
     )
     rec.update(
@@ -369,7 +378,8 @@ def _launch(folder: Path, rec: dict, num_cpus, num_gpus, idle_timeout_s: float, 
 
         config = {
             **CONNECT_RETRY,
-            **({"preload_python_modules": preload_modules(preload)} if preload else {}),
+            # the guard alone: it imports ``preload`` in the workers bound to no job
+            **({"preload_python_modules": preload_modules(())} if preload else {}),
         }
         args += ["--system-config", json.dumps(config)]
         out = subprocess.run(

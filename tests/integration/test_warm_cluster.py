@@ -215,3 +215,60 @@ def test_idle_timeout_stops_it(warm_env):
     assert "idle for" in log and "stopping" in log
     code, st, _ = cli(env, "cluster", "status")
     assert code == 3 and st["status"] == "down"
+
+
+PRELOAD_PROBE = """
+import json, os, sys, time
+import ray
+from distml.runtime import warm
+from distml.runtime.cluster import cluster
+
+def probe():
+    import os, sys
+    seen = {"pid": os.getpid(), "guard": "distml.runtime.preload" in sys.modules,
+            "warm": {m: m in sys.modules for m in WARM}}
+    time.sleep(1.5)  # the two tasks run at once, in two processes
+    return seen
+
+WARM = list(warm.PRELOAD)
+with cluster() as info:
+    remote = ray.remote(num_cpus=1)(probe)
+    seen = ray.get([remote.remote() for _ in range(2)])
+print(json.dumps({"mode": info.mode, "seen": seen}))
+"""
+
+
+def _probe_run(env: dict) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", PRELOAD_PROBE],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=ROOT,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_only_workers_prestarted_for_no_job_import_the_warm_preload(warm_env):
+    """The warm preload goes to the workers Ray prestarts for no job (the first run's tasks
+    take them); a worker started for a later run imports only Ray's worker and the thread
+    guard, and the run's own modules when its tasks need them."""
+    env, seen = warm_env
+    code, _, err = cli(env, "cluster", "start", "--cpus", "2", "--idle-timeout", "10m")
+    assert code == 0, err[-3000:]
+    rec = warm.read_record()
+    seen.append(rec)
+    assert rec["preload"] == list(warm.PRELOAD)
+    everything = dict.fromkeys(warm.PRELOAD, True)
+    nothing = dict.fromkeys(warm.PRELOAD, False)
+    first = _probe_run(env)  # the first driver takes the workers Ray prestarted (one per CPU)
+    assert first["mode"] == "warm" and len({s["pid"] for s in first["seen"]}) == 2
+    assert [s["warm"] for s in first["seen"]] == [everything, everything]
+    assert all(s["guard"] for s in first["seen"])
+    later = _probe_run(env)  # those ended with the first job: workers started for this one
+    assert later["mode"] == "warm"
+    assert not {s["pid"] for s in later["seen"]} & {s["pid"] for s in first["seen"]}
+    assert [s["warm"] for s in later["seen"]] == [nothing, nothing]
+    assert all(s["guard"] for s in later["seen"])

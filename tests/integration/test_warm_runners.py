@@ -58,27 +58,29 @@ def _ran(manifest: dict) -> dict:
     return manifest["execution"]["warm_runner"]
 
 
-def _runner_pids(rec: dict) -> list[int]:
+def _runner_pids(rec: dict, ready: bool = False) -> list[int]:
+    """The runners' processes; ``ready``: those whose actor is created (Ray titles the process
+    ``ray::RunnerActor.__init__`` while its ``__init__`` runs, ``ray::RunnerActor`` after)."""
     found = []
     for pid in warm.processes(rec):
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
         except OSError:
             continue
-        if "RunnerActor" in cmd:
+        if "RunnerActor" in cmd and not (ready and "RunnerActor.__init__" in cmd):
             found.append(pid)
     return found
 
 
 def _await_runner(rec: dict, besides: tuple[int, ...] = (), count: int = 1) -> int:
-    """The pid of a runner other than ``besides`` once its actor is up (Ray titles the
-    process ``ray::RunnerActor`` when the actor is created): a run only uses a ready runner,
-    and a slow machine may take seconds to start one."""
+    """The pid of a runner other than ``besides`` once its actor is up (its ``__init__``, the
+    warm preload's imports and the code identity, done): a run only uses a ready runner, and a
+    slow machine may take seconds to start one."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        ready = [p for p in _runner_pids(rec) if p not in besides]
+        ready = [p for p in _runner_pids(rec, ready=True) if p not in besides]
         if len(ready) >= count:
-            time.sleep(1.0)  # its __init__ (the code identity) done
+            time.sleep(1.0)
             return ready[0]
         time.sleep(0.2)
     raise AssertionError("no runner came up")
@@ -91,6 +93,8 @@ def test_runs_reuse_a_runner_with_the_plain_task_result(warm_env, tmp_path):
     assert m1["cluster"]["mode"] == "warm"
     assert _ran(m1) == {"runner": False, "why": "none yet (created for next runs)"}
     _await_runner(rec, count=2)  # one per CPU
+    for pid in _runner_pids(rec, ready=True):  # each imported the warm preload as it started
+        assert "libxgboost" in Path(f"/proc/{pid}/maps").read_text()
     second, m2 = _run(env, tmp_path / "r")
     third, m3 = _run(env, tmp_path / "r")
     r2, r3 = _ran(m2), _ran(m3)

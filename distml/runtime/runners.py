@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from distml.runtime import threads
+from distml.runtime import threads, warm_workers
 
 NAMESPACE = "distml_warm"
 PREFIX = "distml_runner_"
@@ -115,7 +115,7 @@ class Runner:
     def __init__(self) -> None:
         # the warm cluster's preload, which Ray gives only the workers it prestarted: a runner
         # is created for later runs (not waited for), so its imports are off their path
-        threads.import_each(threads.warm_modules())
+        warm_workers.import_each(warm_workers.warm_modules())
         self.identity = identity()
         self.roots = _trusted_roots()
         self.holder: str | None = None

@@ -24,11 +24,8 @@ import os
 import sys
 from typing import Any, Callable
 
-#: the module a worker's preload imports first (it calls :func:`preload_defaults`, then
-#: :func:`warm_preload`)
+#: the module a worker's preload imports first (it calls :func:`preload_defaults`)
 PRELOAD_FIRST = "distml.runtime.preload"
-#: set on the warm cluster's head: the modules its workers import while bound to no job
-WARM_PRELOAD_ENV = "DISTML_WARM_PRELOAD"
 
 _applied: int | None = None  # the pool size this process last set
 
@@ -37,45 +34,6 @@ def preload_defaults() -> None:
     """Before a worker's preloaded imports: their pools start with one thread (what Ray sets
     for a 1-CPU task), unless the environment chose a size."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-
-def bound_to_job() -> bool:
-    """Whether this Ray worker process was started for a job. Ray starts a worker with the
-    job's id in ``RAY_JOB_ID``; the workers it prestarts for no job have the nil id (all
-    ``f``). Outside a worker: False."""
-    return bool(os.environ.get("RAY_JOB_ID", "").strip("f"))
-
-
-def warm_modules() -> tuple[str, ...]:
-    """The warm cluster's preload (:data:`WARM_PRELOAD_ENV`, set on its head, which its
-    workers inherit); empty elsewhere."""
-    names = (m.strip() for m in os.environ.get(WARM_PRELOAD_ENV, "").split(","))
-    return tuple(m for m in names if m)
-
-
-def import_each(modules) -> list[str]:
-    """Import ``modules``, each on its own (one that fails is said on stderr and skipped, as
-    Ray's preload does); the ones that failed."""
-    import importlib
-
-    failed = []
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except Exception as e:  # noqa: BLE001 - a preload only saves time
-            failed.append(name)
-            print(f"distml preload: cannot import {name}: {e!r}", file=sys.stderr)
-    return failed
-
-
-def warm_preload() -> None:
-    """The warm cluster's preload, in a worker that Ray prestarted for no job: the first
-    runs' tasks find distml and their kind's libraries imported. A worker started for a job
-    (a run's tasks, trials and worker groups, started while that run waits) imports only what
-    its own work needs, when it needs it: the whole preload cost every such process about a
-    second it rarely used (docs/clusters.md)."""
-    if not bound_to_job():
-        import_each(warm_modules())
 
 
 def preload_modules(modules) -> list[str]:

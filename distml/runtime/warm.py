@@ -39,9 +39,10 @@ from pathlib import Path
 from typing import Iterator
 
 from distml.errors import ClusterError, SpecError
-from distml.runtime import procs
+from distml.runtime import procs, warm_workers
 from distml.runtime.leases import active_leases, last_activity, lease  # noqa: F401
-from distml.runtime.threads import WARM_PRELOAD_ENV, preload_modules
+from distml.runtime.threads import preload_modules
+from distml.runtime.warm_workers import WARM_PRELOAD_ENV
 
 STATE_ENV = "DISTML_STATE_DIR"
 MARK_ENV = "DISTML_WARM_MARK"
@@ -254,6 +255,7 @@ def _public(rec: dict) -> dict:
         "pids",
         "watchdog_pid",
         "preload",
+        "workers_ready",
         "state_dir",
     )
     return {k: rec.get(k) for k in keep}
@@ -322,6 +324,7 @@ def _launch(folder: Path, rec: dict, num_cpus, num_gpus, idle_timeout_s: float, 
             "RAY_USAGE_STATS_ENABLED": "0",
             "PYTHONPATH": os.pathsep.join([src, *filter(None, [env.get("PYTHONPATH")])]),
             **({WARM_PRELOAD_ENV: ",".join(preload)} if preload else {}),
+            warm_workers.READY_ENV: os.path.join(base, "ready"),
         }
     )
     rec.update(
@@ -408,6 +411,14 @@ def _launch(folder: Path, rec: dict, num_cpus, num_gpus, idle_timeout_s: float, 
         raise ClusterError(f"`ray start --head` failed for the warm cluster: {last.strip()}")
     write_record(rec, folder)
     (folder / "last_used").touch()
+    # Ray prestarts the head's workers for the first driver: one connected now, so that the
+    # first run finds them started, with the preload imported
+    ready = Path(base, "ready")
+    ready.mkdir(exist_ok=True)
+    expected = warm_workers.expected_workers(num_cpus) if preload else 0
+    n, seconds = warm_workers.prime(rec["address"], env, ready, expected)
+    rec.update(workers_ready=n, prime_s=round(seconds, 3))
+    write_record(rec, folder)
     if idle_timeout_s > 0:
         log_path = folder / "watchdog.log"
         with open(log_path, "ab") as log_fh:

@@ -19,7 +19,7 @@ import urllib.request
 
 import pytest
 
-from distml.runtime import procs, warm
+from distml.runtime import procs, warm, warm_workers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EQUAL = ("train", "valid", "test", "best_iteration", "num_boosted_rounds")
@@ -255,16 +255,25 @@ def test_only_workers_prestarted_for_no_job_import_the_warm_preload(warm_env):
     """The warm preload goes to the workers Ray prestarts for no job (the first run's tasks
     take them); a worker started for a later run imports only Ray's worker and the thread
     guard, and the run's own modules when its tasks need them."""
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("Ray prestarts one worker per core: two are needed for the two tasks")
     env, seen = warm_env
-    code, _, err = cli(env, "cluster", "start", "--cpus", "2", "--idle-timeout", "10m")
+    code, started, err = cli(env, "cluster", "start", "--cpus", "2", "--idle-timeout", "10m")
     assert code == 0, err[-3000:]
     rec = warm.read_record()
     seen.append(rec)
     assert rec["preload"] == list(warm.PRELOAD)
+    # the start connected a driver, so Ray prestarted the workers (one per CPU on a machine of
+    # at least 2 cores), and it returned once both had imported the preload
+    want = warm_workers.expected_workers(2)
+    assert started["workers_ready"] == want == rec["workers_ready"] >= 1
+    assert len(os.listdir(os.path.join(rec["temp_dir"], "ready"))) == want
     everything = dict.fromkeys(warm.PRELOAD, True)
     nothing = dict.fromkeys(warm.PRELOAD, False)
-    first = _probe_run(env)  # the first driver takes the workers Ray prestarted (one per CPU)
+    first = _probe_run(env)  # the first run takes the workers Ray prestarted
     assert first["mode"] == "warm" and len({s["pid"] for s in first["seen"]}) == 2
+    marked = {int(p) for p in os.listdir(os.path.join(rec["temp_dir"], "ready"))}
+    assert {s["pid"] for s in first["seen"]} == marked
     assert [s["warm"] for s in first["seen"]] == [everything, everything]
     assert all(s["guard"] for s in first["seen"])
     later = _probe_run(env)  # those ended with the first job: workers started for this one

@@ -73,33 +73,3 @@ def test_sized_sizes_first_keeps_the_name_and_a_generator_function_stays_one(mon
         threads.PRELOAD_FIRST,
         "numpy",
     ]
-
-
-def test_the_guard_imports_the_warm_preload_only_in_a_worker_bound_to_no_job():
-    source = """
-import json, sys
-import distml.runtime.preload
-print(json.dumps({m: m in sys.modules for m in ("colorsys", "wave")}))
-"""
-    warm = {threads.WARM_PRELOAD_ENV: "colorsys, wave,no_such_module_here"}
-    env = unpinned_env()
-    prestarted = json_of(source, env={**env, **warm, "RAY_JOB_ID": "ffffffff"})
-    assert prestarted == {"colorsys": True, "wave": True}  # the missing one said, skipped
-    bound = json_of(source, env={**env, **warm, "RAY_JOB_ID": "02000000"})
-    assert bound == {"colorsys": False, "wave": False}
-    cold = json_of(source, env={**env, "RAY_JOB_ID": "ffffffff"})  # no warm preload set
-    assert cold == {"colorsys": False, "wave": False}
-
-
-def test_warm_modules_and_bound_to_job_read_the_environment(monkeypatch, capsys):
-    monkeypatch.delenv("RAY_JOB_ID", raising=False)
-    monkeypatch.delenv(threads.WARM_PRELOAD_ENV, raising=False)
-    assert not threads.bound_to_job() and threads.warm_modules() == ()
-    monkeypatch.setenv("RAY_JOB_ID", "ffffffff")
-    assert not threads.bound_to_job()
-    monkeypatch.setenv("RAY_JOB_ID", "0a000000")
-    assert threads.bound_to_job()
-    monkeypatch.setenv(threads.WARM_PRELOAD_ENV, "a.b,, c")
-    assert threads.warm_modules() == ("a.b", "c")
-    assert threads.import_each(("json", "no_such_module_here")) == ["no_such_module_here"]
-    assert "cannot import no_such_module_here" in capsys.readouterr().err

@@ -1,0 +1,116 @@
+"""The warm cluster's worker processes: which ones import its preload, and having them ready
+before the first run.
+
+Ray binds a worker process to the job (driver) that first uses it and ends it with that job.
+The workers Ray prestarts (one per CPU, up to the machine's cores) when the first driver
+connects are bound to no job: they import the warm preload (:data:`WARM_PRELOAD_ENV`, set on
+the head; the thread guard :mod:`distml.runtime.preload`, which Ray preloads, calls
+:func:`warm_preload`), and the first runs' tasks take them. A worker started for a run (its
+tasks, trials and worker groups, started while that run waits) imports only what its own work
+needs, when it needs it: the whole preload cost every such process about a second, mostly for
+libraries it never used (docs/clusters.md). The runners (:mod:`distml.runtime.runners`) import
+the preload as they are created, for later runs.
+
+:func:`prime` connects one driver at ``distml cluster start`` so that Ray prestarts those
+workers then, and waits until each has imported the preload (it leaves a mark in
+:data:`READY_ENV`'s folder): the first run finds them ready instead of waiting for them.
+
+Imported by every worker process of the warm head (the guard): standard library only.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+#: set on the warm cluster's head: the modules its workers import while bound to no job
+WARM_PRELOAD_ENV = "DISTML_WARM_PRELOAD"
+#: set on the warm cluster's head: the folder where a prestarted worker marks its preload done
+READY_ENV = "DISTML_WARM_READY"
+#: how long ``cluster start`` waits for the prestarted workers' preload
+PRIME_WAIT_S = 60.0
+
+
+def bound_to_job() -> bool:
+    """Whether this Ray worker process was started for a job. Ray starts a worker with the
+    job's id in ``RAY_JOB_ID``; the workers it prestarts for no job have the nil id (all
+    ``f``). Outside a worker: False."""
+    return bool(os.environ.get("RAY_JOB_ID", "").strip("f"))
+
+
+def warm_modules() -> tuple[str, ...]:
+    """The warm cluster's preload (:data:`WARM_PRELOAD_ENV`, set on its head, which its
+    workers inherit); empty elsewhere."""
+    names = (m.strip() for m in os.environ.get(WARM_PRELOAD_ENV, "").split(","))
+    return tuple(m for m in names if m)
+
+
+def import_each(modules) -> list[str]:
+    """Import ``modules``, each on its own (one that fails is said on stderr and skipped, as
+    Ray's preload does); the ones that failed."""
+    import importlib
+
+    failed = []
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # noqa: BLE001 - a preload only saves time
+            failed.append(name)
+            print(f"distml preload: cannot import {name}: {e!r}", file=sys.stderr)
+    return failed
+
+
+def warm_preload() -> None:
+    """In a worker of the warm head bound to no job: import the warm preload, then mark this
+    process ready. A worker started for a job imports nothing here."""
+    if bound_to_job():
+        return
+    import_each(warm_modules())
+    folder = os.environ.get(READY_ENV)
+    if folder:
+        try:
+            Path(folder, str(os.getpid())).touch()
+        except OSError:  # the head is being stopped (its temporary folder gone)
+            pass
+
+
+def expected_workers(num_cpus: int | None) -> int:
+    """How many workers Ray prestarts for the first driver: one per CPU of the head, at most
+    one per core of the machine (Ray's start-up concurrency)."""
+    cores = os.cpu_count() or 1
+    return max(0, min(cores if num_cpus is None else num_cpus, cores))
+
+
+def prime(address: str, env: dict, ready: Path, expected: int, wait_s: float = PRIME_WAIT_S):
+    """Connect a driver to the head at ``address`` and leave (Ray prestarts its workers for
+    the first driver, bound to no job, and keeps them idle), then wait until ``expected`` of
+    them marked ``ready`` or ``wait_s`` passed. Returns ``(workers ready, seconds)``; never
+    raises for a head that does not answer (the start checked it just before)."""
+    t0 = time.monotonic()
+    code = (
+        "import sys, ray\n"
+        "ray.init(address=sys.argv[1], log_to_driver=False, configure_logging=False)\n"
+        "ray.shutdown()\n"
+    )
+    try:
+        subprocess.run(
+            [sys.executable, "-c", code, address],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=wait_s,
+            check=False,
+            cwd="/",
+        )
+    except subprocess.TimeoutExpired:
+        pass
+    n = 0
+    while time.monotonic() - t0 < wait_s:
+        n = len(list(ready.iterdir())) if ready.is_dir() else 0
+        if n >= expected:
+            break
+        time.sleep(0.05)
+    return n, time.monotonic() - t0

@@ -1,0 +1,62 @@
+"""``distml.runtime.warm_workers``: which worker processes import the warm preload (in fresh
+processes: the guard runs as Ray's preload would run it), and the ready marks ``cluster start``
+waits for."""
+
+from __future__ import annotations
+
+import os
+
+from distml.runtime import warm_workers
+from tests.fresh import json_of, unpinned_env
+
+
+def test_the_guard_imports_the_warm_preload_only_in_a_worker_bound_to_no_job():
+    source = """
+import json, sys
+import distml.runtime.preload
+print(json.dumps({m: m in sys.modules for m in ("colorsys", "wave")}))
+"""
+    warm = {warm_workers.WARM_PRELOAD_ENV: "colorsys, wave,no_such_module_here"}
+    env = unpinned_env()
+    prestarted = json_of(source, env={**env, **warm, "RAY_JOB_ID": "ffffffff"})
+    assert prestarted == {"colorsys": True, "wave": True}  # the missing one said, skipped
+    bound = json_of(source, env={**env, **warm, "RAY_JOB_ID": "02000000"})
+    assert bound == {"colorsys": False, "wave": False}
+    cold = json_of(source, env={**env, "RAY_JOB_ID": "ffffffff"})  # no warm preload set
+    assert cold == {"colorsys": False, "wave": False}
+
+
+def test_warm_modules_and_bound_to_job_read_the_environment(monkeypatch, capsys):
+    monkeypatch.delenv("RAY_JOB_ID", raising=False)
+    monkeypatch.delenv(warm_workers.WARM_PRELOAD_ENV, raising=False)
+    assert not warm_workers.bound_to_job() and warm_workers.warm_modules() == ()
+    monkeypatch.setenv("RAY_JOB_ID", "ffffffff")
+    assert not warm_workers.bound_to_job()
+    monkeypatch.setenv("RAY_JOB_ID", "0a000000")
+    assert warm_workers.bound_to_job()
+    monkeypatch.setenv(warm_workers.WARM_PRELOAD_ENV, "a.b,, c")
+    assert warm_workers.warm_modules() == ("a.b", "c")
+    assert warm_workers.import_each(("json", "no_such_module_here")) == ["no_such_module_here"]
+    assert "cannot import no_such_module_here" in capsys.readouterr().err
+
+
+def test_a_prestarted_worker_marks_its_preload_done_and_a_bound_one_does_not(tmp_path):
+    ready = tmp_path / "ready"
+    ready.mkdir()
+    source = "import json, os\nimport distml.runtime.preload\nprint(json.dumps(os.getpid()))\n"
+    env = {**unpinned_env(), warm_workers.WARM_PRELOAD_ENV: "colorsys"}
+    env[warm_workers.READY_ENV] = str(ready)
+    prestarted = json_of(source, env={**env, "RAY_JOB_ID": "ffffffff"})
+    assert os.listdir(ready) == [str(prestarted)]
+    json_of(source, env={**env, "RAY_JOB_ID": "03000000"})
+    assert os.listdir(ready) == [str(prestarted)]
+    gone = {**env, "RAY_JOB_ID": "ffffffff", warm_workers.READY_ENV: str(tmp_path / "no")}
+    json_of(source, env=gone)  # a head being stopped: the mark is skipped, the worker goes on
+
+
+def test_expected_workers_is_one_per_cpu_up_to_the_cores(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert warm_workers.expected_workers(None) == 2
+    assert warm_workers.expected_workers(1) == 1
+    assert warm_workers.expected_workers(4) == 2
+    assert warm_workers.expected_workers(0) == 0

@@ -14,7 +14,7 @@ from typing import Any, Iterable, Iterator, Mapping
 from distml import progress
 from distml.errors import DistmlError, JobFailed, SpecError
 from distml.result import Result
-from distml.runtime import interrupts
+from distml.runtime import interrupts, warm_workers
 from distml.spec import JobSpec, load_spec
 
 log = logging.getLogger("distml")
@@ -425,13 +425,18 @@ def _execute(job, job_spec, info, run_dir, address, resume, manifest, timings, u
     res = job_spec.resources
     progress.current().stage("cluster")
     with ExitStack() as stack:
-        preload = job.worker_modules()
+        preload = run_preload = job.worker_modules()
         if job_spec.tune is not None:
             from distml.tune import worker_modules
 
             preload = worker_modules(job)
+            # a search's trials on the warm cluster: Tune and the warm cluster's libraries,
+            # imported as their processes start (docs/clusters.md, "Runs of many tasks")
+            run_preload = (*preload, warm_workers.WARM_LIST)
         cl = stack.enter_context(
-            nullcontext(up) if up is not None else cluster(address, preload=preload)
+            nullcontext(up)
+            if up is not None
+            else cluster(address, preload=preload, run_preload=run_preload)
         )
         interrupts.rearm()
         if up is None:

@@ -26,6 +26,7 @@ from typing import Iterator
 from urllib.parse import urlparse
 
 from distml.errors import ClusterError, first_line
+from distml.runtime import warm_workers
 from distml.runtime.node_start import (
     CONNECT_RETRY,
     quick_node_start,
@@ -165,10 +166,13 @@ def cluster(
     num_cpus: int | None = None,
     num_gpus: int | None = None,
     preload: tuple[str, ...] = (),
+    run_preload: tuple[str, ...] = (),
 ) -> Iterator[ClusterInfo]:
     """Yield a connected Ray for the run; shut down only what this call started. ``preload``:
     modules the workers of a cluster started here import as they start (the run's kind's,
-    :meth:`distml.jobs.base.Job.worker_modules`); a warm or remote cluster keeps its own."""
+    :meth:`distml.jobs.base.Job.worker_modules`); ``run_preload``: those the workers the warm
+    cluster starts for this run import as they start (:func:`warm_workers.declare`); a remote
+    cluster keeps its own."""
     t0 = time.monotonic()
     if "ray" in sys.modules and sys.modules["ray"].is_initialized():
         yield ClusterInfo("existing", None, None, _resources(), 0.0)
@@ -186,7 +190,11 @@ def cluster(
                     k: rec.get(k)
                     for k in ("started_at", "distml_version", "ray_version", "state_dir", "preload")
                 }
-                yield info
+                warm_workers.declare(run_preload)
+                try:
+                    yield info
+                finally:
+                    warm_workers.forget()
         return
     mode = "connected" if addr else "local"
     with _ray(addr, source, num_cpus, num_gpus, t0, mode, () if addr else preload) as info:

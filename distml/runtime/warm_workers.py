@@ -63,10 +63,54 @@ def import_each(modules) -> list[str]:
     return failed
 
 
+#: Ray's key-value store: what the workers started for a run import (key: the run's job id)
+RUN_NAMESPACE = "distml_run_preload"
+#: in a run's list (:func:`declare`): the warm cluster's own preload
+WARM_LIST = "+warm"
+
+
+def declare(modules) -> None:
+    """In a run's driver connected to the warm head: the workers Ray starts for this run
+    import ``modules`` as they start (:func:`warm_preload` reads them)."""
+    import ray
+    from ray.experimental.internal_kv import _internal_kv_put
+
+    job = ray.get_runtime_context().get_job_id()
+    if modules:
+        _internal_kv_put(job, ",".join(modules), overwrite=True, namespace=RUN_NAMESPACE)
+
+
+def forget() -> None:
+    """The run's entry gone from the store (at the end of the run, while still connected)."""
+    import ray
+    from ray.experimental.internal_kv import _internal_kv_del
+
+    try:
+        _internal_kv_del(ray.get_runtime_context().get_job_id(), namespace=RUN_NAMESPACE)
+    except Exception:  # noqa: BLE001 - the head may be gone; the entry dies with it
+        pass
+
+
+def _declared() -> tuple[str, ...]:
+    """What this worker's run declared (none if it declared nothing or cannot be asked)."""
+    try:
+        from ray.experimental.internal_kv import _internal_kv_get
+
+        got = _internal_kv_get(os.environ["RAY_JOB_ID"], namespace=RUN_NAMESPACE)
+    except Exception:  # noqa: BLE001 - a preload only saves time
+        return ()
+    names = [m for m in (got or b"").decode().split(",") if m]
+    return tuple(
+        dict.fromkeys(w for m in names for w in (warm_modules() if m == WARM_LIST else [m]))
+    )
+
+
 def warm_preload() -> None:
     """In a worker of the warm head bound to no job: import the warm preload, then mark this
-    process ready. A worker started for a job imports nothing here."""
+    process ready. A worker started for a run imports what that run declared."""
     if bound_to_job():
+        if os.environ.get(READY_ENV):  # (the warm head's workers only)
+            import_each(_declared())
         return
     import_each(warm_modules())
     folder = os.environ.get(READY_ENV)

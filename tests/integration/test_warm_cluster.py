@@ -220,7 +220,7 @@ def test_idle_timeout_stops_it(warm_env):
 PRELOAD_PROBE = """
 import json, os, sys, time
 import ray
-from distml.runtime import warm
+from distml.runtime import warm, warm_workers
 from distml.runtime.cluster import cluster
 
 def probe():
@@ -230,17 +230,20 @@ def probe():
     time.sleep(1.5)  # the two tasks run at once, in two processes
     return seen
 
-WARM = list(warm.PRELOAD)
-with cluster() as info:
+WARM = list(warm.PRELOAD) + ["tabnanny"]
+with cluster(run_preload=tuple(sys.argv[1:])) as info:
+    from ray.experimental.internal_kv import _internal_kv_list
+    declared = sorted(k.decode() for k in _internal_kv_list("", namespace=warm_workers.RUN_NAMESPACE))
     remote = ray.remote(num_cpus=1)(probe)
     seen = ray.get([remote.remote() for _ in range(2)])
-print(json.dumps({"mode": info.mode, "seen": seen}))
+    job = ray.get_runtime_context().get_job_id()
+print(json.dumps({"mode": info.mode, "seen": seen, "declared": declared, "job": job}))
 """
 
 
-def _probe_run(env: dict) -> dict:
+def _probe_run(env: dict, *run_preload: str) -> dict:
     out = subprocess.run(
-        [sys.executable, "-c", PRELOAD_PROBE],
+        [sys.executable, "-c", PRELOAD_PROBE, *run_preload],
         capture_output=True,
         text=True,
         timeout=180,
@@ -268,8 +271,8 @@ def test_only_workers_prestarted_for_no_job_import_the_warm_preload(warm_env):
     want = warm_workers.expected_workers(2)
     assert started["workers_ready"] == want == rec["workers_ready"] >= 1
     assert len(os.listdir(os.path.join(rec["temp_dir"], "ready"))) == want
-    everything = dict.fromkeys(warm.PRELOAD, True)
-    nothing = dict.fromkeys(warm.PRELOAD, False)
+    everything = {**dict.fromkeys(warm.PRELOAD, True), "tabnanny": False}
+    nothing = dict.fromkeys([*warm.PRELOAD, "tabnanny"], False)
     first = _probe_run(env)  # the first run takes the workers Ray prestarted
     assert first["mode"] == "warm" and len({s["pid"] for s in first["seen"]}) == 2
     marked = {int(p) for p in os.listdir(os.path.join(rec["temp_dir"], "ready"))}
@@ -281,3 +284,10 @@ def test_only_workers_prestarted_for_no_job_import_the_warm_preload(warm_env):
     assert not {s["pid"] for s in later["seen"]} & {s["pid"] for s in first["seen"]}
     assert [s["warm"] for s in later["seen"]] == [nothing, nothing]
     assert all(s["guard"] for s in later["seen"])
+    assert later["declared"] == first["declared"] == []
+    # a run that declares modules (a search: Tune and the warm cluster's libraries) has its
+    # own workers import them as they start; the entry is gone once the run is
+    declared = _probe_run(env, "tabnanny", warm_workers.WARM_LIST)
+    assert declared["declared"] == [declared["job"]]
+    assert [s["warm"] for s in declared["seen"]] == [dict(everything, tabnanny=True)] * 2
+    assert _probe_run(env)["declared"] == []

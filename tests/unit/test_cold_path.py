@@ -415,3 +415,39 @@ def test_skops_imports_without_walking_the_packages_its_estimator_list_skips():
     assert got["same_trust"] and got["n"] > 150
     assert set(got["installed"]) <= set(got["plain_imports"])  # the probe sees the plain walk's
     assert got["round_trip"] == [0, 1]
+
+
+def test_a_run_declares_what_the_warm_clusters_workers_started_for_it_import(monkeypatch, tmp_path):
+    """``distml.run`` hands ``cluster`` the run's list for the warm cluster's workers started
+    for it (:func:`distml.runtime.warm_workers.declare`): the kind's worker modules, and for a
+    search Tune's and the warm cluster's own preload."""
+    import distml
+    from distml.runtime import cluster, warm_workers
+
+    seen: list = []
+
+    def fake_cluster(address=None, **kwargs):
+        seen.append(kwargs)
+        raise RuntimeError("no cluster in a unit test")
+
+    monkeypatch.setattr(cluster, "cluster", fake_cluster)
+    data = tmp_path / "d.parquet"
+    import pandas as pd
+
+    pd.DataFrame({"a": [0.0, 1.0, 2.0, 3.0], "b": [1.0, 0.0, 1.0, 0.0]}).to_parquet(data)
+    spec = {
+        "name": "p",
+        "kind": "kmeans",
+        "data": {"source": str(data)},
+        "model": {"n_clusters": 2},
+    }
+    runs = (
+        (spec, ("distml.jobs.kmeans", "pyarrow.parquet")),
+        (ROOT + "/jobs/quickstart.yaml", ()),
+        (ROOT + "/jobs/tune_sklearn.yaml", ("ray.tune", "distml.tune.session", "+warm")),
+    )
+    for source, want in runs:
+        with pytest.raises(Exception, match="no cluster"):
+            distml.run(source, output=tmp_path / "runs")
+        assert seen[-1]["run_preload"] == want
+    assert warm_workers.WARM_LIST == "+warm"

@@ -60,3 +60,27 @@ def test_expected_workers_is_one_per_cpu_up_to_the_cores(monkeypatch):
     assert warm_workers.expected_workers(1) == 1
     assert warm_workers.expected_workers(4) == 2
     assert warm_workers.expected_workers(0) == 0
+
+
+def test_a_worker_started_for_a_run_imports_what_the_run_declared(monkeypatch):
+    """``_declared`` reads the run's entry (by the worker's job id) and expands the warm
+    cluster's own list; the guard imports it only in a bound worker of the warm head."""
+    from ray.experimental import internal_kv
+
+    store = {("0b000000", warm_workers.RUN_NAMESPACE): b"json,+warm,wave"}
+    monkeypatch.setattr(
+        internal_kv, "_internal_kv_get", lambda key, namespace=None: store.get((key, namespace))
+    )
+    monkeypatch.setenv("RAY_JOB_ID", "0b000000")
+    monkeypatch.setenv(warm_workers.WARM_PRELOAD_ENV, "colorsys,json")
+    assert warm_workers._declared() == ("json", "colorsys", "wave")
+    monkeypatch.setenv("RAY_JOB_ID", "0c000000")  # a run that declared nothing
+    assert warm_workers._declared() == ()
+    source = """
+import json, sys
+import distml.runtime.preload
+print(json.dumps("tabnanny" in sys.modules))
+"""
+    # outside a Ray worker the store cannot be asked: nothing is imported, nothing fails
+    env = {**unpinned_env(), "RAY_JOB_ID": "0b000000", warm_workers.READY_ENV: "/nonexistent"}
+    assert json_of(source, env=env) is False

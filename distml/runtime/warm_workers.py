@@ -73,18 +73,28 @@ def declare(modules) -> None:
     """In a run's driver connected to the warm head: the workers Ray starts for this run
     import ``modules`` as they start (:func:`warm_preload` reads them)."""
     import ray
+
+    if not modules or not ray.is_initialized():  # (Ray's store would start a local Ray)
+        return
     from ray.experimental.internal_kv import _internal_kv_put
 
-    job = ray.get_runtime_context().get_job_id()
-    if modules:
+    try:
+        job = ray.get_runtime_context().get_job_id()
         _internal_kv_put(job, ",".join(modules), overwrite=True, namespace=RUN_NAMESPACE)
+    except Exception as e:  # noqa: BLE001 - a preload only saves time: the run goes on
+        print(
+            f"distml: the warm cluster's workers get no list for this run: {e!r}", file=sys.stderr
+        )
 
 
 def forget() -> None:
-    """The run's entry gone from the store (at the end of the run, while still connected)."""
+    """The run's entry gone from the store (at the end of the run, while still connected; a
+    driver killed before that leaves its few bytes until the head stops)."""
     import ray
     from ray.experimental.internal_kv import _internal_kv_del
 
+    if not ray.is_initialized():
+        return
     try:
         _internal_kv_del(ray.get_runtime_context().get_job_id(), namespace=RUN_NAMESPACE)
     except Exception:  # noqa: BLE001 - the head may be gone; the entry dies with it
@@ -94,8 +104,11 @@ def forget() -> None:
 def _declared() -> tuple[str, ...]:
     """What this worker's run declared (none if it declared nothing or cannot be asked)."""
     try:
+        import ray
         from ray.experimental.internal_kv import _internal_kv_get
 
+        if not ray.is_initialized():
+            return ()
         got = _internal_kv_get(os.environ["RAY_JOB_ID"], namespace=RUN_NAMESPACE)
     except Exception:  # noqa: BLE001 - a preload only saves time
         return ()

@@ -65,12 +65,14 @@ def test_expected_workers_is_one_per_cpu_up_to_the_cores(monkeypatch):
 def test_a_worker_started_for_a_run_imports_what_the_run_declared(monkeypatch):
     """``_declared`` reads the run's entry (by the worker's job id) and expands the warm
     cluster's own list; the guard imports it only in a bound worker of the warm head."""
+    import ray
     from ray.experimental import internal_kv
 
     store = {("0b000000", warm_workers.RUN_NAMESPACE): b"json,+warm,wave"}
     monkeypatch.setattr(
         internal_kv, "_internal_kv_get", lambda key, namespace=None: store.get((key, namespace))
     )
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)  # (a worker of the head)
     monkeypatch.setenv("RAY_JOB_ID", "0b000000")
     monkeypatch.setenv(warm_workers.WARM_PRELOAD_ENV, "colorsys,json")
     assert warm_workers._declared() == ("json", "colorsys", "wave")
@@ -84,3 +86,27 @@ print(json.dumps("tabnanny" in sys.modules))
     # outside a Ray worker the store cannot be asked: nothing is imported, nothing fails
     env = {**unpinned_env(), "RAY_JOB_ID": "0b000000", warm_workers.READY_ENV: "/nonexistent"}
     assert json_of(source, env=env) is False
+
+
+def test_a_list_that_cannot_be_stored_never_fails_the_run(monkeypatch, capsys):
+    """A store that refuses the run's list: said, not raised. Outside a connected driver
+    nothing is asked of Ray (its store would start a local Ray)."""
+    import ray
+    from ray.experimental import internal_kv
+
+    warm_workers.declare(("json",))
+    warm_workers.forget()
+    assert not ray.is_initialized() and capsys.readouterr().err == ""
+
+    def refuse(*args, **kwargs):
+        raise ConnectionError("the GCS went away")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(
+        ray, "get_runtime_context", lambda: type("C", (), {"get_job_id": lambda self: "0d000000"})()
+    )
+    monkeypatch.setattr(internal_kv, "_internal_kv_put", refuse)
+    monkeypatch.setattr(internal_kv, "_internal_kv_del", refuse)
+    warm_workers.declare(("json",))
+    assert "get no list for this run: ConnectionError" in capsys.readouterr().err
+    warm_workers.forget()  # (silent: the entry dies with the head)

@@ -192,8 +192,12 @@ def run(opts: H.Options) -> dict[str, Any]:
     warm_env = {**env, "DISTML_STATE_DIR": str(opts.workdir / "warm-state")}
     sizes = _sizes(opts)
     cluster = [H.bin_path("distml"), "cluster"]
-    H.run_timed([*cluster, "start", "--json"], warm_env)
+    started = H.run_timed([*cluster, "start", "--json"], warm_env)
     try:
+        # the first run after `cluster start` (untimed in the ratios: what a user meets first)
+        first = _distml_side(sizes[0], opts, warm_env, [1000])()
+        if first["cluster_mode"] != "warm":
+            raise H.BenchmarkError(f"the first warm run ran on a {first['cluster_mode']!r} cluster")
         results = {s["size"]: _one_size(s, opts, env, warm_env) for s in sizes}
     finally:
         H.run_timed([*cluster, "stop", "--json"], warm_env)
@@ -208,6 +212,14 @@ def run(opts: H.Options) -> dict[str, Any]:
         },
         "xgboost_nthread": opts.threads,
         "sizes": results,
+        "warm_cluster_start_s": round(started.wall_s, 4),
+        "workers_ready": H.last_json(started.stdout).get("workers_ready"),
+        "first_warm_run": {
+            "wall_s": round(first["wall_s"], 4),
+            "stages_s": first["stages"],
+            "warm_runner": first["warm_runner"],
+            "ratio": H.ratio(first["wall_s"], results["small"]["baseline"]["wall_s"]["median"]),
+        },
     }
     fixed = small["overhead_s"]["median"]
     split: dict[str, Any] = {
@@ -237,6 +249,8 @@ def run(opts: H.Options) -> dict[str, Any]:
         "meets_target": small["ratio"] is not None and small["ratio"] <= TARGET_RATIO,
         "ratio_small_warm": small.get("ratio_warm"),
         "target_ratio_warm": 1.5,
+        "first_warm_run_ratio": out["first_warm_run"]["ratio"],
+        "warm_cluster_start_s": out["warm_cluster_start_s"],
         "ratio_large": results.get("large", {}).get("ratio"),
         "fit_ratio_large": results.get("large", {}).get("fit_ratio"),
         "distml_median_s": {k: v["distml"]["wall_s"]["median"] for k, v in results.items()},

@@ -313,6 +313,20 @@ def test_the_distml_command_exits_through_the_quick_exit():
     assert done.returncode == 2 and "does not exist" in done.stderr
 
 
+def _kmeans_spec(tmp_path) -> dict:
+    """A k-means spec on a small parquet file (a kind that names worker modules)."""
+    import pandas as pd
+
+    data = tmp_path / "d.parquet"
+    pd.DataFrame({"a": [0.0, 1.0, 2.0, 3.0], "b": [1.0, 0.0, 1.0, 0.0]}).to_parquet(data)
+    return {
+        "name": "p",
+        "kind": "kmeans",
+        "data": {"source": str(data)},
+        "model": {"n_clusters": 2},
+    }
+
+
 def test_a_runs_own_cluster_preloads_its_kinds_worker_modules(monkeypatch, tmp_path):
     """``distml.run`` starts a cluster of its own with the kind's worker modules for Ray's
     ``preload_python_modules`` (the prestarted workers import them while the driver plans);
@@ -337,16 +351,7 @@ def test_a_runs_own_cluster_preloads_its_kinds_worker_modules(monkeypatch, tmp_p
     monkeypatch.setattr(cluster, "_shutdown", lambda started_here: None)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setenv("DISTML_STATE_DIR", str(tmp_path / "state"))  # no warm cluster
-    data = tmp_path / "d.parquet"
-    import pandas as pd
-
-    pd.DataFrame({"a": [0.0, 1.0, 2.0, 3.0], "b": [1.0, 0.0, 1.0, 0.0]}).to_parquet(data)
-    spec = {
-        "name": "p",
-        "kind": "kmeans",
-        "data": {"source": str(data)},
-        "model": {"n_clusters": 2},
-    }
+    spec = _kmeans_spec(tmp_path)
     with pytest.raises(Exception, match="no cluster"):
         distml.run(spec, output=tmp_path / "runs")
     mods = ["distml.jobs.kmeans", "pyarrow.parquet"]
@@ -431,16 +436,7 @@ def test_a_run_declares_what_the_warm_clusters_workers_started_for_it_import(mon
         raise RuntimeError("no cluster in a unit test")
 
     monkeypatch.setattr(cluster, "cluster", fake_cluster)
-    data = tmp_path / "d.parquet"
-    import pandas as pd
-
-    pd.DataFrame({"a": [0.0, 1.0, 2.0, 3.0], "b": [1.0, 0.0, 1.0, 0.0]}).to_parquet(data)
-    spec = {
-        "name": "p",
-        "kind": "kmeans",
-        "data": {"source": str(data)},
-        "model": {"n_clusters": 2},
-    }
+    spec = _kmeans_spec(tmp_path)
     runs = (
         (spec, ("distml.jobs.kmeans", "pyarrow.parquet")),
         (ROOT + "/jobs/quickstart.yaml", ()),

@@ -50,8 +50,8 @@ RECORD = "cluster.json"
 DEFAULT_IDLE_TIMEOUT = "30m"
 # Imported by the worker processes Ray prestarts for no job (the first runs' tasks) and by the
 # warm runners, before they take work: their tasks find distml and the kind's libraries loaded
-# instead of importing them. Workers started for a run import what the run needs themselves
-# (:func:`distml.runtime.threads.warm_preload`; docs/clusters.md has the measurements).
+# instead of importing them. Workers started for a run import what that run declared
+# (:mod:`distml.runtime.warm_workers`; docs/clusters.md has the measurements).
 PRELOAD = (
     "distml.jobs.xgboost",
     "distml.jobs.sklearn",

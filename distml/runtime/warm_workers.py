@@ -6,10 +6,11 @@ The workers Ray prestarts (one per CPU, up to the machine's cores) when the firs
 connects are bound to no job: they import the warm preload (:data:`WARM_PRELOAD_ENV`, set on
 the head; the thread guard :mod:`distml.runtime.preload`, which Ray preloads, calls
 :func:`warm_preload`), and the first runs' tasks take them. A worker started for a run (its
-tasks, trials and worker groups, started while that run waits) imports only what its own work
-needs, when it needs it: the whole preload cost every such process about a second, mostly for
-libraries it never used (docs/clusters.md). The runners (:mod:`distml.runtime.runners`) import
-the preload as they are created, for later runs.
+tasks, trials and worker groups, started while that run waits) imports what the run declared
+(:func:`declare`, through Ray's key-value store: the kind's worker modules; for a search Tune's
+and the warm list) and nothing else: the whole preload cost every such process about a second,
+mostly for libraries it never used (docs/clusters.md). The runners
+(:mod:`distml.runtime.runners`) import the preload as they are created, for later runs.
 
 :func:`prime` connects one driver at ``distml cluster start`` so that Ray prestarts those
 workers then, and waits until each has imported the preload (it leaves a mark in

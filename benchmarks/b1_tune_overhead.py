@@ -31,8 +31,9 @@ search there pays a worker start that no run's search pays.) Sides, alternated a
   --json``, a process of its own that connects to the warm cluster; its ``search_s`` again), and
   ``distml_sleep_warm`` / ``distml_sleep_2x_warm`` are the 1-second trials run by the same
   Tuner in a driver of their own (``python -m benchmarks.b1_tune_overhead --warm-sleep``) that
-  gets its cluster as ``distml run`` does (:func:`distml.runtime.cluster.cluster`), timing
-  ``Tuner.fit`` only. (``distml run`` has no kind whose trials take a set time, so the sleeping
+  gets its cluster as ``distml run`` does for a search (:func:`distml.runtime.cluster.cluster`,
+  declaring Tune and the warm list, so that its trial processes are started as it connects),
+  timing ``Tuner.fit`` only (which starts at once: no planning hides their start). (``distml run`` has no kind whose trials take a set time, so the sleeping
   trials cannot go through it.) Every warm-side sample must say ``cluster.mode: warm``; this
   process's own Ray and the cold sides never look for the warm cluster (another state folder).
 
@@ -250,13 +251,26 @@ def warm_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, required=True)
     ap.add_argument("--store", required=True)
     args = ap.parse_args(argv)
+    from distml.runtime import warm_workers
     from distml.runtime.cluster import cluster
+    from distml.tune import TRIAL_MODULES
 
-    with cluster() as info:
+    # what a run's search declares (distml.api._execute; these trials have no kind): its trial
+    # processes import Tune and the warm list, and are started as it connects
+    with cluster(run_preload=(*TRIAL_MODULES, warm_workers.WARM_LIST)) as info:
         r = _fit_distml(
             _sleeper, args.trials, args.store, args.concurrency, {"sleep_s": args.sleep}
         )
-    print(json.dumps({**r, "cluster_mode": info.mode, "connect_s": round(info.start_s, 4)}))
+    print(
+        json.dumps(
+            {
+                **r,
+                "cluster_mode": info.mode,
+                "connect_s": round(info.start_s, 4),
+                "prestarted": (info.warm or {}).get("prestarted"),
+            }
+        )
+    )
     return 0
 
 

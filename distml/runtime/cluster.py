@@ -22,6 +22,7 @@ import threading
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlparse
 
@@ -171,7 +172,8 @@ def cluster(
     """Yield a connected Ray for the run; shut down only what this call started. ``preload``:
     modules the workers of a cluster started here import as they start (the run's kind's,
     :meth:`distml.jobs.base.Job.worker_modules`); ``run_preload``: those the workers the warm
-    cluster starts for this run import as they start (:func:`warm_workers.declare`); a remote
+    cluster starts for this run import as they start (:func:`warm_workers.declare`), and a run
+    that names any has them started as it connects (:func:`warm_workers.prestart`); a remote
     cluster keeps its own."""
     t0 = time.monotonic()
     if "ray" in sys.modules and sys.modules["ray"].is_initialized():
@@ -191,6 +193,10 @@ def cluster(
                     for k in ("started_at", "distml_version", "ray_version", "state_dir", "preload")
                 }
                 warm_workers.declare(run_preload)
+                if run_preload:  # a run whose work starts worker processes of its own
+                    info.warm["prestarted"] = warm_workers.prestart(
+                        info.resources.get("CPU"), Path(rec["temp_dir"], "ready")
+                    )
                 try:
                     yield info
                 finally:

@@ -14,7 +14,9 @@ mostly for libraries it never used (docs/clusters.md). The runners
 
 :func:`prime` connects one driver at ``distml cluster start`` so that Ray prestarts those
 workers then, and waits until each has imported the preload (it leaves a mark in
-:data:`READY_ENV`'s folder): the first run finds them ready instead of waiting for them.
+:data:`READY_ENV`'s folder): the first run finds them ready instead of waiting for them. A later
+run that declared a list has its own workers started as it connects (:func:`prestart`), while
+its driver plans.
 
 Imported by every worker process of the warm head (the guard): standard library only.
 """
@@ -100,6 +102,65 @@ def forget() -> None:
         _internal_kv_del(ray.get_runtime_context().get_job_id(), namespace=RUN_NAMESPACE)
     except Exception:  # noqa: BLE001 - the head may be gone; the entry dies with it
         pass
+
+
+#: how long the head keeps a run's prestarted workers although idle (:func:`prestart`); after
+#: that they are idle workers like any other
+PRESTART_KEEP_S = 60
+
+
+def idle_unbound(ready: Path) -> int:
+    """How many of the workers Ray prestarted for no job (each marked in ``ready`` by
+    :func:`warm_preload`) are alive and idle: the next run's tasks and actors take those. A
+    worker a run took dies when that run ends (Linux; elsewhere none are counted)."""
+    n = 0
+    for mark in ready.iterdir() if ready.is_dir() else ():
+        try:
+            with open(f"/proc/{int(mark.name)}/cmdline", "rb") as fh:
+                n += fh.read().startswith(b"ray::IDLE")
+        except (OSError, ValueError):
+            pass
+    return n
+
+
+def prestart(cpus, ready: Path) -> int:
+    """In a run's driver connected to the warm head, for a run whose work starts worker
+    processes of its own (out-of-core tasks, search trials: it declared a list): have the head
+    start them now, one per CPU (at most one per core, :func:`expected_workers`) less the idle
+    ones bound to no job, so that they start, and import what the run declared, while the
+    driver plans. Ray starts a run's workers only when its work asks for them (ahead of time
+    only for a cluster's first driver), and gives an actor (a trial) only a worker that never
+    ran a task, so a run cannot warm them by running tasks itself: this asks the raylet
+    (its ``PrestartWorkers`` call; private API, tests/unit/test_ray_private_apis.py) for
+    workers of this job, kept :data:`PRESTART_KEEP_S` although idle. Returns how many it asked
+    for; never raises (a warning on stderr: the run goes on, its workers start when asked)."""
+    import ray
+
+    want = expected_workers(int(cpus or 0)) - idle_unbound(ready)
+    if want <= 0 or not ray.is_initialized():
+        return 0
+    try:
+        from ray._private.grpc_utils import init_grpc_channel
+        from ray.core.generated import common_pb2, node_manager_pb2, node_manager_pb2_grpc
+
+        node = ray._private.worker.global_worker.node
+        channel = init_grpc_channel(f"{node.node_ip_address}:{node.node_manager_port}")
+        try:
+            node_manager_pb2_grpc.NodeManagerServiceStub(channel).PrestartWorkers(
+                node_manager_pb2.PrestartWorkersRequest(
+                    language=common_pb2.PYTHON,
+                    job_id=bytes.fromhex(ray.get_runtime_context().get_job_id()),
+                    num_workers=want,
+                    keep_alive_duration_secs=PRESTART_KEEP_S,
+                ),
+                timeout=5,
+            )
+        finally:
+            channel.close()
+    except Exception as e:  # noqa: BLE001 - only saves time: the run's work starts them
+        print(f"distml: the warm cluster did not start this run's workers: {e!r}", file=sys.stderr)
+        return 0
+    return want
 
 
 def _declared() -> tuple[str, ...]:

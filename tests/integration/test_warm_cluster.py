@@ -219,36 +219,51 @@ def test_idle_timeout_stops_it(warm_env):
 
 PRELOAD_PROBE = """
 import json, os, sys, time
-import ray
+import psutil, ray
 from distml.runtime import warm, warm_workers
 from distml.runtime.cluster import cluster
 
 def probe():
     import os, sys
     seen = {"pid": os.getpid(), "guard": "distml.runtime.preload" in sys.modules,
-            "warm": {m: m in sys.modules for m in WARM}}
+            "warm": {m: m in sys.modules for m in WARM},
+            "started": psutil.Process().create_time()}
     time.sleep(1.5)  # the two tasks run at once, in two processes
     return seen
 
+class Probe:  # an actor (a trial's process): Ray gives it a worker that never ran a task
+    def seen(self):
+        return probe()
+
 WARM = list(warm.PRELOAD) + ["tabnanny"]
-with cluster(run_preload=tuple(sys.argv[1:])) as info:
+with cluster(run_preload=tuple(sys.argv[2:])) as info:
     from ray.experimental.internal_kv import _internal_kv_list
     declared = sorted(k.decode() for k in _internal_kv_list("", namespace=warm_workers.RUN_NAMESPACE))
-    remote = ray.remote(num_cpus=1)(probe)
-    seen = ray.get([remote.remote() for _ in range(2)])
+    time.sleep(float(sys.argv[1]))  # the driver planning
+    # in the clock of psutil's create_time (boot time + time since boot: the same rounding)
+    asked = psutil.boot_time() + time.clock_gettime(time.CLOCK_BOOTTIME)
+    if os.environ.get("PROBE_ACTORS"):
+        actors = [ray.remote(num_cpus=1)(Probe).remote() for _ in range(2)]
+        seen = ray.get([a.seen.remote() for a in actors])
+    else:
+        remote = ray.remote(num_cpus=1)(probe)
+        seen = ray.get([remote.remote() for _ in range(2)])
     job = ray.get_runtime_context().get_job_id()
-print(json.dumps({"mode": info.mode, "seen": seen, "declared": declared, "job": job}))
+print(json.dumps({"mode": info.mode, "seen": seen, "declared": declared, "job": job,
+                  "prestarted": info.warm.get("prestarted"), "asked": asked}))
 """
 
 
-def _probe_run(env: dict, *run_preload: str) -> dict:
+def _probe_run(env: dict, *run_preload: str, wait_s: float = 0.0, actors: bool = False) -> dict:
+    """A driver on the warm cluster (declaring ``run_preload``) that runs two probes at once,
+    ``wait_s`` after it connected: tasks, or with ``actors`` two actors."""
     out = subprocess.run(
-        [sys.executable, "-c", PRELOAD_PROBE, *run_preload],
+        [sys.executable, "-c", PRELOAD_PROBE, str(wait_s), *run_preload],
         capture_output=True,
         text=True,
         timeout=180,
         cwd=ROOT,
-        env=env,
+        env=dict(env, PROBE_ACTORS="1") if actors else env,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -273,8 +288,11 @@ def test_only_workers_prestarted_for_no_job_import_the_warm_preload(warm_env):
     assert len(os.listdir(os.path.join(rec["temp_dir"], "ready"))) == want
     everything = {**dict.fromkeys(warm.PRELOAD, True), "tabnanny": False}
     nothing = dict.fromkeys([*warm.PRELOAD, "tabnanny"], False)
-    first = _probe_run(env)  # the first run takes the workers Ray prestarted
+    # the first run takes the workers Ray prestarted; they are idle, so although it declares
+    # a list it has none started for itself (their preload is the warm list, not its list)
+    first = _probe_run(env, "tabnanny")
     assert first["mode"] == "warm" and len({s["pid"] for s in first["seen"]}) == 2
+    assert first["prestarted"] == 0 and first["declared"] == [first["job"]]
     marked = {int(p) for p in os.listdir(os.path.join(rec["temp_dir"], "ready"))}
     assert {s["pid"] for s in first["seen"]} == marked
     assert [s["warm"] for s in first["seen"]] == [everything, everything]
@@ -284,10 +302,21 @@ def test_only_workers_prestarted_for_no_job_import_the_warm_preload(warm_env):
     assert not {s["pid"] for s in later["seen"]} & {s["pid"] for s in first["seen"]}
     assert [s["warm"] for s in later["seen"]] == [nothing, nothing]
     assert all(s["guard"] for s in later["seen"])
-    assert later["declared"] == first["declared"] == []
+    assert later["declared"] == [] and later["prestarted"] is None
     # a run that declares modules (a search: Tune and the warm cluster's libraries) has its
     # own workers import them as they start; the entry is gone once the run is
     declared = _probe_run(env, "tabnanny", warm_workers.WARM_LIST)
     assert declared["declared"] == [declared["job"]]
     assert [s["warm"] for s in declared["seen"]] == [dict(everything, tabnanny=True)] * 2
     assert _probe_run(env)["declared"] == []
+    # such a run has its workers started as it connects, while its driver plans, not when its
+    # work asks: its actors (a search's trials) get processes that started before they were
+    # created, with the list already imported
+    early = _probe_run(env, "tabnanny", wait_s=4.0, actors=True)
+    assert early["prestarted"] == want
+    assert all(s["started"] < early["asked"] for s in early["seen"]), early
+    assert [s["warm"]["tabnanny"] for s in early["seen"]] == [True, True]
+    # without the list, the same actors start when created
+    plain = _probe_run(env, wait_s=4.0, actors=True)
+    assert plain["prestarted"] is None
+    assert all(s["started"] > plain["asked"] for s in plain["seen"]), plain

@@ -18,6 +18,11 @@ Every other use of Ray in distml, its tests and benchmarks goes through public A
   ``distml.runtime.cluster._reset_token_cache``. Ray reads ``RAY_AUTH_MODE`` once per process;
   a process that imported Ray first must re-read it to connect to the token-authenticated
   warm cluster.
+- The raylet's ``PrestartWorkers`` call (``node_manager_pb2``, through
+  ``ray._private.grpc_utils.init_grpc_channel``, at ``global_worker.node``'s address):
+  ``distml.runtime.warm_workers.prestart``. Ray starts a job's workers ahead only for the first
+  driver of a cluster; a later run on the warm cluster has no public way to have its workers
+  started while it plans.
 
 The call sites look these up defensively (a changed Ray gets the slow or less detailed path, not
 a crash), which is exactly why these tests must be the loud part. Each failure message names the
@@ -325,3 +330,34 @@ def test_config_initialize_rereads_the_auth_mode_from_the_environment(monkeypatc
     finally:
         monkeypatch.undo()
         _reset_token_cache()
+
+
+_PRESTART = "distml.runtime.warm_workers.prestart (a warm run's workers started as it connects)"
+
+
+def test_the_raylet_still_takes_the_prestart_request_distml_sends():
+    """The raylet's ``PrestartWorkers`` call, its request's fields, the authenticated channel
+    Ray's own tools use to reach a raylet, and where a connected driver finds its raylet.
+    tests/integration/test_warm_cluster.py runs it against a real head."""
+    import ray
+    from ray._private import grpc_utils
+    from ray._private.node import Node
+    from ray.core.generated import common_pb2, node_manager_pb2, node_manager_pb2_grpc
+
+    assert callable(getattr(grpc_utils, "init_grpc_channel", None)), _ray_changed(
+        "ray._private.grpc_utils.init_grpc_channel", _PRESTART
+    )
+    assert hasattr(node_manager_pb2_grpc.NodeManagerServiceServicer, "PrestartWorkers"), (
+        _ray_changed("NodeManagerService.PrestartWorkers", _PRESTART)
+    )
+    fields = set(node_manager_pb2.PrestartWorkersRequest.DESCRIPTOR.fields_by_name)
+    wanted = {"language", "job_id", "num_workers", "keep_alive_duration_secs"}
+    assert wanted <= fields, _ray_changed("PrestartWorkersRequest", _PRESTART, f"{fields}")
+    assert common_pb2.PYTHON == common_pb2.Language.Value("PYTHON")
+    assert hasattr(ray._private.worker, "global_worker"), _ray_changed(
+        "ray._private.worker.global_worker", _PRESTART
+    )
+    for name in ("node_ip_address", "node_manager_port"):
+        assert isinstance(getattr(Node, name, None), property), _ray_changed(
+            f"ray._private.node.Node.{name}", _PRESTART
+        )

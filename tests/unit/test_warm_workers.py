@@ -113,3 +113,51 @@ def test_a_list_that_cannot_be_stored_never_fails_the_run(monkeypatch, capsys):
     warm_workers.declare(("json",))
     assert "get no list for this run: ConnectionError" in capsys.readouterr().err
     warm_workers.forget()  # (silent: the entry dies with the head)
+
+
+def test_idle_unbound_counts_the_marked_workers_alive_and_idle(tmp_path):
+    """The marks of the workers Ray prestarted for no job: one alive and titled ``ray::IDLE``
+    counts; a process doing other work, a dead pid and a stray file do not."""
+    import shutil
+    import subprocess
+    import sys
+
+    ready = tmp_path / "ready"
+    assert warm_workers.idle_unbound(ready) == 0  # no folder (a head started before marks)
+    ready.mkdir()
+    idle = subprocess.Popen(["ray::IDLE", "60"], executable=shutil.which("sleep"))  # its title
+    try:
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        for name in (idle.pid, os.getpid(), dead.pid, "not-a-pid"):
+            (ready / str(name)).touch()
+        assert warm_workers.idle_unbound(ready) == 1
+    finally:
+        idle.kill()
+        idle.wait()
+    assert warm_workers.idle_unbound(ready) == 0
+
+
+def test_prestart_asks_for_none_when_enough_are_idle_and_never_fails_the_run(
+    tmp_path, monkeypatch, capsys
+):
+    """``prestart`` wants one worker per CPU (up to the cores) less the idle unbound ones;
+    outside a connected driver it asks nothing, and a raylet that cannot be asked is a warning
+    on stderr, not an error."""
+    import ray
+
+    monkeypatch.setattr(warm_workers, "idle_unbound", lambda ready: 1)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    assert warm_workers.prestart(1.0, tmp_path) == 0  # 1 CPU, 1 idle: none to start
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    assert warm_workers.prestart(2.0, tmp_path) == 0  # (Ray not connected: nothing asked)
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+
+    def gone():
+        raise ConnectionError("the raylet went away")
+
+    monkeypatch.setattr(ray, "get_runtime_context", gone)
+    assert warm_workers.prestart(2.0, tmp_path) == 0
+    assert "did not start this run's workers" in capsys.readouterr().err

@@ -32,7 +32,8 @@ search there pays a worker start that no run's search pays.) Sides, alternated a
   ``distml_sleep_warm`` / ``distml_sleep_2x_warm`` are the 1-second trials run by the same
   Tuner in a driver of their own (``python -m benchmarks.b1_tune_overhead --warm-sleep``) that
   gets its cluster as ``distml run`` does for a search (:func:`distml.runtime.cluster.cluster`,
-  declaring Tune and the warm list, so that its trial processes are started as it connects),
+  declaring Tune's modules, so that its trial processes are started as it connects; not the
+  warm list, the libraries of a kind, which these trials do not have),
   timing ``Tuner.fit`` only (which starts at once: no planning hides their start). (``distml run`` has no kind whose trials take a set time, so the sleeping
   trials cannot go through it.) Every warm-side sample must say ``cluster.mode: warm``; this
   process's own Ray and the cold sides never look for the warm cluster (another state folder).
@@ -251,13 +252,13 @@ def warm_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, required=True)
     ap.add_argument("--store", required=True)
     args = ap.parse_args(argv)
-    from distml.runtime import warm_workers
     from distml.runtime.cluster import cluster
     from distml.tune import TRIAL_MODULES
 
-    # what a run's search declares (distml.api._execute; these trials have no kind): its trial
-    # processes import Tune and the warm list, and are started as it connects
-    with cluster(run_preload=(*TRIAL_MODULES, warm_workers.WARM_LIST)) as info:
+    # as a run's search declares (distml.api._execute), less the libraries of its kind, which
+    # these trials do not have (the warm list: xgboost, scikit-learn, pandas): its trial
+    # processes import Tune's modules, and are started as it connects
+    with cluster(run_preload=TRIAL_MODULES) as info:
         r = _fit_distml(
             _sleeper, args.trials, args.store, args.concurrency, {"sleep_s": args.sleep}
         )

@@ -324,8 +324,13 @@ class Job(BoostingJob):
             verbose_eval=False,
         )
         booster.set_attr(distml_objective=str(params["objective"]))
-        rows = parts[split]
-        metrics, _ = self.evaluate(booster, prep, prep.X.iloc[rows], prep.y[rows])
+        # scored on the trial process's own matrix of the split (no copy of its rows as a
+        # frame, no second DMatrix: 8-14 ms + 21 ms of predicting against 0.4-21 ms on 20k
+        # rows here), with the same predictions
+        pred, proba = self.predict_matrix(
+            booster, prep, _cached_dmatrix(self, data, split, nthread)
+        )
+        metrics = self._metrics(prep, prep.y[parts[split]], pred, proba)
         figures = {"num_boosted_rounds": int(booster.num_boosted_rounds())}
         if es_rounds:
             figures["best_iteration"] = int(booster.best_iteration)

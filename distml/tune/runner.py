@@ -15,7 +15,7 @@ from ray import tune
 from distml.errors import DistmlError, JobFailed, error_text
 from distml.jobs.base import JobOutput, RunContext
 from distml.registry import kind_module
-from distml.runtime import cluster, threads
+from distml.runtime import cluster, threads, warm_workers
 from distml.runtime.artifacts import run_fingerprint
 from distml.tune.kept import KeptStore
 from distml.tune.session import TrialPlan, fault_from_env, lookup_metric, trial_fn
@@ -63,7 +63,13 @@ def run_search(job, ctx: RunContext) -> JobOutput:
         t.max_concurrent,
         total,
     )
-    shared_ref = None if group is not None else _start_prepare(job, ctx)
+    # On the warm cluster, the processes started for this search as it connected are its
+    # trials' (Ray starts at most one per CPU): the data are prepared here meanwhile, not in a
+    # task that would take one of them, and the trials wait until they are ready
+    # (warm_workers.await_prestarted says why).
+    in_driver = warm_workers.prestarted()
+    shared_ref = None if group is not None else _start_prepare(job, ctx, in_driver)
+    ready, waited = warm_workers.await_prestarted()
     if group is not None:
         ctx.log.info(
             "search: each trial trains in a Ray Train worker group of %d (%s)",
@@ -186,11 +192,21 @@ def run_search(job, ctx: RunContext) -> JobOutput:
         "best_trial": best.trial_id,
         "model": {k: v for k, v in model.items() if k != "execution"},
         "data": "shared" if shared_ref is not None else "per_trial",
+        **(
+            {"data_prepared_in": "driver" if in_driver else "task"}
+            if shared_ref is not None
+            else {}
+        ),
         **counts,
+        # the trial processes the warm cluster started as the run connected, ready when the
+        # search began (docs/clusters.md, "A run's workers start as it connects")
+        **({"workers_ready": ready} if ready or waited else {}),
         "timings_s": {
             "search_s": round(search_s, 4),
             # Tuner.fit to the first trial's own start (Tune's start-up and the trial process)
             "first_trial_s": _first_trial_s(records, fit_at),
+            # waiting for the trial processes the warm cluster started as the run connected
+            **({"workers_wait_s": waited} if ready or waited else {}),
             # the kept output's loading, or the refit (the fallback)
             ("refit_s" if model["from"] == "refit" else "model_s"): round(finish_s, 4),
         },
@@ -259,7 +275,7 @@ def _best_output(best: TrialRecord, store: KeptStore) -> tuple[JobOutput | None,
     return out, {"from": "best_trial", "trial": best.trial_id, "reason": None}
 
 
-def _start_prepare(job, ctx: RunContext):
+def _start_prepare(job, ctx: RunContext, in_driver: bool = False):
     """Read, type and split the data once, in one Ray task, while Tune starts its trial
     processes; every trial gets the object ref (and waits for it on first use). None for a kind
     without the hook (its trials read the data themselves).
@@ -267,10 +283,22 @@ def _start_prepare(job, ctx: RunContext):
     The task reserves no CPU: it runs on the CPUs of the first trials, which wait for its
     result. Reserving one, the placement group Tune requested for the second trial while it ran
     never became ready on a 2-CPU cluster in 2 of 4 runs, and the whole 64-trial search ran one
-    trial at a time (search 16.5 s against 9.4-9.8 s; 4 of 4 runs concurrent without)."""
+    trial at a time (search 16.5 s against 9.4-9.8 s; 4 of 4 runs concurrent without).
+
+    ``in_driver``: prepared here, in the driver, and put in the object store (the same ref to
+    the trials): on the warm cluster, whose processes started for the search are its trials'."""
 
     if not job.tune_trial_hook:
         return None
+    if in_driver:  # (a DataError stays one: exit 2)
+        import ray
+
+        try:
+            return ray.put(job.tune_prepare(ctx.data))
+        except DistmlError:
+            raise
+        except Exception as e:
+            raise JobFailed(f"{ctx.spec.kind} data preparation failed: {error_text(e)}") from e
     res = ctx.spec.resources
     return threads.remote(
         _prepare, num_cpus=0, max_retries=res.max_failures, retry_exceptions=False

@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -320,3 +321,64 @@ def test_only_workers_prestarted_for_no_job_import_the_warm_preload(warm_env):
     plain = _probe_run(env, wait_s=4.0, actors=True)
     assert plain["prestarted"] is None
     assert all(s["started"] > plain["asked"] for s in plain["seen"]), plain
+
+
+def test_a_search_on_the_warm_cluster_starts_its_trials_on_processes_started_for_it(
+    warm_env, tmp_path
+):
+    """A search after the first run on the warm cluster: its trial processes were started as
+    it connected, and it waits until they are ready before its trials (Tune removes a trial's
+    actor still starting when a finished trial's is free, so trials shorter than a process
+    start would run one at a time); its data are prepared in the driver, not in a task that
+    would take one of them. Its trials are those of the same search on a cluster of its own
+    (data prepared in a task), to the last digit."""
+    import pandas as pd
+    import yaml
+
+    env, seen = warm_env
+    code, _, err = cli(env, "cluster", "start", "--cpus", "2", "--idle-timeout", "10m")
+    assert code == 0, err[-3000:]
+    seen.append(warm.read_record())
+    code, _, err = cli(env, "run", "jobs/quickstart.yaml", "--output", str(tmp_path / "q"))
+    assert code == 0, err[-3000:]  # it takes the workers Ray prestarted for no job
+    spec = tmp_path / "search.yaml"
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "name": "warm-search",
+                "kind": "xgboost",
+                "data": {
+                    "source": "builtin:breast_cancer",
+                    "target": "target",
+                    "split": {"valid": 0.25, "seed": 1},
+                },
+                "model": {"num_boost_round": 20},
+                "tune": {
+                    "metric": "valid.logloss",
+                    "num_samples": 6,
+                    "seed": 0,
+                    "space": {"model.params.max_depth": {"randint": [2, 8]}},
+                },
+            }
+        )
+    )
+
+    def search(env: dict, out: str) -> tuple[dict, pd.DataFrame]:
+        code, res, err = cli(env, "run", str(spec), "--output", str(tmp_path / out))
+        assert code == 0, err[-3000:]
+        run_dir = Path(res["run_dir"])
+        man = json.loads((run_dir / "manifest.json").read_text())
+        trials = pd.read_parquet(run_dir / "tables" / "trials.parquet")
+        cols = ["trial_id", "model.params.max_depth", "valid.logloss", "iterations"]
+        return man, trials[cols].sort_values("trial_id").reset_index(drop=True)
+
+    want = warm_workers.expected_workers(2)
+    man, trials = search(env, "warm")
+    assert man["cluster"]["mode"] == "warm" and man["cluster"]["warm"]["prestarted"] == want
+    assert man["tune"]["data"] == "shared" and man["tune"]["workers_ready"] == want
+    assert man["tune"]["data_prepared_in"] == "driver"
+    assert "workers_wait_s" in man["tune"]["timings_s"]
+    own, own_trials = search(dict(env, **{warm.STATE_ENV: str(tmp_path / "no-warm")}), "own")
+    assert own["cluster"]["mode"] == "local" and "workers_ready" not in own["tune"]
+    assert own["tune"]["data"] == "shared" and own["tune"]["data_prepared_in"] == "task"
+    pd.testing.assert_frame_equal(trials, own_trials)

@@ -5,6 +5,7 @@ waits for."""
 from __future__ import annotations
 
 import os
+import time
 
 from distml.runtime import warm_workers
 from tests.fresh import json_of, unpinned_env
@@ -161,3 +162,47 @@ def test_prestart_asks_for_none_when_enough_are_idle_and_never_fails_the_run(
     monkeypatch.setattr(ray, "get_runtime_context", gone)
     assert warm_workers.prestart(2.0, tmp_path) == 0
     assert "did not start this run's workers" in capsys.readouterr().err
+
+
+def test_a_worker_started_for_a_run_marks_it_ready_once_it_imported_the_runs_list(
+    tmp_path, monkeypatch
+):
+    """The guard in a bound worker of the warm head: the run's list imported, then a mark in
+    the run's folder (``run_ready``), which :func:`await_prestarted` counts; none for a run
+    that declared nothing."""
+    ready = tmp_path / "ready"
+    monkeypatch.setenv(warm_workers.READY_ENV, str(ready))
+    monkeypatch.setenv("RAY_JOB_ID", "0e000000")
+    monkeypatch.setattr(warm_workers, "_declared", lambda: ("json",))
+    warm_workers.warm_preload()
+    folder = warm_workers.run_ready(ready, "0e000000")
+    assert folder == tmp_path / "ready-runs" / "0e000000"
+    assert [p.name for p in folder.iterdir()] == [str(os.getpid())]
+    assert not ready.exists()  # (the marks of the workers bound to no job are apart)
+    monkeypatch.setenv("RAY_JOB_ID", "0f000000")
+    monkeypatch.setattr(warm_workers, "_declared", lambda: ())
+    warm_workers.warm_preload()
+    assert not warm_workers.run_ready(ready, "0f000000").exists()
+
+
+def test_await_prestarted_waits_for_the_marks_and_no_longer_than_its_limit(tmp_path, monkeypatch):
+    import threading
+
+    assert warm_workers.await_prestarted() == (0, 0.0)  # none asked for: no wait
+    folder = tmp_path / "ready-runs" / "0e000000"
+    monkeypatch.setattr(warm_workers, "_prestarted", [(folder, 2)])
+    assert warm_workers.prestarted()
+
+    def mark():
+        for pid in (11, 12):
+            time.sleep(0.2)
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / str(pid)).touch()
+
+    threading.Thread(target=mark).start()
+    n, waited = warm_workers.await_prestarted(wait_s=30)
+    assert n == 2 and 0.3 < waited < 30
+    assert not warm_workers.prestarted()  # asked once, awaited once
+    monkeypatch.setattr(warm_workers, "_prestarted", [(folder, 3)])  # one never comes
+    n, waited = warm_workers.await_prestarted(wait_s=0.3)
+    assert n == 2 and 0.3 <= waited < 5

@@ -63,11 +63,12 @@ def run_search(job, ctx: RunContext) -> JobOutput:
         t.max_concurrent,
         total,
     )
-    # On the warm cluster, the processes started for this search as it connected are its
-    # trials' (Ray starts at most one per CPU): the data are prepared here meanwhile, not in a
-    # task that would take one of them, and the trials wait until they are ready
+    # On the warm cluster, its idle processes (those Ray prestarted for no job, which the first
+    # run after `cluster start` takes, or those started for this search as it connected: at
+    # most one per CPU) are the trials': the data are prepared here meanwhile, not in a task
+    # that would take one of them, and the trials wait until they are ready
     # (warm_workers.await_prestarted says why).
-    in_driver = warm_workers.prestarted()
+    in_driver = ctx.cluster.mode == "warm"
     shared_ref = None if group is not None else _start_prepare(job, ctx, in_driver)
     ready, waited = warm_workers.await_prestarted()
     if group is not None:

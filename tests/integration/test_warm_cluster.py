@@ -326,11 +326,12 @@ def test_only_workers_prestarted_for_no_job_import_the_warm_preload(warm_env):
 def test_a_search_on_the_warm_cluster_starts_its_trials_on_processes_started_for_it(
     warm_env, tmp_path
 ):
-    """A search after the first run on the warm cluster: its trial processes were started as
+    """A search on the warm cluster: after the first run, its trial processes were started as
     it connected, and it waits until they are ready before its trials (Tune removes a trial's
     actor still starting when a finished trial's is free, so trials shorter than a process
     start would run one at a time); its data are prepared in the driver, not in a task that
-    would take one of them. Its trials are those of the same search on a cluster of its own
+    would take one of them (of those or, in the first run after the start, of the workers Ray
+    prestarted for no job). Its trials are those of the same search on a cluster of its own
     (data prepared in a task), to the last digit."""
     import pandas as pd
     import yaml
@@ -339,8 +340,6 @@ def test_a_search_on_the_warm_cluster_starts_its_trials_on_processes_started_for
     code, _, err = cli(env, "cluster", "start", "--cpus", "2", "--idle-timeout", "10m")
     assert code == 0, err[-3000:]
     seen.append(warm.read_record())
-    code, _, err = cli(env, "run", "jobs/quickstart.yaml", "--output", str(tmp_path / "q"))
-    assert code == 0, err[-3000:]  # it takes the workers Ray prestarted for no job
     spec = tmp_path / "search.yaml"
     spec.write_text(
         yaml.safe_dump(
@@ -373,7 +372,12 @@ def test_a_search_on_the_warm_cluster_starts_its_trials_on_processes_started_for
         return man, trials[cols].sort_values("trial_id").reset_index(drop=True)
 
     want = warm_workers.expected_workers(2)
-    man, trials = search(env, "warm")
+    # the first run after the start: its trials take the workers Ray prestarted for no job,
+    # so none are started for it, and its data task would have taken one of them
+    first, first_trials = search(env, "first")
+    assert first["cluster"]["mode"] == "warm" and first["cluster"]["warm"]["prestarted"] == 0
+    assert first["tune"]["data_prepared_in"] == "driver" and "workers_ready" not in first["tune"]
+    man, trials = search(env, "warm")  # a later run: its workers started as it connects
     assert man["cluster"]["mode"] == "warm" and man["cluster"]["warm"]["prestarted"] == want
     assert man["tune"]["data"] == "shared" and man["tune"]["workers_ready"] == want
     assert man["tune"]["data_prepared_in"] == "driver"
@@ -382,3 +386,4 @@ def test_a_search_on_the_warm_cluster_starts_its_trials_on_processes_started_for
     assert own["cluster"]["mode"] == "local" and "workers_ready" not in own["tune"]
     assert own["tune"]["data"] == "shared" and own["tune"]["data_prepared_in"] == "task"
     pd.testing.assert_frame_equal(trials, own_trials)
+    pd.testing.assert_frame_equal(first_trials, own_trials)

@@ -93,6 +93,7 @@ def declare(modules) -> None:
 def forget() -> None:
     """The run's entry gone from the store (at the end of the run, while still connected; a
     driver killed before that leaves its few bytes until the head stops)."""
+    _prestarted.clear()  # (a later run of this process may be on another cluster)
     import ray
     from ray.experimental.internal_kv import _internal_kv_del
 
@@ -168,11 +169,6 @@ def prestart(cpus, ready: Path) -> int:
         return 0
     _prestarted.append((run_ready(ready, ray.get_runtime_context().get_job_id()), want))
     return want
-
-
-def prestarted() -> bool:
-    """Whether this run asked the warm cluster to start its workers (:func:`prestart`)."""
-    return bool(_prestarted)
 
 
 def await_prestarted(wait_s: float = PRESTART_WAIT_S) -> tuple[int, float]:

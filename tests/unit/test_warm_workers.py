@@ -191,7 +191,6 @@ def test_await_prestarted_waits_for_the_marks_and_no_longer_than_its_limit(tmp_p
     assert warm_workers.await_prestarted() == (0, 0.0)  # none asked for: no wait
     folder = tmp_path / "ready-runs" / "0e000000"
     monkeypatch.setattr(warm_workers, "_prestarted", [(folder, 2)])
-    assert warm_workers.prestarted()
 
     def mark():
         for pid in (11, 12):
@@ -202,7 +201,10 @@ def test_await_prestarted_waits_for_the_marks_and_no_longer_than_its_limit(tmp_p
     threading.Thread(target=mark).start()
     n, waited = warm_workers.await_prestarted(wait_s=30)
     assert n == 2 and 0.3 < waited < 30
-    assert not warm_workers.prestarted()  # asked once, awaited once
+    assert warm_workers.await_prestarted() == (0, 0.0)  # asked once, awaited once
     monkeypatch.setattr(warm_workers, "_prestarted", [(folder, 3)])  # one never comes
     n, waited = warm_workers.await_prestarted(wait_s=0.3)
     assert n == 2 and 0.3 <= waited < 5
+    monkeypatch.setattr(warm_workers, "_prestarted", [(folder, 2)])
+    warm_workers.forget()  # the run's end on the warm cluster: nothing left for a later run
+    assert warm_workers.await_prestarted() == (0, 0.0)

@@ -225,6 +225,11 @@ def warm_preload() -> None:
 
 
 def _mark(folder: Path) -> None:
+    """This process's mark in ``folder``, under the head's temporary folder (never made again
+    once ``cluster stop`` removed it)."""
+    top = Path(os.environ[READY_ENV]).parent
+    if not top.is_dir():
+        return
     try:
         folder.mkdir(parents=True, exist_ok=True)
         Path(folder, str(os.getpid())).touch()

@@ -418,7 +418,7 @@ def _execute(job, job_spec, info, run_dir, address, resume, manifest, timings, u
     """Run the job on the cluster: ``up`` (the ClusterInfo of one already up for the run,
     left up), else the one :func:`~distml.runtime.cluster.cluster` gives."""
     from distml.jobs.base import RunContext
-    from distml.runtime.cluster import Stopping, cluster
+    from distml.runtime.cluster import Stopping, cluster, local_resources
 
     global _stopping
     t0 = time.perf_counter()
@@ -436,7 +436,13 @@ def _execute(job, job_spec, info, run_dir, address, resume, manifest, timings, u
         cl = stack.enter_context(
             nullcontext(up)
             if up is not None
-            else cluster(address, preload=preload, run_preload=run_preload)
+            else cluster(
+                address,
+                preload=preload,
+                run_preload=run_preload,
+                # a run's own cluster starts Ray's dashboard head only for a Train worker group
+                head=job.train_execution(info, local_resources()) is not None,
+            )
         )
         interrupts.rearm()
         if up is None:

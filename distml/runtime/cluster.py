@@ -115,18 +115,22 @@ def preflight(address: str, source: str, timeout_s: float = PREFLIGHT_TIMEOUT_S)
     )
 
 
-def _start_local(num_cpus: int | None, num_gpus: int | None, preload: tuple[str, ...] = ()) -> None:
+def _start_local(
+    num_cpus: int | None, num_gpus: int | None, preload: tuple[str, ...] = (), head: bool = True
+) -> None:
     """Start a single-node cluster for this run (tests replace this to forbid it).
 
     ``address="local"``: always a new cluster of our own, never one that ``ray start`` recorded
     in Ray's temp folder (plain ``ray.init()`` would silently join that one, and then fail on
     ``num_cpus``). CPUs and GPUs are left to Ray's detection, which honours container (cgroup)
     limits, unless the caller asks for a number. ``preload``: modules every worker process
-    imports as it starts (``preload_python_modules``), before it takes a task."""
+    imports as it starts (``preload_python_modules``), before it takes a task. ``head``: start
+    Ray's dashboard head (a run that may use Ray Train or Ray Data needs it;
+    :func:`~distml.runtime.node_start.quick_node_start`)."""
     import ray
 
     dashboard = os.environ.get("DISTML_DASHBOARD", "").lower() in ("1", "true", "yes")
-    with without_idle_monitors(keep=dashboard), quick_node_start(keep=dashboard):
+    with without_idle_monitors(keep=dashboard), quick_node_start(keep=dashboard, head=head):
         ray.init(
             address="local",
             num_cpus=num_cpus,
@@ -140,6 +144,18 @@ def _start_local(num_cpus: int | None, num_gpus: int | None, preload: tuple[str,
                 **({"preload_python_modules": preload_modules(preload)} if preload else {}),
             },
         )
+
+
+def local_resources() -> dict:
+    """The resources a run's own cluster on this machine will have, before it starts, for
+    decisions that shape its start: every CPU, and a quarter of the memory (Ray gives tasks
+    what the object store leaves of the available memory, so the real figure is higher and
+    a decision made here errs towards the larger plan)."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        memory = 0
+    return {"CPU": float(os.cpu_count() or 1), "memory": 0.25 * memory}
 
 
 @contextmanager
@@ -168,13 +184,15 @@ def cluster(
     num_gpus: int | None = None,
     preload: tuple[str, ...] = (),
     run_preload: tuple[str, ...] = (),
+    head: bool = True,
 ) -> Iterator[ClusterInfo]:
     """Yield a connected Ray for the run; shut down only what this call started. ``preload``:
     modules the workers of a cluster started here import as they start (the run's kind's,
     :meth:`distml.jobs.base.Job.worker_modules`); ``run_preload``: those the workers the warm
     cluster starts for this run import as they start (:func:`warm_workers.declare`), and a run
     that names any has them started as it connects (:func:`warm_workers.prestart`); a remote
-    cluster keeps its own."""
+    cluster keeps its own. ``head=False``: a cluster started here has no dashboard head (a run
+    that uses neither a Ray Train worker group nor Ray Data)."""
     t0 = time.monotonic()
     if "ray" in sys.modules and sys.modules["ray"].is_initialized():
         yield ClusterInfo("existing", None, None, _resources(), 0.0)
@@ -203,7 +221,7 @@ def cluster(
                     warm_workers.forget()
         return
     mode = "connected" if addr else "local"
-    with _ray(addr, source, num_cpus, num_gpus, t0, mode, () if addr else preload) as info:
+    with _ray(addr, source, num_cpus, num_gpus, t0, mode, () if addr else preload, head) as info:
         yield info
 
 
@@ -282,6 +300,7 @@ def _ray(
     t0: float,
     mode: str,
     preload: tuple[str, ...] = (),
+    head: bool = True,
 ) -> Iterator[ClusterInfo]:
     import ray
 
@@ -297,7 +316,7 @@ def _ray(
                         f"{source}): {first_line(e)}"
                     ) from e
             else:
-                _start_local(num_cpus, num_gpus, preload)
+                _start_local(num_cpus, num_gpus, preload, head=head)
     except BaseException:  # interrupted or failed part way: stop what was started
         if mode == "local" or ray.is_initialized():
             _shutdown(started_here=mode == "local")

@@ -112,6 +112,58 @@ def test_a_runs_own_cluster_has_its_dashboard_head_up_when_it_is_ready():
     }
 
 
+NO_HEAD_PROBE = """
+import json, os, threading
+import ray
+from ray._private import ray_constants
+from ray.experimental.internal_kv import _internal_kv_get
+from distml.runtime.cluster import cluster
+
+def heads(session):  # Ray's dashboard head processes of this cluster's session
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            args = open(f"/proc/{pid}/cmdline").read().split(chr(0))
+        except OSError:
+            continue
+        if any(a.endswith("dashboard/dashboard.py") for a in args) and any(
+            session in a for a in args
+        ):
+            out.append(int(pid))
+    return out
+
+with cluster(num_cpus=1, head=False) as info:
+    node = ray._private.worker._global_node
+    session = node.get_session_dir_path()
+    recorded = len(node.all_processes.get(ray_constants.PROCESS_TYPE_DASHBOARD) or [])
+    address = _internal_kv_get(
+        ray_constants.DASHBOARD_ADDRESS, namespace=ray_constants.KV_NAMESPACE_DASHBOARD
+    )
+    running = heads(session)
+    threads = [t.name for t in threading.enumerate() if t.name == "distml-dashboard-head"]
+    pid = ray.get(ray.remote(lambda: os.getpid()).remote())
+    agents = len(node.all_processes.get(ray_constants.PROCESS_TYPE_RAYLET) or [])
+print(json.dumps({"mode": info.mode, "recorded": recorded, "registered": address is not None,
+                  "running": running, "threads": threads, "task": pid > 0, "raylets": agents}))
+"""
+
+
+def test_a_runs_own_cluster_without_a_train_worker_group_starts_no_dashboard_head():
+    """``cluster(head=False)`` (``distml.run`` for a run whose plan is no Train worker
+    group): Ray's dashboard head is neither started nor registered, and the cluster runs
+    tasks (tests/unit/test_cold_path.py checks which runs ask for it)."""
+    got = _probe(NO_HEAD_PROBE)
+    assert got == {
+        "mode": "local",
+        "recorded": 0,
+        "registered": False,
+        "running": [],
+        "threads": [],
+        "task": True,
+        "raylets": 1,
+    }
+
+
 FAILED_START_PROBE = """
 import os, threading, time, json
 os.environ["DISTML_PROBE_MARK"] = "failed-start"

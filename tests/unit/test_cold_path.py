@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -325,6 +326,64 @@ def _kmeans_spec(tmp_path) -> dict:
         "data": {"source": str(data)},
         "model": {"n_clusters": 2},
     }
+
+
+def test_a_runs_own_cluster_starts_a_dashboard_head_only_for_a_train_worker_group(
+    monkeypatch, tmp_path
+):
+    """Ray Train's State API calls expect Ray's dashboard head, and nothing else of a run asks
+    it anything: ``distml.run`` starts its own cluster with a head only when the run's plan
+    is a Train worker group (decided before the start, on this machine's resources), and
+    ``quick_node_start(head=False)`` never starts Ray's head, nor waits for one before the
+    node's last step (private Ray API: this fails loudly when Ray renames them)."""
+    import ray
+    import yaml
+    from ray._private.node import Node
+
+    import distml
+    from distml.runtime import cluster, node_start
+
+    seen: list = []
+
+    def fake_start(num_cpus, num_gpus, preload=(), head=True):
+        seen.append(head)
+        raise RuntimeError("no cluster in a unit test")
+
+    monkeypatch.setattr(cluster, "_start_local", fake_start)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(cluster, "_shutdown", lambda started_here: None)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("DISTML_STATE_DIR", str(tmp_path / "state"))  # no warm cluster
+    quickstart = yaml.safe_load(open(ROOT + "/jobs/quickstart.yaml"))
+    tune_torch = yaml.safe_load(open(ROOT + "/jobs/tune_torch.yaml"))
+    cases = [
+        (_kmeans_spec(tmp_path), False),  # out-of-core passes: Ray tasks
+        (ROOT + "/jobs/quickstart.yaml", False),  # xgboost, one task
+        ({**quickstart, "resources": {"num_workers": 2}}, True),  # xgboost, a worker group
+        (ROOT + "/jobs/torch_digits_mlp.yaml", True),
+        (ROOT + "/jobs/tune_sklearn.yaml", False),  # a search of Ray tasks
+        (tune_torch, False),  # trials of one task each
+        ({**tune_torch, "resources": {"num_workers": 2}}, True),  # each drives a worker group
+    ]
+    for spec, want in cases:
+        with pytest.raises(Exception, match="no cluster"):
+            distml.run(spec, output=tmp_path / "runs")
+        assert seen[-1] is want, spec
+    assert len(seen) == len(cases)
+    res = cluster.local_resources()
+    assert res["CPU"] >= 1 and 0 < res["memory"] < 2**50
+
+    calls: list = []
+    monkeypatch.setattr(Node, node_start.DASHBOARD_START, lambda self, **k: calls.append("head"))
+    monkeypatch.setattr(Node, node_start.NODE_STARTED, lambda self: calls.append("stats"))
+    node = object.__new__(Node)
+    with node_start.quick_node_start(head=False):
+        getattr(Node, node_start.DASHBOARD_START)(
+            node, include_dashboard=False, raise_on_failure=False
+        )
+        getattr(Node, node_start.NODE_STARTED)(node)
+    assert calls == ["stats"]
+    assert [t for t in threading.enumerate() if t.name == "distml-dashboard-head"] == []
 
 
 def test_a_runs_own_cluster_preloads_its_kinds_worker_modules(monkeypatch, tmp_path):

@@ -328,6 +328,19 @@ def _kmeans_spec(tmp_path) -> dict:
     }
 
 
+def _own_cluster_only(monkeypatch, tmp_path) -> None:
+    """``distml.run`` in this process starts a cluster of its own (no Ray up here, no
+    ``RAY_ADDRESS``, no warm cluster) whose start the test replaces; nothing to stop after."""
+    import ray
+
+    from distml.runtime import cluster
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(cluster, "_shutdown", lambda started_here: None)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("DISTML_STATE_DIR", str(tmp_path / "state"))  # no warm cluster
+
+
 def test_a_runs_own_cluster_starts_a_dashboard_head_only_for_a_train_worker_group(
     monkeypatch, tmp_path
 ):
@@ -336,7 +349,6 @@ def test_a_runs_own_cluster_starts_a_dashboard_head_only_for_a_train_worker_grou
     is a Train worker group (decided before the start, on this machine's resources), and
     ``quick_node_start(head=False)`` never starts Ray's head, nor waits for one before the
     node's last step (private Ray API: this fails loudly when Ray renames them)."""
-    import ray
     import yaml
     from ray._private.node import Node
 
@@ -350,10 +362,7 @@ def test_a_runs_own_cluster_starts_a_dashboard_head_only_for_a_train_worker_grou
         raise RuntimeError("no cluster in a unit test")
 
     monkeypatch.setattr(cluster, "_start_local", fake_start)
-    monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(cluster, "_shutdown", lambda started_here: None)
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.setenv("DISTML_STATE_DIR", str(tmp_path / "state"))  # no warm cluster
+    _own_cluster_only(monkeypatch, tmp_path)
     quickstart = yaml.safe_load(open(ROOT + "/jobs/quickstart.yaml"))
     tune_torch = yaml.safe_load(open(ROOT + "/jobs/tune_torch.yaml"))
     cases = [
@@ -396,7 +405,7 @@ def test_a_runs_own_cluster_preloads_its_kinds_worker_modules(monkeypatch, tmp_p
 
     import distml
     from distml.jobs import kmeans, pca
-    from distml.runtime import cluster, node_start, threads
+    from distml.runtime import node_start, threads
     from distml.spec import load_spec
 
     seen: list = []
@@ -406,10 +415,7 @@ def test_a_runs_own_cluster_preloads_its_kinds_worker_modules(monkeypatch, tmp_p
         raise RuntimeError("no cluster in a unit test")
 
     monkeypatch.setattr(ray, "init", fake_init)
-    monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(cluster, "_shutdown", lambda started_here: None)
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.setenv("DISTML_STATE_DIR", str(tmp_path / "state"))  # no warm cluster
+    _own_cluster_only(monkeypatch, tmp_path)
     spec = _kmeans_spec(tmp_path)
     with pytest.raises(Exception, match="no cluster"):
         distml.run(spec, output=tmp_path / "runs")

@@ -94,10 +94,11 @@ def quick_node_start(keep: bool = False, head: bool = True) -> Iterator[None]:
     them); ``DISTML_DASHBOARD=1`` keeps Ray's order.
 
     ``head=False``, for a run that uses neither a Ray Train worker group nor Ray Data (their
-    State API calls expect a dashboard address): no head. Ray starts one whatever ``ray.init`` is told
-    (``include_dashboard=False`` only trims its modules), a Python process of 0.8 s of CPU
-    that competes with the workers' start on a small machine, and nothing of such a run asks
-    it anything: the run's own cluster starts 0.4 s sooner (docs/clusters.md)."""
+    State API calls expect a dashboard address): no head. Ray starts one whatever
+    ``ray.init`` is told (``include_dashboard=False`` only trims its modules), a Python
+    process of 0.8 s of CPU that competes with the workers' start on a small machine, and
+    nothing of such a run asks it anything: the run's own cluster starts 0.4 s sooner
+    (docs/clusters.md)."""
     try:
         from ray._private.node import Node as node_cls
     except ImportError:

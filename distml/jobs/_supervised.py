@@ -334,7 +334,7 @@ class SupervisedJob(Job):
         train, valid = cv_indices(prep.y[rows], split.cv, split.seed, stratify=stratify)[fold]
         train, valid = rows[train], rows[valid]
         model, figures, _ = self.fit(prep, train, valid)
-        metrics, _ = self.evaluate(model, prep, prep.X.iloc[valid], prep.y[valid])
+        metrics, _, _ = self.score_rows(model, prep, valid)
         return {**metrics, **{k: v for k, v in figures.items() if isinstance(v, (int, float))}}
 
     def run(self, ctx: RunContext, prep_ref: Any = None) -> JobOutput:
@@ -459,7 +459,7 @@ class SupervisedJob(Job):
         model, figures, tables = self.fit(prep, parts["train"], parts.get("valid"))
         split = session.split if session.split in parts else "valid"
         rows = parts[split]
-        metrics, _ = self.evaluate(model, prep, prep.X.iloc[rows], prep.y[rows])
+        metrics, _, _ = self.score_rows(model, prep, rows)
         report = {f"{split}.{k}": v for k, v in metrics.items()}
         report.update({k: v for k, v in figures.items() if isinstance(v, (int, float))})
         session.keep(report, lambda: self.tune_output(data, model, figures, tables))

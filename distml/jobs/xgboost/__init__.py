@@ -15,6 +15,7 @@ early-stopping state, and a retried trial continues from there with the remainin
 from __future__ import annotations
 
 import json
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -225,12 +226,26 @@ class Job(BoostingJob):
         if es_rounds:
             figures["best_iteration"] = int(booster.best_iteration)
         booster.set_attr(distml_objective=str(params["objective"]))
+        # scoring these rows predicts on these matrices (:meth:`predict_rows`)
+        _FIT_MATRICES[booster] = [(prep, rows, m) for rows, (m, _) in zip((train, valid), evals)]
         return booster, figures, curve_tables(history)
 
     def predict(self, model, prep: Prepared, X: pd.DataFrame):
         import xgboost as xgb
 
         return self.predict_matrix(model, prep, xgb.DMatrix(X, enable_categorical=True))
+
+    def predict_rows(self, model, prep: Prepared, rows: np.ndarray):
+        """:meth:`predict` on rows that ``model``'s :meth:`fit` trained or evaluated it on:
+        on the matrix the fit built for them (the same rows of the same ``prep``), not on a
+        frame copy of the rows and a second matrix (40-80 ms of 200k rows × 20 here; the
+        same predictions). Each matrix serves once, and none outlives its booster."""
+        held = _FIT_MATRICES.get(model, [])
+        for i, (held_prep, held_rows, matrix) in enumerate(held):
+            if held_prep is prep and held_rows is rows:
+                del held[i]
+                return self.predict_matrix(model, prep, matrix)
+        return super().predict_rows(model, prep, rows)
 
     def predict_matrix(self, model, prep: Prepared, matrix):
         """:meth:`predict` for a DMatrix: the worker group predicts on its training matrices
@@ -339,6 +354,11 @@ class Job(BoostingJob):
             report, lambda: self.tune_output(data, booster, figures, curve_tables(history, done))
         )
         session.report(figures["num_boosted_rounds"], report, final=True)
+
+
+#: booster → [(prep, rows, DMatrix)] of the rows its :meth:`Job.fit` trained and evaluated it
+#: on, for :meth:`Job.predict_rows`; weak, so the matrices go with their booster
+_FIT_MATRICES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _cached_dmatrix(job: Job, data: TuneData, split: str, nthread: int):

@@ -256,7 +256,7 @@ def _check(job, job_spec: JobSpec, timings: dict, announce: bool = True) -> tupl
     t0 = time.perf_counter()
     if announce:
         progress.current().stage("validate")
-    info = _check_source(job_spec, job)  # before any cluster work
+    info = check_source(job_spec, job)  # before any cluster work
     timings["validate_s"] = time.perf_counter() - t0
     return job, info
 
@@ -527,7 +527,7 @@ def validate(
 
     check_available(job_spec)  # this machine runs it: its environment counts (not for submit)
     if not frames:
-        _check_source(job_spec)
+        check_source(job_spec)
         return job_spec
     fr.check_spec_columns(frames, job_spec)  # names: every frame
     if all(f.family == "pandas" for f in frames.values()):  # rows: written with no cluster
@@ -536,14 +536,14 @@ def validate(
         with tempfile.TemporaryDirectory(prefix="distml-validate-") as tmp:
             try:
                 fr.stage_all(frames, tmp)
-                _check_source(load_spec(job_spec, fr.spec_fields(frames, merged, tmp)))
+                check_source(load_spec(job_spec, fr.spec_fields(frames, merged, tmp)))
             except BaseException as e:
                 fr.relabel(e, frames, tmp)  # name the frame, not the temporary folder
                 raise
     return job_spec
 
 
-def _check_source(job_spec: JobSpec, job: Any = None) -> Any:
+def check_source(job_spec: JobSpec, job: Any = None) -> Any:
     """The kind's data checks of ``job_spec``'s source (and every searched value's): its
     DataInfo. Raises SpecError/DataError."""
     from distml.registry import kind_module

@@ -75,13 +75,16 @@ def _overrides(
     return merged
 
 
-def _local_path_warnings(spec) -> list[str]:
-    """Paths that mean something else on the cluster: relative data, a relative output root."""
+def _local_path_warnings(spec, skip: dict | None = None) -> list[str]:
+    """Paths that mean something else on the cluster: relative data, a relative output root
+    (not when ``skip``, the submission's frames, stand for the data)."""
     notes = []
     for field_name, value in (
         ("data.source", spec.data.source),
         ("data.test_source", spec.data.test_source),
     ):
+        if skip and value in ("data=", "test_data="):
+            continue  # a frame that travels with the job
         if value and ":" not in value.split("/")[0] and not os.path.isabs(value):
             notes.append(
                 f"{field_name} {value!r} is a relative path: on the cluster it is read "
@@ -109,6 +112,8 @@ def submit(
     env_vars: Mapping[str, str] | None = None,
     stream: TextIO | None = None,
     poll_s: float = 1.0,
+    data: Any = None,
+    test_data: Any = None,
 ) -> Submission:
     """Submit ``spec`` to the Ray cluster at ``address`` and return the :class:`Submission`.
 
@@ -117,13 +122,25 @@ def submit(
     run id: if the cluster already has a job with it, that job is reported and nothing is
     submitted. ``wait=True`` follows the job to its end (its log goes to ``stream`` if given).
     ``pip`` / ``env_vars`` add to the job's ``runtime_env`` only when given.
+
+    ``data`` (``test_data``): a pandas DataFrame that travels with the job, as parquet in its
+    working dir (at most 100 MiB), instead of the spec's ``data.source``
+    (``data.test_source``); it gets every check of a file source here, before the cluster is
+    contacted (:mod:`distml.remote.shipped`)::
+
+        distml.submit("jobs/quickstart.yaml", data=train_df, address="http://head:8265")
     """
     from distml.api import validate
+    from distml.remote import shipped as ship
+    from distml.runtime import frames as fr
     from distml.runtime.artifacts import new_run_id
     from distml.spec.base import check_name
     from distml.spec.yamlio import dump_yaml
 
-    job_spec = validate(spec, _overrides(overrides, output), check_data=False)
+    frames = fr.describe_all(data=data, test_data=test_data)
+    ship.check_shippable(frames)
+    merged = _overrides(overrides, output)
+    job_spec = validate(spec, merged, check_data=False, data=data, test_data=test_data)
     sid = submission_id or f"{job_spec.name[:100]}-{new_run_id()}"
     try:
         check_name(sid, "submission id")
@@ -138,44 +155,20 @@ def submit(
         if bad:
             raise SpecError(f"--env names must be non-empty and contain no '='; got {bad}")
         runtime_env["env_vars"] = {str(k): str(v) for k, v in env_vars.items()}
-
-    client = JobsClient(address)
-    found = client.find(sid)
-    if found is not None:
-        log.info(
-            "job %s already exists on %s (%s); not resubmitting", sid, client.address, found.status
-        )
-        found.existing = True
-        return follow(client, sid, stream=stream, poll_s=poll_s, existing=True) if wait else found
-    for note in _local_path_warnings(job_spec):
-        log.warning("%s", note)
-    metadata = {
-        "distml_version": _version(),
-        "distml_name": job_spec.name,
-        "distml_kind": job_spec.kind,
-        "distml_run_id": sid,
-    }
-    # The fields the spec (with --set/--output) sets, validated here; defaults are left to the
-    # cluster's distml, so a newer client does not send fields an older cluster does not know.
-    shipped = job_spec.model_dump(mode="json", exclude_unset=True)
     with tempfile.TemporaryDirectory(prefix="distml-submit-") as tmp:
+        # the working dir first: frames are written and checked before any contact
+        fields = ship.ship(frames, job_spec, merged, tmp) if frames else {}
+        # The fields the spec (with --set/--output) sets, validated here; defaults are left to
+        # the cluster's distml, so a newer client does not send fields an older cluster does
+        # not know.
+        shipped = ship.set_fields(job_spec.model_dump(mode="json", exclude_unset=True), fields)
         (Path(tmp) / SPEC_FILE).write_text(dump_yaml(shipped, sort_keys=False), encoding="utf-8")
-        try:
-            client.submit(
-                entrypoint=entrypoint(sid),
-                submission_id=sid,
-                runtime_env={"working_dir": tmp, **runtime_env},
-                metadata=metadata,
-            )
-        except ClusterError:
-            # Two submitters raced on the same id: the other one won; report its job.
-            raced = client.find(sid)
-            if raced is None:
-                raise
-            raced.existing = True
-            return (
-                follow(client, sid, stream=stream, poll_s=poll_s, existing=True) if wait else raced
-            )
+        client, existing = _send(job_spec, sid, tmp, runtime_env, ship.metadata(frames), address)
+    if existing is not None:
+        existing.existing = True
+        return (
+            follow(client, sid, stream=stream, poll_s=poll_s, existing=True) if wait else existing
+        )
     log.info(
         "submitted %s [%s] as job %s to %s (from %s)",
         job_spec.name,
@@ -187,6 +180,43 @@ def submit(
     if wait:
         return follow(client, sid, stream=stream, poll_s=poll_s)
     return client.info(sid)
+
+
+def _send(
+    job_spec, sid: str, working_dir: str, runtime_env: dict, extra: dict, address: str | None
+) -> tuple[JobsClient, Submission | None]:
+    """Submit the job whose working dir is ready: ``(client, None)``, or ``(client, job)`` when
+    the cluster already has a job with the id ``sid`` (submitted before, or by a submitter
+    that won a race for it), which is then not submitted again."""
+    client = JobsClient(address)
+    found = client.find(sid)
+    if found is not None:
+        log.info(
+            "job %s already exists on %s (%s); not resubmitting", sid, client.address, found.status
+        )
+        return client, found
+    for note in _local_path_warnings(job_spec, skip=extra):
+        log.warning("%s", note)
+    metadata = {
+        "distml_version": _version(),
+        "distml_name": job_spec.name,
+        "distml_kind": job_spec.kind,
+        "distml_run_id": sid,
+        **extra,
+    }
+    try:
+        client.submit(
+            entrypoint=entrypoint(sid),
+            submission_id=sid,
+            runtime_env={"working_dir": working_dir, **runtime_env},
+            metadata=metadata,
+        )
+    except ClusterError:
+        raced = client.find(sid)  # two submitters raced on the same id: the other one won
+        if raced is None:
+            raise
+        return client, raced
+    return client, None
 
 
 def _version() -> str:

@@ -570,3 +570,60 @@ def test_cron_script_trains_then_scores(head, tmp_path):
     assert out.returncode == 2 and "not retrying: fix the input" in out.stderr
     out = run(DISTML_RUN_ID="cron-3", DISTML_ADDRESS=f"http://127.0.0.1:{free_port()}")
     assert out.returncode == 3 and "retry later" in out.stderr
+
+
+def test_a_pandas_frame_submitted_with_the_job_trains_as_plain_xgboost(head, token_env, tmp_path):
+    """``distml.submit(spec, data=df, test_data=df)``: the frames travel as parquet in the job's
+    working dir and the cluster's run trains on them: the metrics of plain xgboost on the same
+    rows, and the run records where it read them."""
+    import xgboost as xgb
+    from sklearn.metrics import roc_auc_score
+
+    import distml
+    from distml.runtime.data import split_indices
+    from distml.runtime.datasets import load_builtin
+    from distml.spec import load_spec
+
+    frame = load_builtin("breast_cancer")
+    train, test = frame.iloc[:450].reset_index(drop=True), frame.iloc[450:]
+    sub = distml.submit(
+        os.path.join(ROOT, "jobs", "quickstart.yaml"),
+        {"model.num_boost_round": 30, "data.split.test": 0},  # the test rows: test_data=
+        address=head.url,
+        submission_id="frame-1",
+        output=tmp_path / "runs",
+        wait=True,
+        data=train,
+        test_data=test,
+    )
+    assert sub.status == "SUCCEEDED", sub.message
+    run_dir = tmp_path / "runs" / "quickstart" / "frame-1"
+    assert sub.result["run_dir"] == str(run_dir) and (run_dir / "_SUCCESS").is_file()
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    read = manifest["data"]["source"]  # the parquet that travelled, in the job's working dir
+    assert read["source"].endswith("staging/data") and read["rows"] == 450
+    assert json.loads(sub.metadata["distml_frames"])[0]["rows"] == 450
+
+    spec = load_spec(os.path.join(ROOT, "jobs", "quickstart.yaml"), {"data.split.test": 0})
+    X, y = train.drop(columns="target"), train["target"].to_numpy()
+    parts = split_indices(y, spec.data.split_spec, classification=True)
+    params = dict(spec.model.params, nthread=1, seed=0)
+    dtrain = xgb.DMatrix(X.iloc[parts["train"]], label=y[parts["train"]])
+    dvalid = xgb.DMatrix(X.iloc[parts["valid"]], label=y[parts["valid"]])
+    bst = xgb.train(
+        params,
+        dtrain,
+        30,
+        evals=[(dtrain, "train"), (dvalid, "valid")],
+        early_stopping_rounds=spec.model.early_stopping_rounds,
+        verbose_eval=False,
+    )
+    rng = (0, bst.best_iteration + 1)
+    metrics = sub.result["metrics"]
+    for name, Xs, ys in (
+        ("valid", X.iloc[parts["valid"]], y[parts["valid"]]),
+        ("test", test.drop(columns="target"), test["target"].to_numpy()),
+    ):
+        p = bst.predict(xgb.DMatrix(Xs), iteration_range=rng)
+        assert metrics[name]["roc_auc"] == pytest.approx(roc_auc_score(ys, p), abs=1e-12)
+    assert metrics["best_iteration"] == bst.best_iteration

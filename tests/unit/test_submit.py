@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -263,10 +264,15 @@ class FakeJobs:
         return [self.info(s) for s in FakeJobs.jobs]
 
     def submit(self, **kw):
-        wd = kw["runtime_env"]["working_dir"]
-        FakeJobs.sent.append(
-            {**kw, "files": {f: open(os.path.join(wd, f)).read() for f in os.listdir(wd)}}
-        )
+        wd = Path(kw["runtime_env"]["working_dir"])
+        files = {
+            p.relative_to(wd).as_posix(): p.read_bytes()
+            if p.suffix == ".parquet"
+            else p.read_text()
+            for p in sorted(wd.rglob("*"))
+            if p.is_file()
+        }
+        FakeJobs.sent.append({**kw, "files": files})
         FakeJobs.jobs[kw["submission_id"]] = {
             "status": "PENDING",
             "states": ["RUNNING", "SUCCEEDED"],
@@ -364,6 +370,94 @@ def test_invalid_spec_and_id_fail_before_any_contact(fake, tmp_path):
         )
         == 2
     )
+
+
+def _bc_frame():
+    from distml.runtime.datasets import load_builtin
+
+    return load_builtin("breast_cancer")
+
+
+def test_a_pandas_frame_travels_as_parquet_in_the_working_dir(fake, distml_log):
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    frame = _bc_frame()
+    train, test = frame.iloc[:450], frame.iloc[450:].set_index("target")  # a named index level
+    sub_mod.submit(
+        f"{ROOT}/jobs/quickstart.yaml",
+        address="http://h:8265",
+        submission_id="f-1",
+        output="/shared/runs",
+        data=train,
+        test_data=test,
+    )
+    sent = fake.sent[0]
+    assert list(sent["files"]) == [
+        "spec.yaml",
+        "staging/data/part-00000.parquet",
+        "staging/test_data/part-00000.parquet",
+    ]
+    shipped = yaml.safe_load(sent["files"]["spec.yaml"])
+    # relative to the job's working dir, where the cluster's `distml run` starts
+    assert shipped["data"]["source"] == "staging/data"
+    assert shipped["data"]["test_source"] == "staging/test_data"
+    assert shipped["data"]["target"] == "target" and shipped["output"]["dir"] == "/shared/runs"
+    back = pq.read_table(io.BytesIO(sent["files"]["staging/data/part-00000.parquet"]))
+    pd.testing.assert_frame_equal(back.to_pandas(), train.reset_index(drop=True))
+    back = pq.read_table(io.BytesIO(sent["files"]["staging/test_data/part-00000.parquet"]))
+    assert back.column_names == list(test.reset_index().columns)  # the index level travels
+    described = json.loads(sent["metadata"]["distml_frames"])
+    assert [(d["keyword"], d["type"], d["rows"]) for d in described] == [
+        ("data", "pandas", 450),
+        ("test_data", "pandas", len(test)),
+    ]
+    assert not any("relative path" in m for m in distml_log)  # the frames are not user paths
+    assert not os.path.exists(sent["runtime_env"]["working_dir"])
+
+
+def test_frames_that_cannot_travel_fail_before_any_contact(fake, monkeypatch, tmp_path):
+    import dask.dataframe as dd
+    import numpy as np
+
+    from distml.errors import DataError
+    from distml.remote import shipped
+
+    frame = _bc_frame()
+    qs = f"{ROOT}/jobs/quickstart.yaml"
+
+    def refused(match, **kw):
+        with pytest.raises((DataError, SpecError), match=match) as e:
+            sub_mod.submit(qs, address="http://h:8265", **kw)
+        assert "distml-submit-" not in str(e.value)  # the frame is named, not a temp folder
+        return e.value
+
+    refused(
+        r"data= \(a Dask DataFrame\) cannot travel with a submission: only a pandas "
+        r"DataFrame does .*ddf.to_parquet\('s3://bucket/train/'\).* data.source$",
+        data=dd.from_pandas(frame, npartitions=2),
+    )
+    refused(r"test_data= must be a pandas DataFrame.*; got builtins.str", test_data="x.csv")
+    refused(
+        r"data.target: column 'target' is not in data= \(a pandas DataFrame\)",
+        data=frame.drop(columns="target"),
+    )
+    bad = frame.copy()
+    bad.loc[3, "target"] = np.nan
+    error = refused(r"data= \(a pandas DataFrame\)", data=bad)  # a file source's checks
+    assert "target" in str(error)
+    refused(
+        r"data= and data.source were both given",
+        data=frame,
+        overrides={"data.source": "/d.parquet"},
+    )
+    monkeypatch.setattr(shipped, "SHIP_LIMIT_MIB", 0.01)
+    refused(
+        r"data= \(a pandas DataFrame\) is [\d.]+ MiB as parquet; a submission carries at most "
+        r"0.01 MiB with it: write it where the cluster reads it .* name that in data.source",
+        data=frame,
+    )
+    assert fake.instances == [] and fake.sent == []
 
 
 def test_resubmitting_an_id_reports_the_existing_job(fake):

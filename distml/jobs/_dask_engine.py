@@ -116,11 +116,12 @@ def _release(version: str) -> tuple[int, ...]:
 # ------------------------------------------------------------------ the lazy array
 
 
-def lazy_array(source, features: list[str], batch_size: int):
+def lazy_array(source, features: list[str], batch_size: int, rechunk: bool = True):
     """``(X, partitions, group)``: the features of ``source`` (a checked SourceInfo) as a float64 Dask
     array of known chunks, ``batch_size`` rows each (the last may be shorter), in data order
     (see the module docstring), and the :func:`group_size` for :func:`blocks_on_ray`;
-    :func:`checked` adds the checks of each chunk."""
+    :func:`checked` adds the checks of each chunk. ``rechunk=False``: chunked as read (a
+    parquet row group, or a planned partition, each)."""
     import dask
     import dask.array as da
 
@@ -154,7 +155,8 @@ def lazy_array(source, features: list[str], batch_size: int):
             raise DataError(f"data.source: {source.source!r} has no rows")
         X = da.concatenate(blocks, axis=0) if len(blocks) > 1 else blocks[0]
         n_parts, longest = len(blocks), max(p.rows for p in parts)
-    X = X.rechunk({0: batch_size, 1: -1})
+    if rechunk:
+        X = X.rechunk({0: batch_size, 1: -1})
     return X, n_parts, group_size(longest, batch_size)
 
 
@@ -172,7 +174,7 @@ def group_size(partition_rows: int, batch_size: int) -> int:
 def checked(X, features: list[str], fault, where: str, step: int):
     """``X`` with every chunk checked for NaN/inf (a DataError naming the column) and carrying
     the T4 hook ``where:step:P`` (``pca.dask``/``kmeans.dask``; step: the data pass, 0-based;
-    P: the chunk)."""
+    P: the chunk of ``X``, a row group in k-means' final pass)."""
     return X.map_blocks(
         _check_block, features, fault, where, step, dtype=np.float64, meta=np.empty((0, 0))
     )

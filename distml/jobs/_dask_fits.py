@@ -186,12 +186,17 @@ def run_kmeans(job, ctx):
                 break
         timings["minibatch_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        Xf = checked(X, feats, fault, "kmeans.dask", step)
+        # Sizes and inertia are sums over the rows: computed on the row groups as read (a read,
+        # a check and the sums: three Ray tasks per row group), not on the chunks cut from
+        # them (tasks per cut and per chunk, each storing its piece in the object store):
+        # 4.9-5.0 s -> 2.0 s for 1 GB in 42 row groups, 256 chunks (2 alternated runs each)
+        rows, _, _ = lazy_array(ctx.data.source, feats, m.batch_size, rechunk=False)
+        Xf = checked(rows, feats, fault, "kmeans.dask", step)
         if scaler is not None:
             Xf = (Xf - scaler.mean) / scaler.scale
-        # a group of chunks at a time, as the fitting pass: one graph of every chunk would put
-        # all their row-group reads in the object store at once (measured: a worker at 2 GB of
-        # RSS on 1 GB of data; the memory is bounded by the group, not the data)
+        # a group at a time, as the fitting pass: one graph of every block would put all their
+        # reads in the object store at once (measured: a worker at 2 GB of RSS on 1 GB of
+        # data; the memory is bounded by the group, not the data)
         blocks = Xf.to_delayed().ravel()
         parts = []
         for i in range(0, len(blocks), group):

@@ -116,12 +116,14 @@ def _release(version: str) -> tuple[int, ...]:
 # ------------------------------------------------------------------ the lazy array
 
 
-def lazy_array(source, features: list[str], batch_size: int, rechunk: bool = True):
+def lazy_array(
+    source, features: list[str], batch_size: int, rechunk: bool = True, parallel: int = 1
+):
     """``(X, partitions, group)``: the features of ``source`` (a checked SourceInfo) as a float64 Dask
     array of known chunks, ``batch_size`` rows each (the last may be shorter), in data order
-    (see the module docstring), and the :func:`group_size` for :func:`blocks_on_ray`;
-    :func:`checked` adds the checks of each chunk. ``rechunk=False``: chunked as read (a
-    parquet row group, or a planned partition, each)."""
+    (see the module docstring), and the :func:`group_size` for :func:`blocks_on_ray` on
+    ``parallel`` CPUs; :func:`checked` adds the checks of each chunk. ``rechunk=False``:
+    chunked as read (a parquet row group, or a planned partition, each)."""
     import dask
     import dask.array as da
 
@@ -157,18 +159,21 @@ def lazy_array(source, features: list[str], batch_size: int, rechunk: bool = Tru
         n_parts, longest = len(blocks), max(p.rows for p in parts)
     if rechunk:
         X = X.rechunk({0: batch_size, 1: -1})
-    return X, n_parts, group_size(longest, batch_size)
+    return X, n_parts, group_size(longest, batch_size, parallel)
 
 
 #: the most chunks one Ray graph of :func:`blocks_on_ray` brings to the driver
-MAX_GROUP = 8
+MAX_GROUP = 16
 
 
-def group_size(partition_rows: int, batch_size: int) -> int:
+def group_size(partition_rows: int, batch_size: int, parallel: int = 1) -> int:
     """How many chunks :func:`blocks_on_ray` computes per Ray graph: enough to cover the longest
-    partition (so a row group is read about once, not once per chunk cut from it), at most
-    :data:`MAX_GROUP`."""
-    return max(1, min(MAX_GROUP, -(-partition_rows // max(batch_size, 1))))
+    partition once per CPU (so a row group is read about once, not once per chunk cut from it,
+    and ``parallel`` row groups are read at once: a graph of one row group read on one CPU at a
+    time while the other waited, 1 GB k-means' fitting pass took 8.5 s against 6.6-7.1 s), at
+    most :data:`MAX_GROUP`."""
+    per_partition = -(-partition_rows // max(batch_size, 1))
+    return max(1, min(MAX_GROUP, per_partition * max(1, int(parallel))))
 
 
 def checked(X, features: list[str], fault, where: str, step: int):

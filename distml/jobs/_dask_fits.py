@@ -38,7 +38,8 @@ def run_pca(job, ctx):
 
     m, feats = job.spec.model, ctx.data.features
     fault = faults.from_env("pca.dask")
-    X, n_parts, group = lazy_array(ctx.data.source, feats, m.batch_size)
+    cpus = max(1, int(ctx.cluster.resources.get("CPU", 1)))
+    X, n_parts, group = lazy_array(ctx.data.source, feats, m.batch_size, parallel=cpus)
     ctx.log.info(
         "pca (engine dask): %d partitions, %d chunks of %d rows, %d features",
         n_parts,
@@ -119,7 +120,8 @@ def run_kmeans(job, ctx):
 
     m, feats = job.spec.model, ctx.data.features
     fault = faults.from_env("kmeans.dask")
-    X, n_parts, group = lazy_array(ctx.data.source, feats, m.batch_size)
+    cpus = max(1, int(ctx.cluster.resources.get("CPU", 1)))
+    X, n_parts, group = lazy_array(ctx.data.source, feats, m.batch_size, parallel=cpus)
     ctx.log.info(
         "kmeans (engine dask): %d partitions, %d chunks of %d rows, k=%d",
         n_parts,
@@ -194,13 +196,13 @@ def run_kmeans(job, ctx):
         Xf = checked(rows, feats, fault, "kmeans.dask", step)
         if scaler is not None:
             Xf = (Xf - scaler.mean) / scaler.scale
-        # a group at a time, as the fitting pass: one graph of every block would put all their
+        # two row groups per CPU at a time: one graph of every block would put all their
         # reads in the object store at once (measured: a worker at 2 GB of RSS on 1 GB of
         # data; the memory is bounded by the group, not the data)
-        blocks = Xf.to_delayed().ravel()
+        blocks, at_once = Xf.to_delayed().ravel(), 2 * cpus
         parts = []
-        for i in range(0, len(blocks), group):
-            todo = [dask.delayed(_final_block)(b, old) for b in blocks[i : i + group]]
+        for i in range(0, len(blocks), at_once):
+            todo = [dask.delayed(_final_block)(b, old) for b in blocks[i : i + at_once]]
             parts.extend(dask.compute(*todo))
         timings["final_s"] = time.perf_counter() - t0
     counts = np.sum([p[0] for p in parts], axis=0)

@@ -98,3 +98,14 @@ def test_an_old_dask_is_refused_with_the_install_hint(monkeypatch):
     )
     with pytest.raises(MissingDependency, match=r"dask>=2024\.11\.0.*dask 2024\.6\.0"):
         distml.validate(_spec("pca"))
+
+
+def test_a_group_of_chunks_covers_a_row_group_per_cpu_within_the_drivers_bound():
+    """blocks_on_ray's graphs: each row group read once (its chunks in one graph) and as many
+    row groups at once as the cluster has CPUs; the driver holds at most two groups."""
+    from distml.jobs._dask_engine import MAX_GROUP, group_size
+
+    assert group_size(50_000, 8192) == 7  # 7 chunks cut from a row group, one CPU
+    assert group_size(50_000, 8192, parallel=2) == 14  # two row groups read at once
+    assert group_size(50_000, 8192, parallel=64) == MAX_GROUP == 16
+    assert group_size(1_000, 8192, parallel=4) == 4 and group_size(0, 8192) == 1

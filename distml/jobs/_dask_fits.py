@@ -113,7 +113,6 @@ def run_kmeans(job, ctx):
     pass continues from the last with ``partial_fit``; it stops once the centres move less than
     ``tol`` × the mean feature variance), then one pass of sizes and inertia. Equal to
     ``MiniBatchKMeans(...).partial_fit`` fed the same batches in the same order."""
-    import dask
     from dask_ml.wrappers import Incremental
 
     from distml.jobs.kmeans.model import FittedKMeans, PassStats
@@ -188,10 +187,10 @@ def run_kmeans(job, ctx):
                 break
         timings["minibatch_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        # Sizes and inertia are sums over the rows: computed on the row groups as read (a read,
-        # a check and the sums: three Ray tasks per row group), not on the chunks cut from
+        # Sizes and inertia are sums over the rows: computed on the row groups as read (the
+        # read, then the check and the sums fused in one task), not on the chunks cut from
         # them (tasks per cut and per chunk, each storing its piece in the object store):
-        # 4.9-5.0 s -> 2.0 s for 1 GB in 42 row groups, 256 chunks (2 alternated runs each)
+        # 4.9-5.0 s -> 1.8-2.0 s for 1 GB in 42 row groups, 256 chunks
         rows, _, _ = lazy_array(ctx.data.source, feats, m.batch_size, rechunk=False)
         Xf = checked(rows, feats, fault, "kmeans.dask", step)
         if scaler is not None:
@@ -199,14 +198,16 @@ def run_kmeans(job, ctx):
         # two row groups per CPU at a time: one graph of every block would put all their
         # reads in the object store at once (measured: a worker at 2 GB of RSS on 1 GB of
         # data; the memory is bounded by the group, not the data)
-        blocks, at_once = Xf.to_delayed().ravel(), 2 * cpus
+        at_once, k = 2 * cpus, len(old)
+        stats = Xf.map_blocks(
+            _final_stats, old, dtype=np.float64, chunks=((1,) * Xf.numblocks[0], (k + 1,))
+        )
         parts = []
-        for i in range(0, len(blocks), at_once):
-            todo = [dask.delayed(_final_block)(b, old) for b in blocks[i : i + at_once]]
-            parts.extend(dask.compute(*todo))
+        for i in range(0, Xf.numblocks[0], at_once):
+            parts.append(np.asarray(stats.blocks[i : i + at_once].compute()))
         timings["final_s"] = time.perf_counter() - t0
-    counts = np.sum([p[0] for p in parts], axis=0)
-    inertia = float(sum(p[1] for p in parts))
+    table = np.concatenate(parts)
+    counts, inertia = table[:, :k].sum(axis=0).astype(np.int64), float(table[:, k].sum())
     final = PassStats(np.zeros((0, 0)), counts, inertia, int(counts.sum()))
     model = FittedKMeans(feats, old, counts.astype(np.int64), scaler)
     out = job._outputs(model, final, history, [float("nan")], converged, passes, 0)
@@ -264,8 +265,10 @@ def writable_minibatch_kmeans() -> type:
     return _WRITABLE["cls"]
 
 
-def _final_block(X: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, float]:
+def _final_stats(X: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """One row: each centre's count of ``X``'s rows, then their inertia."""
     from distml.jobs.kmeans.model import assign
 
     labels, dist = assign(np.asarray(X, dtype=np.float64), centers)
-    return np.bincount(labels, minlength=len(centers)), float(dist.sum())
+    counts = np.bincount(labels, minlength=len(centers)).astype(np.float64)
+    return np.append(counts, dist.sum())[None, :]

@@ -130,9 +130,10 @@ def test_kmeans_equals_sklearn_minibatch_kmeans_fed_the_same_batches(kmeans_run,
     assert r.manifest["execution"]["path"] == "dask_minibatch"
     # tol 0 and no scaling: no moments pass, only the two passes and the final one
     assert r.manifest["execution"]["data_passes"] == 3
-    # the final sizes and inertia: one task per row group as read, not per chunk cut from it
+    # the final sizes and inertia: one task per row group as read (checked and summed), not
+    # per chunk cut from it
     ex = r.manifest["execution"]
-    assert ex["stages"]["final_block"]["tasks"] == ex["partitions"] == 4 < ex["chunks"]
+    assert ex["stages"]["final_stats"]["tasks"] == ex["partitions"] == 4 < ex["chunks"]
     assert "moments_s" not in r.manifest["execution"]["timings_s"]
 
 

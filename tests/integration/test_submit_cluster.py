@@ -578,6 +578,7 @@ def test_a_pandas_frame_submitted_with_the_job_trains_as_plain_xgboost(head, tok
     rows, and the run records where it read them."""
     import xgboost as xgb
     from sklearn.metrics import roc_auc_score
+    from test_supervised import plain_xgboost
 
     import distml
     from distml.runtime.data import split_indices
@@ -604,20 +605,13 @@ def test_a_pandas_frame_submitted_with_the_job_trains_as_plain_xgboost(head, tok
     assert read["source"].endswith("staging/data") and read["rows"] == 450
     assert json.loads(sub.metadata["distml_frames"])[0]["rows"] == 450
 
-    spec = load_spec(os.path.join(ROOT, "jobs", "quickstart.yaml"), {"data.split.test": 0})
+    spec = load_spec(
+        os.path.join(ROOT, "jobs", "quickstart.yaml"),
+        {"data.split.test": 0, "model.num_boost_round": 30},
+    )
     X, y = train.drop(columns="target"), train["target"].to_numpy()
     parts = split_indices(y, spec.data.split_spec, classification=True)
-    params = dict(spec.model.params, nthread=1, seed=0)
-    dtrain = xgb.DMatrix(X.iloc[parts["train"]], label=y[parts["train"]])
-    dvalid = xgb.DMatrix(X.iloc[parts["valid"]], label=y[parts["valid"]])
-    bst = xgb.train(
-        params,
-        dtrain,
-        30,
-        evals=[(dtrain, "train"), (dvalid, "valid")],
-        early_stopping_rounds=spec.model.early_stopping_rounds,
-        verbose_eval=False,
-    )
+    bst = plain_xgboost(spec, X, y, parts)
     rng = (0, bst.best_iteration + 1)
     metrics = sub.result["metrics"]
     for name, Xs, ys in (

@@ -20,6 +20,24 @@ def _bc_frame():
     return load_builtin("breast_cancer")
 
 
+def plain_xgboost(spec, X, y, parts):
+    """``xgboost.train`` as ``spec`` (an xgboost spec) asks, on the ``parts`` train rows with
+    the valid rows watched: what a plain script fits, to compare distml's run with."""
+    import xgboost as xgb
+
+    params = dict(spec.model.params, nthread=1, seed=0)
+    dtrain = xgb.DMatrix(X.iloc[parts["train"]], label=y[parts["train"]])
+    dvalid = xgb.DMatrix(X.iloc[parts["valid"]], label=y[parts["valid"]])
+    return xgb.train(
+        params,
+        dtrain,
+        spec.model.num_boost_round,
+        evals=[(dtrain, "train"), (dvalid, "valid")],
+        early_stopping_rounds=spec.model.early_stopping_rounds,
+        verbose_eval=False,
+    )
+
+
 def test_quickstart_matches_plain_xgboost(tmp_path, project_root):
     import xgboost as xgb
     from sklearn.metrics import roc_auc_score
@@ -30,17 +48,7 @@ def test_quickstart_matches_plain_xgboost(tmp_path, project_root):
     df = _bc_frame()
     X, y = df.drop(columns="target"), df["target"].to_numpy()
     parts = split_indices(y, spec.data.split_spec, classification=True)
-    params = dict(spec.model.params, nthread=1, seed=0)
-    dtrain = xgb.DMatrix(X.iloc[parts["train"]], label=y[parts["train"]])
-    dvalid = xgb.DMatrix(X.iloc[parts["valid"]], label=y[parts["valid"]])
-    bst = xgb.train(
-        params,
-        dtrain,
-        spec.model.num_boost_round,
-        evals=[(dtrain, "train"), (dvalid, "valid")],
-        early_stopping_rounds=spec.model.early_stopping_rounds,
-        verbose_eval=False,
-    )
+    bst = plain_xgboost(spec, X, y, parts)
     rng = (0, bst.best_iteration + 1)
     for split in ("valid", "test"):
         p = bst.predict(xgb.DMatrix(X.iloc[parts[split]]), iteration_range=rng)

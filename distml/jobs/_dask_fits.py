@@ -209,7 +209,7 @@ def run_kmeans(job, ctx):
     table = np.concatenate(parts)
     counts, inertia = table[:, :k].sum(axis=0).astype(np.int64), float(table[:, k].sum())
     final = PassStats(np.zeros((0, 0)), counts, inertia, int(counts.sum()))
-    model = FittedKMeans(feats, old, counts.astype(np.int64), scaler)
+    model = FittedKMeans(feats, old, counts, scaler)
     out = job._outputs(model, final, history, [float("nan")], converged, passes, 0)
     out.metrics.update(init_inertia=None, init_inertias=[])  # MiniBatchKMeans does not say
     out.info["engine"] = "dask"

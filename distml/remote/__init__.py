@@ -75,16 +75,18 @@ def _overrides(
     return merged
 
 
-def _local_path_warnings(spec, skip: dict | None = None) -> list[str]:
+def _local_path_warnings(spec) -> list[str]:
     """Paths that mean something else on the cluster: relative data, a relative output root
-    (not when ``skip``, the submission's frames, stand for the data)."""
+    (not the placeholder of a frame that travels with the job, ``data=``)."""
+    from distml.runtime.frames import FIELDS
+
     notes = []
     for field_name, value in (
         ("data.source", spec.data.source),
         ("data.test_source", spec.data.test_source),
     ):
-        if skip and value in ("data=", "test_data="):
-            continue  # a frame that travels with the job
+        if value in {f"{keyword}=" for keyword in FIELDS}:
+            continue
         if value and ":" not in value.split("/")[0] and not os.path.isabs(value):
             notes.append(
                 f"{field_name} {value!r} is a relative path: on the cluster it is read "
@@ -138,7 +140,6 @@ def submit(
     from distml.spec.yamlio import dump_yaml
 
     frames = fr.describe_all(data=data, test_data=test_data)
-    ship.check_shippable(frames)
     merged = _overrides(overrides, output)
     job_spec = validate(spec, merged, check_data=False, data=data, test_data=test_data)
     sid = submission_id or f"{job_spec.name[:100]}-{new_run_id()}"
@@ -195,7 +196,7 @@ def _send(
             "job %s already exists on %s (%s); not resubmitting", sid, client.address, found.status
         )
         return client, found
-    for note in _local_path_warnings(job_spec, skip=extra):
+    for note in _local_path_warnings(job_spec):
         log.warning("%s", note)
     metadata = {
         "distml_version": _version(),

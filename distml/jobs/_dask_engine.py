@@ -1,35 +1,42 @@
 """``engine: dask`` of the ``pca`` and ``kmeans`` kinds (docs/out_of_core.md, "Which engine").
 
-The data become one lazy Dask array with known chunks of ``model.batch_size`` rows:
+The data become one lazy Dask array of known lengths, one block per partition as read:
 
 * **parquet** — ``dask.dataframe.read_parquet`` of the files the one planner found, one row group
   per Dask partition, the partition lengths read from the parquet footers (no pass over the data),
-  turned into an array with those lengths and re-cut into ``batch_size``-row chunks;
+  turned into an array with those lengths;
 * **CSV and builtin/synthetic sources** — the same partitions the native engine plans
   (:func:`distml.runtime.plan.by_rows`: a CSV file, its lines counted once on the driver; a
   synthetic source in row ranges of ``batch_size``), each read by one ``dask.delayed`` call of
   :func:`distml.runtime.read.read_partition`.
 
 The fit is dask-ml's — ``dask_ml.decomposition.IncrementalPCA`` or
-``dask_ml.wrappers.Incremental(sklearn.cluster.MiniBatchKMeans)`` over the chunks in order.
-What runs where: the chunk work (reads, float64 conversion, the cut into chunks, the NaN/inf
-checks, scaling) and the whole-data passes (moments, final sizes and inertia) are Dask graphs run
-as Ray tasks on the run's cluster through Ray's Dask scheduler (``ray.util.dask.ray_dask_get``;
-no ``dask.distributed`` cluster is started). The sequential fit loop — dask-ml's per-chunk
-``partial_fit``, whose small linear algebra (column means, the SVD of a ``(k + batch) × d``
-matrix) dask-ml expresses as dozens of tiny Dask tasks per batch — runs under Dask's synchronous
-scheduler in the driver, on chunks :func:`blocks_on_ray` brings from Ray a group at a time (the
-next group computed while the current one is fitted). Measured (docs/out_of_core.md), running
-those tiny tasks as Ray tasks made the fit 1.75× (PCA) to 3× (k-means) slower than a plain
-dask-ml script on threads; the driver holds at most two groups of chunks. A task holds one
-chunk (or, for parquet, the row group it is cut from), so memory follows the batch size and the
-row-group size, not the data. A worker killed mid-fit is a Ray task retried: the chunk is read
-again and the fit continues from the same state (RELIABILITY.md T4).
+``dask_ml.wrappers.Incremental(sklearn.cluster.MiniBatchKMeans)`` over ``batch_size``-row chunks
+in order. What runs where:
+
+* **a partition per Ray task** (:func:`partitions_on_ray`): the partition's Dask graph — the
+  read, the float64 conversion, the NaN/inf checks, any scaling, and in the whole-data passes
+  (moments, final sizes and inertia) its sums — runs in one Ray task on the run's cluster under
+  Dask's synchronous scheduler, so nothing between the read and the result passes through the
+  object store; a partition per CPU (and one more) in flight. No ``dask.distributed`` cluster
+  is started.
+* **the fit loop on the driver**: dask-ml's per-chunk ``partial_fit``, whose small linear
+  algebra (column means, the SVD of a ``(k + batch) × d`` matrix) dask-ml expresses as dozens of
+  tiny Dask tasks per batch, runs under Dask's synchronous scheduler in the driver, on the
+  chunks cut from the partitions as they arrive (:func:`cut`: views, a copy only where a chunk
+  spans two partitions).
+
+Measured (docs/out_of_core.md): a Ray task per Dask graph node (``ray.util.dask.ray_dask_get``,
+which this engine used before) made 1 GB of k-means 667 tasks, each storing its result in the
+object store, and the job 2.5× a plain dask-ml script on threads; running the fit's tiny tasks
+on Ray as well made it 1.75× (PCA) to 3× (k-means) slower still. Memory follows the partition
+(row-group) size and the partitions in flight, not the data. A worker killed mid-fit is a Ray
+task retried: the partition is read again and the fit continues from the same state
+(RELIABILITY.md T4).
 
 The fits themselves are in :mod:`distml.jobs._dask_fits`. The fitted model, tables and metrics
 are built by the kind's own code, so a dask-engine run is
-predicted, reported and loaded exactly as a native one; the manifest says ``engine: dask``.
-"""
+predicted, reported and loaded exactly as a native one; the manifest says ``engine: dask``."""
 
 from __future__ import annotations
 
@@ -116,14 +123,12 @@ def _release(version: str) -> tuple[int, ...]:
 # ------------------------------------------------------------------ the lazy array
 
 
-def lazy_array(
-    source, features: list[str], batch_size: int, rechunk: bool = True, parallel: int = 1
-):
-    """``(X, partitions, group)``: the features of ``source`` (a checked SourceInfo) as a float64 Dask
-    array of known chunks, ``batch_size`` rows each (the last may be shorter), in data order
-    (see the module docstring), and the :func:`group_size` for :func:`blocks_on_ray` on
-    ``parallel`` CPUs; :func:`checked` adds the checks of each chunk. ``rechunk=False``:
-    chunked as read (a parquet row group, or a planned partition, each)."""
+def lazy_array(source, features: list[str], batch_size: int):
+    """``(X, partitions)``: the features of ``source`` (a checked SourceInfo) as a float64 Dask
+    array in data order, one block per partition as read (a parquet row group, or a planned
+    partition: synthetic sources in ranges of ``batch_size`` rows; see the module docstring),
+    its lengths known; :func:`checked` adds the checks of each block, :func:`blocks_on_ray`
+    cuts it into batches."""
     import dask
     import dask.array as da
 
@@ -140,40 +145,39 @@ def lazy_array(
                 f"data.source: {source.source!r}: Dask sees {frame.npartitions} partitions "
                 f"where the parquet footers list {len(lengths)} row groups"
             )
-        X = frame.astype("float64").to_dask_array(lengths=lengths)
-        n_parts, longest = len(lengths), max(lengths, default=0)
-    else:
-        parts = plan.check_rows(
-            plan.by_rows(source, batch_size, virtual_rows=batch_size, count_csv_rows=True),
-            source.source,
-        )
-        read = dask.delayed(_read_matrix, pure=True)
-        blocks = [
-            da.from_delayed(read(p, features), shape=(p.rows, d), dtype=np.float64)
-            for p in parts
-            if p.rows
-        ]
-        if not blocks:
-            raise DataError(f"data.source: {source.source!r} has no rows")
-        X = da.concatenate(blocks, axis=0) if len(blocks) > 1 else blocks[0]
-        n_parts, longest = len(blocks), max(p.rows for p in parts)
-    if rechunk:
-        X = X.rechunk({0: batch_size, 1: -1})
-    return X, n_parts, group_size(longest, batch_size, parallel)
+        return frame.astype("float64").to_dask_array(lengths=lengths), len(lengths)
+    parts = plan.check_rows(
+        plan.by_rows(source, batch_size, virtual_rows=batch_size, count_csv_rows=True),
+        source.source,
+    )
+    read = dask.delayed(_read_matrix, pure=True)
+    blocks = [
+        da.from_delayed(read(p, features), shape=(p.rows, d), dtype=np.float64)
+        for p in parts
+        if p.rows
+    ]
+    if not blocks:
+        raise DataError(f"data.source: {source.source!r} has no rows")
+    return (da.concatenate(blocks, axis=0) if len(blocks) > 1 else blocks[0]), len(blocks)
 
 
-#: the most chunks one Ray graph of :func:`blocks_on_ray` brings to the driver
-MAX_GROUP = 16
+def batch_slices(rows: int, batch_size: int) -> list[slice]:
+    """The row slices of ``batch_size`` rows (the last may be shorter) over ``rows`` rows."""
+    return [slice(lo, min(lo + batch_size, rows)) for lo in range(0, rows, max(1, batch_size))]
 
 
-def group_size(partition_rows: int, batch_size: int, parallel: int = 1) -> int:
-    """How many chunks :func:`blocks_on_ray` computes per Ray graph: enough to cover the longest
-    partition once per CPU (so a row group is read about once, not once per chunk cut from it,
-    and ``parallel`` row groups are read at once: a graph of one row group read on one CPU at a
-    time while the other waited, 1 GB k-means' fitting pass took 8.5 s against 6.6-7.1 s), at
-    most :data:`MAX_GROUP`."""
-    per_partition = -(-partition_rows // max(batch_size, 1))
-    return max(1, min(MAX_GROUP, per_partition * max(1, int(parallel))))
+#: the manifest's ``execution.scheduler``: how the Dask graphs of the passes run
+SCHEDULER = "one Ray task per partition, its Dask graph run by Dask's synchronous scheduler"
+
+#: the most partitions :func:`blocks_on_ray` has in flight (computing, or waiting for the driver)
+MAX_AHEAD = 16
+
+
+def ahead(cpus: int) -> int:
+    """Partitions in flight for ``cpus`` CPUs: one per CPU and one more, so that a CPU freed
+    while the driver fits finds the next partition waiting; at most :data:`MAX_AHEAD` (the
+    driver's memory is bounded by this many partitions, not by the data)."""
+    return max(2, min(MAX_AHEAD, int(cpus) + 1))
 
 
 def checked(X, features: list[str], fault, where: str, step: int):
@@ -210,37 +214,16 @@ def _check_block(X, features, fault, where, step, block_info=None):
 
 
 @contextmanager
-def on_ray(log) -> Iterator["Probe"]:
-    """Dask's scheduler set to Ray's (``ray_dask_get``) for the block, with a :class:`Probe`
-    recording every task's rows, seconds and peak RSS; the probe's actor ends with the block."""
-    import functools
-
-    import dask
-    import ray
-    from ray.util.dask import RayDaskCallback, ray_dask_get
-
-    sink = _sink_class().options(num_cpus=0).remote()
-    probe = Probe()
-    # plain module functions as callbacks: they travel with every task by reference
-    callback = RayDaskCallback(
-        ray_pretask=_pretask,
-        ray_posttask=functools.partial(_posttask, sink),
-        ray_postsubmit=probe.submitted,
-    )
+def on_ray() -> Iterator["Probe"]:
+    """A :class:`Probe` for the block's Ray tasks; a DataError raised in a task (a chunk's
+    check) comes out as itself, not wrapped by Ray."""
     try:
-        with dask.config.set(scheduler=ray_dask_get), callback:
-            yield probe
-    except Exception as e:  # a DataError raised in a task comes back wrapped by Ray
+        yield Probe()
+    except Exception as e:
         cause = getattr(e, "cause", None)
         if isinstance(cause, DataError):
             raise DataError(str(cause)) from None
         raise
-    finally:
-        try:
-            probe.meta = ray.get(sink.meta.remote(), timeout=60)
-        except Exception as e:  # the figures are a report, not the result
-            log.warning("dask engine: task figures not collected (%s)", e)
-        ray.kill(sink)
 
 
 class Probe:
@@ -249,31 +232,9 @@ class Probe:
     def __init__(self):
         self.tasks, self.meta = 0, []
 
-    def submitted(self, task, key, deps, object_ref) -> None:
-        self.tasks += 1
 
-
-def _sink_class():
-    import ray
-
-    @ray.remote
-    class Sink:
-        """Collects the per-task figures the workers send."""
-
-        def __init__(self):
-            self.rows: list[dict] = []
-
-        def add(self, row: dict) -> None:
-            self.rows.append(row)
-
-        def meta(self) -> list[dict]:
-            return self.rows
-
-    return Sink
-
-
-def _pretask(key, object_refs):
-    """In the worker, before a Dask task: reset the peak RSS (Linux), note the time and RSS."""
+def _pretask() -> tuple[float, int | None]:
+    """In the worker, before a task: reset the peak RSS (Linux), note the time and RSS."""
     try:
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")
@@ -282,65 +243,119 @@ def _pretask(key, object_refs):
     return time.perf_counter(), ooc.status_bytes("VmRSS")
 
 
-def _posttask(sink, key, result, pre_state) -> None:
-    """In the worker, after a Dask task: send its rows, seconds and RSS figures to the sink."""
-    from dask.utils import key_split
-
+def _record(stage: str, partition: int, name: str, result, pre_state) -> dict:
+    """One task's figures (see :func:`_pretask`): rows, seconds, RSS at its start and peak."""
     t0, rss0 = pre_state
     peak = ooc.status_bytes("VmHWM")
-    rows = int(result.shape[0]) if getattr(result, "ndim", 0) >= 1 else 0
-    sink.add.remote(
-        {
-            "partition": _index(key),
-            "name": str(key)[:120],
-            "stage": key_split(key).split("-")[0],
-            "rows": rows,
-            "seconds": round(time.perf_counter() - t0, 4),
-            "rss_start": rss0,
-            "rss_peak": peak,
-            "rss_increase": (peak - rss0) if peak and rss0 else None,
-        }
-    )
+    return {
+        "partition": partition,
+        "name": name[:120],
+        "stage": stage,
+        "rows": int(result.shape[0]) if getattr(result, "ndim", 0) >= 1 else 0,
+        "seconds": round(time.perf_counter() - t0, 4),
+        "rss_start": rss0,
+        "rss_peak": peak,
+        "rss_increase": (peak - rss0) if peak and rss0 else None,
+    }
 
 
-def _index(key) -> int:
-    return int(key[1]) if isinstance(key, tuple) and len(key) > 1 and isinstance(key[1], int) else 0
+def partitions_on_ray(X, in_flight: int, stage: str, probe: Probe) -> Iterator[np.ndarray]:
+    """Each block of ``X`` (blocks stacked by rows) as a numpy array, in order. A block is one
+    Ray task that runs the block's Dask graph (the read, the float64 conversion, the checks,
+    any scaling or sums) with Dask's synchronous scheduler in the worker, so nothing between
+    the read and the result passes through the object store; ``in_flight`` tasks at a time (a
+    task is submitted as one is taken). A worker lost mid-task: Ray runs the task again, which
+    reads its partition again (RELIABILITY.md T4). Each task's figures go to ``probe``.
+
+    Measured on B5's 1 GB k-means (42 row groups, 256 chunks), against a Ray task per Dask graph
+    node (``ray_dask_get``: 667 tasks, each storing its result): the fitting pass 8.0-9.2 s ->
+    2.7-3.2 s, the final pass 1.6-1.7 s -> 1.1 s."""
+    from collections import deque
+
+    import ray
+
+    task, n, pending = _block_task(), X.numblocks[0], deque()
+
+    def submit(i: int) -> None:
+        pending.append(task.remote(X.blocks[i], stage, i))
+        probe.tasks += 1
+
+    for i in range(min(in_flight, n)):
+        submit(i)
+    nxt = len(pending)
+    try:
+        while pending:
+            value, record = ray.get(pending.popleft())
+            probe.meta.append(record)
+            if nxt < n:
+                submit(nxt)
+                nxt += 1
+            yield value
+    finally:
+        for ref in pending:
+            try:
+                ray.cancel(ref)
+            except Exception:  # already finished or gone: nothing to stop
+                pass
 
 
-def blocks_on_ray(X, slices: list[slice], group: int) -> Iterator[np.ndarray]:
-    """``X[s]`` as numpy arrays, for each row slice ``s`` in order: the slices are computed
-    ``group`` at a time, each group one Dask graph run by Ray's Dask scheduler (the chunks of a
-    group share the Ray tasks reading the row groups they are cut from), and the next group is
-    computed while the caller fits the current one. At most two groups are held on the driver
-    (``2 × group`` chunks). One group at a time: Ray's Dask scheduler keeps its callbacks (the
-    memory probe) in process-wide state, and two graphs computed at once lost task records."""
-    from concurrent.futures import ThreadPoolExecutor
+_TASK: dict[str, object] = {}
 
+
+def _block_task():
+    """:func:`_compute_block` as a Ray remote function of one CPU (retried if its worker dies)."""
+    if "task" not in _TASK:
+        import ray
+
+        _TASK["task"] = ray.remote(num_cpus=1, max_retries=3)(_compute_block)
+    return _TASK["task"]
+
+
+def _compute_block(block, stage: str, index: int) -> tuple[np.ndarray, dict]:
+    """In the worker: ``block`` (a one-block Dask array) computed by Dask's synchronous
+    scheduler, and the task's figures."""
     import dask
-    from ray.util.dask import ray_dask_get
 
-    def compute(part: list[slice]) -> tuple:
-        return dask.compute(*[X[s] for s in part], scheduler=ray_dask_get)
-
-    groups = [slices[i : i + group] for i in range(0, len(slices), group)]
-    if not groups:
-        return
-    with ThreadPoolExecutor(1, thread_name_prefix="dask-blocks") as pool:
-        pending = pool.submit(compute, groups[0])
-        try:
-            for i in range(len(groups)):
-                blocks = pending.result()
-                if i + 1 < len(groups):
-                    pending = pool.submit(compute, groups[i + 1])
-                yield from blocks
-        finally:
-            pending.cancel()
+    pre = _pretask()
+    (value,) = dask.compute(block, scheduler="sync")
+    value = np.asarray(value)
+    return value, _record(stage, index, f"{stage}-{index}", value, pre)
 
 
-def chunk_slices(X) -> list[slice]:
-    """The row slices of ``X``'s chunks."""
-    bounds = np.cumsum((0, *X.chunks[0]))
-    return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+def blocks_on_ray(
+    X, slices: list[slice], in_flight: int, stage: str, probe: Probe
+) -> Iterator[np.ndarray]:
+    """``X[s]`` as numpy arrays, for each row slice ``s`` in order (slices ascending, not
+    overlapping): ``X``'s blocks computed by :func:`partitions_on_ray`, the slices cut from them
+    here (:func:`cut`)."""
+    return cut(partitions_on_ray(X, in_flight, stage, probe), slices)
+
+
+def cut(blocks: Iterator[np.ndarray], slices: list[slice]) -> Iterator[np.ndarray]:
+    """``X[s]`` for each slice ``s`` in order, ``X`` being ``blocks`` stacked by rows and
+    ``slices`` ascending and not overlapping: a view of one block where the slice lies in it,
+    a copy joining the pieces where it spans blocks. A block is taken when a slice first
+    reaches it and let go once the slices have passed it."""
+    held: list[np.ndarray] = []
+    lo = hi = 0  # the rows held: [lo, hi)
+    for s in slices:
+        while held and lo + len(held[0]) <= s.start:
+            lo += len(held.pop(0))
+        while hi < s.stop:
+            block = next(blocks)
+            held.append(block)
+            hi += len(block)
+            while held and lo + len(held[0]) <= s.start:
+                lo += len(held.pop(0))
+        pieces, pos = [], lo
+        for block in held:
+            a, z = max(s.start - pos, 0), min(s.stop - pos, len(block))
+            if a < z:
+                pieces.append(block[a:z])
+            pos += len(block)
+            if pos >= s.stop:
+                break
+        yield pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
 
 def local(*blocks: np.ndarray):
@@ -356,15 +371,29 @@ def local(*blocks: np.ndarray):
     return da.Array(graph, name, chunks, dtype=blocks[0].dtype)
 
 
-def moments(X) -> tuple[np.ndarray, np.ndarray, int]:
-    """Per-feature mean and population variance (ddof=0) and the row count, in one pass."""
-    import dask
+def moments(X, in_flight: int, probe: Probe) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per-feature mean and population variance (ddof=0) and the row count, in one pass: each
+    partition's count, mean and scatter computed by its task (:func:`partitions_on_ray`),
+    merged here as the native engine merges them (Chan, Golub & LeVeque)."""
+    d = int(X.shape[1])
+    stats = X.map_blocks(
+        _moment_stats, dtype=np.float64, chunks=((1,) * X.numblocks[0], (1 + 2 * d,))
+    )
+    total = ooc.Moments.empty(d, full=False)
+    for row in partitions_on_ray(stats, in_flight, "moments", probe):
+        total = total.merge(ooc.Moments(int(row[0, 0]), row[0, 1 : 1 + d], row[0, 1 + d :]))
+    return total.mean, total.variance, total.n
 
-    mean, var = dask.compute(X.mean(axis=0), X.var(axis=0))
-    return np.asarray(mean), np.asarray(var), int(X.shape[0])
+
+def _moment_stats(X: np.ndarray) -> np.ndarray:
+    """One row: the count, mean and scatter (per feature) of ``X``'s rows."""
+    m = ooc.Moments.empty(X.shape[1], full=False).add(np.array(X, dtype=np.float64))
+    return np.concatenate(([m.n], m.mean, m.m2))[None, :]
 
 
-def execution(kind: str, X, n_parts: int, probe, batch_size: int, passes: int, timings) -> dict:
+def execution(
+    kind: str, chunks: int, n_parts: int, probe, batch_size: int, passes: int, timings
+) -> dict:
     """The manifest ``execution`` of a dask-engine run."""
     import dask
 
@@ -377,10 +406,10 @@ def execution(kind: str, X, n_parts: int, probe, batch_size: int, passes: int, t
         "path": f"dask_{'incremental' if kind == 'pca' else 'minibatch'}",
         "engine": "dask",
         "algorithm": algorithm,
-        "scheduler": "ray.util.dask.ray_dask_get",
+        "scheduler": SCHEDULER,
         "dask_version": dask.__version__,
         "partitions": n_parts,
-        "chunks": len(X.chunks[0]),
+        "chunks": chunks,
         "tasks": probe.tasks,
         "batch_size": batch_size,
         "data_passes": passes,

@@ -11,14 +11,16 @@ import numpy as np
 from distml.errors import DataError
 from distml.jobs import _out_of_core as ooc
 from distml.jobs._dask_engine import (
+    ahead,
+    batch_slices,
     blocks_on_ray,
     checked,
-    chunk_slices,
     execution,
     lazy_array,
     local,
     moments,
     on_ray,
+    partitions_on_ray,
 )
 from distml.runtime import faults
 
@@ -39,20 +41,23 @@ def run_pca(job, ctx):
     m, feats = job.spec.model, ctx.data.features
     fault = faults.from_env("pca.dask")
     cpus = max(1, int(ctx.cluster.resources.get("CPU", 1)))
-    X, n_parts, group = lazy_array(ctx.data.source, feats, m.batch_size, parallel=cpus)
+    X, n_parts = lazy_array(ctx.data.source, feats, m.batch_size)
+    # IncrementalPCA.fit's batches: gen_batches' cut (the last one merged into the one before
+    # when shorter than n_components)
+    batches = list(gen_batches(X.shape[0], m.batch_size, min_batch_size=m.n_components or 0))
     ctx.log.info(
         "pca (engine dask): %d partitions, %d chunks of %d rows, %d features",
         n_parts,
-        len(X.chunks[0]),
+        len(batches),
         m.batch_size,
         len(feats),
     )
     timings: dict[str, float] = {}
     scaler, passes = None, 1
-    with on_ray(ctx.log) as probe:
+    with on_ray() as probe:
         if m.scale:
             t0 = time.perf_counter()
-            mean, var, _ = moments(checked(X, feats, fault, "pca.dask", 0))
+            mean, var, _ = moments(checked(X, feats, fault, "pca.dask", 0), ahead(cpus), probe)
             std = np.sqrt(var)
             scaler = ooc.Scaler(mean, np.where(std > 0, std, 1.0))
             timings["moments_s"] = time.perf_counter() - t0
@@ -66,13 +71,12 @@ def run_pca(job, ctx):
         ipca = IncrementalPCA(
             n_components=m.n_components, batch_size=m.batch_size, svd_solver="full"
         )
-        # IncrementalPCA.fit's loop: partial_fit on the batches gen_batches cuts (the last one
-        # merged into the one before when shorter than n_components); each batch computed on
-        # Ray, its small linear algebra run by Dask's synchronous scheduler where it now is
-        batches = list(gen_batches(X.shape[0], m.batch_size, min_batch_size=m.n_components or 0))
+        # IncrementalPCA.fit's loop: partial_fit on each batch, cut from the partitions computed
+        # on Ray, its small linear algebra run by Dask's synchronous scheduler where it now is
+        blocks = blocks_on_ray(Xf, batches, ahead(cpus), "fit_blocks", probe)
         with warnings.catch_warnings(), dask.config.set(scheduler="sync"):
             warnings.simplefilter("ignore", RuntimeWarning)  # dask's 0/0 inferring a meta
-            for block in blocks_on_ray(Xf, batches, group):
+            for block in blocks:
                 ipca.partial_fit(local(block), check_input=False)
         timings["fit_s"] = time.perf_counter() - t0
     n = int(ipca.n_samples_seen_)
@@ -100,7 +104,7 @@ def run_pca(job, ctx):
     out.info["execution"] = {
         "mode": "incremental",
         "reason": "engine: dask runs dask-ml IncrementalPCA",
-        **execution("pca", X, n_parts, probe, m.batch_size, passes, timings),
+        **execution("pca", len(batches), n_parts, probe, m.batch_size, passes, timings),
         **ooc.resume_record(ctx),
     }
     out.info["memory"] = ooc.memory_info(probe.meta, m.batch_size, len(feats))
@@ -120,24 +124,26 @@ def run_kmeans(job, ctx):
     m, feats = job.spec.model, ctx.data.features
     fault = faults.from_env("kmeans.dask")
     cpus = max(1, int(ctx.cluster.resources.get("CPU", 1)))
-    X, n_parts, group = lazy_array(ctx.data.source, feats, m.batch_size, parallel=cpus)
+    X, n_parts = lazy_array(ctx.data.source, feats, m.batch_size)
+    slices = batch_slices(int(X.shape[0]), m.batch_size)
     ctx.log.info(
         "kmeans (engine dask): %d partitions, %d chunks of %d rows, k=%d",
         n_parts,
-        len(X.chunks[0]),
+        len(slices),
         m.batch_size,
         m.n_clusters,
     )
     timings: dict[str, float] = {}
     history: list[dict] = []
     scaler, step, converged, passes = None, 0, False, 0
-    with on_ray(ctx.log) as probe:
+    with on_ray() as probe:
         t0 = time.perf_counter()
         # the moments pass (data pass 0) only when its figures are used: the scaler, or the
         # tolerance of a later pass (a first pass never converges; tol 0 needs no variance)
         n, tol, read = int(X.shape[0]), 0.0, 0
         if m.scale or (m.tol > 0 and m.max_passes > 1):
-            mean, var, n = moments(checked(X, feats, fault, "kmeans.dask", step))
+            Xc = checked(X, feats, fault, "kmeans.dask", step)
+            mean, var, n = moments(Xc, ahead(cpus), probe)
             read += 1
         step += 1
         if n < m.n_clusters:
@@ -168,7 +174,7 @@ def run_kmeans(job, ctx):
             step += 1
             if scaler is not None:
                 Xf = (Xf - scaler.mean) / scaler.scale
-            _partial_fit_pass(inc, Xf, group)
+            _partial_fit_pass(inc, blocks_on_ray(Xf, slices, ahead(cpus), "fit_blocks", probe))
             new = np.array(inc.estimator_.cluster_centers_, dtype=np.float64)
             shift = float(((new - old) ** 2).sum()) if old is not None else float("inf")
             history.append(
@@ -187,24 +193,16 @@ def run_kmeans(job, ctx):
                 break
         timings["minibatch_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        # Sizes and inertia are sums over the rows: computed on the row groups as read (the
-        # read, then the check and the sums fused in one task), not on the chunks cut from
-        # them (tasks per cut and per chunk, each storing its piece in the object store):
-        # 4.9-5.0 s -> 1.8-2.0 s for 1 GB in 42 row groups, 256 chunks
-        rows, _, _ = lazy_array(ctx.data.source, feats, m.batch_size, rechunk=False)
-        Xf = checked(rows, feats, fault, "kmeans.dask", step)
+        # Sizes and inertia are sums over the rows: one task per partition as read (the read,
+        # the check and the sums in one process), not per chunk cut from it
+        Xf = checked(X, feats, fault, "kmeans.dask", step)
         if scaler is not None:
             Xf = (Xf - scaler.mean) / scaler.scale
-        # two row groups per CPU at a time: one graph of every block would put all their
-        # reads in the object store at once (measured: a worker at 2 GB of RSS on 1 GB of
-        # data; the memory is bounded by the group, not the data)
-        at_once, k = 2 * cpus, len(old)
+        k = len(old)
         stats = Xf.map_blocks(
             _final_stats, old, dtype=np.float64, chunks=((1,) * Xf.numblocks[0], (k + 1,))
         )
-        parts = []
-        for i in range(0, Xf.numblocks[0], at_once):
-            parts.append(np.asarray(stats.blocks[i : i + at_once].compute()))
+        parts = list(partitions_on_ray(stats, ahead(cpus), "final_stats", probe))
         timings["final_s"] = time.perf_counter() - t0
     table = np.concatenate(parts)
     counts, inertia = table[:, :k].sum(axis=0).astype(np.int64), float(table[:, k].sum())
@@ -215,17 +213,23 @@ def run_kmeans(job, ctx):
     out.info["engine"] = "dask"
     out.info["execution"] = {
         "init": "MiniBatchKMeans.partial_fit on the first chunk",
-        **execution("kmeans", X, n_parts, probe, m.batch_size, read + passes + 1, timings),
+        **execution(
+            "kmeans", len(slices), n_parts, probe, m.batch_size, read + passes + 1, timings
+        ),
         **ooc.resume_record(ctx),
     }
     out.info["memory"] = ooc.memory_info(probe.meta, m.batch_size, len(feats) + m.n_clusters)
     return out
 
 
-def _partial_fit_pass(inc, X, group: int) -> None:
-    """One pass of ``inc.partial_fit`` over ``X``'s chunks in order: the chunks computed on Ray
-    ``group`` at a time, each group handed to ``Incremental.partial_fit`` as one Dask array of
-    those chunks, its ``partial_fit`` calls run by Dask's synchronous scheduler here."""
+#: the most chunks one ``Incremental.partial_fit`` call takes (it fits them one by one, in order)
+GROUP = 16
+
+
+def _partial_fit_pass(inc, blocks) -> None:
+    """One pass of ``inc.partial_fit`` over the chunks ``blocks`` yields, in order: handed to
+    ``Incremental.partial_fit`` :data:`GROUP` at a time as one Dask array of those chunks, its
+    ``partial_fit`` calls run by Dask's synchronous scheduler here."""
     import dask
 
     pending: list[np.ndarray] = []
@@ -235,9 +239,9 @@ def _partial_fit_pass(inc, X, group: int) -> None:
         pending.clear()
 
     with dask.config.set(scheduler="sync"):
-        for block in blocks_on_ray(X, chunk_slices(X), group):
+        for block in blocks:
             pending.append(block)
-            if len(pending) == group:
+            if len(pending) == GROUP:
                 fit()
         if pending:
             fit()

@@ -98,6 +98,12 @@ class Job:
         actors included, so a kind names modules only where its first tasks wait on them."""
         return ()
 
+    def driver_modules(self) -> tuple[str, ...]:
+        """Modules this spec's driver side imports to run the job (the fit's libraries). They
+        are imported in a background thread while the cluster starts, so the job does not wait
+        for them. Default none."""
+        return ()
+
     # ------------------------------------------------------------------ tune abilities
 
     def tune_metric_names(self) -> set[str] | None:

@@ -81,9 +81,13 @@ def test_pca_equals_sklearn_incremental_pca_and_the_native_engine(pca_run, blobs
     assert r.manifest["engine"] == "dask"
     assert "engine: dask" in (r.run_dir / "spec.yaml").read_text().splitlines()
     ex = r.manifest["execution"]
-    assert ex["path"] == "dask_incremental" and ex["scheduler"] == "ray.util.dask.ray_dask_get"
-    assert ex["partitions"] == 4 and ex["chunks"] == 9 and ex["tasks"] > 9
-    assert r.manifest["memory"]["tasks_measured"] > 9
+    assert ex["path"] == "dask_incremental" and ex["scheduler"].startswith("one Ray task per")
+    assert ex["partitions"] == 4 and ex["chunks"] == 9
+    # one Ray task per row group and pass (the 9 batches are cut from them on the driver): the
+    # moments pass (scale), then the fitting pass; each task's figures recorded
+    assert {k: v["tasks"] for k, v in ex["stages"].items()} == {"moments": 4, "fit_blocks": 4}
+    assert ex["stages"]["fit_blocks"]["rows"] == 60_000 and ex["tasks"] == 8
+    assert r.manifest["memory"]["tasks_measured"] == 8
     # the native engine's incremental mode is the same algorithm: the same figures and tables
     native = distml.run(
         _spec("pca", path, engine="native", mode="incremental", **PCA_MODEL), output=tmp_path
@@ -130,10 +134,11 @@ def test_kmeans_equals_sklearn_minibatch_kmeans_fed_the_same_batches(kmeans_run,
     assert r.manifest["execution"]["path"] == "dask_minibatch"
     # tol 0 and no scaling: no moments pass, only the two passes and the final one
     assert r.manifest["execution"]["data_passes"] == 3
-    # the final sizes and inertia: one task per row group as read (checked and summed), not
-    # per chunk cut from it
+    # each pass reads a row group once, in one task (checked, and summed in the final pass),
+    # not once per chunk cut from it
     ex = r.manifest["execution"]
     assert ex["stages"]["final_stats"]["tasks"] == ex["partitions"] == 4 < ex["chunks"]
+    assert ex["stages"]["fit_blocks"]["tasks"] == 2 * ex["partitions"]
     assert "moments_s" not in r.manifest["execution"]["timings_s"]
 
 

@@ -398,7 +398,8 @@ def test_a_runs_own_cluster_starts_a_dashboard_head_only_for_a_train_worker_grou
 def test_a_runs_own_cluster_preloads_its_kinds_worker_modules(monkeypatch, tmp_path):
     """``distml.run`` starts a cluster of its own with the kind's worker modules for Ray's
     ``preload_python_modules`` (the prestarted workers import them while the driver plans);
-    none for a kind that names none, none for ``engine: dask``; every module named imports."""
+    none for a kind that names none; for ``engine: dask`` what its partition tasks import;
+    every module named imports."""
     import importlib.util
 
     import ray
@@ -432,12 +433,58 @@ def test_a_runs_own_cluster_preloads_its_kinds_worker_modules(monkeypatch, tmp_p
     from distml.tune import worker_modules  # a kind's own modules follow the trials'
 
     assert worker_modules(kmeans.Job(load_spec(spec))) == (*tune_mods, *mods)
-    assert kmeans.Job(load_spec({**spec, "engine": "dask"})).worker_modules() == ()
+    dask_mods = ("distml.jobs._dask_engine", "dask.dataframe", "dask.array")
+    assert kmeans.Job(load_spec({**spec, "engine": "dask"})).worker_modules() == dask_mods
     pca_spec = {**spec, "kind": "pca", "model": {"n_components": 1}}
     assert pca.Job(load_spec(pca_spec)).worker_modules()[0] == "distml.jobs.pca"
     for job in (kmeans.Job(load_spec(spec)), pca.Job(load_spec(pca_spec))):
         for m in (*job.worker_modules(), *tune_mods):
             assert importlib.util.find_spec(m) is not None, m
+
+
+def test_the_drivers_fit_libraries_load_while_the_cluster_starts(monkeypatch, tmp_path):
+    """``engine: dask`` names the driver's imports (Dask's frames, dask-ml, about 1.7 s);
+    ``distml.run`` imports them in a background thread before it starts the cluster, so the
+    job does not wait for them. The native engine names none; every module named imports."""
+    import importlib.util
+    import sys
+    import threading
+
+    import ray
+
+    import distml
+    from distml import api
+    from distml.jobs import kmeans, pca
+    from distml.spec import load_spec
+
+    order: list = []
+    real = api._preimport
+    monkeypatch.setattr(api, "_preimport", lambda mods: (order.append(mods), real(mods)))
+
+    def fake_init(**kwargs):
+        order.append("ray.init")
+        raise RuntimeError("no cluster in a unit test")
+
+    monkeypatch.setattr(ray, "init", fake_init)
+    _own_cluster_only(monkeypatch, tmp_path)
+    spec = {**_kmeans_spec(tmp_path), "engine": "dask"}
+    with pytest.raises(Exception, match="no cluster"):
+        distml.run(spec, output=tmp_path / "runs")
+    km = kmeans.Job(load_spec(spec)).driver_modules()
+    assert km == ("distml.jobs._dask_fits", "dask.dataframe", "dask_ml.wrappers", "sklearn.cluster")
+    assert order == [km, "ray.init"]
+    pca_spec = {**spec, "kind": "pca", "model": {"n_components": 1}}
+    pc = pca.Job(load_spec(pca_spec)).driver_modules()
+    assert pc == ("distml.jobs._dask_fits", "dask.dataframe", "dask_ml.decomposition")
+    assert kmeans.Job(load_spec({**spec, "engine": "native"})).driver_modules() == ()
+    for m in (*km, *pc):
+        assert importlib.util.find_spec(m) is not None, m
+    # the thread imports each module; one that fails is left for the job to raise
+    monkeypatch.delitem(sys.modules, "tabnanny", raising=False)
+    real(("distml.no_such_module", "tabnanny"))
+    for t in [t for t in threading.enumerate() if t.name == "distml-preimport"]:
+        t.join(30)
+    assert "tabnanny" in sys.modules
 
 
 SKOPS_PROBE = """

@@ -100,12 +100,53 @@ def test_an_old_dask_is_refused_with_the_install_hint(monkeypatch):
         distml.validate(_spec("pca"))
 
 
-def test_a_group_of_chunks_covers_a_row_group_per_cpu_within_the_drivers_bound():
-    """blocks_on_ray's graphs: each row group read once (its chunks in one graph) and as many
-    row groups at once as the cluster has CPUs; the driver holds at most two groups."""
-    from distml.jobs._dask_engine import MAX_GROUP, group_size
+def test_batches_are_cut_from_the_partitions_as_they_arrive():
+    """blocks_on_ray's cut: each slice equals the rows of the stacked partitions; a slice
+    inside one partition is a view of it (no copy on the driver), one spanning partitions
+    (or an empty one) joins the pieces; a partition is taken only when a slice reaches it."""
+    import numpy as np
 
-    assert group_size(50_000, 8192) == 7  # 7 chunks cut from a row group, one CPU
-    assert group_size(50_000, 8192, parallel=2) == 14  # two row groups read at once
-    assert group_size(50_000, 8192, parallel=64) == MAX_GROUP == 16
-    assert group_size(1_000, 8192, parallel=4) == 4 and group_size(0, 8192) == 1
+    from distml.jobs._dask_engine import batch_slices, cut
+
+    lengths = [5, 0, 3, 7, 1, 9]
+    parts = [np.arange(n * 2.0).reshape(n, 2) + 100 * i for i, n in enumerate(lengths)]
+    X = np.concatenate(parts)
+    taken: list[int] = []
+
+    def arriving():
+        for i, p in enumerate(parts):
+            taken.append(i)
+            yield p
+
+    slices = batch_slices(len(X), 4)
+    assert [(s.start, s.stop) for s in slices] == [
+        (0, 4),
+        (4, 8),
+        (8, 12),
+        (12, 16),
+        (16, 20),
+        (20, 24),
+        (24, 25),
+    ]
+    got = cut(arriving(), slices)
+    first = next(got)
+    assert taken == [0] and np.shares_memory(first, parts[0])
+    np.testing.assert_array_equal(first, X[0:4])
+    rest = list(got)
+    assert taken == list(range(len(parts)))
+    for s, block in zip(slices[1:], rest):
+        np.testing.assert_array_equal(block, X[s])
+    assert np.shares_memory(rest[1], parts[3])  # rows 8-12 lie in the fourth partition
+    # IncrementalPCA.fit's batches (the last one merged into the one before) cut the same way
+    merged = [slice(0, 10), slice(10, 25)]
+    for s, block in zip(merged, cut(iter(parts), merged)):
+        np.testing.assert_array_equal(block, X[s])
+
+
+def test_partitions_in_flight_follow_the_cpus_within_the_drivers_bound():
+    """One partition per CPU and one more in flight, so a CPU freed while the driver fits finds
+    the next one waiting; the driver holds at most MAX_AHEAD partitions."""
+    from distml.jobs._dask_engine import MAX_AHEAD, ahead
+
+    assert ahead(1) == 2 and ahead(2) == 3 and ahead(8) == 9
+    assert ahead(64) == MAX_AHEAD == 16 and ahead(0) == 2

@@ -240,6 +240,9 @@ class Job(BaseJob):
     def worker_modules(self) -> tuple[str, ...]:
         return ooc.worker_modules(self.spec, "distml.jobs.kmeans")
 
+    def driver_modules(self) -> tuple[str, ...]:
+        return ooc.driver_modules(self.spec, "dask_ml.wrappers", "sklearn.cluster")
+
     @classmethod
     def load_predictor(cls, run_dir: Path, manifest: dict, allow_module: tuple[str, ...] = ()):
         from distml.jobs.predictors import array_predictor

@@ -21,6 +21,7 @@ from distml.jobs._dask_engine import (
     moments,
     on_ray,
     partitions_on_ray,
+    sync,
 )
 from distml.runtime import faults
 
@@ -32,7 +33,6 @@ def run_pca(job, ctx):
     import warnings
 
     import dask
-    from dask_ml.decomposition import IncrementalPCA
     from sklearn.utils import gen_batches
 
     from distml.jobs.base import JobOutput
@@ -66,15 +66,18 @@ def run_pca(job, ctx):
         if scaler is not None:
             Xf = (Xf - scaler.mean) / scaler.scale
         t0 = time.perf_counter()
+        # IncrementalPCA.fit's loop: partial_fit on each batch, cut from the partitions computed
+        # on Ray (submitted now, before dask-ml is imported), its small linear algebra run by
+        # Dask's synchronous scheduler where it now is
+        blocks = blocks_on_ray(Xf, batches, ahead(cpus), "fit_blocks", probe)
+        from dask_ml.decomposition import IncrementalPCA
+
         # svd_solver "full": dask-ml's "auto" picks a randomised SVD (unseeded) for batches over
         # 500 rows, which is neither reproducible nor scikit-learn's result
         ipca = IncrementalPCA(
             n_components=m.n_components, batch_size=m.batch_size, svd_solver="full"
         )
-        # IncrementalPCA.fit's loop: partial_fit on each batch, cut from the partitions computed
-        # on Ray, its small linear algebra run by Dask's synchronous scheduler where it now is
-        blocks = blocks_on_ray(Xf, batches, ahead(cpus), "fit_blocks", probe)
-        with warnings.catch_warnings(), dask.config.set(scheduler="sync"):
+        with warnings.catch_warnings(), dask.config.set(scheduler=sync()):
             warnings.simplefilter("ignore", RuntimeWarning)  # dask's 0/0 inferring a meta
             for block in blocks:
                 ipca.partial_fit(local(block), check_input=False)
@@ -117,8 +120,6 @@ def run_kmeans(job, ctx):
     pass continues from the last with ``partial_fit``; it stops once the centres move less than
     ``tol`` × the mean feature variance), then one pass of sizes and inertia. Equal to
     ``MiniBatchKMeans(...).partial_fit`` fed the same batches in the same order."""
-    from dask_ml.wrappers import Incremental
-
     from distml.jobs.kmeans.model import FittedKMeans, PassStats
 
     m, feats = job.spec.model, ctx.data.features
@@ -157,6 +158,19 @@ def run_kmeans(job, ctx):
         if read:
             tol = m.tol * float(np.mean(var))
             timings["moments_s"] = time.perf_counter() - t0
+
+        def fitting_pass(step: int):
+            Xf = checked(X, feats, fault, "kmeans.dask", step)
+            if scaler is not None:
+                Xf = (Xf - scaler.mean) / scaler.scale
+            return blocks_on_ray(Xf, slices, ahead(cpus), "fit_blocks", probe)
+
+        t0 = time.perf_counter()
+        # the first pass's partitions submitted before dask-ml is imported: the workers read
+        # while the driver finishes loading it (started while the cluster started)
+        first = fitting_pass(step)
+        from dask_ml.wrappers import Incremental
+
         inc = Incremental(
             writable_minibatch_kmeans()(
                 n_clusters=m.n_clusters,
@@ -167,14 +181,10 @@ def run_kmeans(job, ctx):
             ),
             shuffle_blocks=False,
         )
-        t0 = time.perf_counter()
         old = None
         for passes in range(1, m.max_passes + 1):  # noqa: B007 - read after the loop
-            Xf = checked(X, feats, fault, "kmeans.dask", step)
+            _partial_fit_pass(inc, first if passes == 1 else fitting_pass(step))
             step += 1
-            if scaler is not None:
-                Xf = (Xf - scaler.mean) / scaler.scale
-            _partial_fit_pass(inc, blocks_on_ray(Xf, slices, ahead(cpus), "fit_blocks", probe))
             new = np.array(inc.estimator_.cluster_centers_, dtype=np.float64)
             shift = float(((new - old) ** 2).sum()) if old is not None else float("inf")
             history.append(
@@ -238,7 +248,7 @@ def _partial_fit_pass(inc, blocks) -> None:
         inc.partial_fit(local(*pending))
         pending.clear()
 
-    with dask.config.set(scheduler="sync"):
+    with dask.config.set(scheduler=sync()):
         for block in blocks:
             pending.append(block)
             if len(pending) == GROUP:

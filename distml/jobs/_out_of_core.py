@@ -56,7 +56,12 @@ def resume_record(ctx) -> dict:
 WORKER_MODULES = ("pyarrow.parquet",)
 #: what the tasks of ``engine: dask`` import: their module, and Dask's, to rebuild and run a
 #: partition's graph (about a second a process, otherwise paid by the first partitions)
-DASK_WORKER_MODULES = ("distml.jobs._dask_engine", "dask.dataframe", "dask.array")
+DASK_WORKER_MODULES = (
+    "distml.jobs._dask_engine",
+    "dask.dataframe",
+    "dask.array",
+    "dask.dataframe.io.parquet.arrow",
+)
 
 
 def worker_modules(spec, module: str) -> tuple[str, ...]:

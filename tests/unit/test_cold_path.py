@@ -433,7 +433,12 @@ def test_a_runs_own_cluster_preloads_its_kinds_worker_modules(monkeypatch, tmp_p
     from distml.tune import worker_modules  # a kind's own modules follow the trials'
 
     assert worker_modules(kmeans.Job(load_spec(spec))) == (*tune_mods, *mods)
-    dask_mods = ("distml.jobs._dask_engine", "dask.dataframe", "dask.array")
+    dask_mods = (
+        "distml.jobs._dask_engine",
+        "dask.dataframe",
+        "dask.array",
+        "dask.dataframe.io.parquet.arrow",
+    )
     assert kmeans.Job(load_spec({**spec, "engine": "dask"})).worker_modules() == dask_mods
     pca_spec = {**spec, "kind": "pca", "model": {"n_components": 1}}
     assert pca.Job(load_spec(pca_spec)).worker_modules()[0] == "distml.jobs.pca"

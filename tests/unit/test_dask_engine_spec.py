@@ -150,3 +150,41 @@ def test_partitions_in_flight_follow_the_cpus_within_the_drivers_bound():
 
     assert ahead(1) == 2 and ahead(2) == 3 and ahead(8) == 9
     assert ahead(64) == MAX_AHEAD == 16 and ahead(0) == 2
+
+
+PARTITION_PROBE = """
+import json, sys
+import numpy as np
+import pandas as pd
+from distml.jobs._dask_engine import _compute_block, checked, lazy_array
+from distml.runtime.data import validate_data
+from distml.spec import load_spec
+
+frame = pd.DataFrame({"a": np.arange(40.0), "b": np.ones(40)})
+frame.to_parquet(sys.argv[1], row_group_size=15)
+spec = load_spec({"name": "p", "kind": "pca", "engine": "dask", "data": {"source": sys.argv[1]},
+                  "model": {"n_components": 1, "batch_size": 10}})
+X, parts = lazy_array(validate_data(spec.data, needs_target=False).source, ["a", "b"], 10)
+value, record = _compute_block(checked(X, ["a", "b"], None, "pca.dask", 0).blocks[1], "s", 1)
+print(json.dumps({"parts": parts, "rows": value[:, 0].tolist(), "record": record,
+                  "distributed": "distributed" in sys.modules}))
+"""
+
+
+def test_a_partition_task_runs_its_graph_without_loading_dask_distributed(tmp_path):
+    """A partition's task (run here as a fresh worker would run it): the row group's rows,
+    checked, with its figures; Dask's synchronous scheduler is passed as the function, so the
+    task does not import ``dask.distributed`` looking for a client (0.3 s in every worker)."""
+    import json
+
+    out = subprocess.run(
+        [sys.executable, "-c", PARTITION_PROBE, str(tmp_path / "d.parquet")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["parts"] == 3 and got["rows"] == [float(i) for i in range(15, 30)]
+    assert got["record"]["stage"] == "s" and got["record"]["partition"] == 1
+    assert got["record"]["rows"] == 15 and got["distributed"] is False

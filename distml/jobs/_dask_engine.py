@@ -181,9 +181,9 @@ def ahead(cpus: int) -> int:
 
 
 def checked(X, features: list[str], fault, where: str, step: int):
-    """``X`` with every chunk checked for NaN/inf (a DataError naming the column) and carrying
+    """``X`` with every block checked for NaN/inf (a DataError naming the column) and carrying
     the T4 hook ``where:step:P`` (``pca.dask``/``kmeans.dask``; step: the data pass, 0-based;
-    P: the chunk of ``X``, a row group in k-means' final pass)."""
+    P: the block of ``X``, a partition: a parquet row group)."""
     return X.map_blocks(
         _check_block, features, fault, where, step, dtype=np.float64, meta=np.empty((0, 0))
     )
@@ -204,7 +204,7 @@ def _check_block(X, features, fault, where, step, block_info=None):
         j = int(np.flatnonzero(bad)[0])
         n = int((~np.isfinite(X[:, j])).sum())
         raise DataError(
-            f"data.features: column {features[j]!r} has NaN or infinite values ({n} in chunk "
+            f"data.features: column {features[j]!r} has NaN or infinite values ({n} in partition "
             f"{chunk} of {len(X)} rows); drop or impute them first"
         )
     return X

@@ -169,15 +169,28 @@ def batch_slices(rows: int, batch_size: int) -> list[slice]:
 #: the manifest's ``execution.scheduler``: how the Dask graphs of the passes run
 SCHEDULER = "one Ray task per partition, its Dask graph run by Dask's synchronous scheduler"
 
-#: the most partitions :func:`blocks_on_ray` has in flight (computing, or waiting for the driver)
+#: the most partitions :func:`partitions_on_ray` has in flight (computing, or waiting for the
+#: driver)
 MAX_AHEAD = 16
+#: the most bytes of partitions in flight that travel whole to the driver (the fitting passes)
+AHEAD_BYTES = 1 << 30
 
 
-def ahead(cpus: int) -> int:
+def ahead(cpus: int, partition_bytes: int = 0) -> int:
     """Partitions in flight for ``cpus`` CPUs: one per CPU and one more, so that a CPU freed
-    while the driver fits finds the next partition waiting; at most :data:`MAX_AHEAD` (the
-    driver's memory is bounded by this many partitions, not by the data)."""
-    return max(2, min(MAX_AHEAD, int(cpus) + 1))
+    while the driver fits finds the next partition waiting; at most :data:`MAX_AHEAD`, and for
+    partitions that travel whole to the driver (``partition_bytes`` each: the largest) at most
+    :data:`AHEAD_BYTES` of them (parquet's default row groups of 1M rows are 512 MB at 64
+    features), never fewer than 2. Memory follows the partitions, not the data."""
+    n = min(MAX_AHEAD, int(cpus) + 1)
+    if partition_bytes > 0:
+        n = min(n, AHEAD_BYTES // int(partition_bytes))
+    return max(2, n)
+
+
+def partition_bytes(X) -> int:
+    """The bytes of ``X``'s largest block (float64)."""
+    return max(X.chunks[0], default=0) * int(X.shape[1]) * 8
 
 
 def checked(X, features: list[str], fault, where: str, step: int):

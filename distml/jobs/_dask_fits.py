@@ -20,6 +20,7 @@ from distml.jobs._dask_engine import (
     local,
     moments,
     on_ray,
+    partition_bytes,
     partitions_on_ray,
     sync,
 )
@@ -69,7 +70,7 @@ def run_pca(job, ctx):
         # IncrementalPCA.fit's loop: partial_fit on each batch, cut from the partitions computed
         # on Ray (submitted now, before dask-ml is imported), its small linear algebra run by
         # Dask's synchronous scheduler where it now is
-        blocks = blocks_on_ray(Xf, batches, ahead(cpus), "fit_blocks", probe)
+        blocks = blocks_on_ray(Xf, batches, ahead(cpus, partition_bytes(X)), "fit_blocks", probe)
         from dask_ml.decomposition import IncrementalPCA
 
         # svd_solver "full": dask-ml's "auto" picks a randomised SVD (unseeded) for batches over
@@ -163,7 +164,7 @@ def run_kmeans(job, ctx):
             Xf = checked(X, feats, fault, "kmeans.dask", step)
             if scaler is not None:
                 Xf = (Xf - scaler.mean) / scaler.scale
-            return blocks_on_ray(Xf, slices, ahead(cpus), "fit_blocks", probe)
+            return blocks_on_ray(Xf, slices, ahead(cpus, partition_bytes(X)), "fit_blocks", probe)
 
         t0 = time.perf_counter()
         # the first pass's partitions submitted before dask-ml is imported: the workers read

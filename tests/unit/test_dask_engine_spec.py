@@ -145,11 +145,20 @@ def test_batches_are_cut_from_the_partitions_as_they_arrive():
 
 def test_partitions_in_flight_follow_the_cpus_within_the_drivers_bound():
     """One partition per CPU and one more in flight, so a CPU freed while the driver fits finds
-    the next one waiting; the driver holds at most MAX_AHEAD partitions."""
-    from distml.jobs._dask_engine import MAX_AHEAD, ahead
+    the next one waiting; the driver holds at most MAX_AHEAD partitions, and of partitions that
+    travel whole to it at most 1 GiB (never fewer than two)."""
+    import dask.array as da
+
+    from distml.jobs._dask_engine import AHEAD_BYTES, MAX_AHEAD, ahead, partition_bytes
 
     assert ahead(1) == 2 and ahead(2) == 3 and ahead(8) == 9
     assert ahead(64) == MAX_AHEAD == 16 and ahead(0) == 2
+    b5 = 65_536 * 64 * 8  # B5's row groups: 32 MB
+    assert AHEAD_BYTES == 2**30 and ahead(2, b5) == 3 and ahead(64, b5) == 16
+    big = 2**20 * 64 * 8  # parquet's default row group of 1M rows, 64 features: 512 MB
+    assert ahead(16, big) == 2 and ahead(16, 2 * big) == 2 and ahead(16, big // 4) == 8
+    X = da.zeros((2500, 3), chunks=((1000, 1200, 300), (3,)))
+    assert partition_bytes(X) == 1200 * 3 * 8
 
 
 PARTITION_PROBE = """

@@ -54,29 +54,16 @@ def resume_record(ctx) -> dict:
 #: what every pass's task imports besides its kind's module: the parquet reader (the batches
 #: reach numpy without pyarrow's ``to_numpy``, which would import pandas: :func:`_fill`)
 WORKER_MODULES = ("pyarrow.parquet",)
-#: what the tasks of ``engine: dask`` import: their module, and Dask's, to rebuild and run a
-#: partition's graph (about a second a process, otherwise paid by the first partitions)
-DASK_WORKER_MODULES = (
-    "distml.jobs._dask_engine",
-    "dask.dataframe",
-    "dask.array",
-    "dask.dataframe.io.parquet.arrow",
-)
 
 
 def worker_modules(spec, module: str) -> tuple[str, ...]:
     """:meth:`~distml.jobs.base.Job.worker_modules` of an out-of-core kind: its tasks' module
-    and the reader, or those of ``engine: dask``."""
-    return DASK_WORKER_MODULES if spec.engine == "dask" else (module, *WORKER_MODULES)
+    and the reader, or those of ``engine: dask`` (:data:`distml.jobs._dask_engine.WORKER_MODULES`)."""
+    if spec.engine == "dask":
+        from distml.jobs._dask_engine import WORKER_MODULES as dask_modules
 
-
-def driver_modules(spec, *fit_modules: str) -> tuple[str, ...]:
-    """:meth:`~distml.jobs.base.Job.driver_modules` of an out-of-core kind: for ``engine:
-    dask``, the engine, Dask's frames and the dask-ml fit (``fit_modules``), about 1.7 s of
-    imports; none for the native engine."""
-    if spec.engine != "dask":
-        return ()
-    return ("distml.jobs._dask_fits", "dask.dataframe", *fit_modules)
+        return dask_modules
+    return (module, *WORKER_MODULES)
 
 
 # ------------------------------------------------------------------ partitions

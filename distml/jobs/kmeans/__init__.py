@@ -241,7 +241,7 @@ class Job(BaseJob):
         return ooc.worker_modules(self.spec, "distml.jobs.kmeans")
 
     def driver_modules(self) -> tuple[str, ...]:
-        return ooc.driver_modules(self.spec, "dask_ml.wrappers", "sklearn.cluster")
+        return _dask_engine.driver_modules(self.spec, "dask_ml.wrappers", "sklearn.cluster")
 
     @classmethod
     def load_predictor(cls, run_dir: Path, manifest: dict, allow_module: tuple[str, ...] = ()):

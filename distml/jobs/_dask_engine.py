@@ -245,7 +245,7 @@ def _check_block(X, features, fault, where, step, block_info=None):
 
 @contextmanager
 def on_ray() -> Iterator["Probe"]:
-    """A :class:`Probe` for the block's Ray tasks; a DataError raised in a task (a chunk's
+    """A :class:`Probe` for the block's Ray tasks; a DataError raised in a task (a partition's
     check) comes out as itself, not wrapped by Ray."""
     try:
         yield Probe()

@@ -386,26 +386,6 @@ def _warm_report() -> None:
     _report_warmup.start()
 
 
-def _preimport(modules: tuple[str, ...]) -> None:
-    """Import the job's driver-side ``modules`` in a background thread, so that they load
-    while the cluster starts rather than in the job (an import that fails is left for the
-    job to raise where it needs the module)."""
-    if not modules:
-        return
-    import threading
-
-    def work() -> None:
-        import importlib
-
-        for name in modules:
-            try:
-                importlib.import_module(name)
-            except Exception:  # noqa: BLE001 - the job imports it again and says why
-                pass
-
-    threading.Thread(target=work, name="distml-preimport", daemon=True).start()
-
-
 def _report(run_dir, manifest: dict, timings: dict, t_start: float) -> dict:
     """Write ``report.html`` (:mod:`distml.report`); a failure is a warning here and in the
     manifest, never a failed run. Adds ``report_s`` to the manifest's timings."""
@@ -445,7 +425,6 @@ def _execute(job, job_spec, info, run_dir, address, resume, manifest, timings, u
     res = job_spec.resources
     progress.current().stage("cluster")
     with ExitStack() as stack:
-        _preimport(job.driver_modules())  # while the cluster starts
         preload = run_preload = job.worker_modules()
         if job_spec.tune is not None:
             from distml.tune import worker_modules
@@ -461,6 +440,7 @@ def _execute(job, job_spec, info, run_dir, address, resume, manifest, timings, u
                 address,
                 preload=preload,
                 run_preload=run_preload,
+                driver_preload=job.driver_modules(),
                 # a run's own cluster starts Ray's dashboard head only for a Train worker group
                 head=job.train_execution(info, local_resources()) is not None,
             )

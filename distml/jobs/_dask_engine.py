@@ -340,11 +340,12 @@ _TASK: dict[str, object] = {}
 
 
 def _block_task():
-    """:func:`_compute_block` as a Ray remote function of one CPU (retried if its worker dies)."""
+    """:func:`_compute_block` as a Ray remote function of one CPU (retried if its worker dies),
+    whose tasks size their thread pools to it first, as every task distml starts."""
     if "task" not in _TASK:
-        import ray
+        from distml.runtime import threads
 
-        _TASK["task"] = ray.remote(num_cpus=1, max_retries=3)(_compute_block)
+        _TASK["task"] = threads.remote(_compute_block, num_cpus=1, max_retries=3)
     return _TASK["task"]
 
 

@@ -184,6 +184,7 @@ def cluster(
     num_gpus: int | None = None,
     preload: tuple[str, ...] = (),
     run_preload: tuple[str, ...] = (),
+    driver_preload: tuple[str, ...] = (),
     head: bool = True,
 ) -> Iterator[ClusterInfo]:
     """Yield a connected Ray for the run; shut down only what this call started. ``preload``:
@@ -191,9 +192,12 @@ def cluster(
     :meth:`distml.jobs.base.Job.worker_modules`); ``run_preload``: those the workers the warm
     cluster starts for this run import as they start (:func:`warm_workers.declare`), and a run
     that names any has them started as it connects (:func:`warm_workers.prestart`); a remote
-    cluster keeps its own. ``head=False``: a cluster started here has no dashboard head (a run
+    cluster keeps its own. ``driver_preload``: modules this driver imports while the cluster
+    starts (:func:`preimport`; the kind's :meth:`~distml.jobs.base.Job.driver_modules`).
+    ``head=False``: a cluster started here has no dashboard head (a run
     that uses neither a Ray Train worker group nor Ray Data)."""
     t0 = time.monotonic()
+    preimport(driver_preload)
     if "ray" in sys.modules and sys.modules["ray"].is_initialized():
         yield ClusterInfo("existing", None, None, _resources(), 0.0)
         return
@@ -223,6 +227,27 @@ def cluster(
     mode = "connected" if addr else "local"
     with _ray(addr, source, num_cpus, num_gpus, t0, mode, () if addr else preload, head) as info:
         yield info
+
+
+def preimport(modules: tuple[str, ...]) -> None:
+    """Import ``modules`` in a background thread, so that they load while the cluster starts
+    rather than in the job (measured for ``engine: dask``: dask-ml and Dask's frames, 1.7 s, out
+    of the job's 5.5-7 s). One that fails is left for the job to raise where it needs it. What
+    a cluster start imports and these share only standard-library modules (no import cycle
+    for the two threads to meet in)."""
+    if not modules:
+        return
+
+    def work() -> None:
+        import importlib
+
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - the job imports it again and says why
+                pass
+
+    threading.Thread(target=work, name="distml-preimport", daemon=True).start()
 
 
 _gc_lock = threading.Lock()

@@ -458,13 +458,13 @@ def test_the_drivers_fit_libraries_load_while_the_cluster_starts(monkeypatch, tm
     import ray
 
     import distml
-    from distml import api
     from distml.jobs import kmeans, pca
+    from distml.runtime import cluster
     from distml.spec import load_spec
 
     order: list = []
-    real = api._preimport
-    monkeypatch.setattr(api, "_preimport", lambda mods: (order.append(mods), real(mods)))
+    real = cluster.preimport
+    monkeypatch.setattr(cluster, "preimport", lambda mods: (order.append(mods), real(mods)))
 
     def fake_init(**kwargs):
         order.append("ray.init")
@@ -477,7 +477,7 @@ def test_the_drivers_fit_libraries_load_while_the_cluster_starts(monkeypatch, tm
         distml.run(spec, output=tmp_path / "runs")
     km = kmeans.Job(load_spec(spec)).driver_modules()
     assert km == ("distml.jobs._dask_fits", "dask.dataframe", "dask_ml.wrappers", "sklearn.cluster")
-    assert order == [km, "ray.init"]
+    assert [o for o in order if o] == [km, "ray.init"]
     pca_spec = {**spec, "kind": "pca", "model": {"n_components": 1}}
     pc = pca.Job(load_spec(pca_spec)).driver_modules()
     assert pc == ("distml.jobs._dask_fits", "dask.dataframe", "dask_ml.decomposition")

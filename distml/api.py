@@ -441,10 +441,8 @@ def _execute(job, job_spec, info, run_dir, address, resume, manifest, timings, u
                 preload=preload,
                 run_preload=run_preload,
                 driver_preload=job.driver_modules(),
-                # a run's own cluster starts Ray's dashboard head only for a Train worker group,
-                # and runs its ranks at the driver's priority
-                head=(group := job.train_execution(info, local_resources()) is not None),
-                lockstep=group,
+                # a run's own cluster starts Ray's dashboard head only for a Train worker group
+                head=job.train_execution(info, local_resources()) is not None,
             )
         )
         interrupts.rearm()

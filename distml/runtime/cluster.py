@@ -115,16 +115,8 @@ def preflight(address: str, source: str, timeout_s: float = PREFLIGHT_TIMEOUT_S)
     )
 
 
-#: a run's own cluster whose workers run in lockstep: Ray's worker niceness (15 by default)
-LOCKSTEP_NICENESS = {"worker_niceness": 0}
-
-
 def _start_local(
-    num_cpus: int | None,
-    num_gpus: int | None,
-    preload: tuple[str, ...] = (),
-    head: bool = True,
-    lockstep: bool = False,
+    num_cpus: int | None, num_gpus: int | None, preload: tuple[str, ...] = (), head: bool = True
 ) -> None:
     """Start a single-node cluster for this run (tests replace this to forbid it).
 
@@ -134,10 +126,7 @@ def _start_local(
     limits, unless the caller asks for a number. ``preload``: modules every worker process
     imports as it starts (``preload_python_modules``), before it takes a task. ``head``: start
     Ray's dashboard head (a run that may use Ray Train or Ray Data needs it;
-    :func:`~distml.runtime.node_start.quick_node_start`). ``lockstep``: the workers are a Ray
-    Train group's ranks, whose collectives wait for the slowest: they run at the priority of
-    Ray's own processes and the driver (:data:`LOCKSTEP_NICENESS`), not below them, so those
-    do not pre-empt a rank whenever they wake."""
+    :func:`~distml.runtime.node_start.quick_node_start`)."""
     import ray
 
     dashboard = os.environ.get("DISTML_DASHBOARD", "").lower() in ("1", "true", "yes")
@@ -153,7 +142,6 @@ def _start_local(
             _system_config={
                 **CONNECT_RETRY,
                 **({"preload_python_modules": preload_modules(preload)} if preload else {}),
-                **(LOCKSTEP_NICENESS if lockstep else {}),
             },
         )
 
@@ -198,7 +186,6 @@ def cluster(
     run_preload: tuple[str, ...] = (),
     driver_preload: tuple[str, ...] = (),
     head: bool = True,
-    lockstep: bool = False,
 ) -> Iterator[ClusterInfo]:
     """Yield a connected Ray for the run; shut down only what this call started. ``preload``:
     modules the workers of a cluster started here import as they start (the run's kind's,
@@ -208,9 +195,7 @@ def cluster(
     cluster keeps its own. ``driver_preload``: modules this driver imports while the cluster
     starts (:func:`preimport`; the kind's :meth:`~distml.jobs.base.Job.driver_modules`).
     ``head=False``: a cluster started here has no dashboard head (a run
-    that uses neither a Ray Train worker group nor Ray Data). ``lockstep``: a cluster started
-    here runs its workers at the driver's priority (a Train worker group's ranks;
-    :func:`_start_local`)."""
+    that uses neither a Ray Train worker group nor Ray Data)."""
     t0 = time.monotonic()
     preimport(driver_preload)
     if "ray" in sys.modules and sys.modules["ray"].is_initialized():
@@ -240,8 +225,7 @@ def cluster(
                     warm_workers.forget()
         return
     mode = "connected" if addr else "local"
-    preload = () if addr else preload
-    with _ray(addr, source, num_cpus, num_gpus, t0, mode, preload, head, lockstep) as info:
+    with _ray(addr, source, num_cpus, num_gpus, t0, mode, () if addr else preload, head) as info:
         yield info
 
 
@@ -342,7 +326,6 @@ def _ray(
     mode: str,
     preload: tuple[str, ...] = (),
     head: bool = True,
-    lockstep: bool = False,
 ) -> Iterator[ClusterInfo]:
     import ray
 
@@ -358,7 +341,7 @@ def _ray(
                         f"{source}): {first_line(e)}"
                     ) from e
             else:
-                _start_local(num_cpus, num_gpus, preload, head=head, lockstep=lockstep)
+                _start_local(num_cpus, num_gpus, preload, head=head)
     except BaseException:  # interrupted or failed part way: stop what was started
         if mode == "local" or ray.is_initialized():
             _shutdown(started_here=mode == "local")

@@ -346,8 +346,7 @@ def test_a_runs_own_cluster_starts_a_dashboard_head_only_for_a_train_worker_grou
 ):
     """Ray Train's State API calls expect Ray's dashboard head, and nothing else of a run asks
     it anything: ``distml.run`` starts its own cluster with a head only when the run's plan
-    is a Train worker group (decided before the start, on this machine's resources), its
-    workers then at the driver's priority (``lockstep``: the ranks wait for each other), and
+    is a Train worker group (decided before the start, on this machine's resources), and
     ``quick_node_start(head=False)`` never starts Ray's head, nor waits for one before the
     node's last step (private Ray API: this fails loudly when Ray renames them)."""
     import yaml
@@ -358,8 +357,7 @@ def test_a_runs_own_cluster_starts_a_dashboard_head_only_for_a_train_worker_grou
 
     seen: list = []
 
-    def fake_start(num_cpus, num_gpus, preload=(), head=True, lockstep=False):
-        assert lockstep is head  # a worker group's ranks run at the driver's priority
+    def fake_start(num_cpus, num_gpus, preload=(), head=True):
         seen.append(head)
         raise RuntimeError("no cluster in a unit test")
 
@@ -408,7 +406,7 @@ def test_a_runs_own_cluster_preloads_its_kinds_worker_modules(monkeypatch, tmp_p
 
     import distml
     from distml.jobs import kmeans, pca
-    from distml.runtime import cluster, node_start, threads
+    from distml.runtime import node_start, threads
     from distml.spec import load_spec
 
     seen: list = []
@@ -428,10 +426,6 @@ def test_a_runs_own_cluster_preloads_its_kinds_worker_modules(monkeypatch, tmp_p
     with pytest.raises(Exception, match="no cluster"):
         distml.run(ROOT + "/jobs/quickstart.yaml", output=tmp_path / "runs")
     assert seen[-1] == node_start.CONNECT_RETRY  # a kind that names none: no preload
-    with pytest.raises(Exception, match="no cluster"):  # a worker group: ranks at niceness 0
-        distml.run(ROOT + "/jobs/torch_digits_mlp.yaml", output=tmp_path / "runs")
-    assert seen[-1]["worker_niceness"] == 0 == cluster.LOCKSTEP_NICENESS["worker_niceness"]
-    assert "worker_niceness" not in seen[-2]
     with pytest.raises(Exception, match="no cluster"):  # a search: its trials' modules first
         distml.run(ROOT + "/jobs/tune_sklearn.yaml", output=tmp_path / "runs")
     tune_mods = ["ray.tune", "distml.tune.session"]

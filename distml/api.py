@@ -426,10 +426,11 @@ def _execute(job, job_spec, info, run_dir, address, resume, manifest, timings, u
     progress.current().stage("cluster")
     with ExitStack() as stack:
         preload = run_preload = job.worker_modules()
+        driver = job.driver_modules()
         if job_spec.tune is not None:
-            from distml.tune import worker_modules
+            from distml.tune import driver_modules, worker_modules
 
-            preload = worker_modules(job)
+            preload, driver = worker_modules(job), driver_modules(job)
             # a search's trials on the warm cluster: Tune and the warm cluster's libraries,
             # imported as their processes start (docs/clusters.md, "Runs of many tasks")
             run_preload = (*preload, warm_workers.WARM_LIST)
@@ -440,7 +441,7 @@ def _execute(job, job_spec, info, run_dir, address, resume, manifest, timings, u
                 address,
                 preload=preload,
                 run_preload=run_preload,
-                driver_preload=job.driver_modules(),
+                driver_preload=driver,
                 # a run's own cluster starts Ray's dashboard head only for a Train worker group
                 head=job.train_execution(info, local_resources()) is not None,
             )

@@ -448,9 +448,10 @@ def test_a_runs_own_cluster_preloads_its_kinds_worker_modules(monkeypatch, tmp_p
 
 
 def test_the_drivers_fit_libraries_load_while_the_cluster_starts(monkeypatch, tmp_path):
-    """``engine: dask`` names the driver's imports (Dask's frames, dask-ml, about 1.7 s);
-    ``distml.run`` imports them in a background thread before it starts the cluster, so the
-    job does not wait for them. The native engine names none; every module named imports."""
+    """``engine: dask`` names the driver's imports (Dask's frames, dask-ml, about 1.7 s), and a
+    search Tune's runner (0.7 s) before the kind's; ``distml.run`` imports them in a background
+    thread before it starts the cluster, so the job does not wait for them. The native engine
+    names none; every module named imports."""
     import importlib.util
     import sys
     import threading
@@ -482,7 +483,11 @@ def test_the_drivers_fit_libraries_load_while_the_cluster_starts(monkeypatch, tm
     pc = pca.Job(load_spec(pca_spec)).driver_modules()
     assert pc == ("distml.jobs._dask_fits", "dask.dataframe", "dask_ml.decomposition")
     assert kmeans.Job(load_spec({**spec, "engine": "native"})).driver_modules() == ()
-    for m in (*km, *pc):
+    order.clear()
+    with pytest.raises(Exception, match="no cluster"):
+        distml.run(ROOT + "/jobs/tune_sklearn.yaml", output=tmp_path / "runs")
+    assert [o for o in order if o] == [("distml.tune.runner",), "ray.init"]
+    for m in (*km, *pc, "distml.tune.runner"):
         assert importlib.util.find_spec(m) is not None, m
     # the thread imports each module; one that fails is left for the job to raise
     monkeypatch.delitem(sys.modules, "tabnanny", raising=False)

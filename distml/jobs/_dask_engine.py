@@ -386,14 +386,12 @@ def cut(blocks: Iterator[np.ndarray], slices: list[slice]) -> Iterator[np.ndarra
     held: list[np.ndarray] = []
     lo = hi = 0  # the rows held: [lo, hi)
     for s in slices:
-        while held and lo + len(held[0]) <= s.start:
-            lo += len(held.pop(0))
         while hi < s.stop:
             block = next(blocks)
             held.append(block)
             hi += len(block)
-            while held and lo + len(held[0]) <= s.start:
-                lo += len(held.pop(0))
+        while held and lo + len(held[0]) <= s.start:  # blocks the slices have passed
+            lo += len(held.pop(0))
         pieces, pos = [], lo
         for block in held:
             a, z = max(s.start - pos, 0), min(s.stop - pos, len(block))

@@ -27,7 +27,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from distml.errors import DataError, JobFailed
-from distml.jobs._sample import Sample  # noqa: F401 - the passes' mergeable sample, ooc.Sample
+from distml.jobs._sample import Sample, draw, picks  # noqa: F401 - ooc.Sample, ooc.draw, ooc.picks
 from distml.runtime import faults, plan
 from distml.runtime.plan import Partition
 from distml.runtime.read import iter_tables
@@ -107,6 +107,26 @@ def iter_batches(
         yield Batch(X, table.select(keep) if keep else None)
 
 
+#: rows per batch read when only some rows are decoded (:func:`iter_picked`): the per-column
+#: work of a batch is Python calls, so fewer, larger batches (a 65,536 × 64 batch is 32 MB)
+PICK_ROWS = 1 << 16
+
+
+def iter_picked(
+    part: Partition, features: list[str], batch_size: int, local: np.ndarray
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Stream ``part`` and decode only the rows at the ascending row numbers ``local`` (within
+    the partition): ``(rows read, those of them picked as a float64 matrix)`` per batch. A null
+    in a batch is refused as :func:`_matrix` refuses it (Arrow counts them); NaN/inf only in the
+    rows picked (the rest are not decoded: the passes that decode them check them)."""
+    where, at = part.where(), 0
+    for table in iter_tables(part, features, batch_size, float_columns=features):
+        n = table.num_rows
+        lo, hi = np.searchsorted(local, [at, at + n])
+        yield n, _matrix(table, features, where, local[lo:hi] - at)  # checks nulls, picks or not
+        at += n
+
+
 @dataclass
 class Decoded:
     """A partition as its first pass decoded it: the refs of the same batches (float64, Fortran
@@ -139,10 +159,12 @@ def decoded_fits(rows: int | None, n_features: int, resources: dict, share: floa
     return bool(rows and store) and rows * n_features * 8 <= share * store
 
 
-def _matrix(table, features: list[str], where: str) -> np.ndarray:
+def _matrix(table, features: list[str], where: str, rows: np.ndarray | None = None) -> np.ndarray:
+    """The features of ``table`` as a float64 Fortran matrix; ``rows``: only those (ascending
+    row numbers). A null anywhere in the batch, or NaN/inf in a row decoded, is a DataError."""
     import pyarrow as pa
 
-    X = np.empty((table.num_rows, len(features)), order="F")
+    X = np.empty((table.num_rows if rows is None else len(rows), len(features)), order="F")
     for j, name in enumerate(features):
         col = table.column(name)
         if col.null_count:
@@ -153,7 +175,7 @@ def _matrix(table, features: list[str], where: str) -> np.ndarray:
             )
         if col.type != pa.float64():
             col = col.cast(pa.float64())
-        _fill(X[:, j], col)
+        _fill(X[:, j], col, rows)
     bad = ~np.isfinite(X.sum(axis=0))
     if bad.any():
         j = int(np.flatnonzero(bad)[0])
@@ -166,15 +188,20 @@ def _matrix(table, features: list[str], where: str) -> np.ndarray:
     return X
 
 
-def _fill(out: np.ndarray, column) -> None:
-    """Copy a float64 Arrow array without nulls into ``out``, chunk by chunk, from the
-    chunks' data buffers: Arrow's own ``to_numpy`` imports pandas, which the pass's tasks
-    otherwise never need (0.3-0.5 s of every worker's start)."""
-    at = 0
+def _fill(out: np.ndarray, column, rows: np.ndarray | None = None) -> None:
+    """Copy a float64 Arrow array without nulls (``rows``: only those, ascending) into ``out``,
+    chunk by chunk, from the chunks' data buffers: Arrow's own ``to_numpy`` and ``take`` import
+    pandas, which the pass's tasks otherwise never need (0.3-0.5 s of every worker's start)."""
+    at = done = 0
     for chunk in getattr(column, "chunks", [column]):  # a table's column, or a batch's
         n = len(chunk)
-        data = chunk.buffers()[1]
-        out[at : at + n] = np.frombuffer(data, dtype=np.float64, count=n, offset=chunk.offset * 8)
+        data = np.frombuffer(chunk.buffers()[1], dtype=np.float64, count=n, offset=chunk.offset * 8)
+        if rows is None:
+            out[at : at + n] = data
+        else:
+            hi = int(np.searchsorted(rows, at + n))
+            out[done:hi] = data[rows[done:hi] - at]
+            done = hi
         at += n
 
 

@@ -1,11 +1,36 @@
 """The mergeable uniform sample of the out-of-core passes (k-means' initialisation sample):
-:class:`Sample`, re-exported by :mod:`distml.jobs._out_of_core`."""
+:class:`Sample`, re-exported by :mod:`distml.jobs._out_of_core`, drawn one of two ways:
+
+* **by position** (:func:`draw`, :func:`picks`, :meth:`Sample.picked`), when every partition's
+  row count and offset are known (parquet, generated sources): the driver draws the row numbers
+  up front, so a task decodes only the rows drawn in its partition, not every row;
+* **by random key** (:meth:`Sample.add`), when they are not (CSV): every row draws a key and
+  the smallest keys are kept, which needs every row decoded.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import numpy as np
+
+
+def draw(rows: int, m: int, seed: int) -> np.ndarray:
+    """``min(m, rows)`` distinct row numbers of ``[0, rows)``, uniformly at random without
+    replacement, in random order: the sample's order (any prefix is itself a uniform sample).
+    The same ``rows``, ``m`` and ``seed`` draw the same numbers, however the rows are split."""
+    rng = np.random.default_rng([seed, 0x5A3])
+    return rng.choice(rows, size=min(m, rows), replace=False)
+
+
+def picks(positions: np.ndarray, offset: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """The drawn ``positions`` that fall in rows ``[offset, offset + rows)``: their row numbers
+    within those rows, ascending (the order a reader meets them), and their ranks in the draw
+    (the order of the sample)."""
+    ranks = np.flatnonzero((positions >= offset) & (positions < offset + rows))
+    local = positions[ranks] - offset
+    order = np.argsort(local, kind="stable")
+    return local[order], ranks[order]
 
 
 @dataclass
@@ -29,6 +54,15 @@ class Sample:
     @classmethod
     def empty(cls, m: int, d: int, threshold: float = 1.0) -> "Sample":
         return cls(m, np.empty(0), np.empty((0, d)), threshold=threshold)
+
+    @classmethod
+    def picked(cls, m: int, ranks: np.ndarray, rows: list[np.ndarray], d: int) -> "Sample":
+        """The rows a partition holds of a sample drawn by position (:func:`draw`), keyed by
+        their ranks in the draw: merged, the parts hold exactly the draw's rows, in its order."""
+        got = np.concatenate(rows) if rows else np.empty((0, d))
+        if len(got) != len(ranks):
+            raise ValueError(f"{len(got)} sampled rows for {len(ranks)} drawn positions")
+        return cls(m, ranks.astype(np.float64), got)
 
     @staticmethod
     def threshold_for(m: int, rows: int | None) -> float:

@@ -112,6 +112,45 @@ def test_scale_and_refine_passes(tmp_path, blobs):
     assert set(r.tables["pass_history"]["kind"]) == {"minibatch", "lloyd"}
 
 
+def test_a_drawn_sample_decodes_only_its_rows_and_changes_nothing(tmp_path, blobs):
+    """Row counts known (parquet): the driver draws the sample's rows and, unless the pass keeps
+    its batches, a task decodes only those; the first mini-batch pass measures the tolerance's
+    variance. The result equals the run that decodes every row (kept batches, moments in the
+    sample pass), and each pass's convergence decision is numpy's tolerance on the same rows."""
+    path, df = blobs
+    spec = _spec(path, max_passes=10, keep_decoded=False)
+    drawn = distml.run(spec, output=tmp_path / "drawn")
+    kept = distml.run({**spec, "model": {**spec["model"], "keep_decoded": True}}, output=tmp_path)
+    assert drawn.manifest["execution"]["sample"] == {
+        "drawn": "by position",
+        "decoded": "the rows drawn",
+    }
+    assert kept.manifest["execution"]["sample"] == {"drawn": "by position", "decoded": "every row"}
+    assert drawn.metrics == kept.metrics
+    for name in ("centers", "pass_history"):
+        pd.testing.assert_frame_equal(drawn.tables[name], kept.tables[name])
+    tol = 1e-4 * df[FEATS].to_numpy().var(axis=0).mean()
+    shifts = drawn.tables["pass_history"]["center_shift"].tolist()
+    assert drawn.metrics["converged"] and 2 <= drawn.metrics["passes"] < 10
+    assert shifts[-1] <= tol and all(s > tol for s in shifts[:-1])
+
+
+def test_csv_rows_draw_random_keys_and_fit_as_parquet(tmp_path, blobs):
+    """Row counts unknown (CSV): every row draws a random key in the sample pass, which then
+    also folds every row into the moments; the fit is as good as the parquet run's."""
+    path, df = blobs
+    csv = tmp_path / "blobs.csv"
+    df.to_csv(csv, index=False)
+    r = distml.run(_spec(csv, keep_decoded=False), output=tmp_path / "csv")
+    p = distml.run(_spec(path, keep_decoded=False), output=tmp_path / "parquet")
+    assert r.manifest["execution"]["sample"] == {"drawn": "by random key", "decoded": "every row"}
+    assert r.metrics["n_rows"] == 48_000 and r.metrics["converged"]
+    assert r.metrics["inertia"] == pytest.approx(p.metrics["inertia"], rel=1e-3)
+    assert (
+        _match(r.tables["centers"][FEATS].to_numpy(), p.tables["centers"][FEATS].to_numpy()) < 0.05
+    )
+
+
 def test_killed_task_is_retried_and_changes_nothing(tmp_path, blobs, monkeypatch):
     """RELIABILITY.md T4: the worker running mini-batch pass work on partition 1 dies at its
     second batch (first attempt only); the retried task gives the undisturbed result."""

@@ -222,7 +222,7 @@ def test_many_models_resume_fits_only_the_missing_groups(tmp_path, monkeypatch):
     assert not (r.run_dir / "checkpoints").exists()
 
 
-def _km_spec(tmp_path) -> dict:
+def _km_spec(tmp_path, scale: bool = True) -> dict:
     return {
         "name": "resume-km",
         "kind": "kmeans",
@@ -234,16 +234,22 @@ def _km_spec(tmp_path) -> dict:
             "tol": 0.0,
             "max_passes": 4,
             "refine_passes": 2,
-            "scale": True,
+            "scale": scale,
+            **({} if scale else {"keep_decoded": False}),
         },
         "output": {"dir": str(tmp_path)},
     }
 
 
-def test_kmeans_resumes_after_its_last_pass(tmp_path, monkeypatch):
-    base = distml.run(_km_spec(tmp_path / "a"))
+@pytest.mark.parametrize("scale", [True, False])
+def test_kmeans_resumes_after_its_last_pass(tmp_path, monkeypatch, scale):
+    """Scaled, the sample pass measures the moments; not scaled, it decodes only the drawn rows
+    and the first mini-batch pass measures the tolerance, which the checkpoints then carry."""
+    base = distml.run(_km_spec(tmp_path / "a", scale))
     assert base.metrics["passes"] == 4 and base.metrics["refine_passes"] == 2
-    r = _interrupt_then_resume(_km_spec(tmp_path / "b"), tmp_path / "crash", 3, monkeypatch)
+    decoded = "every row" if scale else "the rows drawn"
+    assert base.manifest["execution"]["sample"]["decoded"] == decoded
+    r = _interrupt_then_resume(_km_spec(tmp_path / "b", scale), tmp_path / "crash", 3, monkeypatch)
     ex = r.manifest["execution"]
     assert ex["resumed_from"] == {"passes": 3, "phase": "minibatch"}
     assert ex["checkpoints"]["saved"] == 3  # passes 4, 5 and 6 only in the second attempt

@@ -2,10 +2,14 @@
 
 Passes over the data, each one Ray task per partition (distml.jobs._out_of_core):
 
-1. **sample** — per-feature moments (for ``scale: true`` and the tolerance) and a uniform random
-   sample of ``(n_init + 1) × init_size`` rows, drawn with random keys so it is mergeable.
-   ``n_init`` k-means++ initialisations, each on its own slice of the sample, are scored by
-   inertia on a held slice; the best starts (scikit-learn ``MiniBatchKMeans`` semantics).
+1. **sample** — a uniform random sample of ``(n_init + 1) × init_size`` rows. Where row counts
+   are known (parquet, generated data) the driver draws the row numbers and a task decodes only
+   the rows drawn in its partition; else every row draws a random key (mergeable). The pass
+   also folds every row into per-feature moments when it decodes them all anyway (kept
+   batches, unknown row counts) or needs them (``scale: true``); otherwise the first mini-batch
+   pass measures the rows' spread for the tolerance. ``n_init`` k-means++ initialisations, each
+   on its own slice of the sample, are scored by inertia on a held slice; the best starts
+   (scikit-learn ``MiniBatchKMeans`` semantics).
 2. **mini-batch passes** (at most ``max_passes``) — every task starts from the current centres
    and their counts and applies scikit-learn's mini-batch update to its own batches in order
    (each centre is the running mean of the rows ever assigned to it); the tasks' per-cluster
@@ -43,6 +47,7 @@ from distml.jobs.kmeans.model import (  # noqa: F401
     PassStats,
     SamplePass,
     Spec,
+    Spread,
     assign,
     cluster_sums,
     kmeans_plusplus,
@@ -62,33 +67,70 @@ def _scaled(batch: ooc.Batch, scaler: ooc.Scaler | None) -> np.ndarray:
     return scaler.apply(batch.X if batch.X.flags.writeable else batch.X.copy())
 
 
-def _sample_task(part, features, batch_size, m, threshold, seed, keep, fault):
+def _sample_task(part, features, batch_size, m, threshold, seed, keep, positions, moments, fault):
     """The sample pass over one partition, a generator: with ``keep``, every decoded batch
-    (each its own object, for the later passes), then the :class:`SamplePass`."""
+    (each its own object, for the later passes), then the :class:`SamplePass`.
+
+    ``positions``: the sample's row numbers, drawn by the driver (``ooc.draw``), or None when
+    row counts are unknown (every row then draws a random key). ``moments``: fold every row
+    into per-feature moments. Without ``keep`` and ``moments`` only the drawn rows are decoded."""
     probe = ooc.TaskProbe(part, "sample")
-    rng = np.random.default_rng([seed, part.index])
     d = len(features)
-    mom, smp = ooc.Moments.empty(d, full=False), ooc.Sample.empty(m, d, threshold)
-    for i, batch in enumerate(ooc.iter_batches(part, features, batch_size)):
-        faults.crash(fault, "kmeans.sample", i, partition=part.index)
-        smp = smp.add(batch.X, rng.random(len(batch.X)))  # copies the rows it keeps
-        if keep:
-            yield batch.X  # stored before the generator resumes
-        mom = mom.add(batch.X)  # centres the batch in place
-    yield SamplePass(mom, smp, probe.meta(mom.n))
+    mom = ooc.Moments.empty(d, full=False)
+    if positions is None:
+        rng = np.random.default_rng([seed, part.index])
+        smp, rows = ooc.Sample.empty(m, d, threshold), 0
+        for i, batch in enumerate(ooc.iter_batches(part, features, batch_size)):
+            faults.crash(fault, "kmeans.sample", i, partition=part.index)
+            smp = smp.add(batch.X, rng.random(len(batch.X)))  # copies the rows it keeps
+            rows += len(batch.X)
+            if keep:
+                yield batch.X  # stored before the generator resumes
+            mom = mom.add(batch.X)  # centres the batch in place
+        yield SamplePass(mom, smp, probe.meta(rows), rows)
+        return
+    local, ranks = ooc.picks(positions, part.offset, part.rows)
+    got, rows = [], 0
+    if keep or moments:
+        for i, batch in enumerate(ooc.iter_batches(part, features, batch_size)):
+            faults.crash(fault, "kmeans.sample", i, partition=part.index)
+            lo, hi = np.searchsorted(local, [rows, rows + len(batch.X)])
+            got.append(batch.X[local[lo:hi] - rows])  # a copy
+            rows += len(batch.X)
+            if keep:
+                yield batch.X
+            if moments:
+                mom = mom.add(batch.X)
+    else:
+        for i, (n, picked) in enumerate(
+            ooc.iter_picked(part, features, max(batch_size, ooc.PICK_ROWS), local)
+        ):
+            faults.crash(fault, "kmeans.sample", i, partition=part.index)
+            rows += n
+            got.append(picked)
+    if rows != part.rows:
+        raise DataError(
+            f"{part.where()} has {rows} rows, not the {part.rows} planned: the data changed "
+            "while the job ran"
+        )
+    yield SamplePass(mom, ooc.Sample.picked(m, ranks, got, d), probe.meta(rows), rows)
 
 
-def _minibatch_task(src, features, batch_size, centers, counts, scaler, fault) -> PassStats:
+def _minibatch_task(src, features, batch_size, centers, counts, scaler, spread, fault) -> PassStats:
+    """One mini-batch pass over a partition; ``spread``: also the rows' :class:`Spread` (for the
+    tolerance, when the sample pass did not decode every row)."""
     part, batches = ooc.batches_of(src, features, batch_size)
     probe = ooc.TaskProbe(part, "minibatch")
     C, cnt = centers.copy(), counts.copy()
     st = PassStats(np.zeros_like(C), np.zeros(len(C)), 0.0, 0)
+    rows = Spread(0, np.zeros(C.shape[1]), 0.0)
     for i, batch in enumerate(batches):
         faults.crash(fault, "kmeans.minibatch", i, partition=part.index)
         X = _scaled(batch, scaler)
-        sums, n, inertia = minibatch_step(X, C, cnt)
+        sums, n, inertia, sp = minibatch_step(X, C, cnt)
         st = PassStats(st.sums + sums, st.counts + n, st.inertia + inertia, st.rows + len(X))
-    st.meta = probe.meta(st.rows)
+        rows = rows.merge(sp) if spread else rows
+    st.meta, st.spread = probe.meta(st.rows), rows if spread else None
     return st
 
 
@@ -140,7 +182,7 @@ def _final_task(src, features, batch_size, centers, scaler, keep, out_dir, fault
 
 
 def choose_init(rows: np.ndarray, k: int, n_init: int, init_size: int, seed: int):
-    """k-means++ on ``n_init`` slices of the (key-ordered) sample; the best by inertia on the
+    """k-means++ on ``n_init`` slices of the sample (in its random order); the best by inertia on the
     held slice (scikit-learn's ``kmeans_plusplus``, seeded per init, in numpy:
     :func:`~distml.jobs.kmeans.model.kmeans_plusplus`). Returns (centres, inertia of each init
     on the held slice)."""
@@ -186,6 +228,7 @@ class _Fit:
         self.history: list[dict] = []
         self.timings: dict[str, float] = {}
         self.decoded: list | None = None  # refs of the sample pass's kept batches (ooc.Decoded)
+        self.sampling: dict = {}
 
     def over_data(self, stage: str, task, *args, reread: bool = False, first: bool = False):
         """One parallel pass (a task per partition), merged; timed as ``stage``. Its tasks get
@@ -301,6 +344,7 @@ class Job(BaseJob):
             passes_ckpt.save(
                 dict(
                     st0,
+                    tol=tol,
                     centers=centers,
                     counts=counts,
                     passes=passes,
@@ -319,7 +363,10 @@ class Job(BaseJob):
                 fit.runner.put(centers),
                 fit.runner.put(counts),
                 scaler_ref,
+                tol is None,  # the rows' spread, for the tolerance
             )
+            if tol is None:
+                tol = m.tol * st.spread.mean_variance
             total = counts + st.counts
             new, hit = centers.copy(), total > 0
             new[hit] = (centers[hit] * counts[hit, None] + st.sums[hit]) / total[hit, None]
@@ -368,6 +415,7 @@ class Job(BaseJob):
             "tasks": fit.runner.tasks,
             "batch_size": m.batch_size,
             "init_size": self.init_size(),
+            "sample": fit.sampling,  # how the sample was drawn, which rows the pass decoded
             "data_passes": 2 + passes + refines,
             "kept_decoded": kept_decoded,  # the later passes read the sample pass's batches
             "stages": ooc.stage_info(fit.meta),
@@ -389,6 +437,18 @@ class Job(BaseJob):
         keep = m.keep_decoded
         if keep is None:
             keep = ooc.decoded_fits(ctx.data.source.rows, len(fit.feats), ctx.cluster.resources)
+        # row counts and offsets known (parquet, generated data): the sample's rows are drawn
+        # here, and unless the pass decodes every row anyway (kept batches, the scaler's
+        # moments) its tasks decode only those; the first mini-batch pass then measures the
+        # rows' spread for the tolerance
+        starts = np.cumsum([0] + [p.rows or 0 for p in fit.plan])
+        known = all(p.rows is not None and p.offset == at for p, at in zip(fit.plan, starts))
+        positions = ooc.draw(int(starts[-1]), size, m.seed) if known else None
+        moments = bool(m.scale or keep or not known)
+        fit.sampling = {
+            "drawn": "by position" if known else "by random key",
+            "decoded": "every row" if moments else "the rows drawn",
+        }
         first = fit.over_data(
             "sample_s",
             _sample_task,
@@ -396,28 +456,33 @@ class Job(BaseJob):
             ooc.Sample.threshold_for(size, ctx.data.source.rows),
             m.seed,
             keep,
+            None if positions is None else fit.runner.put(positions),
+            moments,
             first=True,
         )
-        mom = first.moments
-        if mom.n < m.n_clusters:
+        if first.rows < m.n_clusters:
             raise DataError(
-                f"model.n_clusters must be <= the number of rows ({mom.n}); got {m.n_clusters}"
+                f"model.n_clusters must be <= the number of rows ({first.rows}); got {m.n_clusters}"
             )
-        if len(first.sample.keys) < min(size, mom.n):
+        if len(first.sample.keys) < min(size, first.rows):
             ctx.log.warning(
                 "the random sample has %d rows, fewer than the %d asked",
                 len(first.sample.keys),
-                min(size, mom.n),
+                min(size, first.rows),
             )
         t0 = time.perf_counter()
+        mom = first.moments
         scaler = mom.scaler() if m.scale else None
         sample = first.sample.sorted_rows()
         if scaler is not None:
             sample = scaler.apply(sample)
-        variance = mom.variance / (scaler.scale**2 if scaler is not None else 1.0)
+        tol = None  # measured by the first mini-batch pass
+        if moments:
+            variance = mom.variance / (scaler.scale**2 if scaler is not None else 1.0)
+            tol = m.tol * float(np.mean(variance))
         centers, scores = choose_init(sample, m.n_clusters, m.n_init, init_size, m.seed)
         fit.timings["init_s"] = time.perf_counter() - t0
-        return scaler, centers, sample[:init_size], m.tol * float(np.mean(variance)), scores
+        return scaler, centers, sample[:init_size], tol, scores
 
     def _outputs(self, model, final, history, init_scores, converged, passes, refines):
         import pandas as pd

@@ -177,13 +177,18 @@ def predict(run_dir: str | Path, frame) -> Any:
 # ------------------------------------------------------------------ the numerical kernels
 
 
-def assign(X: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest centre of each row and the squared distance to it."""
+def assign(
+    X: np.ndarray, centers: np.ndarray, norms: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centre of each row and the squared distance to it (``norms``: the rows' squared
+    norms, when the caller has them)."""
     D = X @ centers.T
     D *= -2.0
     D += np.einsum("ij,ij->i", centers, centers)
     labels = D.argmin(axis=1)
-    dist = D[np.arange(len(X)), labels] + np.einsum("ij,ij->i", X, X)
+    if norms is None:
+        norms = np.einsum("ij,ij->i", X, X)
+    dist = D[np.arange(len(X)), labels] + norms
     return labels, np.maximum(dist, 0.0)
 
 
@@ -237,14 +242,51 @@ def cluster_sums(X: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray,
 
 def minibatch_step(X: np.ndarray, centers: np.ndarray, counts: np.ndarray):
     """scikit-learn's mini-batch update, in place: each centre with rows in this batch becomes
-    the running mean of every row ever assigned to it. Returns (sums, batch counts, inertia)."""
-    labels, dist = assign(X, centers)
+    the running mean of every row ever assigned to it. Returns (sums, batch counts, inertia,
+    the batch's :class:`Spread`: from the column sums and squared norms the step has anyway)."""
+    norms = np.einsum("ij,ij->i", X, X)
+    labels, dist = assign(X, centers, norms)
     sums, n = cluster_sums(X, labels, len(centers))
     hit = n > 0
     total = counts[hit] + n[hit]
     centers[hit] = (centers[hit] * counts[hit, None] + sums[hit]) / total[:, None]
     counts[hit] = total
-    return sums, n, float(dist.sum())
+    return sums, n, float(dist.sum()), Spread.of_batch(len(X), sums.sum(axis=0), norms.sum())
+
+
+@dataclass
+class Spread:
+    """Count, mean and total scatter (the sum over rows of the squared distance to their mean:
+    the trace of the scatter matrix) of some rows, merged as :class:`ooc.Moments` (Chan et al.).
+    The tolerance needs no more than this (the mean feature variance). A batch's comes from its
+    column sums and squared row norms, which the assignment computes anyway, so it rounds as
+    that assignment's distances do: well unless the data's offset dwarfs its spread by ~1e7."""
+
+    n: int
+    mean: np.ndarray
+    m2: float
+
+    @classmethod
+    def of_batch(cls, n: int, colsum: np.ndarray, sq: float) -> "Spread":
+        if n == 0:
+            return cls(0, np.zeros_like(colsum), 0.0)
+        mean = colsum / n
+        return cls(n, mean, max(float(sq) - n * float(mean @ mean), 0.0))
+
+    def merge(self, other: "Spread") -> "Spread":
+        if other.n == 0:
+            return self
+        if self.n == 0:
+            return other
+        n = self.n + other.n
+        delta = other.mean - self.mean
+        mean = self.mean + delta * (other.n / n)
+        return Spread(n, mean, self.m2 + other.m2 + float(delta @ delta) * self.n * other.n / n)
+
+    @property
+    def mean_variance(self) -> float:
+        """The population variance per feature (ddof=0), averaged over the features."""
+        return self.m2 / max(self.n, 1) / max(len(self.mean), 1)
 
 
 @dataclass
@@ -256,30 +298,38 @@ class PassStats:
     inertia: float
     rows: int
     meta: list = field(default_factory=list)
+    spread: Spread | None = None  # the rows' spread, when the pass was asked for it
 
     def merge(self, other: "PassStats") -> "PassStats":
+        spread = self.spread if other.spread is None else other.spread
+        if self.spread is not None and other.spread is not None:
+            spread = self.spread.merge(other.spread)
         return PassStats(
             self.sums + other.sums,
             self.counts + other.counts,
             self.inertia + other.inertia,
             self.rows + other.rows,
             self.meta + other.meta,
+            spread,
         )
 
 
 @dataclass
 class SamplePass:
-    """The first pass: per-feature moments and a uniform sample."""
+    """The first pass: a uniform sample, the rows seen, and (when the pass decoded every row)
+    per-feature moments."""
 
     moments: ooc.Moments
     sample: ooc.Sample
     meta: list = field(default_factory=list)
+    rows: int = 0
 
     def merge(self, other: "SamplePass") -> "SamplePass":
         return SamplePass(
             self.moments.merge(other.moments),
             self.sample.merge(other.sample),
             self.meta + other.meta,
+            self.rows + other.rows,
         )
 
     @classmethod
@@ -290,4 +340,4 @@ class SamplePass:
         for p in parts[1:]:
             moments = moments.merge(p.moments)
         sample = ooc.Sample.merge_many([p.sample for p in parts])
-        return cls(moments, sample, [m for p in parts for m in p.meta])
+        return cls(moments, sample, [m for p in parts for m in p.meta], sum(p.rows for p in parts))

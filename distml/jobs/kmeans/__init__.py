@@ -123,14 +123,15 @@ def _minibatch_task(src, features, batch_size, centers, counts, scaler, spread, 
     probe = ooc.TaskProbe(part, "minibatch")
     C, cnt = centers.copy(), counts.copy()
     st = PassStats(np.zeros_like(C), np.zeros(len(C)), 0.0, 0)
-    rows = Spread(0, np.zeros(C.shape[1]), 0.0)
+    seen = Spread(0, np.zeros(C.shape[1]), 0.0)
     for i, batch in enumerate(batches):
         faults.crash(fault, "kmeans.minibatch", i, partition=part.index)
         X = _scaled(batch, scaler)
-        sums, n, inertia, sp = minibatch_step(X, C, cnt)
+        sums, n, inertia, batch_spread = minibatch_step(X, C, cnt)
         st = PassStats(st.sums + sums, st.counts + n, st.inertia + inertia, st.rows + len(X))
-        rows = rows.merge(sp) if spread else rows
-    st.meta, st.spread = probe.meta(st.rows), rows if spread else None
+        if spread:
+            seen = seen.merge(batch_spread)
+    st.meta, st.spread = probe.meta(st.rows), seen if spread else None
     return st
 
 

@@ -162,6 +162,39 @@ def decoded_fits(rows: int | None, n_features: int, resources: dict, share: floa
 def _matrix(table, features: list[str], where: str, rows: np.ndarray | None = None) -> np.ndarray:
     """The features of ``table`` as a float64 Fortran matrix; ``rows``: only those (ascending
     row numbers). A null anywhere in the batch, or NaN/inf in a row decoded, is a DataError."""
+
+    X = _tensor(table, features) if rows is None else None
+    if X is None:
+        X = _columns(table, features, where, rows)
+    bad = ~np.isfinite(X.sum(axis=0))
+    if bad.any():
+        j = int(np.flatnonzero(bad)[0])
+        n = int((~np.isfinite(X[:, j])).sum())
+        raise DataError(
+            f"data.features: column {features[j]!r} has NaN or infinite values in "
+            f"{where} ({n} in the first batch of {len(X)} rows with any); drop or "
+            "impute them first"
+        )
+    return X
+
+
+def _tensor(table, features: list[str]) -> np.ndarray | None:
+    """All the rows of ``table``'s features in one copy by Arrow (``to_tensor``, column-major),
+    when they are all float64 without nulls; else None. An 8,192 × 64 batch: 0.22 ms, against
+    0.62-0.70 ms column by column, whose Python calls per column are most of the cost."""
+    import pyarrow as pa
+
+    schema = table.schema
+    if not table.num_rows or any(schema.field(n).type != pa.float64() for n in features):
+        return None
+    try:
+        return np.asarray(table.select(features).to_tensor(row_major=False))
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # a null: the column-by-column path names it
+        return None
+
+
+def _columns(table, features: list[str], where: str, rows: np.ndarray | None) -> np.ndarray:
+    """:func:`_matrix` column by column: nulls refused (by column), other types cast."""
     import pyarrow as pa
 
     X = np.empty((table.num_rows if rows is None else len(rows), len(features)), order="F")
@@ -176,15 +209,6 @@ def _matrix(table, features: list[str], where: str, rows: np.ndarray | None = No
         if col.type != pa.float64():
             col = col.cast(pa.float64())
         _fill(X[:, j], col, rows)
-    bad = ~np.isfinite(X.sum(axis=0))
-    if bad.any():
-        j = int(np.flatnonzero(bad)[0])
-        n = int((~np.isfinite(X[:, j])).sum())
-        raise DataError(
-            f"data.features: column {features[j]!r} has NaN or infinite values in "
-            f"{where} ({n} in the first batch of {len(X)} rows with any); drop or "
-            "impute them first"
-        )
     return X
 
 

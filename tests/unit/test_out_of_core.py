@@ -93,6 +93,28 @@ def test_batches_are_bounded_ordered_and_typed(tmp_path):
     assert sum(sizes) == 500 and max(sizes) == 64
 
 
+def test_float64_batches_are_one_arrow_copy_equal_to_the_column_path():
+    """An all-float64 batch without nulls becomes the matrix in one Arrow ``to_tensor`` copy:
+    the same values as the column-by-column copy, Fortran ordered and writeable (the moments
+    centre batches in place); other batches take the column path (casts, named nulls)."""
+    X = _frame(1000).to_numpy()
+    t = pa.table({c: X[:, j] for j, c in enumerate(FEATS)})
+    t = t.append_column("other", pa.array(np.arange(1000)))  # not a feature: left out
+    fast = ooc._tensor(t, FEATS)
+    assert fast is not None and fast.flags.f_contiguous and fast.flags.writeable
+    np.testing.assert_array_equal(fast, X)
+    np.testing.assert_array_equal(ooc._matrix(t, FEATS, "here"), X)
+    np.testing.assert_array_equal(ooc._columns(t, FEATS, "here", None), X)
+    assert ooc._tensor(t.slice(0, 0), FEATS) is None
+    as_int = t.set_column(0, "x0", pa.array(np.arange(1000, dtype=np.int64)))
+    assert ooc._tensor(as_int, FEATS) is None
+    assert ooc._matrix(as_int, FEATS, "here")[:, 0].tolist() == list(range(1000))
+    nulls = t.set_column(2, "x2", pa.array([None] + [1.0] * 999, pa.float64()))
+    assert ooc._tensor(nulls, FEATS) is None
+    with pytest.raises(DataError, match="column 'x2' has missing values in here"):
+        ooc._matrix(nulls, FEATS, "here")
+
+
 @pytest.mark.parametrize(
     "bad,expect",
     [

@@ -49,6 +49,7 @@ from distml.jobs.kmeans.model import (  # noqa: F401
     Spec,
     Spread,
     assign,
+    assign_rows,
     cluster_sums,
     kmeans_plusplus,
     load_model,
@@ -142,8 +143,8 @@ def _lloyd_task(src, features, batch_size, centers, scaler, fault) -> PassStats:
     for i, batch in enumerate(batches):
         faults.crash(fault, "kmeans.lloyd", i, partition=part.index)
         X = _scaled(batch, scaler)
-        labels, dist = assign(X, centers)
-        sums, n = cluster_sums(X, labels, len(centers))
+        labels, dist, _, sums = assign_rows(X, centers, sums=True)
+        n = np.bincount(labels, minlength=len(centers)).astype(np.float64)
         st = PassStats(
             st.sums + sums, st.counts + n, st.inertia + float(dist.sum()), st.rows + len(X)
         )

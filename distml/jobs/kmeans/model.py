@@ -177,19 +177,67 @@ def predict(run_dir: str | Path, frame) -> Any:
 # ------------------------------------------------------------------ the numerical kernels
 
 
-def assign(
-    X: np.ndarray, centers: np.ndarray, norms: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest centre of each row and the squared distance to it (``norms``: the rows' squared
-    norms, when the caller has them)."""
-    D = X @ centers.T
-    D *= -2.0
-    D += np.einsum("ij,ij->i", centers, centers)
-    labels = D.argmin(axis=1)
-    if norms is None:
-        norms = np.einsum("ij,ij->i", X, X)
-    dist = D[np.arange(len(X)), labels] + norms
-    return labels, np.maximum(dist, 0.0)
+#: the assignment works through a batch this many bytes of rows at a time (1,024 rows of 64
+#: float64 features), so a block stays in a core's L2 cache from the distances' product to the
+#: per-cluster sums'. Measured on 8,192 × 64, k = 12, one thread: the mini-batch step's arithmetic
+#: 1.16–1.27 ms in 512–1,024-row blocks, 1.60 ms over the whole batch at once, 2.62 ms as before
+#: (the whole batch, one weighted bincount per feature)
+BLOCK_BYTES = 512 * 1024
+
+
+def block_rows(d: int) -> int:
+    """Rows per block of :func:`assign_rows` for ``d`` features (at least 256)."""
+    return max(256, BLOCK_BYTES // (8 * max(d, 1)))
+
+
+def one_hot_sums(k: int, d: int) -> bool:
+    """Whether the per-cluster sums are a one-hot matrix product (as many flops as the
+    distances' product) rather than one weighted bincount per feature (a cost that does not grow
+    with k): measured on 8,192 rows, the product is faster while ``4 k <= d`` (d = 64: k = 12
+    1.16 against 1.73 ms a batch, k = 32 2.91 against 2.35 ms; d = 8: k = 2 0.23 against 0.40 ms,
+    k = 12 1.24 against 0.99 ms)."""
+    return 4 * k <= d
+
+
+def assign_rows(X: np.ndarray, centers: np.ndarray, sums: bool = False):
+    """Nearest centre of each row, the squared distance to it, the rows' squared norms and,
+    with ``sums``, the per-cluster sums of the rows (else None): block by block of
+    :func:`block_rows` rows. Each row's arithmetic is the same whatever the block (its
+    distances are one row of a matrix product), so the labels and distances do not depend on
+    the blocking."""
+    n, d = X.shape
+    k = len(centers)
+    labels, dist, norms = np.empty(n, dtype=np.intp), np.empty(n), np.empty(n)
+    csq = np.einsum("ij,ij->i", centers, centers)
+    one_hot = sums and one_hot_sums(k, d)
+    S = np.zeros((k, d)) if one_hot else None
+    step = block_rows(d)
+    rows = np.arange(min(step, n))
+    hot = np.zeros((k, len(rows))) if one_hot else None
+    for lo in range(0, n, step):
+        Xb = X[lo : lo + step]
+        m = len(Xb)
+        D = Xb @ centers.T
+        D *= -2.0
+        D += csq
+        lb = D.argmin(axis=1)
+        nb = np.einsum("ij,ij->i", Xb, Xb)
+        labels[lo : lo + m], norms[lo : lo + m] = lb, nb
+        dist[lo : lo + m] = D[rows[:m], lb] + nb
+        if one_hot:
+            hot[lb, rows[:m]] = 1.0
+            S += hot[:, :m] @ Xb
+            hot[lb, rows[:m]] = 0.0
+    np.maximum(dist, 0.0, out=dist)
+    if sums and not one_hot:
+        S = cluster_sums(X, labels, k)[0]
+    return labels, dist, norms, S
+
+
+def assign(X: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centre of each row and the squared distance to it."""
+    labels, dist, _, _ = assign_rows(X, centers)
+    return labels, dist
 
 
 def kmeans_plusplus(X: np.ndarray, k: int, state: np.random.RandomState) -> np.ndarray:
@@ -244,9 +292,8 @@ def minibatch_step(X: np.ndarray, centers: np.ndarray, counts: np.ndarray):
     """scikit-learn's mini-batch update, in place: each centre with rows in this batch becomes
     the running mean of every row ever assigned to it. Returns (sums, batch counts, inertia,
     the batch's :class:`Spread`: from the column sums and squared norms the step has anyway)."""
-    norms = np.einsum("ij,ij->i", X, X)
-    labels, dist = assign(X, centers, norms)
-    sums, n = cluster_sums(X, labels, len(centers))
+    labels, dist, norms, sums = assign_rows(X, centers, sums=True)
+    n = np.bincount(labels, minlength=len(centers)).astype(np.float64)
     hit = n > 0
     total = counts[hit] + n[hit]
     centers[hit] = (centers[hit] * counts[hit, None] + sums[hit]) / total[:, None]

@@ -165,7 +165,7 @@ PARTITION_PROBE = """
 import json, sys
 import numpy as np
 import pandas as pd
-from distml.jobs._dask_engine import _compute_block, checked, lazy_array
+from distml.jobs._dask_engine import _compute_block, _culled, block_graphs, checked, lazy_array
 from distml.runtime.data import validate_data
 from distml.spec import load_spec
 
@@ -174,15 +174,19 @@ frame.to_parquet(sys.argv[1], row_group_size=15)
 spec = load_spec({"name": "p", "kind": "pca", "engine": "dask", "data": {"source": sys.argv[1]},
                   "model": {"n_components": 1, "batch_size": 10}})
 X, parts = lazy_array(validate_data(spec.data, needs_target=False).source, ["a", "b"], 10)
-value, record = _compute_block(checked(X, ["a", "b"], None, "pca.dask", 0).blocks[1], "s", 1)
+graph, rows = block_graphs(checked(X, ["a", "b"], None, "pca.dask", 0))
+one = _culled(graph, rows[1])
+value, record = _compute_block(one, rows[1], "s", 1)
+every = [_compute_block(_culled(graph, r), r, "s", i)[0] for i, r in enumerate(rows)]
 print(json.dumps({"parts": parts, "rows": value[:, 0].tolist(), "record": record,
-                  "distributed": "distributed" in sys.modules}))
+                  "distributed": "distributed" in sys.modules,
+                  "tasks": [len(graph), len(one)], "all": np.concatenate(every).tolist()}))
 """
 
 
 def test_a_partition_task_runs_its_graph_without_loading_dask_distributed(tmp_path):
     """A partition's task (run here as a fresh worker would run it): the row group's rows,
-    checked, with its figures; Dask's synchronous scheduler is passed as the function, so the
+    checked, with its figures, from its own tasks of the optimised graph; Dask's synchronous scheduler is passed as the function, so the
     task does not import ``dask.distributed`` looking for a client (0.3 s in every worker)."""
     import json
 
@@ -197,3 +201,7 @@ def test_a_partition_task_runs_its_graph_without_loading_dask_distributed(tmp_pa
     assert got["parts"] == 3 and got["rows"] == [float(i) for i in range(15, 30)]
     assert got["record"]["stage"] == "s" and got["record"]["partition"] == 1
     assert got["record"]["rows"] == 15 and got["distributed"] is False
+    # the task got its block's own tasks, not the whole array's graph, and every block's rows
+    # are the file's
+    assert got["tasks"][1] < got["tasks"][0] / 2
+    assert got["all"] == [[float(i), 1.0] for i in range(40)]

@@ -444,6 +444,7 @@ def _execute(job, job_spec, info, run_dir, address, resume, manifest, timings, u
                 driver_preload=driver,
                 # a run's own cluster starts Ray's dashboard head only for a Train worker group
                 head=job.train_execution(info, local_resources()) is not None,
+                store_bytes=job.object_store_bytes(info, local_resources()),
             )
         )
         interrupts.rearm()

@@ -129,6 +129,11 @@ class Job:
         would train in a worker group on a cluster with ``resources``; None for Ray tasks."""
         return None
 
+    def object_store_bytes(self, data: DataInfo, resources: dict) -> int | None:
+        """The object store size a run's own cluster should have for this spec on a machine
+        with ``resources`` (what the job streams through the store at once); None: Ray's."""
+        return None
+
     # ------------------------------------------------------------------ predictor, report
 
     @classmethod

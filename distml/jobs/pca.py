@@ -395,6 +395,11 @@ class Job(BaseJob):
             Path(run_dir), "pca", load_model, lambda fitted: len(fitted.columns())
         )
 
+    def object_store_bytes(self, data, resources: dict) -> int | None:
+        if self.spec.engine != "dask":
+            return None
+        return _dask_engine.store_bytes(data, resources)
+
     def check_spec(self) -> None:
         if self.spec.engine == "dask":
             _dask_engine.check_installed("pca")

@@ -116,7 +116,11 @@ def preflight(address: str, source: str, timeout_s: float = PREFLIGHT_TIMEOUT_S)
 
 
 def _start_local(
-    num_cpus: int | None, num_gpus: int | None, preload: tuple[str, ...] = (), head: bool = True
+    num_cpus: int | None,
+    num_gpus: int | None,
+    preload: tuple[str, ...] = (),
+    head: bool = True,
+    store_bytes: int | None = None,
 ) -> None:
     """Start a single-node cluster for this run (tests replace this to forbid it).
 
@@ -126,7 +130,8 @@ def _start_local(
     limits, unless the caller asks for a number. ``preload``: modules every worker process
     imports as it starts (``preload_python_modules``), before it takes a task. ``head``: start
     Ray's dashboard head (a run that may use Ray Train or Ray Data needs it;
-    :func:`~distml.runtime.node_start.quick_node_start`)."""
+    :func:`~distml.runtime.node_start.quick_node_start`). ``store_bytes``: the object store's
+    size (:meth:`distml.jobs.base.Job.object_store_bytes`; None: Ray's default)."""
     import ray
 
     dashboard = os.environ.get("DISTML_DASHBOARD", "").lower() in ("1", "true", "yes")
@@ -135,6 +140,7 @@ def _start_local(
             address="local",
             num_cpus=num_cpus,
             num_gpus=num_gpus,
+            **({"object_store_memory": int(store_bytes)} if store_bytes else {}),
             include_dashboard=dashboard,
             dashboard_host="127.0.0.1",
             log_to_driver=False,
@@ -186,6 +192,7 @@ def cluster(
     run_preload: tuple[str, ...] = (),
     driver_preload: tuple[str, ...] = (),
     head: bool = True,
+    store_bytes: int | None = None,
 ) -> Iterator[ClusterInfo]:
     """Yield a connected Ray for the run; shut down only what this call started. ``preload``:
     modules the workers of a cluster started here import as they start (the run's kind's,
@@ -195,7 +202,8 @@ def cluster(
     cluster keeps its own. ``driver_preload``: modules this driver imports while the cluster
     starts (:func:`preimport`; the kind's :meth:`~distml.jobs.base.Job.driver_modules`).
     ``head=False``: a cluster started here has no dashboard head (a run
-    that uses neither a Ray Train worker group nor Ray Data)."""
+    that uses neither a Ray Train worker group nor Ray Data). ``store_bytes``: the object store
+    of a cluster started here (None: Ray's default; a warm or remote cluster keeps its own)."""
     t0 = time.monotonic()
     preimport(driver_preload)
     if "ray" in sys.modules and sys.modules["ray"].is_initialized():
@@ -225,7 +233,9 @@ def cluster(
                     warm_workers.forget()
         return
     mode = "connected" if addr else "local"
-    with _ray(addr, source, num_cpus, num_gpus, t0, mode, () if addr else preload, head) as info:
+    with _ray(
+        addr, source, num_cpus, num_gpus, t0, mode, () if addr else preload, head, store_bytes
+    ) as info:
         yield info
 
 
@@ -327,6 +337,7 @@ def _ray(
     mode: str,
     preload: tuple[str, ...] = (),
     head: bool = True,
+    store_bytes: int | None = None,
 ) -> Iterator[ClusterInfo]:
     import ray
 
@@ -342,7 +353,7 @@ def _ray(
                         f"{source}): {first_line(e)}"
                     ) from e
             else:
-                _start_local(num_cpus, num_gpus, preload, head=head)
+                _start_local(num_cpus, num_gpus, preload, head=head, store_bytes=store_bytes)
     except BaseException:  # interrupted or failed part way: stop what was started
         if mode == "local" or ray.is_initialized():
             _shutdown(started_here=mode == "local")

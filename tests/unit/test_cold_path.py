@@ -357,7 +357,7 @@ def test_a_runs_own_cluster_starts_a_dashboard_head_only_for_a_train_worker_grou
 
     seen: list = []
 
-    def fake_start(num_cpus, num_gpus, preload=(), head=True):
+    def fake_start(num_cpus, num_gpus, preload=(), head=True, store_bytes=None):
         seen.append(head)
         raise RuntimeError("no cluster in a unit test")
 
@@ -569,3 +569,78 @@ def test_a_run_declares_what_the_warm_clusters_workers_started_for_it_import(mon
             distml.run(source, output=tmp_path / "runs")
         assert seen[-1]["run_preload"] == want
     assert warm_workers.WARM_LIST == "+warm"
+
+
+def test_a_dask_engine_runs_own_cluster_gets_an_object_store_sized_to_its_partitions(
+    monkeypatch, tmp_path
+):
+    """A dask-engine run over parquet streams its partitions through Ray's object store, and
+    every process keeps the store pages it touched: its own cluster gets a store of the
+    partitions in flight and held (``_dask_engine.store_bytes``, at least STORE_MIN), passed
+    to ``ray.init`` as ``object_store_memory``; the native engine, and sources whose partitions
+    are unknown before the start, keep Ray's default (None)."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import ray
+
+    import distml
+    from distml.jobs import _dask_engine as E
+    from distml.runtime import cluster
+
+    seen: list = []
+
+    def fake_start(num_cpus, num_gpus, preload=(), head=True, store_bytes=None):
+        seen.append(store_bytes)
+        raise RuntimeError("no cluster in a unit test")
+
+    monkeypatch.setattr(cluster, "_start_local", fake_start)
+    _own_cluster_only(monkeypatch, tmp_path)
+    big = tmp_path / "big.parquet"  # row groups of 300,000 rows x 32 features: 76.8 MB each
+    frame = pd.DataFrame(np.ones((600_000, 32)), columns=[f"x{i}" for i in range(32)])
+    pq.write_table(pa.Table.from_pandas(frame), big, row_group_size=300_000)
+    frame.iloc[:50].to_csv(tmp_path / "small.csv", index=False)
+    part = 300_000 * 32 * 8
+    cases = [
+        (_kmeans_spec(tmp_path), None),  # the native engine
+        ({**_kmeans_spec(tmp_path), "engine": "dask"}, E.STORE_MIN),  # tiny partitions
+        ({**_kmeans_spec(tmp_path), "engine": "dask", "data": {"source": str(big)}}, None),
+        (
+            {
+                "name": "p",
+                "kind": "pca",
+                "engine": "dask",
+                "data": {"source": str(big)},
+                "model": {"n_components": 2},
+            },
+            None,
+        ),
+        (
+            {
+                **_kmeans_spec(tmp_path),
+                "engine": "dask",
+                "data": {"source": str(tmp_path / "small.csv")},
+            },
+            None,
+        ),
+    ]
+    cpus = cluster.local_resources()["CPU"]
+    want_big = (E.ahead(int(cpus), part) + E.HELD_PARTITIONS) * part
+    assert want_big > E.STORE_MIN
+    cases[2] = (cases[2][0], want_big)
+    cases[3] = (cases[3][0], want_big)
+    for spec, want in cases:
+        with pytest.raises(Exception, match="no cluster"):
+            distml.run(spec, output=tmp_path / "runs")
+        assert seen[-1] == want, spec
+
+    def fake_init(**kwargs):
+        seen.append(kwargs.get("object_store_memory"))
+        raise RuntimeError("no cluster in a unit test")
+
+    monkeypatch.setattr(ray, "init", fake_init)
+    for size in (None, 300 << 20):
+        with pytest.raises(RuntimeError, match="no cluster"):
+            cluster._start_local(2, None, head=False, store_bytes=size)
+        assert seen[-1] == size

@@ -294,6 +294,11 @@ class Job(BaseJob):
 
         return array_predictor(Path(run_dir), "kmeans", load_model, lambda fitted: 1)
 
+    def object_store_bytes(self, data, resources: dict) -> int | None:
+        if self.spec.engine != "dask":
+            return None
+        return _dask_engine.store_bytes(data, resources)
+
     def check_spec(self) -> None:
         if self.spec.engine == "dask":
             _dask_engine.check_installed("kmeans")

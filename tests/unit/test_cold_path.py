@@ -341,6 +341,22 @@ def _own_cluster_only(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("DISTML_STATE_DIR", str(tmp_path / "state"))  # no warm cluster
 
 
+def _record_own_starts(monkeypatch, tmp_path) -> list[dict]:
+    """:func:`_own_cluster_only`, with the start replaced by one that records its ``head`` and
+    ``store_bytes`` and raises (no cluster in a unit test)."""
+    from distml.runtime import cluster
+
+    seen: list[dict] = []
+
+    def fake_start(num_cpus, num_gpus, preload=(), head=True, store_bytes=None):
+        seen.append({"head": head, "store_bytes": store_bytes})
+        raise RuntimeError("no cluster in a unit test")
+
+    monkeypatch.setattr(cluster, "_start_local", fake_start)
+    _own_cluster_only(monkeypatch, tmp_path)
+    return seen
+
+
 def test_a_runs_own_cluster_starts_a_dashboard_head_only_for_a_train_worker_group(
     monkeypatch, tmp_path
 ):
@@ -355,14 +371,7 @@ def test_a_runs_own_cluster_starts_a_dashboard_head_only_for_a_train_worker_grou
     import distml
     from distml.runtime import cluster, node_start
 
-    seen: list = []
-
-    def fake_start(num_cpus, num_gpus, preload=(), head=True, store_bytes=None):
-        seen.append(head)
-        raise RuntimeError("no cluster in a unit test")
-
-    monkeypatch.setattr(cluster, "_start_local", fake_start)
-    _own_cluster_only(monkeypatch, tmp_path)
+    seen = _record_own_starts(monkeypatch, tmp_path)
     quickstart = yaml.safe_load(open(ROOT + "/jobs/quickstart.yaml"))
     tune_torch = yaml.safe_load(open(ROOT + "/jobs/tune_torch.yaml"))
     cases = [
@@ -377,7 +386,7 @@ def test_a_runs_own_cluster_starts_a_dashboard_head_only_for_a_train_worker_grou
     for spec, want in cases:
         with pytest.raises(Exception, match="no cluster"):
             distml.run(spec, output=tmp_path / "runs")
-        assert seen[-1] is want, spec
+        assert seen[-1]["head"] is want, spec
     assert len(seen) == len(cases)
     res = cluster.local_resources()
     assert res["CPU"] >= 1 and 0 < res["memory"] < 2**50
@@ -589,14 +598,7 @@ def test_a_dask_engine_runs_own_cluster_gets_an_object_store_sized_to_its_partit
     from distml.jobs import _dask_engine as E
     from distml.runtime import cluster
 
-    seen: list = []
-
-    def fake_start(num_cpus, num_gpus, preload=(), head=True, store_bytes=None):
-        seen.append(store_bytes)
-        raise RuntimeError("no cluster in a unit test")
-
-    monkeypatch.setattr(cluster, "_start_local", fake_start)
-    _own_cluster_only(monkeypatch, tmp_path)
+    seen = _record_own_starts(monkeypatch, tmp_path)
     big = tmp_path / "big.parquet"  # row groups of 300,000 rows x 32 features: 76.8 MB each
     frame = pd.DataFrame(np.ones((600_000, 32)), columns=[f"x{i}" for i in range(32)])
     pq.write_table(pa.Table.from_pandas(frame), big, row_group_size=300_000)
@@ -633,14 +635,14 @@ def test_a_dask_engine_runs_own_cluster_gets_an_object_store_sized_to_its_partit
     for spec, want in cases:
         with pytest.raises(Exception, match="no cluster"):
             distml.run(spec, output=tmp_path / "runs")
-        assert seen[-1] == want, spec
+        assert seen[-1]["store_bytes"] == want, spec
 
     def fake_init(**kwargs):
-        seen.append(kwargs.get("object_store_memory"))
+        seen.append({"store_bytes": kwargs.get("object_store_memory")})
         raise RuntimeError("no cluster in a unit test")
 
     monkeypatch.setattr(ray, "init", fake_init)
     for size in (None, 300 << 20):
         with pytest.raises(RuntimeError, match="no cluster"):
             cluster._start_local(2, None, head=False, store_bytes=size)
-        assert seen[-1] == size
+        assert seen[-1]["store_bytes"] == size

@@ -217,13 +217,18 @@ def store_bytes(data, resources: dict) -> int | None:
     what its fitting passes hold in the store at once — the partitions in flight
     (:func:`ahead`) and those the driver is cutting and fitting (:data:`HELD_PARTITIONS`) — and
     at least :data:`STORE_MIN`; None (Ray's default) for other sources, whose partitions are
-    not known before the cluster starts. Every process that writes or maps the partitions
+    not known before the cluster starts, and for remote files (their footers, read again here,
+    would cost a round trip each before the cluster starts). Every process that writes or maps the partitions
     streaming through the store keeps the pages it touched, and Ray's default store (30% of
     memory) let those grow with the workers running ahead of the driver: B5's 4 GB k-means'
     largest process 1.12-1.24 GB (over the 1 GB cap) with a 7.5 GB store, 0.99 GB with 512 MB,
     0.74 GB with 256 MB, the job's time the same (11.3 s)."""
+    from distml.runtime.read import local_path
+
     source = data.source
     if not (source.kind == "files" and source.format == "parquet"):
+        return None
+    if any(local_path(f) is None for f in source.files):  # a footer each is a round trip
         return None
     rows = max((n for f in source.files for n in plan.row_group_rows(f)), default=0)
     part = rows * len(data.features) * 8

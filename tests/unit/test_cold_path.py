@@ -586,8 +586,8 @@ def test_a_dask_engine_runs_own_cluster_gets_an_object_store_sized_to_its_partit
     """A dask-engine run over parquet streams its partitions through Ray's object store, and
     every process keeps the store pages it touched: its own cluster gets a store of the
     partitions in flight and held (``_dask_engine.store_bytes``, at least STORE_MIN), passed
-    to ``ray.init`` as ``object_store_memory``; the native engine, and sources whose partitions
-    are unknown before the start, keep Ray's default (None)."""
+    to ``ray.init`` as ``object_store_memory``; the native engine, sources whose partitions
+    are unknown before the start and remote files keep Ray's default (None)."""
     import numpy as np
     import pandas as pd
     import pyarrow as pa
@@ -636,6 +636,11 @@ def test_a_dask_engine_runs_own_cluster_gets_an_object_store_sized_to_its_partit
         with pytest.raises(Exception, match="no cluster"):
             distml.run(spec, output=tmp_path / "runs")
         assert seen[-1]["store_bytes"] == want, spec
+    # remote files: their footers are not read again before the start (Ray's default store)
+    from types import SimpleNamespace
+
+    remote = SimpleNamespace(kind="files", format="parquet", files=["s3://bucket/d.parquet"])
+    assert E.store_bytes(SimpleNamespace(source=remote, features=["a"]), {"CPU": 2}) is None
 
     def fake_init(**kwargs):
         seen.append({"store_bytes": kwargs.get("object_store_memory")})

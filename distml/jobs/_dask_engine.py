@@ -260,10 +260,9 @@ def _read_matrix(part, features: list[str]) -> np.ndarray:
 def _check_block(X, features, fault, where, step, block_info=None):
     chunk = block_info[0]["chunk-location"][0] if block_info else 0
     faults.crash(fault, where, step, partition=chunk)
-    bad = ~np.isfinite(X.sum(axis=0))
-    if bad.any():
-        j = int(np.flatnonzero(bad)[0])
-        n = int((~np.isfinite(X[:, j])).sum())
+    found = ooc.first_nonfinite(X)
+    if found is not None:
+        j, n = found
         raise DataError(
             f"data.features: column {features[j]!r} has NaN or infinite values ({n} in partition "
             f"{chunk} of {len(X)} rows); drop or impute them first"

@@ -166,16 +166,25 @@ def _matrix(table, features: list[str], where: str, rows: np.ndarray | None = No
     X = _tensor(table, features) if rows is None else None
     if X is None:
         X = _columns(table, features, where, rows)
-    bad = ~np.isfinite(X.sum(axis=0))
-    if bad.any():
-        j = int(np.flatnonzero(bad)[0])
-        n = int((~np.isfinite(X[:, j])).sum())
+    found = first_nonfinite(X)
+    if found is not None:
+        j, n = found
         raise DataError(
             f"data.features: column {features[j]!r} has NaN or infinite values in "
             f"{where} ({n} in the first batch of {len(X)} rows with any); drop or "
             "impute them first"
         )
     return X
+
+
+def first_nonfinite(X: np.ndarray) -> tuple[int, int] | None:
+    """The first column of ``X`` with NaN or infinite values and how many it has, else None
+    (one sum per column finds them: a NaN or inf in a column makes its sum non-finite)."""
+    bad = ~np.isfinite(X.sum(axis=0))
+    if not bad.any():
+        return None
+    j = int(np.flatnonzero(bad)[0])
+    return j, int((~np.isfinite(X[:, j])).sum())
 
 
 def _tensor(table, features: list[str]) -> np.ndarray | None:

@@ -18,8 +18,6 @@ tasks (docs/out_of_core.md has the figures and the benchmark that produced them)
 from __future__ import annotations
 
 import os
-import queue
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -28,9 +26,9 @@ import numpy as np
 
 from distml.errors import DataError, JobFailed
 from distml.jobs._sample import Sample, draw, picks  # noqa: F401 - ooc.Sample, ooc.draw, ooc.picks
-from distml.runtime import faults, plan
+from distml.runtime import faults, pages, plan
 from distml.runtime.plan import Partition
-from distml.runtime.read import iter_tables
+from distml.runtime.read import iter_tables, prefetch, rechunk  # noqa: F401 (pca, tests)
 from distml.runtime.tasks import FAN_IN, Runner, merge_all  # noqa: F401 (benchmarks/b5 uses them)
 
 #: rows per partition when the spec does not say; row groups are never split, files never merged
@@ -97,14 +95,41 @@ def iter_batches(
     batch_size: int,
     keep: list[str] | None = None,
     threads: bool = False,
+    reuse: bool = False,
 ) -> Iterator[Batch]:
-    """Stream ``part`` as numeric batches; NaN/inf/null in a feature is a DataError."""
+    """Stream ``part`` as numeric batches; NaN/inf/null in a feature is a DataError. ``reuse``:
+    the caller is done with a batch when it asks for the next (it keeps no reference to it),
+    so local parquet files' plain float columns are decoded by :mod:`distml.runtime.pages`
+    into matrices reused from batch to batch."""
     keep = list(keep or [])
-    columns = features + [c for c in keep if c not in features]
     where = part.where()
+    blocks = _plain_blocks(part, features) if reuse and not keep else None
+    if blocks is not None:
+        for X in pages.cut(blocks, batch_size, len(features)):
+            yield Batch(_checked(X, features, where))
+        return
+    columns = features + [c for c in keep if c not in features]
     for table in iter_tables(part, columns, batch_size, float_columns=features, threads=threads):
         X = _matrix(table, features, where)
         yield Batch(X, table.select(keep) if keep else None)
+
+
+def _plain_blocks(part: Partition, features: list[str]):
+    """:func:`distml.runtime.pages.plain_blocks` of a parquet partition (None otherwise): the
+    columns it does not decode are read by Arrow, a row group at a time, as :func:`_columns`
+    reads them (nulls refused, other types cast)."""
+    if part.format != "parquet":
+        return None
+    where = part.where()
+
+    def arrow_columns(path: str, g: int, js: list[int], X: np.ndarray) -> None:
+        import pyarrow.parquet as pq
+
+        names = [features[j] for j in js]
+        table = pq.ParquetFile(path).read_row_group(g, columns=names)
+        _columns(table, names, where, None, out=X, at=js)
+
+    return pages.plain_blocks(part.pieces, features, arrow_columns)
 
 
 #: rows per batch read when only some rows are decoded (:func:`iter_picked`): the per-column
@@ -116,10 +141,19 @@ def iter_picked(
     part: Partition, features: list[str], batch_size: int, local: np.ndarray
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Stream ``part`` and decode only the rows at the ascending row numbers ``local`` (within
-    the partition): ``(rows read, those of them picked as a float64 matrix)`` per batch. A null
-    in a batch is refused as :func:`_matrix` refuses it (Arrow counts them); NaN/inf only in the
-    rows picked (the rest are not decoded: the passes that decode them check them)."""
+    the partition): ``(rows read, those of them picked as a float64 matrix)`` per batch (per
+    row group of local parquet files' plain float columns). A null in a batch is refused as
+    :func:`_matrix` refuses it (Arrow counts them); NaN/inf only in the rows picked (the rest
+    are not decoded: the passes that decode them check them)."""
     where, at = part.where(), 0
+    blocks = _plain_blocks(part, features)
+    if blocks is not None:
+        for _, X in blocks:
+            n = len(X)
+            lo, hi = np.searchsorted(local, [at, at + n])
+            yield n, _checked(np.asfortranarray(X[local[lo:hi] - at]), features, where)
+            at += n
+        return
     for table in iter_tables(part, features, batch_size, float_columns=features):
         n = table.num_rows
         lo, hi = np.searchsorted(local, [at, at + n])
@@ -149,7 +183,7 @@ def batches_of(
         import ray
 
         return src.part, (Batch(ray.get(ref)) for ref in src.batches)
-    return src, iter_batches(src, features, batch_size, keep)
+    return src, iter_batches(src, features, batch_size, keep, reuse=True)
 
 
 def decoded_fits(rows: int | None, n_features: int, resources: dict, share: float = 0.5) -> bool:
@@ -166,6 +200,11 @@ def _matrix(table, features: list[str], where: str, rows: np.ndarray | None = No
     X = _tensor(table, features) if rows is None else None
     if X is None:
         X = _columns(table, features, where, rows)
+    return _checked(X, features, where)
+
+
+def _checked(X: np.ndarray, features: list[str], where: str) -> np.ndarray:
+    """``X``, unless a column has NaN or infinite values: a DataError naming it."""
     found = first_nonfinite(X)
     if found is not None:
         j, n = found
@@ -202,12 +241,17 @@ def _tensor(table, features: list[str]) -> np.ndarray | None:
         return None
 
 
-def _columns(table, features: list[str], where: str, rows: np.ndarray | None) -> np.ndarray:
-    """:func:`_matrix` column by column: nulls refused (by column), other types cast."""
+def _columns(table, features: list[str], where: str, rows, out=None, at=None) -> np.ndarray:
+    """:func:`_matrix` column by column: nulls refused (by column), other types cast. ``out``:
+    fill its columns ``at`` (one per feature) instead of a new matrix."""
     import pyarrow as pa
 
-    X = np.empty((table.num_rows if rows is None else len(rows), len(features)), order="F")
-    for j, name in enumerate(features):
+    X = (
+        out
+        if out is not None
+        else np.empty((table.num_rows if rows is None else len(rows), len(features)), order="F")
+    )
+    for j, name in zip(at if at is not None else range(len(features)), features):
         col = table.column(name)
         if col.null_count:
             raise DataError(
@@ -236,71 +280,6 @@ def _fill(out: np.ndarray, column, rows: np.ndarray | None = None) -> None:
             out[done:hi] = data[rows[done:hi] - at]
             done = hi
         at += n
-
-
-def rechunk(batches: Iterator[np.ndarray], size: int, min_last: int = 0) -> Iterator[np.ndarray]:
-    """Re-cut arrays into exactly ``size`` rows, as ``sklearn.utils.gen_batches(n, size,
-    min_batch_size=min_last)`` would cut their concatenation (a last piece smaller than
-    ``min_last`` joins the one before), holding at most two batches."""
-    buf: list[np.ndarray] = []
-    have = 0
-    held: np.ndarray | None = None
-    for X in batches:
-        while len(X):
-            take = min(size - have, len(X))
-            buf.append(X[:take])
-            have += take
-            X = X[take:]
-            if have == size:
-                if held is not None:
-                    yield held
-                held = np.asfortranarray(np.concatenate(buf)) if len(buf) > 1 else buf[0]
-                buf, have = [], 0
-    if held is not None and (have == 0 or have >= min_last):
-        yield held
-        held = None
-    rest = [held] if held is not None else []
-    if have:
-        rest += buf
-    if rest:
-        yield np.asfortranarray(np.concatenate(rest)) if len(rest) > 1 else rest[0]
-
-
-def prefetch(it: Iterator, depth: int = 2) -> Iterator:
-    """Iterate ``it`` in a background thread ``depth`` items ahead (decoding parquet releases
-    the GIL, so reading overlaps with the consumer's numpy/LAPACK work)."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-    stop = threading.Event()
-
-    def work():
-        try:
-            for item in it:
-                if stop.is_set():
-                    return
-                q.put((True, item))
-        except BaseException as e:  # handed to the consumer
-            q.put((False, e))
-            return
-        q.put((True, done))
-
-    t = threading.Thread(target=work, daemon=True)
-    t.start()
-    try:
-        while True:
-            ok, item = q.get()
-            if not ok:
-                raise item
-            if item is done:
-                return
-            yield item
-    finally:
-        stop.set()
-        while t.is_alive():
-            try:
-                q.get(timeout=0.05)
-            except queue.Empty:
-                pass
 
 
 # ------------------------------------------------------------------ mergeable states

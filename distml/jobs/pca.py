@@ -294,7 +294,7 @@ def _moments_task(
 ) -> ooc.Moments:
     probe = ooc.TaskProbe(part, "moments")
     mom = ooc.Moments.empty(len(features), full)
-    for i, batch in enumerate(ooc.iter_batches(part, features, batch_size)):
+    for i, batch in enumerate(ooc.iter_batches(part, features, batch_size, reuse=True)):
         faults.crash(fault, "pca.moments", i, partition=part.index)
         mom = mom.add(batch.X)
     mom.meta = probe.meta(mom.n)
@@ -360,7 +360,9 @@ def _transform_task(
     rows = 0
     names = model.columns()
     with ooc.PartWriter(out_dir, part.name) as writer:
-        for i, batch in enumerate(ooc.iter_batches(part, model.features, batch_size, keep)):
+        for i, batch in enumerate(
+            ooc.iter_batches(part, model.features, batch_size, keep, reuse=True)
+        ):
             faults.crash(fault, "pca.transform", i, partition=part.index)
             Z = model.transform(batch.X, copy=False)
             table = pa.table({c: Z[:, j] for j, c in enumerate(names)})

@@ -14,12 +14,15 @@
 from __future__ import annotations
 
 import io
+import queue
 import re
+import threading
 from typing import TYPE_CHECKING, Any, Iterator
 
 from distml.errors import DataError, one_line
 
 if TYPE_CHECKING:  # heavy: imported where used, so `distml validate` stays light
+    import numpy as np
     import pandas as pd
 
 #: bytes buffered per column chunk being streamed (a row group can be hundreds of MB)
@@ -299,3 +302,70 @@ def _csv_batches(piece, columns, batch_size: int, float_columns, threads: bool):
         for rb in reader:
             for lo in range(0, rb.num_rows, batch_size):
                 yield rb.slice(lo, batch_size)
+
+
+def rechunk(batches: Iterator[np.ndarray], size: int, min_last: int = 0) -> Iterator[np.ndarray]:
+    """Re-cut arrays into exactly ``size`` rows, as ``sklearn.utils.gen_batches(n, size,
+    min_batch_size=min_last)`` would cut their concatenation (a last piece smaller than
+    ``min_last`` joins the one before), holding at most two batches."""
+    import numpy as np
+
+    buf: list[np.ndarray] = []
+    have = 0
+    held: np.ndarray | None = None
+    for X in batches:
+        while len(X):
+            take = min(size - have, len(X))
+            buf.append(X[:take])
+            have += take
+            X = X[take:]
+            if have == size:
+                if held is not None:
+                    yield held
+                held = np.asfortranarray(np.concatenate(buf)) if len(buf) > 1 else buf[0]
+                buf, have = [], 0
+    if held is not None and (have == 0 or have >= min_last):
+        yield held
+        held = None
+    rest = [held] if held is not None else []
+    if have:
+        rest += buf
+    if rest:
+        yield np.asfortranarray(np.concatenate(rest)) if len(rest) > 1 else rest[0]
+
+
+def prefetch(it: Iterator, depth: int = 2) -> Iterator:
+    """Iterate ``it`` in a background thread ``depth`` items ahead (decoding parquet releases
+    the GIL, so reading overlaps with the consumer's numpy/LAPACK work)."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def work():
+        try:
+            for item in it:
+                if stop.is_set():
+                    return
+                q.put((True, item))
+        except BaseException as e:  # handed to the consumer
+            q.put((False, e))
+            return
+        q.put((True, done))
+
+    t = threading.Thread(target=work, daemon=True)
+    t.start()
+    try:
+        while True:
+            ok, item = q.get()
+            if not ok:
+                raise item
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        while t.is_alive():
+            try:
+                q.get(timeout=0.05)
+            except queue.Empty:
+                pass

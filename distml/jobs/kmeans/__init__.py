@@ -81,25 +81,25 @@ def _sample_task(part, features, batch_size, m, threshold, seed, keep, positions
     if positions is None:
         rng = np.random.default_rng([seed, part.index])
         smp, rows = ooc.Sample.empty(m, d, threshold), 0
-        for i, batch in enumerate(ooc.iter_batches(part, features, batch_size)):
+        for i, batch in enumerate(ooc.iter_batches(part, features, batch_size, reuse=True)):
             faults.crash(fault, "kmeans.sample", i, partition=part.index)
             smp = smp.add(batch.X, rng.random(len(batch.X)))  # copies the rows it keeps
             rows += len(batch.X)
-            if keep:
-                yield batch.X  # stored before the generator resumes
+            if keep:  # stored before the generator resumes, Fortran-contiguous (zero-copy)
+                yield np.asfortranarray(batch.X)
             mom = mom.add(batch.X)  # centres the batch in place
         yield SamplePass(mom, smp, probe.meta(rows), rows)
         return
     local, ranks = ooc.picks(positions, part.offset, part.rows)
     got, rows = [], 0
     if keep or moments:
-        for i, batch in enumerate(ooc.iter_batches(part, features, batch_size)):
+        for i, batch in enumerate(ooc.iter_batches(part, features, batch_size, reuse=True)):
             faults.crash(fault, "kmeans.sample", i, partition=part.index)
             lo, hi = np.searchsorted(local, [rows, rows + len(batch.X)])
             got.append(batch.X[local[lo:hi] - rows])  # a copy
             rows += len(batch.X)
             if keep:
-                yield batch.X
+                yield np.asfortranarray(batch.X)
             if moments:
                 mom = mom.add(batch.X)
     else:

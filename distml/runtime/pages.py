@@ -1,0 +1,421 @@
+"""Local parquet row groups of plain floating-point columns decoded page by page into one
+float64 matrix (Fortran order), beside Arrow's reader (docs/out_of_core.md).
+
+Through Arrow, a batch's bytes are copied three times (decompressed, decoded into Arrow's
+arrays, copied into the matrix the arithmetic wants), and the out-of-core passes stream small
+batches through it. Here each page is decompressed straight from the file's memory map and
+its values copied into one matrix per row group, reused from row group to row group (a first
+touch of fresh memory costs ~5 µs a page on the VMs distml is measured on). A 190,000 × 64
+float64 partition (snappy, PLAIN) reaches numpy in 50 ms instead of 74 ms.
+
+Only the common case takes this path, column chunk by column chunk: a flat ``DOUBLE`` or
+``FLOAT`` column whose footer promises PLAIN values (no dictionary page) and a codec in
+:data:`CODECS`, whose pages (v1 or v2) turn out to be PLAIN with no nulls. Any other column
+chunk is left to the caller, who reads it with Arrow into the same matrix (which also names a
+column with nulls in its error). NaN and inf are the caller's to check.
+
+The page headers are Thrift compact-protocol structs (parquet-format's ``PageHeader``); the
+few fields needed are read here and the rest skipped.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+
+#: the largest row group decoded whole, in float64 bytes (rows × columns × 8): beyond it the
+#: caller streams it through Arrow, whose memory is bounded by the batch size
+MAX_BLOCK_BYTES = 256 << 20
+#: parquet codec names -> :func:`pyarrow.decompress` codecs (None: stored as is). Not here:
+#: LZ4 (pyarrow's footer names both parquet's LZ4 codecs, framed and raw, "LZ4") and LZO.
+CODECS = {
+    "UNCOMPRESSED": None,
+    "SNAPPY": "snappy",
+    "GZIP": "gzip",
+    "BROTLI": "brotli",
+    "ZSTD": "zstd",
+}
+_DTYPES = {"DOUBLE": np.dtype("<f8"), "FLOAT": np.dtype("<f4")}
+# parquet-format enums
+_DATA_PAGE, _DATA_PAGE_V2 = 0, 3
+_PLAIN, _RLE = 0, 3
+#: a column chunk's encodings (footer) that leave its values PLAIN: levels are RLE/bit-packed
+_ENCODINGS = {"PLAIN", "RLE", "BIT_PACKED"}
+
+
+class Unsupported(Exception):
+    """A page this decoder does not handle: the column chunk is read with Arrow instead."""
+
+
+# ------------------------------------------------------------------ Thrift compact protocol
+
+
+def _varint(b, i: int) -> tuple[int, int]:
+    out = shift = 0
+    while True:
+        x = b[i]
+        i += 1
+        out |= (x & 0x7F) << shift
+        shift += 7
+        if x < 0x80:
+            return out, i
+
+
+def _zigzag(n: int) -> int:
+    return (n >> 1) ^ -(n & 1)
+
+
+def _skip(b, i: int, t: int) -> int:
+    """Past one value of compact type ``t``."""
+    if t in (1, 2):  # booleans live in the type nibble
+        return i
+    if t == 3:  # byte
+        return i + 1
+    if t in (4, 5, 6):  # i16, i32, i64
+        return _varint(b, i)[1]
+    if t == 7:  # double
+        return i + 8
+    if t == 8:  # binary
+        n, i = _varint(b, i)
+        return i + n
+    if t in (9, 10):  # list, set
+        head = b[i]
+        i += 1
+        n, et = head >> 4, head & 0x0F
+        if n == 15:
+            n, i = _varint(b, i)
+        for _ in range(n):
+            i = _skip(b, i, et)
+        return i
+    if t == 11:  # map
+        n, i = _varint(b, i)
+        if n:
+            kv = b[i]
+            i += 1
+            for _ in range(n):
+                i = _skip(b, _skip(b, i, kv >> 4), kv & 0x0F)
+        return i
+    if t == 12:  # struct
+        return _struct(b, i, {})[1]
+    raise Unsupported(f"thrift type {t}")
+
+
+def _struct(b, i: int, want: dict) -> tuple[dict, int]:
+    """A struct at ``b[i]``: ``want`` maps field ids to ``"i"`` (an integer), ``"b"`` (a
+    boolean) or a dict (a nested struct, its own ``want``); other fields are skipped."""
+    out: dict = {}
+    fid = 0
+    while True:
+        head = b[i]
+        i += 1
+        if head == 0:
+            return out, i
+        t, delta = head & 0x0F, head >> 4
+        if delta:
+            fid += delta
+        else:
+            v, i = _varint(b, i)
+            fid = _zigzag(v)
+        kind = want.get(fid)
+        if kind == "i" and t in (4, 5, 6):
+            v, i = _varint(b, i)
+            out[fid] = _zigzag(v)
+        elif kind == "b" and t in (1, 2):
+            out[fid] = t == 1
+        elif isinstance(kind, dict) and t == 12:
+            out[fid], i = _struct(b, i, kind)
+        else:
+            i = _skip(b, i, t)
+
+
+# PageHeader: type, uncompressed size, compressed size, data_page_header (num_values, encoding,
+# definition level encoding), data_page_header_v2 (num_values, num_nulls, encoding,
+# definition and repetition levels' byte lengths, is_compressed)
+_HEADER = {
+    1: "i",
+    2: "i",
+    3: "i",
+    5: {1: "i", 2: "i", 3: "i"},
+    8: {1: "i", 2: "i", 4: "i", 5: "i", 6: "i", 7: "b"},
+}
+
+
+# ------------------------------------------------------------------ a file's row groups
+
+
+class RowGroups:
+    """A local parquet file open for :func:`decode_row_group`: its footer and the leaf columns
+    of ``features`` (None where one is not a flat float column)."""
+
+    def __init__(self, path: str, features: list[str]):
+        import pyarrow.parquet as pq
+
+        self.file = open(path, "rb")
+        self.meta = pq.ParquetFile(self.file).metadata
+        schema = self.meta.schema
+        leaves = {schema.column(j).path: j for j in range(len(schema))}
+        self.columns: list[tuple[int, int, np.dtype] | None] = []
+        for name in features:
+            j = leaves.get(name)
+            col = schema.column(j) if j is not None else None
+            plain = (
+                col is not None
+                and col.physical_type in _DTYPES
+                and col.max_repetition_level == 0
+                and col.max_definition_level <= 1
+                and col.logical_type.type == "NONE"
+            )
+            self.columns.append(
+                (j, col.max_definition_level, _DTYPES[col.physical_type]) if plain else None
+            )
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def decode_row_group(rgs: RowGroups, g: int, out: np.ndarray) -> list[int]:
+    """Row group ``g``'s features into ``out`` (float64, Fortran order, at least as many rows
+    as the row group; column ``j`` = feature ``j``), each column whose pages this decoder
+    handles; the others (their ``j``, ascending) are the caller's to read, with Arrow, which
+    also names a column with nulls.
+
+    Only the row group's bytes are mapped, and unmapped before returning: the file's pages
+    a task holds are one row group's, as with Arrow's reader."""
+    import mmap
+
+    rg = rgs.meta.row_group(g)
+    chunks, rest = [], []
+    for j, spec in enumerate(rgs.columns):
+        codec = _codec(rg, spec)
+        if codec is False:
+            rest.append(j)
+        else:
+            chunk = rg.column(spec[0])
+            chunks.append((j, spec, codec, chunk.data_page_offset, chunk.total_compressed_size))
+    if not chunks:
+        return rest
+    lo = min(c[3] for c in chunks)
+    base = lo - lo % mmap.ALLOCATIONGRANULARITY
+    size = max(c[3] + c[4] for c in chunks) - base
+    mm = mmap.mmap(rgs.file.fileno(), size, offset=base, access=mmap.ACCESS_READ)
+    try:
+        view = memoryview(mm)
+        try:
+            for j, spec, codec, offset, length in chunks:
+                if not _column(view, offset - base, length, spec, codec, rg.num_rows, out[:, j]):
+                    rest.append(j)
+        finally:
+            view.release()
+    finally:
+        try:
+            mm.close()
+        except BufferError:  # a view still alive: the mapping goes with it
+            pass
+    return sorted(rest)
+
+
+def _codec(rg, spec):
+    """A column chunk's :data:`CODECS` entry when its footer says its values are PLAIN (no
+    dictionary) and it is a flat float column (``spec``), else False."""
+    if spec is None:
+        return False
+    chunk = rg.column(spec[0])
+    if (
+        chunk.has_dictionary_page
+        or chunk.num_values != rg.num_rows
+        or not set(chunk.encodings) <= _ENCODINGS
+    ):
+        return False
+    return CODECS.get(chunk.compression, False)
+
+
+def _column(view, i: int, length: int, spec, codec, n: int, out: np.ndarray) -> bool:
+    """One column chunk's pages into ``out``; False (part of it maybe written) when a page is
+    not one this decoder handles."""
+    import pyarrow as pa
+
+    _, max_def, dtype = spec
+    try:
+        pages = _pages(view, i, length)  # every header first: a page not handled costs nothing
+        at = 0
+        for kind, count, raw, (i, size), levels in pages:
+            data = view[i : i + size]
+            if kind == _DATA_PAGE:
+                page = pa.decompress(data, raw, codec=codec) if codec else data
+                skip = _check_levels_v1(page, count) if max_def else 0
+            elif codec and raw is not None:  # v2: levels stored before the values, as is
+                page, skip = pa.decompress(data, raw - levels, codec=codec), 0
+            else:
+                page, skip = data, 0
+            if len(page) - skip != count * dtype.itemsize or at + count > n:
+                return False
+            out[at : at + count] = np.frombuffer(page, dtype=dtype, count=count, offset=skip)
+            at += count
+        return at == n
+    except (Unsupported, IndexError, ValueError):
+        return False
+
+
+def _pages(b, i: int, size: int) -> list[tuple]:
+    """The data pages of the column chunk at ``b[i : i + size]``: ``(type, values,
+    decompressed bytes (None: stored as is), (offset, bytes), level bytes)``; Unsupported for
+    anything but PLAIN pages without nulls or repetition."""
+    end = i + size
+    pages = []
+    while i < end:
+        head, i = _struct(b, i, _HEADER)
+        kind, size = head.get(1), head.get(3, -1)
+        if size < 0 or i + size > end:
+            raise Unsupported("page size")
+        if kind == _DATA_PAGE:
+            dp = head.get(5, {})
+            if dp.get(2) != _PLAIN or dp.get(3, _RLE) != _RLE:
+                raise Unsupported("encoding")
+            pages.append((kind, dp.get(1, -1), head.get(2), (i, size), 0))
+        elif kind == _DATA_PAGE_V2:
+            dp = head.get(8, {})
+            if dp.get(4) != _PLAIN or dp.get(2, -1) != 0 or dp.get(6, 0) != 0:
+                raise Unsupported("v2 page")
+            levels = dp.get(5, 0)
+            if levels and not _all_defined(b[i : i + levels], dp.get(1, -1)):
+                raise Unsupported("v2 levels")
+            raw = head.get(2) if dp.get(7, True) else None
+            pages.append((kind, dp.get(1, -1), raw, (i + levels, size - levels), levels))
+        else:  # dictionary or index page
+            raise Unsupported(f"page type {kind}")
+        i += size
+    return pages
+
+
+def _check_levels_v1(page, count: int) -> int:
+    """The definition levels at the start of a v1 page (a 4-byte length, then RLE/bit-packed
+    runs): where the values start, when every one of the ``count`` values is defined; else
+    Unsupported (a null: Arrow's reader names the column)."""
+    b = memoryview(page).cast("B")
+    length = int.from_bytes(b[:4], "little")
+    if not _all_defined(b[4 : 4 + length], count):
+        raise Unsupported("nulls")
+    return 4 + length
+
+
+def _all_defined(levels, count: int) -> bool:
+    """Whether RLE/bit-packed hybrid definition levels (bit width 1) are ``count`` ones."""
+    i = seen = 0
+    while seen < count:
+        if i >= len(levels):
+            return False
+        head, i = _varint(levels, i)
+        if head & 1:  # bit-packed: (head >> 1) groups of 8 values, one byte each
+            groups = head >> 1
+            packed = bytes(levels[i : i + groups])
+            take = min(8 * groups, count - seen)
+            full, rest = divmod(take, 8)
+            if packed[:full] != b"\xff" * full or (
+                rest and (packed[full] & ((1 << rest) - 1)) != (1 << rest) - 1
+            ):
+                return False
+            i += groups
+            seen += take
+        else:  # an RLE run: its length, then its value in one byte
+            if levels[i] != 1:
+                return False
+            i += 1
+            seen += head >> 1
+    return seen == count
+
+
+# ------------------------------------------------------------------ reused matrices
+
+_local = threading.local()
+
+
+def scratch(name: str, rows: int, d: int) -> np.ndarray:
+    """A float64 Fortran matrix of at least ``rows`` × ``d``, this thread's for ``name``,
+    reused from call to call (its pages are touched once per process, not once per row
+    group); the caller gets its first ``rows`` rows."""
+    held = getattr(_local, "held", None)
+    if held is None:
+        held = _local.held = {}
+    X = held.get(name)
+    if X is None or X.shape[1] != d or X.shape[0] < rows:
+        X = held[name] = np.empty((rows, d), order="F")
+    return X[:rows]
+
+
+# ------------------------------------------------------------------ a partition's batches
+
+
+def plain_blocks(pieces, features: list[str], arrow_columns) -> Any:
+    """Per row group of ``pieces`` (local parquet files' row groups, in order):
+    ``(piece index, its rows as a float64 Fortran matrix)``, valid until the next one: the
+    columns :func:`decode_row_group` decodes, and ``arrow_columns(path, g, js, X)`` fills
+    the others (``js``). None (nothing read) when a file is not local, a row group is larger
+    than :data:`MAX_BLOCK_BYTES` or no column's footer promises PLAIN pages: Arrow streams
+    those in batches (as fast as a row group at a time for dictionary pages)."""
+    from distml.runtime.read import local_path
+
+    d, usable, files = len(features), False, []
+    for piece in pieces:
+        path = local_path(piece.path)
+        if path is None:
+            break
+        rgs = RowGroups(path, features)
+        groups = range(rgs.meta.num_row_groups) if piece.row_groups is None else piece.row_groups
+        files.append((rgs, path, list(groups)))
+        meta = [rgs.meta.row_group(g) for g in groups]
+        if max((rg.num_rows for rg in meta), default=0) * d * 8 > MAX_BLOCK_BYTES:
+            break
+        usable = usable or any(_codec(rg, c) is not False for rg in meta for c in rgs.columns)
+    else:
+        if usable:
+            return _blocks(files, d, arrow_columns)
+    for f in files:
+        f[0].close()
+    return None
+
+
+def _blocks(files, d: int, arrow_columns):
+    try:
+        for k, (rgs, path, groups) in enumerate(files):
+            for g in groups:
+                X = scratch("block", rgs.meta.row_group(g).num_rows, d)
+                rest = decode_row_group(rgs, g, X)
+                if rest:
+                    arrow_columns(path, g, rest, X)
+                yield k, X
+    finally:
+        for f in files:
+            f[0].close()
+
+
+def cut(blocks, size: int, d: int):
+    """Batches of exactly ``size`` rows (the last of each piece shorter) cut from
+    :func:`plain_blocks`, as one reader over each piece's row groups cuts them: views of the
+    blocks where a batch lies within one, else rows gathered into a reused matrix. Each is
+    valid until the next is asked for."""
+    have, piece = 0, None
+    B = scratch("batch", size, d)
+    for k, X in blocks:
+        if k != piece:
+            if have:
+                yield B[:have]
+            have, piece = 0, k
+        at, n = 0, len(X)
+        if have:
+            take = min(size - have, n)
+            B[have : have + take] = X[:take]
+            have, at = have + take, take
+            if have < size:
+                continue
+            yield B
+            have = 0
+        while n - at >= size:
+            yield X[at : at + size]
+            at += size
+        if at < n:
+            B[: n - at] = X[at:]
+            have = n - at
+    if have:
+        yield B[:have]

@@ -114,7 +114,7 @@ def iter_batches(
         yield Batch(X, table.select(keep) if keep else None)
 
 
-def _plain_blocks(part: Partition, features: list[str]):
+def _plain_blocks(part: Partition, features: list[str], local: np.ndarray | None = None):
     """:func:`distml.runtime.pages.plain_blocks` of a parquet partition (None otherwise): the
     columns it does not decode are read by Arrow, a row group at a time, as :func:`_columns`
     reads them (nulls refused, other types cast)."""
@@ -122,14 +122,14 @@ def _plain_blocks(part: Partition, features: list[str]):
         return None
     where = part.where()
 
-    def arrow_columns(path: str, g: int, js: list[int], X: np.ndarray) -> None:
+    def arrow_columns(path: str, g: int, js: list[int], X: np.ndarray, rows) -> None:
         import pyarrow.parquet as pq
 
         names = [features[j] for j in js]
         table = pq.ParquetFile(path).read_row_group(g, columns=names)
-        _columns(table, names, where, None, out=X, at=js)
+        _columns(table, names, where, rows, out=X, at=js)
 
-    return pages.plain_blocks(part.pieces, features, arrow_columns)
+    return pages.plain_blocks(part.pieces, features, arrow_columns, local)
 
 
 #: rows per batch read when only some rows are decoded (:func:`iter_picked`): the per-column
@@ -146,13 +146,10 @@ def iter_picked(
     :func:`_matrix` refuses it (Arrow counts them); NaN/inf only in the rows picked (the rest
     are not decoded: the passes that decode them check them)."""
     where, at = part.where(), 0
-    blocks = _plain_blocks(part, features)
+    blocks = _plain_blocks(part, features, local)
     if blocks is not None:
-        for _, X in blocks:
-            n = len(X)
-            lo, hi = np.searchsorted(local, [at, at + n])
-            yield n, _checked(np.asfortranarray(X[local[lo:hi] - at]), features, where)
-            at += n
+        for _, n, X in blocks:  # only the rows drawn decoded (copied out of the pages)
+            yield n, _checked(X, features, where)
         return
     for table in iter_tables(part, features, batch_size, float_columns=features):
         n = table.num_rows

@@ -25,9 +25,11 @@ from typing import Any
 
 import numpy as np
 
-#: the largest row group decoded whole, in float64 bytes (rows × columns × 8): beyond it the
-#: caller streams it through Arrow, whose memory is bounded by the batch size
-MAX_BLOCK_BYTES = 256 << 20
+#: the largest row group decoded whole, in float64 bytes (rows × features × 8): a task holds
+#: one such matrix; a file with larger row groups is streamed through Arrow in batches, whose
+#: memory is bounded by the batch size (65,536 × 64 is 32 MiB; pyarrow's default row groups of
+#: a million rows at 64 features, 512 MiB, are streamed)
+MAX_BLOCK_BYTES = 64 << 20
 #: parquet codec names -> :func:`pyarrow.decompress` codecs (None: stored as is). Not here:
 #: LZ4 (pyarrow's footer names both parquet's LZ4 codecs, framed and raw, "LZ4") and LZO.
 CODECS = {
@@ -175,11 +177,12 @@ class RowGroups:
         self.file.close()
 
 
-def decode_row_group(rgs: RowGroups, g: int, out: np.ndarray) -> list[int]:
+def decode_row_group(rgs: RowGroups, g: int, out: np.ndarray, rows=None) -> list[int]:
     """Row group ``g``'s features into ``out`` (float64, Fortran order, at least as many rows
-    as the row group; column ``j`` = feature ``j``), each column whose pages this decoder
-    handles; the others (their ``j``, ascending) are the caller's to read, with Arrow, which
-    also names a column with nulls.
+    as the row group, or as ``rows``: only those, ascending row numbers within the group;
+    column ``j`` = feature ``j``), each column whose pages this decoder handles; the others
+    (their ``j``, ascending) are the caller's to read, with Arrow, which also names a column
+    with nulls.
 
     Only the row group's bytes are mapped, and unmapped before returning: the file's pages
     a task holds are one row group's, as with Arrow's reader."""
@@ -204,7 +207,10 @@ def decode_row_group(rgs: RowGroups, g: int, out: np.ndarray) -> list[int]:
         view = memoryview(mm)
         try:
             for j, spec, codec, offset, length in chunks:
-                if not _column(view, offset - base, length, spec, codec, rg.num_rows, out[:, j]):
+                got = _column(
+                    view, offset - base, length, spec, codec, rg.num_rows, out[:, j], rows
+                )
+                if not got:
                     rest.append(j)
         finally:
             view.release()
@@ -231,9 +237,9 @@ def _codec(rg, spec):
     return CODECS.get(chunk.compression, False)
 
 
-def _column(view, i: int, length: int, spec, codec, n: int, out: np.ndarray) -> bool:
-    """One column chunk's pages into ``out``; False (part of it maybe written) when a page is
-    not one this decoder handles."""
+def _column(view, i: int, length: int, spec, codec, n: int, out: np.ndarray, rows) -> bool:
+    """One column chunk's pages into ``out`` (``rows``: only those); False (part of it maybe
+    written) when a page is not one this decoder handles."""
     import pyarrow as pa
 
     _, max_def, dtype = spec
@@ -251,7 +257,12 @@ def _column(view, i: int, length: int, spec, codec, n: int, out: np.ndarray) -> 
                 page, skip = data, 0
             if len(page) - skip != count * dtype.itemsize or at + count > n:
                 return False
-            out[at : at + count] = np.frombuffer(page, dtype=dtype, count=count, offset=skip)
+            values = np.frombuffer(page, dtype=dtype, count=count, offset=skip)
+            if rows is None:
+                out[at : at + count] = values
+            else:
+                lo, hi = np.searchsorted(rows, [at, at + count])
+                out[lo:hi] = values[rows[lo:hi] - at]
             at += count
         return at == n
     except (Unsupported, IndexError, ValueError):
@@ -347,13 +358,15 @@ def scratch(name: str, rows: int, d: int) -> np.ndarray:
 # ------------------------------------------------------------------ a partition's batches
 
 
-def plain_blocks(pieces, features: list[str], arrow_columns) -> Any:
-    """Per row group of ``pieces`` (local parquet files' row groups, in order):
-    ``(piece index, its rows as a float64 Fortran matrix)``, valid until the next one: the
-    columns :func:`decode_row_group` decodes, and ``arrow_columns(path, g, js, X)`` fills
-    the others (``js``). None (nothing read) when a file is not local, a row group is larger
-    than :data:`MAX_BLOCK_BYTES` or no column's footer promises PLAIN pages: Arrow streams
-    those in batches (as fast as a row group at a time for dictionary pages)."""
+def plain_blocks(pieces, features: list[str], arrow_columns, local=None) -> Any:
+    """Per row group of ``pieces`` (local parquet files' row groups, in order): ``(piece
+    index, its rows, those rows as a float64 Fortran matrix)``, valid until the next one: the
+    columns :func:`decode_row_group` decodes, and ``arrow_columns(path, g, js, X, rows)``
+    fills the others (``js``). ``local``: only the rows at those ascending row numbers (within
+    the pieces, one after another), in a new matrix per row group. None (nothing read) when a
+    file is not local, a row group is larger than :data:`MAX_BLOCK_BYTES` or no column's
+    footer promises PLAIN pages: Arrow streams those in batches (as fast as a row group at a
+    time for dictionary pages)."""
     from distml.runtime.read import local_path
 
     d, usable, files = len(features), False, []
@@ -370,21 +383,29 @@ def plain_blocks(pieces, features: list[str], arrow_columns) -> Any:
         usable = usable or any(_codec(rg, c) is not False for rg in meta for c in rgs.columns)
     else:
         if usable:
-            return _blocks(files, d, arrow_columns)
+            return _blocks(files, d, arrow_columns, local)
     for f in files:
         f[0].close()
     return None
 
 
-def _blocks(files, d: int, arrow_columns):
+def _blocks(files, d: int, arrow_columns, local):
+    at = 0
     try:
         for k, (rgs, path, groups) in enumerate(files):
             for g in groups:
-                X = scratch("block", rgs.meta.row_group(g).num_rows, d)
-                rest = decode_row_group(rgs, g, X)
+                n, rows = rgs.meta.row_group(g).num_rows, None
+                if local is None:
+                    X = scratch("block", n, d)
+                else:
+                    lo, hi = np.searchsorted(local, [at, at + n])
+                    rows = local[lo:hi] - at
+                    X = np.empty((len(rows), d), order="F")
+                rest = decode_row_group(rgs, g, X, rows)
                 if rest:
-                    arrow_columns(path, g, rest, X)
-                yield k, X
+                    arrow_columns(path, g, rest, X, rows)
+                at += n
+                yield k, n, X
     finally:
         for f in files:
             f[0].close()
@@ -397,7 +418,7 @@ def cut(blocks, size: int, d: int):
     valid until the next is asked for."""
     have, piece = 0, None
     B = scratch("batch", size, d)
-    for k, X in blocks:
+    for k, _, X in blocks:
         if k != piece:
             if have:
                 yield B[:have]

@@ -98,6 +98,13 @@ def test_columns_it_does_not_decode_are_arrows_in_the_same_matrix(tmp_path):
         arrow, mine = _both(part, batch_size)
         assert [len(X) for X in mine] == [len(X) for X in arrow]
         np.testing.assert_array_equal(np.concatenate(mine), np.concatenate(arrow))
+    # the sample pass's rows drawn: decoded columns and Arrow's alike
+    local = np.array([0, 699, 700, 1500, 2999])
+    picked = list(ooc.iter_picked(part, FEATS, 1000, local))
+    assert [n for n, _ in picked] == [700] * 4 + [200]
+    np.testing.assert_array_equal(
+        np.concatenate([r for _, r in picked]), np.concatenate(arrow)[local]
+    )
 
 
 def test_a_file_of_dictionary_pages_only_keeps_arrows_streaming_reader(tmp_path):

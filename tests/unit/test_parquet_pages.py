@@ -199,3 +199,25 @@ def test_definition_levels_all_defined_or_not():
     assert pages._all_defined(bytes([(1 << 1) | 1, 0xFF]) + ones(4), 12)
     assert pages._all_defined(bytes([(1 << 1) | 1, 0x1F]), 5)
     assert not pages._all_defined(bytes([(1 << 1) | 1, 0xEF]), 8)
+
+
+def test_thrift_skips_what_it_does_not_read():
+    """A page header with fields the decoder skips (a list of booleans, a map, a nested
+    struct, a double, binary) still yields the fields it reads; a truncated one raises."""
+    header = bytes(
+        [0x15, 0x00]  # 1: type 0 (i32 zigzag)
+        + [0x15, 0x10]  # 2: uncompressed size 8
+        + [0x15, 0x10]  # 3: compressed size 8
+        + [0x19, 0x31, 0x01, 0x02, 0x01]  # 4 (list): three booleans, a byte each
+        + [0x1B, 0x01, 0x58, 0x02, 0x00]  # 5 (map): one i32 -> binary entry
+        + [0x17]
+        + [0] * 8  # 6: a double
+        + [0x1C, 0x18, 0x01, 0x61, 0x00]  # 7 (struct): a binary field
+        + [0x1C, 0x15, 0x04, 0x15, 0x00, 0x00]  # 8 (struct): data_page_header_v2 fields 1, 2
+        + [0x00]
+    )
+    got, end = pages._struct(header, 0, pages._HEADER)
+    assert end == len(header)
+    assert got[1] == 0 and got[2] == 8 and got[3] == 8 and got[8] == {1: 2, 2: 0}
+    with pytest.raises(IndexError):
+        pages._struct(header[:-3], 0, pages._HEADER)

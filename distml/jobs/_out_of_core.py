@@ -100,7 +100,7 @@ def iter_batches(
     """Stream ``part`` as numeric batches; NaN/inf/null in a feature is a DataError. ``reuse``:
     the caller is done with a batch when it asks for the next (it keeps no reference to it),
     so local parquet files' plain float columns are decoded by :mod:`distml.runtime.pages`
-    into matrices reused from batch to batch."""
+    into matrices reused from batch to batch (never hand such batches to :func:`prefetch`)."""
     keep = list(keep or [])
     where = part.where()
     blocks = _plain_blocks(part, features) if reuse and not keep else None

@@ -69,10 +69,21 @@ def _zigzag(n: int) -> int:
     return (n >> 1) ^ -(n & 1)
 
 
-def _skip(b, i: int, t: int) -> int:
-    """Past one value of compact type ``t``."""
-    if t in (1, 2):  # booleans live in the type nibble
-        return i
+#: how deep structs and containers may nest in a page header (parquet's need 3)
+MAX_DEPTH = 16
+
+
+def _skip(b, i: int, t: int, depth: int = 0, element: bool = False) -> int:
+    """Past one value of compact type ``t`` (``element``: inside a container, where a boolean
+    takes a byte). ``b`` ends where the header may end: reading past it is an IndexError, and
+    a container claiming more elements than bytes left is Unsupported (a corrupt header)."""
+    if depth > MAX_DEPTH:
+        raise Unsupported("thrift nesting")
+    if t in (
+        1,
+        2,
+    ):  # a field's boolean lives in its type nibble; an element's takes a byte
+        return i + 1 if element else i
     if t == 3:  # byte
         return i + 1
     if t in (4, 5, 6):  # i16, i32, i64
@@ -88,27 +99,34 @@ def _skip(b, i: int, t: int) -> int:
         n, et = head >> 4, head & 0x0F
         if n == 15:
             n, i = _varint(b, i)
-        if et in (1, 2):  # a list's booleans take a byte each
-            return i + n
+        if n > len(b) - i:
+            raise Unsupported("thrift list size")
+        width = {1: 1, 2: 1, 3: 1, 7: 8}.get(et)
+        if width:
+            return i + n * width
         for _ in range(n):
-            i = _skip(b, i, et)
+            i = _skip(b, i, et, depth + 1, True)
         return i
     if t == 11:  # map
         n, i = _varint(b, i)
         if n:
+            if 2 * n > len(b) - i:
+                raise Unsupported("thrift map size")
             kv = b[i]
             i += 1
             for _ in range(n):
-                i = _skip(b, _skip(b, i, kv >> 4), kv & 0x0F)
+                i = _skip(b, _skip(b, i, kv >> 4, depth + 1, True), kv & 0x0F, depth + 1, True)
         return i
     if t == 12:  # struct
-        return _struct(b, i, {})[1]
+        return _struct(b, i, {}, depth + 1)[1]
     raise Unsupported(f"thrift type {t}")
 
 
-def _struct(b, i: int, want: dict) -> tuple[dict, int]:
+def _struct(b, i: int, want: dict, depth: int = 0) -> tuple[dict, int]:
     """A struct at ``b[i]``: ``want`` maps field ids to ``"i"`` (an integer), ``"b"`` (a
     boolean) or a dict (a nested struct, its own ``want``); other fields are skipped."""
+    if depth > MAX_DEPTH:
+        raise Unsupported("thrift nesting")
     out: dict = {}
     fid = 0
     while True:
@@ -129,9 +147,9 @@ def _struct(b, i: int, want: dict) -> tuple[dict, int]:
         elif kind == "b" and t in (1, 2):
             out[fid] = t == 1
         elif isinstance(kind, dict) and t == 12:
-            out[fid], i = _struct(b, i, kind)
+            out[fid], i = _struct(b, i, kind, depth + 1)
         else:
-            i = _skip(b, i, t)
+            i = _skip(b, i, t, depth)
 
 
 # PageHeader: type, uncompressed size, compressed size, data_page_header (num_values, encoding,
@@ -157,9 +175,19 @@ class RowGroups:
         import pyarrow.parquet as pq
 
         self.file = open(path, "rb")
-        self.meta = pq.ParquetFile(self.file).metadata
+        try:
+            self.meta = pq.ParquetFile(self.file).metadata
+        except BaseException:
+            self.file.close()
+            raise
         schema = self.meta.schema
-        leaves = {schema.column(j).path: j for j in range(len(schema))}
+        # top-level columns only: a struct's child has a dotted path that a top-level column
+        # may also be named (Arrow's reader, which the features' names come from, picks that)
+        leaves = {}
+        for j in range(len(schema)):
+            col = schema.column(j)
+            if col.name == col.path:
+                leaves[col.path] = j
         self.columns: list[tuple[int, int, np.dtype] | None] = []
         for name in features:
             j = leaves.get(name)
@@ -206,14 +234,24 @@ def decode_row_group(rgs: RowGroups, g: int, out: np.ndarray, rows=None) -> list
     size = max(c[3] + c[4] for c in chunks) - base
     try:
         mm = mmap.mmap(rgs.file.fileno(), size, offset=base, access=mmap.ACCESS_READ)
-    except (ValueError, OSError):  # a footer past the file's end: Arrow's reader says so
+    except (
+        ValueError,
+        OSError,
+    ):  # a footer past the file's end: Arrow's reader says so
         return list(range(len(rgs.columns)))
     try:
         view = memoryview(mm)
         try:
             for j, spec, codec, offset, length in chunks:
                 got = _column(
-                    view, offset - base, length, spec, codec, rg.num_rows, out[:, j], rows
+                    view,
+                    offset - base,
+                    length,
+                    spec,
+                    codec,
+                    rg.num_rows,
+                    out[:, j],
+                    rows,
                 )
                 if not got:
                     rest.append(j)
@@ -244,23 +282,32 @@ def _codec(rg, spec):
 
 def _column(view, i: int, length: int, spec, codec, n: int, out: np.ndarray, rows) -> bool:
     """One column chunk's pages into ``out`` (``rows``: only those); False (part of it maybe
-    written) when a page is not one this decoder handles."""
+    written) when a page is not one this decoder handles, or is corrupt (Arrow's reader then
+    says what is wrong with it)."""
     import pyarrow as pa
 
     _, max_def, dtype = spec
+    chunk = view[i : i + length]  # a header read past it is an IndexError
     try:
-        pages = _pages(view, i, length)  # every header first: a page not handled costs nothing
+        pages = _pages(chunk, max_def)  # every header first: a page not handled costs nothing
         at = 0
-        for kind, count, raw, (i, size), levels in pages:
-            data = view[i : i + size]
+        for kind, count, raw, (offset, size), levels in pages:
+            nbytes = count * dtype.itemsize
+            if count < 0 or at + count > n:
+                return False
+            data = chunk[offset : offset + size]
             if kind == _DATA_PAGE:
+                if codec and (raw is None or raw < nbytes):  # (before allocating it)
+                    return False
                 page = pa.decompress(data, raw, codec=codec) if codec else data
                 skip = _check_levels_v1(page, count) if max_def else 0
             elif codec and raw is not None:  # v2: levels stored before the values, as is
+                if raw - levels != nbytes:
+                    return False
                 page, skip = pa.decompress(data, raw - levels, codec=codec), 0
             else:
                 page, skip = data, 0
-            if len(page) - skip != count * dtype.itemsize or at + count > n:
+            if len(page) - skip != nbytes:
                 return False
             values = np.frombuffer(page, dtype=dtype, count=count, offset=skip)
             if rows is None:
@@ -270,15 +317,16 @@ def _column(view, i: int, length: int, spec, codec, n: int, out: np.ndarray, row
                 out[lo:hi] = values[rows[lo:hi] - at]
             at += count
         return at == n
-    except (Unsupported, IndexError, ValueError):
+    except (Unsupported, IndexError, ValueError, OSError, RecursionError):
         return False
 
 
-def _pages(b, i: int, size: int) -> list[tuple]:
-    """The data pages of the column chunk at ``b[i : i + size]``: ``(type, values,
-    decompressed bytes (None: stored as is), (offset, bytes), level bytes)``; Unsupported for
-    anything but PLAIN pages without nulls or repetition."""
-    end = i + size
+def _pages(b, max_def: int) -> list[tuple]:
+    """The data pages of the column chunk ``b``: ``(type, values, decompressed bytes (None:
+    stored as is), (offset, bytes), level bytes)``; Unsupported for anything but PLAIN pages
+    without nulls or repetition. (parquet-mr labels the absent levels of a required column
+    ``BIT_PACKED``: their encoding is read only where there are levels.)"""
+    end, i = len(b), 0
     pages = []
     while i < end:
         head, i = _struct(b, i, _HEADER)
@@ -287,7 +335,7 @@ def _pages(b, i: int, size: int) -> list[tuple]:
             raise Unsupported("page size")
         if kind == _DATA_PAGE:
             dp = head.get(5, {})
-            if dp.get(2) != _PLAIN or dp.get(3, _RLE) != _RLE:
+            if dp.get(2) != _PLAIN or (max_def and dp.get(3, _RLE) != _RLE):
                 raise Unsupported("encoding")
             pages.append((kind, dp.get(1, -1), head.get(2), (i, size), 0))
         elif kind == _DATA_PAGE_V2:
@@ -375,20 +423,28 @@ def plain_blocks(pieces, features: list[str], arrow_columns, local=None) -> Any:
     from distml.runtime.read import local_path
 
     d, usable, files = len(features), False, []
-    for piece in pieces:
-        path = local_path(piece.path)
-        if path is None:
-            break
-        rgs = RowGroups(path, features)
-        groups = range(rgs.meta.num_row_groups) if piece.row_groups is None else piece.row_groups
-        files.append((rgs, path, list(groups)))
-        meta = [rgs.meta.row_group(g) for g in groups]
-        if max((rg.num_rows for rg in meta), default=0) * d * 8 > MAX_BLOCK_BYTES:
-            break
-        usable = usable or any(_codec(rg, c) is not False for rg in meta for c in rgs.columns)
-    else:
-        if usable:
-            return _blocks(files, d, arrow_columns, local)
+    try:
+        for piece in pieces:
+            path = local_path(piece.path)
+            if path is None:
+                break
+            rgs = RowGroups(path, features)
+            files.append((rgs, path, piece.row_groups))
+            groups = (
+                range(rgs.meta.num_row_groups) if piece.row_groups is None else piece.row_groups
+            )
+            files[-1] = (rgs, path, list(groups))
+            meta = [rgs.meta.row_group(g) for g in groups]
+            if max((rg.num_rows for rg in meta), default=0) * d * 8 > MAX_BLOCK_BYTES:
+                break
+            usable = usable or any(_codec(rg, c) is not False for rg in meta for c in rgs.columns)
+        else:
+            if usable:
+                return _blocks(files, d, arrow_columns, local)
+    except BaseException:
+        for f in files:
+            f[0].close()
+        raise
     for f in files:
         f[0].close()
     return None

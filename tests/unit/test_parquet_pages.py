@@ -165,11 +165,11 @@ def test_a_page_it_cannot_read_leaves_the_column_to_arrow(tmp_path, monkeypatch)
     part = _write(_table(), tmp_path / "u.parquet")
     real, calls = pages._pages, []
 
-    def odd(b, i, size):
-        calls.append(i)
+    def odd(b, max_def):
+        calls.append(len(b))
         if len(calls) % 3 == 0:  # every third column chunk: an unknown page
             raise pages.Unsupported("page type 9")
-        return real(b, i, size)
+        return real(b, max_def)
 
     monkeypatch.setattr(pages, "_pages", odd)
     assert any(_decoded(tmp_path / "u.parquet"))
@@ -221,3 +221,59 @@ def test_thrift_skips_what_it_does_not_read():
     assert got[1] == 0 and got[2] == 8 and got[3] == 8 and got[8] == {1: 2, 2: 0}
     with pytest.raises(IndexError):
         pages._struct(header[:-3], 0, pages._HEADER)
+
+
+def test_a_struct_child_with_a_features_dotted_name_is_not_read_for_it(tmp_path):
+    """A top-level column named ``s.x`` beside a struct ``s`` with a child ``x``: both leaves'
+    paths are ``s.x``; the feature is the top-level column, as Arrow reads it."""
+    t = pa.table(
+        {
+            "s.x": pa.array(np.arange(8.0)),
+            "s": pa.array([{"x": -99.0}] * 8, pa.struct([pa.field("x", pa.float64(), False)])),
+        }
+    )
+    path = tmp_path / "dots.parquet"
+    pq.write_table(t, path, use_dictionary=False)
+    part = ooc.plan_partitions(inspect_source(str(path)))[0]
+    arrow, mine = _both(part, 4, ["s.x"])
+    np.testing.assert_array_equal(np.concatenate(mine), np.arange(8.0)[:, None])
+    np.testing.assert_array_equal(np.concatenate(arrow), np.arange(8.0)[:, None])
+
+
+def test_corrupt_headers_and_pages_are_left_to_arrow_not_looped_on(tmp_path):
+    huge = bytes([0x19, 0xF7]) + bytes([0xFF, 0xFF, 0xFF, 0xFF, 0x7F])  # a list of 2^35 doubles
+    with pytest.raises(pages.Unsupported):
+        pages._struct(huge + bytes(64), 0, pages._HEADER)
+    bool_map = bytes([0x1B, 0x02, 0x11, 0x01, 0x00, 0x01, 0x01, 0x00])  # {true: false, ...}
+    assert pages._struct(bool_map, 0, {})[1] == len(bool_map)
+    with pytest.raises(pages.Unsupported):
+        pages._struct(bytes([0x1C] * 40), 0, pages._HEADER)  # structs nested 40 deep
+    # a data page whose snappy stream is corrupt: Arrow's reader reports it, as before
+    path = tmp_path / "bad.parquet"
+    part = _write(_table(), path)
+    rgs = pages.RowGroups(str(path), FEATS)
+    chunk = rgs.meta.row_group(1).column(2)
+    rgs.close()
+    raw = bytearray(path.read_bytes())
+    at = pages._struct(bytes(raw), chunk.data_page_offset, pages._HEADER)[1]  # the page's data
+    raw[at : at + 8] = b"\xff" * 8  # snappy's length preamble and first tag
+    path.write_bytes(bytes(raw))
+    assert _decoded(path)[1] == [2]  # the decompressor's error: the chunk left to Arrow
+    with pytest.raises(OSError) as arrow:
+        list(ooc.iter_batches(part, FEATS, 1000))
+    with pytest.raises(OSError) as mine:
+        list(ooc.iter_batches(part, FEATS, 1000, reuse=True))
+    assert str(mine.value) == str(arrow.value)
+
+
+def test_a_required_columns_level_encoding_is_not_read():
+    """parquet-mr writes BIT_PACKED as the (absent) level encoding of a required column."""
+    header = bytes(
+        [0x15, 0x00, 0x15, 0x20, 0x15, 0x20]  # DATA_PAGE, 16 bytes, 16 bytes
+        + [0x2C, 0x15, 0x04, 0x15, 0x00, 0x15, 0x08, 0x15, 0x08, 0x00]  # 2 values PLAIN, BIT_PACKED
+        + [0x00]
+    )
+    page = memoryview(header + np.array([1.5, -2.0]).tobytes())
+    assert [p[:2] for p in pages._pages(page, max_def=0)] == [(0, 2)]
+    with pytest.raises(pages.Unsupported):
+        pages._pages(page, max_def=1)

@@ -85,7 +85,7 @@ def _sample_task(part, features, batch_size, m, threshold, seed, keep, positions
             faults.crash(fault, "kmeans.sample", i, partition=part.index)
             smp = smp.add(batch.X, rng.random(len(batch.X)))  # copies the rows it keeps
             rows += len(batch.X)
-            if keep:  # stored before the generator resumes, Fortran-contiguous (zero-copy)
+            if keep:  # serialized by Ray before the generator resumes (the batch is reused)
                 yield np.asfortranarray(batch.X)
             mom = mom.add(batch.X)  # centres the batch in place
         yield SamplePass(mom, smp, probe.meta(rows), rows)

@@ -234,27 +234,15 @@ def decode_row_group(rgs: RowGroups, g: int, out: np.ndarray, rows=None) -> list
     size = max(c[3] + c[4] for c in chunks) - base
     try:
         mm = mmap.mmap(rgs.file.fileno(), size, offset=base, access=mmap.ACCESS_READ)
-    except (
-        ValueError,
-        OSError,
-    ):  # a footer past the file's end: Arrow's reader says so
+    except (ValueError, OSError):  # a footer past the file's end: Arrow's reader says so
         return list(range(len(rgs.columns)))
     try:
         view = memoryview(mm)
         try:
             for j, spec, codec, offset, length in chunks:
-                got = _column(
-                    view,
-                    offset - base,
-                    length,
-                    spec,
-                    codec,
-                    rg.num_rows,
-                    out[:, j],
-                    rows,
-                )
-                if not got:
-                    rest.append(j)
+                with view[offset - base : offset - base + length] as part:
+                    if not _column(part, spec, codec, rg.num_rows, out[:, j], rows):
+                        rest.append(j)
         finally:
             view.release()
     finally:
@@ -280,14 +268,14 @@ def _codec(rg, spec):
     return CODECS.get(chunk.compression, False)
 
 
-def _column(view, i: int, length: int, spec, codec, n: int, out: np.ndarray, rows) -> bool:
-    """One column chunk's pages into ``out`` (``rows``: only those); False (part of it maybe
-    written) when a page is not one this decoder handles, or is corrupt (Arrow's reader then
-    says what is wrong with it)."""
+def _column(chunk, spec, codec, n: int, out: np.ndarray, rows) -> bool:
+    """One column chunk's pages (``chunk``: its bytes; a header read past them is an
+    IndexError) into ``out`` (``rows``: only those); False (part of it maybe written) when a
+    page is not one this decoder handles, or is corrupt (Arrow's reader then says what is
+    wrong with it)."""
     import pyarrow as pa
 
     _, max_def, dtype = spec
-    chunk = view[i : i + length]  # a header read past it is an IndexError
     try:
         pages = _pages(chunk, max_def)  # every header first: a page not handled costs nothing
         at = 0

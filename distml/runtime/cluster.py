@@ -206,7 +206,7 @@ def cluster(
     of a cluster started here (None: Ray's default; a warm or remote cluster keeps its own)."""
     t0 = time.monotonic()
     preimport(driver_preload)
-    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+    if _connected():
         yield ClusterInfo("existing", None, None, _resources(), 0.0)
         return
     addr, source = resolve_address(address)
@@ -237,6 +237,15 @@ def cluster(
         addr, source, num_cpus, num_gpus, t0, mode, () if addr else preload, head, store_bytes
     ) as info:
         yield info
+
+
+def _connected() -> bool:
+    """Whether this process is connected to a Ray already, without importing Ray. A Ray that
+    another thread (:func:`preimport`'s) is still importing is in ``sys.modules`` half-initialised,
+    without ``is_initialized`` yet (CI, a search: AttributeError, the run failed), and cannot be
+    connected."""
+    is_initialized = getattr(sys.modules.get("ray"), "is_initialized", None)
+    return bool(is_initialized and is_initialized())
 
 
 def preimport(modules: tuple[str, ...]) -> None:

@@ -651,3 +651,37 @@ def test_a_dask_engine_runs_own_cluster_gets_an_object_store_sized_to_its_partit
         with pytest.raises(RuntimeError, match="no cluster"):
             cluster._start_local(2, None, head=False, store_bytes=size)
         assert seen[-1]["store_bytes"] == size
+
+
+CONNECTED_PROBE = """
+import sys, threading
+from distml.runtime import cluster
+assert "ray" not in sys.modules
+t = threading.Thread(target=lambda: __import__("ray.tune"))
+t.start()
+half = 0
+while t.is_alive():
+    m = sys.modules.get("ray")
+    if m is not None and getattr(m, "is_initialized", None) is None:
+        half += 1
+    assert cluster._connected() is False
+t.join()
+assert cluster._connected() is False  # imported, not connected
+print(half)
+"""
+
+
+def test_a_run_reads_whether_ray_is_up_while_a_thread_still_imports_ray():
+    """The driver's preimport thread (a search's: Tune's runner) may be importing Ray when the run
+    asks whether Ray is up; the half-imported module has no ``is_initialized`` yet (CI: the run
+    failed with AttributeError). The question is answered False all through the import, which
+    this probe watches half-done at least once."""
+    out = subprocess.run(
+        [sys.executable, "-c", CONNECTED_PROBE],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert int(out.stdout.split()[-1]) > 0

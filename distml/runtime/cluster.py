@@ -34,7 +34,7 @@ from distml.runtime.node_start import (
     raylet_children,
     without_idle_monitors,
 )
-from distml.runtime.threads import preload_modules
+from distml.runtime.threads import imported, preload_modules
 
 log = logging.getLogger("distml")
 PREFLIGHT_TIMEOUT_S = 10.0
@@ -240,12 +240,10 @@ def cluster(
 
 
 def _connected() -> bool:
-    """Whether this process is connected to a Ray already, without importing Ray. A Ray that
-    another thread (:func:`preimport`'s) is still importing is in ``sys.modules`` half-initialised,
-    without ``is_initialized`` yet (CI, a search: AttributeError, the run failed), and cannot be
-    connected."""
-    is_initialized = getattr(sys.modules.get("ray"), "is_initialized", None)
-    return bool(is_initialized and is_initialized())
+    """Whether this process is connected to a Ray already, without importing Ray (nor reading a
+    Ray that :func:`preimport`'s thread is still importing, which cannot be connected)."""
+    ray = imported("ray")
+    return ray is not None and ray.is_initialized()
 
 
 def preimport(modules: tuple[str, ...]) -> None:

@@ -27,12 +27,12 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from distml.errors import DataError, one_line
+from distml.runtime.threads import imported
 
 #: the keywords of ``distml.run`` that take a frame, and the spec field each one replaces
 FIELDS = {"data": "data.source", "test_data": "data.test_source"}
@@ -118,9 +118,9 @@ class Frame:
 
 
 def _module(name: str) -> Any:
-    """``sys.modules[name]`` or None: a frame of a library can only exist once it is imported,
-    so the type checks never import one."""
-    return sys.modules.get(name)
+    """The module once imported in full, or None: a frame of a library can only exist once it is
+    imported, so the type checks never import one (:func:`~distml.runtime.threads.imported`)."""
+    return imported(name)
 
 
 def _spark_classes() -> tuple:

@@ -30,6 +30,17 @@ PRELOAD_FIRST = "distml.runtime.preload"
 _applied: int | None = None  # the pool size this process last set
 
 
+def imported(name: str) -> Any:
+    """``sys.modules[name]`` once it is imported in full, else None; never imports. A module
+    another thread is still importing (the driver's :func:`distml.runtime.cluster.preimport`)
+    is in ``sys.modules`` half-initialised, without the names defined further down it: reading
+    one raises AttributeError (CI: ``ray.is_initialized`` while that thread imported Ray)."""
+    mod = sys.modules.get(name)
+    if mod is None or getattr(getattr(mod, "__spec__", None), "_initializing", False):
+        return None
+    return mod
+
+
 def preload_defaults() -> None:
     """Before a worker's preloaded imports: their pools start with one thread (what Ray sets
     for a 1-CPU task), unless the environment chose a size."""
@@ -117,8 +128,9 @@ class limited:
             self.limits = threadpool_limits(limits=self.cpus)
         except Exception:  # noqa: BLE001 - without threadpoolctl the pools keep their size
             self.limits = None
-        if "torch" in sys.modules:
-            sys.modules["torch"].set_num_threads(self.cpus)
+        torch = imported("torch")
+        if torch is not None:
+            torch.set_num_threads(self.cpus)
         return self
 
     def __exit__(self, *exc) -> None:

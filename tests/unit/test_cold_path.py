@@ -655,7 +655,7 @@ def test_a_dask_engine_runs_own_cluster_gets_an_object_store_sized_to_its_partit
 
 CONNECTED_PROBE = """
 import sys, threading
-from distml.runtime import cluster
+from distml.runtime import cluster, frames, threads
 assert "ray" not in sys.modules
 t = threading.Thread(target=lambda: __import__("ray.tune"))
 t.start()
@@ -664,9 +664,11 @@ while t.is_alive():
     m = sys.modules.get("ray")
     if m is not None and getattr(m, "is_initialized", None) is None:
         half += 1
+        assert threads.imported("ray") is None and frames._module("ray") is None
     assert cluster._connected() is False
 t.join()
 assert cluster._connected() is False  # imported, not connected
+assert threads.imported("ray") is sys.modules["ray"] and threads.imported("no_such") is None
 print(half)
 """
 
@@ -675,7 +677,8 @@ def test_a_run_reads_whether_ray_is_up_while_a_thread_still_imports_ray():
     """The driver's preimport thread (a search's: Tune's runner) may be importing Ray when the run
     asks whether Ray is up; the half-imported module has no ``is_initialized`` yet (CI: the run
     failed with AttributeError). The question is answered False all through the import, which
-    this probe watches half-done at least once."""
+    this probe watches half-done at least once, and ``threads.imported`` (what the frame checks
+    and the thread pools read too) gives the half-imported module to nobody."""
     out = subprocess.run(
         [sys.executable, "-c", CONNECTED_PROBE],
         capture_output=True,

@@ -654,7 +654,7 @@ def test_a_dask_engine_runs_own_cluster_gets_an_object_store_sized_to_its_partit
 
 
 CONNECTED_PROBE = """
-import sys, threading
+import sys, threading, time
 from distml.runtime import cluster, frames, threads
 assert "ray" not in sys.modules
 t = threading.Thread(target=lambda: __import__("ray.tune"))
@@ -666,6 +666,7 @@ while t.is_alive():
         half += 1
         assert threads.imported("ray") is None and frames._module("ray") is None
     assert cluster._connected() is False
+    time.sleep(0.002)  # (a busy loop would hold the GIL from the import)
 t.join()
 assert cluster._connected() is False  # imported, not connected
 assert threads.imported("ray") is sys.modules["ray"] and threads.imported("no_such") is None

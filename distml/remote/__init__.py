@@ -286,20 +286,29 @@ def follow(
 
 
 def job_result(logs: str) -> dict[str, Any] | None:
-    """The ``distml run --json`` object a job printed last, or None.
+    """The ``distml run --json`` object a job printed last, or None. The object ends its line
+    but need not start it: another process that shares the output (Ray's worker nodes on
+    Spark, Ray's own lines in a job's logs) may have left part of a line before it.
 
     >>> job_result('distml: run succeeded\\n{"status": "succeeded", "run_dir": "/r"}\\n')
     {'status': 'succeeded', 'run_dir': '/r'}
+    >>> job_result('2026-12-06 INFO node.py:748 -- Local{"status": "failed"}\\n')
+    {'status': 'failed'}
     """
+    decode = json.JSONDecoder().raw_decode
     for line in reversed(logs.splitlines()):
         line = line.strip()
-        if line.startswith("{") and line.endswith("}"):
+        if not line.endswith("}"):
+            continue
+        start = line.find("{")
+        while start >= 0:
             try:
-                obj = json.loads(line)
+                obj, end = decode(line, start)
             except ValueError:
-                continue
-            if isinstance(obj, dict) and "status" in obj:
+                obj, end = None, -1
+            if end == len(line) and isinstance(obj, dict) and "status" in obj:
                 return obj
+            start = line.find("{", start + 1)
     return None
 
 

@@ -632,6 +632,22 @@ def test_job_result_takes_the_last_json_line():
     assert sub_mod.job_result("no json here") is None
 
 
+def test_job_result_reads_past_another_process_unfinished_line():
+    """On Spark, Ray's worker node writes to the job's stdout too: a part of its log line may
+    come before distml's object on the same line (seen once in the Spark platform test). The
+    object is found behind it, braces in that part included; an object that does not end its
+    line, or has no status, is not a result."""
+    ok = '{"status": "succeeded", "run_dir": "/r", "metrics": {"valid": {"auc": 0.9}}}'
+    for junk in ("", "2026-12-06 21:39:09,638\tINFO node.py:748 -- Local ", "{'CPU': 1.0, {x"):
+        logs = f"start\n{junk}{ok}\nnode finished draining; shutting down.\n"
+        assert sub_mod.job_result(logs) == json.loads(ok), junk
+    assert sub_mod.job_result(ok + " and more text\n") is None
+    assert sub_mod.job_result('INFO {"no": "status"}\n') is None
+    assert sub_mod.job_result('{"status": "failed"}\nINFO {"status": "x"} tail\n') == {
+        "status": "failed"
+    }
+
+
 def test_an_http_server_that_is_not_ray_exits_3(capsys, monkeypatch):
     import http.server
     import threading
